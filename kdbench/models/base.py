@@ -1,0 +1,45 @@
+"""The one interface every kdbench model gives to the training loop and the methods.
+
+Tap conventions follow RepDistiller/mdistiller (see ``specs/architectures.md`` §1):
+``stages`` = [f0, f1, ..., fk] (stem output, then each stage's output), ``preact`` = the same
+taps taken before the last ReLU of each stage where the family defines it (otherwise the
+post-activation tensors themselves), ``pooled`` = the vector the classifier consumes,
+``head_map`` = the last spatial map that is pooled into ``pooled`` (differs from ``stages[-1]``
+only for families with a head conv, e.g. MobileNetV2's 1280-channel and ShuffleNetV2's
+1024-channel maps; SimKD's paper used these, its released code uses ``stages[-1]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Features:
+    """Everything a distillation method may read from one forward pass."""
+
+    stages: list[torch.Tensor]
+    preact: list[torch.Tensor]
+    head_map: torch.Tensor
+    pooled: torch.Tensor
+    logits: torch.Tensor
+
+
+class KDModel(nn.Module):
+    """Base class of every registered network.
+
+    Subclasses implement :meth:`forward_features` and set ``self.classifier`` (the final
+    ``nn.Linear``: ``pooled -> logits``). ``forward`` returns logits only, so a model is a
+    drop-in classifier for plain training and evaluation.
+    """
+
+    classifier: nn.Linear
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x).logits
