@@ -1,0 +1,72 @@
+"""Image datasets stored as one ``.npz`` file with ``x_train, y_train, x_test, y_test``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kdbench.data.arrays import ImageArrays
+from kdbench.errors import KdbenchError
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(
+    data_dir: Path,
+    *,
+    path: str | Path,
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImageArrays:
+    """Load ``path`` (absolute, or relative to ``data_dir``).
+
+    ``num_classes`` defaults to the largest label + 1; ``mean``/``std`` default to the train pixels' statistics.
+    """
+    file = Path(path).expanduser()
+    file = file if file.is_absolute() else data_dir / file
+    if not file.is_file():
+        raise KdbenchError(
+            f"npz dataset file {file} does not exist. Give path= as an absolute path or relative to the data "
+            f"directory {data_dir} (choose it with --data-dir DIR or KDBENCH_DATA=DIR)."
+        )
+    with np.load(file, allow_pickle=False) as archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise KdbenchError(
+                f"npz dataset file {file} lacks {', '.join(missing)}; it has {', '.join(archive.files) or 'no arrays'}. "
+                f"It needs uint8 x_train/x_test (N,H,W,3) and integer y_train/y_test (N,)."
+            )
+        x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_KEYS)
+    for key, y in (("y_train", y_train), ("y_test", y_test)):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise KdbenchError(f"npz dataset file {file}: {key} must hold integer labels, got {y.dtype}")
+    if num_classes is None:
+        num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    computed_mean, computed_std = pixel_mean_std(x_train) if mean is None or std is None else (None, None)
+    return ImageArrays(
+        name=f"npz:{file.stem}",
+        x_train=x_train,
+        y_train=y_train.astype(np.int64),
+        x_test=x_test,
+        y_test=y_test.astype(np.int64),
+        num_classes=num_classes,
+        mean=tuple(float(v) for v in (computed_mean if mean is None else mean)),
+        std=tuple(float(v) for v in (computed_std if std is None else std)),
+    )
+
+
+def pixel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and (population) std of uint8 (N,H,W,C) images scaled to [0, 1]."""
+    if images.dtype != np.uint8 or images.ndim != 4 or not images.size:
+        raise KdbenchError(f"pixel statistics need non-empty uint8 (N,H,W,C) images, got {images.dtype} {images.shape}")
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for channel in range(images.shape[-1]):
+        counts = np.bincount(images[..., channel].ravel(), minlength=256) / images[..., channel].size
+        mean = float(counts @ values)
+        means.append(mean)
+        stds.append(float(np.sqrt(counts @ (values - mean) ** 2)))
+    return tuple(means), tuple(stds)

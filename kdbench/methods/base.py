@@ -1,0 +1,168 @@
+"""The Distiller base class every method plugs into, and the method registry.
+
+A method is one file: a :class:`Distiller` subclass registered with :func:`register`, with its
+hyper-parameters declared in a pydantic ``Params`` model beside it (defaults live there). The
+training loop only calls ``forward_train``, ``forward_test``, ``trainable_parameters`` and
+``inference_state``; it never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from kdbench import losses
+from kdbench.errors import UnknownNameError
+from kdbench.models.base import Features, KDModel
+
+
+class MethodParams(BaseModel):
+    """Loss weights shared by every method: total = ce_weight·CE + kd_weight·KD_T + method terms.
+
+    This is the shape of the RepDistiller / SimKD code bases (γ·CE + α·KD + β·L_method), so a
+    protocol preset (e.g. SimKD's "CE + KD on every baseline") is just values of these fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    kd_temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method asks of the loop and of the plan, declared instead of special-cased."""
+
+    teacher: bool = True
+    # Only the teacher's logits are read, so teacher outputs could be cached per view.
+    teacher_logits_only: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of parameter values, e.g. the paper's definition vs the released code's."""
+
+    description: str
+    params: dict[str, Any]
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + the method's extra trainable modules."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    paper: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    needs: ClassVar[Needs] = Needs()
+    variants: ClassVar[dict[str, Variant]] = {}
+
+    def __init__(self, student: KDModel, teacher: KDModel | None, params: MethodParams, example: torch.Tensor):
+        super().__init__()
+        if self.needs.teacher and teacher is None:
+            raise ValueError(f"method {self.name!r} needs a teacher")
+        self.student = student
+        self.teacher = teacher
+        self.params = params
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> "Distiller":
+        """Switch student and extra modules; the teacher stays in eval mode (frozen BN) always."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def probe(self, example: torch.Tensor) -> tuple[Features, Features | None]:
+        """Student and teacher features of a small example batch, for sizing extra modules."""
+        was_training = self.student.training
+        self.student.eval()
+        s = self.student.forward_features(example)
+        t = self.teacher.forward_features(example) if self.teacher is not None else None
+        self.student.train(was_training)
+        return s, t
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student and extra-module parameters (everything but the teacher)."""
+        teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        return [p for p in self.parameters() if id(p) not in teacher_ids]
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """The trained weights worth keeping: everything but the teacher."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def forward_train(
+        self, images: torch.Tensor, targets: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits used for train accuracy and the weighted loss terms (the loop sums them)."""
+        student = self.student.forward_features(images)
+        teacher = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher.forward_features(images)
+        p = self.params
+        terms: dict[str, torch.Tensor] = {}
+        if p.ce_weight:
+            terms["ce"] = p.ce_weight * F.cross_entropy(student.logits, targets)
+        if p.kd_weight:
+            assert teacher is not None, "kd_weight > 0 needs a teacher"
+            terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
+        logits, own_terms = self.distill(student, teacher, targets, epoch)
+        terms.update(own_terms)
+        return logits, terms
+
+    def distill(
+        self, student: Features, teacher: Features | None, targets: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's prediction and its own weighted loss terms (plain CE/KD: none)."""
+        return self.prediction(student), {}
+
+    def prediction(self, student: Features) -> torch.Tensor:
+        """Logits the method predicts with (SimKD overrides: the reused teacher classifier)."""
+        return student.logits
+
+    @torch.no_grad()
+    def forward_test(self, images: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.student.forward_features(images))
+
+
+_REGISTRY: dict[str, type[Distiller]] = {}
+
+
+def register(cls: type[Distiller]) -> type[Distiller]:
+    """Class decorator: make a Distiller available under its ``name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Distiller]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("method", name, _REGISTRY) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def resolve_params(name: str, variant: str | None, overrides: dict[str, Any]) -> MethodParams:
+    """Defaults ← variant ← explicit overrides, validated by the method's schema."""
+    cls = get(name)
+    values: dict[str, Any] = {}
+    if variant is not None:
+        if variant not in cls.variants:
+            raise UnknownNameError(f"variant of {name}", variant, cls.variants)
+        values.update(cls.variants[variant].params)
+    values.update(overrides)
+    return cls.Params(**values)

@@ -1,0 +1,97 @@
+"""SimKD (Chen et al., "Knowledge Distillation with the Reused Teacher Classifier", CVPR 2022).
+
+The student's last feature map goes through a projector P to the teacher's last feature map
+(Eq. 3, element-mean MSE in the released code); predictions reuse the frozen teacher classifier:
+logits = W_t · GAP(P(f_s)) + b_t, in training and at test time.
+
+Paper vs released code (specs/methods-baselines.md §SimKD, architectures.md §3.4): the code taps
+the student's last *stage* map; the paper's projector sizes imply the head-conv map for
+MobileNetV2/ShuffleNetV2 students. ``student_tap`` selects: "stage" (code, default) or "head"
+(paper). ``depthwise`` makes the 3×3 projector conv depthwise (the paper's ImageNet setting).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench import losses
+from kdbench.methods.base import Distiller, MethodParams, Needs, Variant, register
+from kdbench.models.base import Features, KDModel
+
+
+class SimKDParams(MethodParams):
+    ce_weight: float = 0.0
+    kd_weight: float = 0.0
+    weight: float = 1.0
+    factor: int = 2
+    student_tap: Literal["stage", "head"] = "stage"
+    depthwise: bool = False
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, groups: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def projector(c_s: int, c_t: int, factor: int, depthwise: bool = False) -> nn.Sequential:
+    """1×1 (C_s→C_t/r) → 3×3 (C_t/r→C_t/r) → 1×1 (C_t/r→C_t), each bias-free conv + BN + ReLU.
+
+    Parameter count C_t(C_s + C_t + 4)/r + 9C_t²/r² + 2C_t (full 3×3).
+    """
+    mid = c_t // factor
+    return nn.Sequential(
+        *_conv_bn_relu(c_s, mid, 1),
+        *_conv_bn_relu(mid, mid, 3, groups=mid if depthwise else 1),
+        *_conv_bn_relu(mid, c_t, 1),
+    )
+
+
+@register
+class SimKD(Distiller):
+    name = "simkd"
+    title = "SimKD"
+    paper = "Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022"
+    Params = SimKDParams
+    needs = Needs(teacher=True)
+    variants = {
+        "released-code": Variant("student tap = last stage map (DefangChen/SimKD code)", {"student_tap": "stage"}),
+        "paper": Variant("student tap = head-conv map for MobileNetV2/ShuffleNetV2 (paper's projector sizes)", {"student_tap": "head"}),
+        "imagenet": Variant("paper's ImageNet projector: depthwise 3×3", {"depthwise": True}),
+    }
+
+    def __init__(self, student: KDModel, teacher: KDModel | None, params: SimKDParams, example: torch.Tensor):
+        super().__init__(student, teacher, params, example)
+        s, t = self.probe(example)
+        assert t is not None
+        f_s, f_t = self._student_map(s), t.head_map
+        self.aligned_size = min(f_s.shape[-1], f_t.shape[-1])
+        self.projector = projector(f_s.shape[1], f_t.shape[1], params.factor, params.depthwise)
+
+    def _student_map(self, student: Features) -> torch.Tensor:
+        return student.stages[-1] if self.params.student_tap == "stage" else student.head_map
+
+    def _align(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Average-pool a map down to the smaller of the two spatial sizes (square maps)."""
+        return fmap if fmap.shape[-1] == self.aligned_size else F.adaptive_avg_pool2d(fmap, self.aligned_size)
+
+    def _predict(self, projected: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None
+        return self.teacher.classifier(torch.flatten(F.adaptive_avg_pool2d(projected, 1), 1))
+
+    def distill(
+        self, student: Features, teacher: Features | None, targets: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert teacher is not None
+        projected = self.projector(self._align(self._student_map(student)))
+        target = self._align(teacher.head_map)
+        return self._predict(projected), {"simkd": self.params.weight * losses.simkd(projected, target)}
+
+    def prediction(self, student: Features) -> torch.Tensor:
+        return self._predict(self.projector(self._align(self._student_map(student))))

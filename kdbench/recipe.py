@@ -1,0 +1,284 @@
+"""Recipe schema, loading and validation.
+
+A recipe is plain YAML describing one paper table: the teachers, the teacher→student columns,
+the method rows, the training protocol and the published numbers. It is read with
+``yaml.safe_load`` (no code, no object construction) and validated into typed, frozen models.
+Every error names the file, the key path, the line and, for unknown keys, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+PROFILES = ("full", "ci", "smoke")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_VALUE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:(?:±|\+-|\+/-)\s*(\d+(?:\.\d+)?))?\s*$")
+
+
+class PaperValue(_Strict):
+    """A published number: mean, and the ± std where the paper prints one."""
+
+    mean: float
+    std: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"mean": value}
+        if isinstance(value, str):
+            match = _VALUE.match(value)
+            if not match:
+                raise ValueError(f"expected a number or 'mean ± std', got {value!r}")
+            mean, std = match.groups()
+            return {"mean": float(mean), "std": float(std) if std else None}
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return {"mean": value[0], "std": value[1]}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+class Protocol(_Strict):
+    """Which training protocol the recipe follows, recorded with every result."""
+
+    name: str
+    follows: str
+    notes: str = ""
+
+
+class DatasetRef(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Training(_Strict):
+    """Optimisation schedule. LR for 1-indexed epoch e = lr_for(model) · lr_decay^#{m ∈ milestones : e > m}."""
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    lr_by_model: dict[str, float] = Field(default_factory=dict)
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+
+
+class Teacher(_Strict):
+    model: str
+    label: str
+    paper: PaperValue | None = None
+
+
+class Column(_Strict):
+    """One teacher→student pair of the table."""
+
+    id: str
+    teacher: str
+    student: str
+    label: str
+
+
+class Row(_Strict):
+    """One row of the table: a method (with its parameters) or the teachers' own accuracy."""
+
+    label: str
+    method: str
+    variant: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    paper: dict[str, PaperValue] = Field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def is_teacher_row(self) -> bool:
+        return self.method == "teacher"
+
+
+class CIProfile(_Strict):
+    """The `ci` profile: a small real-data subset, so CI runs the real pipeline in minutes."""
+
+    train_fraction: float = Field(default=0.02, gt=0, le=1)
+    test_fraction: float = Field(default=0.1, gt=0, le=1)
+    epochs: int = Field(default=2, gt=0)
+
+
+class Profiles(_Strict):
+    ci: CIProfile = CIProfile()
+
+
+class Recipe(_Strict):
+    name: str
+    paper: str
+    table: str
+    title: str
+    source: str
+    protocol: Protocol
+    dataset: DatasetRef
+    training: Training
+    trials: int = Field(gt=0)
+    metric: Literal["best", "last"] = "best"
+    teachers: dict[str, Teacher]
+    columns: list[Column]
+    rows: list[Row]
+    profiles: Profiles = Profiles()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", v):
+            raise ValueError("recipe names are lower-case letters, digits and '-', e.g. 'simkd-table1'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Recipe":
+        column_ids = [c.id for c in self.columns]
+        if len(set(column_ids)) != len(column_ids):
+            raise ValueError(f"column ids must be unique: {column_ids}")
+        for i, col in enumerate(self.columns):
+            if col.teacher not in self.teachers:
+                raise ValueError(
+                    f"columns[{i}].teacher {col.teacher!r} is not a key of 'teachers'."
+                    f"{did_you_mean(col.teacher, self.teachers)} Teachers: {', '.join(self.teachers)}"
+                )
+        for i, row in enumerate(self.rows):
+            for key in row.paper:
+                if key not in column_ids:
+                    raise ValueError(
+                        f"rows[{i}] ({row.label}).paper has column {key!r}, which is not a column id."
+                        f"{did_you_mean(key, column_ids)}"
+                    )
+        return self
+
+    def column(self, column_id: str) -> Column:
+        return next(c for c in self.columns if c.id == column_id)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recipe_files() -> dict[str, Path]:
+    """Recipe name → file, for every recipe shipped under ``recipes/``."""
+    found: dict[str, Path] = {}
+    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+        name = _declared_name(path)
+        if name:
+            found[name] = path
+    return found
+
+
+def _declared_name(path: Path) -> str | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("name") if isinstance(data, dict) else None
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe name (``simkd-table1``) or a path to a recipe file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise KdbenchError(f"recipe file {path} does not exist.")
+        return path
+    files = recipe_files()
+    if name_or_path not in files:
+        raise UnknownNameError("recipe", name_or_path, files)
+    return files[name_or_path]
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = resolve_recipe_path(str(name_or_path))
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise KdbenchError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise KdbenchError(f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise KdbenchError(_explain(path, exc, lines)) from None
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Key path → 1-based line number, from the YAML node tree (no object construction)."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[path + (key.value,)] = key.start_mark.line + 1
+                walk(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int]) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+        where = f"{path}:{line}" if line else str(path)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(Recipe, loc[:-1])
+            hint = did_you_mean(str(loc[-1]), valid)
+            messages.append(f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
+        elif err["type"] == "missing":
+            messages.append(f"{where}: missing required key '{key}'.")
+        else:
+            messages.append(f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r}).")
+    return "invalid recipe\n  " + "\n  ".join(messages)
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model found at ``loc``, stepping through lists and dicts."""
+    current: Any = model
+    for part in loc:
+        current = _strip_optional(current)
+        origin = get_origin(current)
+        if origin in (list, tuple):
+            current = get_args(current)[0]
+        elif origin is dict:
+            current = get_args(current)[1]
+        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            return []
+    current = _strip_optional(current)
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _strip_optional(annotation: Any) -> Any:
+    """``X | None`` → ``X`` (the first non-None member of a union)."""
+    if get_origin(annotation) is Union or str(get_origin(annotation)) == "<class 'types.UnionType'>":
+        return next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
