@@ -36,7 +36,8 @@ def load_npz(
         missing = [key for key in NPZ_KEYS if key not in archive.files]
         if missing:
             raise KdbenchError(
-                f"npz dataset file {file} lacks {', '.join(missing)}; it has {', '.join(archive.files) or 'no arrays'}. "
+                f"npz dataset file {file} lacks {', '.join(missing)}; "
+                f"it has {', '.join(archive.files) or 'no arrays'}. "
                 f"It needs uint8 x_train/x_test (N,H,W,3) and integer y_train/y_test (N,)."
             )
         x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_KEYS)

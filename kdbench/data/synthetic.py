@@ -8,7 +8,7 @@ from kdbench.data.arrays import ImageArrays
 from kdbench.data.cifar import CIFAR_SPECS
 from kdbench.errors import KdbenchError
 
-_GRID = 4  # prototypes are random _GRID x _GRID colour grids, upsampled smoothly
+_GRID = 3  # prototypes are random _GRID x _GRID colour grids, upsampled smoothly
 _MAX_SHIFT = 3  # pixels a sample may be shifted from its prototype, each way
 _CONTRAST = 64.0  # grey levels per unit of prototype
 _NOISE = 24.0  # std of per-pixel noise, in grey levels
@@ -22,20 +22,20 @@ def make_synthetic(
     Each class has a smooth random colour prototype; a sample is its class prototype, randomly shifted by up
     to 3 pixels, plus Gaussian pixel noise, clipped to uint8. Normalisation uses the CIFAR-100 constants.
     """
-    for option, value in (("num_classes", num_classes), ("image_size", image_size),
-                          ("train_size", train_size), ("test_size", test_size)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise KdbenchError(f"synthetic dataset option {option} must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise KdbenchError(f"synthetic dataset option seed must be a non-negative integer, got {seed!r}")
-    rng = np.random.default_rng(seed)
+    options = {"num_classes": num_classes, "image_size": image_size, "train_size": train_size, "test_size": test_size}
+    for option, value in {**options, "seed": seed}.items():
+        lowest = 0 if option == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise KdbenchError(f"synthetic dataset option {option} must be an integer >= {lowest}, got {value!r}")
+    # independent streams, so the prototypes and the test set do not change with train_size
+    prototype_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     canvas = image_size + 2 * _MAX_SHIFT
-    grid = rng.standard_normal((num_classes, _GRID, _GRID, 3))
+    grid = prototype_rng.standard_normal((num_classes, _GRID, _GRID, 3))
     up = _interpolation_matrix(canvas, _GRID)
     prototypes = np.einsum("ya,kabc,xb->kyxc", up, grid, up)
     prototypes /= prototypes.std(axis=(1, 2, 3), keepdims=True)
-    x_train, y_train = _samples(prototypes, image_size, train_size, rng)
-    x_test, y_test = _samples(prototypes, image_size, test_size, rng)
+    x_train, y_train = _samples(prototypes, image_size, train_size, train_rng)
+    x_test, y_test = _samples(prototypes, image_size, test_size, test_rng)
     spec = CIFAR_SPECS["cifar100"]
     return ImageArrays("synthetic", x_train, y_train, x_test, y_test, num_classes, spec.mean, spec.std)
 

@@ -1,0 +1,251 @@
+"""kdbench command line: thin wrappers over the library (parse, call, print).
+
+Heavy modules (torch, pandas) are imported inside the commands so that ``kdbench --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from kdbench.errors import KdbenchError
+
+app = typer.Typer(
+    help=(
+        "Reproduce knowledge-distillation papers' result tables.\n\n"
+        "Typical use: `kdbench list` to see the tables, `kdbench show simkd-table1` to see what a table "
+        "will train, `kdbench reproduce simkd-table1` to train it (teachers first, then every student "
+        "trial), and `kdbench compare results/` to print the paper's table with our mean ± std beside "
+        "the published numbers. Add `--profile smoke` to try the whole pipeline on synthetic data in minutes."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console()
+err = Console(stderr=True)
+
+RecipeArg = Annotated[str, typer.Argument(help="Recipe name (e.g. simkd-table1, see `kdbench list`) or path to a recipe YAML file.")]
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (runs/ and tables/ are created inside).")]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="full = the paper's protocol; ci = a small real-data subset; smoke = synthetic data, a few steps.")]
+TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials (seeds) per cell; default: the recipe's (smoke: at most 2).")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).")]
+
+
+def _split(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Accept both `--pairs a --pairs b` and `--pairs a,b`."""
+    if not values:
+        return None
+    return [v for value in values for v in value.split(",") if v]
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def reproduce(
+    recipe: RecipeArg,
+    profile: ProfileOpt = "full",
+    results: ResultsOpt = Path("results"),
+    trials: TrialsOpt = None,
+    pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
+    runs_per_gpu: Annotated[int, typer.Option("--runs-per-gpu", min=1, help="Runs trained at once on each GPU.")] = 1,
+    data_dir: DataDirOpt = None,
+    ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
+    ci_epochs: Annotated[Optional[int], typer.Option("--ci-epochs", help="ci profile: epochs per run.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
+) -> None:
+    """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
+    try:
+        from kdbench.execute.local import LocalExecutor, detect_slots
+        from kdbench.execute.reproduce import reproduce_table
+        from kdbench.plan import plan as make_plan
+        from kdbench.recipe import load_recipe
+        from kdbench.execute.progress import RunProgress
+
+        loaded = load_recipe(recipe)
+        ci = {"train_fraction": ci_train_fraction, "epochs": ci_epochs}
+        table_plan = make_plan(loaded, profile, trials=trials, columns=_split(pairs), rows=_split(methods), ci_overrides=ci)
+        if dry_run:
+            _print_plan(table_plan, results, data_dir)
+            return
+        slots = detect_slots(device, runs_per_gpu)
+        with RunProgress(console, len(table_plan.specs)) as progress:
+            executor = LocalExecutor(slots, command=_command(data_dir), listener=progress.event)
+            outcomes = reproduce_table(table_plan, results, executor, ci)
+    except KdbenchError as exc:
+        _fail(exc)
+    failed = [o for o in outcomes.values() if o.status != "done"]
+    console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs done"
+                  + (f"; {len(failed)} failed or skipped (see above)." if failed else ".")
+                  + f" Next: kdbench compare {results} --recipe {table_plan.recipe.name}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _command(data_dir: Optional[str]):
+    from kdbench.execute.local import train_command
+
+    return lambda spec_file, results, slot: train_command(spec_file, results, slot, data_dir=data_dir)
+
+
+@app.command()
+def compare(
+    results: Annotated[Path, typer.Argument(help="Results directory written by `kdbench reproduce`.")] = Path("results"),
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Only this table; a table not reproduced yet is shown with the published numbers only.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table (terminal), markdown, latex, or csv (one row per cell).")] = "table",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="best = best test accuracy over epochs, last = final epoch; default: the recipe's.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of the terminal.")] = None,
+) -> None:
+    """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std."""
+    try:
+        from kdbench.results import render
+        from kdbench.results.compare import compare as compare_tables
+
+        if fmt not in render.FORMATS:
+            raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
+        comparisons = compare_tables(results, recipe, metric)
+    except KdbenchError as exc:
+        _fail(exc)
+    if not comparisons:
+        err.print(f"no reproduced tables under {results}/tables. Run `kdbench reproduce RECIPE` first, "
+                  "or pass --recipe NAME to list a table's published numbers.")
+        raise typer.Exit(1)
+    if fmt == "table" and output is None:
+        for comp in comparisons:
+            console.print(render.to_rich(comp))
+        return
+    text = render.to_csv(comparisons) if fmt == "csv" else "\n".join(
+        (render.to_markdown if fmt == "markdown" else render.to_latex if fmt == "latex" else _plain_table)(c) for c in comparisons)
+    if output is not None:
+        output.write_text(text)
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+def _plain_table(comp) -> str:
+    from kdbench.results import render
+
+    import io
+
+    capture = Console(width=200, record=True, file=io.StringIO())
+    capture.print(render.to_rich(comp))
+    return capture.export_text()
+
+
+@app.command("list")
+def list_recipes() -> None:
+    """List the recipes (paper tables) kdbench can reproduce, with what each needs."""
+    from rich.table import Table
+
+    from kdbench import methods
+    from kdbench.recipe import load_recipe, recipe_files
+
+    table = Table(title="Recipes", title_justify="left")
+    for column in ("recipe", "paper / table", "dataset", "teachers", "pairs × rows", "trials", "not implemented yet"):
+        table.add_column(column)
+    for name, path in recipe_files().items():
+        try:
+            r = load_recipe(path)
+        except KdbenchError as exc:
+            table.add_row(name, f"[red]invalid: {exc}[/]", "", "", "", "", "")
+            continue
+        missing = sorted({row.method for row in r.rows if not row.is_teacher_row and not methods.is_implemented(row.method)})
+        table.add_row(name, f"{r.paper.split(':')[0]} {r.table}", r.dataset.name, ", ".join(t.label for t in r.teachers.values()),
+                      f"{len(r.columns)} × {len(r.rows)}", str(r.trials), ", ".join(missing) or "—")
+    console.print(table)
+    console.print(f"Methods implemented: {', '.join(methods.names())}")
+
+
+@app.command()
+def show(
+    recipe: RecipeArg,
+    profile: ProfileOpt = "full",
+    results: ResultsOpt = Path("results"),
+    trials: TrialsOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Show a recipe's plan: its pairs and rows, every run with its status, and a cost estimate."""
+    try:
+        from kdbench.plan import plan as make_plan
+        from kdbench.recipe import load_recipe
+
+        table_plan = make_plan(load_recipe(recipe), profile, trials=trials)
+        _print_plan(table_plan, results, data_dir)
+    except KdbenchError as exc:
+        _fail(exc)
+
+
+def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
+    from rich.table import Table
+
+    from kdbench.cost import estimate
+    from kdbench.results.collect import run_status
+    from kdbench.results.store import RunDir
+
+    r = table_plan.recipe
+    console.print(f"[bold]{r.name}[/]: {r.paper} — {r.table}\nprotocol {r.protocol.name} (follows {r.protocol.follows}); "
+                  f"profile {table_plan.profile}; dataset {r.dataset.name}; metric {r.metric} epoch")
+    columns = Table(title="Pairs (columns)", title_justify="left")
+    for c in ("pair id", "teacher", "student"):
+        columns.add_column(c)
+    for col in r.columns:
+        columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
+    console.print(columns)
+    runs = Table(title=f"Runs ({len(table_plan.specs)})", title_justify="left")
+    for c in ("run id", "method", "model", "teacher run", "seed", "epochs", "status"):
+        runs.add_column(c)
+    statuses = {}
+    for spec in table_plan.ordered():
+        statuses[spec.run_id] = run_status(RunDir(results, spec.run_id))
+        runs.add_row(spec.run_id, spec.method, spec.model, spec.teacher.run_id if spec.teacher else "—",
+                     str(spec.seed), str(spec.train.epochs), statuses[spec.run_id])
+    console.print(runs)
+    not_impl = sorted({(c.row, c.method) for c in table_plan.cells if c.status == "not_implemented"})
+    if not_impl:
+        console.print("Rows planned but not implemented yet (shown as 'not implemented' in compare): "
+                      + ", ".join(f"{row} ({m})" for row, m in not_impl))
+    todo = [rid for rid, s in statuses.items() if s != "done"]
+    cost = estimate(table_plan, todo, data_dir)
+    done = len(statuses) - len(todo)
+    console.print(f"{done} of {len(statuses)} runs done. Remaining work: {cost.train_flops / 1e15:,.1f} PFLOP "
+                  f"(train = 3 × forward, + per-epoch eval); floor {cost.h100_floor_hours:,.2f} H100-hours at 100% "
+                  f"of the bf16 peak — real runs take several times longer."
+                  + (f" ({cost.unknown_runs} runs on data of unknown size not counted.)" if cost.unknown_runs else ""))
+
+
+@app.command()
+def train(
+    spec: Annotated[str, typer.Argument(help="A run's spec.json, or a run id under RESULTS/runs/.")],
+    results: ResultsOpt = Path("results"),
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+) -> None:
+    """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
+    from kdbench import train as training
+    from kdbench.execute.local import EXIT_LOCKED
+    from kdbench.results.store import RunLocked
+
+    try:
+        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir, num_workers=workers)
+    except RunLocked as exc:
+        err.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(EXIT_LOCKED)
+    except KdbenchError as exc:
+        _fail(exc)
+    console.print(f"{result['run_id']}: best top-1 {result['best_top1']:.2f} (epoch {result['best_epoch']}), "
+                  f"last {result['last_top1']:.2f}")
+
+
+def main() -> None:
+    app(prog_name="kdbench")

@@ -1,0 +1,54 @@
+"""Dataset names, the data directory, and ``load_dataset``."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from kdbench.data.arrays import ImageArrays
+from kdbench.data.cifar import load_cifar
+from kdbench.data.npz import load_npz
+from kdbench.data.synthetic import make_synthetic
+from kdbench.errors import KdbenchError, UnknownNameError
+
+DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "npz", "synthetic")
+DEFAULT_DATA_DIR = Path("~/.cache/kdbench/data")
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """The data directory: the explicit argument, else ``$KDBENCH_DATA``, else ``~/.cache/kdbench/data``."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get("KDBENCH_DATA") or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, download: bool = True, **options: Any
+) -> ImageArrays:
+    """Load dataset ``name`` (one of ``DATASETS``) with its dataset-specific ``options``."""
+    if name not in DATASETS:
+        raise UnknownNameError("dataset", name, DATASETS)
+    if name == "synthetic":
+        return make_synthetic(**_checked_options(name, make_synthetic, options))
+    root = resolve_data_dir(data_dir)
+    if name == "npz":
+        return load_npz(root, **_checked_options(name, load_npz, options))
+    return load_cifar(name, root, download=download, **_checked_options(name, partial(load_cifar, name), options))
+
+
+def _checked_options(name: str, loader: Callable[..., ImageArrays], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` if ``loader`` takes them all (as keyword-only arguments) and gets every required one."""
+    params = [
+        p for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "download"
+    ]
+    allowed = ", ".join(p.name for p in params) or "none"
+    unknown = sorted(set(options) - {p.name for p in params})
+    if unknown:
+        raise KdbenchError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; its options: {allowed}")
+    required = [p.name for p in params if p.default is p.empty and p.name not in options]
+    if required:
+        raise KdbenchError(f"dataset {name!r} needs option(s) {', '.join(required)}; its options: {allowed}")
+    return options

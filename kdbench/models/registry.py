@@ -1,0 +1,86 @@
+"""Model names -> factories, with the zoo each network comes from and how papers print it.
+
+Two zoos (``specs/architectures.md`` §0, §4): ``crd`` = RepDistiller's CIFAR networks (also used
+by mdistiller and most later papers) under their RepDistiller names; ``simkd`` = networks that only
+SimKD defines, under ``simkd/<SimKD name>``. A SimKD network identical to a CRD one is an *alias*
+``simkd/<name>`` of the CRD name, so a run's identity never depends on the spelling a recipe used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from kdbench.errors import UnknownNameError
+from kdbench.models.base import KDModel
+
+ZOOS = ("crd", "simkd")
+
+
+class ModelFactory(Protocol):
+    """Anything that builds a registered network for a number of classes."""
+
+    def __call__(self, *, num_classes: int) -> KDModel: ...
+
+
+FactoryT = TypeVar("FactoryT", bound=ModelFactory)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Catalogue entry of one canonical model name."""
+
+    name: str
+    zoo: str
+    family: str
+    paper_label: str
+    aliases: tuple[str, ...] = ()
+
+
+_INFO: dict[str, ModelInfo] = {}
+_FACTORIES: dict[str, ModelFactory] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(
+    name: str, *, zoo: str, family: str, paper_label: str, aliases: tuple[str, ...] = ()
+) -> Callable[[FactoryT], FactoryT]:
+    """Decorator registering ``factory(num_classes=...)`` under ``name`` and its ``aliases``."""
+    if zoo not in ZOOS:
+        raise ValueError(f"zoo must be one of {ZOOS}, got {zoo!r}")
+
+    def decorator(factory: FactoryT) -> FactoryT:
+        for key in (name, *aliases):
+            if key in _INFO or key in _ALIASES:
+                raise ValueError(f"model name {key!r} is registered twice")
+        _INFO[name] = ModelInfo(name, zoo, family, paper_label, tuple(aliases))
+        _FACTORIES[name] = factory
+        _ALIASES.update(dict.fromkeys(aliases, name))
+        return factory
+
+    return decorator
+
+
+def names() -> list[str]:
+    """Sorted canonical model names (aliases excluded)."""
+    return sorted(_INFO)
+
+
+def canonical_name(name: str) -> str:
+    """Resolve an alias to its canonical name; raise ``UnknownNameError`` for unknown names."""
+    if name in _INFO:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    raise UnknownNameError("model", name, names())
+
+
+def info(name: str) -> ModelInfo:
+    """Catalogue entry of a model (aliases resolve to their canonical entry)."""
+    return _INFO[canonical_name(name)]
+
+
+def create(name: str, num_classes: int = 100) -> KDModel:
+    """Build a freshly initialised network by (canonical or alias) name."""
+    return _FACTORIES[canonical_name(name)](num_classes=num_classes)

@@ -1,0 +1,227 @@
+"""Recipe → RunSpecs: one run per teacher, and per table cell one run per trial seed.
+
+A :class:`RunSpec` holds everything that can change a run's result and nothing that cannot
+(device, workers, output root). Its run id is a hash of its canonical JSON, so the same spec
+always maps to the same directory: finished runs are never repeated, and a teacher trained for
+one table serves every table that asks for the same teacher. Profiles (``ci``, ``smoke``) are
+applied here, before hashing, so their runs never mix with full-protocol runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kdbench import methods, models
+from kdbench.errors import KdbenchError, did_you_mean
+from kdbench.recipe import PROFILES, CIProfile, Recipe, Training
+
+SPEC_VERSION = 1
+TEACHER_SEED = 0
+# Class counts of the named datasets, so a smoke profile can mimic them with synthetic data.
+DATASET_CLASSES = {"cifar100": 100, "cifar10": 10}
+SMOKE_DATA = {"image_size": 32, "train_size": 128, "test_size": 64, "seed": 0}
+SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 2
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Spec):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    train_fraction: float = 1.0
+    test_fraction: float = 1.0
+
+
+class TrainSpec(_Spec):
+    epochs: int
+    batch_size: int
+    lr: float
+    milestones: tuple[int, ...]
+    lr_decay: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+
+    def lr_at(self, epoch: int) -> float:
+        """Multi-step LR for 1-indexed ``epoch``: decayed once per milestone strictly below it."""
+        return self.lr * self.lr_decay ** sum(epoch > m for m in self.milestones)
+
+
+class TeacherRef(_Spec):
+    model: str
+    run_id: str
+
+
+class RunSpec(_Spec):
+    """One fully resolved training run."""
+
+    version: int = SPEC_VERSION
+    profile: Literal["full", "ci", "smoke"]
+    model: str
+    method: str
+    method_params: dict[str, Any]
+    teacher: TeacherRef | None
+    data: DataSpec
+    train: TrainSpec
+    seed: int
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+        slug = re.sub(r"[^A-Za-z0-9_.]+", "-", f"{self.method}-{self.model}-s{self.seed}")
+        return f"{slug}-{digest}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the table: a row (method) × column (pair), backed by zero or more runs."""
+
+    row: str
+    column: str
+    method: str
+    status: Literal["planned", "not_implemented"]
+    run_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    profile: str
+    trials: int
+    specs: dict[str, RunSpec] = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+
+    def dependencies(self, run_id: str) -> list[str]:
+        teacher = self.specs[run_id].teacher
+        return [teacher.run_id] if teacher is not None else []
+
+    def ordered(self) -> list[RunSpec]:
+        """Runs with every dependency before its dependents (teachers first)."""
+        return sorted(self.specs.values(), key=lambda s: s.teacher is not None)
+
+
+def plan(
+    recipe: Recipe,
+    profile: str = "full",
+    *,
+    trials: int | None = None,
+    columns: list[str] | None = None,
+    rows: list[str] | None = None,
+    ci_overrides: dict[str, Any] | None = None,
+) -> Plan:
+    """Expand ``recipe`` under ``profile`` into runs and cells (optionally a subset of them)."""
+    if profile not in PROFILES:
+        raise KdbenchError(f"unknown profile {profile!r}.{did_you_mean(profile, PROFILES)} Profiles: {', '.join(PROFILES)}")
+    selected_columns = _select(recipe, "column", [c.id for c in recipe.columns], columns)
+    selected_rows = _select(recipe, "row", [r.label for r in recipe.rows], rows, aliases={r.method: r.label for r in recipe.rows})
+    n_trials = trials or (min(recipe.trials, SMOKE_TRIALS) if profile == "smoke" else recipe.trials)
+    ci = recipe.profiles.ci.model_copy(update={k: v for k, v in (ci_overrides or {}).items() if v is not None})
+    data, train_base = _profile_data(recipe, profile, ci), recipe.training
+
+    result = Plan(recipe=recipe, profile=profile, trials=n_trials)
+    teacher_ids: dict[str, str] = {}
+    for key, teacher in recipe.teachers.items():
+        spec = _spec(profile, teacher.model, "ce", {}, None, data, train_base, ci, TEACHER_SEED)
+        teacher_ids[key] = spec.run_id
+        if any(recipe.column(c).teacher == key for c in selected_columns):
+            result.specs[spec.run_id] = spec
+
+    for row in (r for r in recipe.rows if r.label in selected_rows):
+        for column_id in selected_columns:
+            column = recipe.column(column_id)
+            if row.is_teacher_row:
+                result.cells.append(Cell(row.label, column_id, row.method, "planned", (teacher_ids[column.teacher],)))
+                continue
+            if not methods.is_implemented(row.method):
+                _check_known_method(recipe, row.method)
+                result.cells.append(Cell(row.label, column_id, row.method, "not_implemented"))
+                continue
+            params = _params(recipe, row.label, row.method, row.variant, row.params)
+            needs_teacher = methods.get(row.method).needs.teacher
+            teacher_model = recipe.teachers[column.teacher].model
+            teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
+            run_ids = []
+            for seed in range(n_trials):
+                spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed)
+                result.specs.setdefault(spec.run_id, spec)
+                run_ids.append(spec.run_id)
+            result.cells.append(Cell(row.label, column_id, row.method, "planned", tuple(run_ids)))
+    return result
+
+
+def _spec(
+    profile: str, model: str, method: str, params: dict[str, Any], teacher: TeacherRef | None,
+    data: DataSpec, base: Training, ci: CIProfile, seed: int,
+) -> RunSpec:
+    model = models.canonical_name(model)
+    return RunSpec(
+        profile=profile, model=model, method=method, method_params=params, teacher=teacher,
+        data=data, train=_train_spec(base, model, profile, ci), seed=seed,
+    )
+
+
+def _params(recipe: Recipe, label: str, method: str, variant: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return methods.resolve_params(method, variant, overrides).model_dump(mode="json")
+    except Exception as exc:  # pydantic ValidationError or UnknownNameError, reported with the row
+        raise KdbenchError(f"recipe {recipe.name}, row {label!r} (method {method}): invalid parameters: {exc}") from None
+
+
+def _check_known_method(recipe: Recipe, method: str) -> None:
+    if method not in methods.CATALOG:
+        raise KdbenchError(
+            f"recipe {recipe.name}: unknown method {method!r}.{did_you_mean(method, methods.CATALOG)} "
+            f"Known methods: {', '.join(sorted(methods.CATALOG))}"
+        )
+
+
+def _select(recipe: Recipe, kind: str, available: list[str], wanted: list[str] | None, aliases: dict[str, str] | None = None) -> list[str]:
+    if not wanted:
+        return available
+    aliases = aliases or {}
+    chosen = []
+    for name in wanted:
+        resolved = name if name in available else aliases.get(name)
+        if resolved is None:
+            raise KdbenchError(
+                f"recipe {recipe.name} has no {kind} {name!r}.{did_you_mean(name, available)} "
+                f"{kind.capitalize()}s: {', '.join(available)}"
+            )
+        chosen.append(resolved)
+    return [a for a in available if a in chosen]
+
+
+def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
+    if profile == "smoke":
+        classes = recipe.dataset.options.get("num_classes", DATASET_CLASSES.get(recipe.dataset.name, 100))
+        return DataSpec(name="synthetic", options={"num_classes": classes, **SMOKE_DATA})
+    if profile == "ci":
+        return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options,
+                        train_fraction=ci.train_fraction, test_fraction=ci.test_fraction)
+    return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options)
+
+
+def _train_spec(base: Training, model: str, profile: str, ci: CIProfile) -> TrainSpec:
+    lr_by_model = {models.canonical_name(k): v for k, v in base.lr_by_model.items()}
+    epochs, batch = base.epochs, base.batch_size
+    if profile == "smoke":
+        epochs, batch = SMOKE_EPOCHS, SMOKE_BATCH
+    elif profile == "ci":
+        epochs = ci.epochs
+    # Shorter profiles keep the schedule's shape: milestones scale with the epoch count.
+    milestones = tuple(max(1, round(m * epochs / base.epochs)) for m in base.milestones) if epochs != base.epochs else base.milestones
+    return TrainSpec(
+        epochs=epochs, batch_size=batch, lr=lr_by_model.get(model, base.lr), milestones=milestones,
+        lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
+    )

@@ -1,0 +1,249 @@
+"""The one training loop for every run: teachers, students, every method.
+
+``run(spec)`` trains one :class:`~kdbench.plan.RunSpec` into ``<results>/runs/<run-id>/``:
+SGD with a multi-step LR, evaluation (top-1/top-5) after every epoch, an atomic checkpoint after
+every epoch, and resume from it. The loop never branches on the method: it sums the loss terms
+the method returns and logs each one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from kdbench import __version__, data, methods, models
+from kdbench.errors import KdbenchError
+from kdbench.models.base import KDModel
+from kdbench.plan import RunSpec
+from kdbench.results.store import RunDir, atomic_torch_save, atomic_write_json, read_json
+
+log = logging.getLogger("kdbench.train")
+EVAL_BATCH = 256
+
+
+class TrainingDiverged(KdbenchError):
+    """A loss became NaN or infinite."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise KdbenchError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu or auto.")
+    return resolved
+
+
+def load_spec(path_or_id: str, results: Path) -> RunSpec:
+    """A spec from a ``spec.json`` path, or from a run id inside ``results``."""
+    path = Path(path_or_id)
+    if not path.is_file():
+        path = RunDir(results, path_or_id).spec_file
+    if not path.is_file():
+        raise KdbenchError(f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/.")
+    return RunSpec.model_validate(read_json(path))
+
+
+def load_trained_model(results: Path, run_id: str, model_name: str, num_classes: int) -> KDModel:
+    """The network trained by run ``run_id`` (its final weights, loaded with ``weights_only=True``)."""
+    run = RunDir(results, run_id)
+    if not run.is_done():
+        raise KdbenchError(f"teacher run {run_id} has not finished: train it first (kdbench train {run.spec_file}).")
+    state = torch.load(run.model_file, map_location="cpu", weights_only=True)
+    model = models.create(model_name, num_classes=num_classes)
+    model.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
+    return model
+
+
+def run(
+    spec: RunSpec,
+    results: Path,
+    *,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    num_workers: int = 0,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result."""
+    rundir = RunDir(results, spec.run_id)
+    if rundir.is_done():
+        return rundir.result()
+    with rundir.lock(), _log_to(rundir.log_file):
+        atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
+        rundir.failed_file.unlink(missing_ok=True)
+        try:
+            return _train(spec, rundir, Path(results), resolve_device(device), data_dir, num_workers,
+                          sys.stderr.isatty() if progress is None else progress)
+        except Exception as exc:
+            atomic_write_json(rundir.failed_file, {"run_id": spec.run_id, "error": type(exc).__name__,
+                                                   "message": str(exc), "time": time.time()})
+            log.error("run %s failed: %s", spec.run_id, exc)
+            raise
+
+
+def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
+           data_dir: str | Path | None, num_workers: int, show_progress: bool) -> dict[str, Any]:
+    arrays = _dataset(spec, data_dir)
+    torch.manual_seed(spec.seed)
+    student = models.create(spec.model, num_classes=arrays.num_classes)
+    teacher = None
+    if spec.teacher is not None:
+        teacher = load_trained_model(results, spec.teacher.run_id, spec.teacher.model, arrays.num_classes)
+    method = methods.get(spec.method)
+    example = next(iter(data.test_loader(arrays, 2)))[0]
+    distiller = method(student, teacher, method.Params(**spec.method_params), example).to(device)
+    optimizer = torch.optim.SGD(
+        distiller.trainable_parameters(), lr=spec.train.lr, momentum=spec.train.momentum,
+        nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay,
+    )
+    start_epoch, history = _resume(rundir, distiller, optimizer)
+    log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
+             spec.profile, start_epoch, spec.train.epochs)
+    started = time.time()
+    with _progress(show_progress) as bar:
+        for epoch in range(start_epoch, spec.train.epochs + 1):
+            lr = spec.train.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch, num_workers=num_workers)
+            train_stats = _train_epoch(distiller, optimizer, batches, device, epoch, bar)
+            test_stats = evaluate(distiller, data.test_loader(arrays, EVAL_BATCH, num_workers=num_workers), device)
+            history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
+            rundir.write_metrics(history)
+            atomic_torch_save(rundir.checkpoint_file, {
+                "epoch": epoch, "state": distiller.inference_state(),
+                "optimizer": optimizer.state_dict(), "history": history,
+            })
+            log.info("epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f", epoch,
+                     spec.train.epochs, lr, train_stats["loss"], train_stats["train_top1"],
+                     test_stats["test_top1"], test_stats["test_top5"])
+    atomic_torch_save(rundir.model_file, distiller.inference_state())
+    result = _summarise(spec, history, device, time.time() - started)
+    atomic_write_json(rundir.result_file, result)
+    return result
+
+
+def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.ImageArrays:
+    arrays = data.load_dataset(spec.data.name, data_dir, **spec.data.options)
+    if spec.data.train_fraction < 1 or spec.data.test_fraction < 1:
+        arrays = data.subset(arrays, spec.data.train_fraction, spec.data.test_fraction)
+    return arrays
+
+
+def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    if not rundir.checkpoint_file.is_file():
+        return 1, []
+    ckpt = torch.load(rundir.checkpoint_file, map_location="cpu", weights_only=True)
+    missing, unexpected = distiller.load_state_dict(ckpt["state"], strict=False)
+    if unexpected or any(not k.startswith("teacher.") for k in missing):
+        raise KdbenchError(f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run.")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    log.info("resuming %s after epoch %d", rundir.run_id, ckpt["epoch"])
+    return ckpt["epoch"] + 1, list(ckpt["history"])
+
+
+def _train_epoch(distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
+                 batches: Iterable, device: torch.device, epoch: int, bar: Progress | None) -> dict[str, float]:
+    distiller.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    seen, steps, started = 0, 0, time.time()
+    task = bar.add_task(f"epoch {epoch}", total=None) if bar else None
+    for images, targets, _ in batches:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits, terms = distiller.forward_train(images, targets, epoch)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in terms.items():  # accumulated on the device: no host sync inside the step
+            sums[name] = sums.get(name, 0) + value.detach()
+        correct += (logits.argmax(1) == targets).sum()
+        seen += targets.numel()
+        steps += 1
+        if bar is not None:
+            bar.advance(task)
+    if bar is not None:
+        bar.remove_task(task)
+    means = {f"loss_{k}": float(v) / steps for k, v in sums.items()}
+    total = sum(means.values())
+    if not all(math.isfinite(v) for v in means.values()):
+        raise TrainingDiverged(f"loss became non-finite in epoch {epoch} ({means}); last good epoch: {epoch - 1}.")
+    return {"loss": total, **means, "train_top1": 100.0 * float(correct) / max(seen, 1),
+            "images_per_s": seen / max(time.time() - started, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) of the method's prediction on the test set."""
+    distiller.eval()
+    top1 = torch.zeros((), device=device)
+    top5 = torch.zeros((), device=device)
+    seen = 0
+    for images, targets, _ in batches:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = distiller.forward_test(images)
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == targets[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
+        seen += targets.numel()
+    return {"test_top1": 100.0 * float(top1) / seen, "test_top5": 100.0 * float(top5) / seen}
+
+
+def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float) -> dict[str, Any]:
+    best = max(history, key=lambda h: h["test_top1"])
+    last = history[-1]
+    return {
+        "run_id": spec.run_id, "model": spec.model, "method": spec.method, "profile": spec.profile,
+        "seed": spec.seed, "epochs": len(history),
+        "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": best["epoch"],
+        "last_top1": last["test_top1"], "last_top5": last["test_top5"],
+        "train_images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+        "wall_seconds": seconds, "device": str(device),
+        "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+    }
+
+
+class _log_to:
+    """Context manager: also send kdbench log lines to the run's ``train.log``."""
+
+    def __init__(self, path: Path):
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def __enter__(self) -> None:
+        root = logging.getLogger("kdbench")
+        root.setLevel(logging.INFO)
+        root.addHandler(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("kdbench").removeHandler(self.handler)
+        self.handler.close()
+
+
+class _progress:
+    """A rich progress bar over the steps of each epoch, shown only on an interactive terminal."""
+
+    def __init__(self, enabled: bool):
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=True) if enabled else None
+
+    def __enter__(self) -> Progress | None:
+        if self.bar is not None:
+            self.bar.start()
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,218 @@
+"""CIFAR model zoo: registry, exact parameter counts and feature taps (architectures.md §3-4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdbench import models
+from kdbench.errors import UnknownNameError
+from kdbench.models import Features, KDModel
+from kdbench.models.common import channel_shuffle
+
+_X1 = "16@32 16@32 32@16 64@8"
+_X2 = "16@32 32@32 64@16 128@8"
+_X4 = "32@32 64@32 128@16 256@8"
+_VGG = "64@32 128@16 256@8 512@4 512@4"
+
+# name -> (exact parameter count at 100 classes, penultimate dim, stage taps f0..fk as C@H);
+# copied from the table of specs/architectures.md §4.
+SPEC: dict[str, tuple[int, int, str]] = {
+    "resnet8": (83_892, 64, _X1),
+    "resnet14": (181_108, 64, _X1),
+    "resnet20": (278_324, 64, _X1),
+    "resnet32": (472_756, 64, _X1),
+    "resnet44": (667_188, 64, _X1),
+    "resnet56": (861_620, 64, _X1),
+    "resnet110": (1_736_564, 64, _X1),
+    "resnet8x4": (1_233_540, 256, _X4),
+    "resnet32x4": (7_433_860, 256, _X4),
+    "simkd/resnet116": (1_833_780, 64, _X1),
+    "simkd/resnet110x2": (6_911_220, 128, _X2),
+    "simkd/resnet110x4": (27_584_900, 256, _X4),
+    "simkd/resnet38": (569_972, 64, _X1),
+    "simkd/resnet14x2": (703_732, 128, _X2),
+    "simkd/resnet38x2": (2_255_604, 128, _X2),
+    "simkd/resnet14x4": (2_783_620, 256, _X4),
+    "simkd/resnet38x4": (8_983_940, 256, _X4),
+    "wrn_16_1": (180_916, 64, _X1),
+    "wrn_16_2": (703_284, 128, _X2),
+    "wrn_40_1": (569_780, 64, _X1),
+    "wrn_40_2": (2_255_156, 128, _X2),
+    "vgg8": (3_965_028, 512, _VGG),
+    "vgg11": (9_277_284, 512, _VGG),
+    "vgg13": (9_462_180, 512, _VGG),
+    "vgg16": (14_774_436, 512, _VGG),
+    "vgg19": (20_086_692, 512, _VGG),
+    "MobileNetV2": (812_836, 1280, "16@16 12@16 16@8 48@4 160@2"),
+    "simkd/MobileNetV2x2": (2_353_060, 1280, "32@16 24@16 32@8 96@4 320@2"),
+    "ShuffleV1": (949_258, 960, "24@32 240@16 480@8 960@4"),
+    "ShuffleV2": (1_355_528, 1024, "24@32 116@16 232@8 464@4"),
+    "simkd/ShuffleV2_1_5": (2_580_548, 1024, "24@32 176@16 352@8 704@4"),
+    "ResNet50": (23_705_252, 2048, "64@32 256@32 512@16 1024@8 2048@4"),
+}
+
+# Head map (C@H) where it is not the last stage tap's shape; families whose head map is a
+# tensor of its own (after a head BN-ReLU or head conv) rather than ``stages[-1]``.
+HEAD_MAP = {
+    "MobileNetV2": "1280@2",
+    "simkd/MobileNetV2x2": "1280@2",
+    "ShuffleV2": "1024@4",
+    "simkd/ShuffleV2_1_5": "1024@4",
+}
+SEPARATE_HEAD_MAP = {"wrn", "mobilenetv2", "shufflenetv2"}
+
+ALIASES = {
+    "simkd/resnet8x4": "resnet8x4",
+    "simkd/resnet32x4": "resnet32x4",
+    "simkd/resnet110": "resnet110",
+    "simkd/vgg8": "vgg8",
+    "simkd/vgg13": "vgg13",
+    "simkd/MobileNetV2": "MobileNetV2",
+    "simkd/ShuffleV1": "ShuffleV1",
+    "simkd/ShuffleV2": "ShuffleV2",
+}
+
+
+def _shape(tap: str) -> tuple[int, int, int, int]:
+    channels, size = map(int, tap.split("@"))
+    return (2, channels, size, size)
+
+
+def _num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Batch-2 forwards gain nothing from intra-op threads, and on a busy 2-core machine
+    OpenMP's waiting threads make them tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _forward(model: KDModel) -> tuple[torch.Tensor, Features]:
+    """One batch of two random 32×32 images and the model's features for it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        return x, model.forward_features(x)
+
+
+@lru_cache(maxsize=None)
+def _features(name: str) -> Features:
+    return _forward(models.create(name))[1]
+
+
+def test_registry_lists_exactly_the_spec_models() -> None:
+    assert models.names() == sorted(SPEC)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_model_matches_spec(name: str) -> None:
+    params, penultimate, taps = SPEC[name]
+    model = models.create(name)
+    assert _num_params(model) == params
+    x, feats = _forward(model)
+    assert feats.logits.shape == (2, 100)
+    assert [tuple(t.shape) for t in feats.stages] == [_shape(t) for t in taps.split()]
+    assert len(feats.preact) == len(feats.stages)
+    assert [p.shape for p in feats.preact] == [s.shape for s in feats.stages]
+    assert feats.head_map.shape == _shape(HEAD_MAP.get(name, taps.split()[-1]))
+    assert (feats.head_map is feats.stages[-1]) == (
+        models.info(name).family not in SEPARATE_HEAD_MAP
+    )
+    assert feats.pooled.shape == (2, penultimate)
+    torch.testing.assert_close(feats.pooled, feats.head_map.mean(dim=(2, 3)))
+    with torch.no_grad():
+        torch.testing.assert_close(model.classifier(feats.pooled), feats.logits)
+        torch.testing.assert_close(model(x), feats.logits)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet8", "resnet20", "simkd/resnet38x2", "resnet8x4", "ResNet50", "vgg8", "ShuffleV1"],
+)
+def test_preact_is_the_input_of_the_stage_final_relu(name: str) -> None:
+    feats = _features(name)
+    assert feats.preact[0] is feats.stages[0]
+    for pre, post in zip(feats.preact[1:], feats.stages[1:]):
+        assert not torch.equal(pre, post)
+        torch.testing.assert_close(F.relu(pre), post)
+
+
+def test_wrn_preact_is_the_next_bn_output() -> None:
+    model = models.create("wrn_16_2").eval()  # eval: re-applying the BNs below changes nothing
+    feats = _forward(model)[1]
+    next_bns = [model.block2[0].bn1, model.block3[0].bn1, model.bn]
+    assert feats.preact[0] is feats.stages[0]
+    with torch.no_grad():
+        for bn, pre, post in zip(next_bns, feats.preact[1:], feats.stages[1:]):
+            torch.testing.assert_close(bn(post), pre)
+    torch.testing.assert_close(F.relu(feats.preact[-1]), feats.head_map)
+    assert feats.stages[3].min() < 0  # stage outputs are raw residual sums, never ReLU'd
+
+
+def test_shufflenetv2_preact_is_taken_before_the_shuffle() -> None:
+    feats = _features("ShuffleV2")
+    for pre, post in zip(feats.preact[1:], feats.stages[1:]):
+        torch.testing.assert_close(channel_shuffle(F.relu(pre), 2), post)
+
+
+def test_mobilenetv2_has_no_preact() -> None:
+    feats = _features("MobileNetV2")
+    assert feats.preact is feats.stages
+
+
+@pytest.mark.parametrize("alias, canonical", sorted(ALIASES.items()))
+def test_simkd_aliases_resolve_to_the_crd_network(alias: str, canonical: str) -> None:
+    assert models.canonical_name(alias) == canonical
+    assert models.info(alias) == models.info(canonical)
+    assert alias in models.info(canonical).aliases
+    assert alias not in models.names()
+    assert _num_params(models.create(alias)) == SPEC[canonical][0]
+
+
+def test_info_fields() -> None:
+    wrn = models.info("simkd/resnet38x2")
+    assert (wrn.zoo, wrn.family, wrn.paper_label) == ("simkd", "resnet", "WRN-40-2")
+    assert models.info("wrn_40_2").family == "wrn"
+    assert models.info("resnet8x4").paper_label == "ResNet-8x4"
+    assert models.info("ResNet50").family == "resnet_bottleneck"
+    assert {models.info(n).zoo for n in models.names()} == {"crd", "simkd"}
+    with pytest.raises(AttributeError):
+        wrn.name = "other"  # type: ignore[misc]
+
+
+def test_unknown_name_suggests_the_closest() -> None:
+    with pytest.raises(UnknownNameError, match="Did you mean 'resnet8x4'") as err:
+        models.create("resnet8x5")
+    assert err.value.kind == "model"
+    with pytest.raises(UnknownNameError):
+        models.info("resnet8x5")
+
+
+def test_registering_a_taken_name_fails() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        models.register("x", zoo="crd", family="resnet", paper_label="X", aliases=("resnet8",))(
+            lambda *, num_classes=100: models.create("resnet8", num_classes)
+        )
+    assert "x" not in models.names()
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_num_classes_changes_only_the_classifier(name: str) -> None:
+    ten, hundred = (_shapes(models.create(name, n)) for n in (10, 100))
+    assert ten.keys() == hundred.keys()
+    assert {k for k in hundred if ten[k] != hundred[k]} == {"classifier.weight", "classifier.bias"}
+    assert ten["classifier.weight"] == (10, SPEC[name][1])
