@@ -32,7 +32,7 @@ err = Console(stderr=True)
 RecipeArg = Annotated[str, typer.Argument(help="Recipe name (e.g. simkd-table1, see `kdbench list`) or path to a recipe YAML file.")]
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (runs/ and tables/ are created inside).")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="full = the paper's protocol; ci = a small real-data subset; smoke = synthetic data, a few steps.")]
-TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials (seeds) per cell; default: the recipe's (smoke: at most 2).")]
+TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials (seeds) per cell; default: the recipe's (smoke: 1).")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).")]
 
 

@@ -1,0 +1,27 @@
+# kdbench: `make demo` (smoke reproduction of SimKD Table 1, CPU, offline) and `make test`.
+# Both create the virtualenv and install kdbench first; nothing else needs to be set up.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RESULTS ?= results
+
+.PHONY: install demo test clean-venv
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/kdbench reproduce simkd-table1 --profile smoke --results $(RESULTS)
+	$(BIN)/kdbench compare $(RESULTS) --recipe simkd-table1
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,95 @@
+"""End to end through the command line: the smoke reproduction of SimKD Table 1, compare, reuse."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdbench.plan import plan
+from kdbench.recipe import load_recipe
+from kdbench.results.store import RunDir
+
+
+def kdbench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory) -> Path:
+    """The whole smoke table, reproduced once for this module (what `make demo` runs)."""
+    results = tmp_path_factory.mktemp("results")
+    proc = kdbench("reproduce", "simkd-table1", "--profile", "smoke", "--results", str(results))
+    assert "23 of 23 runs done" in proc.stdout
+    return results
+
+
+def test_smoke_reproduction_fills_every_implemented_cell(smoke_results):
+    proc = kdbench("compare", str(smoke_results), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == 11 * 7
+    by_status = {}
+    for row in rows:
+        by_status.setdefault(row["status"], set()).add(row["row"])
+        assert row["profile"] == "smoke" and row["paper_mean"] != ""
+    assert by_status["done"] == {"Student", "KD", "SimKD", "Teacher"}
+    assert by_status["not implemented"] == {"FitNet", "AT", "SP", "VID", "CRD", "SRRL", "SemCKD"}
+    done = [r for r in rows if r["status"] == "done"]
+    assert all(0 <= float(r["ours_mean"]) <= 100 and r["n"] == "1" for r in done)
+    assert all(abs(float(r["delta"]) - (float(r["ours_mean"]) - float(r["paper_mean"]))) < 1e-3 for r in done)
+
+
+def test_every_format_renders_the_paper_layout(smoke_results):
+    table = kdbench("compare", str(smoke_results)).stdout
+    assert "ResNet-32x4" in table and "not implemented" in table and "smoke profile" in table
+    markdown = kdbench("compare", str(smoke_results), "--format", "markdown").stdout
+    assert markdown.count("\n| ") == 1 + 11 and "paper 78.08 ± 0.15" in markdown
+    latex = kdbench("compare", str(smoke_results), "--format", "latex", "--metric", "last").stdout
+    assert r"\begin{tabular}{lccccccc}" in latex and r"78.08$\pm$0.15" in latex and "last epoch" in latex
+
+
+def test_second_reproduce_trains_nothing(smoke_results):
+    results = sorted(smoke_results.glob("runs/*/result.json"))
+    before = {p: p.stat().st_mtime_ns for p in results}
+    proc = kdbench("reproduce", "simkd-table1", "--profile", "smoke", "--results", str(smoke_results))
+    assert proc.stdout.count("already done") == 23 and "23 of 23 runs done" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in results} == before
+
+
+def test_show_lists_runs_with_status_and_cost(smoke_results):
+    out = kdbench("show", "simkd-table1", "--profile", "smoke", "--results", str(smoke_results)).stdout
+    assert "23 of 23 runs done" in out and "H100-hours" in out and "FitNet (fitnet)" in out
+
+
+def test_compare_without_results_lists_the_published_numbers(tmp_path):
+    out = kdbench("compare", str(tmp_path / "empty"), "--recipe", "simkd-table1", "--format", "csv").stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 77 and {r["status"] for r in rows} == {"not run", "not implemented"}
+    simkd = next(r for r in rows if r["row"] == "SimKD" and r["column"] == "res32x4_res8x4")
+    assert (simkd["paper_mean"], simkd["paper_std"], simkd["ours_mean"], simkd["n"]) == ("78.0800", "0.1500", "", "0")
+    required = "recipe,teacher,student,method,metric,paper_mean,paper_std,ours_mean,ours_std,n,delta".split(",")
+    assert set(required) <= set(rows[0])
+
+
+def test_dry_run_trains_nothing(tmp_path):
+    out = kdbench("reproduce", "simkd-table1", "--dry-run", "--results", str(tmp_path)).stdout
+    assert "Runs (187)" in out and not (tmp_path / "runs").exists()
+
+
+def test_helpful_errors(tmp_path):
+    proc = kdbench("reproduce", "simkd-tabel1", check=False)
+    assert proc.returncode == 2 and "Did you mean 'simkd-table1'" in proc.stderr
+    proc = kdbench("compare", str(tmp_path), "--format", "xls", check=False)
+    assert proc.returncode == 2 and "unknown format 'xls'" in proc.stderr
+    assert "reproduce" in kdbench("--help").stdout
+    assert "simkd-table1" in kdbench("list").stdout

@@ -1,0 +1,97 @@
+"""Planning: run ids hash the spec, teachers are shared, profiles never mix, unimplemented rows stay visible."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdbench.errors import KdbenchError
+from kdbench.plan import RunSpec, plan
+from kdbench.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe("simkd-table1")
+
+
+def test_full_plan_shape(recipe):
+    p = plan(recipe, "full")
+    teachers = [s for s in p.specs.values() if s.teacher is None and s.model in ("simkd/resnet38x2", "resnet32x4", "simkd/resnet110x2")]
+    assert len(teachers) == 3
+    # 7 pairs; implemented rows: Student (ce), KD, SimKD; 4 trials each; two columns share student resnet8x4.
+    kd_runs = [s for s in p.specs.values() if s.method == "kd"]
+    simkd_runs = [s for s in p.specs.values() if s.method == "simkd"]
+    ce_students = [s for s in p.specs.values() if s.method == "ce" and s.seed in range(4) and s not in teachers]
+    assert len(kd_runs) == len(simkd_runs) == 7 * 4
+    # The Student row of both ResNet-8x4 columns is the same 4 runs (no teacher in a ce spec).
+    assert len({s.run_id for s in ce_students if s.model == "resnet8x4"}) == 4
+    cells = {(c.row, c.column): c for c in p.cells}
+    assert len(cells) == 11 * 7
+    assert cells[("FitNet", "res32x4_res8x4")].status == "not_implemented"
+    assert cells[("Teacher", "res32x4_vgg8")].run_ids == cells[("Teacher", "res32x4_res8x4")].run_ids
+
+
+def test_protocol_values_reach_the_spec(recipe):
+    p = plan(recipe, "full")
+    shuffle = next(s for s in p.specs.values() if s.model == "ShuffleV2" and s.method == "kd")
+    r8 = next(s for s in p.specs.values() if s.model == "resnet8x4" and s.method == "kd")
+    assert shuffle.train.lr == 0.01 and r8.train.lr == 0.05
+    assert r8.method_params["ce_weight"] == 1.0 and r8.method_params["kd_weight"] == 1.0
+    simkd = next(s for s in p.specs.values() if s.method == "simkd")
+    assert simkd.method_params["ce_weight"] == 0 and simkd.method_params["factor"] == 2
+    assert r8.train.lr_at(150) == 0.05 and r8.train.lr_at(151) == pytest.approx(0.005) and r8.train.lr_at(240) == pytest.approx(5e-5)
+
+
+def test_run_id_is_a_hash_of_the_spec(recipe):
+    a = plan(recipe, "full")
+    b = plan(load_recipe("simkd-table1"), "full")
+    assert list(a.specs) == list(b.specs)
+    spec = next(iter(a.specs.values()))
+    assert RunSpec.model_validate_json(spec.canonical_json()).run_id == spec.run_id
+    changed = spec.model_copy(update={"train": spec.train.model_copy(update={"weight_decay": 1e-4})})
+    assert changed.run_id != spec.run_id
+    assert spec.model_copy(update={"seed": spec.seed + 1}).run_id != spec.run_id
+
+
+def test_aliases_do_not_change_run_ids(recipe):
+    spec = next(s for s in plan(recipe, "full").specs.values() if s.model == "resnet8x4")
+    assert "simkd/" not in spec.model  # recipe says simkd/resnet8x4, an alias of the CRD network
+
+
+def test_profiles_never_share_runs(recipe):
+    ids = [set(plan(recipe, profile).specs) for profile in ("full", "ci", "smoke")]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    smoke = plan(recipe, "smoke")
+    spec = next(iter(smoke.specs.values()))
+    assert spec.data.name == "synthetic" and spec.profile == "smoke" and smoke.trials == 1
+    ci = plan(recipe, "ci", ci_overrides={"train_fraction": 0.05, "epochs": 3})
+    spec = next(iter(ci.specs.values()))
+    assert spec.data.name == "cifar100" and spec.data.train_fraction == 0.05 and spec.train.epochs == 3
+    assert spec.train.milestones == (2, 2, 3)  # 150/180/210 of 240, scaled to 3 epochs
+
+
+def test_subsets_of_the_table(recipe):
+    p = plan(recipe, "full", trials=2, columns=["res32x4_res8x4"], rows=["kd", "Student"])
+    assert {c.row for c in p.cells} == {"Student", "KD"}
+    assert {s.model for s in p.specs.values()} == {"resnet32x4", "resnet8x4"}
+    assert p.dependencies(next(s.run_id for s in p.specs.values() if s.method == "kd")) == [
+        next(s.run_id for s in p.specs.values() if s.model == "resnet32x4")]
+    with pytest.raises(KdbenchError, match="no column 'res32x4_res8x5'. Did you mean 'res32x4_res8x4'"):
+        plan(recipe, "full", columns=["res32x4_res8x5"])
+    with pytest.raises(KdbenchError, match="unknown profile 'smok'. Did you mean 'smoke'"):
+        plan(recipe, "smok")
+
+
+def test_teachers_run_first(recipe):
+    order = plan(recipe, "full").ordered()
+    first_student = next(i for i, s in enumerate(order) if s.teacher is not None)
+    teacher_ids = {s.teacher.run_id for s in order if s.teacher is not None}
+    assert all(order.index(s) < first_student for s in order if s.run_id in teacher_ids)
+
+
+def test_bad_method_parameters_name_the_row(recipe):
+    data = recipe.model_dump()
+    data["rows"][1]["params"] = {"kd_temprature": 4}
+    bad = type(recipe).model_validate(data)
+    with pytest.raises(KdbenchError, match=r"row 'KD' \(method kd\): invalid parameters: unknown parameter .kd_temprature.. Did you mean .kd_temperature.?"):
+        plan(bad, "full")
