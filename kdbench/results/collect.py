@@ -1,0 +1,60 @@
+"""Read every run under a results directory into one tidy pandas table (one row per run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kdbench.results.store import RunDir, read_json, runs_dir
+
+RUN_COLUMNS = [
+    "run_id", "status", "model", "method", "profile", "seed", "teacher_run_id",
+    "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs", "message",
+]
+
+
+def run_status(run: RunDir) -> str:
+    if run.is_done():
+        return "done"
+    if run.is_locked():
+        return "running"
+    if run.is_failed():
+        return "failed"
+    return "incomplete"
+
+
+def collect(results: Path) -> pd.DataFrame:
+    """One row per run directory; metrics are NaN for runs that have not finished."""
+    rows = []
+    root = runs_dir(results)
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        run = RunDir(results, path.name)
+        if not run.spec_file.is_file():
+            continue
+        spec = read_json(run.spec_file)
+        status = run_status(run)
+        row = {
+            "run_id": path.name, "status": status, "model": spec["model"], "method": spec["method"],
+            "profile": spec["profile"], "seed": spec["seed"],
+            "teacher_run_id": (spec.get("teacher") or {}).get("run_id"), "message": "",
+        }
+        if status == "done":
+            result = run.result()
+            row.update({k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")})
+        elif status == "failed":
+            failure = run.failure()
+            row["message"] = f"{failure.get('error')}: {failure.get('message')}"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def epoch_curves(results: Path) -> pd.DataFrame:
+    """Per-epoch metrics of every run (one row per run × epoch)."""
+    frames = []
+    root = runs_dir(results)
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        history = RunDir(results, path.name).read_metrics()
+        if history:
+            frames.append(pd.DataFrame(history).assign(run_id=path.name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

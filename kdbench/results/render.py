@@ -1,0 +1,129 @@
+"""Render a table comparison in the paper's layout (rows = methods, columns = pairs).
+
+Formats: a rich terminal table, Markdown, LaTeX, and CSV (one row per cell, every table).
+Results of the ``smoke`` and ``ci`` profiles carry a label saying they are not comparable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.markup import escape
+from rich.table import Table
+
+from kdbench.results.compare import CELL_COLUMNS, TableComparison
+
+FORMATS = ("table", "markdown", "latex", "csv")
+PROFILE_NOTES = {
+    "full": "",
+    "ci": "ci profile: a small real-data subset and few epochs — a pipeline check, not comparable to the paper",
+    "smoke": "smoke profile: synthetic data, a few steps — a pipeline check, not comparable to the paper",
+}
+
+
+def _num(value: float, std: float = float("nan")) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.2f}" if math.isnan(std) else f"{value:.2f} ± {std:.2f}"
+
+
+def ours_text(cell: pd.Series) -> str:
+    if cell["status"] == "not implemented":
+        return "not implemented"
+    if cell["n"] == 0:
+        return "failed" if cell["n_failed"] else "not run"
+    text = f"{_num(cell['ours_mean'], cell['ours_std'])} (n={cell['n']})"
+    if cell["n"] < cell["n_planned"]:
+        text += f" [{cell['n']}/{cell['n_planned']}" + (f", {cell['n_failed']} failed]" if cell["n_failed"] else "]")
+    return text
+
+
+def delta_text(cell: pd.Series) -> str:
+    return "" if math.isnan(cell["delta"]) else f"{cell['delta']:+.2f}"
+
+
+def title(comp: TableComparison) -> str:
+    r = comp.recipe
+    note = PROFILE_NOTES[comp.profile]
+    return f"{r.name}: {r.paper} — {r.table}. {r.title} ({comp.metric} epoch)" + (f"\nNOTE: {note}" if note else "")
+
+
+def _grid(comp: TableComparison) -> tuple[list[str], list[str], dict[tuple[str, str], pd.Series]]:
+    cells = {(c["row"], c["column"]): c for _, c in comp.cells.iterrows()}
+    rows = list(dict.fromkeys(comp.cells["row"]))
+    columns = list(dict.fromkeys(comp.cells["column"]))
+    return rows, columns, cells
+
+
+def _column_header(comp: TableComparison, column_id: str, sep: str) -> str:
+    column = comp.recipe.column(column_id)
+    return f"{comp.recipe.teachers[column.teacher].label}{sep}→ {column.label}"
+
+
+def to_rich(comp: TableComparison) -> Table:
+    rows, columns, cells = _grid(comp)
+    table = Table(title=escape(title(comp)), show_lines=True, title_justify="left")
+    table.add_column("method", style="bold")
+    for column_id in columns:
+        table.add_column(_column_header(comp, column_id, "\n"), justify="right")
+    for row in rows:
+        rendered = []
+        for column_id in columns:
+            cell = cells[(row, column_id)]
+            paper = _num(cell["paper_mean"], cell["paper_std"])
+            style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(cell["status"], "")
+            ours = f"[{style}]{escape(ours_text(cell))}[/]" if style else escape(ours_text(cell))
+            delta = f"\nΔ {delta_text(cell)}" if delta_text(cell) else ""
+            rendered.append(f"{ours}\npaper {paper}{delta}")
+        table.add_row(row, *rendered)
+    return table
+
+
+def to_markdown(comp: TableComparison) -> str:
+    rows, columns, cells = _grid(comp)
+    lines = [f"**{title(comp)}**".replace("\n", "  \n"), "",
+             "| method | " + " | ".join(_column_header(comp, c, " ") for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for row in rows:
+        parts = []
+        for column_id in columns:
+            cell = cells[(row, column_id)]
+            delta = f" (Δ {delta_text(cell)})" if delta_text(cell) else ""
+            parts.append(f"{ours_text(cell)}<br>paper {_num(cell['paper_mean'], cell['paper_std'])}{delta}")
+        lines.append(f"| {row} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("→", r"$\rightarrow$")):
+        text = text.replace(char, repl)
+    return text
+
+
+def _latex_num(value: float, std: float) -> str:
+    return _num(value, std).replace(" ± ", r"$\pm$").replace("–", "--")
+
+
+def to_latex(comp: TableComparison) -> str:
+    rows, columns, cells = _grid(comp)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\caption{" + _latex_escape(title(comp).replace("\n", " ")) + "}",
+             r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
+             "Method & " + " & ".join(_latex_escape(_column_header(comp, c, " ")) for c in columns) + r" \\", r"\midrule"]
+    for row in rows:
+        parts = []
+        for column_id in columns:
+            cell = cells[(row, column_id)]
+            ours = _latex_num(cell["ours_mean"], cell["ours_std"]) if cell["n"] else _latex_escape(ours_text(cell))
+            parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])})")
+        lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"\par\footnotesize Ours: mean$\pm$std over trials; in parentheses: published.", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(comparisons: list[TableComparison]) -> str:
+    frames = [c.cells for c in comparisons]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CELL_COLUMNS)
+    return frame.to_csv(index=False, float_format="%.4f")

@@ -1,0 +1,139 @@
+"""The results store: one directory per run, atomic writes, and a lock held while a run trains.
+
+Layout of ``<results>/runs/<run-id>/``: ``spec.json`` (what the run is), ``metrics.jsonl`` (one
+line per finished epoch), ``checkpoint.pt`` (resume point), ``model.pt`` (final weights),
+``result.json`` (written last: its presence means "done"), ``failed.json`` (why a run failed),
+``train.log`` and ``.lock``. Tables reproduced from recipes are recorded under ``tables/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench.errors import KdbenchError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` through a temp file + rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KdbenchError(f"{path} is corrupted ({exc}). Delete it and re-run to redo this step.") from None
+
+
+class RunLocked(KdbenchError):
+    """Another process is training this run right now."""
+
+
+class RunDir:
+    """The files of one run."""
+
+    def __init__(self, results: Path, run_id: str):
+        self.run_id = run_id
+        self.path = Path(results) / "runs" / run_id
+
+    spec_file = property(lambda self: self.path / "spec.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint_file = property(lambda self: self.path / "checkpoint.pt")
+    model_file = property(lambda self: self.path / "model.pt")
+    result_file = property(lambda self: self.path / "result.json")
+    failed_file = property(lambda self: self.path / "failed.json")
+    log_file = property(lambda self: self.path / "train.log")
+    lock_file = property(lambda self: self.path / ".lock")
+
+    def is_done(self) -> bool:
+        return self.result_file.is_file()
+
+    def is_failed(self) -> bool:
+        return self.failed_file.is_file() and not self.is_done()
+
+    def result(self) -> dict[str, Any]:
+        return read_json(self.result_file)
+
+    def failure(self) -> dict[str, Any]:
+        return read_json(self.failed_file)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite the whole epoch history atomically (small; never a torn last line)."""
+        atomic_write_bytes(self.metrics_file, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def is_locked(self) -> bool:
+        """True while another process holds this run's lock."""
+        if not self.lock_file.exists():
+            return False
+        with open(self.lock_file, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's exclusive lock (released by the OS if the process dies)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLocked(f"run {self.run_id} is being trained by another process (lock {self.lock_file}).") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def runs_dir(results: Path) -> Path:
+    return Path(results) / "runs"
+
+
+def tables_dir(results: Path) -> Path:
+    return Path(results) / "tables"
