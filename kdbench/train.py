@@ -101,7 +101,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
         teacher = load_trained_model(results, spec.teacher.run_id, spec.teacher.model, arrays.num_classes)
     method = methods.get(spec.method)
     example = next(iter(data.test_loader(arrays, 2)))[0]
-    distiller = method(student, teacher, method.Params(**spec.method_params), example).to(device)
+    train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
+    distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels).to(device)
     optimizer = torch.optim.SGD(
         distiller.trainable_parameters(), lr=spec.train.lr, momentum=spec.train.momentum,
         nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay,
@@ -159,9 +160,9 @@ def _train_epoch(distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
     correct = torch.zeros((), device=device)
     seen, steps, started = 0, 0, time.time()
     task = bar.add_task(f"epoch {epoch}", total=None) if bar else None
-    for images, targets, _ in batches:
+    for images, targets, indices in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits, terms = distiller.forward_train(images, targets, epoch)
+        logits, terms = distiller.forward_train(images, targets, epoch, indices.to(device, non_blocking=True))
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

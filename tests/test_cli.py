@@ -93,3 +93,37 @@ def test_helpful_errors(tmp_path):
     assert proc.returncode == 2 and "unknown format 'xls'" in proc.stderr
     assert "reproduce" in kdbench("--help").stdout
     assert "simkd-table1" in kdbench("list").stdout
+
+
+CI_RECIPE = """
+name: tiny-real
+paper: "kdbench test table"
+table: "Table T"
+title: "KD on real CIFAR-100 images (a subset)"
+source: "tests/test_cli.py"
+protocol: {name: test, follows: "kdbench defaults"}
+dataset: {name: npz, options: {path: cifar100-real-sample.npz, num_classes: 100}}
+training: {epochs: 240, batch_size: 64, lr: 0.05, milestones: [150, 180, 210]}
+trials: 2
+teachers: {r20: {model: resnet20, label: ResNet-20, paper: 69.06}}
+columns: [{id: r20_r8, teacher: r20, student: resnet8, label: ResNet-8}]
+rows:
+  - {label: Student, method: ce, paper: {r20_r8: "60.00 ± 1.00"}}
+  - {label: KD, method: kd, paper: {r20_r8: "61.00 ± 1.00"}}
+  - {label: Teacher, method: teacher, paper: {r20_r8: 69.06}}
+profiles:
+  ci: {train_fraction: 0.5, test_fraction: 0.5, epochs: 1}
+"""
+
+
+def test_ci_profile_on_real_images_from_a_recipe_file(tmp_path, shared_data):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(CI_RECIPE)
+    results = tmp_path / "results"
+    out = kdbench("reproduce", str(recipe), "--profile", "ci", "--results", str(results), "--data-dir", str(shared_data)).stdout
+    assert "5 of 5 runs done" in out
+    spec = json.loads(next(results.glob("runs/kd-resnet8-*/spec.json")).read_text())
+    assert spec["profile"] == "ci" and spec["data"]["train_fraction"] == 0.5 and spec["train"]["epochs"] == 1
+    rows = list(csv.DictReader(io.StringIO(kdbench("compare", str(results), "--format", "csv").stdout)))
+    assert [(r["row"], r["status"], r["n"]) for r in rows] == [("Student", "done", "2"), ("KD", "done", "2"), ("Teacher", "done", "1")]
+    assert "ci profile" in kdbench("compare", str(results)).stdout

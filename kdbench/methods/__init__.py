@@ -1,4 +1,4 @@
-"""Method registry. Importing this package registers every implemented method.
+"""Method registry. Importing this package imports (and so registers) every method module in it.
 
 ``CATALOG`` lists every method the supported papers' tables use, with its source; a recipe row
 naming a catalogued method that has no implementation yet is planned and shown as
@@ -7,8 +7,15 @@ naming a catalogued method that has no implementation yet is planned and shown a
 
 from __future__ import annotations
 
-from kdbench.methods import ce, dist, kd, simkd  # noqa: F401  (registration side effects)
-from kdbench.methods.base import Distiller, MethodParams, Needs, Variant, get, names, register, resolve_params
+import importlib
+import pkgutil
+
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, get, names, register, resolve_params
+
+# One file per method: importing a module runs its @register.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 CATALOG: dict[str, str] = {
     "ce": "Cross-entropy training (teachers, 'Student' rows)",
@@ -44,6 +51,6 @@ def is_implemented(name: str) -> bool:
 
 
 __all__ = [
-    "CATALOG", "Distiller", "MethodParams", "Needs", "Variant",
+    "CATALOG", "Distiller", "MethodParams", "Needs", "Step", "Variant",
     "get", "is_implemented", "names", "register", "resolve_params",
 ]

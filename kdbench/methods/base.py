@@ -42,6 +42,17 @@ class Needs:
     teacher: bool = True
     # Only the teacher's logits are read, so teacher outputs could be cached per view.
     teacher_logits_only: bool = False
+    # The dataset index of every sample (CRD's memory bank); the loop always provides it.
+    sample_indices: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one training step knows besides the two networks' features."""
+
+    targets: torch.Tensor
+    epoch: int  # 1-indexed
+    indices: torch.Tensor | None = None  # dataset indices of the batch's samples
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,21 @@ class Distiller(nn.Module):
     needs: ClassVar[Needs] = Needs()
     variants: ClassVar[dict[str, Variant]] = {}
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: MethodParams, example: torch.Tensor):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: MethodParams,
+        example: torch.Tensor,
+        *,
+        train_labels: torch.Tensor | None = None,
+    ):
+        """``example``: a few input images, to size extra modules (see :meth:`probe`).
+        ``train_labels``: the label of every training sample by dataset index, for methods that
+        declare ``Needs(sample_indices=True)`` (e.g. CRD's memory bank and negative sampling)."""
         super().__init__()
+        if self.needs.sample_indices and train_labels is None:
+            raise ValueError(f"method {self.name!r} needs the training labels (train_labels=...)")
         if self.needs.teacher and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
         self.student = student
@@ -100,7 +124,7 @@ class Distiller(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
     def forward_train(
-        self, images: torch.Tensor, targets: torch.Tensor, epoch: int
+        self, images: torch.Tensor, targets: torch.Tensor, epoch: int, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits used for train accuracy and the weighted loss terms (the loop sums them)."""
         student = self.student.forward_features(images)
@@ -115,13 +139,11 @@ class Distiller(nn.Module):
         if p.kd_weight:
             assert teacher is not None, "kd_weight > 0 needs a teacher"
             terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
-        logits, own_terms = self.distill(student, teacher, targets, epoch)
+        logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices))
         terms.update(own_terms)
         return logits, terms
 
-    def distill(
-        self, student: Features, teacher: Features | None, targets: torch.Tensor, epoch: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's prediction and its own weighted loss terms (plain CE/KD: none)."""
         return self.prediction(student), {}
 

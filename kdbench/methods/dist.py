@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
 from kdbench.models.base import Features
 
 
@@ -34,9 +34,7 @@ class DIST(Distiller):
         "released-cifar": Variant("released CIFAR code (dist_t4, added after publication): τ = 4", {"temperature": 4.0}),
     }
 
-    def distill(
-        self, student: Features, teacher: Features | None, targets: torch.Tensor, epoch: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
         loss = losses.dist(student.logits, teacher.logits, p.beta, p.gamma, p.temperature)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
 from kdbench.models.base import Features, KDModel
 
 
@@ -66,8 +66,8 @@ class SimKD(Distiller):
         "imagenet": Variant("paper's ImageNet projector: depthwise 3×3", {"depthwise": True}),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: SimKDParams, example: torch.Tensor):
-        super().__init__(student, teacher, params, example)
+    def __init__(self, student: KDModel, teacher: KDModel | None, params: SimKDParams, example: torch.Tensor, **context):
+        super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
         f_s, f_t = self._student_map(s), t.head_map
@@ -85,9 +85,7 @@ class SimKD(Distiller):
         assert self.teacher is not None
         return self.teacher.classifier(torch.flatten(F.adaptive_avg_pool2d(projected, 1), 1))
 
-    def distill(
-        self, student: Features, teacher: Features | None, targets: torch.Tensor, epoch: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         projected = self.projector(self._align(self._student_map(student)))
         target = self._align(teacher.head_map)

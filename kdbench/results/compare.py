@@ -40,11 +40,11 @@ def compare(results: Path, recipe: str | None = None, metric: str | None = None)
     """
     if metric is not None and metric not in METRICS:
         raise KdbenchError(f"unknown metric {metric!r}: use 'best' (best epoch) or 'last' (last epoch).")
-    records = read_tables(results) if Path(results).is_dir() else []
+    records = read_tables(results)
     if recipe is not None:
         wanted = load_recipe(recipe).name
         records = [r for r in records if r.recipe.name == wanted] or [_unreproduced(recipe)]
-    runs = collect(results) if Path(results).is_dir() else collect(Path("/nonexistent"))
+    runs = collect(results)
     return [_compare_table(record, runs.set_index("run_id"), metric or record.recipe.metric) for record in records]
 
 

@@ -1,14 +1,11 @@
-"""Distillation losses as pure functions of tensors.
-
-Each function reproduces the loss of the authors' released code on the same inputs (see
-``specs/methods-seed.md`` and ``specs/methods-baselines.md``): which T² factors are included and
-what is averaged over what. Teacher tensors are detached here, so callers may pass them as is.
-"""
+"""Logit-based distillation losses (functions of student and teacher logits)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+__all__ = ["kd", "dist"]
 
 
 def kd(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -48,11 +45,3 @@ def dist(
     inter = 1.0 - _pearson_rows(y_s, y_t).mean()
     intra = 1.0 - _pearson_rows(y_s.t(), y_t.t()).mean()
     return temperature**2 * (beta * inter + gamma * intra)
-
-
-def simkd(projected_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
-    """SimKD (Chen et al., CVPR 2022, Eq. 3): feature alignment ‖P(f_s) − f_t‖².
-
-    The released code uses ``nn.MSELoss()``: the mean over all B·C·H·W elements.
-    """
-    return F.mse_loss(projected_s, feat_t.detach())

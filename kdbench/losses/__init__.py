@@ -1,0 +1,13 @@
+"""Every distillation loss as a pure function of tensors.
+
+Each function reproduces the loss of the authors' released code on the same inputs (see
+``specs/methods-seed.md`` and ``specs/methods-baselines.md``): which T² factors are included and
+what is averaged over what. Teacher tensors are detached inside, so callers may pass them as is.
+The functions live in one module per family (each lists its functions in ``__all__``) and are
+all importable from ``kdbench.losses``.
+"""
+
+from kdbench.losses.contrastive import *  # noqa: F401,F403
+from kdbench.losses.feature import *  # noqa: F401,F403
+from kdbench.losses.logit import *  # noqa: F401,F403
+from kdbench.losses.relation import *  # noqa: F401,F403

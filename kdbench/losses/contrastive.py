@@ -1,0 +1,5 @@
+"""Contrastive and representation-level losses (CRD, SRRL, SemCKD)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
