@@ -116,7 +116,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
             lr = spec.train.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch, num_workers=num_workers)
+            batches = data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch,
+                                        num_workers=num_workers, strong=method.needs.strong_view)
             train_stats = _train_epoch(distiller, optimizer, batches, device, epoch, bar)
             test_stats = evaluate(distiller, data.test_loader(arrays, EVAL_BATCH, num_workers=num_workers), device)
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
@@ -160,9 +161,10 @@ def _train_epoch(distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
     correct = torch.zeros((), device=device)
     seen, steps, started = 0, 0, time.time()
     task = bar.add_task(f"epoch {epoch}", total=None) if bar else None
-    for images, targets, indices in batches:
+    for images, targets, indices, *strong in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits, terms = distiller.forward_train(images, targets, epoch, indices.to(device, non_blocking=True))
+        strong_images = strong[0].to(device, non_blocking=True) if strong else None
+        logits, terms = distiller.forward_train(images, targets, epoch, indices.to(device, non_blocking=True), strong_images)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

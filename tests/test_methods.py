@@ -78,7 +78,25 @@ def build(
     t = None
     if cls.needs.teacher:
         t = copy.deepcopy(teacher_template) if teacher is None else models.create(teacher, num_classes=NUM_CLASSES)
-    return cls(s, t, params if params is not None else cls.Params(), images[:4])
+    return cls(s, t, params if params is not None else cls.Params(), images[:4], **construction_inputs(cls))
+
+
+DATASET_SIZE = 64  # a pretend training set for methods that index samples (CRD's memory bank)
+
+
+def construction_inputs(cls: type[Distiller]) -> dict[str, torch.Tensor]:
+    """What the loop gives a method at construction, according to its declared needs."""
+    if not cls.needs.sample_indices:
+        return {}
+    return {"train_labels": torch.arange(DATASET_SIZE) % NUM_CLASSES}
+
+
+def step_inputs(d: Distiller, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the loop gives every step besides images/targets: dataset indices, and strong views if declared."""
+    inputs = {"indices": torch.arange(len(images))}
+    if d.needs.strong_view:
+        inputs["strong"] = torch.flip(images, dims=[3]) + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
+    return inputs
 
 
 def ids(params) -> list[int]:
@@ -118,7 +136,7 @@ def runs(teacher_template, batch):
         opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9)
         loss_values, first = [], None
         for step in range(STEPS + 1):
-            logits, terms = d.forward_train(images, targets, epoch=1)
+            logits, terms = d.forward_train(images, targets, epoch=1, **step_inputs(d, images))
             loss = sum(terms.values())
             loss_values.append(loss.item())
             if step == STEPS:
@@ -248,7 +266,7 @@ def ce_by_hand(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def eval_terms(d: Distiller, images, targets):
     d.eval()
-    logits, terms = d.forward_train(images, targets, epoch=1)
+    logits, terms = d.forward_train(images, targets, epoch=1, **step_inputs(d, images))
     with torch.no_grad():
         z_s, z_t = d.student(images), (d.teacher(images) if d.teacher is not None else None)
     return logits, terms, z_s, z_t
@@ -403,7 +421,7 @@ def test_simkd_logits_and_loss_by_hand(student, tap, teacher_template, batch):
         expected_logits = d.teacher.classifier(projected.mean(dim=(2, 3)))
         expected_loss = ((projected - target) ** 2).mean()
         close(d.forward_test(images), expected_logits)
-        logits, terms = d.forward_train(images, targets, epoch=1)
+        logits, terms = d.forward_train(images, targets, epoch=1, **step_inputs(d, images))
     close(logits, expected_logits)
     # Default protocol: feature loss only (ce and kd weights 0, β = 1).
     assert (d.params.ce_weight, d.params.kd_weight, d.params.weight) == (0.0, 0.0, 1.0)

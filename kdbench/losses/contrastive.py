@@ -1,5 +1,116 @@
-"""Contrastive and representation-level losses (CRD, SRRL, SemCKD)."""
+"""Contrastive and representation-level losses (CRD, SRRL, SemCKD).
+
+These are the stateless halves of three methods whose other halves live in their method modules:
+
+* CRD (``methods/crd.py``): the method owns the embedding heads, the two memory banks, the
+  negative sampling and the normalising constants Z; it gathers the K+1 bank rows of every sample
+  (positive first) and calls :func:`crd`, which scores them (:func:`crd_scores`) and applies the
+  NCE loss (:func:`crd_nce`).
+* SRRL (``methods/srrl.py``): the method owns the connector and applies the teacher's classifier;
+  :func:`srrl` is the two MSE terms.
+* SemCKD (``methods/semckd.py``): the method owns the query/key MLPs and the per-pair projectors;
+  :func:`semckd_attention` turns queries and keys into the per-sample attention over teacher
+  taps and :func:`semckd` is the attention-weighted per-sample MSE.
+
+Teacher-side tensors (targets, memory-bank rows) are detached inside, as everywhere in
+``kdbench.losses``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["crd", "crd_nce", "crd_scores", "semckd", "semckd_attention", "srrl"]
+
+CRD_EPS = 1e-7  # RepDistiller crd/criterion.py: added to every NCE denominator
+
+
+def crd_scores(anchor: torch.Tensor, bank_rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Unnormalised CRD scores exp(⟨m_k, v⟩ / T) of an anchor against its gathered bank rows.
+
+    ``anchor``: (B, D) embeddings; ``bank_rows``: (B, K+1, D) rows of the *other* network's memory
+    bank (row 0 the positive). Returns (B, K+1). The bank rows are constants (detached).
+    """
+    dots = torch.bmm(bank_rows.detach(), anchor.unsqueeze(2)).squeeze(2)
+    return torch.exp(dots / temperature)
+
+
+def crd_nce(scores: torch.Tensor, z: float | torch.Tensor, n_data: int) -> torch.Tensor:
+    """CRD's NCE loss (Tian et al., ICLR 2020, Eq. 18; RepDistiller ``ContrastLoss``) for one anchor side.
+
+    P = scores / Z, column 0 the positive, columns 1..m the m = K negatives; noise P_n = 1/N:
+    −(1/B)·[Σ_i log(P_i0 / (P_i0 + m·P_n + ε)) + Σ_i Σ_k log(m·P_n / (P_ik + m·P_n + ε))], ε = 1e-7.
+    """
+    p = scores / z
+    batch, m = p.shape[0], p.shape[1] - 1
+    mpn = m / float(n_data)
+    p_pos, p_neg = p[:, 0], p[:, 1:]
+    log_d1 = torch.log(p_pos / (p_pos + (mpn + CRD_EPS)))
+    log_d0 = torch.log(mpn / (p_neg + (mpn + CRD_EPS)))
+    return -(log_d1.sum() + log_d0.sum()) / batch
+
+
+def crd(
+    emb_s: torch.Tensor,
+    emb_t: torch.Tensor,
+    rows_s: torch.Tensor,
+    rows_t: torch.Tensor,
+    z_s: float | torch.Tensor,
+    z_t: float | torch.Tensor,
+    n_data: int,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """CRD loss (Tian et al., ICLR 2020) given embeddings and already-gathered memory-bank rows.
+
+    ``emb_s``/``emb_t``: (B, D) L2-normalised student/teacher embeddings (both trainable: the
+    teacher's embedding head learns too). ``rows_s``/``rows_t``: (B, K+1, D) rows gathered from the
+    student/teacher memory bank at each sample's contrast indices (position 0 = the sample
+    itself). ``z_s``: the constant dividing the student-anchor scores (student embedding against
+    the *teacher* bank), ``z_t`` the teacher-anchor one (teacher embedding against the *student*
+    bank). Returns student-anchor NCE + teacher-anchor NCE (RepDistiller ``CRDLoss``).
+    """
+    loss_s = crd_nce(crd_scores(emb_s, rows_t, temperature), z_s, n_data)
+    loss_t = crd_nce(crd_scores(emb_t, rows_s, temperature), z_t, n_data)
+    return loss_s + loss_t
+
+
+def srrl(h_s: torch.Tensor, feat_t: torch.Tensor, pred_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+    """SRRL (Yang et al., ICLR 2021) as in SimKD's released CIFAR code: two element-mean MSEs.
+
+    ``h_s``: the connector's output for the student (B, C_t); ``feat_t``: the teacher's pooled
+    feature (B, C_t); ``pred_s``: the teacher's (frozen) classifier applied to ``h_s``;
+    ``logits_t``: the teacher's logits. Loss = MSE(h_s, f_t) + MSE(pred_s, z_t) (``nn.MSELoss()``).
+    """
+    return F.mse_loss(h_s, feat_t.detach()) + F.mse_loss(pred_s, logits_t.detach())
+
+
+def semckd_attention(queries: torch.Tensor, keys: torch.Tensor, soft: float = 1.0) -> torch.Tensor:
+    """SemCKD's per-sample attention of every student tap over the teacher taps.
+
+    ``queries``: (B, n_s, d) embedded student similarity rows, ``keys``: (B, n_t, d) teacher ones.
+    attention[b, i, j] = softmax_j(⟨q_i[b], k_j[b]⟩ / soft); returns (B, n_s, n_t).
+    """
+    energy = torch.bmm(queries, keys.transpose(1, 2)) / soft
+    return torch.softmax(energy, dim=-1)
+
+
+def semckd(
+    projected: Sequence[Sequence[torch.Tensor]],
+    targets: Sequence[Sequence[torch.Tensor]],
+    attention: torch.Tensor,
+) -> torch.Tensor:
+    """SemCKD (Chen et al., AAAI 2021) loss as in its released code (SimKD repo ``SemCKDLoss``).
+
+    ``projected[i][j]``: student tap i projected to teacher tap j's shape (B, C_j, H, W);
+    ``targets[i][j]``: teacher tap j pooled to the same size; ``attention``: (B, n_s, n_t).
+    Loss = Σ_{b,i,j} attention[b,i,j] · mean_{CHW}((P_ij(s_i) − t_j)²)[b] / (B · n_s).
+    """
+    batch, n_s, n_t = attention.shape
+    per_sample = torch.stack([
+        torch.stack([(projected[i][j] - targets[i][j].detach()).pow(2).reshape(batch, -1).mean(dim=1) for j in range(n_t)], dim=1)
+        for i in range(n_s)
+    ], dim=1)  # (B, n_s, n_t)
+    return (attention * per_sample).sum() / (batch * n_s)

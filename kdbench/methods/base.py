@@ -44,6 +44,8 @@ class Needs:
     teacher_logits_only: bool = False
     # The dataset index of every sample (CRD's memory bank); the loop always provides it.
     sample_indices: bool = False
+    # A second, strongly augmented view of every image (MLKD): data/strong.py.
+    strong_view: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Step:
     targets: torch.Tensor
     epoch: int  # 1-indexed
     indices: torch.Tensor | None = None  # dataset indices of the batch's samples
+    strong: torch.Tensor | None = None  # strong views of the batch's images, when Needs.strong_view
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,12 @@ class Distiller(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
     def forward_train(
-        self, images: torch.Tensor, targets: torch.Tensor, epoch: int, indices: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        epoch: int,
+        indices: torch.Tensor | None = None,
+        strong: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits used for train accuracy and the weighted loss terms (the loop sums them)."""
         student = self.student.forward_features(images)
@@ -139,7 +147,7 @@ class Distiller(nn.Module):
         if p.kd_weight:
             assert teacher is not None, "kd_weight > 0 needs a teacher"
             terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
-        logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices))
+        logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong))
         terms.update(own_terms)
         return logits, terms
 

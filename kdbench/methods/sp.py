@@ -1,0 +1,42 @@
+"""Similarity-preserving KD (Tung & Mori, ICCV 2019).
+
+As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 SP; RepDistiller's ``SP.py`` is
+"verified by the original author"): one tap pair, the last spatial map fk of both networks
+(``stages[-1]``, RepDistiller ``feat[-2]``, post-ReLU); ``losses.sp`` = ‖G_t − G_s‖²_F / B² with
+row-normalised batch Gram matrices; weight β = 3000. The maps may differ in channels and size.
+
+Defaults = CRD protocol (γ = 1, α = 0, β = 3000); variant ``simkd`` = SimKD code (c = d = 1,
+β = 3000; same loss and tap).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdbench import losses
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.models.base import Features
+
+
+class SPParams(MethodParams):
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    weight: float = 3000.0
+
+
+@register
+class SP(Distiller):
+    name = "sp"
+    title = "SP"
+    paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
+    Params = SPParams
+    needs = Needs(teacher=True)
+    variants = {
+        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 3000·SP", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 3000.0}),
+        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD(T=4) + 3000·SP", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 3000.0}),
+    }
+
+    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert teacher is not None
+        loss = losses.sp(student.stages[-1], teacher.stages[-1].detach())
+        return student.logits, {"sp": self.params.weight * loss}
