@@ -147,7 +147,7 @@ def plan(
                 _check_known_method(recipe, row.method)
                 result.cells.append(Cell(row.label, column_id, row.method, "not_implemented"))
                 continue
-            params = _params(recipe, row.label, row.method, row.variant, row.params)
+            params = _params(recipe, row.label, row.method, _variant(recipe, row.method, row.variant), row.params)
             needs_teacher = methods.get(row.method).needs.teacher
             teacher_model = recipe.teachers[column.teacher].model
             teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
@@ -169,6 +169,14 @@ def _spec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
         data=data, train=_train_spec(base, model, profile, ci), seed=seed,
     )
+
+
+def _variant(recipe: Recipe, method: str, row_variant: str | None) -> str | None:
+    """The row's own variant, else the protocol preset's variant of this method if it has one."""
+    preset = recipe.protocol.preset
+    if row_variant is None and preset is not None and preset in methods.get(method).variants:
+        return preset
+    return row_variant
 
 
 def _params(recipe: Recipe, label: str, method: str, variant: str | None, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -54,10 +54,16 @@ class PaperValue(_Strict):
 
 
 class Protocol(_Strict):
-    """Which training protocol the recipe follows, recorded with every result."""
+    """Which training protocol the recipe follows, recorded with every result.
+
+    ``preset`` names the method variant every row uses unless it names its own: e.g. ``simkd``
+    (SimKD's code: 1·CE + 1·KD + β·method) or ``crd`` (RepDistiller: 1·CE + β·method, KD row
+    0.1·CE + 0.9·KD). Methods without a variant of that name use their defaults.
+    """
 
     name: str
     follows: str
+    preset: str | None = None
     notes: str = ""
 
 

@@ -95,3 +95,20 @@ def test_bad_method_parameters_name_the_row(recipe):
     bad = type(recipe).model_validate(data)
     with pytest.raises(KdbenchError, match=r"row 'KD' \(method kd\): invalid parameters: unknown parameter .kd_temprature.. Did you mean .kd_temperature.?"):
         plan(bad, "full")
+
+
+def test_protocol_preset_selects_each_methods_variant(recipe):
+    """simkd-table1 says `preset: simkd`: every baseline gets SimKD's 1·CE + 1·KD + β·method."""
+    from kdbench import methods
+
+    assert recipe.protocol.preset == "simkd"
+    specs = plan(recipe, "full").specs.values()
+    for row in recipe.rows:
+        if row.is_teacher_row or not methods.is_implemented(row.method):
+            continue
+        spec = next(s for s in specs if s.method == row.method)
+        variant = methods.get(row.method).variants.get("simkd")
+        expected = methods.resolve_params(row.method, "simkd" if variant else None, {}).model_dump(mode="json")
+        assert spec.method_params == expected, row.label
+        if variant:
+            assert spec.method_params["ce_weight"] == 1.0 and spec.method_params["kd_weight"] == 1.0, row.label
