@@ -65,7 +65,7 @@ def reproduce(
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
-        from kdbench.execute.local import LocalExecutor, detect_slots
+        from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
         from kdbench.execute.reproduce import reproduce_table
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
@@ -79,7 +79,7 @@ def reproduce(
             return
         slots = detect_slots(device, runs_per_gpu)
         with RunProgress(console, len(table_plan.specs)) as progress:
-            executor = LocalExecutor(slots, command=_command(data_dir), listener=progress.event)
+            executor = LocalExecutor(slots, SlotWorkers(data_dir), listener=progress.event)
             outcomes = reproduce_table(table_plan, results, executor, ci)
     except KdbenchError as exc:
         _fail(exc)
@@ -89,12 +89,6 @@ def reproduce(
                   + f" Next: kdbench compare {results} --recipe {table_plan.recipe.name}")
     if failed:
         raise typer.Exit(1)
-
-
-def _command(data_dir: Optional[str]):
-    from kdbench.execute.local import train_command
-
-    return lambda spec_file, results, slot: train_command(spec_file, results, slot, data_dir=data_dir)
 
 
 @app.command()
@@ -233,7 +227,7 @@ def train(
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import train as training
-    from kdbench.execute.local import EXIT_LOCKED
+    from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.results.store import RunLocked
 
     try:
@@ -247,5 +241,9 @@ def train(
                   f"last {result['last_top1']:.2f}")
 
 
-def main() -> None:
-    app(prog_name="kdbench")
+@app.command(hidden=True)
+def worker() -> None:
+    """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""
+    from kdbench.execute.worker import serve
+
+    serve(sys.stdin, sys.stdout)

@@ -132,7 +132,7 @@ def plan(
     result = Plan(recipe=recipe, profile=profile, trials=n_trials)
     teacher_ids: dict[str, str] = {}
     for key, teacher in recipe.teachers.items():
-        spec = _spec(profile, teacher.model, "ce", {}, None, data, train_base, ci, TEACHER_SEED)
+        spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci, TEACHER_SEED)
         teacher_ids[key] = spec.run_id
         if any(recipe.column(c).teacher == key for c in selected_columns):
             result.specs[spec.run_id] = spec

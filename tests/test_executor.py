@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.execute.local import LocalExecutor, Slot
+from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.store import RunDir
 
@@ -54,7 +54,7 @@ def test_teachers_before_students_and_slots_in_parallel(tmp_path):
     teacher = spec("teacher")
     students = [spec("student", seed, teacher) for seed in range(4)]
     events = []
-    outcomes = LocalExecutor(GPUS, fake_command, lambda e, s, m: events.append((e, s.run_id))).execute([teacher, *students], tmp_path)
+    outcomes = LocalExecutor(GPUS, ProcessPerRun(fake_command), lambda e, s, m: events.append((e, s.run_id))).execute([teacher, *students], tmp_path)
     assert all(o.status == "done" for o in outcomes.values())
     t = trace(tmp_path, teacher)
     traces = [trace(tmp_path, s) for s in students]
@@ -69,7 +69,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path):
     bad_teacher, good_teacher = spec("fail-teacher"), spec("teacher")
     orphans = [spec("student", seed, bad_teacher) for seed in range(2)]
     fine = [spec("student", seed, good_teacher) for seed in range(2)]
-    outcomes = LocalExecutor(GPUS, fake_command).execute([bad_teacher, good_teacher, *orphans, *fine], tmp_path)
+    outcomes = LocalExecutor(GPUS, ProcessPerRun(fake_command)).execute([bad_teacher, good_teacher, *orphans, *fine], tmp_path)
     assert outcomes[bad_teacher.run_id].status == "failed" and "exit code 3" in outcomes[bad_teacher.run_id].message
     for s in orphans:
         assert outcomes[s.run_id].status == "skipped"
@@ -80,9 +80,9 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path):
 
 def test_finished_runs_are_reused_not_retrained(tmp_path):
     runs = [spec("a"), spec("b")]
-    LocalExecutor([Slot("cpu")], fake_command).execute(runs, tmp_path)
+    LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command)).execute(runs, tmp_path)
     first = [trace(tmp_path, s) for s in runs]
-    outcomes = LocalExecutor([Slot("cpu")], fake_command).execute(runs, tmp_path)
+    outcomes = LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command)).execute(runs, tmp_path)
     assert all(o.reused for o in outcomes.values())
     assert [trace(tmp_path, s) for s in runs] == first
 
@@ -104,7 +104,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
         outcomes = {}
 
         def execute():
-            outcomes.update(LocalExecutor([Slot("cpu")], fake_command, lambda e, s, m: events.append(e)).execute([run], tmp_path))
+            outcomes.update(LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)).execute([run], tmp_path))
 
         worker = threading.Thread(target=execute)
         worker.start()
@@ -118,4 +118,49 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
 
 def test_needs_a_slot():
     with pytest.raises(ValueError):
-        LocalExecutor([], fake_command)
+        LocalExecutor([], ProcessPerRun(fake_command))
+
+
+def tiny_spec(seed: int, teacher: RunSpec | None = None, model: str = "resnet8") -> RunSpec:
+    return RunSpec(
+        profile="smoke", model=model, method="kd" if teacher else "ce",
+        method_params=({"ce_weight": 0.1, "kd_weight": 0.9, "kd_temperature": 4.0} if teacher
+                       else {"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0}),
+        teacher=TeacherRef(model=teacher.model, run_id=teacher.run_id) if teacher else None,
+        data=DataSpec(name="synthetic", options={"num_classes": 4, "image_size": 16, "train_size": 16, "test_size": 8}),
+        train=TrainSpec(epochs=1, batch_size=8, lr=0.1, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=0.0),
+        seed=seed,
+    )
+
+
+def test_slot_worker_trains_several_runs_and_survives_a_failing_one(tmp_path):
+    from kdbench.execute.local import SlotWorkers
+
+    missing_teacher = tiny_spec(99)  # never trained: the student that needs it fails inside the worker
+    runs = [tiny_spec(0), tiny_spec(1, teacher=missing_teacher), tiny_spec(2)]
+    launcher = SlotWorkers()
+    outcomes = LocalExecutor([Slot("cpu")], launcher).execute(runs, tmp_path)
+    assert [outcomes[s.run_id].status for s in runs] == ["done", "failed", "done"]
+    assert "has not finished" in outcomes[runs[1].run_id].message
+    assert len(list((tmp_path / "workers").glob("*.log"))) == 1 and not launcher.workers  # closed after use
+
+
+def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
+    from kdbench.execute.local import SlotWorkers
+
+    class KillFirst(SlotWorkers):
+        """Kills the worker right after sending it the first run."""
+
+        killed = False
+
+        def start(self, spec_file, results, slot):
+            handle = super().start(spec_file, results, slot)
+            if not self.killed:
+                self.killed = True
+                handle.worker.proc.kill()
+            return handle
+
+    runs = [tiny_spec(0), tiny_spec(1)]
+    outcomes = LocalExecutor([Slot("cpu")], KillFirst()).execute(runs, tmp_path)
+    assert outcomes[runs[0].run_id].status == "failed" and "exit code" in outcomes[runs[0].run_id].message
+    assert outcomes[runs[1].run_id].status == "done"

@@ -14,7 +14,10 @@ def recipe():
     return load_recipe("simkd-table1")
 
 
-def test_full_plan_shape(recipe):
+def test_full_plan_shape(recipe, monkeypatch):
+    from kdbench import methods
+
+    monkeypatch.setattr(methods, "is_implemented", lambda name: name in ("ce", "kd", "simkd"))
     p = plan(recipe, "full")
     teachers = [s for s in p.specs.values() if s.teacher is None and s.model in ("simkd/resnet38x2", "resnet32x4", "simkd/resnet110x2")]
     assert len(teachers) == 3
@@ -23,8 +26,10 @@ def test_full_plan_shape(recipe):
     simkd_runs = [s for s in p.specs.values() if s.method == "simkd"]
     ce_students = [s for s in p.specs.values() if s.method == "ce" and s.seed in range(4) and s not in teachers]
     assert len(kd_runs) == len(simkd_runs) == 7 * 4
-    # The Student row of both ResNet-8x4 columns is the same 4 runs (no teacher in a ce spec).
+    # The Student row of both ResNet-8x4 columns is the same 4 runs (no teacher in a ce spec),
+    # and a teacher is the ce run of its architecture with seed 0 (same parameters as a Student row).
     assert len({s.run_id for s in ce_students if s.model == "resnet8x4"}) == 4
+    assert all(t.method_params == ce_students[0].method_params for t in teachers)
     cells = {(c.row, c.column): c for c in p.cells}
     assert len(cells) == 11 * 7
     assert cells[("FitNet", "res32x4_res8x4")].status == "not_implemented"

@@ -1,29 +1,33 @@
-"""Local scheduler: run a DAG of RunSpecs as subprocesses on device slots.
+"""Local scheduler: run a DAG of RunSpecs on device slots.
 
-One subprocess per run (``kdbench train``), a slot per GPU (``CUDA_VISIBLE_DEVICES``) times
-``runs_per_gpu``, or one CPU slot. Teachers run before their students; a failed run is reported
-and its dependents are skipped with the reason, while every other run goes on. A run that another
-process is already training (its lock is held) is waited for, not trained twice.
+Slots are one per GPU (``CUDA_VISIBLE_DEVICES``) times ``runs_per_gpu``, or one CPU slot. Teachers
+run before their students; a failed run is reported and its dependents are skipped with the
+reason, while every other run goes on. A run that another process is already training (its lock
+is held) is waited for, not trained twice. How a run is started is a :class:`Launcher`: by
+default a long-lived worker process per slot (``execute/worker.py``), which pays torch's import
+once; :class:`ProcessPerRun` starts one ``kdbench train`` subprocess per run.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal, Protocol
 
+from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
 from kdbench.results.store import RunDir, atomic_write_json
 
 Status = Literal["done", "failed", "skipped"]
 POLL_SECONDS = 0.2
-# Exit code of `kdbench train` when another process holds the run's lock (BSD EX_TEMPFAIL).
-EXIT_LOCKED = 75
 
 
 @dataclass(frozen=True)
@@ -67,34 +71,135 @@ Command = Callable[[Path, Path, Slot], list[str]]
 Listener = Callable[[str, RunSpec, str], None]
 
 
+class Handle(Protocol):
+    def poll(self) -> int | None:
+        """The run's exit code once it has finished, else None."""
+
+
+class Launcher(Protocol):
+    def start(self, spec_file: Path, results: Path, slot: Slot) -> Handle: ...
+
+    def close(self) -> None: ...
+
+
+class ProcessPerRun:
+    """One subprocess per run, from ``command`` (default: ``python -m kdbench train SPEC``)."""
+
+    def __init__(self, command: Command = train_command):
+        self.command = command
+
+    def start(self, spec_file: Path, results: Path, slot: Slot) -> subprocess.Popen:
+        with open(spec_file.parent / "executor.log", "ab") as log:
+            return subprocess.Popen(self.command(spec_file, results, slot), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env={**os.environ, **slot.env})
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    """A ``kdbench worker`` process and a thread that collects its replies."""
+
+    def __init__(self, slot: Slot, log_path: Path):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kdbench", "worker"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **slot.env})
+        self.log_path = log_path
+        self.replies: queue.Queue[dict] = queue.Queue()
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            if line.startswith(REPLY_PREFIX):
+                self.replies.put(json.loads(line[len(REPLY_PREFIX):]))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, request: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+
+
+class _WorkerRun:
+    """One run sent to a worker; its code is the worker's reply, or the worker's exit if it died."""
+
+    def __init__(self, worker: _Worker):
+        self.worker = worker
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            try:
+                self.code = int(self.worker.replies.get_nowait()["code"])
+            except queue.Empty:
+                if not self.worker.alive():
+                    self.code = self.worker.proc.returncode or EXIT_FAILED
+        return self.code
+
+
+class SlotWorkers:
+    """A long-lived worker process per slot, restarted if it dies."""
+
+    def __init__(self, data_dir: str | None = None):
+        self.data_dir = data_dir
+        self.workers: dict[str, _Worker] = {}
+
+    def start(self, spec_file: Path, results: Path, slot: Slot) -> _WorkerRun:
+        worker = self.workers.get(slot.name)
+        if worker is None or not worker.alive():
+            worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
+        worker.send({"spec_file": str(spec_file), "results": str(results),
+                     "device": "cpu" if slot.name == "cpu" else "cuda", "data_dir": self.data_dir})
+        return _WorkerRun(worker)
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            if worker.alive() and worker.proc.stdin is not None:
+                worker.proc.stdin.close()  # end of requests: the worker exits
+        for worker in self.workers.values():
+            try:
+                worker.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+        self.workers.clear()
+
+
 class LocalExecutor:
     """Runs specs in dependency order on a fixed set of slots."""
 
-    def __init__(self, slots: Sequence[Slot], command: Command = train_command, listener: Listener | None = None):
+    def __init__(self, slots: Sequence[Slot], launcher: Launcher | None = None, listener: Listener | None = None):
         if not slots:
             raise ValueError("at least one slot is needed")
         self.slots = list(slots)
-        self.command = command
+        self.launcher = launcher if launcher is not None else SlotWorkers()
         self.listener = listener or (lambda event, spec, message: None)
 
     def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
-        results = Path(results)
+        try:
+            return self._execute(specs, Path(results))
+        finally:
+            self.launcher.close()
+
+    def _execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
         by_id = {s.run_id: s for s in specs}
         outcomes: dict[str, Outcome] = {}
         pending = list(specs)
-        running: dict[str, tuple[subprocess.Popen | None, Slot]] = {}  # None: trained by another process
+        running: dict[str, tuple[Handle | None, Slot]] = {}  # None: trained by another process
         free = list(self.slots)
         while pending or running:
-            for run_id, (proc, slot) in list(running.items()):
-                if proc is not None and proc.poll() == EXIT_LOCKED:  # lost a race to another process: wait for it
+            for run_id, (handle, slot) in list(running.items()):
+                if handle is not None and handle.poll() == EXIT_LOCKED:  # lost a race to another process: wait for it
                     running[run_id] = (None, Slot("elsewhere"))
                     free.append(slot)
                     self.listener("waiting", by_id[run_id], "being trained by another process")
                     continue
-                outcome = self._poll(by_id[run_id], proc, results)
+                outcome = self._poll(by_id[run_id], handle, results)
                 if outcome is not None:
                     del running[run_id]
-                    if proc is not None:
+                    if handle is not None:
                         free.append(slot)
                     outcomes[run_id] = outcome
                     self.listener(outcome.status, by_id[run_id], outcome.message)
@@ -133,37 +238,35 @@ class LocalExecutor:
             return "" if dep_outcome.status == "done" else f"teacher run {dep} {dep_outcome.status}: {dep_outcome.message}"
         return "wait" if dep in by_id else ""
 
-    def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> subprocess.Popen:
+    def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> Handle:
         rundir.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
-        log = open(rundir.path / "executor.log", "ab")
-        env = {**os.environ, **slot.env}
-        proc = subprocess.Popen(self.command(rundir.spec_file, results, slot), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
-        log.close()
-        return proc
+        return self.launcher.start(rundir.spec_file, results, slot)
 
     @staticmethod
-    def _poll(spec: RunSpec, proc: subprocess.Popen | None, results: Path) -> Outcome | None:
+    def _poll(spec: RunSpec, handle: Handle | None, results: Path) -> Outcome | None:
         rundir = RunDir(results, spec.run_id)
-        if proc is None:  # another process holds the lock: wait for it to let go
+        code = None
+        if handle is None:  # another process holds the lock: wait for it to let go
             if rundir.is_locked():
                 return None
-        elif proc.poll() is None:
-            return None
+        else:
+            code = handle.poll()
+            if code is None:
+                return None
         if rundir.is_done():
             return Outcome(spec.run_id, "done")
-        return Outcome(spec.run_id, "failed", _failure_message(rundir, proc))
+        return Outcome(spec.run_id, "failed", _failure_message(rundir, code))
 
 
-def _failure_message(rundir: RunDir, proc: subprocess.Popen | None) -> str:
+def _failure_message(rundir: RunDir, code: int | None) -> str:
     if rundir.failed_file.is_file():
         try:
             failure = rundir.failure()
             return f"{failure['error']}: {failure['message']} (log: {rundir.log_file})"
         except Exception:
             pass
-    code = f"exit code {proc.returncode}" if proc is not None else "the other process stopped without a result"
+    reason = f"exit code {code}" if code is not None else "the other process stopped without a result"
     log = rundir.path / "executor.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-    return f"{code}{': ' + tail[0] if tail else ''} (log: {log})"
+    return f"{reason}{': ' + tail[0] if tail else ''} (log: {log})"
