@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from kdbench.results.store import RunDir, atomic_torch_save, atomic_write_json, 
 
 log = logging.getLogger("kdbench.train")
 EVAL_BATCH = 256
+# Data epochs of a pre-training stage are numbered from here, apart from the main epochs.
+INIT_EPOCH_OFFSET = 1_000_000
 
 
 class TrainingDiverged(KdbenchError):
@@ -103,36 +106,59 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     example = next(iter(data.test_loader(arrays, 2)))[0]
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
     distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels).to(device)
-    optimizer = torch.optim.SGD(
-        distiller.trainable_parameters(), lr=spec.train.lr, momentum=spec.train.momentum,
-        nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay,
-    )
-    start_epoch, history = _resume(rundir, distiller, optimizer)
+    optimizer = _sgd(distiller.trainable_parameters(), spec)
+    stage = distiller.init_stage()
+    init_optimizer = _sgd(stage.parameters, spec) if stage is not None else None
+    done = _resume(rundir, distiller, optimizer, init_optimizer)
+    history = done.history
     log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
-             spec.profile, start_epoch, spec.train.epochs)
+             spec.profile, done.epochs + 1, spec.train.epochs)
+
+    def batches(epoch: int) -> Iterable:
+        return data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch,
+                                 num_workers=num_workers, strong=method.needs.strong_view)
+
+    def checkpoint(epoch: int, init_epoch: int) -> None:
+        """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo."""
+        atomic_torch_save(rundir.checkpoint_file, {
+            "epoch": epoch, "init_epoch": init_epoch, "state": distiller.inference_state(),
+            "optimizer": optimizer.state_dict(),
+            "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
+            "history": history,
+        })
+        rundir.write_metrics(history)
+
     started = time.time()
     with _progress(show_progress) as bar:
-        for epoch in range(start_epoch, spec.train.epochs + 1):
+        if stage is not None:
+            for init_epoch in range(done.init_epochs + 1, stage.epochs + 1):
+                # The pre-training stage has its own data epochs, apart from the main ones.
+                stats = _train_epoch(lambda x, y, e, i, v: (None, distiller.forward_init(x, y)), distiller,
+                                     init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar)
+                history.append({"phase": "init", "epoch": init_epoch, "lr": spec.train.lr, **stats})
+                checkpoint(0, init_epoch)
+                log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
+        init_done = stage.epochs if stage is not None else 0
+        for epoch in range(done.epochs + 1, spec.train.epochs + 1):
             lr = spec.train.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch,
-                                        num_workers=num_workers, strong=method.needs.strong_view)
-            train_stats = _train_epoch(distiller, optimizer, batches, device, epoch, bar)
+            train_stats = _train_epoch(distiller.forward_train, distiller, optimizer, batches(epoch), device, epoch, bar)
             test_stats = evaluate(distiller, data.test_loader(arrays, EVAL_BATCH, num_workers=num_workers), device)
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
-            rundir.write_metrics(history)
-            atomic_torch_save(rundir.checkpoint_file, {
-                "epoch": epoch, "state": distiller.inference_state(),
-                "optimizer": optimizer.state_dict(), "history": history,
-            })
+            checkpoint(epoch, init_done)
             log.info("epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f", epoch,
                      spec.train.epochs, lr, train_stats["loss"], train_stats["train_top1"],
                      test_stats["test_top1"], test_stats["test_top5"])
     atomic_torch_save(rundir.model_file, distiller.inference_state())
-    result = _summarise(spec, history, device, time.time() - started)
+    result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started)
     atomic_write_json(rundir.result_file, result)
     return result
+
+
+def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec) -> torch.optim.SGD:
+    return torch.optim.SGD(parameters, lr=spec.train.lr, momentum=spec.train.momentum,
+                           nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay)
 
 
 def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.ImageArrays:
@@ -142,36 +168,50 @@ def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.ImageArrays:
     return arrays
 
 
-def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+@dataclass
+class _Progress:
+    """What a checkpoint says is finished: main epochs, pre-training epochs, and their metrics."""
+
+    epochs: int = 0
+    init_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
+            init_optimizer: torch.optim.Optimizer | None) -> _Progress:
     if not rundir.checkpoint_file.is_file():
-        return 1, []
+        return _Progress()
     ckpt = torch.load(rundir.checkpoint_file, map_location="cpu", weights_only=True)
     missing, unexpected = distiller.load_state_dict(ckpt["state"], strict=False)
     if unexpected or any(not k.startswith("teacher.") for k in missing):
         raise KdbenchError(f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run.")
     optimizer.load_state_dict(ckpt["optimizer"])
-    log.info("resuming %s after epoch %d", rundir.run_id, ckpt["epoch"])
-    return ckpt["epoch"] + 1, list(ckpt["history"])
+    if init_optimizer is not None and ckpt.get("init_optimizer") is not None:
+        init_optimizer.load_state_dict(ckpt["init_optimizer"])
+    log.info("resuming %s after epoch %d (pre-training epochs done: %d)", rundir.run_id, ckpt["epoch"], ckpt.get("init_epoch", 0))
+    return _Progress(ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]))
 
 
-def _train_epoch(distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
+def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
                  batches: Iterable, device: torch.device, epoch: int, bar: Progress | None) -> dict[str, float]:
+    """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``."""
     distiller.train()
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen, steps, started = 0, 0, time.time()
-    task = bar.add_task(f"epoch {epoch}", total=None) if bar else None
+    task = bar.add_task(f"epoch {epoch}", total=len(batches) if hasattr(batches, "__len__") else None) if bar else None
     for images, targets, indices, *strong in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         strong_images = strong[0].to(device, non_blocking=True) if strong else None
-        logits, terms = distiller.forward_train(images, targets, epoch, indices.to(device, non_blocking=True), strong_images)
+        logits, terms = step(images, targets, epoch, indices.to(device, non_blocking=True), strong_images)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         for name, value in terms.items():  # accumulated on the device: no host sync inside the step
             sums[name] = sums.get(name, 0) + value.detach()
-        correct += (logits.argmax(1) == targets).sum()
+        if logits is not None:
+            correct += (logits.argmax(1) == targets).sum()
         seen += targets.numel()
         steps += 1
         if bar is not None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, get, names, register, resolve_params
+from kdbench.methods.base import (
+    Distiller, InitStage, MethodParams, Needs, Step, Variant, get, names, register, resolve_params,
+)
 
 # One file per method: importing a module runs its @register.
 for _module in pkgutil.iter_modules(__path__):
@@ -51,6 +53,6 @@ def is_implemented(name: str) -> bool:
 
 
 __all__ = [
-    "CATALOG", "Distiller", "MethodParams", "Needs", "Step", "Variant",
+    "CATALOG", "Distiller", "InitStage", "MethodParams", "Needs", "Step", "Variant",
     "get", "is_implemented", "names", "register", "resolve_params",
 ]

@@ -59,6 +59,18 @@ class Step:
 
 
 @dataclass(frozen=True)
+class InitStage:
+    """A pre-training stage before the main epochs (RepDistiller's "init" phase of AB, FT, FSP).
+
+    The loop trains ``parameters`` for ``epochs`` epochs at the constant base LR with
+    ``Distiller.forward_init``'s loss terms, then starts the main epochs with a fresh optimizer.
+    """
+
+    epochs: int
+    parameters: list[nn.Parameter]
+
+
+@dataclass(frozen=True)
 class Variant:
     """A named set of parameter values, e.g. the paper's definition vs the released code's."""
 
@@ -158,6 +170,14 @@ class Distiller(nn.Module):
     def prediction(self, student: Features) -> torch.Tensor:
         """Logits the method predicts with (SimKD overrides: the reused teacher classifier)."""
         return student.logits
+
+    def init_stage(self) -> InitStage | None:
+        """The method's pre-training stage, if it has one (default: none)."""
+        return None
+
+    def forward_init(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms of one pre-training step (only methods with an :meth:`init_stage`)."""
+        raise NotImplementedError(f"method {self.name!r} has no pre-training stage")
 
     @torch.no_grad()
     def forward_test(self, images: torch.Tensor) -> torch.Tensor:
