@@ -383,7 +383,7 @@ def test_simkd_projector_reduction_factor(teacher_template, batch):
 
 def test_simkd_depthwise_projector(teacher_template, batch):
     params = methods.resolve_params("simkd", "imagenet", {})
-    assert params.depthwise is True
+    assert params.projector == "1x1-dw3x3-1x1"
     d = build("simkd", "resnet8x4", teacher_template, batch[0], params=params)
     mid = d.projector[3]
     assert isinstance(mid, nn.Conv2d) and mid.kernel_size == (3, 3)
@@ -393,6 +393,20 @@ def test_simkd_depthwise_projector(teacher_template, batch):
     assert n_params(d.projector) == 67_712
     default = build("simkd", "resnet8x4", teacher_template, batch[0])
     assert default.projector[3].groups == 1
+
+
+@pytest.mark.parametrize(("design", "convs", "count"), [
+    # C_s = C_t = 256, r = 2 (mid 128); each conv + BN(2·C_out)
+    ("1x1", [(256, 256, 1)], 256 * 256 + 2 * 256),
+    ("1x1-1x1", [(256, 128, 1), (128, 256, 1)], 256 * 128 + 2 * 128 + 128 * 256 + 2 * 256),
+    ("1x1-dw3x3-1x1", [(256, 128, 1), (128, 128, 3), (128, 256, 1)], 67_712),
+    ("1x1-3x3-1x1", [(256, 128, 1), (128, 128, 3), (128, 256, 1)], projector_count(256, 256, 2)),
+])
+def test_simkd_projector_designs_of_table5(design, convs, count, teacher_template, batch):
+    d = build("simkd", "resnet8x4", teacher_template, batch[0], params=methods.resolve_params("simkd", None, {"projector": design}))
+    found = [(m.in_channels, m.out_channels, m.kernel_size[0]) for m in d.projector if isinstance(m, nn.Conv2d)]
+    assert found == convs and n_params(d.projector) == count
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in d.projector) == sum(isinstance(m, nn.ReLU) for m in d.projector) == len(convs)
 
 
 @pytest.mark.parametrize(("variant", "tap", "c_in"), [(None, "stage", 464), ("released-code", "stage", 464), ("paper", "head", 1024)])

@@ -7,7 +7,7 @@ logits = W_t · GAP(P(f_s)) + b_t, in training and at test time.
 Paper vs released code (specs/methods-baselines.md §SimKD, architectures.md §3.4): the code taps
 the student's last *stage* map; the paper's projector sizes imply the head-conv map for
 MobileNetV2/ShuffleNetV2 students. ``student_tap`` selects: "stage" (code, default) or "head"
-(paper). ``depthwise`` makes the 3×3 projector conv depthwise (the paper's ImageNet setting).
+(paper). ``projector`` selects one of Table 5's designs ("1x1-dw3x3-1x1" is the paper's ImageNet one).
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, 
 from kdbench.models.base import Features, KDModel
 
 
+Projector = Literal["1x1-3x3-1x1", "1x1-dw3x3-1x1", "1x1-1x1", "1x1"]
+
+
 class SimKDParams(MethodParams):
     ce_weight: float = 0.0
     kd_weight: float = 0.0
     weight: float = 1.0
     factor: int = 2
     student_tap: Literal["stage", "head"] = "stage"
-    depthwise: bool = False
+    projector: Projector = "1x1-3x3-1x1"  # Table 5's designs; the released default first
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int, groups: int = 1) -> list[nn.Module]:
@@ -40,17 +43,22 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int, groups: int = 1) -> list[n
     ]
 
 
-def projector(c_s: int, c_t: int, factor: int, depthwise: bool = False) -> nn.Sequential:
-    """1×1 (C_s→C_t/r) → 3×3 (C_t/r→C_t/r) → 1×1 (C_t/r→C_t), each bias-free conv + BN + ReLU.
+def projector(c_s: int, c_t: int, factor: int, design: Projector = "1x1-3x3-1x1") -> nn.Sequential:
+    """SimKD's projector (Table 5 designs); every conv is bias-free and followed by BN + ReLU.
 
-    Parameter count C_t(C_s + C_t + 4)/r + 9C_t²/r² + 2C_t (full 3×3).
+    Default 1×1 (C_s→C_t/r) → 3×3 (C_t/r→C_t/r) → 1×1 (C_t/r→C_t), with
+    C_t(C_s + C_t + 4)/r + 9C_t²/r² + 2C_t parameters; "dw3x3" makes the 3×3 depthwise (the
+    paper's ImageNet setting); "1x1-1x1" drops the 3×3; "1x1" maps C_s→C_t directly.
     """
+    if design == "1x1":
+        return nn.Sequential(*_conv_bn_relu(c_s, c_t, 1))
     mid = c_t // factor
-    return nn.Sequential(
-        *_conv_bn_relu(c_s, mid, 1),
-        *_conv_bn_relu(mid, mid, 3, groups=mid if depthwise else 1),
-        *_conv_bn_relu(mid, c_t, 1),
-    )
+    middle = {
+        "1x1-3x3-1x1": _conv_bn_relu(mid, mid, 3),
+        "1x1-dw3x3-1x1": _conv_bn_relu(mid, mid, 3, groups=mid),
+        "1x1-1x1": [],
+    }[design]
+    return nn.Sequential(*_conv_bn_relu(c_s, mid, 1), *middle, *_conv_bn_relu(mid, c_t, 1))
 
 
 @register
@@ -63,7 +71,7 @@ class SimKD(Distiller):
     variants = {
         "released-code": Variant("student tap = last stage map (DefangChen/SimKD code)", {"student_tap": "stage"}),
         "paper": Variant("student tap = head-conv map for MobileNetV2/ShuffleNetV2 (paper's projector sizes)", {"student_tap": "head"}),
-        "imagenet": Variant("paper's ImageNet projector: depthwise 3×3", {"depthwise": True}),
+        "imagenet": Variant("paper's ImageNet projector: depthwise 3×3", {"projector": "1x1-dw3x3-1x1"}),
     }
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: SimKDParams, example: torch.Tensor, **context):
@@ -72,7 +80,7 @@ class SimKD(Distiller):
         assert t is not None
         f_s, f_t = self._student_map(s), t.head_map
         self.aligned_size = min(f_s.shape[-1], f_t.shape[-1])
-        self.projector = projector(f_s.shape[1], f_t.shape[1], params.factor, params.depthwise)
+        self.projector = projector(f_s.shape[1], f_t.shape[1], params.factor, params.projector)
 
     def _student_map(self, student: Features) -> torch.Tensor:
         return student.stages[-1] if self.params.student_tap == "stage" else student.head_map
