@@ -228,26 +228,32 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
 
 @torch.no_grad()
 def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.device) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) of the method's prediction on the test set."""
+    """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set."""
     distiller.eval()
-    top1 = torch.zeros((), device=device)
-    top5 = torch.zeros((), device=device)
+    hits: dict[str, torch.Tensor] = {}
     seen = 0
     for images, targets, _ in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = distiller.forward_test(images)
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == targets[:, None]
-        top1 += hits[:, 0].sum()
-        top5 += hits.any(dim=1).sum()
+        for head, logits in distiller.forward_test_heads(images).items():
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices == targets[:, None]
+            counts = torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
+            hits[head] = hits.get(head, 0) + counts
         seen += targets.numel()
-    return {"test_top1": 100.0 * float(top1) / seen, "test_top5": 100.0 * float(top5) / seen}
+    stats = {}
+    for head, counts in hits.items():
+        suffix = f"_{head}" if head else ""
+        stats[f"test_top1{suffix}"], stats[f"test_top5{suffix}"] = (100.0 * float(c) / seen for c in counts)
+    return stats
 
 
 def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float) -> dict[str, Any]:
     best = max(history, key=lambda h: h["test_top1"])
     last = history[-1]
+    heads = sorted(k.removeprefix("test_top1_") for k in last if k.startswith("test_top1_"))
     return {
+        "heads": {head: {"best_top1": max(h[f"test_top1_{head}"] for h in history), "last_top1": last[f"test_top1_{head}"]}
+                  for head in heads},
         "run_id": spec.run_id, "model": spec.model, "method": spec.method, "profile": spec.profile,
         "seed": spec.seed, "epochs": len(history),
         "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": best["epoch"],

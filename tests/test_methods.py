@@ -484,3 +484,33 @@ def test_resolve_params_errors():
     params = methods.resolve_params("kd", None, {})
     with pytest.raises(pydantic.ValidationError):
         params.kd_weight = 2.0  # frozen
+
+
+def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
+    """α = 0.2: (1 − α)·(CE + KD) on the student's classifier + α·SimKD; both heads are evaluated."""
+    from kdbench import train
+    from kdbench.plan import DataSpec, RunSpec, TrainSpec
+
+    def spec(method: str, params: dict, teacher=None) -> RunSpec:
+        return RunSpec(
+            profile="smoke", model="resnet8", method=method, method_params=methods.resolve_params(method, None, params).model_dump(),
+            teacher=teacher, data=DataSpec(name="synthetic", options={"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16}),
+            train=TrainSpec(epochs=2, batch_size=16, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+            seed=0,
+        )
+
+    from kdbench.plan import TeacherRef
+
+    teacher = spec("ce", {})
+    train.run(teacher, tmp_path, device="cpu", progress=False)
+    ref = TeacherRef(model="resnet8", run_id=teacher.run_id)
+    joint = train.run(spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref), tmp_path, device="cpu", progress=False)
+    pure = train.run(spec("simkd", {}, ref), tmp_path, device="cpu", progress=False)
+    assert set(joint["heads"]) == {"student_classifier"} and 0 <= joint["heads"]["student_classifier"]["best_top1"] <= 100
+    from kdbench.results.store import RunDir
+
+    history = RunDir(tmp_path, spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref).run_id).read_metrics()
+    assert {"loss_ce", "loss_kd", "loss_simkd", "test_top1_student_classifier"} <= set(history[-1])
+    pure_history = RunDir(tmp_path, spec("simkd", {}, ref).run_id).read_metrics()
+    assert set(k for k in pure_history[-1] if k.startswith("loss_")) == {"loss_simkd"}
+    assert pure["heads"]["student_classifier"]["last_top1"] >= 0

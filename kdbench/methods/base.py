@@ -179,9 +179,19 @@ class Distiller(nn.Module):
         """Loss terms of one pre-training step (only methods with an :meth:`init_stage`)."""
         raise NotImplementedError(f"method {self.name!r} has no pre-training stage")
 
+    def extra_heads(self, student: Features) -> dict[str, torch.Tensor]:
+        """Further predictions evaluated beside the main one (e.g. SimKD's own student classifier)."""
+        return {}
+
     @torch.no_grad()
     def forward_test(self, images: torch.Tensor) -> torch.Tensor:
         return self.prediction(self.student.forward_features(images))
+
+    @torch.no_grad()
+    def forward_test_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The main prediction (key ``""``) and every extra head, from one student pass."""
+        features = self.student.forward_features(images)
+        return {"": self.prediction(features), **self.extra_heads(features)}
 
 
 _REGISTRY: dict[str, type[Distiller]] = {}

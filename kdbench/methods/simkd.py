@@ -8,6 +8,10 @@ Paper vs released code (specs/methods-baselines.md §SimKD, architectures.md §3
 the student's last *stage* map; the paper's projector sizes imply the head-conv map for
 MobileNetV2/ShuffleNetV2 students. ``student_tap`` selects: "stage" (code, default) or "head"
 (paper). ``projector`` selects one of Table 5's designs ("1x1-dw3x3-1x1" is the paper's ImageNet one).
+
+Joint training (§4.2, Fig. 4): L = (1 − α)·(CE + KD_4) + α·L_SimKD on the student's own classifier is
+``ce_weight = kd_weight = 1 − α, weight = α``; both classifiers are evaluated every epoch
+(``test_top1`` = reused teacher classifier, ``test_top1_student_classifier`` = the student's).
 """
 
 from __future__ import annotations
@@ -101,3 +105,7 @@ class SimKD(Distiller):
 
     def prediction(self, student: Features) -> torch.Tensor:
         return self._predict(self.projector(self._align(self._student_map(student))))
+
+    def extra_heads(self, student: Features) -> dict[str, torch.Tensor]:
+        """The student's own classifier, trained only in joint training (Fig. 4, Tables S.4/S.5)."""
+        return {"student_classifier": student.logits}
