@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,3 +19,13 @@ def shared_data() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("KDBENCH_DATA is not set to the shared offline data folder")
     return Path(root)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """In-process tests run torch on one thread: their tensors are tiny, and on a busy 2-core
+    machine OpenMP's spinning threads make small ops tens of times slower (specs/deps.md §3)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,7 +15,6 @@ import pytest
 from kdbench import methods
 from kdbench.plan import plan
 from kdbench.recipe import load_recipe
-from kdbench.results.store import RunDir
 
 
 def kdbench(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -301,16 +301,8 @@ def test_synthetic_is_deterministic_and_balanced() -> None:
         load_dataset("synthetic", seed="0")
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny convolutions with 2 OpenMP threads slow down ~30x when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_synthetic_is_learnable_by_a_tiny_cnn() -> None:
     arrays = load_dataset("synthetic")
     with torch.random.fork_rng():

@@ -18,13 +18,6 @@ from kdbench import losses
 EPS = 1e-8  # DIST: added to the product of the two norms (methods-seed.md §4.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy float64 references

@@ -24,13 +24,6 @@ from kdbench.models.base import Features, KDModel
 FEATURE_METHODS = ["fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy float64 references (specs/methods-baselines.md §5)

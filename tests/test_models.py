@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import lru_cache
 
 import pytest
@@ -90,15 +89,6 @@ def _num_params(model: torch.nn.Module) -> int:
 def _shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Batch-2 forwards gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP's waiting threads make them tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _forward(model: KDModel) -> tuple[torch.Tensor, Features]:

@@ -206,8 +206,8 @@ def ipwd_weights(
     logits_cls: torch.Tensor,
     target: torch.Tensor,
     form: str = "mirror",
-    logit_norm: str = "none",
-    self_normalize: bool = False,
+    logit_norm: str = "zscore",
+    self_normalize: bool = True,
     max_weight: float | None = None,
     eps: float = 1e-7,
 ) -> torch.Tensor:
@@ -222,9 +222,12 @@ def ipwd_weights(
     * ``"summary"``: ŵ = 1 + H_cls / (H_kd + eps) — the form of the third-party summary (S3);
     * ``"prob-ratio"``: ŵ = 1 + p^cls_y / p^kd_y = 1 + exp(H_kd − H_cls).
 
-    ``logit_norm``: "none", "zscore" ((z − mean)/(1e-7 + std), Bessel) or "l2" (z / ‖z‖₂) applied
-    to both logit matrices first. ``self_normalize``: divide by the batch mean of ŵ.
-    ``max_weight``: clip ŵ from above (after self-normalisation). Returns a detached (B,) tensor.
+    ``logit_norm``: "zscore" (default: (z − mean)/(1e-7 + std), Bessel — the "logit
+    standardisation" the summary calls crucial), "l2" (z / ‖z‖₂) or "none", applied to both logit
+    matrices first. ``self_normalize`` (default): divide by the batch mean of ŵ (self-normalised
+    IPW, so the term keeps KD's scale; raw ratios can reach 1e2–1e6 once the CE-only head fits
+    its training batch). ``max_weight``: clip ŵ from above (after self-normalisation).
+    Returns a detached (B,) tensor.
     """
     if form not in IPWD_FORMS:
         raise ValueError(f"unknown IPWD weight form {form!r}; expected one of {IPWD_FORMS}")
@@ -259,8 +262,8 @@ def ipwd(
     target: torch.Tensor,
     temperature: float,
     form: str = "mirror",
-    logit_norm: str = "none",
-    self_normalize: bool = False,
+    logit_norm: str = "zscore",
+    self_normalize: bool = True,
     max_weight: float | None = None,
     logits_kd: torch.Tensor | None = None,
 ) -> torch.Tensor:

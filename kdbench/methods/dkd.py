@@ -46,8 +46,12 @@ class DKD(Distiller):
             "mdistiller CIFAR-100 β = 6 pairs (vgg13→vgg8, vgg13→MobileNetV2, wrn_40_2→wrn_16_2/wrn_40_1/MobileNetV2/resnet8x4)",
             {"beta": 6.0},
         ),
-        "imagenet-r34-r18": Variant("mdistiller ImageNet ResNet-34→ResNet-18: β 0.5, T 1, warm-up 1", {"beta": 0.5, "temperature": 1.0, "warmup": 1}),
-        "imagenet-r50-mv1": Variant("mdistiller ImageNet ResNet-50→MobileNet-V1: β 2, T 1, warm-up 1", {"beta": 2.0, "temperature": 1.0, "warmup": 1}),
+        "imagenet-r34-r18": Variant(
+            "mdistiller ImageNet ResNet-34→ResNet-18: β 0.5, T 1, warm-up 1", {"beta": 0.5, "temperature": 1.0, "warmup": 1}
+        ),
+        "imagenet-r50-mv1": Variant(
+            "mdistiller ImageNet ResNet-50→MobileNet-V1: β 2, T 1, warm-up 1", {"beta": 2.0, "temperature": 1.0, "warmup": 1}
+        ),
     }
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -12,9 +12,13 @@ Reconstruction (every choice a parameter; [UNKNOWN] until the paper is read):
 * ŵ from the detached heads at T = 1 (``losses.ipwd_weights``); default form ``mirror``,
   ŵ = 1 + H(y^kd,y)/H(y^cls,y), the one that up-weights samples the teacher's domain
   under-represents (the third-party summary's form and a probability ratio are variants);
+* H(·, y) computed on z-scored logits (the summary says "logit standardisation" is crucial) and ŵ
+  self-normalised to batch mean 1, which keeps the term on KD's scale (with raw ratios, ŵ reached
+  1e2–1e6 within a few SGD steps in kdbench's fixed-batch smoke test, once the CE-only head fit
+  the batch, and the loss diverged); variant ``raw-weights`` is the literal unnormalised formula;
+  no clipping; weights from epoch 1 (``start_epoch``);
 * extra head = a linear layer like the student classifier on the pooled feature, gradients into
-  the backbone (``head_detach`` makes it a linear probe); no logit normalisation, no weight
-  self-normalisation or clipping, weights from epoch 1 (``start_epoch``) by default;
+  the backbone (``head_detach`` makes it a linear probe);
 * IPWD† (variant ``dagger``): ŵ uses a second extra head trained only with the (unweighted) KD
   loss instead of the original head. IPWD* (a separate CE-trained network) is not implemented.
 """
@@ -40,8 +44,8 @@ class IPWDParams(MethodParams):
     temperature: float = 4.0
     cls_weight: float = 1.0  # CE of the extra (CE-only) head
     form: Literal["mirror", "summary", "prob-ratio"] = "mirror"
-    logit_norm: Literal["none", "zscore", "l2"] = "none"
-    self_normalize: bool = False
+    logit_norm: Literal["none", "zscore", "l2"] = "zscore"
+    self_normalize: bool = True
     max_weight: float | None = Field(None, gt=0)
     start_epoch: int = Field(1, ge=1)  # before it, ŵ ≡ 1 (plain KD)
     head_detach: bool = False  # True: extra heads see a detached feature (linear probes)
@@ -59,9 +63,15 @@ class IPWD(Distiller):
         "mirror": Variant("ŵ = 1 + H(y^kd,y)/H(y^cls,y): up-weights under-represented samples (default)", {"form": "mirror"}),
         "summary": Variant("ŵ = 1 + H(y^cls,y)/H(y^kd,y): the third-party summary's form (unverified)", {"form": "summary"}),
         "prob-ratio": Variant("ŵ = 1 + p^cls_y / p^kd_y (another reading, unverified)", {"form": "prob-ratio"}),
+        "raw-weights": Variant(
+            "the literal formula: raw logits, no self-normalisation of ŵ", {"logit_norm": "none", "self_normalize": False}
+        ),
         "dagger": Variant("IPWD†: ŵ from a second extra head trained only with the KD loss", {"weight_source": "kd-head"}),
         "linear-probe": Variant("extra head on a detached feature (no backbone gradient from its CE)", {"head_detach": True}),
-        "imagenet-wsld": Variant("ImageNet base objective following WSLD's code: CE 1 + 2.5·KD at T 2", {"ce_weight": 1.0, "weight": 2.5, "temperature": 2.0}),
+        "imagenet-wsld": Variant(
+            "ImageNet base objective following WSLD's code: CE 1 + 2.5·KD at T 2",
+            {"ce_weight": 1.0, "weight": 2.5, "temperature": 2.0},
+        ),
     }
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: IPWDParams, example: torch.Tensor, **context):

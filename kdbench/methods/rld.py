@@ -44,8 +44,12 @@ class RLD(Distiller):
     variants = {
         "same-t": Variant("README runs (--same-t): one temperature τ_a = τ for SCD and MCD", {"alpha_temperature": None}),
         "cfg-default": Variant("released config default without --same-t: τ_a = 1 for SCD", {"alpha_temperature": 1.0}),
-        "cifar-beta2": Variant("[UNKNOWN] per-pair β; DKD's β = 2 pairs as fallback (resnet56→resnet20, resnet110→resnet32/20)", {"beta": 2.0}),
-        "cifar-beta6": Variant("[UNKNOWN] per-pair β; DKD's β = 6 pairs as fallback (vgg13→vgg8, wrn_40_2→wrn_16_2/wrn_40_1, ...)", {"beta": 6.0}),
+        "cifar-beta2": Variant(
+            "[UNKNOWN] per-pair β; DKD's β = 2 pairs as fallback (resnet56→resnet20, resnet110→resnet32/20)", {"beta": 2.0}
+        ),
+        "cifar-beta6": Variant(
+            "[UNKNOWN] per-pair β; DKD's β = 6 pairs as fallback (vgg13→vgg8, wrn_40_2→wrn_16_2/wrn_40_1, ...)", {"beta": 6.0}
+        ),
         "imagenet-r34-r18": Variant(
             "RLD ImageNet ResNet-34→ResNet-18 config: β 0.5, τ = τ_a = 1, warm-up 1",
             {"beta": 0.5, "temperature": 1.0, "alpha_temperature": 1.0, "warmup": 1},
