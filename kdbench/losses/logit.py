@@ -288,25 +288,36 @@ def ipwd(
 # ---------------------------------------------------------------------------------------------
 
 
-def mlkd_instance(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MLKD instance level (Jin et al., CVPR 2023): T² · (1/B) Σ_i KL(p_t,i ‖ p_s,i), p = softmax(z/T)
-    — the same quantity as :func:`kd` (the released ``kd_loss``, per-sample sum then batch mean)."""
+def _weighted_mean(per_item: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """mean_i(w_i · ℓ_i): with no weights, the plain mean."""
+    return per_item.mean() if weights is None else (per_item * weights).mean()
+
+
+def mlkd_instance(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MLKD instance level (Jin et al., CVPR 2023): T² · (1/B) Σ_i w_i KL(p_t,i ‖ p_s,i), p = softmax(z/T)
+    — with no ``weights`` the same quantity as :func:`kd` (the released ``kd_loss``, per-sample sum then
+    batch mean). ``weights`` (B,) are the paper's per-sample confidence masks."""
     log_p_s = F.log_softmax(logits_s / temperature, dim=1)
     p_t = F.softmax(logits_t.detach() / temperature, dim=1)
-    return F.kl_div(log_p_s, p_t, reduction="none").sum(dim=1).mean() * temperature**2
+    return _weighted_mean(F.kl_div(log_p_s, p_t, reduction="none").sum(dim=1), weights) * temperature**2
 
 
-def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
+def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD batch level (input correlation): ‖P_t P_tᵀ − P_s P_sᵀ‖²_F / B with P = softmax(z / T)
-    (B×C, so the Gram matrices are B×B); no T² factor (specs/methods-seed.md §2.1–2.2)."""
+    (B×C, so the Gram matrices are B×B); no T² factor (specs/methods-seed.md §2.1–2.2).
+    ``weights`` (B,) weight each sample's row of the squared difference."""
     p_s = F.softmax(logits_s / temperature, dim=1)
     p_t = F.softmax(logits_t.detach() / temperature, dim=1)
-    return ((p_t @ p_t.t() - p_s @ p_s.t()) ** 2).sum() / logits_s.shape[0]
+    return _weighted_mean(((p_t @ p_t.t() - p_s @ p_s.t()) ** 2).sum(dim=1), weights)
 
 
-def mlkd_class(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
+def mlkd_class(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD class level (category correlation): ‖P_tᵀ P_t − P_sᵀ P_s‖²_F / C with P = softmax(z / T)
-    (C×C Gram matrices); no T² factor (specs/methods-seed.md §2.1–2.2)."""
+    (C×C Gram matrices); no T² factor (specs/methods-seed.md §2.1–2.2).
+    ``weights`` (C,) weight each class's row of the squared difference."""
     p_s = F.softmax(logits_s / temperature, dim=1)
     p_t = F.softmax(logits_t.detach() / temperature, dim=1)
-    return ((p_t.t() @ p_t - p_s.t() @ p_s) ** 2).sum() / logits_s.shape[1]
+    return _weighted_mean(((p_t.t() @ p_t - p_s.t() @ p_s) ** 2).sum(dim=1), weights)

@@ -43,7 +43,7 @@ CATALOG: dict[str, str] = {
     "simkd": "Chen et al., SimKD, CVPR 2022",
     "dist": "Huang et al., DIST, NeurIPS 2022",
     "mlkd": "Jin et al., Multi-Level Logit Distillation, CVPR 2023",
-    "ipwd": "Niu et al., Respecting Transfer Gap (IPWD), NeurIPS 2022",
+    "ipwd": "Niu et al., Respecting Transfer Gap (IPWD), NeurIPS 2022 — reconstructed (weight formula not recovered)",
     "rld": "Sun et al., Refined Logit Distillation, 2024",
 }
 

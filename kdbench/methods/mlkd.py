@@ -11,16 +11,20 @@ published numbers (§2.2):
 * the "strong" instance group uses the weak-view logits for T = 2 and T = 6 (a copy/paste quirk);
 * strong-view batch/class terms are not added; CE is applied to both views.
 
+The ``paper`` variant is the paper's reading instead: masks weight each sample (class), every
+strong-view instance term uses the strong view, and the strong view's correlations are added.
 The student sees each view in its own forward pass (BatchNorm statistics per view).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
 from kdbench.models.base import Features
 
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
@@ -31,11 +35,14 @@ class MLKDParams(MethodParams):
     kd_weight: float = 0.0  # MLKD's own instance terms replace the shared KD term
     weight: float = 0.9  # λ_kd
     temperature: float = 4.0  # T0, the median of the temperature set (ImageNet: 1)
+    masking: Literal["scalar", "per_sample"] = "scalar"
+    strong_group_uses_weak_logits: bool = True  # the released code's T = 2, 6 quirk
+    strong_correlations: bool = False  # add the strong view's batch/class terms
 
 
-def below_median_fraction(values: torch.Tensor) -> torch.Tensor:
-    """Fraction of ``values`` at or below their median (NumPy's linear-interpolation percentile)."""
-    return (values <= torch.quantile(values, 0.5, interpolation="linear")).float().mean()
+def below_median(values: torch.Tensor) -> torch.Tensor:
+    """1.0 where ``values`` are at or below their median (NumPy's linear-interpolation percentile)."""
+    return (values <= torch.quantile(values, 0.5, interpolation="linear")).float()
 
 
 @register
@@ -45,6 +52,12 @@ class MLKD(Distiller):
     paper = "Jin, Wang & Lin, Multi-Level Logit Distillation, CVPR 2023"
     Params = MLKDParams
     needs = Needs(teacher=True, teacher_logits_only=True, strong_view=True)
+    variants = {
+        "released-code": Variant("the released code (published numbers): scalar masks, strong-group quirk", {}),
+        "paper": Variant("the paper's reading: per-sample/per-class masks, strong view throughout",
+                         {"masking": "per_sample", "strong_group_uses_weak_logits": False, "strong_correlations": True}),
+        "imagenet": Variant("released ImageNet config: T0 = 1, 0.5·CE + 0.5·MLKD", {"temperature": 1.0, "ce_weight": 0.5, "weight": 0.5}),
+    }
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None and step.strong is not None, "MLKD needs the strong view (Needs.strong_view)"
@@ -54,18 +67,26 @@ class MLKD(Distiller):
         with torch.no_grad():
             z_t_strong = self.teacher(step.strong)
             probs = F.softmax(z_t_weak.float(), dim=1)
-            rho_b = below_median_fraction(probs.max(dim=1).values)
-            rho_c = below_median_fraction(probs.sum(dim=0))
+            sample_mask, class_mask = below_median(probs.max(dim=1).values), below_median(probs.sum(dim=0))
         temperatures = (p.temperature, *EXTRA_TEMPERATURES)
-        instance_weak = sum(losses.mlkd_instance(z_s_weak, z_t_weak, t) for t in temperatures)
-        instance_strong = sum(losses.mlkd_instance(z_s_strong, z_t_strong, t) for t in temperatures[:3]) + sum(
-            losses.mlkd_instance(z_s_weak, z_t_weak, t) for t in temperatures[3:])  # the released code's quirk
-        batch = sum(losses.mlkd_batch(z_s_weak, z_t_weak, t) for t in temperatures)
-        classes = sum(losses.mlkd_class(z_s_weak, z_t_weak, t) for t in temperatures)
-        return z_s_weak, {
+
+        def masked(loss, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            """Σ over temperatures; the mask scales the scalar (code) or weights each row (paper)."""
+            if p.masking == "scalar":
+                return mask.mean() * sum(loss(s, t, temp) for temp in temperatures)
+            return sum(loss(s, t, temp, weights=mask) for temp in temperatures)
+
+        strong_pairs = [(z_s_strong, z_t_strong, temp) for temp in temperatures]
+        if p.strong_group_uses_weak_logits:  # T = 2 and 6 of the "strong" group read the weak view
+            strong_pairs[3:] = [(z_s_weak, z_t_weak, temp) for temp in temperatures[3:]]
+        terms = {
             "ce_strong": p.ce_weight * F.cross_entropy(z_s_strong, step.targets),
-            "kd_weak": p.weight * rho_b * instance_weak,
-            "kd_strong": p.weight * instance_strong,
-            "cc": p.weight * rho_c * classes,
-            "bc": p.weight * rho_b * batch,
+            "kd_weak": p.weight * masked(losses.mlkd_instance, z_s_weak, z_t_weak, sample_mask),
+            "kd_strong": p.weight * sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
+            "cc": p.weight * masked(losses.mlkd_class, z_s_weak, z_t_weak, class_mask),
+            "bc": p.weight * masked(losses.mlkd_batch, z_s_weak, z_t_weak, sample_mask),
         }
+        if p.strong_correlations:
+            terms["cc_strong"] = p.weight * masked(losses.mlkd_class, z_s_strong, z_t_strong, class_mask)
+            terms["bc_strong"] = p.weight * masked(losses.mlkd_batch, z_s_strong, z_t_strong, sample_mask)
+        return z_s_weak, terms
