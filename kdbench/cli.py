@@ -160,6 +160,27 @@ def list_recipes() -> None:
     console.print(f"Methods implemented: {', '.join(methods.names())}")
 
 
+@app.command("methods")
+def list_methods() -> None:
+    """List the distillation methods: source paper, parameters with defaults, and named variants."""
+    from rich.table import Table
+
+    from kdbench import methods
+
+    table = Table(title="Methods", title_justify="left", show_lines=True)
+    for column in ("method", "paper", "defaults", "variants"):
+        table.add_column(column, overflow="fold")
+    for name in methods.names():
+        cls = methods.get(name)
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
+        variants = "\n".join(f"{v}: {variant.description}" for v, variant in cls.variants.items()) or "—"
+        table.add_row(name, cls.paper, defaults, variants)
+    missing = sorted(set(methods.CATALOG) - set(methods.names()))
+    for name in missing:
+        table.add_row(name, methods.CATALOG[name], "[dim]not implemented yet[/]", "")
+    console.print(table)
+
+
 @app.command()
 def show(
     recipe: RecipeArg,

@@ -133,3 +133,10 @@ def test_ci_profile_on_real_images_from_a_recipe_file(tmp_path, shared_data):
     rows = list(csv.DictReader(io.StringIO(kdbench("compare", str(results), "--format", "csv").stdout)))
     assert [(r["row"], r["status"], r["n"]) for r in rows] == [("Student", "done", "2"), ("KD", "done", "2"), ("Teacher", "done", "1")]
     assert "ci profile" in kdbench("compare", str(results)).stdout
+
+
+def test_methods_command_lists_every_method_with_paper_and_variants():
+    out = kdbench("methods").stdout
+    for name in methods.names():
+        assert name in out
+    assert "released-cifar" in out and "Huang et al." in out
