@@ -198,7 +198,7 @@ def _params(recipe: Recipe, label: str, method: str, variant: str | None, overri
 
 
 def _check_known_method(recipe: Recipe, method: str) -> None:
-    if method not in methods.CATALOG:
+    if not all(part in methods.CATALOG for part in method.split("+")):
         raise KdbenchError(
             f"recipe {recipe.name}: unknown method {method!r}.{did_you_mean(method, methods.CATALOG)} "
             f"Known methods: {', '.join(sorted(methods.CATALOG))}"

@@ -16,7 +16,7 @@ from kdbench.methods.base import (
 
 # One file per method: importing a module runs its @register.
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
+    if _module.name not in ("base", "combined"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 CATALOG: dict[str, str] = {
@@ -45,11 +45,15 @@ CATALOG: dict[str, str] = {
     "mlkd": "Jin et al., Multi-Level Logit Distillation, CVPR 2023",
     "ipwd": "Niu et al., Respecting Transfer Gap (IPWD), NeurIPS 2022 — reconstructed (weight formula not recovered)",
     "rld": "Sun et al., Refined Logit Distillation, 2024",
+    "rkd+mlkd": "RKD combined with MLKD (MLKD appendix Table 2)",
+    "reviewkd+mlkd": "ReviewKD combined with MLKD (MLKD appendix Table 2)",
+    "reviewkd+ipwd": "ReviewKD combined with IPWD (IPWD appendix Table 2)",
 }
 
 
 def is_implemented(name: str) -> bool:
-    return name in names()
+    """True for a registered method, and for a combination ``a+b`` of registered methods."""
+    return all(part in names() for part in name.split("+"))
 
 
 __all__ = [

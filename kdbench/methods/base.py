@@ -206,6 +206,12 @@ def register(cls: type[Distiller]) -> type[Distiller]:
 
 
 def get(name: str) -> type[Distiller]:
+    """A registered method, or a combination ``first+second`` of two (see methods/combined.py)."""
+    if "+" in name:
+        from kdbench.methods.combined import combine
+
+        first, second = name.split("+", 1)
+        return combine(get(first), get(second))
     try:
         return _REGISTRY[name]
     except KeyError:
