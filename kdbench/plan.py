@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
-from kdbench.recipe import PROFILES, CIProfile, Recipe, Training
+from kdbench.recipe import PROFILES, CIProfile, Recipe, Row, Training
 
 SPEC_VERSION = 1
 TEACHER_SEED = 0
@@ -60,6 +60,13 @@ class TeacherRef(_Spec):
     run_id: str
 
 
+class RunRef(_Spec):
+    """A finished run whose final weights this run starts from (e.g. SimKD's sequential training)."""
+
+    method: str
+    run_id: str
+
+
 class RunSpec(_Spec):
     """One fully resolved training run."""
 
@@ -69,9 +76,15 @@ class RunSpec(_Spec):
     method: str
     method_params: dict[str, Any]
     teacher: TeacherRef | None
+    init_from: RunRef | None = None
     data: DataSpec
     train: TrainSpec
     seed: int
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Runs that must finish before this one: its teacher, and the run it starts from."""
+        return [ref.run_id for ref in (self.teacher, self.init_from) if ref is not None]
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -103,12 +116,11 @@ class Plan:
     cells: list[Cell] = field(default_factory=list)
 
     def dependencies(self, run_id: str) -> list[str]:
-        teacher = self.specs[run_id].teacher
-        return [teacher.run_id] if teacher is not None else []
+        return self.specs[run_id].dependencies
 
     def ordered(self) -> list[RunSpec]:
-        """Runs with every dependency before its dependents (teachers first)."""
-        return sorted(self.specs.values(), key=lambda s: s.teacher is not None)
+        """Runs with every dependency before its dependents (teachers, then students, then their followers)."""
+        return sorted(self.specs.values(), key=lambda s: (s.teacher is not None) + (s.init_from is not None))
 
 
 def plan(
@@ -154,6 +166,8 @@ def plan(
             run_ids = []
             for seed in range(n_trials):
                 spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed)
+                if row.after is not None:
+                    spec = spec.model_copy(update={"init_from": _preceding_run(result, recipe, row, column_id, seed)})
                 result.specs.setdefault(spec.run_id, spec)
                 run_ids.append(spec.run_id)
             result.cells.append(Cell(row.label, column_id, row.method, "planned", tuple(run_ids)))
@@ -169,6 +183,19 @@ def _spec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
         data=data, train=_train_spec(base, model, profile, ci), seed=seed,
     )
+
+
+def _preceding_run(result: Plan, recipe: Recipe, row: Row, column_id: str, seed: int) -> RunRef:
+    """The run of row ``row.after`` in the same column and trial that ``row`` continues from."""
+    labels = [r.label for r in recipe.rows]
+    if row.after not in labels or labels.index(row.after) >= labels.index(row.label):
+        raise KdbenchError(f"recipe {recipe.name}, row {row.label!r}: 'after: {row.after}' must name an earlier row "
+                           f"of the recipe.{did_you_mean(row.after, labels)}")
+    cell = next((c for c in result.cells if c.row == row.after and c.column == column_id), None)
+    if cell is None or cell.status != "planned" or seed >= len(cell.run_ids):
+        raise KdbenchError(f"recipe {recipe.name}, row {row.label!r} continues row {row.after!r}, "
+                           f"which has no run for column {column_id} trial {seed} (not implemented or not selected).")
+    return RunRef(method=result.specs[cell.run_ids[seed]].method, run_id=cell.run_ids[seed])
 
 
 def _variant(recipe: Recipe, method: str, row_variant: str | None) -> str | None:

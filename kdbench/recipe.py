@@ -108,6 +108,8 @@ class Row(_Strict):
     method: str
     variant: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # Start each run from the final weights of this earlier row's run (same pair, same trial).
+    after: str | None = None
     paper: dict[str, PaperValue] = Field(default_factory=dict)
     note: str = ""
 

@@ -106,6 +106,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     example = next(iter(data.test_loader(arrays, 2)))[0]
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
     distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels).to(device)
+    if spec.init_from is not None:
+        _start_from(distiller, results, spec.init_from.run_id)
     optimizer = _sgd(distiller.trainable_parameters(), spec)
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec) if stage is not None else None
@@ -154,6 +156,20 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started)
     atomic_write_json(rundir.result_file, result)
     return result
+
+
+def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> None:
+    """Load the final weights of run ``run_id`` into the modules of ``distiller`` that share their names."""
+    run = RunDir(results, run_id)
+    if not run.is_done():
+        raise KdbenchError(f"run {run_id}, which this run starts from, has not finished: train it first.")
+    state = torch.load(run.model_file, map_location="cpu", weights_only=True)
+    own = distiller.state_dict()
+    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise KdbenchError(f"run {run_id}'s weights share no module with method {distiller.name!r}: nothing to start from.")
+    distiller.load_state_dict(shared, strict=False)
+    log.info("started from run %s (%d of %d tensors)", run_id, len(shared), len(own))
 
 
 def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec) -> torch.optim.SGD:

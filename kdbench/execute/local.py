@@ -230,13 +230,14 @@ class LocalExecutor:
 
     def _blocker(self, spec: RunSpec, outcomes: dict[str, Outcome], by_id: dict[str, RunSpec]) -> str:
         """'' when runnable, 'wait' while a dependency is unfinished, else why it cannot run."""
-        if spec.teacher is None:
-            return ""
-        dep = spec.teacher.run_id
-        if dep in outcomes:
-            dep_outcome = outcomes[dep]
-            return "" if dep_outcome.status == "done" else f"teacher run {dep} {dep_outcome.status}: {dep_outcome.message}"
-        return "wait" if dep in by_id else ""
+        for dep in spec.dependencies:
+            if dep in outcomes:
+                if outcomes[dep].status != "done":
+                    kind = "teacher run" if spec.teacher is not None and dep == spec.teacher.run_id else "run"
+                    return f"{kind} {dep} {outcomes[dep].status}: {outcomes[dep].message}"
+            elif dep in by_id:
+                return "wait"
+        return ""
 
     def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> Handle:
         rundir.path.mkdir(parents=True, exist_ok=True)
