@@ -105,7 +105,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     method = methods.get(spec.method)
     example = next(iter(data.test_loader(arrays, 2)))[0]
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
-    distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels).to(device)
+    distiller = method(student, teacher, method.Params(**spec.method_params), example,
+                       train_labels=train_labels, batch_size=spec.train.batch_size).to(device)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
     optimizer = _sgd(distiller.trainable_parameters(), spec)
@@ -117,13 +118,13 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
              spec.profile, done.epochs + 1, spec.train.epochs)
 
     def batches(epoch: int) -> Iterable:
-        return data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch,
-                                 num_workers=num_workers, strong=method.needs.strong_view)
+        return data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch, num_workers=num_workers,
+                                 strong=method.needs.strong_view, drop_last=method.needs.fixed_batch)
 
     def checkpoint(epoch: int, init_epoch: int) -> None:
         """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo."""
         atomic_torch_save(rundir.checkpoint_file, {
-            "epoch": epoch, "init_epoch": init_epoch, "state": distiller.inference_state(),
+            "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
             "optimizer": optimizer.state_dict(),
             "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
             "history": history,

@@ -3,16 +3,16 @@
 These are the stateless halves of three methods whose other halves live in their method modules:
 
 * CRD (``methods/crd.py``): the method owns the embedding heads, the two memory banks, the
-  negative sampling and the normalising constants Z; it gathers the K+1 bank rows of every sample
-  (positive first) and calls :func:`crd`, which scores them (:func:`crd_scores`) and applies the
-  NCE loss (:func:`crd_nce`).
+  negative sampling, the normalising constants Z and the bank update; :func:`crd_scores` scores
+  each anchor against the other network's bank at the sampled contrast indices (positive
+  first), and :func:`crd` applies the NCE loss (:func:`crd_nce`) to both sides' scores.
 * SRRL (``methods/srrl.py``): the method owns the connector and applies the teacher's classifier;
   :func:`srrl` is the two MSE terms.
 * SemCKD (``methods/semckd.py``): the method owns the query/key MLPs and the per-pair projectors;
   :func:`semckd_attention` turns queries and keys into the per-sample attention over teacher
   taps and :func:`semckd` is the attention-weighted per-sample MSE.
 
-Teacher-side tensors (targets, memory-bank rows) are detached inside, as everywhere in
+Teacher-side tensors (targets, memory banks) are detached inside, as everywhere in
 ``kdbench.losses``.
 """
 
@@ -28,13 +28,16 @@ __all__ = ["crd", "crd_nce", "crd_scores", "semckd", "semckd_attention", "srrl"]
 CRD_EPS = 1e-7  # RepDistiller crd/criterion.py: added to every NCE denominator
 
 
-def crd_scores(anchor: torch.Tensor, bank_rows: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Unnormalised CRD scores exp(⟨m_k, v⟩ / T) of an anchor against its gathered bank rows.
+def crd_scores(anchor: torch.Tensor, bank: torch.Tensor, contrast: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CRD's unnormalised scores exp(⟨bank[contrast[i, k]], anchor[i]⟩ / T), shape (B, K+1).
 
-    ``anchor``: (B, D) embeddings; ``bank_rows``: (B, K+1, D) rows of the *other* network's memory
-    bank (row 0 the positive). Returns (B, K+1). The bank rows are constants (detached).
+    ``anchor``: (B, D) embeddings; ``bank``: (N, D) memory bank of the *other* network (a
+    constant: detached); ``contrast``: (B, K+1) int64 dataset indices, column 0 the positive.
+    RepDistiller gathers the K+1 rows of every sample, (B, K+1, D), and multiplies; here the
+    anchors meet the whole bank in one (B, N) product and the scores are gathered from it —
+    the same dot products without the (B, K+1, D) copy.
     """
-    dots = torch.bmm(bank_rows.detach(), anchor.unsqueeze(2)).squeeze(2)
+    dots = (anchor @ bank.detach().t()).gather(1, contrast)
     return torch.exp(dots / temperature)
 
 
@@ -54,27 +57,20 @@ def crd_nce(scores: torch.Tensor, z: float | torch.Tensor, n_data: int) -> torch
 
 
 def crd(
-    emb_s: torch.Tensor,
-    emb_t: torch.Tensor,
-    rows_s: torch.Tensor,
-    rows_t: torch.Tensor,
+    scores_s: torch.Tensor,
+    scores_t: torch.Tensor,
     z_s: float | torch.Tensor,
     z_t: float | torch.Tensor,
     n_data: int,
-    temperature: float = 0.07,
 ) -> torch.Tensor:
-    """CRD loss (Tian et al., ICLR 2020) given embeddings and already-gathered memory-bank rows.
+    """CRD loss (Tian et al., ICLR 2020; RepDistiller ``CRDLoss``) of already-gathered scores.
 
-    ``emb_s``/``emb_t``: (B, D) L2-normalised student/teacher embeddings (both trainable: the
-    teacher's embedding head learns too). ``rows_s``/``rows_t``: (B, K+1, D) rows gathered from the
-    student/teacher memory bank at each sample's contrast indices (position 0 = the sample
-    itself). ``z_s``: the constant dividing the student-anchor scores (student embedding against
-    the *teacher* bank), ``z_t`` the teacher-anchor one (teacher embedding against the *student*
-    bank). Returns student-anchor NCE + teacher-anchor NCE (RepDistiller ``CRDLoss``).
+    ``scores_s``: (B, K+1) :func:`crd_scores` of the student embedding against the *teacher*
+    bank, ``scores_t`` of the teacher embedding against the *student* bank (column 0 the
+    positive); ``z_s``/``z_t`` their normalising constants (the method fixes them on its first
+    batch). Returns student-anchor NCE + teacher-anchor NCE.
     """
-    loss_s = crd_nce(crd_scores(emb_s, rows_t, temperature), z_s, n_data)
-    loss_t = crd_nce(crd_scores(emb_t, rows_s, temperature), z_t, n_data)
-    return loss_s + loss_t
+    return crd_nce(scores_s, z_s, n_data) + crd_nce(scores_t, z_t, n_data)
 
 
 def srrl(h_s: torch.Tensor, feat_t: torch.Tensor, pred_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,8 @@ class Needs:
     sample_indices: bool = False
     # A second, strongly augmented view of every image (MLKD): data/strong.py.
     strong_view: bool = False
+    # Modules sized by the batch size (SemCKD): every batch is full (the loop drops an incomplete one).
+    fixed_batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,19 @@ class Distiller(nn.Module):
         example: torch.Tensor,
         *,
         train_labels: torch.Tensor | None = None,
+        batch_size: int | None = None,
     ):
         """``example``: a few input images, to size extra modules (see :meth:`probe`).
         ``train_labels``: the label of every training sample by dataset index, for methods that
-        declare ``Needs(sample_indices=True)`` (e.g. CRD's memory bank and negative sampling)."""
+        declare ``Needs(sample_indices=True)`` (e.g. CRD's memory bank and negative sampling).
+        ``batch_size``: the training batch size, for methods that declare ``Needs(fixed_batch=True)``."""
         super().__init__()
-        if self.needs.sample_indices and train_labels is None:
-            raise ValueError(f"method {self.name!r} needs the training labels (train_labels=...)")
         if self.needs.teacher and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
+        if self.needs.sample_indices and train_labels is None:
+            raise ValueError(f"method {self.name!r} needs the training labels (train_labels=...)")
+        if self.needs.fixed_batch and batch_size is None:
+            raise ValueError(f"method {self.name!r} needs the training batch size (batch_size=...)")
         self.student = student
         self.teacher = teacher
         self.params = params
@@ -134,9 +140,13 @@ class Distiller(nn.Module):
         teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         return [p for p in self.parameters() if id(p) not in teacher_ids]
 
-    def inference_state(self) -> dict[str, torch.Tensor]:
-        """The trained weights worth keeping: everything but the teacher."""
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Everything a resume needs (the checkpoint): all but the frozen teacher."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """The final weights (``model.pt``); methods drop training-only state such as memory banks."""
+        return self.training_state()
 
     def forward_train(
         self,

@@ -25,6 +25,7 @@ def _merge_needs(a: Needs, b: Needs) -> Needs:
         teacher_logits_only=a.teacher_logits_only and b.teacher_logits_only,
         sample_indices=a.sample_indices or b.sample_indices,
         strong_view=a.strong_view or b.strong_view,
+        fixed_batch=a.fixed_batch or b.fixed_batch,
     )
 
 
