@@ -419,7 +419,7 @@ def test_crd_banks_are_buffers(teacher_template, images):
     assert d.z.tolist() == [-1.0, -1.0]
     params = {id(p) for p in d.trainable_parameters()}
     assert all(id(b) not in params for b in buffers.values())
-    state = d.inference_state()
+    state = d.training_state()
     assert {"memory_s", "memory_t", "z", "sampler_seed"} <= set(state)
     assert "train_labels" not in state  # given to the constructor every time, not checkpointed
     assert {"embed_s.linear.weight", "embed_t.linear.bias"} <= set(state)
@@ -548,7 +548,7 @@ def test_crd_state_round_trips_through_state_dict(teacher_template, images):
         opt.zero_grad()
         sum(terms.values()).backward()
         opt.step()
-    state = {k: v.clone() for k, v in first.inference_state().items()}
+    state = {k: v.clone() for k, v in first.training_state().items()}
     assert state["z"].min() > 0
 
     resumed = make("crd", teacher_template, images, params=params, train_labels=labels, seed=7)
@@ -575,7 +575,7 @@ def test_crd_loading_an_unset_z_re_estimates_it(teacher_template, images):
     labels = torch.arange(30) % NUM_CLASSES
     params = methods.resolve_params("crd", None, {"nce_k": 8})
     d = make("crd", teacher_template, images, params=params, train_labels=labels)
-    fresh_state = {k: v.clone() for k, v in d.inference_state().items()}
+    fresh_state = {k: v.clone() for k, v in d.training_state().items()}
     d.train()
     d.forward_train(images, labels[:8], epoch=1, indices=torch.arange(8))
     assert d.z.min() > 0
