@@ -58,6 +58,7 @@ def reproduce(
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
     runs_per_gpu: Annotated[int, typer.Option("--runs-per-gpu", min=1, help="Runs trained at once on each GPU.")] = 1,
+    cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores.")] = 1,
     data_dir: DataDirOpt = None,
     ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
     ci_epochs: Annotated[Optional[int], typer.Option("--ci-epochs", help="ci profile: epochs per run.")] = None,
@@ -77,7 +78,7 @@ def reproduce(
         if dry_run:
             _print_plan(table_plan, results, data_dir)
             return
-        slots = detect_slots(device, runs_per_gpu)
+        slots = detect_slots(device, runs_per_gpu, cpu_jobs)
         with RunProgress(console, len(table_plan.specs)) as progress:
             executor = LocalExecutor(slots, SlotWorkers(data_dir), listener=progress.event)
             outcomes = reproduce_table(table_plan, results, executor, ci)

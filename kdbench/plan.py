@@ -159,7 +159,11 @@ def plan(
                 _check_known_method(recipe, row.method)
                 result.cells.append(Cell(row.label, column_id, row.method, "not_implemented"))
                 continue
-            params = _params(recipe, row.label, row.method, _variant(recipe, row.method, row.variant), row.params)
+            overrides = {**row.params, **row.params_by_column.get(column_id, {})}
+            params = _params(recipe, row.label, row.method, _variant(recipe, row.method, row.variant), overrides)
+            if profile != "full" and "init_epochs" in params:
+                # Quick profiles shorten a method's pre-training stage like the main schedule.
+                params["init_epochs"] = max(1, round(params["init_epochs"] * _profile_epochs(profile, ci, train_base) / train_base.epochs))
             needs_teacher = methods.get(row.method).needs.teacher
             teacher_model = recipe.teachers[column.teacher].model
             teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
@@ -257,13 +261,14 @@ def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
     return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options)
 
 
+def _profile_epochs(profile: str, ci: CIProfile, base: Training) -> int:
+    return {"smoke": SMOKE_EPOCHS, "ci": ci.epochs}.get(profile, base.epochs)
+
+
 def _train_spec(base: Training, model: str, profile: str, ci: CIProfile) -> TrainSpec:
     lr_by_model = {models.canonical_name(k): v for k, v in base.lr_by_model.items()}
-    epochs, batch = base.epochs, base.batch_size
-    if profile == "smoke":
-        epochs, batch = SMOKE_EPOCHS, SMOKE_BATCH
-    elif profile == "ci":
-        epochs = ci.epochs
+    epochs = _profile_epochs(profile, ci, base)
+    batch = SMOKE_BATCH if profile == "smoke" else base.batch_size
     # Shorter profiles keep the schedule's shape: milestones scale with the epoch count.
     milestones = tuple(max(1, round(m * epochs / base.epochs)) for m in base.milestones) if epochs != base.epochs else base.milestones
     return TrainSpec(

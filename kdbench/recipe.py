@@ -108,6 +108,8 @@ class Row(_Strict):
     method: str
     variant: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # Parameters that differ by pair (e.g. DKD's β, ReviewKD's weight): column id → overrides.
+    params_by_column: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Start each run from the final weights of this earlier row's run (same pair, same trial).
     after: str | None = None
     paper: dict[str, PaperValue] = Field(default_factory=dict)
@@ -165,10 +167,10 @@ class Recipe(_Strict):
                     f"{did_you_mean(col.teacher, self.teachers)} Teachers: {', '.join(self.teachers)}"
                 )
         for i, row in enumerate(self.rows):
-            for key in row.paper:
+            for key in [*row.paper, *row.params_by_column]:
                 if key not in column_ids:
                     raise ValueError(
-                        f"rows[{i}] ({row.label}).paper has column {key!r}, which is not a column id."
+                        f"rows[{i}] ({row.label}) names column {key!r}, which is not a column id."
                         f"{did_you_mean(key, column_ids)}"
                     )
         return self

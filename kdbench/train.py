@@ -111,7 +111,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
         _start_from(distiller, results, spec.init_from.run_id)
     optimizer = _sgd(distiller.trainable_parameters(), spec)
     stage = distiller.init_stage()
-    init_optimizer = _sgd(stage.parameters, spec) if stage is not None else None
+    init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
     done = _resume(rundir, distiller, optimizer, init_optimizer)
     history = done.history
     log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
@@ -138,7 +138,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
                 # The pre-training stage has its own data epochs, apart from the main ones.
                 stats = _train_epoch(lambda x, y, e, i, v: (None, distiller.forward_init(x, y)), distiller,
                                      init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar)
-                history.append({"phase": "init", "epoch": init_epoch, "lr": spec.train.lr, **stats})
+                history.append({"phase": "init", "epoch": init_epoch, "lr": init_optimizer.param_groups[0]["lr"], **stats})
                 checkpoint(0, init_epoch)
                 log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
         init_done = stage.epochs if stage is not None else 0
@@ -173,8 +173,8 @@ def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> Non
     log.info("started from run %s (%d of %d tensors)", run_id, len(shared), len(own))
 
 
-def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec) -> torch.optim.SGD:
-    return torch.optim.SGD(parameters, lr=spec.train.lr, momentum=spec.train.momentum,
+def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None = None) -> torch.optim.SGD:
+    return torch.optim.SGD(parameters, lr=spec.train.lr if lr is None else lr, momentum=spec.train.momentum,
                            nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay)
 
 

@@ -131,8 +131,8 @@ def runs(teacher_template, batch):
         if (name, student) in cache:
             return cache[name, student]
         # A method that cannot serve a pair (e.g. FSP needs equal channels at every tap) says why.
-        supports = getattr(methods.get(name), "supports", None)
-        reason = supports(models.create(student, num_classes=NUM_CLASSES), teacher_template, images[:2]) if supports else None
+        supports = methods.get(name).supports
+        reason = supports(models.create(student, num_classes=NUM_CLASSES), teacher_template, images[:2])
         if reason is not None:
             pytest.skip(reason)
         d = build(name, student, teacher_template, images)
@@ -248,7 +248,7 @@ def test_extra_modules_are_trainable_and_get_gradients(name, student, runs):
     extra_ids = [id(p) for m in extras.values() for p in m.parameters()]
     assert set(trainable) == set(ids(d.student.parameters())) | set(extra_ids)
     for module_name, module in extras.items():
-        if module_name in getattr(type(d), "init_only_modules", ()):
+        if module_name in type(d).init_only_modules:
             continue  # trained only in the method's init stage, frozen/unused in forward_train
         for pname, p in module.named_parameters():
             key = f"{module_name}.{pname}"

@@ -206,3 +206,46 @@ def test_num_classes_changes_only_the_classifier(name: str) -> None:
     assert ten.keys() == hundred.keys()
     assert {k for k in hundred if ten[k] != hundred[k]} == {"classifier.weight", "classifier.bias"}
     assert ten["classifier.weight"] == (10, SPEC[name][1])
+
+
+# BN-before-ReLU lists (OFD margins; architectures.md §1 and each family's section): the families
+# that declare one, and for the exact ones, which tap each BN's output *is*.
+BN_BEFORE_RELU_FAMILIES = {"resnet", "wrn", "vgg", "mobilenetv2", "resnet_bottleneck"}
+BN_OUTPUT_IS_PREACT = {"wrn", "vgg"}  # exact; ResNets add the shortcut after the BN
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_bn_before_relu_matches_the_preact_taps(name: str) -> None:
+    from kdbench.errors import KdbenchError
+
+    model = models.create(name)
+    family = models.info(name).family
+    if family not in BN_BEFORE_RELU_FAMILIES:
+        with pytest.raises(KdbenchError, match="does not define BN-before-ReLU layers \\(OFD unsupported\\)"):
+            model.bn_before_relu()
+        return
+    bns = model.bn_before_relu()
+    feats = _features(name)
+    assert all(type(bn) is torch.nn.BatchNorm2d for bn in bns)
+    assert [bn.num_features for bn in bns] == [p.shape[1] for p in feats.preact[1:]]
+    own = {id(m) for m in model.modules()}
+    assert all(id(bn) in own for bn in bns) and len({id(bn) for bn in bns}) == len(bns)
+
+
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "resnet8x4", "ResNet50", "MobileNetV2"])
+def test_bn_before_relu_outputs_feed_the_preact_taps(name: str) -> None:
+    """Exact families: each BN's output is the preact tap. ResNets: tap = BN output + shortcut, so
+    the BN output has the tap's shape and differs from it; MobileNetV2: same (residual added)."""
+    model = models.create(name).eval()
+    outputs: list[torch.Tensor] = []
+    hooks = [bn.register_forward_hook(lambda m, i, o: outputs.append(o)) for bn in model.bn_before_relu()]
+    try:
+        feats = _forward(model)[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(outputs) == len(feats.preact) - 1
+    for out, pre in zip(outputs, feats.preact[1:]):
+        assert out.shape == pre.shape
+        if models.info(name).family in BN_OUTPUT_IS_PREACT:
+            torch.testing.assert_close(out, pre, rtol=0, atol=0)

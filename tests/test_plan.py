@@ -6,7 +6,7 @@ import pytest
 
 from kdbench.errors import KdbenchError
 from kdbench.plan import RunSpec, plan
-from kdbench.recipe import load_recipe
+from kdbench.recipe import Recipe, load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,28 @@ def test_protocol_preset_selects_each_methods_variant(recipe):
         assert spec.method_params == expected, row.label
         if variant:
             assert spec.method_params["ce_weight"] == 1.0 and spec.method_params["kd_weight"] == 1.0, row.label
+
+
+def _tiny_recipe(rows: list[dict]) -> Recipe:
+    return Recipe.model_validate({
+        "name": "tiny", "paper": "t", "table": "T", "title": "t", "source": "t",
+        "protocol": {"name": "t", "follows": "t"}, "dataset": {"name": "cifar100"},
+        "training": {"epochs": 240, "batch_size": 64, "lr": 0.05, "milestones": [150, 180, 210]},
+        "trials": 1, "teachers": {"t": {"model": "resnet32x4", "label": "T"}},
+        "columns": [{"id": "a", "teacher": "t", "student": "resnet8x4", "label": "A"},
+                    {"id": "b", "teacher": "t", "student": "resnet20", "label": "B"}],
+        "rows": rows,
+    })
+
+
+def test_parameters_can_differ_by_column():
+    recipe = _tiny_recipe([{"label": "DKD", "method": "dkd", "params": {"beta": 8.0}, "params_by_column": {"b": {"beta": 2.0}}}])
+    betas = {s.model: s.method_params["beta"] for s in plan(recipe, "full").specs.values() if s.method == "dkd"}
+    assert betas == {"resnet8x4": 8.0, "resnet20": 2.0}
+
+
+def test_quick_profiles_shorten_pretraining_stages():
+    recipe = _tiny_recipe([{"label": "AB", "method": "ab"}])
+    init = {p: next(s for s in plan(recipe, p).specs.values() if s.method == "ab").method_params["init_epochs"]
+            for p in ("full", "ci", "smoke")}
+    assert init == {"full": 30, "ci": 1, "smoke": 1}  # 30 × 2/240 rounds to 0: at least one epoch

@@ -46,12 +46,15 @@ class Outcome:
     reused: bool = False
 
 
-def detect_slots(device: str = "auto", runs_per_gpu: int = 1) -> list[Slot]:
-    """One slot per visible GPU × ``runs_per_gpu``; a single CPU slot without GPUs or with ``--device cpu``."""
+def detect_slots(device: str = "auto", runs_per_gpu: int = 1, cpu_jobs: int = 1) -> list[Slot]:
+    """One slot per visible GPU × ``runs_per_gpu``; without GPUs (or with ``--device cpu``)
+    ``cpu_jobs`` CPU slots that share the cores (each run gets cores / cpu_jobs threads)."""
     import torch
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return [Slot("cpu")]
+        threads = str(max(1, (os.cpu_count() or 1) // cpu_jobs))
+        return [Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {"OMP_NUM_THREADS": threads} if cpu_jobs > 1 else {})
+                for k in range(cpu_jobs)]
     if device.startswith("cuda:"):
         gpus = [device.split(":", 1)[1]]
     else:
@@ -60,9 +63,13 @@ def detect_slots(device: str = "auto", runs_per_gpu: int = 1) -> list[Slot]:
             for g in gpus for k in range(runs_per_gpu)]
 
 
+def slot_device(slot: Slot) -> str:
+    return "cpu" if slot.name.startswith("cpu") else "cuda"
+
+
 def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None) -> list[str]:
     """The command an executor runs for one spec: ``python -m kdbench train SPEC``."""
-    device = "cpu" if slot.name == "cpu" else "cuda"
+    device = slot_device(slot)
     command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device]
     return command + (["--data-dir", data_dir] if data_dir else [])
 
@@ -152,7 +159,7 @@ class SlotWorkers:
         if worker is None or not worker.alive():
             worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
         worker.send({"spec_file": str(spec_file), "results": str(results),
-                     "device": "cpu" if slot.name == "cpu" else "cuda", "data_dir": self.data_dir})
+                     "device": slot_device(slot), "data_dir": self.data_dir})
         return _WorkerRun(worker)
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ CATALOG: dict[str, str] = {
     "dkd": "Zhao et al., Decoupled KD, CVPR 2022",
     "wsld": "Zhou et al., Weighted Soft Labels, ICLR 2021",
     "simkd": "Chen et al., SimKD, CVPR 2022",
+    "simkd-sequential": "Chen et al., SimKD, CVPR 2022 (Table 4: sequential training of a new classifier)",
     "dist": "Huang et al., DIST, NeurIPS 2022",
     "mlkd": "Jin et al., Multi-Level Logit Distillation, CVPR 2023",
     "ipwd": "Niu et al., Respecting Transfer Gap (IPWD), NeurIPS 2022 — reconstructed (weight formula not recovered)",

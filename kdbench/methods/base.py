@@ -70,6 +70,7 @@ class InitStage:
 
     epochs: int
     parameters: list[nn.Parameter]
+    lr: float | None = None  # its own constant LR; None: the run's base LR
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,14 @@ class Distiller(nn.Module):
     def prediction(self, student: Features) -> torch.Tensor:
         """Logits the method predicts with (SimKD overrides: the reused teacher classifier)."""
         return student.logits
+
+    # Modules trained only in the pre-training stage (frozen, and so without gradients, afterwards).
+    init_only_modules: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def supports(cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None) -> str | None:
+        """Why this method cannot distil ``teacher`` into ``student`` (None: it can)."""
+        return None
 
     def init_stage(self) -> InitStage | None:
         """The method's pre-training stage, if it has one (default: none)."""

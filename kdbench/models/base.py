@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdbench.errors import KdbenchError
+
 
 @dataclass
 class Features:
@@ -43,3 +45,9 @@ class KDModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).logits
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm layers whose (γ, β) OFD reads for its margins: one per preact tap
+        f1..fk, in tap order, with that tap's channel count (``specs/architectures.md`` §1, the
+        "BN-before-ReLU" list of each family). Families without such a list raise."""
+        raise KdbenchError(f"{type(self).__name__} does not define BN-before-ReLU layers (OFD unsupported)")

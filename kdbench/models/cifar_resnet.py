@@ -54,6 +54,11 @@ class CifarResNet(StagedNet):
         super().__init__(stem, stages, nn.Identity(), widths[-1], num_classes)
         init_he_fan_out(self)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """``bn2`` of each stage's last block (before the residual add, so OFD's margin is an
+        approximation for ResNets; architectures.md §3.1)."""
+        return [stage[-1].bn2 for stage in self.stages]
+
 
 _X1 = (16, 16, 32, 64)
 _X2 = (16, 32, 64, 128)  # SimKD's ×2 networks keep the 16-channel stem

@@ -76,6 +76,12 @@ class CifarMobileNetV2(StagedNet):
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier.bias)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last (projection) BN of groups 2, 3, 5 and 7, i.e. of the block ending each tap
+        f1..f4 (declared for OFD, architectures.md §3.4; a residual is added after it when the
+        block has one)."""
+        return [stage[-1][-1].conv[-1] for stage in self.stages]
+
 
 register(
     "MobileNetV2",

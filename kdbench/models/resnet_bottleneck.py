@@ -51,6 +51,10 @@ class CifarBottleneckResNet(StagedNet):
         super().__init__(conv_bn_relu(3, 64, 3), stages, nn.Identity(), in_ch, num_classes)
         init_he_fan_out(self)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """``bn3`` of each stage's last block (before the residual add; architectures.md §3.7)."""
+        return [stage[-1].bn3 for stage in self.stages]
+
 
 @register("ResNet50", zoo="crd", family="resnet_bottleneck", paper_label="ResNet-50")
 def resnet50(*, num_classes: int = 100) -> CifarBottleneckResNet:

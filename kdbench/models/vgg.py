@@ -55,6 +55,10 @@ class CifarVGG(StagedNet):
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier.bias)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BN of blocks 1-4, whose outputs are the preact taps (exact; architectures.md §3.3)."""
+        return [stage[-1].layers[-1] for stage in self.stages]
+
 
 _CFGS: dict[str, list[list[int]]] = {
     "vgg8": [[64], [128], [256], [512], [512]],

@@ -89,6 +89,11 @@ class WideResNet(KDModel):
             logits=self.classifier(pooled),
         )
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BNs whose outputs are the preact taps f1..f3: stage-2 and stage-3 first blocks'
+        ``bn1`` and the head BN (exact; architectures.md §3.2)."""
+        return [self.block2[0].bn1, self.block3[0].bn1, self.bn]
+
 
 for _depth, _widen in [(16, 1), (16, 2), (40, 1), (40, 2)]:
     register(
