@@ -15,6 +15,9 @@ RUN_COLUMNS = [
 
 
 def run_status(run: RunDir) -> str:
+    """done, running (its lock is held), failed, incomplete (interrupted: resumes), or pending."""
+    if not run.path.is_dir():
+        return "pending"
     if run.is_done():
         return "done"
     if run.is_locked():
