@@ -222,7 +222,7 @@ def test_teacher_stays_frozen_and_in_eval_mode(name, student, runs):
     teacher = d.teacher
     # distiller.train() left every teacher module in eval mode, the student in train mode.
     assert run.teacher_training_after_train and not any(run.teacher_training_after_train)
-    assert d.student.training
+    assert d.student.training != ("student" in type(d).frozen_modules)  # a frozen encoder stays in eval mode
     for mode_switch in (lambda: d.train(), lambda: d.train(True), lambda: d.eval().train()):
         mode_switch()
         assert not any(m.training for m in teacher.modules())
@@ -244,20 +244,22 @@ def test_extra_modules_are_trainable_and_get_gradients(name, student, runs):
     d = run.distiller
     trainable = ids(d.trainable_parameters())
     assert len(trainable) == len(set(trainable))
+    frozen = type(d).frozen_modules
     extras = {n: m for n, m in d.named_children() if n not in ("student", "teacher")}
-    extra_ids = [id(p) for m in extras.values() for p in m.parameters()]
-    assert set(trainable) == set(ids(d.student.parameters())) | set(extra_ids)
+    learning = {n: m for n, m in d.named_children() if n != "teacher" and n not in frozen}
+    assert set(trainable) == {id(p) for m in learning.values() for p in m.parameters()}
     for module_name, module in extras.items():
-        if module_name in type(d).init_only_modules:
-            continue  # trained only in the method's init stage, frozen/unused in forward_train
+        if module_name in type(d).init_only_modules or module_name in frozen:
+            continue  # trained only in the method's init stage, or deliberately frozen
         for pname, p in module.named_parameters():
             key = f"{module_name}.{pname}"
             assert p.requires_grad, key
             grad = run.first_grads[key]
             assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, key
         assert any(k.startswith(f"{module_name}.") for k in d.inference_state())
-    # The student encoder learns in every method.
-    assert any(g is not None and g.abs().sum() > 0 for k, g in run.first_grads.items() if k.startswith("student."))
+    # The student encoder learns in every method but those that freeze it on purpose.
+    student_learns = any(g is not None and g.abs().sum() > 0 for k, g in run.first_grads.items() if k.startswith("student."))
+    assert student_learns != ("student" in frozen)
 
 
 def test_simkd_has_a_projector_extra_module(runs):

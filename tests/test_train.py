@@ -32,8 +32,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     results = tmp_path / "killed"
     run = RunDir(results, spec.run_id)
     atomic_write_json(run.spec_file, spec.model_dump(mode="json"))
+    # Same thread count as this process (conftest: 1): float reductions depend on it.
     proc = subprocess.Popen([sys.executable, "-m", "kdbench", "train", str(run.spec_file), "--results", str(results), "--device", "cpu"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300
     while len(run.read_metrics()) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

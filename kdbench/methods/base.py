@@ -120,10 +120,12 @@ class Distiller(nn.Module):
             teacher.eval()
 
     def train(self, mode: bool = True) -> "Distiller":
-        """Switch student and extra modules; the teacher stays in eval mode (frozen BN) always."""
+        """Switch student and extra modules; the teacher and ``frozen_modules`` stay in eval mode always."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
+        for name in self.frozen_modules:
+            getattr(self, name).eval().requires_grad_(False)
         return self
 
     @torch.no_grad()
@@ -137,9 +139,11 @@ class Distiller(nn.Module):
         return s, t
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Student and extra-module parameters (everything but the teacher)."""
-        teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
-        return [p for p in self.parameters() if id(p) not in teacher_ids]
+        """Student and extra-module parameters: everything but the teacher and ``frozen_modules``."""
+        fixed = [self.teacher] if self.teacher is not None else []
+        fixed += [getattr(self, name) for name in self.frozen_modules]
+        fixed_ids = {id(p) for module in fixed for p in module.parameters()}
+        return [p for p in self.parameters() if id(p) not in fixed_ids]
 
     def training_state(self) -> dict[str, torch.Tensor]:
         """Everything a resume needs (the checkpoint): all but the frozen teacher."""
@@ -184,6 +188,8 @@ class Distiller(nn.Module):
 
     # Modules trained only in the pre-training stage (frozen, and so without gradients, afterwards).
     init_only_modules: ClassVar[tuple[str, ...]] = ()
+    # Modules the method keeps frozen throughout (eval mode, not optimised), e.g. SimKD-sequential's encoder.
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def supports(cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None) -> str | None:

@@ -34,6 +34,7 @@ class SimKDSequential(SimKD):
     paper = "Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022 (Table 4)"
     Params = SequentialParams
     needs = Needs(teacher=True)
+    frozen_modules = ("student", "projector")  # only the new classifier trains
     variants = {
         "student-feature": Variant("the new classifier reads the student's pooled feature", {"reads": "student"}),
     }
@@ -43,18 +44,7 @@ class SimKDSequential(SimKD):
         assert teacher is not None
         inputs = teacher.classifier.in_features if params.reads == "projector" else student.classifier.in_features
         self.new_classifier = nn.Linear(inputs, teacher.classifier.out_features)
-        self.student.requires_grad_(False)
-        self.projector.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "SimKDSequential":
-        """Only the new classifier trains: the encoder stays in eval mode (frozen BatchNorm)."""
-        super().train(mode)
-        self.student.eval()
-        self.projector.eval()
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.new_classifier.parameters())
+        self.train()  # freezes the encoder (frozen_modules): eval mode, no gradients
 
     def _features(self, student: Features) -> torch.Tensor:
         if self.params.reads == "student":
