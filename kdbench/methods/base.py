@@ -81,6 +81,20 @@ class Variant:
     params: dict[str, Any]
 
 
+@torch.no_grad()
+def probe_features(student: KDModel, teacher: KDModel | None, example: torch.Tensor) -> tuple[Features, Features | None]:
+    """Both networks' features of ``example`` in eval mode, leaving their modes as they were."""
+    networks = [m for m in (student, teacher) if m is not None]
+    modes = [m.training for m in networks]
+    try:
+        for m in networks:
+            m.eval()
+        return student.forward_features(example), teacher.forward_features(example) if teacher is not None else None
+    finally:
+        for m, mode in zip(networks, modes):
+            m.train(mode)
+
+
 class Distiller(nn.Module):
     """Student + frozen teacher + the method's extra trainable modules."""
 
@@ -128,15 +142,9 @@ class Distiller(nn.Module):
             getattr(self, name).eval().requires_grad_(False)
         return self
 
-    @torch.no_grad()
     def probe(self, example: torch.Tensor) -> tuple[Features, Features | None]:
         """Student and teacher features of a small example batch, for sizing extra modules."""
-        was_training = self.student.training
-        self.student.eval()
-        s = self.student.forward_features(example)
-        t = self.teacher.forward_features(example) if self.teacher is not None else None
-        self.student.train(was_training)
-        return s, t
+        return probe_features(self.student, self.teacher, example)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Student and extra-module parameters: everything but the teacher and ``frozen_modules``."""

@@ -30,6 +30,7 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
+    probe_features,
     register,
 )
 from kdbench.models.base import Features, KDModel
@@ -69,13 +70,7 @@ class FSP(Distiller):
         if teacher is None:
             return None
         example = torch.zeros(2, 3, 32, 32) if example is None else example
-        modes = (student.training, teacher.training)
-        student.eval(), teacher.eval()
-        try:
-            with torch.no_grad():
-                s, t = student.forward_features(example), teacher.forward_features(example)
-        finally:
-            student.train(modes[0]), teacher.train(modes[1])
+        s, t = probe_features(student, teacher, example)
         return _mismatch(s, t, pair_name(student, teacher))
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: FSPParams, example: torch.Tensor, **context):

@@ -39,7 +39,7 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, probe_features, register
 from kdbench.models.base import Features, KDModel
 
 
@@ -129,13 +129,7 @@ class ReviewKD(Distiller):
         """Why ReviewKD cannot distil ``teacher`` into ``student`` (``None``: it can)."""
         if teacher is None or example is None:
             return None
-        modes = (student.training, teacher.training)
-        student.eval(), teacher.eval()
-        try:
-            with torch.no_grad():
-                s, t = student.forward_features(example), teacher.forward_features(example)
-        finally:
-            student.train(modes[0]), teacher.train(modes[1])
+        s, t = probe_features(student, teacher, example)
         return _mismatch(s, t, _pair(student, teacher))
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: ReviewKDParams, example: torch.Tensor, **context):
