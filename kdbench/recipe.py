@@ -113,6 +113,8 @@ class Row(_Strict):
     # Start each run from the final weights of this earlier row's run (same pair, same trial).
     after: str | None = None
     paper: dict[str, PaperValue] = Field(default_factory=dict)
+    # The paper copied this row's numbers from another paper (name it): shown as "literature".
+    literature: str | None = None
     note: str = ""
 
     @property
@@ -142,6 +144,8 @@ class Recipe(_Strict):
     dataset: DatasetRef
     training: Training
     trials: int = Field(gt=0)
+    # Trials behind each published mean, when the paper states it (None: not stated).
+    paper_trials: int | None = Field(default=None, gt=0)
     metric: Literal["best", "last"] = "best"
     teachers: dict[str, Teacher]
     columns: list[Column]
