@@ -96,30 +96,57 @@ def reproduce(
 def compare(
     results: Annotated[Path, typer.Argument(help="Results directory written by `kdbench reproduce`.")] = Path("results"),
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Only this table; a table not reproduced yet is shown with the published numbers only.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table (terminal), markdown, latex, or csv (one row per cell).")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table (terminal), markdown, latex, html, or csv (one row per cell).")] = "table",
     metric: Annotated[Optional[str], typer.Option("--metric", help="best = best test accuracy over epochs, last = final epoch; default: the recipe's.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of the terminal.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw ours (mean ± std) against the published values to this PNG.")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level of the per-cell verdict (Welch / one-sample t-test).")] = 0.05,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="CI regression mode: a stored `compare --format csv`; exit 3 if a cell regressed.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Regression mode: allowed drop in accuracy points.")] = 1.0,
 ) -> None:
-    """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std."""
+    """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std, with a verdict per cell."""
     try:
         from kdbench.results import render
         from kdbench.results.compare import compare as compare_tables
 
         if fmt not in render.FORMATS:
             raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
-        comparisons = compare_tables(results, recipe, metric)
+        comparisons = compare_tables(results, recipe, metric, alpha)
     except KdbenchError as exc:
         _fail(exc)
     if not comparisons:
         err.print(f"no reproduced tables under {results}/tables. Run `kdbench reproduce RECIPE` first, "
                   "or pass --recipe NAME to list a table's published numbers.")
         raise typer.Exit(1)
+    _print_tables(comparisons, fmt, output)
+    if plot is not None:
+        from kdbench.results.plot import plot as draw
+
+        err.print(f"wrote {draw(comparisons, plot)}")
+    if baseline is not None:
+        import pandas as pd
+
+        from kdbench.results.regression import regressions
+
+        try:
+            found = regressions(pd.concat([c.cells for c in comparisons]), baseline, tolerance)
+        except KdbenchError as exc:
+            _fail(exc)
+        if found:
+            err.print(f"[bold red]{len(found)} regressed cell(s)[/] against {baseline}:\n  " + "\n  ".join(found), highlight=False)
+            raise typer.Exit(3)
+        err.print(f"no regression against {baseline} (tolerance {tolerance:g} points)")
+
+
+def _print_tables(comparisons, fmt: str, output: Optional[Path]) -> None:
+    from kdbench.results import render
+
     if fmt == "table" and output is None:
         for comp in comparisons:
             console.print(render.to_rich(comp))
         return
-    text = render.to_csv(comparisons) if fmt == "csv" else "\n".join(
-        (render.to_markdown if fmt == "markdown" else render.to_latex if fmt == "latex" else _plain_table)(c) for c in comparisons)
+    renderers = {"markdown": render.to_markdown, "latex": render.to_latex, "html": render.to_html, "table": _plain_table}
+    text = render.to_csv(comparisons) if fmt == "csv" else "\n".join(renderers[fmt](c) for c in comparisons)
     if output is not None:
         output.write_text(text)
         err.print(f"wrote {output}")

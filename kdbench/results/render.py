@@ -1,20 +1,23 @@
 """Render a table comparison in the paper's layout (rows = methods, columns = pairs).
 
-Formats: a rich terminal table, Markdown, LaTeX, and CSV (one row per cell, every table).
-Results of the ``smoke`` and ``ci`` profiles carry a label saying they are not comparable.
+Formats: a rich terminal table, Markdown, LaTeX, HTML, and CSV (one row per cell, every table).
+Each cell carries its verdict; each table ends with a summary line. Results of the ``smoke`` and
+``ci`` profiles carry a label saying they are not comparable.
 """
 
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from kdbench.results.compare import CELL_COLUMNS, TableComparison
+from kdbench.results.compare import CELL_COLUMNS, TableComparison, summary
 
-FORMATS = ("table", "markdown", "latex", "csv")
+FORMATS = ("table", "markdown", "latex", "html", "csv")
+VERDICT_MARKS = {"reproduced": "✓ reproduced", "above": "▲ above", "below": "▼ below", "inconclusive": "? inconclusive"}
 PROFILE_NOTES = {
     "full": "",
     "ci": "ci profile: a small real-data subset and few epochs — a pipeline check, not comparable to the paper",
@@ -41,6 +44,24 @@ def ours_text(cell: pd.Series) -> str:
 
 def delta_text(cell: pd.Series) -> str:
     return "" if math.isnan(cell["delta"]) else f"{cell['delta']:+.2f}"
+
+
+def verdict_text(cell: pd.Series) -> str:
+    """'✓ reproduced (p=0.41)' etc.; empty where there is no verdict (nothing run, no published number)."""
+    mark = VERDICT_MARKS.get(cell["verdict"])
+    if mark is None:
+        return ""
+    return mark if math.isnan(cell["p_value"]) else f"{mark} (p={cell['p_value']:.2g})"
+
+
+def paper_text(cell: pd.Series) -> str:
+    text = _num(cell["paper_mean"], cell["paper_std"])
+    return f"{text} [lit.]" if cell["literature"] else text
+
+
+def summary_text(comp: TableComparison) -> str:
+    counts = summary(comp)
+    return f"{comp.recipe.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" (of {len(comp.cells)} cells)"
 
 
 def title(comp: TableComparison) -> str:
@@ -71,12 +92,14 @@ def to_rich(comp: TableComparison) -> Table:
         rendered = []
         for column_id in columns:
             cell = cells[(row, column_id)]
-            paper = _num(cell["paper_mean"], cell["paper_std"])
             style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(cell["status"], "")
             ours = f"[{style}]{escape(ours_text(cell))}[/]" if style else escape(ours_text(cell))
             delta = f"\nΔ {delta_text(cell)}" if delta_text(cell) else ""
-            rendered.append(f"{ours}\npaper {paper}{delta}")
+            verdict_style = {"reproduced": "green", "above": "cyan", "below": "red"}.get(cell["verdict"], "dim")
+            verdict = f"\n[{verdict_style}]{escape(verdict_text(cell))}[/]" if verdict_text(cell) else ""
+            rendered.append(f"{ours}\npaper {escape(paper_text(cell))}{delta}{verdict}")
         table.add_row(row, *rendered)
+    table.caption = escape(summary_text(comp))
     return table
 
 
@@ -90,9 +113,10 @@ def to_markdown(comp: TableComparison) -> str:
         for column_id in columns:
             cell = cells[(row, column_id)]
             delta = f" (Δ {delta_text(cell)})" if delta_text(cell) else ""
-            parts.append(f"{ours_text(cell)}<br>paper {_num(cell['paper_mean'], cell['paper_std'])}{delta}")
+            verdict = f"<br>{verdict_text(cell)}" if verdict_text(cell) else ""
+            parts.append(f"{ours_text(cell)}<br>paper {paper_text(cell)}{delta}{verdict}")
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
 
 
 def _latex_escape(text: str) -> str:
@@ -119,8 +143,27 @@ def to_latex(comp: TableComparison) -> str:
             parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])})")
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}",
-              r"\par\footnotesize Ours: mean$\pm$std over trials; in parentheses: published.", r"\end{table}"]
+              r"\par\footnotesize Ours: mean$\pm$std over trials; in parentheses: published. "
+              + _latex_escape(summary_text(comp)) + ".", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def to_html(comp: TableComparison) -> str:
+    rows, columns, cells = _grid(comp)
+    out = [f"<table>\n<caption>{html.escape(title(comp))}</caption>",
+           "<tr><th>method</th>" + "".join(f"<th>{html.escape(_column_header(comp, c, ' '))}</th>" for c in columns) + "</tr>"]
+    for row in rows:
+        tds = []
+        for column_id in columns:
+            cell = cells[(row, column_id)]
+            parts = [ours_text(cell), f"paper {paper_text(cell)}"]
+            parts += [f"Δ {delta_text(cell)}"] if delta_text(cell) else []
+            parts += [verdict_text(cell)] if verdict_text(cell) else []
+            tds.append(f'<td class="{html.escape(str(cell["verdict"]).replace(" ", "-"))}">'
+                       + "<br>".join(html.escape(p) for p in parts) + "</td>")
+        out.append(f"<tr><th>{html.escape(row)}</th>" + "".join(tds) + "</tr>")
+    out.append(f"</table>\n<p>{html.escape(summary_text(comp))}</p>")
+    return "\n".join(out) + "\n"
 
 
 def to_csv(comparisons: list[TableComparison]) -> str:

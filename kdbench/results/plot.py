@@ -1,0 +1,56 @@
+"""``compare --plot FILE.png``: per table, per pair, ours (mean ± std) beside the published value."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kdbench.results.compare import TableComparison
+
+COLORS = {"reproduced": "tab:green", "above": "tab:blue", "below": "tab:red"}
+
+
+def plot(comparisons: list[TableComparison], path: Path) -> Path:
+    """One row of panels per table (one panel per pair; methods down the y axis), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = max(c.cells["column"].nunique() for c in comparisons)
+    n_rows_max = max(c.cells["row"].nunique() for c in comparisons)
+    fig, axes = plt.subplots(len(comparisons), n_cols, squeeze=False, sharey="row",
+                             figsize=(2.6 * n_cols + 1.5, (0.35 * n_rows_max + 1.4) * len(comparisons)))
+    for table_axes, comp in zip(axes, comparisons):
+        rows = list(dict.fromkeys(comp.cells["row"]))
+        for ax, (column_id, cells) in zip(table_axes, comp.cells.groupby("column", sort=False)):
+            for y, row in enumerate(rows):
+                cell = cells[cells["row"] == row].iloc[0]
+                if not math.isnan(cell["paper_mean"]):
+                    ax.errorbar(cell["paper_mean"], y + 0.15, xerr=0 if math.isnan(cell["paper_std"]) else cell["paper_std"],
+                                fmt="D", mfc="white", color="0.35", ms=5, capsize=2, label="paper" if y == 0 else None)
+                if cell["n"]:
+                    ax.errorbar(cell["ours_mean"], y - 0.15, xerr=0 if math.isnan(cell["ours_std"]) else cell["ours_std"],
+                                fmt="o", color=COLORS.get(cell["verdict"], "0.6"), ms=5, capsize=2)
+            column = comp.recipe.column(column_id)
+            ax.set_title(f"{comp.recipe.teachers[column.teacher].label}\n→ {column.label}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(axis="x", alpha=0.3)
+        table_axes[0].set_yticks(range(len(rows)), rows)
+        table_axes[0].invert_yaxis()
+        for ax in table_axes[comp.cells["column"].nunique():]:
+            ax.set_visible(False)
+        note = "" if comp.profile == "full" else f" — {comp.profile} profile, not comparable"
+        label = table_axes[0].annotate(f"{comp.recipe.name} ({comp.metric} epoch){note}", (0, 1.18),
+                                       xycoords="axes fraction", fontsize=9, weight="bold")
+        label.set_in_layout(False)
+    handles = [plt.Line2D([], [], marker="D", mfc="white", color="0.35", ls="", label="paper (mean ± std)")]
+    handles += [plt.Line2D([], [], marker="o", color=c, ls="", label=f"ours: {v}") for v, c in COLORS.items()]
+    handles += [plt.Line2D([], [], marker="o", color="0.6", ls="", label="ours: inconclusive")]
+    legend = fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    legend.set_in_layout(False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.88), h_pad=4.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
