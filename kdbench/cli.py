@@ -167,23 +167,29 @@ def _plain_table(comp) -> str:
 @app.command("list")
 def list_recipes() -> None:
     """List the recipes (paper tables) kdbench can reproduce, with what each needs."""
+    from rich.markup import escape
     from rich.table import Table
 
     from kdbench import methods
-    from kdbench.recipe import load_recipe, recipe_files
+    from kdbench.recipe import load_recipe, recipe_files, table_catalog
 
-    table = Table(title="Recipes", title_justify="left")
-    for column in ("recipe", "paper / table", "dataset", "teachers", "pairs × rows", "trials", "not implemented yet"):
-        table.add_column(column)
+    table = Table(title="Recipes (the seed papers' tables)", title_justify="left")
+    for column in ("recipe", "paper / table", "status", "dataset", "pairs × rows", "trials", "notes"):
+        table.add_column(column, overflow="fold")
     for name, path in recipe_files().items():
         try:
             r = load_recipe(path)
         except KdbenchError as exc:
-            table.add_row(name, f"[red]invalid: {exc}[/]", "", "", "", "", "")
+            table.add_row(name, "", "[red]invalid recipe[/]", "", "", "", escape(str(exc)))
             continue
         missing = sorted({row.method for row in r.rows if not row.is_teacher_row and not methods.is_implemented(row.method)})
-        table.add_row(name, f"{r.paper.split(':')[0]} {r.table}", r.dataset.name, ", ".join(t.label for t in r.teachers.values()),
-                      f"{len(r.columns)} × {len(r.rows)}", str(r.trials), ", ".join(missing) or "—")
+        literature = [row.label for row in r.rows if row.literature]
+        notes = (f"not implemented: {', '.join(missing)}. " if missing else "") + (f"literature rows: {', '.join(literature)}" if literature else "")
+        table.add_row(name, f"{r.paper.split(':')[0]} {r.table}", "[green]runnable[/]", r.dataset.name,
+                      f"{len(r.columns)} × {len(r.rows)}", str(r.trials), notes or "—")
+    for entry in table_catalog():
+        style = {"not supported": "red", "needs ImageNet": "yellow", "planned": "dim"}[entry.status]
+        table.add_row(entry.name, f"{entry.paper} {entry.table}", f"[{style}]{entry.status}[/]", "", "", "", entry.reason)
     console.print(table)
     console.print(f"Methods implemented: {', '.join(methods.names())}")
 

@@ -186,10 +186,36 @@ class Recipe(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
+class CatalogEntry(_Strict):
+    """A seed-paper table without a recipe file, and why (``recipes/catalog.yaml``)."""
+
+    name: str
+    paper: str
+    table: str
+    status: Literal["needs ImageNet", "planned", "not supported"]
+    reason: str
+
+
+CATALOG_FILE = RECIPES_DIR / "catalog.yaml"
+
+
+def table_catalog() -> list[CatalogEntry]:
+    """The tables listed in ``recipes/catalog.yaml`` that have no recipe file."""
+    data = yaml.safe_load(CATALOG_FILE.read_text()) if CATALOG_FILE.is_file() else {"tables": []}
+    have = recipe_files()
+    try:
+        entries = [CatalogEntry.model_validate(entry) for entry in data["tables"]]
+    except ValidationError as exc:
+        raise KdbenchError(_explain(CATALOG_FILE, exc, _key_lines(CATALOG_FILE.read_text()))) from None
+    return [e for e in entries if e.name not in have]
+
+
 def recipe_files() -> dict[str, Path]:
     """Recipe name → file, for every recipe shipped under ``recipes/``."""
     found: dict[str, Path] = {}
     for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+        if path == CATALOG_FILE:
+            continue
         name = _declared_name(path)
         if name:
             found[name] = path

@@ -128,3 +128,18 @@ def test_yaml_tags_cannot_construct_objects(tmp_path):
 def test_unknown_recipe_name_suggests():
     with pytest.raises(UnknownNameError, match="Did you mean 'simkd-table1'"):
         load_recipe("simkd-tabel1")
+
+
+def test_list_shows_every_seed_table_with_its_status():
+    from kdbench.recipe import table_catalog
+
+    entries = {e.name: e for e in table_catalog()}
+    for name in ("simkd-table7", "dist-table6", "dist-table7"):
+        assert entries[name].status == "not supported" and entries[name].reason
+    assert not set(entries) & set(recipe_files())  # a table with a recipe is listed from its recipe
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "kdbench", "list"], capture_output=True, text=True,
+                         env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"}).stdout
+    assert "simkd-table1" in out and "runnable" in out and "data-free" in out and "detection" in out
