@@ -60,6 +60,14 @@ class TeacherRef(_Spec):
     run_id: str
 
 
+class CheckpointRef(_Spec):
+    """Import weights instead of training: the file's digest is part of the run's identity."""
+
+    path: str
+    sha256: str
+    format: str
+
+
 class RunRef(_Spec):
     """A finished run whose final weights this run starts from (e.g. SimKD's sequential training)."""
 
@@ -77,6 +85,7 @@ class RunSpec(_Spec):
     method_params: dict[str, Any]
     teacher: TeacherRef | None
     init_from: RunRef | None = None
+    checkpoint: CheckpointRef | None = None
     data: DataSpec
     train: TrainSpec
     seed: int
@@ -87,7 +96,9 @@ class RunSpec(_Spec):
         return [ref.run_id for ref in (self.teacher, self.init_from) if ref is not None]
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
+        exclude = {"checkpoint": {"path"}} if self.checkpoint is not None else None
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:
@@ -145,6 +156,9 @@ def plan(
     teacher_ids: dict[str, str] = {}
     for key, teacher in recipe.teachers.items():
         spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci, TEACHER_SEED)
+        if teacher.checkpoint is not None and profile != "smoke":  # smoke data has other classes: train instead
+            ckpt = teacher.checkpoint
+            spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format)})
         teacher_ids[key] = spec.run_id
         if any(recipe.column(c).teacher == key for c in selected_columns):
             result.specs[spec.run_id] = spec

@@ -86,10 +86,23 @@ class Training(_Strict):
     weight_decay: float = 5e-4
 
 
+class Checkpoint(_Strict):
+    """A teacher imported from a file instead of trained: verified by sha256 before use."""
+
+    path: str  # absolute, or relative to the data directory (--data-dir / $KDBENCH_DATA)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # kdbench: a state dict with kdbench's parameter names (e.g. a model.pt of another results dir);
+    # repdistiller: RepDistiller/mdistiller files ({"model": state_dict}), mapped to ours in
+    # registration order with every shape checked.
+    format: Literal["kdbench", "repdistiller"] = "kdbench"
+    source: str = ""  # where the file comes from, e.g. "CRD cifar_teachers.tar"
+
+
 class Teacher(_Strict):
     model: str
     label: str
     paper: PaperValue | None = None
+    checkpoint: Checkpoint | None = None
 
 
 class Column(_Strict):

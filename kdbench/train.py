@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from kdbench import __version__, data, methods, models
+from kdbench import __version__, checkpoints, data, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.plan import RunSpec
@@ -94,8 +94,29 @@ def run(
             raise
 
 
+def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str | Path | None, num_workers: int) -> dict[str, Any]:
+    """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
+    assert spec.checkpoint is not None
+    arrays = _dataset(spec, data_dir)
+    path = checkpoints.locate(spec.checkpoint, data_dir)
+    model = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path, spec.model)
+    distiller = methods.get("ce")(model, None, methods.get("ce").Params(), next(iter(data.test_loader(arrays, 2)))[0]).to(device)
+    started = time.time()
+    stats = evaluate(distiller, data.test_loader(arrays, EVAL_BATCH, num_workers=num_workers), device)
+    history = [{"epoch": 0, "phase": "imported", **stats}]
+    rundir.write_metrics(history)
+    atomic_torch_save(rundir.model_file, distiller.inference_state())
+    result = _summarise(spec, history, device, time.time() - started)
+    result["imported"] = {"path": str(path), "sha256": spec.checkpoint.sha256, "format": spec.checkpoint.format}
+    atomic_write_json(rundir.result_file, result)
+    log.info("imported %s from %s (sha256 %s): test top-1 %.2f", spec.run_id, path, spec.checkpoint.sha256, stats["test_top1"])
+    return result
+
+
 def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
            data_dir: str | Path | None, num_workers: int, show_progress: bool) -> dict[str, Any]:
+    if spec.checkpoint is not None:
+        return _import(spec, rundir, device, data_dir, num_workers)
     arrays = _dataset(spec, data_dir)
     torch.manual_seed(spec.seed)
     student = models.create(spec.model, num_classes=arrays.num_classes)
@@ -275,7 +296,7 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         "seed": spec.seed, "epochs": len(history),
         "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": best["epoch"],
         "last_top1": last["test_top1"], "last_top5": last["test_top5"],
-        "train_images_per_s": sum(h["images_per_s"] for h in history) / len(history),
+        "train_images_per_s": sum(h.get("images_per_s", 0.0) for h in history) / len(history),
         "wall_seconds": seconds, "device": str(device),
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }

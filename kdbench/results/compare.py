@@ -19,7 +19,7 @@ from kdbench.results.tables import TableRecord, read_tables
 from kdbench.results.verdict import judge
 
 CELL_COLUMNS = [
-    "recipe", "table", "profile", "row", "column", "teacher", "student", "method", "metric",
+    "recipe", "table", "profile", "row", "column", "teacher", "teacher_checkpoint", "student", "method", "metric",
     "paper_mean", "paper_std", "paper_n", "literature", "ours_mean", "ours_std", "n", "n_planned", "n_failed",
     "delta", "status", "verdict", "p_value", "test",
 ]
@@ -77,6 +77,8 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
         out.append({
             "recipe": recipe.name, "table": recipe.table, "profile": record.profile,
             "row": cell.row, "column": cell.column, "teacher": recipe.teachers[column.teacher].label,
+            # The column's teacher came from a checkpoint file (its sha256), not from training.
+            "teacher_checkpoint": checkpoint.sha256 if (checkpoint := recipe.teachers[column.teacher].checkpoint) else "",
             "student": column.label, "method": cell.method, "metric": metric,
             "paper_mean": paper_mean, "paper_std": paper_std, "paper_n": paper_n, "literature": row.literature or "",
             "ours_mean": ours_mean, "ours_std": ours_std, "n": len(done), "n_planned": len(cell.run_ids),

@@ -37,6 +37,8 @@ def ours_text(cell: pd.Series) -> str:
     if cell["n"] == 0:
         return "failed" if cell["n_failed"] else "not run"
     text = f"{_num(cell['ours_mean'], cell['ours_std'])} (n={cell['n']})"
+    if cell["teacher_checkpoint"] and cell["method"] == "teacher":
+        text += f" [imported {cell['teacher_checkpoint'][:8]}]"
     if cell["n"] < cell["n_planned"]:
         text += f" [{cell['n']}/{cell['n_planned']}" + (f", {cell['n_failed']} failed]" if cell["n_failed"] else "]")
     return text
