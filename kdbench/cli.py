@@ -209,8 +209,9 @@ def list_methods() -> None:
         defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
         variants = "\n".join(f"{v}: {variant.description}" for v, variant in cls.variants.items()) or "—"
         table.add_row(name, cls.paper, defaults, variants)
-    missing = sorted(set(methods.CATALOG) - set(methods.names()))
-    for name in missing:
+    for name in sorted(n for n in methods.CATALOG if "+" in n):
+        table.add_row(name, methods.CATALOG[name], "the first method's loss + the second's own terms", "(params.second: the second's)")
+    for name in sorted(n for n in methods.CATALOG if not methods.is_implemented(n)):
         table.add_row(name, methods.CATALOG[name], "[dim]not implemented yet[/]", "")
     console.print(table)
 
