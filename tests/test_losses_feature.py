@@ -20,35 +20,14 @@ from kdbench import losses, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.methods.fitnet import ConvReg
 from kdbench.models.base import Features, KDModel
+from reference import ref_adaptive_pool, ref_align
 
 FEATURE_METHODS = ["fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst"]
-
 
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy float64 references (specs/methods-baselines.md §5)
 # ---------------------------------------------------------------------------------------------
-
-
-def ref_adaptive_pool(x: np.ndarray, out: int) -> np.ndarray:
-    """Adaptive average pooling to out × out: bin i covers [floor(i·H/out), ceil((i+1)·H/out))."""
-    b, c, h, w = x.shape
-    y = np.empty((b, c, out, out))
-    for i in range(out):
-        r0, r1 = (i * h) // out, -((-(i + 1) * h) // out)
-        for j in range(out):
-            c0, c1 = (j * w) // out, -((-(j + 1) * w) // out)
-            y[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
-    return y
-
-
-def ref_align(s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The larger map is pooled to the smaller square size."""
-    if s.shape[2] > t.shape[2]:
-        s = ref_adaptive_pool(s, t.shape[2])
-    elif s.shape[2] < t.shape[2]:
-        t = ref_adaptive_pool(t, s.shape[2])
-    return s, t
 
 
 def ref_unit_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -24,6 +24,7 @@ from kdbench.methods.ab import ABConnector
 from kdbench.methods import InitStage
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.store import RunDir
+from reference import ref_align
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,27 +38,6 @@ def _one_thread():
 # ---------------------------------------------------------------------------------------------
 # Independent numpy float64 references
 # ---------------------------------------------------------------------------------------------
-
-
-def ref_pool(x: np.ndarray, out: int) -> np.ndarray:
-    """Adaptive average pooling to out × out: bin i covers rows [floor(i·H/out), ceil((i+1)·H/out))."""
-    b, c, h, w = x.shape
-    y = np.empty((b, c, out, out))
-    for i in range(out):
-        r0, r1 = (i * h) // out, -((-(i + 1) * h) // out)
-        for j in range(out):
-            c0, c1 = (j * w) // out, -((-(j + 1) * w) // out)
-            y[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
-    return y
-
-
-def ref_align(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The map with the larger height is pooled to the smaller height, as a square."""
-    if a.shape[2] > b.shape[2]:
-        a = ref_pool(a, b.shape[2])
-    elif a.shape[2] < b.shape[2]:
-        b = ref_pool(b, a.shape[2])
-    return a, b
 
 
 def ref_ab(ss: list[np.ndarray], ts: list[np.ndarray], m: float = 1.0) -> float:
