@@ -67,10 +67,10 @@ def reproduce(
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
         from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
+        from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
-        from kdbench.execute.progress import RunProgress
 
         loaded = load_recipe(recipe)
         ci = {"train_fraction": ci_train_fraction, "epochs": ci_epochs}
@@ -155,9 +155,9 @@ def _print_tables(comparisons, fmt: str, output: Optional[Path]) -> None:
 
 
 def _plain_table(comp) -> str:
-    from kdbench.results import render
-
     import io
+
+    from kdbench.results import render
 
     capture = Console(width=200, record=True, file=io.StringIO())
     capture.print(render.to_rich(comp))

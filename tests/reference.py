@@ -1,8 +1,12 @@
-"""NumPy reference pieces shared by the loss tests (written from the definitions, float64)."""
+"""Pieces shared by the tests: NumPy references (written from the definitions, float64) and fixtures' builders."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import nn
+
+from kdbench import models
 
 
 def ref_adaptive_pool(x: np.ndarray, out: int) -> np.ndarray:
@@ -24,3 +28,20 @@ def ref_align(s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     elif s.shape[2] < t.shape[2]:
         t = ref_adaptive_pool(t, s.shape[2])
     return s, t
+
+
+def calibrated_teacher(name: str, num_classes: int) -> models.KDModel:
+    """A random network whose BN running statistics were averaged over random images, in eval mode
+    (an uncalibrated random net in eval mode gives exploding activations)."""
+    torch.manual_seed(0)
+    teacher = models.create(name, num_classes=num_classes)
+    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.momentum = None  # cumulative average over the calibration batches
+    teacher.train()
+    with torch.no_grad():
+        for _ in range(2):
+            teacher(torch.randn(16, 3, 32, 32))
+    for bn in bns:
+        bn.momentum = 0.1
+    return teacher.eval()

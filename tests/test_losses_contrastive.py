@@ -20,6 +20,7 @@ from torch import nn
 from kdbench import losses, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.methods.crd import epoch_seed, momentum_update, sample_contrast_indices
+from reference import calibrated_teacher
 
 CRD_EPS = 1e-7
 NUM_CLASSES = 10
@@ -336,18 +337,7 @@ def test_loss_functions_are_exported():
 @pytest.fixture(scope="module")
 def teacher_template() -> models.KDModel:
     """A random ResNet-32x4 whose BN running statistics were calibrated on random images."""
-    torch.manual_seed(0)
-    teacher = models.create("resnet32x4", num_classes=NUM_CLASSES)
-    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.momentum = None
-    teacher.train()
-    with torch.no_grad():
-        for _ in range(2):
-            teacher(torch.randn(16, 3, 32, 32))
-    for bn in bns:
-        bn.momentum = 0.1
-    return teacher.eval()
+    return calibrated_teacher("resnet32x4", NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from torch import nn
 from kdbench import losses, methods, models
 from kdbench.errors import UnknownNameError
 from kdbench.methods import Distiller
+from reference import calibrated_teacher
 
 NUM_CLASSES = 10
 BATCH = 8
@@ -34,18 +35,7 @@ METHODS = methods.names()
 @pytest.fixture(scope="module")
 def teacher_template() -> models.KDModel:
     """A random ResNet-32x4 with BN running stats calibrated on random images, in eval mode."""
-    torch.manual_seed(0)
-    teacher = models.create(TEACHER, num_classes=NUM_CLASSES)
-    bns = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average over the calibration batches
-    teacher.train()
-    with torch.no_grad():
-        for _ in range(2):
-            teacher(torch.randn(16, 3, 32, 32))
-    for bn in bns:
-        bn.momentum = 0.1
-    return teacher.eval()
+    return calibrated_teacher(TEACHER, NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,16 @@ import importlib
 import pkgutil
 
 from kdbench.methods.base import (
-    Distiller, InitStage, MethodParams, Needs, Step, Variant, get, names, register, resolve_params,
+    Distiller,
+    InitStage,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    get,
+    names,
+    register,
+    resolve_params,
 )
 
 # One file per method: importing a module runs its @register.

@@ -37,6 +37,7 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
+    pair_name,
     register,
 )
 from kdbench.methods.fitnet import ConvReg
@@ -48,10 +49,6 @@ class ABParams(MethodParams):
     kd_weight: float = 0.0
     init_epochs: int = Field(30, ge=0)
     margin: float = Field(1.0, gt=0.0)
-
-
-def pair_name(student: KDModel, teacher: KDModel | None) -> str:
-    return f"{type(student).__name__} student, {type(teacher).__name__} teacher"
 
 
 def feature_parameter_names(model: KDModel, example: torch.Tensor) -> set[str]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from kdbench import losses
-from kdbench.errors import UnknownNameError
+from kdbench.errors import KdbenchError, UnknownNameError
 from kdbench.models.base import Features, KDModel
 
 
@@ -81,6 +81,11 @@ class Variant:
     params: dict[str, Any]
 
 
+def pair_name(student: KDModel, teacher: KDModel | None) -> str:
+    """How error messages name a teacher→student pair."""
+    return f"{type(student).__name__} student, {type(teacher).__name__} teacher"
+
+
 @torch.no_grad()
 def probe_features(student: KDModel, teacher: KDModel | None, example: torch.Tensor) -> tuple[Features, Features | None]:
     """Both networks' features of ``example`` in eval mode, leaving their modes as they were."""
@@ -126,6 +131,9 @@ class Distiller(nn.Module):
             raise ValueError(f"method {self.name!r} needs the training labels (train_labels=...)")
         if self.needs.fixed_batch and batch_size is None:
             raise ValueError(f"method {self.name!r} needs the training batch size (batch_size=...)")
+        reason = type(self).supports(student, teacher, example)
+        if reason is not None:
+            raise KdbenchError(reason)
         self.student = student
         self.teacher = teacher
         self.params = params

@@ -21,8 +21,7 @@ import torch
 from pydantic import Field
 
 from kdbench import losses
-from kdbench.errors import KdbenchError
-from kdbench.methods.ab import InitModes, feature_parameter_names, pair_name
+from kdbench.methods.ab import InitModes, feature_parameter_names
 from kdbench.methods.base import (
     Distiller,
     InitStage,
@@ -30,6 +29,7 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
+    pair_name,
     probe_features,
     register,
 )
@@ -75,11 +75,6 @@ class FSP(Distiller):
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: FSPParams, example: torch.Tensor, **context):
         super().__init__(student, teacher, params, example, **context)
-        s, t = self.probe(example)
-        assert t is not None
-        reason = _mismatch(s, t, pair_name(student, teacher))
-        if reason is not None:
-            raise KdbenchError(reason)
         self._feature_names = feature_parameter_names(student, example)
         self._init_modes = InitModes(student, self._feature_names)
 

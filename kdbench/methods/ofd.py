@@ -39,7 +39,7 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, pair_name, register
 from kdbench.models.base import Features, KDModel
 
 
@@ -50,10 +50,6 @@ class OFDParams(MethodParams):
     # "batch": the teacher's BNs use batch statistics during training steps (released code);
     # "running": eval-mode teacher.
     teacher_bn: Literal["batch", "running"] = "batch"
-
-
-def _pair(student: KDModel, teacher: KDModel | None) -> str:
-    return f"{type(student).__name__} student, {type(teacher).__name__} teacher"
 
 
 def connector(c_s: int, c_t: int) -> nn.Sequential:
@@ -102,22 +98,19 @@ class OFD(Distiller):
         try:
             teacher.bn_before_relu()
         except KdbenchError as err:
-            return f"OFD ({_pair(student, teacher)}): {err}"
+            return f"OFD ({pair_name(student, teacher)}): {err}"
         return None
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: OFDParams, example: torch.Tensor, **context):
         super().__init__(student, teacher, params, example, **context)
         assert teacher is not None
-        reason = self.supports(student, teacher)
-        if reason is not None:
-            raise KdbenchError(reason)
         bns = teacher.bn_before_relu()
         s, t = self.probe(example)
         assert t is not None
         s_taps, t_taps = s.preact[1:], t.preact[1:]
         if len(bns) != len(t_taps) or any(bn.num_features != f.shape[1] for bn, f in zip(bns, t_taps)):
             raise KdbenchError(
-                f"OFD ({_pair(student, teacher)}): the teacher's BN-before-ReLU layers "
+                f"OFD ({pair_name(student, teacher)}): the teacher's BN-before-ReLU layers "
                 f"({[bn.num_features for bn in bns]} channels) do not match its preact taps "
                 f"({[f.shape[1] for f in t_taps]} channels)"
             )

@@ -38,8 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from kdbench import losses
-from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, probe_features, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, pair_name, probe_features, register
 from kdbench.models.base import Features, KDModel
 
 
@@ -78,10 +77,6 @@ class ABF(nn.Module):
         if tuple(x.shape[-2:]) != tuple(out_size):
             x = F.interpolate(x, out_size, mode="nearest")
         return self.conv2(x), x
-
-
-def _pair(student: KDModel, teacher: KDModel | None) -> str:
-    return f"{type(student).__name__} student, {type(teacher).__name__} teacher"
 
 
 def _as_map(pooled: torch.Tensor) -> torch.Tensor:
@@ -130,15 +125,12 @@ class ReviewKD(Distiller):
         if teacher is None or example is None:
             return None
         s, t = probe_features(student, teacher, example)
-        return _mismatch(s, t, _pair(student, teacher))
+        return _mismatch(s, t, pair_name(student, teacher))
 
     def __init__(self, student: KDModel, teacher: KDModel | None, params: ReviewKDParams, example: torch.Tensor, **context):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
-        reason = _mismatch(s, t, _pair(student, teacher))
-        if reason is not None:
-            raise KdbenchError(reason)
         s_levels, t_levels = self._student_levels(s), self._teacher_levels(t)
         mid = min(params.max_mid_channels, s_levels[-1].shape[1])
         n = len(s_levels)

@@ -26,7 +26,6 @@ parameter counts are smaller than the reference's by (B·2d + 2d) + (2d·d + d),
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,8 +33,8 @@ from torch import nn
 from kdbench import losses
 from kdbench.errors import KdbenchError
 from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.crd import l2_normalize
 from kdbench.models.base import Features, KDModel
-
 
 
 class SemCKDParams(MethodParams):
@@ -44,10 +43,6 @@ class SemCKDParams(MethodParams):
     weight: float = 400.0
     soft: float = 1.0
     factor: int = 4
-
-
-def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    return x / x.pow(2).sum(dim=1, keepdim=True).pow(0.5)
 
 
 class MLPEmbed(nn.Module):
@@ -59,7 +54,7 @@ class MLPEmbed(nn.Module):
         self.linear2 = nn.Linear(2 * dim_out, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _l2_normalize(self.linear2(F.relu(self.linear1(x.reshape(x.shape[0], -1)))))
+        return l2_normalize(self.linear2(F.relu(self.linear1(x.reshape(x.shape[0], -1)))))
 
 
 def proj(c_s: int, c_t: int) -> nn.Sequential:

@@ -26,7 +26,6 @@ from kdbench import losses
 from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
 from kdbench.models.base import Features, KDModel
 
-
 Projector = Literal["1x1-3x3-1x1", "1x1-dw3x3-1x1", "1x1-1x1", "1x1"]
 
 
