@@ -174,7 +174,8 @@ def list_recipes() -> None:
     from kdbench.recipe import load_recipe, recipe_files, table_catalog
 
     table = Table(title="Recipes (the seed papers' tables)", title_justify="left")
-    for column in ("recipe", "paper / table", "status", "dataset", "pairs × rows", "trials", "notes"):
+    table.add_column("recipe", no_wrap=True)  # names are copied into commands: never broken
+    for column in ("paper / table", "status", "dataset", "pairs × rows", "trials", "notes"):
         table.add_column(column, overflow="fold")
     for name, path in recipe_files().items():
         try:

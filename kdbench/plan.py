@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
-from kdbench.recipe import PROFILES, CIProfile, Recipe, Row, Training
+from kdbench.recipe import PROFILES, CIProfile, Recipe, Row, Training, TrainingOverride
 
 SPEC_VERSION = 1
 TEACHER_SEED = 0
@@ -27,6 +27,7 @@ TEACHER_SEED = 0
 # so the whole pipeline runs on a laptop CPU in minutes. Its numbers check the pipeline only.
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 1
+NO_OVERRIDE = TrainingOverride()  # a row that keeps the recipe's training
 
 
 class _Spec(BaseModel):
@@ -109,12 +110,14 @@ class RunSpec(_Spec):
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the table: a row (method) × column (pair), backed by zero or more runs."""
+    """One cell of the table: a row (method) × column (pair), backed by zero or more runs.
+
+    ``absent``: the row has no such column (the paper prints "–")."""
 
     row: str
     column: str
     method: str
-    status: Literal["planned", "not_implemented"]
+    status: Literal["planned", "not_implemented", "absent"]
     run_ids: tuple[str, ...] = ()
 
 
@@ -166,6 +169,9 @@ def plan(
     for row in (r for r in recipe.rows if r.label in selected_rows):
         for column_id in selected_columns:
             column = recipe.column(column_id)
+            if not row.has_column(column_id):
+                result.cells.append(Cell(row.label, column_id, row.method, "absent"))
+                continue
             if row.is_teacher_row:
                 result.cells.append(Cell(row.label, column_id, row.method, "planned", (teacher_ids[column.teacher],)))
                 continue
@@ -183,7 +189,7 @@ def plan(
             teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
             run_ids = []
             for seed in range(n_trials):
-                spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed)
+                spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed, row.training)
                 if row.after is not None:
                     spec = spec.model_copy(update={"init_from": _preceding_run(result, recipe, row, column_id, seed)})
                 result.specs.setdefault(spec.run_id, spec)
@@ -194,12 +200,12 @@ def plan(
 
 def _spec(
     profile: str, model: str, method: str, params: dict[str, Any], teacher: TeacherRef | None,
-    data: DataSpec, base: Training, ci: CIProfile, seed: int,
+    data: DataSpec, base: Training, ci: CIProfile, seed: int, override: TrainingOverride = NO_OVERRIDE,
 ) -> RunSpec:
     model = models.canonical_name(model)
     return RunSpec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
-        data=data, train=_train_spec(base, model, profile, ci), seed=seed,
+        data=data, train=_train_spec(base, model, profile, ci, override), seed=seed,
     )
 
 
@@ -279,7 +285,10 @@ def _profile_epochs(profile: str, ci: CIProfile, base: Training) -> int:
     return {"smoke": SMOKE_EPOCHS, "ci": ci.epochs}.get(profile, base.epochs)
 
 
-def _train_spec(base: Training, model: str, profile: str, ci: CIProfile) -> TrainSpec:
+def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, override: TrainingOverride = NO_OVERRIDE) -> TrainSpec:
+    """The run's schedule: the recipe's training with the row's ``override``, shaped by the profile."""
+    row_values = override.model_dump(exclude_none=True)
+    base = base.model_copy(update={**row_values, "lr_by_model": {} if "lr" in row_values else base.lr_by_model})
     lr_by_model = {models.canonical_name(k): v for k, v in base.lr_by_model.items()}
     epochs = _profile_epochs(profile, ci, base)
     batch = SMOKE_BATCH if profile == "smoke" else base.batch_size

@@ -29,10 +29,14 @@ _VALUE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:(?:±|\+-|\+/-)\s*(\d+(?:\.\d+)
 
 
 class PaperValue(_Strict):
-    """A published number: mean, and the ± std where the paper prints one."""
+    """A published number: mean, and the ± std where the paper prints one.
+
+    ``decimals``: how many digits the paper prints after the point (from a quoted value; else None).
+    """
 
     mean: float
     std: float | None = None
+    decimals: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -44,7 +48,8 @@ class PaperValue(_Strict):
             if not match:
                 raise ValueError(f"expected a number or 'mean ± std', got {value!r}")
             mean, std = match.groups()
-            return {"mean": float(mean), "std": float(std) if std else None}
+            decimals = len(mean.partition(".")[2])
+            return {"mean": float(mean), "std": float(std) if std else None, "decimals": decimals}
         if isinstance(value, (list, tuple)) and len(value) == 2:
             return {"mean": value[0], "std": value[1]}
         return value
@@ -86,6 +91,19 @@ class Training(_Strict):
     weight_decay: float = 5e-4
 
 
+class TrainingOverride(_Strict):
+    """A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats ``lr_by_model``."""
+
+    epochs: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0)
+    milestones: tuple[int, ...] | None = None
+    lr_decay: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+
+
 class Checkpoint(_Strict):
     """A teacher imported from a file instead of trained: verified by sha256 before use."""
 
@@ -106,12 +124,41 @@ class Teacher(_Strict):
 
 
 class Column(_Strict):
-    """One teacher→student pair of the table."""
+    """One teacher→student pair of the table (optionally one of the run's evaluation heads)."""
 
     id: str
     teacher: str
     student: str
     label: str
+    # Read this evaluation head's accuracy instead of the method's prediction, e.g. SimKD's
+    # "student_classifier" in joint training (Tables S.4/S.5); columns of one pair share their runs.
+    head: str | None = None
+
+
+QuantitySource = Literal["test_loss", "pruning_cost", "added_params_ratio"]
+
+
+class Quantity(_Strict):
+    """A number the table prints per cell besides accuracy.
+
+    ``test_loss``: a loss term measured on the test set during evaluation (``term`` names it, e.g.
+    ``simkd``), mean ± std over trials. ``pruning_cost``: SimKD Eq. 6's loss of pruning ratio against
+    the plain student, (#inference params − #student params)/#teacher params, in %.
+    ``added_params_ratio``: the method's own inference modules (SimKD's projector) / #student params, in %.
+    The last two are computed from the networks, not trained.
+    """
+
+    id: str
+    label: str
+    source: QuantitySource
+    term: str | None = None
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _term_for_losses(self) -> "Quantity":
+        if (self.source == "test_loss") != (self.term is not None):
+            raise ValueError("'term' names the measured loss term of a test_loss quantity (and only of one)")
+        return self
 
 
 class Row(_Strict):
@@ -125,7 +172,13 @@ class Row(_Strict):
     params_by_column: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Start each run from the final weights of this earlier row's run (same pair, same trial).
     after: str | None = None
+    # Training fields this row sets differently from the recipe's (e.g. its own LR).
+    training: TrainingOverride = TrainingOverride()
+    # The columns this row has (default: all); the others print "–", as in the paper.
+    columns: list[str] | None = None
     paper: dict[str, PaperValue] = Field(default_factory=dict)
+    # Published values of the recipe's quantities: column id → quantity id → value.
+    paper_quantities: dict[str, dict[str, PaperValue]] = Field(default_factory=dict)
     # The paper copied this row's numbers from another paper (name it): shown as "literature".
     literature: str | None = None
     note: str = ""
@@ -133,6 +186,9 @@ class Row(_Strict):
     @property
     def is_teacher_row(self) -> bool:
         return self.method == "teacher"
+
+    def has_column(self, column_id: str) -> bool:
+        return self.columns is None or column_id in self.columns
 
 
 class CIProfile(_Strict):
@@ -163,6 +219,7 @@ class Recipe(_Strict):
     teachers: dict[str, Teacher]
     columns: list[Column]
     rows: list[Row]
+    quantities: list[Quantity] = Field(default_factory=list)
     profiles: Profiles = Profiles()
 
     @field_validator("name")
@@ -183,13 +240,24 @@ class Recipe(_Strict):
                     f"columns[{i}].teacher {col.teacher!r} is not a key of 'teachers'."
                     f"{did_you_mean(col.teacher, self.teachers)} Teachers: {', '.join(self.teachers)}"
                 )
+        quantity_ids = [q.id for q in self.quantities]
         for i, row in enumerate(self.rows):
-            for key in [*row.paper, *row.params_by_column]:
+            own = row.columns if row.columns is not None else column_ids
+            for key in [*row.paper, *row.params_by_column, *row.paper_quantities, *(row.columns or [])]:
                 if key not in column_ids:
                     raise ValueError(
                         f"rows[{i}] ({row.label}) names column {key!r}, which is not a column id."
                         f"{did_you_mean(key, column_ids)}"
                     )
+                if key not in own:
+                    raise ValueError(f"rows[{i}] ({row.label}) gives a value for column {key!r}, which is not in its 'columns'.")
+            for column_id, values in row.paper_quantities.items():
+                for key in values:
+                    if key not in quantity_ids:
+                        raise ValueError(
+                            f"rows[{i}] ({row.label}) names quantity {key!r} (column {column_id}), which is not a "
+                            f"quantity id.{did_you_mean(key, quantity_ids)} Quantities: {', '.join(quantity_ids) or 'none'}"
+                        )
         return self
 
     def column(self, column_id: str) -> Column:

@@ -269,6 +269,7 @@ def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.devi
     """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set."""
     distiller.eval()
     hits: dict[str, torch.Tensor] = {}
+    loss_sums: dict[str, torch.Tensor] = {}
     seen = 0
     for images, targets, _ in batches:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -277,11 +278,14 @@ def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.devi
             top = logits.topk(k, dim=1).indices == targets[:, None]
             counts = torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
             hits[head] = hits.get(head, 0) + counts
+        for name, value in distiller.forward_test_terms(images).items():  # batch means, weighted by batch size
+            loss_sums[name] = loss_sums.get(name, 0) + value * targets.numel()
         seen += targets.numel()
     stats = {}
     for head, counts in hits.items():
         suffix = f"_{head}" if head else ""
         stats[f"test_top1{suffix}"], stats[f"test_top5{suffix}"] = (100.0 * float(c) / seen for c in counts)
+    stats.update({f"test_loss_{name}": float(total) / seen for name, total in loss_sums.items()})
     return stats
 
 
@@ -289,9 +293,12 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
     best = max(history, key=lambda h: h["test_top1"])
     last = history[-1]
     heads = sorted(k.removeprefix("test_top1_") for k in last if k.startswith("test_top1_"))
+    test_losses = sorted(k.removeprefix("test_loss_") for k in last if k.startswith("test_loss_"))
     return {
         "heads": {head: {"best_top1": max(h[f"test_top1_{head}"] for h in history), "last_top1": last[f"test_top1_{head}"]}
                   for head in heads},
+        # Test-set loss terms at the best (by main top-1) and the last epoch, e.g. SimKD's ℓ2 loss (Table 5).
+        "test_losses": {name: {"best": best[f"test_loss_{name}"], "last": last[f"test_loss_{name}"]} for name in test_losses},
         "run_id": spec.run_id, "model": spec.model, "method": spec.method, "profile": spec.profile,
         "seed": spec.seed, "epochs": len(history),
         "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": best["epoch"],

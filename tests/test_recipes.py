@@ -137,6 +137,10 @@ def test_list_shows_every_seed_table_with_its_status():
     for name in ("simkd-table7", "dist-table6", "dist-table7"):
         assert entries[name].status == "not supported" and entries[name].reason
     assert not set(entries) & set(recipe_files())  # a table with a recipe is listed from its recipe
+    seed_tables = {f"simkd-table{i}" for i in range(1, 8)} | {f"simkd-tables{i}" for i in range(2, 11)}
+    seed_tables |= {f"dist-table{i}" for i in range(2, 11)} | {"mlkd-appendix-table1", "mlkd-appendix-table2"}
+    seed_tables |= {f"ipwd-appendix-table{i}" for i in range(1, 5)}
+    assert seed_tables <= set(entries) | set(recipe_files()), seed_tables - set(entries) - set(recipe_files())
     import subprocess
     import sys
 

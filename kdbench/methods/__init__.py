@@ -12,6 +12,7 @@ import pkgutil
 
 from kdbench.methods.base import (
     Distiller,
+    InferenceSize,
     InitStage,
     MethodParams,
     Needs,
@@ -19,6 +20,7 @@ from kdbench.methods.base import (
     Variant,
     get,
     names,
+    parameter_count,
     register,
     resolve_params,
 )
@@ -67,6 +69,6 @@ def is_implemented(name: str) -> bool:
 
 
 __all__ = [
-    "CATALOG", "Distiller", "InitStage", "MethodParams", "Needs", "Step", "Variant",
-    "get", "is_implemented", "names", "register", "resolve_params",
+    "CATALOG", "Distiller", "InferenceSize", "InitStage", "MethodParams", "Needs", "Step", "Variant",
+    "get", "is_implemented", "names", "parameter_count", "register", "resolve_params",
 ]

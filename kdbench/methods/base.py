@@ -74,6 +74,23 @@ class InitStage:
 
 
 @dataclass(frozen=True)
+class InferenceSize:
+    """Parameters the trained prediction uses, by origin (for SimKD's pruning ratio, Eq. 6)."""
+
+    student: int  # of the student network
+    teacher: int = 0  # reused teacher modules (SimKD: the classifier)
+    added: int = 0  # the method's own modules (SimKD: the projector)
+
+    @property
+    def total(self) -> int:
+        return self.student + self.teacher + self.added
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
 class Variant:
     """A named set of parameter values, e.g. the paper's definition vs the released code's."""
 
@@ -109,6 +126,8 @@ class Distiller(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs: ClassVar[Needs] = Needs()
     variants: ClassVar[dict[str, Variant]] = {}
+    # What the main prediction is, by the name extra heads use (SimKD: the reused "teacher_classifier").
+    prediction_head: ClassVar[str] = "student_classifier"
 
     def __init__(
         self,
@@ -223,6 +242,15 @@ class Distiller(nn.Module):
     def extra_heads(self, student: Features) -> dict[str, torch.Tensor]:
         """Further predictions evaluated beside the main one (e.g. SimKD's own student classifier)."""
         return {}
+
+    @torch.no_grad()
+    def forward_test_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms measured on test images, averaged by the loop (e.g. SimKD's ℓ2 loss, Table 5). Default: none."""
+        return {}
+
+    def inference_size(self) -> InferenceSize:
+        """What the prediction uses: the whole student (methods that predict with their own modules override)."""
+        return InferenceSize(student=parameter_count(self.student))
 
     @torch.no_grad()
     def forward_test(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,11 @@ the student's last *stage* map; the paper's projector sizes imply the head-conv 
 MobileNetV2/ShuffleNetV2 students. ``student_tap`` selects: "stage" (code, default) or "head"
 (paper). ``projector`` selects one of Table 5's designs ("1x1-dw3x3-1x1" is the paper's ImageNet one).
 
+Loss (Table S.7): ``alignment`` "input" = ‖f_t − P(f_s)‖² on the maps (Eq. 3, default); "output" =
+‖W_t f_t − W_t P(f_s)‖² on the pooled features, i.e. between the teacher's logits and the reused-classifier
+logits (the bias cancels; element mean, like the released code's MSE); "input+output" = their sum. The
+appendix describes these variants without code.
+
 Joint training (§4.2, Fig. 4): L = (1 − α)·(CE + KD_4) + α·L_SimKD on the student's own classifier is
 ``ce_weight = kd_weight = 1 − α, weight = α``; both classifiers are evaluated every epoch
 (``test_top1`` = reused teacher classifier, ``test_top1_student_classifier`` = the student's).
@@ -23,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, InferenceSize, MethodParams, Needs, Step, Variant, parameter_count, register
 from kdbench.models.base import Features, KDModel
 
 Projector = Literal["1x1-3x3-1x1", "1x1-dw3x3-1x1", "1x1-1x1", "1x1"]
+Alignment = Literal["input", "output", "input+output"]
 
 
 class SimKDParams(MethodParams):
@@ -36,6 +42,7 @@ class SimKDParams(MethodParams):
     factor: int = 2
     student_tap: Literal["stage", "head"] = "stage"
     projector: Projector = "1x1-3x3-1x1"  # Table 5's designs; the released default first
+    alignment: Alignment = "input"  # Table S.7's loss functions
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int, groups: int = 1) -> list[nn.Module]:
@@ -71,6 +78,7 @@ class SimKD(Distiller):
     paper = "Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022"
     Params = SimKDParams
     needs = Needs(teacher=True)
+    prediction_head = "teacher_classifier"
     variants = {
         "released-code": Variant("student tap = last stage map (DefangChen/SimKD code)", {"student_tap": "stage"}),
         "paper": Variant("student tap = head-conv map for MobileNetV2/ShuffleNetV2 (paper's projector sizes)", {"student_tap": "head"}),
@@ -96,11 +104,41 @@ class SimKD(Distiller):
         assert self.teacher is not None
         return self.teacher.classifier(torch.flatten(F.adaptive_avg_pool2d(projected, 1), 1))
 
+    def _pooled_logits(self, fmap: torch.Tensor) -> torch.Tensor:
+        """W_t · GAP(fmap), without the bias (it cancels in the output loss)."""
+        assert self.teacher is not None
+        return F.linear(torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1), self.teacher.classifier.weight)
+
+    def _alignment_loss(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Table S.7: the input ℓ2 (Eq. 3), the output ℓ2 through W_t, or their sum."""
+        loss = torch.zeros((), device=projected.device)
+        if self.params.alignment in ("input", "input+output"):
+            loss = loss + losses.simkd(projected, target)
+        if self.params.alignment in ("output", "input+output"):
+            loss = loss + F.mse_loss(self._pooled_logits(projected), self._pooled_logits(target))
+        return loss
+
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         projected = self.projector(self._align(self._student_map(student)))
         target = self._align(teacher.head_map)
-        return self._predict(projected), {"simkd": self.params.weight * losses.simkd(projected, target)}
+        return self._predict(projected), {"simkd": self.params.weight * self._alignment_loss(projected, target)}
+
+    @torch.no_grad()
+    def forward_test_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unweighted ℓ2 feature-alignment loss (Eq. 3) on test images: Table 5's "Test loss (ℓ2)"."""
+        assert self.teacher is not None
+        projected = self.projector(self._align(self._student_map(self.student.forward_features(images))))
+        return {"simkd": losses.simkd(projected, self._align(self.teacher.forward_features(images).head_map))}
+
+    def inference_size(self) -> InferenceSize:
+        """Student encoder + projector + the reused teacher classifier (Eq. 6)."""
+        assert self.teacher is not None
+        return InferenceSize(
+            student=parameter_count(self.student) - parameter_count(self.student.classifier),
+            teacher=parameter_count(self.teacher.classifier),
+            added=parameter_count(self.projector),
+        )
 
     def prediction(self, student: Features) -> torch.Tensor:
         return self._predict(self.projector(self._align(self._student_map(student))))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.methods.base import Needs, Step, Variant, register
+from kdbench.methods.base import InferenceSize, Needs, Step, Variant, parameter_count, register
 from kdbench.methods.simkd import SimKD, SimKDParams
 from kdbench.models.base import Features, KDModel
 
@@ -35,6 +35,7 @@ class SimKDSequential(SimKD):
     Params = SequentialParams
     needs = Needs(teacher=True)
     frozen_modules = ("student", "projector")  # only the new classifier trains
+    prediction_head = "new_classifier"
     variants = {
         "student-feature": Variant("the new classifier reads the student's pooled feature", {"reads": "student"}),
     }
@@ -55,8 +56,13 @@ class SimKDSequential(SimKD):
     def prediction(self, student: Features) -> torch.Tensor:
         return self.new_classifier(self._features(student))
 
+    def inference_size(self) -> InferenceSize:
+        """Student encoder + the new classifier (+ the projector when the classifier reads it)."""
+        added = parameter_count(self.new_classifier) + (parameter_count(self.projector) if self.params.reads == "projector" else 0)
+        return InferenceSize(student=parameter_count(self.student) - parameter_count(self.student.classifier), added=added)
+
     def extra_heads(self, student: Features) -> dict[str, torch.Tensor]:
-        return {"reused_teacher_classifier": super().prediction(student)}
+        return {"teacher_classifier": super().prediction(student)}
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():

@@ -1,19 +1,22 @@
 """Join our runs with the published numbers: one row per table cell.
 
 For every reproduced table (or a recipe named explicitly) the recipe is re-planned, each cell's
-finished trials are aggregated (mean, sample std, n) and set beside the paper's mean ± std.
+finished trials are aggregated (mean, sample std, n) and set beside the paper's mean ± std. A recipe's
+extra per-cell quantities (a test loss, a pruning ratio) get rows of their own (``TableComparison.quantities``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from kdbench import methods
 from kdbench.errors import KdbenchError
-from kdbench.plan import plan
-from kdbench.recipe import Recipe, load_recipe
+from kdbench.plan import Plan, plan
+from kdbench.recipe import Column, Quantity, Recipe, Row, load_recipe
+from kdbench.results import quantities as q
 from kdbench.results.collect import collect
 from kdbench.results.tables import TableRecord, read_tables
 from kdbench.results.verdict import judge
@@ -23,6 +26,8 @@ CELL_COLUMNS = [
     "paper_mean", "paper_std", "paper_n", "literature", "ours_mean", "ours_std", "n", "n_planned", "n_failed",
     "delta", "status", "verdict", "p_value", "test",
 ]
+QUANTITY_COLUMNS = ["recipe", "table", "profile", "row", "column", "quantity", "label", "source", "metric",
+                    "paper_mean", "paper_std", "ours_mean", "ours_std", "n", "delta", "verdict", "p_value", "test"]
 METRICS = ("best", "last")
 
 
@@ -32,6 +37,7 @@ class TableComparison:
     profile: str
     metric: str
     cells: pd.DataFrame  # CELL_COLUMNS, in the recipe's row-major order
+    quantities: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUANTITY_COLUMNS))  # per cell × quantity
 
 
 def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05) -> list[TableComparison]:
@@ -59,16 +65,18 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
     recipe = record.recipe
     table_plan = plan(recipe, record.profile, trials=record.trials, ci_overrides=record.ci_overrides)
     rows_by_label = {r.label: r for r in recipe.rows}
-    out = []
+    out, extra = [], []
     for cell in table_plan.cells:
-        column = recipe.column(cell.column)
-        paper = rows_by_label[cell.row].paper.get(cell.column)
+        column, row = recipe.column(cell.column), rows_by_label[cell.row]
         known = runs.loc[runs.index.intersection(list(cell.run_ids))]
-        done = known[known["status"] == "done"][f"{metric}_top1"].astype(float)
+        finished = known[known["status"] == "done"]
         n_failed = int((known["status"] == "failed").sum())
+        done = _accuracies(finished, column, cell.method, metric)
+        paper = row.paper.get(cell.column)
+        if paper is None and row.is_teacher_row:  # the teacher's published accuracy, from the teachers list
+            paper = recipe.teachers[column.teacher].paper
         ours_mean = float(done.mean()) if len(done) else float("nan")
         ours_std = float(done.std(ddof=1)) if len(done) > 1 else float("nan")
-        row = rows_by_label[cell.row]
         paper_mean = paper.mean if paper else float("nan")
         paper_std = paper.std if paper and paper.std is not None else float("nan")
         paper_n = 1 if row.is_teacher_row else recipe.paper_trials
@@ -87,7 +95,55 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
             "verdict": verdict.verdict if len(done) and paper else status if not len(done) else "no published number",
             "p_value": verdict.p_value, "test": verdict.test if len(done) and paper else "",
         })
-    return TableComparison(recipe, record.profile, metric, pd.DataFrame(out, columns=CELL_COLUMNS))
+        if cell.status == "planned" and row.paper_quantities:  # the rows that print the recipe's quantities
+            extra += [_quantity(record, table_plan, row, cell.column, cell.run_ids, finished, quantity, metric, alpha)
+                      for quantity in recipe.quantities]
+    return TableComparison(recipe, record.profile, metric, pd.DataFrame(out, columns=CELL_COLUMNS),
+                           pd.DataFrame(extra, columns=QUANTITY_COLUMNS))
+
+
+def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str) -> pd.Series:
+    """Top-1 of each finished run: the method's prediction, or the column's evaluation head."""
+    if column.head is None or method == "teacher" or column.head == methods.get(method).prediction_head:
+        return finished[f"{metric}_top1"].astype(float)
+    return pd.Series([float(heads[column.head][f"{metric}_top1"]) for heads in finished["heads"] if column.head in (heads or {})],
+                     dtype=float)
+
+
+def _quantity(record: TableRecord, table_plan: Plan, row: Row, column_id: str, run_ids: tuple[str, ...],
+              finished: pd.DataFrame, quantity: Quantity, metric: str, alpha: float) -> dict:
+    """One extra number of a cell: measured over its trials, or computed from its networks."""
+    paper = row.paper_quantities.get(column_id, {}).get(quantity.id)
+    paper_mean = paper.mean if paper else float("nan")
+    paper_std = paper.std if paper and paper.std is not None else float("nan")
+    if quantity.source in q.COMPUTED:
+        try:
+            value = q.computed(quantity, table_plan.specs[run_ids[0]])
+        except KdbenchError:
+            value = float("nan")
+        values, test = [value], "computed from parameter counts"
+        verdict = ("matches" if q.is_close(value, paper_mean, paper.decimals) else "differs") if paper else "no published number"
+        p_value = float("nan")
+    else:
+        values = q.measured(quantity, finished, metric)
+        outcome = judge(_mean(values), _std(values), len(values), paper_mean, paper_std, record.recipe.paper_trials, alpha)
+        verdict = (outcome.verdict if paper else "no published number") if values else "not run"
+        test, p_value = (outcome.test, outcome.p_value) if values and paper else ("", float("nan"))
+    recipe = record.recipe
+    return {
+        "recipe": recipe.name, "table": recipe.table, "profile": record.profile, "row": row.label, "column": column_id,
+        "quantity": quantity.id, "label": quantity.label, "source": quantity.source, "metric": metric,
+        "paper_mean": paper_mean, "paper_std": paper_std, "ours_mean": _mean(values), "ours_std": _std(values),
+        "n": len(values), "delta": _mean(values) - paper_mean, "verdict": verdict, "p_value": p_value, "test": test,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return float(pd.Series(values, dtype=float).mean()) if values else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    return float(pd.Series(values, dtype=float).std(ddof=1)) if len(values) > 1 else float("nan")
 
 
 def summary(comp: TableComparison) -> dict[str, int]:
@@ -104,6 +160,8 @@ def summary(comp: TableComparison) -> dict[str, int]:
 def _status(plan_status: str, n_done: int, n_planned: int, n_failed: int) -> str:
     if plan_status == "not_implemented":
         return "not implemented"
+    if plan_status == "absent":
+        return "absent"
     if n_done == n_planned:
         return "done"
     if n_failed:

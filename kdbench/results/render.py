@@ -17,7 +17,8 @@ from rich.table import Table
 from kdbench.results.compare import CELL_COLUMNS, TableComparison, summary
 
 FORMATS = ("table", "markdown", "latex", "html", "csv")
-VERDICT_MARKS = {"reproduced": "✓ reproduced", "above": "▲ above", "below": "▼ below", "inconclusive": "? inconclusive"}
+VERDICT_MARKS = {"reproduced": "✓ reproduced", "above": "▲ above", "below": "▼ below", "inconclusive": "? inconclusive",
+                 "matches": "✓ matches", "differs": "≠ differs"}
 PROFILE_NOTES = {
     "full": "",
     "ci": "ci profile: a small real-data subset and few epochs — a pipeline check, not comparable to the paper",
@@ -25,13 +26,15 @@ PROFILE_NOTES = {
 }
 
 
-def _num(value: float, std: float = float("nan")) -> str:
+def _num(value: float, std: float = float("nan"), decimals: int = 2) -> str:
     if math.isnan(value):
         return "–"
-    return f"{value:.2f}" if math.isnan(std) else f"{value:.2f} ± {std:.2f}"
+    return f"{value:.{decimals}f}" if math.isnan(std) else f"{value:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def ours_text(cell: pd.Series) -> str:
+    if cell["status"] == "absent":
+        return "–"
     if cell["status"] == "not implemented":
         return "not implemented"
     if cell["n"] == 0:
@@ -61,9 +64,43 @@ def paper_text(cell: pd.Series) -> str:
     return f"{text} [lit.]" if cell["literature"] else text
 
 
+def cell_lines(comp: TableComparison, cell: pd.Series) -> list[str]:
+    """A cell's text lines: ours, the paper's value, Δ and the verdict, then each extra quantity."""
+    if cell["status"] == "absent":
+        return ["–"]
+    lines = [ours_text(cell), f"paper {paper_text(cell)}"]
+    lines += [f"Δ {delta_text(cell)}"] if delta_text(cell) else []
+    lines += [verdict_text(cell)] if verdict_text(cell) else []
+    return lines + quantity_lines(comp, cell["row"], cell["column"])
+
+
+def quantity_lines(comp: TableComparison, row: str, column: str) -> list[str]:
+    """'pruning cost: 2.88 (paper 2.88) ✓ matches' for each of the recipe's quantities of this cell."""
+    extra = comp.quantities[(comp.quantities["row"] == row) & (comp.quantities["column"] == column)]
+    lines = []
+    for _, quantity in extra.iterrows():
+        ours = "not run" if quantity["n"] == 0 else _num(quantity["ours_mean"], quantity["ours_std"], _decimals(quantity))
+        paper = "" if math.isnan(quantity["paper_mean"]) else f" (paper {_num(quantity['paper_mean'], quantity['paper_std'], _decimals(quantity))})"
+        mark = VERDICT_MARKS.get(quantity["verdict"], " ").split(" ")[0]  # the symbol only: ✓ ≠ ▲ ▼ ?
+        lines.append(f"{quantity['label']} {ours}{paper}" + (f" {mark}" if mark else ""))
+    return lines
+
+
+def _decimals(quantity: pd.Series) -> int:
+    return 3 if quantity["source"] == "test_loss" else 2
+
+
 def summary_text(comp: TableComparison) -> str:
     counts = summary(comp)
-    return f"{comp.recipe.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" (of {len(comp.cells)} cells)"
+    n_cells = int((comp.cells["status"] != "absent").sum())
+    text = f"{comp.recipe.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" (of {n_cells} cells)"
+    verdicts = comp.quantities["verdict"]
+    for source, good, bad in (("computed", "matches", "differs"), ("measured", "reproduced", None)):
+        chosen = verdicts[comp.quantities["test"].astype(str).str.startswith("computed") == (source == "computed")]
+        if len(chosen):
+            text += f"; {source} quantities: {int((chosen == good).sum())} {good}"
+            text += f", {int((chosen == bad).sum())} {bad}" if bad else f", {int(chosen.isin(['above', 'below']).sum())} not reproduced"
+    return text
 
 
 def title(comp: TableComparison) -> str:
@@ -94,12 +131,16 @@ def to_rich(comp: TableComparison) -> Table:
         rendered = []
         for column_id in columns:
             cell = cells[(row, column_id)]
+            if cell["status"] == "absent":
+                rendered.append("[dim]–[/]")
+                continue
             style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(cell["status"], "")
             ours = f"[{style}]{escape(ours_text(cell))}[/]" if style else escape(ours_text(cell))
             delta = f"\nΔ {delta_text(cell)}" if delta_text(cell) else ""
             verdict_style = {"reproduced": "green", "above": "cyan", "below": "red"}.get(cell["verdict"], "dim")
             verdict = f"\n[{verdict_style}]{escape(verdict_text(cell))}[/]" if verdict_text(cell) else ""
-            rendered.append(f"{ours}\npaper {escape(paper_text(cell))}{delta}{verdict}")
+            extra = "".join(f"\n[dim]{escape(line)}[/]" for line in quantity_lines(comp, row, column_id))
+            rendered.append(f"{ours}\npaper {escape(paper_text(cell))}{delta}{verdict}{extra}")
         table.add_row(row, *rendered)
     table.caption = escape(summary_text(comp))
     return table
@@ -114,9 +155,13 @@ def to_markdown(comp: TableComparison) -> str:
         parts = []
         for column_id in columns:
             cell = cells[(row, column_id)]
+            if cell["status"] == "absent":
+                parts.append("–")
+                continue
             delta = f" (Δ {delta_text(cell)})" if delta_text(cell) else ""
             verdict = f"<br>{verdict_text(cell)}" if verdict_text(cell) else ""
-            parts.append(f"{ours_text(cell)}<br>paper {paper_text(cell)}{delta}{verdict}")
+            extra = "".join(f"<br>{line}" for line in quantity_lines(comp, row, column_id))
+            parts.append(f"{ours_text(cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}")
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
 
@@ -131,6 +176,18 @@ def _latex_num(value: float, std: float) -> str:
     return _num(value, std).replace(" ± ", r"$\pm$").replace("–", "--")
 
 
+def _quantities(comp: TableComparison, row: str, column: str) -> pd.DataFrame:
+    return comp.quantities[(comp.quantities["row"] == row) & (comp.quantities["column"] == column)]
+
+
+def _latex_quantity(quantity: pd.Series) -> str:
+    """'2.88\\% / 2.88\\%': ours / published, in the paper's parenthesised style."""
+    unit = r"\%" if quantity["source"] != "test_loss" else ""
+    decimals = _decimals(quantity)
+    return (_num(quantity["ours_mean"], decimals=decimals).replace("–", "--") + unit + " / "
+            + _num(quantity["paper_mean"], decimals=decimals).replace("–", "--") + unit)
+
+
 def to_latex(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
@@ -141,8 +198,12 @@ def to_latex(comp: TableComparison) -> str:
         parts = []
         for column_id in columns:
             cell = cells[(row, column_id)]
+            if cell["status"] == "absent":
+                parts.append("--")
+                continue
             ours = _latex_num(cell["ours_mean"], cell["ours_std"]) if cell["n"] else _latex_escape(ours_text(cell))
-            parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])})")
+            extra = "".join(f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows())
+            parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])}){extra}")
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}",
               r"\par\footnotesize Ours: mean$\pm$std over trials; in parentheses: published. "
@@ -158,9 +219,7 @@ def to_html(comp: TableComparison) -> str:
         tds = []
         for column_id in columns:
             cell = cells[(row, column_id)]
-            parts = [ours_text(cell), f"paper {paper_text(cell)}"]
-            parts += [f"Δ {delta_text(cell)}"] if delta_text(cell) else []
-            parts += [verdict_text(cell)] if verdict_text(cell) else []
+            parts = cell_lines(comp, cell)
             tds.append(f'<td class="{html.escape(str(cell["verdict"]).replace(" ", "-"))}">'
                        + "<br>".join(html.escape(p) for p in parts) + "</td>")
         out.append(f"<tr><th>{html.escape(row)}</th>" + "".join(tds) + "</tr>")
@@ -169,6 +228,17 @@ def to_html(comp: TableComparison) -> str:
 
 
 def to_csv(comparisons: list[TableComparison]) -> str:
-    frames = [c.cells for c in comparisons]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CELL_COLUMNS)
+    """One row per cell (accuracy); a recipe's extra quantities follow as rows whose ``quantity`` names them."""
+    frames = [c.cells.assign(quantity="top1") for c in comparisons]
+    frames += [_quantity_rows(c) for c in comparisons if len(c.quantities)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*CELL_COLUMNS, "quantity"])
     return frame.to_csv(index=False, float_format="%.4f")
+
+
+def _quantity_rows(comp: TableComparison) -> pd.DataFrame:
+    """Quantity rows in the cell CSV's columns (teacher, student, method filled in from their cell)."""
+    keys = ["row", "column"]
+    context = comp.cells[[*keys, "teacher", "teacher_checkpoint", "student", "method", "paper_n", "literature"]]
+    rows = comp.quantities.drop(columns=["label", "source", "table"]).merge(context, on=keys, how="left")
+    status = rows["n"].map(lambda n: "done" if n else "not run")
+    return rows.assign(table=comp.recipe.table, status=status, n_planned=rows["n"], n_failed=0)[[*CELL_COLUMNS, "quantity"]]
