@@ -25,20 +25,21 @@ import torch
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
 from kdbench.data.loaders import Batch, strong_loader, test_plan
-from kdbench.data.registry import resolve_data_dir
+from kdbench.data.registry import load_dataset, resolve_data_dir
 from kdbench.data.tensor_loader import (
     TRAIN_PADDING,
     crop_flip_normalise,
     normalisation_table,
     pad_images,
 )
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, UnknownNameError
 
 INSTALL_HINT = (
     "install it with `apt-get install -y --no-install-recommends libopencv-dev libturbojpeg0-dev` "
     "then `pip install 'kdbench[ffcv]'`"
 )
 META_FILE = "meta.json"
+PREPARABLE: tuple[str, ...] = ("cifar100", "cifar10", "imagenet")
 
 
 class FfcvUnavailable(KdbenchError):
@@ -109,6 +110,19 @@ def prepare(arrays: ImageArrays, out: Path, num_workers: int | None = None) -> P
             "test": len(arrays.x_test)}
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def prepare_dataset(name: str, data_dir: str | Path | None = None, out: Path | None = None) -> Path:
+    """``kdbench data prepare NAME``: the .beton files of dataset ``name``, by default in ``beton_dir(name)``."""
+    if name not in PREPARABLE:
+        raise UnknownNameError("dataset", name, PREPARABLE)
+    if name == "imagenet":
+        raise KdbenchError(
+            "ImageNet .beton files come with ImageNet support (issue 6), which kdbench does not have yet; "
+            "only cifar100 and cifar10 can be prepared now."
+        )
+    import_ffcv()  # fail before reading the dataset
+    return prepare(load_dataset(name, data_dir), out if out is not None else beton_dir(name, data_dir))
 
 
 def _plan_order_class(traversal_order: type) -> type:

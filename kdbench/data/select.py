@@ -16,11 +16,6 @@ from kdbench.data.tensor_loader import TensorLoaders
 from kdbench.errors import KdbenchError
 
 LOADER_KINDS: tuple[str, ...] = ("auto", "torch", "tensor", "ffcv")
-LOADER_HELP = (
-    "Data loader: auto (default: tensor when the dataset fits on the device, else torch), torch (reference "
-    "DataLoader), tensor (whole dataset on the device, batched augmentation), ffcv (reads .beton files from "
-    "`kdbench data prepare`; needs pip install 'kdbench[ffcv]'). All replay the same epoch plan: same results."
-)
 # auto keeps the resident dataset to this share of the GPU's free memory.
 MAX_RESIDENT_FRACTION = 0.25
 
