@@ -24,7 +24,7 @@ import torch
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
-from kdbench.data.loaders import Batch, strong_loader, test_plan
+from kdbench.data.loaders import Batch, identity_plan, strong_loader
 from kdbench.data.registry import load_dataset, resolve_data_dir
 from kdbench.data.tensor_loader import (
     TRAIN_PADDING,
@@ -225,4 +225,4 @@ class FfcvLoaders:
 
     def test(self, batch_size: int) -> FfcvBatches:
         """Same batches as ``loaders.test_loader``, already on the device."""
-        return FfcvBatches(self, self._loader("test", batch_size, False), test_plan(len(self.arrays.x_test)), None)
+        return FfcvBatches(self, self._loader("test", batch_size, False), identity_plan(len(self.arrays.x_test)), None)

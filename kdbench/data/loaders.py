@@ -88,12 +88,12 @@ def train_loader(
 
 def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0) -> DataLoader[Batch]:
     """Test batches in file order, normalised, with no augmentation."""
-    plan = test_plan(len(arrays.x_test))
+    plan = identity_plan(len(arrays.x_test))
     dataset = PlannedImages(arrays.x_test, arrays.y_test, plan, arrays.mean, arrays.std)
     return _loader(dataset, plan, batch_size, num_workers, drop_last=False)
 
 
-def test_plan(num_samples: int) -> EpochPlan:
+def identity_plan(num_samples: int) -> EpochPlan:
     """The test split's plan: file order, no padding, no crop offset, no flip."""
     return epoch_plan(num_samples, 0, 0, shuffle=False, augment=False, padding=0)
 

@@ -12,7 +12,7 @@ import torch
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.loaders import Batch, TorchLoaders
-from kdbench.data.tensor_loader import TensorLoaders
+from kdbench.data.tensor_loader import TRAIN_PADDING, TensorLoaders
 from kdbench.errors import KdbenchError
 
 LOADER_KINDS: tuple[str, ...] = ("auto", "torch", "tensor", "ffcv")
@@ -68,7 +68,8 @@ def _fits_on(device: torch.device, arrays: ImageArrays) -> bool:
     if device.type != "cuda":
         return True
     height, width = arrays.x_train.shape[1:3]
-    padded = len(arrays.x_train) * 3 * (height + 8) * (width + 8) + arrays.x_test.nbytes
+    border = 2 * TRAIN_PADDING
+    padded = len(arrays.x_train) * 3 * (height + border) * (width + border) + arrays.x_test.nbytes
     free, _ = torch.cuda.mem_get_info(device)
     if padded > MAX_RESIDENT_FRACTION * free:
         log.info("loader auto: dataset (%.1f GB) too large for the GPU's free memory; using torch", padded / 1e9)

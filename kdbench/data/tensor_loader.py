@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
-from kdbench.data.loaders import Batch, strong_loader, test_plan
+from kdbench.data.loaders import Batch, identity_plan, strong_loader
 
 TRAIN_PADDING = 4  # the padding of every train plan (``epoch_plan``'s default)
 
@@ -139,4 +139,4 @@ class TensorLoaders:
 
     def test(self, batch_size: int) -> PlannedBatches:
         """Same batches as ``loaders.test_loader``, already on the device."""
-        return PlannedBatches(self.test_split, test_plan(len(self.arrays.x_test)), batch_size, self.table)
+        return PlannedBatches(self.test_split, identity_plan(len(self.arrays.x_test)), batch_size, self.table)
