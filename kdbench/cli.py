@@ -34,6 +34,11 @@ ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (
 ProfileOpt = Annotated[str, typer.Option("--profile", help="full = the paper's protocol; ci = a small real-data subset; smoke = synthetic data, a few steps.")]
 TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials (seeds) per cell; default: the recipe's (smoke: 1).")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).")]
+LoaderOpt = Annotated[str, typer.Option("--loader", help=(
+    "auto (default: tensor when the dataset fits on the device, else torch), torch (reference DataLoader), tensor "
+    "(whole dataset on the device, batched crop/flip), or ffcv (reads the .beton files of `kdbench data prepare`; "
+    "needs pip install 'kdbench[ffcv]', else falls back to tensor). Every loader replays the same epoch plan, "
+    "so results are identical."))]
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -41,6 +46,13 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
     if not values:
         return None
     return [v for value in values for v in value.split(",") if v]
+
+
+def _check_loader(loader: str) -> None:
+    from kdbench.data import LOADER_KINDS
+
+    if loader not in LOADER_KINDS:
+        raise KdbenchError(f"unknown loader {loader!r}; choose one of {', '.join(LOADER_KINDS)}.")
 
 
 def _fail(exc: Exception) -> None:
@@ -60,6 +72,7 @@ def reproduce(
     runs_per_gpu: Annotated[int, typer.Option("--runs-per-gpu", min=1, help="Runs trained at once on each GPU.")] = 1,
     cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores.")] = 1,
     data_dir: DataDirOpt = None,
+    loader: LoaderOpt = "auto",
     ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
     ci_epochs: Annotated[Optional[int], typer.Option("--ci-epochs", help="ci profile: epochs per run.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
@@ -72,6 +85,7 @@ def reproduce(
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
+        _check_loader(loader)
         loaded = load_recipe(recipe)
         ci = {"train_fraction": ci_train_fraction, "epochs": ci_epochs}
         table_plan = make_plan(loaded, profile, trials=trials, columns=_split(pairs), rows=_split(methods), ci_overrides=ci)
@@ -80,7 +94,7 @@ def reproduce(
             return
         slots = detect_slots(device, runs_per_gpu, cpu_jobs)
         with RunProgress(console, len(table_plan.specs)) as progress:
-            executor = LocalExecutor(slots, SlotWorkers(data_dir), listener=progress.event)
+            executor = LocalExecutor(slots, SlotWorkers(data_dir, loader), listener=progress.event)
             outcomes = reproduce_table(table_plan, results, executor, ci)
     except KdbenchError as exc:
         _fail(exc)
@@ -281,6 +295,7 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     data_dir: DataDirOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    loader: LoaderOpt = "auto",
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import train as training
@@ -288,7 +303,9 @@ def train(
     from kdbench.results.store import RunLocked
 
     try:
-        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir, num_workers=workers)
+        _check_loader(loader)
+        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir,
+                              num_workers=workers, loader=loader)
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)
@@ -296,6 +313,26 @@ def train(
         _fail(exc)
     console.print(f"{result['run_id']}: best top-1 {result['best_top1']:.2f} (epoch {result['best_epoch']}), "
                   f"last {result['last_top1']:.2f}")
+
+
+data_app = typer.Typer(help="Prepare datasets for the faster loaders.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="cifar100 or cifar10 (imagenet comes with ImageNet support).")],
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: DATA_DIR/ffcv/DATASET, where runs with --loader ffcv look).")] = None,
+) -> None:
+    """Write a dataset's train.beton and test.beton for `--loader ffcv` (needs pip install 'kdbench[ffcv]')."""
+    try:
+        from kdbench.data.ffcv_loader import prepare_dataset
+
+        folder = prepare_dataset(dataset, data_dir, out)
+    except KdbenchError as exc:
+        _fail(exc)
+    console.print(f"wrote {folder}/train.beton and {folder}/test.beton")
 
 
 @app.command(hidden=True)

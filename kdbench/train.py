@@ -76,8 +76,12 @@ def run(
     data_dir: str | Path | None = None,
     num_workers: int = 0,
     progress: bool | None = None,
+    loader: str = "auto",
 ) -> dict[str, Any]:
-    """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result."""
+    """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
+
+    ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
+    """
     rundir = RunDir(results, spec.run_id)
     if rundir.is_done():
         return rundir.result()
@@ -86,7 +90,7 @@ def run(
         rundir.failed_file.unlink(missing_ok=True)
         try:
             return _train(spec, rundir, Path(results), resolve_device(device), data_dir, num_workers,
-                          sys.stderr.isatty() if progress is None else progress)
+                          sys.stderr.isatty() if progress is None else progress, loader)
         except Exception as exc:
             atomic_write_json(rundir.failed_file, {"run_id": spec.run_id, "error": type(exc).__name__,
                                                    "message": str(exc), "time": time.time()})
@@ -94,7 +98,8 @@ def run(
             raise
 
 
-def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str | Path | None, num_workers: int) -> dict[str, Any]:
+def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str | Path | None, num_workers: int,
+            loader: str) -> dict[str, Any]:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
     arrays = _dataset(spec, data_dir)
@@ -102,7 +107,8 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     model = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path, spec.model)
     distiller = methods.get("ce")(model, None, methods.get("ce").Params(), next(iter(data.test_loader(arrays, 2)))[0]).to(device)
     started = time.time()
-    stats = evaluate(distiller, data.test_loader(arrays, EVAL_BATCH, num_workers=num_workers), device)
+    loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
+    stats = evaluate(distiller, loaders.test(EVAL_BATCH), device)
     history = [{"epoch": 0, "phase": "imported", **stats}]
     rundir.write_metrics(history)
     atomic_torch_save(rundir.model_file, distiller.inference_state())
@@ -114,9 +120,9 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
 
 
 def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
-           data_dir: str | Path | None, num_workers: int, show_progress: bool) -> dict[str, Any]:
+           data_dir: str | Path | None, num_workers: int, show_progress: bool, loader: str) -> dict[str, Any]:
     if spec.checkpoint is not None:
-        return _import(spec, rundir, device, data_dir, num_workers)
+        return _import(spec, rundir, device, data_dir, num_workers, loader)
     arrays = _dataset(spec, data_dir)
     torch.manual_seed(spec.seed)
     student = models.create(spec.model, num_classes=arrays.num_classes)
@@ -138,9 +144,12 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
              spec.profile, done.epochs + 1, spec.train.epochs)
 
+    loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
+    log.info("loader %s", loaders.kind)
+
     def batches(epoch: int) -> Iterable:
-        return data.train_loader(arrays, spec.train.batch_size, seed=spec.seed, epoch=epoch, num_workers=num_workers,
-                                 strong=method.needs.strong_view, drop_last=method.needs.fixed_batch)
+        return loaders.train(spec.train.batch_size, seed=spec.seed, epoch=epoch,
+                             strong=method.needs.strong_view, drop_last=method.needs.fixed_batch)
 
     def checkpoint(epoch: int, init_epoch: int) -> None:
         """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo."""
@@ -168,7 +177,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             train_stats = _train_epoch(distiller.forward_train, distiller, optimizer, batches(epoch), device, epoch, bar)
-            test_stats = evaluate(distiller, data.test_loader(arrays, EVAL_BATCH, num_workers=num_workers), device)
+            test_stats = evaluate(distiller, loaders.test(EVAL_BATCH), device)
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
             checkpoint(epoch, init_done)
             log.info("epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f", epoch,

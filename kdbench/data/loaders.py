@@ -9,11 +9,33 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.augment import EpochPlan, crop_and_flip, epoch_plan, to_normalized_tensor
+from kdbench.data.augment import (
+    EpochPlan,
+    crop_and_flip,
+    epoch_plan,
+    to_normalized_tensor,
+)
 from kdbench.data.strong import sample_rng, strong_view
 
 # images (B,3,H,W) float32, labels int64, sample indices int64 [, strong views (B,3,H,W) float32]
 Batch = tuple[torch.Tensor, ...]
+
+
+class StrongViews(Dataset[torch.Tensor]):
+    """Item ``i`` is MLKD's strong view of sample ``i`` for (seed, epoch), normalised (see ``data/strong.py``)."""
+
+    def __init__(
+        self, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, seed: int, epoch: int, padding: int
+    ) -> None:
+        self.images, self.mean, self.std = images, mean, std
+        self.seed, self.epoch, self.padding = seed, epoch, padding
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        strong = strong_view(self.images[index], sample_rng(self.seed, self.epoch, index), self.padding)
+        return to_normalized_tensor(strong, self.mean, self.std)
 
 
 class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
@@ -29,10 +51,10 @@ class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
         strong_seed: tuple[int, int] | None = None,
     ) -> None:
         """``strong_seed=(seed, epoch)`` adds MLKD's strong view of each sample (see ``data/strong.py``)."""
-        self.images, self.labels, self.strong_seed = images, labels, strong_seed
+        self.images, self.labels = images, labels
         self.offsets, self.flips, self.padding = plan.offsets.numpy(), plan.flips.numpy(), plan.padding
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = _channel_tensor(mean), _channel_tensor(std)
+        self.strong = StrongViews(images, self.mean, self.std, *strong_seed, plan.padding) if strong_seed else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -41,10 +63,7 @@ class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
         dx, dy = self.offsets[index]
         image = crop_and_flip(self.images[index], int(dx), int(dy), bool(self.flips[index]), self.padding)
         item = (to_normalized_tensor(image, self.mean, self.std), int(self.labels[index]), index)
-        if self.strong_seed is None:
-            return item
-        strong = strong_view(self.images[index], sample_rng(*self.strong_seed, index), self.padding)
-        return item + (to_normalized_tensor(strong, self.mean, self.std),)
+        return item if self.strong is None else item + (self.strong[index],)
 
 
 def train_loader(
@@ -69,14 +88,49 @@ def train_loader(
 
 def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0) -> DataLoader[Batch]:
     """Test batches in file order, normalised, with no augmentation."""
-    plan = epoch_plan(len(arrays.x_test), 0, 0, shuffle=False, augment=False, padding=0)
+    plan = identity_plan(len(arrays.x_test))
     dataset = PlannedImages(arrays.x_test, arrays.y_test, plan, arrays.mean, arrays.std)
     return _loader(dataset, plan, batch_size, num_workers, drop_last=False)
 
 
+def identity_plan(num_samples: int) -> EpochPlan:
+    """The test split's plan: file order, no padding, no crop offset, no flip."""
+    return epoch_plan(num_samples, 0, 0, shuffle=False, augment=False, padding=0)
+
+
+def strong_loader(
+    arrays: ImageArrays, plan: EpochPlan, batch_size: int, seed: int, epoch: int, num_workers: int, drop_last: bool
+) -> DataLoader[torch.Tensor]:
+    """Batches of MLKD's strong views of the train split, in ``plan``'s order (what ``train_loader`` appends)."""
+    views = StrongViews(arrays.x_train, _channel_tensor(arrays.mean), _channel_tensor(arrays.std), seed, epoch, plan.padding)
+    return _loader(views, plan, batch_size, num_workers, drop_last)
+
+
+class TorchLoaders:
+    """The reference loaders behind the interface every loader kind shares (see ``data/select.py``)."""
+
+    kind = "torch"
+
+    def __init__(self, arrays: ImageArrays, num_workers: int = 0) -> None:
+        self.arrays, self.num_workers = arrays, num_workers
+
+    def train(
+        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False
+    ) -> DataLoader[Batch]:
+        return train_loader(self.arrays, batch_size, seed=seed, epoch=epoch, augment=augment,
+                            num_workers=self.num_workers, drop_last=drop_last, strong=strong)
+
+    def test(self, batch_size: int) -> DataLoader[Batch]:
+        return test_loader(self.arrays, batch_size, num_workers=self.num_workers)
+
+
+def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
+
 def _loader(
-    dataset: PlannedImages, plan: EpochPlan, batch_size: int, num_workers: int, drop_last: bool
-) -> DataLoader[Batch]:
+    dataset: Dataset, plan: EpochPlan, batch_size: int, num_workers: int, drop_last: bool
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,

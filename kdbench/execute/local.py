@@ -67,10 +67,13 @@ def slot_device(slot: Slot) -> str:
     return "cpu" if slot.name.startswith("cpu") else "cuda"
 
 
-def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None) -> list[str]:
+def train_command(
+    spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None, loader: str = "auto"
+) -> list[str]:
     """The command an executor runs for one spec: ``python -m kdbench train SPEC``."""
     device = slot_device(slot)
-    command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device]
+    command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device,
+               "--loader", loader]
     return command + (["--data-dir", data_dir] if data_dir else [])
 
 
@@ -150,8 +153,8 @@ class _WorkerRun:
 class SlotWorkers:
     """A long-lived worker process per slot, restarted if it dies."""
 
-    def __init__(self, data_dir: str | None = None):
-        self.data_dir = data_dir
+    def __init__(self, data_dir: str | None = None, loader: str = "auto"):
+        self.data_dir, self.loader = data_dir, loader
         self.workers: dict[str, _Worker] = {}
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> _WorkerRun:
@@ -159,7 +162,7 @@ class SlotWorkers:
         if worker is None or not worker.alive():
             worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
         worker.send({"spec_file": str(spec_file), "results": str(results),
-                     "device": slot_device(slot), "data_dir": self.data_dir})
+                     "device": slot_device(slot), "data_dir": self.data_dir, "loader": self.loader})
         return _WorkerRun(worker)
 
     def close(self) -> None:

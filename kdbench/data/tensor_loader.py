@@ -1,0 +1,142 @@
+"""Device-resident loader: the whole uint8 dataset on the run's device, every batch cut with tensor ops.
+
+Each batch replays the same ``EpochPlan`` as the reference loader (``data/loaders.py``): gathered in the
+plan's order, cropped at the plan's (dx, dy) from the zero-padded images and mirrored where the plan says,
+in one advanced-indexing gather per batch. Normalisation is a lookup in a (3, 256) table computed on the
+CPU with the reference's own ops, so the values equal the reference's bit for bit on every device.
+MLKD's strong views stay per-sample PIL work on the CPU (``data/strong.py``) and are appended as the
+reference appends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdbench.data.arrays import ImageArrays
+from kdbench.data.augment import EpochPlan, epoch_plan
+from kdbench.data.loaders import Batch, identity_plan, strong_loader
+
+TRAIN_PADDING = 4  # the padding of every train plan (``epoch_plan``'s default)
+
+
+def normalisation_table(mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """float32 (C, 256): entry [c, v] is value v of channel c scaled to [0, 1], minus mean, over std.
+
+    Computed on the CPU with the ops of ``augment.to_normalized_tensor``, in the same order.
+    """
+    values = torch.arange(256).to(torch.float32).repeat(len(mean), 1)
+    return values.div_(255.0).sub_(torch.tensor(mean).view(-1, 1)).div_(torch.tensor(std).view(-1, 1))
+
+
+def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """uint8 (N,H,W,C) -> uint8 (N,C,H+2p,W+2p) with zero borders."""
+    return F.pad(images.permute(0, 3, 1, 2), (padding,) * 4).contiguous()
+
+
+def crop_flip_normalise(
+    padded: torch.Tensor,
+    positions: torch.Tensor,
+    offsets: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int,
+    table: torch.Tensor,
+) -> torch.Tensor:
+    """float32 (B,C,H,W): images ``padded[positions]`` (padded by ``padding``) cropped at column dx, row dy
+    (``offsets[b] = (dx, dy)``), mirrored left-right where ``flips`` is set, normalised through ``table``."""
+    channels, height, width = padded.shape[1], padded.shape[2] - 2 * padding, padded.shape[3] - 2 * padding
+    device = padded.device
+    rows = offsets[:, 1, None] + torch.arange(height, device=device)
+    cols = offsets[:, 0, None] + torch.arange(width, device=device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    channel = torch.arange(channels, device=device)[None, :, None, None]
+    pixels = padded[positions[:, None, None, None], channel, rows[:, None, :, None], cols[:, None, None, :]]
+    return table[channel, pixels.long()]
+
+
+@dataclass(frozen=True)
+class ResidentSplit:
+    """One split on the device: uint8 images (N,C,H+2p,W+2p) zero-padded by ``padding``, int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    padding: int
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, labels: np.ndarray, padding: int, device: torch.device) -> ResidentSplit:
+        padded = pad_images(torch.from_numpy(images).to(device), padding)
+        return cls(padded, torch.from_numpy(labels).to(device), padding)
+
+
+class PlannedBatches:
+    """The batches of one epoch plan over a resident split; same batches as the reference ``DataLoader``."""
+
+    def __init__(
+        self,
+        split: ResidentSplit,
+        plan: EpochPlan,
+        batch_size: int,
+        table: torch.Tensor,
+        drop_last: bool = False,
+        strong: Iterable[torch.Tensor] | None = None,
+    ) -> None:
+        """``strong``: batches of strong views in the plan's order (``loaders.strong_loader``), appended."""
+        if plan.padding != split.padding:
+            raise ValueError(f"plan padding {plan.padding} != resident padding {split.padding}")
+        self.split, self.plan, self.batch_size, self.table = split, plan, batch_size, table
+        self.drop_last, self.strong = drop_last, strong
+
+    def __len__(self) -> int:
+        count = len(self.plan.order)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        device = self.split.images.device
+        order = self.plan.order.to(device)
+        offsets, flips = self.plan.offsets.to(device), self.plan.flips.to(device)
+        strong = iter(self.strong) if self.strong is not None else None
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = crop_flip_normalise(
+                self.split.images, index, offsets[index], flips[index], self.split.padding, self.table
+            )
+            batch: Batch = (images, self.split.labels[index], index)
+            if strong is not None:
+                batch += (next(strong).to(device, non_blocking=True),)
+            yield batch
+
+
+class TensorLoaders:
+    """Train and test batches from the dataset held on ``device`` (built once per run)."""
+
+    kind = "tensor"
+
+    def __init__(self, arrays: ImageArrays, device: torch.device, num_workers: int = 0) -> None:
+        """``num_workers``: DataLoader workers for MLKD's strong views, the only per-sample CPU work."""
+        self.arrays, self.num_workers = arrays, num_workers
+        self.train_split = ResidentSplit.from_arrays(arrays.x_train, arrays.y_train, TRAIN_PADDING, device)
+        self.test_split = ResidentSplit.from_arrays(arrays.x_test, arrays.y_test, 0, device)
+        self.table = normalisation_table(arrays.mean, arrays.std).to(device)
+
+    def train(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        augment: bool = True,
+        drop_last: bool = False,
+        strong: bool = False,
+    ) -> PlannedBatches:
+        """Same arguments and batches as ``loaders.train_loader``, already on the device."""
+        plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
+        views = strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last) if strong else None
+        return PlannedBatches(self.train_split, plan, batch_size, self.table, drop_last, views)
+
+    def test(self, batch_size: int) -> PlannedBatches:
+        """Same batches as ``loaders.test_loader``, already on the device."""
+        return PlannedBatches(self.test_split, identity_plan(len(self.arrays.x_test)), batch_size, self.table)
