@@ -34,6 +34,11 @@ ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (
 ProfileOpt = Annotated[str, typer.Option("--profile", help="full = the paper's protocol; ci = a small real-data subset; smoke = synthetic data, a few steps.")]
 TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials (seeds) per cell; default: the recipe's (smoke: 1).")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).")]
+# Compute options: how a run computes, not what (not part of the run id; result.json records them).
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
+ChannelsLastOpt = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
+CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
+TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="auto: logit-only methods (kd, dkd, dist, ...) look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache; off: run the teacher every step.")]
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -41,6 +46,20 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
     if not values:
         return None
     return [v for value in values for v in value.split(",") if v]
+
+
+def _compute(precision: str, channels_last: Optional[bool], compile_: Optional[bool], teacher_cache: str):
+    from kdbench.compute import ComputeOptions
+
+    return ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_, teacher_cache=teacher_cache)
+
+
+def _runs_per_gpu(value: str):
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise KdbenchError(f"--runs-per-gpu takes a positive number or auto, not {value!r}.")
+    return int(value)
 
 
 def _fail(exc: Exception) -> None:
@@ -57,12 +76,16 @@ def reproduce(
     pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
-    runs_per_gpu: Annotated[int, typer.Option("--runs-per-gpu", min=1, help="Runs trained at once on each GPU.")] = 1,
+    runs_per_gpu: Annotated[str, typer.Option("--runs-per-gpu", help="Runs trained at once on each GPU: a number, or auto (as many as fit in its free memory; see kdbench/execute/packing.py).")] = "auto",
     cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores.")] = 1,
     data_dir: DataDirOpt = None,
     ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
     ci_epochs: Annotated[Optional[int], typer.Option("--ci-epochs", help="ci profile: epochs per run.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
+    precision: PrecisionOpt = "auto",
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = None,
+    teacher_cache: TeacherCacheOpt = "auto",
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
@@ -78,9 +101,10 @@ def reproduce(
         if dry_run:
             _print_plan(table_plan, results, data_dir)
             return
-        slots = detect_slots(device, runs_per_gpu, cpu_jobs)
+        compute = _compute(precision, channels_last, compile_, teacher_cache)
+        slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
         with RunProgress(console, len(table_plan.specs)) as progress:
-            executor = LocalExecutor(slots, SlotWorkers(data_dir), listener=progress.event)
+            executor = LocalExecutor(slots, SlotWorkers(data_dir, compute), listener=progress.event)
             outcomes = reproduce_table(table_plan, results, executor, ci)
     except KdbenchError as exc:
         _fail(exc)
@@ -280,6 +304,10 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     data_dir: DataDirOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    precision: PrecisionOpt = "auto",
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = None,
+    teacher_cache: TeacherCacheOpt = "auto",
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import train as training
@@ -287,7 +315,8 @@ def train(
     from kdbench.results.store import RunLocked
 
     try:
-        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir, num_workers=workers)
+        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir, num_workers=workers,
+                              compute=_compute(precision, channels_last, compile_, teacher_cache))
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)
