@@ -326,6 +326,63 @@ def train(
                   f"last {result['last_top1']:.2f}")
 
 
+@app.command()
+def bench(
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher model (random-init weights).")] = "resnet32x4",
+    student: Annotated[str, typer.Option("--student", help="Student model.")] = "resnet8x4",
+    method: Annotated[str, typer.Option("--method", help="Distillation method (see `kdbench methods`).")] = "kd",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size of both paths.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per path in each round.")] = 10,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds (best and median are reported).")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed steps per path first (compilation happens here).")] = 2,
+    images: Annotated[int, typer.Option("--images", min=1, help="Training images; the teacher cache holds 162 views of each.")] = 128,
+    data: Annotated[str, typer.Option("--data", help="synthetic (CIFAR-shaped), or an .npz file (absolute, or under --data-dir / $KDBENCH_DATA).")] = "synthetic",
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes of both paths.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: PrecisionOpt = "auto",
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = None,
+    teacher_cache: TeacherCacheOpt = "auto",
+    peak: Annotated[Optional[float], typer.Option("--peak", min=0.0, help="The device's peak in TFLOP/s, to report the fraction reached (known: H100/H200 bf16).")] = None,
+    results: ResultsOpt = Path("results"),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write every measurement to this JSON file.")] = None,
+) -> None:
+    """Images/s of kdbench's training path vs a plain PyTorch reference loop (papers' style), in one process."""
+    import json
+
+    from rich.table import Table
+
+    from kdbench.bench import BenchConfig, malloc_note, summary_rows
+    from kdbench.bench import bench as measure
+
+    try:
+        config = BenchConfig(teacher=teacher, student=student, method=method, batch_size=batch_size, steps=steps,
+                             rounds=rounds, warmup=warmup, images=images, data=data, data_dir=data_dir, num_workers=workers,
+                             device=device, compute=_compute(precision, channels_last, compile_, teacher_cache),
+                             peak=peak * 1e12 if peak is not None else None, results=results)
+        report = measure(config, show_progress=err.is_terminal,
+                         on_round=lambda r, a, b: err.print(f"round {r}/{rounds}: kdbench {a:,.1f} img/s, reference {b:,.1f} img/s"))
+    except KdbenchError as exc:
+        _fail(exc)
+    c = report.compute
+    table = Table(title=f"{method}: {teacher} → {student}, batch {batch_size}, {steps} steps × {rounds} rounds on "
+                        f"{report.device} ({report.threads} threads)", title_justify="left")
+    for column in ("path", "img/s best", "img/s median", "GFLOP/img (train)", "TFLOP/s (best)", "of peak"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"kdbench: precision {c.precision}, channels_last {c.channels_last}, compile {c.compile}, "
+                  f"teacher cache {report.teacher_cache}")
+    console.print("reference: torch DataLoader + torchvision transforms, teacher forward every step, eager fp32")
+    console.print(malloc_note(report))
+    console.print(f"ratio kdbench / reference: best {report.ratio_best:.2f}x, median {report.ratio_median:.2f}x")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        err.print(f"wrote {json_out}")
+
+
 @app.command(hidden=True)
 def worker() -> None:
     """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""
