@@ -36,8 +36,8 @@ TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trial
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).")]
 # Compute options: how a run computes, not what (not part of the run id; result.json records them).
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
-ChannelsLastOpt = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
-CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
+ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
+CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
 TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="auto: logit-only methods (kd, dkd, dist, ...) look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache; off: run the teacher every step.")]
 
 
@@ -48,7 +48,7 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
     return [v for value in values for v in value.split(",") if v]
 
 
-def _compute(precision: str, channels_last: Optional[bool], compile_: Optional[bool], teacher_cache: str):
+def _compute(precision: str, channels_last: bool | None, compile_: bool | None, teacher_cache: str):
     from kdbench.compute import ComputeOptions
 
     return ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_, teacher_cache=teacher_cache)
@@ -344,9 +344,9 @@ def bench(
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
     teacher_cache: TeacherCacheOpt = "auto",
-    peak: Annotated[Optional[float], typer.Option("--peak", min=0.0, help="The device's peak in TFLOP/s, to report the fraction reached (known: H100/H200 bf16).")] = None,
+    peak: Annotated[float | None, typer.Option("--peak", min=0.0, help="The device's peak in TFLOP/s, to report the fraction reached (known: H100/H200 bf16).")] = None,
     results: ResultsOpt = Path("results"),
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write every measurement to this JSON file.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write every measurement to this JSON file.")] = None,
 ) -> None:
     """Images/s of kdbench's training path vs a plain PyTorch reference loop (papers' style), in one process."""
     import json
