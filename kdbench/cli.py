@@ -39,6 +39,11 @@ LoaderOpt = Annotated[str, typer.Option("--loader", help=(
     "(whole dataset on the device, batched crop/flip), or ffcv (reads the .beton files of `kdbench data prepare`; "
     "needs pip install 'kdbench[ffcv]', else falls back to tensor). Every loader replays the same epoch plan, "
     "so results are identical."))]
+# Compute options: how a run computes, not what (not part of the run id; result.json records them).
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
+ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
+CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
+TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="auto: logit-only methods (kd, dkd, dist, ...) look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache; off: run the teacher every step.")]
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -53,6 +58,18 @@ def _check_loader(loader: str) -> None:
 
     if loader not in LOADER_KINDS:
         raise KdbenchError(f"unknown loader {loader!r}; choose one of {', '.join(LOADER_KINDS)}.")
+def _compute(precision: str, channels_last: bool | None, compile_: bool | None, teacher_cache: str):
+    from kdbench.compute import ComputeOptions
+
+    return ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_, teacher_cache=teacher_cache)
+
+
+def _runs_per_gpu(value: str):
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise KdbenchError(f"--runs-per-gpu takes a positive number or auto, not {value!r}.")
+    return int(value)
 
 
 def _fail(exc: Exception) -> None:
@@ -69,13 +86,17 @@ def reproduce(
     pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
-    runs_per_gpu: Annotated[int, typer.Option("--runs-per-gpu", min=1, help="Runs trained at once on each GPU.")] = 1,
+    runs_per_gpu: Annotated[str, typer.Option("--runs-per-gpu", help="Runs trained at once on each GPU: a number, or auto (as many as fit in its free memory; see kdbench/execute/packing.py).")] = "auto",
     cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores.")] = 1,
     data_dir: DataDirOpt = None,
     loader: LoaderOpt = "auto",
     ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
     ci_epochs: Annotated[Optional[int], typer.Option("--ci-epochs", help="ci profile: epochs per run.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit without training.")] = False,
+    precision: PrecisionOpt = "auto",
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = None,
+    teacher_cache: TeacherCacheOpt = "auto",
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
@@ -92,9 +113,10 @@ def reproduce(
         if dry_run:
             _print_plan(table_plan, results, data_dir)
             return
-        slots = detect_slots(device, runs_per_gpu, cpu_jobs)
+        compute = _compute(precision, channels_last, compile_, teacher_cache)
+        slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
         with RunProgress(console, len(table_plan.specs)) as progress:
-            executor = LocalExecutor(slots, SlotWorkers(data_dir, loader), listener=progress.event)
+            executor = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event)
             outcomes = reproduce_table(table_plan, results, executor, ci)
     except KdbenchError as exc:
         _fail(exc)
@@ -296,6 +318,10 @@ def train(
     data_dir: DataDirOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
     loader: LoaderOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = None,
+    teacher_cache: TeacherCacheOpt = "auto",
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import train as training
@@ -304,8 +330,8 @@ def train(
 
     try:
         _check_loader(loader)
-        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir,
-                              num_workers=workers, loader=loader)
+        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir, num_workers=workers,
+                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache))
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)
@@ -333,6 +359,61 @@ def data_prepare(
     except KdbenchError as exc:
         _fail(exc)
     console.print(f"wrote {folder}/train.beton and {folder}/test.beton")
+@app.command()
+def bench(
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher model (random-init weights).")] = "resnet32x4",
+    student: Annotated[str, typer.Option("--student", help="Student model.")] = "resnet8x4",
+    method: Annotated[str, typer.Option("--method", help="Distillation method (see `kdbench methods`).")] = "kd",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size of both paths.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per path in each round.")] = 10,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds (best and median are reported).")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed steps per path first (compilation happens here).")] = 2,
+    images: Annotated[int, typer.Option("--images", min=1, help="Training images; the teacher cache holds 162 views of each.")] = 128,
+    data: Annotated[str, typer.Option("--data", help="synthetic (CIFAR-shaped), or an .npz file (absolute, or under --data-dir / $KDBENCH_DATA).")] = "synthetic",
+    data_dir: DataDirOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes of both paths.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: PrecisionOpt = "auto",
+    channels_last: ChannelsLastOpt = None,
+    compile_: CompileOpt = None,
+    teacher_cache: TeacherCacheOpt = "auto",
+    peak: Annotated[float | None, typer.Option("--peak", min=0.0, help="The device's peak in TFLOP/s, to report the fraction reached (known: H100/H200 bf16).")] = None,
+    results: ResultsOpt = Path("results"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write every measurement to this JSON file.")] = None,
+) -> None:
+    """Images/s of kdbench's training path vs a plain PyTorch reference loop (papers' style), in one process."""
+    import json
+
+    from rich.table import Table
+
+    from kdbench.bench import BenchConfig, malloc_note, summary_rows
+    from kdbench.bench import bench as measure
+
+    try:
+        config = BenchConfig(teacher=teacher, student=student, method=method, batch_size=batch_size, steps=steps,
+                             rounds=rounds, warmup=warmup, images=images, data=data, data_dir=data_dir, num_workers=workers,
+                             device=device, compute=_compute(precision, channels_last, compile_, teacher_cache),
+                             peak=peak * 1e12 if peak is not None else None, results=results)
+        report = measure(config, show_progress=err.is_terminal,
+                         on_round=lambda r, a, b: err.print(f"round {r}/{rounds}: kdbench {a:,.1f} img/s, reference {b:,.1f} img/s"))
+    except KdbenchError as exc:
+        _fail(exc)
+    c = report.compute
+    table = Table(title=f"{method}: {teacher} → {student}, batch {batch_size}, {steps} steps × {rounds} rounds on "
+                        f"{report.device} ({report.threads} threads)", title_justify="left")
+    for column in ("path", "img/s best", "img/s median", "GFLOP/img (train)", "TFLOP/s (best)", "of peak"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"kdbench: precision {c.precision}, channels_last {c.channels_last}, compile {c.compile}, "
+                  f"teacher cache {report.teacher_cache}")
+    console.print("reference: torch DataLoader + torchvision transforms, teacher forward every step, eager fp32")
+    console.print(malloc_note(report))
+    console.print(f"ratio kdbench / reference: best {report.ratio_best:.2f}x, median {report.ratio_median:.2f}x")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        err.print(f"wrote {json_out}")
 
 
 @app.command(hidden=True)

@@ -13,15 +13,16 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from kdbench import __version__, checkpoints, data, methods, models
+from kdbench import __version__, checkpoints, data, methods, models, teacher_cache
+from kdbench.compute import Compute, ComputeOptions, compiled_active
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.plan import RunSpec
@@ -77,11 +78,12 @@ def run(
     num_workers: int = 0,
     progress: bool | None = None,
     loader: str = "auto",
+    compute: ComputeOptions | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
     ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
-    """
+    ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec)."""
     rundir = RunDir(results, spec.run_id)
     if rundir.is_done():
         return rundir.result()
@@ -90,7 +92,7 @@ def run(
         rundir.failed_file.unlink(missing_ok=True)
         try:
             return _train(spec, rundir, Path(results), resolve_device(device), data_dir, num_workers,
-                          sys.stderr.isatty() if progress is None else progress, loader)
+                          sys.stderr.isatty() if progress is None else progress, loader, compute or ComputeOptions())
         except Exception as exc:
             atomic_write_json(rundir.failed_file, {"run_id": spec.run_id, "error": type(exc).__name__,
                                                    "message": str(exc), "time": time.time()})
@@ -120,7 +122,7 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
 
 
 def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
-           data_dir: str | Path | None, num_workers: int, show_progress: bool, loader: str) -> dict[str, Any]:
+           data_dir: str | Path | None, num_workers: int, show_progress: bool, loader: str, options: ComputeOptions) -> dict[str, Any]:
     if spec.checkpoint is not None:
         return _import(spec, rundir, device, data_dir, num_workers, loader)
     arrays = _dataset(spec, data_dir)
@@ -136,6 +138,10 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
                        train_labels=train_labels, batch_size=spec.train.batch_size).to(device)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
+    compute = options.resolve(device)
+    networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
+    compute.prepare(networks)
+    cache, cache_seconds = _teacher_cache(spec, method, distiller, arrays, results, device, compute, show_progress)
     optimizer = _sgd(distiller.trainable_parameters(), spec)
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
@@ -167,7 +173,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
             for init_epoch in range(done.init_epochs + 1, stage.epochs + 1):
                 # The pre-training stage has its own data epochs, apart from the main ones.
                 stats = _train_epoch(lambda x, y, e, i, v: (None, distiller.forward_init(x, y)), distiller,
-                                     init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar)
+                                     init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar, compute)
                 history.append({"phase": "init", "epoch": init_epoch, "lr": init_optimizer.param_groups[0]["lr"], **stats})
                 checkpoint(0, init_epoch)
                 log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
@@ -176,7 +182,9 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
             lr = spec.train.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            train_stats = _train_epoch(distiller.forward_train, distiller, optimizer, batches(epoch), device, epoch, bar)
+            views = cache.for_epoch(data.epoch_plan(len(arrays.x_train), spec.seed, epoch)) if cache is not None else None
+            train_stats = _train_epoch(distiller.forward_train, distiller, optimizer, batches(epoch), device, epoch, bar,
+                                       compute, views)
             test_stats = evaluate(distiller, loaders.test(EVAL_BATCH), device)
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
             checkpoint(epoch, init_done)
@@ -185,8 +193,23 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
                      test_stats["test_top1"], test_stats["test_top5"])
     atomic_torch_save(rundir.model_file, distiller.inference_state())
     result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started)
+    result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
+                         "compiled": compiled_active(networks) if compute.compile else False, "requested": options.to_json()}
     atomic_write_json(rundir.result_file, result)
     return result
+
+
+def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: methods.Distiller, arrays: data.ImageArrays,
+                   results: Path, device: torch.device, compute: Compute,
+                   show_progress: bool) -> tuple[teacher_cache.TeacherCache | None, float]:
+    """The teacher-output cache of this run (built on first use), if its options and its method allow one."""
+    if not (compute.teacher_cache and method.needs.cacheable_teacher and spec.teacher is not None):
+        return None, 0.0
+    assert distiller.teacher is not None
+    n = len(arrays.x_train)
+    key = teacher_cache.CacheKey(spec.teacher.run_id, {**spec.data.model_dump(mode="json", exclude={"test_fraction"}), "n": n},
+                                 data.epoch_plan(n, spec.seed, 1).padding)
+    return teacher_cache.ensure(distiller.teacher, arrays, key, results, device, show_progress=show_progress)
 
 
 def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> None:
@@ -240,17 +263,24 @@ def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim
 
 
 def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
-                 batches: Iterable, device: torch.device, epoch: int, bar: Progress | None) -> dict[str, float]:
-    """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``."""
+                 batches: Iterable, device: torch.device, epoch: int, bar: Progress | None, compute: Compute,
+                 teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``.
+
+    ``teacher_views(indices)``: the cached teacher logits of the batch's views, passed to ``step`` as
+    ``teacher_logits``; the networks run under ``compute``'s autocast and memory format."""
     distiller.train()
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen, steps, started = 0, 0, time.time()
     task = bar.add_task(f"epoch {epoch}", total=len(batches) if hasattr(batches, "__len__") else None) if bar else None
     for images, targets, indices, *strong in batches:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        strong_images = strong[0].to(device, non_blocking=True) if strong else None
-        logits, terms = step(images, targets, epoch, indices.to(device, non_blocking=True), strong_images)
+        cached = {"teacher_logits": teacher_views(indices)} if teacher_views is not None else {}
+        images = compute.images(images.to(device, non_blocking=True))
+        targets = targets.to(device, non_blocking=True)
+        strong_images = compute.images(strong[0].to(device, non_blocking=True)) if strong else None
+        with compute.autocast(device):
+            logits, terms = step(images, targets, epoch, indices.to(device, non_blocking=True), strong_images, **cached)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

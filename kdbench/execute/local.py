@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
 from kdbench.results.store import RunDir, atomic_write_json
@@ -46,35 +47,55 @@ class Outcome:
     reused: bool = False
 
 
-def detect_slots(device: str = "auto", runs_per_gpu: int = 1, cpu_jobs: int = 1) -> list[Slot]:
-    """One slot per visible GPU × ``runs_per_gpu``; without GPUs (or with ``--device cpu``)
-    ``cpu_jobs`` CPU slots that share the cores (each run gets cores / cpu_jobs threads)."""
+def detect_slots(device: str = "auto", runs_per_gpu: int | Literal["auto"] = 1, cpu_jobs: int = 1,
+                 specs: Iterable[RunSpec] = ()) -> list[Slot]:
+    """One slot per visible GPU × ``runs_per_gpu`` (``auto``: as many of the largest of ``specs`` as fit in
+    each GPU's free memory, execute/packing.py); without GPUs (or with ``--device cpu``) ``cpu_jobs`` CPU
+    slots that share the cores (each run gets cores / cpu_jobs threads) and glibc malloc settings that
+    keep activation buffers mapped (specs/performance.md §5; values already in the environment win)."""
     import torch
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         threads = str(max(1, (os.cpu_count() or 1) // cpu_jobs))
-        return [Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {"OMP_NUM_THREADS": threads} if cpu_jobs > 1 else {})
+        malloc = {k: v for k, v in CPU_MALLOC_ENV.items() if k not in os.environ}
+        return [Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {**malloc, **({"OMP_NUM_THREADS": threads} if cpu_jobs > 1 else {})})
                 for k in range(cpu_jobs)]
     if device.startswith("cuda:"):
         gpus = [device.split(":", 1)[1]]
     else:
         gpus = [str(i) for i in range(torch.cuda.device_count())]
-    return [Slot(f"gpu{g}" + (f".{k}" if runs_per_gpu > 1 else ""), {"CUDA_VISIBLE_DEVICES": g})
-            for g in gpus for k in range(runs_per_gpu)]
+    if runs_per_gpu == "auto":
+        from kdbench.execute.packing import auto_runs_per_gpu
+
+        specs = list(specs)
+        per_gpu = {g: auto_runs_per_gpu(specs, int(g)) for g in gpus}
+    else:
+        per_gpu = dict.fromkeys(gpus, runs_per_gpu)
+    return [Slot(f"gpu{g}" + (f".{k}" if per_gpu[g] > 1 else ""), {"CUDA_VISIBLE_DEVICES": g})
+            for g in gpus for k in range(per_gpu[g])]
 
 
 def slot_device(slot: Slot) -> str:
     return "cpu" if slot.name.startswith("cpu") else "cuda"
 
 
-def train_command(
-    spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None, loader: str = "auto"
-) -> list[str]:
+def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None,
+                  compute: ComputeOptions | None = None, loader: str = "auto") -> list[str]:
     """The command an executor runs for one spec: ``python -m kdbench train SPEC``."""
     device = slot_device(slot)
     command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device,
                "--loader", loader]
-    return command + (["--data-dir", data_dir] if data_dir else [])
+    return command + (["--data-dir", data_dir] if data_dir else []) + (compute_flags(compute) if compute else [])
+
+
+def compute_flags(compute: ComputeOptions) -> list[str]:
+    """``kdbench train`` flags that ask for ``compute``."""
+    flags = ["--precision", compute.precision, "--teacher-cache", compute.teacher_cache]
+    if compute.channels_last is not None:
+        flags.append("--channels-last" if compute.channels_last else "--no-channels-last")
+    if compute.compile is not None:
+        flags.append("--compile" if compute.compile else "--no-compile")
+    return flags
 
 
 Command = Callable[[Path, Path, Slot], list[str]]
@@ -153,16 +174,17 @@ class _WorkerRun:
 class SlotWorkers:
     """A long-lived worker process per slot, restarted if it dies."""
 
-    def __init__(self, data_dir: str | None = None, loader: str = "auto"):
+    def __init__(self, data_dir: str | None = None, compute: ComputeOptions | None = None, loader: str = "auto"):
         self.data_dir, self.loader = data_dir, loader
+        self.compute = compute or ComputeOptions()
         self.workers: dict[str, _Worker] = {}
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> _WorkerRun:
         worker = self.workers.get(slot.name)
         if worker is None or not worker.alive():
             worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
-        worker.send({"spec_file": str(spec_file), "results": str(results),
-                     "device": slot_device(slot), "data_dir": self.data_dir, "loader": self.loader})
+        worker.send({"spec_file": str(spec_file), "results": str(results), "device": slot_device(slot),
+                     "data_dir": self.data_dir, "compute": self.compute.to_json(), "loader": self.loader})
         return _WorkerRun(worker)
 
     def close(self) -> None:

@@ -49,6 +49,12 @@ class Needs:
     # Modules sized by the batch size (SemCKD): every batch is full (the loop drops an incomplete one).
     fixed_batch: bool = False
 
+    @property
+    def cacheable_teacher(self) -> bool:
+        """The teacher's outputs can come from a per-view cache (kdbench/teacher_cache.py): only its logits are
+        read, and there is no strong view (MLKD's random strong views are not a finite set)."""
+        return self.teacher and self.teacher_logits_only and not self.strong_view
+
 
 @dataclass(frozen=True)
 class Step:
@@ -195,21 +201,32 @@ class Distiller(nn.Module):
         epoch: int,
         indices: torch.Tensor | None = None,
         strong: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits used for train accuracy and the weighted loss terms (the loop sums them)."""
+        """Logits used for train accuracy and the weighted loss terms (the loop sums them).
+
+        ``teacher_logits``: the teacher's logits of these images from the teacher cache (only for
+        ``Needs.cacheable_teacher``); the teacher then does not run. The networks run under whatever
+        autocast the caller set; the losses are always computed in float32.
+        """
         student = self.student.forward_features(images)
         teacher = None
-        if self.teacher is not None:
+        if teacher_logits is not None:
+            teacher = Features.from_logits(teacher_logits)
+        elif self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher.forward_features(images)
-        p = self.params
-        terms: dict[str, torch.Tensor] = {}
-        if p.ce_weight:
-            terms["ce"] = p.ce_weight * F.cross_entropy(student.logits, targets)
-        if p.kd_weight:
-            assert teacher is not None, "kd_weight > 0 needs a teacher"
-            terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
-        logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong))
+        with torch.autocast(images.device.type, enabled=False):
+            student = student.float()
+            teacher = teacher.float() if teacher is not None else None
+            p = self.params
+            terms: dict[str, torch.Tensor] = {}
+            if p.ce_weight:
+                terms["ce"] = p.ce_weight * F.cross_entropy(student.logits, targets)
+            if p.kd_weight:
+                assert teacher is not None, "kd_weight > 0 needs a teacher"
+                terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
+            logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong))
         terms.update(own_terms)
         return logits, terms
 

@@ -29,6 +29,17 @@ class Features:
     pooled: torch.Tensor
     logits: torch.Tensor
 
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> Features:
+        """Features that carry only logits (a cached teacher's): every other field is empty."""
+        empty = logits.new_empty(0)
+        return cls(stages=[], preact=[], head_map=empty, pooled=empty, logits=logits)
+
+    def float(self) -> Features:
+        """These features in float32, for losses computed outside autocast (float32 tensors are kept as they are)."""
+        return Features([t.float() for t in self.stages], [t.float() for t in self.preact], self.head_map.float(),
+                        self.pooled.float(), self.logits.float())
+
 
 class KDModel(nn.Module):
     """Base class of every registered network.

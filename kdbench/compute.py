@@ -1,0 +1,121 @@
+"""Run options that change speed, never results beyond floating-point tolerance.
+
+Precision (bf16 autocast), memory format (channels_last), ``torch.compile`` and the teacher-output
+cache are options of a run, not of its :class:`~kdbench.plan.RunSpec`: they are not hashed into the
+run id, and ``result.json`` records which ones a run used. ``auto`` values resolve per device: the
+fast path on CUDA, plain fp32 eager on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from kdbench.errors import KdbenchError
+
+log = logging.getLogger("kdbench.compute")
+Precision = Literal["auto", "fp32", "bf16"]
+CacheMode = Literal["auto", "off"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+CACHE_MODES: tuple[str, ...] = ("auto", "off")
+# glibc malloc settings that stop every CPU step from re-mmapping its activations (specs/performance.md §5).
+CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How a run computes, as asked for: ``None`` and ``auto`` mean "the device's default"."""
+
+    precision: Precision = "auto"
+    channels_last: bool | None = None
+    compile: bool | None = None
+    teacher_cache: CacheMode = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise KdbenchError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+        if self.teacher_cache not in CACHE_MODES:
+            raise KdbenchError(f"unknown teacher cache mode {self.teacher_cache!r}; choose one of {', '.join(CACHE_MODES)}.")
+
+    def resolve(self, device: torch.device) -> Compute:
+        """The concrete options on ``device``: bf16, channels_last and compile on CUDA; fp32 eager on CPU."""
+        cuda = device.type == "cuda"
+        precision = self.precision if self.precision != "auto" else ("bf16" if cuda else "fp32")
+        return Compute(
+            precision=precision,
+            channels_last=cuda if self.channels_last is None else self.channels_last,
+            compile=cuda if self.compile is None else self.compile,
+            teacher_cache=self.teacher_cache == "auto",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Resolved compute options of one run."""
+
+    precision: Literal["fp32", "bf16"]
+    channels_last: bool
+    compile: bool
+    teacher_cache: bool  # allowed; the run uses it only for a cacheable method on pad-crop data
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the networks' forward passes (a no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch laid out as the networks expect it."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def prepare(self, networks: list[nn.Module]) -> None:
+        """Convert ``networks`` in place: memory format, and a compiled ``forward_features``."""
+        for network in networks:
+            if self.channels_last:
+                network.to(memory_format=torch.channels_last)
+            if self.compile:
+                network.forward_features = CompiledOrEager(network.forward_features, type(network).__name__)
+
+
+class CompiledOrEager:
+    """``fn`` through ``torch.compile``; if compiling fails, a logged warning and ``fn`` in eager mode from then on.
+
+    Compilation is lazy (it happens at the first call and on recompiles), so the fallback wraps every
+    call: an error that eager mode raises too is re-raised from the eager call.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str):
+        self.eager = fn
+        self.name = name
+        self.compiled: Callable[..., Any] | None = torch.compile(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler error means: go on eagerly
+            log.warning("torch.compile of %s failed (%s: %s); continuing in eager mode (pass --no-compile to skip "
+                        "compiling).", self.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.compiled = None
+            return self.eager(*args, **kwargs)
+
+    @property
+    def active(self) -> bool:
+        """Whether calls still go through the compiled function."""
+        return self.compiled is not None
+
+
+def compiled_active(networks: list[nn.Module]) -> bool:
+    """True if every network's forward still runs compiled (none fell back to eager)."""
+    wrappers = [n.forward_features for n in networks if isinstance(n.forward_features, CompiledOrEager)]
+    return bool(wrappers) and all(w.active for w in wrappers)
