@@ -176,7 +176,7 @@ def _sgd(distiller: methods.Distiller) -> torch.optim.SGD:
 
 
 class _KdbenchPath:
-    """kdbench's configured path: its loader, compute options, teacher cache and the loop's own epoch function."""
+    """kdbench's configured path: its default loader, compute options, teacher cache and the loop's own epoch function."""
 
     def __init__(self, config: BenchConfig, distiller: methods.Distiller, arrays: data.ImageArrays, device: torch.device,
                  compute: Compute, cache: teacher_cache.TeacherCache | None):
@@ -184,13 +184,15 @@ class _KdbenchPath:
             config, distiller, arrays, device, compute, cache)
         self.optimizer = _sgd(distiller)
         self.epoch = 0
+        # The loader a run would pick (``--loader auto``: the tensor loader for in-memory data).
+        self.loaders = data.make_loaders("auto", arrays, device=device, num_workers=config.num_workers)
 
     def run(self, steps: int) -> None:
         done = 0
         while done < steps:
             self.epoch += 1
-            loader = data.train_loader(self.arrays, self.config.batch_size, seed=self.config.seed, epoch=self.epoch,
-                                       num_workers=self.config.num_workers, strong=self.distiller.needs.strong_view)
+            loader = self.loaders.train(self.config.batch_size, seed=self.config.seed, epoch=self.epoch,
+                                        strong=self.distiller.needs.strong_view)
             views = None
             if self.cache is not None:
                 views = self.cache.for_epoch(data.epoch_plan(len(self.arrays.x_train), self.config.seed, self.epoch))
