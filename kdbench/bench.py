@@ -260,14 +260,15 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
 
     ours = _distiller(config, student, teacher, arrays, device)
     compute.prepare([ours.student, ours.teacher])
+    # A full-protocol run (240 epochs ≥ 162 views) uses the cache under ``auto``: so does the bench.
     cache, seconds, cache_note = None, 0.0, "off (--teacher-cache off)"
     if not ours.needs.cacheable_teacher:
         cache_note = f"not used: method {config.method} reads more than the teacher's logits"
-    elif compute.teacher_cache:
+    elif compute.teacher_cache != "off":
         key = teacher_cache.CacheKey(f"bench:{config.teacher}:seed{config.seed}:torch{torch.__version__}",
                                      {"name": config.data, "n": len(arrays.x_train)}, data.epoch_plan(1, 0, 0).padding)
         cache, seconds = teacher_cache.ensure(ours.teacher, arrays, key, config.results, device, show_progress=show_progress)
-        views = len(arrays.x_train) * (2 * key.padding + 1) ** 2 * 2
+        views = len(arrays.x_train) * teacher_cache.views_per_image(key.padding)
         cache_note = f"built in {seconds:.1f} s ({views} teacher forwards)" if seconds else "reused from an earlier bench"
     kdbench_path = _KdbenchPath(config, ours, arrays, device, compute, cache)
     reference_path = _ReferencePath(config, _distiller(config, student, teacher, arrays, device), arrays, device)
