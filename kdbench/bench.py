@@ -248,6 +248,9 @@ def _timed(run: Callable[[int], None], steps: int, images: int, device: torch.de
 
 def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callable[[int, float, float], None] | None = None) -> BenchReport:
     """Measure both paths in ``config.rounds`` interleaved rounds; see the module docstring."""
+    if methods.get(config.method).needs.strong_view:
+        raise KdbenchError(f"bench cannot measure {config.method!r} yet: its papers-style reference loop has no strong "
+                           "augmented view. Pick a method without one (e.g. kd, dkd, dist).")
     if config.batch_size > config.images:
         raise KdbenchError(f"--batch-size {config.batch_size} is larger than --images {config.images}: raise --images.")
     device = train.resolve_device(config.device)
