@@ -250,6 +250,9 @@ def _timed(run: Callable[[int], None], steps: int, images: int, device: torch.de
 
 def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callable[[int, float, float], None] | None = None) -> BenchReport:
     """Measure both paths in ``config.rounds`` interleaved rounds; see the module docstring."""
+    if methods.get(config.method).needs.strong_view:
+        raise KdbenchError(f"bench cannot measure {config.method!r} yet: its papers-style reference loop has no strong "
+                           "augmented view. Pick a method without one (e.g. kd, dkd, dist).")
     if config.batch_size > config.images:
         raise KdbenchError(f"--batch-size {config.batch_size} is larger than --images {config.images}: raise --images.")
     device = train.resolve_device(config.device)
@@ -262,14 +265,15 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
 
     ours = _distiller(config, student, teacher, arrays, device)
     compute.prepare([ours.student, ours.teacher])
+    # A full-protocol run (240 epochs ≥ 162 views) uses the cache under ``auto``: so does the bench.
     cache, seconds, cache_note = None, 0.0, "off (--teacher-cache off)"
     if not ours.needs.cacheable_teacher:
         cache_note = f"not used: method {config.method} reads more than the teacher's logits"
-    elif compute.teacher_cache:
+    elif compute.teacher_cache != "off":
         key = teacher_cache.CacheKey(f"bench:{config.teacher}:seed{config.seed}:torch{torch.__version__}",
                                      {"name": config.data, "n": len(arrays.x_train)}, data.epoch_plan(1, 0, 0).padding)
         cache, seconds = teacher_cache.ensure(ours.teacher, arrays, key, config.results, device, show_progress=show_progress)
-        views = len(arrays.x_train) * (2 * key.padding + 1) ** 2 * 2
+        views = len(arrays.x_train) * teacher_cache.views_per_image(key.padding)
         cache_note = f"built in {seconds:.1f} s ({views} teacher forwards)" if seconds else "reused from an earlier bench"
     kdbench_path = _KdbenchPath(config, ours, arrays, device, compute, cache)
     reference_path = _ReferencePath(config, _distiller(config, student, teacher, arrays, device), arrays, device)

@@ -43,7 +43,7 @@ LoaderOpt = Annotated[str, typer.Option("--loader", help=(
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
 ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
-TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="auto: logit-only methods (kd, dkd, dist, ...) look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache; off: run the teacher every step.")]
+TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="Logit-only methods (kd, dkd, dist, ...) can look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache. auto: when it exists, or when the run has at least 162 epochs (it then pays for itself); on: always; off: run the teacher every step.")]
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:

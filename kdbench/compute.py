@@ -21,9 +21,9 @@ from kdbench.errors import KdbenchError
 
 log = logging.getLogger("kdbench.compute")
 Precision = Literal["auto", "fp32", "bf16"]
-CacheMode = Literal["auto", "off"]
+CacheMode = Literal["auto", "on", "off"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-CACHE_MODES: tuple[str, ...] = ("auto", "off")
+CACHE_MODES: tuple[str, ...] = ("auto", "on", "off")
 # glibc malloc settings that stop every CPU step from re-mmapping its activations (specs/performance.md §5).
 CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
@@ -51,7 +51,7 @@ class ComputeOptions:
             precision=precision,
             channels_last=cuda if self.channels_last is None else self.channels_last,
             compile=cuda if self.compile is None else self.compile,
-            teacher_cache=self.teacher_cache == "auto",
+            teacher_cache=self.teacher_cache,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +65,8 @@ class Compute:
     precision: Literal["fp32", "bf16"]
     channels_last: bool
     compile: bool
-    teacher_cache: bool  # allowed; the run uses it only for a cacheable method on pad-crop data
+    # off; on (for a cacheable method); auto (on when it already exists or pays for itself in the run, see train.py)
+    teacher_cache: CacheMode
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """bf16 autocast for the networks' forward passes (a no-op in fp32)."""

@@ -58,6 +58,11 @@ class CacheKey:
         return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
+def views_per_image(padding: int) -> int:
+    """Distinct augmented views of one image: (2p+1)² crop offsets × 2 flips."""
+    return (2 * padding + 1) ** 2 * 2
+
+
 def cache_file(results: Path, key: CacheKey) -> Path:
     return Path(results) / "teacher_cache" / f"{key.digest()}.npy"
 

@@ -202,13 +202,22 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
 def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: methods.Distiller, arrays: data.ImageArrays,
                    results: Path, device: torch.device, compute: Compute,
                    show_progress: bool) -> tuple[teacher_cache.TeacherCache | None, float]:
-    """The teacher-output cache of this run (built on first use), if its options and its method allow one."""
-    if not (compute.teacher_cache and method.needs.cacheable_teacher and spec.teacher is not None):
+    """The teacher-output cache of this run, if its options and its method allow one.
+
+    ``auto`` uses it when it exists already, or when building it pays for itself within this run: at
+    least as many epochs (one teacher pass per image each) as views per image (162 at padding 4), as
+    in the papers' 240-epoch protocol. Short smoke/ci runs then keep the live teacher; ``on`` forces it."""
+    if compute.teacher_cache == "off" or not method.needs.cacheable_teacher or spec.teacher is None:
         return None, 0.0
     assert distiller.teacher is not None
     n = len(arrays.x_train)
     key = teacher_cache.CacheKey(spec.teacher.run_id, {**spec.data.model_dump(mode="json", exclude={"test_fraction"}), "n": n},
                                  data.epoch_plan(n, spec.seed, 1).padding)
+    views = teacher_cache.views_per_image(key.padding)
+    if compute.teacher_cache == "auto" and spec.train.epochs < views and not teacher_cache.cache_file(results, key).is_file():
+        log.info("teacher cache not built: %d epochs < %d views per image, so building it costs more teacher passes than "
+                 "it saves (--teacher-cache on builds it anyway)", spec.train.epochs, views)
+        return None, 0.0
     return teacher_cache.ensure(distiller.teacher, arrays, key, results, device, show_progress=show_progress)
 
 

@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from kdbench.bench import BenchConfig, bench
 from kdbench.compute import ComputeOptions
+from kdbench.errors import KdbenchError
 
 TINY = ["--teacher", "resnet8", "--student", "resnet8", "--images", "8", "--batch-size", "4", "--steps", "2",
         "--rounds", "1", "--warmup", "0"]
@@ -35,3 +38,8 @@ def test_bench_runs_the_teacher_live_for_methods_that_need_its_features(tmp_path
     assert report.teacher_cache.startswith("not used") and not list(tmp_path.glob("teacher_cache/*.npy"))
     assert report.kdbench.flops_per_image == report.reference.flops_per_image
     assert len(report.kdbench.images_per_s) == len(report.reference.images_per_s) == 1
+
+
+def test_bench_refuses_strong_view_methods_with_a_next_step(tmp_path):
+    with pytest.raises(KdbenchError, match="Pick a method without one"):
+        bench(BenchConfig(method="mlkd", results=tmp_path))
