@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kdbench.results.compare import CELL_COLUMNS, TableComparison, summary
+from kdbench.results.quantities import COMPUTED
 
 FORMATS = ("table", "markdown", "latex", "html", "csv")
 VERDICT_MARKS = {"reproduced": "✓ reproduced", "above": "▲ above", "below": "▼ below", "inconclusive": "? inconclusive",
@@ -95,11 +96,14 @@ def summary_text(comp: TableComparison) -> str:
     n_cells = int((comp.cells["status"] != "absent").sum())
     text = f"{comp.recipe.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" (of {n_cells} cells)"
     verdicts = comp.quantities["verdict"]
-    for source, good, bad in (("computed", "matches", "differs"), ("measured", "reproduced", None)):
-        chosen = verdicts[comp.quantities["test"].astype(str).str.startswith("computed") == (source == "computed")]
-        if len(chosen):
-            text += f"; {source} quantities: {int((chosen == good).sum())} {good}"
-            text += f", {int((chosen == bad).sum())} {bad}" if bad else f", {int(chosen.isin(['above', 'below']).sum())} not reproduced"
+    computed = comp.quantities["source"].isin(COMPUTED)
+    if computed.any():
+        chosen = verdicts[computed]
+        text += f"; computed quantities: {int((chosen == 'matches').sum())} matches, {int((chosen == 'differs').sum())} differs"
+    if (~computed).any():
+        chosen = verdicts[~computed]
+        text += (f"; measured quantities: {int((chosen == 'reproduced').sum())} reproduced, "
+                 f"{int(chosen.isin(['above', 'below']).sum())} not reproduced")
     return text
 
 
