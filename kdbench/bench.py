@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdbench import data, methods, models, teacher_cache, train
-from kdbench.compute import CPU_MALLOC_ENV, Compute, ComputeOptions
+from kdbench.compute import CPU_MALLOC_ENV, Compute, ComputeOptions, device_name
 from kdbench.errors import KdbenchError
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
@@ -291,7 +292,7 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
             on_round(round_ + 1, rates["kdbench"][-1], rates["reference"][-1])
     train_flops = 3 * student_flops
     return BenchReport(
-        config=config, device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device), compute=compute,
+        config=config, device=device_name(device), compute=compute,
         kdbench=PathResult("kdbench", rates["kdbench"], train_flops + (0 if cache is not None else teacher_flops)),
         reference=PathResult("reference", rates["reference"], train_flops + teacher_flops),
         teacher_cache=cache_note, cache_build_seconds=seconds, peak=device_peak(device, compute, config.peak),
@@ -306,6 +307,20 @@ def malloc_note(report: BenchReport) -> str:
     hint = " ".join(f"{k}={v}" for k, v in CPU_MALLOC_ENV.items())
     return (f"glibc malloc settings: not set — on CPU, start with `{hint} kdbench bench …` for 3-5x on both paths "
             "(kdbench's executor sets them for its CPU workers)")
+
+
+def save_record(report: BenchReport, results: Path) -> Path:
+    """Keep the measurement under ``results/bench/`` (one file per device, method, pair and batch, the latest
+    wins), where ``kdbench show`` reads measured throughput from."""
+    from kdbench.cost import BENCH_DIR
+    from kdbench.results.store import atomic_write_json
+
+    c = report.config
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", f"{report.device}--{c.method}-{c.teacher}-{c.student}-b{c.batch_size}")
+    path = Path(results) / BENCH_DIR / f"{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, report.to_json())
+    return path
 
 
 def summary_rows(report: BenchReport) -> list[tuple[str, ...]]:

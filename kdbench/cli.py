@@ -308,6 +308,24 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
                   f"(train = 3 × forward, + per-epoch eval); floor {cost.h100_floor_hours:,.2f} H100-hours at 100% "
                   f"of the bf16 peak — real runs take several times longer."
                   + (f" ({cost.unknown_runs} runs on data of unknown size not counted.)" if cost.unknown_runs else ""))
+    _print_measured_cost(table_plan, todo, results, data_dir)
+
+
+def _print_measured_cost(table_plan, todo: list[str], results: Path, data_dir: Optional[str]) -> None:
+    """GPU-hours of the remaining runs from the throughput measured on each device (runs and benches)."""
+    from kdbench.cost import estimate_by_device, measured_throughputs
+
+    measurements = measured_throughputs(results)
+    if not todo:
+        return
+    if not measurements:
+        console.print(f"No measured throughput under {results} yet: run `kdbench bench --results {results}` on the "
+                      "target GPU (or finish a run there) and `kdbench show` prices the remaining runs from it.")
+        return
+    for e in estimate_by_device(table_plan, todo, measurements, data_dir):
+        console.print(f"Estimate on {e.device}: [bold]{e.hours:,.2f} GPU-hours[/] for the remaining runs — {e.exact_runs} "
+                      f"priced by measurements of the same method and pair, {e.scaled_runs} by the median achieved "
+                      f"{e.median_flops_per_s / 1e12:,.2f} TFLOP/s of {e.measurements} measurement(s) on this device.")
 
 
 @app.command()
@@ -386,7 +404,7 @@ def bench(
 
     from rich.table import Table
 
-    from kdbench.bench import BenchConfig, malloc_note, summary_rows
+    from kdbench.bench import BenchConfig, malloc_note, save_record, summary_rows
     from kdbench.bench import bench as measure
 
     try:
@@ -411,6 +429,8 @@ def bench(
     console.print("reference: torch DataLoader + torchvision transforms, teacher forward every step, eager fp32")
     console.print(malloc_note(report))
     console.print(f"ratio kdbench / reference: best {report.ratio_best:.2f}x, median {report.ratio_median:.2f}x")
+    record = save_record(report, results)
+    err.print(f"recorded in {record} (kdbench show prices runs from it)")
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         err.print(f"wrote {json_out}")

@@ -120,3 +120,8 @@ def compiled_active(networks: list[nn.Module]) -> bool:
     """True if every network's forward still runs compiled (none fell back to eager)."""
     wrappers = [n.forward_features for n in networks if isinstance(n.forward_features, CompiledOrEager)]
     return bool(wrappers) and all(w.active for w in wrappers)
+
+
+def device_name(device: torch.device) -> str:
+    """How measurements name a device: the GPU's model name (e.g. "NVIDIA H100 80GB HBM3"), else "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

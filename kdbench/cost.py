@@ -3,7 +3,8 @@
 Forward FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image;
 training is taken as 3 × forward (its backward count is wrong for grouped convolutions in
 torch 2.13, see specs/performance.md §2). The floor assumes 100 % of an H100's dense bf16 peak:
-a lower bound, not a prediction — measured throughput replaces it once benchmarks exist.
+a lower bound, not a prediction. The estimate comes from measured throughput: finished runs under the
+results directory and `kdbench bench` records (results/bench/), per device (:func:`estimate_by_device`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[i
     return round(sizes[0] * spec.train_fraction), round(sizes[1] * spec.test_fraction)
 
 
+def _classes_and_size(spec: DataSpec) -> tuple[int, int]:
+    """(classes, input size) a dataset's networks are built for."""
+    return spec.options.get("num_classes", 100), spec.options.get("image_size", 32)
+
+
 @dataclass(frozen=True)
 class CostEstimate:
     runs: int
@@ -73,10 +79,92 @@ def estimate(plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path 
         if sizes is None:
             unknown += 1
             continue
-        classes = spec.data.options.get("num_classes", 100)
-        size = spec.data.options.get("image_size", 32)
+        classes, size = _classes_and_size(spec.data)
         student = forward_flops(spec.model, classes, size)
         teacher = forward_flops(spec.teacher.model, classes, size) if spec.teacher else 0.0
         train, test = sizes
         total += spec.train.epochs * (train * (3 * student + teacher) + test * student)
     return CostEstimate(runs=len(ids), train_flops=total, unknown_runs=unknown)
+
+
+# --------------------------------------------------------------------------- measured throughput
+
+BENCH_DIR = "bench"  # results/bench/*.json: what `kdbench bench` measured
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One measurement of training speed: a finished run's mean images/s, or a `kdbench bench` result."""
+
+    device: str
+    method: str
+    student: str
+    teacher: str | None
+    images_per_s: float
+    flops_per_image: float  # training FLOPs per image the measurement did (3 × student + teacher forward)
+    source: str
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.images_per_s * self.flops_per_image
+
+
+@dataclass(frozen=True)
+class DeviceEstimate:
+    """Remaining GPU-hours on one device kind, from the throughput measured on it."""
+
+    device: str
+    hours: float
+    exact_runs: int  # runs priced by a measurement of the same method, student and teacher
+    scaled_runs: int  # runs priced by the median achieved FLOP/s of the device's measurements
+    median_flops_per_s: float
+    measurements: int
+
+
+def measured_throughputs(results: Path) -> list[Throughput]:
+    """Every speed measurement under ``results``: finished runs (result.json) and `kdbench bench` records."""
+    from kdbench.results.store import read_json, runs_dir
+
+    found: list[Throughput] = []
+    root = runs_dir(results)
+    for result_file in sorted(root.glob("*/result.json")) if root.is_dir() else []:
+        result, spec_file = read_json(result_file), result_file.with_name("spec.json")
+        if not result.get("train_images_per_s") or result.get("imported") or not spec_file.is_file():
+            continue
+        spec = read_json(spec_file)
+        teacher = (spec.get("teacher") or {}).get("model")
+        classes, size = _classes_and_size(DataSpec(**spec["data"]))
+        per_image = 3 * forward_flops(spec["model"], classes, size) + (forward_flops(teacher, classes, size) if teacher else 0.0)
+        found.append(Throughput(result.get("device_name") or result.get("device", "unknown"), spec["method"], spec["model"],
+                                teacher, float(result["train_images_per_s"]), per_image, f"run {result_file.parent.name}"))
+    bench_dir = Path(results) / BENCH_DIR
+    for record_file in sorted(bench_dir.glob("*.json")) if bench_dir.is_dir() else []:
+        record = read_json(record_file)
+        ours, config = record["paths"]["kdbench"], record["config"]
+        found.append(Throughput(record["device"], config["method"], models.canonical_name(config["student"]),
+                                models.canonical_name(config["teacher"]), float(ours["best"]), float(ours["flops_per_image"]),
+                                f"bench {record_file.name}"))
+    return found
+
+
+def estimate_by_device(plan: Plan, run_ids: list[str], measurements: list[Throughput],
+                       data_dir: str | Path | None = None) -> list[DeviceEstimate]:
+    """GPU-hours of ``run_ids`` on each device that has measurements: a run's FLOPs divided by the FLOP/s
+    achieved by a measurement of the same method and pair when there is one, else by the median achieved
+    FLOP/s of all the device's measurements (which prices a model by its FLOPs only). Multi-GPU (DDP) runs
+    are counted at perfect scaling: the same GPU-hours spread over more GPUs."""
+    out = []
+    for device in sorted({m.device for m in measurements}):
+        on_device = [m for m in measurements if m.device == device]
+        median = float(np.median([m.flops_per_s for m in on_device]))
+        hours, exact, scaled = 0.0, 0, 0
+        for run_id in run_ids:
+            spec = plan.specs[run_id]
+            flops = estimate(plan, [run_id], data_dir).train_flops
+            teacher = spec.teacher.model if spec.teacher else None
+            same = [m for m in on_device if (m.method, m.student, m.teacher) == (spec.method, spec.model, teacher)]
+            rate = float(np.median([m.flops_per_s for m in same])) if same else median
+            exact, scaled = exact + bool(same), scaled + (not same)
+            hours += flops / rate / 3600
+        out.append(DeviceEstimate(device, hours, exact, scaled, median, len(on_device)))
+    return out

@@ -50,10 +50,17 @@ class TrainSpec(_Spec):
     momentum: float
     nesterov: bool
     weight_decay: float
+    decay_norm_and_bias: bool = True
+    label_smoothing: float = 0.0
 
     def lr_at(self, epoch: int) -> float:
         """Multi-step LR for 1-indexed ``epoch``: decayed once per milestone strictly below it."""
         return self.lr * self.lr_decay ** sum(epoch > m for m in self.milestones)
+
+
+# Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
+# canonical form at that value, so adding a field never renames (and retrains) finished runs.
+ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0}
 
 
 class TeacherRef(_Spec):
@@ -98,8 +105,11 @@ class RunSpec(_Spec):
 
     def canonical_json(self) -> str:
         """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
-        exclude = {"checkpoint": {"path"}} if self.checkpoint is not None else None
-        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
+        exclude: dict[str, Any] = {"checkpoint": {"path"}} if self.checkpoint is not None else {}
+        unchanged = {k for k, v in ADDED_TRAIN_DEFAULTS.items() if getattr(self.train, k) == v}
+        if unchanged:
+            exclude["train"] = unchanged
+        return json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:
@@ -158,7 +168,8 @@ def plan(
     result = Plan(recipe=recipe, profile=profile, trials=n_trials)
     teacher_ids: dict[str, str] = {}
     for key, teacher in recipe.teachers.items():
-        spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci, TEACHER_SEED)
+        spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
+                     TEACHER_SEED, teacher.training)
         if teacher.checkpoint is not None and profile != "smoke":  # smoke data has other classes: train instead
             ckpt = teacher.checkpoint
             spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format)})
@@ -189,7 +200,8 @@ def plan(
             teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
             run_ids = []
             for seed in range(n_trials):
-                spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed, row.training)
+                spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed,
+                             _merged(column.training, row.training))
                 if row.after is not None:
                     spec = spec.model_copy(update={"init_from": _preceding_run(result, recipe, row, column_id, seed)})
                 result.specs.setdefault(spec.run_id, spec)
@@ -207,6 +219,11 @@ def _spec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
         data=data, train=_train_spec(base, model, profile, ci, override), seed=seed,
     )
+
+
+def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:
+    """A column's training overrides with the row's own values on top."""
+    return column.model_copy(update=row.model_dump(exclude_none=True))
 
 
 def _preceding_run(result: Plan, recipe: Recipe, row: Row, column_id: str, seed: int) -> RunRef:
@@ -297,4 +314,5 @@ def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, overrid
     return TrainSpec(
         epochs=epochs, batch_size=batch, lr=lr_by_model.get(model, base.lr), milestones=milestones,
         lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
+        decay_norm_and_bias=base.decay_norm_and_bias, label_smoothing=base.label_smoothing,
     )

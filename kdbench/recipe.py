@@ -89,6 +89,11 @@ class Training(_Strict):
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    # False: no weight decay on 1-D parameters (BN γ/β and biases), as timm-style code bases filter
+    # them (DIST's ImageNet B1); True: decay everything, as RepDistiller/SimKD do.
+    decay_norm_and_bias: bool = True
+    # Label smoothing ε of every cross-entropy term against the labels (DIST Table 10's "w/ LS").
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
 class TrainingOverride(_Strict):
@@ -102,6 +107,8 @@ class TrainingOverride(_Strict):
     momentum: float | None = None
     nesterov: bool | None = None
     weight_decay: float | None = None
+    decay_norm_and_bias: bool | None = None
+    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
 
 
 class Checkpoint(_Strict):
@@ -121,6 +128,8 @@ class Teacher(_Strict):
     label: str
     paper: PaperValue | None = None
     checkpoint: Checkpoint | None = None
+    # Training fields this teacher's run sets differently (e.g. DIST Table 10's label-smoothed teacher).
+    training: TrainingOverride = TrainingOverride()
 
 
 class Column(_Strict):
@@ -133,6 +142,20 @@ class Column(_Strict):
     # Read this evaluation head's accuracy instead of the method's prediction, e.g. SimKD's
     # "student_classifier" in joint training (Tables S.4/S.5); columns of one pair share their runs.
     head: str | None = None
+    # Which accuracy the column prints: top-1 (default) or top-5 (DIST Table 2 prints both).
+    measure: Literal["top1", "top5"] = "top1"
+    # Read the runs at this epoch of the full protocol instead of at their end (SimKD Table 3: 1/4, 1/2
+    # and all of 120 epochs); shorter profiles scale it like the milestones.
+    at_epoch: int | None = Field(default=None, gt=0)
+    # Training fields every student run of this column sets differently (a row's own values win).
+    training: TrainingOverride = TrainingOverride()
+
+    @model_validator(mode="after")
+    def _head_is_top1(self) -> "Column":
+        if self.head is not None and (self.measure != "top1" or self.at_epoch is not None):
+            raise ValueError("an evaluation-head column reads the head's top-1 at the run's end: 'measure' and 'at_epoch' "
+                             "cannot be combined with 'head'")
+        return self
 
 
 QuantitySource = Literal["test_loss", "pruning_cost", "added_params_ratio"]
@@ -235,6 +258,8 @@ class Recipe(_Strict):
         if len(set(column_ids)) != len(column_ids):
             raise ValueError(f"column ids must be unique: {column_ids}")
         for i, col in enumerate(self.columns):
+            if col.at_epoch is not None and col.at_epoch > self.training.epochs:
+                raise ValueError(f"columns[{i}].at_epoch {col.at_epoch} is after the last epoch ({self.training.epochs})")
             if col.teacher not in self.teachers:
                 raise ValueError(
                     f"columns[{i}].teacher {col.teacher!r} is not a key of 'teachers'."

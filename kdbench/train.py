@@ -22,7 +22,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kdbench import __version__, checkpoints, data, methods, models, teacher_cache
-from kdbench.compute import Compute, ComputeOptions, compiled_active
+from kdbench.compute import Compute, ComputeOptions, compiled_active, device_name
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.plan import RunSpec
@@ -134,8 +134,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     method = methods.get(spec.method)
     example = next(iter(data.test_loader(arrays, 2)))[0]
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
-    distiller = method(student, teacher, method.Params(**spec.method_params), example,
-                       train_labels=train_labels, batch_size=spec.train.batch_size).to(device)
+    distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels,
+                       batch_size=spec.train.batch_size, label_smoothing=spec.train.label_smoothing).to(device)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
     compute = options.resolve(device)
@@ -236,7 +236,12 @@ def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> Non
 
 
 def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None = None) -> torch.optim.SGD:
-    return torch.optim.SGD(parameters, lr=spec.train.lr if lr is None else lr, momentum=spec.train.momentum,
+    """SGD over ``parameters``; with ``decay_norm_and_bias`` off, 1-D tensors (BN γ/β, biases) get no weight decay."""
+    groups: list[dict[str, Any]] = [{"params": parameters}]
+    if not spec.train.decay_norm_and_bias:
+        groups = [{"params": [p for p in parameters if p.ndim > 1]},
+                  {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=spec.train.lr if lr is None else lr, momentum=spec.train.momentum,
                            nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay)
 
 
@@ -353,6 +358,7 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         "last_top1": last["test_top1"], "last_top5": last["test_top5"],
         "train_images_per_s": sum(h.get("images_per_s", 0.0) for h in history) / len(history),
         "wall_seconds": seconds, "device": str(device),
+        "device_name": device_name(device),
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
 

@@ -286,6 +286,25 @@ def test_dist_gradient_only_to_student():
     assert z_s.grad is not None and torch.isfinite(z_s.grad).all() and z_s.grad.abs().sum() > 0
 
 
+def test_dist_cosine_relation_matches_hand_computation():
+    """Appendix A.3 (Table 10): ρ = cosine similarity of the probability vectors, no centring."""
+    rng = np.random.default_rng(11)
+    z_s, z_t = _logits(rng, 6, 5, 2.0), _logits(rng, 6, 5, 2.0)
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def cos(a, b):
+        return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-8)
+
+    y_s, y_t = softmax(z_s), softmax(z_t)
+    expected = (1 - cos(y_s, y_t).mean()) + 2 * (1 - cos(y_s.T, y_t.T).mean())
+    got = losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0, relation="cosine")
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    assert got.item() != pytest.approx(losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0).item())  # not the centred (Pearson) one
+
+
 # ---------------------------------------------------------------------------------------------
 # SimKD
 # ---------------------------------------------------------------------------------------------

@@ -24,11 +24,14 @@ def kd(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> to
     return kl * temperature**2
 
 
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Pearson correlation of corresponding rows; eps is added to the product of the norms."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
+def _cosine_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity of corresponding rows; eps is added to the product of the norms."""
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of corresponding rows: the cosine similarity of the centred rows."""
+    return _cosine_rows(a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True), eps)
 
 
 def dist(
@@ -37,17 +40,20 @@ def dist(
     beta: float = 1.0,
     gamma: float = 1.0,
     temperature: float = 1.0,
+    relation: str = "pearson",
 ) -> torch.Tensor:
     """DIST (Huang et al., NeurIPS 2022, Eq. 8–10): τ² · (β · inter + γ · intra).
 
     inter = 1 − mean_i ρ(Y_s[i,:], Y_t[i,:]) (across classes of each sample);
     intra = 1 − mean_j ρ(Y_s[:,j], Y_t[:,j]) (across the samples of the local batch, per class);
     Y = softmax(z / τ). The released code's τ² factor is kept (τ = 1 reproduces the paper).
+    ``relation``: ρ is the Pearson correlation (Eq. 7), or the cosine similarity (appendix A.3, Table 10).
     """
+    similarity = {"pearson": _pearson_rows, "cosine": _cosine_rows}[relation]
     y_s = F.softmax(logits_s / temperature, dim=1)
     y_t = F.softmax(logits_t.detach() / temperature, dim=1)
-    inter = 1.0 - _pearson_rows(y_s, y_t).mean()
-    intra = 1.0 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    inter = 1.0 - similarity(y_s, y_t).mean()
+    intra = 1.0 - similarity(y_s.t(), y_t.t()).mean()
     return temperature**2 * (beta * inter + gamma * intra)
 
 

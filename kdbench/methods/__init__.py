@@ -54,6 +54,8 @@ CATALOG: dict[str, str] = {
     "simkd": "Chen et al., SimKD, CVPR 2022",
     "simkd-sequential": "Chen et al., SimKD, CVPR 2022 (Table 4: sequential training of a new classifier)",
     "dist": "Huang et al., DIST, NeurIPS 2022",
+    "dist-kl": "Huang et al., DIST, NeurIPS 2022, Table 8's 'DIST (KL div.)': relations matched with KL divergence; "
+               "not in the released code, and the paper does not say how a class's column is normalised",
     "mlkd": "Jin et al., Multi-Level Logit Distillation, CVPR 2023",
     "ipwd": "Niu et al., Respecting Transfer Gap (IPWD), NeurIPS 2022 — reconstructed (weight formula not recovered)",
     "rld": "Sun et al., Refined Logit Distillation, 2024",

@@ -144,11 +144,13 @@ class Distiller(nn.Module):
         *,
         train_labels: torch.Tensor | None = None,
         batch_size: int | None = None,
+        label_smoothing: float = 0.0,
     ):
         """``example``: a few input images, to size extra modules (see :meth:`probe`).
         ``train_labels``: the label of every training sample by dataset index, for methods that
         declare ``Needs(sample_indices=True)`` (e.g. CRD's memory bank and negative sampling).
-        ``batch_size``: the training batch size, for methods that declare ``Needs(fixed_batch=True)``."""
+        ``batch_size``: the training batch size, for methods that declare ``Needs(fixed_batch=True)``.
+        ``label_smoothing``: ε of every cross-entropy term against the labels (:meth:`cross_entropy`)."""
         super().__init__()
         if self.needs.teacher and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
@@ -162,6 +164,7 @@ class Distiller(nn.Module):
         self.student = student
         self.teacher = teacher
         self.params = params
+        self.label_smoothing = label_smoothing
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -174,6 +177,10 @@ class Distiller(nn.Module):
         for name in self.frozen_modules:
             getattr(self, name).eval().requires_grad_(False)
         return self
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the labels, with the run's label smoothing (Szegedy et al., 2016)."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
     def probe(self, example: torch.Tensor) -> tuple[Features, Features | None]:
         """Student and teacher features of a small example batch, for sizing extra modules."""
@@ -222,7 +229,7 @@ class Distiller(nn.Module):
             p = self.params
             terms: dict[str, torch.Tensor] = {}
             if p.ce_weight:
-                terms["ce"] = p.ce_weight * F.cross_entropy(student.logits, targets)
+                terms["ce"] = p.ce_weight * self.cross_entropy(student.logits, targets)
             if p.kd_weight:
                 assert teacher is not None, "kd_weight > 0 needs a teacher"
                 terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)

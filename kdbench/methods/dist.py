@@ -7,6 +7,8 @@ CE weight 1 and DIST weight 2 (= the paper's α = 1, β = γ = 2). The paper has
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from kdbench import losses
@@ -20,6 +22,8 @@ class DISTParams(MethodParams):
     beta: float = 1.0
     gamma: float = 1.0
     temperature: float = 1.0
+    # Pearson correlation (paper Eq. 7, the released code) or cosine similarity (appendix A.3, Table 10).
+    relation: Literal["pearson", "cosine"] = "pearson"
 
 
 @register
@@ -37,5 +41,5 @@ class DIST(Distiller):
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
-        loss = losses.dist(student.logits, teacher.logits, p.beta, p.gamma, p.temperature)
+        loss = losses.dist(student.logits, teacher.logits, p.beta, p.gamma, p.temperature, p.relation)
         return student.logits, {"dist": p.weight * loss}

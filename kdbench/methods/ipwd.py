@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -100,5 +99,5 @@ class IPWD(Distiller):
             )
         else:
             distill = losses.kd(student.logits, teacher.logits, p.temperature)
-        terms = {"ipwd": p.weight * distill, **terms, "ipwd_cls": p.cls_weight * F.cross_entropy(logits_cls, step.targets)}
+        terms = {"ipwd": p.weight * distill, **terms, "ipwd_cls": p.cls_weight * self.cross_entropy(logits_cls, step.targets)}
         return student.logits, terms

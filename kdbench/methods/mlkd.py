@@ -80,7 +80,7 @@ class MLKD(Distiller):
         if p.strong_group_uses_weak_logits:  # T = 2 and 6 of the "strong" group read the weak view
             strong_pairs[3:] = [(z_s_weak, z_t_weak, temp) for temp in temperatures[3:]]
         terms = {
-            "ce_strong": p.ce_weight * F.cross_entropy(z_s_strong, step.targets),
+            "ce_strong": p.ce_weight * self.cross_entropy(z_s_strong, step.targets),
             "kd_weak": p.weight * masked(losses.mlkd_instance, z_s_weak, z_t_weak, sample_mask),
             "kd_strong": p.weight * sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
             "cc": p.weight * masked(losses.mlkd_class, z_s_weak, z_t_weak, class_mask),

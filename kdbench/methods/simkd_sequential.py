@@ -68,7 +68,7 @@ class SimKDSequential(SimKD):
         with torch.no_grad():
             features = self._features(student)
         logits = self.new_classifier(features)
-        return logits, {"ce_new_classifier": self.params.ce_weight * F.cross_entropy(logits, step.targets)}
+        return logits, {"ce_new_classifier": self.params.ce_weight * self.cross_entropy(logits, step.targets)}
 
     def forward_train(
         self, images: torch.Tensor, targets: torch.Tensor, epoch: int,

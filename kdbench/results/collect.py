@@ -10,7 +10,7 @@ from kdbench.results.store import RunDir, read_json, runs_dir
 
 RUN_COLUMNS = [
     "run_id", "status", "model", "method", "profile", "seed", "teacher_run_id",
-    "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs", "heads", "test_losses", "message",
+    "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs", "heads", "test_losses", "curve", "message",
 ]
 
 
@@ -47,6 +47,9 @@ def collect(results: Path) -> pd.DataFrame:
             row.update({k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")})
             # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
             row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))
+            # Test accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch).
+            row["curve"] = [{k: h[k] for k in ("epoch", "test_top1", "test_top5")}
+                            for h in run.read_metrics() if h.get("phase") != "init"]
         elif status == "failed":
             failure = run.failure()
             row["message"] = f"{failure.get('error')}: {failure.get('message')}"

@@ -71,7 +71,7 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
         known = runs.loc[runs.index.intersection(list(cell.run_ids))]
         finished = known[known["status"] == "done"]
         n_failed = int((known["status"] == "failed").sum())
-        done = _accuracies(finished, column, cell.method, metric)
+        done = _accuracies(finished, column, cell.method, metric, recipe.training.epochs)
         paper = row.paper.get(cell.column)
         if paper is None and row.is_teacher_row:  # the teacher's published accuracy, from the teachers list
             paper = recipe.teachers[column.teacher].paper
@@ -102,12 +102,28 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
                            pd.DataFrame(extra, columns=QUANTITY_COLUMNS))
 
 
-def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str) -> pd.Series:
-    """Top-1 of each finished run: the method's prediction, or the column's evaluation head."""
+def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str, recipe_epochs: int) -> pd.Series:
+    """The column's accuracy of each finished run: the method's prediction (top-1 or top-5, at the end or at
+    ``column.at_epoch``), or the column's evaluation head."""
+    if column.at_epoch is not None:
+        return pd.Series([_at_epoch(curve, column, metric, recipe_epochs) for curve in finished["curve"]], dtype=float)
     if column.head is None or method == "teacher" or column.head == methods.get(method).prediction_head:
-        return finished[f"{metric}_top1"].astype(float)
+        return finished[f"{metric}_{column.measure}"].astype(float)
     return pd.Series([float(heads[column.head][f"{metric}_top1"]) for heads in finished["heads"] if column.head in (heads or {})],
                      dtype=float)
+
+
+def _at_epoch(curve: list[dict], column: Column, metric: str, recipe_epochs: int) -> float:
+    """A run's accuracy at ``column.at_epoch`` of the full protocol, scaled to the run's own length (shorter
+    profiles): the best epoch up to there, or that epoch itself. An imported teacher has one evaluation."""
+    assert column.at_epoch is not None
+    key = f"test_{column.measure}"
+    if len(curve) == 1 and curve[0]["epoch"] == 0:
+        return float(curve[0][key])
+    epochs = len(curve)
+    upto = epochs if column.at_epoch == recipe_epochs else max(1, round(column.at_epoch * epochs / recipe_epochs))
+    seen = [h[key] for h in curve if h["epoch"] <= upto]
+    return float(max(seen) if metric == "best" else seen[-1])
 
 
 def _quantity(record: TableRecord, table_plan: Plan, row: Row, column_id: str, run_ids: tuple[str, ...],
