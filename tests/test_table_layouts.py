@@ -244,3 +244,82 @@ def test_seed_layout_recipes_share_runs_with_their_base_tables():
     assert runs(s6, "LR 0.05", "res32x4_res8x4") == runs(t4, "Sequential", "res32x4_res8x4")
     assert runs(s8, "r = 2", "res32x4_vgg8") == runs(t1, "SimKD", "res32x4_vgg8")
     assert {s.train.lr for s in s6.specs.values() if s.method == "simkd-sequential"} == {0.01, 0.05, 0.1, 0.5}
+
+
+# --------------------------------------------------------------------------- ImageNet layouts: top-5, mid-training and per-column training
+
+EPOCH_LAYOUT = {
+    "columns": [
+        {"id": "top1", "teacher": "t", "student": "resnet8x4", "label": "top-1"},
+        {"id": "top5", "teacher": "t", "student": "resnet8x4", "label": "top-5", "measure": "top5"},
+        {"id": "quarter", "teacher": "t", "student": "resnet8x4", "label": "1/4", "at_epoch": 60},
+        {"id": "smooth", "teacher": "ls", "student": "resnet8x4", "label": "w/ LS", "training": {"label_smoothing": 0.1}},
+    ],
+    "teachers": {"t": {"model": "resnet32x4", "label": "ResNet-32x4", "paper": 79.42},
+                 "ls": {"model": "resnet32x4", "label": "ResNet-32x4 (LS)", "training": {"label_smoothing": 0.1}}},
+    "quantities": [],
+    "rows": [{"label": "KD", "method": "kd"}, {"label": "Teacher", "method": "teacher"}],
+}
+
+
+def test_columns_read_top5_and_mid_training_epochs(tmp_path):
+    r = recipe(**EPOCH_LAYOUT)
+    p = plan(r)
+    record_table(tmp_path, r, "full", p.trials, {})
+    cells = {(c.row, c.column): c for c in p.cells}
+    assert cells[("KD", "top1")].run_ids == cells[("KD", "top5")].run_ids == cells[("KD", "quarter")].run_ids
+    for k, run_id in enumerate(cells[("KD", "top1")].run_ids):
+        # 240 epochs; accuracy rises to 60 + k at epoch 60, dips at 61, ends at 70 + k (best = last).
+        curve = [{"epoch": e, "test_top1": 50.0 + k + (10 if e == 60 else 0) + (20 if e == 240 else 0),
+                  "test_top5": 90.0 + k} for e in range(1, 241)]
+        _finish(tmp_path, p.specs[run_id], 70.0 + k, curve=curve)
+        RunDir(tmp_path, run_id).write_metrics(curve)
+    (comp,) = compare(tmp_path)
+    ours = {(c["row"], c["column"]): c["ours_mean"] for _, c in comp.cells.iterrows()}
+    assert ours[("KD", "top1")] == pytest.approx(70.5) and ours[("KD", "top5")] == pytest.approx(99.0)
+    assert ours[("KD", "quarter")] == pytest.approx(60.5)  # best up to epoch 60
+    (last,) = compare(tmp_path, metric="last")
+    assert {(c["row"], c["column"]): c["ours_mean"] for _, c in last.cells.iterrows()}[("KD", "quarter")] == pytest.approx(60.5)
+
+
+def test_column_and_teacher_training_reach_their_runs():
+    p = plan(recipe(**EPOCH_LAYOUT))
+    cells = {(c.row, c.column): c for c in p.cells}
+    smooth = {p.specs[r].train.label_smoothing for r in cells[("KD", "smooth")].run_ids}
+    plain = {p.specs[r].train.label_smoothing for r in cells[("KD", "top1")].run_ids}
+    assert smooth == {0.1} and plain == {0.0}
+    teacher_ls, teacher = (p.specs[cells[("Teacher", c)].run_ids[0]] for c in ("smooth", "top1"))
+    assert teacher_ls.train.label_smoothing == 0.1 and teacher.train.label_smoothing == 0.0
+    assert teacher_ls.run_id != teacher.run_id
+    # Fields added to the spec later stay out of the run id at their old value: finished runs keep their ids.
+    assert "label_smoothing" not in teacher.canonical_json() and "label_smoothing" in teacher_ls.canonical_json()
+
+
+@pytest.mark.parametrize("column, message", [
+    ({"id": "x", "teacher": "t", "student": "resnet8x4", "label": "x", "head": "student_classifier", "measure": "top5"}, "cannot be combined"),
+    ({"id": "x", "teacher": "t", "student": "resnet8x4", "label": "x", "at_epoch": 241}, "after the last epoch"),
+])
+def test_column_reading_mistakes_are_named(column, message):
+    with pytest.raises(Exception, match=message):
+        recipe(columns=[column], quantities=[], rows=[{"label": "KD", "method": "kd"}])
+
+
+def test_label_smoothing_and_weight_decay_scope_reach_the_loss_and_optimizer():
+    from kdbench import train
+
+    student, teacher = models.create("resnet8", num_classes=10), models.create("resnet8", num_classes=10)
+    example = torch.randn(2, 3, 32, 32)
+    kd = methods.get("kd")
+    smoothed = kd(student, teacher, kd.Params(ce_weight=1.0, kd_weight=0.0), example, label_smoothing=0.1)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    _, terms = smoothed.forward_train(x, y, epoch=1)
+    with torch.no_grad():
+        smoothed.train()
+        expected = F.cross_entropy(student(x), y, label_smoothing=0.1)
+    assert terms["ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    spec = plan(recipe(training={**BASE["training"], "decay_norm_and_bias": False, "weight_decay": 1e-4})).ordered()[0]
+    groups = train._sgd(list(student.parameters()), spec).param_groups
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim <= 1 for p in groups[1]["params"])
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(student.parameters()))
