@@ -15,23 +15,32 @@ from pathlib import Path
 import numpy as np
 
 from kdbench import data, models
-from kdbench.plan import DataSpec, Plan
+from kdbench.plan import DataSpec, Plan, RunSpec
 
 H100_BF16_PEAK_FLOPS = 989e12
-KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000)}
+# ILSVRC-2012: 1 281 167 training and 50 000 validation images.
+KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "imagenet": (1_281_167, 50_000)}
+KNOWN_CLASSES = {"cifar10": 10, "imagenet": 1000}  # where a dataset spec does not say; otherwise 100
 
 
 @lru_cache(maxsize=None)
-def forward_flops(model: str, num_classes: int = 100, image_size: int = 32) -> float:
-    """Forward FLOPs (2·MAC) of one image."""
+def forward_flops(model: str, num_classes: int = 100, image_size: int | None = None) -> float:
+    """Forward FLOPs (2·MAC) of one image of side ``image_size`` (default: the model's native input size,
+    32 for CIFAR networks, 224 for ImageNet ones)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    side = image_size if image_size is not None else models.input_size(model)
     net = models.create(model, num_classes=num_classes).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        net(torch.zeros(1, 3, image_size, image_size))
+        net(torch.zeros(1, 3, side, side))
     return float(counter.get_total_flops())
+
+
+def image_side(spec: RunSpec) -> int:
+    """Side of the run's input images: the dataset's ``image_size`` option, else the student's native size."""
+    return int(spec.data.options.get("image_size") or models.input_size(spec.model))
 
 
 def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[int, int] | None:
@@ -73,8 +82,8 @@ def estimate(plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path 
         if sizes is None:
             unknown += 1
             continue
-        classes = spec.data.options.get("num_classes", 100)
-        size = spec.data.options.get("image_size", 32)
+        classes = spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100))
+        size = image_side(spec)
         student = forward_flops(spec.model, classes, size)
         teacher = forward_flops(spec.teacher.model, classes, size) if spec.teacher else 0.0
         train, test = sizes
