@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from kdbench import data
+from kdbench import data, models
 from kdbench.errors import KdbenchError
 from kdbench.models import pretrained
 from kdbench.models.base import KDModel
 from kdbench.models.pretrained import DOWNLOAD_ROOT
 from kdbench.plan import CheckpointRef
+from kdbench.recipe import Checkpoint
 
 
 def locate(ref: CheckpointRef, data_dir: str | Path | None) -> Path:
@@ -32,6 +33,16 @@ def locate(ref: CheckpointRef, data_dir: str | Path | None) -> Path:
                            "the recipe's teachers.<key>.checkpoint.path (relative paths start at --data-dir / $KDBENCH_DATA)."
                            + where)
     return path
+
+
+def describe_checkpoint(model: str, checkpoint: Checkpoint) -> str:
+    """One line for ``kdbench show``: the file, its digest, and for torchvision weights where to get them and
+    the published top-1 its evaluation should reproduce."""
+    line = f"{checkpoint.path} ({checkpoint.format}, sha256 {checkpoint.sha256})"
+    if checkpoint.source:
+        line += f" from {checkpoint.source}"
+    known = pretrained.for_file(Path(checkpoint.path).name) or pretrained.for_model(models.canonical_name(model))
+    return f"{line}; {known.describe()}" if known and checkpoint.format == "torchvision" else line
 
 
 def sha256_of(path: Path) -> str:

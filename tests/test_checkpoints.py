@@ -205,3 +205,21 @@ def test_the_pretrained_table_agrees_with_torchvisions_weight_metadata():
         if ours.legacy_file:
             assert pretrained.for_file(ours.legacy_file) is ours
     assert pretrained.for_model("imagenet/mobilenet_v1") is None and pretrained.for_file("other.pth") is None
+
+
+def test_show_says_where_to_get_a_torchvision_teacher_and_what_it_should_score(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from kdbench.cli import app
+
+    r = recipe({"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
+               teacher_model="imagenet/resnet34")
+    path = tmp_path / "imported.yaml"
+    path.write_text(yaml.safe_dump(r.model_dump(mode="json", exclude_defaults=True)))
+    out = CliRunner().invoke(app, ["show", str(path), "--results", str(tmp_path / "results")])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert ("Teacher t is imported: resnet34-b627a593.pth (torchvision, sha256 b627a593); torchvision IMAGENET1K_V1 "
+            "weights of imagenet/resnet34: https://download.pytorch.org/models/resnet34-b627a593.pth, sha256 prefix "
+            "b627a593, published top-1 73.314") in text
