@@ -108,7 +108,7 @@ class BenchReport:
                 "config": {k: str(v) if isinstance(v, Path | ComputeOptions) else v for k, v in vars(self.config).items()}}
 
 
-def forward_flops(model: models.KDModel, image_size: int = 32) -> float:
+def forward_flops(model: models.KDModel, image_size: int) -> float:
     """FLOPs of one forward pass per image (FlopCounterMode: 2 per multiply-add), in eval mode."""
     probe = copy.deepcopy(model).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -262,7 +262,8 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
     torch.manual_seed(config.seed)
     student = models.create(config.student, num_classes=arrays.num_classes)
     teacher = models.create(config.teacher, num_classes=arrays.num_classes)
-    student_flops, teacher_flops = forward_flops(student), forward_flops(teacher)
+    side = int(arrays.x_train.shape[1])  # the measured images' size, not a CIFAR default
+    student_flops, teacher_flops = forward_flops(student, side), forward_flops(teacher, side)
 
     ours = _distiller(config, student, teacher, arrays, device)
     compute.prepare([ours.student, ours.teacher])

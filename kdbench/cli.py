@@ -275,6 +275,7 @@ def show(
 def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     from rich.table import Table
 
+    from kdbench.checkpoints import describe_checkpoint
     from kdbench.cost import estimate
     from kdbench.results.collect import run_status
     from kdbench.results.store import RunDir
@@ -288,6 +289,9 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     for col in r.columns:
         columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
     console.print(columns)
+    for key, teacher in r.teachers.items():
+        if teacher.checkpoint is not None:
+            console.print(f"Teacher {key} is imported: {describe_checkpoint(teacher.model, teacher.checkpoint)}", soft_wrap=True)
     runs = Table(title=f"Runs ({len(table_plan.specs)})", title_justify="left")
     for c in ("run id", "method", "model", "teacher run", "seed", "epochs", "status"):
         runs.add_column(c)

@@ -16,23 +16,32 @@ from pathlib import Path
 import numpy as np
 
 from kdbench import data, models
-from kdbench.plan import DataSpec, Plan
+from kdbench.plan import DataSpec, Plan, RunSpec
 
 H100_BF16_PEAK_FLOPS = 989e12
-KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000)}
+# ILSVRC-2012: 1 281 167 training and 50 000 validation images.
+KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "imagenet": (1_281_167, 50_000)}
+KNOWN_CLASSES = {"cifar10": 10, "imagenet": 1000}  # where a dataset spec does not say; otherwise 100
 
 
 @lru_cache(maxsize=None)
-def forward_flops(model: str, num_classes: int = 100, image_size: int = 32) -> float:
-    """Forward FLOPs (2·MAC) of one image."""
+def forward_flops(model: str, num_classes: int = 100, image_size: int | None = None) -> float:
+    """Forward FLOPs (2·MAC) of one image of side ``image_size`` (default: the model's native input size,
+    32 for CIFAR networks, 224 for ImageNet ones)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    side = image_size if image_size is not None else models.input_size(model)
     net = models.create(model, num_classes=num_classes).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        net(torch.zeros(1, 3, image_size, image_size))
+        net(torch.zeros(1, 3, side, side))
     return float(counter.get_total_flops())
+
+
+def image_side(spec: RunSpec) -> int:
+    """Side of the run's input images: the dataset's ``image_size`` option, else the student's native size."""
+    return int(spec.data.options.get("image_size") or models.input_size(spec.model))
 
 
 def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[int, int] | None:
@@ -53,9 +62,9 @@ def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[i
     return round(sizes[0] * spec.train_fraction), round(sizes[1] * spec.test_fraction)
 
 
-def _classes_and_size(spec: DataSpec) -> tuple[int, int]:
-    """(classes, input size) a dataset's networks are built for."""
-    return spec.options.get("num_classes", 100), spec.options.get("image_size", 32)
+def _classes_and_size(spec: RunSpec) -> tuple[int, int]:
+    """(classes, input side) the run's networks are built for."""
+    return spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100)), image_side(spec)
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ def estimate(plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path 
         if sizes is None:
             unknown += 1
             continue
-        classes, size = _classes_and_size(spec.data)
+        classes, size = _classes_and_size(spec)
         student = forward_flops(spec.model, classes, size)
         teacher = forward_flops(spec.teacher.model, classes, size) if spec.teacher else 0.0
         train, test = sizes
@@ -131,11 +140,11 @@ def measured_throughputs(results: Path) -> list[Throughput]:
         result, spec_file = read_json(result_file), result_file.with_name("spec.json")
         if not result.get("train_images_per_s") or result.get("imported") or not spec_file.is_file():
             continue
-        spec = read_json(spec_file)
-        teacher = (spec.get("teacher") or {}).get("model")
-        classes, size = _classes_and_size(DataSpec(**spec["data"]))
-        per_image = 3 * forward_flops(spec["model"], classes, size) + (forward_flops(teacher, classes, size) if teacher else 0.0)
-        found.append(Throughput(result.get("device_name") or result.get("device", "unknown"), spec["method"], spec["model"],
+        spec = RunSpec.model_validate(read_json(spec_file))
+        teacher = spec.teacher.model if spec.teacher else None
+        classes, size = _classes_and_size(spec)
+        per_image = 3 * forward_flops(spec.model, classes, size) + (forward_flops(teacher, classes, size) if teacher else 0.0)
+        found.append(Throughput(result.get("device_name") or result.get("device", "unknown"), spec.method, spec.model,
                                 teacher, float(result["train_images_per_s"]), per_image, f"run {result_file.parent.name}"))
     bench_dir = Path(results) / BENCH_DIR
     for record_file in sorted(bench_dir.glob("*.json")) if bench_dir.is_dir() else []:

@@ -115,11 +115,13 @@ class Checkpoint(_Strict):
     """A teacher imported from a file instead of trained: verified by sha256 before use."""
 
     path: str  # absolute, or relative to the data directory (--data-dir / $KDBENCH_DATA)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # The file's sha256, or a prefix of at least 8 hex digits (torch.hub names files <name>-<8 digits>.pth).
+    sha256: str = Field(pattern=r"^[0-9a-f]{8,64}$")
     # kdbench: a state dict with kdbench's parameter names (e.g. a model.pt of another results dir);
     # repdistiller: RepDistiller/mdistiller files ({"model": state_dict}), mapped to ours in
-    # registration order with every shape checked.
-    format: Literal["kdbench", "repdistiller"] = "kdbench"
+    # registration order with every shape checked; torchvision: a torch.hub state dict (e.g.
+    # resnet34-b627a593.pth, kdbench/models/pretrained.py), loaded by name.
+    format: Literal["kdbench", "repdistiller", "torchvision"] = "kdbench"
     source: str = ""  # where the file comes from, e.g. "CRD cifar_teachers.tar"
 
 

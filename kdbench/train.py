@@ -106,7 +106,7 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     assert spec.checkpoint is not None
     arrays = _dataset(spec, data_dir)
     path = checkpoints.locate(spec.checkpoint, data_dir)
-    model = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path, spec.model)
+    model, digest = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path, spec.model)
     distiller = methods.get("ce")(model, None, methods.get("ce").Params(), next(iter(data.test_loader(arrays, 2)))[0]).to(device)
     started = time.time()
     loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
@@ -115,9 +115,9 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     rundir.write_metrics(history)
     atomic_torch_save(rundir.model_file, distiller.inference_state())
     result = _summarise(spec, history, device, time.time() - started)
-    result["imported"] = {"path": str(path), "sha256": spec.checkpoint.sha256, "format": spec.checkpoint.format}
+    result["imported"] = {"path": str(path), "sha256": digest, "format": spec.checkpoint.format}  # full digest
     atomic_write_json(rundir.result_file, result)
-    log.info("imported %s from %s (sha256 %s): test top-1 %.2f", spec.run_id, path, spec.checkpoint.sha256, stats["test_top1"])
+    log.info("imported %s from %s (sha256 %s): test top-1 %.2f", spec.run_id, path, digest, stats["test_top1"])
     return result
 
 

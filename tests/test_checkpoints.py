@@ -125,3 +125,101 @@ def test_tables_record_the_imported_teacher(trained_teacher, tmp_path):
     (comp,) = compare(tmp_path)
     assert set(comp.cells["teacher_checkpoint"]) == {digest}
     assert f"[imported {digest[:8]}]" in render.to_markdown(comp)
+
+
+# --- torchvision weight files (format "torchvision"; kdbench/models/pretrained.py) ----------------------------
+
+
+def torchvision_file(tmp_path, name: str = "resnet18") -> tuple:
+    """A randomly initialised torchvision network saved as torch.hub names its files: <name>-<sha256[:8]>.pth."""
+    from kdbench._torchvision import import_torchvision
+
+    torch.manual_seed(0)
+    state = getattr(import_torchvision().models, name)(num_classes=DATA["options"]["num_classes"]).state_dict()
+    staged = tmp_path / "staged.pth"
+    torch.save(state, staged)
+    digest = sha256_of(staged)
+    path = staged.rename(tmp_path / f"{name}-{digest[:8]}.pth")
+    return path, digest, state
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_file_imports_with_its_hash_prefix_and_records_the_full_digest(tmp_path, name):
+    path, digest, state = torchvision_file(tmp_path, name)
+    spec = teacher_spec(recipe({"path": str(path), "sha256": digest[:8], "format": "torchvision"},
+                               teacher_model=f"imagenet/{name}"))
+    result = train.run(spec, tmp_path / "r", device="cpu", progress=False)
+    assert result["imported"] == {"path": str(path), "sha256": digest, "format": "torchvision"}
+    saved = torch.load(RunDir(tmp_path / "r", spec.run_id).model_file, weights_only=True)
+    saved = {k.removeprefix("student."): v for k, v in saved.items()}
+    renamed = {k.replace("classifier.1.", "classifier."): v for k, v in state.items()}
+    assert saved.keys() == renamed.keys()
+    assert all(torch.equal(saved[k], renamed[k]) for k in renamed)
+
+
+def test_torchvision_file_with_another_hash_prefix_is_refused(tmp_path):
+    path, digest, _ = torchvision_file(tmp_path)
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "f" * 8
+    spec = teacher_spec(recipe({"path": str(path), "sha256": wrong, "format": "torchvision"}, teacher_model="imagenet/resnet18"))
+    with pytest.raises(KdbenchError, match=f"sha256 {digest} does not match the recipe's {wrong} \\(a prefix\\)"):
+        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+    assert RunDir(tmp_path / "r", spec.run_id).is_failed()
+
+
+def test_a_torchvision_file_for_another_architecture_is_refused(tmp_path):
+    path, digest, _ = torchvision_file(tmp_path, "resnet18")
+    spec = teacher_spec(recipe({"path": str(path), "sha256": digest, "format": "torchvision"}, teacher_model="imagenet/resnet34"))
+    with pytest.raises(KdbenchError, match="does not fit the architecture 'imagenet/resnet34'"):
+        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+
+
+def test_hash_prefixes_shorter_than_8_digits_are_invalid():
+    with pytest.raises(ValueError, match="sha256"):
+        recipe({"path": "resnet34-b627a593.pth", "sha256": "b627a59", "format": "torchvision"})
+
+
+def test_missing_torchvision_file_names_the_download_url_and_the_expected_accuracy(tmp_path):
+    spec = teacher_spec(recipe({"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
+                               teacher_model="imagenet/resnet34"))
+    with pytest.raises(KdbenchError, match=r"resnet34-b627a593.pth not found.*Download it from "
+                       r"https://download.pytorch.org/models/resnet34-b627a593.pth .*top-1 73.314"):
+        train.run(spec, tmp_path, device="cpu", data_dir=tmp_path, progress=False)
+
+
+def test_the_pretrained_table_agrees_with_torchvisions_weight_metadata():
+    from kdbench import models
+    from kdbench._torchvision import import_torchvision
+    from kdbench.models import pretrained
+
+    tv = import_torchvision().models
+    enums = {"resnet18": tv.ResNet18_Weights, "resnet34": tv.ResNet34_Weights, "resnet50": tv.ResNet50_Weights,
+             "resnet101": tv.ResNet101_Weights, "resnet152": tv.ResNet152_Weights, "mobilenet_v2": tv.MobileNet_V2_Weights}
+    assert sorted(pretrained.TORCHVISION_IMAGENET1K_V1) == sorted(f"imagenet/{n}" for n in enums)
+    for name, enum in enums.items():
+        ours, theirs = pretrained.for_model(f"imagenet/{name}"), enum.IMAGENET1K_V1
+        assert ours.url == theirs.url and ours.top1 == theirs.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        assert ours.sha256_prefix == theirs.url.rsplit("-", 1)[1].removesuffix(".pth") and len(ours.sha256_prefix) == 8
+        with torch.device("meta"):
+            assert sum(p.numel() for p in models.create(ours.model, 1000).parameters()) == theirs.meta["num_params"]
+        assert pretrained.for_file(ours.file) is ours
+        if ours.legacy_file:
+            assert pretrained.for_file(ours.legacy_file) is ours
+    assert pretrained.for_model("imagenet/mobilenet_v1") is None and pretrained.for_file("other.pth") is None
+
+
+def test_show_says_where_to_get_a_torchvision_teacher_and_what_it_should_score(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from kdbench.cli import app
+
+    r = recipe({"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
+               teacher_model="imagenet/resnet34")
+    path = tmp_path / "imported.yaml"
+    path.write_text(yaml.safe_dump(r.model_dump(mode="json", exclude_defaults=True)))
+    out = CliRunner().invoke(app, ["show", str(path), "--results", str(tmp_path / "results")])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    assert ("Teacher t is imported: resnet34-b627a593.pth (torchvision, sha256 b627a593); torchvision IMAGENET1K_V1 "
+            "weights of imagenet/resnet34: https://download.pytorch.org/models/resnet34-b627a593.pth, sha256 prefix "
+            "b627a593, published top-1 73.314") in text

@@ -1,4 +1,9 @@
-"""CIFAR model zoo: registry, exact parameter counts and feature taps (architectures.md §3-4)."""
+"""Model zoos: registry, exact parameter counts and feature taps (architectures.md §3-5).
+
+CIFAR networks run at their native 32×32 and 100 classes; ImageNet networks at 1000 classes (their
+published parameter counts) and, to keep the suite fast, at ``IMAGENET_TEST_SIZE`` px (every tap
+keeps its stride; the native-size checks are the FLOP tests in tests/test_imagenet_models.py).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,13 @@ _X1 = "16@32 16@32 32@16 64@8"
 _X2 = "16@32 32@32 64@16 128@8"
 _X4 = "32@32 64@32 128@16 256@8"
 _VGG = "64@32 128@16 256@8 512@4 512@4"
+IMAGENET_TEST_SIZE = 64
+_IN_BASIC = "64@32 64@16 128@8 256@4 512@2"
+_IN_BOTTLENECK = "64@32 256@16 512@8 1024@4 2048@2"
 
-# name -> (exact parameter count at 100 classes, penultimate dim, stage taps f0..fk as C@H);
-# copied from the table of specs/architectures.md §4.
+# name -> (exact parameter count at 100 classes (ImageNet: 1000), penultimate dim, stage taps f0..fk
+# as C@H at the test input size); copied from the table of specs/architectures.md §4 and §5 (ResNet-101/152
+# and MobileNetV2: torchvision's published counts).
 SPEC: dict[str, tuple[int, int, str]] = {
     "resnet8": (83_892, 64, _X1),
     "resnet14": (181_108, 64, _X1),
@@ -53,6 +62,13 @@ SPEC: dict[str, tuple[int, int, str]] = {
     "ShuffleV2": (1_355_528, 1024, "24@32 116@16 232@8 464@4"),
     "simkd/ShuffleV2_1_5": (2_580_548, 1024, "24@32 176@16 352@8 704@4"),
     "ResNet50": (23_705_252, 2048, "64@32 256@32 512@16 1024@8 2048@4"),
+    "imagenet/resnet18": (11_689_512, 512, _IN_BASIC),
+    "imagenet/resnet34": (21_797_672, 512, _IN_BASIC),
+    "imagenet/resnet50": (25_557_032, 2048, _IN_BOTTLENECK),
+    "imagenet/resnet101": (44_549_160, 2048, _IN_BOTTLENECK),
+    "imagenet/resnet152": (60_192_808, 2048, _IN_BOTTLENECK),
+    "imagenet/mobilenet_v1": (4_231_976, 1024, "32@32 128@16 256@8 512@4 1024@2"),
+    "imagenet/mobilenet_v2": (3_504_872, 1280, "32@32 24@16 32@8 96@4 320@2"),
 }
 
 # Head map (C@H) where it is not the last stage tap's shape; families whose head map is a
@@ -62,8 +78,9 @@ HEAD_MAP = {
     "simkd/MobileNetV2x2": "1280@2",
     "ShuffleV2": "1024@4",
     "simkd/ShuffleV2_1_5": "1024@4",
+    "imagenet/mobilenet_v2": "1280@2",
 }
-SEPARATE_HEAD_MAP = {"wrn", "mobilenetv2", "shufflenetv2"}
+SEPARATE_HEAD_MAP = {"wrn", "mobilenetv2", "shufflenetv2", "imagenet_mobilenet_v2"}
 
 ALIASES = {
     "simkd/resnet8x4": "resnet8x4",
@@ -90,18 +107,30 @@ def _shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+def _classes(name: str) -> int:
+    """The class count the SPEC parameter counts are quoted at."""
+    return 1000 if models.info(name).zoo == "imagenet" else 100
 
-def _forward(model: KDModel) -> tuple[torch.Tensor, Features]:
-    """One batch of two random 32×32 images and the model's features for it."""
+
+def _test_size(name: str) -> int:
+    return IMAGENET_TEST_SIZE if models.info(name).zoo == "imagenet" else models.input_size(name)
+
+
+def _create(name: str) -> KDModel:
+    return models.create(name, _classes(name))
+
+
+def _forward(model: KDModel, size: int = 32) -> tuple[torch.Tensor, Features]:
+    """One batch of two random ``size``×``size`` images and the model's features for it."""
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         return x, model.forward_features(x)
 
 
 @lru_cache(maxsize=None)
 def _features(name: str) -> Features:
-    return _forward(models.create(name))[1]
+    return _forward(_create(name), _test_size(name))[1]
 
 
 def test_registry_lists_exactly_the_spec_models() -> None:
@@ -111,10 +140,10 @@ def test_registry_lists_exactly_the_spec_models() -> None:
 @pytest.mark.parametrize("name", models.names())
 def test_model_matches_spec(name: str) -> None:
     params, penultimate, taps = SPEC[name]
-    model = models.create(name)
+    model = _create(name).eval()  # eval: MobileNetV2's dropout sits between ``pooled`` and the classifier
     assert _num_params(model) == params
-    x, feats = _forward(model)
-    assert feats.logits.shape == (2, 100)
+    x, feats = _forward(model, _test_size(name))
+    assert feats.logits.shape == (2, _classes(name))
     assert [tuple(t.shape) for t in feats.stages] == [_shape(t) for t in taps.split()]
     assert len(feats.preact) == len(feats.stages)
     assert [p.shape for p in feats.preact] == [s.shape for s in feats.stages]
@@ -179,7 +208,10 @@ def test_info_fields() -> None:
     assert models.info("wrn_40_2").family == "wrn"
     assert models.info("resnet8x4").paper_label == "ResNet-8x4"
     assert models.info("ResNet50").family == "resnet_bottleneck"
-    assert {models.info(n).zoo for n in models.names()} == {"crd", "simkd"}
+    assert {models.info(n).zoo for n in models.names()} == {"crd", "simkd", "imagenet"}
+    assert {models.input_size(n) for n in models.names() if models.info(n).zoo != "imagenet"} == {32}
+    assert {models.input_size(n) for n in models.names() if models.info(n).zoo == "imagenet"} == {224}
+    assert models.info("imagenet/mobilenet_v1").paper_label == "MobileNet"
     with pytest.raises(AttributeError):
         wrn.name = "other"  # type: ignore[misc]
 
@@ -202,23 +234,30 @@ def test_registering_a_taken_name_fails() -> None:
 
 @pytest.mark.parametrize("name", models.names())
 def test_num_classes_changes_only_the_classifier(name: str) -> None:
-    ten, hundred = (_shapes(models.create(name, n)) for n in (10, 100))
-    assert ten.keys() == hundred.keys()
-    assert {k for k in hundred if ten[k] != hundred[k]} == {"classifier.weight", "classifier.bias"}
-    assert ten["classifier.weight"] == (10, SPEC[name][1])
+    with torch.device("meta"):  # shapes only: no weights drawn
+        ten, hundred = models.create(name, 10), models.create(name, 100)
+    head = {n for n, p in ten.named_parameters() if any(p is q for q in ten.classifier.parameters())}
+    assert {f"{k}.{p}" for k in ("classifier", "fc") for p in ("weight", "bias")} >= head
+    ten_shapes, hundred_shapes = _shapes(ten), _shapes(hundred)
+    assert ten_shapes.keys() == hundred_shapes.keys()
+    assert {k for k in hundred_shapes if ten_shapes[k] != hundred_shapes[k]} == head
+    assert ten.classifier.weight.shape == (10, SPEC[name][1])
 
 
 # BN-before-ReLU lists (OFD margins; architectures.md §1 and each family's section): the families
 # that declare one, and for the exact ones, which tap each BN's output *is*.
-BN_BEFORE_RELU_FAMILIES = {"resnet", "wrn", "vgg", "mobilenetv2", "resnet_bottleneck"}
-BN_OUTPUT_IS_PREACT = {"wrn", "vgg"}  # exact; ResNets add the shortcut after the BN
+BN_BEFORE_RELU_FAMILIES = {"resnet", "wrn", "vgg", "mobilenetv2", "resnet_bottleneck", "imagenet_resnet",
+                           "imagenet_mobilenet_v1", "imagenet_mobilenet_v2"}
+BN_OUTPUT_IS_PREACT = {"wrn", "vgg", "imagenet_mobilenet_v1"}  # exact; ResNets add the shortcut after the BN
+BN_COVERS_DEEPEST = {"imagenet_resnet": 3}  # mdistiller lists layers 2-4 only; the others cover every tap
 
 
 @pytest.mark.parametrize("name", models.names())
 def test_bn_before_relu_matches_the_preact_taps(name: str) -> None:
     from kdbench.errors import KdbenchError
 
-    model = models.create(name)
+    with torch.device("meta"):  # the layers' identities and widths only
+        model = _create(name)
     family = models.info(name).family
     if family not in BN_BEFORE_RELU_FAMILIES:
         with pytest.raises(KdbenchError, match="does not define BN-before-ReLU layers \\(OFD unsupported\\)"):
@@ -227,25 +266,27 @@ def test_bn_before_relu_matches_the_preact_taps(name: str) -> None:
     bns = model.bn_before_relu()
     feats = _features(name)
     assert all(type(bn) is torch.nn.BatchNorm2d for bn in bns)
-    assert [bn.num_features for bn in bns] == [p.shape[1] for p in feats.preact[1:]]
+    assert len(bns) == BN_COVERS_DEEPEST.get(family, len(feats.preact) - 1)
+    assert [bn.num_features for bn in bns] == [p.shape[1] for p in feats.preact[1:][-len(bns):]]
     own = {id(m) for m in model.modules()}
     assert all(id(bn) in own for bn in bns) and len({id(bn) for bn in bns}) == len(bns)
 
 
-@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "resnet8x4", "ResNet50", "MobileNetV2"])
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "resnet8x4", "ResNet50", "MobileNetV2", "imagenet/resnet18",
+                                  "imagenet/mobilenet_v1", "imagenet/mobilenet_v2"])
 def test_bn_before_relu_outputs_feed_the_preact_taps(name: str) -> None:
     """Exact families: each BN's output is the preact tap. ResNets: tap = BN output + shortcut, so
     the BN output has the tap's shape and differs from it; MobileNetV2: same (residual added)."""
-    model = models.create(name).eval()
+    model = _create(name).eval()
     outputs: list[torch.Tensor] = []
     hooks = [bn.register_forward_hook(lambda m, i, o: outputs.append(o)) for bn in model.bn_before_relu()]
     try:
-        feats = _forward(model)[1]
+        feats = _forward(model, _test_size(name))[1]
     finally:
         for h in hooks:
             h.remove()
-    assert len(outputs) == len(feats.preact) - 1
-    for out, pre in zip(outputs, feats.preact[1:]):
+    assert len(outputs) == BN_COVERS_DEEPEST.get(models.info(name).family, len(feats.preact) - 1)
+    for out, pre in zip(outputs, feats.preact[1:][-len(outputs):]):
         assert out.shape == pre.shape
         if models.info(name).family in BN_OUTPUT_IS_PREACT:
             torch.testing.assert_close(out, pre, rtol=0, atol=0)

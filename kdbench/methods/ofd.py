@@ -7,7 +7,9 @@ OFD, §3, §6 item 5).
   student's spatial size inside the loss.
 * Connector per pair (trained): 1×1 conv C_s → C_t without bias (init N(0, 2/(k·k·C_t))) + BN(C_t).
 * Margins: per teacher channel, from the (γ, β) of the teacher's BN-before-ReLU at that
-  tap (``KDModel.bn_before_relu``), computed once at construction (``losses.ofd_margins``).
+  tap (``KDModel.bn_before_relu``), computed once at construction (``losses.ofd_margins``). Where
+  the list covers only the deepest taps (mdistiller's ImageNet ResNets: layers 2–4), only those
+  taps are distilled: ResNet-50 → MobileNet-V1 pairs f2..f4, as mdistiller's ``_align_list`` does.
 * Loss: ``losses.ofd`` — partial L2 summed over C·H·W, averaged over the batch, pair i of
   n weighted 1/2^(n−i−1); total = 1·CE + ``weight``·OFD with ``weight`` 1e-3 on CIFAR (the original
   code's "÷ batch ÷ 1000") and 1e-4 on ImageNet; no KD.
@@ -108,13 +110,15 @@ class OFD(Distiller):
         s, t = self.probe(example)
         assert t is not None
         s_taps, t_taps = s.preact[1:], t.preact[1:]
-        if len(bns) != len(t_taps) or any(bn.num_features != f.shape[1] for bn, f in zip(bns, t_taps)):
+        # The list covers the deepest taps (all of them, or f2..f4 for mdistiller's ImageNet ResNets).
+        covered = t_taps[len(t_taps) - len(bns):] if len(bns) <= len(t_taps) else []
+        if len(covered) != len(bns) or any(bn.num_features != f.shape[1] for bn, f in zip(bns, covered)):
             raise KdbenchError(
                 f"OFD ({pair_name(student, teacher)}): the teacher's BN-before-ReLU layers "
-                f"({[bn.num_features for bn in bns]} channels) do not match its preact taps "
+                f"({[bn.num_features for bn in bns]} channels) do not match its deepest preact taps "
                 f"({[f.shape[1] for f in t_taps]} channels)"
             )
-        n = min(len(s_taps), len(t_taps))
+        n = min(len(s_taps), len(t_taps), len(bns))
         s_taps, t_taps, bns = s_taps[-n:], t_taps[-n:], bns[-n:]  # back-aligned (mdistiller)
         self.n_pairs = n
         self.connectors = nn.ModuleList(connector(f_s.shape[1], f_t.shape[1]) for f_s, f_t in zip(s_taps, t_taps))

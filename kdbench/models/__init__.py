@@ -1,10 +1,12 @@
-"""CIFAR model zoo (``specs/architectures.md``): ``create(name)`` builds any registered network.
+"""Model zoos (``specs/architectures.md``): ``create(name)`` builds any registered network.
 
 Importing this package registers every family module below.
 """
 
 from kdbench.models import (  # noqa: F401  (imported for their registrations)
     cifar_resnet,
+    imagenet_mobilenet,
+    imagenet_resnet,
     mobilenetv2,
     resnet_bottleneck,
     shufflenetv1,
@@ -13,7 +15,15 @@ from kdbench.models import (  # noqa: F401  (imported for their registrations)
     wrn,
 )
 from kdbench.models.base import Features, KDModel
-from kdbench.models.registry import ModelInfo, canonical_name, create, info, names, register
+from kdbench.models.registry import (
+    ModelInfo,
+    canonical_name,
+    create,
+    info,
+    input_size,
+    names,
+    register,
+)
 
 __all__ = [
     "Features",
@@ -22,6 +32,7 @@ __all__ = [
     "canonical_name",
     "create",
     "info",
+    "input_size",
     "names",
     "register",
 ]

@@ -63,7 +63,8 @@ class KDModel(nn.Module):
         return self.forward_features(x).logits
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        """The BatchNorm layers whose (γ, β) OFD reads for its margins: one per preact tap
-        f1..fk, in tap order, with that tap's channel count (``specs/architectures.md`` §1, the
-        "BN-before-ReLU" list of each family). Families without such a list raise."""
+        """The BatchNorm layers whose (γ, β) OFD reads for its margins: one per preact tap of the
+        deepest taps (f1..fk for the CIFAR families, f2..f4 for mdistiller's ImageNet ResNets), in tap
+        order, with that tap's channel count (``specs/architectures.md`` §1, §5, the "BN-before-ReLU"
+        list of each family). Families without such a list raise."""
         raise KdbenchError(f"{type(self).__name__} does not define BN-before-ReLU layers (OFD unsupported)")

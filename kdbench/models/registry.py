@@ -1,9 +1,11 @@
 """Model names -> factories, with the zoo each network comes from and how papers print it.
 
-Two zoos (``specs/architectures.md`` §0, §4): ``crd`` = RepDistiller's CIFAR networks (also used
-by mdistiller and most later papers) under their RepDistiller names; ``simkd`` = networks that only
-SimKD defines, under ``simkd/<SimKD name>``. A SimKD network identical to a CRD one is an *alias*
-``simkd/<name>`` of the CRD name, so a run's identity never depends on the spelling a recipe used.
+Three zoos (``specs/architectures.md`` §0, §4, §5): ``crd`` = RepDistiller's CIFAR networks (also
+used by mdistiller and most later papers) under their RepDistiller names; ``simkd`` = networks that
+only SimKD defines, under ``simkd/<SimKD name>``; ``imagenet`` = the ImageNet networks of the KD
+papers' ImageNet tables, under ``imagenet/<name>``. A SimKD network identical to a CRD one is an
+*alias* ``simkd/<name>`` of the CRD name, so a run's identity never depends on the spelling a recipe
+used. Each entry records its native input side (``input_size``: 32 for CIFAR, 224 for ImageNet).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Protocol, TypeVar
 from kdbench.errors import UnknownNameError
 from kdbench.models.base import KDModel
 
-ZOOS = ("crd", "simkd")
+ZOOS = ("crd", "simkd", "imagenet")
+CIFAR_INPUT_SIZE = 32
 
 
 class ModelFactory(Protocol):
@@ -36,6 +39,7 @@ class ModelInfo:
     family: str
     paper_label: str
     aliases: tuple[str, ...] = ()
+    input_size: int = CIFAR_INPUT_SIZE  # side of the square images the network is defined for
 
 
 _INFO: dict[str, ModelInfo] = {}
@@ -44,7 +48,13 @@ _ALIASES: dict[str, str] = {}
 
 
 def register(
-    name: str, *, zoo: str, family: str, paper_label: str, aliases: tuple[str, ...] = ()
+    name: str,
+    *,
+    zoo: str,
+    family: str,
+    paper_label: str,
+    aliases: tuple[str, ...] = (),
+    input_size: int = CIFAR_INPUT_SIZE,
 ) -> Callable[[FactoryT], FactoryT]:
     """Decorator registering ``factory(num_classes=...)`` under ``name`` and its ``aliases``."""
     if zoo not in ZOOS:
@@ -54,7 +64,7 @@ def register(
         for key in (name, *aliases):
             if key in _INFO or key in _ALIASES:
                 raise ValueError(f"model name {key!r} is registered twice")
-        _INFO[name] = ModelInfo(name, zoo, family, paper_label, tuple(aliases))
+        _INFO[name] = ModelInfo(name, zoo, family, paper_label, tuple(aliases), input_size)
         _FACTORIES[name] = factory
         _ALIASES.update(dict.fromkeys(aliases, name))
         return factory
@@ -79,6 +89,11 @@ def canonical_name(name: str) -> str:
 def info(name: str) -> ModelInfo:
     """Catalogue entry of a model (aliases resolve to their canonical entry)."""
     return _INFO[canonical_name(name)]
+
+
+def input_size(name: str) -> int:
+    """Native input side of a model: the image size its FLOPs and memory are quoted at."""
+    return info(name).input_size
 
 
 def create(name: str, num_classes: int = 100) -> KDModel:

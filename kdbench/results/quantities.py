@@ -51,6 +51,8 @@ def geometry(spec: RunSpec) -> tuple[int, int]:
         return (100 if name == "cifar100" else 10), 32
     if name == "synthetic":
         return options.get("num_classes", 100), options.get("image_size", 32)
+    if name == "imagenet":  # ILSVRC-2012 at the student's native input size (224)
+        return 1000, models.input_size(spec.model)
     from kdbench.data import load_dataset
 
     arrays = load_dataset(name, **options)
