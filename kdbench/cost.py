@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kdbench import data, models
+from kdbench.data.imagenet import folder_geometry, folder_sizes
 from kdbench.plan import DataSpec, Plan
 
 H100_BF16_PEAK_FLOPS = 989e12
@@ -38,6 +39,8 @@ def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[i
     """(train, test) image counts after the spec's subset fractions; None when unknown."""
     if spec.name == "synthetic":
         sizes = (spec.options.get("train_size", 512), spec.options.get("test_size", 256))
+    elif folder_sizes(spec.name, spec.options) is not None:
+        sizes = folder_sizes(spec.name, spec.options)
     elif spec.name in KNOWN_SIZES:
         sizes = KNOWN_SIZES[spec.name]
     elif spec.name == "npz":
@@ -73,8 +76,8 @@ def estimate(plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path 
         if sizes is None:
             unknown += 1
             continue
-        classes = spec.data.options.get("num_classes", 100)
-        size = spec.data.options.get("image_size", 32)
+        classes, size = folder_geometry(spec.data.name, spec.data.options) or (
+            spec.data.options.get("num_classes", 100), spec.data.options.get("image_size", 32))
         student = forward_flops(spec.model, classes, size)
         teacher = forward_flops(spec.teacher.model, classes, size) if spec.teacher else 0.0
         train, test = sizes

@@ -52,6 +52,10 @@ def geometry(spec: RunSpec) -> tuple[int, int]:
     if name == "synthetic":
         return options.get("num_classes", 100), options.get("image_size", 32)
     from kdbench.data import load_dataset
+    from kdbench.data.imagenet import folder_geometry
+
+    if (known := folder_geometry(name, options)) is not None:
+        return known
 
     arrays = load_dataset(name, **options)
     return arrays.num_classes, int(arrays.x_train.shape[1])
