@@ -83,7 +83,8 @@ def train_view(image: Image.Image, rng: np.random.Generator, options: CropOption
     """RandomResizedCrop (bilinear) then a horizontal flip with probability 1/2, both drawn from ``rng``."""
     top, left, h, w = crop_box(rng, image.height, image.width, options.scale, options.ratio)
     size = options.image_size
-    view = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    # Crop, then resize (as torchvision does): PIL's resize(box=...) would filter across the box's edges.
+    view = image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
     return view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else view
 
 
