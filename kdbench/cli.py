@@ -369,15 +369,21 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("prepare")
 def data_prepare(
-    dataset: Annotated[str, typer.Argument(help="cifar100 or cifar10 (imagenet comes with ImageNet support).")],
+    dataset: Annotated[str, typer.Argument(help="cifar100, cifar10, imagenet or imagenet_synthetic.")],
     data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: DATA_DIR/ffcv/DATASET, where runs with --loader ffcv look).")] = None,
+    max_resolution: Annotated[int | None, typer.Option("--max-resolution", min=1, help="imagenet: shrink longer sides to this (FFCV's ImageNet example: 500).")] = None,
+    compress_probability: Annotated[float | None, typer.Option("--compress-probability", min=0.0, max=1.0, help="imagenet: share of images stored as JPEG in proportion mode (default 0.5).")] = None,
+    jpeg_quality: Annotated[int | None, typer.Option("--jpeg-quality", min=1, max=100, help="imagenet: JPEG quality (default 90).")] = None,
+    write_mode: Annotated[str | None, typer.Option("--write-mode", help="imagenet: proportion (default), jpg, raw or smart.")] = None,
 ) -> None:
     """Write a dataset's train.beton and test.beton for `--loader ffcv` (needs pip install 'kdbench[ffcv]')."""
+    image_options = {"max_resolution": max_resolution, "compress_probability": compress_probability,
+                     "jpeg_quality": jpeg_quality, "write_mode": write_mode}
     try:
         from kdbench.data.ffcv_loader import prepare_dataset
 
-        folder = prepare_dataset(dataset, data_dir, out)
+        folder = prepare_dataset(dataset, data_dir, out, **{k: v for k, v in image_options.items() if v is not None})
     except KdbenchError as exc:
         _fail(exc)
     console.print(f"wrote {folder}/train.beton and {folder}/test.beton")

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from kdbench import data, models
+from kdbench.data.imagenet import folder_geometry, folder_sizes
 from kdbench.plan import DataSpec, Plan, RunSpec
 
 H100_BF16_PEAK_FLOPS = 989e12
-# ILSVRC-2012: 1 281 167 training and 50 000 validation images.
-KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "imagenet": (1_281_167, 50_000)}
+KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000)}  # image folders: data.imagenet.folder_sizes
 KNOWN_CLASSES = {"cifar10": 10, "imagenet": 1000}  # where a dataset spec does not say; otherwise 100
 
 
@@ -48,6 +48,8 @@ def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[i
     """(train, test) image counts after the spec's subset fractions; None when unknown."""
     if spec.name == "synthetic":
         sizes = (spec.options.get("train_size", 512), spec.options.get("test_size", 256))
+    elif folder_sizes(spec.name, spec.options) is not None:
+        sizes = folder_sizes(spec.name, spec.options)
     elif spec.name in KNOWN_SIZES:
         sizes = KNOWN_SIZES[spec.name]
     elif spec.name == "npz":
@@ -62,9 +64,10 @@ def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[i
     return round(sizes[0] * spec.train_fraction), round(sizes[1] * spec.test_fraction)
 
 
-def _classes_and_size(spec: RunSpec) -> tuple[int, int]:
+def network_geometry(spec: RunSpec) -> tuple[int, int]:
     """(classes, input side) the run's networks are built for."""
-    return spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100)), image_side(spec)
+    return folder_geometry(spec.data.name, spec.data.options) or (
+        spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100)), image_side(spec))
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def estimate(plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path 
         if sizes is None:
             unknown += 1
             continue
-        classes, size = _classes_and_size(spec)
+        classes, size = network_geometry(spec)
         student = forward_flops(spec.model, classes, size)
         teacher = forward_flops(spec.teacher.model, classes, size) if spec.teacher else 0.0
         train, test = sizes
@@ -142,7 +145,7 @@ def measured_throughputs(results: Path) -> list[Throughput]:
             continue
         spec = RunSpec.model_validate(read_json(spec_file))
         teacher = spec.teacher.model if spec.teacher else None
-        classes, size = _classes_and_size(spec)
+        classes, size = network_geometry(spec)
         per_image = 3 * forward_flops(spec.model, classes, size) + (forward_flops(teacher, classes, size) if teacher else 0.0)
         found.append(Throughput(result.get("device_name") or result.get("device", "unknown"), spec.method, spec.model,
                                 teacher, float(result["train_images_per_s"]), per_image, f"run {result_file.parent.name}"))

@@ -26,6 +26,8 @@ TEACHER_SEED = 0
 # The smoke profile: every run of the table on small synthetic data (10 classes, 16×16 images),
 # so the whole pipeline runs on a laptop CPU in minutes. Its numbers check the pipeline only.
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
+# ImageNet recipes smoke-test the image-file path instead: a small synthetic ImageNet-shaped JPEG folder, 64 px crops.
+SMOKE_IMAGENET_DATA = {"num_classes": 8, "train_per_class": 16, "val_per_class": 8, "seed": 0, "image_size": 64}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 1
 NO_OVERRIDE = TrainingOverride()  # a row that keeps the recipe's training
 
@@ -290,6 +292,9 @@ def _select(recipe: Recipe, kind: str, available: list[str], wanted: list[str] |
 
 
 def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
+    if profile == "smoke" and recipe.dataset.name == "imagenet":
+        crop = {k: v for k, v in recipe.dataset.options.items() if k in ("crop_scale", "crop_ratio")}
+        return DataSpec(name="imagenet_synthetic", options={**SMOKE_IMAGENET_DATA, **crop})
     if profile == "smoke":
         return DataSpec(name="synthetic", options=dict(SMOKE_DATA))
     if profile == "ci":

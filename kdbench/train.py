@@ -107,7 +107,7 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     arrays = _dataset(spec, data_dir)
     path = checkpoints.locate(spec.checkpoint, data_dir)
     model, digest = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path, spec.model)
-    distiller = methods.get("ce")(model, None, methods.get("ce").Params(), next(iter(data.test_loader(arrays, 2)))[0]).to(device)
+    distiller = methods.get("ce")(model, None, methods.get("ce").Params(), data.example_images(arrays)).to(device)
     started = time.time()
     loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
     stats = evaluate(distiller, loaders.test(EVAL_BATCH), device)
@@ -132,7 +132,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     if spec.teacher is not None:
         teacher = load_trained_model(results, spec.teacher.run_id, spec.teacher.model, arrays.num_classes)
     method = methods.get(spec.method)
-    example = next(iter(data.test_loader(arrays, 2)))[0]
+    example = data.example_images(arrays)
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
     distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels,
                        batch_size=spec.train.batch_size, label_smoothing=spec.train.label_smoothing).to(device)
@@ -199,7 +199,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     return result
 
 
-def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: methods.Distiller, arrays: data.ImageArrays,
+def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: methods.Distiller, arrays: data.Dataset,
                    results: Path, device: torch.device, compute: Compute,
                    show_progress: bool) -> tuple[teacher_cache.TeacherCache | None, float]:
     """The teacher-output cache of this run, if its options and its method allow one.
@@ -208,6 +208,9 @@ def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: me
     least as many epochs (one teacher pass per image each) as views per image (162 at padding 4), as
     in the papers' 240-epoch protocol. Short smoke/ci runs then keep the live teacher; ``on`` forces it."""
     if compute.teacher_cache == "off" or not method.needs.cacheable_teacher or spec.teacher is None:
+        return None, 0.0
+    if not isinstance(arrays, data.ImageArrays):
+        log.info("teacher cache not used: %s's random resized crops are not a finite set of views", spec.data.name)
         return None, 0.0
     assert distiller.teacher is not None
     n = len(arrays.x_train)
@@ -245,7 +248,7 @@ def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None =
                            nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay)
 
 
-def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.ImageArrays:
+def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.Dataset:
     arrays = data.load_dataset(spec.data.name, data_dir, **spec.data.options)
     if spec.data.train_fraction < 1 or spec.data.test_fraction < 1:
         arrays = data.subset(arrays, spec.data.train_fraction, spec.data.test_fraction)

@@ -172,12 +172,12 @@ def test_loader_kind_does_not_change_a_run(tmp_path: Path) -> None:
     assert all(torch.equal(states["torch"][k], states["tensor"][k]) for k in states["torch"])
 
 
-def test_cli_rejects_an_unknown_loader_and_prepare_refuses_imagenet() -> None:
+def test_cli_rejects_an_unknown_loader_and_prepare_refuses_a_missing_imagenet(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["train", "no-such-spec.json", "--loader", "fast"])
     assert result.exit_code == 2 and "unknown loader 'fast'" in result.output
-    result = runner.invoke(app, ["data", "prepare", "imagenet"])
-    assert result.exit_code == 2 and "issue 6" in result.output
+    result = runner.invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "imagenet/train/" in result.output and "--data-dir" in result.output
     result = runner.invoke(app, ["data", "prepare", "svhn"])
     assert result.exit_code == 2 and "unknown dataset 'svhn'" in result.output
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -48,24 +49,36 @@ class ImageArrays:
                 f"dataset {self.name!r}: mean and std need 3 values each (std > 0), got {self.mean} / {self.std}"
             )
 
+    def take(self, keep_train: np.ndarray, keep_test: np.ndarray) -> ImageArrays:
+        """The samples at the given indices of each split."""
+        return dataclasses.replace(self, x_train=self.x_train[keep_train], y_train=self.y_train[keep_train],
+                                   x_test=self.x_test[keep_test], y_test=self.y_test[keep_test])
 
-def subset(
-    arrays: ImageArrays, train_fraction: float = 1.0, test_fraction: float = 1.0, seed: int = 0
-) -> ImageArrays:
+
+class _Splits(Protocol):
+    """What ``subset`` needs of a dataset (in-memory arrays or image files)."""
+
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def take(self, keep_train: np.ndarray, keep_test: np.ndarray) -> _Splits: ...
+
+
+D = TypeVar("D", bound=_Splits)
+
+
+def subset(dataset: D, train_fraction: float = 1.0, test_fraction: float = 1.0, seed: int = 0) -> D:
     """Keep a fraction of each split, stratified by class; the same arguments always keep the same images.
 
     Each split keeps ``max(1, round(fraction * N))`` images, shared out over the classes in proportion to
     their counts (largest remainder). Kept images stay in their original order; the name is unchanged.
     """
-    keep_train = _stratified_indices(arrays.y_train, arrays.num_classes, train_fraction, (seed, 0), "train")
-    keep_test = _stratified_indices(arrays.y_test, arrays.num_classes, test_fraction, (seed, 1), "test")
-    return dataclasses.replace(
-        arrays,
-        x_train=arrays.x_train[keep_train],
-        y_train=arrays.y_train[keep_train],
-        x_test=arrays.x_test[keep_test],
-        y_test=arrays.y_test[keep_test],
-    )
+    keep_train = _stratified_indices(dataset.y_train, dataset.num_classes, train_fraction, (seed, 0), "train")
+    keep_test = _stratified_indices(dataset.y_test, dataset.num_classes, test_fraction, (seed, 1), "test")
+    return dataset.take(keep_train, keep_test)  # type: ignore[return-value]
 
 
 def _stratified_indices(

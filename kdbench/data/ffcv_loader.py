@@ -39,7 +39,7 @@ INSTALL_HINT = (
     "then `pip install 'kdbench[ffcv]'`"
 )
 META_FILE = "meta.json"
-PREPARABLE: tuple[str, ...] = ("cifar100", "cifar10", "imagenet")
+PREPARABLE: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "imagenet_synthetic")
 
 
 class FfcvUnavailable(KdbenchError):
@@ -112,17 +112,27 @@ def prepare(arrays: ImageArrays, out: Path, num_workers: int | None = None) -> P
     return out
 
 
-def prepare_dataset(name: str, data_dir: str | Path | None = None, out: Path | None = None) -> Path:
-    """``kdbench data prepare NAME``: the .beton files of dataset ``name``, by default in ``beton_dir(name)``."""
+def prepare_dataset(
+    name: str, data_dir: str | Path | None = None, out: Path | None = None, **image_options: Any
+) -> Path:
+    """``kdbench data prepare NAME``: the .beton files of dataset ``name``, by default in ``beton_dir(name)``.
+
+    ``image_options`` (``max_resolution``, ``compress_probability``, ``jpeg_quality``, ``write_mode``) apply to
+    image-folder datasets (``ffcv_folder.prepare_folder``); CIFAR images are stored raw."""
     if name not in PREPARABLE:
         raise UnknownNameError("dataset", name, PREPARABLE)
-    if name == "imagenet":
-        raise KdbenchError(
-            "ImageNet .beton files come with ImageNet support (issue 6), which kdbench does not have yet; "
-            "only cifar100 and cifar10 can be prepared now."
-        )
     import_ffcv()  # fail before reading the dataset
-    return prepare(load_dataset(name, data_dir), out if out is not None else beton_dir(name, data_dir))
+    from kdbench.data.ffcv_folder import prepare_folder
+    from kdbench.data.folder import FolderDataset
+
+    dataset = load_dataset(name, data_dir)
+    folder = out if out is not None else beton_dir(name, data_dir)
+    if isinstance(dataset, FolderDataset):
+        return prepare_folder(dataset, folder, **image_options)
+    if image_options:
+        raise KdbenchError(f"{', '.join(sorted(image_options))}: options of image-folder datasets (imagenet); "
+                           f"{name} images are stored raw at their size.")
+    return prepare(dataset, folder)
 
 
 def _plan_order_class(traversal_order: type) -> type:

@@ -11,11 +11,15 @@ from typing import Any
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.cifar import load_cifar
+from kdbench.data.folder import FolderDataset
+from kdbench.data.imagenet import load_imagenet, load_imagenet_synthetic
 from kdbench.data.npz import load_npz
 from kdbench.data.synthetic import make_synthetic
 from kdbench.errors import KdbenchError, UnknownNameError
 
-DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "npz", "synthetic")
+DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "imagenet_synthetic", "npz", "synthetic")
+FOLDER_DATASETS: dict[str, Callable[..., FolderDataset]] = {"imagenet": load_imagenet,
+                                                            "imagenet_synthetic": load_imagenet_synthetic}
 DEFAULT_DATA_DIR = Path("~/.cache/kdbench/data")
 
 
@@ -27,19 +31,22 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 def load_dataset(
     name: str, data_dir: str | Path | None = None, *, download: bool = True, **options: Any
-) -> ImageArrays:
-    """Load dataset ``name`` (one of ``DATASETS``) with its dataset-specific ``options``."""
+) -> ImageArrays | FolderDataset:
+    """Load dataset ``name`` (one of ``DATASETS``) with its dataset-specific ``options``: in-memory arrays, or
+    image files for the ImageNet-layout datasets."""
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, DATASETS)
     if name == "synthetic":
         return make_synthetic(**_checked_options(name, make_synthetic, options))
     root = resolve_data_dir(data_dir)
+    if name in FOLDER_DATASETS:
+        return FOLDER_DATASETS[name](root, **_checked_options(name, FOLDER_DATASETS[name], options))
     if name == "npz":
         return load_npz(root, **_checked_options(name, load_npz, options))
     return load_cifar(name, root, download=download, **_checked_options(name, partial(load_cifar, name), options))
 
 
-def _checked_options(name: str, loader: Callable[..., ImageArrays], options: dict[str, Any]) -> dict[str, Any]:
+def _checked_options(name: str, loader: Callable[..., ImageArrays | FolderDataset], options: dict[str, Any]) -> dict[str, Any]:
     """``options`` if ``loader`` takes them all (as keyword-only arguments) and gets every required one."""
     params = [
         p for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "download"

@@ -1,5 +1,7 @@
-"""Choosing a loader kind. Every kind replays the same ``EpochPlan``, so the kind never changes a result:
-it is a run option (like the device), not part of the RunSpec."""
+"""Choosing a loader kind. For in-memory (CIFAR-style) datasets every kind replays the same ``EpochPlan``, so the
+kind never changes a result: it is a run option (like the device), not part of the RunSpec. Image-folder datasets
+(ImageNet) have the ``torch`` reference and ``ffcv``, which draws crops from the same distribution with its own RNG
+(``data/ffcv_folder.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Protocol
 import torch
 
 from kdbench.data.arrays import ImageArrays
+from kdbench.data.folder import FolderDataset
+from kdbench.data.folder_loaders import FolderLoaders
 from kdbench.data.loaders import Batch, TorchLoaders
 from kdbench.data.tensor_loader import TRAIN_PADDING, TensorLoaders
 from kdbench.errors import KdbenchError
@@ -36,7 +40,7 @@ class Loaders(Protocol):
 
 def make_loaders(
     kind: str,
-    arrays: ImageArrays,
+    arrays: ImageArrays | FolderDataset,
     *,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
@@ -48,6 +52,8 @@ def make_loaders(
     if kind not in LOADER_KINDS:
         raise KdbenchError(f"unknown loader {kind!r}; choose one of {', '.join(LOADER_KINDS)}.")
     device = torch.device(device)
+    if isinstance(arrays, FolderDataset):
+        return _folder_loaders(kind, arrays, device, num_workers, data_dir)
     if kind == "auto":
         kind = "tensor" if _fits_on(device, arrays) else "torch"
     if kind == "ffcv":
@@ -61,6 +67,28 @@ def make_loaders(
     if kind == "tensor":
         return TensorLoaders(arrays, device, num_workers)
     return TorchLoaders(arrays, num_workers)
+
+
+def _folder_loaders(
+    kind: str, dataset: FolderDataset, device: torch.device, num_workers: int, data_dir: str | Path | None
+) -> Loaders:
+    """``ffcv`` (and ``auto``, when .beton files of exactly this dataset exist and ffcv imports), else ``torch``.
+
+    ``tensor`` holds a whole in-memory dataset on the device, so it does not apply: it falls back to ``torch``
+    with a warning, as ``ffcv`` falls back when it cannot serve a run."""
+    if kind == "tensor":
+        log.warning("loader tensor keeps a whole in-memory dataset on the device; %s is read from image files, "
+                    "so it uses torch", dataset.name)
+        kind = "torch"
+    if kind in ("auto", "ffcv"):
+        from kdbench.data import ffcv_folder, ffcv_loader
+
+        try:
+            return ffcv_folder.FfcvFolderLoaders(dataset, device, ffcv_loader.beton_dir(dataset.name, data_dir), num_workers)
+        except ffcv_loader.FfcvUnavailable as exc:
+            report = log.info if kind == "auto" else log.warning
+            report("loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s", kind, dataset.name, exc)
+    return FolderLoaders(dataset, num_workers)
 
 
 def _fits_on(device: torch.device, arrays: ImageArrays) -> bool:

@@ -74,9 +74,9 @@ def model_size(name: str, num_classes: int, image_size: int) -> tuple[int, int]:
 
 def footprint(spec) -> Footprint:
     """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec`."""
-    from kdbench.cost import KNOWN_CLASSES, image_side
+    from kdbench.cost import network_geometry
 
-    classes, size = int(spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100))), image_side(spec)
+    classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
     teacher = model_size(spec.teacher.model, classes, size) if spec.teacher is not None else (0, 0)
     return Footprint(student[0], teacher[0], student[1], teacher[1], spec.train.batch_size)

@@ -54,6 +54,10 @@ def geometry(spec: RunSpec) -> tuple[int, int]:
     if name == "imagenet":  # ILSVRC-2012 at the student's native input size (224)
         return 1000, models.input_size(spec.model)
     from kdbench.data import load_dataset
+    from kdbench.data.imagenet import folder_geometry
+
+    if (known := folder_geometry(name, options)) is not None:
+        return known
 
     arrays = load_dataset(name, **options)
     return arrays.num_classes, int(arrays.x_train.shape[1])

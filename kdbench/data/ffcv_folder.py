@@ -1,0 +1,206 @@
+"""FFCV for image-folder datasets (ImageNet): ``kdbench data prepare imagenet`` and the ``ffcv`` loader.
+
+Writing follows FFCV's ImageNet example (libffcv/ffcv ``examples/imagenet``, ``write_imagenet.sh 500 0.50
+90``): ``RGBImageField(write_mode="proportion", max_resolution=500, compress_probability=0.5,
+jpeg_quality=90)``, i.e. images with a longer side over 500 px are shrunk to 500 and half of them are
+stored as JPEG, the rest raw. Reading decodes with ``RandomResizedCropRGBImageDecoder`` (train, the same
+scale/ratio ranges and the same 10-attempt rule as ``imagenet_transforms.crop_box``) + ``RandomHorizontalFlip``,
+and ``CenterCropRGBImageDecoder(ratio=224/256)`` (test). FFCV draws crops and flips with its own RNG and
+resizes with OpenCV: the ffcv loader gives the reference loader's *distribution*, not its draws, so a
+run's numbers depend on the loader kind and a resumed ffcv run does not replay its epoch's crops.
+The traversal order is still the epoch plan's, sharded like the reference's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from kdbench.data.augment import epoch_plan
+from kdbench.data.ffcv_loader import (
+    META_FILE,
+    FfcvUnavailable,
+    _plan_order_class,
+    import_ffcv,
+)
+from kdbench.data.folder import FolderDataset
+from kdbench.data.folder_loaders import strong_view_unsupported
+from kdbench.data.imagenet_transforms import decode
+from kdbench.data.loaders import Batch
+from kdbench.data.tensor_loader import normalisation_table
+from kdbench.errors import KdbenchError
+
+WRITE_MODES = ("proportion", "jpg", "raw", "smart")
+# FFCV's ImageNet example settings (write_imagenet.sh 500 0.50 90).
+MAX_RESOLUTION, COMPRESS_PROBABILITY, JPEG_QUALITY, WRITE_MODE = 500, 0.5, 90, "proportion"
+
+
+def fingerprint(dataset: FolderDataset) -> str:
+    """sha256 of the class names, file lists and labels of both splits: .beton files serve only this dataset."""
+    digest = hashlib.sha256(repr(dataset.classes).encode())
+    for array in (dataset.train_files, dataset.y_train, dataset.test_files, dataset.y_test):
+        digest.update(repr(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+class _FolderSamples:
+    """An indexed dataset for ffcv's writer: (decoded RGB image, label, sample index)."""
+
+    def __init__(self, dataset: FolderDataset, split: str) -> None:
+        self.dataset, self.split = dataset, split
+        self.labels = dataset.y_train if split == "train" else dataset.y_test
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int, int]:
+        return decode(self.dataset.path(self.split, index)), int(self.labels[index]), index
+
+
+def prepare_folder(
+    dataset: FolderDataset, out: Path, *, max_resolution: int = MAX_RESOLUTION, compress_probability: float = COMPRESS_PROBABILITY,
+    jpeg_quality: int = JPEG_QUALITY, write_mode: str = WRITE_MODE, num_workers: int | None = None,
+) -> Path:
+    """Write ``out/train.beton``, ``out/test.beton`` (from val/) and ``out/meta.json`` (last: its presence means done)."""
+    if write_mode not in WRITE_MODES:
+        raise KdbenchError(f"unknown write mode {write_mode!r}; choose one of {', '.join(WRITE_MODES)}.")
+    ffcv = import_ffcv()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)
+    threads = torch.get_num_threads()
+    settings = {"write_mode": write_mode, "max_resolution": max_resolution,
+                "compress_probability": compress_probability, "jpeg_quality": jpeg_quality}
+    for split in ("train", "test"):
+        fields = {"image": ffcv.RGBImageField(**settings),
+                  "label": ffcv.IntField(), "index": ffcv.IntField()}
+        partial = out / f"{split}.beton.partial"
+        writer = ffcv.DatasetWriter(str(partial), fields, num_workers=num_workers or os.cpu_count() or 1)
+        writer.from_indexed_dataset(_FolderSamples(dataset, split))
+        partial.replace(out / f"{split}.beton")
+    torch.set_num_threads(threads)
+    meta = {"dataset": dataset.name, "fingerprint": fingerprint(dataset), "train": len(dataset.y_train),
+            "test": len(dataset.y_test), **settings}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def check_betons(dataset: FolderDataset, directory: Path) -> None:
+    """Raise ``FfcvUnavailable`` unless ``directory`` holds finished .beton files of exactly ``dataset``."""
+    meta_file = directory / META_FILE
+    if not meta_file.is_file():
+        raise FfcvUnavailable(f"no .beton files in {directory}; write them with `kdbench data prepare {dataset.name}`.")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("fingerprint") != fingerprint(dataset):
+        raise FfcvUnavailable(
+            f"the .beton files in {directory} hold {meta.get('dataset')} ({meta.get('train')} train images), not this "
+            f"run's {dataset.name} files ({len(dataset.y_train)} train images: a subset, or the folder changed since)."
+        )
+
+
+class FfcvFolderBatches:
+    """One pass of an ffcv ``Loader`` in a given order, normalised on ``device``."""
+
+    def __init__(self, loader: Any, order: np.ndarray, length: int, table: torch.Tensor, device: torch.device) -> None:
+        self.loader, self.order, self.length, self.table, self.device = loader, order, length, table, device
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Batch]:
+        threads = torch.get_num_threads()
+        self.loader.traversal_order.order = self.order
+        channels = torch.arange(3, device=self.device).view(1, 3, 1, 1)
+        try:
+            for images, labels, index in self.loader:
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+                # ffcv recycles its batch buffers: the lookup makes a new tensor, the rest is copied.
+                pixels = images.to(self.device).permute(0, 3, 1, 2).long()
+                yield (self.table[channels, pixels], labels.view(-1).to(self.device, copy=True),
+                       index.view(-1).to(self.device, copy=True))
+        finally:
+            torch.set_num_threads(threads)
+
+
+class FfcvFolderLoaders:
+    """Train and test batches decoded by ffcv from the .beton files of ``prepare_folder`` (the ``ffcv`` kind)."""
+
+    kind = "ffcv"
+
+    def __init__(self, dataset: FolderDataset, device: torch.device, directory: Path, num_workers: int = 0) -> None:
+        """Raises ``FfcvUnavailable`` when the files are missing or hold other data, or ffcv does not import."""
+        check_betons(dataset, directory)
+        self.ffcv = import_ffcv()
+        from ffcv.fields.rgb_image import (
+            CenterCropRGBImageDecoder,
+            RandomResizedCropRGBImageDecoder,
+        )
+        from ffcv.transforms import RandomHorizontalFlip
+
+        self.decoders = SimpleNamespace(random=RandomResizedCropRGBImageDecoder, centre=CenterCropRGBImageDecoder,
+                                        flip=RandomHorizontalFlip)
+        self.dataset, self.device, self.directory = dataset, device, directory
+        self.ffcv_workers = num_workers or os.cpu_count() or 1
+        self.table = normalisation_table(dataset.mean, dataset.std).to(device)
+        self._loaders: dict[tuple[str, int, bool], Any] = {}
+
+    def _loader(self, split: str, batch_size: int, augment: bool) -> Any:
+        """One ffcv ``Loader`` per (split, per-rank batch size, augment), kept: each new one costs seconds of JIT."""
+        key = (split, batch_size, augment)
+        if key not in self._loaders:
+            threads = torch.get_num_threads()
+            f, crop = self.ffcv, self.dataset.crop
+            size = (crop.image_size, crop.image_size)
+            image = ([self.decoders.random(size, scale=crop.scale, ratio=crop.ratio), self.decoders.flip()] if augment
+                     else [self.decoders.centre(size, ratio=crop.image_size / crop.resize_size)])
+            pipelines = {"image": [*image, f.ToTensor()], "label": [f.IntDecoder(), f.ToTensor()],
+                         "index": [f.IntDecoder(), f.ToTensor()]}
+            self._loaders[key] = f.Loader(
+                str(self.directory / f"{split}.beton"), batch_size=batch_size, num_workers=self.ffcv_workers,
+                order=_plan_order_class(f.TraversalOrder)(), drop_last=False, pipelines=pipelines,
+            )
+            torch.set_num_threads(threads)
+        return self._loaders[key]
+
+    def _batches(self, split: str, order: np.ndarray, batch_size: int, augment: bool, drop_last: bool,
+                 shard: tuple[int, int]) -> FfcvFolderBatches:
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world:
+            raise KdbenchError(f"loader ffcv: shard {shard} needs 0 <= rank < world and a batch size ({batch_size}) "
+                               "divisible by the world size; use --loader torch otherwise.")
+        if drop_last:
+            order = order[: len(order) - len(order) % batch_size]
+        # This rank's slices of the global batches, concatenated: chunks of batch_size / world are its batches.
+        starts = range(0, len(order), batch_size)
+        pieces = [order[s:][: min(batch_size, len(order) - s)] for s in starts]
+        mine = [p[rank * len(p) // world : (rank + 1) * len(p) // world] for p in pieces]
+        local = batch_size // world
+        length = sum(1 for p in mine if len(p))
+        rank_order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        return FfcvFolderBatches(self._loader(split, local, augment), rank_order.astype(np.int64), length, self.table,
+                                 self.device)
+
+    def train(
+        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False,
+        strong: bool = False, shard: tuple[int, int] = (0, 1),
+    ) -> FfcvFolderBatches:
+        """The reference loader's order and batches; crops and flips from ffcv's RNG (same distribution)."""
+        if strong:
+            raise strong_view_unsupported(self.dataset)
+        order = epoch_plan(len(self.dataset.y_train), seed, epoch).order.numpy()
+        return self._batches("train", order, batch_size, augment, drop_last, shard)
+
+    def test(self, batch_size: int, *, shard: tuple[int, int] = (0, 1)) -> FfcvFolderBatches:
+        """Test batches in file order, centre crop of ratio image_size / resize_size (224/256)."""
+        return self._batches("test", np.arange(len(self.dataset.y_test)), batch_size, False, False, shard)
+

@@ -1,0 +1,102 @@
+"""Reference loaders of image-folder datasets (ImageNet): DataLoader workers decode with PIL.
+
+The epoch's order comes from ``epoch_plan`` and each sample's crop and flip from ``crop_rng(seed, epoch,
+index)``, so a batch depends on (seed, epoch) alone: resume is exact and the number of workers never matters.
+``shard=(rank, world)``: rank r of w DDP processes gets the slice [r·b/w, (r+1)·b/w) of every global batch
+of b samples, and decodes only that slice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdbench.data.augment import epoch_plan
+from kdbench.data.folder import FolderDataset
+from kdbench.data.imagenet_transforms import (
+    crop_rng,
+    decode,
+    test_view,
+    to_tensor,
+    train_view,
+)
+from kdbench.data.loaders import Batch
+from kdbench.errors import KdbenchError
+
+
+def strong_view_unsupported(dataset: FolderDataset) -> KdbenchError:
+    return KdbenchError(
+        f"MLKD's strong view is implemented for CIFAR-style in-memory datasets only, not for {dataset.name!r}; "
+        "ImageNet MLKD is out of scope: use another method or a CIFAR recipe."
+    )
+
+
+class FolderImages(Dataset[tuple[torch.Tensor, int, int]]):
+    """Item ``i``: sample ``i`` of ``split`` decoded, viewed (train: random resized crop + flip drawn from
+    ``crop_rng(seed, epoch, i)``; otherwise the resize + centre-crop view), normalised, with label and index."""
+
+    def __init__(self, dataset: FolderDataset, split: str, seed: int = 0, epoch: int = 0, augment: bool = False) -> None:
+        self.dataset, self.split, self.seed, self.epoch, self.augment = dataset, split, seed, epoch, augment
+        self.labels = dataset.y_train if split == "train" else dataset.y_test
+        self.mean = torch.tensor(dataset.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(dataset.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image = decode(self.dataset.path(self.split, index))
+        crop = self.dataset.crop
+        view = train_view(image, crop_rng(self.seed, self.epoch, index), crop) if self.augment else test_view(image, crop)
+        return to_tensor(view, self.mean, self.std), int(self.labels[index]), index
+
+
+def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int], drop_last: bool) -> list[list[int]]:
+    """This rank's slice of every global batch of ``order`` (empty slices of a short last batch are left out)."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise KdbenchError(f"shard (rank, world) = {shard}: need 0 <= rank < world")
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    batches = []
+    for start in range(0, stop, batch_size):
+        size = min(batch_size, stop - start)
+        piece = order[start + rank * size // world : start + (rank + 1) * size // world]
+        if len(piece):
+            batches.append(piece.tolist())
+    return batches
+
+
+class FolderLoaders:
+    """Train and test batches of a ``FolderDataset``, decoded by DataLoader workers (the ``torch`` kind)."""
+
+    kind = "torch"
+
+    def __init__(self, dataset: FolderDataset, num_workers: int = 0) -> None:
+        self.dataset, self.num_workers = dataset, num_workers
+
+    def train(
+        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False,
+        strong: bool = False, shard: tuple[int, int] = (0, 1),
+    ) -> DataLoader[Batch]:
+        """Shuffled batches of one epoch, fixed by (seed, epoch); ``augment=False`` gives the test view."""
+        if strong:
+            raise strong_view_unsupported(self.dataset)
+        order = epoch_plan(len(self.dataset.y_train), seed, epoch).order.numpy()
+        images = FolderImages(self.dataset, "train", seed, epoch, augment)
+        return self._loader(images, shard_batches(order, batch_size, shard, drop_last))
+
+    def test(self, batch_size: int, *, shard: tuple[int, int] = (0, 1)) -> DataLoader[Batch]:
+        """Test (ImageNet val) batches in file order, resize + centre crop."""
+        order = np.arange(len(self.dataset.y_test))
+        return self._loader(FolderImages(self.dataset, "test"), shard_batches(order, batch_size, shard, False))
+
+    def _loader(self, images: FolderImages, batches: list[list[int]]) -> DataLoader[Batch]:
+        return DataLoader(images, batch_sampler=batches, num_workers=self.num_workers,
+                          generator=torch.Generator())  # the loader's own seed draw must not touch the global RNG
+
+
+def example_images(dataset: FolderDataset, count: int = 2) -> torch.Tensor:
+    """The test views of the first ``count`` test images, (count, 3, size, size): what networks are probed with."""
+    images = FolderImages(dataset, "test")
+    return torch.stack([images[i][0] for i in range(min(count, len(images)))])
