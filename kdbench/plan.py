@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
@@ -50,6 +50,15 @@ class TrainSpec(_Spec):
     momentum: float
     nesterov: bool
     weight_decay: float
+    # Batch-dependent losses are computed per chunk of this many samples (the original per-GPU batch; see
+    # methods.base.per_chunk). None, the default, is left out of the canonical JSON: run ids stay as they were.
+    loss_chunk: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _chunk_divides_batch(self) -> TrainSpec:
+        if self.loss_chunk is not None and self.batch_size % self.loss_chunk:
+            raise ValueError(f"loss_chunk {self.loss_chunk} must divide batch_size {self.batch_size}")
+        return self
 
     def lr_at(self, epoch: int) -> float:
         """Multi-step LR for 1-indexed ``epoch``: decayed once per milestone strictly below it."""
@@ -98,8 +107,10 @@ class RunSpec(_Spec):
 
     def canonical_json(self) -> str:
         """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
-        exclude = {"checkpoint": {"path"}} if self.checkpoint is not None else None
-        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
+        exclude: dict[str, Any] = {"checkpoint": {"path"}} if self.checkpoint is not None else {}
+        if self.train.loss_chunk is None:
+            exclude["train"] = {"loss_chunk"}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:
@@ -203,10 +214,25 @@ def _spec(
     data: DataSpec, base: Training, ci: CIProfile, seed: int, override: TrainingOverride = NO_OVERRIDE,
 ) -> RunSpec:
     model = models.canonical_name(model)
+    train = _train_spec(base, model, profile, ci, override)
+    if base.loss_chunk is not None and methods.get(method).needs.batch_dependent_loss:
+        train = TrainSpec(**{**train.model_dump(), "loss_chunk": _loss_chunk(base, train.batch_size)})
     return RunSpec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
-        data=data, train=_train_spec(base, model, profile, ci, override), seed=seed,
+        data=data, train=train, seed=seed,
     )
+
+
+def _loss_chunk(base: Training, batch_size: int) -> int:
+    """The recipe's loss chunk for a run of ``batch_size``. Another batch size (the smoke profile's, a row's
+    override) keeps the number of chunks per batch, i.e. the original GPU count, as far as it divides."""
+    assert base.loss_chunk is not None
+    if batch_size == base.batch_size:
+        return base.loss_chunk
+    chunk = max(1, batch_size // (base.batch_size // base.loss_chunk))
+    while batch_size % chunk:
+        chunk -= 1
+    return chunk
 
 
 def _preceding_run(result: Plan, recipe: Recipe, row: Row, column_id: str, seed: int) -> RunRef:

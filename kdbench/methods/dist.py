@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk, register
+from kdbench.methods.base import (
+    Distiller,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    per_chunk,
+    register,
+)
 from kdbench.models.base import Features
 
 

@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk, register
+from kdbench.methods.base import (
+    Distiller,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    per_chunk,
+    register,
+)
 from kdbench.models.base import Features
 
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
