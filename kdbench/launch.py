@@ -41,9 +41,9 @@ def _environment(nproc: int) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
-def launch(nproc: int, args: Sequence[str]) -> tuple[int, str]:
-    """Run ``python -m kdbench ARGS`` as ``nproc`` ranks; (0, "") when all succeed, else the exit code of
-    the first rank that failed and a line saying which rank it was."""
+def launch(nproc: int, args: Sequence[str]) -> tuple[int, str, int | None]:
+    """Run ``python -m kdbench ARGS`` as ``nproc`` ranks; (0, "", None) when all succeed, else the exit code
+    of the first rank that failed, a line saying which rank it was, and that rank."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -57,18 +57,22 @@ def launch(nproc: int, args: Sequence[str]) -> tuple[int, str]:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else EXIT_FAILED
         how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
-        return code, f"rank {rank} of {nproc} failed ({how})"
-    return 0, ""
+        return code, f"rank {rank} of {nproc} failed ({how})", rank
+    return 0, "", None
 
 
 def train(spec_file: Path, run_id: str, results: Path, nproc: int, args: Sequence[str]) -> tuple[int, str]:
-    """``launch`` a ``kdbench train`` of run ``run_id``; when it fails and rank 0 did not record why (it was
-    stopped because another rank failed), ``failed.json`` says which rank failed."""
+    """``launch`` a ``kdbench train`` of run ``run_id``: (exit code, which rank failed)."""
     started = time.time()
-    code, why = launch(nproc, ["train", str(spec_file), *args])
+    code, why, rank = launch(nproc, ["train", str(spec_file), *args])
     run = RunDir(results, run_id)
-    recorded = run.failed_file.is_file() and run.failed_file.stat().st_mtime >= started
-    if code not in (0, EXIT_LOCKED) and not recorded and run.path.is_dir() and not run.is_done():
-        atomic_write_json(run.failed_file, {"run_id": run_id, "error": "DistributedRunFailed", "time": time.time(),
-                                            "message": f"{why}; its error is printed above (stderr of that rank)."})
+    if code in (0, EXIT_LOCKED) or not run.path.is_dir() or run.is_done():
+        return code, why
+    # Rank 0 records its own error; when another rank failed first, rank 0 was stopped (or saw a broken
+    # connection), so failed.json names the rank that failed and keeps rank 0's message after it.
+    previous = run.failure() if run.failed_file.is_file() and run.failed_file.stat().st_mtime >= started else None
+    if previous is None or rank != 0:
+        message = f"{why}; its error is printed on stderr" + (f" (rank 0 then: {previous['message']})" if previous else "")
+        atomic_write_json(run.failed_file, {"run_id": run_id, "error": "DistributedRunFailed", "message": message,
+                                            "time": time.time()})
     return code, why
