@@ -35,9 +35,10 @@ def env_ranks(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int] |
     return None
 
 
-def local_device(option: str, local_rank: int) -> torch.device:
+def local_device(option: str, local_rank: int, local_world: int | None = None) -> torch.device:
     """The device of a rank: its GPU (``cuda:0`` when the launcher shows each task one GPU, else
-    ``cuda:LOCAL_RANK``) unless ``option`` is ``cpu`` or there is no CUDA."""
+    ``cuda:LOCAL_RANK``) unless ``option`` is ``cpu`` or there is no CUDA. ``local_world``: the
+    processes on this node when known (torchrun's ``LOCAL_WORLD_SIZE``); they must not share a GPU."""
     if option == "cpu" or (option == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if option not in ("auto", "cuda"):
@@ -46,6 +47,9 @@ def local_device(option: str, local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         raise KdbenchError("--device cuda requested but CUDA is not available on this machine; use --device cpu or auto.")
     count = torch.cuda.device_count()
+    if local_world is not None and local_world > count:
+        raise KdbenchError(f"{local_world} processes on this node but {count} GPU(s) visible: start at most {count} "
+                           f"(--nproc), or pass --device cpu.")
     if count > 1 and local_rank >= count:
         raise KdbenchError(f"local rank {local_rank} has no GPU: {count} visible; start at most {count} processes per node.")
     return torch.device("cuda", 0 if count == 1 else local_rank)
@@ -147,7 +151,8 @@ def init(device: str = "auto", environ: Mapping[str, str] = os.environ) -> Group
     if ranks is None or ranks[1] == 1:
         return SINGLE
     rank, world, local_rank = ranks
-    where = local_device(device, local_rank)
+    local_world = int(environ["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in environ else None
+    where = local_device(device, local_rank, local_world)
     backend = "nccl" if where.type == "cuda" else "gloo"
     if where.type == "cuda":
         torch.cuda.set_device(where)
