@@ -344,23 +344,52 @@ def train(
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
     teacher_cache: TeacherCacheOpt = "auto",
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help=(
+        "Train the run as N DDP processes on this machine (one per GPU; gloo on CPU). The global batch stays the "
+        "spec's batch size: each process takes 1/N of every batch.")),
+    ] = 1,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
+    from kdbench import distributed
     from kdbench import train as training
     from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.results.store import RunLocked
 
     try:
         _check_loader(loader)
-        result = training.run(training.load_spec(spec, results), results, device=device, data_dir=data_dir, num_workers=workers,
+        run_spec = training.load_spec(spec, results)
+        if nproc > 1:
+            options = ["--results", str(results), "--device", device, "--workers", str(workers), "--loader", loader,
+                       "--precision", precision, "--teacher-cache", teacher_cache, *(["--data-dir", data_dir] if data_dir else []),
+                       *([] if channels_last is None else ["--channels-last" if channels_last else "--no-channels-last"]),
+                       *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"])]
+            _train_processes(spec, run_spec.run_id, results, nproc, options)
+            return  # rank 0 printed the run's line
+        result = training.run(run_spec, results, device=device, data_dir=data_dir, num_workers=workers,
                               loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache))
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)
     except KdbenchError as exc:
         _fail(exc)
-    console.print(f"{result['run_id']}: best top-1 {result['best_top1']:.2f} (epoch {result['best_epoch']}), "
-                  f"last {result['last_top1']:.2f}")
+    ranks = distributed.env_ranks()
+    if ranks is None or ranks[0] == 0:  # one line per run, not per process
+        console.print(f"{result['run_id']}: best top-1 {result['best_top1']:.2f} (epoch {result['best_epoch']}), "
+                      f"last {result['last_top1']:.2f}")
+
+
+def _train_processes(spec: str, run_id: str, results: Path, nproc: int, options: list[str]) -> None:
+    """``kdbench train SPEC --nproc N``: the run as N DDP processes (kdbench/launch.py)."""
+    from kdbench import launch
+    from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.results.store import RunDir, RunLocked
+
+    run = RunDir(results, run_id)
+    code, why = launch.train(Path(spec) if Path(spec).is_file() else run.spec_file, run_id, results, nproc, options)
+    if code == EXIT_LOCKED:
+        raise RunLocked(f"run {run_id} is being trained by another process.")
+    if code:
+        raise KdbenchError(f"run {run_id} failed: {why}. Its error is printed above; rank 0's log is {run.log_file}.")
 
 
 data_app = typer.Typer(help="Prepare datasets for the faster loaders.", no_args_is_help=True, rich_markup_mode=None)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
@@ -54,6 +54,15 @@ class TrainSpec(_Spec):
     weight_decay: float
     decay_norm_and_bias: bool = True
     label_smoothing: float = 0.0
+    # Batch-dependent losses are computed per chunk of this many samples (the original per-GPU batch; see
+    # methods.base.per_chunk). None, the default, is left out of the canonical JSON: run ids stay as they were.
+    loss_chunk: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _chunk_divides_batch(self) -> TrainSpec:
+        if self.loss_chunk is not None and self.batch_size % self.loss_chunk:
+            raise ValueError(f"loss_chunk {self.loss_chunk} must divide batch_size {self.batch_size}")
+        return self
 
     def lr_at(self, epoch: int) -> float:
         """Multi-step LR for 1-indexed ``epoch``: decayed once per milestone strictly below it."""
@@ -62,7 +71,7 @@ class TrainSpec(_Spec):
 
 # Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
 # canonical form at that value, so adding a field never renames (and retrains) finished runs.
-ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0}
+ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0, "loss_chunk": None}
 
 
 class TeacherRef(_Spec):
@@ -217,15 +226,28 @@ def _spec(
     data: DataSpec, base: Training, ci: CIProfile, seed: int, override: TrainingOverride = NO_OVERRIDE,
 ) -> RunSpec:
     model = models.canonical_name(model)
+    train = _train_spec(base, model, profile, ci, override)
+    if base.loss_chunk is not None and methods.get(method).needs.batch_dependent_loss:
+        train = TrainSpec(**{**train.model_dump(), "loss_chunk": _loss_chunk(base, train.batch_size)})
     return RunSpec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
-        data=data, train=_train_spec(base, model, profile, ci, override), seed=seed,
+        data=data, train=train, seed=seed,
     )
 
 
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:
     """A column's training overrides with the row's own values on top."""
     return column.model_copy(update=row.model_dump(exclude_none=True))
+def _loss_chunk(base: Training, batch_size: int) -> int:
+    """The recipe's loss chunk for a run of ``batch_size``. Another batch size (the smoke profile's, a row's
+    override) keeps the number of chunks per batch, i.e. the original GPU count, as far as it divides."""
+    assert base.loss_chunk is not None
+    if batch_size == base.batch_size:
+        return base.loss_chunk
+    chunk = max(1, batch_size // (base.batch_size // base.loss_chunk))
+    while batch_size % chunk:
+        chunk -= 1
+    return chunk
 
 
 def _preceding_run(result: Plan, recipe: Recipe, row: Row, column_id: str, seed: int) -> RunRef:

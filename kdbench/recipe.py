@@ -94,6 +94,16 @@ class Training(_Strict):
     decay_norm_and_bias: bool = True
     # Label smoothing ε of every cross-entropy term against the labels (DIST Table 10's "w/ LS").
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # The original run's per-GPU batch, for methods whose losses depend on the batch (DIST, MLKD): they
+    # compute those losses per chunk of this many samples, as the original GPUs did (TrainSpec.loss_chunk).
+    loss_chunk: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _chunk_divides_batch(self) -> Training:
+        if self.loss_chunk is not None and self.batch_size % self.loss_chunk:
+            raise ValueError(f"loss_chunk {self.loss_chunk} must divide batch_size {self.batch_size} "
+                             f"(it is the original per-GPU batch: batch_size / number of GPUs)")
+        return self
 
 
 class TrainingOverride(_Strict):

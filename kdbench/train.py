@@ -14,6 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,14 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from kdbench import __version__, checkpoints, data, methods, models, teacher_cache
+from kdbench import __version__, checkpoints, data, distributed, methods, models, teacher_cache
 from kdbench.compute import Compute, ComputeOptions, compiled_active, device_name
+from kdbench.data.shard import global_batch_sizes
+from kdbench.distributed import SINGLE, Group
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.plan import RunSpec
-from kdbench.results.store import RunDir, atomic_torch_save, atomic_write_json, read_json
+from kdbench.results.store import RunDir, RunLocked, atomic_torch_save, atomic_write_json, read_json
 
 log = logging.getLogger("kdbench.train")
 EVAL_BATCH = 256
@@ -83,25 +86,54 @@ def run(
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
     ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
-    ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec)."""
+    ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
+    Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/distributed.py``), it trains
+    its share of every global batch and only rank 0 writes the run directory."""
+    group = distributed.init(device)
+    try:
+        return _run(spec, Path(results), group, group.device or resolve_device(device), data_dir, num_workers,
+                    progress, loader, compute or ComputeOptions())
+    finally:
+        group.shutdown()
+
+
+def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_dir: str | Path | None,
+         num_workers: int, progress: bool | None, loader: str, compute: ComputeOptions) -> dict[str, Any]:
     rundir = RunDir(results, spec.run_id)
-    if rundir.is_done():
-        return rundir.result()
-    with rundir.lock(), _log_to(rundir.log_file):
-        atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
-        rundir.failed_file.unlink(missing_ok=True)
+    with ExitStack() as held:
+        state, locked = "train", None
+        if group.is_main:
+            if rundir.is_done():
+                state = "done"
+            else:
+                try:
+                    held.enter_context(rundir.lock())
+                except RunLocked as exc:
+                    state, locked = "locked", exc
+        state = group.broadcast_object(state)  # the other ranks follow rank 0's decision
+        if state == "done":
+            return rundir.result()
+        if state == "locked":
+            raise locked or RunLocked(f"run {spec.run_id} is being trained by another process.")
+        if group.is_main:
+            held.enter_context(_log_to(rundir.log_file))
+            atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
+            rundir.failed_file.unlink(missing_ok=True)
         try:
-            return _train(spec, rundir, Path(results), resolve_device(device), data_dir, num_workers,
-                          sys.stderr.isatty() if progress is None else progress, loader, compute or ComputeOptions())
+            result = _train(spec, rundir, results, device, data_dir, num_workers,
+                            group.is_main and (sys.stderr.isatty() if progress is None else progress), loader, compute, group)
+            group.barrier()  # rank 0 has written result.json
+            return result
         except Exception as exc:
-            atomic_write_json(rundir.failed_file, {"run_id": spec.run_id, "error": type(exc).__name__,
-                                                   "message": str(exc), "time": time.time()})
-            log.error("run %s failed: %s", spec.run_id, exc)
+            if group.is_main:
+                atomic_write_json(rundir.failed_file, {"run_id": spec.run_id, "error": type(exc).__name__,
+                                                       "message": str(exc), "time": time.time()})
+            log.error("run %s failed%s: %s", spec.run_id, f" on rank {group.rank}" if group.active else "", exc)
             raise
 
 
 def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str | Path | None, num_workers: int,
-            loader: str) -> dict[str, Any]:
+            loader: str, group: Group) -> dict[str, Any]:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
     arrays = _dataset(spec, data_dir)
@@ -110,22 +142,24 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     distiller = methods.get("ce")(model, None, methods.get("ce").Params(), data.example_images(arrays)).to(device)
     started = time.time()
     loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
-    stats = evaluate(distiller, loaders.test(EVAL_BATCH), device)
+    stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
     history = [{"epoch": 0, "phase": "imported", **stats}]
-    rundir.write_metrics(history)
-    atomic_torch_save(rundir.model_file, distiller.inference_state())
-    result = _summarise(spec, history, device, time.time() - started)
+    result = _summarise(spec, history, device, time.time() - started, group)
     result["imported"] = {"path": str(path), "sha256": digest, "format": spec.checkpoint.format}  # full digest
-    atomic_write_json(rundir.result_file, result)
+    if group.is_main:
+        rundir.write_metrics(history)
+        atomic_torch_save(rundir.model_file, distiller.inference_state())
+        atomic_write_json(rundir.result_file, result)
     log.info("imported %s from %s (sha256 %s): test top-1 %.2f", spec.run_id, path, digest, stats["test_top1"])
     return result
 
 
-def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
-           data_dir: str | Path | None, num_workers: int, show_progress: bool, loader: str, options: ComputeOptions) -> dict[str, Any]:
+def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, data_dir: str | Path | None,
+           num_workers: int, show_progress: bool, loader: str, options: ComputeOptions, group: Group) -> dict[str, Any]:
     if spec.checkpoint is not None:
-        return _import(spec, rundir, device, data_dir, num_workers, loader)
+        return _import(spec, rundir, device, data_dir, num_workers, loader, group)
     arrays = _dataset(spec, data_dir)
+    _check_processes(spec, methods.get(spec.method), group, len(arrays.y_test))
     torch.manual_seed(spec.seed)
     student = models.create(spec.model, num_classes=arrays.num_classes)
     teacher = None
@@ -135,7 +169,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     example = data.example_images(arrays)
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
     distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels,
-                       batch_size=spec.train.batch_size, label_smoothing=spec.train.label_smoothing).to(device)
+                       batch_size=spec.train.batch_size, label_smoothing=spec.train.label_smoothing,
+                       loss_chunk=spec.train.loss_chunk).to(device)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
     compute = options.resolve(device)
@@ -146,19 +181,26 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
     done = _resume(rundir, distiller, optimizer, init_optimizer)
+    group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
     history = done.history
     log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
              spec.profile, done.epochs + 1, spec.train.epochs)
 
     loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
-    log.info("loader %s", loaders.kind)
+    log.info("loader %s%s", loaders.kind, f", {group.world} processes ({group.backend})" if group.active else "")
+    # Each step's global batch size: a rank weights its gradients by its share of it.
+    global_sizes = global_batch_sizes(len(arrays.y_train), spec.train.batch_size, method.needs.fixed_batch, group.world)
 
     def batches(epoch: int) -> Iterable:
-        return loaders.train(spec.train.batch_size, seed=spec.seed, epoch=epoch,
-                             strong=method.needs.strong_view, drop_last=method.needs.fixed_batch)
+        return loaders.train(spec.train.batch_size, seed=spec.seed, epoch=epoch, strong=method.needs.strong_view,
+                             drop_last=method.needs.fixed_batch, shard=group.shard)
 
     def checkpoint(epoch: int, init_epoch: int) -> None:
-        """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo."""
+        """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo.
+        Rank 0 writes; the others wait, so a rank never runs ahead of the last checkpoint by more than an epoch."""
+        if not group.is_main:
+            group.barrier()
+            return
         atomic_torch_save(rundir.checkpoint_file, {
             "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
             "optimizer": optimizer.state_dict(),
@@ -166,6 +208,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
             "history": history,
         })
         rundir.write_metrics(history)
+        group.barrier()
 
     started = time.time()
     with _progress(show_progress) as bar:
@@ -173,30 +216,54 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device,
             for init_epoch in range(done.init_epochs + 1, stage.epochs + 1):
                 # The pre-training stage has its own data epochs, apart from the main ones.
                 stats = _train_epoch(lambda x, y, e, i, v: (None, distiller.forward_init(x, y)), distiller,
-                                     init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar, compute)
+                                     init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar, compute,
+                                     group=group, global_sizes=global_sizes)
                 history.append({"phase": "init", "epoch": init_epoch, "lr": init_optimizer.param_groups[0]["lr"], **stats})
                 checkpoint(0, init_epoch)
                 log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
         init_done = stage.epochs if stage is not None else 0
         for epoch in range(done.epochs + 1, spec.train.epochs + 1):
             lr = spec.train.lr_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
             views = cache.for_epoch(data.epoch_plan(len(arrays.x_train), spec.seed, epoch)) if cache is not None else None
             train_stats = _train_epoch(distiller.forward_train, distiller, optimizer, batches(epoch), device, epoch, bar,
-                                       compute, views)
-            test_stats = evaluate(distiller, loaders.test(EVAL_BATCH), device)
+                                       compute, views, group, global_sizes)
+            test_stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
             checkpoint(epoch, init_done)
             log.info("epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f", epoch,
                      spec.train.epochs, lr, train_stats["loss"], train_stats["train_top1"],
                      test_stats["test_top1"], test_stats["test_top5"])
-    atomic_torch_save(rundir.model_file, distiller.inference_state())
-    result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started)
+    result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group)
     result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
                          "compiled": compiled_active(networks) if compute.compile else False, "requested": options.to_json()}
-    atomic_write_json(rundir.result_file, result)
+    if group.is_main:
+        atomic_torch_save(rundir.model_file, distiller.inference_state())
+        atomic_write_json(rundir.result_file, result)
     return result
+
+
+def _check_processes(spec: RunSpec, method: type[methods.Distiller], group: Group, test_size: int) -> None:
+    """Raise a clear error when this run cannot be split over ``group.world`` processes as the spec needs."""
+    if not group.active:
+        return
+    world, batch = group.world, spec.train.batch_size
+    if batch % world:
+        raise KdbenchError(f"run {spec.run_id}: batch size {batch} does not split over {world} processes; use a process "
+                           f"count that divides it (the global batch is held constant across process counts).")
+    needs = method.needs
+    if needs.sample_indices or needs.fixed_batch:
+        why = "keeps per-sample state (a memory bank)" if needs.sample_indices else "sizes its modules by the batch size"
+        raise KdbenchError(f"run {spec.run_id}: method {spec.method} {why}, which kdbench does not split over processes; "
+                           f"train it with --nproc 1.")
+    chunk = spec.train.loss_chunk
+    if chunk is not None and (batch // world) % chunk:
+        raise KdbenchError(f"run {spec.run_id}: each of {world} processes gets {batch // world} samples, which cannot be cut "
+                           f"into the spec's loss chunks of {chunk} (the original per-GPU batch); use a process count "
+                           f"that divides {batch // chunk}.")
+    if test_size < world:
+        raise KdbenchError(f"run {spec.run_id}: {test_size} test images cannot be split over {world} processes.")
 
 
 def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: methods.Distiller, arrays: data.Dataset,
@@ -281,11 +348,15 @@ def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim
 
 def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
                  batches: Iterable, device: torch.device, epoch: int, bar: Progress | None, compute: Compute,
-                 teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+                 teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None, group: Group = SINGLE,
+                 global_sizes: list[int] | None = None) -> dict[str, float]:
     """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``.
 
     ``teacher_views(indices)``: the cached teacher logits of the batch's views, passed to ``step`` as
-    ``teacher_logits``; the networks run under ``compute``'s autocast and memory format."""
+    ``teacher_logits``; the networks run under ``compute``'s autocast and memory format.
+    Over several processes each rank's gradients are weighted by its share of the step's global batch
+    (``global_sizes[step]``) and summed, and the epoch's statistics are summed over ranks; rank 0's
+    buffers (BatchNorm running statistics) are given to every rank at the end of the epoch."""
     distiller.train()
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
@@ -301,6 +372,9 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if group.active:
+            assert global_sizes is not None
+            group.average_gradients((p for g in optimizer.param_groups for p in g["params"]), targets.numel() / global_sizes[steps])
         optimizer.step()
         for name, value in terms.items():  # accumulated on the device: no host sync inside the step
             sums[name] = sums.get(name, 0) + value.detach()
@@ -312,6 +386,12 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
             bar.advance(task)
     if bar is not None:
         bar.remove_task(task)
+    if group.active:
+        group.broadcast_tensors(distiller.buffers())
+        group.check_identical(distiller.training_state().values(), "weights")
+        totals = group.sum({**sums, "correct": correct, "seen": torch.tensor(float(seen))})
+        correct, seen = totals.pop("correct"), int(totals.pop("seen"))
+        sums = {k: v / group.world for k, v in totals.items()}
     means = {f"loss_{k}": float(v) / steps for k, v in sums.items()}
     total = sum(means.values())
     if not all(math.isfinite(v) for v in means.values()):
@@ -321,8 +401,11 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
 
 
 @torch.no_grad()
-def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.device) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set."""
+def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.device, group: Group = SINGLE) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set.
+
+    Over several processes each rank evaluates its shard and the counts are summed, so the metrics equal a
+    single-process evaluation."""
     distiller.eval()
     hits: dict[str, torch.Tensor] = {}
     loss_sums: dict[str, torch.Tensor] = {}
@@ -337,6 +420,12 @@ def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.devi
         for name, value in distiller.forward_test_terms(images).items():  # batch means, weighted by batch size
             loss_sums[name] = loss_sums.get(name, 0) + value * targets.numel()
         seen += targets.numel()
+    if group.active:
+        totals = group.sum({**{f"hits/{k}": v for k, v in hits.items()}, **{f"loss/{k}": v for k, v in loss_sums.items()},
+                            "seen": torch.tensor(float(seen))})
+        seen = int(totals.pop("seen"))
+        hits = {k.removeprefix("hits/"): v for k, v in totals.items() if k.startswith("hits/")}
+        loss_sums = {k.removeprefix("loss/"): v for k, v in totals.items() if k.startswith("loss/")}
     stats = {}
     for head, counts in hits.items():
         suffix = f"_{head}" if head else ""
@@ -345,7 +434,8 @@ def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.devi
     return stats
 
 
-def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float) -> dict[str, Any]:
+def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float,
+               group: Group) -> dict[str, Any]:
     best = max(history, key=lambda h: h["test_top1"])
     last = history[-1]
     heads = sorted(k.removeprefix("test_top1_") for k in last if k.startswith("test_top1_"))
@@ -362,6 +452,8 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         "train_images_per_s": sum(h.get("images_per_s", 0.0) for h in history) / len(history),
         "wall_seconds": seconds, "device": str(device),
         "device_name": device_name(device),
+        # Not in the spec: results depend on it only through per-process BatchNorm statistics.
+        "world_size": group.world,
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
 

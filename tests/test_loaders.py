@@ -228,3 +228,14 @@ def test_ffcv_falls_back_when_the_betons_hold_other_arrays(
         assert "a subset or another dataset" in caplog.text
         assert isinstance(make_loaders("ffcv", small, data_dir=tmp_path), TensorLoaders)
         assert f"kdbench data prepare {small.name}" in caplog.text
+
+
+def test_ffcv_shards_equal_the_reference_shards(ffcv_setup: tuple[object, Path], small: ImageArrays) -> None:
+    """Each rank's ffcv batches are the reference loader's for that shard (``tests/test_distributed.py``
+    checks those against slices of the whole batches); its length counts the shard, not the file."""
+    loaders, _ = ffcv_setup
+    for rank in (0, 1):
+        batches = loaders.train(64, seed=3, epoch=1, shard=(rank, 2))
+        assert len(batches) == len(train_loader(small, 64, seed=3, epoch=1, shard=(rank, 2)))
+        assert_same_batches(train_loader(small, 64, seed=3, epoch=1, shard=(rank, 2)), batches)
+    assert_same_batches(make_test_loader(small, 32, shard=(1, 2)), loaders.test(32, shard=(1, 2)))

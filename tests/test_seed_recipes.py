@@ -501,6 +501,8 @@ def test_imagenet_recipe_loads_and_plans(name):
                                                       ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1")}
     if name.startswith("dist"):  # B1: Nesterov, no weight decay on BN/bias, DIST's intra term over the paper's 32 per GPU
         assert all(s.train.nesterov and not s.train.decay_norm_and_bias and s.train.epochs == 100 for s in full.specs.values())
+        assert {s.train.loss_chunk for s in full.specs.values() if s.method == "dist"} == {32}
+        assert {s.train.loss_chunk for s in full.specs.values() if s.method != "dist"} == {None}
     else:
         assert all(not s.train.nesterov and s.train.decay_norm_and_bias and s.train.epochs == 120 for s in full.specs.values())
 

@@ -36,6 +36,7 @@ from kdbench.data.folder import FolderDataset
 from kdbench.data.folder_loaders import strong_view_unsupported
 from kdbench.data.imagenet_transforms import decode
 from kdbench.data.loaders import Batch
+from kdbench.data.shard import local_order
 from kdbench.data.tensor_loader import normalisation_table
 from kdbench.errors import KdbenchError
 
@@ -174,19 +175,10 @@ class FfcvFolderLoaders:
 
     def _batches(self, split: str, order: np.ndarray, batch_size: int, augment: bool, drop_last: bool,
                  shard: tuple[int, int]) -> FfcvFolderBatches:
-        rank, world = shard
-        if not 0 <= rank < world or batch_size % world:
-            raise KdbenchError(f"loader ffcv: shard {shard} needs 0 <= rank < world and a batch size ({batch_size}) "
-                               "divisible by the world size; use --loader torch otherwise.")
-        if drop_last:
-            order = order[: len(order) - len(order) % batch_size]
-        # This rank's slices of the global batches, concatenated: chunks of batch_size / world are its batches.
-        starts = range(0, len(order), batch_size)
-        pieces = [order[s:][: min(batch_size, len(order) - s)] for s in starts]
-        mine = [p[rank * len(p) // world : (rank + 1) * len(p) // world] for p in pieces]
-        local = batch_size // world
-        length = sum(1 for p in mine if len(p))
-        rank_order = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+        # This rank's slices of the global batches, concatenated (data/shard.py): chunks of batch_size / world.
+        rank_order = local_order(torch.as_tensor(order), batch_size, shard, drop_last=drop_last, train=split == "train").numpy()
+        local = batch_size // shard[1]
+        length = -(-len(rank_order) // local)
         return FfcvFolderBatches(self._loader(split, local, augment), rank_order.astype(np.int64), length, self.table,
                                  self.device)
 

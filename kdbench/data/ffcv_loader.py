@@ -26,6 +26,7 @@ from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
 from kdbench.data.loaders import Batch, identity_plan, strong_loader
 from kdbench.data.registry import load_dataset, resolve_data_dir
+from kdbench.data.shard import WHOLE, Shard, shard_plan
 from kdbench.data.tensor_loader import (
     TRAIN_PADDING,
     crop_flip_normalise,
@@ -163,7 +164,9 @@ class FfcvBatches:
         self.loaders, self.loader, self.plan, self.strong = loaders, loader, plan, strong
 
     def __len__(self) -> int:
-        return len(self.loader)
+        """From the plan's order, which a shard makes shorter than the file (ffcv's own length counts the file)."""
+        count, size = len(self.plan.order), self.loader.batch_size
+        return count // size if self.loader.drop_last else -(-count // size)
 
     def __iter__(self) -> Iterator[Batch]:
         device, table, padding = self.loaders.device, self.loaders.table, self.plan.padding
@@ -226,13 +229,16 @@ class FfcvLoaders:
         return self._loaders[key]
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False
+        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
+        shard: Shard = WHOLE,
     ) -> FfcvBatches:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
         plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
+        plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
         views = strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last) if strong else None
         return FfcvBatches(self, self._loader("train", batch_size, drop_last), plan, views)
 
-    def test(self, batch_size: int) -> FfcvBatches:
+    def test(self, batch_size: int, *, shard: Shard = WHOLE) -> FfcvBatches:
         """Same batches as ``loaders.test_loader``, already on the device."""
-        return FfcvBatches(self, self._loader("test", batch_size, False), identity_plan(len(self.arrays.x_test)), None)
+        plan, batch_size, _ = shard_plan(identity_plan(len(self.arrays.x_test)), batch_size, shard, False, train=False)
+        return FfcvBatches(self, self._loader("test", batch_size, False), plan, None)

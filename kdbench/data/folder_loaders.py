@@ -22,6 +22,7 @@ from kdbench.data.imagenet_transforms import (
     train_view,
 )
 from kdbench.data.loaders import Batch
+from kdbench.data.shard import WHOLE, Shard, local_order
 from kdbench.errors import KdbenchError
 
 
@@ -52,19 +53,11 @@ class FolderImages(Dataset[tuple[torch.Tensor, int, int]]):
         return to_tensor(view, self.mean, self.std), int(self.labels[index]), index
 
 
-def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int], drop_last: bool) -> list[list[int]]:
-    """This rank's slice of every global batch of ``order`` (empty slices of a short last batch are left out)."""
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise KdbenchError(f"shard (rank, world) = {shard}: need 0 <= rank < world")
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    batches = []
-    for start in range(0, stop, batch_size):
-        size = min(batch_size, stop - start)
-        piece = order[start + rank * size // world : start + (rank + 1) * size // world]
-        if len(piece):
-            batches.append(piece.tolist())
-    return batches
+def shard_batches(order: np.ndarray, batch_size: int, shard: Shard, drop_last: bool, *, train: bool = True) -> list[list[int]]:
+    """This rank's local batches: its slice of every global batch of ``order`` (data/shard.py)."""
+    local = local_order(torch.as_tensor(order), batch_size, shard, drop_last=drop_last, train=train)
+    per_rank = batch_size // shard[1]
+    return [local[i : i + per_rank].tolist() for i in range(0, len(local), per_rank)]
 
 
 class FolderLoaders:
@@ -77,7 +70,7 @@ class FolderLoaders:
 
     def train(
         self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False,
-        strong: bool = False, shard: tuple[int, int] = (0, 1),
+        strong: bool = False, shard: Shard = WHOLE,
     ) -> DataLoader[Batch]:
         """Shuffled batches of one epoch, fixed by (seed, epoch); ``augment=False`` gives the test view."""
         if strong:
@@ -86,10 +79,10 @@ class FolderLoaders:
         images = FolderImages(self.dataset, "train", seed, epoch, augment)
         return self._loader(images, shard_batches(order, batch_size, shard, drop_last))
 
-    def test(self, batch_size: int, *, shard: tuple[int, int] = (0, 1)) -> DataLoader[Batch]:
+    def test(self, batch_size: int, *, shard: Shard = WHOLE) -> DataLoader[Batch]:
         """Test (ImageNet val) batches in file order, resize + centre crop."""
         order = np.arange(len(self.dataset.y_test))
-        return self._loader(FolderImages(self.dataset, "test"), shard_batches(order, batch_size, shard, False))
+        return self._loader(FolderImages(self.dataset, "test"), shard_batches(order, batch_size, shard, False, train=False))
 
     def _loader(self, images: FolderImages, batches: list[list[int]]) -> DataLoader[Batch]:
         return DataLoader(images, batch_sampler=batches, num_workers=self.num_workers,

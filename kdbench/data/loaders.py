@@ -15,6 +15,7 @@ from kdbench.data.augment import (
     epoch_plan,
     to_normalized_tensor,
 )
+from kdbench.data.shard import WHOLE, Shard, shard_plan
 from kdbench.data.strong import sample_rng, strong_view
 
 # images (B,3,H,W) float32, labels int64, sample indices int64 [, strong views (B,3,H,W) float32]
@@ -76,19 +77,22 @@ def train_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     strong: bool = False,
+    shard: Shard = WHOLE,
 ) -> DataLoader[Batch]:
     """Shuffled, augmented (pad-4 crop + flip) train batches of one epoch, fixed by (seed, epoch) alone.
 
     ``strong=True`` appends a fourth element: an independent strong view of each image (MLKD).
+    ``shard=(rank, world)``: only that rank's slice of every global batch (``data/shard.py``).
     """
     plan = epoch_plan(len(arrays.x_train), seed, epoch, augment=augment)
+    plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
     dataset = PlannedImages(arrays.x_train, arrays.y_train, plan, arrays.mean, arrays.std, (seed, epoch) if strong else None)
     return _loader(dataset, plan, batch_size, num_workers, drop_last)
 
 
-def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0) -> DataLoader[Batch]:
-    """Test batches in file order, normalised, with no augmentation."""
-    plan = identity_plan(len(arrays.x_test))
+def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0, shard: Shard = WHOLE) -> DataLoader[Batch]:
+    """Test batches in file order, normalised, with no augmentation (``shard``: one rank's slices)."""
+    plan, batch_size, _ = shard_plan(identity_plan(len(arrays.x_test)), batch_size, shard, False, train=False)
     dataset = PlannedImages(arrays.x_test, arrays.y_test, plan, arrays.mean, arrays.std)
     return _loader(dataset, plan, batch_size, num_workers, drop_last=False)
 
@@ -115,13 +119,14 @@ class TorchLoaders:
         self.arrays, self.num_workers = arrays, num_workers
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False
+        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
+        shard: Shard = WHOLE,
     ) -> DataLoader[Batch]:
         return train_loader(self.arrays, batch_size, seed=seed, epoch=epoch, augment=augment,
-                            num_workers=self.num_workers, drop_last=drop_last, strong=strong)
+                            num_workers=self.num_workers, drop_last=drop_last, strong=strong, shard=shard)
 
-    def test(self, batch_size: int) -> DataLoader[Batch]:
-        return test_loader(self.arrays, batch_size, num_workers=self.num_workers)
+    def test(self, batch_size: int, *, shard: Shard = WHOLE) -> DataLoader[Batch]:
+        return test_loader(self.arrays, batch_size, num_workers=self.num_workers, shard=shard)
 
 
 def _channel_tensor(values: Sequence[float]) -> torch.Tensor:

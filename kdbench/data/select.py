@@ -16,6 +16,7 @@ from kdbench.data.arrays import ImageArrays
 from kdbench.data.folder import FolderDataset
 from kdbench.data.folder_loaders import FolderLoaders
 from kdbench.data.loaders import Batch, TorchLoaders
+from kdbench.data.shard import WHOLE, Shard
 from kdbench.data.tensor_loader import TRAIN_PADDING, TensorLoaders
 from kdbench.errors import KdbenchError
 
@@ -32,10 +33,12 @@ class Loaders(Protocol):
     kind: str
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False
+        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
+        shard: Shard = WHOLE,
     ) -> Iterable[Batch]: ...
 
-    def test(self, batch_size: int) -> Iterable[Batch]: ...
+    def test(self, batch_size: int, *, shard: Shard = WHOLE) -> Iterable[Batch]:
+        """``shard=(rank, world)``: only that rank's slice of every global batch (``data/shard.py``)."""
 
 
 def make_loaders(

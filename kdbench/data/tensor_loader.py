@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
 from kdbench.data.loaders import Batch, identity_plan, strong_loader
+from kdbench.data.shard import WHOLE, Shard, shard_plan
 
 TRAIN_PADDING = 4  # the padding of every train plan (``epoch_plan``'s default)
 
@@ -131,12 +132,15 @@ class TensorLoaders:
         augment: bool = True,
         drop_last: bool = False,
         strong: bool = False,
+        shard: Shard = WHOLE,
     ) -> PlannedBatches:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
         plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
+        plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
         views = strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last) if strong else None
         return PlannedBatches(self.train_split, plan, batch_size, self.table, drop_last, views)
 
-    def test(self, batch_size: int) -> PlannedBatches:
+    def test(self, batch_size: int, *, shard: Shard = WHOLE) -> PlannedBatches:
         """Same batches as ``loaders.test_loader``, already on the device."""
-        return PlannedBatches(self.test_split, identity_plan(len(self.arrays.x_test)), batch_size, self.table)
+        plan, batch_size, _ = shard_plan(identity_plan(len(self.arrays.x_test)), batch_size, shard, False, train=False)
+        return PlannedBatches(self.test_split, plan, batch_size, self.table)

@@ -8,6 +8,7 @@ training loop only calls ``forward_train``, ``forward_test``, ``trainable_parame
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,6 +49,10 @@ class Needs:
     strong_view: bool = False
     # Modules sized by the batch size (SemCKD): every batch is full (the loop drops an incomplete one).
     fixed_batch: bool = False
+    # Loss terms that depend on the whole batch, not per sample (DIST's intra-class correlation, MLKD's
+    # batch/class terms and median masks): the original multi-GPU runs computed them per GPU, which
+    # ``TrainSpec.loss_chunk`` emulates (the method computes them per chunk, see :func:`per_chunk`).
+    batch_dependent_loss: bool = False
 
     @property
     def cacheable_teacher(self) -> bool:
@@ -64,6 +69,24 @@ class Step:
     epoch: int  # 1-indexed
     indices: torch.Tensor | None = None  # dataset indices of the batch's samples
     strong: torch.Tensor | None = None  # strong views of the batch's images, when Needs.strong_view
+    loss_chunk: int | None = None  # per-GPU batch of the original run (Needs.batch_dependent_loss); None: whole batch
+
+
+TermsFn = Callable[..., dict[str, torch.Tensor]]
+
+
+def per_chunk(terms: TermsFn, chunk: int | None, *batched: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``terms(*batched)`` computed on consecutive chunks of ``chunk`` samples (dim 0) and averaged over chunks.
+
+    This is what DDP / DataParallel did in the original runs: every GPU computed the batch-dependent
+    losses on its own ``chunk`` samples and the gradients (DDP) or per-replica losses (DataParallel)
+    were averaged with equal weights (specs/methods-seed.md §2.2, §4.1). ``chunk=None`` or a chunk
+    at least as large as the batch computes ``terms`` once on the whole batch."""
+    size = batched[0].shape[0]
+    if chunk is None or chunk >= size:
+        return terms(*batched)
+    parts = [terms(*pieces) for pieces in zip(*(t.split(chunk) for t in batched))]
+    return {name: torch.stack([part[name] for part in parts]).mean() for name in parts[0]}
 
 
 @dataclass(frozen=True)
@@ -145,12 +168,15 @@ class Distiller(nn.Module):
         train_labels: torch.Tensor | None = None,
         batch_size: int | None = None,
         label_smoothing: float = 0.0,
+        loss_chunk: int | None = None,
     ):
         """``example``: a few input images, to size extra modules (see :meth:`probe`).
         ``train_labels``: the label of every training sample by dataset index, for methods that
         declare ``Needs(sample_indices=True)`` (e.g. CRD's memory bank and negative sampling).
         ``batch_size``: the training batch size, for methods that declare ``Needs(fixed_batch=True)``.
-        ``label_smoothing``: ε of every cross-entropy term against the labels (:meth:`cross_entropy`)."""
+        ``label_smoothing``: ε of every cross-entropy term against the labels (:meth:`cross_entropy`).
+        ``loss_chunk``: compute batch-dependent losses per chunk of this many samples, for methods that
+        declare ``Needs(batch_dependent_loss=True)`` (passed to :meth:`distill` as ``Step.loss_chunk``)."""
         super().__init__()
         if self.needs.teacher and teacher is None:
             raise ValueError(f"method {self.name!r} needs a teacher")
@@ -158,6 +184,8 @@ class Distiller(nn.Module):
             raise ValueError(f"method {self.name!r} needs the training labels (train_labels=...)")
         if self.needs.fixed_batch and batch_size is None:
             raise ValueError(f"method {self.name!r} needs the training batch size (batch_size=...)")
+        if loss_chunk is not None and not self.needs.batch_dependent_loss:
+            raise ValueError(f"method {self.name!r} has no batch-dependent loss to chunk (loss_chunk={loss_chunk})")
         reason = type(self).supports(student, teacher, example)
         if reason is not None:
             raise KdbenchError(reason)
@@ -165,6 +193,7 @@ class Distiller(nn.Module):
         self.teacher = teacher
         self.params = params
         self.label_smoothing = label_smoothing
+        self.loss_chunk = loss_chunk
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -233,7 +262,7 @@ class Distiller(nn.Module):
             if p.kd_weight:
                 assert teacher is not None, "kd_weight > 0 needs a teacher"
                 terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
-            logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong))
+            logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong, self.loss_chunk))
         terms.update(own_terms)
         return logits, terms
 

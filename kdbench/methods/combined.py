@@ -26,6 +26,7 @@ def _merge_needs(a: Needs, b: Needs) -> Needs:
         sample_indices=a.sample_indices or b.sample_indices,
         strong_view=a.strong_view or b.strong_view,
         fixed_batch=a.fixed_batch or b.fixed_batch,
+        batch_dependent_loss=a.batch_dependent_loss or b.batch_dependent_loss,
     )
 
 
@@ -45,6 +46,8 @@ def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
 
         def __init__(self, student: KDModel, teacher: KDModel | None, params: MethodParams, example: torch.Tensor, **context):
             super().__init__(student, teacher, params, example, **context)
+            if not second.needs.batch_dependent_loss:
+                context.pop("loss_chunk", None)
             self.second = second(student, teacher, params.second, example, **context)
             # The second method shares this one's networks: keep them out of its module tree so
             # they are registered (optimised, saved) once, under this distiller.

@@ -14,6 +14,8 @@ published numbers (§2.2):
 The ``paper`` variant is the paper's reading instead: masks weight each sample (class), every
 strong-view instance term uses the strong view, and the strong view's correlations are added.
 The student sees each view in its own forward pass (BatchNorm statistics per view).
+The masks' medians and the batch/class correlations depend on the batch: the released ImageNet runs
+(DataParallel, 8 × 64) computed every term per replica, which ``TrainSpec.loss_chunk`` emulates.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import (
+    Distiller,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    per_chunk,
+    register,
+)
 from kdbench.models.base import Features
 
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
@@ -51,7 +61,7 @@ class MLKD(Distiller):
     title = "MLKD"
     paper = "Jin, Wang & Lin, Multi-Level Logit Distillation, CVPR 2023"
     Params = MLKDParams
-    needs = Needs(teacher=True, teacher_logits_only=True, strong_view=True)
+    needs = Needs(teacher=True, teacher_logits_only=True, strong_view=True, batch_dependent_loss=True)
     variants = {
         "released-code": Variant("the released code (published numbers): scalar masks, strong-group quirk", {}),
         "paper": Variant("the paper's reading: per-sample/per-class masks, strong view throughout",
@@ -61,11 +71,17 @@ class MLKD(Distiller):
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None and step.strong is not None, "MLKD needs the strong view (Needs.strong_view)"
-        p = self.params
-        z_s_weak, z_t_weak = student.logits, teacher.logits
         z_s_strong = self.student(step.strong)
         with torch.no_grad():
             z_t_strong = self.teacher(step.strong)
+        terms = per_chunk(self.terms, step.loss_chunk, student.logits, teacher.logits, z_s_strong, z_t_strong, step.targets)
+        return student.logits, terms
+
+    def terms(self, z_s_weak: torch.Tensor, z_t_weak: torch.Tensor, z_s_strong: torch.Tensor, z_t_strong: torch.Tensor,
+              targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every MLKD term of one (per-GPU) batch of weak/strong student and teacher logits."""
+        p = self.params
+        with torch.no_grad():
             probs = F.softmax(z_t_weak.float(), dim=1)
             sample_mask, class_mask = below_median(probs.max(dim=1).values), below_median(probs.sum(dim=0))
         temperatures = (p.temperature, *EXTRA_TEMPERATURES)
@@ -80,7 +96,7 @@ class MLKD(Distiller):
         if p.strong_group_uses_weak_logits:  # T = 2 and 6 of the "strong" group read the weak view
             strong_pairs[3:] = [(z_s_weak, z_t_weak, temp) for temp in temperatures[3:]]
         terms = {
-            "ce_strong": p.ce_weight * self.cross_entropy(z_s_strong, step.targets),
+            "ce_strong": p.ce_weight * self.cross_entropy(z_s_strong, targets),
             "kd_weak": p.weight * masked(losses.mlkd_instance, z_s_weak, z_t_weak, sample_mask),
             "kd_strong": p.weight * sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
             "cc": p.weight * masked(losses.mlkd_class, z_s_weak, z_t_weak, class_mask),
@@ -89,4 +105,4 @@ class MLKD(Distiller):
         if p.strong_correlations:
             terms["cc_strong"] = p.weight * masked(losses.mlkd_class, z_s_strong, z_t_strong, class_mask)
             terms["bc_strong"] = p.weight * masked(losses.mlkd_batch, z_s_strong, z_t_strong, sample_mask)
-        return z_s_weak, terms
+        return terms
