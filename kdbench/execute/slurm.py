@@ -207,8 +207,9 @@ class SlurmExecutor:
         if self.aggregate is not None:
             recipe, profile = self.aggregate
             after = sorted({job.job_id.split("_")[0] for job in submission.jobs.values()})
-            self._parameters(executor, after, name=f"kdbench-aggregate-{recipe}", array=1, gpus=0)
-            submission.aggregate = executor.submit(AggregateJob(str(results), recipe, profile))
+            aggregator = self.make_executor(folder, self.options)  # a fresh executor: parameters persist, and it needs no GPU
+            self._parameters(aggregator, after, name=f"kdbench-aggregate-{recipe}", array=1, gpus=0)
+            submission.aggregate = aggregator.submit(AggregateJob(str(results), recipe, profile))
         return submission
 
     def _parameters(self, executor: SubmititExecutor, after: list[str], *, name: str, array: int, gpus: int | None = None) -> None:
