@@ -73,7 +73,9 @@ def _runs_per_gpu(value: str):
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # messages hold brackets: kdbench[slurm]
     raise typer.Exit(2)
 
 

@@ -207,7 +207,8 @@ def test_everything_done_submits_nothing(tmp_path):
 def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
     with pytest.raises(KdbenchError, match="sbatch.*not on PATH.*--executor local"):
-        slurm.submitit_executor(tmp_path, SlurmOptions())
+        SlurmExecutor(SlurmOptions())
+    assert not (tmp_path / "slurm").exists()
 
 
 def test_train_job_checkpoint_requeues_the_same_call():
@@ -311,7 +312,7 @@ def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluste
     assert outcomes[run.run_id].status == "done"
     log = rundir.log_file.read_text()
     assert "resuming" in log
-    submitit_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*.err"))
+    submitit_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*_log.*"))
     assert "this job is preempted" in submitit_log and "Calling checkpoint method" in submitit_log
     reference = train.run(run, tmp_path / "reference", device="cpu", progress=False)
     resumed = rundir.result()

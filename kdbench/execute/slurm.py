@@ -79,15 +79,22 @@ class SubmititExecutor(Protocol):
     def map_array(self, fn: Callable[..., Any], *iterables: Sequence[Any]) -> list[JobLike]: ...
 
 
-def submitit_executor(folder: Path, options: SlurmOptions) -> SubmititExecutor:
-    """submitit's SLURM executor writing under ``folder``, or a clear error when SLURM or submitit is missing."""
+def check_slurm() -> None:
+    """A clear error when ``sbatch`` or submitit is missing."""
     if shutil.which("sbatch") is None:
         raise KdbenchError("--executor slurm: `sbatch` is not on PATH. Run kdbench on a SLURM login node "
                            "(or use --executor local).")
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError:
         raise KdbenchError(f"--executor slurm needs submitit: {SUBMITIT_HINT}.") from None
+
+
+def submitit_executor(folder: Path, options: SlurmOptions) -> SubmititExecutor:
+    """submitit's SLURM executor writing under ``folder`` (job folders ``<job id>/``)."""
+    check_slurm()
+    import submitit
+
     return submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=options.max_timeouts)
 
 
@@ -164,6 +171,8 @@ class SlurmExecutor:
                  queue: QueueQuery = squeue, states: StateQuery = sacct, cancel: Callable[[list[str]], None] = scancel,
                  poll_seconds: float = 5.0, vanish_grace_s: float = 30.0, timeout_s: float | None = None,
                  on_submitted: Callable[[Submission], None] | None = None):
+        if make_executor is submitit_executor:
+            check_slurm()  # before anything is recorded or submitted
         self.options, self.train_options = options, train_options or TrainOptions()
         self.listener = listener or (lambda event, spec, message: None)
         self.aggregate = aggregate  # (recipe name, profile): submit an AggregateJob after the runs
