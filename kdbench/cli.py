@@ -73,7 +73,9 @@ def _runs_per_gpu(value: str):
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # messages hold brackets: kdbench[slurm]
     raise typer.Exit(2)
 
 
@@ -97,12 +99,24 @@ def reproduce(
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
     teacher_cache: TeacherCacheOpt = "auto",
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs or CPU) or slurm (one job per run, a job array per cell's trials; needs pip install 'kdbench[slurm]').")] = "local",
+    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=0, help="GPUs per run; above 1 a run trains as that many DDP processes (slurm: 0 asks for no GPU).")] = 1,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition.")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="slurm: account.")] = None,
+    qos: Annotated[Optional[str], typer.Option("--qos", help="slurm: quality of service.")] = None,
+    time_min: Annotated[int, typer.Option("--time", min=1, help="slurm: time limit per job in minutes; a job that hits it is requeued and resumes from its checkpoint.")] = 240,
+    constraint: Annotated[Optional[str], typer.Option("--constraint", help="slurm: node features (e.g. a GPU type).")] = None,
+    slurm_setup: Annotated[Optional[list[str]], typer.Option("--slurm-setup", help="slurm: a shell line run before each job (e.g. 'module load cuda'); repeat for several.")] = None,
+    cpus_per_run: Annotated[Optional[int], typer.Option("--cpus-per-run", min=1, help="slurm: CPUs per job.")] = None,
+    mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", min=0.1, help="slurm: memory per job in GB.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit every job, print their ids and return; run `kdbench compare` later.")] = False,
+    wait_timeout: Annotated[Optional[float], typer.Option("--wait-timeout", min=0.0, help="slurm: stop waiting after this many minutes (the jobs go on).")] = None,
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
         from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
         from kdbench.execute.progress import RunProgress
-        from kdbench.execute.reproduce import reproduce_table
+        from kdbench.execute.reproduce import reproduce_table, submit_table
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
@@ -114,10 +128,32 @@ def reproduce(
             _print_plan(table_plan, results, data_dir)
             return
         compute = _compute(precision, channels_last, compile_, teacher_cache)
-        slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
+        if executor not in ("local", "slurm"):
+            raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
+        if executor == "slurm":
+            from kdbench.execute.slurm import SlurmExecutor, SlurmOptions
+            from kdbench.execute.slurm_jobs import TrainOptions
+
+            options = SlurmOptions(partition=partition, account=account, qos=qos, time_min=time_min, constraint=constraint,
+                                   setup=tuple(slurm_setup or ()), gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, mem_gb=mem_gb)
+
+            def make(listener):
+                return SlurmExecutor(options, TrainOptions(device, data_dir, loader, compute.to_json()), listener=listener,
+                                     aggregate=(table_plan.recipe.name, table_plan.profile), on_submitted=_print_submission,
+                                     timeout_s=wait_timeout * 60 if wait_timeout is not None else None)
+
+            if no_wait:
+                _print_submission(submit_table(table_plan, results, make(None), ci))
+                console.print(f"Jobs submitted; they go on without this process. Later: kdbench compare {results} "
+                              f"--recipe {table_plan.recipe.name}")
+                return
         with RunProgress(console, len(table_plan.specs)) as progress:
-            executor = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event)
-            outcomes = reproduce_table(table_plan, results, executor, ci)
+            if executor == "slurm":
+                runner = make(progress.event)
+            else:
+                slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
+                runner = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event)
+            outcomes = reproduce_table(table_plan, results, runner, ci)
     except KdbenchError as exc:
         _fail(exc)
     failed = [o for o in outcomes.values() if o.status != "done"]
@@ -172,6 +208,18 @@ def compare(
             err.print(f"[bold red]{len(found)} regressed cell(s)[/] against {baseline}:\n  " + "\n  ".join(found), highlight=False)
             raise typer.Exit(3)
         err.print(f"no regression against {baseline} (tolerance {tolerance:g} points)")
+
+
+def _print_submission(submission) -> None:
+    """One line per SLURM job (an array once), so the user can follow them with squeue."""
+    arrays: dict[str, int] = {}
+    for job in submission.jobs.values():
+        master = job.job_id.split("_")[0]
+        arrays[master] = arrays.get(master, 0) + 1
+    jobs = ", ".join(f"{j} ({n} runs)" if n > 1 else j for j, n in arrays.items()) or "none"
+    aggregate = f"; table job {submission.aggregate.job_id}" if submission.aggregate is not None else ""
+    console.print(f"SLURM: {len(submission.jobs)} runs submitted as jobs {jobs}{aggregate}; "
+                  f"{len(submission.reused)} already done. Job output: {submission.folder}/<job id>/", highlight=False)
 
 
 def _print_tables(comparisons, fmt: str, output: Optional[Path]) -> None:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from kdbench.execute.local import LocalExecutor, Outcome
-from kdbench.plan import Plan
+from kdbench.execute.local import Outcome
+from kdbench.plan import Plan, RunSpec
 from kdbench.results.tables import record_table
 
+if TYPE_CHECKING:
+    from kdbench.execute.slurm import SlurmExecutor, Submission
 
-def reproduce_table(table_plan: Plan, results: Path, executor: LocalExecutor, ci_overrides: dict[str, Any]) -> dict[str, Outcome]:
+
+class Executor(Protocol):
+    """What reproduce needs of an executor (LocalExecutor, SlurmExecutor): run a DAG, one outcome per run."""
+
+    def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]: ...
+
+
+def reproduce_table(table_plan: Plan, results: Path, executor: Executor, ci_overrides: dict[str, Any]) -> dict[str, Outcome]:
     """Record the table under ``results/tables`` (so compare can find it) and train its runs."""
     record_table(results, table_plan.recipe, table_plan.profile, table_plan.trials, ci_overrides)
     return executor.execute(table_plan.ordered(), results)
+
+
+def submit_table(table_plan: Plan, results: Path, executor: SlurmExecutor, ci_overrides: dict[str, Any]) -> Submission:
+    """Record the table and submit its runs without waiting for them (``--no-wait``)."""
+    record_table(results, table_plan.recipe, table_plan.profile, table_plan.trials, ci_overrides)
+    return executor.submit(table_plan.ordered(), results)

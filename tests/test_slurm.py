@@ -1,0 +1,323 @@
+"""SLURM executor: the DAG → submission mapping and the waiting logic on fake submitit/squeue objects
+(run everywhere), and end to end on a real one-node cluster (marker ``slurm``; .ci/slurm-up.sh)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbench import train
+from kdbench.errors import KdbenchError
+from kdbench.execute import slurm
+from kdbench.execute.slurm import SlurmExecutor, SlurmOptions, array_groups
+from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.plan import (
+    CheckpointRef,
+    DataSpec,
+    RunRef,
+    RunSpec,
+    TeacherRef,
+    TrainSpec,
+    plan,
+)
+from kdbench.recipe import load_recipe
+from kdbench.results.store import RunDir, atomic_write_json
+
+SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
+
+
+def spec(model: str, seed: int = 0, teacher: RunSpec | None = None, init_from: RunSpec | None = None, epochs: int = 1,
+         data: dict | None = None, checkpoint: CheckpointRef | None = None) -> RunSpec:
+    return RunSpec(
+        profile="smoke", model=model, method="kd" if teacher else "ce", method_params={},
+        teacher=TeacherRef(model=teacher.model, run_id=teacher.run_id) if teacher else None,
+        init_from=RunRef(method=init_from.method, run_id=init_from.run_id) if init_from else None, checkpoint=checkpoint,
+        data=DataSpec(name="synthetic", options=data or SMOKE_DATA), seed=seed,
+        train=TrainSpec(epochs=epochs, batch_size=32, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+    )
+
+
+# ---- without SLURM: fake submitit executor and queue -------------------------------------------------------------
+
+class FakeJob:
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+
+
+class FakeSubmitit:
+    """Records each submission with the parameters in force; numbers jobs like SLURM (arrays: <id>_<index>)."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.calls: list[tuple[str, dict, object, list]] = []
+        self.next_id = 100
+
+    def fresh(self) -> FakeSubmitit:
+        """What a new submitit executor has: no parameters set yet (they persist across submissions)."""
+        self.params = {}
+        return self
+
+    def update_parameters(self, **kwargs):
+        self.params.update(kwargs)
+
+    def submit(self, fn, *args):
+        self.next_id += 1
+        self.calls.append(("job", dict(self.params), fn, list(args)))
+        return FakeJob(str(self.next_id))
+
+    def map_array(self, fn, *iterables):
+        self.next_id += 1
+        args = list(zip(*iterables))
+        self.calls.append(("array", dict(self.params), fn, args))
+        return [FakeJob(f"{self.next_id}_{i}") for i in range(len(args))]
+
+
+def fake_executor(fake: FakeSubmitit, **kwargs) -> SlurmExecutor:
+    kwargs.setdefault("queue", lambda ids: {})
+    kwargs.setdefault("states", lambda ids: {})
+    return SlurmExecutor(SlurmOptions(partition="gpu", account="lab", gpus_per_run=1, mem_gb=8, array_parallelism=2,
+                                      setup=("module load cuda",)),
+                         TrainOptions(device="cpu"), make_executor=lambda folder, options: fake.fresh(),
+                         poll_seconds=0.0, vanish_grace_s=0.0, **kwargs)
+
+
+def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
+    teacher = spec("resnet32x4")
+    students = [spec("resnet8x4", seed, teacher) for seed in range(3)]
+    done = spec("resnet8", 0)
+    atomic_write_json(RunDir(tmp_path, done.run_id).result_file, {"best_top1": 1.0})
+    fake = FakeSubmitit()
+    submission = fake_executor(fake, aggregate=("simkd-table1", "smoke")).submit([teacher, done, *students], tmp_path)
+
+    assert submission.reused == [done.run_id]
+    (kind_t, params_t, fn_t, args_t), (kind_s, params_s, _, args_s), (kind_a, params_a, fn_a, _) = fake.calls
+    assert (kind_t, args_t) == ("job", [teacher.run_id]) and params_t["slurm_additional_parameters"] == {}
+    assert kind_s == "array" and args_s == [(s.run_id,) for s in students]
+    assert params_s["slurm_additional_parameters"] == {"dependency": "afterok:101", "kill-on-invalid-dep": "yes"}
+    assert params_s["slurm_array_parallelism"] == 2  # min(3 trials, --array-parallelism 2)
+    for params in (params_t, params_s):
+        assert params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1 and params["nodes"] == 1
+        assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab" and params["mem_gb"] == 8
+        assert params["slurm_setup"] == ["module load cuda"] and params["timeout_min"] == 240
+    assert isinstance(fn_t, TrainJob) and fn_t.results == str(tmp_path) and fn_t.nproc == 1 and fn_t.options.device == "cpu"
+    assert kind_a == "job" and isinstance(fn_a, AggregateJob) and (fn_a.recipe, fn_a.profile) == ("simkd-table1", "smoke")
+    assert params_a["slurm_additional_parameters"]["dependency"] == "afterok:101:102" and "gpus_per_node" not in params_a
+    assert {r: j.job_id for r, j in submission.jobs.items()} == {
+        teacher.run_id: "101", **{s.run_id: f"102_{i}" for i, s in enumerate(students)}}
+    for s in [teacher, *students]:  # the jobs read their spec from the run directory, fixed by run id
+        assert json.loads(RunDir(tmp_path, s.run_id).spec_file.read_text()) == s.model_dump(mode="json")
+    assert not RunDir(tmp_path, done.run_id).spec_file.exists()
+
+
+def test_runs_that_continue_another_run_are_single_jobs_after_their_own_predecessor(tmp_path):
+    teacher = spec("resnet32x4")
+    first = [spec("resnet8x4", seed, teacher) for seed in range(2)]
+    second = [spec("resnet8x4", seed, teacher, init_from=first[seed]) for seed in range(2)]
+    assert [len(g) for g in array_groups([teacher, *first, *second])] == [1, 2, 1, 1]
+    fake = FakeSubmitit()
+    fake_executor(fake).submit([teacher, *first, *second], tmp_path)
+    deps = [c[1]["slurm_additional_parameters"].get("dependency") for c in fake.calls]
+    assert deps == [None, "afterok:101", "afterok:101:102_0", "afterok:101:102_1"]
+
+
+def test_multi_gpu_runs_ask_for_the_gpus_of_one_node_and_train_with_nproc(tmp_path):
+    fake = FakeSubmitit()
+    SlurmExecutor(SlurmOptions(gpus_per_run=4), make_executor=lambda folder, options: fake.fresh()).submit([spec("resnet50")], tmp_path)
+    (_, params, fn, _), = fake.calls
+    assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 1 and fn.nproc == 4
+
+
+def test_a_failed_teacher_fails_and_its_students_are_skipped_with_the_reason(tmp_path):
+    teacher, other = spec("resnet32x4"), spec("resnet8")
+    students = [spec("resnet8x4", seed, teacher) for seed in range(2)]
+    fake = FakeSubmitit()
+    queue = {"101": ("RUNNING", "None"), "102": ("RUNNING", "None"), "103_0": ("PENDING", "Dependency"),
+             "103_1": ("PENDING", "Dependency")}
+    polls = []
+
+    def squeue(ids):
+        polls.append(list(ids))
+        if len(polls) == 2:  # the teacher fails; `other` finishes
+            atomic_write_json(RunDir(tmp_path, teacher.run_id).failed_file, {"error": "KdbenchError", "message": "boom"})
+            atomic_write_json(RunDir(tmp_path, other.run_id).result_file, {"best_top1": 1.0})
+            del queue["101"], queue["102"]
+        if len(polls) == 3:  # SLURM cancels the dependents (kill-on-invalid-dep)
+            del queue["103_0"], queue["103_1"]
+        return {i: queue[i] for i in ids if i in queue}
+
+    events = []
+    executor = fake_executor(fake, queue=squeue, states=lambda ids: dict.fromkeys(ids, "CANCELLED"),
+                             listener=lambda e, s, m: events.append((e, s.run_id)))
+    outcomes = executor.execute([teacher, other, *students], tmp_path)
+    assert outcomes[other.run_id].status == "done"
+    assert outcomes[teacher.run_id].status == "failed" and "KdbenchError: boom" in outcomes[teacher.run_id].message
+    assert "SLURM job 101" in outcomes[teacher.run_id].message
+    for s in students:
+        assert outcomes[s.run_id].status == "skipped"
+        assert outcomes[s.run_id].message.startswith(f"teacher run {teacher.run_id} failed: KdbenchError: boom")
+        assert "CANCELLED" in outcomes[s.run_id].message
+    assert ("failed", teacher.run_id) in events and ("skipped", students[0].run_id) in events
+
+
+def test_a_dependent_that_slurm_keeps_pending_forever_is_cancelled(tmp_path):
+    teacher = spec("resnet32x4")
+    student = spec("resnet8x4", 0, teacher)
+    atomic_write_json(RunDir(tmp_path, teacher.run_id).failed_file, {"error": "RuntimeError", "message": "nan"})
+    cancelled = []
+
+    def queue(ids):
+        return {} if cancelled else {"102": ("PENDING", slurm.NEVER_SATISFIED)}
+
+    outcomes = fake_executor(FakeSubmitit(), queue=queue, cancel=cancelled.extend).execute([teacher, student], tmp_path)
+    assert cancelled == ["102"] and outcomes[student.run_id].status == "skipped"
+
+
+def test_a_job_that_vanishes_without_a_result_is_a_failure_naming_its_output(tmp_path):
+    run = spec("resnet8")
+    outcomes = fake_executor(FakeSubmitit(), states=lambda ids: {"101": "NODE_FAIL"}).execute([run], tmp_path)
+    message = outcomes[run.run_id].message
+    assert outcomes[run.run_id].status == "failed" and "SLURM job 101 ended (NODE_FAIL) without a result" in message
+    assert str(tmp_path / "slurm" / "101") in message
+
+
+def test_waiting_gives_up_after_the_timeout_and_says_what_goes_on(tmp_path):
+    executor = fake_executor(FakeSubmitit(), queue=lambda ids: {i: ("RUNNING", "None") for i in ids})
+    executor.timeout_s = 0.0
+    with pytest.raises(KdbenchError, match="still queued or running"):
+        executor.execute([spec("resnet8")], tmp_path)
+
+
+def test_everything_done_submits_nothing(tmp_path):
+    run = spec("resnet8")
+    atomic_write_json(RunDir(tmp_path, run.run_id).result_file, {"best_top1": 1.0})
+    outcomes = SlurmExecutor(SlurmOptions(), make_executor=lambda folder, options: pytest.fail("nothing to submit")).execute([run], tmp_path)
+    assert outcomes[run.run_id].reused
+
+
+def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    with pytest.raises(KdbenchError, match="sbatch.*not on PATH.*--executor local"):
+        SlurmExecutor(SlurmOptions())
+    assert not (tmp_path / "slurm").exists()
+
+
+def test_train_job_checkpoint_requeues_the_same_call():
+    submitit = pytest.importorskip("submitit")
+    job = TrainJob("/results", 2, TrainOptions(device="cuda"))
+    delayed = job.checkpoint("run-a")
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert delayed.function is job and delayed.args == ("run-a",)
+
+
+# ---- on a real cluster ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def cluster(monkeypatch) -> None:
+    """A reachable SLURM controller, or skip (fail under KDBENCH_SLURM=1, as in CI after .ci/slurm-up.sh)."""
+    required = os.environ.get("KDBENCH_SLURM") == "1"
+    problem = ""
+    if shutil.which("sbatch") is None:
+        problem = "sbatch is not on PATH (bash .ci/slurm-up.sh starts a one-node cluster)"
+    elif subprocess.run(["sinfo", "-h"], check=False, capture_output=True, timeout=30).returncode != 0:
+        problem = "sinfo fails: the SLURM controller is not reachable"
+    else:
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            problem = "submitit is missing: pip install 'kdbench[slurm]'"
+    if problem:
+        if required:
+            pytest.fail(f"KDBENCH_SLURM=1 but {problem}")
+        pytest.skip(problem)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # jobs inherit it: the same float reductions as the reference runs
+
+
+def kdbench(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "kdbench", *args], check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock"}
+
+
+def layout(results: Path) -> dict[str, set[str]]:
+    return {run.name: {p.name for p in run.iterdir()} for run in (results / "runs").iterdir()}
+
+
+@pytest.mark.slurm
+def test_smoke_reproduction_runs_end_to_end_on_slurm(cluster, tmp_path):
+    table = ["simkd-table1", "--profile", "smoke", "--pairs", "res32x4_res8x4", "--methods", "KD", "--trials", "2"]
+    proc = kdbench("reproduce", *table, "--results", str(tmp_path), "--executor", "slurm", "--time", "60")
+    assert "3 runs submitted as jobs" in proc.stdout and "(2 runs)" in proc.stdout and "3 of 3 runs done" in proc.stdout
+    planned = plan(load_recipe("simkd-table1"), "smoke", trials=2, columns=["res32x4_res8x4"], rows=["KD"])
+    # The layout of a local run: each run's directory, named by its run id, holds what `kdbench train` writes.
+    assert layout(tmp_path) == dict.fromkeys(planned.specs, RUN_FILES)
+    # the aggregate job rendered the table; compare reads the same results
+    cells = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "simkd-table1--smoke.csv").read_text())))
+    assert [c["n"] for c in cells if c["row"] == "KD" and c["column"] == "res32x4_res8x4"] == ["2"]
+    assert (tmp_path / "tables" / "simkd-table1--smoke.md").read_text().count("(n=2)") == 1
+    compared = kdbench("compare", str(tmp_path), "--recipe", "simkd-table1", "--format", "csv").stdout
+    assert [c for c in csv.DictReader(io.StringIO(compared)) if c["row"] == "KD" and c["n"] == "2" and c["ours_mean"]]
+
+
+@pytest.mark.slurm
+def test_a_failing_teacher_cancels_its_students_without_hanging(cluster, tmp_path):
+    bad = CheckpointRef(path=str(tmp_path / "missing.pt"), sha256="0" * 64, format="state_dict")
+    teacher = spec("resnet8x4", checkpoint=bad)
+    students = [spec("resnet8", seed, teacher) for seed in range(2)]
+    executor = SlurmExecutor(SlurmOptions(time_min=5), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=240)
+    started = time.monotonic()
+    outcomes = executor.execute([teacher, *students], tmp_path)
+    assert outcomes[teacher.run_id].status == "failed" and "missing.pt" in outcomes[teacher.run_id].message
+    for s in students:
+        assert outcomes[s.run_id].status == "skipped", outcomes[s.run_id]
+        assert f"teacher run {teacher.run_id} failed" in outcomes[s.run_id].message
+        assert not RunDir(tmp_path, s.run_id).log_file.exists()  # never started
+    assert time.monotonic() - started < 120
+
+
+@pytest.mark.slurm
+def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster, tmp_path):
+    run = spec("resnet8x4", epochs=4, data={**SMOKE_DATA, "train_size": 512})
+    # A time limit long enough that submitit counts the signal as a preemption, not a time-out.
+    executor = SlurmExecutor(SlurmOptions(time_min=60), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=400)
+    submission = executor.submit([run], tmp_path / "slurm")
+    job_id = submission.jobs[run.run_id].job_id
+    rundir = RunDir(tmp_path / "slurm", run.run_id)
+    deadline = time.monotonic() + 240
+    while not rundir.read_metrics() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rundir.read_metrics() and not rundir.is_done(), "the run should be mid-training when it is preempted"
+    # Preemption as SLURM signals it (--signal=USR2@90): submitit calls TrainJob.checkpoint() and requeues the job.
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], check=False, capture_output=True, text=True).stdout.split()
+        if state[:2] == ["PENDING", "BeginTime"]:
+            break  # SLURM holds a requeued job for 120 s; release it now
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    outcomes = executor.wait(submission, tmp_path / "slurm")
+    assert outcomes[run.run_id].status == "done"
+    log = rundir.log_file.read_text()
+    assert "resuming" in log
+    submitit_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*_log.*"))
+    assert "this job is preempted" in submitit_log and "Calling checkpoint method" in submitit_log
+    reference = train.run(run, tmp_path / "reference", device="cpu", progress=False)
+    resumed = rundir.result()
+    for key in ("best_top1", "last_top1", "last_top5", "best_epoch"):
+        assert resumed[key] == reference[key], key
+    ref_state = torch.load(RunDir(tmp_path / "reference", run.run_id).model_file, weights_only=True)
+    new_state = torch.load(rundir.model_file, weights_only=True)
+    assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
