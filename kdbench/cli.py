@@ -88,6 +88,9 @@ def reproduce(
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
     runs_per_gpu: Annotated[str, typer.Option("--runs-per-gpu", help="Runs trained at once on each GPU: a number, or auto (as many as fit in its free memory; see kdbench/execute/packing.py).")] = "auto",
     cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores.")] = 1,
+    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help=(
+        "GPUs per run (DDP, `kdbench train --nproc N`), teachers and students alike; such a run has its GPUs to itself. "
+        "Without GPUs, each of its ranks takes one of the --cpu-jobs slots."))] = 1,
     data_dir: DataDirOpt = None,
     loader: LoaderOpt = "auto",
     ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
@@ -103,6 +106,7 @@ def reproduce(
         from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table
+        from kdbench.execute.slots import concurrency
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
@@ -115,8 +119,10 @@ def reproduce(
             return
         compute = _compute(precision, channels_last, compile_, teacher_cache)
         slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
-        with RunProgress(console, len(table_plan.specs)) as progress:
-            executor = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event)
+        title = f"{table_plan.recipe.name} ({profile}) → {results}"
+        with RunProgress(console, table_plan.ordered(), results, concurrency(slots, gpus_per_run), title) as progress:
+            executor = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event,
+                                     gpus_per_run=gpus_per_run)
             outcomes = reproduce_table(table_plan, results, executor, ci)
     except KdbenchError as exc:
         _fail(exc)
@@ -126,6 +132,34 @@ def reproduce(
                   + f" Next: kdbench compare {results} --recipe {table_plan.recipe.name}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    recipe: Annotated[Optional[str], typer.Argument(help="A recipe's table (name or YAML path); default: every run under RESULTS/runs, grouped by state.")] = None,
+    results: ResultsOpt = Path("results"),
+    profile: Annotated[Optional[str], typer.Option("--profile", help="The table's profile; default: the one reproduced last.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 seconds until Ctrl-C.")] = False,
+) -> None:
+    """Runs done / running / failed / skipped / pending, epoch x/y of each running run, and an ETA, from the results store."""
+    try:
+        from kdbench.results.status import overview
+
+        if not watch:
+            console.print(overview(results, recipe, profile))
+            return
+        import time
+
+        from rich.live import Live
+
+        with Live(overview(results, recipe, profile), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(2)
+                live.update(overview(results, recipe, profile))
+    except KdbenchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -110,3 +110,10 @@ def _group(units: list[str], members: list[Slot]) -> Slot:
     if "CUDA_VISIBLE_DEVICES" in env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(units)
     return Slot("+".join(names), env, tuple(units))
+
+
+def concurrency(slots: Sequence[Slot], gpus_per_run: int) -> int:
+    """How many runs of ``gpus_per_run`` processes the slots can train at once."""
+    if gpus_per_run == 1:
+        return len(slots)
+    return max(1, len({s.unit for s in slots}) // gpus_per_run)
