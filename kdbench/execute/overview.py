@@ -85,7 +85,7 @@ class Eta:
         if self.seconds is None:
             return f"ETA unknown until an epoch ends ({self.epochs_left} epochs left)"
         return (f"ETA {duration(self.seconds)}: {self.epochs_left} epochs left × {self.seconds_per_epoch:.1f} s/epoch "
-                f"(mean of {self.measured_epochs} epochs trained) ÷ {self.parallel} in parallel")
+                f"(mean of {self.measured_epochs} epoch{'' if self.measured_epochs == 1 else 's'} trained) ÷ {self.parallel} in parallel")
 
 
 def estimate(rows: Iterable[RunRow], parallel: int, now: float | None = None) -> Eta:
