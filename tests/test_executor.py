@@ -303,3 +303,34 @@ def test_more_gpus_per_run_than_gpus_fails_before_starting(tmp_path):
     with pytest.raises(KdbenchError, match="needs 3 GPUs"):
         LocalExecutor(GPUS, ProcessPerRun(fake_command), gpus_per_run=3).execute([spec("a")], tmp_path)
     assert not (tmp_path / "runs").exists()
+
+
+def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_workers_on_its_units(tmp_path):
+    import time
+
+    from kdbench.execute.local import SlotWorkers
+    from kdbench.execute.slots import SlotPool
+
+    cpus = [Slot("cpu0", {"OMP_NUM_THREADS": "1"}), Slot("cpu1", {"OMP_NUM_THREADS": "1"})]
+    first, ddp = tiny_spec(0), spec("student")
+    launcher = SlotWorkers()
+    launcher.per_run = ProcessPerRun(gated_command)  # stands in for `kdbench train --nproc 2` (the ddp branch's flag)
+    for s in (first, ddp):
+        RunDir(tmp_path, s.run_id).path.mkdir(parents=True)
+        (RunDir(tmp_path, s.run_id).spec_file).write_text(s.model_dump_json())
+    pool = SlotPool(cpus)
+    [(_, slot)] = pool.assign([("first", 1)])
+    handle = launcher.start(RunDir(tmp_path, first.run_id).spec_file, tmp_path, slot)
+    deadline = time.time() + 120
+    while handle.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert handle.poll() == 0 and list(launcher.workers) == ["cpu0"]
+    pool.release(slot)
+    [(_, group)] = pool.assign([("ddp", 2)])
+    (RunDir(tmp_path, ddp.run_id).path / "release").touch()
+    proc = launcher.start(RunDir(tmp_path, ddp.run_id).spec_file, tmp_path, group)
+    assert launcher.workers == {}  # the idle worker on cpu0 was stopped first
+    assert proc.wait(timeout=30) == 0
+    argv = wait_trace(tmp_path, ddp)["argv"]
+    assert argv[argv.index("--nproc") + 1] == "2" and argv[argv.index("--device") + 1] == "cpu"
+    launcher.close()
