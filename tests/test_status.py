@@ -147,3 +147,11 @@ def test_more_gpus_per_run_than_cpu_slots_is_a_clear_error(tmp_path):
     out = CliRunner().invoke(app, ["reproduce", "simkd-table1", "--profile", "smoke", "--results", str(tmp_path),
                                    "--device", "cpu", "--gpus-per-run", "2"], env={"COLUMNS": "250"})
     assert out.exit_code == 2 and "--cpu-jobs 2" in out.output and not (tmp_path / "runs").exists()
+
+
+def test_a_run_with_an_unreadable_spec_is_counted_not_fatal(store):
+    results, runs, _ = store
+    RunDir(results, runs["pending"].run_id).spec_file.write_text('{"version": 1, "model": ')
+    out = CliRunner().invoke(app, ["status", "--results", str(results)], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "(1 with an unreadable spec.json not shown)" in out.output, out.output
+    assert "1 done  1 running  1 failed  1 skipped  0 pending" in out.output

@@ -36,7 +36,7 @@ class RunProgress:
     def __init__(self, console: Console, specs: Sequence[RunSpec], results: Path, parallel: int, title: str = "runs"):
         self.console, self.results, self.parallel, self.title = console, Path(results), parallel, title
         self.rows = {s.run_id: row_for(s) for s in specs}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # rich may redraw (and call renderable) inside a print
         self.live = (Live(console=console, get_renderable=self.renderable, refresh_per_second=1, transient=True)
                      if console.is_terminal else None)
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from kdbench.errors import KdbenchError
 from kdbench.execute.overview import (
     STATES,
     STYLES,
@@ -64,10 +66,16 @@ def rows_of(results: Path, specs: list[RunSpec]) -> list[RunRow]:
     return rows
 
 
-def stored_specs(results: Path) -> list[RunSpec]:
-    """Every run under ``results/runs`` that has a spec, teachers first."""
-    specs = [RunSpec.model_validate(read_json(p)) for p in sorted(runs_dir(results).glob("*/spec.json"))]
-    return sorted(specs, key=lambda s: len(s.dependencies))
+def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
+    """Every run under ``results/runs`` with a readable spec, teachers first; and how many specs were unreadable
+    (corrupted, or written by another kdbench version)."""
+    specs, unreadable = [], 0
+    for path in sorted(runs_dir(results).glob("*/spec.json")):
+        try:
+            specs.append(RunSpec.model_validate(read_json(path)))
+        except (KdbenchError, ValidationError):
+            unreadable += 1
+    return sorted(specs, key=lambda s: len(s.dependencies)), unreadable
 
 
 def overview(results: Path, recipe: str | None = None, profile: str | None = None) -> RenderableType:
@@ -77,7 +85,9 @@ def overview(results: Path, recipe: str | None = None, profile: str | None = Non
         rows = rows_of(results, found.ordered())
         title = f"{found.recipe.name} ({found.profile}) in {results}"
     else:
-        rows, title = rows_of(results, stored_specs(results)), f"all runs in {results}"
+        specs, unreadable = stored_specs(results)
+        rows = rows_of(results, specs)
+        title = f"all runs in {results}" + (f" ({unreadable} with an unreadable spec.json not shown)" if unreadable else "")
     running = sum(r.state == "running" for r in rows)
     summary = render(title, rows, max(1, running))
     return summary if recipe is not None else Group(summary, by_state(rows))
