@@ -334,3 +334,26 @@ def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_wor
     argv = wait_trace(tmp_path, ddp)["argv"]
     assert argv[argv.index("--nproc") + 1] == "2" and argv[argv.index("--device") + 1] == "cpu"
     launcher.close()
+
+
+def test_a_waited_for_run_that_ends_without_a_result_is_trained_here(tmp_path):
+    """The other process was killed (or the lock was only probed by `kdbench status`): train the run here."""
+    import threading
+    import time
+
+    run = spec("a")
+    rundir = RunDir(tmp_path, run.run_id)
+    events, outcomes, locked = [], {}, threading.Event()
+
+    def hold_then_give_up():
+        with rundir.lock():
+            locked.set()
+            time.sleep(0.6)
+
+    holder = threading.Thread(target=hold_then_give_up)
+    holder.start()
+    locked.wait(5)
+    outcomes.update(LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)).execute([run], tmp_path))
+    holder.join()
+    assert events == ["waiting", "pending", "started", "done"] and outcomes[run.run_id].status == "done"
+    assert json.loads((rundir.path / "launch.json").read_text())["slot"] == "cpu"
