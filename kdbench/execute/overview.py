@@ -119,21 +119,31 @@ def counts_text(rows: Sequence[RunRow]) -> str:
 
 
 def render(title: str, rows: Sequence[RunRow], parallel: int, now: float | None = None) -> RenderableType:
-    """Counts, one line per running run (slot, epoch x/y, elapsed), and the ETA."""
+    """Counts, one line per running run (slot, epoch x/y, elapsed, its own ETA), and the ETA of the whole."""
     now = time.time() if now is None else now
+    eta = estimate(rows, parallel, now)
     line = Text.assemble(*[(f"{n} {state}  ", STYLES[state]) for state, n in counts(rows).items()])
     running = Table(title_justify="left", box=None, pad_edge=False)
-    for column in ("running", "slot", "epoch", "elapsed"):
+    for column in ("running", "slot", "epoch", "elapsed", "ETA"):
         running.add_column(column, no_wrap=True)
     for row in rows:
         if row.state == "running":
+            left = run_eta(row, eta.seconds_per_epoch, now)
             running.add_row(f"{row.label} ({row.run_id})", row.slot or row.note, f"{row.epoch}/{row.epochs}",
-                            duration(now - row.started) if row.started is not None else "—")
+                            duration(now - row.started) if row.started is not None else "—",
+                            duration(left) if left is not None else "—")
     parts: list[RenderableType] = [Text(title, style="bold"), line]
     if running.row_count:
         parts.append(running)
-    parts.append(Text(estimate(rows, parallel, now).text()))
+    parts.append(Text(eta.text()))
     return Group(*parts)
+
+
+def run_eta(row: RunRow, seconds_per_epoch: float | None, now: float) -> float | None:
+    """A running run's time left: its epochs left × its own seconds per epoch so far (else the overall mean)."""
+    if row.started is not None and row.epoch > row.epochs_before:
+        seconds_per_epoch = (now - row.started) / (row.epoch - row.epochs_before)
+    return None if seconds_per_epoch is None else (row.epochs - row.epoch) * seconds_per_epoch
 
 
 def duration(seconds: float) -> str:
