@@ -90,6 +90,9 @@ def reproduce(
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
     runs_per_gpu: Annotated[str, typer.Option("--runs-per-gpu", help="Runs trained at once on each GPU: a number, or auto (as many as fit in its free memory; see kdbench/execute/packing.py).")] = "auto",
     cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores.")] = 1,
+    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=0, help=(
+        "GPUs per run (DDP, `kdbench train --nproc N`), teachers and students alike; such a run has its GPUs to itself. "
+        "Without GPUs, each of its ranks takes one of the --cpu-jobs slots. slurm: 0 asks for no GPU (one process)."))] = 1,
     data_dir: DataDirOpt = None,
     loader: LoaderOpt = "auto",
     ci_train_fraction: Annotated[Optional[float], typer.Option("--ci-train-fraction", help="ci profile: fraction of the training set.")] = None,
@@ -100,7 +103,6 @@ def reproduce(
     compile_: CompileOpt = None,
     teacher_cache: TeacherCacheOpt = "auto",
     executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs or CPU) or slurm (one job per run, a job array per cell's trials; needs pip install 'kdbench[slurm]').")] = "local",
-    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=0, help="GPUs per run; above 1 a run trains as that many DDP processes (slurm: 0 asks for no GPU).")] = 1,
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition.")] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account.")] = None,
     qos: Annotated[Optional[str], typer.Option("--qos", help="slurm: quality of service.")] = None,
@@ -117,6 +119,7 @@ def reproduce(
         from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
+        from kdbench.execute.slots import concurrency
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
@@ -147,12 +150,20 @@ def reproduce(
                 console.print(f"Jobs submitted; they go on without this process. Later: kdbench compare {results} "
                               f"--recipe {table_plan.recipe.name}")
                 return
-        with RunProgress(console, len(table_plan.specs)) as progress:
+        if executor == "slurm":
+            parallel = options.array_parallelism  # the cluster decides; the ETA assumes this many at once
+        else:
+            if gpus_per_run < 1:
+                raise KdbenchError("--gpus-per-run 0 is for --executor slurm (CPU jobs); a local run takes at least one GPU or CPU slot.")
+            slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
+            parallel = concurrency(slots, gpus_per_run)
+        title = f"{table_plan.recipe.name} ({profile}) → {results}"
+        with RunProgress(console, table_plan.ordered(), results, parallel, title) as progress:
             if executor == "slurm":
                 runner = make(progress.event)
             else:
-                slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
-                runner = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event)
+                runner = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event,
+                                       gpus_per_run=gpus_per_run)
             outcomes = reproduce_table(table_plan, results, runner, ci)
     except KdbenchError as exc:
         _fail(exc)
@@ -162,6 +173,34 @@ def reproduce(
                   + f" Next: kdbench compare {results} --recipe {table_plan.recipe.name}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    recipe: Annotated[Optional[str], typer.Argument(help="A recipe's table (name or YAML path); default: every run under RESULTS/runs, grouped by state.")] = None,
+    results: ResultsOpt = Path("results"),
+    profile: Annotated[Optional[str], typer.Option("--profile", help="The table's profile; default: the one reproduced last.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 seconds until Ctrl-C.")] = False,
+) -> None:
+    """Runs done / running / failed / skipped / pending, epoch x/y of each running run, and an ETA, from the results store."""
+    try:
+        from kdbench.results.status import overview
+
+        if not watch:
+            console.print(overview(results, recipe, profile))
+            return
+        import time
+
+        from rich.live import Live
+
+        with Live(overview(results, recipe, profile), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(2)
+                live.update(overview(results, recipe, profile))
+    except KdbenchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -164,3 +164,196 @@ def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
     outcomes = LocalExecutor([Slot("cpu")], KillFirst()).execute(runs, tmp_path)
     assert outcomes[runs[0].run_id].status == "failed" and "exit code" in outcomes[runs[0].run_id].message
     assert outcomes[runs[1].run_id].status == "done"
+
+
+# A stand-in for `kdbench train` that trains until the test lets it finish: it records its arguments and GPUs,
+# then waits for a `release` file in its run directory. Models named "fail*" fail when released.
+GATED_TRAIN = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    spec_file = Path(sys.argv[2])
+    run = spec_file.parent
+    (run / "trace.tmp").write_text(json.dumps({"argv": sys.argv[1:], "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    os.replace(run / "trace.tmp", run / "trace.json")
+    deadline = time.time() + 60
+    while not (run / "release").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    if json.loads(spec_file.read_text())["model"].startswith("fail"):
+        sys.exit(3)
+    (run / "result.json").write_text("{}")
+""")
+
+
+def gated_command(spec_file: Path, results: Path, slot: Slot) -> list[str]:
+    """The real `kdbench train` command line (``--nproc`` included), run by the gated fake."""
+    from kdbench.execute.local import train_command
+
+    return [sys.executable, "-c", GATED_TRAIN, *train_command(spec_file, results, slot)[3:]]
+
+
+def imported(name: str) -> RunSpec:
+    """An imported teacher: evaluated once, so it takes one process whatever --gpus-per-run says."""
+    from kdbench.plan import CheckpointRef
+
+    return spec(name).model_copy(update={"checkpoint": CheckpointRef(path=f"/w/{name}.pt", sha256="0" * 64, format="kdbench")})
+
+
+class Gate:
+    """Runs an executor in a thread; lets the test release runs one by one and see what started where."""
+
+    def __init__(self, results: Path, slots: list[Slot], runs: list[RunSpec], gpus_per_run: int):
+        import threading
+
+        self.results, self.events, self.lock = results, [], threading.Lock()
+        self.executor = LocalExecutor(slots, ProcessPerRun(gated_command), self._record, gpus_per_run=gpus_per_run)
+        self.outcomes: dict = {}
+        self.thread = threading.Thread(target=lambda: self.outcomes.update(self.executor.execute(runs, results)))
+        self.thread.start()
+
+    def _record(self, event: str, s: RunSpec, message: str) -> None:
+        with self.lock:
+            self.events.append((event, s.model, message))
+
+    def started(self) -> dict[str, str]:
+        """{model: slot} of every run started so far, once the scheduler has settled."""
+        import time
+
+        time.sleep(0.6)  # three scheduler passes after the last change
+        with self.lock:
+            return {model: slot for event, model, slot in self.events if event == "started"}
+
+    def release(self, s: RunSpec) -> None:
+        import time
+
+        (RunDir(self.results, s.run_id).path / "release").touch()
+        deadline = time.time() + 30
+        while not any(e[0] in ("done", "failed") and e[1] == s.model for e in self.events) and time.time() < deadline:
+            time.sleep(0.02)
+
+    def finish(self, runs: list[RunSpec]) -> dict:
+        for s in runs:
+            rundir = RunDir(self.results, s.run_id)
+            rundir.path.mkdir(parents=True, exist_ok=True)
+            (rundir.path / "release").touch()
+        self.thread.join(timeout=60)
+        return self.outcomes
+
+
+def wait_trace(results: Path, s: RunSpec) -> dict:
+    """The gated fake's trace, once its process has written it."""
+    import time
+
+    path = RunDir(results, s.run_id).path / "trace.json"
+    deadline = time.time() + 30
+    while not path.is_file() and time.time() < deadline:
+        time.sleep(0.02)
+    return json.loads(path.read_text())
+
+
+def test_a_two_gpu_run_waits_for_two_whole_gpus_while_single_runs_fill_the_rest(tmp_path):
+    """3 fake GPUs × 2 runs each; students train on 2 GPUs (DDP), imported teachers on one."""
+    gpus = [Slot(f"gpu{g}.{k}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(3) for k in range(2)]
+    t = [imported(f"teacher{i}") for i in range(7)]
+    ddp = spec("student", 0, t[0])
+    runs = [*t[:6], ddp, t[6]]
+    gate = Gate(tmp_path, gpus, runs, gpus_per_run=2)
+    first = {"teacher0": "gpu0.0", "teacher1": "gpu1.0", "teacher2": "gpu2.0", "teacher3": "gpu0.1", "teacher4": "gpu1.1",
+             "teacher5": "gpu2.1"}
+    assert gate.started() == first  # spread over the GPUs, then doubled up; teacher6 waits for a slot
+    gate.release(t[0])  # busy 1/2/2: the student may start but no two GPUs are whole; it reserves gpu0 and gpu1
+    assert gate.started() == first
+    gate.release(t[4])  # busy 1/1/2: still reserved gpu0 + gpu1, and gpu2 is full: nothing starts
+    assert gate.started() == first
+    gate.release(t[5])  # gpu2 has room and is not reserved: the single run fills it while the student waits
+    assert gate.started() == {**first, "teacher6": "gpu2.1"}
+    gate.release(t[3])  # gpu0 is whole; gpu1 still has teacher1
+    assert "student" not in gate.started()
+    gate.release(t[1])  # gpu0 and gpu1 are whole: the student starts on both, as one 2-process run
+    assert gate.started()["student"] == "gpu0+gpu1"
+    traced, single = wait_trace(tmp_path, ddp), wait_trace(tmp_path, t[6])
+    assert traced["gpu"] == "0,1" and traced["argv"][traced["argv"].index("--nproc") + 1] == "2"
+    assert "--nproc" not in single["argv"] and single["gpu"] == "2"
+    outcomes = gate.finish(runs)
+    assert all(o.status == "done" for o in outcomes.values())
+
+
+def test_a_failed_ddp_run_does_not_stop_the_single_runs(tmp_path):
+    gpus = [Slot(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(2)]
+    teacher = imported("teacher")
+    bad, good = spec("fail-student", 0, teacher), spec("student", 1, teacher)
+    after_bad = spec("follower", 0).model_copy(update={"teacher": TeacherRef(model=bad.model, run_id=bad.run_id)})
+    others = [imported(f"other{i}") for i in range(2)]
+    gate = Gate(tmp_path, gpus, [teacher, bad, good, after_bad, *others], gpus_per_run=2)
+    assert gate.started() == {"teacher": "gpu0", "other0": "gpu1"}  # the students wait for their teacher
+    gate.release(teacher)  # the failing student reserves both GPUs: other1 must wait behind it
+    assert gate.started() == {"teacher": "gpu0", "other0": "gpu1"}
+    gate.release(others[0])
+    assert gate.started() == {"teacher": "gpu0", "other0": "gpu1", "fail-student": "gpu0+gpu1"}
+    gate.release(bad)  # fails: its follower is skipped, the next student takes both GPUs, other1 waits behind it
+    assert gate.started() == {"teacher": "gpu0", "other0": "gpu1", "fail-student": "gpu0+gpu1", "student": "gpu0+gpu1"}
+    outcomes = gate.finish([good, *others])
+    assert outcomes[bad.run_id].status == "failed" and "exit code 3" in outcomes[bad.run_id].message
+    assert outcomes[after_bad.run_id].status == "skipped" and bad.run_id in outcomes[after_bad.run_id].message
+    assert all(outcomes[s.run_id].status == "done" for s in [teacher, good, *others])
+
+
+def test_more_gpus_per_run_than_gpus_fails_before_starting(tmp_path):
+    from kdbench.errors import KdbenchError
+
+    with pytest.raises(KdbenchError, match="needs 3 GPUs"):
+        LocalExecutor(GPUS, ProcessPerRun(fake_command), gpus_per_run=3).execute([spec("a")], tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_workers_on_its_units(tmp_path):
+    import time
+
+    from kdbench.execute.local import SlotWorkers
+    from kdbench.execute.slots import SlotPool
+
+    cpus = [Slot("cpu0", {"OMP_NUM_THREADS": "1"}), Slot("cpu1", {"OMP_NUM_THREADS": "1"})]
+    first, ddp = tiny_spec(0), spec("student")
+    launcher = SlotWorkers()
+    launcher.per_run = ProcessPerRun(gated_command)  # stands in for `kdbench train --nproc 2` (the ddp branch's flag)
+    for s in (first, ddp):
+        RunDir(tmp_path, s.run_id).path.mkdir(parents=True)
+        (RunDir(tmp_path, s.run_id).spec_file).write_text(s.model_dump_json())
+    pool = SlotPool(cpus)
+    [(_, slot)] = pool.assign([("first", 1)])
+    handle = launcher.start(RunDir(tmp_path, first.run_id).spec_file, tmp_path, slot)
+    deadline = time.time() + 120
+    while handle.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert handle.poll() == 0 and list(launcher.workers) == ["cpu0"]
+    pool.release(slot)
+    [(_, group)] = pool.assign([("ddp", 2)])
+    (RunDir(tmp_path, ddp.run_id).path / "release").touch()
+    proc = launcher.start(RunDir(tmp_path, ddp.run_id).spec_file, tmp_path, group)
+    assert launcher.workers == {}  # the idle worker on cpu0 was stopped first
+    assert proc.wait(timeout=30) == 0
+    argv = wait_trace(tmp_path, ddp)["argv"]
+    assert argv[argv.index("--nproc") + 1] == "2" and argv[argv.index("--device") + 1] == "cpu"
+    launcher.close()
+
+
+def test_a_waited_for_run_that_ends_without_a_result_is_trained_here(tmp_path):
+    """The other process was killed (or the lock was only probed by `kdbench status`): train the run here."""
+    import threading
+    import time
+
+    run = spec("a")
+    rundir = RunDir(tmp_path, run.run_id)
+    events, outcomes, locked = [], {}, threading.Event()
+
+    def hold_then_give_up():
+        with rundir.lock():
+            locked.set()
+            time.sleep(0.6)
+
+    holder = threading.Thread(target=hold_then_give_up)
+    holder.start()
+    locked.wait(5)
+    outcomes.update(LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)).execute([run], tmp_path))
+    holder.join()
+    assert events == ["waiting", "pending", "started", "done"] and outcomes[run.run_id].status == "done"
+    assert json.loads((rundir.path / "launch.json").read_text())["slot"] == "cpu"

@@ -1,11 +1,13 @@
 """Local scheduler: run a DAG of RunSpecs on device slots.
 
-Slots are one per GPU (``CUDA_VISIBLE_DEVICES``) times ``runs_per_gpu``, or one CPU slot. Teachers
+Slots are one per GPU (``CUDA_VISIBLE_DEVICES``) times ``runs_per_gpu``, or CPU slots. A run of g
+processes (``gpus_per_run``, DDP) takes g whole GPUs; placement rules are in ``execute/slots.py``. Teachers
 run before their students; a failed run is reported and its dependents are skipped with the
 reason, while every other run goes on. A run that another process is already training (its lock
 is held) is waited for, not trained twice. How a run is started is a :class:`Launcher`: by
 default a long-lived worker process per slot (``execute/worker.py``), which pays torch's import
-once; :class:`ProcessPerRun` starts one ``kdbench train`` subprocess per run.
+once; :class:`ProcessPerRun` starts one ``kdbench train`` subprocess per run, as the worker launcher
+does for multi-process runs (``kdbench train SPEC --nproc g``).
 """
 
 from __future__ import annotations
@@ -18,25 +20,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.execute.slots import Slot, SlotPool
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
 from kdbench.results.store import RunDir, atomic_write_json
 
 Status = Literal["done", "failed", "skipped"]
 POLL_SECONDS = 0.2
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A place a run can execute: a name and the environment it gets (e.g. CUDA_VISIBLE_DEVICES)."""
-
-    name: str
-    env: dict[str, str] = field(default_factory=dict)
+# A run waited for (its lock was held) that ends with neither result nor failure record is started here again,
+# resuming from its checkpoint: the other process was stopped, or the lock was only probed (`kdbench status`).
+RESTARTS_AFTER_WAIT = 3
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,17 @@ def slot_device(slot: Slot) -> str:
 
 def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None,
                   compute: ComputeOptions | None = None, loader: str = "auto") -> list[str]:
-    """The command an executor runs for one spec: ``python -m kdbench train SPEC``."""
+    """The command an executor runs for one spec: ``python -m kdbench train SPEC`` (``--nproc g`` on a slot of g units)."""
     device = slot_device(slot)
     command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device,
-               "--loader", loader]
+               "--loader", loader] + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
     return command + (["--data-dir", data_dir] if data_dir else []) + (compute_flags(compute) if compute else [])
+
+
+def processes(spec: RunSpec, gpus_per_run: int) -> int:
+    """Processes (GPUs, or CPU ranks) a run takes: ``gpus_per_run`` for every trained run, teachers and students
+    alike; an imported teacher checkpoint is only evaluated, in one process."""
+    return 1 if spec.checkpoint is not None else gpus_per_run
 
 
 def compute_flags(compute: ComputeOptions) -> list[str]:
@@ -132,6 +137,7 @@ class _Worker:
     """A ``kdbench worker`` process and a thread that collects its replies."""
 
     def __init__(self, slot: Slot, log_path: Path):
+        self.slot = slot
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "kdbench", "worker"], stdin=subprocess.PIPE,
@@ -172,14 +178,20 @@ class _WorkerRun:
 
 
 class SlotWorkers:
-    """A long-lived worker process per slot, restarted if it dies."""
+    """A long-lived worker process per slot, restarted if it dies. A multi-process run gets its own
+    ``kdbench train --nproc g`` process; the idle workers of its units are stopped first, so that no
+    CUDA context or cached memory of theirs stays on those GPUs."""
 
     def __init__(self, data_dir: str | None = None, compute: ComputeOptions | None = None, loader: str = "auto"):
         self.data_dir, self.loader = data_dir, loader
         self.compute = compute or ComputeOptions()
         self.workers: dict[str, _Worker] = {}
+        self.per_run = ProcessPerRun(partial(train_command, data_dir=data_dir, compute=self.compute, loader=loader))
 
-    def start(self, spec_file: Path, results: Path, slot: Slot) -> _WorkerRun:
+    def start(self, spec_file: Path, results: Path, slot: Slot) -> Handle:
+        if slot.nproc > 1:
+            self._stop([name for name, w in self.workers.items() if w.slot.unit in slot.units])
+            return self.per_run.start(spec_file, results, slot)
         worker = self.workers.get(slot.name)
         if worker is None or not worker.alive():
             worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
@@ -188,26 +200,32 @@ class SlotWorkers:
         return _WorkerRun(worker)
 
     def close(self) -> None:
-        for worker in self.workers.values():
+        self._stop(list(self.workers))
+
+    def _stop(self, names: list[str]) -> None:
+        """End the (idle) workers ``names``."""
+        stopping = [self.workers.pop(name) for name in names]
+        for worker in stopping:
             if worker.alive() and worker.proc.stdin is not None:
                 worker.proc.stdin.close()  # end of requests: the worker exits
-        for worker in self.workers.values():
+        for worker in stopping:
             try:
                 worker.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
-        self.workers.clear()
 
 
 class LocalExecutor:
-    """Runs specs in dependency order on a fixed set of slots."""
+    """Runs specs in dependency order on a fixed set of slots; each trained run takes ``gpus_per_run`` units."""
 
-    def __init__(self, slots: Sequence[Slot], launcher: Launcher | None = None, listener: Listener | None = None):
+    def __init__(self, slots: Sequence[Slot], launcher: Launcher | None = None, listener: Listener | None = None,
+                 gpus_per_run: int = 1):
         if not slots:
             raise ValueError("at least one slot is needed")
         self.slots = list(slots)
         self.launcher = launcher if launcher is not None else SlotWorkers()
         self.listener = listener or (lambda event, spec, message: None)
+        self.gpus_per_run = gpus_per_run
 
     def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
         try:
@@ -216,25 +234,36 @@ class LocalExecutor:
             self.launcher.close()
 
     def _execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
+        pool = SlotPool(self.slots)
+        for nproc in sorted({processes(s, self.gpus_per_run) for s in specs}):
+            pool.check(nproc)  # before anything starts: a run that can never be placed would wait forever
         by_id = {s.run_id: s for s in specs}
+        order = {run_id: k for k, run_id in enumerate(by_id)}
+        restarts = dict.fromkeys(by_id, 0)
         outcomes: dict[str, Outcome] = {}
         pending = list(specs)
         running: dict[str, tuple[Handle | None, Slot]] = {}  # None: trained by another process
-        free = list(self.slots)
         while pending or running:
             for run_id, (handle, slot) in list(running.items()):
                 if handle is not None and handle.poll() == EXIT_LOCKED:  # lost a race to another process: wait for it
                     running[run_id] = (None, Slot("elsewhere"))
-                    free.append(slot)
+                    pool.release(slot)
                     self.listener("waiting", by_id[run_id], "being trained by another process")
                     continue
                 outcome = self._poll(by_id[run_id], handle, results)
                 if outcome is not None:
                     del running[run_id]
                     if handle is not None:
-                        free.append(slot)
+                        pool.release(slot)
+                    elif (outcome.status == "failed" and not RunDir(results, run_id).failed_file.is_file()
+                          and restarts[run_id] < RESTARTS_AFTER_WAIT):
+                        restarts[run_id] += 1
+                        pending = sorted([*pending, by_id[run_id]], key=lambda s: order[s.run_id])
+                        self.listener("pending", by_id[run_id], "the other process stopped without a result: training it here")
+                        continue
                     outcomes[run_id] = outcome
                     self.listener(outcome.status, by_id[run_id], outcome.message)
+            ready = []
             for spec in list(pending):
                 blocked = self._blocker(spec, outcomes, by_id)
                 if blocked == "wait":
@@ -249,13 +278,14 @@ class LocalExecutor:
                 elif rundir.is_locked():
                     running[spec.run_id] = (None, Slot("elsewhere"))
                     self.listener("waiting", spec, "being trained by another process")
-                elif free:
-                    slot = free.pop(0)
-                    running[spec.run_id] = (self._launch(spec, rundir, results, slot), slot)
-                    self.listener("started", spec, slot.name)
                 else:
-                    continue  # no free slot yet: try again after the next poll
+                    ready.append(spec)  # needs a slot: placed below, in this order
+                    continue
                 pending.remove(spec)
+            for spec, slot in pool.assign([(s, processes(s, self.gpus_per_run)) for s in ready]):
+                running[spec.run_id] = (self._launch(spec, RunDir(results, spec.run_id), results, slot), slot)
+                pending.remove(spec)
+                self.listener("started", spec, slot.name)
             if running:
                 time.sleep(POLL_SECONDS)
         return outcomes
@@ -274,6 +304,8 @@ class LocalExecutor:
     def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> Handle:
         rundir.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
+        # Read by `kdbench status`: where the run trains, since when, and from which epoch (a resume starts later).
+        atomic_write_json(rundir.launch_file, {"slot": slot.name, "started": time.time(), "epochs_before": rundir.epochs_done()})
         return self.launcher.start(rundir.spec_file, results, slot)
 
     @staticmethod

@@ -1,38 +1,81 @@
-"""Live view of a reproduction: a rich progress bar over runs and one line per finished run."""
+"""Live view of a reproduction, fed by the executor's events.
+
+On a terminal: a rich Live panel (counts, each running run's slot, epoch x/y and elapsed time, the ETA;
+``execute/overview.py``) refreshed once a second by rich's own thread, which reads the running runs'
+``metrics.jsonl`` and ``launch.json``; finished runs are printed above it as lines. Elsewhere (CI logs):
+plain lines only, one per event, with the counts and the ETA after each finished run.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Self
 
+from rich.console import Console, RenderableType
+from rich.live import Live
+
+from kdbench.execute.overview import (
+    counts_text,
+    estimate,
+    read_progress,
+    render,
+    row_for,
+)
 from kdbench.plan import RunSpec
+
+STATE_OF_EVENT = {"started": "running", "waiting": "running", "reused": "done", "done": "done", "failed": "failed",
+                  "skipped": "skipped", "pending": "pending"}
+FINISHED_STYLE = {"done": "green", "reused": "dim", "failed": "red", "skipped": "yellow", "pending": "yellow"}
 
 
 class RunProgress:
-    """Listener for :class:`~kdbench.execute.local.LocalExecutor` events."""
+    """Listener for :class:`~kdbench.execute.local.LocalExecutor` events; ``parallel``: runs that can train at once."""
 
-    def __init__(self, console: Console, total: int):
-        self.console = console
-        self.progress = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), console=console, transient=True)
-        self.task = self.progress.add_task("", total=total)
-        self.running: set[str] = set()
+    def __init__(self, console: Console, specs: Sequence[RunSpec], results: Path, parallel: int, title: str = "runs"):
+        self.console, self.results, self.parallel, self.title = console, Path(results), parallel, title
+        self.rows = {s.run_id: row_for(s) for s in specs}
+        self.lock = threading.RLock()  # rich may redraw (and call renderable) inside a print
+        self.live = (Live(console=console, get_renderable=self.renderable, refresh_per_second=1, transient=True)
+                     if console.is_terminal else None)
 
-    def __enter__(self) -> "RunProgress":
-        self.progress.start()
+    def __enter__(self) -> Self:
+        if self.live is not None:
+            self.live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.live is not None:
+            self.live.stop()
+
+    def renderable(self) -> RenderableType:
+        with self.lock:
+            self._read()
+            return render(self.title, list(self.rows.values()), self.parallel)
 
     def event(self, kind: str, spec: RunSpec, message: str) -> None:
-        label = f"{spec.method} {spec.model} seed {spec.seed} ({spec.run_id})"
-        if kind in ("started", "waiting"):
-            self.running.add(spec.run_id)
-        else:
-            self.running.discard(spec.run_id)
-            self.progress.advance(self.task)
-            style = {"done": "green", "reused": "dim", "failed": "red", "skipped": "yellow"}[kind]
-            text = {"reused": "already done"}.get(kind, kind)
-            self.console.print(f"[{style}]{text:>12}[/] {label}" + (f": {message}" if message else ""), highlight=False)
-        self.progress.update(self.task, description=f"{len(self.running)} running")
+        row = self.rows[spec.run_id]
+        with self.lock:
+            row.state = STATE_OF_EVENT[kind]
+            row.slot = message if kind == "started" else ""
+            row.note = "another process" if kind == "waiting" else ""
+            row.started = None
+            if kind in ("started", "waiting"):
+                if self.live is None:
+                    self.console.print(f"{kind:>12} {row.label} ({row.run_id})" + (f" on {message}" if kind == "started" else ""),
+                                       highlight=False, soft_wrap=True)
+                return
+            text = {"reused": "already done", "pending": "restarting"}.get(kind, kind)
+            self.console.print(f"[{FINISHED_STYLE[kind]}]{text:>12}[/] {row.label} ({row.run_id})"
+                               + (f": {message}" if message else ""), highlight=False, soft_wrap=True)
+            if self.live is None:
+                self._read()
+                rows = list(self.rows.values())
+                self.console.print(f"{'':>12} {counts_text(rows)}; {estimate(rows, self.parallel).text()}",
+                                   highlight=False, soft_wrap=True)
+
+    def _read(self) -> None:
+        for row in self.rows.values():
+            if row.state in ("running", "done"):
+                read_progress(row, self.results)

@@ -3,6 +3,7 @@
 Layout of ``<results>/runs/<run-id>/``: ``spec.json`` (what the run is), ``metrics.jsonl`` (one
 line per finished epoch), ``checkpoint.pt`` (resume point), ``model.pt`` (final weights),
 ``result.json`` (written last: its presence means "done"), ``failed.json`` (why a run failed),
+``launch.json`` (the local executor's slot, start time and starting epoch of the latest attempt),
 ``train.log`` and ``.lock``. Tables reproduced from recipes are recorded under ``tables/``.
 """
 
@@ -95,6 +96,7 @@ class RunDir:
     failed_file = property(lambda self: self.path / "failed.json")
     log_file = property(lambda self: self.path / "train.log")
     lock_file = property(lambda self: self.path / ".lock")
+    launch_file = property(lambda self: self.path / "launch.json")
 
     def is_done(self) -> bool:
         return self.result_file.is_file()
@@ -116,6 +118,10 @@ class RunDir:
         if not self.metrics_file.is_file():
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def epochs_done(self) -> int:
+        """Main training epochs recorded in metrics.jsonl (pre-training stage and import entries not counted)."""
+        return sum("phase" not in h for h in self.read_metrics())
 
     def is_locked(self) -> bool:
         """True while another process holds this run's lock."""

@@ -1,0 +1,106 @@
+"""``kdbench status``: a reproduction's runs by state, read from the results store, from any shell.
+
+State of a run: done (``result.json``), running (its lock is held: RunDir.is_locked), failed (``failed.json``),
+skipped (not started because a run it depends on failed), pending (everything else, including an
+interrupted run that will resume). A table is re-planned from the snapshot ``kdbench reproduce`` recorded
+under ``tables/`` (so its run ids are the ones being trained), else from the recipe as it is now.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from kdbench.errors import KdbenchError
+from kdbench.execute.overview import (
+    STATES,
+    STYLES,
+    RunRow,
+    duration,
+    read_progress,
+    render,
+    row_for,
+)
+from kdbench.plan import Plan, RunSpec
+from kdbench.results.collect import run_status
+from kdbench.results.store import RunDir, read_json, runs_dir, tables_dir
+
+STATE = {"done": "done", "running": "running", "failed": "failed", "incomplete": "pending", "pending": "pending"}
+
+
+def table_plan(results: Path, recipe: str, profile: str | None) -> Plan:
+    """The plan of ``recipe``'s table: from its record under ``tables/`` (``profile``: the given one, else the latest
+    reproduced), else re-planned from the recipe under ``profile`` (default full)."""
+    from kdbench.plan import plan
+    from kdbench.recipe import Recipe, load_recipe
+
+    name = load_recipe(recipe).name
+    records = sorted(tables_dir(results).glob(f"{name}--*.json"), key=lambda p: read_json(p).get("updated", 0.0))
+    if profile is not None:
+        records = [p for p in records if p.name == f"{name}--{profile}.json"]
+    if records:
+        raw = read_json(records[-1])
+        return plan(Recipe.model_validate(raw["recipe"]), raw["profile"], trials=raw["trials"], ci_overrides=raw.get("ci_overrides", {}))
+    return plan(load_recipe(recipe), profile or "full")
+
+
+def rows_of(results: Path, specs: list[RunSpec]) -> list[RunRow]:
+    """One row per spec, in order, with its state and progress read from the store."""
+    rows, states = [], {}
+    for spec in specs:
+        row = row_for(spec)
+        row.state = STATE[run_status(RunDir(results, spec.run_id))]
+        if row.state == "pending" and any(states.get(dep) in ("failed", "skipped") for dep in spec.dependencies):
+            row.state, row.note = "skipped", "a run it depends on failed"
+        elif row.state == "failed":
+            failure = RunDir(results, spec.run_id).failure()
+            row.note = f"{failure.get('error', 'error')}: {failure.get('message', '')}"
+        states[spec.run_id] = row.state
+        read_progress(row, results)
+        rows.append(row)
+    return rows
+
+
+def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
+    """Every run under ``results/runs`` with a readable spec, teachers first; and how many specs were unreadable
+    (corrupted, or written by another kdbench version)."""
+    specs, unreadable = [], 0
+    for path in sorted(runs_dir(results).glob("*/spec.json")):
+        try:
+            specs.append(RunSpec.model_validate(read_json(path)))
+        except (KdbenchError, ValidationError):
+            unreadable += 1
+    return sorted(specs, key=lambda s: len(s.dependencies)), unreadable
+
+
+def overview(results: Path, recipe: str | None = None, profile: str | None = None) -> RenderableType:
+    """The summary of a table's runs (``recipe``), or of every stored run grouped by state."""
+    if recipe is not None:
+        found = table_plan(results, recipe, profile)
+        rows = rows_of(results, found.ordered())
+        title = f"{found.recipe.name} ({found.profile}) in {results}"
+    else:
+        specs, unreadable = stored_specs(results)
+        rows = rows_of(results, specs)
+        title = f"all runs in {results}" + (f" ({unreadable} with an unreadable spec.json not shown)" if unreadable else "")
+    running = sum(r.state == "running" for r in rows)
+    summary = render(title, rows, max(1, running))
+    return summary if recipe is not None else Group(summary, by_state(rows))
+
+
+def by_state(rows: list[RunRow]) -> Table:
+    """Every run, grouped by state."""
+    now = time.time()
+    table = Table(box=None, pad_edge=False)
+    for column in ("state", "run", "epoch", "detail"):
+        table.add_column(column, no_wrap=column != "detail")
+    for state in STATES:
+        for row in (r for r in rows if r.state == state):
+            where = f"{row.slot} for {duration(now - row.started)}" if row.state == "running" and row.started else row.note
+            table.add_row(Text(state, style=STYLES[state]), f"{row.label} ({row.run_id})", f"{row.epoch}/{row.epochs}", where)
+    return table
