@@ -253,7 +253,7 @@ def _check_processes(spec: RunSpec, method: type[methods.Distiller], group: Grou
         raise KdbenchError(f"run {spec.run_id}: batch size {batch} does not split over {world} processes; use a process "
                            f"count that divides it (the global batch is held constant across process counts).")
     needs = method.needs
-    if needs.sample_indices or needs.fixed_batch:
+    if not needs.splits_over_processes:
         why = "keeps per-sample state (a memory bank)" if needs.sample_indices else "sizes its modules by the batch size"
         raise KdbenchError(f"run {spec.run_id}: method {spec.method} {why}, which kdbench does not split over processes; "
                            f"train it with --nproc 1.")

@@ -82,3 +82,14 @@ def test_more_gpus_than_exist_is_an_error_before_anything_starts():
     with pytest.raises(KdbenchError, match="--cpu-jobs 2"):
         SlotPool(detect_slots("cpu", cpu_jobs=1)).check(2)
     SlotPool(detect_slots("cpu", cpu_jobs=2)).check(2)
+
+
+def test_runs_that_cannot_be_split_take_one_process():
+    from kdbench.execute.local import processes
+    from kdbench.plan import plan
+    from kdbench.recipe import load_recipe
+
+    p = plan(load_recipe("simkd-table3"), "smoke")
+    by_method = {s.method: processes(s, 2) for s in p.specs.values()}
+    assert by_method["crd"] == by_method["semckd"] == 1  # a memory bank / modules sized by the batch
+    assert by_method["kd"] == by_method["simkd"] == by_method["ce"] == 2

@@ -137,6 +137,14 @@ def test_multi_gpu_runs_ask_for_the_gpus_of_one_node_and_train_with_nproc(tmp_pa
     assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 1 and fn.nproc == 4
 
 
+def test_runs_that_cannot_be_split_ask_for_one_gpu(tmp_path):
+    teacher = spec("resnet32x4")
+    crd = spec("resnet8x4", 0, teacher).model_copy(update={"method": "crd"})  # a memory bank: one process
+    fake = FakeSubmitit()
+    SlurmExecutor(SlurmOptions(gpus_per_run=4), make_executor=lambda folder, options: fake.fresh()).submit([teacher, crd], tmp_path)
+    assert [(c[1]["gpus_per_node"], c[2].nproc) for c in fake.calls] == [(4, 4), (1, 1)]
+
+
 def test_a_failed_teacher_fails_and_its_students_are_skipped_with_the_reason(tmp_path):
     teacher, other = spec("resnet32x4"), spec("resnet8")
     students = [spec("resnet8x4", seed, teacher) for seed in range(2)]

@@ -89,8 +89,13 @@ def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str |
 
 def processes(spec: RunSpec, gpus_per_run: int) -> int:
     """Processes (GPUs, or CPU ranks) a run takes: ``gpus_per_run`` for every trained run, teachers and students
-    alike; an imported teacher checkpoint is only evaluated, in one process."""
-    return 1 if spec.checkpoint is not None else gpus_per_run
+    alike; one for an imported teacher checkpoint (only evaluated) and for methods that cannot be split over
+    processes (``Needs.splits_over_processes``: CRD, SemCKD)."""
+    from kdbench import methods
+
+    if spec.checkpoint is not None or not methods.get(spec.method).needs.splits_over_processes:
+        return 1
+    return gpus_per_run
 
 
 def compute_flags(compute: ComputeOptions) -> list[str]:

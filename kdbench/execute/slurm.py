@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import Listener, Outcome
+from kdbench.execute.local import Listener, Outcome, processes
 from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.plan import RunSpec
 from kdbench.results.store import RunDir, atomic_write_json
@@ -206,9 +206,11 @@ class SlurmExecutor:
                 rundir.path.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
             deps = sorted({submission.jobs[d].job_id for s in group for d in s.dependencies if d in submission.jobs})
-            job = TrainJob(str(results), nproc, self.train_options)
+            ranks = processes(group[0], nproc)  # 1 for imported teachers and methods that cannot be split
+            job = TrainJob(str(results), ranks, self.train_options)
             self._parameters(executor, deps, name=f"kdbench-{group[0].run_id}" if len(group) == 1 else
-                             f"kdbench-{group[0].method}-{group[0].model}-x{len(group)}", array=len(group))
+                             f"kdbench-{group[0].method}-{group[0].model}-x{len(group)}", array=len(group),
+                             gpus=ranks if self.options.gpus_per_run else 0)
             jobs = [executor.submit(job, group[0].run_id)] if len(group) == 1 else executor.map_array(job, [s.run_id for s in group])
             for spec, job in zip(group, jobs):
                 submission.jobs[spec.run_id] = job
@@ -226,6 +228,8 @@ class SlurmExecutor:
         params = self.options.parameters()
         if gpus == 0:
             params.pop("gpus_per_node", None)
+        elif gpus is not None:
+            params["gpus_per_node"] = gpus
         executor.update_parameters(**params, name=name, slurm_additional_parameters=dependency,
                                    slurm_array_parallelism=min(array, self.options.array_parallelism))
 

@@ -60,6 +60,12 @@ class Needs:
         read, and there is no strong view (MLKD's random strong views are not a finite set)."""
         return self.teacher and self.teacher_logits_only and not self.strong_view
 
+    @property
+    def splits_over_processes(self) -> bool:
+        """Whether a run can train as several DDP processes: not with per-sample state (CRD's memory bank) or
+        modules sized by the batch (SemCKD); such runs train in one process whatever --gpus-per-run asks."""
+        return not (self.sample_indices or self.fixed_batch)
+
 
 @dataclass(frozen=True)
 class Step:
