@@ -71,3 +71,28 @@ def test_teacher_and_student_train_on_the_image_folder(tmp_path: Path, caplog: p
     assert "teacher cache not used" in caplog.text and "loader torch" in caplog.text
     assert result["epochs"] == 2 and not result["compute"]["teacher_cache"]
     assert 0.0 <= result["last_top1"] <= 100.0
+
+
+def test_smoke_imagenet_recipe_reproduces_with_two_ddp_ranks_on_cpu(tmp_path: Path) -> None:
+    """Issue 6's end-to-end check: an ImageNet recipe's smoke profile (ImageNet models on the synthetic folder)
+    through the local scheduler with 2 gloo ranks per run, then compare reads the table."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    results, data_dir = tmp_path / "results", tmp_path / "data"
+    env = {**os.environ, "COLUMNS": "200"}
+    kdbench = [sys.executable, "-m", "kdbench"]
+    proc = subprocess.run([*kdbench, "reproduce", "dist-table9", "--profile", "smoke", "--pairs", "with_cls", "--methods", "DIST",
+                           "--gpus-per-run", "2", "--cpu-jobs", "2", "--results", str(results), "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "on cpu0+cpu1" in proc.stdout and "2 of 2 runs done" in proc.stdout
+    finished = [json.loads(p.read_text()) for p in results.glob("runs/*/result.json")]
+    assert sorted(r["model"] for r in finished) == ["imagenet/resnet18", "imagenet/resnet34"]
+    assert all(r["world_size"] == 2 for r in finished)
+    table = subprocess.run([*kdbench, "compare", str(results), "--recipe", "dist-table9", "--format", "csv"],
+                           capture_output=True, text=True, env=env, timeout=300, check=True).stdout
+    dist = next(line for line in table.splitlines() if ",DIST," in line and "with_cls" in line)
+    assert ",1,1," in dist  # n = 1 of 1 planned run
