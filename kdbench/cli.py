@@ -312,7 +312,7 @@ def list_recipes() -> None:
         table.add_row(name, f"{r.paper.split(':')[0]} {r.table}", "[green]runnable[/]", r.dataset.name,
                       f"{len(r.columns)} × {len(r.rows)}", str(r.trials), notes or "—")
     for entry in table_catalog():
-        style = {"not supported": "red", "needs ImageNet": "yellow", "planned": "dim"}[entry.status]
+        style = {"not supported": "red", "planned": "dim"}[entry.status]
         table.add_row(entry.name, f"{entry.paper} {entry.table}", f"[{style}]{entry.status}[/]", "", "", "", entry.reason)
     console.print(table)
     console.print(f"Methods implemented: {', '.join(methods.names())}")

@@ -310,7 +310,7 @@ class CatalogEntry(_Strict):
     name: str
     paper: str
     table: str
-    status: Literal["needs ImageNet", "planned", "not supported"]
+    status: Literal["planned", "not supported"]
     reason: str
 
 
