@@ -29,8 +29,8 @@ from kdbench.data.augment import epoch_plan
 from kdbench.data.ffcv_loader import (
     META_FILE,
     FfcvUnavailable,
-    _plan_order_class,
     import_ffcv,
+    open_loader,
 )
 from kdbench.data.folder import FolderDataset
 from kdbench.data.folder_loaders import strong_view_unsupported
@@ -159,18 +159,14 @@ class FfcvFolderLoaders:
         """One ffcv ``Loader`` per (split, per-rank batch size, augment), kept: each new one costs seconds of JIT."""
         key = (split, batch_size, augment)
         if key not in self._loaders:
-            threads = torch.get_num_threads()
             f, crop = self.ffcv, self.dataset.crop
             size = (crop.image_size, crop.image_size)
             image = ([self.decoders.random(size, scale=crop.scale, ratio=crop.ratio), self.decoders.flip()] if augment
                      else [self.decoders.centre(size, ratio=crop.image_size / crop.resize_size)])
             pipelines = {"image": [*image, f.ToTensor()], "label": [f.IntDecoder(), f.ToTensor()],
                          "index": [f.IntDecoder(), f.ToTensor()]}
-            self._loaders[key] = f.Loader(
-                str(self.directory / f"{split}.beton"), batch_size=batch_size, num_workers=self.ffcv_workers,
-                order=_plan_order_class(f.TraversalOrder)(), drop_last=False, pipelines=pipelines,
-            )
-            torch.set_num_threads(threads)
+            self._loaders[key] = open_loader(f, self.directory / f"{split}.beton", batch_size, self.ffcv_workers,
+                                             pipelines, drop_last=False)
         return self._loaders[key]
 
     def _batches(self, split: str, order: np.ndarray, batch_size: int, augment: bool, drop_last: bool,

@@ -191,6 +191,17 @@ class FfcvBatches:
             torch.set_num_threads(threads)
 
 
+def open_loader(ffcv: Any, path: Path, batch_size: int, workers: int, pipelines: dict[str, list[Any]],
+                drop_last: bool) -> Any:
+    """An ffcv ``Loader`` of ``path`` that visits samples in the order each pass sets (the epoch plan's).
+    Building one changes torch's thread count; it is put back."""
+    threads = torch.get_num_threads()
+    loader = ffcv.Loader(str(path), batch_size=batch_size, num_workers=workers, order=_plan_order_class(ffcv.TraversalOrder)(),
+                         drop_last=drop_last, pipelines=pipelines)
+    torch.set_num_threads(threads)
+    return loader
+
+
 class FfcvLoaders:
     """Train and test batches read by ffcv from the .beton files in ``directory`` (see ``prepare``)."""
 
@@ -217,15 +228,11 @@ class FfcvLoaders:
         """One ffcv ``Loader`` per (split, batch size, drop_last), kept: each new one costs seconds of JIT."""
         key = (split, batch_size, drop_last)
         if key not in self._loaders:
-            threads = torch.get_num_threads()
             f = self.ffcv
             pipelines = {"image": [f.SimpleRGBImageDecoder(), f.ToTensor()],
                          "label": [f.IntDecoder(), f.ToTensor()], "index": [f.IntDecoder(), f.ToTensor()]}
-            self._loaders[key] = f.Loader(
-                str(self.directory / f"{split}.beton"), batch_size=batch_size, num_workers=self.ffcv_workers,
-                order=_plan_order_class(f.TraversalOrder)(), drop_last=drop_last, pipelines=pipelines,
-            )
-            torch.set_num_threads(threads)
+            self._loaders[key] = open_loader(f, self.directory / f"{split}.beton", batch_size, self.ffcv_workers,
+                                             pipelines, drop_last)
         return self._loaders[key]
 
     def train(
