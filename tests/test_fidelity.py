@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from kdbench import methods
-from kdbench.compute import ComputeOptions
-from kdbench.execute.local import LocalExecutor, detect_slots
-from kdbench.plan import DataSpec, RunSpec, TrainSpec
-from kdbench.results.store import RunDir
-from tests.test_fast_path import (
+from test_fast_path import (
     FP32_ATOL,
     FP32_RTOL,
     distiller,
     first_batch,
     tiny_arrays,
 )
+
+from kdbench import methods
+from kdbench.compute import ComputeOptions
+from kdbench.execute.local import LocalExecutor, detect_slots
+from kdbench.plan import DataSpec, RunSpec, TrainSpec
+from kdbench.results.store import RunDir
 
 
 def gradients(d: methods.Distiller, batch: tuple[torch.Tensor, ...], autocast: bool = False) -> dict[str, torch.Tensor]:
