@@ -4,6 +4,7 @@ test_loaders.py hold the rest of the gate: loader batches, teacher cache, compil
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,14 @@ from test_fast_path import (
     first_batch,
     tiny_arrays,
 )
+from typer.testing import CliRunner
 
 from kdbench import methods
+from kdbench.cli import app
 from kdbench.compute import ComputeOptions
+from kdbench.errors import KdbenchError
 from kdbench.execute.local import LocalExecutor, detect_slots
+from kdbench.fidelity import MODES, FidelityConfig, ModeResult, data_file
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results.store import RunDir
 
@@ -97,3 +102,44 @@ def test_a_packed_run_equals_the_same_run_alone(tmp_path: Path):
     drop = {"images_per_s"}
     assert [{k: v for k, v in m.items() if k not in drop} for m in metrics[0]] == \
         [{k: v for k, v in m.items() if k not in drop} for m in metrics[1]]
+
+
+# ---------------------------------------------------------------- the real-data accuracy gate (kdbench fidelity)
+
+
+def test_fidelity_gate_end_to_end_on_real_images(shared_data: Path, tmp_path: Path):
+    """A much smaller gate than the documented one (100 train / 100 test images, 1 epoch, 2 seeds): the loader
+    mode must give bit-identical weights, the others nearly identical ones, and the exit code follows the report."""
+    out = tmp_path / "gate.json"
+    result = CliRunner().invoke(app, [
+        "fidelity", "--data-dir", str(shared_data), "--train-fraction", "0.005", "--test-fraction", "0.01",
+        "--teacher", "resnet8", "--teacher-epochs", "1", "--epochs", "1", "--seeds", "2",
+        "--modes", "tensor,channels-last,bf16", "--results", str(tmp_path / "results"), "--json", str(out),
+    ])
+    report = json.loads(out.read_text())
+    modes = {m["mode"]: m for m in report["modes"]}
+    assert list(modes) == ["reference", "tensor", "channels-last", "bf16"]
+    assert report["train_images"] == 100 and report["test_images"] == 100
+    assert all(len(m["top1"]) == 2 for m in modes.values())
+    assert modes["tensor"]["identical"] == [True, True] and modes["tensor"]["top1"] == modes["reference"]["top1"]
+    assert modes["channels-last"]["max_weight_diff"] < 1e-3  # same arithmetic up to summation order
+    assert 0 < modes["bf16"]["max_weight_diff"] < 0.05  # bf16 rounding, one epoch of drift
+    assert result.exit_code == (0 if report["passed"] else 1), result.output
+    assert ("fidelity gate: PASS" if report["passed"] else "fidelity gate: FAIL") in result.output
+    assert "bit-identical" in result.output
+
+
+def test_the_gate_fails_a_loader_that_is_not_exact_or_a_mode_that_differs():
+    within = ModeResult(MODES["tensor"], top1=[50.0, 52.0], identical=[True, True], verdict="within noise")
+    assert within.passed
+    assert not ModeResult(MODES["tensor"], top1=[50.0, 52.0], identical=[True, False], verdict="within noise").passed
+    assert ModeResult(MODES["bf16"], top1=[50.0, 52.0], identical=[False, False], verdict="within noise").passed
+    assert not ModeResult(MODES["bf16"], top1=[40.0, 41.0], identical=[False, False], verdict="differs").passed
+    assert ModeResult(MODES["ffcv"], unavailable="ffcv is not importable").passed  # reported, not failed
+
+
+def test_fidelity_names_the_missing_data_file_and_the_unknown_mode(tmp_path: Path):
+    with pytest.raises(KdbenchError, match="KDBENCH_DATA"):
+        data_file(FidelityConfig(data="missing.npz", data_dir=str(tmp_path)))
+    with pytest.raises(KdbenchError, match="unknown fidelity mode 'fp8'"):
+        FidelityConfig(modes=("fp8",))
