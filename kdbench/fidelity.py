@@ -73,13 +73,13 @@ class FidelityConfig:
 
     data: str = "cifar10-jpeg-q75-20k.npz"  # an .npz, absolute or under the data directory
     data_dir: str | None = None
-    train_fraction: float = 0.025  # 500 of the 20,000 training images (class-stratified)
+    train_fraction: float = 0.05  # 1,000 of the 20,000 training images (class-stratified)
     test_fraction: float = 0.1  # 1,000 of the 10,000 test images
     teacher: str = "resnet8"
     student: str = "resnet8"
     method: str = "kd"
-    teacher_epochs: int = 10
-    epochs: int = 3
+    teacher_epochs: int = 15
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
     seeds: int = 3
