@@ -11,7 +11,8 @@ and images, in the same process, measured in interleaved rounds (the host may be
   per-step ``loss.item()`` the papers log with. For MLKD, the dataset also returns each image's strong
   view, made per sample with PIL in the loader (``data/strong.py``) as MLKD's released code does.
 
-FLOPs per image come from ``FlopCounterMode`` on one forward pass of each network (training = 3 × forward);
+FLOPs per image come from ``FlopCounterMode`` on one forward pass of each network (training = 3 × forward, twice
+for MLKD, which trains on a weak and a strong view);
 the cache build is timed separately, since it is paid once per teacher and shared by every run.
 """
 
@@ -296,7 +297,8 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
             rates[name].append(_timed(run, config.steps, images, device))
         if on_round is not None:
             on_round(round_ + 1, rates["kdbench"][-1], rates["reference"][-1])
-    train_flops = 3 * student_flops
+    views = 2 if ours.needs.strong_view else 1  # MLKD trains on each image's weak and strong view
+    train_flops, teacher_flops = views * 3 * student_flops, views * teacher_flops
     return BenchReport(
         config=config, device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device), compute=compute,
         kdbench=PathResult("kdbench", rates["kdbench"], train_flops + (0 if cache is not None else teacher_flops)),

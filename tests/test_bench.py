@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from kdbench import methods
-from kdbench.bench import BenchConfig, bench
+from kdbench import methods, models
+from kdbench.bench import BenchConfig, bench, forward_flops
 from kdbench.compute import ComputeOptions
 
 TINY = ["--teacher", "resnet8", "--student", "resnet8", "--images", "8", "--batch-size", "4", "--steps", "2",
@@ -55,3 +55,5 @@ def test_bench_measures_mlkd_with_strong_views_on_both_paths(tmp_path, monkeypat
     report = bench(config)
     assert report.teacher_cache.startswith("not used")
     assert seen == [torch.Size([4, 3, 32, 32])] * 2  # one step per path, each with a batch of strong views
+    forward = forward_flops(models.create("resnet8", num_classes=100))  # synthetic data: 100 classes
+    assert report.kdbench.flops_per_image == report.reference.flops_per_image == 2 * (3 * forward + forward)
