@@ -429,7 +429,7 @@ def fidelity(
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Student epochs.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Student seeds per mode.")] = 3,
-    modes: Annotated[Optional[list[str]], typer.Option("--modes", help="Fast modes to compare with the reference (repeat or comma-separate): tensor, ffcv, teacher-cache, bf16, channels-last, compile. Default: all but compile.")] = None,
+    modes: Annotated[list[str] | None, typer.Option("--modes", help="Fast modes to compare with the reference (repeat or comma-separate): tensor, ffcv, teacher-cache, bf16, channels-last, compile. Default: all but compile.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu (the gate's setting), auto, cuda or cuda:N.")] = "cpu",
     results: ResultsOpt = Path("results/fidelity"),
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report to this JSON file.")] = None,
