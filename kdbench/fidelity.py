@@ -106,6 +106,7 @@ class ModeResult:
     identical: list[bool] = field(default_factory=list)  # final weights equal to the reference's, per seed
     max_weight_diff: float = 0.0
     unavailable: str = ""  # why the mode could not run here
+    eager_fallback: bool = False  # compile was asked for but a run went on eagerly (compute.CompiledOrEager)
     p_value: float = math.nan
     verdict: str = ""  # within noise / differs / inconclusive / unavailable
 
@@ -127,7 +128,7 @@ class ModeResult:
         return {"mode": self.mode.name, "loader": self.mode.loader, "compute": self.mode.compute.to_json(),
                 "change": self.mode.change, "exact": self.mode.exact, "top1": self.top1, "mean": self.mean, "std": self.std,
                 "seconds": self.seconds, "identical": self.identical, "max_weight_diff": self.max_weight_diff,
-                "unavailable": self.unavailable, "p_value": self.p_value, "verdict": self.verdict, "passed": self.passed}
+                "unavailable": self.unavailable, "eager_fallback": self.eager_fallback, "p_value": self.p_value, "verdict": self.verdict, "passed": self.passed}
 
 
 @dataclass
@@ -239,6 +240,7 @@ def run_gate(config: FidelityConfig, on_run: Callable[[str, int, dict[str, Any]]
                                compute=MODES[mode].compute, data_dir=data_dirs[mode])
             outcome.top1.append(result["last_top1"])
             outcome.seconds.append(result["wall_seconds"])
+            outcome.eager_fallback |= MODES[mode].compute.compile is True and not result["compute"]["compiled"]
             if on_run is not None:
                 on_run(mode, spec.seed, result)
     reference = outcomes["reference"]
@@ -272,6 +274,7 @@ def summary_rows(report: FidelityReport) -> list[tuple[str, ...]]:
         same = ("reference" if m is reference else "bit-identical" if all(m.identical)
                 else f"max |Δw| {m.max_weight_diff:.2g}")
         rows.append((m.mode.name, m.mode.change, spread, "—" if m is reference else f"{m.mean - reference.mean:+.2f}",
-                     "—" if m is reference else f"{m.p_value:.2f}", "—" if m is reference else m.verdict, same,
+                     "—" if m is reference else f"{m.p_value:.2f}",
+                     "—" if m is reference else m.verdict + (" (ran eagerly: compile failed)" if m.eager_fallback else ""), same,
                      f"{statistics.fmean(m.seconds):.0f}"))
     return rows

@@ -23,7 +23,14 @@ from kdbench.cli import app
 from kdbench.compute import ComputeOptions
 from kdbench.errors import KdbenchError
 from kdbench.execute.local import LocalExecutor, detect_slots
-from kdbench.fidelity import MODES, FidelityConfig, ModeResult, data_file
+from kdbench.fidelity import (
+    MODES,
+    FidelityConfig,
+    ModeResult,
+    data_file,
+    run_gate,
+    summary_rows,
+)
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results.store import RunDir
 
@@ -143,3 +150,17 @@ def test_fidelity_names_the_missing_data_file_and_the_unknown_mode(tmp_path: Pat
         data_file(FidelityConfig(data="missing.npz", data_dir=str(tmp_path)))
     with pytest.raises(KdbenchError, match="unknown fidelity mode 'fp8'"):
         FidelityConfig(modes=("fp8",))
+
+
+def test_the_gate_says_when_compile_fell_back_to_eager(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def broken_compile(fn):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    report = run_gate(FidelityConfig(data_dir=str(shared_data), train_fraction=0.005, test_fraction=0.01, teacher_epochs=1,
+                                     epochs=1, seeds=1, modes=("compile",), results=tmp_path))
+    compiled = report.modes[1]
+    assert compiled.eager_fallback and compiled.identical == [True]  # eager = the reference, bit for bit
+    assert "ran eagerly: compile failed" in summary_rows(report)[1][5]
