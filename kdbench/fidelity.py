@@ -63,7 +63,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("channels-last", "torch", _compute(channels_last=True), "channels_last memory format"),
     Mode("compile", "torch", _compute(compile=True), "torch.compile (falls back to eager if it fails)"),
 )}
-# compile is left out by default: Inductor on a CPU compiles for minutes (tests/test_fast_path.py, slow test).
+# compile is left out by default: on a CPU its first run spends minutes compiling (108 s here, docs/BENCHMARKS.md).
 DEFAULT_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "compile")
 
 
