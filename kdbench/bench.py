@@ -8,9 +8,11 @@ and images, in the same process, measured in interleaved rounds (the host may be
 * **reference** — the way the papers' code (RepDistiller, mdistiller) trains: a ``torch.utils.data.DataLoader``
   with per-sample torchvision transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
   Normalize), the teacher's forward pass every step, the method's loss, SGD, eager fp32, and the
-  per-step ``loss.item()`` the papers log with.
+  per-step ``loss.item()`` the papers log with. For MLKD, the dataset also returns each image's strong
+  view, made per sample with PIL in the loader (``data/strong.py``) as MLKD's released code does.
 
-FLOPs per image come from ``FlopCounterMode`` on one forward pass of each network (training = 3 × forward);
+FLOPs per image come from ``FlopCounterMode`` on one forward pass of each network (training = 3 × forward, twice
+for MLKD, which trains on a weak and a strong view);
 the cache build is timed separately, since it is paid once per teacher and shared by every run.
 """
 
@@ -27,12 +29,14 @@ from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdbench import data, methods, models, teacher_cache, train
 from kdbench.compute import CPU_MALLOC_ENV, Compute, ComputeOptions, device_name
+from kdbench.data.strong import strong_view
 from kdbench.errors import KdbenchError
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
@@ -143,7 +147,7 @@ def load_images(config: BenchConfig) -> data.ImageArrays:
 class _PaperStyleImages(Dataset):
     """The papers' CIFAR dataset: a PIL image per sample through torchvision transforms."""
 
-    def __init__(self, arrays: data.ImageArrays):
+    def __init__(self, arrays: data.ImageArrays, strong: bool = False, seed: int = 0):
         from PIL import Image
 
         from kdbench._torchvision import import_torchvision
@@ -155,12 +159,17 @@ class _PaperStyleImages(Dataset):
         ])
         self.to_pil, self.transform = Image.fromarray, train_transforms
         self.images, self.labels = arrays.x_train, arrays.y_train
+        self.normalize = tv.transforms.Compose([tv.transforms.ToTensor(), tv.transforms.Normalize(arrays.mean, arrays.std)])
+        self.rng = np.random.default_rng(seed) if strong else None  # MLKD's strong view (per sample, PIL)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        return self.transform(self.to_pil(self.images[index])), int(self.labels[index]), index
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | int, ...]:
+        item = (self.transform(self.to_pil(self.images[index])), int(self.labels[index]), index)
+        if self.rng is None:
+            return item
+        return (*item, self.normalize(strong_view(self.images[index], self.rng)))
 
 
 def _distiller(config: BenchConfig, student: models.KDModel, teacher: models.KDModel,
@@ -216,7 +225,8 @@ class _ReferencePath:
     def __init__(self, config: BenchConfig, distiller: methods.Distiller, arrays: data.ImageArrays, device: torch.device):
         self.distiller, self.device = distiller, device
         self.optimizer = _sgd(distiller)
-        loader = DataLoader(_PaperStyleImages(arrays), batch_size=config.batch_size, shuffle=True,
+        loader = DataLoader(_PaperStyleImages(arrays, distiller.needs.strong_view, config.seed),
+                            batch_size=config.batch_size, shuffle=True,
                             num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
         self.batches = self._forever(loader)
 
@@ -228,9 +238,10 @@ class _ReferencePath:
 
     def run(self, steps: int) -> None:
         self.distiller.train()
-        for epoch, (images, targets, indices) in islice(self.batches, steps):
+        for epoch, (images, targets, indices, *strong) in islice(self.batches, steps):
             images, targets = images.to(self.device), targets.to(self.device)
-            _, terms = self.distiller.forward_train(images, targets, epoch, indices.to(self.device))
+            views = strong[0].to(self.device) if strong else None
+            _, terms = self.distiller.forward_train(images, targets, epoch, indices.to(self.device), views)
             loss = sum(terms.values())
             self.optimizer.zero_grad()
             loss.backward()
@@ -251,9 +262,6 @@ def _timed(run: Callable[[int], None], steps: int, images: int, device: torch.de
 
 def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callable[[int, float, float], None] | None = None) -> BenchReport:
     """Measure both paths in ``config.rounds`` interleaved rounds; see the module docstring."""
-    if methods.get(config.method).needs.strong_view:
-        raise KdbenchError(f"bench cannot measure {config.method!r} yet: its papers-style reference loop has no strong "
-                           "augmented view. Pick a method without one (e.g. kd, dkd, dist).")
     if config.batch_size > config.images:
         raise KdbenchError(f"--batch-size {config.batch_size} is larger than --images {config.images}: raise --images.")
     device = train.resolve_device(config.device)
@@ -291,7 +299,8 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
             rates[name].append(_timed(run, config.steps, images, device))
         if on_round is not None:
             on_round(round_ + 1, rates["kdbench"][-1], rates["reference"][-1])
-    train_flops = 3 * student_flops
+    views = 2 if ours.needs.strong_view else 1  # MLKD trains on each image's weak and strong view
+    train_flops, teacher_flops = views * 3 * student_flops, views * teacher_flops
     return BenchReport(
         config=config, device=device_name(device), compute=compute,
         kdbench=PathResult("kdbench", rates["kdbench"], train_flops + (0 if cache is not None else teacher_flops)),

@@ -562,6 +562,58 @@ def bench(
         err.print(f"wrote {json_out}")
 
 
+@app.command()
+def fidelity(
+    data: Annotated[str, typer.Option("--data", help="Real images: an .npz file, absolute or under --data-dir / $KDBENCH_DATA.")] = "cifar10-jpeg-q75-20k.npz",
+    data_dir: DataDirOpt = None,
+    train_fraction: Annotated[float, typer.Option("--train-fraction", help="Share of the training images (class-stratified).")] = 0.05,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of the test images (class-stratified).")] = 0.1,
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher model (trained once with ce, shared by every mode).")] = "resnet8",
+    student: Annotated[str, typer.Option("--student", help="Student model.")] = "resnet8",
+    method: Annotated[str, typer.Option("--method", help="Distillation method.")] = "kd",
+    teacher_epochs: Annotated[int, typer.Option("--teacher-epochs", min=1)] = 15,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Student epochs.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Student seeds per mode.")] = 3,
+    modes: Annotated[list[str] | None, typer.Option("--modes", help="Fast modes to compare with the reference (repeat or comma-separate): tensor, ffcv, teacher-cache, bf16, channels-last, compile. Default: all but compile.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu (the gate's setting), auto, cuda or cuda:N.")] = "cpu",
+    results: ResultsOpt = Path("results/fidelity"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report to this JSON file.")] = None,
+) -> None:
+    """Fidelity gate: train one KD setting on real images with the reference path and each fast mode, N seeds each;
+    report accuracy mean ± std per mode, a Welch verdict, and whether weights are bit-identical. Exit 1 if it fails."""
+    import json
+
+    from rich.table import Table
+
+    from kdbench.fidelity import DEFAULT_MODES, FidelityConfig, run_gate, summary_rows
+
+    try:
+        config = FidelityConfig(data=data, data_dir=data_dir, train_fraction=train_fraction, test_fraction=test_fraction,
+                                teacher=teacher, student=student, method=method, teacher_epochs=teacher_epochs,
+                                epochs=epochs, batch_size=batch_size, seeds=seeds,
+                                modes=tuple(_split(modes) or DEFAULT_MODES), device=device, results=results)
+        report = run_gate(config, on_run=lambda mode, seed, r: err.print(
+            f"{mode} seed {seed}: top-1 {r['last_top1']:.2f} ({r['wall_seconds']:.0f} s)"))
+    except KdbenchError as exc:
+        _fail(exc)
+    table = Table(title=f"{method}: {teacher} (top-1 {report.teacher_top1:.2f}) → {student} on {data}, "
+                        f"{report.train_images} train / {report.test_images} test images, {epochs} epochs, "
+                        f"{seeds} seeds, {device}", title_justify="left")
+    for column in ("mode", "changes", "top-1 (last)", "Δ", "Welch p", "verdict", "weights vs reference", "s/run"):
+        table.add_column(column)
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"fidelity gate: {'PASS' if report.passed else 'FAIL'} (within noise: p ≥ {config.alpha}; the loader "
+                  "modes must also give bit-identical weights)")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        err.print(f"wrote {json_out}")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 @app.command(hidden=True)
 def worker() -> None:
     """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""

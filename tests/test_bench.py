@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 
-import pytest
+import torch
 
-from kdbench.bench import BenchConfig, bench
+from kdbench import methods, models
+from kdbench.bench import BenchConfig, bench, forward_flops
 from kdbench.compute import ComputeOptions
-from kdbench.errors import KdbenchError
 
 TINY = ["--teacher", "resnet8", "--student", "resnet8", "--images", "8", "--batch-size", "4", "--steps", "2",
         "--rounds", "1", "--warmup", "0"]
@@ -40,6 +40,20 @@ def test_bench_runs_the_teacher_live_for_methods_that_need_its_features(tmp_path
     assert len(report.kdbench.images_per_s) == len(report.reference.images_per_s) == 1
 
 
-def test_bench_refuses_strong_view_methods_with_a_next_step(tmp_path):
-    with pytest.raises(KdbenchError, match="Pick a method without one"):
-        bench(BenchConfig(method="mlkd", results=tmp_path))
+def test_bench_measures_mlkd_with_strong_views_on_both_paths(tmp_path, monkeypatch):
+    """MLKD: the reference path's loader adds a per-sample PIL strong view, kdbench's makes them batched."""
+    seen = []
+    original = methods.get("mlkd").distill
+
+    def spy(self, student, teacher, step):
+        seen.append(step.strong.shape)
+        return original(self, student, teacher, step)
+
+    monkeypatch.setattr(methods.get("mlkd"), "distill", spy)
+    config = BenchConfig(teacher="resnet8", student="resnet8", method="mlkd", batch_size=4, steps=1, rounds=1, warmup=0,
+                         images=8, results=tmp_path, compute=ComputeOptions())
+    report = bench(config)
+    assert report.teacher_cache.startswith("not used")
+    assert seen == [torch.Size([4, 3, 32, 32])] * 2  # one step per path, each with a batch of strong views
+    forward = forward_flops(models.create("resnet8", num_classes=100), 32)  # synthetic data: 100 classes, 32 px
+    assert report.kdbench.flops_per_image == report.reference.flops_per_image == 2 * (3 * forward + forward)

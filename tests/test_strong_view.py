@@ -10,7 +10,17 @@ import torch
 from PIL import Image
 
 from kdbench import data
-from kdbench.data.strong import CUTOUT_FILL, OPS, cutout, sample_rng, strong_view
+from kdbench.data import strong_batched
+from kdbench.data.strong import (
+    CUTOUT_FILL,
+    OPS,
+    _magnitude,
+    apply,
+    cutout,
+    sample_rng,
+    strong_view,
+)
+from kdbench.data.tensor_loader import crop_flip
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +81,50 @@ def test_loader_adds_the_strong_view_as_a_fourth_element():
     assert strong.shape == weak.shape and not torch.equal(strong, weak)
     again = next(iter(data.train_loader(arrays, 8, seed=0, epoch=1, strong=True, num_workers=2)))
     assert torch.equal(again[3], strong)
+
+
+# ---------------------------------------------------------------- batched on the device (data/strong_batched.py)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """Noise, low-contrast, flat and two-valued images: the histogram ops' edge cases (one value, gaps, a full range)."""
+    rng = np.random.default_rng(5)
+    noise = (rng.random((24, 32, 32, 3)) * 256).astype(np.uint8)
+    low = (rng.random((16, 32, 32, 3)) * 30 + 110).astype(np.uint8)
+    flat = np.full((4, 32, 32, 3), 77, dtype=np.uint8)
+    two = np.where(rng.random((4, 32, 32, 3)) < 0.3, 250, 3).astype(np.uint8)
+    smooth = np.broadcast_to(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None, None], (4, 32, 32, 3))
+    return np.concatenate([noise, low, flat, two, np.ascontiguousarray(smooth.transpose(0, 2, 1, 3))])
+
+
+@pytest.mark.parametrize("name,op,low,high", OPS, ids=[o[0] for o in OPS])
+def test_every_batched_op_equals_pil_pixel_for_pixel(images, name, op, low, high):
+    rng = np.random.default_rng(1)
+    magnitudes = [_magnitude(rng, name, low, high) for _ in images]
+    magnitudes[:2] = [float(low), float(high) - (name in ("Posterize", "Solarize"))]  # both ends of the range
+    expected = np.stack([np.asarray(op(Image.fromarray(im), m)) for im, m in zip(images, magnitudes)])
+    got = strong_batched.apply_op(name, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), magnitudes)
+    np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), expected, err_msg=name)
+
+
+def test_batched_strong_views_equal_the_reference_views(images):
+    """Whole views (crop, flip, two ops, Cutout) from the same per-sample decisions, 300 draws."""
+    padded = torch.from_numpy(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))).permute(0, 3, 1, 2).contiguous()
+    positions = torch.arange(len(images)).repeat(6)
+    decisions = strong_batched.draws(3, 7, range(len(positions)), 32, 32, 4)
+    offsets = torch.tensor([(d.dx, d.dy) for d in decisions])
+    flips = torch.tensor([d.flip for d in decisions])
+    cropped = crop_flip(padded, positions, offsets, flips, 4)
+    got = strong_batched.strong_views(cropped, decisions).permute(0, 2, 3, 1).numpy()
+    expected = np.stack([apply(images[int(p)], d) for p, d in zip(positions, decisions)])
+    np.testing.assert_array_equal(got, expected)
+    assert {op for d in decisions for op in d.ops} == set(range(len(OPS)))  # every op was exercised
+    assert strong_view(images[0], sample_rng(3, 7, 0)).tobytes() == expected[0].tobytes()  # the same decisions
+
+
+def test_cutout_box_is_filled_corners_included():
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    out = strong_batched.cutout(x, [(0, 0, 0, 0), (6, 5, 8, 8)])
+    assert (out[0, :, 0, 0] == torch.tensor(CUTOUT_FILL, dtype=torch.uint8)).all() and int((out[0, 0] > 0).sum()) == 1
+    assert int((out[1, 0] > 0).sum()) == 2 * 3  # columns 6-7, rows 5-7: clipped at the image's edge

@@ -4,13 +4,13 @@ Each batch replays the same ``EpochPlan`` as the reference loader (``data/loader
 plan's order, cropped at the plan's (dx, dy) from the zero-padded images and mirrored where the plan says,
 in one advanced-indexing gather per batch. Normalisation is a lookup in a (3, 256) table computed on the
 CPU with the reference's own ops, so the values equal the reference's bit for bit on every device.
-MLKD's strong views stay per-sample PIL work on the CPU (``data/strong.py``) and are appended as the
-reference appends them.
+MLKD's strong views are made on the device too, batch by batch (``data/strong_batched.py``): the same
+per-sample random decisions as the reference's PIL views, and the same pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
-from kdbench.data.loaders import Batch, identity_plan, strong_loader
+from kdbench.data.loaders import Batch, identity_plan
 from kdbench.data.shard import WHOLE, Shard, shard_plan
+from kdbench.data.strong_batched import draws, strong_views
 
 TRAIN_PADDING = 4  # the padding of every train plan (``epoch_plan``'s default)
 
@@ -39,6 +40,26 @@ def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
     return F.pad(images.permute(0, 3, 1, 2), (padding,) * 4).contiguous()
 
 
+def crop_flip(
+    padded: torch.Tensor, positions: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int
+) -> torch.Tensor:
+    """uint8 (B,C,H,W): images ``padded[positions]`` (padded by ``padding``) cropped at column dx, row dy
+    (``offsets[b] = (dx, dy)``) and mirrored left-right where ``flips`` is set, in one gather."""
+    channels, height, width = padded.shape[1], padded.shape[2] - 2 * padding, padded.shape[3] - 2 * padding
+    device = padded.device
+    rows = offsets[:, 1, None] + torch.arange(height, device=device)
+    cols = offsets[:, 0, None] + torch.arange(width, device=device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    channel = torch.arange(channels, device=device)[None, :, None, None]
+    return padded[positions[:, None, None, None], channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def normalise(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,C,H,W) → float32 through the (C, 256) ``normalisation_table``."""
+    channel = torch.arange(pixels.shape[1], device=pixels.device)[None, :, None, None]
+    return table[channel, pixels.long()]
+
+
 def crop_flip_normalise(
     padded: torch.Tensor,
     positions: torch.Tensor,
@@ -47,16 +68,8 @@ def crop_flip_normalise(
     padding: int,
     table: torch.Tensor,
 ) -> torch.Tensor:
-    """float32 (B,C,H,W): images ``padded[positions]`` (padded by ``padding``) cropped at column dx, row dy
-    (``offsets[b] = (dx, dy)``), mirrored left-right where ``flips`` is set, normalised through ``table``."""
-    channels, height, width = padded.shape[1], padded.shape[2] - 2 * padding, padded.shape[3] - 2 * padding
-    device = padded.device
-    rows = offsets[:, 1, None] + torch.arange(height, device=device)
-    cols = offsets[:, 0, None] + torch.arange(width, device=device)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    channel = torch.arange(channels, device=device)[None, :, None, None]
-    pixels = padded[positions[:, None, None, None], channel, rows[:, None, :, None], cols[:, None, None, :]]
-    return table[channel, pixels.long()]
+    """float32 (B,C,H,W): ``crop_flip`` then ``normalise``."""
+    return normalise(crop_flip(padded, positions, offsets, flips, padding), table)
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,24 @@ class ResidentSplit:
         return cls(padded, torch.from_numpy(labels).to(device), padding)
 
 
+class StrongViewBatches:
+    """MLKD's strong views of a batch of sample indices for (seed, epoch), on the split's device, normalised."""
+
+    def __init__(self, split: ResidentSplit, table: torch.Tensor, seed: int, epoch: int) -> None:
+        self.split, self.table, self.seed, self.epoch = split, table, seed, epoch
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        """``indices``: int64 (B,) on the CPU."""
+        padding = self.split.padding
+        height, width = (size - 2 * padding for size in self.split.images.shape[2:])
+        decisions = draws(self.seed, self.epoch, indices.tolist(), width, height, padding)
+        device = self.split.images.device
+        offsets = torch.tensor([(d.dx, d.dy) for d in decisions], dtype=torch.int64).to(device)
+        flips = torch.tensor([d.flip for d in decisions]).to(device)
+        cropped = crop_flip(self.split.images, indices.to(device), offsets, flips, padding)
+        return normalise(strong_views(cropped, decisions), self.table)
+
+
 class PlannedBatches:
     """The batches of one epoch plan over a resident split; same batches as the reference ``DataLoader``."""
 
@@ -83,9 +114,9 @@ class PlannedBatches:
         batch_size: int,
         table: torch.Tensor,
         drop_last: bool = False,
-        strong: Iterable[torch.Tensor] | None = None,
+        strong: StrongViewBatches | None = None,
     ) -> None:
-        """``strong``: batches of strong views in the plan's order (``loaders.strong_loader``), appended."""
+        """``strong``: makes each batch's strong views (MLKD), appended as a fourth element."""
         if plan.padding != split.padding:
             raise ValueError(f"plan padding {plan.padding} != resident padding {split.padding}")
         self.split, self.plan, self.batch_size, self.table = split, plan, batch_size, table
@@ -99,15 +130,14 @@ class PlannedBatches:
         device = self.split.images.device
         order = self.plan.order.to(device)
         offsets, flips = self.plan.offsets.to(device), self.plan.flips.to(device)
-        strong = iter(self.strong) if self.strong is not None else None
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             images = crop_flip_normalise(
                 self.split.images, index, offsets[index], flips[index], self.split.padding, self.table
             )
             batch: Batch = (images, self.split.labels[index], index)
-            if strong is not None:
-                batch += (next(strong).to(device, non_blocking=True),)
+            if self.strong is not None:
+                batch += (self.strong(self.plan.order[start : start + self.batch_size]),)
             yield batch
 
 
@@ -117,7 +147,7 @@ class TensorLoaders:
     kind = "tensor"
 
     def __init__(self, arrays: ImageArrays, device: torch.device, num_workers: int = 0) -> None:
-        """``num_workers``: DataLoader workers for MLKD's strong views, the only per-sample CPU work."""
+        """``num_workers`` is accepted for the shared interface; every batch is made on ``device``."""
         self.arrays, self.num_workers = arrays, num_workers
         self.train_split = ResidentSplit.from_arrays(arrays.x_train, arrays.y_train, TRAIN_PADDING, device)
         self.test_split = ResidentSplit.from_arrays(arrays.x_test, arrays.y_test, 0, device)
@@ -137,7 +167,7 @@ class TensorLoaders:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
         plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
         plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
-        views = strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last) if strong else None
+        views = StrongViewBatches(self.train_split, self.table, seed, epoch) if strong else None
         return PlannedBatches(self.train_split, plan, batch_size, self.table, drop_last, views)
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> PlannedBatches:
