@@ -147,3 +147,27 @@ def test_list_shows_every_seed_table_with_its_status():
     out = subprocess.run([sys.executable, "-m", "kdbench", "list"], capture_output=True, text=True,
                          env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"}).stdout
     assert "simkd-table1" in out and "runnable" in out and "data-free" in out and "detection" in out
+
+
+def test_every_table_teacher_is_a_run_of_a_shared_teacher_recipe():
+    """The shared teacher recipes (recipes/teachers/) plan exactly the teacher runs the tables use: a teacher is
+    trained (or imported) once, by the same run, for every table that needs it."""
+    from kdbench.plan import plan
+
+    names = list(recipe_files())
+    shared = {n for n in names if n.startswith("teachers-")}
+    tables = set(names) - shared
+    assert shared == {"teachers-crd-cifar100", "teachers-simkd-cifar100", "teachers-dist-b1-imagenet", "teachers-simkd-imagenet"}
+    offered: dict[str, str] = {}
+    for name in shared:
+        recipe = load_recipe(name)
+        assert [row.method for row in recipe.rows] == ["teacher"] and all(t.paper is not None for t in recipe.teachers.values())
+        offered.update(dict.fromkeys(plan(recipe).specs, name))
+    used = set()
+    for name in tables:
+        p = plan(load_recipe(name))
+        for spec in p.specs.values():
+            if spec.teacher is not None:
+                assert spec.teacher.run_id in offered, (name, spec.teacher.model)
+                used.add(spec.teacher.run_id)
+    assert used == set(offered)  # and every shared teacher serves some table
