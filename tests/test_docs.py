@@ -28,6 +28,7 @@ GUIDES = [ROOT / "docs" / name for name in
           ("user-guide.md", "recipe-authoring.md", "method-authoring.md", "protocol-choices.md")]
 DOCS = [ROOT / "README.md", *GUIDES]
 METHOD_GUIDE = ROOT / "docs" / "method-authoring.md"
+RECIPE_GUIDE = ROOT / "docs" / "recipe-authoring.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
 COMMAND = re.compile(r"(?<![\w/.\[-])kdbench((?:\s+[a-z][a-z-]*)+)(.*)")
@@ -35,11 +36,11 @@ OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
 
 def _code_blocks(path: Path) -> dict[str, str]:
-    """The fenced code blocks whose first line is ``# <path>``, by that path."""
+    """The fenced code blocks whose first line is ``# <path>`` (a .py or .yaml file), by that path."""
     blocks = {}
     for _, body in FENCE.findall(path.read_text(encoding="utf-8")):
         first, _, rest = body.partition("\n")
-        if first.startswith("# ") and first.endswith(".py"):
+        if first.startswith("# ") and first.endswith((".py", ".yaml")):
             blocks[first[2:].strip()] = rest
     return blocks
 
@@ -130,3 +131,16 @@ def test_method_guide_example_plans_in_a_recipe_row(example_method):
     spec = table.specs[cell.run_ids[0]]
     # The recipe's preset (simkd) picks the method's simkd variant; the row's params override the defaults.
     assert spec.method_params == {"ce_weight": 1.0, "kd_weight": 1.0, "kd_temperature": 4.0, "weight": 10.0}
+
+
+@pytest.mark.parametrize("example", ["recipes/mine/minimal.yaml", "recipes/mine/full.yaml"])
+def test_recipe_guide_examples_load_and_plan(example, tmp_path):
+    path = tmp_path / Path(example).name
+    path.write_text(_code_blocks(RECIPE_GUIDE)[example], encoding="utf-8")
+    recipe = load_recipe(path)
+    for profile in ("full", "smoke"):
+        table = plan(recipe, profile)
+        wanted = {(row.label, c.id) for row in recipe.rows for c in recipe.columns if row.has_column(c.id)}
+        assert {(c.row, c.column) for c in table.cells if c.status == "planned"} == wanted
+    if example.endswith("minimal.yaml"):  # the guide says: one teacher run and 3 trials of 2 rows
+        assert len(plan(recipe, "full").specs) == 7
