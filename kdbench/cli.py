@@ -360,6 +360,7 @@ def show(
 
 
 def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from kdbench.checkpoints import describe_checkpoint
@@ -370,6 +371,8 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     r = table_plan.recipe
     console.print(f"[bold]{r.name}[/]: {r.paper} — {r.table}\nprotocol {r.protocol.name} (follows {r.protocol.follows}); "
                   f"profile {table_plan.profile}; dataset {r.dataset.name}; metric {r.metric} epoch")
+    if r.protocol.notes:
+        console.print(f"[dim]{escape(r.protocol.notes)}[/]")
     columns = Table(title="Pairs (columns)", title_justify="left")
     for c in ("pair id", "teacher", "student"):
         columns.add_column(c)
