@@ -204,6 +204,45 @@ def status(
 
 
 @app.command()
+def clean(
+    results: ResultsOpt = Path("results"),
+    failed: Annotated[bool, typer.Option("--failed", help="Remove failed runs (failed.json, no result.json).")] = False,
+    orphaned: Annotated[bool, typer.Option("--orphaned", help=(
+        "Remove unfinished runs that no reproduced table (RESULTS/tables) refers to or that have no spec.json, "
+        "and temp files left by interrupted writes."))] = False,
+    run: Annotated[Optional[list[str]], typer.Option("--run", help="Remove this run (repeatable); a finished one only after confirmation or --yes.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be removed; remove nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before removing finished runs named with --run.")] = False,
+) -> None:
+    """Remove failed runs, orphaned runs and stray temp files (default: --failed --orphaned). Running runs are never
+    touched, finished runs only when named with --run."""
+    try:
+        from kdbench.results.clean import describe, find, remove
+
+        found = find(results, failed=failed or not (orphaned or run), orphaned=orphaned or not (failed or run),
+                     run_ids=_split(run) or [])
+    except KdbenchError as exc:
+        _fail(exc)
+    for note in found.kept:
+        err.print(f"left alone: {note}", highlight=False)
+    finished = [r for r in found.removals if r.finished]
+    if finished and not (dry_run or yes or typer.confirm(
+            f"Remove {len(finished)} finished run(s) ({', '.join(str(r.run_id) for r in finished)})? Their results are lost.")):
+        err.print("nothing removed (run again with --yes to remove finished runs).")
+        raise typer.Exit(1)
+    removed = 0
+    for removal in found.removals:
+        if dry_run:
+            console.print(f"would remove {describe(removal)}", highlight=False, soft_wrap=True)
+        elif remove(removal, results):
+            removed += 1
+            console.print(f"removed {describe(removal)}", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"left alone: {removal.run_id}: started or finished while cleaning", highlight=False)
+    console.print(f"{len(found.removals)} item(s) would be removed (dry run)." if dry_run else f"{removed} item(s) removed.")
+
+
+@app.command()
 def compare(
     results: Annotated[Path, typer.Argument(help="Results directory written by `kdbench reproduce`.")] = Path("results"),
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Only this table; a table not reproduced yet is shown with the published numbers only.")] = None,

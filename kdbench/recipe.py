@@ -374,9 +374,15 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if not isinstance(data, dict):
         raise KdbenchError(f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}.")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise KdbenchError(_explain(path, exc, lines)) from None
+    from kdbench import recipe_names  # imports the registries (torch): only once the shape is valid
+
+    unknown = list(recipe_names.unknown_names(recipe))
+    if unknown:
+        raise KdbenchError(recipe_names.explain(path, unknown, lines))
+    return recipe
 
 
 def _key_lines(text: str) -> dict[tuple, int]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kdbench import __version__, checkpoints, data, distributed, methods, models, teacher_cache
@@ -29,7 +30,7 @@ from kdbench.distributed import SINGLE, Group
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.plan import RunSpec
-from kdbench.results.store import RunDir, RunLocked, atomic_torch_save, atomic_write_json, read_json
+from kdbench.results.store import RUN_ID, RunDir, RunLocked, atomic_torch_save, atomic_write_json, read_json
 
 log = logging.getLogger("kdbench.train")
 EVAL_BATCH = 256
@@ -54,11 +55,17 @@ def resolve_device(device: str = "auto") -> torch.device:
 def load_spec(path_or_id: str, results: Path) -> RunSpec:
     """A spec from a ``spec.json`` path, or from a run id inside ``results``."""
     path = Path(path_or_id)
+    if not path.is_file() and RUN_ID.fullmatch(path_or_id):
+        path = RunDir(results, path_or_id).spec_file  # a run id never names a path outside results/runs
     if not path.is_file():
-        path = RunDir(results, path_or_id).spec_file
-    if not path.is_file():
-        raise KdbenchError(f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/.")
-    return RunSpec.model_validate(read_json(path))
+        raise KdbenchError(f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/ "
+                           f"(`kdbench status --results {results}` lists them).")
+    try:
+        return RunSpec.model_validate(read_json(path))
+    except ValidationError as exc:
+        raise KdbenchError(f"{path} is not a valid run spec ({exc.error_count()} problem(s), first: "
+                           f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}). Pass a spec.json "
+                           "written by kdbench (RESULTS/runs/<run id>/spec.json).") from None
 
 
 def load_trained_model(results: Path, run_id: str, model_name: str, num_classes: int) -> KDModel:

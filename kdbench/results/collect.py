@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench.results.store import RunDir, read_json, runs_dir
+from kdbench.results.store import RUN_ID, RunDir, read_json, runs_dir
 
 RUN_COLUMNS = [
     "run_id", "status", "model", "method", "profile", "seed", "teacher_run_id",
@@ -27,11 +27,16 @@ def run_status(run: RunDir) -> str:
     return "incomplete"
 
 
+def _run_paths(root: Path) -> list[Path]:
+    """The run directories under ``root`` (other entries, e.g. a stray hidden folder, are not runs)."""
+    return sorted(p for p in root.iterdir() if RUN_ID.fullmatch(p.name)) if root.is_dir() else []
+
+
 def collect(results: Path) -> pd.DataFrame:
     """One row per run directory; metrics are NaN for runs that have not finished."""
     rows = []
     root = runs_dir(results)
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
+    for path in _run_paths(root):
         run = RunDir(results, path.name)
         if not run.spec_file.is_file():
             continue
@@ -61,7 +66,7 @@ def epoch_curves(results: Path) -> pd.DataFrame:
     """Per-epoch metrics of every run (one row per run × epoch)."""
     frames = []
     root = runs_dir(results)
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
+    for path in _run_paths(root):
         history = RunDir(results, path.name).read_metrics()
         if history:
             frames.append(pd.DataFrame(history).assign(run_id=path.name))

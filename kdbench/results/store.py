@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +78,21 @@ def read_json(path: Path) -> Any:
         raise KdbenchError(f"{path} is corrupted ({exc}). Delete it and re-run to redo this step.") from None
 
 
+# A run id is one path component (plan.RunSpec.run_id's slug and hash): no '/', no leading '.', so a
+# user-given id can never name a path outside ``<results>/runs``.
+RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Temp files of atomic writes (see :func:`atomic_path`); one left behind means its writer was killed.
+TEMP_GLOB = ".*.tmp"
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a run id; else a KdbenchError (it could name a path outside the results dir)."""
+    if not RUN_ID.fullmatch(run_id):
+        raise KdbenchError(f"{run_id!r} is not a run id: run ids are single names under RESULTS/runs/ made of letters, "
+                           "digits, '_', '.' and '-' (e.g. kd-resnet8x4-s0-0123456789ab); see `kdbench status` for them.")
+    return run_id
+
+
 class RunLocked(KdbenchError):
     """Another process is training this run right now."""
 
@@ -85,7 +101,7 @@ class RunDir:
     """The files of one run."""
 
     def __init__(self, results: Path, run_id: str):
-        self.run_id = run_id
+        self.run_id = check_run_id(run_id)
         self.path = Path(results) / "runs" / run_id
 
     spec_file = property(lambda self: self.path / "spec.json")
