@@ -240,3 +240,15 @@ def test_clean_takes_no_run_id_that_leaves_the_results_dir(tmp_path, monkeypatch
     outside.mkdir()
     out = kdbench(monkeypatch, "clean", "--results", str(tmp_path / "results"), "--run", run_id, "--yes")
     assert f"'{run_id}' is not a run id" in out and outside.is_dir()
+
+
+def test_an_unreadable_table_record_names_the_file(tmp_path):
+    """compare meets a table record it cannot read (damaged, or from another schema): an error, not a traceback."""
+    from kdbench.errors import KdbenchError
+    from kdbench.results.compare import compare
+
+    (tmp_path / "tables").mkdir()
+    bad = tmp_path / "tables" / "simkd-table1--smoke.json"
+    bad.write_text('{"recipe": {"name": "simkd-table1"}, "profile": "smoke", "trials": 1}')
+    with pytest.raises(KdbenchError, match=r"simkd-table1--smoke\.json: not a readable table record.*Delete it"):
+        compare(tmp_path)
