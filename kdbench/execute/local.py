@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Literal, Protocol
 
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.errors import KdbenchError
 from kdbench.execute.slots import Slot, SlotPool
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
@@ -277,6 +278,9 @@ class LocalExecutor:
                 if blocked:
                     outcomes[spec.run_id] = Outcome(spec.run_id, "skipped", blocked)
                     self.listener("skipped", spec, blocked)
+                elif rundir.is_done() and (corrupted := _unusable(rundir)):
+                    outcomes[spec.run_id] = Outcome(spec.run_id, "failed", corrupted)
+                    self.listener("failed", spec, corrupted)
                 elif rundir.is_done():
                     outcomes[spec.run_id] = Outcome(spec.run_id, "done", "already finished", reused=True)
                     self.listener("reused", spec, "")
@@ -327,6 +331,16 @@ class LocalExecutor:
         if rundir.is_done():
             return Outcome(spec.run_id, "done")
         return Outcome(spec.run_id, "failed", _failure_message(rundir, code))
+
+
+def _unusable(rundir: RunDir) -> str:
+    """Why a finished run cannot be reused (its spec is not its id's, or its result is corrupted), else ''."""
+    try:
+        rundir.check_spec()
+        rundir.result()
+    except KdbenchError as exc:
+        return str(exc)
+    return ""
 
 
 def _failure_message(rundir: RunDir, code: int | None) -> str:
