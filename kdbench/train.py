@@ -134,7 +134,7 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
                     state, locked = "locked", exc
         state = group.broadcast_object(state)  # the other ranks follow rank 0's decision
         if state == "done":
-            return rundir.result()
+            return rundir.verified_result()
         if state == "locked":
             raise locked or RunLocked(f"run {spec.run_id} is being trained by another process.")
         if group.is_main:
@@ -206,6 +206,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     done = _resume(rundir, distiller, optimizer, init_optimizer)
     group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
     history = done.history
+    if history and group.is_main:
+        rundir.write_metrics(history)  # from the checkpoint: repairs a metrics.jsonl that was deleted as corrupted
     log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
              spec.profile, done.epochs + 1, spec.train.epochs)
 

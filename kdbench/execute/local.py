@@ -336,8 +336,7 @@ class LocalExecutor:
 def _unusable(rundir: RunDir) -> str:
     """Why a finished run cannot be reused (its spec is not its id's, or its result is corrupted), else ''."""
     try:
-        rundir.check_spec()
-        rundir.result()
+        rundir.verified_result()
     except KdbenchError as exc:
         return str(exc)
     return ""

@@ -59,8 +59,7 @@ def collect(results: Path) -> pd.DataFrame:
 
 def _finished(run: RunDir) -> dict:
     """The numbers of a finished run, from its verified files."""
-    run.check_spec()
-    result = run.result()
+    result = run.verified_result()
     row = {k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")}
     # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
     row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))

@@ -228,6 +228,12 @@ class RunDir:
         """The verified ``result.json``."""
         return self._verified_json(self.result_file)
 
+    def verified_result(self) -> dict[str, Any]:
+        """A finished run's result, after checking what its readers use: the spec's id, metrics.jsonl, result.json."""
+        self.check_spec()
+        self.read_metrics()
+        return self.result()
+
     def failure(self) -> dict[str, Any]:
         return read_json(self.failed_file)
 
