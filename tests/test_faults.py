@@ -161,6 +161,17 @@ def test_truncated_checkpoint_is_refused_then_the_run_is_redone(tmp_path):
     assert result["epochs"] == 2 and run.log_file.read_text().count("epochs 1..2") == 2  # restarted from scratch
 
 
+def test_interrupted_run_with_corrupted_metrics_heals_from_its_checkpoint(tmp_path):
+    """metrics.jsonl is a copy of the checkpoint's history: an unfinished run rewrites it on resume."""
+    s, run, result = finished(tmp_path)
+    run.result_file.unlink()
+    run.metrics_file.write_text('{"epoch": 1, "test_top1": 99.0}\n')  # valid JSON, wrong content
+    with pytest.raises(CorruptedFile):
+        run.read_metrics()
+    assert fresh_result(tmp_path, s)["best_top1"] == result["best_top1"]
+    assert [h["epoch"] for h in run.read_metrics()] == [1, 2]
+
+
 def _flip_a_digit(path: Path) -> None:
     text = path.read_text()
     i = next(i for i, c in enumerate(text) if c.isdigit() and c != "9")

@@ -314,7 +314,11 @@ class LocalExecutor:
         rundir.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
         # Read by `kdbench status`: where the run trains, since when, and from which epoch (a resume starts later).
-        atomic_write_json(rundir.launch_file, {"slot": slot.name, "started": time.time(), "epochs_before": rundir.epochs_done()})
+        try:
+            before = rundir.epochs_done()
+        except KdbenchError:  # corrupted metrics.jsonl: the run rewrites it from its checkpoint
+            before = 0
+        atomic_write_json(rundir.launch_file, {"slot": slot.name, "started": time.time(), "epochs_before": before})
         return self.launcher.start(rundir.spec_file, results, slot)
 
     @staticmethod
