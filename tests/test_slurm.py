@@ -257,7 +257,7 @@ def kdbench(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock"}
+RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock", "checksums.json"}
 
 
 def layout(results: Path) -> dict[str, set[str]]:
