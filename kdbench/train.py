@@ -23,14 +23,22 @@ import torch
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from kdbench import __version__, checkpoints, data, distributed, methods, models, teacher_cache
+from kdbench import (
+    __version__,
+    checkpoints,
+    data,
+    distributed,
+    methods,
+    models,
+    teacher_cache,
+)
 from kdbench.compute import Compute, ComputeOptions, compiled_active, device_name
 from kdbench.data.shard import global_batch_sizes
 from kdbench.distributed import SINGLE, Group
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.plan import RunSpec
-from kdbench.results.store import RUN_ID, RunDir, RunLocked, atomic_torch_save, atomic_write_json, read_json
+from kdbench.results.store import RUN_ID, RunDir, RunLocked, WriteFailed, atomic_write_json, read_json
 
 log = logging.getLogger("kdbench.train")
 EVAL_BATCH = 256
@@ -73,7 +81,7 @@ def load_trained_model(results: Path, run_id: str, model_name: str, num_classes:
     run = RunDir(results, run_id)
     if not run.is_done():
         raise KdbenchError(f"teacher run {run_id} has not finished: train it first (kdbench train {run.spec_file}).")
-    state = torch.load(run.model_file, map_location="cpu", weights_only=True)
+    state = run.load_torch(run.model_file)
     model = models.create(model_name, num_classes=num_classes)
     model.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
     return model
@@ -110,6 +118,8 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
     with ExitStack() as held:
         state, locked = "train", None
         if group.is_main:
+            if rundir.spec_file.is_file():
+                rundir.check_spec()  # never reuse or resume a directory whose spec is not this run's
             if rundir.is_done():
                 state = "done"
             else:
@@ -119,11 +129,13 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
                     state, locked = "locked", exc
         state = group.broadcast_object(state)  # the other ranks follow rank 0's decision
         if state == "done":
-            return rundir.result()
+            return rundir.verified_result()
         if state == "locked":
             raise locked or RunLocked(f"run {spec.run_id} is being trained by another process.")
         if group.is_main:
             held.enter_context(_log_to(rundir.log_file))
+            for stale in rundir.remove_stale_temps():
+                log.info("removed %s, left by a process killed while writing it", stale)
             atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
             rundir.failed_file.unlink(missing_ok=True)
         try:
@@ -133,8 +145,7 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
             return result
         except Exception as exc:
             if group.is_main:
-                atomic_write_json(rundir.failed_file, {"run_id": spec.run_id, "error": type(exc).__name__,
-                                                       "message": str(exc), "time": time.time()})
+                _record_failure(rundir, exc)
             log.error("run %s failed%s: %s", spec.run_id, f" on rank {group.rank}" if group.active else "", exc)
             raise
 
@@ -155,8 +166,8 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     result["imported"] = {"path": str(path), "sha256": digest, "format": spec.checkpoint.format}  # full digest
     if group.is_main:
         rundir.write_metrics(history)
-        atomic_torch_save(rundir.model_file, distiller.inference_state())
-        atomic_write_json(rundir.result_file, result)
+        rundir.save_torch(rundir.model_file, distiller.inference_state())
+        rundir.write_result(result)
     log.info("imported %s from %s (sha256 %s): test top-1 %.2f", spec.run_id, path, digest, stats["test_top1"])
     return result
 
@@ -190,6 +201,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     done = _resume(rundir, distiller, optimizer, init_optimizer)
     group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
     history = done.history
+    if history and group.is_main:
+        rundir.write_metrics(history)  # from the checkpoint: repairs a metrics.jsonl that was deleted as corrupted
     log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
              spec.profile, done.epochs + 1, spec.train.epochs)
 
@@ -208,7 +221,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
         if not group.is_main:
             group.barrier()
             return
-        atomic_torch_save(rundir.checkpoint_file, {
+        rundir.save_torch(rundir.checkpoint_file, {
             "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
             "optimizer": optimizer.state_dict(),
             "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
@@ -246,9 +259,27 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
                          "compiled": compiled_active(networks) if compute.compile else False, "requested": options.to_json()}
     if group.is_main:
-        atomic_torch_save(rundir.model_file, distiller.inference_state())
-        atomic_write_json(rundir.result_file, result)
+        rundir.save_torch(rundir.model_file, distiller.inference_state())
+        rundir.write_result(result)  # last: its presence means "done"
     return result
+
+
+def _record_failure(rundir: RunDir, exc: Exception) -> None:
+    """Write ``failed.json``: the error, the last epoch whose checkpoint is kept, and for an out-of-memory error what to
+    change. A failed write of it (disk full) is logged, and the run's own error is what the caller raises."""
+    message = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        message = (f"out of memory on the device ({message.splitlines()[0] if message else 'no detail'}); train fewer "
+                   "runs at once (--runs-per-gpu 1) or free the GPU, then run the same command again: it resumes.")
+    try:
+        last_good = rundir.epochs_done()
+    except KdbenchError:
+        last_good = None
+    try:
+        atomic_write_json(rundir.failed_file, {"run_id": rundir.run_id, "error": type(exc).__name__, "message": message,
+                                               "last_good_epoch": last_good, "time": time.time()})
+    except WriteFailed as write_exc:
+        log.error("could not record the failure of run %s: %s", rundir.run_id, write_exc)
 
 
 def _check_processes(spec: RunSpec, method: type[methods.Distiller], group: Group, test_size: int) -> None:
@@ -303,7 +334,7 @@ def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> Non
     run = RunDir(results, run_id)
     if not run.is_done():
         raise KdbenchError(f"run {run_id}, which this run starts from, has not finished: train it first.")
-    state = torch.load(run.model_file, map_location="cpu", weights_only=True)
+    state = run.load_torch(run.model_file)
     own = distiller.state_dict()
     shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not shared:
@@ -342,7 +373,7 @@ def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim
             init_optimizer: torch.optim.Optimizer | None) -> _Progress:
     if not rundir.checkpoint_file.is_file():
         return _Progress()
-    ckpt = torch.load(rundir.checkpoint_file, map_location="cpu", weights_only=True)
+    ckpt = rundir.load_torch(rundir.checkpoint_file)  # verified: a corrupted checkpoint fails the run, never resumes it
     missing, unexpected = distiller.load_state_dict(ckpt["state"], strict=False)
     if unexpected or any(not k.startswith("teacher.") for k in missing):
         raise KdbenchError(f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run.")

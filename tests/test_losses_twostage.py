@@ -471,16 +471,16 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
     spec = tiny_spec("ab", {"init_epochs": 2}, TeacherRef(model="resnet8", run_id=teacher_spec.run_id))
 
     checkpoints: list[bytes] = []
-    real_save = train.atomic_torch_save
+    real_save = RunDir.save_torch
 
-    def recording_save(path: Path, obj) -> None:
-        real_save(path, obj)
+    def recording_save(self: RunDir, path: Path, obj) -> None:
+        real_save(self, path, obj)
         if Path(path).name == "checkpoint.pt":
             checkpoints.append(Path(path).read_bytes())
 
-    monkeypatch.setattr(train, "atomic_torch_save", recording_save)
+    monkeypatch.setattr(RunDir, "save_torch", recording_save)
     reference = train.run(spec, ref_root, device="cpu", progress=False)
-    monkeypatch.setattr(train, "atomic_torch_save", real_save)
+    monkeypatch.setattr(RunDir, "save_torch", real_save)
 
     run = RunDir(ref_root, spec.run_id)
     history = run.read_metrics()

@@ -95,6 +95,7 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
     teacher = spec("resnet32x4")
     students = [spec("resnet8x4", seed, teacher) for seed in range(3)]
     done = spec("resnet8", 0)
+    atomic_write_json(RunDir(tmp_path, done.run_id).spec_file, done.model_dump(mode="json"))
     atomic_write_json(RunDir(tmp_path, done.run_id).result_file, {"best_top1": 1.0})
     fake = FakeSubmitit()
     submission = fake_executor(fake, aggregate=("simkd-table1", "smoke")).submit([teacher, done, *students], tmp_path)
@@ -116,7 +117,7 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
         teacher.run_id: "101", **{s.run_id: f"102_{i}" for i, s in enumerate(students)}}
     for s in [teacher, *students]:  # the jobs read their spec from the run directory, fixed by run id
         assert json.loads(RunDir(tmp_path, s.run_id).spec_file.read_text()) == s.model_dump(mode="json")
-    assert not RunDir(tmp_path, done.run_id).spec_file.exists()
+    assert RunDir(tmp_path, done.run_id).result() == {"best_top1": 1.0}  # a finished run is not touched
 
 
 def test_runs_that_continue_another_run_are_single_jobs_after_their_own_predecessor(tmp_path):
@@ -207,9 +208,22 @@ def test_waiting_gives_up_after_the_timeout_and_says_what_goes_on(tmp_path):
 
 def test_everything_done_submits_nothing(tmp_path):
     run = spec("resnet8")
+    atomic_write_json(RunDir(tmp_path, run.run_id).spec_file, run.model_dump(mode="json"))
     atomic_write_json(RunDir(tmp_path, run.run_id).result_file, {"best_top1": 1.0})
     outcomes = SlurmExecutor(SlurmOptions(), make_executor=lambda folder, options: pytest.fail("nothing to submit")).execute([run], tmp_path)
     assert outcomes[run.run_id].reused
+
+
+def test_a_corrupted_finished_run_is_submitted_again(tmp_path):
+    """Its result no longer matches its checksum: not reused, so its job redoes it (or fails with the repair command)."""
+    run = spec("resnet8")
+    rundir = RunDir(tmp_path, run.run_id)
+    atomic_write_json(rundir.spec_file, run.model_dump(mode="json"))
+    rundir.write_result({"best_top1": 1.0})
+    rundir.result_file.write_text('{"best_top1": 99.0}')  # edited behind kdbench's back
+    fake = FakeSubmitit()
+    submission = SlurmExecutor(SlurmOptions(), make_executor=lambda folder, options: fake.fresh()).submit([run], tmp_path)
+    assert submission.reused == [] and list(submission.jobs) == [run.run_id]
 
 
 def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):
@@ -257,7 +271,7 @@ def kdbench(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock"}
+RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock", "checksums.json"}
 
 
 def layout(results: Path) -> dict[str, set[str]]:

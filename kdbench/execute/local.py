@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Literal, Protocol
 
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.errors import KdbenchError
 from kdbench.execute.slots import Slot, SlotPool
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
@@ -277,6 +278,9 @@ class LocalExecutor:
                 if blocked:
                     outcomes[spec.run_id] = Outcome(spec.run_id, "skipped", blocked)
                     self.listener("skipped", spec, blocked)
+                elif rundir.is_done() and (corrupted := unusable(rundir)):
+                    outcomes[spec.run_id] = Outcome(spec.run_id, "failed", corrupted)
+                    self.listener("failed", spec, corrupted)
                 elif rundir.is_done():
                     outcomes[spec.run_id] = Outcome(spec.run_id, "done", "already finished", reused=True)
                     self.listener("reused", spec, "")
@@ -310,7 +314,11 @@ class LocalExecutor:
         rundir.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
         # Read by `kdbench status`: where the run trains, since when, and from which epoch (a resume starts later).
-        atomic_write_json(rundir.launch_file, {"slot": slot.name, "started": time.time(), "epochs_before": rundir.epochs_done()})
+        try:
+            before = rundir.epochs_done()
+        except KdbenchError:  # corrupted metrics.jsonl: the run rewrites it from its checkpoint
+            before = 0
+        atomic_write_json(rundir.launch_file, {"slot": slot.name, "started": time.time(), "epochs_before": before})
         return self.launcher.start(rundir.spec_file, results, slot)
 
     @staticmethod
@@ -327,6 +335,17 @@ class LocalExecutor:
         if rundir.is_done():
             return Outcome(spec.run_id, "done")
         return Outcome(spec.run_id, "failed", _failure_message(rundir, code))
+
+
+def unusable(rundir: RunDir) -> str:
+    """Why a finished run cannot be reused (its spec is not its id's, or its result is corrupted), else ''."""
+    try:
+        rundir.verified_result()
+    except KdbenchError as exc:
+        return str(exc)
+    except OSError as exc:  # e.g. spec.json missing beside a result.json
+        return f"run {rundir.path.name} cannot be verified ({exc}); {rundir.repair_hint()}"
+    return ""
 
 
 def _failure_message(rundir: RunDir, code: int | None) -> str:

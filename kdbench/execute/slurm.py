@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import Listener, Outcome, processes
+from kdbench.execute.local import Listener, Outcome, processes, unusable
 from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.plan import RunSpec
 from kdbench.results.store import RunDir, atomic_write_json
@@ -192,7 +192,9 @@ class SlurmExecutor:
         submission = Submission(folder, list(specs))
         todo = []
         for spec in specs:
-            if RunDir(results, spec.run_id).is_done():
+            rundir = RunDir(results, spec.run_id)
+            # A corrupted or mismatched finished run is submitted again: its job fails with the repair command.
+            if rundir.is_done() and not unusable(rundir):
                 submission.reused.append(spec.run_id)
             else:
                 todo.append(spec)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdbench.errors import KdbenchError
 from kdbench.results.store import RUN_ID, RunDir, read_json, runs_dir
 
 RUN_COLUMNS = [
@@ -15,7 +16,9 @@ RUN_COLUMNS = [
 
 
 def run_status(run: RunDir) -> str:
-    """done, running (its lock is held), failed, incomplete (interrupted: resumes), or pending."""
+    """done, running (its lock is held), failed, incomplete (interrupted: resumes), or pending.
+
+    :func:`collect` turns ``done`` into ``corrupted`` when the finished run's files fail verification."""
     if not run.path.is_dir():
         return "pending"
     if run.is_done():
@@ -48,13 +51,10 @@ def collect(results: Path) -> pd.DataFrame:
             "teacher_run_id": (spec.get("teacher") or {}).get("run_id"), "message": "",
         }
         if status == "done":
-            result = run.result()
-            row.update({k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")})
-            # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
-            row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))
-            # Test accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch).
-            row["curve"] = [{k: h[k] for k in ("epoch", "test_top1", "test_top5")}
-                            for h in run.read_metrics() if h.get("phase") != "init"]
+            try:
+                row.update(_finished(run))
+            except KdbenchError as exc:  # a corrupted file, or a spec that is not this run's: never a number
+                row.update(status="corrupted", message=str(exc))
         elif status == "failed":
             failure = run.failure()
             row["message"] = f"{failure.get('error')}: {failure.get('message')}"
@@ -62,12 +62,27 @@ def collect(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def _finished(run: RunDir) -> dict:
+    """The numbers of a finished run, from its verified files."""
+    result = run.verified_result()
+    row = {k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")}
+    # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
+    row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))
+    # Test accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch).
+    row["curve"] = [{k: h[k] for k in ("epoch", "test_top1", "test_top5")}
+                    for h in run.read_metrics() if h.get("phase") != "init"]
+    return row
+
+
 def epoch_curves(results: Path) -> pd.DataFrame:
     """Per-epoch metrics of every run (one row per run × epoch)."""
     frames = []
     root = runs_dir(results)
     for path in _run_paths(root):
-        history = RunDir(results, path.name).read_metrics()
+        try:
+            history = RunDir(results, path.name).read_metrics()
+        except KdbenchError:  # corrupted: collect() reports it; a curve is never drawn from it
+            continue
         if history:
             frames.append(pd.DataFrame(history).assign(run_id=path.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -70,7 +70,7 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
         column, row = recipe.column(cell.column), rows_by_label[cell.row]
         known = runs.loc[runs.index.intersection(list(cell.run_ids))]
         finished = known[known["status"] == "done"]
-        n_failed = int((known["status"] == "failed").sum())
+        n_failed = int(known["status"].isin(["failed", "corrupted"]).sum())  # a corrupted run counts as failed
         done = _accuracies(finished, column, cell.method, metric, recipe.training.epochs)
         paper = row.paper.get(cell.column)
         if paper is None and row.is_teacher_row:  # the teacher's published accuracy, from the teachers list

@@ -4,14 +4,25 @@ Layout of ``<results>/runs/<run-id>/``: ``spec.json`` (what the run is), ``metri
 line per finished epoch), ``checkpoint.pt`` (resume point), ``model.pt`` (final weights),
 ``result.json`` (written last: its presence means "done"), ``failed.json`` (why a run failed),
 ``launch.json`` (the local executor's slot, start time and starting epoch of the latest attempt),
-``train.log`` and ``.lock``. Tables reproduced from recipes are recorded under ``tables/``.
+``train.log``, ``.lock`` and ``checksums.json``. Tables reproduced from recipes are recorded under ``tables/``.
+
+Integrity: ``checkpoint.pt``, ``model.pt``, ``metrics.jsonl`` and ``result.json`` are written through
+:meth:`RunDir.write_verified`, which records the sha256 of the new content in ``checksums.json`` *before*
+renaming it into place, keeping the previous digest too. A kill at any point therefore leaves a file whose
+digest is listed, while a file changed by anything else (truncation, bit rot, a partial copy) is refused
+with :class:`CorruptedFile`. Files written before checksums existed (no entry in ``checksums.json``) are read as before.
+A run's ``spec.json`` is checked against its id instead (:meth:`RunDir.check_spec`): the id hashes the spec.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -41,10 +52,45 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temp file beside ``path``, then rename it over ``path`` (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        write(fh)
+class WriteFailed(KdbenchError):
+    """The file system refused a write (full, read-only, no permission)."""
+
+
+def write_failed(path: Path, exc: OSError) -> WriteFailed:
+    """A :class:`WriteFailed` naming ``path``, why, and what to do; the files already there are intact."""
+    why = exc.strerror or str(exc)
+    advice = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (quota)",
+              errno.EROFS: "make the results directory writable (it is on a read-only file system)",
+              errno.EACCES: "make the results directory writable", errno.EPERM: "make the results directory writable",
+              errno.EFBIG: "raise the file-size limit (ulimit -f)"}.get(exc.errno or 0, "fix the file system")
+    return WriteFailed(f"could not write {path}: {why}. Nothing already written was changed; {advice}, then run the "
+                       "same command again (finished runs are reused, interrupted ones resume).")
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None], before_rename: Callable[[Path], None] | None = None) -> None:
+    """Call ``write`` on a temp file beside ``path``, then rename it over ``path`` (see :func:`atomic_path`).
+
+    ``before_rename(tmp)`` runs once the temp file is complete. An ``OSError`` becomes :class:`WriteFailed`."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                write(fh)
+            if before_rename is not None:
+                before_rename(tmp)
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CorruptedFile(KdbenchError):
+    """A run's file does not match its recorded checksum, or cannot be parsed: it is never used."""
 
 
 @contextmanager
@@ -63,8 +109,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda fh: fh.write(data))
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, _json_bytes(obj))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -72,6 +122,7 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """Parse a JSON file; a file that does not parse is a clear error naming it."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -113,6 +164,75 @@ class RunDir:
     log_file = property(lambda self: self.path / "train.log")
     lock_file = property(lambda self: self.path / ".lock")
     launch_file = property(lambda self: self.path / "launch.json")
+    checksums_file = property(lambda self: self.path / "checksums.json")
+
+    def repair_hint(self, *paths: Path) -> str:
+        """The command that removes ``paths`` (and ``result.json``) so that the next run redoes what they held."""
+        files = " ".join(str(p) for p in dict.fromkeys([*paths, self.result_file]))
+        return (f"Repair: rm -f {files} and run the same command again (the run resumes from its last intact "
+                f"checkpoint, or restarts without one).")
+
+    def _corrupted(self, path: Path, why: str) -> CorruptedFile:
+        return CorruptedFile(f"run {self.run_id}: {path} {why}; it is not used. {self.repair_hint(path)}")
+
+    def _checksums(self) -> dict[str, list[str]] | None:
+        """The recorded digests (newest first per file), or None for a run written before checksums existed."""
+        if not self.checksums_file.is_file():
+            return None
+        try:
+            return json.loads(self.checksums_file.read_text())
+        except json.JSONDecodeError:
+            raise CorruptedFile(f"run {self.run_id}: {self.checksums_file} is corrupted, so no file of this run can be "
+                                f"verified. Repair: delete the run directory {self.path} and run the same command "
+                                "again to retrain it.") from None
+
+    def write_verified(self, path: Path, write: Callable[[BinaryIO], None]) -> None:
+        """Write ``path`` atomically, recording its sha256 before the rename (see the module docstring)."""
+        def record(tmp: Path) -> None:
+            checksums = self._checksums() or {}
+            checksums[path.name] = [sha256_file(tmp), *checksums.get(path.name, [])[:1]]
+            atomic_write_json(self.checksums_file, checksums)
+        _atomic_write(path, write, record)
+
+    def verified_bytes(self, path: Path) -> bytes:
+        """The content of ``path``, refused with :class:`CorruptedFile` unless its digest was recorded."""
+        data = path.read_bytes()  # content first, digests second: a concurrent write records before it renames
+        digests = (self._checksums() or {}).get(path.name)  # None: written before checksums existed
+        if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
+            raise self._corrupted(path, "does not match its recorded sha256 (truncated or corrupted)")
+        return data
+
+    def load_torch(self, path: Path) -> Any:
+        """A verified torch file, loaded with ``weights_only=True`` on the CPU."""
+        data = self.verified_bytes(path)
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise self._corrupted(path, f"cannot be read ({exc})") from None
+
+    def _verified_json(self, path: Path) -> Any:
+        try:
+            return json.loads(self.verified_bytes(path))
+        except json.JSONDecodeError as exc:
+            raise self._corrupted(path, f"is not valid JSON ({exc})") from None
+
+    def save_torch(self, path: Path, obj: Any) -> None:
+        self.write_verified(path, lambda fh: torch.save(obj, fh))
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        self.write_verified(self.result_file, lambda fh: fh.write(_json_bytes(result)))
+
+    def check_spec(self) -> None:
+        """Refuse a run directory whose ``spec.json`` no longer hashes to its id (edited, or copied under another id)."""
+        from kdbench.plan import (
+            RunSpec,  # plan imports nothing from here; imported late to keep the store light
+        )
+
+        spec = RunSpec.model_validate(read_json(self.spec_file))
+        if spec.run_id != self.run_id:
+            raise CorruptedFile(f"run {self.run_id}: {self.spec_file} describes run {spec.run_id}, not this one (it was "
+                                f"edited or copied), so nothing in {self.path} is used. Repair: delete {self.path} and "
+                                "run the same command again.")
 
     def is_done(self) -> bool:
         return self.result_file.is_file()
@@ -121,19 +241,39 @@ class RunDir:
         return self.failed_file.is_file() and not self.is_done()
 
     def result(self) -> dict[str, Any]:
-        return read_json(self.result_file)
+        """The verified ``result.json``."""
+        return self._verified_json(self.result_file)
+
+    def verified_result(self) -> dict[str, Any]:
+        """A finished run's result, after checking what its readers use: the spec's id, metrics.jsonl, result.json."""
+        self.check_spec()
+        self.read_metrics()
+        return self.result()
 
     def failure(self) -> dict[str, Any]:
         return read_json(self.failed_file)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite the whole epoch history atomically (small; never a torn last line)."""
-        atomic_write_bytes(self.metrics_file, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode())
+        data = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode()
+        self.write_verified(self.metrics_file, lambda fh: fh.write(data))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The verified epoch history (empty before the first epoch)."""
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        text = self.verified_bytes(self.metrics_file).decode(errors="replace")
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise self._corrupted(self.metrics_file, f"is not valid JSON lines ({exc})") from None
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete temp files left by a process killed mid-write (call only while holding the lock)."""
+        stale = sorted(self.path.glob(".*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def epochs_done(self) -> int:
         """Main training epochs recorded in metrics.jsonl (pre-training stage and import entries not counted)."""
@@ -154,8 +294,12 @@ class RunDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's exclusive lock (released by the OS if the process dies)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_file, "a") as fh:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.lock_file, "a")
+        except OSError as exc:
+            raise write_failed(self.lock_file, exc) from exc
+        with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
