@@ -165,8 +165,10 @@ def test_registry_holds_the_seed_methods():
 
 def test_needs_declarations():
     assert methods.get("ce").needs.teacher is False
-    for name in ("kd", "dist"):
-        assert methods.get(name).needs == methods.Needs(teacher=True, teacher_logits_only=True)
+    assert methods.get("kd").needs == methods.Needs(teacher=True, teacher_logits_only=True)
+    # DIST's intra-class correlation is over the batch: it can be computed per original-GPU chunk.
+    assert methods.get("dist").needs == methods.Needs(teacher=True, teacher_logits_only=True, batch_dependent_loss=True)
+    assert methods.get("mlkd").needs.batch_dependent_loss and not methods.get("kd").needs.batch_dependent_loss
     # SimKD reads the teacher's feature map and reuses its classifier.
     assert methods.get("simkd").needs.teacher and not methods.get("simkd").needs.teacher_logits_only
 
