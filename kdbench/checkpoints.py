@@ -9,7 +9,6 @@ The recipe may give a prefix of the digest (at least 8 hex digits, as torch.hub'
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from kdbench.models.base import KDModel
 from kdbench.models.pretrained import DOWNLOAD_ROOT
 from kdbench.plan import CheckpointRef
 from kdbench.recipe import Checkpoint
+from kdbench.results.store import sha256_file
 
 
 def locate(ref: CheckpointRef, data_dir: str | Path | None) -> Path:
@@ -45,12 +45,7 @@ def describe_checkpoint(model: str, checkpoint: Checkpoint) -> str:
     return f"{line}; {known.describe()}" if known and checkpoint.format == "torchvision" else line
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = sha256_file  # a checkpoint file's digest, as the recipe records it
 
 
 def verify(ref: CheckpointRef, path: Path) -> str:

@@ -225,7 +225,7 @@ def test_ffcv_falls_back_when_the_betons_hold_other_arrays(
     with caplog.at_level(logging.WARNING, logger="kdbench.data"):
         part = subset(small, 0.5)
         assert isinstance(make_loaders("ffcv", part, data_dir=folder.parent.parent), TensorLoaders)
-        assert "a subset or another dataset" in caplog.text
+        assert "a subset, another dataset, or files changed since" in caplog.text
         assert isinstance(make_loaders("ffcv", small, data_dir=tmp_path), TensorLoaders)
         assert f"kdbench data prepare {small.name}" in caplog.text
 

@@ -28,7 +28,7 @@ from PIL import Image
 from kdbench.data.augment import epoch_plan
 from kdbench.data.ffcv_loader import (
     META_FILE,
-    FfcvUnavailable,
+    check_meta,
     import_ffcv,
     open_loader,
 )
@@ -97,15 +97,7 @@ def prepare_folder(
 
 def check_betons(dataset: FolderDataset, directory: Path) -> None:
     """Raise ``FfcvUnavailable`` unless ``directory`` holds finished .beton files of exactly ``dataset``."""
-    meta_file = directory / META_FILE
-    if not meta_file.is_file():
-        raise FfcvUnavailable(f"no .beton files in {directory}; write them with `kdbench data prepare {dataset.name}`.")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("fingerprint") != fingerprint(dataset):
-        raise FfcvUnavailable(
-            f"the .beton files in {directory} hold {meta.get('dataset')} ({meta.get('train')} train images), not this "
-            f"run's {dataset.name} files ({len(dataset.y_train)} train images: a subset, or the folder changed since)."
-        )
+    check_meta(directory, dataset.name, fingerprint(dataset), len(dataset.y_train))
 
 
 class FfcvFolderBatches:

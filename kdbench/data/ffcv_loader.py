@@ -191,6 +191,20 @@ class FfcvBatches:
             torch.set_num_threads(threads)
 
 
+def check_meta(directory: Path, name: str, expected_fingerprint: str, train_images: int) -> None:
+    """Raise ``FfcvUnavailable`` unless ``directory`` holds finished .beton files (``meta.json`` is written last)
+    of exactly the data with ``expected_fingerprint``."""
+    meta_file = directory / META_FILE
+    if not meta_file.is_file():
+        raise FfcvUnavailable(f"no .beton files in {directory}; write them with `kdbench data prepare {name}`.")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("fingerprint") != expected_fingerprint:
+        raise FfcvUnavailable(
+            f"the .beton files in {directory} hold {meta.get('dataset')} ({meta.get('train')} train images), not this "
+            f"run's {name} data ({train_images} train images: a subset, another dataset, or files changed since)."
+        )
+
+
 def open_loader(ffcv: Any, path: Path, batch_size: int, workers: int, pipelines: dict[str, list[Any]],
                 drop_last: bool) -> Any:
     """An ffcv ``Loader`` of ``path`` that visits samples in the order each pass sets (the epoch plan's).
@@ -210,15 +224,7 @@ class FfcvLoaders:
     def __init__(self, arrays: ImageArrays, device: torch.device, directory: Path, num_workers: int = 0) -> None:
         """Raises ``FfcvUnavailable`` when ffcv is missing or the files do not hold exactly ``arrays``."""
         self.ffcv = import_ffcv()
-        meta_file = directory / META_FILE
-        if not meta_file.is_file():
-            raise FfcvUnavailable(f"no .beton files in {directory}; write them with `kdbench data prepare {arrays.name}`.")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("fingerprint") != fingerprint(arrays):
-            raise FfcvUnavailable(
-                f"the .beton files in {directory} hold {meta.get('dataset')} ({meta.get('train')} train images), not "
-                f"this run's {arrays.name} data ({len(arrays.x_train)} train images: a subset or another dataset)."
-            )
+        check_meta(directory, arrays.name, fingerprint(arrays), len(arrays.x_train))
         self.arrays, self.device, self.directory, self.num_workers = arrays, device, directory, num_workers
         self.ffcv_workers = num_workers or os.cpu_count() or 1
         self.table = normalisation_table(arrays.mean, arrays.std).to(device)
