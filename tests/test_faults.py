@@ -312,6 +312,21 @@ def test_two_reproduce_processes_train_every_run_once(tmp_path):
     assert all(r["status"] == "done" for r in collect(tmp_path).to_dict("records"))
 
 
+def test_a_trainer_leaves_the_executors_unlocked_writes_alone(tmp_path):
+    """The race behind a flaky concurrent reproduction: a trainer that takes the lock clears temps of killed
+    writers, but an executor writes spec.json and launch.json without the lock, maybe at that very moment."""
+    run = RunDir(tmp_path, spec().run_id)
+    run.path.mkdir(parents=True)
+    killed = [run.path / f".{name}.k1ll3d.tmp" for name in
+              ("checkpoint.pt", "model.pt", "metrics.jsonl", "result.json", "failed.json", "checksums.json")]
+    in_flight = [run.path / f".{name}.wr1t1ng.tmp" for name in ("spec.json", "launch.json")]
+    for path in killed + in_flight:
+        path.write_bytes(b"partial")
+    with run.lock():
+        assert run.remove_stale_temps() == sorted(killed)
+    assert all(p.exists() for p in in_flight) and not any(p.exists() for p in killed)
+
+
 def _compare_cells(results: Path):
     from kdbench.results.compare import compare
 
