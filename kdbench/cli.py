@@ -111,7 +111,7 @@ def reproduce(
     slurm_setup: Annotated[Optional[list[str]], typer.Option("--slurm-setup", help="slurm: a shell line run before each job (e.g. 'module load cuda'); repeat for several.")] = None,
     cpus_per_run: Annotated[Optional[int], typer.Option("--cpus-per-run", min=1, help="slurm: CPUs per job.")] = None,
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", min=0.1, help="slurm: memory per job in GB.")] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit every job, print their ids and return; run `kdbench compare` later.")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm: submit every job, print their ids and return; later run `kdbench compare`, or the same reproduce without --no-wait to follow the queued jobs.")] = False,
     wait_timeout: Annotated[Optional[float], typer.Option("--wait-timeout", min=0.0, help="slurm: stop waiting after this many minutes (the jobs go on).")] = None,
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
@@ -290,13 +290,18 @@ def compare(
 
 def _print_submission(submission) -> None:
     """One line per SLURM job (an array once), so the user can follow them with squeue."""
-    arrays: dict[str, int] = {}
-    for job in submission.jobs.values():
-        master = job.job_id.split("_")[0]
-        arrays[master] = arrays.get(master, 0) + 1
-    jobs = ", ".join(f"{j} ({n} runs)" if n > 1 else j for j, n in arrays.items()) or "none"
+    def grouped(run_ids: list[str]) -> str:
+        arrays: dict[str, int] = {}
+        for run_id in run_ids:
+            master = submission.jobs[run_id].job_id.split("_")[0]
+            arrays[master] = arrays.get(master, 0) + 1
+        return ", ".join(f"{j} ({n} runs)" if n > 1 else j for j, n in arrays.items()) or "none"
+
+    new = [run_id for run_id in submission.jobs if run_id not in submission.attached]
     aggregate = f"; table job {submission.aggregate.job_id}" if submission.aggregate is not None else ""
-    console.print(f"SLURM: {len(submission.jobs)} runs submitted as jobs {jobs}{aggregate}; "
+    attached = (f"; {len(submission.attached)} already queued as jobs {grouped(submission.attached)}, followed, not resubmitted"
+                if submission.attached else "")
+    console.print(f"SLURM: {len(new)} runs submitted as jobs {grouped(new)}{aggregate}{attached}; "
                   f"{len(submission.reused)} already done. Job output: {submission.folder}/<job id>/", highlight=False)
 
 

@@ -226,6 +226,61 @@ def test_a_corrupted_finished_run_is_submitted_again(tmp_path):
     assert submission.reused == [] and list(submission.jobs) == [run.run_id]
 
 
+def test_submitting_again_follows_the_queued_jobs_and_submits_only_the_rest(tmp_path):
+    """A second reproduce (after --no-wait or a wait timeout) re-attaches: no run gets a second job while its first is queued."""
+    teacher = spec("resnet32x4")
+    students = [spec("resnet8x4", seed, teacher) for seed in range(2)]
+    first = FakeSubmitit()
+    submitted = fake_executor(first).submit([teacher, *students], tmp_path)
+    ids = {run_id: job.job_id for run_id, job in submitted.jobs.items()}
+    assert json.loads((tmp_path / "slurm" / "jobs.json").read_text()) == ids
+
+    # The teacher's job still runs; the students' array was cancelled by hand: only the students are submitted again,
+    # after the teacher's queued job.
+    again = FakeSubmitit()
+    again.next_id = 200
+    resubmitted = fake_executor(again, queue=lambda q: {i: ("RUNNING", "None") for i in q if i == ids[teacher.run_id]}).submit(
+        [teacher, *students], tmp_path)
+    assert resubmitted.attached == [teacher.run_id] and resubmitted.jobs[teacher.run_id].job_id == "101"
+    [(kind, params, _, args)] = again.calls
+    assert kind == "array" and args == [(s.run_id,) for s in students]
+    assert params["slurm_additional_parameters"]["dependency"] == "afterok:101"
+    assert json.loads((tmp_path / "slurm" / "jobs.json").read_text()) == {
+        teacher.run_id: "101", **{s.run_id: f"201_{i}" for i, s in enumerate(students)}}
+
+    # Everything queued: nothing is submitted, and waiting follows the recorded jobs to their results.
+    third = FakeSubmitit()
+    queue = {"101": ("RUNNING", "None"), "201_0": ("PENDING", "Dependency"), "201_1": ("PENDING", "Dependency")}
+    executor = fake_executor(third, queue=lambda q: {i: queue[i] for i in q if i in queue})
+    followed = executor.submit([teacher, *students], tmp_path)
+    assert third.calls == [] and sorted(followed.attached) == sorted(ids)
+    for run in (teacher, *students):
+        RunDir(tmp_path, run.run_id).write_result({"best_top1": 1.0})
+    queue.clear()
+    assert {o.status for o in executor.wait(followed, tmp_path).values()} == {"done"}
+
+
+def test_a_recorded_job_slurm_keeps_pending_forever_is_cancelled_and_the_run_submitted_again(tmp_path):
+    run = spec("resnet8")
+    fake_executor(FakeSubmitit()).submit([run], tmp_path)  # job 101
+    cancelled = []
+    fake = FakeSubmitit()
+    fake.next_id = 300
+    submission = fake_executor(fake, queue=lambda q: {i: ("PENDING", slurm.NEVER_SATISFIED) for i in q},
+                               cancel=cancelled.extend).submit([run], tmp_path)
+    assert cancelled == ["101"] and submission.attached == [] and submission.jobs[run.run_id].job_id == "301"
+
+
+def test_an_unreadable_job_record_only_means_submitting_again(tmp_path):
+    run = spec("resnet8")
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "jobs.json").write_text("{not json")
+    fake = FakeSubmitit()
+    submission = fake_executor(fake, queue=lambda q: pytest.fail("nothing recorded to look up")).submit([run], tmp_path)
+    assert [c[0] for c in fake.calls] == ["job"] and submission.jobs[run.run_id].job_id == "101"
+    assert json.loads((tmp_path / "slurm" / "jobs.json").read_text()) == {run.run_id: "101"}
+
+
 def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
     with pytest.raises(KdbenchError, match="sbatch.*not on PATH.*--executor local"):
@@ -281,8 +336,11 @@ def layout(results: Path) -> dict[str, set[str]]:
 @pytest.mark.slurm
 def test_smoke_reproduction_runs_end_to_end_on_slurm(cluster, tmp_path):
     table = ["simkd-table1", "--profile", "smoke", "--pairs", "res32x4_res8x4", "--methods", "KD", "--trials", "2"]
+    proc = kdbench("reproduce", *table, "--results", str(tmp_path), "--executor", "slurm", "--time", "60", "--no-wait")
+    assert "3 runs submitted as jobs" in proc.stdout and "(2 runs)" in proc.stdout
+    # Reproducing again while the jobs are queued follows them (finished ones are reused): nothing is submitted twice.
     proc = kdbench("reproduce", *table, "--results", str(tmp_path), "--executor", "slurm", "--time", "60")
-    assert "3 runs submitted as jobs" in proc.stdout and "(2 runs)" in proc.stdout and "3 of 3 runs done" in proc.stdout
+    assert "0 runs submitted as jobs none" in " ".join(proc.stdout.split()) and "3 of 3 runs done" in proc.stdout
     planned = plan(load_recipe("simkd-table1"), "smoke", trials=2, columns=["res32x4_res8x4"], rows=["KD"])
     # The layout of a local run: each run's directory, named by its run id, holds what `kdbench train` writes.
     assert layout(tmp_path) == dict.fromkeys(planned.specs, RUN_FILES)

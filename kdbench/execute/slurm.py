@@ -9,6 +9,11 @@ every job. Runs that are already done (``result.json``) are not submitted. Paths
 id (``results/runs/<run-id>``), so a job needs nothing from its dependencies but their files; the
 submitit folder is ``results/slurm/`` (it must be on the filesystem the nodes share).
 
+Submitting again (after ``--no-wait``, a wait timeout, or a lost login shell) re-attaches: every job
+id is recorded per run in ``results/slurm/jobs.json``, and a run whose recorded job is still queued
+or running is followed, not submitted a second time (its dependents wait ``afterok`` on that job).
+Submissions to one results directory are serialised by a lock on ``results/slurm/.submit.lock``.
+
 Waiting trusts ``result.json`` and asks ``squeue`` which jobs are still queued or running (not
 submitit's ``result()``, which never returns on clusters without accounting, §1.5). A run whose job
 left the queue without a result is skipped if a dependency did not finish, else failed with its
@@ -31,11 +36,12 @@ from kdbench.errors import KdbenchError
 from kdbench.execute.local import Listener, Outcome, processes, unusable
 from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.plan import RunSpec
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.results.store import RunDir, atomic_write_json, file_lock, read_json
 
 SUBMITIT_HINT = "pip install 'kdbench[slurm]'"
 # squeue reason of a job whose dependency failed, on clusters that ignore kill-on-invalid-dep
 NEVER_SATISFIED = "DependencyNeverSatisfied"
+JOBS_FILE = "jobs.json"  # under the submitit folder: run id -> the SLURM job id last submitted for it
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,13 @@ class SlurmOptions:
 
 
 class JobLike(Protocol):
+    job_id: str
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A job submitted by an earlier ``reproduce`` that is still in the queue."""
+
     job_id: str
 
 
@@ -112,12 +125,15 @@ def array_groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
 
 @dataclass
 class Submission:
-    """What was submitted: a job per run (array tasks are ``<array>_<index>``), runs reused, the aggregate."""
+    """What was submitted: a job per run (array tasks are ``<array>_<index>``), runs reused, the aggregate.
+
+    ``jobs`` also holds the runs in ``attached``: their jobs were submitted earlier and are still queued."""
 
     folder: Path
     specs: list[RunSpec]
     jobs: dict[str, JobLike] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    attached: list[str] = field(default_factory=list)
     aggregate: JobLike | None = None
 
     def job_ids(self) -> list[str]:
@@ -186,9 +202,15 @@ class SlurmExecutor:
         return self.wait(submission, results)
 
     def submit(self, specs: Sequence[RunSpec], results: Path) -> Submission:
-        """Submit every run that is not done yet, in dependency order, and the aggregate job."""
+        """Submit every run that is not done and has no job queued yet, in dependency order, and the aggregate job."""
         results = Path(results)
         folder = results / "slurm"
+        with file_lock(folder / ".submit.lock"):  # two submissions at once would both see no queued job
+            submission = self._submit(specs, results, folder)
+            _record_jobs(folder, {run_id: job.job_id for run_id, job in submission.jobs.items()})
+        return submission
+
+    def _submit(self, specs: Sequence[RunSpec], results: Path, folder: Path) -> Submission:
         submission = Submission(folder, list(specs))
         todo = []
         for spec in specs:
@@ -198,6 +220,13 @@ class SlurmExecutor:
                 submission.reused.append(spec.run_id)
             else:
                 todo.append(spec)
+        queued = self._queued_jobs(todo, folder)
+        for spec in todo:
+            if spec.run_id in queued:
+                submission.jobs[spec.run_id] = SubmittedJob(queued[spec.run_id])
+                submission.attached.append(spec.run_id)
+                self.listener("waiting", spec, f"SLURM job {queued[spec.run_id]} (submitted earlier)")
+        todo = [spec for spec in todo if spec.run_id not in queued]
         if not todo and self.aggregate is None:
             return submission
         executor = self.make_executor(folder, self.options)
@@ -224,6 +253,19 @@ class SlurmExecutor:
             self._parameters(aggregator, after, name=f"kdbench-aggregate-{recipe}", array=1, gpus=0)
             submission.aggregate = aggregator.submit(AggregateJob(str(results), recipe, profile))
         return submission
+
+    def _queued_jobs(self, specs: Sequence[RunSpec], folder: Path) -> dict[str, str]:
+        """Run id -> job id of the runs whose recorded job is still queued or running (see the module doc).
+
+        A recorded job that SLURM keeps pending forever (a dependency failed) is cancelled and not followed."""
+        recorded = _recorded_jobs(folder)
+        candidates = {s.run_id: recorded[s.run_id] for s in specs if s.run_id in recorded}
+        if not candidates:
+            return {}
+        states = self.queue(sorted(set(candidates.values())))
+        dead = sorted({job for job in candidates.values() if job in states and states[job][1] == NEVER_SATISFIED})
+        self.cancel(dead)
+        return {run_id: job for run_id, job in candidates.items() if job in states and job not in dead}
 
     def _parameters(self, executor: SubmititExecutor, after: list[str], *, name: str, array: int, gpus: int | None = None) -> None:
         dependency = {"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"} if after else {}
@@ -260,7 +302,7 @@ class SlurmExecutor:
             if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
                 raise KdbenchError(f"waited {self.timeout_s:.0f} s; SLURM jobs {', '.join(sorted(queued))} are still queued or "
                                    f"running and go on without this process. Later: kdbench compare {results} "
-                                   f"(re-running reproduce reuses every finished run).")
+                                   f"(re-running reproduce reuses every finished run and follows the queued jobs).")
             time.sleep(self.poll_seconds)
 
     def _outcome(self, spec: RunSpec, job_id: str, queued: dict[str, tuple[str, str]], outcomes: dict[str, Outcome],
@@ -289,6 +331,22 @@ class SlurmExecutor:
 
     def _state(self, job_id: str) -> str:
         return self.states([job_id]).get(job_id, "")
+
+
+def _recorded_jobs(folder: Path) -> dict[str, str]:
+    """``jobs.json``: the job id last submitted for each run (empty before the first submission)."""
+    path = folder / JOBS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(read_json(path))
+    except KdbenchError:  # unreadable: forget it; at worst a queued run is submitted again and its job waits on the lock
+        return {}
+
+
+def _record_jobs(folder: Path, jobs: dict[str, str]) -> None:
+    if jobs:
+        atomic_write_json(folder / JOBS_FILE, _recorded_jobs(folder) | jobs)
 
 
 def _blocker(spec: RunSpec, outcomes: dict[str, Outcome]) -> str:
