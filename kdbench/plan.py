@@ -57,11 +57,16 @@ class TrainSpec(_Spec):
     # Batch-dependent losses are computed per chunk of this many samples (the original per-GPU batch; see
     # methods.base.per_chunk). None, the default, is left out of the canonical JSON: run ids stay as they were.
     loss_chunk: int | None = Field(default=None, gt=0)
+    # BatchNorm normalises training batches per chunk of this many samples, keeping the first chunk's running
+    # statistics (the original per-GPU batch; see models.per_gpu_batchnorm). None: per process, as DDP does.
+    bn_chunk: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> TrainSpec:
-        if self.loss_chunk is not None and self.batch_size % self.loss_chunk:
-            raise ValueError(f"loss_chunk {self.loss_chunk} must divide batch_size {self.batch_size}")
+        for name in ("loss_chunk", "bn_chunk"):
+            chunk = getattr(self, name)
+            if chunk is not None and self.batch_size % chunk:
+                raise ValueError(f"{name} {chunk} must divide batch_size {self.batch_size}")
         return self
 
     def lr_at(self, epoch: int) -> float:
@@ -71,7 +76,8 @@ class TrainSpec(_Spec):
 
 # Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
 # canonical form at that value, so adding a field never renames (and retrains) finished runs.
-ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0, "loss_chunk": None}
+ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0, "loss_chunk": None,
+                                         "bn_chunk": None}
 
 
 class TeacherRef(_Spec):
@@ -228,7 +234,7 @@ def _spec(
     model = models.canonical_name(model)
     train = _train_spec(base, model, profile, ci, override)
     if base.loss_chunk is not None and methods.get(method).needs.batch_dependent_loss:
-        train = TrainSpec(**{**train.model_dump(), "loss_chunk": _loss_chunk(base, train.batch_size)})
+        train = TrainSpec(**{**train.model_dump(), "loss_chunk": _chunk(base.loss_chunk, base.batch_size, train.batch_size)})
     return RunSpec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
         data=data, train=train, seed=seed,
@@ -238,13 +244,12 @@ def _spec(
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:
     """A column's training overrides with the row's own values on top."""
     return column.model_copy(update=row.model_dump(exclude_none=True))
-def _loss_chunk(base: Training, batch_size: int) -> int:
-    """The recipe's loss chunk for a run of ``batch_size``. Another batch size (the smoke profile's, a row's
-    override) keeps the number of chunks per batch, i.e. the original GPU count, as far as it divides."""
-    assert base.loss_chunk is not None
-    if batch_size == base.batch_size:
-        return base.loss_chunk
-    chunk = max(1, batch_size // (base.batch_size // base.loss_chunk))
+def _chunk(recipe_chunk: int, recipe_batch: int, batch_size: int) -> int:
+    """A recipe's per-GPU chunk (loss_chunk, bn_chunk) for a run of ``batch_size``. Another batch size (the smoke
+    profile's, a row's override) keeps the number of chunks per batch, i.e. the original GPU count, as far as it divides."""
+    if batch_size == recipe_batch:
+        return recipe_chunk
+    chunk = max(1, batch_size // (recipe_batch // recipe_chunk))
     while batch_size % chunk:
         chunk -= 1
     return chunk
@@ -332,6 +337,7 @@ def _profile_epochs(profile: str, ci: CIProfile, base: Training) -> int:
 def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, override: TrainingOverride = NO_OVERRIDE) -> TrainSpec:
     """The run's schedule: the recipe's training with the row's ``override``, shaped by the profile."""
     row_values = override.model_dump(exclude_none=True)
+    recipe_batch = base.batch_size  # the original GPU count is recipe_batch / bn_chunk, whatever a row's batch
     base = base.model_copy(update={**row_values, "lr_by_model": {} if "lr" in row_values else base.lr_by_model})
     lr_by_model = {models.canonical_name(k): v for k, v in base.lr_by_model.items()}
     epochs = _profile_epochs(profile, ci, base)
@@ -342,4 +348,5 @@ def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, overrid
         epochs=epochs, batch_size=batch, lr=lr_by_model.get(model, base.lr), milestones=milestones,
         lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
         decay_norm_and_bias=base.decay_norm_and_bias, label_smoothing=base.label_smoothing,
+        bn_chunk=_chunk(base.bn_chunk, recipe_batch, batch) if base.bn_chunk is not None else None,
     )

@@ -97,12 +97,17 @@ class Training(_Strict):
     # The original run's per-GPU batch, for methods whose losses depend on the batch (DIST, MLKD): they
     # compute those losses per chunk of this many samples, as the original GPUs did (TrainSpec.loss_chunk).
     loss_chunk: int | None = Field(default=None, gt=0)
+    # The original run's per-GPU batch for BatchNorm (every method): each chunk is normalised on its own
+    # and the first keeps the running statistics, as on the original GPUs without SyncBN (TrainSpec.bn_chunk).
+    bn_chunk: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> Training:
-        if self.loss_chunk is not None and self.batch_size % self.loss_chunk:
-            raise ValueError(f"loss_chunk {self.loss_chunk} must divide batch_size {self.batch_size} "
-                             f"(it is the original per-GPU batch: batch_size / number of GPUs)")
+        for name in ("loss_chunk", "bn_chunk"):
+            chunk = getattr(self, name)
+            if chunk is not None and self.batch_size % chunk:
+                raise ValueError(f"{name} {chunk} must divide batch_size {self.batch_size} "
+                                 f"(it is the original per-GPU batch: batch_size / number of GPUs)")
         return self
 
 

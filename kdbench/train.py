@@ -37,6 +37,7 @@ from kdbench.data.shard import global_batch_sizes
 from kdbench.distributed import SINGLE, Group
 from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
+from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
 from kdbench.results.store import RUN_ID, RunDir, RunLocked, WriteFailed, atomic_write_json, read_json
 
@@ -189,6 +190,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels,
                        batch_size=spec.train.batch_size, label_smoothing=spec.train.label_smoothing,
                        loss_chunk=spec.train.loss_chunk).to(device)
+    if spec.train.bn_chunk is not None:
+        emulate_per_gpu_batchnorm(distiller, spec.train.batch_size // group.world // spec.train.bn_chunk)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
     compute = options.resolve(device)
@@ -295,11 +298,11 @@ def _check_processes(spec: RunSpec, method: type[methods.Distiller], group: Grou
         why = "keeps per-sample state (a memory bank)" if needs.sample_indices else "sizes its modules by the batch size"
         raise KdbenchError(f"run {spec.run_id}: method {spec.method} {why}, which kdbench does not split over processes; "
                            f"train it with --nproc 1.")
-    chunk = spec.train.loss_chunk
-    if chunk is not None and (batch // world) % chunk:
-        raise KdbenchError(f"run {spec.run_id}: each of {world} processes gets {batch // world} samples, which cannot be cut "
-                           f"into the spec's loss chunks of {chunk} (the original per-GPU batch); use a process count "
-                           f"that divides {batch // chunk}.")
+    for name, chunk in (("loss", spec.train.loss_chunk), ("BatchNorm", spec.train.bn_chunk)):
+        if chunk is not None and (batch // world) % chunk:
+            raise KdbenchError(f"run {spec.run_id}: each of {world} processes gets {batch // world} samples, which cannot be "
+                               f"cut into the spec's {name} chunks of {chunk} (the original per-GPU batch); use a process "
+                               f"count that divides {batch // chunk}.")
     if test_size < world:
         raise KdbenchError(f"run {spec.run_id}: {test_size} test images cannot be split over {world} processes.")
 
