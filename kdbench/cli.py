@@ -482,6 +482,7 @@ def train(
         "Train the run as N DDP processes on this machine (one per GPU; gloo on CPU). The global batch stays the "
         "spec's batch size: each process takes 1/N of every batch.")),
     ] = 1,
+    slot: Annotated[Optional[str], typer.Option("--slot", hidden=True, help="Set by the local executor: its slot, recorded in launch.json for `kdbench status`.")] = None,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import distributed
@@ -496,11 +497,12 @@ def train(
             options = ["--results", str(results), "--device", device, "--workers", str(workers), "--loader", loader,
                        "--precision", precision, "--teacher-cache", teacher_cache, *(["--data-dir", data_dir] if data_dir else []),
                        *([] if channels_last is None else ["--channels-last" if channels_last else "--no-channels-last"]),
-                       *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"])]
+                       *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"]),
+                       *(["--slot", slot] if slot else [])]
             _train_processes(spec, run_spec.run_id, results, nproc, options)
             return  # rank 0 printed the run's line
         result = training.run(run_spec, results, device=device, data_dir=data_dir, num_workers=workers,
-                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache))
+                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache), slot=slot)
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)

@@ -98,23 +98,25 @@ def run(
     progress: bool | None = None,
     loader: str = "auto",
     compute: ComputeOptions | None = None,
+    slot: str | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
     ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
     ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
+    ``slot``: the executor's slot, recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held.
     Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/distributed.py``), it trains
     its share of every global batch and only rank 0 writes the run directory."""
     group = distributed.init(device)
     try:
         return _run(spec, Path(results), group, group.device or resolve_device(device), data_dir, num_workers,
-                    progress, loader, compute or ComputeOptions())
+                    progress, loader, compute or ComputeOptions(), slot)
     finally:
         group.shutdown()
 
 
 def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_dir: str | Path | None,
-         num_workers: int, progress: bool | None, loader: str, compute: ComputeOptions) -> dict[str, Any]:
+         num_workers: int, progress: bool | None, loader: str, compute: ComputeOptions, slot: str | None) -> dict[str, Any]:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
         state, locked = "train", None
@@ -139,6 +141,8 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
                 log.info("removed %s, left by a process killed while writing it", stale)
             atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
             rundir.failed_file.unlink(missing_ok=True)
+            if slot is not None:  # written under the lock: an executor that lost the race for this run cannot overwrite it
+                _record_launch(rundir, slot)
         try:
             result = _train(spec, rundir, results, device, data_dir, num_workers,
                             group.is_main and (sys.stderr.isatty() if progress is None else progress), loader, compute, group)
@@ -497,6 +501,15 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         "world_size": group.world,
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
+
+
+def _record_launch(rundir: RunDir, slot: str) -> None:
+    """``launch.json``, read by ``kdbench status``: where the run trains, since when, from which epoch (a resume starts later)."""
+    try:
+        before = rundir.epochs_done()
+    except KdbenchError:  # corrupted metrics.jsonl: the run rewrites it from its checkpoint
+        before = 0
+    atomic_write_json(rundir.launch_file, {"slot": slot, "started": time.time(), "epochs_before": before})
 
 
 class _log_to:

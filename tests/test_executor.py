@@ -356,4 +356,3 @@ def test_a_waited_for_run_that_ends_without_a_result_is_trained_here(tmp_path):
     outcomes.update(LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)).execute([run], tmp_path))
     holder.join()
     assert events == ["waiting", "pending", "started", "done"] and outcomes[run.run_id].status == "done"
-    assert json.loads((rundir.path / "launch.json").read_text())["slot"] == "cpu"

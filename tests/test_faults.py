@@ -23,7 +23,7 @@ from kdbench import train
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.collect import collect
-from kdbench.results.store import CorruptedFile, RunDir, WriteFailed, atomic_write_json, sha256_file
+from kdbench.results.store import CorruptedFile, RunDir, RunLocked, WriteFailed, atomic_write_json, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/simkd/table1.yaml"
@@ -314,17 +314,30 @@ def test_two_reproduce_processes_train_every_run_once(tmp_path):
 
 def test_a_trainer_leaves_the_executors_unlocked_writes_alone(tmp_path):
     """The race behind a flaky concurrent reproduction: a trainer that takes the lock clears temps of killed
-    writers, but an executor writes spec.json and launch.json without the lock, maybe at that very moment."""
+    writers, but an executor writes spec.json without the lock, maybe at that very moment."""
     run = RunDir(tmp_path, spec().run_id)
     run.path.mkdir(parents=True)
     killed = [run.path / f".{name}.k1ll3d.tmp" for name in
-              ("checkpoint.pt", "model.pt", "metrics.jsonl", "result.json", "failed.json", "checksums.json")]
-    in_flight = [run.path / f".{name}.wr1t1ng.tmp" for name in ("spec.json", "launch.json")]
+              ("checkpoint.pt", "model.pt", "metrics.jsonl", "result.json", "failed.json", "checksums.json", "launch.json")]
+    in_flight = [run.path / ".spec.json.wr1t1ng.tmp"]
     for path in killed + in_flight:
         path.write_bytes(b"partial")
     with run.lock():
         assert run.remove_stale_temps() == sorted(killed)
     assert all(p.exists() for p in in_flight) and not any(p.exists() for p in killed)
+
+
+def test_only_the_process_that_trains_a_run_records_where_it_runs(tmp_path):
+    """launch.json (what `kdbench status` shows) is written under the run lock: a process that lost the race
+    for the run, as the second of two concurrent reproductions does, cannot overwrite it."""
+    s = spec(epochs=1)
+    run = RunDir(tmp_path, s.run_id)
+    with run.lock(), pytest.raises(RunLocked):
+        train.run(s, tmp_path, device="cpu", progress=False, slot="cpu1")
+    assert not run.launch_file.exists()
+    train.run(s, tmp_path, device="cpu", progress=False, slot="cpu0")
+    launch = json.loads(run.launch_file.read_text())
+    assert launch["slot"] == "cpu0" and launch["epochs_before"] == 0
 
 
 def _compare_cells(results: Path):

@@ -84,7 +84,7 @@ def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str |
     """The command an executor runs for one spec: ``python -m kdbench train SPEC`` (``--nproc g`` on a slot of g units)."""
     device = slot_device(slot)
     command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device,
-               "--loader", loader] + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
+               "--loader", loader, "--slot", slot.name] + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
     return command + (["--data-dir", data_dir] if data_dir else []) + (compute_flags(compute) if compute else [])
 
 
@@ -202,7 +202,7 @@ class SlotWorkers:
         if worker is None or not worker.alive():
             worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
         worker.send({"spec_file": str(spec_file), "results": str(results), "device": slot_device(slot),
-                     "data_dir": self.data_dir, "compute": self.compute.to_json(), "loader": self.loader})
+                     "data_dir": self.data_dir, "compute": self.compute.to_json(), "loader": self.loader, "slot": slot.name})
         return _WorkerRun(worker)
 
     def close(self) -> None:
@@ -313,13 +313,7 @@ class LocalExecutor:
     def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> Handle:
         rundir.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
-        # Read by `kdbench status`: where the run trains, since when, and from which epoch (a resume starts later).
-        try:
-            before = rundir.epochs_done()
-        except KdbenchError:  # corrupted metrics.jsonl: the run rewrites it from its checkpoint
-            before = 0
-        atomic_write_json(rundir.launch_file, {"slot": slot.name, "started": time.time(), "epochs_before": before})
-        return self.launcher.start(rundir.spec_file, results, slot)
+        return self.launcher.start(rundir.spec_file, results, slot)  # the trainer records launch.json under the lock
 
     @staticmethod
     def _poll(spec: RunSpec, handle: Handle | None, results: Path) -> Outcome | None:

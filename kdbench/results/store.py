@@ -272,9 +272,9 @@ class RunDir:
         """Delete temp files left by a process killed mid-write (call only while holding the lock).
 
         Only temps of files that are written under the lock are touched: an executor writes ``spec.json``
-        and ``launch.json`` without it, and may be doing so right now (two reproductions of one table)."""
+        without it, and may be doing so right now (two reproductions of one table)."""
         locked_names = {p.name for p in (self.checkpoint_file, self.model_file, self.metrics_file, self.result_file,
-                                         self.failed_file, self.checksums_file)}
+                                         self.failed_file, self.checksums_file, self.launch_file)}
         stale = sorted(p for p in self.path.glob(TEMP_GLOB) if p.name[1:].rsplit(".", 2)[0] in locked_names)
         for path in stale:
             path.unlink(missing_ok=True)
