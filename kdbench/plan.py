@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
-from kdbench.recipe import PROFILES, CIProfile, Recipe, Row, Training, TrainingOverride
+from kdbench.recipe import (
+    PROFILES,
+    CIProfile,
+    Recipe,
+    Row,
+    Training,
+    TrainingOverride,
+    check_chunks_divide_batch,
+)
 
 SPEC_VERSION = 1
 TEACHER_SEED = 0
@@ -63,10 +71,7 @@ class TrainSpec(_Spec):
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> TrainSpec:
-        for name in ("loss_chunk", "bn_chunk"):
-            chunk = getattr(self, name)
-            if chunk is not None and self.batch_size % chunk:
-                raise ValueError(f"{name} {chunk} must divide batch_size {self.batch_size}")
+        check_chunks_divide_batch(self)
         return self
 
     def lr_at(self, epoch: int) -> float:

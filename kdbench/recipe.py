@@ -103,12 +103,18 @@ class Training(_Strict):
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> Training:
-        for name in ("loss_chunk", "bn_chunk"):
-            chunk = getattr(self, name)
-            if chunk is not None and self.batch_size % chunk:
-                raise ValueError(f"{name} {chunk} must divide batch_size {self.batch_size} "
-                                 f"(it is the original per-GPU batch: batch_size / number of GPUs)")
+        check_chunks_divide_batch(self)
         return self
+
+
+def check_chunks_divide_batch(training: Any) -> None:
+    """Raise ValueError unless ``loss_chunk`` and ``bn_chunk`` (when set) divide ``batch_size``: a recipe's
+    ``Training`` and a run's ``plan.TrainSpec`` alike."""
+    for name in ("loss_chunk", "bn_chunk"):
+        chunk = getattr(training, name)
+        if chunk is not None and training.batch_size % chunk:
+            raise ValueError(f"{name} {chunk} must divide batch_size {training.batch_size} "
+                             f"(it is the original per-GPU batch: batch_size / number of GPUs)")
 
 
 class TrainingOverride(_Strict):
