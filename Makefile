@@ -8,14 +8,20 @@ RESULTS ?= results
 # Extras installed with kdbench; .ci/run adds ffcv when its system libraries are present.
 EXTRAS ?= test
 
-.PHONY: install demo test clean-venv
+# One marker per set of extras: a virtualenv installed with other extras (say `make demo`, then
+# `.ci/run` with ffcv) is brought up to date instead of silently reused.
+comma := ,
+MARKER := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-install: $(VENV)/.installed
+.PHONY: install demo test test-fast clean-venv
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+install: $(MARKER)
+
+$(MARKER): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 # A smoke run on synthetic data can diverge for some methods (barely trained teachers, tiny
@@ -26,6 +32,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the end-to-end runs (marked e2e) and the SLURM cluster tests: a few minutes.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -29,6 +29,22 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from kdbench import __version__
+
+        print(f"kdbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print kdbench's version and exit.")] = False,
+) -> None:
+    """Reproduce knowledge-distillation papers' result tables."""
+
 RecipeArg = Annotated[str, typer.Argument(help="Recipe name (e.g. simkd-table1, see `kdbench list`) or path to a recipe YAML file.")]
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (runs/ and tables/ are created inside).")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="full = the paper's protocol; ci = a small real-data subset; smoke = synthetic data, a few steps.")]

@@ -287,7 +287,7 @@ def ddp_run(tmp_path_factory) -> tuple[RunSpec, Path, Path]:
     return spec, root / "two", root / "one"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_nproc_2_trains_the_run_like_one_process(ddp_run):
     """Every epoch the loop checks that both ranks hold identical weights (it raises otherwise); rank 0
     wrote the run. With ``bn_chunk`` 24, the one process normalises each half of a batch of 48 apart and keeps
@@ -333,7 +333,7 @@ if os.environ.get("RANK") == "1":
 '''
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_failing_rank_fails_the_run_and_it_resumes(ddp_run, tmp_path):
     spec, two, _ = ddp_run
     inject = tmp_path / "inject"

@@ -142,7 +142,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
     assert isinstance(d.student.forward_features, CompiledOrEager) and not d.student.forward_features.active
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_compiled_student_gives_the_same_loss():
     """Real torch.compile (Inductor, C++ on CPU): about a minute on a busy 2-core machine."""
     batch = first_batch(tiny_arrays())
