@@ -154,3 +154,13 @@ def test_methods_command_lists_every_method_with_paper_and_variants():
     for name in methods.names():
         assert name in out
     assert "released-cifar" in out and "Huang et al." in out
+
+
+def test_version_prints_the_package_version_and_matches_the_installed_metadata():
+    from importlib.metadata import version
+
+    from kdbench import __version__
+
+    out = kdbench("--version").stdout.strip()
+    assert out == f"kdbench {__version__}"
+    assert version("kdbench") == __version__  # pyproject reads it from kdbench.__version__
