@@ -269,6 +269,7 @@ def compare(
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level of the per-cell verdict (Welch / one-sample t-test).")] = 0.05,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="CI regression mode: a stored `compare --format csv`; exit 3 if a cell regressed.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Regression mode: allowed drop in accuracy points.")] = 1.0,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Regression mode: pass even when some baseline cells are not in this comparison (by default every one must be found).")] = False,
 ) -> None:
     """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std, with a verdict per cell."""
     try:
@@ -295,13 +296,24 @@ def compare(
         from kdbench.results.regression import regressions
 
         try:
-            found = regressions(pd.concat([c.cells for c in comparisons]), baseline, tolerance)
+            gate = regressions(pd.concat([c.cells for c in comparisons]), baseline, tolerance)
         except KdbenchError as exc:
             _fail(exc)
-        if found:
-            err.print(f"[bold red]{len(found)} regressed cell(s)[/] against {baseline}:\n  " + "\n  ".join(found), highlight=False)
+        if gate.missing:
+            head = "[bold red]" if not allow_missing else "[yellow]"
+            err.print(f"{head}{len(gate.missing)} baseline cell(s) not found[/] in this comparison (same recipe, profile, "
+                      "row, column and metric):\n  " + "\n  ".join(gate.missing), highlight=False)
+        if gate.regressed:
+            err.print(f"[bold red]{len(gate.regressed)} regressed cell(s)[/] against {baseline}:\n  " + "\n  ".join(gate.regressed),
+                      highlight=False)
+        if gate.regressed or (gate.missing and not allow_missing):
+            if gate.missing and not allow_missing:
+                err.print("Reproduce the missing cells (same --profile and --metric as the baseline), or pass "
+                          "--allow-missing to check only the cells both have.")
             raise typer.Exit(3)
-        err.print(f"no regression against {baseline} (tolerance {tolerance:g} points)")
+        found = gate.checked - len(gate.missing)
+        err.print(f"no regression against {baseline}: {found} of {gate.checked} baseline cell(s) checked "
+                  f"(tolerance {tolerance:g} points)")
 
 
 def _print_submission(submission) -> None:
