@@ -139,8 +139,12 @@ def reproduce(
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
+        from kdbench.data.identity import identified
+
         _check_loader(loader)
         loaded = load_recipe(recipe)
+        if profile != "smoke":  # smoke trains on generated data
+            loaded = identified(loaded, data_dir)
         ci = {"train_fraction": ci_train_fraction, "epochs": ci_epochs}
         table_plan = make_plan(loaded, profile, trials=trials, columns=_split(pairs), rows=_split(methods), ci_overrides=ci)
         if dry_run:
@@ -425,7 +429,15 @@ def show(
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
-        table_plan = make_plan(load_recipe(recipe), profile, trials=trials)
+        from kdbench.data.identity import identified
+
+        loaded = load_recipe(recipe)
+        if profile != "smoke":
+            try:
+                loaded = identified(loaded, data_dir)
+            except KdbenchError as exc:  # show still lists the plan; reproduce refuses
+                err.print(f"warning: {exc} The run ids below do not include the data's content.", highlight=False)
+        table_plan = make_plan(loaded, profile, trials=trials)
         _print_plan(table_plan, results, data_dir)
     except KdbenchError as exc:
         _fail(exc)

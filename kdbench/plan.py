@@ -49,6 +49,9 @@ class DataSpec(_Spec):
     options: dict[str, Any] = Field(default_factory=dict)
     train_fraction: float = 1.0
     test_fraction: float = 1.0
+    # The content digest of a file or folder dataset (kdbench.data.identity); None, left out of the run id,
+    # for datasets whose name is their content (CIFAR, md5-checked) or that their options generate.
+    content: str | None = None
 
 
 class TrainSpec(_Spec):
@@ -128,6 +131,8 @@ class RunSpec(_Spec):
     def canonical_json(self) -> str:
         """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
         exclude: dict[str, Any] = {"checkpoint": {"path"}} if self.checkpoint is not None else {}
+        if self.data.content is None:
+            exclude["data"] = {"content"}
         unchanged = {k for k, v in ADDED_TRAIN_DEFAULTS.items() if getattr(self.train, k) == v}
         if unchanged:
             exclude["train"] = unchanged
@@ -329,10 +334,11 @@ def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
         return DataSpec(name="imagenet_synthetic", options={**SMOKE_IMAGENET_DATA, **crop})
     if profile == "smoke":
         return DataSpec(name="synthetic", options=dict(SMOKE_DATA))
+    content = recipe.dataset.content
     if profile == "ci":
         return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options,
-                        train_fraction=ci.train_fraction, test_fraction=ci.test_fraction)
-    return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options)
+                        train_fraction=ci.train_fraction, test_fraction=ci.test_fraction, content=content)
+    return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options, content=content)
 
 
 def _profile_epochs(profile: str, ci: CIProfile, base: Training) -> int:

@@ -75,6 +75,9 @@ class Protocol(_Strict):
 class DatasetRef(_Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    # The data's content digest (kdbench.data.identity). `reproduce` fills it in before planning, so a
+    # rebuilt file gets new run ids; a recipe that sets it pins the data and is refused on other data.
+    content: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class Training(_Strict):

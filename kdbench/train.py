@@ -33,6 +33,7 @@ from kdbench import (
     teacher_cache,
 )
 from kdbench.compute import Compute, ComputeOptions, compiled_active, device_name
+from kdbench.data.identity import verify_content
 from kdbench.data.shard import global_batch_sizes
 from kdbench.distributed import SINGLE, Group
 from kdbench.errors import KdbenchError
@@ -361,6 +362,8 @@ def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None =
 
 
 def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.Dataset:
+    if spec.data.content is not None:
+        verify_content(spec.data.name, spec.data.options, data_dir, spec.data.content)
     arrays = data.load_dataset(spec.data.name, data_dir, **spec.data.options)
     if spec.data.train_fraction < 1 or spec.data.test_fraction < 1:
         arrays = data.subset(arrays, spec.data.train_fraction, spec.data.test_fraction)

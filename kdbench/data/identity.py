@@ -1,0 +1,115 @@
+"""A dataset's identity by content, for the run id: the same name and path with other data is other data.
+
+* ``npz``: the sha256 of the file's bytes.
+* ``imagenet`` (an image folder): the sha256 of its manifest, every ``train/`` and ``val/`` file's
+  relative path and size in sorted order. Hashing every byte of 150 GB at each ``reproduce`` would
+  take longer than a teacher run; a folder with other images, fewer images or other classes changes
+  the manifest.
+* ``cifar10``/``cifar100``: none. Their files are the official ones, md5-checked on every load, so
+  the name is the content. ``synthetic``/``imagenet_synthetic``: none; the options generate the data.
+
+Digests are cached by path, size and modification time (a folder by its class folders' times) in
+``~/.cache/kdbench/digests.json`` (``$XDG_CACHE_HOME`` is honoured), so a table of 100 runs hashes its
+file once. The cache is a hint: a lost or damaged cache only costs a re-hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kdbench.data.registry import resolve_data_dir
+from kdbench.errors import KdbenchError
+from kdbench.recipe import Recipe
+from kdbench.results.store import atomic_write_json
+
+CONTENT_HASHED = ("npz", "imagenet")
+_CHUNK = 1 << 20
+
+
+def content_digest(name: str, options: dict[str, Any], data_dir: Path) -> str | None:
+    """The dataset's content digest (hex sha256), or None for datasets whose name is their content."""
+    if name == "npz":
+        path = Path(options.get("path", "")).expanduser()
+        file = path if path.is_absolute() else data_dir / path
+        if not file.is_file():
+            raise KdbenchError(f"npz dataset file {file} does not exist, so its content cannot be identified. Give path= as "
+                               f"an absolute path or relative to the data directory {data_dir} (--data-dir / KDBENCH_DATA).")
+        stat = file.stat()
+        return _cached(f"file:{file.resolve()}", f"{stat.st_size}:{stat.st_mtime_ns}", lambda: _file_sha256(file))
+    if name == "imagenet":
+        root = data_dir / "imagenet"
+        splits = [root / split for split in ("train", "val")]
+        if not all(split.is_dir() for split in splits):
+            return None  # the loader says what is missing, with the download hint
+        stamp = hashlib.sha256("\n".join(f"{d}:{d.stat().st_mtime_ns}" for split in splits
+                                         for d in sorted(split.iterdir()) if d.is_dir()).encode()).hexdigest()
+        return _cached(f"folder:{root.resolve()}", stamp, lambda: _manifest_sha256(root, splits))
+    return None
+
+
+def _file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_sha256(root: Path, splits: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for split in splits:
+        for path in sorted(p for p in split.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdbench" / "digests.json"
+
+
+def _cached(key: str, stamp: str, compute) -> str:
+    """``compute()``, remembered under ``key`` while ``stamp`` (size and times) is unchanged."""
+    cache_file = _cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    value = compute()
+    cache[key] = {"stamp": stamp, "sha256": value}
+    try:
+        atomic_write_json(cache_file, cache)
+    except OSError:
+        pass  # a read-only home: hash again next time
+    return value
+
+
+def identified(recipe: Recipe, data_dir: str | Path | None) -> Recipe:
+    """``recipe`` with its dataset's content digest filled in (checked against the recipe's pin, if it has one)."""
+    root = resolve_data_dir(data_dir)
+    digest = content_digest(recipe.dataset.name, recipe.dataset.options, root)
+    pinned = recipe.dataset.content
+    if pinned is not None and digest is not None and pinned != digest:
+        raise KdbenchError(f"recipe {recipe.name}: dataset.content pins {pinned[:12]}…, but the {recipe.dataset.name} data "
+                           f"under {root} has content {digest[:12]}…: point --data-dir at the pinned data, or remove "
+                           "dataset.content from the recipe to train on this data (new run ids).")
+    if digest is None or digest == pinned:
+        return recipe
+    return recipe.model_copy(update={"dataset": recipe.dataset.model_copy(update={"content": digest})})
+
+
+def verify_content(name: str, options: dict[str, Any], data_dir: str | Path | None, expected: str) -> None:
+    """Refuse to train a run on data other than the data it was planned with."""
+    root = resolve_data_dir(data_dir)
+    actual = content_digest(name, options, root)
+    if actual != expected:
+        raise KdbenchError(f"the {name} data under {root} has changed since this run was planned (content "
+                           f"{(actual or 'none')[:12]}…, planned {expected[:12]}…): run `kdbench reproduce` again, which "
+                           "plans new runs for the new data and keeps the finished ones of the old.")
