@@ -153,6 +153,7 @@ def reproduce(
         compute = _compute(precision, channels_last, compile_, teacher_cache)
         if executor not in ("local", "slurm"):
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
+        _prepare_data(table_plan, results, data_dir)
         if executor == "slurm":
             from kdbench.execute.slurm import SlurmExecutor, SlurmOptions
             from kdbench.execute.slurm_jobs import TrainOptions
@@ -193,6 +194,15 @@ def reproduce(
                   + f" Next: kdbench compare {results} --recipe {table_plan.recipe.name}")
     if failed:
         raise typer.Exit(1)
+
+
+def _prepare_data(table_plan, results: Path, data_dir: Optional[str]) -> None:
+    """Every dataset the unfinished runs need, ready before the first run is scheduled (downloaded once)."""
+    from kdbench.data.registry import prepare_datasets
+    from kdbench.results.store import RunDir
+
+    todo = [s for s in table_plan.specs.values() if not RunDir(results, s.run_id).is_done()]
+    prepare_datasets(((s.data.name, s.data.options) for s in todo), data_dir)
 
 
 @app.command()

@@ -1,16 +1,15 @@
-"""The official CIFAR-10/100 python-pickle files: md5 check, reading, and download through torchvision."""
+"""The official CIFAR-10/100 python-pickle files: md5 check, reading, and one locked download of the archive."""
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kdbench._torchvision import import_torchvision
 from kdbench.data.arrays import ImageArrays
+from kdbench.data.download import exclusive, extract, fetch, md5sum
 from kdbench.errors import KdbenchError
 
 CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -48,11 +47,11 @@ class CifarSpec:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    torchvision_class: str
+    base_url: str = "https://www.cs.toronto.edu/~kriz/"
 
     @property
     def url(self) -> str:
-        return f"https://www.cs.toronto.edu/~kriz/{self.archive}"
+        return f"{self.base_url}{self.archive}"
 
 
 CIFAR_SPECS: dict[str, CifarSpec] = {
@@ -67,7 +66,6 @@ CIFAR_SPECS: dict[str, CifarSpec] = {
         num_classes=100,
         mean=(0.5071, 0.4867, 0.4408),
         std=(0.2675, 0.2565, 0.2761),
-        torchvision_class="CIFAR100",
     ),
     "cifar10": CifarSpec(
         title="CIFAR-10",
@@ -80,7 +78,6 @@ CIFAR_SPECS: dict[str, CifarSpec] = {
         num_classes=10,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
-        torchvision_class="CIFAR10",
     ),
 }
 
@@ -92,14 +89,7 @@ def load_cifar(name: str, data_dir: Path, *, download: bool = True) -> ImageArra
     if _missing(name, folder):
         if not download:
             raise KdbenchError(_missing_message(name, data_dir, "downloading is turned off"))
-        try:
-            _download(spec, data_dir)
-        except Exception as error:  # offline, blocked, disk full...: all end in the same advice
-            raise KdbenchError(
-                _missing_message(name, data_dir, f"the download failed ({type(error).__name__}: {error})")
-            ) from error
-        if _missing(name, folder):
-            raise KdbenchError(_missing_message(name, data_dir, "the download did not produce them"))
+        prepare_cifar(name, data_dir)
     for file in CIFAR_MD5[name]:
         _check_md5(spec, folder / file, CIFAR_MD5[name][file])
     x_train, y_train = _read_batches(spec, folder, spec.train_files)
@@ -107,13 +97,23 @@ def load_cifar(name: str, data_dir: Path, *, download: bool = True) -> ImageArra
     return ImageArrays(name, x_train, y_train, x_test, y_test, spec.num_classes, spec.mean, spec.std)
 
 
-def md5sum(path: Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def prepare_cifar(name: str, data_dir: Path) -> None:
+    """Make ``data_dir/<folder>`` hold the official files: downloaded and extracted once, under a lock that every
+    process asking for them takes (the others wait, then find the files); md5-checked after."""
+    spec = CIFAR_SPECS[name]
+    folder = data_dir / spec.folder
+    try:
+        with exclusive(data_dir / f".{spec.archive}.lock"):
+            if _missing(name, folder):
+                _download(spec, data_dir)
+    except KdbenchError as error:
+        raise KdbenchError(_missing_message(name, data_dir, str(error))) from None
+    except OSError as error:  # offline, refused, timed out, disk full: all end in the same advice
+        raise KdbenchError(_missing_message(name, data_dir, f"the download failed ({type(error).__name__}: {error})")) from None
+    if _missing(name, folder):
+        raise KdbenchError(_missing_message(name, data_dir, "the archive did not hold them"))
+    for file in CIFAR_MD5[name]:
+        _check_md5(spec, folder / file, CIFAR_MD5[name][file])
 
 
 def _missing(name: str, folder: Path) -> list[str]:
@@ -121,10 +121,9 @@ def _missing(name: str, folder: Path) -> list[str]:
 
 
 def _download(spec: CifarSpec, data_dir: Path) -> None:
-    """Fetch and extract the official archive into ``data_dir`` with torchvision (checks the archive md5)."""
-    torchvision = import_torchvision()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    getattr(torchvision.datasets, spec.torchvision_class)(root=str(data_dir), train=True, download=True)
+    """Fetch the official archive (md5-checked) and extract its folder into ``data_dir``."""
+    archive = fetch(spec.url, data_dir / spec.archive, spec.archive_md5, label=spec.title)
+    extract(archive, data_dir, spec.folder)
 
 
 def _missing_message(name: str, data_dir: Path, reason: str) -> str:

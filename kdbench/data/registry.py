@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -59,3 +59,15 @@ def _checked_options(name: str, loader: Callable[..., ImageArrays | FolderDatase
     if required:
         raise KdbenchError(f"dataset {name!r} needs option(s) {', '.join(required)}; its options: {allowed}")
     return options
+
+
+def prepare_datasets(datasets: Iterable[tuple[str, dict[str, Any]]], data_dir: str | Path | None) -> int:
+    """Make every dataset ready before any run starts: each distinct (name, options) loaded once, here, so a
+    missing one is downloaded once under a lock, or fails once with the message that says where to put it,
+    instead of once per run. Returns how many datasets were prepared."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for name, options in datasets:
+        if (name, options) not in seen:
+            seen.append((name, options))
+            load_dataset(name, data_dir, **options)
+    return len(seen)
