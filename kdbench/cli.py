@@ -132,6 +132,7 @@ def reproduce(
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
+        from kdbench.execute.children import Interrupted, interruptible
         from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
@@ -179,7 +180,7 @@ def reproduce(
             slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
             parallel = concurrency(slots, gpus_per_run)
         title = f"{table_plan.recipe.name} ({profile}) → {results}"
-        with RunProgress(console, table_plan.ordered(), results, parallel, title) as progress:
+        with interruptible(), RunProgress(console, table_plan.ordered(), results, parallel, title) as progress:
             if executor == "slurm":
                 runner = make(progress.event)
             else:
@@ -188,6 +189,14 @@ def reproduce(
             outcomes = reproduce_table(table_plan, results, runner, ci)
     except KdbenchError as exc:
         _fail(exc)
+    except Interrupted as stop:  # the executor has stopped its runs (local) or left the jobs queued (slurm)
+        import shlex
+
+        again = "kdbench " + shlex.join(sys.argv[1:])
+        what = ("the SLURM jobs go on; the same command follows them again" if executor == "slurm" else
+                "the runs in progress were stopped; each resumes from its last checkpointed epoch")
+        err.print(f"interrupted ({stop}): finished runs are kept, {what}. Resume with:\n  {again}", highlight=False)
+        raise typer.Exit(128 + stop.signum)
     failed = [o for o in outcomes.values() if o.status != "done"]
     console.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs done"
                   + (f"; {len(failed)} failed or skipped (see above)." if failed else ".")
@@ -537,9 +546,11 @@ def train(
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import distributed
     from kdbench import train as training
+    from kdbench.execute.children import watch_parent
     from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.results.store import RunLocked
 
+    watch_parent()  # started by `reproduce`: end with it
     try:
         _check_loader(loader)
         run_spec = training.load_spec(spec, results)
@@ -716,6 +727,8 @@ def fidelity(
 @app.command(hidden=True)
 def worker() -> None:
     """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""
+    from kdbench.execute.children import watch_parent
     from kdbench.execute.worker import serve
 
+    watch_parent()
     serve(sys.stdin, sys.stdout)

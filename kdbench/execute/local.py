@@ -27,6 +27,7 @@ from typing import IO, Literal, Protocol
 
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
 from kdbench.errors import KdbenchError
+from kdbench.execute import children
 from kdbench.execute.slots import Slot, SlotPool
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
@@ -129,14 +130,20 @@ class ProcessPerRun:
 
     def __init__(self, command: Command = train_command):
         self.command = command
+        self.started: list[subprocess.Popen] = []
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> subprocess.Popen:
         with open(spec_file.parent / "executor.log", "ab") as log:
-            return subprocess.Popen(self.command(spec_file, results, slot), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env={**os.environ, **slot.env})
+            proc = children.spawn(self.command(spec_file, results, slot), {**os.environ, **slot.env}, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.started.append(proc)
+        return proc
 
     def close(self) -> None:
-        pass
+        """Stop the runs still training (the table was interrupted); finished ones have exited."""
+        for proc in self.started:
+            children.stop(proc)
+        self.started.clear()
 
 
 class _Worker:
@@ -146,9 +153,10 @@ class _Worker:
         self.slot = slot
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kdbench", "worker"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **slot.env})
+            self.proc = children.spawn([sys.executable, "-m", "kdbench", "worker"], {**os.environ, **slot.env},
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         self.log_path = log_path
+        self.busy = False  # a run sent and not yet answered
         self.replies: queue.Queue[dict] = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
 
@@ -164,6 +172,7 @@ class _Worker:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
+        self.busy = True
 
 
 class _WorkerRun:
@@ -180,6 +189,7 @@ class _WorkerRun:
             except queue.Empty:
                 if not self.worker.alive():
                     self.code = self.worker.proc.returncode or EXIT_FAILED
+            self.worker.busy = self.code is None
         return self.code
 
 
@@ -206,19 +216,26 @@ class SlotWorkers:
         return _WorkerRun(worker)
 
     def close(self) -> None:
+        """End every worker (a busy one only when the table was interrupted) and any multi-process run."""
         self._stop(list(self.workers))
+        self.per_run.close()
 
     def _stop(self, names: list[str]) -> None:
-        """End the (idle) workers ``names``."""
+        """End the workers ``names``: an idle one exits at the end of its requests, a busy one is stopped."""
         stopping = [self.workers.pop(name) for name in names]
         for worker in stopping:
-            if worker.alive() and worker.proc.stdin is not None:
-                worker.proc.stdin.close()  # end of requests: the worker exits
+            if worker.busy:  # still training: the table was interrupted
+                children.stop(worker.proc)
+            elif worker.alive() and worker.proc.stdin is not None:
+                try:
+                    worker.proc.stdin.close()  # end of requests: the worker exits
+                except BrokenPipeError:
+                    pass
         for worker in stopping:
             try:
                 worker.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                worker.proc.kill()
+                children.stop(worker.proc)
 
 
 class LocalExecutor:
