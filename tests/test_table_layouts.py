@@ -34,7 +34,7 @@ BASE = {
         {"id": "tc", "teacher": "t", "student": "simkd/resnet8x4", "label": "ResNet-8x4 · teacher", "head": "teacher_classifier"},
     ],
     "quantities": [
-        {"id": "l2", "label": "test ℓ2", "source": "test_loss", "term": "simkd"},
+        {"id": "l2", "label": "test ℓ2", "source": "test_loss", "term": "simkd", "margin": 0.01},
         {"id": "cost", "label": "pruning cost %", "source": "pruning_cost"},
         {"id": "ratio", "label": "projector %", "source": "added_params_ratio"},
     ],
