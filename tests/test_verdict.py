@@ -33,7 +33,10 @@ def test_the_issue_example_is_not_reproduced():
     assert v.ci_low == pytest.approx(-8.336347, abs=1e-5) and v.ci_high == pytest.approx(4.336347, abs=1e-5)
     assert v.p_value == pytest.approx(0.305606, abs=1e-6) and not v.significant
     # The old rule (reproduced when p ≥ α) called this reproduced; now it only says how to settle it.
-    assert v.trials_needed is not None and v.trials_needed > 2 and "trials of ours would settle it" in v.detail
+    # Trials needed, Δ and both spreads kept: m = 8: SE = √(2.25/8 + 0.0225) = 0.551135, ν = 8.044666,
+    # hi = −2 + t(0.95; ν)·SE = −0.975875 (> −1); m = 9: SE = 0.522015, ν = 9.303837, hi = −1.046633 (< −1)
+    # and p = 0.003780 < 0.05 → below at 9.
+    assert v.trials_needed == 9 and "about 9 trials of ours would settle it" in v.detail
     assert welch(74.0, 1.5, 2, 76.0, 0.3, 4, margin=5.0).verdict == "inconclusive"  # even a wide margin
 
 
