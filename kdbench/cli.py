@@ -286,10 +286,11 @@ def compare(
     results: Annotated[Path, typer.Argument(help="Results directory written by `kdbench reproduce`.")] = Path("results"),
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Only this table; a table not reproduced yet is shown with the published numbers only.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table (terminal), markdown, latex, html, or csv (one row per cell).")] = "table",
-    metric: Annotated[Optional[str], typer.Option("--metric", help="best = best test accuracy over epochs, last = final epoch; default: the recipe's.")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="best = best test accuracy over epochs, last = final epoch (with at_epoch: that epoch); for every cell, over the rows' and columns' own. Default: each cell's (row, column, else the recipe's).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of the terminal.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw ours (mean ± std) against the published values to this PNG.")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level of the per-cell verdict (Welch / one-sample t-test).")] = 0.05,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=0.5, help="Level of the per-cell verdict: its interval is (1 − 2·alpha), its difference test two-sided at alpha.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Equivalence margin δ in accuracy points: reproduced when the interval of ours − paper lies inside ±δ. Default: the recipe's margin, else 1.0.")] = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="CI regression mode: a stored `compare --format csv`; exit 3 if a cell regressed.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Regression mode: allowed drop in accuracy points.")] = 1.0,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Regression mode: pass even when some baseline cells are not in this comparison (by default every one must be found).")] = False,
@@ -301,7 +302,7 @@ def compare(
 
         if fmt not in render.FORMATS:
             raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
-        comparisons = compare_tables(results, recipe, metric, alpha)
+        comparisons = compare_tables(results, recipe, metric, alpha, margin)
     except KdbenchError as exc:
         _fail(exc)
     if not comparisons:

@@ -173,6 +173,9 @@ class Column(_Strict):
     # Read the runs at this epoch of the full protocol instead of at their end (SimKD Table 3: 1/4, 1/2
     # and all of 120 epochs); shorter profiles scale it like the milestones.
     at_epoch: int | None = Field(default=None, gt=0)
+    # Which epoch this column reads, over the recipe's `metric` (a row's own `metric` must agree): best or last.
+    # With `at_epoch`, 'last' is the accuracy at that epoch itself, 'best' the best epoch up to it.
+    metric: Literal["best", "last"] | None = None
     # Training fields every student run of this column sets differently (a row's own values win).
     training: TrainingOverride = TrainingOverride()
 
@@ -202,11 +205,16 @@ class Quantity(_Strict):
     source: QuantitySource
     term: str | None = None
     unit: str = ""
+    # A measured quantity's equivalence margin, in its own unit (the verdict's δ; kdbench/results/verdict.py).
+    margin: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _term_for_losses(self) -> "Quantity":
         if (self.source == "test_loss") != (self.term is not None):
             raise ValueError("'term' names the measured loss term of a test_loss quantity (and only of one)")
+        if (self.source == "test_loss") != (self.margin is not None):
+            raise ValueError("'margin' (the equivalence margin, in the quantity's own unit) is required for a test_loss "
+                             "quantity and only for one: computed quantities match at the printed precision")
         return self
 
 
@@ -230,6 +238,9 @@ class Row(_Strict):
     paper_quantities: dict[str, dict[str, PaperValue]] = Field(default_factory=dict)
     # The paper copied this row's numbers from another paper (name it): shown as "literature".
     literature: str | None = None
+    # Which epoch this row's published numbers are from, over the recipe's `metric` (e.g. CRD's last-epoch numbers
+    # copied into a best-epoch table).
+    metric: Literal["best", "last"] | None = None
     note: str = ""
 
     @property
@@ -265,6 +276,8 @@ class Recipe(_Strict):
     # Trials behind each published mean, when the paper states it (None: not stated).
     paper_trials: int | None = Field(default=None, gt=0)
     metric: Literal["best", "last"] = "best"
+    # The verdicts' equivalence margin δ in accuracy points (None: kdbench/results/verdict.py's DEFAULT_MARGIN).
+    margin: float | None = Field(default=None, gt=0)
     teachers: dict[str, Teacher]
     columns: list[Column]
     rows: list[Row]
@@ -302,6 +315,10 @@ class Recipe(_Strict):
                     )
                 if key not in own:
                     raise ValueError(f"rows[{i}] ({row.label}) gives a value for column {key!r}, which is not in its 'columns'.")
+            for col in self.columns:
+                if row.metric and col.metric and row.metric != col.metric and col.id in own:
+                    raise ValueError(f"rows[{i}] ({row.label}) has metric {row.metric!r} but column {col.id!r} has "
+                                     f"{col.metric!r}: a cell reads one epoch; make them agree or drop one.")
             for column_id, values in row.paper_quantities.items():
                 for key in values:
                     if key not in quantity_ids:
@@ -313,6 +330,10 @@ class Recipe(_Strict):
 
     def column(self, column_id: str) -> Column:
         return next(c for c in self.columns if c.id == column_id)
+
+    def cell_metric(self, row: Row, column: Column) -> Literal["best", "last"]:
+        """The epoch a cell reads: the row's, else the column's, else the recipe's ``metric``."""
+        return row.metric or column.metric or self.metric
 
 
 # --------------------------------------------------------------------------- loading

@@ -18,7 +18,6 @@ from kdbench.results import render
 from kdbench.results.compare import compare, summary
 from kdbench.results.store import RunDir, atomic_write_json
 from kdbench.results.tables import record_table
-from kdbench.results.verdict import judge
 
 RECIPE = Recipe.model_validate({
     "name": "planted", "paper": "Planted: a test paper", "table": "Table P", "title": "planted results", "source": "test",
@@ -89,15 +88,6 @@ def test_metric_last_uses_the_last_epoch(results):
     assert cells_of(results, metric="last")[("Student", "a")]["ours_mean"] == pytest.approx(69.95)
 
 
-def test_judge_by_hand():
-    assert judge(70.0, 0.2, 4, 70.0, 0.2, 4).p_value == pytest.approx(1.0)
-    # One-sample t: mean 71 ± 1 over n=4 against 70 → t = 2, df = 3, two-sided p = 0.1393.
-    verdict = judge(71.0, 1.0, 4, 70.0, float("nan"), None)
-    assert verdict.test == "one-sample t" and verdict.p_value == pytest.approx(0.13932, abs=1e-4) and verdict.verdict == "reproduced"
-    assert judge(71.0, 1.0, 4, 70.0, float("nan"), None, alpha=0.2).verdict == "above"
-    assert judge(70.0, float("nan"), 1, 70.0, 0.1, 4).verdict == "inconclusive"
-
-
 def test_every_format_carries_numbers_and_verdicts(results):
     (comp,) = compare(results)
     md = render.to_markdown(comp)
@@ -149,3 +139,92 @@ def test_regression_mode_fails_on_a_planted_regression(results, tmp_path):
     assert "68.05 < baseline 70.05" in proc.stderr and "now no result" in proc.stderr
     proc = kdbench("compare", str(results), "--baseline", str(tmp_path / "missing.csv"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_margin_decides_and_is_printed_with_the_interval(results):
+    # Student × a: 70.05 ± 0.1291 (n=4) against 70.00 ± 0.20 (n=4): Welch ν = 5.130178, SE = 0.119024,
+    # t(0.95; 5.130178) by mpmath → 90% CI [−0.188501, +0.288501] (tests/test_verdict.py says how).
+    cell = cells_of(results)[("Student", "a")]
+    assert cell["margin"] == 1.0 and cell["ci_level"] == pytest.approx(0.9)
+    assert (cell["ci_low"], cell["ci_high"]) == (pytest.approx(-0.188501, abs=1e-5), pytest.approx(0.288501, abs=1e-5))
+    assert cells_of(results, margin=0.25)[("Student", "a")]["verdict"] == "inconclusive"  # 0.2885 > 0.25
+    # The recipe's own margin, and --margin over it.
+    record_table(results, RECIPE.model_copy(update={"margin": 0.25}), "full", 4, {})
+    assert cells_of(results)[("Student", "a")]["verdict"] == "inconclusive"
+    assert cells_of(results, margin=0.3)[("Student", "a")]["verdict"] == "reproduced"
+    (comp,) = compare(results)
+    assert "margin δ = 0.25" in render.title(comp) and "90% CI of ours − paper inside ±0.25" in render.title(comp)
+    for text in (render.to_markdown(comp), render.to_latex(comp), render.to_html(comp)):
+        assert "0.25" in text.split("\n\n")[0][:400]  # the header states δ
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(render.to_csv([comp])))}
+    student = rows[("Student", "a")]
+    assert (student["margin"], student["ci_low"], student["ci_high"]) == ("0.2500", "-0.1885", "0.2885")
+    assert "90% CI of ours − paper [-0.19, +0.29] neither inside nor beyond ±0.25" in student["detail"]
+    # The paper's own SE (0.1, ν → 3) keeps the half-width above 2.353·0.1 = 0.235 > 0.25 − 0.05: never.
+    assert student["trials_needed"] == "" and "no number of trials of ours up to 1000" in student["detail"]
+    assert rows[("KD", "b")]["trials_needed"] == "" and rows[("KD", "b")]["detail"].startswith("needs ≥ 2 trials")
+
+
+def test_cells_say_why_they_are_inconclusive(results):
+    (comp,) = compare(results, margin=0.25)
+    md = render.to_markdown(comp)
+    assert "? inconclusive [-0.19, +0.29]; more trials will not settle it" in md
+    assert "? inconclusive; needs ≥ 2 trials" in md  # KD × b: one trial, no published std
+    assert "▼ below [" in md and "(p=" in md
+
+
+def test_the_issue_example_in_a_table_is_not_reproduced(tmp_path):
+    # Two trials at 74.0 ± 1.5 against 76.0 ± 0.3 over 4: Welch's p = 0.31 used to say "reproduced".
+    p = plan(RECIPE, "full")
+    recipe = RECIPE.model_copy(update={"rows": [RECIPE.rows[0].model_copy(update={"paper": {
+        "a": RECIPE.rows[0].paper["a"].model_copy(update={"mean": 76.0, "std": 0.3})}})] + RECIPE.rows[1:]})
+    record_table(tmp_path, recipe, "full", p.trials, {})
+    cell = next(c for c in p.cells if (c.row, c.column) == ("Student", "a"))
+    for run_id, value in zip(cell.run_ids, [72.93934, 75.06066]):  # mean 74.0, sample std 1.5
+        _finish(tmp_path, p.specs[run_id], value)
+    student = cells_of(tmp_path)[("Student", "a")]
+    assert student["n"] == 2 and student["ours_std"] == pytest.approx(1.5, abs=1e-4)
+    assert student["verdict"] == "inconclusive" and student["p_value"] == pytest.approx(0.3056, abs=1e-3)
+    assert student["trials_needed"] == 9  # tests/test_verdict.py computes it by hand
+    (comp,) = compare(tmp_path)
+    assert "? inconclusive [-8.34, +4.34]; ≈9 trials settle it" in render.to_markdown(comp)
+    assert next(r for r in csv.DictReader(io.StringIO(render.to_csv([comp]))) if r["row"] == "Student")["trials_needed"] == "9"
+
+
+def test_a_row_reads_its_own_epoch(results):
+    # KD's published numbers are last-epoch ones: its cells read last_top1 (= best − 0.1 here), the others best.
+    rows = [r.model_copy(update={"metric": "last"}) if r.label == "KD" else r for r in RECIPE.rows]
+    record_table(results, RECIPE.model_copy(update={"rows": rows}), "full", 4, {})
+    cells = cells_of(results)
+    assert cells[("KD", "a")]["metric"] == "last" and cells[("KD", "a")]["ours_mean"] == pytest.approx(67.95)
+    assert cells[("Student", "a")]["metric"] == "best" and cells[("Student", "a")]["ours_mean"] == pytest.approx(70.05)
+    (comp,) = compare(results)
+    assert "68.00 ± 0.13 (n=4) [last epoch]" not in render.to_markdown(comp)
+    assert "67.95 ± 0.13 (n=4) [last epoch]" in render.to_markdown(comp)
+    assert "(n=4) [best epoch]" not in render.to_markdown(comp)
+    # --metric overrides every cell, the row's own included.
+    overridden = cells_of(results, metric="best")
+    assert overridden[("KD", "a")]["metric"] == "best" and overridden[("KD", "a")]["ours_mean"] == pytest.approx(68.05)
+    (comp,) = compare(results, metric="best")
+    assert "[last epoch]" not in render.to_markdown(comp)
+
+
+def test_a_row_and_a_column_that_disagree_on_the_metric_are_an_error():
+    data = RECIPE.model_dump(mode="json")
+    data["columns"][0]["metric"] = "best"
+    data["rows"][1]["metric"] = "last"
+    with pytest.raises(ValueError, match="a cell reads one epoch"):
+        Recipe.model_validate(data)
+    data["rows"][1]["metric"] = "best"
+    agreed = Recipe.model_validate(data)
+    assert agreed.cell_metric(agreed.rows[1], agreed.columns[0]) == "best"
+    assert agreed.cell_metric(agreed.rows[0], agreed.columns[1]) == agreed.metric  # neither says: the recipe's
+
+
+def test_bad_margin_and_alpha_are_errors(results):
+    from kdbench.errors import KdbenchError
+
+    with pytest.raises(KdbenchError, match="--margin"):
+        compare(results, margin=0.0)
+    with pytest.raises(KdbenchError, match="--alpha"):
+        compare(results, alpha=0.5)

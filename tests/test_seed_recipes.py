@@ -78,6 +78,15 @@ def test_literature_rows():
     assert all(not lit[n] for n in RECIPES if n.startswith("simkd"))
 
 
+def test_crd_rows_read_the_last_epoch():
+    # RepDistiller train_student.py:333-334: the CRD paper's numbers are last-epoch accuracies.
+    for name in ("dist-table5", "ipwd-appendix-table1"):
+        r = load_recipe(name)
+        assert {row.label: row.metric for row in r.rows} == {
+            row.label: "last" if row.literature == CRD else None for row in r.rows}
+        assert r.metric == "best" and any(row.metric is None for row in r.rows)
+
+
 def test_rows_and_variants():
     dist = {row.label: row for row in load_recipe("dist-table5").rows}
     assert (dist["DIST"].method, dist["DIST"].variant) == ("dist", "paper")
@@ -584,6 +593,8 @@ def test_simkd_table3_matches_the_seed():
         assert epoch_label == {"quarter": "1/4 Epoch", "half": "1/2 Epoch", "full": "Full Epoch"}[column.id]
         assert [row.paper[column.id].mean for row in r.rows] == [_numbers(c)[0] for c in cells if c.strip()]
     assert [c.at_epoch for c in r.columns] == [30, 60, 120] and r.training.epochs == 120
+    # 1/4 and 1/2 read the epoch itself (the appendix reads its curves "at 30th epoch"), Full the best epoch.
+    assert [r.cell_metric(r.rows[0], c) for c in r.columns] == ["last", "last", "best"]
 
 
 @needs_seeds

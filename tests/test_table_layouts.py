@@ -34,7 +34,7 @@ BASE = {
         {"id": "tc", "teacher": "t", "student": "simkd/resnet8x4", "label": "ResNet-8x4 · teacher", "head": "teacher_classifier"},
     ],
     "quantities": [
-        {"id": "l2", "label": "test ℓ2", "source": "test_loss", "term": "simkd"},
+        {"id": "l2", "label": "test ℓ2", "source": "test_loss", "term": "simkd", "margin": 0.01},
         {"id": "cost", "label": "pruning cost %", "source": "pruning_cost"},
         {"id": "ratio", "label": "projector %", "source": "added_params_ratio"},
     ],
@@ -280,6 +280,40 @@ def test_columns_read_top5_and_mid_training_epochs(tmp_path):
     assert ours[("KD", "quarter")] == pytest.approx(60.5)  # best up to epoch 60
     (last,) = compare(tmp_path, metric="last")
     assert {(c["row"], c["column"]): c["ours_mean"] for _, c in last.cells.iterrows()}[("KD", "quarter")] == pytest.approx(60.5)
+
+
+def test_an_at_epoch_column_reads_that_epoch_or_the_best_up_to_it(tmp_path):
+    # SimKD Table 3's 1/4 and 1/2 columns read the epoch itself (column metric 'last'), its Full column the best.
+    layout = {**EPOCH_LAYOUT, "columns": [
+        {"id": "at", "teacher": "t", "student": "resnet8x4", "label": "1/4, at", "at_epoch": 60, "metric": "last"},
+        {"id": "upto", "teacher": "t", "student": "resnet8x4", "label": "1/4, best", "at_epoch": 60},
+        {"id": "full", "teacher": "t", "student": "resnet8x4", "label": "full", "at_epoch": 240}]}
+    r = recipe(**layout)
+    p = plan(r)
+    record_table(tmp_path, r, "full", p.trials, {})
+    cells = {(c.row, c.column): c for c in p.cells}
+    for k, run_id in enumerate(cells[("KD", "at")].run_ids):
+        # A peak of 65 + k at epoch 50, 60 + k at epoch 60, 70 + k at the end (epoch 200 peaks at 72 + k).
+        curve = [{"epoch": e, "test_top1": {50: 65.0, 60: 60.0, 200: 72.0, 240: 70.0}.get(e, 50.0) + k,
+                  "test_top5": 90.0} for e in range(1, 241)]
+        _finish(tmp_path, p.specs[run_id], 72.0 + k, curve=curve)
+        RunDir(tmp_path, run_id).write_metrics(curve)
+
+    def ours(**kw):
+        (comp,) = compare(tmp_path, **kw)
+        return {c["column"]: (c["ours_mean"], c["metric"]) for _, c in comp.cells.iterrows() if c["row"] == "KD"}
+
+    assert ours() == {"at": (pytest.approx(60.5), "last"), "upto": (pytest.approx(65.5), "best"),
+                      "full": (pytest.approx(72.5), "best")}
+    # --metric overrides the column: best up to 60 everywhere, or the epoch itself everywhere.
+    assert {c: v for c, (v, _) in ours(metric="best").items()} == {"at": pytest.approx(65.5), "upto": pytest.approx(65.5),
+                                                                    "full": pytest.approx(72.5)}
+    assert {c: v for c, (v, _) in ours(metric="last").items()} == {"at": pytest.approx(60.5), "upto": pytest.approx(60.5),
+                                                                    "full": pytest.approx(70.5)}
+    (comp,) = compare(tmp_path)
+    assert "(n=2) [at epoch 60]" in render.to_markdown(comp)
+    (last,) = compare(tmp_path, metric="last")
+    assert "[at epoch 60]" not in render.to_markdown(last)  # every cell reads what the title says
 
 
 def test_column_and_teacher_training_reach_their_runs():

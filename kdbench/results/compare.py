@@ -1,8 +1,13 @@
 """Join our runs with the published numbers: one row per table cell.
 
 For every reproduced table (or a recipe named explicitly) the recipe is re-planned, each cell's
-finished trials are aggregated (mean, sample std, n) and set beside the paper's mean ± std. A recipe's
-extra per-cell quantities (a test loss, a pruning ratio) get rows of their own (``TableComparison.quantities``).
+finished trials are aggregated (mean, sample std, n) and set beside the paper's mean ± std, with the
+verdict of ``results/verdict.py`` at the table's margin. A recipe's extra per-cell quantities (a test
+loss, a pruning ratio) get rows of their own (``TableComparison.quantities``).
+
+Each cell reads the epoch its row, else its column, else the recipe names (``Recipe.cell_metric``);
+``metric=`` (``compare --metric``) overrides every cell. The margin is ``margin=`` (``--margin``), else
+the recipe's ``margin``, else ``verdict.DEFAULT_MARGIN``.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from kdbench.recipe import Column, Quantity, Recipe, Row, load_recipe
 from kdbench.results import quantities as q
 from kdbench.results.collect import collect
 from kdbench.results.tables import TableRecord, read_tables
-from kdbench.results.verdict import judge
+from kdbench.results.verdict import DEFAULT_MARGIN, Verdict, judge
 
 CELL_COLUMNS = [
     "recipe", "table", "profile", "row", "column", "teacher", "teacher_checkpoint", "student", "method", "metric",
     "paper_mean", "paper_std", "paper_n", "literature", "ours_mean", "ours_std", "n", "n_planned", "n_failed",
-    "delta", "status", "verdict", "p_value", "test",
+    "delta", "status", "verdict", "p_value", "test", "margin", "ci_level", "ci_low", "ci_high", "trials_needed", "detail",
 ]
 QUANTITY_COLUMNS = ["recipe", "table", "profile", "row", "column", "quantity", "label", "source", "metric",
-                    "paper_mean", "paper_std", "ours_mean", "ours_std", "n", "delta", "verdict", "p_value", "test"]
+                    "paper_mean", "paper_std", "ours_mean", "ours_std", "n", "delta", "verdict", "p_value", "test",
+                    "margin", "ci_level", "ci_low", "ci_high", "trials_needed", "detail"]
 METRICS = ("best", "last")
 
 
@@ -35,25 +41,34 @@ METRICS = ("best", "last")
 class TableComparison:
     recipe: Recipe
     profile: str
-    metric: str
+    metric: str  # the table's: --metric, else the recipe's; each cell's own is its "metric" column
     cells: pd.DataFrame  # CELL_COLUMNS, in the recipe's row-major order
     quantities: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUANTITY_COLUMNS))  # per cell × quantity
+    margin: float = DEFAULT_MARGIN  # δ of the accuracy verdicts, in points
+    alpha: float = 0.05  # the verdicts' level; their intervals are (1 − 2α)
 
 
-def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05) -> list[TableComparison]:
+def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05,
+            margin: float | None = None) -> list[TableComparison]:
     """Comparisons for every table reproduced under ``results`` (or only ``recipe``).
 
     A recipe that was never reproduced there is still compared (full profile, no results), so
-    the published numbers can be listed before anything has run.
+    the published numbers can be listed before anything has run. ``metric`` overrides every cell's;
+    ``margin`` every recipe's.
     """
     if metric is not None and metric not in METRICS:
         raise KdbenchError(f"unknown metric {metric!r}: use 'best' (best epoch) or 'last' (last epoch).")
+    if not 0 < alpha < 0.5:
+        raise KdbenchError(f"--alpha {alpha}: the verdicts' (1 − 2α) interval needs 0 < alpha < 0.5 (default 0.05).")
+    if margin is not None and not margin > 0:
+        raise KdbenchError(f"--margin {margin}: the equivalence margin is a positive number of accuracy points "
+                           f"(default {DEFAULT_MARGIN:g}).")
     records = read_tables(results)
     if recipe is not None:
         wanted = load_recipe(recipe).name
         records = [r for r in records if r.recipe.name == wanted] or [_unreproduced(recipe)]
     runs = collect(results)
-    return [_compare_table(record, runs.set_index("run_id"), metric or record.recipe.metric, alpha) for record in records]
+    return [_compare_table(record, runs.set_index("run_id"), metric, alpha, margin) for record in records]
 
 
 def _unreproduced(recipe: str) -> TableRecord:
@@ -61,13 +76,16 @@ def _unreproduced(recipe: str) -> TableRecord:
     return TableRecord(loaded, "full", loaded.trials, {})
 
 
-def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: float) -> TableComparison:
+def _compare_table(record: TableRecord, runs: pd.DataFrame, metric_override: str | None, alpha: float,
+                   margin_override: float | None) -> TableComparison:
     recipe = record.recipe
+    margin = margin_override or recipe.margin or DEFAULT_MARGIN
     table_plan = plan(recipe, record.profile, trials=record.trials, ci_overrides=record.ci_overrides)
     rows_by_label = {r.label: r for r in recipe.rows}
     out, extra = [], []
     for cell in table_plan.cells:
         column, row = recipe.column(cell.column), rows_by_label[cell.row]
+        metric = metric_override or recipe.cell_metric(row, column)
         known = runs.loc[runs.index.intersection(list(cell.run_ids))]
         finished = known[known["status"] == "done"]
         n_failed = int(known["status"].isin(["failed", "corrupted"]).sum())  # a corrupted run counts as failed
@@ -81,7 +99,9 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
         paper_std = paper.std if paper and paper.std is not None else float("nan")
         paper_n = 1 if row.is_teacher_row else recipe.paper_trials
         status = _status(cell.status, len(done), len(cell.run_ids), n_failed)
-        verdict = judge(ours_mean, ours_std, len(done), paper_mean, paper_std, paper_n, alpha)
+        verdict = judge(ours_mean=ours_mean, ours_std=ours_std, n=len(done), paper_mean=paper_mean, paper_std=paper_std,
+                        paper_n=paper_n, alpha=alpha, margin=margin)
+        judged = bool(len(done) and paper)
         out.append({
             "recipe": recipe.name, "table": recipe.table, "profile": record.profile,
             "row": cell.row, "column": cell.column, "teacher": recipe.teachers[column.teacher].label,
@@ -92,14 +112,25 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
             "ours_mean": ours_mean, "ours_std": ours_std, "n": len(done), "n_planned": len(cell.run_ids),
             "n_failed": n_failed, "delta": ours_mean - paper_mean, "status": status,
             # A verdict needs published and own numbers: otherwise the status says why there is none.
-            "verdict": verdict.verdict if len(done) and paper else status if not len(done) else "no published number",
-            "p_value": verdict.p_value, "test": verdict.test if len(done) and paper else "",
+            "verdict": verdict.verdict if judged else status if not len(done) else "no published number",
+            "p_value": verdict.p_value, "test": verdict.test if judged else "", **_verdict_fields(verdict, judged, alpha),
         })
         if cell.status == "planned" and row.paper_quantities:  # the rows that print the recipe's quantities
             extra += [_quantity(record, table_plan, row, cell.column, cell.run_ids, finished, quantity, metric, alpha)
                       for quantity in recipe.quantities]
-    return TableComparison(recipe, record.profile, metric, pd.DataFrame(out, columns=CELL_COLUMNS),
-                           pd.DataFrame(extra, columns=QUANTITY_COLUMNS))
+    cells, quantities = pd.DataFrame(out, columns=CELL_COLUMNS), pd.DataFrame(extra, columns=QUANTITY_COLUMNS)
+    for frame in (cells, quantities):  # a count or blank, not a float, in the CSV
+        frame["trials_needed"] = frame["trials_needed"].astype("Int64")
+    return TableComparison(recipe, record.profile, metric_override or recipe.metric, cells, quantities, margin, alpha)
+
+
+def _verdict_fields(verdict: Verdict, judged: bool, alpha: float) -> dict:
+    """The verdict's margin, (1 − 2α) interval, trials needed and detail, as CSV columns (blank: no verdict)."""
+    if not judged:
+        return {"margin": verdict.margin, "ci_level": 1 - 2 * alpha, "ci_low": float("nan"), "ci_high": float("nan"),
+                "trials_needed": None, "detail": ""}
+    return {"margin": verdict.margin, "ci_level": 1 - 2 * alpha, "ci_low": verdict.ci_low, "ci_high": verdict.ci_high,
+            "trials_needed": verdict.trials_needed, "detail": verdict.detail}
 
 
 def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str, recipe_epochs: int) -> pd.Series:
@@ -115,7 +146,8 @@ def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str
 
 def _at_epoch(curve: list[dict], column: Column, metric: str, recipe_epochs: int) -> float:
     """A run's accuracy at ``column.at_epoch`` of the full protocol, scaled to the run's own length (shorter
-    profiles): the best epoch up to there, or that epoch itself. An imported teacher has one evaluation."""
+    profiles): the best epoch up to there (metric 'best'), or that epoch itself ('last'). An imported teacher
+    has one evaluation."""
     assert column.at_epoch is not None
     key = f"test_{column.measure}"
     if len(curve) == 1 and curve[0]["epoch"] == 0:
@@ -140,17 +172,23 @@ def _quantity(record: TableRecord, table_plan: Plan, row: Row, column_id: str, r
         values, test = [value], "computed from parameter counts"
         verdict = ("matches" if q.is_close(value, paper_mean, paper.decimals) else "differs") if paper else "no published number"
         p_value = float("nan")
+        fields = {"margin": float("nan"), "ci_level": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                  "trials_needed": None, "detail": ""}
     else:
+        assert quantity.margin is not None  # required of measured quantities (recipe.Quantity)
         values = q.measured(quantity, finished, metric)
-        outcome = judge(_mean(values), _std(values), len(values), paper_mean, paper_std, record.recipe.paper_trials, alpha)
+        outcome = judge(ours_mean=_mean(values), ours_std=_std(values), n=len(values), paper_mean=paper_mean,
+                        paper_std=paper_std, paper_n=record.recipe.paper_trials, alpha=alpha, margin=quantity.margin)
         verdict = (outcome.verdict if paper else "no published number") if values else "not run"
         test, p_value = (outcome.test, outcome.p_value) if values and paper else ("", float("nan"))
+        fields = _verdict_fields(outcome, bool(values and paper), alpha)
     recipe = record.recipe
     return {
         "recipe": recipe.name, "table": recipe.table, "profile": record.profile, "row": row.label, "column": column_id,
         "quantity": quantity.id, "label": quantity.label, "source": quantity.source, "metric": metric,
         "paper_mean": paper_mean, "paper_std": paper_std, "ours_mean": _mean(values), "ours_std": _std(values),
         "n": len(values), "delta": _mean(values) - paper_mean, "verdict": verdict, "p_value": p_value, "test": test,
+        **fields,
     }
 
 

@@ -1,4 +1,5 @@
-"""``compare --plot FILE.png``: per table, per pair, ours (mean ± std) beside the published value."""
+"""``compare --plot FILE.png``: per table, per pair, ours (mean ± std, coloured by verdict) beside the published
+value and its ±δ equivalence band."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def plot(comparisons: list[TableComparison], path: Path) -> Path:
             for y, row in enumerate(rows):
                 cell = cells[cells["row"] == row].iloc[0]
                 if not math.isnan(cell["paper_mean"]):
+                    ax.plot([cell["paper_mean"] - comp.margin, cell["paper_mean"] + comp.margin], [y, y], color="0.35",
+                            lw=7, alpha=0.15, solid_capstyle="butt")
                     ax.errorbar(cell["paper_mean"], y + 0.15, xerr=0 if math.isnan(cell["paper_std"]) else cell["paper_std"],
                                 fmt="D", mfc="white", color="0.35", ms=5, capsize=2, label="paper" if y == 0 else None)
                 if cell["n"]:
@@ -41,10 +44,11 @@ def plot(comparisons: list[TableComparison], path: Path) -> Path:
         for ax in table_axes[comp.cells["column"].nunique():]:
             ax.set_visible(False)
         note = "" if comp.profile == "full" else f" — {comp.profile} profile, not comparable"
-        label = table_axes[0].annotate(f"{comp.recipe.name} ({comp.metric} epoch){note}", (0, 1.18),
+        label = table_axes[0].annotate(f"{comp.recipe.name} ({comp.metric} epoch; δ = {comp.margin:g}){note}", (0, 1.18),
                                        xycoords="axes fraction", fontsize=9, weight="bold")
         label.set_in_layout(False)
-    handles = [plt.Line2D([], [], marker="D", mfc="white", color="0.35", ls="", label="paper (mean ± std)")]
+    handles = [plt.Line2D([], [], marker="D", mfc="white", color="0.35", ls="", label="paper (mean ± std)"),
+               plt.Line2D([], [], color="0.35", lw=7, alpha=0.15, label="paper ± δ (reproduced: our CI inside)")]
     handles += [plt.Line2D([], [], marker="o", color=c, ls="", label=f"ours: {v}") for v, c in COLORS.items()]
     handles += [plt.Line2D([], [], marker="o", color="0.6", ls="", label="ours: inconclusive")]
     legend = fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)

@@ -1,8 +1,10 @@
 """Render a table comparison in the paper's layout (rows = methods, columns = pairs).
 
 Formats: a rich terminal table, Markdown, LaTeX, HTML, and CSV (one row per cell, every table).
-Each cell carries its verdict; each table ends with a summary line. Results of the ``smoke`` and
-``ci`` profiles carry a label saying they are not comparable.
+Each cell carries its verdict and the interval behind it; every table's header states the verdict
+rule and its margin δ; each table ends with a summary line. A cell that reads another epoch than the
+table's metric says which. Results of the ``smoke`` and ``ci`` profiles carry a label saying they are
+not comparable.
 """
 
 from __future__ import annotations
@@ -33,7 +35,24 @@ def _num(value: float, std: float = float("nan"), decimals: int = 2) -> str:
     return f"{value:.{decimals}f}" if math.isnan(std) else f"{value:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def ours_text(cell: pd.Series) -> str:
+def metric_note(comp: TableComparison, cell: pd.Series) -> str:
+    """'[last epoch]', '[at epoch 30]', '[best ≤ epoch 30]' where the cell reads another epoch than the table's title
+    says; else empty."""
+    if cell["metric"] == comp.metric:
+        return ""
+    at_epoch = comp.recipe.column(cell["column"]).at_epoch
+    if at_epoch is not None and at_epoch < comp.recipe.training.epochs:
+        return f"[at epoch {at_epoch}]" if cell["metric"] == "last" else f"[best ≤ epoch {at_epoch}]"
+    return f"[{cell['metric']} epoch]"
+
+
+def ours_text(comp: TableComparison, cell: pd.Series) -> str:
+    """Our mean ± std (n), or why there is none; with the cell's own epoch where the table's title does not say it."""
+    note = metric_note(comp, cell) if cell["status"] != "absent" else ""
+    return f"{_ours_text(cell)} {note}" if note else _ours_text(cell)
+
+
+def _ours_text(cell: pd.Series) -> str:
     if cell["status"] == "absent":
         return "–"
     if cell["status"] == "not implemented":
@@ -52,12 +71,28 @@ def delta_text(cell: pd.Series) -> str:
     return "" if math.isnan(cell["delta"]) else f"{cell['delta']:+.2f}"
 
 
-def verdict_text(cell: pd.Series) -> str:
-    """'✓ reproduced (p=0.41)' etc.; empty where there is no verdict (nothing run, no published number)."""
+def verdict_text(cell: pd.Series, alpha: float = 0.05) -> str:
+    """'✓ reproduced [-0.07, +0.47]', '? inconclusive [-8.34, +4.34]; ≈9 trials settle it' etc.: the verdict and the
+    (1 − 2α) interval of ours − paper; empty where there is no verdict (nothing run, no published number)."""
     mark = VERDICT_MARKS.get(cell["verdict"])
     if mark is None:
         return ""
-    return mark if math.isnan(cell["p_value"]) else f"{mark} (p={cell['p_value']:.2g})"
+    if cell["verdict"] in ("matches", "differs"):  # computed quantities: no interval
+        return mark
+    no_interval = math.isnan(cell["ci_low"])
+    text = mark if no_interval else f"{mark} [{cell['ci_low']:+.2f}, {cell['ci_high']:+.2f}]"
+    p = cell["p_value"]
+    if cell["verdict"] == "reproduced" and p < alpha:
+        text += f" (Δ significant, p={p:.2g}, within the margin)"
+    elif cell["verdict"] in ("above", "below"):
+        text += f" (p={p:.2g})"
+    elif cell["verdict"] == "inconclusive":
+        needed = cell["trials_needed"]
+        if not pd.isna(needed):
+            text += f"; ≈{int(needed)} trials settle it" + (" (est.: the paper's ± as our spread)" if no_interval else "")
+        else:
+            text += "; needs ≥ 2 trials" if no_interval else "; more trials will not settle it"
+    return text
 
 
 def paper_text(cell: pd.Series) -> str:
@@ -69,9 +104,9 @@ def cell_lines(comp: TableComparison, cell: pd.Series) -> list[str]:
     """A cell's text lines: ours, the paper's value, Δ and the verdict, then each extra quantity."""
     if cell["status"] == "absent":
         return ["–"]
-    lines = [ours_text(cell), f"paper {paper_text(cell)}"]
+    lines = [ours_text(comp, cell), f"paper {paper_text(cell)}"]
     lines += [f"Δ {delta_text(cell)}"] if delta_text(cell) else []
-    lines += [verdict_text(cell)] if verdict_text(cell) else []
+    lines += [verdict_text(cell, comp.alpha)] if verdict_text(cell, comp.alpha) else []
     return lines + quantity_lines(comp, cell["row"], cell["column"])
 
 
@@ -107,10 +142,18 @@ def summary_text(comp: TableComparison) -> str:
     return text
 
 
+def verdict_rule(comp: TableComparison) -> str:
+    """The header's statement of the verdict: interval level, margin δ and α."""
+    level = f"{100 * (1 - 2 * comp.alpha):g}%"
+    return (f"verdict: {level} CI of ours − paper inside ±{comp.margin:g} points = reproduced, wholly beyond it and "
+            f"significant at α={comp.alpha:g} = above/below, else inconclusive")
+
+
 def title(comp: TableComparison) -> str:
     r = comp.recipe
     note = PROFILE_NOTES[comp.profile]
-    return f"{r.name}: {r.paper} — {r.table}. {r.title} ({comp.metric} epoch)" + (f"\nNOTE: {note}" if note else "")
+    return (f"{r.name}: {r.paper} — {r.table}. {r.title} ({comp.metric} epoch; margin δ = {comp.margin:g})\n"
+            f"{verdict_rule(comp)}" + (f"\nNOTE: {note}" if note else ""))
 
 
 def _grid(comp: TableComparison) -> tuple[list[str], list[str], dict[tuple[str, str], pd.Series]]:
@@ -139,10 +182,11 @@ def to_rich(comp: TableComparison) -> Table:
                 rendered.append("[dim]–[/]")
                 continue
             style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(cell["status"], "")
-            ours = f"[{style}]{escape(ours_text(cell))}[/]" if style else escape(ours_text(cell))
+            ours = f"[{style}]{escape(ours_text(comp, cell))}[/]" if style else escape(ours_text(comp, cell))
             delta = f"\nΔ {delta_text(cell)}" if delta_text(cell) else ""
             verdict_style = {"reproduced": "green", "above": "cyan", "below": "red"}.get(cell["verdict"], "dim")
-            verdict = f"\n[{verdict_style}]{escape(verdict_text(cell))}[/]" if verdict_text(cell) else ""
+            said = verdict_text(cell, comp.alpha)
+            verdict = f"\n[{verdict_style}]{escape(said)}[/]" if said else ""
             extra = "".join(f"\n[dim]{escape(line)}[/]" for line in quantity_lines(comp, row, column_id))
             rendered.append(f"{ours}\npaper {escape(paper_text(cell))}{delta}{verdict}{extra}")
         table.add_row(row, *rendered)
@@ -163,15 +207,17 @@ def to_markdown(comp: TableComparison) -> str:
                 parts.append("–")
                 continue
             delta = f" (Δ {delta_text(cell)})" if delta_text(cell) else ""
-            verdict = f"<br>{verdict_text(cell)}" if verdict_text(cell) else ""
+            said = verdict_text(cell, comp.alpha)
+            verdict = f"<br>{said}" if said else ""
             extra = "".join(f"<br>{line}" for line in quantity_lines(comp, row, column_id))
-            parts.append(f"{ours_text(cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}")
+            parts.append(f"{ours_text(comp, cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}")
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
 
 
 def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("→", r"$\rightarrow$")):
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("→", r"$\rightarrow$"),
+                       ("±", r"$\pm$"), ("−", "$-$"), ("≤", r"$\leq$"), ("α", r"$\alpha$"), ("δ", r"$\delta$"), ("Δ", r"$\Delta$")):
         text = text.replace(char, repl)
     return text
 
@@ -205,7 +251,8 @@ def to_latex(comp: TableComparison) -> str:
             if cell["status"] == "absent":
                 parts.append("--")
                 continue
-            ours = _latex_num(cell["ours_mean"], cell["ours_std"]) if cell["n"] else _latex_escape(ours_text(cell))
+            ours = _latex_num(cell["ours_mean"], cell["ours_std"]) if cell["n"] else _latex_escape(_ours_text(cell))
+            ours += f" {_latex_escape(note)}" if (note := metric_note(comp, cell)) else ""
             extra = "".join(f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows())
             parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])}){extra}")
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
