@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench import models, train
+from kdbench import methods, models, train
 from kdbench.plan import Plan, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
 
@@ -225,3 +225,30 @@ def test_dist_scheduler_model_without_warmup_is_torch_steplr_stepped_per_iterati
         sgd.step()
         scheduler.step()
     assert dist_iteration_lrs(0.1, 10, 5, 0, 3, 0.1) == pytest.approx(np.array(got), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- loss warm-ups
+
+# ReviewKD's HCL weight ramps as min(e / W, 1) over the 1-indexed epoch e (mdistiller distillers/ReviewKD.py,
+# ``min(kwargs["epoch"] / self.warmup_epochs, 1.0)``): W = 20 in the CIFAR-100 configs
+# (configs/cifar100/reviewkd/*.yaml), 1 in the ImageNet ones (configs/imagenet/*/reviewkd.yaml).
+LOSS_WARMUP = {"dist-table2": 1, "ipwd-appendix-table2": 20, "mlkd-appendix-table2": 20}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_WARMUP))
+def test_reviewkd_loss_warmup_at_every_epoch_of_the_ramp(name, plans):
+    warmup = LOSS_WARMUP[name]
+    p = plans[name]
+    row = next(r for r in p.recipe.rows if r.method == "reviewkd")
+    spec = p.specs[next(c for c in p.cells if c.row == row.label and c.run_ids).run_ids[0]]
+    method = methods.get("reviewkd")
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 16, 16)
+    teacher = models.create("resnet8x4", num_classes=10).eval()
+    d = method(models.create("resnet8", num_classes=10), teacher, method.Params(**spec.method_params), images[:4]).eval()
+    targets = torch.arange(8) % 10
+    with torch.no_grad():
+        full = d.forward_train(images, targets, epoch=spec.train.epochs)[1]["reviewkd"]
+        for epoch in sorted({1, 2, warmup // 2 or 1, warmup - 1 or 1, warmup, warmup + 1, spec.train.epochs}):
+            term = d.forward_train(images, targets, epoch=epoch)[1]["reviewkd"]
+            assert float(term / full) == pytest.approx(min(epoch / warmup, 1.0), rel=1e-6), epoch
