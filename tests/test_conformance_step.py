@@ -573,3 +573,48 @@ def test_two_training_steps_equal_the_first_principles_step(case_id, small_teach
         moved += name in buffers
     assert moved and not any(n.startswith("teacher.") for n in buffers)
     assert set(optimised_names(d, optimizer)) == set(params)
+
+
+def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_path, monkeypatch):
+    """train.run itself: the method's params, loss chunk and per-GPU BatchNorm from the spec, SGD over the
+    trainable parameters with the protocol's Nesterov and decay scope, and the LR set at every epoch."""
+    from kdbench.models.per_gpu_batchnorm import _PerGpuBatchNorm
+    from kdbench.plan import DataSpec, TeacherRef, TrainSpec
+
+    data = DataSpec(name="synthetic", options={"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16})
+
+    def spec(method: str, teacher: TeacherRef | None, **train_fields) -> RunSpec:
+        fields = {"epochs": 1, "batch_size": 16, "lr": 0.1, "milestones": (), "lr_decay": 0.1, "momentum": 0.9,
+                  "nesterov": False, "weight_decay": 5e-4, **train_fields}
+        return RunSpec(profile="smoke", model="resnet8", method=method, method_params=methods.resolve_params(method, None, {}).model_dump(),
+                       teacher=teacher, data=data, train=TrainSpec(**fields), seed=0)
+
+    teacher = spec("ce", None)
+    train.run(teacher, tmp_path, device="cpu", progress=False)
+    dist = spec("dist", TeacherRef(model="resnet8", run_id=teacher.run_id), epochs=3, milestones=(1, 2), nesterov=True,
+                weight_decay=1e-4, decay_norm_and_bias=False, loss_chunk=4, bn_chunk=4)
+    seen: list[tuple[int, float, dict[str, float], bool]] = []
+    real = train._train_epoch
+
+    def recording(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs):
+        names = {id(p): n for n, p in distiller.named_parameters()}
+        decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+        assert all(g["nesterov"] and g["momentum"] == 0.9 for g in optimizer.param_groups)
+        assert distiller.loss_chunk == 4 and distiller.params == methods.get("dist").Params(**dist.method_params)
+        pieces = {m.pieces for m in distiller.student.modules() if isinstance(m, _PerGpuBatchNorm)}
+        seen.append((epoch, optimizer.param_groups[0]["lr"], decay, pieces == {4}))
+        return real(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", recording)
+    train.run(dist, tmp_path, device="cpu", progress=False)
+    assert [e for e, *_ in seen] == [1, 2, 3]
+    assert [lr for _, lr, *_ in seen] == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)
+    reference = models.create("resnet8", num_classes=4)
+    bn_params = {f"student.{m}.{p}" for m, layer in reference.named_modules() if isinstance(layer, nn.BatchNorm2d)
+                 for p in ("weight", "bias")}
+    everything = {f"student.{n}" for n, _ in reference.named_parameters()}
+    decay = seen[0][2]
+    assert set(decay) == everything  # the student only: DIST has no modules of its own
+    assert {n for n, wd in decay.items() if wd == 0.0} == bn_params | {n for n in everything if n.endswith(".bias")}
+    assert {wd for wd in decay.values()} == {0.0, 1e-4}
+    assert all(ok for *_, ok in seen)  # 16-sample batches normalised as 4 GPUs of 4
