@@ -19,7 +19,6 @@ Two things are held here:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -432,7 +431,9 @@ CASES = {
     # DIST resnet_kdt4.yaml: 0.9·CE + 1·KD_4, under B1 (Nesterov, no decay on BN/bias).
     "kd-dist-b1": Case("dist/table2.yaml", "KD", {"ce_weight": 0.9, "kd_weight": 1.0, "kd_temperature": 4.0},
                        lambda r, b, e: ref_kd(r, b, e, 0.9, 1.0), batch=None),
-    "simkd": Case("simkd/table1.yaml", "SimKD", {"ce_weight": 0.0, "kd_weight": 0.0, "weight": 1.0, "factor": 2}, ref_simkd),
+    "simkd": Case("simkd/table1.yaml", "SimKD", {"ce_weight": 0.0, "kd_weight": 0.0, "weight": 1.0, "factor": 2,
+                                                     "student_tap": "stage", "projector": "1x1-3x3-1x1", "alignment": "input"},
+                  ref_simkd),
     "dist-cifar": Case("dist/table5.yaml", "DIST", {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
                        ref_dist),
     "dist-b1": Case("dist/table2.yaml", "DIST", {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
@@ -443,7 +444,8 @@ CASES = {
     "ipwd": Case("ipwd/appendix-table1.yaml", "IPWD", {"ce_weight": 0.1, "kd_weight": 0.0, "weight": 0.9, "temperature": 4.0,
                                                   "cls_weight": 1.0, "form": "mirror", "logit_norm": "zscore",
                                                   "self_normalize": True}, ref_ipwd),
-    "fitnet": Case("simkd/table1.yaml", "FitNet", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 100.0, "hint_layer": 1},
+    "fitnet": Case("simkd/table1.yaml", "FitNet", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 100.0, "hint_layer": 1,
+                                                      "regressor": "simkd"},
                    simkd_baseline(100.0, "fitnet", fitnet_hint)),
     "at": Case("simkd/table1.yaml", "AT", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1000.0}, simkd_baseline(1000.0, "at", at_loss)),
     "sp": Case("simkd/table1.yaml", "SP", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 3000.0}, simkd_baseline(3000.0, "sp", sp_loss)),
