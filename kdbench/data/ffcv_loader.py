@@ -248,7 +248,8 @@ class FfcvLoaders:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
         plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
         plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
-        views = strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last) if strong else None
+        views = (strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last,
+                               pin_memory=self.device.type == "cuda") if strong else None)
         return FfcvBatches(self, self._loader("train", batch_size, drop_last), plan, views)
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> FfcvBatches:
