@@ -49,10 +49,11 @@ def kd_spec(method: str = "kd", data: str = "cifar100", **params):
 
 
 def test_the_estimate_counts_the_teacher_cache_and_the_resident_dataset():
-    """CIFAR-100 KD: the fp32 table (N, 9, 9, 2, 100) of teacher_cache.py and the tensor loader's padded uint8
-    train split (40×40) plus test split (32×32); --teacher-cache off drops only the table."""
+    """CIFAR-100 KD: the epoch's fp32 (N, 100) teacher logits (teacher_cache.py; its whole table stays on the host)
+    and the tensor loader's padded uint8 train split (40×40) plus test split (32×32); --teacher-cache off drops
+    only the logits."""
     on, off = packing.footprint(kd_spec()), packing.footprint(kd_spec(), teacher_cache="off")
-    assert on.teacher_cache_bytes == 4 * 50_000 * 9 * 9 * 2 * 100  # 3.24 GB
+    assert on.teacher_cache_bytes == 4 * 50_000 * 100  # 20 MB (not the 3.24 GB table)
     assert on.dataset_bytes == off.dataset_bytes == 50_000 * 3 * 40 * 40 + 10_000 * 3 * 32 * 32
     assert off.teacher_cache_bytes == 0 and run_bytes(on) - run_bytes(off) == on.teacher_cache_bytes
     fitnet = packing.footprint(kd_spec("fitnet"))  # reads features: no cache

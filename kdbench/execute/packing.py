@@ -8,14 +8,15 @@ so several processes per GPU raise throughput. The estimate per run, in bytes:
   +  8·B·A_student (fp32 activations kept for backward, and as much again for their gradients)
   +  4·B·A_teacher (the teacher's transient fp32 activations)
   +  dataset       (in-memory datasets: the tensor loader's resident uint8 splits, train padded by 4)
-  +  teacher cache (a cacheable method's fp32 logit table, N·(2p+1)²·2·C·4, unless --teacher-cache off)
+  +  teacher cache (a cacheable method's epoch logits, N·C·4, unless --teacher-cache off; the whole table,
+                   N·(2p+1)²·2·C·4, stays in host memory, shared by the runs: teacher_cache.py)
   +  method state  (per-sample state: CRD's two N·D fp32 memory banks and its B·N sampling keys, mask and scores)
   +  CONTEXT_BYTES + WORKSPACE_BYTES (CUDA context and allocator caching; cuDNN/cuBLAS and Inductor workspaces)
 
 with P the parameter counts, B the batch size and A the activation elements one image writes in a
 forward pass (counted on the meta device). The dataset and the cache are counted whenever the run may
-hold them on the GPU: each process decides that alone at load time against the memory it sees free then
-(``data/select.py``, ``teacher_cache.py``), and packed runs that start together all see an empty GPU.
+hold them on the GPU: a process decides on the dataset alone at load time against the memory it sees free
+then (``data/select.py``), and packed runs that start together all see an empty GPU.
 Runs per GPU = ⌊USABLE_SHARE · free memory / max run⌋, clamped to [1, MAX_RUNS_PER_GPU]. bf16 halves the
 activations; the estimate ignores it on purpose.
 """
@@ -92,7 +93,6 @@ def footprint(spec, teacher_cache: str = "auto") -> Footprint:
     from kdbench.cost import dataset_sizes, network_geometry
     from kdbench.data.registry import FOLDER_DATASETS
     from kdbench.data.tensor_loader import TRAIN_PADDING
-    from kdbench.teacher_cache import views_per_image
 
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
@@ -104,7 +104,7 @@ def footprint(spec, teacher_cache: str = "auto") -> Footprint:
         dataset = train * 3 * (size + 2 * TRAIN_PADDING) ** 2 + test * 3 * size ** 2
         method = methods.get(spec.method)
         if teacher_cache != "off" and spec.teacher is not None and method.needs.cacheable_teacher:
-            cache = 4 * train * views_per_image(TRAIN_PADDING) * classes
+            cache = 4 * train * classes
         if method.needs.sample_indices:
             dim = getattr(method.Params(**spec.method_params), "feat_dim", 0)
             state = 2 * 4 * train * dim + spec.train.batch_size * train * SAMPLE_PAIR_BYTES
