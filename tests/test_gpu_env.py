@@ -262,3 +262,16 @@ def test_the_cache_table_stays_in_shared_host_memory(tmp_path: Path, monkeypatch
         dx, dy = (int(v) for v in plan.offsets[i])
         assert torch.equal(logits[i], torch.from_numpy(np.array(table[i, dy, dx, int(plan.flips[i])])))
     assert torch.equal(cache.for_epoch(plan)(torch.tensor([4, 1])), logits[[4, 1]])
+
+
+def test_ffcv_buffers_are_copied_without_a_stream_sync_only_when_pageable():
+    """ffcv recycles its batch buffers: from pageable memory a non_blocking copy is safe (CUDA stages the source
+    before returning) and skips the blocking copy's stream synchronisation; a pinned buffer is copied blocking."""
+    import torch
+
+    from kdbench.data.ffcv_loader import non_blocking_from
+
+    pageable = torch.zeros(4, dtype=torch.uint8)
+    pinned = types.SimpleNamespace(is_pinned=lambda: True)
+    assert non_blocking_from(pageable, torch.device("cuda")) and not non_blocking_from(pinned, torch.device("cuda"))
+    assert not non_blocking_from(pageable, torch.device("cpu"))

@@ -30,6 +30,7 @@ from kdbench.data.ffcv_loader import (
     META_FILE,
     check_meta,
     import_ffcv,
+    non_blocking_from,
     open_loader,
 )
 from kdbench.data.folder import FolderDataset
@@ -118,9 +119,10 @@ class FfcvFolderBatches:
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 # ffcv recycles its batch buffers: the lookup makes a new tensor, the rest is copied.
-                pixels = images.to(self.device).permute(0, 3, 1, 2).long()
-                yield (self.table[channels, pixels], labels.view(-1).to(self.device, copy=True),
-                       index.view(-1).to(self.device, copy=True))
+                pixels = images.to(self.device, non_blocking=non_blocking_from(images, self.device)).permute(0, 3, 1, 2).long()
+                yield (self.table[channels, pixels],
+                       labels.view(-1).to(self.device, copy=True, non_blocking=non_blocking_from(labels, self.device)),
+                       index.view(-1).to(self.device, copy=True, non_blocking=non_blocking_from(index, self.device)))
         finally:
             torch.set_num_threads(threads)
 

@@ -157,6 +157,14 @@ def _plan_order_class(traversal_order: type) -> type:
     return PlanOrder
 
 
+def non_blocking_from(buffer: torch.Tensor, device: torch.device) -> bool:
+    """Whether a copy of ffcv's batch ``buffer`` (recycled for a later batch) to ``device`` may be ``non_blocking``:
+    to a GPU from pageable memory, yes. CUDA stages a pageable source before ``cudaMemcpyAsync`` returns, so ffcv
+    may reuse the buffer at once, and the host skips the stream synchronisation of a blocking copy, which waits
+    for all the GPU's queued work. A page-locked source is read later by the DMA, so it is copied blocking."""
+    return device.type == "cuda" and not buffer.is_pinned()
+
+
 class FfcvBatches:
     """One epoch of an ffcv ``Loader`` read in ``plan``'s order, augmented as the plan says, on ``device``."""
 
@@ -179,11 +187,11 @@ class FfcvBatches:
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 # ffcv recycles its batch buffers: everything kept is copied first.
-                index = index.view(-1).to(device, copy=True)
-                padded = pad_images(images.to(device), padding)
+                index = index.view(-1).to(device, copy=True, non_blocking=non_blocking_from(index, device))
+                padded = pad_images(images.to(device, non_blocking=non_blocking_from(images, device)), padding)
                 positions = torch.arange(len(index), device=device)
                 batch: Batch = (crop_flip_normalise(padded, positions, offsets[index], flips[index], padding, table),
-                                labels.view(-1).to(device, copy=True), index)
+                                labels.view(-1).to(device, copy=True, non_blocking=non_blocking_from(labels, device)), index)
                 if strong is not None:
                     batch += (next(strong).to(device, non_blocking=True),)
                 yield batch
