@@ -105,6 +105,8 @@ def probe_free_memory(gpus: Sequence[Gpu], command: Sequence[str] = (sys.executa
     try:
         done = subprocess.run(list(command), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=True)
         free = json.loads(done.stdout.strip().splitlines()[-1])
+        if len(free) <= max(gpu.index for gpu in gpus):
+            raise ValueError(f"the probe process saw {len(free)} GPU(s)")
         return {gpu.label: int(free[gpu.index]) for gpu in gpus}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
         detail = exc.stderr.strip().splitlines()[-1:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else []

@@ -53,7 +53,7 @@ def detect_slots(device: str = "auto", runs_per_gpu: int | Literal["auto"] = 1, 
     """One slot per visible GPU × ``runs_per_gpu`` (``auto``: as many of the largest of ``specs`` as fit in
     each GPU's free memory, execute/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
     (or with ``--device cpu``) ``cpu_jobs`` CPU slots that share the cores, and glibc malloc settings that
-    keep activation buffers mapped (specs/performance.md §5). Each slot's CUDA_VISIBLE_DEVICES names its GPU
+    keep activation buffers mapped (README, Fast path). Each slot's CUDA_VISIBLE_DEVICES names its GPU
     as the child must see it (execute/gpus.py), and every slot of several gets cores / slots CPU threads
     (:func:`thread_env`). Values already in the environment win."""
     import torch
