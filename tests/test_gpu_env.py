@@ -275,3 +275,23 @@ def test_ffcv_buffers_are_copied_without_a_stream_sync_only_when_pageable():
     pinned = types.SimpleNamespace(is_pinned=lambda: True)
     assert non_blocking_from(pageable, torch.device("cuda")) and not non_blocking_from(pinned, torch.device("cuda"))
     assert not non_blocking_from(pageable, torch.device("cpu"))
+
+
+def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path):
+    """Each of 8 packed runs (or DDP ranks) used to start os.cpu_count() ffcv threads; now its own share."""
+    import torch
+
+    from kdbench.data import ffcv_loader
+    from kdbench.data.synthetic import make_synthetic
+
+    monkeypatch.setattr(ffcv_loader, "import_ffcv", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(ffcv_loader, "check_meta", lambda *args: None)
+    arrays = make_synthetic(num_classes=4, train_size=8, test_size=4)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert ffcv_loader.FfcvLoaders(arrays, torch.device("cpu"), tmp_path).ffcv_workers == 1
+        assert ffcv_loader.FfcvLoaders(arrays, torch.device("cpu"), tmp_path, num_workers=5).ffcv_workers == 5
+    finally:
+        torch.set_num_threads(threads)

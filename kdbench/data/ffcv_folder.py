@@ -30,6 +30,7 @@ from kdbench.data.ffcv_loader import (
     META_FILE,
     check_meta,
     import_ffcv,
+    loader_workers,
     non_blocking_from,
     open_loader,
 )
@@ -145,7 +146,7 @@ class FfcvFolderLoaders:
         self.decoders = SimpleNamespace(random=RandomResizedCropRGBImageDecoder, centre=CenterCropRGBImageDecoder,
                                         flip=RandomHorizontalFlip)
         self.dataset, self.device, self.directory = dataset, device, directory
-        self.ffcv_workers = num_workers or os.cpu_count() or 1
+        self.ffcv_workers = loader_workers(num_workers)
         self.table = normalisation_table(dataset.mean, dataset.std).to(device)
         self._loaders: dict[tuple[str, int, bool], Any] = {}
 

@@ -157,6 +157,13 @@ def _plan_order_class(traversal_order: type) -> type:
     return PlanOrder
 
 
+def loader_workers(num_workers: int) -> int:
+    """ffcv's decoding threads: ``num_workers`` when given, else this process's torch thread count, which is its
+    share of the cores when it is one of several (the executor's slots and ``--nproc`` ranks set OMP_NUM_THREADS);
+    one thread per core in each of 8 packed runs or DDP ranks would oversubscribe the host 8 times."""
+    return num_workers or torch.get_num_threads()
+
+
 def non_blocking_from(buffer: torch.Tensor, device: torch.device) -> bool:
     """Whether a copy of ffcv's batch ``buffer`` (recycled for a later batch) to ``device`` may be ``non_blocking``:
     to a GPU from pageable memory, yes. CUDA stages a pageable source before ``cudaMemcpyAsync`` returns, so ffcv
@@ -234,7 +241,7 @@ class FfcvLoaders:
         self.ffcv = import_ffcv()
         check_meta(directory, arrays.name, fingerprint(arrays), len(arrays.x_train))
         self.arrays, self.device, self.directory, self.num_workers = arrays, device, directory, num_workers
-        self.ffcv_workers = num_workers or os.cpu_count() or 1
+        self.ffcv_workers = loader_workers(num_workers)
         self.table = normalisation_table(arrays.mean, arrays.std).to(device)
         self._loaders: dict[tuple[str, int, bool], Any] = {}
 
