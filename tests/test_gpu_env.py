@@ -295,3 +295,36 @@ def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path
         assert ffcv_loader.FfcvLoaders(arrays, torch.device("cpu"), tmp_path, num_workers=5).ffcv_workers == 5
     finally:
         torch.set_num_threads(threads)
+
+
+NO_CONTEXT_SCRIPT = """
+import ctypes, json
+from kdbench.execute.local import detect_slots
+from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+spec = RunSpec(profile="full", model="resnet8x4", method="kd", method_params={}, seed=0,
+               teacher=TeacherRef(model="resnet32x4", run_id="t"), data=DataSpec(name="cifar100"),
+               train=TrainSpec(epochs=240, batch_size=64, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9,
+                               nesterov=False, weight_decay=5e-4))
+slots = detect_slots("auto", "auto", specs=[spec])
+cuda = ctypes.CDLL("libcuda.so.1")
+assert cuda.cuInit(0) == 0
+count = ctypes.c_int()
+assert cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
+active = []
+for i in range(count.value):
+    device, flags, state = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+    assert cuda.cuDeviceGet(ctypes.byref(device), i) == 0
+    assert cuda.cuDevicePrimaryCtxGetState(device, ctypes.byref(flags), ctypes.byref(state)) == 0
+    active.append(bool(state.value))
+print(json.dumps({"slots": [s.name for s in slots], "active": active}))
+"""
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+def test_the_executor_opens_no_cuda_context_on_a_real_gpu(tmp_path: Path):
+    """On a GPU: sizing the slots (device count, UUIDs, NVML free memory) leaves no primary CUDA context
+    active in the executor's process (the CUDA driver's own cuDevicePrimaryCtxGetState says)."""
+    done = subprocess.run([sys.executable, "-c", NO_CONTEXT_SCRIPT], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parent.parent, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["slots"] and not any(report["active"]), report
