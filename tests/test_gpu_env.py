@@ -328,3 +328,17 @@ def test_the_executor_opens_no_cuda_context_on_a_real_gpu(tmp_path: Path):
                           cwd=Path(__file__).parent.parent, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["slots"] and not any(report["active"]), report
+
+
+def test_nproc_ranks_share_the_cores_of_the_affinity_mask(monkeypatch):
+    """A SLURM allocation of 8 cores on a 128-core node: 4 ranks get 2 threads each, not 32."""
+    import os
+
+    from kdbench import launch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    with launch._environment(4):
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+    assert "OMP_NUM_THREADS" not in os.environ
