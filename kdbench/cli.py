@@ -177,7 +177,8 @@ def reproduce(
         else:
             if gpus_per_run < 1:
                 raise KdbenchError("--gpus-per-run 0 is for --executor slurm (CPU jobs); a local run takes at least one GPU or CPU slot.")
-            slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values())
+            slots = detect_slots(device, _runs_per_gpu(runs_per_gpu), cpu_jobs, table_plan.specs.values(),
+                                 teacher_cache=compute.teacher_cache)
             parallel = concurrency(slots, gpus_per_run)
         title = f"{table_plan.recipe.name} ({profile}) → {results}"
         with interruptible(), RunProgress(console, table_plan.ordered(), results, parallel, title) as progress:

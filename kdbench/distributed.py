@@ -24,6 +24,21 @@ from kdbench.errors import KdbenchError
 TIMEOUT_S = float(os.environ.get("KDBENCH_DIST_TIMEOUT", "1800"))
 BUCKET_BYTES = 25 * 2**20  # gradients are all-reduced in buckets of about this size (DDP's default)
 T = TypeVar("T")
+# What makes a process think it is one rank of a larger run: the variables read below (torchrun's and SLURM's)
+# and the rest of torchrun's per-worker set. A child the local executor starts must not inherit them from an
+# srun/sbatch step or a torchrun job it runs in, or it would wait for ranks that never come (see
+# ``execute/local.py``'s ``child_environment``); kdbench sets its own for a --nproc run (``launch.py``).
+RANK_VARIABLES = frozenset({
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+    "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES",
+})
+RANK_VARIABLE_PREFIXES = ("TORCHELASTIC_",)
+
+
+def is_rank_variable(name: str) -> bool:
+    """Whether environment variable ``name`` places a process in a multi-process run (:data:`RANK_VARIABLES`)."""
+    return name in RANK_VARIABLES or name.startswith(RANK_VARIABLE_PREFIXES)
 
 
 def env_ranks(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int] | None:

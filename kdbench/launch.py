@@ -30,8 +30,11 @@ def free_port() -> int:
 
 @contextmanager
 def _environment(nproc: int) -> Iterator[None]:
-    """Loopback-only gloo and one share of the CPU threads per process, unless the caller set them."""
-    defaults = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    """Loopback-only gloo and one share of the usable cores (the affinity mask's) per process, unless the caller
+    set them."""
+    from kdbench.execute.local import usable_cores
+
+    defaults = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(max(1, usable_cores() // nproc))}
     added = [k for k in defaults if k not in os.environ]
     os.environ.update({k: defaults[k] for k in added})
     try:

@@ -1,5 +1,6 @@
 """``--runs-per-gpu auto``: the per-run memory estimate and the runs-per-GPU formula (fake numbers, no GPU);
-CPU slots' malloc settings; compute options reaching the train command."""
+CPU slots' malloc settings; compute options reaching the train command. Free memory and GPU labels:
+test_gpu_env.py."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import pytest
 
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
 from kdbench.execute import local, packing
-from kdbench.execute.packing import CONTEXT_BYTES, Footprint, run_bytes, runs_per_gpu
+from kdbench.execute.packing import CONTEXT_BYTES, WORKSPACE_BYTES, Footprint, run_bytes, runs_per_gpu
 
 GIB = 1 << 30
 
 
-def test_run_bytes_counts_weights_activations_and_context():
+def test_run_bytes_counts_weights_activations_buffers_and_context():
     fp = Footprint(student_params=1_000_000, teacher_params=2_000_000, student_activations=100_000,
-                   teacher_activations=300_000, batch_size=64)
-    expected = 16 * 1_000_000 + 4 * 2_000_000 + 64 * (8 * 100_000 + 4 * 300_000) + CONTEXT_BYTES
+                   teacher_activations=300_000, batch_size=64, dataset_bytes=7, teacher_cache_bytes=11, method_bytes=13)
+    expected = 16 * 1_000_000 + 4 * 2_000_000 + 64 * (8 * 100_000 + 4 * 300_000) + 7 + 11 + 13 + CONTEXT_BYTES + WORKSPACE_BYTES
     assert run_bytes(fp) == expected
 
 
@@ -38,21 +39,36 @@ def test_model_size_matches_the_published_parameter_counts():
     assert params == 1_233_540 and 500_000 < activations < 2_000_000
 
 
-def test_auto_slots_use_free_memory(monkeypatch):
+def kd_spec(method: str = "kd", data: str = "cifar100", **params):
     from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 
-    spec = RunSpec(profile="full", model="resnet8x4", method="kd", method_params={}, seed=0,
-                   teacher=TeacherRef(model="resnet32x4", run_id="t"), data=DataSpec(name="cifar100"),
-                   train=TrainSpec(epochs=1, batch_size=64, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9,
+    return RunSpec(profile="full", model="resnet8x4", method=method, method_params=params, seed=0,
+                   teacher=TeacherRef(model="resnet32x4", run_id="t"), data=DataSpec(name=data),
+                   train=TrainSpec(epochs=240, batch_size=64, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9,
                                    nesterov=False, weight_decay=5e-4))
-    per_run = run_bytes(packing.footprint(spec))
-    assert 1.5 * GIB < per_run < 4 * GIB  # resnet32x4 → resnet8x4 at batch 64
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
-    monkeypatch.setattr("torch.cuda.mem_get_info", lambda gpu: ((3 * per_run, 80 * GIB) if gpu == 0 else (80 * GIB, 80 * GIB)))
-    slots = local.detect_slots("auto", "auto", specs=[spec])
-    assert [s.name for s in slots].count("gpu0.0") == 1 and sum(s.name.startswith("gpu0") for s in slots) == 2
-    assert sum(s.name.startswith("gpu1") for s in slots) == packing.MAX_RUNS_PER_GPU
+
+
+def test_the_estimate_counts_the_teacher_cache_and_the_resident_dataset():
+    """CIFAR-100 KD: the epoch's fp32 (N, 100) teacher logits (teacher_cache.py; its whole table stays on the host)
+    and the tensor loader's padded uint8 train split (40×40) plus test split (32×32); --teacher-cache off drops
+    only the logits."""
+    on, off = packing.footprint(kd_spec()), packing.footprint(kd_spec(), teacher_cache="off")
+    assert on.teacher_cache_bytes == 4 * 50_000 * 100  # 20 MB (not the 3.24 GB table)
+    assert on.dataset_bytes == off.dataset_bytes == 50_000 * 3 * 40 * 40 + 10_000 * 3 * 32 * 32
+    assert off.teacher_cache_bytes == 0 and run_bytes(on) - run_bytes(off) == on.teacher_cache_bytes
+    fitnet = packing.footprint(kd_spec("fitnet"))  # reads features: no cache
+    assert fitnet.teacher_cache_bytes == 0 and fitnet.dataset_bytes == on.dataset_bytes
+
+
+def test_the_estimate_counts_crd_banks_and_sampling_transients():
+    crd = packing.footprint(kd_spec("crd"))
+    assert crd.method_bytes == 2 * 4 * 50_000 * 128 + 64 * 50_000 * packing.SAMPLE_PAIR_BYTES
+    assert packing.footprint(kd_spec("crd", feat_dim=64)).method_bytes == 2 * 4 * 50_000 * 64 + 64 * 50_000 * 25
+
+
+def test_image_folders_are_not_resident():
+    fp = packing.footprint(kd_spec(data="imagenet_synthetic"))
+    assert fp.dataset_bytes == fp.teacher_cache_bytes == 0
 
 
 def test_cpu_slots_get_the_malloc_settings(monkeypatch):

@@ -30,6 +30,8 @@ from kdbench.data.ffcv_loader import (
     META_FILE,
     check_meta,
     import_ffcv,
+    loader_workers,
+    non_blocking_from,
     open_loader,
 )
 from kdbench.data.folder import FolderDataset
@@ -118,9 +120,10 @@ class FfcvFolderBatches:
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 # ffcv recycles its batch buffers: the lookup makes a new tensor, the rest is copied.
-                pixels = images.to(self.device).permute(0, 3, 1, 2).long()
-                yield (self.table[channels, pixels], labels.view(-1).to(self.device, copy=True),
-                       index.view(-1).to(self.device, copy=True))
+                pixels = images.to(self.device, non_blocking=non_blocking_from(images, self.device)).permute(0, 3, 1, 2).long()
+                yield (self.table[channels, pixels],
+                       labels.view(-1).to(self.device, copy=True, non_blocking=non_blocking_from(labels, self.device)),
+                       index.view(-1).to(self.device, copy=True, non_blocking=non_blocking_from(index, self.device)))
         finally:
             torch.set_num_threads(threads)
 
@@ -143,7 +146,7 @@ class FfcvFolderLoaders:
         self.decoders = SimpleNamespace(random=RandomResizedCropRGBImageDecoder, centre=CenterCropRGBImageDecoder,
                                         flip=RandomHorizontalFlip)
         self.dataset, self.device, self.directory = dataset, device, directory
-        self.ffcv_workers = num_workers or os.cpu_count() or 1
+        self.ffcv_workers = loader_workers(num_workers)
         self.table = normalisation_table(dataset.mean, dataset.std).to(device)
         self._loaders: dict[tuple[str, int, bool], Any] = {}
 

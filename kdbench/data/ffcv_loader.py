@@ -157,6 +157,21 @@ def _plan_order_class(traversal_order: type) -> type:
     return PlanOrder
 
 
+def loader_workers(num_workers: int) -> int:
+    """ffcv's decoding threads: ``num_workers`` when given, else this process's torch thread count, which is its
+    share of the cores when it is one of several (the executor's slots and ``--nproc`` ranks set OMP_NUM_THREADS);
+    one thread per core in each of 8 packed runs or DDP ranks would oversubscribe the host 8 times."""
+    return num_workers or torch.get_num_threads()
+
+
+def non_blocking_from(buffer: torch.Tensor, device: torch.device) -> bool:
+    """Whether a copy of ffcv's batch ``buffer`` (recycled for a later batch) to ``device`` may be ``non_blocking``:
+    to a GPU from pageable memory, yes. CUDA stages a pageable source before ``cudaMemcpyAsync`` returns, so ffcv
+    may reuse the buffer at once, and the host skips the stream synchronisation of a blocking copy, which waits
+    for all the GPU's queued work. A page-locked source is read later by the DMA, so it is copied blocking."""
+    return device.type == "cuda" and not buffer.is_pinned()
+
+
 class FfcvBatches:
     """One epoch of an ffcv ``Loader`` read in ``plan``'s order, augmented as the plan says, on ``device``."""
 
@@ -179,11 +194,11 @@ class FfcvBatches:
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 # ffcv recycles its batch buffers: everything kept is copied first.
-                index = index.view(-1).to(device, copy=True)
-                padded = pad_images(images.to(device), padding)
+                index = index.view(-1).to(device, copy=True, non_blocking=non_blocking_from(index, device))
+                padded = pad_images(images.to(device, non_blocking=non_blocking_from(images, device)), padding)
                 positions = torch.arange(len(index), device=device)
                 batch: Batch = (crop_flip_normalise(padded, positions, offsets[index], flips[index], padding, table),
-                                labels.view(-1).to(device, copy=True), index)
+                                labels.view(-1).to(device, copy=True, non_blocking=non_blocking_from(labels, device)), index)
                 if strong is not None:
                     batch += (next(strong).to(device, non_blocking=True),)
                 yield batch
@@ -226,7 +241,7 @@ class FfcvLoaders:
         self.ffcv = import_ffcv()
         check_meta(directory, arrays.name, fingerprint(arrays), len(arrays.x_train))
         self.arrays, self.device, self.directory, self.num_workers = arrays, device, directory, num_workers
-        self.ffcv_workers = num_workers or os.cpu_count() or 1
+        self.ffcv_workers = loader_workers(num_workers)
         self.table = normalisation_table(arrays.mean, arrays.std).to(device)
         self._loaders: dict[tuple[str, int, bool], Any] = {}
 
@@ -248,7 +263,8 @@ class FfcvLoaders:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
         plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
         plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
-        views = strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last) if strong else None
+        views = (strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last,
+                               pin_memory=self.device.type == "cuda") if strong else None)
         return FfcvBatches(self, self._loader("train", batch_size, drop_last), plan, views)
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> FfcvBatches:

@@ -61,12 +61,14 @@ def shard_batches(order: np.ndarray, batch_size: int, shard: Shard, drop_last: b
 
 
 class FolderLoaders:
-    """Train and test batches of a ``FolderDataset``, decoded by DataLoader workers (the ``torch`` kind)."""
+    """Train and test batches of a ``FolderDataset``, decoded by DataLoader workers (the ``torch`` kind);
+    ``pin_memory`` (a CUDA run): batches in page-locked memory, so the loop's ``non_blocking`` copies are
+    asynchronous."""
 
     kind = "torch"
 
-    def __init__(self, dataset: FolderDataset, num_workers: int = 0) -> None:
-        self.dataset, self.num_workers = dataset, num_workers
+    def __init__(self, dataset: FolderDataset, num_workers: int = 0, pin_memory: bool = False) -> None:
+        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
 
     def train(
         self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False,
@@ -85,7 +87,7 @@ class FolderLoaders:
         return self._loader(FolderImages(self.dataset, "test"), shard_batches(order, batch_size, shard, False, train=False))
 
     def _loader(self, images: FolderImages, batches: list[list[int]]) -> DataLoader[Batch]:
-        return DataLoader(images, batch_sampler=batches, num_workers=self.num_workers,
+        return DataLoader(images, batch_sampler=batches, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           generator=torch.Generator())  # the loader's own seed draw must not touch the global RNG
 
 

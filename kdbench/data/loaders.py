@@ -78,23 +78,27 @@ def train_loader(
     drop_last: bool = False,
     strong: bool = False,
     shard: Shard = WHOLE,
+    pin_memory: bool = False,
 ) -> DataLoader[Batch]:
     """Shuffled, augmented (pad-4 crop + flip) train batches of one epoch, fixed by (seed, epoch) alone.
 
     ``strong=True`` appends a fourth element: an independent strong view of each image (MLKD).
     ``shard=(rank, world)``: only that rank's slice of every global batch (``data/shard.py``).
+    ``pin_memory``: batches in page-locked memory, so that the loop's ``non_blocking`` copies to a GPU are
+    asynchronous (from pageable memory the host waits for each copy).
     """
     plan = epoch_plan(len(arrays.x_train), seed, epoch, augment=augment)
     plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
     dataset = PlannedImages(arrays.x_train, arrays.y_train, plan, arrays.mean, arrays.std, (seed, epoch) if strong else None)
-    return _loader(dataset, plan, batch_size, num_workers, drop_last)
+    return _loader(dataset, plan, batch_size, num_workers, drop_last, pin_memory)
 
 
-def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0, shard: Shard = WHOLE) -> DataLoader[Batch]:
+def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0, shard: Shard = WHOLE,
+                pin_memory: bool = False) -> DataLoader[Batch]:
     """Test batches in file order, normalised, with no augmentation (``shard``: one rank's slices)."""
     plan, batch_size, _ = shard_plan(identity_plan(len(arrays.x_test)), batch_size, shard, False, train=False)
     dataset = PlannedImages(arrays.x_test, arrays.y_test, plan, arrays.mean, arrays.std)
-    return _loader(dataset, plan, batch_size, num_workers, drop_last=False)
+    return _loader(dataset, plan, batch_size, num_workers, drop_last=False, pin_memory=pin_memory)
 
 
 def identity_plan(num_samples: int) -> EpochPlan:
@@ -103,30 +107,33 @@ def identity_plan(num_samples: int) -> EpochPlan:
 
 
 def strong_loader(
-    arrays: ImageArrays, plan: EpochPlan, batch_size: int, seed: int, epoch: int, num_workers: int, drop_last: bool
+    arrays: ImageArrays, plan: EpochPlan, batch_size: int, seed: int, epoch: int, num_workers: int, drop_last: bool,
+    pin_memory: bool = False,
 ) -> DataLoader[torch.Tensor]:
     """Batches of MLKD's strong views of the train split, in ``plan``'s order (what ``train_loader`` appends)."""
     views = StrongViews(arrays.x_train, _channel_tensor(arrays.mean), _channel_tensor(arrays.std), seed, epoch, plan.padding)
-    return _loader(views, plan, batch_size, num_workers, drop_last)
+    return _loader(views, plan, batch_size, num_workers, drop_last, pin_memory)
 
 
 class TorchLoaders:
-    """The reference loaders behind the interface every loader kind shares (see ``data/select.py``)."""
+    """The reference loaders behind the interface every loader kind shares (see ``data/select.py``);
+    ``pin_memory`` for a CUDA run (see ``train_loader``)."""
 
     kind = "torch"
 
-    def __init__(self, arrays: ImageArrays, num_workers: int = 0) -> None:
-        self.arrays, self.num_workers = arrays, num_workers
+    def __init__(self, arrays: ImageArrays, num_workers: int = 0, pin_memory: bool = False) -> None:
+        self.arrays, self.num_workers, self.pin_memory = arrays, num_workers, pin_memory
 
     def train(
         self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
         shard: Shard = WHOLE,
     ) -> DataLoader[Batch]:
         return train_loader(self.arrays, batch_size, seed=seed, epoch=epoch, augment=augment,
-                            num_workers=self.num_workers, drop_last=drop_last, strong=strong, shard=shard)
+                            num_workers=self.num_workers, drop_last=drop_last, strong=strong, shard=shard,
+                            pin_memory=self.pin_memory)
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> DataLoader[Batch]:
-        return test_loader(self.arrays, batch_size, num_workers=self.num_workers, shard=shard)
+        return test_loader(self.arrays, batch_size, num_workers=self.num_workers, shard=shard, pin_memory=self.pin_memory)
 
 
 def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
@@ -134,7 +141,7 @@ def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
 
 
 def _loader(
-    dataset: Dataset, plan: EpochPlan, batch_size: int, num_workers: int, drop_last: bool
+    dataset: Dataset, plan: EpochPlan, batch_size: int, num_workers: int, drop_last: bool, pin_memory: bool = False
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -142,5 +149,6 @@ def _loader(
         sampler=plan.order.tolist(),
         num_workers=num_workers,
         drop_last=drop_last,
+        pin_memory=pin_memory,
         generator=torch.Generator(),  # the loader's own seed draw must not touch the global RNG
     )

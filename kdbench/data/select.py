@@ -69,7 +69,7 @@ def make_loaders(
             kind = "tensor"
     if kind == "tensor":
         return TensorLoaders(arrays, device, num_workers)
-    return TorchLoaders(arrays, num_workers)
+    return TorchLoaders(arrays, num_workers, pin_memory=device.type == "cuda")
 
 
 def _folder_loaders(
@@ -91,7 +91,7 @@ def _folder_loaders(
         except ffcv_loader.FfcvUnavailable as exc:
             report = log.info if kind == "auto" else log.warning
             report("loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s", kind, dataset.name, exc)
-    return FolderLoaders(dataset, num_workers)
+    return FolderLoaders(dataset, num_workers, pin_memory=device.type == "cuda")
 
 
 def _fits_on(device: torch.device, arrays: ImageArrays) -> bool:

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.distributed import is_rank_variable
 from kdbench.errors import KdbenchError
 from kdbench.execute import children
 from kdbench.execute.slots import Slot, SlotPool
@@ -49,31 +50,68 @@ class Outcome:
 
 
 def detect_slots(device: str = "auto", runs_per_gpu: int | Literal["auto"] = 1, cpu_jobs: int = 1,
-                 specs: Iterable[RunSpec] = ()) -> list[Slot]:
+                 specs: Iterable[RunSpec] = (), teacher_cache: str = "auto") -> list[Slot]:
     """One slot per visible GPU × ``runs_per_gpu`` (``auto``: as many of the largest of ``specs`` as fit in
-    each GPU's free memory, execute/packing.py); without GPUs (or with ``--device cpu``) ``cpu_jobs`` CPU
-    slots that share the cores (each run gets cores / cpu_jobs threads) and glibc malloc settings that
-    keep activation buffers mapped (specs/performance.md §5; values already in the environment win)."""
+    each GPU's free memory, execute/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
+    (or with ``--device cpu``) ``cpu_jobs`` CPU slots that share the cores, and glibc malloc settings that
+    keep activation buffers mapped (README, Fast path). Each slot's CUDA_VISIBLE_DEVICES names its GPU
+    as the child must see it (execute/gpus.py), and every slot of several gets cores / slots CPU threads
+    (:func:`thread_env`). Values already in the environment win."""
     import torch
 
+    from kdbench.execute.gpus import free_memory, visible_gpus
+
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        threads = str(max(1, (os.cpu_count() or 1) // cpu_jobs))
+        threads = thread_env(cpu_jobs) if cpu_jobs > 1 else {}
         malloc = {k: v for k, v in CPU_MALLOC_ENV.items() if k not in os.environ}
-        return [Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {**malloc, **({"OMP_NUM_THREADS": threads} if cpu_jobs > 1 else {})})
-                for k in range(cpu_jobs)]
+        return [Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {**malloc, **threads}) for k in range(cpu_jobs)]
+    gpus = visible_gpus(torch.cuda.device_count())
+    if not gpus:
+        raise KdbenchError(f"--device {device} but no GPU is visible (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): make GPUs visible or pass --device cpu.")
     if device.startswith("cuda:"):
-        gpus = [device.split(":", 1)[1]]
-    else:
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        index = int(device.split(":", 1)[1])
+        if not 0 <= index < len(gpus):
+            raise KdbenchError(f"--device {device}: this process sees {len(gpus)} GPU(s), cuda:0 to cuda:{len(gpus) - 1}.")
+        gpus = [gpus[index]]
     if runs_per_gpu == "auto":
         from kdbench.execute.packing import auto_runs_per_gpu
 
         specs = list(specs)
-        per_gpu = {g: auto_runs_per_gpu(specs, int(g)) for g in gpus}
+        free = free_memory(gpus)
+        per_gpu = {g.label: auto_runs_per_gpu(specs, free[g.label], teacher_cache) for g in gpus}
     else:
-        per_gpu = dict.fromkeys(gpus, runs_per_gpu)
-    return [Slot(f"gpu{g}" + (f".{k}" if per_gpu[g] > 1 else ""), {"CUDA_VISIBLE_DEVICES": g})
-            for g in gpus for k in range(per_gpu[g])]
+        per_gpu = {g.label: runs_per_gpu for g in gpus}
+    threads = thread_env(sum(per_gpu.values()))
+    return [Slot(g.name + (f".{k}" if per_gpu[g.label] > 1 else ""), {"CUDA_VISIBLE_DEVICES": g.label, **threads})
+            for g in gpus for k in range(per_gpu[g.label])]
+
+
+# The thread pools a training process sizes from the environment: OpenMP and MKL (torch's intra-op threads
+# follow OMP_NUM_THREADS at start) and Inductor's compile workers (else min(32, cores) each).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a SLURM allocation's or taskset's), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_env(slots: int) -> dict[str, str]:
+    """Each of ``slots`` concurrent runs gets usable cores / slots threads (at least 1), so that 8 runs packed on
+    a GPU do not each start a pool per core; a variable the user set is left as it is."""
+    threads = str(max(1, usable_cores() // max(1, slots)))
+    return {k: threads for k in THREAD_VARIABLES if k not in os.environ}
+
+
+def child_environment(slot: Slot, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment a slot's process starts with: this one's without the rank variables of an enclosing
+    srun/sbatch step or torchrun job (``distributed.RANK_VARIABLES``: a child that inherited them would join a
+    process group that never forms and wait KDBENCH_DIST_TIMEOUT), plus the slot's own variables."""
+    return {**{k: v for k, v in environ.items() if not is_rank_variable(k)}, **slot.env}
 
 
 def slot_device(slot: Slot) -> str:
@@ -134,7 +172,7 @@ class ProcessPerRun:
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> subprocess.Popen:
         with open(spec_file.parent / "executor.log", "ab") as log:
-            proc = children.spawn(self.command(spec_file, results, slot), {**os.environ, **slot.env}, stdout=log,
+            proc = children.spawn(self.command(spec_file, results, slot), child_environment(slot), stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.started.append(proc)
         return proc
@@ -153,7 +191,7 @@ class _Worker:
         self.slot = slot
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.proc = children.spawn([sys.executable, "-m", "kdbench", "worker"], {**os.environ, **slot.env},
+            self.proc = children.spawn([sys.executable, "-m", "kdbench", "worker"], child_environment(slot),
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         self.log_path = log_path
         self.busy = False  # a run sent and not yet answered

@@ -7,11 +7,18 @@ so several processes per GPU raise throughput. The estimate per run, in bytes:
   +  4·P_teacher  (frozen fp32 weights)
   +  8·B·A_student (fp32 activations kept for backward, and as much again for their gradients)
   +  4·B·A_teacher (the teacher's transient fp32 activations)
-  +  CONTEXT_BYTES (CUDA context, allocator caching and fragmentation)
+  +  dataset       (in-memory datasets: the tensor loader's resident uint8 splits, train padded by 4)
+  +  teacher cache (a cacheable method's epoch logits, N·C·4, unless --teacher-cache off; the whole table,
+                   N·(2p+1)²·2·C·4, stays in host memory, shared by the runs: teacher_cache.py)
+  +  method state  (per-sample state: CRD's two N·D fp32 memory banks and its B·N sampling keys, mask and scores)
+  +  CONTEXT_BYTES + WORKSPACE_BYTES (CUDA context and allocator caching; cuDNN/cuBLAS and Inductor workspaces)
 
 with P the parameter counts, B the batch size and A the activation elements one image writes in a
-forward pass (counted on the meta device). Runs per GPU = ⌊USABLE_SHARE · free memory / max run⌋,
-clamped to [1, MAX_RUNS_PER_GPU]. bf16 halves the activations; the estimate ignores it on purpose.
+forward pass (counted on the meta device). The dataset and the cache are counted whenever the run may
+hold them on the GPU: a process decides on the dataset alone at load time against the memory it sees free
+then (``data/select.py``), and packed runs that start together all see an empty GPU.
+Runs per GPU = ⌊USABLE_SHARE · free memory / max run⌋, clamped to [1, MAX_RUNS_PER_GPU]. bf16 halves the
+activations; the estimate ignores it on purpose.
 """
 
 from __future__ import annotations
@@ -23,25 +30,33 @@ import torch
 from torch import nn
 
 CONTEXT_BYTES = 1 << 30
+WORKSPACE_BYTES = 1 << 29
 USABLE_SHARE = 0.8
 MAX_RUNS_PER_GPU = 8
+# CRD's per-step transients per (sample, training image) pair: float64 sampling keys (8), the other-class
+# mask (1), and the (B, N) scores of both anchors with their gradients (2 · (4 + 4)); methods/crd.py.
+SAMPLE_PAIR_BYTES = 8 + 1 + 2 * (4 + 4)
 
 
 @dataclass(frozen=True)
 class Footprint:
-    """What one run keeps on the GPU, in parameters and activation elements per image."""
+    """What one run keeps on the GPU: parameters, activation elements per image, and resident buffers in bytes."""
 
     student_params: int
     teacher_params: int
     student_activations: int
     teacher_activations: int
     batch_size: int
+    dataset_bytes: int = 0
+    teacher_cache_bytes: int = 0
+    method_bytes: int = 0
 
 
 def run_bytes(fp: Footprint) -> int:
     """The conservative GPU memory estimate of one run (formula in the module docstring)."""
     return (16 * fp.student_params + 4 * fp.teacher_params
-            + fp.batch_size * (8 * fp.student_activations + 4 * fp.teacher_activations) + CONTEXT_BYTES)
+            + fp.batch_size * (8 * fp.student_activations + 4 * fp.teacher_activations)
+            + fp.dataset_bytes + fp.teacher_cache_bytes + fp.method_bytes + CONTEXT_BYTES + WORKSPACE_BYTES)
 
 
 def runs_per_gpu(free_bytes: int, per_run_bytes: int, max_runs: int = MAX_RUNS_PER_GPU) -> int:
@@ -72,17 +87,31 @@ def model_size(name: str, num_classes: int, image_size: int) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), elements
 
 
-def footprint(spec) -> Footprint:
-    """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec`."""
-    from kdbench.cost import network_geometry
+def footprint(spec, teacher_cache: str = "auto") -> Footprint:
+    """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec` trained with ``--teacher-cache teacher_cache``."""
+    from kdbench import methods
+    from kdbench.cost import dataset_sizes, network_geometry
+    from kdbench.data.registry import FOLDER_DATASETS
+    from kdbench.data.tensor_loader import TRAIN_PADDING
 
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
     teacher = model_size(spec.teacher.model, classes, size) if spec.teacher is not None else (0, 0)
-    return Footprint(student[0], teacher[0], student[1], teacher[1], spec.train.batch_size)
+    sizes = None if spec.data.name in FOLDER_DATASETS else dataset_sizes(spec.data)  # image folders stay on the host
+    dataset = cache = state = 0
+    if sizes is not None:
+        train, test = sizes
+        dataset = train * 3 * (size + 2 * TRAIN_PADDING) ** 2 + test * 3 * size ** 2
+        method = methods.get(spec.method)
+        if teacher_cache != "off" and spec.teacher is not None and method.needs.cacheable_teacher:
+            cache = 4 * train * classes
+        if method.needs.sample_indices:
+            dim = getattr(method.Params(**spec.method_params), "feat_dim", 0)
+            state = 2 * 4 * train * dim + spec.train.batch_size * train * SAMPLE_PAIR_BYTES
+    return Footprint(student[0], teacher[0], student[1], teacher[1], spec.train.batch_size, dataset, cache, state)
 
 
-def auto_runs_per_gpu(specs: Iterable, gpu: int) -> int:
-    """Runs per GPU ``gpu`` for ``specs``: sized for the largest run, from the GPU's free memory now."""
-    largest = max((run_bytes(footprint(s)) for s in specs), default=CONTEXT_BYTES)
-    return runs_per_gpu(torch.cuda.mem_get_info(gpu)[0], largest)
+def auto_runs_per_gpu(specs: Iterable, free_bytes: int, teacher_cache: str = "auto") -> int:
+    """Runs per GPU with ``free_bytes`` free (``execute/gpus.py`` reads it) for ``specs``: sized for the largest run."""
+    largest = max((run_bytes(footprint(s, teacher_cache)) for s in specs), default=CONTEXT_BYTES)
+    return runs_per_gpu(free_bytes, largest)
