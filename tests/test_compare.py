@@ -228,3 +228,13 @@ def test_bad_margin_and_alpha_are_errors(results):
         compare(results, margin=0.0)
     with pytest.raises(KdbenchError, match="--alpha"):
         compare(results, alpha=0.5)
+
+
+def test_cli_margin_reaches_the_csv_and_the_header(results):
+    out = kdbench("compare", str(results), "--margin", "0.25", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(out.stdout))}
+    assert rows[("Student", "a")]["margin"] == "0.2500" and rows[("Student", "a")]["verdict"] == "inconclusive"
+    assert "margin δ = 0.25" in kdbench("compare", str(results), "--margin", "0.25", "--format", "markdown").stdout
+    bad = kdbench("compare", str(results), "--margin", "-1")
+    assert bad.returncode == 2 and "--margin -1" in bad.stderr

@@ -71,7 +71,7 @@ def delta_text(cell: pd.Series) -> str:
     return "" if math.isnan(cell["delta"]) else f"{cell['delta']:+.2f}"
 
 
-def verdict_text(cell: pd.Series, alpha: float = 0.05) -> str:
+def verdict_text(cell: pd.Series, alpha: float) -> str:
     """'✓ reproduced [-0.07, +0.47]', '? inconclusive [-8.34, +4.34]; ≈9 trials settle it' etc.: the verdict and the
     (1 − 2α) interval of ours − paper; empty where there is no verdict (nothing run, no published number)."""
     mark = VERDICT_MARKS.get(cell["verdict"])
