@@ -618,6 +618,43 @@ def bench(
 
 
 @app.command()
+def doctor(
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    budget_s: Annotated[float, typer.Option("--budget-s", min=1.0, help="Time budget in seconds; checks left when it is spent are reported as skipped.")] = 420.0,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes (the CPU/CI check, about a minute on a CPU).")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the environment and every check to this JSON file.")] = None,
+) -> None:
+    """Check this machine: the environment, then every path that differs on the device (first thing to run on a GPU)."""
+    import json
+
+    from kdbench import doctor as doctoring
+    from kdbench import train as training
+
+    try:
+        resolved = training.resolve_device(device)
+    except KdbenchError as exc:
+        _fail(exc)
+    marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]skip[/]"}
+
+    def show(check: "doctoring.Check") -> None:
+        console.print(f"{marks[check.status]}  {check.name}: {check.figure} ({check.seconds:.1f} s)"
+                      + (f"\n      {check.detail}" if check.detail else ""), highlight=False)
+
+    env = doctoring.environment(resolved)
+    for key, value in env.items():
+        console.print(f"{key}: {value}", highlight=False)
+    report = doctoring.run(resolved, budget_s, quick, on_check=show)
+    counts = report.counts()
+    console.print(f"doctor: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
+                  f"(budget {budget_s:.0f} s)", highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        err.print(f"wrote {json_out}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def fidelity(
     data: Annotated[str, typer.Option("--data", help="Real images: an .npz file, absolute or under --data-dir / $KDBENCH_DATA.")] = "cifar10-jpeg-q75-20k.npz",
     data_dir: DataDirOpt = None,
