@@ -218,3 +218,10 @@ def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
     history = [{"epoch": 1, "images_per_s": 100.0}, {"epoch": 2, "images_per_s": 1000.0}, {"epoch": 3, "images_per_s": 1200.0}]
     assert train._steady_images_per_s(history) == 1100.0
     assert train._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else
+
+
+def test_the_executor_passes_the_compile_mode_on():
+    from kdbench.execute.local import compute_flags
+
+    assert compute_flags(ComputeOptions(compile=True, compile_mode="reduce-overhead"))[-2:] == ["--compile-mode", "reduce-overhead"]
+    assert "--compile-mode" not in compute_flags(ComputeOptions())
