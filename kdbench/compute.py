@@ -15,13 +15,13 @@ and every fallback is recorded, so ``result.json``'s ``compiled`` is true only f
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
-import torch._functorch.config
 from torch import nn
 
 from kdbench.errors import KdbenchError
@@ -129,19 +129,18 @@ class Compute:
             torch.compiler.cudagraph_mark_step_begin()
 
 
-def _compile_errors() -> tuple[type[BaseException], ...]:
+@functools.cache
+def compile_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the compiler failed" in torch 2.13: dynamo's (``BackendCompilerFailed``, which wraps
     Inductor's ``InductorError``; ``Unsupported`` for a graph break under ``fullgraph``; ...), the hard failure at
     the recompile limit, and Inductor's own (lowering, C++/CUDA compile, missing Triton)."""
+    # imported here, not at module level: importing dynamo would cost every command, compiling or not
     import torch._dynamo.exc as dynamo_exc
     import torch._inductor.exc as inductor_exc
 
     return (dynamo_exc.TorchDynamoException, dynamo_exc.FailOnRecompileLimitHit, inductor_exc.OperatorIssue,
             inductor_exc.SubgraphLoweringException, inductor_exc.InvalidCxxCompiler, inductor_exc.CppWrapperCodegenError,
             inductor_exc.CppCompileError)
-
-
-COMPILE_ERRORS = _compile_errors()
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -161,7 +160,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def is_compile_failure(exc: BaseException) -> bool:
     """A compiler error that eager mode would not have: the network can go on eagerly."""
-    return isinstance(exc, COMPILE_ERRORS) and not _out_of_memory(exc)
+    return isinstance(exc, compile_errors()) and not _out_of_memory(exc)
 
 
 def _summary(exc: BaseException) -> str:
@@ -177,7 +176,7 @@ class CompiledOrEager:
     """``fn`` through ``torch.compile``; if the compiler fails, a logged warning and ``fn`` in eager mode from then on.
 
     Compilation is lazy (at the first call of each input shape and mode), so the fallback wraps every call. Only
-    ``COMPILE_ERRORS`` fall back: an out-of-memory error or any other runtime error propagates. The backward graph
+    ``compile_errors()`` fall back: an out-of-memory error or any other runtime error propagates. The backward graph
     is compiled together with the forward (``force_non_lazy_backward_lowering``), so a failure to compile it falls
     back here too instead of being raised from ``loss.backward()`` (``first_step`` covers what is still lazy).
     ``fullgraph=True`` turns a graph break, and the recompile limit, into errors: a network never runs partly or
@@ -191,6 +190,8 @@ class CompiledOrEager:
         self.proven = False  # a first training step (forward and backward) ran compiled
         # Compile each backward graph with its forward, inside the fallback below (a process-wide switch: patching
         # it around every call would cost tens of microseconds per call).
+        import torch._functorch.config
+
         torch._functorch.config.force_non_lazy_backward_lowering = True
         self.compiled: Callable[..., Any] | None = torch.compile(
             fn, fullgraph=True, dynamic=False, backend=BACKEND, mode=None if mode == "default" else mode,
@@ -201,7 +202,7 @@ class CompiledOrEager:
             return self.eager(*args, **kwargs)
         try:
             return self.compiled(*args, **kwargs)
-        except COMPILE_ERRORS as exc:
+        except compile_errors() as exc:
             if _out_of_memory(exc):
                 raise
             self.fall_back(exc)
@@ -255,7 +256,7 @@ def first_step(networks: list[nn.Module], state: nn.Module, run: Callable[[], T]
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         out = run()
-    except COMPILE_ERRORS as exc:
+    except compile_errors() as exc:
         if _out_of_memory(exc):
             raise
         for w in wrappers(networks):
