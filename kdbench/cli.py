@@ -59,6 +59,7 @@ LoaderOpt = Annotated[str, typer.Option("--loader", help=(
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
 ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
+CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="default, or reduce-overhead: CUDA graphs over the compiled networks (CUDA and --compile only; off by default until measured: kdbench doctor times it on a GPU).")]
 TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="Logit-only methods (kd, dkd, dist, ...) can look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache. auto: when it exists, or when the run has at least 162 epochs (it then pays for itself); on: always; off: run the teacher every step.")]
 
 
@@ -74,10 +75,12 @@ def _check_loader(loader: str) -> None:
 
     if loader not in LOADER_KINDS:
         raise KdbenchError(f"unknown loader {loader!r}; choose one of {', '.join(LOADER_KINDS)}.")
-def _compute(precision: str, channels_last: bool | None, compile_: bool | None, teacher_cache: str):
+def _compute(precision: str, channels_last: bool | None, compile_: bool | None, teacher_cache: str,
+             compile_mode: str = "default"):
     from kdbench.compute import ComputeOptions
 
-    return ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_, teacher_cache=teacher_cache)
+    return ComputeOptions(precision=precision, channels_last=channels_last, compile=compile_, teacher_cache=teacher_cache,
+                          compile_mode=compile_mode)
 
 
 def _runs_per_gpu(value: str):
@@ -117,6 +120,7 @@ def reproduce(
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
+    compile_mode: CompileModeOpt = "default",
     teacher_cache: TeacherCacheOpt = "auto",
     executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs or CPU) or slurm (one job per run, a job array per cell's trials; needs pip install 'kdbench[slurm]').")] = "local",
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition.")] = None,
@@ -151,7 +155,7 @@ def reproduce(
         if dry_run:
             _print_plan(table_plan, results, data_dir)
             return
-        compute = _compute(precision, channels_last, compile_, teacher_cache)
+        compute = _compute(precision, channels_last, compile_, teacher_cache, compile_mode)
         if executor not in ("local", "slurm"):
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
         _prepare_data(table_plan, results, data_dir)
@@ -538,6 +542,7 @@ def train(
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
+    compile_mode: CompileModeOpt = "default",
     teacher_cache: TeacherCacheOpt = "auto",
     nproc: Annotated[int, typer.Option("--nproc", min=1, help=(
         "Train the run as N DDP processes on this machine (one per GPU; gloo on CPU). The global batch stays the "
@@ -561,11 +566,11 @@ def train(
                        "--precision", precision, "--teacher-cache", teacher_cache, *(["--data-dir", data_dir] if data_dir else []),
                        *([] if channels_last is None else ["--channels-last" if channels_last else "--no-channels-last"]),
                        *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"]),
-                       *(["--slot", slot] if slot else [])]
+                       "--compile-mode", compile_mode, *(["--slot", slot] if slot else [])]
             _train_processes(spec, run_spec.run_id, results, nproc, options)
             return  # rank 0 printed the run's line
         result = training.run(run_spec, results, device=device, data_dir=data_dir, num_workers=workers,
-                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache), slot=slot)
+                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode), slot=slot)
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)
@@ -632,6 +637,7 @@ def bench(
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
+    compile_mode: CompileModeOpt = "default",
     teacher_cache: TeacherCacheOpt = "auto",
     peak: Annotated[float | None, typer.Option("--peak", min=0.0, help="The device's peak in TFLOP/s, to report the fraction reached (known: H100/H200 bf16).")] = None,
     results: ResultsOpt = Path("results"),
@@ -648,7 +654,7 @@ def bench(
     try:
         config = BenchConfig(teacher=teacher, student=student, method=method, batch_size=batch_size, steps=steps,
                              rounds=rounds, warmup=warmup, images=images, data=data, data_dir=data_dir, num_workers=workers,
-                             device=device, compute=_compute(precision, channels_last, compile_, teacher_cache),
+                             device=device, compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode),
                              peak=peak * 1e12 if peak is not None else None, results=results)
         report = measure(config, show_progress=err.is_terminal,
                          on_round=lambda r, a, b: err.print(f"round {r}/{rounds}: kdbench {a:,.1f} img/s, reference {b:,.1f} img/s"))
@@ -672,6 +678,43 @@ def bench(
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         err.print(f"wrote {json_out}")
+
+
+@app.command()
+def doctor(
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    budget_s: Annotated[float, typer.Option("--budget-s", min=1.0, help="Time budget in seconds; checks left when it is spent are reported as skipped.")] = 420.0,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes (the CPU/CI check, about a minute on a CPU).")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the environment and every check to this JSON file.")] = None,
+) -> None:
+    """Check this machine: the environment, then every path that differs on the device (first thing to run on a GPU)."""
+    import json
+
+    from kdbench import doctor as doctoring
+    from kdbench import train as training
+
+    try:
+        resolved = training.resolve_device(device)
+    except KdbenchError as exc:
+        _fail(exc)
+    marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]skip[/]"}
+
+    def show(check: "doctoring.Check") -> None:
+        console.print(f"{marks[check.status]}  {check.name}: {check.figure} ({check.seconds:.1f} s)"
+                      + (f"\n      {check.detail}" if check.detail else ""), highlight=False)
+
+    env = doctoring.environment(resolved)
+    for key, value in env.items():
+        console.print(f"{key}: {value}", highlight=False)
+    report = doctoring.run(resolved, budget_s, quick, on_check=show)
+    counts = report.counts()
+    console.print(f"doctor: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
+                  f"(budget {budget_s:.0f} s)", highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        err.print(f"wrote {json_out}")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

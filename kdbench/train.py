@@ -32,7 +32,7 @@ from kdbench import (
     models,
     teacher_cache,
 )
-from kdbench.compute import Compute, ComputeOptions, compiled_active, device_name
+from kdbench.compute import Compute, ComputeOptions, compile_fallbacks, compiled_active, device_name, first_step
 from kdbench.data.identity import verify_content
 from kdbench.data.shard import global_batch_sizes
 from kdbench.distributed import SINGLE, Group
@@ -199,7 +199,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
         emulate_per_gpu_batchnorm(distiller, spec.train.batch_size // group.world // spec.train.bn_chunk)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
-    compute = options.resolve(device)
+    compute = options.resolve(device, train_steps=spec.train.epochs * math.ceil(len(arrays.y_train) / spec.train.batch_size))
     networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
     compute.prepare(networks)
     cache, cache_seconds = _teacher_cache(spec, method, distiller, arrays, results, device, compute, show_progress)
@@ -265,7 +265,8 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
                      test_stats["test_top1"], test_stats["test_top5"])
     result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group)
     result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
-                         "compiled": compiled_active(networks) if compute.compile else False, "requested": options.to_json()}
+                         "compiled": compiled_active(networks) if compute.compile else False,
+                         "compile_fallbacks": compile_fallbacks(networks), "requested": options.to_json()}
     if group.is_main:
         rundir.save_torch(rundir.model_file, distiller.inference_state())
         rundir.write_result(result)  # last: its presence means "done"
@@ -415,11 +416,17 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
         images = compute.images(images.to(device, non_blocking=True))
         targets = targets.to(device, non_blocking=True)
         strong_images = compute.images(strong[0].to(device, non_blocking=True)) if strong else None
-        with compute.autocast(device):
-            logits, terms = step(images, targets, epoch, indices.to(device, non_blocking=True), strong_images, **cached)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        compute.step_begin()
+
+        def forward_backward() -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+            with compute.autocast(device):
+                logits, terms = step(images, targets, epoch, indices.to(device, non_blocking=True), strong_images, **cached)
+            optimizer.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            return logits, terms
+
+        # The first compiled step proves that the lazily compiled backward works too (else: eager, recorded).
+        logits, terms = first_step([distiller.student, distiller.teacher], distiller, forward_backward)
         if group.active:
             assert global_sizes is not None
             group.average_gradients((p for g in optimizer.param_groups for p in g["params"]), targets.numel() / global_sizes[steps])
@@ -497,13 +504,20 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         "seed": spec.seed, "epochs": len(history),
         "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": best["epoch"],
         "last_top1": last["test_top1"], "last_top5": last["test_top5"],
-        "train_images_per_s": sum(h.get("images_per_s", 0.0) for h in history) / len(history),
+        "train_images_per_s": _steady_images_per_s(history),
         "wall_seconds": seconds, "device": str(device),
         "device_name": device_name(device),
         # Not in the spec: results depend on it only through per-process BatchNorm statistics.
         "world_size": group.world,
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
     }
+
+
+def _steady_images_per_s(history: list[dict[str, Any]]) -> float:
+    """Mean training images/s over the epochs after the first: epoch 1 also pays for compiling (and cold caches),
+    which would make short runs look slow to the cost estimates (``kdbench show``, cost.py). A one-epoch run keeps it."""
+    steady = [h for h in history if h.get("epoch") != 1] or history
+    return sum(h.get("images_per_s", 0.0) for h in steady) / len(steady)
 
 
 def _record_launch(rundir: RunDir, slot: str) -> None:

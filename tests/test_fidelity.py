@@ -18,7 +18,9 @@ from test_fast_path import (
 )
 from typer.testing import CliRunner
 
-from kdbench import methods
+from torch._inductor.exc import InvalidCxxCompiler
+
+from kdbench import compute, methods
 from kdbench.cli import app
 from kdbench.compute import ComputeOptions
 from kdbench.errors import KdbenchError
@@ -153,12 +155,10 @@ def test_fidelity_names_the_missing_data_file_and_the_unknown_mode(tmp_path: Pat
 
 
 def test_the_gate_says_when_compile_fell_back_to_eager(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def broken_compile(fn):
-        def compiled(*args, **kwargs):
-            raise RuntimeError("no C++ compiler found")
-        return compiled
+    def no_compiler(gm, example_inputs):
+        raise InvalidCxxCompiler()
 
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(compute, "BACKEND", no_compiler)
     report = run_gate(FidelityConfig(data_dir=str(shared_data), train_fraction=0.005, test_fraction=0.01, teacher_epochs=1,
                                      epochs=1, seeds=1, modes=("compile",), results=tmp_path))
     compiled = report.modes[1]

@@ -7,6 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from PIL import Image
 
 from kdbench import data
@@ -128,3 +130,36 @@ def test_cutout_box_is_filled_corners_included():
     out = strong_batched.cutout(x, [(0, 0, 0, 0), (6, 5, 8, 8)])
     assert (out[0, :, 0, 0] == torch.tensor(CUTOUT_FILL, dtype=torch.uint8)).all() and int((out[0, 0] > 0).sum()) == 1
     assert int((out[1, 0] > 0).sum()) == 2 * 3  # columns 6-7, rows 5-7: clipped at the image's edge
+
+
+class _HostTraffic(TorchDispatchMode):
+    """Counts what would stall a GPU stream: reads of device values on the host (``.item()``, ``bool(t)``) and
+    copies of host data to the device (here the "meta" device, which has no values to read at all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads, self.copies = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        outputs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        elif func is torch.ops.aten.lift_fresh.default and any(o.device.type == "meta" for o in outputs):
+            self.copies += 1  # torch.tensor(host values, device=...)
+        elif any(i.device.type == "cpu" for i in inputs) and any(o.device.type == "meta" for o in outputs):
+            self.copies += 1
+        return out
+
+
+def test_a_batch_of_strong_views_sends_its_numbers_in_one_copy_and_reads_nothing_back(images):
+    """One batch of 64 strong views draws ~14 ops in each of 2 slots: it used to make about 30 blocking host-to-device
+    copies (each a stream sync on CUDA); now the batch's numbers travel in one copy, and nothing is read back."""
+    decisions = strong_batched.draws(3, 7, range(64), 32, 32, 4)
+    x = torch.from_numpy(images[:1]).permute(0, 3, 1, 2).expand(64, -1, -1, -1).contiguous().to("meta")
+    with _HostTraffic() as traffic:
+        out = strong_batched.strong_views(x, decisions)
+    assert out.shape == x.shape and out.device.type == "meta"
+    assert len({op for d in decisions for op in d.ops}) >= 10  # most ops drawn
+    assert (traffic.reads, traffic.copies) == (0, 1)

@@ -148,13 +148,20 @@ def _fixed(value: float) -> int:
     return math.floor(value * 65536.0 + 0.5)
 
 
-def affine(x: torch.Tensor, coefficients: Sequence[Sequence[float]]) -> torch.Tensor:
+def affine_coefficients(coefficients: Sequence[Sequence[float]]) -> np.ndarray:
+    """(n, 6) int64: PIL's fixed-point ``(A0, A1, A2, A3, A4, A5)`` of each affine matrix, the half-pixel offsets
+    folded into A2 and A5 (computed on the host, as PIL does, in float64)."""
+    return np.array([[_fixed(a[0]), _fixed(a[1]), _fixed(a[2] + a[0] * 0.5 + a[1] * 0.5),
+                      _fixed(a[3]), _fixed(a[4]), _fixed(a[5] + a[3] * 0.5 + a[4] * 0.5)] for a in coefficients],
+                    dtype=np.int64).reshape(-1, 6)
+
+
+def affine(x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     """PIL's nearest-neighbour ``transform(AFFINE)`` with a[1] or a[3] non-zero: the source pixel of output
-    (x, y) is ((A2 + y·A1 + x·A0) >> 16, (A5 + y·A4 + x·A3) >> 16) in 16.16 fixed point; outside → 0."""
+    (x, y) is ((A2 + y·A1 + x·A0) >> 16, (A5 + y·A4 + x·A3) >> 16) in 16.16 fixed point; outside → 0.
+    ``fixed``: (n, 6) int64 on x's device, from ``affine_coefficients``. The identity matrix maps every pixel to
+    itself ((x·65536 + 32768) >> 16 = x), which is what PIL's rotate by 0° (a copy) gives."""
     height, width = x.shape[2:]
-    fixed = torch.tensor([[_fixed(a[0]), _fixed(a[1]), _fixed(a[2] + a[0] * 0.5 + a[1] * 0.5),
-                           _fixed(a[3]), _fixed(a[4]), _fixed(a[5] + a[3] * 0.5 + a[4] * 0.5)] for a in coefficients],
-                         dtype=torch.int64, device=x.device)
     cols = torch.arange(width, device=x.device).view(1, 1, -1)
     rows = torch.arange(height, device=x.device).view(1, -1, 1)
     a = [fixed[:, i].view(-1, 1, 1) for i in range(6)]
@@ -186,12 +193,19 @@ def _scale_axis(start: float, step: float, count: int) -> list[int]:
     return indices
 
 
-def translate(x: torch.Tensor, shifts: Sequence[tuple[float, float]]) -> torch.Tensor:
-    """PIL's ``transform(AFFINE, (1, 0, tx, 0, 1, ty))`` (its scale path): source = COORD(t + 0.5 + 1 + 1 …)."""
+def translate_tables(shifts: Sequence[tuple[float, float]], width: int, height: int) -> np.ndarray:
+    """(n, W + H) int64: the source column of each output column, then the source row of each output row, of
+    PIL's ``transform(AFFINE, (1, 0, tx, 0, 1, ty))`` (its scale path): COORD(t + 0.5 + 1 + 1 …)."""
+    return np.array([_scale_axis(tx + 0.5, 1.0, width) + _scale_axis(ty + 0.5, 1.0, height) for tx, ty in shifts],
+                    dtype=np.int64).reshape(-1, width + height)
+
+
+def translate(x: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Translation by source tables (n, W + H) int64 on x's device, from ``translate_tables``."""
     n, height, width = x.shape[0], x.shape[2], x.shape[3]
-    src_x = torch.tensor([_scale_axis(tx + 0.5, 1.0, width) for tx, _ in shifts], device=x.device).view(n, 1, width)
-    src_y = torch.tensor([_scale_axis(ty + 0.5, 1.0, height) for _, ty in shifts], device=x.device).view(n, height, 1)
-    return _gather(x, src_y.expand(n, height, width), src_x.expand(n, height, width))
+    src_x = tables[:, :width].view(n, 1, width).expand(n, height, width)
+    src_y = tables[:, width:].view(n, height, 1).expand(n, height, width)
+    return _gather(x, src_y, src_x)
 
 
 def rotation(angle: float, width: int, height: int) -> tuple[float, ...]:
@@ -209,56 +223,119 @@ def rotation(angle: float, width: int, height: int) -> tuple[float, ...]:
     return a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy
 
 
-def _geometric(name: str, x: torch.Tensor, magnitudes: list[float]) -> torch.Tensor:
-    height, width = x.shape[2:]
+def op_parameters(name: str, magnitudes: Sequence[float], width: int, height: int) -> np.ndarray:
+    """The numbers op ``name`` needs on the device, one row per image (computed on the host): the magnitude of a
+    pixel op, the fixed-point matrix of Rotate/ShearX/ShearY, the source tables of TranslateX/Y."""
+    if name == "Identity":
+        return np.zeros((len(magnitudes), 0))
+    if name in PIXEL_OPS:
+        return np.asarray(magnitudes, dtype=np.float64).reshape(-1, 1)
     if name in ("TranslateX", "TranslateY"):
         shifts = [(v * width, 0.0) if name == "TranslateX" else (0.0, v * height) for v in magnitudes]
-        return translate(x, shifts)
+        return translate_tables(shifts, width, height)
     if name == "Rotate":
-        matrices = [rotation(v, width, height) for v in magnitudes]
-        keep = [i for i, m in enumerate(matrices) if not m]
-        out = affine(x, [m or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0) for m in matrices])  # identity rows replaced below
-        if keep:
-            out[keep] = x[keep]
-        return out
-    shear = [(1.0, v, 0.0, 0.0, 1.0, 0.0) if name == "ShearX" else (1.0, 0.0, 0.0, v, 1.0, 0.0) for v in magnitudes]
-    return affine(x, shear)
+        matrices = [rotation(v, width, height) or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0) for v in magnitudes]
+    else:
+        matrices = [(1.0, v, 0.0, 0.0, 1.0, 0.0) if name == "ShearX" else (1.0, 0.0, 0.0, v, 1.0, 0.0) for v in magnitudes]
+    return affine_coefficients(matrices)
+
+
+def run_op(name: str, x: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
+    """Op ``name`` on x (n,3,H,W) uint8 with its ``op_parameters`` already on the device (float64, exact integers)."""
+    if name == "Identity":
+        return x
+    if name in PIXEL_OPS:
+        return PIXEL_OPS[name](x, parameters[:, 0])
+    if name in ("TranslateX", "TranslateY"):
+        return translate(x, parameters.long())
+    return affine(x, parameters.long())
 
 
 PIXEL_OPS = {"AutoContrast": autocontrast, "Brightness": brightness, "Color": color, "Contrast": contrast,
              "Equalize": equalize, "Posterize": posterize, "Sharpness": sharpness, "Solarize": solarize}
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without a host sync: pinned and copied asynchronously on CUDA (a pageable copy
+    waits for the stream), as is elsewhere."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
+class _Upload:
+    """The host numbers of one batch (op rows, op parameters, cutout boxes), gathered in one float64 buffer (exact
+    for these integers, far below 2^53) and sent to the device in one copy; ``get`` slices it there, by offsets the
+    host knows, so no op waits for the host."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+        self.sent: torch.Tensor | None = None
+
+    def add(self, values: np.ndarray) -> tuple[int, tuple[int, ...]]:
+        values = np.asarray(values, dtype=np.float64)
+        handle = (self.size, values.shape)
+        self.parts.append(values.reshape(-1))
+        self.size += values.size
+        return handle
+
+    def send(self, device: torch.device) -> None:
+        self.sent = to_device(torch.from_numpy(np.concatenate(self.parts) if self.parts else np.zeros(0)), device)
+
+    def get(self, handle: tuple[int, tuple[int, ...]]) -> torch.Tensor:
+        assert self.sent is not None
+        start, shape = handle
+        return self.sent[start : start + math.prod(shape)].view(shape)
+
+
 def apply_op(name: str, x: torch.Tensor, magnitudes: list[float]) -> torch.Tensor:
     """Op ``name`` of ``OPS`` on the images x (n,3,H,W) uint8, one magnitude per image."""
-    if name == "Identity":
-        return x
-    if name in PIXEL_OPS:
-        return PIXEL_OPS[name](x, torch.tensor(magnitudes, dtype=torch.float64, device=x.device))
-    return _geometric(name, x, magnitudes)
+    upload = _Upload()
+    handle = upload.add(op_parameters(name, magnitudes, x.shape[3], x.shape[2]))
+    upload.send(x.device)
+    return run_op(name, x, upload.get(handle))
 
 
-def cutout(x: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> torch.Tensor:
-    """Fill each image's box (x0, y0, x1, y1), corners included, with CUTOUT_FILL."""
+def _cutout(x: torch.Tensor, box: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Fill each image's box (x0, y0, x1, y1) (n, 4) int64, corners included, with ``fill`` (C,) uint8."""
     c, height, width = x.shape[1:]
-    box = torch.tensor(boxes, dtype=torch.int64, device=x.device)
     cols, rows = torch.arange(width, device=x.device), torch.arange(height, device=x.device)
     inside_x = (cols >= box[:, 0:1]) & (cols <= box[:, 2:3])
     inside_y = (rows >= box[:, 1:2]) & (rows <= box[:, 3:4])
     mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
-    fill = torch.tensor(CUTOUT_FILL, dtype=torch.uint8, device=x.device).view(1, c, 1, 1)
-    return torch.where(mask, fill, x)
+    return torch.where(mask, fill.view(1, c, 1, 1), x)
+
+
+def cutout(x: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> torch.Tensor:
+    """Fill each image's box (x0, y0, x1, y1), corners included, with CUTOUT_FILL."""
+    upload = _Upload()
+    box, fill = upload.add(np.array(boxes).reshape(-1, 4)), upload.add(np.array(CUTOUT_FILL))
+    upload.send(x.device)
+    return _cutout(x, upload.get(box).long(), upload.get(fill).to(torch.uint8))
 
 
 def strong_views(images: torch.Tensor, decisions: Sequence[StrongDraw]) -> torch.Tensor:
-    """Images (n,3,H,W) uint8, already cropped and flipped as ``decisions`` say → their strong views, uint8."""
-    x = images
-    height, width = x.shape[2:]
+    """Images (n,3,H,W) uint8, already cropped and flipped as ``decisions`` say → their strong views, uint8.
+
+    Every decision is read on the host; its numbers reach the device in one asynchronous copy (``_Upload``), so the
+    batch costs no host sync however many ops it draws (it used to cost one blocking copy per op and slot)."""
+    height, width = images.shape[2:]
+    upload = _Upload()
+    groups = []  # (op name, rows handle, parameters handle), in the order the reference applies them
     for slot in range(len(decisions[0].ops) if decisions else 0):
         ops = np.array([d.ops[slot] for d in decisions])
         for op in np.unique(ops):
-            rows = np.flatnonzero(ops == op)
-            chosen = torch.as_tensor(rows, device=x.device)
-            x = x.clone() if x is images else x
-            x[chosen] = apply_op(OPS[op][0], x[chosen], [decisions[i].magnitudes[slot] for i in rows])
-    return cutout(x, [cutout_box(*d.cutout, width, height) for d in decisions])
+            name, rows = OPS[op][0], np.flatnonzero(ops == op)
+            if name == "Identity":
+                continue
+            parameters = op_parameters(name, [decisions[i].magnitudes[slot] for i in rows], width, height)
+            groups.append((name, upload.add(rows), upload.add(parameters)))
+    box = upload.add(np.array([cutout_box(*d.cutout, width, height) for d in decisions]).reshape(-1, 4))
+    fill = upload.add(np.array(CUTOUT_FILL))
+    upload.send(images.device)
+    x = images.clone() if groups else images
+    for name, rows, parameters in groups:
+        chosen = upload.get(rows).long()
+        x.index_copy_(0, chosen, run_op(name, x.index_select(0, chosen), upload.get(parameters)))
+    return _cutout(x, upload.get(box).long(), upload.get(fill).to(torch.uint8))

@@ -21,7 +21,7 @@ from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan, epoch_plan
 from kdbench.data.loaders import Batch, identity_plan
 from kdbench.data.shard import WHOLE, Shard, shard_plan
-from kdbench.data.strong_batched import draws, strong_views
+from kdbench.data.strong_batched import draws, strong_views, to_device
 
 TRAIN_PADDING = 4  # the padding of every train plan (``epoch_plan``'s default)
 
@@ -98,9 +98,9 @@ class StrongViewBatches:
         height, width = (size - 2 * padding for size in self.split.images.shape[2:])
         decisions = draws(self.seed, self.epoch, indices.tolist(), width, height, padding)
         device = self.split.images.device
-        offsets = torch.tensor([(d.dx, d.dy) for d in decisions], dtype=torch.int64).to(device)
-        flips = torch.tensor([d.flip for d in decisions]).to(device)
-        cropped = crop_flip(self.split.images, indices.to(device), offsets, flips, padding)
+        offsets = to_device(torch.tensor([(d.dx, d.dy) for d in decisions], dtype=torch.int64), device)
+        flips = to_device(torch.tensor([d.flip for d in decisions]), device)
+        cropped = crop_flip(self.split.images, to_device(indices, device), offsets, flips, padding)
         return normalise(strong_views(cropped, decisions), self.table)
 
 

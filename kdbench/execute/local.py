@@ -145,6 +145,8 @@ def compute_flags(compute: ComputeOptions) -> list[str]:
         flags.append("--channels-last" if compute.channels_last else "--no-channels-last")
     if compute.compile is not None:
         flags.append("--compile" if compute.compile else "--no-compile")
+    if compute.compile_mode != "default":
+        flags += ["--compile-mode", compute.compile_mode]
     return flags
 
 
