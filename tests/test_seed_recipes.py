@@ -88,7 +88,7 @@ def test_rows_and_variants():
     t5 = load_recipe("simkd-table5")
     assert [row.params.get("projector") for row in t5.rows] == ["1x1", "1x1-1x1", "1x1-dw3x3-1x1", "1x1-3x3-1x1", None]
     mlkd2 = [row.method for row in load_recipe("mlkd-appendix-table2").rows]
-    assert mlkd2 == ["rkd", "rkd+mlkd", "reviewkd", "reviewkd+mlkd", "teacher"]
+    assert mlkd2 == ["rkd", "rkd+mlkd", "reviewkd", "reviewkd+mlkd", "rkd+mlkd", "reviewkd+mlkd", "teacher"]
     t4 = {row.label: row for row in load_recipe("ipwd-appendix-table4").rows}
     assert (t4["IPWD†"].method, t4["IPWD†"].variant) == ("ipwd", "dagger")
     assert [row.label for row in load_recipe("ipwd-appendix-table3").rows] == ["Teacher", "Student", "IPWD"]
@@ -101,6 +101,23 @@ def test_mlkd_learning_rate_per_model():
         lrs = {(s.model, s.teacher is None and s.method == "ce"): s.train.lr for s in plan(r, "full").specs.values()}
         for (model, is_teacher), lr in lrs.items():
             assert lr == (0.05 if is_teacher else 0.025), (name, model)
+
+
+
+def test_mlkd_epochs_follow_the_2023_code():
+    """MLKD's loss trains 480 epochs (both 2023 releases, configs/cifar100/ours/*.yaml:11), the '(240 epochs)'
+    rows 240 (HEAD 5ee473f); teachers and the RKD / ReviewKD rows alone 240; milestones 150/180/210 for all."""
+    for name in ("mlkd-appendix-table1", "mlkd-appendix-table2"):
+        p = plan(load_recipe(name), "full", trials=1)
+        for cell in p.cells:
+            if cell.status != "planned":
+                continue
+            spec = p.specs[cell.run_ids[0]]
+            is_mlkd = spec.method.endswith("mlkd") and not cell.row.endswith("(240 epochs)")
+            assert spec.train.epochs == (480 if is_mlkd else 240), (name, cell.row)
+            assert spec.train.milestones == (150, 180, 210)
+    rows = {row.label: row for row in load_recipe("mlkd-appendix-table1").rows}
+    assert rows["MLKD"].paper and not rows["MLKD (240 epochs)"].paper
 
 
 # --------------------------------------------------------------------------- seed text parsing
