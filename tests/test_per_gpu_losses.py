@@ -1,0 +1,92 @@
+"""Batch-dependent losses of SP and SemCKD computed per original GPU (``training.loss_chunk``), as SimKD's
+ImageNet DDP runs did (4 GPUs × 64): checked against each GPU's loss computed on its own chunk."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kdbench import methods, models
+from kdbench.errors import KdbenchError
+from kdbench.methods import Step
+from kdbench.models.base import Features
+from kdbench.plan import plan
+from kdbench.recipe import load_recipe
+
+CLASSES = 10
+
+
+@pytest.fixture(scope="module")
+def features() -> tuple[Features, Features, torch.Tensor]:
+    torch.manual_seed(0)
+    student, teacher = models.create("resnet8", num_classes=CLASSES), models.create("resnet14", num_classes=CLASSES)
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        return student.train().forward_features(images), teacher.eval().forward_features(images), images
+
+
+def _rows(f: Features, lo: int, hi: int) -> Features:
+    """The features of samples lo..hi-1: what one GPU of the original run computed for its share."""
+    return Features([s[lo:hi] for s in f.stages], [p[lo:hi] for p in f.preact], f.head_map[lo:hi], f.pooled[lo:hi], f.logits[lo:hi])
+
+
+def _sp_by_hand(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """Tung & Mori Eq. 2–4 from first principles: G = A·Aᵀ with A the B×CHW map, each row divided by its
+    L2 norm, loss = Σ (G_t − G_s)² / B²."""
+    b = f_s.shape[0]
+    grams = []
+    for f in (f_s, f_t):
+        a = f.reshape(b, -1).double()
+        g = torch.stack([torch.stack([(a[i] * a[j]).sum() for j in range(b)]) for i in range(b)])
+        grams.append(g / g.pow(2).sum(dim=1, keepdim=True).sqrt())
+    return (grams[1] - grams[0]).pow(2).sum() / b ** 2
+
+
+def test_sp_per_chunk_is_the_mean_of_each_gpus_gram_loss(features):
+    s, t, images = features
+    params = methods.resolve_params("sp", "simkd", {})
+    d = methods.get("sp")(models.create("resnet8", num_classes=CLASSES), models.create("resnet14", num_classes=CLASSES),
+                          params, images[:2], loss_chunk=4)
+    chunked = d.distill(s, t, Step(torch.zeros(8, dtype=torch.long), 1, loss_chunk=4))[1]["sp"]
+    by_hand = sum(_sp_by_hand(s.stages[-1][lo:lo + 4], t.stages[-1][lo:lo + 4]) for lo in (0, 4)) / 2
+    torch.testing.assert_close(chunked.double(), 3000.0 * by_hand, rtol=1e-5, atol=1e-8)
+    whole = d.distill(s, t, Step(torch.zeros(8, dtype=torch.long), 1))[1]["sp"]
+    torch.testing.assert_close(whole.double(), 3000.0 * _sp_by_hand(s.stages[-1], t.stages[-1]), rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(whole, chunked)  # the Gram loss does depend on the batch
+
+
+def test_semckd_per_chunk_equals_one_selfa_per_gpu(features):
+    """With loss_chunk 4 the attention MLPs are built for 4 (SimKD's SelfA(opt.batch_size) after the per-GPU
+    split), and the loss is the mean of the loss each GPU computes on its 4 samples with the same modules."""
+    s, t, images = features
+    params = methods.resolve_params("semckd", "imagenet", {})
+    cls = methods.get("semckd")
+    student, teacher = models.create("resnet8", num_classes=CLASSES), models.create("resnet14", num_classes=CLASSES)
+    emulated = cls(copy.deepcopy(student), copy.deepcopy(teacher), params, images[:2], batch_size=8, loss_chunk=4).train()
+    gpu = cls(copy.deepcopy(student), copy.deepcopy(teacher), params, images[:2], batch_size=4).train()
+    assert emulated.query[0].linear1.in_features == 4 and emulated.query[0].linear2.out_features == 1
+    gpu.load_state_dict(emulated.state_dict())
+    targets = torch.zeros(8, dtype=torch.long)
+    chunked = emulated.distill(s, t, Step(targets, 1, loss_chunk=4))[1]["semckd"]
+    per_gpu = [gpu.distill(_rows(s, lo, lo + 4), _rows(t, lo, lo + 4), Step(targets[:4], 1))[1]["semckd"] for lo in (0, 4)]
+    torch.testing.assert_close(chunked, (per_gpu[0] + per_gpu[1]) / 2)
+    with pytest.raises(KdbenchError, match="built for batch size 4 but got a batch of 8"):
+        gpu.distill(s, t, Step(targets, 1))
+    with pytest.raises(KdbenchError, match="must divide the batch size"):
+        cls(copy.deepcopy(student), copy.deepcopy(teacher), params, images[:2], batch_size=8, loss_chunk=3)
+
+
+def test_simkd_table3_chunks_sp_and_semckd_per_gpu():
+    """SimKD's ImageNet runs: 4 GPUs × 64. SP and SemCKD get loss_chunk 64 (smoke: 4 chunks of its batch of 32);
+    the other rows' run ids are unchanged (no loss_chunk in their specs)."""
+    r = load_recipe("simkd-table3")
+    assert r.training.loss_chunk == 64
+    for profile, chunk in (("full", 64), ("smoke", 8)):
+        specs = plan(r, profile).specs.values()
+        assert {s.method for s in specs if s.train.loss_chunk == chunk} == {"sp", "semckd"}
+        assert all(s.train.loss_chunk is None for s in specs if s.method not in ("sp", "semckd"))
+    unchunked = r.model_copy(update={"training": r.training.model_copy(update={"loss_chunk": None})})
+    before = {s.run_id for s in plan(unchunked).specs.values() if s.method not in ("sp", "semckd")}
+    assert before == {s.run_id for s in plan(r).specs.values() if s.method not in ("sp", "semckd")}
