@@ -68,6 +68,8 @@ class TrainSpec(_Spec):
     # BatchNorm normalises training batches per chunk of this many samples, keeping the first chunk's running
     # statistics (the original per-GPU batch; see models.per_gpu_batchnorm). None: per process, as DDP does.
     bn_chunk: int | None = Field(default=None, gt=0)
+    # Skip each epoch's last, smaller training batch (Training.drop_last). False: the default, out of the run id.
+    drop_last: bool = False
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> TrainSpec:
@@ -82,7 +84,7 @@ class TrainSpec(_Spec):
 # Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
 # canonical form at that value, so adding a field never renames (and retrains) finished runs.
 ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0, "loss_chunk": None,
-                                         "bn_chunk": None}
+                                         "bn_chunk": None, "drop_last": False}
 
 
 class TeacherRef(_Spec):
@@ -354,4 +356,5 @@ def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, overrid
         lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
         decay_norm_and_bias=base.decay_norm_and_bias, label_smoothing=base.label_smoothing,
         bn_chunk=_chunk(base.bn_chunk, recipe_batch, batch) if base.bn_chunk is not None else None,
+        drop_last=base.drop_last,
     )

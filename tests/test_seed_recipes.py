@@ -520,8 +520,17 @@ def test_imagenet_recipe_loads_and_plans(name):
         assert all(s.train.nesterov and not s.train.decay_norm_and_bias and s.train.epochs == 100 for s in full.specs.values())
         assert {s.train.loss_chunk for s in full.specs.values() if s.method == "dist"} == {32}
         assert {s.train.loss_chunk for s in full.specs.values() if s.method != "dist"} == {None}
+        assert all(s.train.drop_last for s in full.specs.values())  # lib/dataset/builder.py:78-81 drop_last=True
     else:
         assert all(not s.train.nesterov and s.train.decay_norm_and_bias and s.train.epochs == 120 for s in full.specs.values())
+        assert not any(s.train.drop_last for s in full.specs.values())
+
+
+def test_dist_cifar_rows_drop_the_last_batch_as_dists_loader():
+    """dist-table5: the DIST rows (DIST's code) skip the last batch of 16; the CRD-protocol rows and teachers keep it."""
+    p = plan(load_recipe("dist-table5"), "full")
+    assert {s.method for s in p.specs.values() if s.train.drop_last} == {"dist"}
+    assert all(s.train.drop_last for s in p.specs.values() if s.method == "dist")
 
 
 def _lines_after(seed: Path, first_line: str, count: int) -> list[list[str]]:
