@@ -68,6 +68,7 @@ SPEC: dict[str, tuple[int, int, str]] = {
     "imagenet/resnet101": (44_549_160, 2048, _IN_BOTTLENECK),
     "imagenet/resnet152": (60_192_808, 2048, _IN_BOTTLENECK),
     "imagenet/mobilenet_v1": (4_231_976, 1024, "32@32 128@16 256@8 512@4 1024@2"),
+    "imagenet/mobilenet_v1_tf_init": (4_231_976, 1024, "32@32 128@16 256@8 512@4 1024@2"),
     "imagenet/mobilenet_v2": (3_504_872, 1280, "32@32 24@16 32@8 96@4 320@2"),
 }
 

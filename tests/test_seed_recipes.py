@@ -515,12 +515,14 @@ def test_imagenet_recipe_loads_and_plans(name):
     assert sum(row.is_teacher_row for row in r.rows) <= 1
     full = plan(r)
     assert {s.model for s in full.specs.values()} <= {f"imagenet/{m}" for m in
-                                                      ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1")}
+                                                      ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1_tf_init")}
     if name.startswith("dist"):  # B1: Nesterov, no weight decay on BN/bias, DIST's intra term over the paper's 32 per GPU
         assert all(s.train.nesterov and not s.train.decay_norm_and_bias and s.train.epochs == 100 for s in full.specs.values())
         assert {s.train.loss_chunk for s in full.specs.values() if s.method == "dist"} == {32}
         assert {s.train.loss_chunk for s in full.specs.values() if s.method != "dist"} == {None}
         assert all(s.train.drop_last for s in full.specs.values())  # lib/dataset/builder.py:78-81 drop_last=True
+        # DIST's MobileNet-V1 is initialised TF-style (ics lib/models/mobilenet_v1.py:5-20, 66-67)
+        assert "imagenet/mobilenet_v1" not in {s.model for s in full.specs.values()}
     else:
         assert all(not s.train.nesterov and s.train.decay_norm_and_bias and s.train.epochs == 120 for s in full.specs.values())
         assert not any(s.train.drop_last for s in full.specs.values())
