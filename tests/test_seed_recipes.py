@@ -120,6 +120,17 @@ def test_mlkd_epochs_follow_the_2023_code():
     assert rows["MLKD"].paper and not rows["MLKD (240 epochs)"].paper
 
 
+
+def test_mlkd_wrn_students_are_mdistillers_wrn():
+    """MLKD's code trains its WRN students with mdistiller's wrn.py (three BNs updated twice per forward); the
+    teachers are CRD's, trained by RepDistiller, so they stay the CRD networks."""
+    for name in ("mlkd-appendix-table1", "mlkd-appendix-table2"):
+        specs = plan(load_recipe(name), "full", trials=1).specs.values()
+        students = {s.model for s in specs if s.teacher is not None}
+        assert {m for m in students if "wrn" in m} == {"mdistiller/wrn_16_2", "mdistiller/wrn_40_1"}
+        assert {s.model for s in specs if s.teacher is None} == {"resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13"}
+
+
 # --------------------------------------------------------------------------- seed text parsing
 
 
