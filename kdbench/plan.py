@@ -133,6 +133,10 @@ class RunSpec(_Spec):
         unchanged = {k for k, v in ADDED_TRAIN_DEFAULTS.items() if getattr(self.train, k) == v}
         if unchanged:
             exclude["train"] = unchanged
+        added = methods.get(self.method).added_params if methods.is_implemented(self.method) else {}
+        unchanged_params = {k for k, v in added.items() if self.method_params.get(k) == v}
+        if unchanged_params:
+            exclude["method_params"] = unchanged_params
         return json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True, separators=(",", ":"))
 
     @property

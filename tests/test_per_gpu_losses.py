@@ -90,3 +90,74 @@ def test_simkd_table3_chunks_sp_and_semckd_per_gpu():
     unchunked = r.model_copy(update={"training": r.training.model_copy(update={"loss_chunk": None})})
     before = {s.run_id for s in plan(unchunked).specs.values() if s.method not in ("sp", "semckd")}
     assert before == {s.run_id for s in plan(r).specs.values() if s.method not in ("sp", "semckd")}
+
+
+def _crd(banks: int, labels: torch.Tensor):
+    torch.manual_seed(3)
+    params = methods.resolve_params("crd", "simkd", {"nce_k": 16, "banks": banks})
+    return methods.get("crd")(models.create("resnet8", num_classes=CLASSES), models.create("resnet14", num_classes=CLASSES),
+                              params, torch.randn(2, 3, 32, 32), train_labels=labels).train()
+
+
+def _pooled(f: torch.Tensor) -> Features:
+    return Features(stages=[], preact=[], head_map=f.new_empty(0), pooled=f, logits=f.new_zeros(f.shape[0], CLASSES))
+
+
+def test_crd_per_gpu_banks_equal_independent_gpus():
+    """banks: 2 on a batch of 8 == two CRD losses, each with its own heads, banks and Z, on 4 samples: the value is
+    their mean, the student features get the mean of their gradients (DDP), each copy's heads the whole gradient of
+    its own loss (CRDLoss outside DDP), and each copy's bank moves only at its GPU's samples."""
+    labels = torch.arange(40) % CLASSES
+    emulated = _crd(2, labels)
+    assert len(emulated.replicas) == 1
+    torch.testing.assert_close(emulated.replicas[0].embed_s.linear.weight, emulated.embed_s.linear.weight)  # DDP's broadcast
+    assert not torch.equal(emulated.replicas[0].memory_s, emulated.memory_s)  # banks drawn per GPU
+    state = emulated.state_dict()
+    gpus = [_crd(1, labels) for _ in range(2)]
+    gpus[0].load_state_dict({k: v for k, v in state.items() if not k.startswith("replicas.")})
+    gpus[1].load_state_dict({**{k: v for k, v in state.items() if not k.startswith("replicas.")},
+                             **{k.removeprefix("replicas.0."): v for k, v in state.items() if k.startswith("replicas.0.")}})
+    indices = torch.tensor([3, 9, 14, 20, 27, 31, 38, 5])
+    contrast = methods.crd.sample_contrast_indices(indices, labels, 16, torch.Generator().manual_seed(0))
+    emulated.contrast_indices = lambda idx, epoch: contrast
+    for k, gpu in enumerate(gpus):
+        gpu.contrast_indices = lambda idx, epoch, k=k: contrast[4 * k:4 * k + 4]
+    g = torch.Generator().manual_seed(1)
+    s_feat, t_feat = torch.randn(8, 64, generator=g), torch.randn(8, 64, generator=g)
+    s_leaf = s_feat.clone().requires_grad_()
+    step = Step(labels[indices], 1, indices=indices)
+    loss = emulated.distill(_pooled(s_leaf), _pooled(t_feat), step)[1]["crd"]
+    loss.backward()
+    leaves, parts = [], []
+    for k, gpu in enumerate(gpus):
+        leaf = s_feat[4 * k:4 * k + 4].clone().requires_grad_()
+        part = gpu.distill(_pooled(leaf), _pooled(t_feat[4 * k:4 * k + 4]), Step(step.targets[4 * k:4 * k + 4], 1,
+                                                                                   indices=indices[4 * k:4 * k + 4]))[1]["crd"]
+        (part / 2).backward()  # DDP: each GPU's gradient, averaged over the 2 GPUs
+        leaves.append(leaf)
+        parts.append(part)
+    torch.testing.assert_close(loss, (parts[0] + parts[1]) / 2)
+    torch.testing.assert_close(s_leaf.grad, torch.cat([leaf.grad for leaf in leaves]))
+    for copy, gpu in zip(emulated.copies(), gpus):
+        for head in ("embed_s", "embed_t"):  # not averaged: each GPU's own heads, its own loss
+            torch.testing.assert_close(getattr(copy, head).linear.weight.grad, 2 * getattr(gpu, head).linear.weight.grad)
+        torch.testing.assert_close(copy.memory_s, gpu.memory_s)
+        torch.testing.assert_close(copy.memory_t, gpu.memory_t)
+        torch.testing.assert_close(copy.z, gpu.z)
+    assert not torch.equal(emulated.memory_s[indices[:4]], state["memory_s"][indices[:4]])
+    assert torch.equal(emulated.memory_s[indices[4:]], state["memory_s"][indices[4:]])  # GPU 0 never saw these
+    assert not any(k.startswith("replicas.") and k.rsplit(".", 1)[-1] in ("memory_s", "memory_t", "z")
+                   for k in emulated.inference_state())
+
+
+def test_crd_banks_default_keeps_run_ids_and_state():
+    """banks: 1 is the single copy (no replicas, same state keys) and stays out of the run id; simkd-table3's CRD row
+    asks for the paper's 4 GPUs."""
+    r = load_recipe("simkd-table3")
+    crd = {s.method_params["banks"] for s in plan(r).specs.values() if s.method == "crd"}
+    assert crd == {4}
+    spec = next(s for s in plan(load_recipe("simkd-table1")).specs.values() if s.method == "crd")
+    assert spec.method_params["banks"] == 1 and '"banks"' not in spec.canonical_json()
+    assert '"banks":4' in spec.model_copy(update={"method_params": {**spec.method_params, "banks": 4}}).canonical_json()
+    single = _crd(1, torch.arange(40) % CLASSES)
+    assert not list(single.replicas) and not any(k.startswith("replicas") for k in single.state_dict())

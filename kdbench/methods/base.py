@@ -163,6 +163,9 @@ class Distiller(nn.Module):
     variants: ClassVar[dict[str, Variant]] = {}
     # What the main prediction is, by the name extra heads use (SimKD: the reused "teacher_classifier").
     prediction_head: ClassVar[str] = "student_classifier"
+    # Parameters added after runs were first recorded, with the value those runs had: left out of the run id
+    # at that value (plan.RunSpec.canonical_json), so adding a parameter never renames finished runs.
+    added_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
