@@ -161,3 +161,40 @@ def test_crd_banks_default_keeps_run_ids_and_state():
     assert '"banks":4' in spec.model_copy(update={"method_params": {**spec.method_params, "banks": 4}}).canonical_json()
     single = _crd(1, torch.arange(40) % CLASSES)
     assert not list(single.replicas) and not any(k.startswith("replicas") for k in single.state_dict())
+
+
+def test_vid_per_gpu_heads_equal_independent_gpus(features):
+    """heads: 2 on a batch of 8 == two VID losses with their own regressors on 4 samples each: the value is their
+    mean, the student's taps get the mean of their gradients, each set the whole gradient of its own loss."""
+    s, t, images = features
+    torch.manual_seed(4)
+    student, teacher = models.create("resnet8", num_classes=CLASSES), models.create("resnet14", num_classes=CLASSES)
+    cls = methods.get("vid")
+    emulated = cls(copy.deepcopy(student), copy.deepcopy(teacher), methods.resolve_params("vid", "simkd", {"heads": 2}), images[:2])
+    assert len(emulated.replica_regressors) == 1
+    assert not torch.equal(emulated.regressors[0].regressor[0].weight, emulated.replica_regressors[0][0].regressor[0].weight)
+    gpus = [cls(copy.deepcopy(student), copy.deepcopy(teacher), methods.resolve_params("vid", "simkd", {}), images[:2])
+            for _ in range(2)]
+    for gpu, regs in zip(gpus, [emulated.regressors, emulated.replica_regressors[0]]):
+        gpu.regressors.load_state_dict(regs.state_dict())
+    taps = [f.detach().clone().requires_grad_() for f in s.stages]
+    leaf_features = Features(taps, taps, s.head_map, s.pooled, s.logits)
+    targets = torch.zeros(8, dtype=torch.long)
+    loss = emulated.distill(leaf_features, t, Step(targets, 1))[1]["vid"]
+    loss.backward()
+    parts, grads = [], []
+    for k, gpu in enumerate(gpus):
+        own = [f.detach()[4 * k:4 * k + 4].clone().requires_grad_() for f in s.stages]
+        part = gpu.distill(Features(own, own, s.head_map, s.pooled, s.logits), _rows(t, 4 * k, 4 * k + 4),
+                           Step(targets[:4], 1))[1]["vid"]
+        (part / 2).backward()  # DDP: each GPU's gradient, averaged over the 2 GPUs
+        parts.append(part)
+        grads.append([f.grad for f in own[1:]])
+    torch.testing.assert_close(loss, (parts[0] + parts[1]) / 2)
+    for i, tap in enumerate(taps[1:]):
+        torch.testing.assert_close(tap.grad, torch.cat([grads[0][i], grads[1][i]]))
+    for regs, gpu in zip([emulated.regressors, emulated.replica_regressors[0]], gpus):
+        for (name, p), q in zip(regs.named_parameters(), gpu.regressors.parameters()):
+            torch.testing.assert_close(p.grad, 2 * q.grad, msg=name)
+    plain = next(s for s in plan(load_recipe("simkd-table1")).specs.values() if s.method == "vid")
+    assert plain.method_params["heads"] == 1 and '"heads"' not in plain.canonical_json()

@@ -51,7 +51,7 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register, scale_gradient, unsynced_copies_loss
 from kdbench.models.base import Features, KDModel
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: spreads consecutive epochs' seeds apart
@@ -94,11 +94,6 @@ def random_banks(n_data: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Student and teacher memory banks, uniform in ±1/√(dim/3) (RepDistiller ContrastMemory)."""
     stdv = 1.0 / math.sqrt(dim / 3)
     return tuple(torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv) for _ in range(2))  # type: ignore[return-value]
-
-
-def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """``x`` in the forward pass; its gradient multiplied by ``factor`` in the backward pass."""
-    return x * factor + (x * (1 - factor)).detach()
 
 
 class BankCopy(nn.Module):
@@ -292,10 +287,7 @@ class CRD(Distiller):
             return student.logits, {"crd": self.params.weight * self._copy_loss(self, pooled_s, pooled_t, indices, contrast)}
         if indices.numel() < n:
             raise KdbenchError(f"CRD with {n} per-GPU banks needs batches of at least {n} samples (got {indices.numel()}).")
-        # Chunk k = GPU k's samples. The student's features get 1/n of each copy's gradient (DDP's average);
-        # the sum over copies gives each copy's heads the whole gradient of its own loss; the value is the mean.
+        # Chunk k = GPU k's samples: the student gets the mean of the copies' gradients, each copy its own in full.
         parts = [self._copy_loss(state, scale_gradient(ps, 1 / n), pt, idx, con) for state, ps, pt, idx, con in zip(
             self.copies(), *(x.tensor_split(n) for x in (pooled_s, pooled_t, indices, contrast)), strict=True)]
-        per_gpu = torch.stack(parts)
-        loss = per_gpu.sum() - (per_gpu.sum() - per_gpu.mean()).detach()
-        return student.logits, {"crd": self.params.weight * loss}
+        return student.logits, {"crd": self.params.weight * unsynced_copies_loss(parts)}
