@@ -260,7 +260,10 @@ class CRD(Distiller):
     def inference_state(self) -> dict[str, torch.Tensor]:
         """Final weights without the memory banks and sampler state (needed to resume, not to predict)."""
         training_only = ("memory_s", "memory_t", "z", "sampler_seed")
-        return {k: v for k, v in self.training_state().items() if k.rsplit(".", 1)[-1] not in training_only}
+        def own_name(key: str) -> str:  # replicas.<k>.memory_s → memory_s
+            return key.split(".", 2)[-1] if key.startswith("replicas.") else key
+
+        return {k: v for k, v in self.training_state().items() if own_name(k) not in training_only}
 
     def _copy_loss(self, state: Any, pooled_s: torch.Tensor, pooled_t: torch.Tensor, indices: torch.Tensor,
                    contrast: torch.Tensor) -> torch.Tensor:
