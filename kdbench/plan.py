@@ -71,6 +71,8 @@ class TrainSpec(_Spec):
     # BatchNorm normalises training batches per chunk of this many samples, keeping the first chunk's running
     # statistics (the original per-GPU batch; see models.per_gpu_batchnorm). None: per process, as DDP does.
     bn_chunk: int | None = Field(default=None, gt=0)
+    # Skip each epoch's last, smaller training batch (Training.drop_last). False: the default, out of the run id.
+    drop_last: bool = False
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> TrainSpec:
@@ -85,7 +87,7 @@ class TrainSpec(_Spec):
 # Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
 # canonical form at that value, so adding a field never renames (and retrains) finished runs.
 ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0, "loss_chunk": None,
-                                         "bn_chunk": None}
+                                         "bn_chunk": None, "drop_last": False}
 
 
 class TeacherRef(_Spec):
@@ -136,6 +138,10 @@ class RunSpec(_Spec):
         unchanged = {k for k, v in ADDED_TRAIN_DEFAULTS.items() if getattr(self.train, k) == v}
         if unchanged:
             exclude["train"] = unchanged
+        added = methods.get(self.method).added_params if methods.is_implemented(self.method) else {}
+        unchanged_params = {k for k, v in added.items() if self.method_params.get(k) == v}
+        if unchanged_params:
+            exclude["method_params"] = unchanged_params
         return json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True, separators=(",", ":"))
 
     @property
@@ -360,4 +366,5 @@ def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, overrid
         lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
         decay_norm_and_bias=base.decay_norm_and_bias, label_smoothing=base.label_smoothing,
         bn_chunk=_chunk(base.bn_chunk, recipe_batch, batch) if base.bn_chunk is not None else None,
+        drop_last=base.drop_last,
     )

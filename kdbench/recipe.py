@@ -103,6 +103,10 @@ class Training(_Strict):
     # The original run's per-GPU batch for BatchNorm (every method): each chunk is normalised on its own
     # and the first keeps the running statistics, as on the original GPUs without SyncBN (TrainSpec.bn_chunk).
     bn_chunk: int | None = Field(default=None, gt=0)
+    # Skip each epoch's last, smaller batch, as loaders built with drop_last=True do (DIST's code:
+    # hunto/image_classification_sota lib/dataset/builder.py:78-81). Methods with modules sized by the
+    # batch (SemCKD) always skip it.
+    drop_last: bool = False
 
     @model_validator(mode="after")
     def _chunk_divides_batch(self) -> Training:
@@ -133,6 +137,7 @@ class TrainingOverride(_Strict):
     weight_decay: float | None = None
     decay_norm_and_bias: bool | None = None
     label_smoothing: float | None = Field(default=None, ge=0, lt=1)
+    drop_last: bool | None = None
 
 
 class Checkpoint(_Strict):

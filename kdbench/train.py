@@ -217,11 +217,12 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
     log.info("loader %s%s", loaders.kind, f", {group.world} processes ({group.backend})" if group.active else "")
     # Each step's global batch size: a rank weights its gradients by its share of it.
-    global_sizes = global_batch_sizes(len(arrays.y_train), spec.train.batch_size, method.needs.fixed_batch, group.world)
+    drop_last = spec.train.drop_last or method.needs.fixed_batch  # the recipe's choice, or modules sized by the batch
+    global_sizes = global_batch_sizes(len(arrays.y_train), spec.train.batch_size, drop_last, group.world)
 
     def batches(epoch: int) -> Iterable:
         return loaders.train(spec.train.batch_size, seed=spec.seed, epoch=epoch, strong=method.needs.strong_view,
-                             drop_last=method.needs.fixed_batch, shard=group.shard)
+                             drop_last=drop_last, shard=group.shard)
 
     def checkpoint(epoch: int, init_epoch: int) -> None:
         """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo.

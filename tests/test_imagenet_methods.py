@@ -84,6 +84,18 @@ def test_ofd_on_resnet50_to_mobilenet_v1_distils_the_taps_the_teacher_lists_bns_
     assert math.isfinite(train_step(d, images, targets)["ofd"].item())
 
 
+@pytest.mark.parametrize(("variant", "mid"), [("imagenet-r50-mv1", 512), ("imagenet-r50-mv1-rv", 256)])
+def test_reviewkd_mobilenet_mid_channels(variant, mid, networks, batch) -> None:
+    """ABF width on MobileNet-V1 (pooled 1024): mdistiller min(512, 1024) = 512, ReviewKD's own ImageNet code 256."""
+    images, targets = batch
+    params = methods.resolve_params("reviewkd", variant, {})
+    d = methods.get("reviewkd")(copy.deepcopy(networks["imagenet/mobilenet_v1"]), copy.deepcopy(networks["imagenet/resnet50"]),
+                                params, images[:2])
+    assert {abf.conv1[0].out_channels for abf in d.abfs} == {mid}
+    assert {abf.conv2[0].in_channels for abf in d.abfs} == {mid}
+    assert all(math.isfinite(v.item()) for v in train_step(d, images, targets).values())
+
+
 @pytest.mark.parametrize("name", ["reviewkd", "dkd"])
 def test_resnet50_to_mobilenet_v1_variants_train(name, networks, batch) -> None:
     images, targets = batch

@@ -126,6 +126,42 @@ def test_mobilenet_v1_taps_are_the_pre_relu_outputs_of_units_3_5_11_13() -> None
     torch.testing.assert_close(feats.pooled, manual.mean(dim=(2, 3)))
 
 
+
+@pytest.mark.parametrize("classes", [1000, 10])
+def test_mobilenet_v1_tf_init_draws_dists_distributions(classes: int) -> None:
+    """DIST's MobileNet init (ics lib/models/mobilenet_v1.py:5-20) from its definition: each conv weight is
+    N(0, σ²) with σ = √(2 / (k·k·C_out)) (sample std within 5 standard errors, and 68.3 % of the weights within
+    ±σ where there are enough of them to tell a normal from a uniform), BN 1 / 0, fc U(±1/√classes), biases 0."""
+    torch.manual_seed(0)
+    model = models.create("imagenet/mobilenet_v1_tf_init", num_classes=classes)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 27 and all(c.bias is None for c in convs)
+    for conv in convs:
+        w = conv.weight.detach().double().flatten()
+        sigma = (2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)) ** 0.5
+        n = w.numel()
+        assert abs(w.mean().item()) < 5 * sigma / n ** 0.5, conv
+        assert abs(w.std().item() / sigma - 1) < 5 / (2 * n) ** 0.5, conv
+        if n >= 100_000:
+            assert abs((w.abs() < sigma).double().mean().item() - 0.6827) < 0.01, conv
+    depthwise = model.model[13][0]  # 3×3 over 1024 channels: σ = √(2 / 9216)
+    assert depthwise.groups == 1024 and depthwise.weight.std().item() == pytest.approx((2 / 9216) ** 0.5, rel=0.05)
+    bound = 1 / classes ** 0.5
+    fc = model.fc.weight.detach()
+    assert fc.abs().max().item() <= bound and fc.abs().max().item() > 0.98 * bound
+    assert fc.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert torch.count_nonzero(model.fc.bias) == 0
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.count_nonzero(bn.bias) == 0
+    # PyTorch's default (mdistiller's MobileNet): the depthwise convs start about 10× larger.
+    default = models.create("imagenet/mobilenet_v1", num_classes=classes)
+    assert default.model[13][0].weight.std().item() > 9 * depthwise.weight.std().item()
+    assert _shapes(default) == _shapes(model)
+
+
+def _shapes(model: nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
 # Forward multiply-adds at 224×224: torchvision's published GFLOPS (``_ops`` of IMAGENET1K_V1, MACs);
 # MobileNet-V1: Howard et al. 2017, Table 1: 569 M mult-adds.
 NATIVE_GMACS = {"imagenet/resnet18": 1.814, "imagenet/resnet50": 4.089, "imagenet/mobilenet_v2": 0.301,

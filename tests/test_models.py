@@ -51,6 +51,10 @@ SPEC: dict[str, tuple[int, int, str]] = {
     "wrn_16_2": (703_284, 128, _X2),
     "wrn_40_1": (569_780, 64, _X1),
     "wrn_40_2": (2_255_156, 128, _X2),
+    "mdistiller/wrn_16_1": (180_916, 64, _X1),
+    "mdistiller/wrn_16_2": (703_284, 128, _X2),
+    "mdistiller/wrn_40_1": (569_780, 64, _X1),
+    "mdistiller/wrn_40_2": (2_255_156, 128, _X2),
     "vgg8": (3_965_028, 512, _VGG),
     "vgg11": (9_277_284, 512, _VGG),
     "vgg13": (9_462_180, 512, _VGG),
@@ -68,6 +72,7 @@ SPEC: dict[str, tuple[int, int, str]] = {
     "imagenet/resnet101": (44_549_160, 2048, _IN_BOTTLENECK),
     "imagenet/resnet152": (60_192_808, 2048, _IN_BOTTLENECK),
     "imagenet/mobilenet_v1": (4_231_976, 1024, "32@32 128@16 256@8 512@4 1024@2"),
+    "imagenet/mobilenet_v1_tf_init": (4_231_976, 1024, "32@32 128@16 256@8 512@4 1024@2"),
     "imagenet/mobilenet_v2": (3_504_872, 1280, "32@32 24@16 32@8 96@4 320@2"),
 }
 
@@ -208,7 +213,7 @@ def test_info_fields() -> None:
     assert models.info("wrn_40_2").family == "wrn"
     assert models.info("resnet8x4").paper_label == "ResNet-8x4"
     assert models.info("ResNet50").family == "resnet_bottleneck"
-    assert {models.info(n).zoo for n in models.names()} == {"crd", "simkd", "imagenet"}
+    assert {models.info(n).zoo for n in models.names()} == {"crd", "simkd", "imagenet", "mdistiller"}
     assert {models.input_size(n) for n in models.names() if models.info(n).zoo != "imagenet"} == {32}
     assert {models.input_size(n) for n in models.names() if models.info(n).zoo == "imagenet"} == {224}
     assert models.info("imagenet/mobilenet_v1").paper_label == "MobileNet"
@@ -290,3 +295,49 @@ def test_bn_before_relu_outputs_feed_the_preact_taps(name: str) -> None:
         assert out.shape == pre.shape
         if models.info(name).family in BN_OUTPUT_IS_PREACT:
             torch.testing.assert_close(out, pre, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["wrn_16_2", "wrn_40_1"])
+def test_mdistiller_wrn_updates_three_bns_twice_per_forward(name: str) -> None:
+    """mdistiller's wrn.py:141-143 re-applies block2[0].bn1, block3[0].bn1 and the head BN after the logits:
+    train-mode outputs and gradients are those of the CRD network, but those three BNs' running statistics move
+    twice per forward, running ← (1−m)²·r + (1−(1−m)²)·batch (batch mean and unbiased variance over N, H, W)."""
+    torch.manual_seed(0)
+    plain, twice = models.create(name), models.create(f"mdistiller/{name}")
+    twice.load_state_dict(plain.state_dict())
+    x = torch.randn(6, 3, 32, 32)
+    taps = {"f1": plain.block2[0].bn1, "f2": plain.block3[0].bn1, "f3": plain.bn}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(key: str):
+        def hook(module, args) -> None:
+            inputs.setdefault(key, args[0].detach().clone())
+        return hook
+
+    hooks = [bn.register_forward_pre_hook(keep_input(key)) for key, bn in taps.items()]
+    a, b = plain.train().forward_features(x), twice.train().forward_features(x)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=0)
+    for p_a, p_b in zip(a.preact, b.preact):
+        torch.testing.assert_close(p_b, p_a, rtol=0, atol=0)
+    weights = [torch.randn_like(t) for t in (a.logits, *a.preact[1:])]  # a loss that reads the taps too
+    for f in (a, b):
+        sum((t * w).sum() for t, w in zip((f.logits, *f.preact[1:]), weights)).backward()
+    for (n, g_a), g_b in zip(((n, p.grad) for n, p in plain.named_parameters()), (p.grad for p in twice.parameters())):
+        assert (g_b - g_a).abs().max() <= 1e-5 * g_a.abs().max(), n  # float32 summation order only
+    twice_bns = {"f1": twice.block2[0].bn1, "f2": twice.block3[0].bn1, "f3": twice.bn}
+    m = 0.1
+    for key, f in inputs.items():
+        mean = f.double().mean(dim=(0, 2, 3))
+        var = f.double().var(dim=(0, 2, 3), unbiased=True)
+        bn = twice_bns[key]
+        keep = (1 - m) ** 2  # from the initial running mean 0 and running var 1
+        torch.testing.assert_close(bn.running_mean.double(), (1 - keep) * mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var.double(), keep + (1 - keep) * var, rtol=1e-5, atol=1e-6)
+        assert int(bn.num_batches_tracked) == 2 and int(taps[key].num_batches_tracked) == 1
+        torch.testing.assert_close(taps[key].running_mean.double(), m * mean, rtol=1e-5, atol=1e-6)
+    others = [k for k in plain.state_dict() if k.endswith("running_mean") and not any(
+        k.startswith(p) for p in ("block2.0.bn1", "block3.0.bn1", "bn."))]
+    assert others and all(torch.equal(plain.state_dict()[k], twice.state_dict()[k]) for k in others)
+    assert not torch.allclose(plain.eval()(x), twice.eval()(x))  # evaluation reads the running statistics

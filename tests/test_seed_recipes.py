@@ -97,7 +97,7 @@ def test_rows_and_variants():
     t5 = load_recipe("simkd-table5")
     assert [row.params.get("projector") for row in t5.rows] == ["1x1", "1x1-1x1", "1x1-dw3x3-1x1", "1x1-3x3-1x1", None]
     mlkd2 = [row.method for row in load_recipe("mlkd-appendix-table2").rows]
-    assert mlkd2 == ["rkd", "rkd+mlkd", "reviewkd", "reviewkd+mlkd", "teacher"]
+    assert mlkd2 == ["rkd", "rkd+mlkd", "reviewkd", "reviewkd+mlkd", "rkd+mlkd", "reviewkd+mlkd", "teacher"]
     t4 = {row.label: row for row in load_recipe("ipwd-appendix-table4").rows}
     assert (t4["IPWD†"].method, t4["IPWD†"].variant) == ("ipwd", "dagger")
     assert [row.label for row in load_recipe("ipwd-appendix-table3").rows] == ["Teacher", "Student", "IPWD"]
@@ -110,6 +110,34 @@ def test_mlkd_learning_rate_per_model():
         lrs = {(s.model, s.teacher is None and s.method == "ce"): s.train.lr for s in plan(r, "full").specs.values()}
         for (model, is_teacher), lr in lrs.items():
             assert lr == (0.05 if is_teacher else 0.025), (name, model)
+
+
+
+def test_mlkd_epochs_follow_the_2023_code():
+    """MLKD's loss trains 480 epochs (both 2023 releases, configs/cifar100/ours/*.yaml:11), the '(240 epochs)'
+    rows 240 (HEAD 5ee473f); teachers and the RKD / ReviewKD rows alone 240; milestones 150/180/210 for all."""
+    for name in ("mlkd-appendix-table1", "mlkd-appendix-table2"):
+        p = plan(load_recipe(name), "full", trials=1)
+        for cell in p.cells:
+            if cell.status != "planned":
+                continue
+            spec = p.specs[cell.run_ids[0]]
+            is_mlkd = spec.method.endswith("mlkd") and not cell.row.endswith("(240 epochs)")
+            assert spec.train.epochs == (480 if is_mlkd else 240), (name, cell.row)
+            assert spec.train.milestones == (150, 180, 210)
+    rows = {row.label: row for row in load_recipe("mlkd-appendix-table1").rows}
+    assert rows["MLKD"].paper and not rows["MLKD (240 epochs)"].paper
+
+
+
+def test_mlkd_wrn_students_are_mdistillers_wrn():
+    """MLKD's code trains its WRN students with mdistiller's wrn.py (three BNs updated twice per forward); the
+    teachers are CRD's, trained by RepDistiller, so they stay the CRD networks."""
+    for name in ("mlkd-appendix-table1", "mlkd-appendix-table2"):
+        specs = plan(load_recipe(name), "full", trials=1).specs.values()
+        students = {s.model for s in specs if s.teacher is not None}
+        assert {m for m in students if "wrn" in m} == {"mdistiller/wrn_16_2", "mdistiller/wrn_40_1"}
+        assert {s.model for s in specs if s.teacher is None} == {"resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13"}
 
 
 # --------------------------------------------------------------------------- seed text parsing
@@ -507,13 +535,24 @@ def test_imagenet_recipe_loads_and_plans(name):
     assert sum(row.is_teacher_row for row in r.rows) <= 1
     full = plan(r)
     assert {s.model for s in full.specs.values()} <= {f"imagenet/{m}" for m in
-                                                      ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1")}
+                                                      ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1_tf_init")}
     if name.startswith("dist"):  # B1: Nesterov, no weight decay on BN/bias, DIST's intra term over the paper's 32 per GPU
         assert all(s.train.nesterov and not s.train.decay_norm_and_bias and s.train.epochs == 100 for s in full.specs.values())
         assert {s.train.loss_chunk for s in full.specs.values() if s.method == "dist"} == {32}
         assert {s.train.loss_chunk for s in full.specs.values() if s.method != "dist"} == {None}
+        assert all(s.train.drop_last for s in full.specs.values())  # lib/dataset/builder.py:78-81 drop_last=True
+        # DIST's MobileNet-V1 is initialised TF-style (ics lib/models/mobilenet_v1.py:5-20, 66-67)
+        assert "imagenet/mobilenet_v1" not in {s.model for s in full.specs.values()}
     else:
         assert all(not s.train.nesterov and s.train.decay_norm_and_bias and s.train.epochs == 120 for s in full.specs.values())
+        assert not any(s.train.drop_last for s in full.specs.values())
+
+
+def test_dist_cifar_rows_drop_the_last_batch_as_dists_loader():
+    """dist-table5: the DIST rows (DIST's code) skip the last batch of 16; the CRD-protocol rows and teachers keep it."""
+    p = plan(load_recipe("dist-table5"), "full")
+    assert {s.method for s in p.specs.values() if s.train.drop_last} == {"dist"}
+    assert all(s.train.drop_last for s in p.specs.values() if s.method == "dist")
 
 
 def _lines_after(seed: Path, first_line: str, count: int) -> list[list[str]]:

@@ -75,3 +75,30 @@ def test_trains_on_real_images(tmp_path, shared_data: Path):
     )
     result = train.run(spec, tmp_path, device="cpu", data_dir=shared_data, progress=False)
     assert result["epochs"] == 2 and result["best_top1"] > 15.0  # chance is 10%
+
+
+def test_drop_last_skips_the_short_last_batch(tmp_path, monkeypatch):
+    """training.drop_last (DIST's loader, drop_last=True): 40 images in batches of 32 give one step, not two.
+    The default (False) keeps the short batch and stays out of the run id."""
+    seen: list[list[int]] = []
+    make_loaders = train.data.make_loaders
+
+    def recording(*args, **kwargs):
+        loaders = make_loaders(*args, **kwargs)
+        original = loaders.train
+
+        def batches(*a, **k):
+            sizes = [len(batch[1]) for batch in original(*a, **k)]
+            seen.append(sizes)
+            return original(*a, **k)
+
+        loaders.train = batches
+        return loaders
+
+    monkeypatch.setattr(train.data, "make_loaders", recording)
+    kept = small_spec(epochs=1, train_size=40)
+    dropped = kept.model_copy(update={"train": kept.train.model_copy(update={"drop_last": True})})
+    assert "drop_last" not in kept.canonical_json() and '"drop_last":true' in dropped.canonical_json()
+    for spec in (kept, dropped):
+        train.run(spec, tmp_path, device="cpu", progress=False)
+    assert seen == [[32, 8], [32]]

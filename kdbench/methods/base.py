@@ -95,6 +95,20 @@ def per_chunk(terms: TermsFn, chunk: int | None, *batched: torch.Tensor) -> dict
     return {name: torch.stack([part[name] for part in parts]).mean() for name in parts[0]}
 
 
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` in the forward pass; its gradient multiplied by ``factor`` in the backward pass."""
+    return x * factor + (x * (1 - factor)).detach()
+
+
+def unsynced_copies_loss(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The loss of modules kept once per original GPU outside DDP (SimKD's CRD and VID heads), from each copy's
+    loss on its GPU's chunk: the value is their mean (the GPUs' average), the gradient their sum, so each copy
+    gets the whole gradient of its own loss, as its GPU's unsynchronised backward gave it. Feed the copies the
+    student's features through ``scale_gradient(·, 1 / n)``, so the student gets the mean (DDP's average)."""
+    per_gpu = torch.stack(parts)
+    return per_gpu.sum() - (per_gpu.sum() - per_gpu.mean()).detach()
+
+
 @dataclass(frozen=True)
 class InitStage:
     """A pre-training stage before the main epochs (RepDistiller's "init" phase of AB, FT, FSP).
@@ -163,6 +177,9 @@ class Distiller(nn.Module):
     variants: ClassVar[dict[str, Variant]] = {}
     # What the main prediction is, by the name extra heads use (SimKD: the reused "teacher_classifier").
     prediction_head: ClassVar[str] = "student_classifier"
+    # Parameters added after runs were first recorded, with the value those runs had: left out of the run id
+    # at that value (plan.RunSpec.canonical_json), so adding a parameter never renames finished runs.
+    added_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,

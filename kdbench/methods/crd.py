@@ -21,6 +21,16 @@ instance-sample dataset; specs/methods-baselines.md §CRD):
 * After scoring, the banks' rows of the batch's own indices become
   L2-normalise(0.5 · old + 0.5 · embedding).
 
+Per GPU (``banks`` > 1): SimKD's DDP runs keep ``CRDLoss`` outside DDP and call its own, unwrapped
+heads (SimKD train_student.py:242-253, 294-302; RepDistiller crd/criterion.py:40-42), so each of the
+original GPUs had its own memory banks, Z and embedding heads, the heads starting from GPU 0's weights
+(DDP's broadcast at construction) and trained on that GPU's gradients alone. ``banks`` copies emulate
+that: each batch is cut into ``banks`` consecutive chunks (chunk k = GPU k's samples), copy k scores and
+updates only with its chunk, the student gets the mean of the copies' losses (DDP's gradient average)
+and copy k's heads get the full gradient of their own loss (no averaging across GPUs). Copy 0 lives
+under the usual names (``embed_s``, ``memory_s``, ``z`` …), so ``banks: 1`` is exactly the single copy;
+copies 1.. are ``replicas.<k-1>.*``.
+
 Split: this module is the state (heads, banks, sampling, Z, update); ``losses.crd_scores``
 scores an anchor against a bank at given contrast indices and ``losses.crd`` is the pure NCE loss
 of both sides' scores. Defaults are the CRD/RepDistiller protocol
@@ -30,14 +40,18 @@ of both sides' scores. Defaults are the CRD/RepDistiller protocol
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register, scale_gradient, unsynced_copies_loss
 from kdbench.models.base import Features, KDModel
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: spreads consecutive epochs' seeds apart
@@ -51,6 +65,8 @@ class CRDParams(MethodParams):
     nce_k: int = 16384
     nce_t: float = 0.07
     nce_m: float = 0.5
+    # Independent heads + memory banks, one per GPU of the original run (module docstring); 1: one copy.
+    banks: int = Field(1, ge=1)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +88,26 @@ class Embed(nn.Module):
 def momentum_update(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
     """Memory-bank update of CRD: L2-normalise(momentum · old + (1 − momentum) · new)."""
     return l2_normalize(old * momentum + new * (1 - momentum))
+
+
+def random_banks(n_data: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher memory banks, uniform in ±1/√(dim/3) (RepDistiller ContrastMemory)."""
+    stdv = 1.0 / math.sqrt(dim / 3)
+    return tuple(torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv) for _ in range(2))  # type: ignore[return-value]
+
+
+class BankCopy(nn.Module):
+    """One more GPU's CRD state (``banks`` > 1): heads copied from copy 0, its own banks and Z."""
+
+    def __init__(self, first: nn.Module, n_data: int, dim: int):
+        super().__init__()
+        self.embed_s = copy.deepcopy(first.embed_s)
+        self.embed_t = copy.deepcopy(first.embed_t)
+        memory_s, memory_t = random_banks(n_data, dim)
+        self.register_buffer("memory_s", memory_s)
+        self.register_buffer("memory_t", memory_t)
+        self.register_buffer("z", torch.full((2,), -1.0))
+        self._z_ready = False
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -127,6 +163,7 @@ class CRD(Distiller):
     paper = "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020"
     Params = CRDParams
     needs = Needs(teacher=True, sample_indices=True)
+    added_params: ClassVar[dict[str, Any]] = {"banks": 1}
     variants = {
         "crd": Variant("CRD/RepDistiller protocol: 1·CE + 0·KD + 0.8·CRD", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 0.8}),
         "crd+kd": Variant("CRD paper's CRD+KD row: 1·CE + 1·KD (T=4) + 0.8·CRD", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.8}),
@@ -153,12 +190,15 @@ class CRD(Distiller):
         assert t is not None
         self.embed_s = Embed(s.pooled.shape[1], dim)
         self.embed_t = Embed(t.pooled.shape[1], dim)
-        stdv = 1.0 / math.sqrt(dim / 3)
-        self.register_buffer("memory_s", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
-        self.register_buffer("memory_t", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
+        memory_s, memory_t = random_banks(n_data, dim)
+        self.register_buffer("memory_s", memory_s)
+        self.register_buffer("memory_t", memory_t)
         # Normalising constants [Z of the student anchor, Z of the teacher anchor]; < 0 = not set yet.
         self.register_buffer("z", torch.full((2,), -1.0))
         self.register_buffer("sampler_seed", torch.randint(0, 1 << 62, (), dtype=torch.long))
+        # Copies 1.. (none, and no module, for one bank: the state is exactly the single copy's).
+        self.replicas: Sequence[BankCopy] = (
+            nn.ModuleList(BankCopy(self, n_data, dim) for _ in range(params.banks - 1)) if params.banks > 1 else ())
         self.register_buffer("train_labels", labels, persistent=False)
         self.n_data = n_data
         counts = torch.bincount(labels - labels.min())
@@ -174,6 +214,12 @@ class CRD(Distiller):
     def _forget_host_state(module: nn.Module, incompatible_keys: object) -> None:
         module._z_ready = False
         module._generator_epoch = None
+        for replica in module.replicas:
+            replica._z_ready = False
+
+    def copies(self) -> list[nn.Module]:
+        """The per-GPU CRD states: this module (copy 0), then its replicas."""
+        return [self, *self.replicas]
 
     def generator(self, epoch: int) -> torch.Generator:
         """The sampler's generator, on the banks' device, reseeded whenever the epoch changes."""
@@ -191,43 +237,60 @@ class CRD(Distiller):
                                        min_available=self.min_available)
 
     @torch.no_grad()
-    def _set_z_once(self, scores_s: torch.Tensor, scores_t: torch.Tensor) -> None:
-        """Z = mean(exp-scores) · N on the first batch, per side (RepDistiller ContrastMemory)."""
-        if self._z_ready:
+    def _set_z_once(self, state: Any, scores_s: torch.Tensor, scores_t: torch.Tensor) -> None:
+        """Z = mean(exp-scores) · N on a copy's first batch, per side (RepDistiller ContrastMemory)."""
+        if state._z_ready:
             return
-        if self.z[0] < 0:
-            self.z[0] = scores_s.mean() * self.n_data
-        if self.z[1] < 0:
-            self.z[1] = scores_t.mean() * self.n_data
-        self._z_ready = True
+        if state.z[0] < 0:
+            state.z[0] = scores_s.mean() * self.n_data
+        if state.z[1] < 0:
+            state.z[1] = scores_t.mean() * self.n_data
+        state._z_ready = True
 
     @torch.no_grad()
-    def _update_memory(self, indices: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor) -> None:
-        """Rows of the batch ← normalise(m·old + (1−m)·new). Out of place: the step's autograd
+    def _update_memory(self, state: Any, indices: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor) -> None:
+        """A copy's rows of the batch ← normalise(m·old + (1−m)·new). Out of place: the step's autograd
         graph still holds the banks the scores were computed from."""
         m = self.params.nce_m
-        new_s = momentum_update(self.memory_s[indices], emb_s.to(self.memory_s.dtype), m)
-        new_t = momentum_update(self.memory_t[indices], emb_t.to(self.memory_t.dtype), m)
-        self.memory_s = self.memory_s.index_copy(0, indices, new_s)
-        self.memory_t = self.memory_t.index_copy(0, indices, new_t)
+        new_s = momentum_update(state.memory_s[indices], emb_s.to(state.memory_s.dtype), m)
+        new_t = momentum_update(state.memory_t[indices], emb_t.to(state.memory_t.dtype), m)
+        state.memory_s = state.memory_s.index_copy(0, indices, new_s)
+        state.memory_t = state.memory_t.index_copy(0, indices, new_t)
 
     def inference_state(self) -> dict[str, torch.Tensor]:
         """Final weights without the memory banks and sampler state (needed to resume, not to predict)."""
         training_only = ("memory_s", "memory_t", "z", "sampler_seed")
-        return {k: v for k, v in self.training_state().items() if k not in training_only}
+        def own_name(key: str) -> str:  # replicas.<k>.memory_s → memory_s
+            return key.split(".", 2)[-1] if key.startswith("replicas.") else key
+
+        return {k: v for k, v in self.training_state().items() if own_name(k) not in training_only}
+
+    def _copy_loss(self, state: Any, pooled_s: torch.Tensor, pooled_t: torch.Tensor, indices: torch.Tensor,
+                   contrast: torch.Tensor) -> torch.Tensor:
+        """One copy's (one GPU's) CRD loss on its samples; updates its banks (and its Z on its first batch)."""
+        emb_s = state.embed_s(pooled_s)
+        emb_t = state.embed_t(pooled_t)
+        t = self.params.nce_t
+        scores_s = losses.crd_scores(emb_s, state.memory_t, contrast, t)  # student anchor, teacher bank
+        scores_t = losses.crd_scores(emb_t, state.memory_s, contrast, t)  # teacher anchor, student bank
+        self._set_z_once(state, scores_s, scores_t)
+        loss = losses.crd(scores_s, scores_t, state.z[0], state.z[1], self.n_data)
+        self._update_memory(state, indices, emb_s.detach(), emb_t.detach())
+        return loss
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         if step.indices is None:
             raise KdbenchError("CRD needs the dataset index of every training sample (pass indices= to forward_train).")
         indices = step.indices.to(self.memory_s.device).long().flatten()
-        emb_s = self.embed_s(student.pooled)
-        emb_t = self.embed_t(teacher.pooled.detach())
         contrast = self.contrast_indices(indices, step.epoch)  # (B, K+1), column 0 = the sample itself
-        t = self.params.nce_t
-        scores_s = losses.crd_scores(emb_s, self.memory_t, contrast, t)  # student anchor, teacher bank
-        scores_t = losses.crd_scores(emb_t, self.memory_s, contrast, t)  # teacher anchor, student bank
-        self._set_z_once(scores_s, scores_t)
-        loss = losses.crd(scores_s, scores_t, self.z[0], self.z[1], self.n_data)
-        self._update_memory(indices, emb_s.detach(), emb_t.detach())
-        return student.logits, {"crd": self.params.weight * loss}
+        pooled_s, pooled_t = student.pooled, teacher.pooled.detach()
+        n = len(self.replicas) + 1
+        if n == 1:
+            return student.logits, {"crd": self.params.weight * self._copy_loss(self, pooled_s, pooled_t, indices, contrast)}
+        if indices.numel() < n:
+            raise KdbenchError(f"CRD with {n} per-GPU banks needs batches of at least {n} samples (got {indices.numel()}).")
+        # Chunk k = GPU k's samples: the student gets the mean of the copies' gradients, each copy its own in full.
+        parts = [self._copy_loss(state, scale_gradient(ps, 1 / n), pt, idx, con) for state, ps, pt, idx, con in zip(
+            self.copies(), *(x.tensor_split(n) for x in (pooled_s, pooled_t, indices, contrast)), strict=True)]
+        return student.logits, {"crd": self.params.weight * unsynced_copies_loss(parts)}

@@ -11,7 +11,10 @@ mdistiller's ``ReviewKD.py`` runs it on CIFAR-100 (P-MD; specs/methods-baselines
   SHAPES/OUT_SHAPES are exactly the probed tap sizes): conv1 1×1 (C_s → mid, no bias) + BN; conv2
   3×3 pad 1 (mid → C_t, no bias) + BN; all levels but the deepest fuse with the residual from the
   deeper level through a 1×1 conv (2·mid → 2, bias) + sigmoid giving two per-pixel weights.
-  mid = min(``max_mid_channels`` = 512, channels of the student's pooled vector). conv1/conv2
+  mid = min(``max_mid_channels`` = 512, channels of the student's pooled vector), mdistiller's
+  ``min(512, in_channels[-1])`` (mdistiller/distillers/ReviewKD.py:45, which ignores its config's
+  MAX_MID_CHANNEL). ReviewKD's own ImageNet code fixes mid = 512 for ResNet-18 and 256 for MobileNet
+  (ImageNet/models/reviewkd.py:74-83): ``max_mid_channels: 256``, variant ``imagenet-r50-mv1-rv``. conv1/conv2
   weights Kaiming-uniform (a = 1), the rest PyTorch defaults.
 * Review path, deepest level first: x = conv1(tap); fuse with the residual (nearest-upsampled to
   this level's size); resize x to the teacher tap's size (nearest) when it differs; output =
@@ -116,6 +119,10 @@ class ReviewKD(Distiller):
         "imagenet-r50-mv1": Variant(
             "mdistiller ImageNet ResNet-50→MobileNet-V1: weight 8, warm-up 1 epoch, student preact taps",
             {"weight": 8.0, "warmup": 1, "student_preact": True},
+        ),
+        "imagenet-r50-mv1-rv": Variant(
+            "imagenet-r50-mv1 with ReviewKD's own ABF width for MobileNet: 256 mid-channels (its ImageNet/models/reviewkd.py:83)",
+            {"weight": 8.0, "warmup": 1, "student_preact": True, "max_mid_channels": 256},
         ),
     }
 

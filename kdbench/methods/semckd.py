@@ -16,7 +16,10 @@ As in the released code (SimKD repo ``models/util.py`` SelfA/Proj/MLPEmbed,
 
 Fixed batch size: the MLPs read B-wide rows, so the method is built for the training batch size
 (``Needs(fixed_batch=True)``: the loop passes it, and drops an incomplete last batch, as the
-reference skips that step).
+reference skips that step). Per GPU (``Needs.batch_dependent_loss``): with ``training.loss_chunk`` the
+MLPs are built for the chunk and the whole SemCKD loss is computed per chunk and averaged, as in
+SimKD's DDP ImageNet runs, where ``SelfA(opt.batch_size, …)`` is built after ``opt.batch_size`` became
+the per-GPU 256 / 4 = 64 (SimKD train_student.py:185, 258) and DDP averages the GPUs' gradients.
 
 The reference's ``MLPEmbed`` also builds a second, never-used ``regressor`` (Linear(B → B/2),
 Linear(B/2 → B/4)); it receives no gradient and does not change training, so it is left out:
@@ -32,7 +35,7 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk, register
 from kdbench.methods.crd import l2_normalize
 from kdbench.models.base import Features, KDModel
 
@@ -89,7 +92,7 @@ class SemCKD(Distiller):
     title = "SemCKD"
     paper = "Chen et al., Cross-Layer Distillation with Semantic Calibration, AAAI 2021"
     Params = SemCKDParams
-    needs = Needs(teacher=True, fixed_batch=True)
+    needs = Needs(teacher=True, fixed_batch=True, batch_dependent_loss=True)
     variants = {
         "simkd": Variant("SimKD/SemCKD code protocol (CIFAR): 1·CE + 1·KD (T=4) + 400·SemCKD",
                          {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 400.0}),
@@ -110,10 +113,12 @@ class SemCKD(Distiller):
         super().__init__(student, teacher, params, example, batch_size=batch_size, **context)
         s, t = self.probe(example)
         assert t is not None and batch_size is not None
-        self.batch_size = int(batch_size)
+        self.batch_size = int(self.loss_chunk or batch_size)  # the batch one attention sees: one (original) GPU's
+        if batch_size % self.batch_size:
+            raise KdbenchError(f"SemCKD: loss_chunk {self.batch_size} must divide the batch size {batch_size}.")
         dim = self.batch_size // params.factor
         if dim < 1:
-            raise KdbenchError(f"SemCKD needs a batch size of at least {params.factor} (got {self.batch_size}).")
+            raise KdbenchError(f"SemCKD needs a batch (per loss chunk) of at least {params.factor} (got {self.batch_size}).")
         s_taps, t_taps = s.stages[1:], t.stages[1:]
         if not s_taps or not t_taps:
             raise KdbenchError("SemCKD needs at least one stage tap (f1..fk) in both networks.")
@@ -125,11 +130,16 @@ class SemCKD(Distiller):
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
-        if student.logits.shape[0] != self.batch_size:
+        size = student.logits.shape[0]
+        if size % self.batch_size or (step.loss_chunk is None and size != self.batch_size):
             raise KdbenchError(f"SemCKD was built for batch size {self.batch_size} but got a batch of "
-                               f"{student.logits.shape[0]}: its attention MLPs read batch-wide rows.")
-        s_taps = student.stages[1:]
-        t_taps = [f.detach() for f in teacher.stages[1:]]
+                               f"{size}: its attention MLPs read batch-wide rows.")
+        n_s = len(student.stages) - 1
+        taps = [*student.stages[1:], *(f.detach() for f in teacher.stages[1:])]
+        return student.logits, per_chunk(lambda *chunk: self._terms(list(chunk[:n_s]), list(chunk[n_s:])), step.loss_chunk, *taps)
+
+    def _terms(self, s_taps: list[torch.Tensor], t_taps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SemCKD's weighted loss on one batch (one GPU's) of student and teacher taps."""
         queries = torch.stack([q(gram(f)) for q, f in zip(self.query, s_taps)], dim=1)  # (B, n_s, d)
         keys = torch.stack([k(gram(f)) for k, f in zip(self.key, t_taps)], dim=1)  # (B, n_t, d)
         attention = losses.semckd_attention(queries, keys, self.params.soft)
@@ -141,5 +151,4 @@ class SemCKD(Distiller):
                 source, target = align(f_s, f_t)
                 projected[-1].append(p(source))
                 targets[-1].append(target)
-        loss = losses.semckd(projected, targets, attention)
-        return student.logits, {"semckd": self.params.weight * loss}
+        return {"semckd": self.params.weight * losses.semckd(projected, targets, attention)}

@@ -14,11 +14,20 @@ optimizer, with weight decay); mdistiller keeps a_c out of the optimizer so the 
 its initial value — variant ``mdistiller`` (``trainable_variance=False``: a_c is a buffer).
 Defaults = CRD protocol (γ = 1, α = 0, β = 1, trained a_c); variant ``simkd`` = SimKD code
 (c = d = 1, β = 1).
+
+Per GPU (``heads`` > 1): SimKD's DDP runs keep the ``VIDLoss`` modules outside DDP (only in
+``trainable_list``, SimKD train_student.py:234-241), so each original GPU had its own regressors and
+variances, drawn by its own RNG and trained on its own gradients. ``heads`` sets of regressors emulate
+that: batch chunk k (GPU k's samples) goes through set k, the student gets the mean of the sets'
+gradients and set k the whole gradient of its own loss (``methods.base.unsynced_copies_loss``). Set 0 is
+``regressors``, the others ``replica_regressors.<k-1>``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -26,7 +35,7 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.losses.feature import pool_to_common_size
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register, scale_gradient, unsynced_copies_loss
 from kdbench.models.base import Features, KDModel
 
 
@@ -37,6 +46,8 @@ class VIDParams(MethodParams):
     init_var: float = Field(5.0, gt=0.0)
     eps: float = 1e-5
     trainable_variance: bool = True
+    # Independent regressor sets, one per GPU of the original run (module docstring); 1: one set.
+    heads: int = Field(1, ge=1)
 
 
 class VIDRegressor(nn.Module):
@@ -69,6 +80,7 @@ class VID(Distiller):
     paper = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
     Params = VIDParams
     needs = Needs(teacher=True)
+    added_params: ClassVar[dict[str, Any]] = {"heads": 1}
     variants = {
         "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 1·VID, variances trained", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0, "trainable_variance": True}),
         "simkd": Variant("SimKD code protocol: 1·CE + 1·KD(T=4) + 1·VID, variances trained", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0, "trainable_variance": True}),
@@ -79,16 +91,34 @@ class VID(Distiller):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
-        self.regressors = nn.ModuleList(
-            VIDRegressor(f_s.shape[1], f_t.shape[1], params.init_var, params.eps, params.trainable_variance)
-            for f_s, f_t in zip(s.stages[1:], t.stages[1:])
-        )
+        def regressor_set() -> nn.ModuleList:
+            return nn.ModuleList(
+                VIDRegressor(f_s.shape[1], f_t.shape[1], params.init_var, params.eps, params.trainable_variance)
+                for f_s, f_t in zip(s.stages[1:], t.stages[1:])
+            )
+
+        self.regressors = regressor_set()
+        # Sets 1.. (none, and no module, for one set: the state is exactly the single set's).
+        self.replica_regressors: Sequence[nn.ModuleList] = (
+            nn.ModuleList(regressor_set() for _ in range(params.heads - 1)) if params.heads > 1 else ())
+
+    def _loss(self, regressors: nn.ModuleList, s_taps: list[torch.Tensor], t_taps: list[torch.Tensor]) -> torch.Tensor:
+        """One regressor set's VID loss: front-aligned pairs f1..fk, truncated at the shorter list, summed."""
+        total = []
+        for f_s, f_t, reg in zip(s_taps, t_taps, regressors):
+            f_s, f_t = pool_to_common_size(f_s, f_t.detach())
+            total.append(losses.vid(reg(f_s), f_t, reg.log_scale, self.params.eps))
+        return sum(total)
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
-        total = []
-        # Front-aligned pairs f1..fk, truncated at the shorter list (one regressor per pair).
-        for f_s, f_t, reg in zip(student.stages[1:], teacher.stages[1:], self.regressors):
-            f_s, f_t = pool_to_common_size(f_s, f_t.detach())
-            total.append(losses.vid(reg(f_s), f_t, reg.log_scale, self.params.eps))
-        return student.logits, {"vid": self.params.weight * sum(total)}
+        s_taps, t_taps = student.stages[1:], teacher.stages[1:]
+        sets = [self.regressors, *self.replica_regressors]
+        if len(sets) == 1:
+            return student.logits, {"vid": self.params.weight * self._loss(self.regressors, s_taps, t_taps)}
+        n = len(sets)
+        chunks_s = [f.tensor_split(n) for f in s_taps]
+        chunks_t = [f.tensor_split(n) for f in t_taps]
+        parts = [self._loss(regs, [scale_gradient(c[k], 1 / n) for c in chunks_s], [c[k] for c in chunks_t])
+                 for k, regs in enumerate(sets)]
+        return student.logits, {"vid": self.params.weight * unsynced_copies_loss(parts)}

@@ -9,6 +9,10 @@
   1024@7); ``preact`` = their outputs before the final ReLU, ``stages`` = after it; f0 = the stem
   output (mdistiller has no stem tap; kdbench's methods read f1..fk). BN-before-ReLU = those units'
   pointwise BN.
+* ``imagenet/mobilenet_v1_tf_init``: the same network initialised as DIST's code base does
+  (hunto/image_classification_sota lib/models/mobilenet_v1.py:5-20, 66-67, "as per Tensorflow Official
+  impl"): every conv N(0, √(2 / (k_h·k_w·C_out))) (fan-out, so a depthwise 3×3 over C channels has
+  std √(2 / 9C)), BN weight 1 / bias 0, ``fc`` U(±1/√num_classes) (its fan-out) with bias 0.
 * MobileNetV2 (Sandler et al. 2018): torchvision's ``mobilenet_v2`` (3 504 872 parameters; dropout 0.2
   before the classifier), module names as torchvision's except its ``classifier.1`` is ``classifier``
   (:func:`from_torchvision_state`). Taps at strides 4/8/16/32: the outputs of ``features`` 3, 6, 13 and
@@ -17,6 +21,10 @@
 """
 
 from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +45,28 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int
             nn.BatchNorm2d(out_ch), nn.ReLU()]
 
 
-class MobileNetV1(KDModel):
-    """mdistiller's ImageNet MobileNet-V1 (module docstring)."""
+def init_tf_fan_out(model: nn.Module) -> None:
+    """DIST's ``_initialize_weight_goog`` (ics lib/models/mobilenet_v1.py:5-20), applied in ``modules()`` order:
+    conv N(0, √(2 / (k_h·k_w·C_out))), bias 0; BN 1 / 0; Linear U(±1/√out_features), bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.weight.shape[0])
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
 
-    def __init__(self, *, num_classes: int = IMAGENET_CLASSES):
+
+class MobileNetV1(KDModel):
+    """mdistiller's ImageNet MobileNet-V1 (module docstring). ``init``: ``pytorch`` (PyTorch's defaults, as
+    mdistiller) or ``tf`` (DIST's code base, :func:`init_tf_fan_out`)."""
+
+    def __init__(self, *, num_classes: int = IMAGENET_CLASSES, init: Literal["pytorch", "tf"] = "pytorch"):
         super().__init__()
         units = [nn.Sequential(*_conv_bn_relu(3, 32, 3, 2))]
         in_ch = 32
@@ -49,6 +75,10 @@ class MobileNetV1(KDModel):
             in_ch = out_ch
         self.model = nn.Sequential(*units)
         self.fc = nn.Linear(in_ch, num_classes)
+        if init == "tf":
+            init_tf_fan_out(self)
+        elif init != "pytorch":
+            raise ValueError(f"MobileNetV1 init must be 'pytorch' or 'tf', not {init!r}")
 
     @property
     def classifier(self) -> nn.Linear:  # type: ignore[override]
@@ -150,5 +180,7 @@ class MobileNetV2(KDModel):
 
 register("imagenet/mobilenet_v1", zoo="imagenet", family="imagenet_mobilenet_v1", paper_label="MobileNet",
          input_size=IMAGENET_INPUT_SIZE)(MobileNetV1)
+register("imagenet/mobilenet_v1_tf_init", zoo="imagenet", family="imagenet_mobilenet_v1", paper_label="MobileNet",
+         input_size=IMAGENET_INPUT_SIZE)(partial(MobileNetV1, init="tf"))
 register("imagenet/mobilenet_v2", zoo="imagenet", family="imagenet_mobilenet_v2", paper_label="MobileNetV2",
          input_size=IMAGENET_INPUT_SIZE)(MobileNetV2)

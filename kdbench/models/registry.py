@@ -1,9 +1,10 @@
 """Model names -> factories, with the zoo each network comes from and how papers print it.
 
-Three zoos (``specs/architectures.md`` §0, §4, §5): ``crd`` = RepDistiller's CIFAR networks (also
+Four zoos (``specs/architectures.md`` §0, §4, §5): ``crd`` = RepDistiller's CIFAR networks (also
 used by mdistiller and most later papers) under their RepDistiller names; ``simkd`` = networks that
 only SimKD defines, under ``simkd/<SimKD name>``; ``imagenet`` = the ImageNet networks of the KD
-papers' ImageNet tables, under ``imagenet/<name>``. A SimKD network identical to a CRD one is an
+papers' ImageNet tables, under ``imagenet/<name>``; ``mdistiller`` = CRD networks whose forward in
+mdistiller's released code computes something else (``mdistiller/<name>``, e.g. its WRNs' BN updates). A SimKD network identical to a CRD one is an
 *alias* ``simkd/<name>`` of the CRD name, so a run's identity never depends on the spelling a recipe
 used. Each entry records its native input side (``input_size``: 32 for CIFAR, 224 for ImageNet).
 """
@@ -17,7 +18,7 @@ from typing import Protocol, TypeVar
 from kdbench.errors import UnknownNameError
 from kdbench.models.base import KDModel
 
-ZOOS = ("crd", "simkd", "imagenet")
+ZOOS = ("crd", "simkd", "imagenet", "mdistiller")
 CIFAR_INPUT_SIZE = 32
 
 

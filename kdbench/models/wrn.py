@@ -2,6 +2,15 @@
 
 RepDistiller ``models/wrn.py``; spec ``specs/architectures.md`` §3.2. Not to be confused with
 SimKD's "WRN-d-k", which are post-activation CIFAR ResNets (``simkd/resnet38x2`` etc.).
+
+``mdistiller/wrn_d_k``: the same network as mdistiller's (and MLKD's) released ``models/cifar/wrn.py``
+computes it. Its ``forward`` always builds the preact taps by applying three BNs a second time after the
+logits (``f1_pre = self.block2.layer[0].bn1(f1)``, ``f2_pre = self.block3.layer[0].bn1(f2)``,
+``f3_pre = self.bn1(f3)``, mdistiller/models/cifar/wrn.py:141-143). In train mode the second pass
+normalises the same batch with the same statistics, so outputs and gradients are unchanged, but each of
+those BNs updates its running statistics twice per forward: running ← (1−m)²·running + (1−(1−m)²)·batch
+(an effective momentum of 0.19 at m = 0.1), and ``num_batches_tracked`` counts 2 per forward. Those
+running statistics are what the evaluated network uses.
 """
 
 from __future__ import annotations
@@ -56,10 +65,13 @@ class WideResNet(KDModel):
     ``preact`` replaces f1..f3 by the next BN applied to them (stage-2/3 first block's ``bn1``,
     head BN), taken from the forward pass itself instead of re-applying the BNs as RepDistiller
     does (same values; no second running-statistics update); ``head_map`` = ReLU(head BN(f3)).
+    ``reapply_preact_bns``: re-apply them after the logits on every forward, as mdistiller's code does
+    (module docstring): the preact taps are the second pass's outputs.
     """
 
-    def __init__(self, *, depth: int, widen: int, num_classes: int = 100):
+    def __init__(self, *, depth: int, widen: int, num_classes: int = 100, reapply_preact_bns: bool = False):
         super().__init__()
+        self.reapply_preact_bns = reapply_preact_bns
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
@@ -81,12 +93,15 @@ class WideResNet(KDModel):
         f3_pre = self.bn(f3)
         head_map = F.relu(f3_pre)
         pooled = torch.flatten(F.adaptive_avg_pool2d(head_map, 1), 1)
+        logits = self.classifier(pooled)
+        if self.reapply_preact_bns:  # mdistiller/models/cifar/wrn.py:141-143, after the logits
+            f1_pre, f2_pre, f3_pre = self.block2[0].bn1(f1), self.block3[0].bn1(f2), self.bn(f3)
         return Features(
             stages=[f0, f1, f2, f3],
             preact=[f0, f1_pre, f2_pre, f3_pre],
             head_map=head_map,
             pooled=pooled,
-            logits=self.classifier(pooled),
+            logits=logits,
         )
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
@@ -99,3 +114,6 @@ for _depth, _widen in [(16, 1), (16, 2), (40, 1), (40, 2)]:
     register(
         f"wrn_{_depth}_{_widen}", zoo="crd", family="wrn", paper_label=f"WRN-{_depth}-{_widen}"
     )(partial(WideResNet, depth=_depth, widen=_widen))
+    register(
+        f"mdistiller/wrn_{_depth}_{_widen}", zoo="mdistiller", family="wrn", paper_label=f"WRN-{_depth}-{_widen}"
+    )(partial(WideResNet, depth=_depth, widen=_widen, reapply_preact_bns=True))
