@@ -64,6 +64,10 @@ class Protocol:
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = True  # False: BN γ/β and biases get no weight decay
     row_lr: dict[str, float] = field(default_factory=dict)  # a row's own LR (an LR sweep), by row label
+    row_epochs: dict[str, int] = field(default_factory=dict)  # a row's own length, by row label
+
+    def epochs_of(self, row: str) -> int:
+        return self.row_epochs.get(row, self.epochs)
 
 
 SIMKD_CIFAR = Protocol("SimKD train_student.py:42-51, 95-96, 285-288 (SGD over every trainable module, no Nesterov)",
@@ -71,8 +75,11 @@ SIMKD_CIFAR = Protocol("SimKD train_student.py:42-51, 95-96, 285-288 (SGD over e
 REPDISTILLER_CIFAR = Protocol("RepDistiller train_student.py:44-54, 92-94, 273-276", 240, 64, CIFAR_240, small_nets_at_001)
 DIST_CIFAR = Protocol("DIST dist_cifar.yaml (sgd_no_nesterov, opt_no_filter, warm-up 120 at warmup_lr = lr, StepLR 30)",
                       240, 64, CIFAR_240, small_nets_at_001)
-MLKD_CIFAR = Protocol("mdistiller engine/trainer.py:37-47, configs/cifar100/ours/*.yaml:11-17 (HEAD: 240 epochs)",
-                      240, 64, CIFAR_240, mlkd_lr)
+# MLKD's own rows train 480 epochs in both 2023 releases (6327e73, 77b91ec configs/cifar100/ours/*.yaml:11), same
+# milestones; the "(240 epochs)" rows, the baselines and the teachers train 240 (HEAD 5ee473f; CRD's protocol).
+MLKD_480 = {"MLKD": 480, "RKD+MLKD": 480, "ReviewKD+MLKD": 480}
+MLKD_CIFAR = Protocol("mdistiller engine/trainer.py:37-47, configs/cifar100/ours/*.yaml:11-17 (2023: 480 epochs for MLKD)",
+                      240, 64, CIFAR_240, mlkd_lr, row_epochs=MLKD_480)
 DIST_B1 = Protocol("DIST resnet_dist.yaml; ics tools/train.py:110-118, lib/utils/optim.py:41-63 (Nesterov, 1-D filter)",
                    100, 256, IMAGENET_100, imagenet_lr, nesterov=True, weight_decay=1e-4, decay_norm_and_bias=False)
 SIMKD_IMAGENET = Protocol("SimKD scripts/run_distill.sh (ImageNet), train_student.py:285-288, helper/util.py:8-27",
@@ -138,13 +145,14 @@ def test_lr_at_every_epoch_of_every_run(name, plans):
     checked: set[tuple] = set()
     for run in runs:
         t = run.spec.train
-        assert (t.epochs, t.batch_size) == (protocol.epochs, protocol.batch_size), run.spec.run_id
+        epochs = protocol.epochs_of(run.row)
+        assert (t.epochs, t.batch_size) == (epochs, protocol.batch_size), run.spec.run_id
         base = protocol.row_lr.get(run.row) or protocol.base_lr(run.spec.model, run.teacher_run)
         if (t, base) in checked:  # runs of one schedule and base LR: checked once
             continue
         checked.add((t, base))
-        got = [t.lr_at(epoch) for epoch in range(1, protocol.epochs + 1)]
-        expected = [base * expected_multiplier(protocol.schedule, epoch) for epoch in range(1, protocol.epochs + 1)]
+        got = [t.lr_at(epoch) for epoch in range(1, epochs + 1)]
+        expected = [base * expected_multiplier(protocol.schedule, epoch) for epoch in range(1, epochs + 1)]
         assert got == pytest.approx(expected, rel=1e-12), (run.spec.model, run.row)
         for epoch, multiplier in protocol.schedule.items():  # the boundaries, spelled out
             assert t.lr_at(epoch) == pytest.approx(base * multiplier, rel=1e-12), (run.spec.model, epoch)
