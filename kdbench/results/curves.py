@@ -209,6 +209,10 @@ class Curves:
                         backend.name, when, type(exc).__name__, exc)
             if backend in self.backends:
                 self.backends.remove(backend)
+                try:
+                    backend.close(True)  # release its files and threads; the failure was reported above
+                except Exception:  # noqa: BLE001 - a second error of the same broken backend adds nothing
+                    pass
 
 
 def _recorded(rundir: RunDir) -> list[dict[str, Any]]:
