@@ -60,6 +60,10 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autoc
 ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
 CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="default, or reduce-overhead: CUDA graphs over the compiled networks (CUDA and --compile only; off by default until measured: kdbench doctor times it on a GPU).")]
+LogToOpt = Annotated[str, typer.Option("--log-to", help=(
+    "Where each epoch's metrics also go, comma-separated: tensorboard (default; event files in RESULTS/runs/<run id>/tb/, "
+    "see `tensorboard --logdir RESULTS/runs`), wandb (pip install 'kdbench[wandb]'), mlflow (pip install "
+    "'kdbench[mlflow]'), or none. metrics.jsonl is always written."))]
 TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="Logit-only methods (kd, dkd, dist, ...) can look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache. auto: when it exists, or when the run has at least 162 epochs (it then pays for itself); on: always; off: run the teacher every step.")]
 
 
@@ -122,6 +126,7 @@ def reproduce(
     compile_: CompileOpt = None,
     compile_mode: CompileModeOpt = "default",
     teacher_cache: TeacherCacheOpt = "auto",
+    log_to: LogToOpt = "tensorboard",
     executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs or CPU) or slurm (one job per run, a job array per cell's trials; needs pip install 'kdbench[slurm]').")] = "local",
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition.")] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account.")] = None,
@@ -143,10 +148,12 @@ def reproduce(
         from kdbench.execute.slots import concurrency
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
+        from kdbench.results import curves
 
         from kdbench.data.identity import identified
 
         _check_loader(loader)
+        loggers = curves.parse(log_to)
         loaded = load_recipe(recipe)
         if profile != "smoke":  # smoke trains on generated data
             loaded = identified(loaded, data_dir)
@@ -155,6 +162,7 @@ def reproduce(
         if dry_run:
             _print_plan(table_plan, results, data_dir)
             return
+        curves.require(loggers)  # a missing extra is one error here, not one per run
         compute = _compute(precision, channels_last, compile_, teacher_cache, compile_mode)
         if executor not in ("local", "slurm"):
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
@@ -167,7 +175,7 @@ def reproduce(
                                    setup=tuple(slurm_setup or ()), gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, mem_gb=mem_gb)
 
             def make(listener):
-                return SlurmExecutor(options, TrainOptions(device, data_dir, loader, compute.to_json()), listener=listener,
+                return SlurmExecutor(options, TrainOptions(device, data_dir, loader, compute.to_json(), loggers), listener=listener,
                                      aggregate=(table_plan.recipe.name, table_plan.profile), on_submitted=_print_submission,
                                      timeout_s=wait_timeout * 60 if wait_timeout is not None else None)
 
@@ -189,7 +197,7 @@ def reproduce(
             if executor == "slurm":
                 runner = make(progress.event)
             else:
-                runner = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader), listener=progress.event,
+                runner = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader, loggers), listener=progress.event,
                                        gpus_per_run=gpus_per_run)
             outcomes = reproduce_table(table_plan, results, runner, ci)
     except KdbenchError as exc:
@@ -544,6 +552,7 @@ def train(
     compile_: CompileOpt = None,
     compile_mode: CompileModeOpt = "default",
     teacher_cache: TeacherCacheOpt = "auto",
+    log_to: LogToOpt = "tensorboard",
     nproc: Annotated[int, typer.Option("--nproc", min=1, help=(
         "Train the run as N DDP processes on this machine (one per GPU; gloo on CPU). The global batch stays the "
         "spec's batch size: each process takes 1/N of every batch.")),
@@ -555,22 +564,27 @@ def train(
     from kdbench import train as training
     from kdbench.execute.children import watch_parent
     from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.results import curves
     from kdbench.results.store import RunLocked
 
     watch_parent()  # started by `reproduce`: end with it
     try:
         _check_loader(loader)
+        loggers = curves.parse(log_to)
+        curves.require(loggers)  # before any rank starts
         run_spec = training.load_spec(spec, results)
         if nproc > 1:
             options = ["--results", str(results), "--device", device, "--workers", str(workers), "--loader", loader,
-                       "--precision", precision, "--teacher-cache", teacher_cache, *(["--data-dir", data_dir] if data_dir else []),
+                       "--precision", precision, "--teacher-cache", teacher_cache, "--log-to", curves.flag(loggers),
+                       *(["--data-dir", data_dir] if data_dir else []),
                        *([] if channels_last is None else ["--channels-last" if channels_last else "--no-channels-last"]),
                        *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"]),
                        "--compile-mode", compile_mode, *(["--slot", slot] if slot else [])]
             _train_processes(spec, run_spec.run_id, results, nproc, options)
             return  # rank 0 printed the run's line
         result = training.run(run_spec, results, device=device, data_dir=data_dir, num_workers=workers,
-                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode), slot=slot)
+                              loader=loader, compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode),
+                              slot=slot, loggers=loggers)
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED)

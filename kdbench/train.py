@@ -13,7 +13,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
+from kdbench.results import curves
 from kdbench.results.store import RUN_ID, RunDir, RunLocked, WriteFailed, atomic_write_json, read_json
 
 log = logging.getLogger("kdbench.train")
@@ -100,24 +101,28 @@ def run(
     loader: str = "auto",
     compute: ComputeOptions | None = None,
     slot: str | None = None,
+    loggers: Sequence[str] = curves.DEFAULT,
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
     ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
     ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
     ``slot``: the executor's slot, recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held.
+    ``loggers``: where rank 0 also sends each epoch's metrics (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
     Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/distributed.py``), it trains
     its share of every global batch and only rank 0 writes the run directory."""
+    curves.require(loggers)
     group = distributed.init(device)
     try:
         return _run(spec, Path(results), group, group.device or resolve_device(device), data_dir, num_workers,
-                    progress, loader, compute or ComputeOptions(), slot)
+                    progress, loader, compute or ComputeOptions(), slot, loggers)
     finally:
         group.shutdown()
 
 
 def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_dir: str | Path | None,
-         num_workers: int, progress: bool | None, loader: str, compute: ComputeOptions, slot: str | None) -> dict[str, Any]:
+         num_workers: int, progress: bool | None, loader: str, compute: ComputeOptions, slot: str | None,
+         loggers: Sequence[str] = curves.DEFAULT) -> dict[str, Any]:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
         state, locked = "train", None
@@ -144,6 +149,7 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
             rundir.failed_file.unlink(missing_ok=True)
             if slot is not None:  # written under the lock: an executor that lost the race for this run cannot overwrite it
                 _record_launch(rundir, slot)
+            held.enter_context(curves.recording(rundir, spec, loggers))  # each metrics.jsonl write also goes there
         try:
             result = _train(spec, rundir, results, device, data_dir, num_workers,
                             group.is_main and (sys.stderr.isatty() if progress is None else progress), loader, compute, group)

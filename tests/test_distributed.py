@@ -300,6 +300,7 @@ def test_nproc_2_trains_the_run_like_one_process(ddp_run):
     assert result["world_size"] == 2 and json.loads(RunDir(one, spec.run_id).result_file.read_text())["world_size"] == 1
     assert [h["epoch"] for h in run.read_metrics()] == [1, 2]
     assert "2 processes (gloo)" in run.log_file.read_text()
+    assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 1  # only rank 0 logs the curves
     start = tiny_start(spec)
     w2 = torch.load(run.model_file, weights_only=True)
     w1 = torch.load(RunDir(one, spec.run_id).model_file, weights_only=True)

@@ -326,7 +326,8 @@ def kdbench(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock", "checksums.json"}
+RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock", "checksums.json",
+             "tb"}  # tb/: the default --log-to tensorboard's event files
 
 
 def layout(results: Path) -> dict[str, set[str]]:

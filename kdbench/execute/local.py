@@ -32,6 +32,7 @@ from kdbench.execute import children
 from kdbench.execute.slots import Slot, SlotPool
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.plan import RunSpec
+from kdbench.results import curves
 from kdbench.results.store import RunDir, atomic_write_json
 
 Status = Literal["done", "failed", "skipped"]
@@ -119,11 +120,13 @@ def slot_device(slot: Slot) -> str:
 
 
 def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None,
-                  compute: ComputeOptions | None = None, loader: str = "auto") -> list[str]:
+                  compute: ComputeOptions | None = None, loader: str = "auto",
+                  loggers: Sequence[str] = curves.DEFAULT) -> list[str]:
     """The command an executor runs for one spec: ``python -m kdbench train SPEC`` (``--nproc g`` on a slot of g units)."""
     device = slot_device(slot)
     command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device,
-               "--loader", loader, "--slot", slot.name] + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
+               "--loader", loader, "--slot", slot.name, "--log-to", curves.flag(loggers)] + (
+                   ["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
     return command + (["--data-dir", data_dir] if data_dir else []) + (compute_flags(compute) if compute else [])
 
 
@@ -238,11 +241,13 @@ class SlotWorkers:
     ``kdbench train --nproc g`` process; the idle workers of its units are stopped first, so that no
     CUDA context or cached memory of theirs stays on those GPUs."""
 
-    def __init__(self, data_dir: str | None = None, compute: ComputeOptions | None = None, loader: str = "auto"):
-        self.data_dir, self.loader = data_dir, loader
+    def __init__(self, data_dir: str | None = None, compute: ComputeOptions | None = None, loader: str = "auto",
+                 loggers: Sequence[str] = curves.DEFAULT):
+        self.data_dir, self.loader, self.loggers = data_dir, loader, tuple(loggers)
         self.compute = compute or ComputeOptions()
         self.workers: dict[str, _Worker] = {}
-        self.per_run = ProcessPerRun(partial(train_command, data_dir=data_dir, compute=self.compute, loader=loader))
+        self.per_run = ProcessPerRun(partial(train_command, data_dir=data_dir, compute=self.compute, loader=loader,
+                                             loggers=self.loggers))
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> Handle:
         if slot.nproc > 1:
@@ -252,7 +257,8 @@ class SlotWorkers:
         if worker is None or not worker.alive():
             worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
         worker.send({"spec_file": str(spec_file), "results": str(results), "device": slot_device(slot),
-                     "data_dir": self.data_dir, "compute": self.compute.to_json(), "loader": self.loader, "slot": slot.name})
+                     "data_dir": self.data_dir, "compute": self.compute.to_json(), "loader": self.loader, "slot": slot.name,
+                     "loggers": list(self.loggers)})
         return _WorkerRun(worker)
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
+from kdbench.results import curves
 from kdbench.results.store import RunDir, RunLocked
 
 LOCK_POLL_SECONDS = 5.0
@@ -29,6 +30,7 @@ class TrainOptions:
     data_dir: str | None = None
     loader: str = "auto"
     compute: dict[str, Any] = field(default_factory=dict)  # ComputeOptions.to_json()
+    loggers: tuple[str, ...] = curves.DEFAULT  # --log-to (kdbench/results/curves.py)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class TrainJob:
             return ddp_train(rundir.spec_file, Path(self.results), self.nproc, self.options)
         spec = train.load_spec(str(rundir.spec_file), Path(self.results))
         return train.run(spec, Path(self.results), device=self.options.device, data_dir=self.options.data_dir,
-                         progress=False, loader=self.options.loader, compute=ComputeOptions(**self.options.compute))
+                         progress=False, loader=self.options.loader, compute=ComputeOptions(**self.options.compute),
+                         loggers=self.options.loggers)
 
 
 def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions) -> dict[str, Any]:
@@ -74,7 +77,8 @@ def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions)
     from kdbench.execute.worker import EXIT_LOCKED
     slot = Slot("cpu" if options.device == "cpu" else "cuda")
     command = train_command(spec_file, results, slot, data_dir=options.data_dir,
-                            compute=ComputeOptions(**options.compute), loader=options.loader) + ["--nproc", str(nproc)]
+                            compute=ComputeOptions(**options.compute), loader=options.loader,
+                            loggers=options.loggers) + ["--nproc", str(nproc)]
     code = subprocess.run(command, check=False).returncode
     if code == EXIT_LOCKED:
         raise RunLocked(f"run {spec_file.parent.name} is being trained by another process.")

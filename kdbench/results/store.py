@@ -4,7 +4,8 @@ Layout of ``<results>/runs/<run-id>/``: ``spec.json`` (what the run is), ``metri
 line per finished epoch), ``checkpoint.pt`` (resume point), ``model.pt`` (final weights),
 ``result.json`` (written last: its presence means "done"), ``failed.json`` (why a run failed),
 ``launch.json`` (the local executor's slot, start time and starting epoch of the latest attempt),
-``train.log``, ``.lock`` and ``checksums.json``. Tables reproduced from recipes are recorded under ``tables/``.
+``train.log``, ``.lock``, ``checksums.json``, and the training curves: TensorBoard event files in ``tb/`` (plus
+``wandb/`` or ``mlflow_run_id`` with those loggers; ``kdbench/results/curves.py``). Tables reproduced from recipes are recorded under ``tables/``.
 
 Integrity: ``checkpoint.pt``, ``model.pt``, ``metrics.jsonl`` and ``result.json`` are written through
 :meth:`RunDir.write_verified`, which records the sha256 of the new content in ``checksums.json`` *before*
@@ -154,6 +155,8 @@ class RunDir:
     def __init__(self, results: Path, run_id: str):
         self.run_id = check_run_id(run_id)
         self.path = Path(results) / "runs" / run_id
+        # Called with the whole history after each write_metrics (the curve loggers, results/curves.py).
+        self.metrics_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
 
     spec_file = property(lambda self: self.path / "spec.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
@@ -165,6 +168,7 @@ class RunDir:
     lock_file = property(lambda self: self.path / ".lock")
     launch_file = property(lambda self: self.path / "launch.json")
     checksums_file = property(lambda self: self.path / "checksums.json")
+    tb_dir = property(lambda self: self.path / "tb")  # TensorBoard event files
 
     def repair_hint(self, *paths: Path) -> str:
         """The command that removes ``paths`` (and ``result.json``) so that the next run redoes what they held."""
@@ -254,9 +258,11 @@ class RunDir:
         return read_json(self.failed_file)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite the whole epoch history atomically (small; never a torn last line)."""
+        """Rewrite the whole epoch history atomically (small; never a torn last line), then tell the listeners."""
         data = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode()
         self.write_verified(self.metrics_file, lambda fh: fh.write(data))
+        for listener in self.metrics_listeners:
+            listener(history)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The verified epoch history (empty before the first epoch)."""
