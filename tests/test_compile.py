@@ -165,7 +165,7 @@ def kd_specs(seed: int) -> tuple[RunSpec, RunSpec]:
     return teacher, student
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
     """A slot worker trains run after run in one process; every network of a CIFAR family shares one code object
     (StagedNet.forward_features), so before each run reset dynamo, all runs but the first hit the shared limit of 8

@@ -38,7 +38,8 @@ def small_nets_at_001(model: str, teacher_run: bool) -> float:
     return 0.01 if model.split("/")[-1].startswith(("MobileNetV2", "ShuffleV")) else 0.05
 
 
-MLKD_STUDENTS = {"resnet20", "resnet32", "resnet8x4", "wrn_16_2", "wrn_40_1", "vgg8"}
+# The WRN students are mdistiller's wrn.py (its double BatchNorm update), kdbench's mdistiller/ zoo.
+MLKD_STUDENTS = {"resnet20", "resnet32", "resnet8x4", "mdistiller/wrn_16_2", "mdistiller/wrn_40_1", "vgg8"}
 
 
 def mlkd_lr(model: str, teacher_run: bool) -> float:
