@@ -91,11 +91,14 @@ class TeacherRef(_Spec):
 
 
 class CheckpointRef(_Spec):
-    """Import weights instead of training: the file's digest is part of the run's identity."""
+    """Import weights instead of training: the file's digest is part of the run's identity (its path too when
+    no digest is published: the file is then checked against the digest recorded on first use)."""
 
     path: str
-    sha256: str
+    sha256: str | None
     format: str
+    # The authors' release this file is (a key of kdbench/models/pretrained.py's RELEASED): where to download it.
+    released: str | None = None
 
 
 class RunRef(_Spec):
@@ -119,6 +122,9 @@ class RunSpec(_Spec):
     data: DataSpec
     train: TrainSpec
     seed: int
+    # Which epoch's weights the run hands on (a teacher's students read them): "best" also writes model_best.pt.
+    # The default "last" is left out of the canonical JSON: run ids stay as they were.
+    keep: Literal["best", "last"] = "last"
 
     @property
     def dependencies(self) -> list[str]:
@@ -127,7 +133,15 @@ class RunSpec(_Spec):
 
     def canonical_json(self) -> str:
         """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
-        exclude: dict[str, Any] = {"checkpoint": {"path"}} if self.checkpoint is not None else {}
+        exclude: dict[str, Any] = {}
+        if self.checkpoint is not None:
+            # The digest names the content (its location is left out); fields added later are left out at None.
+            left_out = {"path"} if self.checkpoint.sha256 is not None else set()
+            left_out |= {"released"} if self.checkpoint.released is None else set()
+            if left_out:
+                exclude["checkpoint"] = left_out
+        if self.keep == "last":
+            exclude["keep"] = True
         unchanged = {k for k, v in ADDED_TRAIN_DEFAULTS.items() if getattr(self.train, k) == v}
         if unchanged:
             exclude["train"] = unchanged
@@ -192,9 +206,13 @@ def plan(
     for key, teacher in recipe.teachers.items():
         spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
                      TEACHER_SEED, teacher.training)
-        if teacher.checkpoint is not None and profile != "smoke":  # smoke data has other classes: train instead
-            ckpt = teacher.checkpoint
-            spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format)})
+        ckpt = teacher.file(recipe.teacher_source)
+        if ckpt is not None and profile != "smoke":  # smoke data has other classes: train instead
+            _check_released_model(recipe, key)
+            spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format,
+                                                                       released=teacher.released)})
+        elif teacher.keep != "last":
+            spec = spec.model_copy(update={"keep": teacher.keep})
         teacher_ids[key] = spec.run_id
         if any(recipe.column(c).teacher == key for c in selected_columns):
             result.specs[spec.run_id] = spec
@@ -244,6 +262,19 @@ def _spec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
         data=data, train=train, seed=seed,
     )
+
+
+def _check_released_model(recipe: Recipe, key: str) -> None:
+    """A teacher's released file must be of the teacher's own network."""
+    teacher = recipe.teachers[key]
+    if teacher.released is None:
+        return
+    from kdbench.models.pretrained import RELEASED
+
+    entry = RELEASED[teacher.released]
+    if models.canonical_name(entry.model) != models.canonical_name(teacher.model):
+        raise KdbenchError(f"recipe {recipe.name}, teacher {key!r} ({teacher.model}) names the released file "
+                           f"{teacher.released!r}, which is a {entry.model}: name the release of this network.")
 
 
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:

@@ -7,6 +7,8 @@ extra per-cell quantities (a test loss, a pruning ratio) get rows of their own (
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +42,10 @@ class TableComparison:
     quantities: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUANTITY_COLUMNS))  # per cell × quantity
 
 
-def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05) -> list[TableComparison]:
-    """Comparisons for every table reproduced under ``results`` (or only ``recipe``).
+def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05, *,
+            teachers: str | None = None) -> list[TableComparison]:
+    """Comparisons for every table reproduced under ``results`` (or only ``recipe``); ``teachers`` (released/trained)
+    compares the runs of that teacher source instead of the one each table was reproduced with.
 
     A recipe that was never reproduced there is still compared (full profile, no results), so
     the published numbers can be listed before anything has run.
@@ -52,6 +56,8 @@ def compare(results: Path, recipe: str | None = None, metric: str | None = None,
     if recipe is not None:
         wanted = load_recipe(recipe).name
         records = [r for r in records if r.recipe.name == wanted] or [_unreproduced(recipe)]
+    if teachers is not None:
+        records = [dataclasses.replace(r, recipe=r.recipe.with_teacher_source(teachers)) for r in records]
     runs = collect(results)
     return [_compare_table(record, runs.set_index("run_id"), metric or record.recipe.metric, alpha) for record in records]
 
