@@ -203,6 +203,7 @@ def plan(
 
     result = Plan(recipe=recipe, profile=profile, trials=n_trials)
     teacher_ids: dict[str, str] = {}
+    same_training: dict[str, RunSpec] = {}
     for key, teacher in recipe.teachers.items():
         spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
                      TEACHER_SEED, teacher.training)
@@ -214,6 +215,8 @@ def plan(
         elif teacher.keep != "last":
             spec = spec.model_copy(update={"keep": teacher.keep})
         teacher_ids[key] = spec.run_id
+        if spec.keep != "last":  # the same training keeping only its last epoch is this run (a student row's baseline)
+            same_training[spec.model_copy(update={"keep": "last"}).run_id] = spec
         if any(recipe.column(c).teacher == key for c in selected_columns):
             result.specs[spec.run_id] = spec
 
@@ -244,6 +247,7 @@ def plan(
                              _merged(column.training, row.training))
                 if row.after is not None:
                     spec = spec.model_copy(update={"init_from": _preceding_run(result, recipe, row, column_id, seed)})
+                spec = same_training.get(spec.run_id, spec)
                 result.specs.setdefault(spec.run_id, spec)
                 run_ids.append(spec.run_id)
             result.cells.append(Cell(row.label, column_id, row.method, "planned", tuple(run_ids)))
