@@ -232,7 +232,7 @@ def safe_load(path: Path) -> object:
 def _refusal(exc: Exception) -> str:
     """torch's reason, without its advice to load the file unsafely: the line naming the refused global if any."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    named = [line for line in lines if "Unsupported" in line or "WeightsUnpickler error" in line]
+    named = [line.split(". Please use", 1)[0] for line in lines if "Unsupported" in line or "WeightsUnpickler error" in line]
     return " ".join(named or lines) or "no detail"
 
 
