@@ -31,7 +31,7 @@ from kdbench.errors import KdbenchError
 from kdbench.models import pretrained
 from kdbench.models.base import KDModel
 from kdbench.models.pretrained import DOWNLOAD_ROOT
-from kdbench.plan import CheckpointRef, Plan, RunSpec
+from kdbench.plan import CheckpointRef, Plan, RunSpec, teacher_file
 from kdbench.recipe import Checkpoint
 from kdbench.results.store import atomic_path, atomic_write_json, file_lock, read_json, sha256_file
 
@@ -205,11 +205,11 @@ def describe_teachers(table_plan: Plan, data_dir: str | Path | None) -> list[str
     or trained (which epoch its students read)."""
     recipe, lines = table_plan.recipe, []
     for key, teacher in recipe.teachers.items():
-        file = teacher.file(recipe.teacher_source)
+        file = teacher_file(recipe, key, recipe.teacher_source)
         if file is None or table_plan.profile == "smoke":
             why = " (smoke data has other classes)" if file is not None else ""
             offer = (" A released file exists: --teachers released imports it."
-                     if recipe.teacher_source == "trained" and teacher.file("released") is not None else "")
+                     if recipe.teacher_source == "trained" and teacher_file(recipe, key, "released") is not None else "")
             lines.append(f"Teacher {key} is trained{why}; its students read its {teacher.keep} epoch.{offer}")
             continue
         ref = CheckpointRef(path=file.path, sha256=file.sha256, format=file.format, released=teacher.released)

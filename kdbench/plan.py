@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
+from kdbench.models import pretrained
 from kdbench.recipe import (
     PROFILES,
+    Checkpoint,
     CIProfile,
     Recipe,
     Row,
@@ -207,9 +209,8 @@ def plan(
     for key, teacher in recipe.teachers.items():
         spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
                      TEACHER_SEED, teacher.training)
-        ckpt = teacher.file(recipe.teacher_source)
+        ckpt = teacher_file(recipe, key, recipe.teacher_source)
         if ckpt is not None and profile != "smoke":  # smoke data has other classes: train instead
-            _check_released_model(recipe, key)
             spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format,
                                                                        released=teacher.released)})
         elif teacher.keep != "last":
@@ -268,17 +269,20 @@ def _spec(
     )
 
 
-def _check_released_model(recipe: Recipe, key: str) -> None:
-    """A teacher's released file must be of the teacher's own network."""
+def teacher_file(recipe: Recipe, key: str, source: str) -> Checkpoint | None:
+    """The file teacher ``key`` is imported from when its teachers come from ``source`` (None: it is trained):
+    its ``checkpoint``, or the authors' release it names (kdbench/models/pretrained.py), which must be of the
+    teacher's own network."""
     teacher = recipe.teachers[key]
-    if teacher.released is None:
-        return
-    from kdbench.models.pretrained import RELEASED
-
-    entry = RELEASED[teacher.released]
+    if source == "trained" or teacher.released is None:
+        return None if source == "trained" else teacher.checkpoint
+    entry = pretrained.RELEASED.get(teacher.released)
+    if entry is None:
+        raise UnknownNameError("released teacher", teacher.released, pretrained.RELEASED)
     if models.canonical_name(entry.model) != models.canonical_name(teacher.model):
         raise KdbenchError(f"recipe {recipe.name}, teacher {key!r} ({teacher.model}) names the released file "
                            f"{teacher.released!r}, which is a {entry.model}: name the release of this network.")
+    return Checkpoint(path=entry.path, sha256=entry.sha256, format=entry.format, source=entry.source)  # type: ignore[arg-type]
 
 
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:

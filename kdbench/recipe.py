@@ -171,24 +171,7 @@ class Teacher(_Strict):
     def _one_file(self) -> "Teacher":
         if self.checkpoint is not None and self.released is not None:
             raise ValueError("a teacher names either a 'checkpoint' file or a 'released' one, not both")
-        if self.released is not None:
-            from kdbench.models.pretrained import RELEASED  # plain data, no torch
-
-            if self.released not in RELEASED:
-                raise ValueError(f"no released teacher {self.released!r}.{did_you_mean(self.released, RELEASED)} "
-                                 f"Released teachers: {', '.join(RELEASED)}")
         return self
-
-    def file(self, source: TeacherSource) -> Checkpoint | None:
-        """The file this teacher is imported from under ``source``: None when it is trained."""
-        if source == "trained":
-            return None
-        if self.released is not None:
-            from kdbench.models.pretrained import RELEASED
-
-            entry = RELEASED[self.released]
-            return Checkpoint(path=entry.path, sha256=entry.sha256, format=entry.format, source=entry.source)  # type: ignore[arg-type]
-        return self.checkpoint
 
 
 class Column(_Strict):

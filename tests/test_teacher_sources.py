@@ -155,9 +155,14 @@ def test_teacher_source_trained_trains_every_teacher_with_the_run_ids_of_before(
         released.with_teacher_source("trainde")
 
 
-def test_released_names_are_checked():
-    with pytest.raises(ValueError, match="no released teacher 'crd/resnet32x5'. Did you mean 'crd/resnet32x4'"):
-        recipe({"released": "crd/resnet32x5"})
+def test_released_names_are_checked(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(recipe({"released": "crd/resnet32x5"}).model_dump(mode="json", exclude_defaults=True)))
+    with pytest.raises(KdbenchError, match=r"typo.yaml:\d+: key 'teachers.t.released': unknown released teacher "
+                       r"'crd/resnet32x5'. Did you mean 'crd/resnet32x4'"):
+        load_recipe(path)
+    with pytest.raises(KdbenchError, match="unknown released teacher 'crd/resnet32x5'"):
+        plan(recipe({"released": "crd/resnet32x5"}))
     with pytest.raises(KdbenchError, match="names the released file 'crd/resnet56', which is a resnet56"):
         plan(recipe({"released": "crd/resnet56"}))
     with pytest.raises(ValueError, match="either a 'checkpoint' file or a 'released' one"):
