@@ -74,7 +74,7 @@ def _put_it_there(ref: CheckpointRef, path: Path) -> str:
               "start at --data-dir / $KDBENCH_DATA).")
     if ref.released is not None:
         entry = pretrained.released(ref.released)
-        return f"put the file there ({digest}); it is {entry.source}: get it from {entry.where()}."
+        return f"put the file there ({digest}); it is one of {entry.source}: {entry.where()}."
     known = pretrained.for_file(path.name)
     return advice + (f" Download it from {DOWNLOAD_ROOT}{path.name} ({known.describe()})." if known else "")
 

@@ -110,7 +110,7 @@ def test_offline_one_message_names_every_missing_file_and_where_to_put_it(monkey
     assert message.startswith("2 teacher checkpoint(s) missing, so no run was started:")
     for model in ("resnet8", "resnet14"):
         assert f"{tmp_path / 'data' / 'teachers' / 'test' / model}.pth: the download failed" in message
-        assert f"put the file there (its sha256 is recorded on first use); it is the {model} release" in message
+        assert f"put the file there (its sha256 is recorded on first use); it is one of the {model} release: download it from" in message
     assert message.endswith("Or train the teachers instead: add --teachers trained.")
 
 

@@ -107,10 +107,10 @@ class ReleasedTeacher:
 
     def where(self) -> str:
         """Where the file comes from, in words: its download links, or the page to fetch it by hand."""
-        links = [d.describe() for d in self.downloads]
+        ways = [f"download it from {' or from '.join(d.describe() for d in self.downloads)}"] if self.downloads else []
         if self.by_hand:
-            links.append(f"by hand from {self.by_hand} (file {self.path.rsplit('/', 1)[-1]})")
-        return " or ".join(links)
+            ways.append(f"download it by hand from {self.by_hand} (file {self.path.rsplit('/', 1)[-1]})")
+        return "; or ".join(ways)
 
 
 def _crd(model: str, top1: float) -> ReleasedTeacher:
