@@ -82,14 +82,15 @@ def _put_it_there(ref: CheckpointRef, path: Path) -> str:
 def prepare(specs: Iterable[RunSpec], data_dir: str | Path | None, *, download: bool = True,
             timeout: float = DOWNLOAD_TIMEOUT_S) -> list[Path]:
     """Make every imported teacher file of ``specs`` present before any run starts: download the missing ones
-    the recipe names a release for, verify each (or record its digest on first use), and raise one error
+    that have a download link (an authors' release, a torchvision file), verify each (or record its digest on first use), and raise one error
     listing every file still missing, with where to put it and where to get it. Returns the files."""
     found, missing = [], []
     for ref in dict.fromkeys(s.checkpoint for s in specs if s.checkpoint is not None):
         path = resolve(ref, data_dir)
-        if not path.is_file() and download and ref.released is not None and pretrained.released(ref.released).downloads:
+        links = downloads_of(ref, path)
+        if not path.is_file() and download and links:
             try:
-                fetch(pretrained.released(ref.released).downloads, path, data.resolve_data_dir(data_dir), timeout)
+                fetch(links, path, data.resolve_data_dir(data_dir), timeout)
             except KdbenchError as exc:
                 missing.append(f"{path}: {exc} Otherwise {_put_it_there(ref, path)}")
                 continue
@@ -103,6 +104,14 @@ def prepare(specs: Iterable[RunSpec], data_dir: str | Path | None, *, download: 
                            + "\n  - ".join(missing)
                            + "\nOr train the teachers instead: add --teachers trained.")
     return found
+
+
+def downloads_of(ref: CheckpointRef, path: Path) -> tuple[pretrained.Download, ...]:
+    """Where the file of ``ref`` can be downloaded from: its release's links, or torch.hub's for a torchvision file."""
+    if ref.released is not None:
+        return pretrained.released(ref.released).downloads
+    known = pretrained.for_file(path.name) if ref.format == "torchvision" else None
+    return (pretrained.Download(DOWNLOAD_ROOT + path.name),) if known else ()
 
 
 def fetch(downloads: Iterable[pretrained.Download], dest: Path, data_dir: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> str:

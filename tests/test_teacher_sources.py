@@ -225,3 +225,20 @@ def test_simkd_teachers_keep_their_best_epoch_and_crd_teachers_their_last():
         assert all(t.keep == "best" for t in load_recipe(name).teachers.values()), name
     for name in ("teachers-crd-cifar100", "dist-table5", "mlkd-appendix-table1", "ipwd-appendix-table1"):
         assert all(t.keep == "last" and t.released.startswith("crd/") for t in load_recipe(name).teachers.values()), name
+
+
+def test_a_missing_torchvision_teacher_is_fetched_from_torch_hub_s_address(monkeypatch, tmp_path):
+    """The download goes to download.pytorch.org/models/<file> (intercepted here: no network)."""
+    asked = []
+
+    def offline(url, timeout):
+        asked.append((url, timeout))
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(checkpoints.urllib.request, "urlopen", offline)
+    spec = next(s for s in plan(load_recipe("dist-table2"), "full").specs.values()
+                if s.checkpoint is not None and s.model == "imagenet/resnet34")
+    with pytest.raises(KdbenchError, match=r"resnet34-b627a593.pth: the download failed \(https://download.pytorch.org/"
+                       r"models/resnet34-b627a593.pth: OSError: no network in tests\)"):
+        checkpoints.prepare([spec], tmp_path)
+    assert asked == [("https://download.pytorch.org/models/resnet34-b627a593.pth", checkpoints.DOWNLOAD_TIMEOUT_S)]
