@@ -134,7 +134,8 @@ class RunSpec(_Spec):
         return [ref.run_id for ref in (self.teacher, self.init_from) if ref is not None]
 
     def canonical_json(self) -> str:
-        """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
+        """The run's identity: every field but a checkpoint's location when its sha256 names the content, and fields
+        added later while they hold the value every earlier run had (``keep`` "last", ``ADDED_TRAIN_DEFAULTS``)."""
         exclude: dict[str, Any] = {}
         if self.checkpoint is not None:
             # The digest names the content (its location is left out); fields added later are left out at None.
