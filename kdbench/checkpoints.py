@@ -64,17 +64,20 @@ def locate(ref: CheckpointRef, data_dir: str | Path | None) -> Path:
     """The file of ``ref``; an error that says where to put it (and where to get it) when it is missing."""
     path = resolve(ref, data_dir)
     if not path.is_file():
-        raise KdbenchError(f"teacher checkpoint {path} not found: {_put_it_there(ref, path)}")
+        raise KdbenchError(f"teacher checkpoint {path} not found: {_put_it_there(ref, path, data_dir)}")
     return path
 
 
-def _put_it_there(ref: CheckpointRef, path: Path) -> str:
+def _put_it_there(ref: CheckpointRef, path: Path, data_dir: str | Path | None) -> str:
     digest = f"sha256 {ref.sha256}" if ref.sha256 else "its sha256 is recorded on first use"
     advice = (f"put the file ({digest}) there, or fix the recipe's teachers.<key>.checkpoint.path (relative paths "
               "start at --data-dir / $KDBENCH_DATA).")
     if ref.released is not None:
         entry = pretrained.released(ref.released)
-        return f"put the file there ({digest}); it is one of {entry.source}: {entry.where()}."
+        archives = [d for d in entry.downloads if d.member is not None]
+        unpack = "".join(f" A downloaded {_archive(d, data_dir).name} can be put at {_archive(d, data_dir)} instead: "
+                         "kdbench copies the file out of it." for d in archives[:1])
+        return f"put the file there ({digest}); it is one of {entry.source}: {entry.where()}.{unpack}"
     known = pretrained.for_file(path.name)
     return advice + (f" Download it from {DOWNLOAD_ROOT}{path.name} ({known.describe()})." if known else "")
 
@@ -92,10 +95,10 @@ def prepare(specs: Iterable[RunSpec], data_dir: str | Path | None, *, download: 
             try:
                 fetch(links, path, data.resolve_data_dir(data_dir), timeout)
             except KdbenchError as exc:
-                missing.append(f"{path}: {exc} Otherwise {_put_it_there(ref, path)}")
+                missing.append(f"{path}: {exc} Otherwise {_put_it_there(ref, path, data_dir)}")
                 continue
         if not path.is_file():
-            missing.append(f"{path}: {_put_it_there(ref, path)}")
+            missing.append(f"{path}: {_put_it_there(ref, path, data_dir)}")
             continue
         verify(ref, path, data_dir)
         found.append(path)
@@ -125,7 +128,7 @@ def fetch(downloads: Iterable[pretrained.Download], dest: Path, data_dir: Path, 
             if where.member is None:
                 _download(where.url, dest, timeout)
             else:
-                archive = data_dir / ARCHIVES_DIR / where.url.rstrip("/").rsplit("/", 1)[-1]
+                archive = _archive(where, data_dir)
                 if not archive.is_file():
                     _download(where.url, archive, timeout)
                 _extract(archive, where.member, dest)
@@ -133,6 +136,11 @@ def fetch(downloads: Iterable[pretrained.Download], dest: Path, data_dir: Path, 
         except (OSError, tarfile.TarError, KdbenchError) as exc:  # urllib's errors are OSErrors
             failures.append(f"{where.describe()}: {type(exc).__name__}: {exc}")
     raise KdbenchError("the download failed (" + "; ".join(failures) + ").")
+
+
+def _archive(where: pretrained.Download, data_dir: str | Path | None) -> Path:
+    """Where a downloaded archive is kept (and where one fetched by hand may be put)."""
+    return data.resolve_data_dir(data_dir) / ARCHIVES_DIR / where.url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _download(url: str, dest: Path, timeout: float) -> None:
@@ -223,7 +231,7 @@ def describe_teachers(table_plan: Plan, data_dir: str | Path | None) -> list[str
             continue
         ref = CheckpointRef(path=file.path, sha256=file.sha256, format=file.format, released=teacher.released)
         path = resolve(ref, data_dir)
-        there = "present" if path.is_file() else f"missing: {_put_it_there(ref, path)}"
+        there = "present" if path.is_file() else f"missing: {_put_it_there(ref, path, data_dir)}"
         lines.append(f"Teacher {key} is imported: {describe_checkpoint(teacher.model, file)}; {path} {there}")
     return lines
 

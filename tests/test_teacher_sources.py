@@ -242,3 +242,17 @@ def test_a_missing_torchvision_teacher_is_fetched_from_torch_hub_s_address(monke
                        r"models/resnet34-b627a593.pth: OSError: no network in tests\)"):
         checkpoints.prepare([spec], tmp_path)
     assert asked == [("https://download.pytorch.org/models/resnet34-b627a593.pth", checkpoints.DOWNLOAD_TIMEOUT_S)]
+
+
+def test_an_archive_put_there_by_hand_is_used_without_a_download(release, tmp_path, teacher_file):
+    content, _ = teacher_file
+    data_dir = tmp_path / "data"
+    r = recipe({"released": "test/resnet8"})
+    (tmp_path / "site" / "teachers.tar").rename(tmp_path / "elsewhere.tar")  # the links now fail
+    with pytest.raises(KdbenchError, match=r"A downloaded teachers.tar can be put at .*teachers/archives/teachers.tar "
+                       r"instead: kdbench copies the file out of it."):
+        checkpoints.prepare(plan(r).specs.values(), data_dir)
+    assert not (data_dir / "teachers" / "archives" / "teachers.tar").exists()  # a failed download leaves nothing
+    (tmp_path / "elsewhere.tar").rename(data_dir / "teachers" / "archives" / "teachers.tar")
+    (path,) = checkpoints.prepare(plan(r).specs.values(), data_dir)
+    assert path.read_bytes() == content
