@@ -65,6 +65,7 @@ LogToOpt = Annotated[str, typer.Option("--log-to", help=(
     "see `tensorboard --logdir RESULTS/runs`), wandb (pip install 'kdbench[wandb]'), mlflow (pip install "
     "'kdbench[mlflow]'), or none. metrics.jsonl is always written."))]
 TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="Logit-only methods (kd, dkd, dist, ...) can look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache. auto: when it exists, or when the run has at least 162 epochs (it then pays for itself); on: always; off: run the teacher every step.")]
+TeachersOpt = Annotated[Optional[str], typer.Option("--teachers", help="Where the teachers come from: released (import the authors' released checkpoints where the recipe names them, downloading them into DATA_DIR/teachers/) or trained (kdbench trains every teacher). Default: the recipe's teacher_source, what the paper did.")]
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -127,6 +128,7 @@ def reproduce(
     compile_mode: CompileModeOpt = "default",
     teacher_cache: TeacherCacheOpt = "auto",
     log_to: LogToOpt = "tensorboard",
+    teachers: TeachersOpt = None,
     executor: Annotated[str, typer.Option("--executor", help="local (this machine's GPUs or CPU) or slurm (one job per run, a job array per cell's trials; needs pip install 'kdbench[slurm]').")] = "local",
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition.")] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account.")] = None,
@@ -148,13 +150,12 @@ def reproduce(
         from kdbench.execute.slots import concurrency
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
-        from kdbench.results import curves
-
         from kdbench.data.identity import identified
+        from kdbench.results import curves
 
         _check_loader(loader)
         loggers = curves.parse(log_to)
-        loaded = load_recipe(recipe)
+        loaded = load_recipe(recipe).with_teacher_source(teachers)
         if profile != "smoke":  # smoke trains on generated data
             loaded = identified(loaded, data_dir)
         ci = {"train_fraction": ci_train_fraction, "epochs": ci_epochs}
@@ -164,6 +165,9 @@ def reproduce(
             return
         curves.require(loggers)  # a missing extra is one error here, not one per run
         compute = _compute(precision, channels_last, compile_, teacher_cache, compile_mode)
+        from kdbench.checkpoints import prepare as prepare_teachers
+
+        prepare_teachers(table_plan.specs.values(), data_dir)  # every imported teacher's file, before any run starts
         if executor not in ("local", "slurm"):
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
         _prepare_data(table_plan, results, data_dir)
@@ -233,22 +237,23 @@ def status(
     results: ResultsOpt = Path("results"),
     profile: Annotated[Optional[str], typer.Option("--profile", help="The table's profile; default: the one reproduced last.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 seconds until Ctrl-C.")] = False,
+    teachers: TeachersOpt = None,
 ) -> None:
     """Runs done / running / failed / skipped / pending, epoch x/y of each running run, and an ETA, from the results store."""
     try:
         from kdbench.results.status import overview
 
         if not watch:
-            console.print(overview(results, recipe, profile))
+            console.print(overview(results, recipe, profile, teachers))
             return
         import time
 
         from rich.live import Live
 
-        with Live(overview(results, recipe, profile), console=console, refresh_per_second=1) as live:
+        with Live(overview(results, recipe, profile, teachers), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
-                live.update(overview(results, recipe, profile))
+                live.update(overview(results, recipe, profile, teachers))
     except KdbenchError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -307,6 +312,7 @@ def compare(
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="CI regression mode: a stored `compare --format csv`; exit 3 if a cell regressed.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Regression mode: allowed drop in accuracy points.")] = 1.0,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Regression mode: pass even when some baseline cells are not in this comparison (by default every one must be found).")] = False,
+    teachers: TeachersOpt = None,
 ) -> None:
     """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std, with a verdict per cell."""
     try:
@@ -315,7 +321,7 @@ def compare(
 
         if fmt not in render.FORMATS:
             raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
-        comparisons = compare_tables(results, recipe, metric, alpha, margin)
+        comparisons = compare_tables(results, recipe, metric, alpha, margin, teachers=teachers)
     except KdbenchError as exc:
         _fail(exc)
     if not comparisons:
@@ -456,6 +462,7 @@ def show(
     results: ResultsOpt = Path("results"),
     trials: TrialsOpt = None,
     data_dir: DataDirOpt = None,
+    teachers: TeachersOpt = None,
 ) -> None:
     """Show a recipe's plan: its pairs and rows, every run with its status, and a cost estimate."""
     try:
@@ -464,7 +471,7 @@ def show(
 
         from kdbench.data.identity import identified
 
-        loaded = load_recipe(recipe)
+        loaded = load_recipe(recipe).with_teacher_source(teachers)
         if profile != "smoke":
             try:
                 loaded = identified(loaded, data_dir)
@@ -480,7 +487,7 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from kdbench.checkpoints import describe_checkpoint
+    from kdbench.checkpoints import describe_teachers
     from kdbench.cost import estimate
     from kdbench.results.collect import run_status
     from kdbench.results.store import RunDir
@@ -496,9 +503,9 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     for col in r.columns:
         columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
     console.print(columns)
-    for key, teacher in r.teachers.items():
-        if teacher.checkpoint is not None:
-            console.print(f"Teacher {key} is imported: {describe_checkpoint(teacher.model, teacher.checkpoint)}", soft_wrap=True)
+    console.print(f"Teachers: {r.teacher_source} (--teachers released|trained)", highlight=False)
+    for line in describe_teachers(table_plan, data_dir):
+        console.print(line, soft_wrap=True, highlight=False)
     runs = Table(title=f"Runs ({len(table_plan.specs)})", title_justify="left")
     for c in ("run id", "method", "model", "teacher run", "seed", "epochs", "status"):
         runs.add_column(c)

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
+from kdbench.models import pretrained
 from kdbench.recipe import (
     PROFILES,
+    Checkpoint,
     CIProfile,
     Recipe,
     Row,
@@ -96,11 +98,14 @@ class TeacherRef(_Spec):
 
 
 class CheckpointRef(_Spec):
-    """Import weights instead of training: the file's digest is part of the run's identity."""
+    """Import weights instead of training: the file's digest is part of the run's identity (its path too when
+    no digest is published: the file is then checked against the digest recorded on first use)."""
 
     path: str
-    sha256: str
+    sha256: str | None
     format: str
+    # The authors' release this file is (a key of kdbench/models/pretrained.py's RELEASED): where to download it.
+    released: str | None = None
 
 
 class RunRef(_Spec):
@@ -124,6 +129,9 @@ class RunSpec(_Spec):
     data: DataSpec
     train: TrainSpec
     seed: int
+    # Which epoch's weights the run hands on (a teacher's students read them): "best" also writes model_best.pt.
+    # The default "last" is left out of the canonical JSON: run ids stay as they were.
+    keep: Literal["best", "last"] = "last"
 
     @property
     def dependencies(self) -> list[str]:
@@ -131,8 +139,18 @@ class RunSpec(_Spec):
         return [ref.run_id for ref in (self.teacher, self.init_from) if ref is not None]
 
     def canonical_json(self) -> str:
-        """The run's identity: every field but a checkpoint's location (its sha256 names the content)."""
-        exclude: dict[str, Any] = {"checkpoint": {"path"}} if self.checkpoint is not None else {}
+        """The run's identity: every field but a checkpoint's location when its sha256 names the content, and fields
+        added later while they hold the value every earlier run had (``keep`` "last", a dataset without a content
+        digest, ``ADDED_TRAIN_DEFAULTS``)."""
+        exclude: dict[str, Any] = {}
+        if self.checkpoint is not None:
+            # The digest names the content (its location is left out); fields added later are left out at None.
+            left_out = {"path"} if self.checkpoint.sha256 is not None else set()
+            left_out |= {"released"} if self.checkpoint.released is None else set()
+            if left_out:
+                exclude["checkpoint"] = left_out
+        if self.keep == "last":
+            exclude["keep"] = True
         if self.data.content is None:
             exclude["data"] = {"content"}
         unchanged = {k for k, v in ADDED_TRAIN_DEFAULTS.items() if getattr(self.train, k) == v}
@@ -200,13 +218,19 @@ def plan(
 
     result = Plan(recipe=recipe, profile=profile, trials=n_trials)
     teacher_ids: dict[str, str] = {}
+    same_training: dict[str, RunSpec] = {}
     for key, teacher in recipe.teachers.items():
         spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
                      TEACHER_SEED, teacher.training)
-        if teacher.checkpoint is not None and profile != "smoke":  # smoke data has other classes: train instead
-            ckpt = teacher.checkpoint
-            spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format)})
+        ckpt = teacher_file(recipe, key, recipe.teacher_source)
+        if ckpt is not None and profile != "smoke":  # smoke data has other classes: train instead
+            spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format,
+                                                                       released=teacher.released)})
+        elif teacher.keep != "last":
+            spec = spec.model_copy(update={"keep": teacher.keep})
         teacher_ids[key] = spec.run_id
+        if spec.keep != "last":  # the same training keeping only its last epoch is this run (a student row's baseline)
+            same_training[spec.model_copy(update={"keep": "last"}).run_id] = spec
         if any(recipe.column(c).teacher == key for c in selected_columns):
             result.specs[spec.run_id] = spec
 
@@ -237,6 +261,7 @@ def plan(
                              _merged(column.training, row.training))
                 if row.after is not None:
                     spec = spec.model_copy(update={"init_from": _preceding_run(result, recipe, row, column_id, seed)})
+                spec = same_training.get(spec.run_id, spec)
                 result.specs.setdefault(spec.run_id, spec)
                 run_ids.append(spec.run_id)
             result.cells.append(Cell(row.label, column_id, row.method, "planned", tuple(run_ids)))
@@ -255,6 +280,22 @@ def _spec(
         profile=profile, model=model, method=method, method_params=params, teacher=teacher,
         data=data, train=train, seed=seed,
     )
+
+
+def teacher_file(recipe: Recipe, key: str, source: str) -> Checkpoint | None:
+    """The file teacher ``key`` is imported from when its teachers come from ``source`` (None: it is trained):
+    its ``checkpoint``, or the authors' release it names (kdbench/models/pretrained.py), which must be of the
+    teacher's own network."""
+    teacher = recipe.teachers[key]
+    if source == "trained" or teacher.released is None:
+        return None if source == "trained" else teacher.checkpoint
+    entry = pretrained.RELEASED.get(teacher.released)
+    if entry is None:
+        raise UnknownNameError("released teacher", teacher.released, pretrained.RELEASED)
+    if models.canonical_name(entry.model) != models.canonical_name(teacher.model):
+        raise KdbenchError(f"recipe {recipe.name}, teacher {key!r} ({teacher.model}) names the released file "
+                           f"{teacher.released!r}, which is a {entry.model}: name the release of this network.")
+    return Checkpoint(path=entry.path, sha256=entry.sha256, format=entry.format, source=entry.source)  # type: ignore[arg-type]
 
 
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:

@@ -145,13 +145,20 @@ class Checkpoint(_Strict):
 
     path: str  # absolute, or relative to the data directory (--data-dir / $KDBENCH_DATA)
     # The file's sha256, or a prefix of at least 8 hex digits (torch.hub names files <name>-<8 digits>.pth).
-    sha256: str = Field(pattern=r"^[0-9a-f]{8,64}$")
-    # kdbench: a state dict with kdbench's parameter names (e.g. a model.pt of another results dir);
-    # repdistiller: RepDistiller/mdistiller files ({"model": state_dict}), mapped to ours in
-    # registration order with every shape checked; torchvision: a torch.hub state dict (e.g.
-    # resnet34-b627a593.pth, kdbench/models/pretrained.py), loaded by name.
+    # None: no digest is published; the first file seen is recorded and later ones must match it
+    # (trust on first use, DATA_DIR/teachers/sha256-first-use.json; kdbench/checkpoints.py).
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
+    # How parameter names are matched (the file's layout is detected whatever the format: a bare state dict,
+    # {"model": …} / {"state_dict": …}, DataParallel "module." prefixes, a distiller's "student." part):
+    # kdbench: kdbench's names (e.g. a model.pt of another results dir); repdistiller: the RepDistiller zoo's
+    # names (RepDistiller, mdistiller, SimKD and DIST files), mapped to ours in registration order with every
+    # shape checked; torchvision: a torch.hub state dict (e.g. resnet34-b627a593.pth,
+    # kdbench/models/pretrained.py), loaded by name.
     format: Literal["kdbench", "repdistiller", "torchvision"] = "kdbench"
     source: str = ""  # where the file comes from, e.g. "CRD cifar_teachers.tar"
+
+
+TeacherSource = Literal["released", "trained"]
 
 
 class Teacher(_Strict):
@@ -159,8 +166,20 @@ class Teacher(_Strict):
     label: str
     paper: PaperValue | None = None
     checkpoint: Checkpoint | None = None
+    # The authors' released file of this teacher: a key of kdbench/models/pretrained.py's RELEASED
+    # (e.g. crd/resnet32x4), imported when the recipe's teacher_source is 'released'.
+    released: str | None = None
+    # Which epoch's weights a trained teacher hands to its students: the last (kdbench's default) or the best
+    # test epoch (SimKD's train_teacher.py:224-242 saves only {model}_best.pth).
+    keep: Literal["best", "last"] = "last"
     # Training fields this teacher's run sets differently (e.g. DIST Table 10's label-smoothed teacher).
     training: TrainingOverride = TrainingOverride()
+
+    @model_validator(mode="after")
+    def _one_file(self) -> "Teacher":
+        if self.checkpoint is not None and self.released is not None:
+            raise ValueError("a teacher names either a 'checkpoint' file or a 'released' one, not both")
+        return self
 
 
 class Column(_Strict):
@@ -283,6 +302,9 @@ class Recipe(_Strict):
     metric: Literal["best", "last"] = "best"
     # The verdicts' equivalence margin δ in accuracy points (None: kdbench/results/verdict.py's DEFAULT_MARGIN).
     margin: float | None = Field(default=None, gt=0)
+    # released: teachers that name a checkpoint or an authors' release are imported from it (what the papers
+    # did: most tables distil from released teachers); trained: kdbench trains every teacher (--teachers).
+    teacher_source: TeacherSource = "released"
     teachers: dict[str, Teacher]
     columns: list[Column]
     rows: list[Row]
@@ -339,6 +361,15 @@ class Recipe(_Strict):
     def cell_metric(self, row: Row, column: Column) -> Literal["best", "last"]:
         """The epoch a cell reads: the row's, else the column's, else the recipe's ``metric``."""
         return row.metric or column.metric or self.metric
+
+    def with_teacher_source(self, source: str | None) -> "Recipe":
+        """This recipe with its teachers taken from ``source`` (``released`` or ``trained``; None: unchanged)."""
+        if source is None:
+            return self
+        if source not in get_args(TeacherSource):
+            raise KdbenchError(f"unknown teacher source {source!r}.{did_you_mean(source, get_args(TeacherSource))} "
+                               "Use released (the authors' files, where the recipe names them) or trained.")
+        return self.model_copy(update={"teacher_source": source})
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,4 +1,4 @@
-"""Names a recipe refers to (models, methods, dataset) checked against the registries at load time.
+"""Names a recipe refers to (models, methods, dataset, released teachers) checked against the registries at load time.
 
 The schema (``recipe.py``) checks the recipe's shape; this module checks that every name in it is
 registered, so a typo is reported with the file, line and key before anything is planned, with the
@@ -23,6 +23,7 @@ def unknown_names(recipe: Recipe) -> Iterator[Located]:
     """(key path, error) for each model, method or dataset name of ``recipe`` that is not registered."""
     from kdbench import methods, models
     from kdbench.data import registry as datasets
+    from kdbench.models.pretrained import RELEASED
 
     def model(loc: tuple[str | int, ...], name: str) -> Iterator[Located]:
         try:
@@ -34,6 +35,8 @@ def unknown_names(recipe: Recipe) -> Iterator[Located]:
         yield ("dataset", "name"), UnknownNameError("dataset", recipe.dataset.name, datasets.DATASETS)
     for key, teacher in recipe.teachers.items():
         yield from model(("teachers", key, "model"), teacher.model)
+        if teacher.released is not None and teacher.released not in RELEASED:
+            yield ("teachers", key, "released"), UnknownNameError("released teacher", teacher.released, RELEASED)
     for i, column in enumerate(recipe.columns):
         yield from model(("columns", i, "student"), column.student)
     catalog = [*methods.CATALOG, "teacher"]

@@ -80,11 +80,13 @@ def load_spec(path_or_id: str, results: Path) -> RunSpec:
 
 
 def load_trained_model(results: Path, run_id: str, model_name: str, num_classes: int) -> KDModel:
-    """The network trained by run ``run_id`` (its final weights, loaded with ``weights_only=True``)."""
+    """The network trained by run ``run_id``, loaded with ``weights_only=True``: the weights the run keeps for its
+    students (its spec's ``keep``: the last epoch's ``model.pt``, or the best epoch's ``model_best.pt``)."""
     run = RunDir(results, run_id)
     if not run.is_done():
         raise KdbenchError(f"teacher run {run_id} has not finished: train it first (kdbench train {run.spec_file}).")
-    state = run.load_torch(run.model_file)
+    keep = RunSpec.model_validate(read_json(run.spec_file)).keep if run.spec_file.is_file() else "last"
+    state = run.load_torch(run.best_model_file if keep == "best" else run.model_file)
     model = models.create(model_name, num_classes=num_classes)
     model.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
     return model
@@ -168,7 +170,8 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
     assert spec.checkpoint is not None
     arrays = _dataset(spec, data_dir)
     path = checkpoints.locate(spec.checkpoint, data_dir)
-    model, digest = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path, spec.model)
+    model, digest = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path,
+                                          spec.model, data_dir)
     distiller = methods.get("ce")(model, None, methods.get("ce").Params(), data.example_images(arrays)).to(device)
     started = time.time()
     loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
@@ -213,6 +216,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
     done = _resume(rundir, distiller, optimizer, init_optimizer)
+    best = done.best  # keep "best": the best epoch so far and its weights, carried in every checkpoint
     group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
     history = done.history
     if history and group.is_main:
@@ -240,7 +244,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
             "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
             "optimizer": optimizer.state_dict(),
             "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
-            "history": history,
+            "history": history, **({"best": best} if best is not None else {}),
         })
         rundir.write_metrics(history)
         group.barrier()
@@ -266,6 +270,10 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
                                        compute, views, group, global_sizes)
             test_stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
+            if spec.keep == "best" and (best is None or test_stats["test_top1"] > best["top1"]):
+                # Strictly better, as SimKD's train_teacher.py:224 (test_acc > best_acc): the first best epoch wins.
+                best = {"epoch": epoch, "top1": test_stats["test_top1"],
+                        "state": {k: v.detach().to("cpu", copy=True) for k, v in distiller.inference_state().items()}}
             checkpoint(epoch, init_done)
             log.info("epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f", epoch,
                      spec.train.epochs, lr, train_stats["loss"], train_stats["train_top1"],
@@ -274,8 +282,12 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
                          "compiled": compiled_active(networks) if compute.compile else False,
                          "compile_fallbacks": compile_fallbacks(networks), "requested": options.to_json()}
+    if best is not None:
+        result["kept"] = {"keep": "best", "epoch": best["epoch"], "top1": best["top1"], "file": rundir.best_model_file.name}
     if group.is_main:
         rundir.save_torch(rundir.model_file, distiller.inference_state())
+        if best is not None:
+            rundir.save_torch(rundir.best_model_file, best["state"])
         rundir.write_result(result)  # last: its presence means "done"
     return result
 
@@ -385,6 +397,7 @@ class _Progress:
     epochs: int = 0
     init_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # keep "best": {"epoch", "top1", "state"} of the best epoch so far
 
 
 def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
@@ -399,7 +412,7 @@ def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim
     if init_optimizer is not None and ckpt.get("init_optimizer") is not None:
         init_optimizer.load_state_dict(ckpt["init_optimizer"])
     log.info("resuming %s after epoch %d (pre-training epochs done: %d)", rundir.run_id, ckpt["epoch"], ckpt.get("init_epoch", 0))
-    return _Progress(ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]))
+    return _Progress(ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]), ckpt.get("best"))
 
 
 def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,

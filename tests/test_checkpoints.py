@@ -223,3 +223,93 @@ def test_show_says_where_to_get_a_torchvision_teacher_and_what_it_should_score(t
     assert ("Teacher t is imported: resnet34-b627a593.pth (torchvision, sha256 b627a593); torchvision IMAGENET1K_V1 "
             "weights of imagenet/resnet34: https://download.pytorch.org/models/resnet34-b627a593.pth, sha256 prefix "
             "b627a593, published top-1 73.314") in text
+
+
+# --- the authors' checkpoint layouts (RepDistiller, mdistiller, SimKD, DIST), each written here -----------------
+
+
+def their_state(path) -> dict:
+    """The fixture's resnet8 under other parameter names in the same order, as the RepDistiller zoo names them."""
+    state = {k.removeprefix("student."): v for k, v in torch.load(path, weights_only=True).items()}
+    return {f"layer_{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(state.items())}
+
+
+def import_file(tmp_path, file, fmt: str = "repdistiller") -> dict:
+    spec = teacher_spec(recipe({"path": str(file), "sha256": sha256_of(file), "format": fmt}))
+    return train.run(spec, tmp_path / f"r-{file.name}", device="cpu", progress=False)
+
+
+def test_repdistiller_last_file_with_its_argparse_options_loads(trained_teacher, tmp_path):
+    """RepDistiller train_teacher.py saves {'opt': argparse.Namespace, 'model', 'optimizer'} as {model}_last.pth."""
+    import argparse
+
+    path, source = trained_teacher
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9).state_dict()
+    opt = argparse.Namespace(model="resnet8", learning_rate=0.05, lr_decay_epochs=[150, 180, 210], trial=0)
+    file = tmp_path / "resnet8_last.pth"
+    torch.save({"opt": opt, "model": their_state(path), "optimizer": optimizer}, file)
+    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+
+
+def test_repdistiller_epoch_file_with_a_numpy_accuracy_loads(trained_teacher, tmp_path):
+    import numpy as np
+
+    path, source = trained_teacher
+    file = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": their_state(path), "accuracy": np.float64(71.98)}, file)
+    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+
+
+@pytest.mark.parametrize("name", ["best", "latest", "epoch_240"])
+def test_mdistiller_distiller_file_gives_its_student(trained_teacher, tmp_path, name):
+    """mdistiller engine/trainer.py saves the DataParallel distiller: {'model': {module.student.*, module.teacher.*,
+    extra modules}, 'optimizer', 'best_acc', 'epoch'}; the student is the network."""
+    path, source = trained_teacher
+    student = {f"module.student.{k}": v for k, v in their_state(path).items()}
+    teacher = {f"module.teacher.{k}": torch.zeros_like(v) for k, v in their_state(path).items()}
+    file = tmp_path / name
+    torch.save({"epoch": 240, "model": {**student, **teacher, "module.conv_reg.weight": torch.zeros(3, 3)},
+                "optimizer": {"state": {}, "param_groups": []}, "best_acc": torch.tensor(71.0)}, file)
+    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+
+
+def test_simkd_best_file_of_a_dataparallel_model_loads(trained_teacher, tmp_path):
+    """SimKD train_teacher.py:230-236 saves {'epoch', 'best_acc', 'model'}; nn.DataParallel prefixes 'module.'."""
+    path, source = trained_teacher
+    file = tmp_path / "resnet8_best.pth"
+    torch.save({"epoch": 231, "best_acc": 71.0, "model": {f"module.{k}": v for k, v in their_state(path).items()}}, file)
+    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+
+
+def test_a_state_dict_under_state_dict_loads_whatever_the_format_name(trained_teacher, tmp_path):
+    path, source = trained_teacher
+    state = {k.removeprefix("student."): v for k, v in torch.load(path, weights_only=True).items()}
+    file = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": state, "epoch": 1}, file)
+    assert import_file(tmp_path, file, fmt="kdbench")["best_top1"] == source["last_top1"]
+
+
+def test_a_file_without_weights_says_what_it_holds(tmp_path):
+    file = tmp_path / "empty.pth"
+    torch.save({"epoch": 3, "best_acc": 1.0}, file)
+    with pytest.raises(KdbenchError, match=r"holds no state dict .* it holds 'epoch' \(int\), 'best_acc' \(float\)"):
+        import_file(tmp_path, file)
+
+
+def test_a_refused_global_is_named(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    spec = teacher_spec(recipe({"path": str(path), "sha256": sha256_of(path)}))
+    with pytest.raises(KdbenchError, match=r"Unsupported global: GLOBAL (tests\.)?test_checkpoints\.Payload was not an allowed global by default\)") as caught:
+        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+    assert "safe_globals" not in str(caught.value)  # torch's advice to allow the class is not repeated
+    assert "Payload" in RunDir(tmp_path / "r", spec.run_id).failure()["message"]
+
+
+def test_a_wrong_architecture_error_keeps_the_keys_and_shapes(trained_teacher, tmp_path):
+    path, _ = trained_teacher
+    spec = teacher_spec(recipe({"path": str(path), "sha256": sha256_of(path)}, teacher_model="resnet14"))
+    with pytest.raises(KdbenchError, match=r"does not fit the architecture 'resnet14': Error\(s\) in loading state_dict "
+                       r"for CifarResNet: Missing key\(s\) in state_dict: \"stages\.0\.1\.conv1\.weight\"") as caught:
+        train.run(spec, tmp_path, device="cpu", progress=False)
+    assert "\n" not in str(caught.value)

@@ -645,7 +645,11 @@ def test_simkd_table_s3_matches_the_seed():
         rows = {row.label: row.paper for row in r.rows}
         assert f"{column.label} & {r.teachers[column.teacher].label}" == network and r.teachers[column.teacher].paper.mean == teacher
         assert (rows["Student"][column.id].mean, rows["SimKD"][column.id].mean) == (student, simkd)
-    # The ResNet-50 teacher is the ResNet-50 student of the second column (the paper prints 76.26 for both).
-    p = plan(r)
+    # Retrained, the ResNet-50 teacher is the ResNet-50 student of the second column (the paper prints 76.26 for
+    # both): one run, which also keeps its best epoch for the students. Released, the teacher is SimKD's file.
+    p = plan(r.with_teacher_source("trained"))
     cells = {(c.row, c.column): c.run_ids for c in p.cells}
     assert cells[("Student", "res101_res50")] == cells[("Teacher", "res50_res34")]
+    assert p.specs[cells[("Teacher", "res50_res34")][0]].keep == "best"
+    released = {(c.row, c.column): c.run_ids for c in plan(r).cells}
+    assert plan(r).specs[released[("Teacher", "res50_res34")][0]].checkpoint.released == "simkd/ResNet50-imagenet"

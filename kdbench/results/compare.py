@@ -12,6 +12,8 @@ the recipe's ``margin``, else ``verdict.DEFAULT_MARGIN``.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +51,9 @@ class TableComparison:
 
 
 def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05,
-            margin: float | None = None) -> list[TableComparison]:
-    """Comparisons for every table reproduced under ``results`` (or only ``recipe``).
+            margin: float | None = None, *, teachers: str | None = None) -> list[TableComparison]:
+    """Comparisons for every table reproduced under ``results`` (or only ``recipe``); ``teachers`` (released/trained)
+    compares the runs of that teacher source instead of the one each table was reproduced with.
 
     A recipe that was never reproduced there is still compared (full profile, no results), so
     the published numbers can be listed before anything has run. ``metric`` overrides every cell's;
@@ -67,6 +70,8 @@ def compare(results: Path, recipe: str | None = None, metric: str | None = None,
     if recipe is not None:
         wanted = load_recipe(recipe).name
         records = [r for r in records if r.recipe.name == wanted] or [_unreproduced(recipe)]
+    if teachers is not None:
+        records = [dataclasses.replace(r, recipe=r.recipe.with_teacher_source(teachers)) for r in records]
     runs = collect(results)
     return [_compare_table(record, runs.set_index("run_id"), metric, alpha, margin) for record in records]
 

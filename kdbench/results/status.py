@@ -33,9 +33,10 @@ from kdbench.results.store import RunDir, read_json, runs_dir, tables_dir
 STATE = {"done": "done", "running": "running", "failed": "failed", "incomplete": "pending", "pending": "pending"}
 
 
-def table_plan(results: Path, recipe: str, profile: str | None) -> Plan:
+def table_plan(results: Path, recipe: str, profile: str | None, teachers: str | None = None) -> Plan:
     """The plan of ``recipe``'s table: from its record under ``tables/`` (``profile``: the given one, else the latest
-    reproduced), else re-planned from the recipe under ``profile`` (default full)."""
+    reproduced), else re-planned from the recipe under ``profile`` (default full); ``teachers``: with its teachers
+    from that source (released/trained) instead of the recorded one."""
     from kdbench.plan import plan
     from kdbench.recipe import Recipe, load_recipe
 
@@ -45,8 +46,9 @@ def table_plan(results: Path, recipe: str, profile: str | None) -> Plan:
         records = [p for p in records if p.name == f"{name}--{profile}.json"]
     if records:
         raw = read_json(records[-1])
-        return plan(Recipe.model_validate(raw["recipe"]), raw["profile"], trials=raw["trials"], ci_overrides=raw.get("ci_overrides", {}))
-    return plan(load_recipe(recipe), profile or "full")
+        return plan(Recipe.model_validate(raw["recipe"]).with_teacher_source(teachers), raw["profile"], trials=raw["trials"],
+                    ci_overrides=raw.get("ci_overrides", {}))
+    return plan(load_recipe(recipe).with_teacher_source(teachers), profile or "full")
 
 
 def rows_of(results: Path, specs: list[RunSpec]) -> list[RunRow]:
@@ -78,10 +80,12 @@ def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
     return sorted(specs, key=lambda s: len(s.dependencies)), unreadable
 
 
-def overview(results: Path, recipe: str | None = None, profile: str | None = None) -> RenderableType:
-    """The summary of a table's runs (``recipe``), or of every stored run grouped by state."""
+def overview(results: Path, recipe: str | None = None, profile: str | None = None,
+             teachers: str | None = None) -> RenderableType:
+    """The summary of a table's runs (``recipe``), or of every stored run grouped by state.
+    ``teachers``: plan the table with its teachers from this source (released/trained) instead of the recorded one."""
     if recipe is not None:
-        found = table_plan(results, recipe, profile)
+        found = table_plan(results, recipe, profile, teachers)
         rows = rows_of(results, found.ordered())
         title = f"{found.recipe.name} ({found.profile}) in {results}"
     else:

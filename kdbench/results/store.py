@@ -162,6 +162,7 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_file = property(lambda self: self.path / "checkpoint.pt")
     model_file = property(lambda self: self.path / "model.pt")
+    best_model_file = property(lambda self: self.path / "model_best.pt")  # spec keep "best": the best epoch's weights
     result_file = property(lambda self: self.path / "result.json")
     failed_file = property(lambda self: self.path / "failed.json")
     log_file = property(lambda self: self.path / "train.log")
@@ -279,7 +280,7 @@ class RunDir:
 
         Only temps of files that are written under the lock are touched: an executor writes ``spec.json``
         without it, and may be doing so right now (two reproductions of one table)."""
-        locked_names = {p.name for p in (self.checkpoint_file, self.model_file, self.metrics_file, self.result_file,
+        locked_names = {p.name for p in (self.checkpoint_file, self.model_file, self.best_model_file, self.metrics_file, self.result_file,
                                          self.failed_file, self.checksums_file, self.launch_file)}
         stale = sorted(p for p in self.path.glob(TEMP_GLOB) if p.name[1:].rsplit(".", 2)[0] in locked_names)
         for path in stale:
