@@ -131,7 +131,7 @@ def test_reproduce_with_a_missing_dataset_fails_once_before_any_run(tmp_path):
            "HTTPS_PROXY": f"http://127.0.0.1:{port}", "no_proxy": "", "NO_PROXY": ""}
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "kdbench", "reproduce", "simkd-table1", "--profile", "ci",
-                           "--pairs", "res32x4_res8x4", "--methods", "kd", "--results", str(results),
+                           "--pairs", "res32x4_res8x4", "--methods", "kd", "--teachers", "trained", "--results", str(results),
                            "--data-dir", str(tmp_path / "data"), "--cpu-jobs", "1"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
