@@ -199,6 +199,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
     compute = options.resolve(device)
+    precision = compute.apply_fp32_math(device)  # before the teacher cache is built: its fp32 passes use these flags
     networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
     compute.prepare(networks)
     cache, cache_seconds = _teacher_cache(spec, method, distiller, arrays, results, device, compute, show_progress)
@@ -265,6 +266,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group)
     result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
                          "compiled": compiled_active(networks) if compute.compile else False, "requested": options.to_json()}
+    result["precision"] = precision.to_json()  # part of what the result is: compare marks cells that pool precisions
     if group.is_main:
         rundir.save_torch(rundir.model_file, distiller.inference_state())
         rundir.write_result(result)  # last: its presence means "done"
