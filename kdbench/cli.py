@@ -40,7 +40,11 @@ LoaderOpt = Annotated[str, typer.Option("--loader", help=(
     "needs pip install 'kdbench[ffcv]', else falls back to tensor). Every loader replays the same epoch plan, "
     "so results are identical."))]
 # Compute options: how a run computes, not what (not part of the run id; result.json records them).
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help=(
+    "auto (bf16 on CUDA, fp32 on CPU), bf16 (autocast for the network passes), fp32 (PyTorch's default fp32: TF32 cuDNN "
+    "convolutions on Ampere+ GPUs, IEEE matmuls) or faithful (IEEE fp32 throughout, TF32 off: the authors' arithmetic). "
+    "Losses are always computed in fp32; result.json records the precision and TF32 flags, and compare marks cells "
+    "that pool precisions. See docs/protocol-choices.md, \"Precision\"."))]
 ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
 TeacherCacheOpt = Annotated[str, typer.Option("--teacher-cache", help="Logit-only methods (kd, dkd, dist, ...) can look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache. auto: when it exists, or when the run has at least 162 epochs (it then pays for itself); on: always; off: run the teacher every step.")]

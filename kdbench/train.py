@@ -206,7 +206,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     optimizer = _sgd(distiller.trainable_parameters(), spec)
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
-    done = _resume(rundir, distiller, optimizer, init_optimizer)
+    done = _resume(rundir, distiller, optimizer, init_optimizer, compute.precision)
     group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
     history = done.history
     if history and group.is_main:
@@ -233,7 +233,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
             "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
             "optimizer": optimizer.state_dict(),
             "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
-            "history": history,
+            "history": history, "precision": compute.precision,
         })
         rundir.write_metrics(history)
         group.barrier()
@@ -379,10 +379,16 @@ class _Progress:
 
 
 def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
-            init_optimizer: torch.optim.Optimizer | None) -> _Progress:
+            init_optimizer: torch.optim.Optimizer | None, precision: str) -> _Progress:
+    """The checkpoint's state, loaded into ``distiller`` and the optimizers; a run resumes only in the precision it
+    started in (its result records one precision; a checkpoint from before precisions were recorded is accepted)."""
     if not rundir.checkpoint_file.is_file():
         return _Progress()
     ckpt = rundir.load_torch(rundir.checkpoint_file)  # verified: a corrupted checkpoint fails the run, never resumes it
+    started = ckpt.get("precision", precision)
+    if started != precision:
+        raise KdbenchError(f"checkpoint {rundir.checkpoint_file} was trained in precision {started}, and this run asks for "
+                           f"{precision}: resume it with --precision {started}, or delete the checkpoint to restart in {precision}.")
     missing, unexpected = distiller.load_state_dict(ckpt["state"], strict=False)
     if unexpected or any(not k.startswith("teacher.") for k in missing):
         raise KdbenchError(f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run.")

@@ -178,3 +178,15 @@ def test_one_precision_is_not_marked(tmp_path):
     cells = {r["row"]: r for _, r in comp.cells.iterrows()}
     assert cells["Student"]["precision"] == "faithful" and cells["KD"]["precision"] == ""  # KD: nothing finished
     assert "WARNING" not in render.summary_text(comp)
+
+
+def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
+    """One run, one precision: a checkpoint trained in fp32 is not resumed in bf16 (the result would pool both)."""
+    spec = tiny_spec()
+    train.run(spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="fp32"))
+    run = RunDir(tmp_path, spec.run_id)
+    run.result_file.unlink()  # as if interrupted after its last checkpoint
+    with pytest.raises(KdbenchError, match="trained in precision fp32, and this run asks for bf16: resume it with --precision fp32"):
+        train.run(spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="bf16"))
+    resumed = train.run(spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="fp32"))
+    assert resumed["precision"]["precision"] == "fp32"
