@@ -135,6 +135,7 @@ def reproduce(
             _print_plan(table_plan, results, data_dir)
             return
         compute = _compute(precision, channels_last, compile_, teacher_cache)
+        _warn_reused_precisions(table_plan, results, precision)
         if executor not in ("local", "slurm"):
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
         if executor == "slurm":
@@ -177,6 +178,22 @@ def reproduce(
                   + f" Next: kdbench compare {results} --recipe {table_plan.recipe.name}")
     if failed:
         raise typer.Exit(1)
+
+
+def _warn_reused_precisions(table_plan, results: Path, precision: str) -> None:
+    """Say which finished runs a --precision reproduce reuses although they were trained in another precision."""
+    from collections import Counter
+
+    from kdbench.execute.reproduce import reused_in_other_precisions
+
+    if precision == "auto":  # resolved per slot's device: no one precision to compare with
+        return
+    other = reused_in_other_precisions(table_plan.ordered(), results, precision)
+    if other:
+        counts = ", ".join(f"{n} in {p}" for p, n in sorted(Counter(other.values()).items()))
+        err.print(f"[yellow]warning: {len(other)} finished runs of this table are reused as they are, trained {counts}, "
+                  f"not {precision} (precision is not part of the run id); compare marks the cells that mix precisions. "
+                  f"To train the whole table in {precision}, reproduce it into a --results folder of its own.[/]")
 
 
 @app.command()

@@ -190,3 +190,14 @@ def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
         train.run(spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="bf16"))
     resumed = train.run(spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="fp32"))
     assert resumed["precision"]["precision"] == "fp32"
+
+
+def test_reproduce_names_the_finished_runs_it_reuses_from_another_precision(tmp_path):
+    from kdbench.execute.reproduce import reused_in_other_precisions
+
+    planted(tmp_path, {"Student": ["bf16", "faithful"], "KD": [None]})
+    table = plan(RECIPE, "full")
+    other = reused_in_other_precisions(table.ordered(), tmp_path, "faithful")
+    assert sorted(other.values()) == ["bf16", "bf16"]  # the Student's bf16 trial and KD's older bf16 result
+    assert reused_in_other_precisions(table.ordered(), tmp_path, "bf16") == {
+        next(c for c in table.cells if c.row == "Student").run_ids[1]: "faithful"}
