@@ -25,8 +25,9 @@ log = logging.getLogger("kdbench.compute")
 Precision = Literal["auto", "fp32", "bf16", "faithful"]
 CacheMode = Literal["auto", "on", "off"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "faithful")
-# Each resolved precision's fp32 math on CUDA: (cuDNN convolutions, matmuls), "tf32" or "ieee" (TF32 allowed or not). "tf32" for convolutions and "ieee" for matmuls are PyTorch's own defaults, set explicitly here
-# so a run's meaning does not depend on what else ran in its process; "faithful" is IEEE fp32 throughout.
+# Each resolved precision's fp32 math on CUDA, (cuDNN convolutions, matmuls): "tf32" (TF32 allowed) or "ieee".
+# fp32 and bf16 keep PyTorch's own defaults ("tf32", "ieee"), set explicitly so that a run's meaning does not
+# depend on what else ran in its process; faithful is IEEE fp32 throughout (docs/protocol-choices.md, "Precision").
 FP32_MATH: dict[str, tuple[str, str]] = {"fp32": ("tf32", "ieee"), "bf16": ("tf32", "ieee"), "faithful": ("ieee", "ieee")}
 CACHE_MODES: tuple[str, ...] = ("auto", "on", "off")
 # glibc malloc settings that stop every CPU step from re-mmapping its activations (specs/performance.md §5).
