@@ -179,6 +179,9 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
 
 def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, data_dir: str | Path | None,
            num_workers: int, show_progress: bool, loader: str, options: ComputeOptions, group: Group) -> dict[str, Any]:
+    compute = options.resolve(device)
+    # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
+    precision = compute.apply_fp32_math(device)
     if spec.checkpoint is not None:
         return _import(spec, rundir, device, data_dir, num_workers, loader, group)
     arrays = _dataset(spec, data_dir)
@@ -198,8 +201,6 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
         emulate_per_gpu_batchnorm(distiller, spec.train.batch_size // group.world // spec.train.bn_chunk)
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
-    compute = options.resolve(device)
-    precision = compute.apply_fp32_math(device)  # before the teacher cache is built: its fp32 passes use these flags
     networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
     compute.prepare(networks)
     cache, cache_seconds = _teacher_cache(spec, method, distiller, arrays, results, device, compute, show_progress)
