@@ -266,6 +266,7 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
         raise KdbenchError(f"--batch-size {config.batch_size} is larger than --images {config.images}: raise --images.")
     device = train.resolve_device(config.device)
     compute = config.compute.resolve(device)
+    compute.apply_fp32_math(device)  # this precision's TF32 flags, for both paths (the reference's fp32 too)
     arrays = load_images(config)
     torch.manual_seed(config.seed)
     student = models.create(config.student, num_classes=arrays.num_classes)

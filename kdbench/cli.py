@@ -56,7 +56,11 @@ LoaderOpt = Annotated[str, typer.Option("--loader", help=(
     "needs pip install 'kdbench[ffcv]', else falls back to tensor). Every loader replays the same epoch plan, "
     "so results are identical."))]
 # Compute options: how a run computes, not what (not part of the run id; result.json records them).
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Losses are always computed in fp32.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help=(
+    "auto (bf16 on CUDA, fp32 on CPU), bf16 (autocast for the network passes), fp32 (PyTorch's default fp32: TF32 cuDNN "
+    "convolutions on Ampere+ GPUs, IEEE matmuls) or faithful (IEEE fp32 throughout, TF32 off: the authors' arithmetic). "
+    "Losses are always computed in fp32; result.json records the precision and TF32 flags, and compare marks cells "
+    "that pool precisions. See docs/protocol-choices.md, \"Precision\"."))]
 ChannelsLastOpt = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for the networks (default: on for CUDA).")]
 CompileOpt = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).")]
 CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="default, or reduce-overhead: CUDA graphs over the compiled networks (CUDA and --compile only; off by default until measured: kdbench doctor times it on a GPU).")]
@@ -168,6 +172,7 @@ def reproduce(
         from kdbench.checkpoints import prepare as prepare_teachers
 
         prepare_teachers(table_plan.specs.values(), data_dir)  # every imported teacher's file, before any run starts
+        _warn_reused_precisions(table_plan, results, precision)
         if executor not in ("local", "slurm"):
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
         _prepare_data(table_plan, results, data_dir)
@@ -229,6 +234,22 @@ def _prepare_data(table_plan, results: Path, data_dir: Optional[str]) -> None:
 
     todo = [s for s in table_plan.specs.values() if not RunDir(results, s.run_id).is_done()]
     prepare_datasets(((s.data.name, s.data.options) for s in todo), data_dir)
+
+
+def _warn_reused_precisions(table_plan, results: Path, precision: str) -> None:
+    """Say which finished runs a --precision reproduce reuses although they were trained in another precision."""
+    from collections import Counter
+
+    from kdbench.execute.reproduce import reused_in_other_precisions
+
+    if precision == "auto":  # resolved per slot's device: no one precision to compare with
+        return
+    other = reused_in_other_precisions(table_plan.ordered(), results, precision)
+    if other:
+        counts = ", ".join(f"{n} in {p}" for p, n in sorted(Counter(other.values()).items()))
+        err.print(f"[yellow]warning: {len(other)} finished runs of this table are reused as they are, trained {counts}, "
+                  f"not {precision} (precision is not part of the run id); compare marks the cells that mix precisions. "
+                  f"To train the whole table in {precision}, reproduce it into a --results folder of its own.[/]")
 
 
 @app.command()

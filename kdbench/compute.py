@@ -1,9 +1,11 @@
 """Run options that change speed, never results beyond floating-point tolerance.
 
-Precision (bf16 autocast), memory format (channels_last), ``torch.compile`` and the teacher-output
-cache are options of a run, not of its :class:`~kdbench.plan.RunSpec`: they are not hashed into the
-run id, and ``result.json`` records which ones a run used. ``auto`` values resolve per device: the
-fast path on CUDA, plain fp32 eager on CPU.
+Precision (bf16 autocast, fp32, or ``faithful`` fp32 without TF32), memory format (channels_last),
+``torch.compile`` and the teacher-output cache are options of a run, not of its
+:class:`~kdbench.plan.RunSpec`: they are not hashed into the run id, and ``result.json`` records which
+ones a run used (its precision, with the TF32 flags in force, as a :class:`PrecisionRecord`). ``auto``
+values resolve per device: the fast path on CUDA, plain fp32 eager on CPU. What each precision means and
+why the default is what it is: docs/protocol-choices.md, "Precision".
 
 Compile (docs/DESIGN-NOTES.md, "torch.compile"): each network's ``forward_features`` is compiled as one
 static-shape graph per input shape (``fullgraph=True, dynamic=False``), in its own recompile budget, from an
@@ -27,9 +29,13 @@ from torch import nn
 from kdbench.errors import KdbenchError
 
 log = logging.getLogger("kdbench.compute")
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "faithful"]
 CacheMode = Literal["auto", "on", "off"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "faithful")
+# Each resolved precision's fp32 math on CUDA, (cuDNN convolutions, matmuls): "tf32" (TF32 allowed) or "ieee".
+# fp32 and bf16 keep PyTorch's own defaults ("tf32", "ieee"), set explicitly so that a run's meaning does not
+# depend on what else ran in its process; faithful is IEEE fp32 throughout (docs/protocol-choices.md, "Precision").
+FP32_MATH: dict[str, tuple[str, str]] = {"fp32": ("tf32", "ieee"), "bf16": ("tf32", "ieee"), "faithful": ("ieee", "ieee")}
 CACHE_MODES: tuple[str, ...] = ("auto", "on", "off")
 CompileMode = Literal["default", "reduce-overhead"]
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead")
@@ -70,6 +76,7 @@ class ComputeOptions:
 
     def resolve(self, device: torch.device, train_steps: int | None = None) -> Compute:
         """The concrete options on ``device``: bf16, channels_last and compile on CUDA; fp32 eager on CPU.
+        ``faithful`` stays ``faithful`` on CPU too (there it computes exactly as ``fp32``: a CPU has no TF32).
 
         ``train_steps``: the run's optimizer steps; ``auto`` compile then needs at least ``COMPILE_MIN_STEPS``."""
         cuda = device.type == "cuda"
@@ -94,7 +101,7 @@ class ComputeOptions:
 class Compute:
     """Resolved compute options of one run."""
 
-    precision: Literal["fp32", "bf16"]
+    precision: Literal["fp32", "bf16", "faithful"]
     channels_last: bool
     compile: bool
     # off; on (for a cacheable method); auto (on when it already exists or pays for itself in the run, see train.py)
@@ -102,10 +109,21 @@ class Compute:
     compile_mode: CompileMode = "default"
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the networks' forward passes (a no-op in fp32)."""
-        if self.precision == "fp32":
+        """bf16 autocast for the networks' forward passes (a no-op in fp32 and faithful)."""
+        if self.precision != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def apply_fp32_math(self, device: torch.device) -> PrecisionRecord:
+        """Set the process's TF32 flags for this precision on a CUDA ``device`` (see ``FP32_MATH``) and return what
+        the run computes with. On CPU nothing is set and the TF32 fields are ``None``: a CPU has no TF32."""
+        if device.type == "cuda":
+            set_fp32_math(*FP32_MATH[self.precision])
+            flags = fp32_math_flags()
+        else:
+            flags = {"cudnn_allow_tf32": None, "matmul_allow_tf32": None, "float32_matmul_precision": None}
+        return PrecisionRecord(precision=self.precision, autocast_dtype="bfloat16" if self.precision == "bf16" else None,
+                               **flags)
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """A batch laid out as the networks expect it."""
@@ -170,6 +188,39 @@ def _summary(exc: BaseException) -> str:
     text = str(shown).strip()
     prefix = f"{type(exc).__name__} from " if shown is not exc else ""
     return f"{prefix}{type(shown).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+@dataclass(frozen=True)
+class PrecisionRecord:
+    """The precision a run computed with (``result.json``'s ``precision``): the option, autocast's dtype for the
+    network passes (``None``: none), and, on CUDA, the TF32 flags as PyTorch reported them during the run.
+    Losses are always computed in float32 (kdbench/losses/precision.py)."""
+
+    precision: Literal["fp32", "bf16", "faithful"]
+    autocast_dtype: str | None
+    cudnn_allow_tf32: bool | None  # torch.backends.cudnn.allow_tf32
+    matmul_allow_tf32: bool | None  # torch.backends.cuda.matmul.allow_tf32
+    float32_matmul_precision: str | None  # torch.get_float32_matmul_precision()
+    loss_dtype: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def set_fp32_math(convolutions: str, matmuls: str) -> None:
+    """Set cuDNN's and cuBLAS's fp32 math to ``"tf32"`` or ``"ieee"``. The legacy ``allow_tf32`` flags are the ones
+    set: torch.compile's inductor reads them, and in torch 2.13 reading them raises once the newer
+    ``fp32_precision`` flags were set apart from them. Global to the process; they act on CUDA only and can be set
+    without a GPU."""
+    torch.backends.cudnn.allow_tf32 = convolutions == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = matmuls == "tf32"
+
+
+def fp32_math_flags() -> dict[str, Any]:
+    """The TF32 flags in force, as PyTorch reports them."""
+    return {"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
 class CompiledOrEager:

@@ -2,7 +2,7 @@
 
 One small teacher → student KD setting is trained on a real-image ``.npz`` (by default
 ``cifar10-jpeg-q75-20k.npz`` from the offline data folder) with N seeds under the **reference** path
-(torch ``DataLoader``, fp32, eager, contiguous, live teacher) and under each fast **mode**, which changes
+(torch ``DataLoader``, faithful fp32 without TF32, eager, contiguous, live teacher) and under each fast **mode**, which changes
 exactly one of those choices. Every mode trains the same ``RunSpec`` (same run id, its own results
 folder) through ``train.run``, the loop every run uses, from one shared teacher. The class-stratified
 image subset is written once as a small .npz under the results folder, which every run reads.
@@ -36,7 +36,8 @@ from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.store import RunDir, atomic_path, atomic_write_json
 from kdbench.results.verdict import judge
 
-REFERENCE_COMPUTE = ComputeOptions(precision="fp32", channels_last=False, compile=False, teacher_cache="off")
+# The authors' arithmetic: IEEE fp32 (docs/protocol-choices.md, "Precision"); on a CPU faithful and fp32 are one.
+REFERENCE_COMPUTE = ComputeOptions(precision="faithful", channels_last=False, compile=False, teacher_cache="off")
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,11 @@ def _compute(**changes: Any) -> ComputeOptions:
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("reference", "torch", REFERENCE_COMPUTE, "— (torch DataLoader, fp32, eager, live teacher)"),
+    Mode("reference", "torch", REFERENCE_COMPUTE, "— (torch DataLoader, faithful fp32, eager, live teacher)"),
     Mode("tensor", "tensor", REFERENCE_COMPUTE, "device-resident tensor loader", exact=True),
     Mode("ffcv", "ffcv", REFERENCE_COMPUTE, "ffcv loader (.beton files)", exact=True),
     Mode("teacher-cache", "torch", _compute(teacher_cache="on"), "teacher logits from the per-view cache"),
+    Mode("tf32", "torch", _compute(precision="fp32"), "fp32 with TF32 cuDNN convolutions (PyTorch's default; CPU: none)"),
     Mode("bf16", "torch", _compute(precision="bf16"), "bf16 autocast (losses in fp32)"),
     Mode("channels-last", "torch", _compute(channels_last=True), "channels_last memory format"),
     Mode("compile", "torch", _compute(compile=True), "torch.compile (falls back to eager if it fails)"),

@@ -189,6 +189,8 @@ def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str |
 
 def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, data_dir: str | Path | None,
            num_workers: int, show_progress: bool, loader: str, options: ComputeOptions, group: Group) -> dict[str, Any]:
+    # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
+    precision = options.resolve(device).apply_fp32_math(device)
     if spec.checkpoint is not None:
         return _import(spec, rundir, device, data_dir, num_workers, loader, group)
     arrays = _dataset(spec, data_dir)
@@ -215,7 +217,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     optimizer = _sgd(distiller.trainable_parameters(), spec)
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
-    done = _resume(rundir, distiller, optimizer, init_optimizer)
+    done = _resume(rundir, distiller, optimizer, init_optimizer, compute.precision)
     best = done.best  # keep "best": the best epoch so far and its weights, carried in every checkpoint
     group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
     history = done.history
@@ -244,7 +246,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
             "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
             "optimizer": optimizer.state_dict(),
             "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
-            "history": history, **({"best": best} if best is not None else {}),
+            "history": history, "precision": compute.precision, **({"best": best} if best is not None else {}),
         })
         rundir.write_metrics(history)
         group.barrier()
@@ -284,6 +286,7 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
                          "compile_fallbacks": compile_fallbacks(networks), "requested": options.to_json()}
     if best is not None:
         result["kept"] = {"keep": "best", "epoch": best["epoch"], "top1": best["top1"], "file": rundir.best_model_file.name}
+    result["precision"] = precision.to_json()  # part of what the result is: compare marks cells that pool precisions
     if group.is_main:
         rundir.save_torch(rundir.model_file, distiller.inference_state())
         if best is not None:
@@ -401,10 +404,16 @@ class _Progress:
 
 
 def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
-            init_optimizer: torch.optim.Optimizer | None) -> _Progress:
+            init_optimizer: torch.optim.Optimizer | None, precision: str) -> _Progress:
+    """The checkpoint's state, loaded into ``distiller`` and the optimizers; a run resumes only in the precision it
+    started in (its result records one precision; a checkpoint from before precisions were recorded is accepted)."""
     if not rundir.checkpoint_file.is_file():
         return _Progress()
     ckpt = rundir.load_torch(rundir.checkpoint_file)  # verified: a corrupted checkpoint fails the run, never resumes it
+    started = ckpt.get("precision", precision)
+    if started != precision:
+        raise KdbenchError(f"checkpoint {rundir.checkpoint_file} was trained in precision {started}, and this run asks for "
+                           f"{precision}: resume it with --precision {started}, or delete the checkpoint to restart in {precision}.")
     missing, unexpected = distiller.load_state_dict(ckpt["state"], strict=False)
     if unexpected or any(not k.startswith("teacher.") for k in missing):
         raise KdbenchError(f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run.")

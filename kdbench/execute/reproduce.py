@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kdbench.execute.local import Outcome
 from kdbench.plan import Plan, RunSpec
+from kdbench.results.collect import run_precision
+from kdbench.results.store import RunDir, read_json
 from kdbench.results.tables import record_table
 
 if TYPE_CHECKING:
@@ -24,6 +26,17 @@ def reproduce_table(table_plan: Plan, results: Path, executor: Executor, ci_over
     """Record the table under ``results/tables`` (so compare can find it) and train its runs."""
     record_table(results, table_plan.recipe, table_plan.profile, table_plan.trials, ci_overrides)
     return executor.execute(table_plan.ordered(), results)
+
+
+def reused_in_other_precisions(specs: Sequence[RunSpec], results: Path, precision: str) -> dict[str, str]:
+    """Finished runs among ``specs`` that were trained in a precision other than ``precision``, by run id: they are
+    reused as they are (precision is not part of the run id), so the table will pool them with new runs."""
+    other = {}
+    for spec in specs:
+        run = RunDir(results, spec.run_id)
+        if run.is_done() and (trained := run_precision(read_json(run.result_file))) and trained != precision:
+            other[spec.run_id] = trained
+    return other
 
 
 def submit_table(table_plan: Plan, results: Path, executor: SlurmExecutor, ci_overrides: dict[str, Any]) -> Submission:

@@ -23,11 +23,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from kdbench.losses.precision import fp32
+
 __all__ = ["crd", "crd_nce", "crd_scores", "semckd", "semckd_attention", "srrl"]
 
 CRD_EPS = 1e-7  # RepDistiller crd/criterion.py: added to every NCE denominator
 
 
+@fp32
 def crd_scores(anchor: torch.Tensor, bank: torch.Tensor, contrast: torch.Tensor, temperature: float) -> torch.Tensor:
     """CRD's unnormalised scores exp(⟨bank[contrast[i, k]], anchor[i]⟩ / T), shape (B, K+1).
 
@@ -41,6 +44,7 @@ def crd_scores(anchor: torch.Tensor, bank: torch.Tensor, contrast: torch.Tensor,
     return torch.exp(dots / temperature)
 
 
+@fp32
 def crd_nce(scores: torch.Tensor, z: float | torch.Tensor, n_data: int) -> torch.Tensor:
     """CRD's NCE loss (Tian et al., ICLR 2020, Eq. 18; RepDistiller ``ContrastLoss``) for one anchor side.
 
@@ -56,6 +60,7 @@ def crd_nce(scores: torch.Tensor, z: float | torch.Tensor, n_data: int) -> torch
     return -(log_d1.sum() + log_d0.sum()) / batch
 
 
+@fp32
 def crd(
     scores_s: torch.Tensor,
     scores_t: torch.Tensor,
@@ -73,6 +78,7 @@ def crd(
     return crd_nce(scores_s, z_s, n_data) + crd_nce(scores_t, z_t, n_data)
 
 
+@fp32
 def srrl(h_s: torch.Tensor, feat_t: torch.Tensor, pred_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
     """SRRL (Yang et al., ICLR 2021) as in SimKD's released CIFAR code: two element-mean MSEs.
 
@@ -83,6 +89,7 @@ def srrl(h_s: torch.Tensor, feat_t: torch.Tensor, pred_s: torch.Tensor, logits_t
     return F.mse_loss(h_s, feat_t.detach()) + F.mse_loss(pred_s, logits_t.detach())
 
 
+@fp32
 def semckd_attention(queries: torch.Tensor, keys: torch.Tensor, soft: float = 1.0) -> torch.Tensor:
     """SemCKD's per-sample attention of every student tap over the teacher taps.
 
@@ -93,6 +100,7 @@ def semckd_attention(queries: torch.Tensor, keys: torch.Tensor, soft: float = 1.
     return torch.softmax(energy, dim=-1)
 
 
+@fp32
 def semckd(
     projected: Sequence[Sequence[torch.Tensor]],
     targets: Sequence[Sequence[torch.Tensor]],

@@ -7,9 +7,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["simkd", "fitnet", "at", "vid", "nst", "ab", "ft", "fsp"]
+from kdbench.losses.precision import fp32
+
+__all__ = ["mse", "simkd", "fitnet", "at", "vid", "nst", "ab", "ft", "fsp"]
 
 
+@fp32
+def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``nn.MSELoss()``: the mean over all elements of (output − target)², the target detached (FT's paraphraser
+    reconstruction, RepDistiller helper/pretrain.py; SimKD's output-side ℓ2 through W_t, Table S.7)."""
+    return F.mse_loss(output, target.detach())
+
+
+@fp32
 def simkd(projected_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     """SimKD (Chen et al., CVPR 2022, Eq. 3): feature alignment ‖P(f_s) − f_t‖².
 
@@ -39,6 +49,7 @@ def attention_map(feat: torch.Tensor, p: float = 2) -> torch.Tensor:
     return F.normalize(feat.pow(p).mean(1).reshape(feat.shape[0], -1), p=2.0, dim=1)
 
 
+@fp32
 def fitnet(regressed_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     """FitNet hint loss (Romero et al., ICLR 2015) as in RepDistiller/SimKD ``HintLoss``:
     ``nn.MSELoss()`` between the regressed student hint and the teacher hint, i.e. the mean over
@@ -47,6 +58,7 @@ def fitnet(regressed_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(regressed_s, feat_t.detach())
 
 
+@fp32
 def at(feat_s: torch.Tensor, feat_t: torch.Tensor, p: float = 2) -> torch.Tensor:
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) for **one** tap pair, RepDistiller's
     ``Attention.at_loss``: pool the larger map to the smaller square size, then the mean over
@@ -57,6 +69,7 @@ def at(feat_s: torch.Tensor, feat_t: torch.Tensor, p: float = 2) -> torch.Tensor
     return (attention_map(feat_s, p) - attention_map(feat_t, p)).pow(2).mean()
 
 
+@fp32
 def vid(pred_mean: torch.Tensor, feat_t: torch.Tensor, log_scale: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """VID (Ahn et al., CVPR 2019) for **one** tap pair, RepDistiller's ``VIDLoss.forward`` after
     its spatial alignment and regressor: the Gaussian negative log-likelihood (without the
@@ -79,6 +92,7 @@ def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(b, a.transpose(1, 2)).pow(2)
 
 
+@fp32
 def nst(feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     """Neuron selectivity transfer (Huang & Wang, 2017) for **one** tap pair, RepDistiller's
     ``NSTLoss.nst_loss``: pool the larger map to the smaller square size, reshape to (B, C, HW),
@@ -95,6 +109,7 @@ def nst(feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     return _poly_kernel(t, t).mean() + _poly_kernel(s, s).mean() - 2 * _poly_kernel(s, t).mean()
 
 
+@fp32
 def ab(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], margin: float = 1.0) -> torch.Tensor:
     """Activation-boundary loss (Heo et al., AAAI 2019) over all tap pairs, RepDistiller's
     ``ABLoss`` summed as its pre-training step sums it.
@@ -121,6 +136,7 @@ def ab(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], ma
     return total
 
 
+@fp32
 def ft(factor_s: torch.Tensor, factor_t: torch.Tensor, p1: float = 2, p2: float = 1) -> torch.Tensor:
     """Factor transfer (Kim et al., NeurIPS 2018) as in RepDistiller's ``FactorTransfer``:
     ``factor_s`` = the translator's output on the student map, ``factor_t`` = the paraphraser
@@ -145,6 +161,7 @@ def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return torch.bmm(t, b.transpose(1, 2)) / b.shape[2]
 
 
+@fp32
 def fsp(feats_s: Sequence[torch.Tensor], feats_t: Sequence[torch.Tensor]) -> torch.Tensor:
     """FSP loss (Yim et al., CVPR 2017) as RepDistiller's ``FSP`` summed by its pre-training step:
     for every consecutive pair of taps (f0→f1, f1→f2, …) the FSP matrices of both networks
@@ -170,6 +187,7 @@ __all__ += ["ofd", "ofd_margins", "reviewkd"]
 _INV_SQRT_2PI = 0.3989422804014327  # 1/√(2π)
 
 
+@fp32
 def ofd_margins(gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """OFD's per-channel margin (Heo et al., ICCV 2019) from the (γ, β) of the teacher's
     BN-before-ReLU, as clovaai/overhaul-distillation and mdistiller compute it once at start:
@@ -188,6 +206,7 @@ def ofd_margins(gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return margin.to(gamma.dtype)
 
 
+@fp32
 def ofd(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], margins: Sequence[torch.Tensor]) -> torch.Tensor:
     """OFD's distillation loss (Heo et al., ICCV 2019) over all tap pairs, as mdistiller's
     ``OFD.ofd_loss`` / clovaai ``Distiller.forward`` compute it (before the method weight).
@@ -215,6 +234,7 @@ def ofd(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], m
     return total
 
 
+@fp32
 def reviewkd(fused_s: Sequence[torch.Tensor], feats_t: Sequence[torch.Tensor]) -> torch.Tensor:
     """ReviewKD's hierarchical context loss (HCL; Chen et al., CVPR 2021) as its released
     ``hcl`` / mdistiller's ``hcl_loss`` compute it (before the method weight and warm-up).

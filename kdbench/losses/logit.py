@@ -5,13 +5,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdbench.losses.precision import fp32
+
 __all__ = [
-    "kd", "dist",
+    "cross_entropy", "kd", "dist",
     "dkd", "rld", "wsld", "ipwd", "ipwd_weights",
     "mlkd_instance", "mlkd_batch", "mlkd_class",
 ]
 
 
+@fp32
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against integer labels, mean over the batch, with label smoothing ε (Szegedy et al., 2016)."""
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+@fp32
 def kd(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al. (2015) KD: T² · mean over the batch of KL(p_t ‖ p_s), p = softmax(z / T).
 
@@ -34,6 +43,7 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.
     return _cosine_rows(a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True), eps)
 
 
+@fp32
 def dist(
     logits_s: torch.Tensor,
     logits_t: torch.Tensor,
@@ -97,6 +107,7 @@ def _standardize(logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+@fp32
 def dkd(
     logits_s: torch.Tensor,
     logits_t: torch.Tensor,
@@ -131,6 +142,7 @@ def dkd(
 # ---------------------------------------------------------------------------------------------
 
 
+@fp32
 def rld(
     logits_s: torch.Tensor,
     logits_t: torch.Tensor,
@@ -181,6 +193,7 @@ def rld(
 # ---------------------------------------------------------------------------------------------
 
 
+@fp32
 def wsld(logits_s: torch.Tensor, logits_t: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
     """Weighted soft labels (Zhou et al., ICLR 2021), as bellymonster/Weighted-Soft-Label-Distillation.
 
@@ -207,6 +220,7 @@ IPWD_FORMS = ("mirror", "summary", "prob-ratio")
 IPWD_LOGIT_NORMS = ("none", "zscore", "l2")
 
 
+@fp32
 def ipwd_weights(
     logits_kd: torch.Tensor,
     logits_cls: torch.Tensor,
@@ -261,6 +275,7 @@ def ipwd_weights(
     return weight
 
 
+@fp32
 def ipwd(
     logits_s: torch.Tensor,
     logits_t: torch.Tensor,
@@ -299,6 +314,7 @@ def _weighted_mean(per_item: torch.Tensor, weights: torch.Tensor | None) -> torc
     return per_item.mean() if weights is None else (per_item * weights).mean()
 
 
+@fp32
 def mlkd_instance(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
                   weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD instance level (Jin et al., CVPR 2023): T² · (1/B) Σ_i w_i KL(p_t,i ‖ p_s,i), p = softmax(z/T)
@@ -309,6 +325,7 @@ def mlkd_instance(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: f
     return _weighted_mean(F.kl_div(log_p_s, p_t, reduction="none").sum(dim=1), weights) * temperature**2
 
 
+@fp32
 def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
                weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD batch level (input correlation): ‖P_t P_tᵀ − P_s P_sᵀ‖²_F / B with P = softmax(z / T)
@@ -319,6 +336,7 @@ def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: floa
     return _weighted_mean(((p_t @ p_t.t() - p_s @ p_s.t()) ** 2).sum(dim=1), weights)
 
 
+@fp32
 def mlkd_class(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
                weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD class level (category correlation): ‖P_tᵀ P_t − P_sᵀ P_s‖²_F / C with P = softmax(z / T)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kdbench.losses.precision import fp32
+
 __all__ = ["sp", "cc", "rkd", "pkt"]
 
 
+@fp32
 def sp(feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving KD (Tung & Mori, ICCV 2019) for **one** tap pair, RepDistiller's
     ``Similarity.similarity_loss``: with A = the map flattened to (B × CHW), G = A·Aᵀ with each
@@ -29,6 +32,7 @@ def sp(feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
     return (g_t - g_s).pow(2).sum() / (b * b)
 
 
+@fp32
 def cc(emb_s: torch.Tensor, emb_t: torch.Tensor) -> torch.Tensor:
     """Correlation congruence (Peng et al., ICCV 2019) as restructured by RepDistiller
     (``Correlation``), not the paper's Gaussian-kernel form: with Δ = |e_s − e_t| (B × d),
@@ -59,6 +63,7 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
 
 
+@fp32
 def rkd(emb_s: torch.Tensor, emb_t: torch.Tensor, w_dist: float = 25.0, w_angle: float = 50.0) -> torch.Tensor:
     """Relational KD (Park et al., CVPR 2019), RepDistiller's ``RKDLoss``: w_dist·distance + w_angle·angle.
 
@@ -90,6 +95,7 @@ def _pkt_probabilities(x: torch.Tensor, eps: float) -> torch.Tensor:
     return sim / sim.sum(dim=1, keepdim=True)
 
 
+@fp32
 def pkt(emb_s: torch.Tensor, emb_t: torch.Tensor) -> torch.Tensor:
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018), the author's code as in
     RepDistiller's ``PKT.cosine_similarity_loss`` (eps = 1e-7):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -232,7 +231,7 @@ class Distiller(nn.Module):
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against the labels, with the run's label smoothing (Szegedy et al., 2016)."""
-        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        return losses.cross_entropy(logits, targets, self.label_smoothing)
 
     def probe(self, example: torch.Tensor) -> tuple[Features, Features | None]:
         """Student and teacher features of a small example batch, for sizing extra modules."""
@@ -265,8 +264,9 @@ class Distiller(nn.Module):
         """Logits used for train accuracy and the weighted loss terms (the loop sums them).
 
         ``teacher_logits``: the teacher's logits of these images from the teacher cache (only for
-        ``Needs.cacheable_teacher``); the teacher then does not run. The networks run under whatever
-        autocast the caller set; the losses are always computed in float32.
+        ``Needs.cacheable_teacher``); the teacher then does not run. Every network pass, the method's own
+        modules' included, runs under whatever autocast the caller set; the losses are computed in float32
+        at their own boundary (kdbench/losses/precision.py), so every term is float32.
         """
         student = self.student.forward_features(images)
         teacher = None
@@ -275,17 +275,14 @@ class Distiller(nn.Module):
         elif self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher.forward_features(images)
-        with torch.autocast(images.device.type, enabled=False):
-            student = student.float()
-            teacher = teacher.float() if teacher is not None else None
-            p = self.params
-            terms: dict[str, torch.Tensor] = {}
-            if p.ce_weight:
-                terms["ce"] = p.ce_weight * self.cross_entropy(student.logits, targets)
-            if p.kd_weight:
-                assert teacher is not None, "kd_weight > 0 needs a teacher"
-                terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
-            logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong, self.loss_chunk))
+        p = self.params
+        terms: dict[str, torch.Tensor] = {}
+        if p.ce_weight:
+            terms["ce"] = p.ce_weight * self.cross_entropy(student.logits, targets)
+        if p.kd_weight:
+            assert teacher is not None, "kd_weight > 0 needs a teacher"
+            terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
+        logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong, self.loss_chunk))
         terms.update(own_terms)
         return logits, terms
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -130,7 +129,7 @@ class FT(Distiller):
         assert self.teacher is not None
         with torch.no_grad():
             f_t = self.teacher.forward_features(images).stages[-1]
-        return {"ft_paraphraser": F.mse_loss(self.paraphraser(f_t), f_t)}
+        return {"ft_paraphraser": losses.mse(self.paraphraser(f_t), f_t)}
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None

@@ -115,7 +115,7 @@ class SimKD(Distiller):
         if self.params.alignment in ("input", "input+output"):
             loss = loss + losses.simkd(projected, target)
         if self.params.alignment in ("output", "input+output"):
-            loss = loss + F.mse_loss(self._pooled_logits(projected), self._pooled_logits(target))
+            loss = loss + losses.mse(self._pooled_logits(projected), self._pooled_logits(target))
         return loss
 
     def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

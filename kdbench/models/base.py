@@ -35,16 +35,6 @@ class Features:
         empty = logits.new_empty(0)
         return cls(stages=[], preact=[], head_map=empty, pooled=empty, logits=logits)
 
-    def float(self) -> Features:
-        """These features in at least float32, for losses computed outside autocast: bf16/fp16 tensors are
-        upcast; float32 and float64 tensors are kept as they are."""
-        return Features([_at_least_fp32(t) for t in self.stages], [_at_least_fp32(t) for t in self.preact],
-                        _at_least_fp32(self.head_map), _at_least_fp32(self.pooled), _at_least_fp32(self.logits))
-
-
-def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
-
 
 class KDModel(nn.Module):
     """Base class of every registered network.

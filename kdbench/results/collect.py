@@ -12,6 +12,7 @@ from kdbench.results.store import RUN_ID, RunDir, read_json, runs_dir
 RUN_COLUMNS = [
     "run_id", "status", "model", "method", "profile", "seed", "teacher_run_id",
     "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs", "heads", "test_losses", "curve", "message",
+    "precision",
 ]
 
 
@@ -68,10 +69,18 @@ def _finished(run: RunDir) -> dict:
     row = {k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")}
     # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
     row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))
+    row["precision"] = run_precision(result)
     # Test accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch).
     row["curve"] = [{k: h[k] for k in ("epoch", "test_top1", "test_top5")}
                     for h in run.read_metrics() if h.get("phase") != "init"]
     return row
+
+
+def run_precision(result: dict) -> str:
+    """The precision a finished run trained with (fp32, bf16 or faithful): ``result.json``'s ``precision`` record,
+    else the ``compute`` record of a result written before it existed; "" for an imported checkpoint (not trained)."""
+    record = result.get("precision") or {}
+    return str(record.get("precision") or (result.get("compute") or {}).get("precision") or "")
 
 
 def epoch_curves(results: Path) -> pd.DataFrame:

@@ -32,6 +32,7 @@ CELL_COLUMNS = [
     "recipe", "table", "profile", "row", "column", "teacher", "teacher_checkpoint", "student", "method", "metric",
     "paper_mean", "paper_std", "paper_n", "literature", "ours_mean", "ours_std", "n", "n_planned", "n_failed",
     "delta", "status", "verdict", "p_value", "test", "margin", "ci_level", "ci_low", "ci_high", "trials_needed", "detail",
+    "precision",  # the finished trials' precisions, "+"-joined: more than one means the cell pools precisions
 ]
 QUANTITY_COLUMNS = ["recipe", "table", "profile", "row", "column", "quantity", "label", "source", "metric",
                     "paper_mean", "paper_std", "ours_mean", "ours_std", "n", "delta", "verdict", "p_value", "test",
@@ -119,6 +120,7 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric_override: str
             # A verdict needs published and own numbers: otherwise the status says why there is none.
             "verdict": verdict.verdict if judged else status if not len(done) else "no published number",
             "p_value": verdict.p_value, "test": verdict.test if judged else "", **_verdict_fields(verdict, judged, alpha),
+            "precision": pooled_precision(finished),
         })
         if cell.status == "planned" and row.paper_quantities:  # the rows that print the recipe's quantities
             extra += [_quantity(record, table_plan, row, cell.column, cell.run_ids, finished, quantity, metric, alpha)
@@ -136,6 +138,16 @@ def _verdict_fields(verdict: Verdict, judged: bool, alpha: float) -> dict:
                 "trials_needed": None, "detail": ""}
     return {"margin": verdict.margin, "ci_level": 1 - 2 * alpha, "ci_low": verdict.ci_low, "ci_high": verdict.ci_high,
             "trials_needed": verdict.trials_needed, "detail": verdict.detail}
+
+
+def pooled_precision(finished: pd.DataFrame) -> str:
+    """The precisions of a cell's finished trials, sorted and "+"-joined ("bf16", "bf16+faithful"); "" if none says.
+    A cell never pools trials of different precision silently: the renderers mark such a cell (render.py)."""
+    return "+".join(sorted({p for p in finished["precision"] if isinstance(p, str) and p}))
+
+
+def is_mixed_precision(precision: str) -> bool:
+    return "+" in precision
 
 
 def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str, recipe_epochs: int) -> pd.Series:

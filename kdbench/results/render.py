@@ -16,7 +16,7 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from kdbench.results.compare import CELL_COLUMNS, TableComparison, summary
+from kdbench.results.compare import CELL_COLUMNS, TableComparison, is_mixed_precision, summary
 from kdbench.results.quantities import COMPUTED
 
 FORMATS = ("table", "markdown", "latex", "html", "csv")
@@ -64,6 +64,8 @@ def _ours_text(cell: pd.Series) -> str:
         text += f" [imported {cell['teacher_checkpoint'][:8]}]"
     if cell["n"] < cell["n_planned"]:
         text += f" [{cell['n']}/{cell['n_planned']}" + (f", {cell['n_failed']} failed]" if cell["n_failed"] else "]")
+    if is_mixed_precision(cell["precision"]):
+        text += f" [mixed precision: {cell['precision']}]"
     return text
 
 
@@ -139,6 +141,9 @@ def summary_text(comp: TableComparison) -> str:
         chosen = verdicts[~computed]
         text += (f"; measured quantities: {int((chosen == 'reproduced').sum())} reproduced, "
                  f"{int(chosen.isin(['above', 'below']).sum())} not reproduced")
+    mixed = int(comp.cells["precision"].map(is_mixed_precision).sum())
+    if mixed:
+        text += f"; WARNING: {mixed} cell{'s' if mixed > 1 else ''} pool trials of different precision (marked)"
     return text
 
 
@@ -289,7 +294,7 @@ def to_csv(comparisons: list[TableComparison]) -> str:
 def _quantity_rows(comp: TableComparison) -> pd.DataFrame:
     """Quantity rows in the cell CSV's columns (teacher, student, method filled in from their cell)."""
     keys = ["row", "column"]
-    context = comp.cells[[*keys, "teacher", "teacher_checkpoint", "student", "method", "paper_n", "literature"]]
+    context = comp.cells[[*keys, "teacher", "teacher_checkpoint", "student", "method", "paper_n", "literature", "precision"]]
     rows = comp.quantities.drop(columns=["label", "source", "table"]).merge(context, on=keys, how="left")
     status = rows["n"].map(lambda n: "done" if n else "not run")
     return rows.assign(table=comp.recipe.table, status=status, n_planned=rows["n"], n_failed=0)[[*CELL_COLUMNS, "quantity"]]
