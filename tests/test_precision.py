@@ -164,8 +164,8 @@ def test_compare_marks_a_cell_that_pools_precisions(tmp_path):
     cells = {r["row"]: r for _, r in comp.cells.iterrows()}
     assert cells["Student"]["precision"] == "bf16+faithful"
     assert cells["KD"]["precision"] == "bf16"  # an older result.json: its compute record says bf16
-    assert "[mixed precision: bf16+faithful]" in render.ours_text(cells["Student"])
-    assert "mixed precision" not in render.ours_text(cells["KD"])
+    assert "[mixed precision: bf16+faithful]" in render.ours_text(comp, cells["Student"])
+    assert "mixed precision" not in render.ours_text(comp, cells["KD"])
     assert "WARNING: 1 cell pool trials of different precision" in render.summary_text(comp)
     assert "[mixed precision: bf16+faithful]" in render.to_markdown(comp)
     rows = {r["row"]: r for r in csv.DictReader(io.StringIO(render.to_csv([comp])))}
