@@ -14,7 +14,7 @@ import pandas as pd
 
 from kdbench import methods
 from kdbench.errors import KdbenchError
-from kdbench.plan import Plan, plan
+from kdbench.plan import Plan
 from kdbench.recipe import Column, Quantity, Recipe, Row, load_recipe
 from kdbench.results import quantities as q
 from kdbench.results.collect import collect
@@ -25,6 +25,7 @@ CELL_COLUMNS = [
     "recipe", "table", "profile", "row", "column", "teacher", "teacher_checkpoint", "student", "method", "metric",
     "paper_mean", "paper_std", "paper_n", "literature", "ours_mean", "ours_std", "n", "n_planned", "n_failed",
     "delta", "status", "verdict", "p_value", "test",
+    "n_unverified",  # finished trials whose files have no recorded checksum: counted, and marked (RunDir.unverified)
 ]
 QUANTITY_COLUMNS = ["recipe", "table", "profile", "row", "column", "quantity", "label", "source", "metric",
                     "paper_mean", "paper_std", "ours_mean", "ours_std", "n", "delta", "verdict", "p_value", "test"]
@@ -38,6 +39,8 @@ class TableComparison:
     metric: str
     cells: pd.DataFrame  # CELL_COLUMNS, in the recipe's row-major order
     quantities: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUANTITY_COLUMNS))  # per cell × quantity
+    # Why some of the table's runs are not plain numbers: corrupted (counted as failed), unverified, failed; one line each.
+    problems: tuple[str, ...] = ()
 
 
 def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05) -> list[TableComparison]:
@@ -63,13 +66,13 @@ def _unreproduced(recipe: str) -> TableRecord:
 
 def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: float) -> TableComparison:
     recipe = record.recipe
-    table_plan = plan(recipe, record.profile, trials=record.trials, ci_overrides=record.ci_overrides)
+    table_plan = record.plan()
     rows_by_label = {r.label: r for r in recipe.rows}
     out, extra = [], []
     for cell in table_plan.cells:
         column, row = recipe.column(cell.column), rows_by_label[cell.row]
         known = runs.loc[runs.index.intersection(list(cell.run_ids))]
-        finished = known[known["status"] == "done"]
+        finished = known[known["status"].isin(["done", "unverified"])]
         n_failed = int(known["status"].isin(["failed", "corrupted"]).sum())  # a corrupted run counts as failed
         done = _accuracies(finished, column, cell.method, metric, recipe.training.epochs)
         paper = row.paper.get(cell.column)
@@ -94,12 +97,17 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric: str, alpha: 
             # A verdict needs published and own numbers: otherwise the status says why there is none.
             "verdict": verdict.verdict if len(done) and paper else status if not len(done) else "no published number",
             "p_value": verdict.p_value, "test": verdict.test if len(done) and paper else "",
+            "n_unverified": int((finished["status"] == "unverified").sum()),
         })
         if cell.status == "planned" and row.paper_quantities:  # the rows that print the recipe's quantities
             extra += [_quantity(record, table_plan, row, cell.column, cell.run_ids, finished, quantity, metric, alpha)
                       for quantity in recipe.quantities]
+    planned = list(dict.fromkeys(run_id for cell in table_plan.cells for run_id in cell.run_ids))
+    troubled = runs.loc[runs.index.intersection(planned)]
+    problems = tuple(f"{status}: {message}" for status, message in zip(troubled["status"], troubled["message"])
+                     if status in ("corrupted", "unverified", "failed") and message)
     return TableComparison(recipe, record.profile, metric, pd.DataFrame(out, columns=CELL_COLUMNS),
-                           pd.DataFrame(extra, columns=QUANTITY_COLUMNS))
+                           pd.DataFrame(extra, columns=QUANTITY_COLUMNS), problems)
 
 
 def _accuracies(finished: pd.DataFrame, column: Column, method: str, metric: str, recipe_epochs: int) -> pd.Series:
