@@ -196,7 +196,7 @@ def plan(
     for n in (n_trials, *cell_trials.values()):
         if not 1 <= n <= MAX_TRIALS:
             raise KdbenchError(f"{n} trials per cell: choose 1 to {MAX_TRIALS} (papers report 1 to 5).")
-    n_student_runs = len(selected_rows) * len(selected_columns) * max(n_trials, *cell_trials.values())
+    n_student_runs = len(selected_rows) * len(selected_columns) * max([n_trials, *cell_trials.values()])
     if n_student_runs > MAX_PLAN_RUNS:
         raise KdbenchError(f"recipe {recipe.name}: {len(selected_rows)} rows × {len(selected_columns)} columns × {n_trials} "
                            f"trials would plan up to {n_student_runs:,} runs, more than the {MAX_PLAN_RUNS:,} one table may "

@@ -351,8 +351,8 @@ class Recipe(_Strict):
                 try:
                     check_milestones(override.milestones, self.training.epochs)
                 except ValueError as exc:
-                    raise ValueError(f"{where}.training.milestones {list(override.milestones)}: {exc} (the recipe's "
-                                     "training.epochs)") from None
+                    raise ValueError(f"{where}.training.milestones {list(override.milestones)}: {exc}; it trains the "
+                                     f"recipe's training.epochs ({self.training.epochs})") from None
         for i, col in enumerate(self.columns):
             if col.at_epoch is not None and col.at_epoch > self.training.epochs:
                 raise ValueError(f"columns[{i}].at_epoch {col.at_epoch} is after the last epoch ({self.training.epochs})")
