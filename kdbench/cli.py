@@ -83,13 +83,14 @@ def _check_device(device: str) -> None:
         raise KdbenchError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}.")
 
 
-def _check_output(path: Optional[Path], option: str) -> None:
-    """Refuse an output path that cannot be written (a folder, or in a missing folder) before any work is done."""
+def _check_output(path: Optional[Path], option: str, makes_folder: bool = False) -> None:
+    """Refuse an output path that cannot be written (a folder, or in a missing folder unless the writer
+    ``makes_folder``) before any work is done."""
     if path is None:
         return
     if path.is_dir():
         raise KdbenchError(f"{option} {path} is a directory: give a file name, e.g. {path / 'table.md'}.")
-    if not path.parent.is_dir():
+    if not makes_folder and not path.parent.is_dir():
         raise KdbenchError(f"{option} {path}: the folder {path.parent} does not exist; create it (mkdir -p "
                            f"{path.parent}) or choose another path.")
 
@@ -311,7 +312,7 @@ def compare(
         if fmt not in render.FORMATS:
             raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
         _check_output(output, "--output")
-        _check_output(plot, "--plot")
+        _check_output(plot, "--plot", makes_folder=True)  # results/plot.py creates its folder
         comparisons = compare_tables(results, recipe, metric, alpha)
     except KdbenchError as exc:
         _fail(exc)
