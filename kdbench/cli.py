@@ -14,12 +14,6 @@ from rich.console import Console
 
 from kdbench.errors import KdbenchError
 
-
-def escape_markup(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
 app = typer.Typer(
     help=(
         "Reproduce knowledge-distillation papers' result tables.\n\n"
@@ -64,6 +58,8 @@ def _check_loader(loader: str) -> None:
 
     if loader not in LOADER_KINDS:
         raise KdbenchError(f"unknown loader {loader!r}; choose one of {', '.join(LOADER_KINDS)}.")
+
+
 def _check_device(device: str) -> None:
     """Refuse a device this machine does not have before anything is planned (torch would fail deep inside)."""
     if device in ("auto", "cpu"):
@@ -328,9 +324,11 @@ def compare(
             err.print(f"wrote {draw(comparisons, plot)}")
     except OSError as exc:  # the path was writable a moment ago: a full disk, no permission
         _fail(KdbenchError(f"could not write {exc.filename or output}: {exc.strerror or exc}."))
+    from rich.markup import escape
+
     for comp in comparisons:  # why a cell shows 'failed' or 'unverified': the run, the file and the fix
         for problem in comp.problems:
-            err.print(f"[yellow]{comp.recipe.name}[/] {escape_markup(problem)}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]{comp.recipe.name}[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if baseline is not None:
         import pandas as pd
 
