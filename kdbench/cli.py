@@ -84,6 +84,39 @@ def _check_loader(loader: str) -> None:
 
     if loader not in LOADER_KINDS:
         raise KdbenchError(f"unknown loader {loader!r}; choose one of {', '.join(LOADER_KINDS)}.")
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this machine does not have before anything is planned (torch would fail deep inside)."""
+    if device in ("auto", "cpu"):
+        return
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise KdbenchError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        build = "" if torch.version.cuda else " (this torch is built without CUDA)"
+        raise KdbenchError(f"--device {device} requested but CUDA is not available on this machine{build}; "
+                           "use --device cpu or auto.")
+    count = torch.cuda.device_count()
+    if ":" in device and int(device.split(":")[1]) >= count:
+        raise KdbenchError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}.")
+
+
+def _check_output(path: Optional[Path], option: str, makes_folder: bool = False) -> None:
+    """Refuse an output path that cannot be written (a folder, or in a missing folder unless the writer
+    ``makes_folder``) before any work is done."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise KdbenchError(f"{option} {path} is a directory: give a file name, e.g. {path / 'table.md'}.")
+    if not makes_folder and not path.parent.is_dir():
+        raise KdbenchError(f"{option} {path}: the folder {path.parent} does not exist; create it (mkdir -p "
+                           f"{path.parent}) or choose another path.")
+
+
 def _compute(precision: str, channels_last: bool | None, compile_: bool | None, teacher_cache: str,
              compile_mode: str = "default"):
     from kdbench.compute import ComputeOptions
@@ -158,6 +191,8 @@ def reproduce(
         from kdbench.results import curves
 
         _check_loader(loader)
+        if executor == "local" and not dry_run:  # slurm jobs run on the cluster's nodes, not here
+            _check_device(device)
         loggers = curves.parse(log_to)
         loaded = load_recipe(recipe).with_teacher_source(teachers)
         if profile != "smoke":  # smoke trains on generated data
@@ -189,7 +224,7 @@ def reproduce(
                                      timeout_s=wait_timeout * 60 if wait_timeout is not None else None)
 
             if no_wait:
-                _print_submission(submit_table(table_plan, results, make(None), ci))
+                _print_submission(submit_table(table_plan, results, make(None), ci, explicit_trials=trials is not None))
                 console.print(f"Jobs submitted; they go on without this process. Later: kdbench compare {results} "
                               f"--recipe {table_plan.recipe.name}")
                 return
@@ -208,7 +243,7 @@ def reproduce(
             else:
                 runner = LocalExecutor(slots, SlotWorkers(data_dir, compute, loader, loggers), listener=progress.event,
                                        gpus_per_run=gpus_per_run)
-            outcomes = reproduce_table(table_plan, results, runner, ci)
+            outcomes = reproduce_table(table_plan, results, runner, ci, explicit_trials=trials is not None)
     except KdbenchError as exc:
         _fail(exc)
     except Interrupted as stop:  # the executor has stopped its runs (local) or left the jobs queued (slurm)
@@ -270,6 +305,17 @@ def status(
         import time
 
         from rich.live import Live
+
+        if not console.is_terminal:  # a pipe or a log file: Live draws nothing there; a line per change instead
+            from kdbench.results.status import changes
+
+            seen: dict[str, tuple] = {}
+            console.print(f"watching {recipe or 'every run'} in {results} every 2 s: one line per run whose state or "
+                          "epoch changes (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+            while True:
+                for line in changes(results, recipe, profile, seen, teachers):
+                    console.print(line, highlight=False, soft_wrap=True, markup=False)
+                time.sleep(2)
 
         with Live(overview(results, recipe, profile, teachers), console=console, refresh_per_second=1) as live:
             while True:
@@ -342,6 +388,8 @@ def compare(
 
         if fmt not in render.FORMATS:
             raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
+        _check_output(output, "--output")
+        _check_output(plot, "--plot", makes_folder=True)  # results/plot.py creates its folder
         comparisons = compare_tables(results, recipe, metric, alpha, margin, teachers=teachers)
     except KdbenchError as exc:
         _fail(exc)
@@ -349,11 +397,19 @@ def compare(
         err.print(f"no reproduced tables under {results}/tables. Run `kdbench reproduce RECIPE` first, "
                   "or pass --recipe NAME to list a table's published numbers.")
         raise typer.Exit(1)
-    _print_tables(comparisons, fmt, output)
-    if plot is not None:
-        from kdbench.results.plot import plot as draw
+    try:
+        _print_tables(comparisons, fmt, output)
+        if plot is not None:
+            from kdbench.results.plot import plot as draw
 
-        err.print(f"wrote {draw(comparisons, plot)}")
+            err.print(f"wrote {draw(comparisons, plot)}")
+    except OSError as exc:  # the path was writable a moment ago: a full disk, no permission
+        _fail(KdbenchError(f"could not write {exc.filename or output}: {exc.strerror or exc}."))
+    from rich.markup import escape
+
+    for comp in comparisons:  # why a cell shows 'failed' or 'unverified': the run, the file and the fix
+        for problem in comp.problems:
+            err.print(f"[yellow]{comp.recipe.name}[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if baseline is not None:
         import pandas as pd
 

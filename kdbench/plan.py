@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from kdbench import methods, models
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 from kdbench.models import pretrained
 from kdbench.recipe import (
+    MAX_TRIALS,
     PROFILES,
     Checkpoint,
     CIProfile,
@@ -40,6 +42,8 @@ SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size
 SMOKE_IMAGENET_DATA = {"num_classes": 8, "train_per_class": 16, "val_per_class": 8, "seed": 0, "image_size": 64}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 1
 NO_OVERRIDE = TrainingOverride()  # a row that keeps the recipe's training
+# The most runs one plan may hold: the largest seed table has a few hundred; more is a typo (rows × columns × trials).
+MAX_PLAN_RUNS = 5_000
 
 
 class _Spec(BaseModel):
@@ -206,13 +210,26 @@ def plan(
     columns: list[str] | None = None,
     rows: list[str] | None = None,
     ci_overrides: dict[str, Any] | None = None,
+    cell_trials: Mapping[tuple[str, str], int] | None = None,
 ) -> Plan:
-    """Expand ``recipe`` under ``profile`` into runs and cells (optionally a subset of them)."""
+    """Expand ``recipe`` under ``profile`` into runs and cells (optionally a subset of them).
+
+    ``cell_trials``: (row label, column id) → that cell's own trial count, beating ``trials`` (a table record's
+    cells reproduced with another ``--trials``: results/tables.py)."""
     if profile not in PROFILES:
         raise KdbenchError(f"unknown profile {profile!r}.{did_you_mean(profile, PROFILES)} Profiles: {', '.join(PROFILES)}")
     selected_columns = _select(recipe, "column", [c.id for c in recipe.columns], columns)
     selected_rows = _select(recipe, "row", [r.label for r in recipe.rows], rows, aliases={r.method: r.label for r in recipe.rows})
-    n_trials = trials or (min(recipe.trials, SMOKE_TRIALS) if profile == "smoke" else recipe.trials)
+    n_trials = trials or default_trials(recipe, profile)
+    cell_trials = cell_trials or {}
+    for n in (n_trials, *cell_trials.values()):
+        if not 1 <= n <= MAX_TRIALS:
+            raise KdbenchError(f"{n} trials per cell: choose 1 to {MAX_TRIALS} (papers report 1 to 5).")
+    n_student_runs = len(selected_rows) * len(selected_columns) * max([n_trials, *cell_trials.values()])
+    if n_student_runs > MAX_PLAN_RUNS:
+        raise KdbenchError(f"recipe {recipe.name}: {len(selected_rows)} rows × {len(selected_columns)} columns × {n_trials} "
+                           f"trials would plan up to {n_student_runs:,} runs, more than the {MAX_PLAN_RUNS:,} one table may "
+                           "hold; fewer trials, or a subset with --pairs / --methods.")
     ci = recipe.profiles.ci.model_copy(update={k: v for k, v in (ci_overrides or {}).items() if v is not None})
     data, train_base = _profile_data(recipe, profile, ci), recipe.training
 
@@ -256,7 +273,7 @@ def plan(
             teacher_model = recipe.teachers[column.teacher].model
             teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
             run_ids = []
-            for seed in range(n_trials):
+            for seed in range(cell_trials.get((row.label, column_id), n_trials)):
                 spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed,
                              _merged(column.training, row.training))
                 if row.after is not None:
@@ -266,6 +283,11 @@ def plan(
                 run_ids.append(spec.run_id)
             result.cells.append(Cell(row.label, column_id, row.method, "planned", tuple(run_ids)))
     return result
+
+
+def default_trials(recipe: Recipe, profile: str) -> int:
+    """Trials per cell without ``--trials``: the recipe's (the smoke profile: at most :data:`SMOKE_TRIALS`)."""
+    return min(recipe.trials, SMOKE_TRIALS) if profile == "smoke" else recipe.trials
 
 
 def _spec(

@@ -13,16 +13,44 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 PROFILES = ("full", "ci", "smoke")
+# Bounds that no real table comes near (the seed papers: ≤ 5 trials, ≤ 240 epochs) but that stop a typo such as
+# ``trials: 1000000`` from planning for minutes or queueing a million runs (README: "What survives what").
+MAX_TRIALS = 100
+MAX_EPOCHS = 10_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML's .inf / .nan are never a valid recipe number (an infinite LR, a NaN weight decay).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic takes ``true`` as 1 for an int or float field (``epochs: true`` would train one epoch): refused,
+        also inside a list or mapping of numbers (``milestones: [true]``)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _is_number_type(field.annotation):
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, bool) for v in items):
+                raise ValueError("expected a number, got true/false")
+        return value
+
+
+def _is_number_type(annotation: Any) -> bool:
+    """``int``, ``float``, optionally ``| None``, or a tuple/list/dict of them."""
+    annotation = _strip_optional(annotation)
+    origin = get_origin(annotation)
+    if origin in (tuple, list):
+        annotation = get_args(annotation)[0]
+    elif origin is dict:
+        annotation = get_args(annotation)[1]
+    return annotation in (int, float)
 
 
 _VALUE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:(?:±|\+-|\+/-)\s*(\d+(?:\.\d+)?))?\s*$")
@@ -83,15 +111,15 @@ class DatasetRef(_Strict):
 class Training(_Strict):
     """Optimisation schedule. LR for 1-indexed epoch e = lr_for(model) · lr_decay^#{m ∈ milestones : e > m}."""
 
-    epochs: int = Field(gt=0)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
     lr_by_model: dict[str, float] = Field(default_factory=dict)
     milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.1
-    momentum: float = 0.9
+    lr_decay: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = Field(default=5e-4, ge=0)
     # False: no weight decay on 1-D parameters (BN γ/β and biases), as timm-style code bases filter
     # them (DIST's ImageNet B1); True: decay everything, as RepDistiller/SimKD do.
     decay_norm_and_bias: bool = True
@@ -113,6 +141,31 @@ class Training(_Strict):
         check_chunks_divide_batch(self)
         return self
 
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_in_schedule(cls, value: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        check_milestones(value, info.data.get("epochs"))
+        return value
+
+    @field_validator("lr_by_model")
+    @classmethod
+    def _positive_lrs(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(lr <= 0 for lr in value.values()):
+            raise ValueError(f"every LR must be > 0, got {value}")
+        return value
+
+
+def check_milestones(milestones: tuple[int, ...] | None, epochs: int | None) -> None:
+    """Raise ValueError unless ``milestones`` increase strictly and lie in 1..``epochs`` (when known): an LR decay
+    after an epoch that is never trained, or listed out of order, is a typo, not a schedule."""
+    if not milestones:
+        return
+    if list(milestones) != sorted(set(milestones)):
+        raise ValueError("milestones must increase strictly (each epoch once)")
+    if milestones[0] < 1 or (epochs is not None and milestones[-1] > epochs):
+        raise ValueError(f"milestones must lie in 1..{epochs if epochs is not None else 'epochs'} (the LR decays after "
+                         "these epochs)")
+
 
 def check_chunks_divide_batch(training: Any) -> None:
     """Raise ValueError unless ``loss_chunk`` and ``bn_chunk`` (when set) divide ``batch_size``: a recipe's
@@ -127,17 +180,23 @@ def check_chunks_divide_batch(training: Any) -> None:
 class TrainingOverride(_Strict):
     """A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats ``lr_by_model``."""
 
-    epochs: int | None = Field(default=None, gt=0)
+    epochs: int | None = Field(default=None, gt=0, le=MAX_EPOCHS)
     batch_size: int | None = Field(default=None, gt=0)
     lr: float | None = Field(default=None, gt=0)
     milestones: tuple[int, ...] | None = None
-    lr_decay: float | None = None
-    momentum: float | None = None
+    lr_decay: float | None = Field(default=None, gt=0)
+    momentum: float | None = Field(default=None, ge=0)
     nesterov: bool | None = None
-    weight_decay: float | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
     decay_norm_and_bias: bool | None = None
     label_smoothing: float | None = Field(default=None, ge=0, lt=1)
     drop_last: bool | None = None
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_in_schedule(cls, value: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        check_milestones(value, info.data.get("epochs"))  # without epochs: the recipe's, in Recipe._cross_references
+        return value
 
 
 class Checkpoint(_Strict):
@@ -280,7 +339,7 @@ class CIProfile(_Strict):
 
     train_fraction: float = Field(default=0.02, gt=0, le=1)
     test_fraction: float = Field(default=0.1, gt=0, le=1)
-    epochs: int = Field(default=2, gt=0)
+    epochs: int = Field(default=2, gt=0, le=MAX_EPOCHS)
 
 
 class Profiles(_Strict):
@@ -296,7 +355,7 @@ class Recipe(_Strict):
     protocol: Protocol
     dataset: DatasetRef
     training: Training
-    trials: int = Field(gt=0)
+    trials: int = Field(gt=0, le=MAX_TRIALS)
     # Trials behind each published mean, when the paper states it (None: not stated).
     paper_trials: int | None = Field(default=None, gt=0)
     metric: Literal["best", "last"] = "best"
@@ -323,6 +382,20 @@ class Recipe(_Strict):
         column_ids = [c.id for c in self.columns]
         if len(set(column_ids)) != len(column_ids):
             raise ValueError(f"column ids must be unique: {column_ids}")
+        labels = [r.label for r in self.rows]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:  # cells, --methods and 'after' find a row by its label
+                raise ValueError(f"rows[{i}].label {label!r} is already the label of rows[{labels.index(label)}]: "
+                                 "row labels must be unique")
+        for where, override in [*((f"teachers.{k}", t.training) for k, t in self.teachers.items()),
+                                *((f"columns[{i}]", c.training) for i, c in enumerate(self.columns)),
+                                *((f"rows[{i}]", r.training) for i, r in enumerate(self.rows))]:
+            if override.epochs is None and override.milestones is not None:
+                try:
+                    check_milestones(override.milestones, self.training.epochs)
+                except ValueError as exc:
+                    raise ValueError(f"{where}.training.milestones {list(override.milestones)}: {exc}; it trains the "
+                                     f"recipe's training.epochs ({self.training.epochs})") from None
         for i, col in enumerate(self.columns):
             if col.at_epoch is not None and col.at_epoch > self.training.epochs:
                 raise ValueError(f"columns[{i}].at_epoch {col.at_epoch} is after the last epoch ({self.training.epochs})")
@@ -432,16 +505,84 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     return files[name_or_path]
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    path = resolve_recipe_path(str(name_or_path))
-    text = path.read_text()
+# A recipe is a few KB (the largest shipped one: 8 KB, ~2,000 YAML nodes). Bigger inputs, or anchors and aliases
+# that expand to more nodes (a "billion laughs" file), are refused before anything is built from them.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_NODES = 100_000
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    """The YAML file's data and its key path → line map, refusing (with the file and line) what a recipe never is:
+    not UTF-8 text, over :data:`MAX_RECIPE_BYTES`, more than :data:`MAX_RECIPE_NODES` nodes once aliases are
+    expanded, nested too deeply, or a key given twice in one mapping (YAML would silently keep the last)."""
     try:
-        data = yaml.safe_load(text)
-        lines = _key_lines(text)
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise KdbenchError(f"{path}: {size:,} bytes is not a recipe (recipes are a few KB; the limit is "
+                               f"{MAX_RECIPE_BYTES:,} bytes). Check that this is the file you meant.")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KdbenchError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise KdbenchError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a recipe "
+                           "is a YAML text file saved as UTF-8. Re-save it as UTF-8, or check that this is the file "
+                           "you meant.") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        _check_expanded_size(path, root)
+        lines = _node_lines(path, root)
+        return loader.construct_document(root), lines
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise KdbenchError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        raise KdbenchError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise KdbenchError(f"{path}: nested too deeply to be a recipe (lists or mappings inside each other "
+                           "hundreds of levels deep).") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(path: Path, root: yaml.Node) -> None:
+    """Refuse a document whose node tree, with every alias expanded, exceeds :data:`MAX_RECIPE_NODES`; counted on the
+    composed graph (each shared node once, memoised), so a billion-laughs file costs microseconds, not the RAM."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise KdbenchError(f"{path}:{node.start_mark.line + 1}: an alias refers to the mapping or list that "
+                                   "contains it (a recursive anchor): a recipe is a finite tree.")
+            return sizes[key]
+        sizes[key] = -1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_RECIPE_NODES:
+                raise KdbenchError(f"{path}:{node.start_mark.line + 1}: this YAML expands to more than "
+                                   f"{MAX_RECIPE_NODES:,} values once its anchors and aliases (&name, *name) are "
+                                   "expanded; recipes have a few thousand. Write the values out instead of nesting aliases.")
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = resolve_recipe_path(str(name_or_path))
+    data, lines = read_yaml(path)
     if not isinstance(data, dict):
         raise KdbenchError(f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}.")
     try:
@@ -450,7 +591,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise KdbenchError(_explain(path, exc, lines)) from None
     from kdbench import recipe_names  # imports the registries (torch): only once the shape is valid
 
-    unknown = list(recipe_names.unknown_names(recipe))
+    unknown = [*recipe_names.unknown_names(recipe), *recipe_names.invalid_params(recipe)]
     if unknown:
         raise KdbenchError(recipe_names.explain(path, unknown, lines))
     return recipe
@@ -476,6 +617,33 @@ def _key_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
+def _node_lines(path: Path, root: yaml.Node) -> dict[tuple, int]:
+    """:func:`_key_lines` of a composed (size-checked) document, refusing a key given twice in one mapping with the
+    line of each: YAML keeps only the last, so the first would be silently ignored."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, where: tuple) -> None:
+        lines.setdefault(where, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                line = key.start_mark.line + 1
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        dotted = ".".join(str(p) for p in (*where, key.value))
+                        raise KdbenchError(f"{path}:{line}: key '{dotted}' is given twice in one mapping (first at line "
+                                           f"{seen[key.value]}); YAML would silently keep only the last. Remove one.")
+                    seen[key.value] = line
+                lines[where + (key.value,)] = line
+                walk(value, where + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, where + (i,))
+
+    walk(root, ())
+    return lines
+
+
 def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int]) -> str:
     messages = []
     for err in exc.errors():
@@ -489,9 +657,24 @@ def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int]) -> str:
             messages.append(f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
         elif err["type"] == "missing":
             messages.append(f"{where}: missing required key '{key}'.")
+        elif not loc and (named := _message_key(err)) is not None:  # a whole-recipe check that names its key
+            line = next((lines[named[:i]] for i in range(len(named), 0, -1) if named[:i] in lines), None)
+            messages.append(f"{path}:{line}: {err.get('ctx', {}).get('error', err['msg'])}" if line else
+                            f"{where}: {err['msg']}")
         else:
             messages.append(f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r}).")
     return "invalid recipe\n  " + "\n  ".join(messages)
+
+
+_KEY_IN_MESSAGE = re.compile(r"^(?:Value error, )?([a-z_]+(?:\[\d+\]|\.[A-Za-z0-9_-]+)*)[ :]")
+
+
+def _message_key(err: Any) -> tuple | None:
+    """The key path a whole-recipe error message starts with (``rows[3].label ...`` → ``('rows', 3, 'label')``)."""
+    match = _KEY_IN_MESSAGE.match(err["msg"])
+    if not match:
+        return None
+    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z0-9_-]+", match.group(1)))
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdbench.errors import UnknownNameError
+from pydantic import ValidationError
+
+from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 
 if TYPE_CHECKING:
     from kdbench.recipe import Recipe
 
-Located = tuple[tuple[str | int, ...], UnknownNameError]
+Located = tuple[tuple[str | int, ...], KdbenchError]
 
 
 def unknown_names(recipe: Recipe) -> Iterator[Located]:
@@ -45,11 +47,38 @@ def unknown_names(recipe: Recipe) -> Iterator[Located]:
             yield ("rows", i, "method"), UnknownNameError("method", row.method, catalog)
 
 
+def invalid_params(recipe: Recipe) -> Iterator[Located]:
+    """(key path, error) for each row parameter its method's schema refuses (a negative weight, a temperature ≤ 0,
+    an unknown name), checked with the variant the plan will use; so it is reported with its line at load."""
+    from kdbench import methods
+
+    for i, row in enumerate(recipe.rows):
+        if row.is_teacher_row or not methods.is_implemented(row.method):
+            continue
+        cls = methods.get(row.method)
+        preset = recipe.protocol.preset
+        variant = row.variant if row.variant in cls.variants else preset if row.variant is None and preset in cls.variants else None
+        given = [(("params",), row.params, row.params),
+                 *((("params_by_column", column), {**row.params, **own}, own) for column, own in row.params_by_column.items())]
+        for where, overrides, own in given:
+            try:
+                methods.resolve_params(row.method, variant, overrides)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    if err["loc"] and err["loc"][0] not in own:
+                        continue  # a row-level value: reported once, under params
+                    name = ".".join(str(p) for p in err["loc"])
+                    valid = list(cls.Params.model_fields)
+                    why = (f"unknown parameter of {row.method}.{did_you_mean(name, valid)} Parameters: {', '.join(valid)}"
+                           if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})")
+                    yield ("rows", i, *where, *err["loc"]), KdbenchError(why)
+
+
 def explain(path: Path, found: list[Located], lines: dict[tuple, int]) -> str:
-    """One line per unknown name: ``file:line: key 'a.b': unknown ... Did you mean ...? Known ...``."""
+    """One line per unknown name or invalid parameter: ``file:line: key 'a.b': unknown ... Did you mean ...?``."""
     messages = []
     for loc, exc in found:
-        line = lines.get(loc)
+        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
         key = ".".join(str(p) for p in loc)
         messages.append(f"{path}:{line}: key '{key}': {exc}" if line else f"{path}: key '{key}': {exc}")
     return "invalid recipe\n  " + "\n  ".join(messages)

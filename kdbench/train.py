@@ -8,6 +8,7 @@ the method returns and logs each one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -72,11 +73,21 @@ def load_spec(path_or_id: str, results: Path) -> RunSpec:
         raise KdbenchError(f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/ "
                            f"(`kdbench status --results {results}` lists them).")
     try:
-        return RunSpec.model_validate(read_json(path))
+        return RunSpec.model_validate(read_json(path) if path != Path(path_or_id) else _user_json(path))
     except ValidationError as exc:
         raise KdbenchError(f"{path} is not a valid run spec ({exc.error_count()} problem(s), first: "
                            f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}). Pass a spec.json "
                            "written by kdbench (RESULTS/runs/<run id>/spec.json).") from None
+
+
+def _user_json(path: Path) -> Any:
+    """A file the user named as a spec: one that is not JSON (a README, a checkpoint) is not a spec, not a corrupted
+    file to delete (what :func:`read_json` says of the store's own files)."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise KdbenchError(f"{path} is not a run spec (not JSON: {exc}). Pass a spec.json written by kdbench "
+                           "(RESULTS/runs/<run id>/spec.json) or a run id.") from None
 
 
 def load_trained_model(results: Path, run_id: str, model_name: str, num_classes: int) -> KDModel:

@@ -252,3 +252,345 @@ def test_an_unreadable_table_record_names_the_file(tmp_path):
     bad.write_text('{"recipe": {"name": "simkd-table1"}, "profile": "smoke", "trials": 1}')
     with pytest.raises(KdbenchError, match=r"simkd-table1--smoke\.json: not a readable table record.*Delete it"):
         compare(tmp_path)
+
+
+# ---------------------------------------------------------------- recipes a loader must not trust (issue 14)
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """Nested anchors and aliases: ~1 KB of YAML that expands to 10**levels strings."""
+    lines = ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for k in range(1, levels):
+        lines.append(f"lol{k}: &lol{k} [" + ", ".join([f"*lol{k - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path, monkeypatch):
+    import time
+
+    path = write_recipe(tmp_path, billion_laughs())
+    assert path.stat().st_size < 1300
+    start = time.perf_counter()
+    out = kdbench(monkeypatch, "show", str(path))
+    assert time.perf_counter() - start < 20  # before: 93 s of CPU, then a MemoryError traceback
+    assert f"{path}:" in out and "expands to more than 100,000 values once its anchors and aliases" in out
+
+
+def test_a_recursive_alias_is_refused(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, "a: &a [1, *a]\n")
+    assert "a recursive anchor" in kdbench(monkeypatch, "show", str(path))
+
+
+def test_deep_nesting_is_refused(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, "a: " + "[" * 3000 + "]" * 3000 + "\n")  # before: a RecursionError traceback
+    assert f"{path}: nested too deeply to be a recipe" in kdbench(monkeypatch, "show", str(path))
+
+
+def test_a_huge_file_is_refused_without_being_parsed(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, "name: tiny\nnote: '" + "x" * (2 << 20) + "'\n")
+    out = kdbench(monkeypatch, "show", str(path))
+    assert f"{path}: 2,097," in out and "is not a recipe" in out and "limit is 1,048,576 bytes" in out
+
+
+def test_a_duplicated_key_is_refused_with_both_lines(tmp_path, monkeypatch):
+    text = yaml.safe_dump(TINY, sort_keys=False).replace("  lr: 0.05\n", "  lr: 0.05\n  lr: 0.5\n")
+    path = write_recipe(tmp_path, text)
+    out = kdbench(monkeypatch, "show", str(path))
+    first = line_of(path, "lr: 0.05")
+    assert f"{path}:{first + 1}: key 'training.lr' is given twice in one mapping (first at line {first})" in out
+
+
+@pytest.mark.parametrize(("content", "line", "byte"), [
+    ("name: tiny\npaper: Caf\xe9\n".encode("latin-1"), 2, "0xe9"),  # a latin-1 recipe
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 1, "0x89"),  # a binary file
+])
+def test_a_recipe_that_is_not_utf8_text_is_refused(tmp_path, monkeypatch, content, line, byte):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    out = kdbench(monkeypatch, "show", str(path))
+    assert f"{path}:{line}: not UTF-8 text (byte {byte}" in out and "saved as UTF-8" in out
+
+
+def _set(section: str, key: str, value):
+    def change(d):
+        (d[section] if section else d).update({key: value})
+    return change
+
+
+@pytest.mark.parametrize(("change", "key", "message"), [
+    (_set("training", "lr", float("inf")), "training.lr", "Input should be a finite number"),
+    (_set("training", "lr", float("nan")), "training.lr", "Input should be a finite number"),
+    (_set("training", "epochs", True), "training.epochs", "expected a number, got true/false"),
+    (_set("", "trials", True), "trials", "expected a number, got true/false"),
+    (_set("training", "milestones", [True]), "training.milestones", "expected a number, got true/false"),
+    (_set("training", "lr_decay", True), "training.lr_decay", "expected a number, got true/false"),
+    (_set("training", "milestones", [3, 2]), "training.milestones", "milestones must increase strictly"),
+    (_set("training", "milestones", [2]), "training.milestones", "milestones must lie in 1..1"),
+    (_set("training", "milestones", [0]), "training.milestones", "milestones must lie in 1..1"),
+    (_set("training", "weight_decay", -5e-4), "training.weight_decay", "greater than or equal to 0"),
+    (_set("training", "momentum", -0.9), "training.momentum", "greater than or equal to 0"),
+    (_set("training", "lr_decay", 0), "training.lr_decay", "greater than 0"),
+    (_set("training", "epochs", 100_000), "training.epochs", "less than or equal to 10000"),
+    (_set("", "trials", 1_000_000), "trials", "less than or equal to 100"),
+])
+def test_nonsense_numbers_are_refused_with_file_line_and_key(tmp_path, monkeypatch, change, key, message):
+    path = with_change(tmp_path, change)
+    out = kdbench(monkeypatch, "show", str(path))
+    line = line_of(path, f"{key.split('.')[-1]}:")
+    assert f"{path}:{line}: key '{key}': " in out and message in out
+
+
+def test_a_row_milestone_beyond_the_recipes_epochs_is_refused(tmp_path, monkeypatch):
+    path = with_change(tmp_path, lambda d: d["rows"][0].update(training={"milestones": [5]}))
+    out = kdbench(monkeypatch, "show", str(path))
+    line = [i for i, text in enumerate(path.read_text().splitlines(), 1) if "milestones:" in text][1]
+    assert f"{path}:{line}: rows[0].training.milestones [5]: milestones must lie in 1..1" in out
+    assert "it trains the recipe's training.epochs (1)" in out
+
+
+def test_a_duplicated_row_label_is_refused_at_its_line(tmp_path, monkeypatch):
+    path = with_change(tmp_path, lambda d: d["rows"].insert(1, {"label": "KD", "method": "kd"}))
+    out = kdbench(monkeypatch, "show", str(path))
+    second = [i for i, line in enumerate(path.read_text().splitlines(), 1) if "label: KD" in line][1]
+    assert f"{path}:{second}: rows[1].label 'KD' is already the label of rows[0]: row labels must be unique" in out
+
+
+@pytest.mark.parametrize(("params", "key", "message"), [
+    ({"params": {"kd_temperature": -4}}, "rows.0.params.kd_temperature", "a temperature must be > 0"),
+    ({"params": {"kd_weight": -0.9}}, "rows.0.params.kd_weight", "a loss weight must be ≥ 0"),
+    ({"params": {"kd_weight": float("inf")}}, "rows.0.params.kd_weight", "finite number"),
+    ({"params": {"ce_weight": True}}, "rows.0.params.ce_weight", "expected a number, got true/false"),
+    ({"params_by_column": {"r20_r8": {"ce_weight": -1}}}, "rows.0.params_by_column.r20_r8.ce_weight", "a loss weight must be ≥ 0"),
+])
+def test_invalid_method_parameters_are_refused_at_load_with_their_line(tmp_path, monkeypatch, params, key, message):
+    path = with_change(tmp_path, lambda d: d["rows"][0].update(params))
+    out = kdbench(monkeypatch, "show", str(path))
+    assert f"{path}:{line_of(path, key.split('.')[-1] + ':')}: key '{key}': " in out and message in out
+
+
+# Loss weights and softmax temperatures of the methods' Params, by the names the methods give them.
+WEIGHT_NAMES = {"alpha", "beta", "gamma", "w_dist", "w_angle"}
+TEMPERATURE_NAMES = {"nce_t", "soft"}
+
+
+def _signed_fields() -> list[tuple[str, str, str]]:
+    from kdbench import methods
+
+    found = []
+    for name in methods.names():
+        for field in methods.get(name).Params.model_fields:
+            if field.endswith("weight") or field in WEIGHT_NAMES:
+                found.append((name, field, "weight"))
+            elif field.endswith("temperature") or field in TEMPERATURE_NAMES:
+                found.append((name, field, "temperature"))
+    return found
+
+
+@pytest.mark.parametrize(("method", "field", "kind"), _signed_fields())
+def test_every_methods_weights_and_temperatures_refuse_wrong_signs(method, field, kind):
+    from pydantic import ValidationError
+
+    from kdbench import methods
+
+    own = "|greater than (or equal to )?0"  # a field that declares its own bound (Field(ge=0))
+    with pytest.raises(ValidationError, match=("a loss weight must be ≥ 0" if kind == "weight" else "a temperature must be > 0") + own):
+        methods.resolve_params(method, None, {field: -1.0})
+    if kind == "temperature":
+        with pytest.raises(ValidationError):
+            methods.resolve_params(method, None, {field: 0.0})
+    methods.resolve_params(method, None, {field: 0.5})  # a positive value is still taken
+
+
+def test_the_sign_check_covers_every_method():
+    from kdbench import methods
+
+    covered = {method for method, _, _ in _signed_fields()}
+    assert covered == set(methods.names())
+    assert {("dkd", "beta"), ("dist", "gamma"), ("rkd", "w_angle"), ("crd", "nce_t"), ("mlkd", "temperature")} <= {
+        (m, f) for m, f, _ in _signed_fields()}
+
+
+def test_trials_and_plan_size_are_bounded(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, yaml.safe_dump(TINY))
+    assert "1000 trials per cell: choose 1 to 100" in kdbench(monkeypatch, "show", str(path), "--trials", "1000")
+    many = with_change(tmp_path, lambda d: d["rows"].extend({"label": f"KD{i}", "method": "kd"} for i in range(60)))
+    out = kdbench(monkeypatch, "show", str(many), "--trials", "100")
+    assert "62 rows × 1 columns × 100 trials would plan up to 6,200 runs, more than the 5,000" in out
+
+
+# ---------------------------------------------------------------- command lines that used to end in a traceback
+
+
+def test_a_file_that_is_not_a_spec_is_not_called_corrupted(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("# kdbench\n")
+    out = kdbench(monkeypatch, "train", str(readme), "--results", str(tmp_path / "r"), "--device", "cpu")
+    assert f"{readme} is not a run spec (not JSON" in out and "Delete" not in out
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"\x80\x02\xff\xfe")
+    assert f"{binary} is not a run spec" in kdbench(monkeypatch, "train", str(binary), "--results", str(tmp_path / "r"))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_a_cuda_device_without_cuda_is_one_error_line(tmp_path, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write_recipe(tmp_path, yaml.safe_dump(TINY))
+    out = kdbench(monkeypatch, "reproduce", str(path), "--results", str(tmp_path / "r"), "--device", device)
+    assert f"--device {device} requested but CUDA is not available on this machine" in out
+
+
+@pytest.mark.parametrize("content", ["", "<!DOCTYPE html>\n<html><body><table><tr><td>1</td></tr>\n</table>\n\"<p>"])
+def test_a_baseline_that_is_not_a_compare_csv_is_one_error_line(tmp_path, monkeypatch, content):
+    recipe = write_recipe(tmp_path, yaml.safe_dump(TINY))
+    baseline = tmp_path / "baseline.csv"
+    baseline.write_text(content)
+    out = kdbench(monkeypatch, "compare", str(tmp_path / "r"), "--recipe", str(recipe), "--baseline", str(baseline))
+    assert f"baseline {baseline} is not a kdbench compare CSV" in out
+
+
+def test_compare_output_into_a_missing_folder_or_onto_a_folder(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, yaml.safe_dump(TINY))
+    missing = tmp_path / "nowhere" / "table.md"
+    out = kdbench(monkeypatch, "compare", str(tmp_path / "r"), "--recipe", str(recipe), "--format", "markdown", "-o", str(missing))
+    assert f"--output {missing}: the folder {missing.parent} does not exist" in out
+    out = kdbench(monkeypatch, "compare", str(tmp_path / "r"), "--recipe", str(recipe), "-o", str(tmp_path))
+    assert f"--output {tmp_path} is a directory: give a file name" in out
+
+
+@pytest.mark.parametrize("content", [b"not an archive at all", b"PK\x03\x04 truncated zip"])
+def test_an_npz_path_that_is_not_an_npz_is_one_error_line(tmp_path, monkeypatch, content):
+    bad = tmp_path / "images.npz"
+    bad.write_bytes(content)
+    spec = spec_file(tmp_path, _on_dataset("npz", {"path": str(bad)}), teacher=True)
+    out = kdbench(monkeypatch, "train", str(spec), "--results", str(tmp_path / "r"), "--device", "cpu")
+    assert f"npz dataset file {bad} is not a readable .npz archive" in out
+
+
+def test_status_watch_off_a_terminal_prints_a_line_per_change(tmp_path, monkeypatch):
+    from kdbench.results.store import RunDir
+
+    results = tmp_path / "results"
+    spec = plan(Recipe.model_validate(TINY), "full").ordered()[0]
+    run = RunDir(results, spec.run_id)
+    run.path.mkdir(parents=True)
+    run.spec_file.write_text(spec.model_dump_json())
+    naps = []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 1:
+            run.failed_file.write_text(json.dumps({"error": "TrainingDiverged", "message": "loss is nan at epoch 1"}))
+        elif len(naps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", sleep)
+    monkeypatch.setenv("COLUMNS", "2000")
+    result = CliRunner().invoke(cli.app, ["status", "--watch", "--results", str(results)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"watching every run in {results}")
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d pending ce resnet20 s0 \({spec.run_id}\): epoch 0/1", lines[1])
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d failed ce resnet20 s0 \({spec.run_id}\): epoch 0/1; TrainingDiverged: loss is nan at "
+                        "epoch 1", lines[2])
+    assert len(lines) == 3  # the third poll saw no change: no line
+
+
+# ---------------------------------------------------------------- finished runs that cannot be trusted, and --trials
+
+TWO_ROWS = {**TINY, "rows": [{"label": "KD", "method": "kd"}, {"label": "KD T2", "method": "kd", "params": {"kd_temperature": 2}},
+                             {"label": "Teacher", "method": "teacher"}]}
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    """Run the CLI in-process, whatever its exit code (no traceback); its output on one line."""
+    monkeypatch.setenv("COLUMNS", "2000")
+    result = CliRunner().invoke(cli.app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> tuple[Path, Path]:
+    """TWO_ROWS reproduced once on tiny synthetic data (a teacher and two KD runs, one epoch each)."""
+    folder = tmp_path_factory.mktemp("reproduced")
+    recipe = folder / "two.yaml"
+    recipe.write_text(yaml.safe_dump(TWO_ROWS, sort_keys=False))
+    result = CliRunner().invoke(cli.app, ["reproduce", str(recipe), "--results", str(folder / "results"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return recipe, folder / "results"
+
+
+@pytest.fixture()
+def copy(reproduced, tmp_path) -> tuple[Path, Path]:
+    import shutil
+
+    recipe, results = reproduced
+    shutil.copytree(results, tmp_path / "results")
+    return recipe, tmp_path / "results"
+
+
+def _kd_run(recipe: Path, results: Path):
+    from kdbench.recipe import load_recipe
+    from kdbench.results.store import RunDir
+
+    cell = next(c for c in plan(load_recipe(recipe), "full").cells if c.row == "KD")
+    return RunDir(results, cell.run_ids[0])
+
+
+def _csv_cell(monkeypatch, results: Path, recipe: Path, row: str, out: Path) -> dict:
+    import csv
+
+    run_cli(monkeypatch, "compare", str(results), "--recipe", str(recipe), "--format", "csv", "-o", str(out))
+    return next(r for r in csv.DictReader(out.open()) if r["row"] == row and r["quantity"] == "top1")
+
+
+def test_a_run_without_its_checksum_manifest_is_shown_unverified_everywhere(copy, monkeypatch, tmp_path):
+    recipe, results = copy
+    run = _kd_run(recipe, results)
+    run.checksums_file.unlink()
+    result = json.loads(run.result_file.read_text())
+    run.result_file.write_text(json.dumps({**result, "best_top1": 99.99}))  # an edit nothing can detect now
+    cell = _csv_cell(monkeypatch, results, recipe, "KD", tmp_path / "t.csv")
+    assert float(cell["ours_mean"]) == 99.99 and cell["n_unverified"] == "1"  # shown, and marked
+    out = run_cli(monkeypatch, "compare", str(results), "--recipe", str(recipe))
+    assert "99.99 (n=1) [1 unverified]" in out
+    why = f"run {run.run_id} is unverified: result.json, metrics.jsonl, model.pt have no recorded sha256 ({run.checksums_file} is missing)"
+    assert why in out and f"rm -r {run.path}" in out
+    assert why in run_cli(monkeypatch, "status", str(recipe), "--results", str(results))
+    again = run_cli(monkeypatch, "reproduce", str(recipe), "--results", str(results), "--device", "cpu")
+    assert why in again  # reused, but never silently
+
+
+def test_a_run_whose_result_fails_its_checksum_says_so_in_compare_status_and_reproduce(copy, monkeypatch, tmp_path):
+    recipe, results = copy
+    run = _kd_run(recipe, results)
+    result = json.loads(run.result_file.read_text())
+    run.result_file.write_text(json.dumps({**result, "best_top1": 99.99}))
+    why = f"run {run.run_id}: {run.result_file} does not match its recorded sha256"
+    repair = f"Repair: rm -f {run.result_file}"
+    cell = _csv_cell(monkeypatch, results, recipe, "KD", tmp_path / "t.csv")
+    assert cell["status"] == "failed" and cell["n"] == "0"
+    compared = run_cli(monkeypatch, "compare", str(results), "--recipe", str(recipe))
+    assert f"corrupted: {why}" in compared and repair in compared
+    status = run_cli(monkeypatch, "status", str(recipe), "--results", str(results))
+    assert "2 done 0 running 1 failed" in status and f"corrupted: {why}" in status and repair in status
+    again = run_cli(monkeypatch, "reproduce", str(recipe), "--results", str(results), "--device", "cpu")
+    assert why in again and repair in again
+
+
+def test_a_subset_reproduced_with_more_trials_changes_only_its_cells(copy, monkeypatch, tmp_path):
+    recipe, results = copy
+    out = run_cli(monkeypatch, "reproduce", str(recipe), "--results", str(results), "--device", "cpu", "--methods", "KD",
+                  "--trials", "2")
+    assert "3 of 3 runs done" in out  # the teacher, KD's first trial (reused) and its second
+    kd = _csv_cell(monkeypatch, results, recipe, "KD", tmp_path / "a.csv")
+    other = _csv_cell(monkeypatch, results, recipe, "KD T2", tmp_path / "b.csv")
+    assert (kd["n"], kd["n_planned"], kd["status"]) == ("2", "2", "done")
+    assert (other["n"], other["n_planned"], other["status"]) == ("1", "1", "done")  # before: 1 of 2, "partial"
+    status = run_cli(monkeypatch, "status", str(recipe), "--results", str(results))
+    assert "4 done 0 running 0 failed 0 skipped 0 pending" in status
+    # A subset without --trials leaves the counts as recorded; the whole table with --trials sets every cell.
+    run_cli(monkeypatch, "reproduce", str(recipe), "--results", str(results), "--device", "cpu", "--methods", "KD T2")
+    assert _csv_cell(monkeypatch, results, recipe, "KD", tmp_path / "c.csv")["n_planned"] == "2"
+    run_cli(monkeypatch, "reproduce", str(recipe), "--results", str(results), "--device", "cpu", "--trials", "1")
+    assert _csv_cell(monkeypatch, results, recipe, "KD", tmp_path / "d.csv")["n_planned"] == "1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,15 +34,19 @@ def load_npz(
             f"npz dataset file {file} does not exist. Give path= as an absolute path or relative to the data "
             f"directory {data_dir} (choose it with --data-dir DIR or KDBENCH_DATA=DIR)."
         )
-    with np.load(file, allow_pickle=False) as archive:
-        missing = [key for key in NPZ_KEYS if key not in archive.files]
-        if missing:
-            raise KdbenchError(
-                f"npz dataset file {file} lacks {', '.join(missing)}; "
-                f"it has {', '.join(archive.files) or 'no arrays'}. "
-                f"It needs uint8 x_train/x_test (N,H,W,3) and integer y_train/y_test (N,)."
-            )
-        x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_KEYS)
+    needs = "It needs uint8 x_train/x_test (N,H,W,3) and integer y_train/y_test (N,), as numpy.savez writes them."
+    try:
+        archive = np.load(file, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
+            raise ValueError(f"it holds one {type(archive).__name__}, not named arrays")
+        with archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise KdbenchError(f"npz dataset file {file} lacks {', '.join(missing)}; "
+                                   f"it has {', '.join(archive.files) or 'no arrays'}. {needs}")
+            x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_KEYS)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # not an npz, or a damaged one
+        raise KdbenchError(f"npz dataset file {file} is not a readable .npz archive ({exc}). {needs}") from None
     for key, y in (("y_train", y_train), ("y_test", y_test)):
         if not np.issubdtype(y.dtype, np.integer):
             raise KdbenchError(f"npz dataset file {file}: {key} must hold integer labels, got {y.dtype}")

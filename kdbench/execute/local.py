@@ -346,7 +346,7 @@ class LocalExecutor:
                     self.listener("failed", spec, corrupted)
                 elif rundir.is_done():
                     outcomes[spec.run_id] = Outcome(spec.run_id, "done", "already finished", reused=True)
-                    self.listener("reused", spec, "")
+                    self.listener("reused", spec, rundir.unverified())  # '' unless its files have no checksum
                 elif rundir.is_locked():
                     running[spec.run_id] = (None, Slot("elsewhere"))
                     self.listener("waiting", spec, "being trained by another process")

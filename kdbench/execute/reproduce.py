@@ -22,9 +22,13 @@ class Executor(Protocol):
     def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]: ...
 
 
-def reproduce_table(table_plan: Plan, results: Path, executor: Executor, ci_overrides: dict[str, Any]) -> dict[str, Outcome]:
-    """Record the table under ``results/tables`` (so compare can find it) and train its runs."""
-    record_table(results, table_plan.recipe, table_plan.profile, table_plan.trials, ci_overrides)
+def reproduce_table(table_plan: Plan, results: Path, executor: Executor, ci_overrides: dict[str, Any],
+                    explicit_trials: bool = True) -> dict[str, Outcome]:
+    """Record the table under ``results/tables`` (so compare can find it) and train its runs.
+
+    ``explicit_trials``: the plan's trial count was asked for (``--trials``); a subset plan (``--pairs``,
+    ``--methods``) then sets it for its own cells only (results/tables.py)."""
+    _record(table_plan, results, ci_overrides, explicit_trials)
     return executor.execute(table_plan.ordered(), results)
 
 
@@ -39,7 +43,13 @@ def reused_in_other_precisions(specs: Sequence[RunSpec], results: Path, precisio
     return other
 
 
-def submit_table(table_plan: Plan, results: Path, executor: SlurmExecutor, ci_overrides: dict[str, Any]) -> Submission:
+def submit_table(table_plan: Plan, results: Path, executor: SlurmExecutor, ci_overrides: dict[str, Any],
+                 explicit_trials: bool = True) -> Submission:
     """Record the table and submit its runs without waiting for them (``--no-wait``)."""
-    record_table(results, table_plan.recipe, table_plan.profile, table_plan.trials, ci_overrides)
+    _record(table_plan, results, ci_overrides, explicit_trials)
     return executor.submit(table_plan.ordered(), results)
+
+
+def _record(table_plan: Plan, results: Path, ci_overrides: dict[str, Any], explicit_trials: bool) -> None:
+    cells = [(cell.row, cell.column) for cell in table_plan.cells]
+    record_table(results, table_plan.recipe, table_plan.profile, table_plan.trials, ci_overrides, cells, explicit_trials)

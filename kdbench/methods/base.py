@@ -8,12 +8,13 @@ training loop only calls ``forward_train``, ``forward_test``, ``trainable_parame
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from torch import nn
 
 from kdbench import losses
@@ -28,11 +29,41 @@ class MethodParams(BaseModel):
     protocol preset (e.g. SimKD's "CE + KD on every baseline") is just values of these fields.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an infinite or NaN weight, temperature or margin is never a method's parameter.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ce_weight: float = 1.0
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic takes ``true`` as 1 for a number: refused (``weight: true`` is a typo, not a weight of 1)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float, float | None, int | None):
+            raise ValueError("expected a number, got true/false")
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _signs(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every method's loss weights are ≥ 0 and its softmax temperatures > 0, by name (:data:`LOSS_WEIGHT`,
+        :data:`TEMPERATURE`): a negative weight turns a loss into a reward, a temperature ≤ 0 divides by ≤ 0."""
+        name = info.field_name or ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if LOSS_WEIGHT.search(name) and value < 0:
+                raise ValueError("a loss weight must be ≥ 0")
+            if TEMPERATURE.search(name) and value <= 0:
+                raise ValueError("a temperature must be > 0")
+        return value
+
+
+# Parameter names that are weights of loss terms (ce_weight, kd_weight, weight, cls_weight, RKD's w_dist/w_angle,
+# DKD's and RLD's α/β, DIST's β/γ) and that are softmax temperatures (kd_temperature, temperature, CRD's nce_t,
+# SemCKD's soft): checked for every registered method by MethodParams._signs.
+LOSS_WEIGHT = re.compile(r"(^|_)weight$|^w_|^(alpha|beta|gamma)$")
+TEMPERATURE = re.compile(r"temperature$|^nce_t$|^soft$")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ class CleanPlan:
 
 def referenced_runs(results: Path) -> set[str]:
     """Every run id that a recorded table (``tables/*.json``) plans, teachers and predecessors included."""
-    from kdbench.plan import plan
     from kdbench.results.tables import read_tables
 
     try:
@@ -46,7 +45,7 @@ def referenced_runs(results: Path) -> set[str]:
         raise KdbenchError(f"a table record under {results}/tables cannot be re-planned ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]}), so kdbench cannot tell which runs are orphaned. Re-run "
                            "`kdbench reproduce` for that table, or clean with --failed / --run only.") from None
-    return {rid for r in records for rid in plan(r.recipe, r.profile, trials=r.trials, ci_overrides=r.ci_overrides).specs}
+    return {rid for r in records for rid in r.plan().specs}
 
 
 def find(results: Path, *, failed: bool, orphaned: bool, run_ids: list[str]) -> CleanPlan:

@@ -19,7 +19,8 @@ RUN_COLUMNS = [
 def run_status(run: RunDir) -> str:
     """done, running (its lock is held), failed, incomplete (interrupted: resumes), or pending.
 
-    :func:`collect` turns ``done`` into ``corrupted`` when the finished run's files fail verification."""
+    :func:`collect` turns ``done`` into ``corrupted`` when the finished run's files fail verification, and into
+    ``unverified`` when they have no recorded checksum (its numbers are kept, marked: RunDir.unverified)."""
     if not run.path.is_dir():
         return "pending"
     if run.is_done():
@@ -54,8 +55,12 @@ def collect(results: Path) -> pd.DataFrame:
         if status == "done":
             try:
                 row.update(_finished(run))
+                if note := run.unverified():
+                    row.update(status="unverified", message=note)
             except KdbenchError as exc:  # a corrupted file, or a spec that is not this run's: never a number
                 row.update(status="corrupted", message=str(exc))
+            except OSError as exc:  # e.g. metrics.jsonl unreadable
+                row.update(status="corrupted", message=f"run {path.name} cannot be verified ({exc}); {run.repair_hint()}")
         elif status == "failed":
             failure = run.failure()
             row["message"] = f"{failure.get('error')}: {failure.get('message')}"

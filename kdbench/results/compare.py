@@ -21,7 +21,7 @@ import pandas as pd
 
 from kdbench import methods
 from kdbench.errors import KdbenchError
-from kdbench.plan import Plan, plan
+from kdbench.plan import Plan
 from kdbench.recipe import Column, Quantity, Recipe, Row, load_recipe
 from kdbench.results import quantities as q
 from kdbench.results.collect import collect
@@ -31,7 +31,9 @@ from kdbench.results.verdict import DEFAULT_MARGIN, Verdict, judge
 CELL_COLUMNS = [
     "recipe", "table", "profile", "row", "column", "teacher", "teacher_checkpoint", "student", "method", "metric",
     "paper_mean", "paper_std", "paper_n", "literature", "ours_mean", "ours_std", "n", "n_planned", "n_failed",
-    "delta", "status", "verdict", "p_value", "test", "margin", "ci_level", "ci_low", "ci_high", "trials_needed", "detail",
+    "delta", "status", "verdict", "p_value", "test",
+    "n_unverified",  # finished trials whose files have no recorded checksum: counted, and marked (RunDir.unverified)
+    "margin", "ci_level", "ci_low", "ci_high", "trials_needed", "detail",
     "precision",  # the finished trials' precisions, "+"-joined: more than one means the cell pools precisions
 ]
 QUANTITY_COLUMNS = ["recipe", "table", "profile", "row", "column", "quantity", "label", "source", "metric",
@@ -49,6 +51,8 @@ class TableComparison:
     quantities: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUANTITY_COLUMNS))  # per cell × quantity
     margin: float = DEFAULT_MARGIN  # δ of the accuracy verdicts, in points
     alpha: float = 0.05  # the verdicts' level; their intervals are (1 − 2α)
+    # Why some of the table's runs are not plain numbers: corrupted (counted as failed), unverified, failed; one line each.
+    problems: tuple[str, ...] = ()
 
 
 def compare(results: Path, recipe: str | None = None, metric: str | None = None, alpha: float = 0.05,
@@ -86,14 +90,14 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric_override: str
                    margin_override: float | None) -> TableComparison:
     recipe = record.recipe
     margin = margin_override or recipe.margin or DEFAULT_MARGIN
-    table_plan = plan(recipe, record.profile, trials=record.trials, ci_overrides=record.ci_overrides)
+    table_plan = record.plan()
     rows_by_label = {r.label: r for r in recipe.rows}
     out, extra = [], []
     for cell in table_plan.cells:
         column, row = recipe.column(cell.column), rows_by_label[cell.row]
         metric = metric_override or recipe.cell_metric(row, column)
         known = runs.loc[runs.index.intersection(list(cell.run_ids))]
-        finished = known[known["status"] == "done"]
+        finished = known[known["status"].isin(["done", "unverified"])]
         n_failed = int(known["status"].isin(["failed", "corrupted"]).sum())  # a corrupted run counts as failed
         done = _accuracies(finished, column, cell.method, metric, recipe.training.epochs)
         paper = row.paper.get(cell.column)
@@ -121,6 +125,7 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric_override: str
             "verdict": verdict.verdict if judged else status if not len(done) else "no published number",
             "p_value": verdict.p_value, "test": verdict.test if judged else "", **_verdict_fields(verdict, judged, alpha),
             "precision": pooled_precision(finished),
+            "n_unverified": int((finished["status"] == "unverified").sum()),
         })
         if cell.status == "planned" and row.paper_quantities:  # the rows that print the recipe's quantities
             extra += [_quantity(record, table_plan, row, cell.column, cell.run_ids, finished, quantity, metric, alpha)
@@ -128,7 +133,12 @@ def _compare_table(record: TableRecord, runs: pd.DataFrame, metric_override: str
     cells, quantities = pd.DataFrame(out, columns=CELL_COLUMNS), pd.DataFrame(extra, columns=QUANTITY_COLUMNS)
     for frame in (cells, quantities):  # a count or blank, not a float, in the CSV
         frame["trials_needed"] = frame["trials_needed"].astype("Int64")
-    return TableComparison(recipe, record.profile, metric_override or recipe.metric, cells, quantities, margin, alpha)
+    planned = list(dict.fromkeys(run_id for cell in table_plan.cells for run_id in cell.run_ids))
+    troubled = runs.loc[runs.index.intersection(planned)]
+    problems = tuple(f"{status}: {message}" for status, message in zip(troubled["status"], troubled["message"])
+                     if status in ("corrupted", "unverified", "failed") and message)
+    return TableComparison(recipe, record.profile, metric_override or recipe.metric, cells, quantities, margin, alpha,
+                           problems)
 
 
 def _verdict_fields(verdict: Verdict, judged: bool, alpha: float) -> dict:

@@ -47,7 +47,12 @@ def _read_baseline(baseline: Path) -> pd.DataFrame:
     """The baseline's accuracy cells that have a result; refused when there are none."""
     if not baseline.is_file():
         raise KdbenchError(f"baseline {baseline} does not exist: write one with `kdbench compare RESULTS --format csv -o {baseline}`.")
-    base = pd.read_csv(baseline)
+    try:
+        base = pd.read_csv(baseline)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:  # incl. UnicodeDecodeError: binary
+        raise KdbenchError(f"baseline {baseline} is not a kdbench compare CSV ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}): write one with "
+                           f"`kdbench compare RESULTS --format csv -o {baseline}`.") from None
     missing = [c for c in [*KEY, "ours_mean", "n"] if c not in base.columns]
     if missing:
         raise KdbenchError(f"baseline {baseline} is not a kdbench compare CSV: it lacks the columns {', '.join(missing)}.")

@@ -66,6 +66,8 @@ def _ours_text(cell: pd.Series) -> str:
         text += f" [{cell['n']}/{cell['n_planned']}" + (f", {cell['n_failed']} failed]" if cell["n_failed"] else "]")
     if is_mixed_precision(cell["precision"]):
         text += f" [mixed precision: {cell['precision']}]"
+    if cell.get("n_unverified", 0):  # files without a recorded checksum: shown, never silently trusted
+        text += f" [{cell['n_unverified']} unverified]"
     return text
 
 
@@ -297,4 +299,5 @@ def _quantity_rows(comp: TableComparison) -> pd.DataFrame:
     context = comp.cells[[*keys, "teacher", "teacher_checkpoint", "student", "method", "paper_n", "literature", "precision"]]
     rows = comp.quantities.drop(columns=["label", "source", "table"]).merge(context, on=keys, how="left")
     status = rows["n"].map(lambda n: "done" if n else "not run")
-    return rows.assign(table=comp.recipe.table, status=status, n_planned=rows["n"], n_failed=0)[[*CELL_COLUMNS, "quantity"]]
+    return rows.assign(table=comp.recipe.table, status=status, n_planned=rows["n"], n_failed=0,
+                       n_unverified=0)[[*CELL_COLUMNS, "quantity"]]

@@ -8,6 +8,7 @@ under ``tables/`` (so its run ids are the ones being trained), else from the rec
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from kdbench.execute.overview import (
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_status
 from kdbench.results.store import RunDir, read_json, runs_dir, tables_dir
+from kdbench.results.tables import read_record
 
 STATE = {"done": "done", "running": "running", "failed": "failed", "incomplete": "pending", "pending": "pending"}
 
@@ -38,28 +40,40 @@ def table_plan(results: Path, recipe: str, profile: str | None, teachers: str | 
     reproduced), else re-planned from the recipe under ``profile`` (default full); ``teachers``: with its teachers
     from that source (released/trained) instead of the recorded one."""
     from kdbench.plan import plan
-    from kdbench.recipe import Recipe, load_recipe
+    from kdbench.recipe import load_recipe
 
     name = load_recipe(recipe).name
     records = sorted(tables_dir(results).glob(f"{name}--*.json"), key=lambda p: read_json(p).get("updated", 0.0))
     if profile is not None:
         records = [p for p in records if p.name == f"{name}--{profile}.json"]
     if records:
-        raw = read_json(records[-1])
-        return plan(Recipe.model_validate(raw["recipe"]).with_teacher_source(teachers), raw["profile"], trials=raw["trials"],
-                    ci_overrides=raw.get("ci_overrides", {}))
+        record = read_record(records[-1], results)
+        return dataclasses.replace(record, recipe=record.recipe.with_teacher_source(teachers)).plan()
     return plan(load_recipe(recipe).with_teacher_source(teachers), profile or "full")
 
 
 def rows_of(results: Path, specs: list[RunSpec]) -> list[RunRow]:
-    """One row per spec, in order, with its state and progress read from the store."""
+    """One row per spec, in order, with its state and progress read from the store.
+
+    A finished run whose files fail verification is ``failed`` with the reason (the file and the ``rm`` that
+    repairs it), as ``compare`` counts it and ``reproduce`` reports it; one whose files have no recorded checksum
+    stays ``done`` with an ``unverified`` note (RunDir.unverified)."""
     rows, states = [], {}
     for spec in specs:
         row = row_for(spec)
-        row.state = STATE[run_status(RunDir(results, spec.run_id))]
+        rundir = RunDir(results, spec.run_id)
+        row.state = STATE[run_status(rundir)]
+        if row.state == "done":
+            try:
+                rundir.verified_result()
+                row.note = rundir.unverified()
+            except KdbenchError as exc:
+                row.state, row.note = "failed", f"corrupted: {exc}"
+            except OSError as exc:
+                row.state, row.note = "failed", f"corrupted: run {spec.run_id} cannot be verified ({exc}); {rundir.repair_hint()}"
         if row.state == "pending" and any(states.get(dep) in ("failed", "skipped") for dep in spec.dependencies):
             row.state, row.note = "skipped", "a run it depends on failed"
-        elif row.state == "failed":
+        elif row.state == "failed" and not row.note:
             failure = RunDir(results, spec.run_id).failure()
             row.note = f"{failure.get('error', 'error')}: {failure.get('message', '')}"
         states[spec.run_id] = row.state
@@ -94,7 +108,28 @@ def overview(results: Path, recipe: str | None = None, profile: str | None = Non
         title = f"all runs in {results}" + (f" ({unreadable} with an unreadable spec.json not shown)" if unreadable else "")
     running = sum(r.state == "running" for r in rows)
     summary = render(title, rows, max(1, running))
-    return summary if recipe is not None else Group(summary, by_state(rows))
+    if recipe is None:
+        return Group(summary, by_state(rows))
+    noted = [r for r in rows if r.note and r.state != "running"]  # why runs failed, were skipped, are unverified
+    return Group(summary, by_state(noted)) if noted else summary
+
+
+def changes(results: Path, recipe: str | None, profile: str | None, seen: dict[str, tuple],
+            teachers: str | None = None) -> list[str]:
+    """``status --watch`` off a terminal: one line per run whose state, epoch or note changed since ``seen`` (which
+    is updated), e.g. ``12:03:04 running kd resnet8x4 s0 (kd-…): epoch 3/240``; every run on the first call."""
+    if recipe is not None:
+        rows = rows_of(results, table_plan(results, recipe, profile, teachers).ordered())
+    else:
+        rows = rows_of(results, stored_specs(results)[0])
+    stamp, lines = time.strftime("%H:%M:%S"), []
+    for row in rows:
+        now = (row.state, row.epoch, row.note)
+        if seen.get(row.run_id) != now:
+            seen[row.run_id] = now
+            lines.append(f"{stamp} {row.state} {row.label} ({row.run_id}): epoch {row.epoch}/{row.epochs}"
+                         + (f"; {row.note}" if row.note else ""))
+    return lines
 
 
 def by_state(rows: list[RunRow]) -> Table:

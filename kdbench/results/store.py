@@ -11,7 +11,9 @@ Integrity: ``checkpoint.pt``, ``model.pt``, ``metrics.jsonl`` and ``result.json`
 :meth:`RunDir.write_verified`, which records the sha256 of the new content in ``checksums.json`` *before*
 renaming it into place, keeping the previous digest too. A kill at any point therefore leaves a file whose
 digest is listed, while a file changed by anything else (truncation, bit rot, a partial copy) is refused
-with :class:`CorruptedFile`. Files written before checksums existed (no entry in ``checksums.json``) are read as before.
+with :class:`CorruptedFile`. Files written before checksums existed (no entry in ``checksums.json``) are read as before,
+but a finished run with such a file is *unverified* (:meth:`RunDir.unverified`): ``compare``, ``status`` and
+``reproduce`` show its numbers marked as such, never as verified ones (a deleted ``checksums.json`` hides any edit).
 A run's ``spec.json`` is checked against its id instead (:meth:`RunDir.check_spec`): the id hashes the spec.
 """
 
@@ -254,6 +256,19 @@ class RunDir:
         self.check_spec()
         self.read_metrics()
         return self.result()
+
+    def unverified(self) -> str:
+        """'' when every file a finished run's readers use (result.json, metrics.jsonl, model.pt) has a recorded
+        sha256; else why not, naming the files and the fix (their content cannot be checked, only shown)."""
+        checksums = self._checksums()
+        files = [p for p in (self.result_file, self.metrics_file, self.model_file) if p.is_file()]
+        missing = [p.name for p in files if p.name not in (checksums or {})]
+        if not missing:
+            return ""
+        why = f"{self.checksums_file} is missing" if checksums is None else f"{self.checksums_file} lists no digest for them"
+        return (f"run {self.run_id} is unverified: {', '.join(missing)} have no recorded sha256 ({why}), so an edit or "
+                f"corruption cannot be detected; its numbers are shown marked 'unverified'. To trust it, retrain it: "
+                f"rm -r {self.path} and run the same command again.")
 
     def failure(self) -> dict[str, Any]:
         return read_json(self.failed_file)
