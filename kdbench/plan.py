@@ -41,6 +41,14 @@ SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size
 # ImageNet recipes smoke-test the image-file path instead: a small synthetic ImageNet-shaped JPEG folder, 64 px crops.
 SMOKE_IMAGENET_DATA = {"num_classes": 8, "train_per_class": 16, "val_per_class": 8, "seed": 0, "image_size": 64}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 1
+# So that every method trains stably on it, the smoke profile caps the LR and trains teachers longer than students.
+# The LR: the recipes' 0.05-0.1 is meant for 240 epochs; a few dozen steps from scratch at 0.05 are chaotic (a
+# ResNet-32x4 teacher's logits reached rms ~400) and SemCKD's 400x MSE sends deep students (ResNet-110/116) to NaN.
+# The teachers: every distiller reads the teacher in eval mode, through BatchNorm running statistics (momentum 0.1)
+# that keep 0.9^steps of their initial (0, 1): after 8 steps that is 43%, and in a 110-layer ResNet the mismatch
+# compounds block by block (teacher features of rms ~1e4, ~4 in train mode), so VID and SemCKD diverged.
+# 12 epochs (48 steps) leave 0.6%.
+SMOKE_MAX_LR, SMOKE_TEACHER_EPOCHS = 0.01, 12
 NO_OVERRIDE = TrainingOverride()  # a row that keeps the recipe's training
 # The most runs one plan may hold: the largest seed table has a few hundred; more is a typo (rows × columns × trials).
 MAX_PLAN_RUNS = 5_000
@@ -238,7 +246,7 @@ def plan(
     same_training: dict[str, RunSpec] = {}
     for key, teacher in recipe.teachers.items():
         spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
-                     TEACHER_SEED, teacher.training)
+                     TEACHER_SEED, teacher.training, is_teacher=True)
         ckpt = teacher_file(recipe, key, recipe.teacher_source)
         if ckpt is not None and profile != "smoke":  # smoke data has other classes: train instead
             spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format,
@@ -293,9 +301,10 @@ def default_trials(recipe: Recipe, profile: str) -> int:
 def _spec(
     profile: str, model: str, method: str, params: dict[str, Any], teacher: TeacherRef | None,
     data: DataSpec, base: Training, ci: CIProfile, seed: int, override: TrainingOverride = NO_OVERRIDE,
+    is_teacher: bool = False,
 ) -> RunSpec:
     model = models.canonical_name(model)
-    train = _train_spec(base, model, profile, ci, override)
+    train = _train_spec(base, model, profile, ci, override, is_teacher)
     if base.loss_chunk is not None and methods.get(method).needs.batch_dependent_loss:
         train = TrainSpec(**{**train.model_dump(), "loss_chunk": _chunk(base.loss_chunk, base.batch_size, train.batch_size)})
     return RunSpec(
@@ -410,22 +419,28 @@ def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
     return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options, content=content)
 
 
-def _profile_epochs(profile: str, ci: CIProfile, base: Training) -> int:
-    return {"smoke": SMOKE_EPOCHS, "ci": ci.epochs}.get(profile, base.epochs)
+def _profile_epochs(profile: str, ci: CIProfile, base: Training, is_teacher: bool = False) -> int:
+    smoke = SMOKE_TEACHER_EPOCHS if is_teacher else SMOKE_EPOCHS
+    return {"smoke": smoke, "ci": ci.epochs}.get(profile, base.epochs)
 
 
-def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, override: TrainingOverride = NO_OVERRIDE) -> TrainSpec:
-    """The run's schedule: the recipe's training with the row's ``override``, shaped by the profile."""
+def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, override: TrainingOverride = NO_OVERRIDE,
+                is_teacher: bool = False) -> TrainSpec:
+    """The run's schedule: the recipe's training with the row's ``override``, shaped by the profile
+    (smoke: LR at most SMOKE_MAX_LR, a teacher trained SMOKE_TEACHER_EPOCHS)."""
     row_values = override.model_dump(exclude_none=True)
     recipe_batch = base.batch_size  # the original GPU count is recipe_batch / bn_chunk, whatever a row's batch
     base = base.model_copy(update={**row_values, "lr_by_model": {} if "lr" in row_values else base.lr_by_model})
     lr_by_model = {models.canonical_name(k): v for k, v in base.lr_by_model.items()}
-    epochs = _profile_epochs(profile, ci, base)
+    epochs = _profile_epochs(profile, ci, base, is_teacher)
+    lr = lr_by_model.get(model, base.lr)
+    if profile == "smoke":
+        lr = min(lr, SMOKE_MAX_LR)
     batch = SMOKE_BATCH if profile == "smoke" else base.batch_size
     # Shorter profiles keep the schedule's shape: milestones scale with the epoch count.
     milestones = tuple(max(1, round(m * epochs / base.epochs)) for m in base.milestones) if epochs != base.epochs else base.milestones
     return TrainSpec(
-        epochs=epochs, batch_size=batch, lr=lr_by_model.get(model, base.lr), milestones=milestones,
+        epochs=epochs, batch_size=batch, lr=lr, milestones=milestones,
         lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
         decay_norm_and_bias=base.decay_norm_and_bias, label_smoothing=base.label_smoothing,
         bn_chunk=_chunk(base.bn_chunk, recipe_batch, batch) if base.bn_chunk is not None else None,

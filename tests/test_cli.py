@@ -32,19 +32,13 @@ IMPLEMENTED_ROWS = {r.label for r in ROWS if r.is_teacher_row or methods.is_impl
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory) -> Path:
-    """The whole smoke table, reproduced once for this module (what `make demo` runs).
-
-    On tiny synthetic data some feature methods may diverge (e.g. VID's variance collapsing on a
-    barely trained teacher): such runs must be reported as failed with their reason, never counted.
-    """
+    """The whole smoke table, reproduced once for this module (what `make demo` runs): every run trains
+    stably (the smoke teachers' longer, gentler schedule, kdbench/plan.py), so every run is done."""
     results = tmp_path_factory.mktemp("results")
     proc = kdbench("reproduce", "simkd-table1", "--profile", "smoke", "--results", str(results), "--cpu-jobs", "2", check=False)
-    done = len(list(results.glob("runs/*/result.json")))
-    failed = sorted(p.parent.name for p in results.glob("runs/*/failed.json"))
-    assert done + len(failed) == SMOKE_RUNS and f"{done} of {SMOKE_RUNS} runs done" in proc.stdout
-    assert proc.returncode == (1 if failed else 0)
-    for run_id in failed:
-        assert f"({run_id}): " in proc.stdout.replace("\n", "")  # each failure is listed with its reason
+    failed = {p.parent.name: p.read_text() for p in results.glob("runs/*/failed.json")}
+    assert not failed and proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{failed}"
+    assert len(list(results.glob("runs/*/result.json"))) == SMOKE_RUNS and f"{SMOKE_RUNS} of {SMOKE_RUNS} runs done" in proc.stdout
     return results
 
 
@@ -56,13 +50,11 @@ def test_smoke_reproduction_fills_every_implemented_cell(smoke_results):
     for row in rows:
         by_status.setdefault(row["status"], set()).add(row["row"])
         assert row["profile"] == "smoke" and row["paper_mean"] != ""
-    assert set(by_status) <= {"done", "failed", "not implemented"}
+    assert set(by_status) <= {"done", "not implemented"}  # no failed cell
     assert by_status.get("not implemented", set()) == {r.label for r in ROWS} - IMPLEMENTED_ROWS
-    assert {"Student", "Teacher", "KD", "SimKD"} <= by_status["done"]
+    assert by_status["done"] == IMPLEMENTED_ROWS
     done = [r for r in rows if r["status"] == "done"]
-    assert all(0 <= float(r["ours_mean"]) <= 100 and r["n"] == "1" for r in done)
-    failed = [r for r in rows if r["status"] == "failed"]
-    assert all(r["ours_mean"] == "" and r["n"] == "0" and r["n_failed"] == "1" for r in failed)
+    assert all(0 <= float(r["ours_mean"]) <= 100 and r["n"] == "1" and r["n_failed"] == "0" for r in done)
     assert all(abs(float(r["delta"]) - (float(r["ours_mean"]) - float(r["paper_mean"]))) < 1e-3 for r in done)
 
 

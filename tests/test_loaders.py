@@ -172,14 +172,27 @@ def test_loader_kind_does_not_change_a_run(tmp_path: Path) -> None:
     assert all(torch.equal(states["torch"][k], states["tensor"][k]) for k in states["torch"])
 
 
-def test_cli_rejects_an_unknown_loader_and_prepare_refuses_a_missing_imagenet(tmp_path: Path) -> None:
+def test_cli_rejects_an_unknown_loader_and_an_unknown_dataset_to_prepare() -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["train", "no-such-spec.json", "--loader", "fast"])
     assert result.exit_code == 2 and "unknown loader 'fast'" in result.output
-    result = runner.invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "imagenet/train/" in result.output and "--data-dir" in result.output
     result = runner.invoke(app, ["data", "prepare", "svhn"])
     assert result.exit_code == 2 and "unknown dataset 'svhn'" in result.output
+
+
+def test_prepare_without_ffcv_names_the_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data prepare` checks for ffcv before it reads the dataset (ffcv_loader.prepare_dataset)."""
+    for name in [n for n in sys.modules if n == "ffcv" or n.startswith("ffcv.")] or ["ffcv"]:
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import ffcv…` raise ImportError
+    result = CliRunner().invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "ffcv is not importable" in result.output
+    assert "pip" in result.output and "kdbench[ffcv]" in result.output
+
+
+def test_prepare_refuses_a_missing_imagenet(tmp_path: Path) -> None:
+    pytest.importorskip("ffcv", reason="ffcv is not installed (pip install 'kdbench[ffcv]')")
+    result = CliRunner().invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "imagenet/train/" in result.output and "--data-dir" in result.output
 
 
 # ---------------------------------------------------------------- ffcv (skipped when ffcv is not installed)

@@ -75,6 +75,21 @@ def test_profiles_never_share_runs(recipe):
     assert spec.train.milestones == (2, 2, 3)  # 150/180/210 of 240, scaled to 3 epochs
 
 
+def test_smoke_teachers_train_longer_and_smoke_caps_the_lr(recipe):
+    """Smoke students read their teacher through BatchNorm running statistics: 8 steps left a ResNet-110x2's far from
+    converged and VID/SemCKD diverged; the smoke teachers train 12 epochs, and no smoke run above LR 0.01."""
+    smoke = plan(recipe, "smoke")
+    teacher_ids = {s.teacher.run_id for s in smoke.specs.values() if s.teacher is not None}
+    assert len(teacher_ids) == len(recipe.teachers)
+    for spec in smoke.specs.values():
+        is_teacher = spec.run_id in teacher_ids
+        assert spec.train.epochs == (12 if is_teacher else 2), spec.run_id
+        assert spec.train.milestones == ((8, 9, 10) if is_teacher else (1, 2, 2))  # 150/180/210 of 240, scaled
+    assert {s.train.lr for s in smoke.specs.values()} == {0.01}  # the recipe's 0.05 and 0.01 (ShuffleNetV2), capped
+    full = plan(recipe, "full")
+    assert all(s.train.epochs == 240 for s in full.specs.values()) and {s.train.lr for s in full.specs.values()} == {0.05, 0.01}
+
+
 def test_subsets_of_the_table(recipe):
     p = plan(recipe, "full", trials=2, columns=["res32x4_res8x4"], rows=["kd", "Student"])
     assert {c.row for c in p.cells} == {"Student", "KD"}
