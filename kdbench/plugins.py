@@ -42,12 +42,12 @@ def entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
 
 def _distribution(ep: importlib.metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
-    return dist.name if dist is not None else "?"
+    return dist.name if dist is not None else ""
 
 
 def describe(ep: importlib.metadata.EntryPoint) -> str:
     """How errors name an entry point: ``plugin 'lab-kd' (entry point kdbench.methods: mine = lab_kd.mine)``."""
-    return f"plugin {_distribution(ep)!r} (entry point {ep.group}: {ep.name} = {ep.value})"
+    return f"plugin {_distribution(ep) or '(no distribution)'!r} (entry point {ep.group}: {ep.name} = {ep.value})"
 
 
 def load(group: str) -> None:
@@ -61,8 +61,9 @@ def load(group: str) -> None:
             if callable(target) and not isinstance(target, ModuleType):
                 target()
         except Exception as exc:  # any failure of third-party code is reported as the plugin's
+            fix = f" (pip uninstall {_distribution(ep)})" if _distribution(ep) else ""
             raise PluginError(f"{describe(ep)} failed to load: {type(exc).__name__}: {exc}. "
-                              f"Fix the plugin or uninstall it (pip uninstall {_distribution(ep)}).") from exc
+                              f"Fix the plugin or uninstall it{fix}.") from exc
 
 
 def recipe_dirs() -> list[tuple[Path, str]]:
