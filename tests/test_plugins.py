@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -215,7 +216,13 @@ def _venv(tmp_path: Path) -> Path:
     """A fresh virtual environment on the test's Python (its packages visible: torch is not reinstalled), with
     kdbench installed from this checkout and the example plugin from tests/plugin_example."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    # Without its own pip and setuptools: the test environment's build and install, into this one.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=300)
+    # The test's Python may itself be a virtual environment, whose packages (torch) --system-site-packages does not
+    # reach (it reaches the base interpreter's): add its site directories after the new environment's own.
+    own = next((venv / "lib").glob("python*/site-packages"))
+    shared = [p for p in map(Path, site.getsitepackages()) if p.is_dir()]
+    (own / "zz_test_environment.pth").write_text("".join(f"import site; site.addsitedir({str(p)!r})\n" for p in shared))
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
            "--no-index", "--disable-pip-version-check"]
     # kdbench editable (its recipes/ folder stays beside the package); the plugin from a copy, so that building
