@@ -421,7 +421,7 @@ def list_recipes() -> None:
     from kdbench import methods
     from kdbench.recipe import load_recipe, recipe_files, table_catalog
 
-    table = Table(title="Recipes (the seed papers' tables)", title_justify="left")
+    table = Table(title="Recipes (the seed papers' tables, and those of --recipes directories and plugins)", title_justify="left")
     table.add_column("recipe", no_wrap=True)  # names are copied into commands: never broken
     for column in ("paper / table", "status", "dataset", "pairs × rows", "trials", "notes"):
         table.add_column(column, overflow="fold")

@@ -8,6 +8,7 @@ Every error names the file, the key path, the line and, for unknown keys, the ne
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from kdbench import recipe_overrides
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_ENV = "KDBENCH_RECIPES"  # more recipe directories, os.pathsep-separated (kdbench --recipes DIR)
 PROFILES = ("full", "ci", "smoke")
 
 
@@ -388,14 +390,9 @@ def recipe_files() -> dict[str, Path]:
     return found
 
 
-RECIPES_ENV = "KDBENCH_RECIPES"
-
-
 def recipe_dirs() -> list[tuple[Path, str]]:
     """(directory, origin) searched for recipes: ``recipes/``, then each ``$KDBENCH_RECIPES`` directory
     (``os.pathsep``-separated; ``kdbench --recipes DIR`` sets it), then the plugins' (kdbench/plugins.py)."""
-    import os
-
     from kdbench import plugins
 
     dirs = [(RECIPES_DIR, "kdbench's recipes/")]
