@@ -42,12 +42,27 @@ def _print_version(value: bool) -> None:
 def _main(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print kdbench's version and exit.")] = False,
+    recipes: Annotated[Optional[list[Path]], typer.Option("--recipes", help=(
+        "Also find recipes (by name) in this directory, before the subcommand: `kdbench --recipes DIR list`; repeatable. "
+        "Same as KDBENCH_RECIPES=DIR (os.pathsep-separated), which it extends; installed plugins' recipes are always found."))] = None,
 ) -> None:
     """Reproduce knowledge-distillation papers' result tables."""
+    if recipes:
+        import os
+
+        from kdbench.recipe import RECIPES_ENV
+
+        # The environment carries the search path to every process a command starts (workers, SLURM jobs).
+        os.environ[RECIPES_ENV] = os.pathsep.join([*(str(p.resolve()) for p in recipes),
+                                                   *filter(None, os.environ.get(RECIPES_ENV, "").split(os.pathsep))])
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe name (e.g. simkd-table1, see `kdbench list`) or path to a recipe YAML file.")]
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (runs/ and tables/ are created inside).")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="full = the paper's protocol; ci = a small real-data subset; smoke = synthetic data, a few steps.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help=(
+    "Override a recipe field: PATH=VALUE, PATH dotted, list items by index or id/label (rows.KD.params.kd_temperature=2), "
+    "VALUE as YAML (training.milestones=[150,180,210]); repeatable. The overridden recipe is validated like the file "
+    "and is what is planned: new run ids."))]
 TrialsOpt = Annotated[Optional[int], typer.Option("--trials", min=1, help="Trials (seeds) per cell; default: the recipe's (smoke: 1).")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).")]
 LoaderOpt = Annotated[str, typer.Option("--loader", help=(
@@ -146,6 +161,7 @@ def reproduce(
     profile: ProfileOpt = "full",
     results: ResultsOpt = Path("results"),
     trials: TrialsOpt = None,
+    set_: SetOpt = None,
     pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.")] = "auto",
@@ -194,7 +210,7 @@ def reproduce(
         if executor == "local" and not dry_run:  # slurm jobs run on the cluster's nodes, not here
             _check_device(device)
         loggers = curves.parse(log_to)
-        loaded = load_recipe(recipe).with_teacher_source(teachers)
+        loaded = load_recipe(recipe, set_ or ()).with_teacher_source(teachers)
         if profile != "smoke":  # smoke trains on generated data
             loaded = identified(loaded, data_dir)
         ci = {"train_fraction": ci_train_fraction, "epochs": ci_epochs}
@@ -488,7 +504,7 @@ def list_recipes() -> None:
     from kdbench import methods
     from kdbench.recipe import load_recipe, recipe_files, table_catalog
 
-    table = Table(title="Recipes (the seed papers' tables)", title_justify="left")
+    table = Table(title="Recipes (the seed papers' tables, and those of --recipes directories and plugins)", title_justify="left")
     table.add_column("recipe", no_wrap=True)  # names are copied into commands: never broken
     for column in ("paper / table", "status", "dataset", "pairs × rows", "trials", "notes"):
         table.add_column(column, overflow="fold")
@@ -525,10 +541,10 @@ def list_methods() -> None:
         defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
         variants = "\n".join(f"{v}: {variant.description}" for v, variant in cls.variants.items()) or "—"
         table.add_row(name, cls.paper, defaults, variants)
-    for name in sorted(n for n in methods.CATALOG if "+" in n):
-        table.add_row(name, methods.CATALOG[name], "the first method's loss + the second's own terms", "(params.second: the second's)")
-    for name in sorted(n for n in methods.CATALOG if not methods.is_implemented(n)):
-        table.add_row(name, methods.CATALOG[name], "[dim]not implemented yet[/]", "")
+    for name, source in sorted(methods.COMBINATIONS.items()):
+        table.add_row(name, source, "the first method's loss + the second's own terms", "(params.second: the second's)")
+    for name, source in sorted((n, s) for n, s in methods.NOT_IMPLEMENTED.items() if not methods.is_implemented(n)):
+        table.add_row(name, source, "[dim]not implemented yet[/]", "")
     console.print(table)
 
 
@@ -538,6 +554,7 @@ def show(
     profile: ProfileOpt = "full",
     results: ResultsOpt = Path("results"),
     trials: TrialsOpt = None,
+    set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     teachers: TeachersOpt = None,
 ) -> None:
@@ -548,7 +565,7 @@ def show(
 
         from kdbench.data.identity import identified
 
-        loaded = load_recipe(recipe).with_teacher_source(teachers)
+        loaded = load_recipe(recipe, set_ or ()).with_teacher_source(teachers)
         if profile != "smoke":
             try:
                 loaded = identified(loaded, data_dir)

@@ -383,10 +383,11 @@ def _params(recipe: Recipe, label: str, method: str, variant: str | None, overri
 
 
 def _check_known_method(recipe: Recipe, method: str) -> None:
-    if not all(part in methods.CATALOG for part in method.split("+")):
+    if not methods.is_known(method):
+        known = methods.known_names()
         raise KdbenchError(
-            f"recipe {recipe.name}: unknown method {method!r}.{did_you_mean(method, methods.CATALOG)} "
-            f"Known methods: {', '.join(sorted(methods.CATALOG))}"
+            f"recipe {recipe.name}: unknown method {method!r}.{did_you_mean(method, known)} "
+            f"Known methods: {', '.join(known)}"
         )
 
 

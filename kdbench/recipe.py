@@ -8,16 +8,20 @@ Every error names the file, the key path, the line and, for unknown keys, the ne
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from kdbench import recipe_overrides
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_ENV = "KDBENCH_RECIPES"  # more recipe directories, os.pathsep-separated (kdbench --recipes DIR)
 PROFILES = ("full", "ci", "smoke")
 # Bounds that no real table comes near (the seed papers: ≤ 5 trials, ≤ 240 epochs) but that stop a typo such as
 # ``trials: 1000000`` from planning for minutes or queueing a million runs (README: "What survives what").
@@ -473,15 +477,35 @@ def table_catalog() -> list[CatalogEntry]:
 
 
 def recipe_files() -> dict[str, Path]:
-    """Recipe name → file, for every recipe shipped under ``recipes/``."""
+    """Recipe name → file, for every recipe shipped under ``recipes/``, in a ``$KDBENCH_RECIPES`` directory
+    (``kdbench --recipes DIR``) or in an installed plugin's ``kdbench.recipes`` package. A name two files
+    declare is an error naming both, so a plugin cannot silently replace a shipped table."""
     found: dict[str, Path] = {}
-    for path in sorted(RECIPES_DIR.rglob("*.yaml")):
-        if path == CATALOG_FILE:
-            continue
-        name = _declared_name(path)
-        if name:
-            found[name] = path
+    for directory, where in recipe_dirs():
+        for path in sorted(directory.rglob("*.yaml")):
+            if path == CATALOG_FILE:
+                continue
+            name = _declared_name(path)
+            if name and name in found and found[name] != path:
+                raise KdbenchError(f"recipe name {name!r} is declared by two files: {found[name]} and {path} ({where}). "
+                                   "Rename one (its 'name:' key).")
+            if name:
+                found[name] = path
     return found
+
+
+def recipe_dirs() -> list[tuple[Path, str]]:
+    """(directory, origin) searched for recipes: ``recipes/``, then each ``$KDBENCH_RECIPES`` directory
+    (``os.pathsep``-separated; ``kdbench --recipes DIR`` sets it), then the plugins' (kdbench/plugins.py)."""
+    from kdbench import plugins
+
+    dirs = [(RECIPES_DIR, "kdbench's recipes/")]
+    for entry in filter(None, os.environ.get(RECIPES_ENV, "").split(os.pathsep)):
+        directory = Path(entry).expanduser()
+        if not directory.is_dir():
+            raise KdbenchError(f"recipe directory {directory} (--recipes / ${RECIPES_ENV}) is not a directory.")
+        dirs.append((directory, f"--recipes {directory}"))
+    return dirs + plugins.recipe_dirs()
 
 
 def _declared_name(path: Path) -> str | None:
@@ -580,20 +604,22 @@ def _check_expanded_size(path: Path, root: yaml.Node) -> None:
     size(root)
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
+def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """The validated recipe, after applying ``overrides`` (``--set PATH=VALUE``, kdbench/recipe_overrides.py)."""
     path = resolve_recipe_path(str(name_or_path))
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
         raise KdbenchError(f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}.")
+    data, origins = recipe_overrides.apply(data, overrides)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise KdbenchError(_explain(path, exc, lines)) from None
+        raise KdbenchError(_explain(path, exc, lines, origins)) from None
     from kdbench import recipe_names  # imports the registries (torch): only once the shape is valid
 
     unknown = [*recipe_names.unknown_names(recipe), *recipe_names.invalid_params(recipe)]
     if unknown:
-        raise KdbenchError(recipe_names.explain(path, unknown, lines))
+        raise KdbenchError(recipe_names.explain(path, unknown, lines, origins))
     return recipe
 
 
@@ -644,12 +670,15 @@ def _node_lines(path: Path, root: yaml.Node) -> dict[tuple, int]:
     return lines
 
 
-def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int]) -> str:
+def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int], origins: dict[tuple, str] | None = None) -> str:
+    """One line per error; ``origins``: key paths set by ``--set`` arguments, named instead of a file line."""
     messages = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
         where = f"{path}:{line}" if line else str(path)
+        if (argument := recipe_overrides.origin(loc, origins or {})) is not None:
+            where = f"{path}: --set {argument}"
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(Recipe, loc[:-1])

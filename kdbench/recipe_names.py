@@ -41,10 +41,9 @@ def unknown_names(recipe: Recipe) -> Iterator[Located]:
             yield ("teachers", key, "released"), UnknownNameError("released teacher", teacher.released, RELEASED)
     for i, column in enumerate(recipe.columns):
         yield from model(("columns", i, "student"), column.student)
-    catalog = [*methods.CATALOG, "teacher"]
     for i, row in enumerate(recipe.rows):
-        if row.method != "teacher" and not all(part in methods.CATALOG for part in row.method.split("+")):
-            yield ("rows", i, "method"), UnknownNameError("method", row.method, catalog)
+        if row.method != "teacher" and not methods.is_known(row.method):
+            yield ("rows", i, "method"), UnknownNameError("method", row.method, [*methods.known_names(), "teacher"])
 
 
 def invalid_params(recipe: Recipe) -> Iterator[Located]:
@@ -74,11 +73,17 @@ def invalid_params(recipe: Recipe) -> Iterator[Located]:
                     yield ("rows", i, *where, *err["loc"]), KdbenchError(why)
 
 
-def explain(path: Path, found: list[Located], lines: dict[tuple, int]) -> str:
-    """One line per unknown name or invalid parameter: ``file:line: key 'a.b': unknown ... Did you mean ...?``."""
+def explain(path: Path, found: list[Located], lines: dict[tuple, int], origins: dict[tuple, str] | None = None) -> str:
+    """One line per unknown name or invalid parameter: ``file:line: key 'a.b': unknown ... Did you mean ...?``
+    (``origins``: key paths set by ``--set`` arguments, named instead of the file's line)."""
+    from kdbench.recipe_overrides import origin
+
     messages = []
     for loc, exc in found:
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
         key = ".".join(str(p) for p in loc)
-        messages.append(f"{path}:{line}: key '{key}': {exc}" if line else f"{path}: key '{key}': {exc}")
+        if (argument := origin(loc, origins or {})) is not None:
+            messages.append(f"{path}: --set {argument}: key '{key}': {exc}")
+        else:
+            messages.append(f"{path}:{line}: key '{key}': {exc}" if line else f"{path}: key '{key}': {exc}")
     return "invalid recipe\n  " + "\n  ".join(messages)

@@ -156,7 +156,7 @@ def test_registry_holds_the_seed_methods():
     for name in METHODS:
         cls = methods.get(name)
         assert issubclass(cls, Distiller) and cls.name == name
-        assert name in methods.CATALOG and methods.is_implemented(name)
+        assert methods.is_known(name) and methods.is_implemented(name) and name not in methods.NOT_IMPLEMENTED
         assert cls.title and cls.paper
         cls.Params()  # defaults validate
     with pytest.raises(UnknownNameError):

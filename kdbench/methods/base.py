@@ -371,11 +371,22 @@ _REGISTRY: dict[str, type[Distiller]] = {}
 
 
 def register(cls: type[Distiller]) -> type[Distiller]:
-    """Class decorator: make a Distiller available under its ``name``."""
+    """Class decorator: make a Distiller available under its ``name`` (a name already taken is an error)."""
     if cls.name in _REGISTRY:
-        raise ValueError(f"method {cls.name!r} registered twice")
+        taken = _REGISTRY[cls.name]
+        raise ValueError(f"method {cls.name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
+                         f"{cls.__module__}.{cls.__qualname__} needs another name")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def _registry() -> dict[str, type[Distiller]]:
+    """The registry, with the built-in methods and the installed plugins' (kdbench/plugins.py) loaded."""
+    import kdbench.methods  # noqa: F401  (the built-ins register first, so a plugin cannot take their names)
+    from kdbench import plugins
+
+    plugins.load(plugins.METHODS)
+    return _REGISTRY
 
 
 def get(name: str) -> type[Distiller]:
@@ -385,14 +396,16 @@ def get(name: str) -> type[Distiller]:
 
         first, second = name.split("+", 1)
         return combine(get(first), get(second))
+    registry = _registry()
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except KeyError:
-        raise UnknownNameError("method", name, _REGISTRY) from None
+        raise UnknownNameError("method", name, registry) from None
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every registered method: the built-ins and the installed plugins'."""
+    return sorted(_registry())
 
 
 def resolve_params(name: str, variant: str | None, overrides: dict[str, Any]) -> MethodParams:

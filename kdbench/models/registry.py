@@ -18,7 +18,8 @@ from typing import Protocol, TypeVar
 from kdbench.errors import UnknownNameError
 from kdbench.models.base import KDModel
 
-ZOOS = ("crd", "simkd", "imagenet", "mdistiller")
+# "plugin": a network of a lab's own package (kdbench/plugins.py), from none of the four zoos.
+ZOOS = ("crd", "simkd", "imagenet", "mdistiller", "plugin")
 CIFAR_INPUT_SIZE = 32
 
 
@@ -73,13 +74,23 @@ def register(
     return decorator
 
 
+def _load_plugins() -> None:
+    """The built-in networks, then the installed plugins' (kdbench/plugins.py), registered once."""
+    import kdbench.models  # noqa: F401  (the built-ins register first, so a plugin cannot take their names)
+    from kdbench import plugins
+
+    plugins.load(plugins.MODELS)
+
+
 def names() -> list[str]:
-    """Sorted canonical model names (aliases excluded)."""
+    """Sorted canonical model names (aliases excluded), built-in and plugins'."""
+    _load_plugins()
     return sorted(_INFO)
 
 
 def canonical_name(name: str) -> str:
     """Resolve an alias to its canonical name; raise ``UnknownNameError`` for unknown names."""
+    _load_plugins()
     if name in _INFO:
         return name
     if name in _ALIASES:

@@ -1,0 +1,1 @@
+"""Recipe files of the example plugin (entry point ``kdbench.recipes: example``)."""
