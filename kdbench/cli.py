@@ -598,6 +598,11 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
         columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
     console.print(columns)
     console.print(f"Teachers: {r.teacher_source} (--teachers released|trained)", highlight=False)
+    console.print(f"Precision: the authors computed in {r.protocol.precision}; --precision {r.protocol.precision} matches it "
+                  "(default on CUDA: bf16 autocast, recorded with every result)", highlight=False, soft_wrap=True)
+    variants = sorted({f"{row.label}: {row.variant}" for row in r.rows if row.variant})
+    if variants:
+        console.print("Variants: " + "; ".join(variants), highlight=False, soft_wrap=True)
     for line in describe_teachers(table_plan, data_dir):
         console.print(line, soft_wrap=True, highlight=False)
     runs = Table(title=f"Runs ({len(table_plan.specs)})", title_justify="left")

@@ -101,6 +101,10 @@ class Protocol(_Strict):
     name: str
     follows: str
     preset: str | None = None
+    # The arithmetic the authors' runs of this table used: `faithful` (IEEE fp32: every table whose authors trained
+    # on pre-Ampere GPUs or without TF32) or `fp32` (TF32 convolutions: SimKD's ImageNet runs on A40s).
+    # `--precision` chooses what a run computes with (default bf16 on CUDA); docs/protocol-choices.md, "Precision".
+    precision: Literal["faithful", "fp32"] = "faithful"
     notes: str = ""
 
 

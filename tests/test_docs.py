@@ -158,3 +158,29 @@ def test_recipe_guide_examples_load_and_plan(example, tmp_path):
         assert {(c.row, c.column) for c in table.cells if c.status == "planned"} == wanted
     if example.endswith("minimal.yaml"):  # the guide says: one teacher run and 3 trials of 2 rows
         assert len(plan(recipe, "full").specs) == 7
+
+
+PER_RECIPE = "<!-- per-recipe table: tests/test_docs.py::test_the_per_recipe_table_says_what_each_recipe_uses -->"
+
+
+def per_recipe_table() -> str:
+    """Each shipped recipe's teacher source, its authors' precision, the epoch its cells read, its preset and its rows'
+    variants, as the table docs/protocol-choices.md shows."""
+    from kdbench.recipe import recipe_files
+
+    lines = ["| recipe | teachers | authors' precision | metric | preset | row variants |", "|---|---|---|---|---|---|"]
+    for name in sorted(recipe_files()):
+        r = load_recipe(name)
+        variants = "; ".join(sorted({f"{row.label}: {row.variant}" for row in r.rows if row.variant})) or "—"
+        metrics = sorted({r.metric, *(row.metric for row in r.rows if row.metric), *(c.metric for c in r.columns if c.metric)})
+        lines.append(f"| {name} | {r.teacher_source} | {r.protocol.precision} | {', '.join(metrics)} | "
+                     f"{r.protocol.preset or '—'} | {variants} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_per_recipe_table_says_what_each_recipe_uses():
+    text = (ROOT / "docs" / "protocol-choices.md").read_text()
+    assert PER_RECIPE in text, "docs/protocol-choices.md lost its per-recipe table"
+    after = text.split(PER_RECIPE, 1)[1].lstrip("\n")
+    table = after[: after.index("\n\n") + 1] if "\n\n" in after else after
+    assert table == per_recipe_table(), "regenerate the table with tests/test_docs.py's per_recipe_table()"
