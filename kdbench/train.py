@@ -40,6 +40,7 @@ from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
+from kdbench.provenance import source_commit
 from kdbench.results.store import RUN_ID, RunDir, RunLocked, WriteFailed, atomic_write_json, read_json
 
 log = logging.getLogger("kdbench.train")
@@ -510,6 +511,7 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         # Not in the spec: results depend on it only through per-process BatchNorm statistics.
         "world_size": group.world,
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "kdbench_commit": source_commit(),  # None unless kdbench runs from a git checkout
     }
 
 
