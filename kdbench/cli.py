@@ -367,7 +367,7 @@ def _print_tables(comparisons, fmt: str, output: Optional[Path]) -> None:
 
     if fmt == "table" and output is None:
         for comp in comparisons:
-            console.print(render.to_rich(comp))
+            console.print(render.terminal(comp, console.width))
         return
     renderers = {"markdown": render.to_markdown, "latex": render.to_latex, "html": render.to_html, "table": _plain_table}
     text = render.to_csv(comparisons) if fmt == "csv" else "\n".join(renderers[fmt](c) for c in comparisons)
@@ -384,7 +384,7 @@ def _plain_table(comp) -> str:
     from kdbench.results import render
 
     capture = Console(width=200, record=True, file=io.StringIO())
-    capture.print(render.to_rich(comp))
+    capture.print(render.terminal(comp, 200))
     return capture.export_text()
 
 

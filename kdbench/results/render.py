@@ -10,11 +10,16 @@ not comparable.
 from __future__ import annotations
 
 import html
+import io
 import math
+import textwrap
 
 import pandas as pd
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from kdbench.results.compare import CELL_COLUMNS, TableComparison, summary
 from kdbench.results.quantities import COMPUTED
@@ -192,6 +197,110 @@ def to_rich(comp: TableComparison) -> Table:
         table.add_row(row, *rendered)
     table.caption = escape(summary_text(comp))
     return table
+
+
+MARKS = {"reproduced": "✓", "above": "▲", "below": "▼", "inconclusive": "?", "failed": "✗", "not run": "·",
+         "not implemented": "n/i", "no published number": "—"}
+MARK_STYLES = {"reproduced": "green", "above": "cyan", "below": "red", "failed": "red"}
+LEGEND = ("marks: ✓ reproduced (our CI of ours − paper inside ±δ), ▲ above / ▼ below (beyond it, significant), "
+          "? inconclusive, ✗ failed, · not run, n/i not implemented, — no published number; † the cell reads another "
+          "epoch than the title; Δ = ours − paper. Each cell: mean ± std over trials, Δ, mark.")
+
+
+def terminal(comp: TableComparison, width: int) -> RenderableType:
+    """The comparison for a terminal ``width`` columns wide: the paper's grid with every cell's full text when it fits,
+    else one line per cell (mean ± std, Δ, a verdict mark; the legend once), else one block per cell (the long
+    format). Nothing is cut: text that is still too wide wraps."""
+    wide = to_rich(comp)
+    if _natural_width(wide) <= width:
+        return wide
+    compact = _compact(comp, width)
+    if compact is not None:
+        return Group(*_wrapped(title(comp), width), *compact, *_wrapped(_pairs_legend(comp), width),
+                     *_wrapped(LEGEND, width), *_wrapped(summary_text(comp), width))
+    return Group(*_wrapped(title(comp), width), *_long(comp, width), *_wrapped(summary_text(comp), width))
+
+
+def _natural_width(renderable: RenderableType) -> int:
+    """Columns ``renderable`` takes when nothing constrains it."""
+    capture = Console(width=100_000, record=True, file=io.StringIO())
+    capture.print(renderable)
+    return max((cell_len(line) for line in capture.export_text().splitlines()), default=0)
+
+
+def _wrapped(text: str, width: int, indent: str = "", style: str = "", first: str = "") -> list[Text]:
+    """``text`` as lines of at most ``width`` columns, broken at spaces (a word longer than a line gets one of its own);
+    ``first`` starts the first line, ``indent`` the others."""
+    out = []
+    for paragraph in text.split("\n"):
+        lead = first or paragraph[:len(paragraph) - len(paragraph.lstrip())]  # a paragraph's own indent is kept
+        lines = textwrap.wrap(paragraph.lstrip(), width, initial_indent=lead, subsequent_indent=indent or lead + "  ", break_long_words=False,
+                              break_on_hyphens=False)
+        out += [Text(line, style=style) for line in lines or [""]]
+    return out
+
+
+def compact_text(comp: TableComparison, cell: pd.Series) -> str:
+    """A cell on one line: '70.05±0.13 +0.05 ✓', '71.30 +0.30 ? [1/4]', 'failed ✗', '–' (no such cell)."""
+    if cell["status"] == "absent":
+        return "–"
+    mark = MARKS.get(cell["verdict"], "")
+    if cell["n"] == 0:
+        return {"not implemented": "n/i", "failed": "✗ failed"}.get(cell["status"], "·")
+    ours = f"{cell['ours_mean']:.2f}" + ("" if math.isnan(cell["ours_std"]) else f"±{cell['ours_std']:.2f}")
+    delta = f" {delta_text(cell)}" if delta_text(cell) else ""
+    partial = f" [{cell['n']}/{cell['n_planned']}]" if cell["n"] < cell["n_planned"] else ""
+    return f"{ours}{delta} {mark}{' †' if metric_note(comp, cell) else ''}{partial}"
+
+
+def _compact(comp: TableComparison, width: int) -> list[Text] | None:
+    """The grid with one line per cell, its pairs split into bands that fit ``width``; None when one pair does not."""
+    rows, columns, cells = _grid(comp)
+    text = {(row, c): compact_text(comp, cells[(row, c)]) for row in rows for c in columns}
+    first = max(cell_len(r) for r in ["method", *rows])
+    widths = {c: max(cell_len(v) for v in [c, *(text[(row, c)] for row in rows)]) for c in columns}
+    bands: list[list[str]] = []
+    for c in columns:
+        if first + 2 + widths[c] > width:
+            return None
+        if bands and first + sum(2 + widths[b] for b in bands[-1]) + 2 + widths[c] <= width:
+            bands[-1].append(c)
+        else:
+            bands.append([c])
+    out = []
+    for band in bands:
+        header = Text("method".ljust(first), style="bold")
+        for c in band:
+            header.append("  " + c.rjust(widths[c]), style="bold")
+        out.append(header)
+        for row in rows:
+            line = Text(row.ljust(first), style="bold")
+            for c in band:
+                verdict = cells[(row, c)]["verdict"]
+                line.append("  " + " " * (widths[c] - cell_len(text[(row, c)])) + text[(row, c)],
+                            style=MARK_STYLES.get(verdict, "" if verdict == "inconclusive" else "dim"))
+            out.append(line)
+    return out
+
+
+def _pairs_legend(comp: TableComparison) -> str:
+    return "pairs:\n" + "\n".join(f"  {c} = {_column_header(comp, c, ' ')}" for c in dict.fromkeys(comp.cells["column"]))
+
+
+def _long(comp: TableComparison, width: int) -> list[Text]:
+    """One block per cell: its row × pair, then each of its lines (ours, paper, Δ, verdict, quantities), wrapped."""
+    rows, columns, cells = _grid(comp)
+    out = []
+    for row in rows:
+        for column_id in columns:
+            cell = cells[(row, column_id)]
+            if cell["status"] == "absent":
+                continue
+            out += _wrapped(f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold")
+            said = verdict_text(cell, comp.alpha)
+            for line in cell_lines(comp, cell):
+                out += _wrapped(line, width, "      ", MARK_STYLES.get(cell["verdict"], "") if line == said else "", "    ")
+    return out
 
 
 def to_markdown(comp: TableComparison) -> str:
