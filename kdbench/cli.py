@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from kdbench.errors import KdbenchError
+from kdbench.layout import fit
 
 app = typer.Typer(
     help=(
@@ -231,16 +232,16 @@ def status(
         from kdbench.results.status import overview
 
         if not watch:
-            console.print(overview(results, recipe, profile))
+            console.print(overview(results, recipe, profile, console.width))
             return
         import time
 
         from rich.live import Live
 
-        with Live(overview(results, recipe, profile), console=console, refresh_per_second=1) as live:
+        with Live(overview(results, recipe, profile, console.width), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
-                live.update(overview(results, recipe, profile))
+                live.update(overview(results, recipe, profile, console.width))
     except KdbenchError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -415,7 +416,7 @@ def list_recipes() -> None:
     for entry in table_catalog():
         style = {"not supported": "red", "planned": "dim"}[entry.status]
         table.add_row(entry.name, f"{entry.paper} {entry.table}", f"[{style}]{entry.status}[/]", "", "", "", entry.reason)
-    console.print(table)
+    console.print(fit(table, console.width))
     console.print(f"Methods implemented: {', '.join(methods.names())}")
 
 
@@ -438,7 +439,7 @@ def list_methods() -> None:
         table.add_row(name, methods.CATALOG[name], "the first method's loss + the second's own terms", "(params.second: the second's)")
     for name in sorted(n for n in methods.CATALOG if not methods.is_implemented(n)):
         table.add_row(name, methods.CATALOG[name], "[dim]not implemented yet[/]", "")
-    console.print(table)
+    console.print(fit(table, console.width))
 
 
 @app.command()
@@ -487,7 +488,7 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
         columns.add_column(c)
     for col in r.columns:
         columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
-    console.print(columns)
+    console.print(fit(columns, console.width))
     for key, teacher in r.teachers.items():
         if teacher.checkpoint is not None:
             console.print(f"Teacher {key} is imported: {describe_checkpoint(teacher.model, teacher.checkpoint)}", soft_wrap=True)
@@ -499,7 +500,7 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
         statuses[spec.run_id] = run_status(RunDir(results, spec.run_id))
         runs.add_row(spec.run_id, spec.method, spec.model, spec.teacher.run_id if spec.teacher else "—",
                      str(spec.seed), str(spec.train.epochs), statuses[spec.run_id])
-    console.print(runs)
+    console.print(fit(runs, console.width))
     not_impl = sorted({(c.row, c.method) for c in table_plan.cells if c.status == "not_implemented"})
     if not_impl:
         console.print("Rows planned but not implemented yet (shown as 'not implemented' in compare): "

@@ -10,17 +10,16 @@ not comparable.
 from __future__ import annotations
 
 import html
-import io
 import math
-import textwrap
 
 import pandas as pd
 from rich.cells import cell_len
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from kdbench.layout import natural_width, wrapped
 from kdbench.results.compare import CELL_COLUMNS, TableComparison, summary
 from kdbench.results.quantities import COMPUTED
 
@@ -212,32 +211,13 @@ def terminal(comp: TableComparison, width: int) -> RenderableType:
     else one line per cell (mean ± std, Δ, a verdict mark; the legend once), else one block per cell (the long
     format). Nothing is cut: text that is still too wide wraps."""
     wide = to_rich(comp)
-    if _natural_width(wide) <= width:
+    if natural_width(wide) <= width:
         return wide
     compact = _compact(comp, width)
     if compact is not None:
-        return Group(*_wrapped(title(comp), width), *compact, *_wrapped(_pairs_legend(comp), width),
-                     *_wrapped(LEGEND, width), *_wrapped(summary_text(comp), width))
-    return Group(*_wrapped(title(comp), width), *_long(comp, width), *_wrapped(summary_text(comp), width))
-
-
-def _natural_width(renderable: RenderableType) -> int:
-    """Columns ``renderable`` takes when nothing constrains it."""
-    capture = Console(width=100_000, record=True, file=io.StringIO())
-    capture.print(renderable)
-    return max((cell_len(line) for line in capture.export_text().splitlines()), default=0)
-
-
-def _wrapped(text: str, width: int, indent: str = "", style: str = "", first: str = "") -> list[Text]:
-    """``text`` as lines of at most ``width`` columns, broken at spaces (a word longer than a line gets one of its own);
-    ``first`` starts the first line, ``indent`` the others."""
-    out = []
-    for paragraph in text.split("\n"):
-        lead = first or paragraph[:len(paragraph) - len(paragraph.lstrip())]  # a paragraph's own indent is kept
-        lines = textwrap.wrap(paragraph.lstrip(), width, initial_indent=lead, subsequent_indent=indent or lead + "  ", break_long_words=False,
-                              break_on_hyphens=False)
-        out += [Text(line, style=style) for line in lines or [""]]
-    return out
+        return Group(*wrapped(title(comp), width), *compact, *wrapped(_pairs_legend(comp), width),
+                     *wrapped(LEGEND, width), *wrapped(summary_text(comp), width))
+    return Group(*wrapped(title(comp), width), *_long(comp, width), *wrapped(summary_text(comp), width))
 
 
 def compact_text(comp: TableComparison, cell: pd.Series) -> str:
@@ -296,10 +276,10 @@ def _long(comp: TableComparison, width: int) -> list[Text]:
             cell = cells[(row, column_id)]
             if cell["status"] == "absent":
                 continue
-            out += _wrapped(f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold")
+            out += wrapped(f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold")
             said = verdict_text(cell, comp.alpha)
             for line in cell_lines(comp, cell):
-                out += _wrapped(line, width, "      ", MARK_STYLES.get(cell["verdict"], "") if line == said else "", "    ")
+                out += wrapped(line, width, "      ", MARK_STYLES.get(cell["verdict"], "") if line == said else "", "    ")
     return out
 
 

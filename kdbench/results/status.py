@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.errors import KdbenchError
+from kdbench.layout import fit
 from kdbench.execute.overview import (
     STATES,
     STYLES,
@@ -78,8 +79,10 @@ def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
     return sorted(specs, key=lambda s: len(s.dependencies)), unreadable
 
 
-def overview(results: Path, recipe: str | None = None, profile: str | None = None) -> RenderableType:
-    """The summary of a table's runs (``recipe``), or of every stored run grouped by state."""
+def overview(results: Path, recipe: str | None = None, profile: str | None = None,
+             width: int | None = None) -> RenderableType:
+    """The summary of a table's runs (``recipe``), or of every stored run grouped by state (one record per run where
+    the table is wider than ``width``)."""
     if recipe is not None:
         found = table_plan(results, recipe, profile)
         rows = rows_of(results, found.ordered())
@@ -90,7 +93,8 @@ def overview(results: Path, recipe: str | None = None, profile: str | None = Non
         title = f"all runs in {results}" + (f" ({unreadable} with an unreadable spec.json not shown)" if unreadable else "")
     running = sum(r.state == "running" for r in rows)
     summary = render(title, rows, max(1, running))
-    return summary if recipe is not None else Group(summary, by_state(rows))
+    states = by_state(rows)
+    return summary if recipe is not None else Group(summary, states if width is None else fit(states, width))
 
 
 def by_state(rows: list[RunRow]) -> Table:
