@@ -226,11 +226,17 @@ def status(
     results: ResultsOpt = Path("results"),
     profile: Annotated[Optional[str], typer.Option("--profile", help="The table's profile; default: the one reproduced last.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 seconds until Ctrl-C.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print every run's state as JSON to stdout, and nothing else.")] = False,
 ) -> None:
     """Runs done / running / failed / skipped / pending, epoch x/y of each running run, and an ETA, from the results store."""
     try:
         from kdbench.results.status import overview
 
+        if json_out:
+            from kdbench.results.export import dumps, status_document
+
+            sys.stdout.write(dumps(status_document(results, recipe, profile)))
+            return
         if not watch:
             console.print(overview(results, recipe, profile, console.width))
             return
@@ -300,6 +306,9 @@ def compare(
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="CI regression mode: a stored `compare --format csv`; exit 3 if a cell regressed.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Regression mode: allowed drop in accuracy points.")] = 1.0,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Regression mode: pass even when some baseline cells are not in this comparison (by default every one must be found).")] = False,
+    pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON (a list of tables; docs/user-guide.md gives its shape) to stdout, and nothing else.")] = False,
 ) -> None:
     """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std, with a verdict per cell."""
     try:
@@ -309,8 +318,17 @@ def compare(
         if fmt not in render.FORMATS:
             raise KdbenchError(f"unknown format {fmt!r}; choose one of {', '.join(render.FORMATS)}.")
         comparisons = compare_tables(results, recipe, metric, alpha, margin)
+        if pairs or methods:
+            from kdbench.results.compare import select
+
+            comparisons = [select(c, _split(pairs), _split(methods)) for c in comparisons]
     except KdbenchError as exc:
         _fail(exc)
+    if json_out:
+        from kdbench.results.export import comparison, dumps
+
+        sys.stdout.write(dumps([comparison(c) for c in comparisons]))
+        raise typer.Exit(0 if comparisons else 1)
     if not comparisons:
         err.print(f"no reproduced tables under {results}/tables. Run `kdbench reproduce RECIPE` first, "
                   "or pass --recipe NAME to list a table's published numbers.")
@@ -449,6 +467,7 @@ def show(
     results: ResultsOpt = Path("results"),
     trials: TrialsOpt = None,
     data_dir: DataDirOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan (pairs, runs with their status) as JSON to stdout, and nothing else.")] = False,
 ) -> None:
     """Show a recipe's plan: its pairs and rows, every run with its status, and a cost estimate."""
     try:
@@ -464,6 +483,14 @@ def show(
             except KdbenchError as exc:  # show still lists the plan; reproduce refuses
                 err.print(f"warning: {exc} The run ids below do not include the data's content.", highlight=False)
         table_plan = make_plan(loaded, profile, trials=trials)
+        if json_out:
+            from kdbench.results.collect import run_status
+            from kdbench.results.export import dumps, plan_document
+            from kdbench.results.store import RunDir
+
+            statuses = {s.run_id: run_status(RunDir(results, s.run_id)) for s in table_plan.ordered()}
+            sys.stdout.write(dumps(plan_document(table_plan, statuses)))
+            return
         _print_plan(table_plan, results, data_dir)
     except KdbenchError as exc:
         _fail(exc)
