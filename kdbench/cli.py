@@ -364,6 +364,33 @@ def compare(
                   f"(tolerance {tolerance:g} points)")
 
 
+@app.command()
+def report(
+    recipe: RecipeArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    results: ResultsOpt = Path("results"),
+    metric: Annotated[Optional[str], typer.Option("--metric", help="best or last, for every cell (as compare --metric).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=0.5, help="Level of the verdicts (as compare --alpha).")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Equivalence margin δ in points (as compare --margin).")] = None,
+    pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids); repeat or comma-separate.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names).")] = None,
+) -> None:
+    """Write one self-contained HTML page of a table (no external files or URLs): the comparison with its verdicts
+    and margin, the plot, training curves per cell, every run's provenance and the protocol notes."""
+    try:
+        from kdbench.results.compare import compare as compare_tables
+        from kdbench.results.compare import select
+        from kdbench.results.report import write_report
+
+        (comp,) = compare_tables(results, recipe, metric, alpha, margin)
+        if pairs or methods:
+            comp = select(comp, _split(pairs), _split(methods))
+        written = write_report(comp, results, output)
+    except KdbenchError as exc:
+        _fail(exc)
+    err.print(f"wrote {written}")
+
+
 def _print_submission(submission) -> None:
     """One line per SLURM job (an array once), so the user can follow them with squeue."""
     def grouped(run_ids: list[str]) -> str:
