@@ -304,6 +304,9 @@ def to_markdown(comp: TableComparison) -> str:
     return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
 
 
+LATEX_MARKS = {"reproduced": r"$\surd$", "above": r"$\uparrow$", "below": r"$\downarrow$", "inconclusive": "?"}
+
+
 def _latex_escape(text: str) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("→", r"$\rightarrow$"),
                        ("±", r"$\pm$"), ("−", "$-$"), ("≤", r"$\leq$"), ("α", r"$\alpha$"), ("δ", r"$\delta$"), ("Δ", r"$\Delta$")):
@@ -329,7 +332,8 @@ def _latex_quantity(quantity: pd.Series) -> str:
 
 def to_latex(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+    lines = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule); the marks are plain LaTeX math symbols",
+             r"\begin{table}[t]", r"\centering", r"\small",
              r"\caption{" + _latex_escape(title(comp).replace("\n", " ")) + "}",
              r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
              "Method & " + " & ".join(_latex_escape(_column_header(comp, c, " ")) for c in columns) + r" \\", r"\midrule"]
@@ -340,13 +344,17 @@ def to_latex(comp: TableComparison) -> str:
             if cell["status"] == "absent":
                 parts.append("--")
                 continue
-            ours = _latex_num(cell["ours_mean"], cell["ours_std"]) if cell["n"] else _latex_escape(_ours_text(cell))
+            ours = (_latex_num(cell["ours_mean"], cell["ours_std"]) + f"$_{{n={cell['n']}}}$" if cell["n"]
+                    else _latex_escape(_ours_text(cell)))
+            ours += f" {LATEX_MARKS[cell['verdict']]}" if cell["verdict"] in LATEX_MARKS else ""
             ours += f" {_latex_escape(note)}" if (note := metric_note(comp, cell)) else ""
             extra = "".join(f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows())
             parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])}){extra}")
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}",
-              r"\par\footnotesize Ours: mean$\pm$std over trials; in parentheses: published. "
+              r"\par\footnotesize Ours: mean$\pm$std over $n$ trials; in parentheses: published. "
+              + r"$\surd$ reproduced, $\uparrow$ above, $\downarrow$ below, ? inconclusive, "
+              + _latex_escape(f"at margin δ = {comp.margin:g} points. ")
               + _latex_escape(summary_text(comp)) + ".", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
