@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from kdbench.errors import KdbenchError
-from kdbench.layout import fit
+from kdbench.layout import fit, paragraph
 
 app = typer.Typer(
     help=(
@@ -284,10 +284,12 @@ def clean(
     removed = 0
     for removal in found.removals:
         if dry_run:
-            console.print(f"would remove {describe(removal)}", highlight=False, soft_wrap=True)
+            console.print(paragraph(f"would remove {describe(removal)}", console.width), highlight=False, markup=False,
+                          soft_wrap=True)
         elif remove(removal, results):
             removed += 1
-            console.print(f"removed {describe(removal)}", highlight=False, soft_wrap=True)
+            console.print(paragraph(f"removed {describe(removal)}", console.width), highlight=False, markup=False,
+                          soft_wrap=True)
         else:
             err.print(f"left alone: {removal.run_id}: started or finished while cleaning", highlight=False)
     console.print(f"{len(found.removals)} item(s) would be removed (dry run)." if dry_run else f"{removed} item(s) removed.")

@@ -32,6 +32,12 @@ def wrapped(text: str, width: int, indent: str = "", style: str = "", first: str
     return out
 
 
+def paragraph(text: str, width: int) -> str:
+    """``text`` wrapped at spaces to ``width``, continued lines indented; a path or run id longer than a line keeps a
+    line of its own, whole (print it with ``soft_wrap=True`` so that the console neither folds nor crops it)."""
+    return "\n".join(line.plain for line in wrapped(text, width, indent="    "))
+
+
 def fit(table: Table, width: int) -> RenderableType:
     """``table`` when it fits ``width``; else its title, then per row its first cell and every other
     ``header: value`` on wrapped lines."""

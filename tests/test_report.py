@@ -107,9 +107,17 @@ def test_a_many_pair_table_splits_into_bands_of_pairs(tmp_path):
 def test_listings_fit_the_terminal_and_never_cut_a_run_id(results, command, columns):
     command = [str(results.parent / "planted.yaml") if c == "PLANTED" else c for c in command]
     options = [] if command[0] in ("list", "methods") else ["--results", str(results)]
+    failed = _fail_one(results) if command[0] == "clean" else None
     out = kdbench(*command, *options, columns=columns)
     assert out.returncode == 0, out.stderr
-    assert _widest(out.stdout) <= columns and "…" not in out.stdout
+    # A path longer than the terminal keeps a line of its own (never cut); every other line fits.
+    assert all(cell_len(line.rstrip()) <= columns or " " not in line.strip() for line in out.stdout.splitlines())
+    assert "…" not in out.stdout
+    if failed is not None:
+        assert f"would remove {results / 'runs' / failed}" in " ".join(out.stdout.split())
+        assert "1 item(s) would be removed" in out.stdout
+    else:
+        assert _widest(out.stdout) <= columns
     if command[0] == "show":
         plan_runs = json.loads(kdbench(*command, "--results", str(results), "--json").stdout)["runs"]
         assert all(r["run_id"] in out.stdout for r in plan_runs)
@@ -139,15 +147,33 @@ def test_pairs_and_methods_filter_the_comparison(results):
     assert bad.returncode == 2 and "has no pair 'zz'; it has: a, b" in bad.stderr
 
 
-def test_failed_cells_are_counted_as_failed_not_as_not_run(results):
+def _fail_one(results: Path) -> str:
+    """Turn KD × b's one finished trial into a failed run (its only trial): the cell then has no result."""
     p = plan(RECIPE, "full")
     cell = next(c for c in p.cells if (c.row, c.column) == ("KD", "b"))
     run = RunDir(results, cell.run_ids[0])
     run.result_file.unlink()
     atomic_write_json(run.failed_file, {"run_id": run.run_id, "error": "RuntimeError", "message": "boom"})
+    return run.run_id
+
+
+def test_failed_cells_are_counted_as_failed_not_as_not_run(results):
+    _fail_one(results)
     (comp,) = compare(results)
     assert summary(comp)["failed"] == 1 and summary(comp)["not run"] == 0
     assert "1 failed, 0 not run" in render.summary_text(comp)
+    assert render.compact_text(comp, comp.cells[(comp.cells["row"] == "KD") & (comp.cells["column"] == "b")].iloc[0]) == "✗ failed"
+
+
+def test_result_json_carries_the_source_commit():
+    import torch
+
+    from kdbench import train
+    from kdbench.distributed import SINGLE
+
+    spec = next(iter(plan(RECIPE, "full").specs.values()))
+    history = [{"epoch": 1, "test_top1": 50.0, "test_top5": 80.0, "images_per_s": 10.0}]
+    assert train._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"] == source_commit()
 
 
 def test_latex_is_booktabs_with_n_and_verdict_marks(results):
