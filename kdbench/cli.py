@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from kdbench.errors import KdbenchError
+from kdbench.layout import fit, paragraph
 
 app = typer.Typer(
     help=(
@@ -310,13 +311,19 @@ def status(
     profile: Annotated[Optional[str], typer.Option("--profile", help="The table's profile; default: the one reproduced last.")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 seconds until Ctrl-C.")] = False,
     teachers: TeachersOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print every run's state as JSON to stdout, and nothing else.")] = False,
 ) -> None:
     """Runs done / running / failed / skipped / pending, epoch x/y of each running run, and an ETA, from the results store."""
     try:
         from kdbench.results.status import overview
 
+        if json_out:
+            from kdbench.results.export import dumps, status_document
+
+            sys.stdout.write(dumps(status_document(results, recipe, profile, teachers)))
+            return
         if not watch:
-            console.print(overview(results, recipe, profile, teachers))
+            console.print(overview(results, recipe, profile, teachers, console.width))
             return
         import time
 
@@ -333,10 +340,10 @@ def status(
                     console.print(line, highlight=False, soft_wrap=True, markup=False)
                 time.sleep(2)
 
-        with Live(overview(results, recipe, profile, teachers), console=console, refresh_per_second=1) as live:
+        with Live(overview(results, recipe, profile, teachers, console.width), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
-                live.update(overview(results, recipe, profile, teachers))
+                live.update(overview(results, recipe, profile, teachers, console.width))
     except KdbenchError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -373,10 +380,12 @@ def clean(
     removed = 0
     for removal in found.removals:
         if dry_run:
-            console.print(f"would remove {describe(removal)}", highlight=False, soft_wrap=True)
+            console.print(paragraph(f"would remove {describe(removal)}", console.width), highlight=False, markup=False,
+                          soft_wrap=True)
         elif remove(removal, results):
             removed += 1
-            console.print(f"removed {describe(removal)}", highlight=False, soft_wrap=True)
+            console.print(paragraph(f"removed {describe(removal)}", console.width), highlight=False, markup=False,
+                          soft_wrap=True)
         else:
             err.print(f"left alone: {removal.run_id}: started or finished while cleaning", highlight=False)
     console.print(f"{len(found.removals)} item(s) would be removed (dry run)." if dry_run else f"{removed} item(s) removed.")
@@ -396,6 +405,9 @@ def compare(
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Regression mode: allowed drop in accuracy points.")] = 1.0,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Regression mode: pass even when some baseline cells are not in this comparison (by default every one must be found).")] = False,
     teachers: TeachersOpt = None,
+    pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names); repeat or comma-separate.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON (a list of tables; docs/user-guide.md gives its shape) to stdout, and nothing else.")] = False,
 ) -> None:
     """Print each reproduced table in the paper's layout: ours (mean ± std, n) beside the published mean ± std, with a verdict per cell."""
     try:
@@ -407,8 +419,17 @@ def compare(
         _check_output(output, "--output")
         _check_output(plot, "--plot", makes_folder=True)  # results/plot.py creates its folder
         comparisons = compare_tables(results, recipe, metric, alpha, margin, teachers=teachers)
+        if pairs or methods:
+            from kdbench.results.compare import select
+
+            comparisons = [select(c, _split(pairs), _split(methods)) for c in comparisons]
     except KdbenchError as exc:
         _fail(exc)
+    if json_out:
+        from kdbench.results.export import comparison, dumps
+
+        sys.stdout.write(dumps([comparison(c) for c in comparisons]))
+        raise typer.Exit(0 if comparisons else 1)
     if not comparisons:
         err.print(f"no reproduced tables under {results}/tables. Run `kdbench reproduce RECIPE` first, "
                   "or pass --recipe NAME to list a table's published numbers.")
@@ -452,6 +473,33 @@ def compare(
                   f"(tolerance {tolerance:g} points)")
 
 
+@app.command()
+def report(
+    recipe: RecipeArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    results: ResultsOpt = Path("results"),
+    metric: Annotated[Optional[str], typer.Option("--metric", help="best or last, for every cell (as compare --metric).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=0.5, help="Level of the verdicts (as compare --alpha).")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Equivalence margin δ in points (as compare --margin).")] = None,
+    pairs: Annotated[Optional[list[str]], typer.Option("--pairs", help="Only these columns (pair ids); repeat or comma-separate.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these rows (row labels or method names).")] = None,
+) -> None:
+    """Write one self-contained HTML page of a table (no external files or URLs): the comparison with its verdicts
+    and margin, the plot, training curves per cell, every run's provenance and the protocol notes."""
+    try:
+        from kdbench.results.compare import compare as compare_tables
+        from kdbench.results.compare import select
+        from kdbench.results.report import write_report
+
+        (comp,) = compare_tables(results, recipe, metric, alpha, margin)
+        if pairs or methods:
+            comp = select(comp, _split(pairs), _split(methods))
+        written = write_report(comp, results, output)
+    except KdbenchError as exc:
+        _fail(exc)
+    err.print(f"wrote {written}")
+
+
 def _print_submission(submission) -> None:
     """One line per SLURM job (an array once), so the user can follow them with squeue."""
     def grouped(run_ids: list[str]) -> str:
@@ -474,7 +522,7 @@ def _print_tables(comparisons, fmt: str, output: Optional[Path]) -> None:
 
     if fmt == "table" and output is None:
         for comp in comparisons:
-            console.print(render.to_rich(comp))
+            console.print(render.terminal(comp, console.width))
         return
     renderers = {"markdown": render.to_markdown, "latex": render.to_latex, "html": render.to_html, "table": _plain_table}
     text = render.to_csv(comparisons) if fmt == "csv" else "\n".join(renderers[fmt](c) for c in comparisons)
@@ -491,7 +539,7 @@ def _plain_table(comp) -> str:
     from kdbench.results import render
 
     capture = Console(width=200, record=True, file=io.StringIO())
-    capture.print(render.to_rich(comp))
+    capture.print(render.terminal(comp, 200))
     return capture.export_text()
 
 
@@ -522,7 +570,7 @@ def list_recipes() -> None:
     for entry in table_catalog():
         style = {"not supported": "red", "planned": "dim"}[entry.status]
         table.add_row(entry.name, f"{entry.paper} {entry.table}", f"[{style}]{entry.status}[/]", "", "", "", entry.reason)
-    console.print(table)
+    console.print(fit(table, console.width))
     console.print(f"Methods implemented: {', '.join(methods.names())}")
 
 
@@ -545,7 +593,7 @@ def list_methods() -> None:
         table.add_row(name, source, "the first method's loss + the second's own terms", "(params.second: the second's)")
     for name, source in sorted((n, s) for n, s in methods.NOT_IMPLEMENTED.items() if not methods.is_implemented(n)):
         table.add_row(name, source, "[dim]not implemented yet[/]", "")
-    console.print(table)
+    console.print(fit(table, console.width))
 
 
 @app.command()
@@ -557,13 +605,13 @@ def show(
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     teachers: TeachersOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan (pairs, runs with their status) as JSON to stdout, and nothing else.")] = False,
 ) -> None:
     """Show a recipe's plan: its pairs and rows, every run with its status, and a cost estimate."""
     try:
+        from kdbench.data.identity import identified
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
-
-        from kdbench.data.identity import identified
 
         loaded = load_recipe(recipe, set_ or ()).with_teacher_source(teachers)
         if profile != "smoke":
@@ -572,6 +620,14 @@ def show(
             except KdbenchError as exc:  # show still lists the plan; reproduce refuses
                 err.print(f"warning: {exc} The run ids below do not include the data's content.", highlight=False)
         table_plan = make_plan(loaded, profile, trials=trials)
+        if json_out:
+            from kdbench.results.collect import run_status
+            from kdbench.results.export import dumps, plan_document
+            from kdbench.results.store import RunDir
+
+            statuses = {s.run_id: run_status(RunDir(results, s.run_id)) for s in table_plan.ordered()}
+            sys.stdout.write(dumps(plan_document(table_plan, statuses)))
+            return
         _print_plan(table_plan, results, data_dir)
     except KdbenchError as exc:
         _fail(exc)
@@ -596,7 +652,7 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
         columns.add_column(c)
     for col in r.columns:
         columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
-    console.print(columns)
+    console.print(fit(columns, console.width))
     console.print(f"Teachers: {r.teacher_source} (--teachers released|trained)", highlight=False)
     console.print(f"Precision: the authors computed in {r.protocol.precision}; --precision {r.protocol.precision} matches it "
                   "(default on CUDA: bf16 autocast, recorded with every result)", highlight=False, soft_wrap=True)
@@ -613,7 +669,7 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
         statuses[spec.run_id] = run_status(RunDir(results, spec.run_id))
         runs.add_row(spec.run_id, spec.method, spec.model, spec.teacher.run_id if spec.teacher else "—",
                      str(spec.seed), str(spec.train.epochs), statuses[spec.run_id])
-    console.print(runs)
+    console.print(fit(runs, console.width))
     not_impl = sorted({(c.row, c.method) for c in table_plan.cells if c.status == "not_implemented"})
     if not_impl:
         console.print("Rows planned but not implemented yet (shown as 'not implemented' in compare): "

@@ -42,6 +42,7 @@ from kdbench.models.base import KDModel
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
 from kdbench.results import curves
+from kdbench.provenance import source_commit
 from kdbench.results.store import RUN_ID, RunDir, RunLocked, WriteFailed, atomic_write_json, read_json
 
 log = logging.getLogger("kdbench.train")
@@ -550,6 +551,7 @@ def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.devic
         # Not in the spec: results depend on it only through per-process BatchNorm statistics.
         "world_size": group.world,
         "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "kdbench_commit": source_commit(),  # None unless kdbench runs from a git checkout
     }
 
 

@@ -13,8 +13,7 @@ the recipe's ``margin``, else ``verdict.DEFAULT_MARGIN``.
 from __future__ import annotations
 
 import dataclasses
-
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -228,14 +227,36 @@ def _std(values: list[float]) -> float:
 
 
 def summary(comp: TableComparison) -> dict[str, int]:
-    """Cells per outcome: reproduced, not reproduced (above/below), inconclusive, not run (incl. failed)."""
+    """Cells per outcome: reproduced, not reproduced (above/below), inconclusive, failed (no finished trial, a failed
+    one), not run (nothing run, or not implemented)."""
     v = comp.cells["verdict"]
     return {
         "reproduced": int((v == "reproduced").sum()),
         "not reproduced": int(v.isin(["above", "below"]).sum()),
         "inconclusive": int((v == "inconclusive").sum()),
-        "not run": int(v.isin(["not run", "failed", "partial", "not implemented"]).sum()),
+        "failed": int((v == "failed").sum()),
+        "not run": int(v.isin(["not run", "not implemented"]).sum()),
     }
+
+
+def select(comp: TableComparison, pairs: list[str] | None = None, rows: list[str] | None = None) -> TableComparison:
+    """Only the cells of these pairs (column ids) and rows (row labels or method names), as ``compare --pairs/--methods``."""
+    cells, extra = comp.cells, comp.quantities
+    if pairs:
+        _known(pairs, list(dict.fromkeys(cells["column"])), "pair", comp.recipe.name)
+        cells, extra = cells[cells["column"].isin(pairs)], extra[extra["column"].isin(pairs)]
+    if rows:
+        _known(rows, list(dict.fromkeys([*cells["row"], *cells["method"]])), "row or method", comp.recipe.name)
+        cells = cells[cells["row"].isin(rows) | cells["method"].isin(rows)]
+        extra = extra[extra["row"].isin(set(cells["row"]))]
+    return replace(comp, cells=cells.reset_index(drop=True), quantities=extra.reset_index(drop=True))
+
+
+def _known(wanted: list[str], known: list[str], what: str, recipe: str) -> None:
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise KdbenchError(f"{recipe} has no {what} {', '.join(map(repr, unknown))}; it has: {', '.join(known)} "
+                           f"(see `kdbench show {recipe}`).")
 
 
 def _status(plan_status: str, n_done: int, n_planned: int, n_failed: int) -> str:

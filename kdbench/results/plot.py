@@ -20,8 +20,11 @@ def plot(comparisons: list[TableComparison], path: Path) -> Path:
 
     n_cols = max(c.cells["column"].nunique() for c in comparisons)
     n_rows_max = max(c.cells["row"].nunique() for c in comparisons)
-    fig, axes = plt.subplots(len(comparisons), n_cols, squeeze=False, sharey="row",
-                             figsize=(2.6 * n_cols + 1.5, (0.35 * n_rows_max + 1.4) * len(comparisons)))
+    width = 2.6 * n_cols + 1.5
+    legend_rows = math.ceil(6 / max(1, min(6, int(width / 2.1))))  # the legend's 6 entries, ~2.1 in each
+    panel_height = 0.35 * n_rows_max + 1.4
+    height = panel_height * len(comparisons) + 0.25 * legend_rows + 0.3
+    fig, axes = plt.subplots(len(comparisons), n_cols, squeeze=False, sharey="row", figsize=(width, height))
     for table_axes, comp in zip(axes, comparisons):
         rows = list(dict.fromkeys(comp.cells["row"]))
         for ax, (column_id, cells) in zip(table_axes, comp.cells.groupby("column", sort=False)):
@@ -44,16 +47,19 @@ def plot(comparisons: list[TableComparison], path: Path) -> Path:
         for ax in table_axes[comp.cells["column"].nunique():]:
             ax.set_visible(False)
         note = "" if comp.profile == "full" else f" — {comp.profile} profile, not comparable"
-        label = table_axes[0].annotate(f"{comp.recipe.name} ({comp.metric} epoch; δ = {comp.margin:g}){note}", (0, 1.18),
-                                       xycoords="axes fraction", fontsize=9, weight="bold")
+        # Above the panels' two-line titles (8 pt each), not over them.
+        label = table_axes[0].annotate(f"{comp.recipe.name} ({comp.metric} epoch; δ = {comp.margin:g}){note}", (0, 1),
+                                       xycoords="axes fraction", xytext=(0, 30), textcoords="offset points",
+                                       fontsize=9, weight="bold")
         label.set_in_layout(False)
     handles = [plt.Line2D([], [], marker="D", mfc="white", color="0.35", ls="", label="paper (mean ± std)"),
                plt.Line2D([], [], color="0.35", lw=7, alpha=0.15, label="paper ± δ (reproduced: our CI inside)")]
     handles += [plt.Line2D([], [], marker="o", color=c, ls="", label=f"ours: {v}") for v, c in COLORS.items()]
     handles += [plt.Line2D([], [], marker="o", color="0.6", ls="", label="ours: inconclusive")]
-    legend = fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    legend = fig.legend(handles=handles, loc="lower center", ncol=math.ceil(len(handles) / legend_rows), fontsize=8,
+                        frameon=False)
     legend.set_in_layout(False)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.88), h_pad=4.0)
+    fig.tight_layout(rect=(0, (0.25 * legend_rows + 0.1) / height, 1, 1 - 0.55 / height), h_pad=4.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

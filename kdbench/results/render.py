@@ -13,9 +13,13 @@ import html
 import math
 
 import pandas as pd
+from rich.cells import cell_len
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from kdbench.layout import natural_width, wrapped
 from kdbench.results.compare import CELL_COLUMNS, TableComparison, is_mixed_precision, summary
 from kdbench.results.quantities import COMPUTED
 
@@ -201,6 +205,91 @@ def to_rich(comp: TableComparison) -> Table:
     return table
 
 
+MARKS = {"reproduced": "✓", "above": "▲", "below": "▼", "inconclusive": "?", "failed": "✗", "not run": "·",
+         "not implemented": "n/i", "no published number": "—"}
+MARK_STYLES = {"reproduced": "green", "above": "cyan", "below": "red", "failed": "red"}
+LEGEND = ("marks: ✓ reproduced (our CI of ours − paper inside ±δ), ▲ above / ▼ below (beyond it, significant), "
+          "? inconclusive, ✗ failed, · not run, n/i not implemented, — no published number; † the cell reads another "
+          "epoch than the title; Δ = ours − paper. Each cell: mean ± std over trials, Δ, mark.")
+
+
+def terminal(comp: TableComparison, width: int) -> RenderableType:
+    """The comparison for a terminal ``width`` columns wide: the paper's grid with every cell's full text when it fits,
+    else one line per cell (mean ± std, Δ, a verdict mark; the legend once), else one block per cell (the long
+    format). Nothing is cut: text that is still too wide wraps."""
+    wide = to_rich(comp)
+    if natural_width(wide) <= width:
+        return wide
+    compact = _compact(comp, width)
+    if compact is not None:
+        return Group(*wrapped(title(comp), width), *compact, *wrapped(_pairs_legend(comp), width),
+                     *wrapped(LEGEND, width), *wrapped(summary_text(comp), width))
+    return Group(*wrapped(title(comp), width), *_long(comp, width), *wrapped(summary_text(comp), width))
+
+
+def compact_text(comp: TableComparison, cell: pd.Series) -> str:
+    """A cell on one line: '70.05±0.13 +0.05 ✓', '71.30 +0.30 ? [1/4]', 'failed ✗', '–' (no such cell)."""
+    if cell["status"] == "absent":
+        return "–"
+    mark = MARKS.get(cell["verdict"], "")
+    if cell["n"] == 0:
+        return {"not implemented": "n/i", "failed": "✗ failed"}.get(cell["status"], "·")
+    ours = f"{cell['ours_mean']:.2f}" + ("" if math.isnan(cell["ours_std"]) else f"±{cell['ours_std']:.2f}")
+    delta = f" {delta_text(cell)}" if delta_text(cell) else ""
+    partial = f" [{cell['n']}/{cell['n_planned']}]" if cell["n"] < cell["n_planned"] else ""
+    return f"{ours}{delta} {mark}{' †' if metric_note(comp, cell) else ''}{partial}"
+
+
+def _compact(comp: TableComparison, width: int) -> list[Text] | None:
+    """The grid with one line per cell, its pairs split into bands that fit ``width``; None when one pair does not."""
+    rows, columns, cells = _grid(comp)
+    text = {(row, c): compact_text(comp, cells[(row, c)]) for row in rows for c in columns}
+    first = max(cell_len(r) for r in ["method", *rows])
+    widths = {c: max(cell_len(v) for v in [c, *(text[(row, c)] for row in rows)]) for c in columns}
+    bands: list[list[str]] = []
+    for c in columns:
+        if first + 2 + widths[c] > width:
+            return None
+        if bands and first + sum(2 + widths[b] for b in bands[-1]) + 2 + widths[c] <= width:
+            bands[-1].append(c)
+        else:
+            bands.append([c])
+    out = []
+    for band in bands:
+        header = Text("method".ljust(first), style="bold")
+        for c in band:
+            header.append("  " + c.rjust(widths[c]), style="bold")
+        out.append(header)
+        for row in rows:
+            line = Text(row.ljust(first), style="bold")
+            for c in band:
+                verdict = cells[(row, c)]["verdict"]
+                line.append("  " + " " * (widths[c] - cell_len(text[(row, c)])) + text[(row, c)],
+                            style=MARK_STYLES.get(verdict, "" if verdict == "inconclusive" else "dim"))
+            out.append(line)
+    return out
+
+
+def _pairs_legend(comp: TableComparison) -> str:
+    return "pairs:\n" + "\n".join(f"  {c} = {_column_header(comp, c, ' ')}" for c in dict.fromkeys(comp.cells["column"]))
+
+
+def _long(comp: TableComparison, width: int) -> list[Text]:
+    """One block per cell: its row × pair, then each of its lines (ours, paper, Δ, verdict, quantities), wrapped."""
+    rows, columns, cells = _grid(comp)
+    out = []
+    for row in rows:
+        for column_id in columns:
+            cell = cells[(row, column_id)]
+            if cell["status"] == "absent":
+                continue
+            out += wrapped(f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold")
+            said = verdict_text(cell, comp.alpha)
+            for line in cell_lines(comp, cell):
+                out += wrapped(line, width, "      ", MARK_STYLES.get(cell["verdict"], "") if line == said else "", "    ")
+    return out
+
+
 def to_markdown(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
     lines = [f"**{title(comp)}**".replace("\n", "  \n"), "",
@@ -220,6 +309,9 @@ def to_markdown(comp: TableComparison) -> str:
             parts.append(f"{ours_text(comp, cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}")
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
+
+
+LATEX_MARKS = {"reproduced": r"$\surd$", "above": r"$\uparrow$", "below": r"$\downarrow$", "inconclusive": "?"}
 
 
 def _latex_escape(text: str) -> str:
@@ -247,7 +339,8 @@ def _latex_quantity(quantity: pd.Series) -> str:
 
 def to_latex(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+    lines = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule); the marks are plain LaTeX math symbols",
+             r"\begin{table}[t]", r"\centering", r"\small",
              r"\caption{" + _latex_escape(title(comp).replace("\n", " ")) + "}",
              r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
              "Method & " + " & ".join(_latex_escape(_column_header(comp, c, " ")) for c in columns) + r" \\", r"\midrule"]
@@ -258,13 +351,17 @@ def to_latex(comp: TableComparison) -> str:
             if cell["status"] == "absent":
                 parts.append("--")
                 continue
-            ours = _latex_num(cell["ours_mean"], cell["ours_std"]) if cell["n"] else _latex_escape(_ours_text(cell))
+            ours = (_latex_num(cell["ours_mean"], cell["ours_std"]) + f"$_{{n={cell['n']}}}$" if cell["n"]
+                    else _latex_escape(_ours_text(cell)))
+            ours += f" {LATEX_MARKS[cell['verdict']]}" if cell["verdict"] in LATEX_MARKS else ""
             ours += f" {_latex_escape(note)}" if (note := metric_note(comp, cell)) else ""
             extra = "".join(f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows())
             parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])}){extra}")
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}",
-              r"\par\footnotesize Ours: mean$\pm$std over trials; in parentheses: published. "
+              r"\par\footnotesize Ours: mean$\pm$std over $n$ trials; in parentheses: published. "
+              + r"$\surd$ reproduced, $\uparrow$ above, $\downarrow$ below, ? inconclusive, "
+              + _latex_escape(f"at margin δ = {comp.margin:g} points. ")
               + _latex_escape(summary_text(comp)) + ".", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.errors import KdbenchError
+from kdbench.layout import fit
 from kdbench.execute.overview import (
     STATES,
     STYLES,
@@ -95,9 +96,10 @@ def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
 
 
 def overview(results: Path, recipe: str | None = None, profile: str | None = None,
-             teachers: str | None = None) -> RenderableType:
-    """The summary of a table's runs (``recipe``), or of every stored run grouped by state.
-    ``teachers``: plan the table with its teachers from this source (released/trained) instead of the recorded one."""
+             teachers: str | None = None, width: int | None = None) -> RenderableType:
+    """The summary of a table's runs (``recipe``), or of every stored run grouped by state (one record per run where
+    the table is wider than ``width``). ``teachers``: plan the table with its teachers from this source
+    (released/trained) instead of the recorded one."""
     if recipe is not None:
         found = table_plan(results, recipe, profile, teachers)
         rows = rows_of(results, found.ordered())
@@ -109,9 +111,13 @@ def overview(results: Path, recipe: str | None = None, profile: str | None = Non
     running = sum(r.state == "running" for r in rows)
     summary = render(title, rows, max(1, running))
     if recipe is None:
-        return Group(summary, by_state(rows))
+        states = by_state(rows)
+        return Group(summary, states if width is None else fit(states, width))
     noted = [r for r in rows if r.note and r.state != "running"]  # why runs failed, were skipped, are unverified
-    return Group(summary, by_state(noted)) if noted else summary
+    if not noted:
+        return summary
+    states = by_state(noted)
+    return Group(summary, states if width is None else fit(states, width))
 
 
 def changes(results: Path, recipe: str | None, profile: str | None, seen: dict[str, tuple],
