@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.download import exclusive, extract, fetch, md5sum
+from kdbench.data.download import extract, fetch, md5sum
 from kdbench.errors import KdbenchError
+from kdbench.results.store import file_lock
 
 CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
@@ -103,7 +104,7 @@ def prepare_cifar(name: str, data_dir: Path) -> None:
     spec = CIFAR_SPECS[name]
     folder = data_dir / spec.folder
     try:
-        with exclusive(data_dir / f".{spec.archive}.lock"):
+        with file_lock(data_dir / f".{spec.archive}.lock"):
             if _missing(name, folder):
                 _download(spec, data_dir)
     except KdbenchError as error:

@@ -1,13 +1,13 @@
-"""One download of one archive, whatever the number of processes asking: a lock, a stall timeout, progress, md5.
+"""One download of one archive: a stall timeout, progress, an md5 check, and an atomic rename into place.
 
 Several runs (or two ``reproduce`` processes) that need the same missing dataset used to download it each on
-its own, into the same temp file. Here the first to take ``<dest>.lock`` downloads into its own temp file and
-renames it into place after the md5 check; the others wait on the lock and then find the file.
+its own, into the same temp file. Now the caller holds a lock on ``<data>/.<archive>.lock``
+(``results.store.file_lock``, see ``data/cifar.py``): the first downloads into its own temp file and renames it
+into place after the md5 check; the others wait on the lock and then find the file.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -23,18 +23,6 @@ from kdbench.errors import KdbenchError
 # A read that brings no byte for this long fails the download (a black-holed proxy, a dead connection).
 STALL_TIMEOUT_S = float(os.environ.get("KDBENCH_DOWNLOAD_TIMEOUT", "60"))
 _CHUNK = 1 << 16
-
-
-@contextmanager
-def exclusive(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``lock_file`` (created if needed) for the block."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fetch(url: str, dest: Path, md5: str, *, timeout_s: float | None = None, label: str = "") -> Path:
