@@ -2,9 +2,9 @@
 # Bring up a one-node Slurm cluster on this machine for the `slurm` tests (Debian/Ubuntu, root, no systemd).
 #
 # Installs Debian's Slurm + munge and, for job accounting, slurmdbd + MariaDB: submitit reads job states
-# through sacct, and without accounting a cancelled job's result() never returns (../shared/specs/distributed.md
-# §1.5). The node declares NGPU fake GPUs (character devices with /dev/null's numbers: slurmd rejects plain
-# files) and FAKE_CPUS CPUs (SlurmdParameters=config_overrides), so the GPUs are what limits concurrency.
+# through sacct, and without accounting a cancelled job's result() never returns (submitit issue
+# #1720; docs/references.md, "Cluster and multi-process notes"). The node declares NGPU fake GPUs
+# (character devices with /dev/null's numbers: slurmd rejects plain files) and FAKE_CPUS CPUs (SlurmdParameters=config_overrides), so the GPUs are what limits concurrency.
 # No cgroups (they cannot be written in a sandboxed kernel): proctrack/linuxproc + task/none.
 # Every daemon binds loopback and writes a PID file under /run; .ci/slurm-down.sh stops them by those files.
 # Re-running it restarts the cluster. Packages are only ever installed, never purged.

@@ -312,7 +312,7 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
 
 
 def malloc_note(report: BenchReport) -> str:
-    """Whether the glibc malloc settings of specs/performance.md §5 were in this process's environment."""
+    """Whether the glibc malloc settings of docs/references.md §Performance notes were in this process's environment."""
     if all(report.malloc_env.get(k) for k in CPU_MALLOC_ENV):
         return "glibc malloc settings: set (" + ", ".join(f"{k}={v}" for k, v in report.malloc_env.items()) + ")"
     hint = " ".join(f"{k}={v}" for k, v in CPU_MALLOC_ENV.items())

@@ -51,7 +51,7 @@ COMPILE_MIN_STEPS = 100_000
 RECOMPILE_LIMIT = 24
 # The torch.compile backend of every run: Inductor (tests put a cheaper one, e.g. "aot_eager", or a failing one here).
 BACKEND: str | Callable[..., Any] = "inductor"
-# glibc malloc settings that stop every CPU step from re-mmapping its activations (specs/performance.md §5).
+# glibc malloc settings that stop every CPU step from re-mmapping its activations (docs/references.md §Performance notes).
 CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 

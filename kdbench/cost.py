@@ -2,7 +2,7 @@
 
 Forward FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image;
 training is taken as 3 × forward (its backward count is wrong for grouped convolutions in
-torch 2.13, see specs/performance.md §2). The floor assumes 100 % of an H100's dense bf16 peak:
+torch 2.13, see docs/references.md §Performance notes). The floor assumes 100 % of an H100's dense bf16 peak:
 a lower bound, not a prediction. The estimate comes from measured throughput: finished runs under the
 results directory and `kdbench bench` records (results/bench/), per device (:func:`estimate_by_device`).
 """

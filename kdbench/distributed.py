@@ -4,7 +4,7 @@ training loop needs (gradient averaging, rank-0 state broadcast, metric sums, ba
 Ranks come from torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``),
 else from SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; one task per GPU). Without
 either, or with a world of one, :func:`init` returns the single-process group, whose collectives do
-nothing. Backend: NCCL on CUDA, gloo on CPU (specs/distributed.md §4–§5).
+nothing. Backend: NCCL on CUDA, gloo on CPU (torch.distributed's own advice).
 """
 
 from __future__ import annotations

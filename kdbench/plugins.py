@@ -7,7 +7,7 @@ Three entry-point groups (docs/method-authoring.md, "Methods in your own package
   the usual decorators (:func:`kdbench.methods.register`, :func:`kdbench.models.register`), and a
   callable is then called with no arguments.
 * ``kdbench.recipes``: a package whose directory holds recipe YAML files (read with
-  ``importlib.resources``), searched beside ``recipes/`` (see :func:`kdbench.recipe.recipe_files`).
+  ``importlib.resources``), searched beside ``kdbench/recipes/`` (see :func:`kdbench.recipe.recipe_files`).
 
 Each group is loaded once per process, lazily, at the first lookup of its registry, so commands that
 never look a method up never import a plugin. A plugin that fails to import, or registers a name a

@@ -8,6 +8,7 @@ Every error names the file, the key path, the line and, for unknown keys, the ne
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kdbench import recipe_overrides
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The shipped recipes are package data (pyproject.toml [tool.setuptools.package-data]), so an installed wheel has them.
+RECIPES_DIR = Path(str(importlib.resources.files("kdbench") / "recipes"))
 RECIPES_ENV = "KDBENCH_RECIPES"  # more recipe directories, os.pathsep-separated (kdbench --recipes DIR)
 PROFILES = ("full", "ci", "smoke")
 # Bounds that no real table comes near (the seed papers: ≤ 5 trials, ≤ 240 epochs) but that stop a typo such as
@@ -457,7 +459,7 @@ class Recipe(_Strict):
 
 
 class CatalogEntry(_Strict):
-    """A seed-paper table without a recipe file, and why (``recipes/catalog.yaml``)."""
+    """A seed-paper table without a recipe file, and why (``kdbench/recipes/catalog.yaml``)."""
 
     name: str
     paper: str
@@ -470,7 +472,7 @@ CATALOG_FILE = RECIPES_DIR / "catalog.yaml"
 
 
 def table_catalog() -> list[CatalogEntry]:
-    """The tables listed in ``recipes/catalog.yaml`` that have no recipe file."""
+    """The tables listed in ``kdbench/recipes/catalog.yaml`` that have no recipe file."""
     data = yaml.safe_load(CATALOG_FILE.read_text()) if CATALOG_FILE.is_file() else {"tables": []}
     have = recipe_files()
     try:
@@ -481,7 +483,7 @@ def table_catalog() -> list[CatalogEntry]:
 
 
 def recipe_files() -> dict[str, Path]:
-    """Recipe name → file, for every recipe shipped under ``recipes/``, in a ``$KDBENCH_RECIPES`` directory
+    """Recipe name → file, for every recipe shipped under ``kdbench/recipes/``, in a ``$KDBENCH_RECIPES`` directory
     (``kdbench --recipes DIR``) or in an installed plugin's ``kdbench.recipes`` package. A name two files
     declare is an error naming both, so a plugin cannot silently replace a shipped table."""
     found: dict[str, Path] = {}
@@ -499,11 +501,11 @@ def recipe_files() -> dict[str, Path]:
 
 
 def recipe_dirs() -> list[tuple[Path, str]]:
-    """(directory, origin) searched for recipes: ``recipes/``, then each ``$KDBENCH_RECIPES`` directory
+    """(directory, origin) searched for recipes: ``kdbench/recipes/``, then each ``$KDBENCH_RECIPES`` directory
     (``os.pathsep``-separated; ``kdbench --recipes DIR`` sets it), then the plugins' (kdbench/plugins.py)."""
     from kdbench import plugins
 
-    dirs = [(RECIPES_DIR, "kdbench's recipes/")]
+    dirs = [(RECIPES_DIR, "kdbench's recipes")]
     for entry in filter(None, os.environ.get(RECIPES_ENV, "").split(os.pathsep)):
         directory = Path(entry).expanduser()
         if not directory.is_dir():

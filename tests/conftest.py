@@ -24,7 +24,7 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def one_thread() -> Iterator[None]:
     """In-process tests run torch on one thread: their tensors are tiny, and on a busy 2-core
-    machine OpenMP's spinning threads make small ops tens of times slower (specs/deps.md §3)."""
+    machine OpenMP's spinning threads make small ops tens of times slower (docs/references.md §Dependencies' side effects)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

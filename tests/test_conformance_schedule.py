@@ -3,7 +3,7 @@
 The expectations below are written by hand from the authors' released training code (file:line in each
 ``Protocol.source``) and the papers, not read from the recipes: epochs, batch, base LR per student, the LR at
 every epoch boundary of the schedule, momentum, Nesterov, weight decay and which parameters it applies to.
-Every recipe in ``recipes/`` must have an entry here, so a new recipe states its protocol before it ships.
+Every recipe in ``kdbench/recipes/`` must have an entry here, so a new recipe states its protocol before it ships.
 DIST's released scheduler (per-iteration StepLR after a flat "warm-up") is simulated iteration by iteration
 and compared with kdbench's per-epoch LR.
 """

@@ -415,7 +415,7 @@ def semckd_loss(r, s, t, b):
 
 @dataclass(frozen=True)
 class Case:
-    recipe: str  # its file under recipes/
+    recipe: str  # its file under kdbench/recipes/
     row: str
     weights: dict  # the loss weights of the authors' scripts, checked against the resolved spec
     reference: Callable

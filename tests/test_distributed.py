@@ -26,7 +26,7 @@ from kdbench.errors import KdbenchError
 from kdbench.launch import free_port
 from kdbench.models.base import Features, KDModel
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
-from kdbench.recipe import Training
+from kdbench.recipe import RECIPES_DIR, Training
 from kdbench.results.store import RunDir, atomic_write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def test_loss_chunk_is_in_the_spec_only_for_methods_with_batch_dependent_losses(
     assert small_spec(loss_chunk=16).run_id != small_spec().run_id
     with pytest.raises(ValueError, match="must divide batch_size"):
         Training(epochs=1, batch_size=256, lr=0.1, loss_chunk=48)
-    recipe_file = REPO / "recipes" / "dist" / "table5.yaml"
+    recipe_file = RECIPES_DIR / "dist" / "table5.yaml"
     if not recipe_file.is_file():
         pytest.skip(f"{recipe_file} not found")
     from kdbench.recipe import load_recipe
@@ -175,7 +175,7 @@ def test_bn_chunk_is_in_the_spec_of_every_method_and_scales_with_the_profile():
         Training(epochs=1, batch_size=256, lr=0.1, bn_chunk=48)
     from kdbench.recipe import load_recipe
 
-    recipe = load_recipe(REPO / "recipes" / "dist" / "table5.yaml")
+    recipe = load_recipe(RECIPES_DIR / "dist" / "table5.yaml")
     chunked = recipe.model_copy(update={"training": recipe.training.model_copy(update={"bn_chunk": recipe.training.batch_size // 4})})
     full, smoke = plan(chunked, "full"), plan(chunked, "smoke")
     assert {s.train.bn_chunk for s in full.specs.values()} == {recipe.training.batch_size // 4}  # teachers and students

@@ -22,7 +22,7 @@ import yaml
 from kdbench.cli import app
 from kdbench.methods import base
 from kdbench.plan import plan
-from kdbench.recipe import Recipe, load_recipe
+from kdbench.recipe import RECIPES_DIR, Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = [ROOT / "docs" / name for name in
@@ -139,7 +139,7 @@ def test_method_guide_row_loads_from_a_recipe_file(example_method, tmp_path):
     method needs no other list (it used to be refused as not in a hand-kept catalogue)."""
     row = next(body for lang, body in FENCE.findall(METHOD_GUIDE.read_text(encoding="utf-8"))
                if lang == "yaml" and body.lstrip().startswith("- label: EmbedMSE"))
-    data = yaml.safe_load((ROOT / "recipes" / "simkd" / "table1.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((RECIPES_DIR / "simkd" / "table1.yaml").read_text(encoding="utf-8"))
     data["rows"] = yaml.safe_load(row)
     path = tmp_path / "embed.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -147,7 +147,7 @@ def test_method_guide_row_loads_from_a_recipe_file(example_method, tmp_path):
     assert cell.status == "planned" and cell.method == "embed-mse"
 
 
-@pytest.mark.parametrize("example", ["recipes/mine/minimal.yaml", "recipes/mine/full.yaml"])
+@pytest.mark.parametrize("example", ["kdbench/recipes/mine/minimal.yaml", "kdbench/recipes/mine/full.yaml"])
 def test_recipe_guide_examples_load_and_plan(example, tmp_path):
     path = tmp_path / Path(example).name
     path.write_text(_code_blocks(RECIPE_GUIDE)[example], encoding="utf-8")

@@ -26,7 +26,7 @@ from kdbench.results.collect import collect
 from kdbench.results.store import CorruptedFile, RunDir, RunLocked, WriteFailed, atomic_write_json, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = "recipes/simkd/table1.yaml"
+RECIPE = "kdbench/recipes/simkd/table1.yaml"
 PAIR = "wrn40-2_wrn40-1"  # the smallest networks of the table's smoke plan
 
 

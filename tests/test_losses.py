@@ -1,7 +1,8 @@
 """Golden values for the pure distillation losses (``kdbench.losses``).
 
-The references below are written from the definitions in specs/methods-seed.md §1.4 (KD), §4.1
-(DIST) and §3.1 (SimKD) in plain numpy float64 — explicit max-subtracted softmax, explicit sums and
+The references below are written from the definitions of the papers and the authors' code (KD: RepDistiller
+``distiller_zoo/KD.py``; DIST: image_classification_sota ``lib/models/losses/dist_kd.py``; SimKD: SimKD
+``models/util.py``; docs/references.md §DIST, §SimKD) in plain numpy float64 — explicit max-subtracted softmax, explicit sums and
 means, no torch.nn.functional — so they check the library rather than restate it.
 """
 

@@ -1,6 +1,6 @@
 """CRD, SRRL and SemCKD: golden values of the pure losses and the methods' stateful parts.
 
-The references are written from specs/methods-baselines.md §CRD, §SRRL and §SemCKD in plain numpy
+The references are written from RepDistiller ``crd/criterion.py`` and SimKD ``models/util.py`` / ``distiller_zoo/SemCKD.py`` in plain numpy
 float64 (explicit exp/log/means, max-subtracted softmax, no torch.nn.functional). The method
 tests check what the pure functions cannot: CRD's memory banks, negative sampling, the constant Z
 and the state that a checkpoint carries; module shapes and parameter counts against the

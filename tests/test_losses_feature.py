@@ -1,7 +1,7 @@
 """Golden values for the feature and relation losses (FitNet, AT, SP, CC, VID, RKD, PKT, NST) and
 the taps / pairing / extra modules of their methods.
 
-The references are written from the definitions in specs/methods-baselines.md §5 in plain numpy
+The references are written from RepDistiller's ``distiller_zoo`` definitions in plain numpy
 float64 (explicit pooling, norms, loops; no torch.nn.functional), so they check the library
 rather than restate it. Extra-module parameter counts are the spec's fixtures (§5b).
 """
@@ -26,7 +26,7 @@ FEATURE_METHODS = ["fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent numpy float64 references (specs/methods-baselines.md §5)
+# Independent numpy float64 references (RepDistiller ``distiller_zoo``)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -404,7 +404,7 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# specs/methods-baselines.md §5b fixtures: (teacher, student) → (FitNet f2 regressor, CC, VID).
+# docs/references.md §Loss weights of the baselines (fixtures): (teacher, student) → (FitNet f2 regressor, CC, VID).
 FIXTURES = {
     ("resnet32x4", "resnet8x4"): (16_768, 65_792, 258_496),
     ("wrn_40_2", "wrn_16_2"): (4_288, 33_024, 64_736),

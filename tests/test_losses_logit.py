@@ -1,8 +1,8 @@
 """Golden values for the decoupled / weighted logit losses (DKD, RLD, WSLD, IPWD, MLKD levels) and
 the terms of the DKD, RLD, WSLD and IPWD methods.
 
-The references are written from the definitions in specs/methods-baselines.md §DKD, §WSLD, §MLKD,
-specs/methods-seed.md §2.1–2.2 (MLKD), §6.1 (RLD) and specs/ipwd.md §2 (IPWD) in plain numpy
+The references are written from the definitions of the authors' code (mdistiller ``DKD.py``, WSLD's
+``WSLDistiller``, MLKD ``KD_ours.py``, RLD ``RLD.py``) and docs/references.md §MLKD, §RLD, §IPWD in plain numpy
 float64, one sample at a time with explicit softmax / sums — the non-target softmax is taken over
 the remaining classes (not via the code's −1000 / −1e9 fill), the binary distributions sum the
 other classes explicitly — so they check the library rather than restate it.
@@ -323,7 +323,7 @@ def test_rld_mask_includes_ties():
 
 
 def test_rld_equals_dkd_when_the_teacher_is_right():
-    # specs/methods-seed.md §6.1: with k = y and no ties, SCD = TCKD and MCD = NCKD (same temperature).
+    # docs/references.md §RLD: with k = y and no ties, SCD = TCKD and MCD = NCKD (same temperature).
     z_s, z_t, _ = _case(42, 16, 100, 3.0)
     y = torch.tensor(z_t.argmax(axis=1))
     for temperature in (1.0, 4.0):

@@ -1,5 +1,5 @@
 """OFD and ReviewKD: golden values of their losses against independent float64 numpy references
-written from specs/methods-baselines.md §5 (no torch.nn.functional), hand-computed literals,
+written from mdistiller's ``OFD.py`` / ``ReviewKD.py`` (no torch.nn.functional), hand-computed literals,
 gradient isolation of the teacher, and the two methods' module sizes and terms.
 
 (The session-wide one-thread fixture of conftest.py applies.)
@@ -281,7 +281,7 @@ def n_params(module: nn.Module) -> int:
 @pytest.mark.parametrize(("student", "expected"), [("resnet8x4", 86_912), ("ShuffleV2", 156_800)])
 def test_ofd_connectors_and_margins(student, expected, teacher, images):
     d = build("ofd", student, teacher, images)
-    assert n_params(d.connectors) == expected  # specs/methods-baselines.md §5b
+    assert n_params(d.connectors) == expected  # docs/references.md §Loss weights of the baselines (fixtures)
     for conn in d.connectors:
         conv, bn = conn
         assert conv.kernel_size == (1, 1) and conv.bias is None and isinstance(bn, nn.BatchNorm2d)
@@ -358,7 +358,7 @@ def test_batch_statistics_restores_modes_after_errors(teacher):
 
 def test_reviewkd_abfs_follow_the_released_configs(teacher, images):
     d = build("reviewkd", "resnet8x4", teacher, images)
-    assert n_params(d.abfs) == 1_808_774  # specs/methods-baselines.md §5b (mdistiller defaults)
+    assert n_params(d.abfs) == 1_808_774  # mdistiller ReviewKD.py's ABFs, its default config
     # RV build_review_kd for an x4 student: in = out = [64, 128, 256, 256], mid 256, shapes [1, 8, 16, 32].
     assert [a.conv1[0].in_channels for a in d.abfs] == [64, 128, 256, 256]
     assert [a.conv2[0].out_channels for a in d.abfs] == [64, 128, 256, 256]

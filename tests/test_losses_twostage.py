@@ -1,4 +1,4 @@
-"""The two-stage methods AB, FT and FSP (specs/methods-baselines.md §5, §5b, §2.1): golden values of
+"""The two-stage methods AB, FT and FSP (RepDistiller ``distiller_zoo/{AB,FT,FSP}.py``; docs/references.md §Training protocols): golden values of
 their losses, their extra modules and init stages, and one end-to-end run of the loop's
 pre-training stage (metrics, what it trains, resume after an init epoch).
 

@@ -340,7 +340,7 @@ def test_shared_kd_term_can_be_added_to_any_method(teacher_template, batch):
 
 
 def projector_count(c_s: int, c_t: int, r: int) -> int:
-    """specs/methods-baselines.md §SimKD: C_t(C_s + C_t + 4)/r + 9C_t²/r² + 2C_t."""
+    """docs/references.md §SimKD: C_t(C_s + C_t + 4)/r + 9C_t²/r² + 2C_t."""
     return c_t * (c_s + c_t + 4) // r + 9 * c_t * c_t // (r * r) + 2 * c_t
 
 

@@ -1,4 +1,4 @@
-"""MLKD's composition equals the released code's (specs/methods-seed.md §2.2), quirks included."""
+"""MLKD's composition equals the released code's (docs/references.md §MLKD), quirks included."""
 
 from __future__ import annotations
 

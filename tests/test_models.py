@@ -27,7 +27,7 @@ _IN_BASIC = "64@32 64@16 128@8 256@4 512@2"
 _IN_BOTTLENECK = "64@32 256@16 512@8 1024@4 2048@2"
 
 # name -> (exact parameter count at 100 classes (ImageNet: 1000), penultimate dim, stage taps f0..fk
-# as C@H at the test input size); copied from the table of specs/architectures.md §4 and §5 (ResNet-101/152
+# as C@H at the test input size); counted on the reference implementations (docs/references.md §Model zoos and feature taps; ResNet-101/152
 # and MobileNetV2: torchvision's published counts).
 SPEC: dict[str, tuple[int, int, str]] = {
     "resnet8": (83_892, 64, _X1),

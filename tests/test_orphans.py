@@ -44,7 +44,7 @@ def alive(pid: int) -> bool:
 
 def start_table(results: Path) -> tuple[subprocess.Popen, set[int]]:
     """A smoke reproduction on 2 CPU slots, once its workers are training; (process, its descendants)."""
-    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "reproduce", "recipes/simkd/table1.yaml", "--profile", "smoke",
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "reproduce", "kdbench/recipes/simkd/table1.yaml", "--profile", "smoke",
                              "--results", str(results), "--device", "cpu", "--cpu-jobs", "2"],
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -82,7 +82,7 @@ def test_sigterm_or_sigint_stops_the_table_cleanly_and_says_how_to_resume(tmp_pa
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
-    assert "interrupted" in stderr and "Resume with:" in stderr and "kdbench reproduce recipes/simkd/table1.yaml" in stderr
+    assert "interrupted" in stderr and "Resume with:" in stderr and "kdbench reproduce kdbench/recipes/simkd/table1.yaml" in stderr
     assert "Traceback" not in stderr
     assert not wait_gone(kids, 5), "reproduce returned with its workers still running"
 

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import site
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from kdbench.methods import base
 from kdbench.models import registry as model_registry
 from kdbench.plan import plan
 from kdbench.recipe import RECIPES_ENV, load_recipe, recipe_files
+from venvs import clean_env, fresh_venv, pip_install
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example"
@@ -213,29 +213,16 @@ def test_set_on_the_command_line_changes_the_plan():
 
 
 def _venv(tmp_path: Path) -> Path:
-    """A fresh virtual environment on the test's Python (its packages visible: torch is not reinstalled), with
-    kdbench installed from this checkout and the example plugin from tests/plugin_example."""
-    venv = tmp_path / "venv"
-    # Without its own pip and setuptools: the test environment's build and install, into this one.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=300)
-    # The test's Python may itself be a virtual environment, whose packages (torch) --system-site-packages does not
-    # reach (it reaches the base interpreter's): add its site directories after the new environment's own.
-    own = next((venv / "lib").glob("python*/site-packages"))
-    shared = [p for p in map(Path, site.getsitepackages()) if p.is_dir()]
-    (own / "zz_test_environment.pth").write_text("".join(f"import site; site.addsitedir({str(p)!r})\n" for p in shared))
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-           "--no-index", "--disable-pip-version-check"]
-    # kdbench editable (its recipes/ folder stays beside the package); the plugin from a copy, so that building
-    # leaves no build/ or egg-info folder in the checkout.
-    subprocess.run([*pip, "--editable", str(ROOT)], check=True, timeout=600, env=_clean_env())
+    """A fresh virtual environment (tests/venvs.py) with kdbench installed from this checkout and the example
+    plugin from tests/plugin_example."""
+    venv = fresh_venv(tmp_path / "venv")
+    # kdbench editable (this checkout's code); the plugin from a copy, so that building leaves no build/ or
+    # egg-info folder in the checkout.
+    pip_install(venv, "--editable", str(ROOT))
     plugin = tmp_path / "plugin-src"
     shutil.copytree(EXAMPLE, plugin, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-    subprocess.run([*pip, str(plugin)], check=True, timeout=600, env=_clean_env())
+    pip_install(venv, str(plugin))
     return venv
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", RECIPES_ENV)} | {"COLUMNS": "250"}
 
 
 @pytest.mark.e2e
@@ -246,12 +233,12 @@ def test_installed_plugin_package_end_to_end(tmp_path):
 
     def kdbench(*args: str) -> str:
         proc = subprocess.run([str(venv / "bin" / "kdbench"), *args], cwd=outside, capture_output=True, text=True,
-                              env=_clean_env(), timeout=900)
+                              env=clean_env(), timeout=900)
         assert proc.returncode == 0, f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
 
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import kdbench; print(kdbench.__file__)"], cwd=outside,
-                           capture_output=True, text=True, env=_clean_env(), check=True).stdout
+                           capture_output=True, text=True, env=clean_env(), check=True).stdout
     assert where.startswith(str(ROOT / "kdbench"))  # this checkout's code, installed into the venv
     assert "logit-l2" in kdbench("methods")
     assert "plugin-recipe" in kdbench("list")

@@ -150,7 +150,7 @@ def test_list_shows_every_seed_table_with_its_status():
 
 
 def test_every_table_teacher_is_a_run_of_a_shared_teacher_recipe():
-    """The shared teacher recipes (recipes/teachers/) plan exactly the teacher runs the tables use: a teacher is
+    """The shared teacher recipes (kdbench/recipes/teachers/) plan exactly the teacher runs the tables use: a teacher is
     trained (or imported) once, by the same run, for every table that needs it."""
     from kdbench.plan import plan
 

@@ -5,7 +5,7 @@
 order is the epoch plan's order; crop, flip and normalisation then follow the plan with the same batched
 tensor ops as the tensor loader, so every batch equals the reference loader's.
 
-Side effects of ffcv handled here (specs/deps.md §3): ``import ffcv`` and every ``Loader``/epoch set
+Side effects of ffcv handled here (docs/references.md §Dependencies' side effects): ``import ffcv`` and every ``Loader``/epoch set
 torch's thread count to the loader's worker count; the count is restored after each.
 """
 

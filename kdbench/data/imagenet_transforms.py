@@ -1,6 +1,7 @@
 """The ImageNet views of the papers' code, with every random draw fixed by (seed, epoch, sample index).
 
-Train (DIST B1 / mdistiller / torchvision reference scripts, specs/methods-seed.md, specs/architectures.md §5):
+Train (DIST B1's ``resnet_dist.yaml``, mdistiller ``mdistiller/dataset/imagenet.py``, torchvision's
+``references/classification/presets.py``):
 RandomResizedCrop(size, scale, ratio, bilinear) + horizontal flip. The crop box follows the rule of
 torchvision's ``RandomResizedCrop.get_params``: up to 10 attempts of (area fraction ~ U(scale), log aspect
 ratio ~ U(log ratio)), the first box that fits is placed uniformly; else the centre crop of the whole image

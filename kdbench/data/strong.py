@@ -1,6 +1,6 @@
 """MLKD's strong view: an independent crop + flip, FixMatch-style RandAugment(n=2), then Cutout.
 
-specs/methods-seed.md §2.3: two ops drawn uniformly *with replacement* from 14, each magnitude
+docs/references.md §MLKD: two ops drawn uniformly *with replacement* from 14, each magnitude
 drawn uniformly in its range; then always a square Cutout of side U(0, 0.5)·width, centre
 uniform, clipped to the image, filled with RGB (125, 123, 114). PIL operations, before
 normalisation. All randomness comes from a generator seeded by (seed, epoch, sample index), so a

@@ -1,6 +1,6 @@
 """How many runs share one GPU (``--runs-per-gpu auto``): a conservative memory estimate per run.
 
-A batch-64 CIFAR run uses a few GB of an 80 GB GPU and is launch-bound (specs/performance.md §3.2),
+A batch-64 CIFAR run uses a few GB of an 80 GB GPU and is launch-bound (docs/references.md §Performance notes),
 so several processes per GPU raise throughput. The estimate per run, in bytes:
 
     16·P_student  (fp32 weights, gradients, momentum, and one spare copy for compiled graphs)

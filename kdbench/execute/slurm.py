@@ -1,6 +1,6 @@
 """SLURM executor: submit a plan's whole DAG up front through submitit, then wait for it.
 
-Mapping (specs/distributed.md §5): a run is one job; the trials of one cell (runs that differ only
+Mapping (docs/references.md §Cluster and multi-process notes): a run is one job; the trials of one cell (runs that differ only
 in their seed, so they share their dependencies) are one job array (``map_array``) limited to
 ``array_parallelism`` tasks at a time. A job depends ``afterok`` on the jobs of its teacher and of
 the run it starts from, with ``kill-on-invalid-dep=yes`` so that SLURM cancels it when one of those

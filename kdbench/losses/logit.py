@@ -25,7 +25,7 @@ def kd(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> to
     """Hinton et al. (2015) KD: T² · mean over the batch of KL(p_t ‖ p_s), p = softmax(z / T).
 
     KL is summed over classes and averaged over samples ("batchmean"), as in RepDistiller,
-    mdistiller and SimKD's code (specs/methods-baselines.md §KD).
+    mdistiller and SimKD's code (RepDistiller ``distiller_zoo/KD.py``, mdistiller ``mdistiller/distillers/KD.py``).
     """
     log_p_s = F.log_softmax(logits_s / temperature, dim=1)
     log_p_t = F.log_softmax(logits_t.detach() / temperature, dim=1)
@@ -123,7 +123,7 @@ def dkd(
     underflows, as in the released code). NCKD = T² · (1/B) Σ_i KL(q_t ‖ q_s), q = softmax over the
     non-target classes, implemented as the code does by subtracting 1000 from the target logit
     after dividing by T. No warm-up factor: the method applies min(epoch / warmup, 1).
-    (specs/methods-baselines.md §DKD)
+    (mdistiller ``mdistiller/distillers/DKD.py``)
     """
     logits_t = logits_t.detach()
     gt = _one_hot_mask(logits_s, target)
@@ -156,7 +156,7 @@ def rld(
     safe: bool = False,
 ) -> torch.Tensor:
     """Refined Logit Distillation (Sun et al., arXiv 2408.07703): α·SCD + β·MCD, as zju-SWJ/RLD's
-    ``rld_loss`` (specs/methods-seed.md §6.1). No warm-up factor: the method applies it.
+    ``rld_loss`` (``mdistiller/distillers/RLD.py``). No warm-up factor: the method applies it.
 
     SCD (at τ_a = ``alpha_temperature``): τ_a² · (1/B) Σ_i KL(b_t ‖ b_s), with the student's binary
     [p_s,y, Σ_{c≠y} p_s,c] at the **label** y and the teacher's [p_t,k, Σ_{c≠k} p_t,c] at its own
@@ -200,7 +200,7 @@ def wsld(logits_s: torch.Tensor, logits_t: torch.Tensor, target: torch.Tensor, t
     T² · (1/B) Σ_i w_i · s_i with the soft cross-entropy s_i = −Σ_c p_t,ic log p_s,ic at T (a CE,
     not a KL: it includes the teacher's entropy) and the sample weight from hard-label CEs of the
     detached logits at T = 1: w_i = 1 − exp(−max(0, CE_s,i / (CE_t,i + 1e-7))). The method adds
-    CE and the weight α. (specs/methods-baselines.md §WSLD)
+    CE and the weight α. (WSLD's ``knowledge_distiller.py`` ``WSLDistiller``)
     """
     logits_t = logits_t.detach()
     soft = -(F.softmax(logits_t / temperature, dim=1) * F.log_softmax(logits_s / temperature, dim=1)).sum(dim=1)
@@ -232,7 +232,7 @@ def ipwd_weights(
     eps: float = 1e-7,
 ) -> torch.Tensor:
     """IPWD per-sample weights ŵ = 1 / P̂(machine | x), from the student's KD-trained output
-    ``logits_kd`` and its CE-only extra head ``logits_cls`` (specs/ipwd.md §2.3; all [UNKNOWN]).
+    ``logits_kd`` and its CE-only extra head ``logits_cls`` (docs/references.md §IPWD; all [UNKNOWN]).
 
     H_kd, H_cls = −log softmax(z)_y at T = 1 of the detached (optionally normalised) logits. Forms:
 
@@ -329,7 +329,7 @@ def mlkd_instance(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: f
 def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
                weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD batch level (input correlation): ‖P_t P_tᵀ − P_s P_sᵀ‖²_F / B with P = softmax(z / T)
-    (B×C, so the Gram matrices are B×B); no T² factor (specs/methods-seed.md §2.1–2.2).
+    (B×C, so the Gram matrices are B×B); no T² factor (MLKD ``mdistiller/distillers/KD_ours.py``; docs/references.md §MLKD).
     ``weights`` (B,) weight each sample's row of the squared difference."""
     p_s = F.softmax(logits_s / temperature, dim=1)
     p_t = F.softmax(logits_t.detach() / temperature, dim=1)
@@ -340,7 +340,7 @@ def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: floa
 def mlkd_class(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
                weights: torch.Tensor | None = None) -> torch.Tensor:
     """MLKD class level (category correlation): ‖P_tᵀ P_t − P_sᵀ P_s‖²_F / C with P = softmax(z / T)
-    (C×C Gram matrices); no T² factor (specs/methods-seed.md §2.1–2.2).
+    (C×C Gram matrices); no T² factor (MLKD ``mdistiller/distillers/KD_ours.py``; docs/references.md §MLKD).
     ``weights`` (C,) weight each class's row of the squared difference."""
     p_s = F.softmax(logits_s / temperature, dim=1)
     p_t = F.softmax(logits_t.detach() / temperature, dim=1)

@@ -1,7 +1,7 @@
 """Relational losses: similarities between samples or features (SP, CC, RKD, PKT).
 
-All four follow RepDistiller's ``distiller_zoo`` (``SP.py``, ``CC.py``, ``RKD.py``, ``PKT.py``;
-specs/methods-baselines.md §5) on the same inputs. Every one compares relations *within the
+All four follow RepDistiller's ``distiller_zoo`` (``SP.py``, ``CC.py``, ``RKD.py``, ``PKT.py``) on
+the same inputs. Every one compares relations *within the
 batch*, so student and teacher tensors must come from the same samples in the same order.
 """
 

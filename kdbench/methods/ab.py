@@ -1,6 +1,6 @@
 """Activation boundaries (Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries
 Formed by Hidden Neurons", AAAI 2019), two-stage, as benchmarked by RepDistiller/CRD
-(specs/methods-baselines.md §5 AB, §2.1, §3).
+(RepDistiller ``distiller_zoo/AB.py`` and ``train_student.py``'s init stage; docs/references.md §Training protocols).
 
 Init stage (``init_epochs`` = 30, RepDistiller ``--init_epochs``; constant base LR, its own SGD):
 the student's **preact** taps f1..fk (``preact[1:]``) go through one connector per pair —

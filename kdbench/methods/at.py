@@ -1,6 +1,6 @@
 """Attention transfer (Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 AT): taps f1..fk of both
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/AT.py``): taps f1..fk of both
 networks (``stages[1:]``, RepDistiller ``feat[1:-1]``), paired front-aligned (shallowest with
 shallowest, ``zip`` truncating at the shorter list); per pair ``losses.at`` (attention vector =
 L2-normalised channel-mean of f^p, p = 2; mean over batch × positions of the squared difference,

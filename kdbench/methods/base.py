@@ -116,7 +116,7 @@ def per_chunk(terms: TermsFn, chunk: int | None, *batched: torch.Tensor) -> dict
 
     This is what DDP / DataParallel did in the original runs: every GPU computed the batch-dependent
     losses on its own ``chunk`` samples and the gradients (DDP) or per-replica losses (DataParallel)
-    were averaged with equal weights (specs/methods-seed.md §2.2, §4.1). ``chunk=None`` or a chunk
+    were averaged with equal weights (docs/references.md §DIST, per-GPU batch). ``chunk=None`` or a chunk
     at least as large as the batch computes ``terms`` once on the whole batch."""
     size = batched[0].shape[0]
     if chunk is None or chunk >= size:

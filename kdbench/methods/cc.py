@@ -1,6 +1,6 @@
 """Correlation congruence (Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV 2019).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 CC): the penultimate vectors
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/CC.py``): the penultimate vectors
 (``pooled``, RepDistiller ``feat[-1]``) of student and teacher each go through their own
 trainable ``Linear(d → feat_dim = 128)`` (with bias, no normalisation; RepDistiller's
 ``LinearEmbed``); **both** embeddings are trained (the teacher-side one too, on detached teacher

@@ -1,7 +1,7 @@
 """Two methods trained together, named ``first+second`` in recipes (e.g. ``rkd+mlkd``).
 
 The MLKD and IPWD papers report such combinations (RKD+MLKD, ReviewKD+MLKD, ReviewKD+IPWD) without
-code, so their weighting is unknown (specs/methods-seed.md §2.6). kdbench uses the spec's default:
+code, so their weighting is unknown (docs/references.md §MLKD). kdbench's default:
 the first method's whole loss (its CE/KD and its own terms, its prediction) plus the second
 method's own terms unchanged (named ``<second>_<term>``; not its CE/KD, which would count CE
 twice). The combination has the needs of both; the second method's parameters sit under

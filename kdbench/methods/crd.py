@@ -1,7 +1,7 @@
 """CRD (Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020).
 
 Follows the released code (RepDistiller ``crd/{criterion,memory}.py`` and its CIFAR
-instance-sample dataset; specs/methods-baselines.md §CRD):
+instance-sample dataset ``dataset/cifar100.py``):
 
 * Student and teacher ``pooled`` vectors each go through an embedding head Linear(d → 128) + L2
   normalisation (both trained).

@@ -3,7 +3,7 @@
 Total = ce_weight·CE + weight · min(epoch / warmup, 1) · (α·TCKD + β·NCKD) (``losses.dkd``), the
 loss of megvii-research/mdistiller's ``DKD.py`` with its 1-indexed epoch warm-up. Defaults are the
 mdistiller CIFAR-100 configs (CE 1, α 1, β 8, T 4, warm-up 20 epochs); β is set per pair in those
-configs (specs/methods-baselines.md §DKD): the ``cifar-beta2`` / ``cifar-beta6`` variants carry the
+configs (``configs/cifar100/dkd/``): the ``cifar-beta2`` / ``cifar-beta6`` variants carry the
 other two CIFAR values and the ``imagenet-*`` variants the ImageNet configs (T 1, warm-up 1).
 The paper and the code agree; ``weight`` (default 1) is kdbench's overall multiplier of the term.
 """

@@ -1,6 +1,6 @@
 """FitNet hints (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015), single stage.
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 FitNet): the student's hint
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/FitNet.py``): the student's hint
 tap ``stages[hint_layer]`` (RepDistiller ``feat[hint_layer]``, post-ReLU) goes through a
 convolutional regressor (``ConvReg``: conv + BN + ReLU sized from the two tap shapes) and is
 matched to the teacher's same tap by element-mean MSE (``losses.fitnet``), weight β = 100. There

@@ -1,6 +1,6 @@
 """FSP — flow of solution procedure (Yim et al., "A Gift from Knowledge Distillation: Fast
 Optimization, Network Minimization and Transfer Learning", CVPR 2017), two-stage, as benchmarked by
-RepDistiller/CRD (specs/methods-baselines.md §5 FSP, §2.1, §3).
+RepDistiller/CRD (RepDistiller ``distiller_zoo/FSP.py`` and ``train_student.py``'s init stage; docs/references.md §Training protocols).
 
 Taps f0..fk of both networks (``stages``, RepDistiller ``feat[:-1]``, stem included). For each
 consecutive pair of taps one FSP matrix per network (the larger map pooled to the smaller square

@@ -1,6 +1,6 @@
 """Factor transfer (Kim et al., "Paraphrasing Complex Network: Network Compression via Factor
 Transfer", NeurIPS 2018), two-stage, as benchmarked by RepDistiller/CRD
-(specs/methods-baselines.md §5 FT, §2.1, §3).
+(RepDistiller ``distiller_zoo/FT.py`` and ``train_student.py``'s init stage; docs/references.md §Training protocols).
 
 Taps: the last spatial map fk of both networks (``stages[-1]``, RepDistiller ``feat[-2]``,
 post-ReLU). Paraphraser (teacher side, k = 0.5, no BN, all 3×3 stride 1 pad 1 with bias,

@@ -1,6 +1,6 @@
 """IPWD — Inverse Probability Weighting Distillation (Niu, Chen, Zhou & Zhang, "Respecting Transfer
 Gap in Knowledge Distillation", NeurIPS 2022). **Reconstructed**: no code was released and the
-main paper's method section could not be read (specs/ipwd.md, specs/methods-seed.md §5).
+main paper's method section could not be read (docs/references.md §IPWD).
 
 Verified (appendix): the student's per-sample distillation loss is re-weighted by an inverse
 propensity ŵ = 1/P̂(machine | x), estimated from the student's original head y^kd (trained with

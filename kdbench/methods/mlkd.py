@@ -3,8 +3,8 @@
 Prediction augmentation over temperatures S = {T0, 3, 5, 2, 6} and three alignment levels:
 instance (KD_T), batch (B×B input correlation, ‖G_t − G_s‖²_F / B) and class (C×C category
 correlation, ‖M_t − M_s‖²_F / C), on a weak and a strong view of every image
-(specs/methods-seed.md §2). The default reproduces the released code, which produced the
-published numbers (§2.2):
+(MLKD paper; ``mdistiller/distillers/KD_ours.py``). The default reproduces the released code, which produced the
+published numbers (docs/references.md §MLKD):
 
 * the confidence masks act as scalars: each term is multiplied by the fraction ρ of samples
   (classes) whose teacher confidence is at or below the median, not per sample;

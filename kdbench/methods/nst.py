@@ -1,7 +1,7 @@
 """Neuron selectivity transfer (Huang & Wang, "Like What You Like: Knowledge Distill via Neuron
 Selectivity Transfer", 2017).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 NST): taps f1..fk of both
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/NST.py``): taps f1..fk of both
 networks (``stages[1:]``, RepDistiller ``feat[1:-1]``), paired front-aligned (``zip`` truncating
 at the shorter list); per pair ``losses.nst`` (squared MMD with the polynomial kernel (xᵀy)² over
 L2-normalised channel vectors, larger map pooled to the smaller square size, the constant

@@ -1,6 +1,6 @@
 """OFD (Heo, Kim, Yun, Park, Kwak & Choi, "A Comprehensive Overhaul of Feature Distillation",
-ICCV 2019), as mdistiller's ``OFD.py`` runs it on CIFAR-100 (P-MD; specs/methods-baselines.md §5
-OFD, §3, §6 item 5).
+ICCV 2019), as mdistiller's ``mdistiller/distillers/OFD.py`` runs it on CIFAR-100 (its teacher in train
+mode; docs/references.md §Training protocols).
 
 * Taps: the **preact** maps f1..fk of both networks, paired back-aligned (the last min(n_s, n_t)
   of each list, mdistiller's ``_align_list``); the teacher map is adaptive-average-pooled to the

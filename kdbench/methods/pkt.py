@@ -1,7 +1,7 @@
 """Probabilistic knowledge transfer (Passalis & Tefas, "Learning Deep Representations with
 Probabilistic Knowledge Transfer", ECCV 2018).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 PKT, the author's code): the
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/PKT.py``, the author's code): the
 penultimate vectors (``pooled``, RepDistiller ``feat[-1]``) of both networks; ``losses.pkt`` =
 mean over the B² entries of p_t·log((p_t + ε)/(p_s + ε)) on row-normalised (cos + 1)/2
 similarity matrices — a mean, not a per-row sum, hence β = 30000.

@@ -1,6 +1,6 @@
 """ReviewKD (Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021), as
-mdistiller's ``ReviewKD.py`` runs it on CIFAR-100 (P-MD; specs/methods-baselines.md §5 ReviewKD,
-§3, §6 item 6).
+mdistiller's ``mdistiller/distillers/ReviewKD.py`` runs it on CIFAR-100 (``configs/cifar100/reviewkd/``;
+docs/references.md §Training protocols).
 
 * Levels (shallow → deep): student ``[f1, …, fk, pool as a 1×1 map]`` (post-ReLU stage taps;
   ``student_preact`` takes the preact taps, mdistiller's ImageNet ``STU_PREACT``), teacher

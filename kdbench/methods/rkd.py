@@ -1,6 +1,6 @@
 """Relational knowledge distillation (Park et al., CVPR 2019).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 RKD): the penultimate vectors
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/RKD.py``): the penultimate vectors
 (``pooled``, RepDistiller ``feat[-1]``) of both networks; ``losses.rkd`` = 25·distance + 50·angle
 (normalised pairwise-distance and triplet-angle matrices, smooth-L1 means, teacher side without
 gradient); weight β = 1.

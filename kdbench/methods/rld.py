@@ -1,7 +1,7 @@
 """RLD — Knowledge Distillation with Refined Logits (Sun, Chen, Lyu, Chen, Chen & Wang, arXiv 2408.07703).
 
 Total = ce_weight·CE + weight · min(epoch / warmup, 1) · (α·SCD + β·MCD) (``losses.rld``), the loss
-of zju-SWJ/RLD's ``RLD.py`` (specs/methods-seed.md §6). Defaults: CE 1, α 1, β 8, τ 4, warm-up 20.
+of zju-SWJ/RLD's ``mdistiller/distillers/RLD.py`` (docs/references.md §RLD). Defaults: CE 1, α 1, β 8, τ 4, warm-up 20.
 
 Paper vs code: the code's config default is τ_a = 1 for SCD, but the README trains with
 ``--same-t`` (τ_a = τ) and the supplement grid-searches one temperature; kdbench's default is

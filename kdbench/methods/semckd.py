@@ -2,7 +2,7 @@
 Calibration", AAAI 2021).
 
 As in the released code (SimKD repo ``models/util.py`` SelfA/Proj/MLPEmbed,
-``distiller_zoo/SemCKD.py``; specs/methods-baselines.md §SemCKD):
+``distiller_zoo/SemCKD.py``):
 
 * Taps f1..fk of both networks (``stages[1:]``, post-ReLU): n_s student and n_t teacher taps.
 * Each tap, flattened to (B, ·), gives a B×B Gram matrix; a query MLP per student tap and a key

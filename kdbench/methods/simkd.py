@@ -4,7 +4,7 @@ The student's last feature map goes through a projector P to the teacher's last 
 (Eq. 3, element-mean MSE in the released code); predictions reuse the frozen teacher classifier:
 logits = W_t · GAP(P(f_s)) + b_t, in training and at test time.
 
-Paper vs released code (specs/methods-baselines.md §SimKD, architectures.md §3.4): the code taps
+Paper vs released code (SimKD ``models/util.py`` and ``train_student.py``; docs/references.md §SimKD): the code taps
 the student's last *stage* map; the paper's projector sizes imply the head-conv map for
 MobileNetV2/ShuffleNetV2 students. ``student_tap`` selects: "stage" (code, default) or "head"
 (paper). ``projector`` selects one of Table 5's designs ("1x1-dw3x3-1x1" is the paper's ImageNet one).

@@ -5,7 +5,7 @@ from that SimKD run's final student and projector), the encoder is frozen — we
 statistics, the linear-evaluation protocol the paper cites — and a new, randomly initialised linear
 classifier is trained with cross-entropy under the regular recipe. ``reads`` chooses what the new
 classifier sees: the projector output (default, the natural reading) or the student's own pooled
-feature; the paper does not say which [UNKNOWN in specs/methods-seed.md §3.3].
+feature; the paper does not say which [UNKNOWN; docs/references.md §SimKD].
 """
 
 from __future__ import annotations

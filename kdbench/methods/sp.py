@@ -1,6 +1,6 @@
 """Similarity-preserving KD (Tung & Mori, ICCV 2019).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 SP; RepDistiller's ``SP.py`` is
+As benchmarked by RepDistiller/CRD (RepDistiller's ``distiller_zoo/SP.py``, which is
 "verified by the original author"): one tap pair, the last spatial map fk of both networks
 (``stages[-1]``, RepDistiller ``feat[-2]``, post-ReLU); ``losses.sp`` = ‖G_t − G_s‖²_F / B² with
 row-normalised batch Gram matrices; weight β = 3000. The maps may differ in channels and size.

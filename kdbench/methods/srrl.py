@@ -1,7 +1,7 @@
 """SRRL (Yang, Martinez, Bulat & Tzimiropoulos, "Knowledge Distillation via Softmax Regression
 Representation Learning", ICLR 2021).
 
-SimKD's released CIFAR version (specs/methods-baselines.md §SRRL), which produced the SimKD
+SimKD's released CIFAR version (SimKD ``models/util.py`` and ``train_student.py``), which produced the SimKD
 tables: the student's ``pooled`` vector, viewed as a 1×1 map, goes through a connector
 (1×1 conv C_s → C_t without bias, BN, ReLU) to h; loss = MSE(h, teacher ``pooled``) +
 MSE(W_t·h + b_t, teacher logits), where the teacher's classifier is frozen but passes gradients

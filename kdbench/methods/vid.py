@@ -1,6 +1,6 @@
 """Variational information distillation (Ahn et al., CVPR 2019).
 
-As benchmarked by RepDistiller/CRD (specs/methods-baselines.md §5 VID): taps f1..fk of both
+As benchmarked by RepDistiller/CRD (RepDistiller ``distiller_zoo/VID.py``): taps f1..fk of both
 networks (``stages[1:]``, RepDistiller ``feat[1:-1]``), paired front-aligned (``zip`` truncating
 at the shorter list). Per pair: the larger map is pooled to the smaller square size; a regressor
 1×1 conv (C_s → C_t) → ReLU → 1×1 (C_t → C_t) → ReLU → 1×1 (C_t → C_t), no biases, predicts the

@@ -2,8 +2,8 @@
 A Bias-Variance Tradeoff Perspective", ICLR 2021).
 
 Total = ce_weight·CE + weight·T²·mean_i(w_i·s_i) (``losses.wsld``; ``weight`` = the paper's α), the
-loss of bellymonster/Weighted-Soft-Label-Distillation's ``WSLDistiller`` (specs/methods-baselines.md
-§WSLD). Defaults = the released code (its only setting, ImageNet): CE 1, α 2.5, T 2. IPWD's "WSLD*"
+loss of bellymonster/Weighted-Soft-Label-Distillation's ``WSLDistiller``
+(``knowledge_distiller.py``). Defaults = the released code (its only setting, ImageNet): CE 1, α 2.5, T 2. IPWD's "WSLD*"
 CIFAR rows were re-run from that public code. The paper's CIFAR setting (T 4, α 2.25) is recalled
 in the spec but not verified: variant ``paper-cifar-unverified``. The code's optional label
 smoothing of the hard CE is off by default and not implemented.

@@ -1,4 +1,4 @@
-"""Model zoos (``specs/architectures.md``): ``create(name)`` builds any registered network.
+"""Model zoos (``docs/references.md`` §Model zoos and feature taps): ``create(name)`` builds any registered network.
 
 Importing this package registers every family module below.
 """

@@ -1,6 +1,6 @@
 """The one interface every kdbench model gives to the training loop and the methods.
 
-Tap conventions follow RepDistiller/mdistiller (see ``specs/architectures.md`` §1):
+Tap conventions follow RepDistiller/mdistiller (``docs/references.md`` §Model zoos and feature taps):
 ``stages`` = [f0, f1, ..., fk] (stem output, then each stage's output), ``preact`` = the same
 taps taken before the last ReLU of each stage where the family defines it (otherwise the
 post-activation tensors themselves), ``pooled`` = the vector the classifier consumes,
@@ -55,6 +55,6 @@ class KDModel(nn.Module):
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm layers whose (γ, β) OFD reads for its margins: one per preact tap of the
         deepest taps (f1..fk for the CIFAR families, f2..f4 for mdistiller's ImageNet ResNets), in tap
-        order, with that tap's channel count (``specs/architectures.md`` §1, §5, the "BN-before-ReLU"
-        list of each family). Families without such a list raise."""
+        order, with that tap's channel count (mdistiller's ``get_bn_before_relu`` of each family;
+        ``docs/references.md`` §Model zoos and feature taps). Families without such a list raise."""
         raise KdbenchError(f"{type(self).__name__} does not define BN-before-ReLU layers (OFD unsupported)")

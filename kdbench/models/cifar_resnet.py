@@ -2,7 +2,6 @@
 
 As ported by Wei Yang and used by RepDistiller ``models/resnet.py``; SimKD ``models/resnet.py`` is
 the same network (its ``resnet38*``/``resnet14*`` are what SimKD's paper calls "WRN-d-k").
-Spec: ``specs/architectures.md`` §3.1.
 """
 
 from __future__ import annotations

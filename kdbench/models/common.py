@@ -1,4 +1,4 @@
-"""Building blocks shared by the CIFAR families (see ``specs/architectures.md`` §1 and §3).
+"""Building blocks shared by the CIFAR families (RepDistiller ``models/``; ``docs/references.md`` §Model zoos and feature taps).
 
 Every family except WRN has the same outline: stem -> stages -> optional head conv -> global
 average pool -> linear classifier (:class:`StagedNet`). A stage's preact tap is its last block's

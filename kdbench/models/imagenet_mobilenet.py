@@ -1,5 +1,5 @@
 """ImageNet MobileNets: MobileNet-V1 as mdistiller defines it, and torchvision's MobileNetV2
-(``specs/architectures.md`` §5).
+(torchvision ``models/mobilenetv2.py``).
 
 * MobileNet-V1 (Howard et al. 2017; mdistiller ``models/imagenet/mobilenetv1.py``, the ResNet-50 →
   MobileNet student of the DIST / DKD / ReviewKD / OFD tables): 3×3/2 conv-BN-ReLU (32), then 13

@@ -1,5 +1,5 @@
 """ImageNet ResNet-18/34/50/101/152 (He et al. 2016), torchvision's definition ("v1.5": the stride of a
-bottleneck sits on its 3×3 conv), with mdistiller's feature taps (``specs/architectures.md`` §5).
+bottleneck sits on its 3×3 conv), with mdistiller's feature taps (``mdistiller/models/imagenet/resnet.py``).
 
 The module tree and parameter names are torchvision's (``conv1``, ``bn1``, ``layer1``…``layer4``,
 ``fc``; blocks ``conv1``/``bn1``/…/``downsample``), so an IMAGENET1K_V1 state dict loads strictly and

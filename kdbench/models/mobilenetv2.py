@@ -2,7 +2,7 @@
 
 Expansion T = 6, stride-2 stem, second group at stride 1, and an expansion conv in every block
 (also for t = 1). ``MobileNetV2`` is width 0.5 ("mobile_half"); SimKD's ``MobileNetV2_1_0`` is
-width 1.0 (registered as ``simkd/MobileNetV2x2``). Spec ``specs/architectures.md`` §3.4.
+width 1.0 (registered as ``simkd/MobileNetV2x2``). RepDistiller / SimKD ``models/mobilenetv2.py``.
 """
 
 from __future__ import annotations

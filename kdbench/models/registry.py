@@ -1,6 +1,6 @@
 """Model names -> factories, with the zoo each network comes from and how papers print it.
 
-Four zoos (``specs/architectures.md`` §0, §4, §5): ``crd`` = RepDistiller's CIFAR networks (also
+Four zoos (``docs/references.md`` §Model zoos and feature taps): ``crd`` = RepDistiller's CIFAR networks (also
 used by mdistiller and most later papers) under their RepDistiller names; ``simkd`` = networks that
 only SimKD defines, under ``simkd/<SimKD name>``; ``imagenet`` = the ImageNet networks of the KD
 papers' ImageNet tables, under ``imagenet/<name>``; ``mdistiller`` = CRD networks whose forward in

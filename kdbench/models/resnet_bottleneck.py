@@ -1,7 +1,6 @@
 """CIFAR ResNet-50: bottleneck ResNet (He et al. 2016) with a 3×3 stride-1 stem and no max-pool.
 
-RepDistiller ``models/resnetv2.py`` (kuangliu style; stride on the 3×3 conv); spec
-``specs/architectures.md`` §3.7.
+RepDistiller ``models/resnetv2.py`` (kuangliu style; stride on the 3×3 conv).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CIFAR ShuffleNetV1 with groups = 3 (Zhang et al. 2018); RepDistiller ``models/ShuffleNetv1.py``.
 
 1×1 stem without max-pool, stages of 4/8/4 units with widths 240/480/960, each stage starting
-with a stride-2 unit. PyTorch default init. Spec ``specs/architectures.md`` §3.5.
+with a stride-2 unit. PyTorch default init. RepDistiller ``models/ShuffleNetv1.py``.
 """
 
 from __future__ import annotations

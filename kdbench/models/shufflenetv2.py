@@ -2,7 +2,7 @@
 
 1×1 stem without max-pool; each stage = one stride-2 down unit + N basic units; 1×1 head conv
 to 1024 channels. ``ShuffleV2`` is net size 1; SimKD's ``ShuffleV2_1_5`` is net size 1.5.
-PyTorch default init. Spec ``specs/architectures.md`` §3.6.
+PyTorch default init. RepDistiller ``models/ShuffleNetv2.py`` (SimKD's adds ``ShuffleV2_1_5``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """CIFAR VGG with BatchNorm (Simonyan & Zisserman 2015 configs "S"/A/B/D/E), no hidden FC layers.
 
-RepDistiller ``models/vgg.py`` (SimKD's ``vgg8``/``vgg13`` are the same); spec
-``specs/architectures.md`` §3.3. Five conv blocks; 2×2 max-pools after blocks 0-2 (RepDistiller's
+RepDistiller ``models/vgg.py`` (SimKD's ``vgg8``/``vgg13`` are the same). Five conv blocks; 2×2 max-pools after blocks 0-2 (RepDistiller's
 extra pool after block 3 only fires for 64×64 inputs, so it does not exist in this CIFAR zoo).
 """
 

@@ -1,6 +1,6 @@
 """Wide ResNet WRN-d-k with pre-activation blocks (Zagoruyko & Komodakis 2016), dropout 0.
 
-RepDistiller ``models/wrn.py``; spec ``specs/architectures.md`` §3.2. Not to be confused with
+RepDistiller ``models/wrn.py``. Not to be confused with
 SimKD's "WRN-d-k", which are post-activation CIFAR ResNets (``simkd/resnet38x2`` etc.).
 
 ``mdistiller/wrn_d_k``: the same network as mdistiller's (and MLKD's) released ``models/cifar/wrn.py``
