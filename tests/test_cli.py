@@ -42,6 +42,7 @@ def smoke_results(tmp_path_factory) -> Path:
     return results
 
 
+@pytest.mark.e2e
 def test_smoke_reproduction_fills_every_implemented_cell(smoke_results):
     proc = kdbench("compare", str(smoke_results), "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
@@ -58,6 +59,7 @@ def test_smoke_reproduction_fills_every_implemented_cell(smoke_results):
     assert all(abs(float(r["delta"]) - (float(r["ours_mean"]) - float(r["paper_mean"]))) < 1e-3 for r in done)
 
 
+@pytest.mark.e2e
 def test_every_format_renders_the_paper_layout(smoke_results):
     table = kdbench("compare", str(smoke_results)).stdout
     assert "ResNet-32x4" in table and "smoke profile" in table
@@ -67,6 +69,7 @@ def test_every_format_renders_the_paper_layout(smoke_results):
     assert r"\begin{tabular}{lccccccc}" in latex and r"78.08$\pm$0.15" in latex and "last epoch" in latex
 
 
+@pytest.mark.e2e
 def test_second_reproduce_trains_nothing(smoke_results):
     results = sorted(smoke_results.glob("runs/*/result.json"))
     before = {p: p.stat().st_mtime_ns for p in results}
@@ -76,6 +79,7 @@ def test_second_reproduce_trains_nothing(smoke_results):
     assert {p: p.stat().st_mtime_ns for p in results} == before
 
 
+@pytest.mark.e2e
 def test_show_lists_runs_with_status_and_cost(smoke_results):
     out = kdbench("show", "simkd-table1", "--profile", "smoke", "--results", str(smoke_results)).stdout
     done = len(list(smoke_results.glob("runs/*/result.json")))
@@ -128,6 +132,7 @@ profiles:
 """
 
 
+@pytest.mark.e2e
 def test_ci_profile_on_real_images_from_a_recipe_file(tmp_path, shared_data):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(CI_RECIPE)

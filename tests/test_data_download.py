@@ -122,6 +122,7 @@ def test_a_server_that_never_answers_fails_after_the_stall_timeout(tmp_path, mon
         hole.close()
 
 
+@pytest.mark.e2e
 def test_reproduce_with_a_missing_dataset_fails_once_before_any_run(tmp_path):
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ from kdbench import doctor
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_doctor_quick_reports_every_check_and_exits_zero(tmp_path: Path):
     out = tmp_path / "doctor.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

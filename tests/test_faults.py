@@ -25,6 +25,9 @@ from kdbench.plan import SMOKE_EPOCHS, SMOKE_TEACHER_EPOCHS, DataSpec, RunSpec, 
 from kdbench.results.collect import collect
 from kdbench.results.store import CorruptedFile, RunDir, RunLocked, WriteFailed, atomic_write_json, sha256_file
 
+# Every test here starts real processes (kills, two reproductions, full disks): end to end.
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "kdbench/recipes/simkd/table1.yaml"
 PAIR = "wrn40-2_wrn40-1"  # the smallest networks of the table's smoke plan

@@ -57,6 +57,7 @@ def test_smoke_profile_of_an_imagenet_recipe_reads_the_synthetic_folder() -> Non
     assert dataset_sizes(DataSpec(name="imagenet_synthetic", options=DATA)) == (64, 32)
 
 
+@pytest.mark.e2e
 def test_teacher_and_student_train_on_the_image_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     results, data_dir = tmp_path / "results", tmp_path / "data"
     teacher = spec("ce")
@@ -73,6 +74,7 @@ def test_teacher_and_student_train_on_the_image_folder(tmp_path: Path, caplog: p
     assert 0.0 <= result["last_top1"] <= 100.0
 
 
+@pytest.mark.e2e
 def test_smoke_imagenet_recipe_reproduces_with_two_ddp_ranks_on_cpu(tmp_path: Path) -> None:
     """Issue 6's end-to-end check: an ImageNet recipe's smoke profile (ImageNet models on the synthetic folder)
     through the local scheduler with 2 gloo ranks per run, then compare reads the table."""
