@@ -344,7 +344,9 @@ def test_smoke_reproduction_runs_end_to_end_on_slurm(cluster, tmp_path):
     assert "0 runs submitted as jobs none" in " ".join(proc.stdout.split()) and "3 of 3 runs done" in proc.stdout
     planned = plan(load_recipe("simkd-table1"), "smoke", trials=2, columns=["res32x4_res8x4"], rows=["KD"])
     # The layout of a local run: each run's directory, named by its run id, holds what `kdbench train` writes.
-    assert layout(tmp_path) == dict.fromkeys(planned.specs, RUN_FILES)
+    # SimKD's teachers keep their best epoch (train_teacher.py:224-242): model_best.pt beside model.pt
+    assert layout(tmp_path) == {run_id: RUN_FILES | ({"model_best.pt"} if spec.keep == "best" else set())
+                                for run_id, spec in planned.specs.items()}
     # the aggregate job rendered the table; compare reads the same results
     cells = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "simkd-table1--smoke.csv").read_text())))
     assert [c["n"] for c in cells if c["row"] == "KD" and c["column"] == "res32x4_res8x4"] == ["2"]
