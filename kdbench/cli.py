@@ -654,13 +654,13 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
         columns.add_row(col.id, f"{r.teachers[col.teacher].label} ({r.teachers[col.teacher].model})", f"{col.label} ({col.student})")
     console.print(fit(columns, console.width))
     console.print(f"Teachers: {r.teacher_source} (--teachers released|trained)", highlight=False)
-    console.print(f"Precision: the authors computed in {r.protocol.precision}; --precision {r.protocol.precision} matches it "
-                  "(default on CUDA: bf16 autocast, recorded with every result)", highlight=False, soft_wrap=True)
+    lines = [f"Precision: the authors computed in {r.protocol.precision}; --precision {r.protocol.precision} matches it "
+             "(default on CUDA: bf16 autocast, recorded with every result)"]
     variants = sorted({f"{row.label}: {row.variant}" for row in r.rows if row.variant})
     if variants:
-        console.print("Variants: " + "; ".join(variants), highlight=False, soft_wrap=True)
-    for line in describe_teachers(table_plan, data_dir):
-        console.print(line, soft_wrap=True, highlight=False)
+        lines.append("Variants: " + "; ".join(variants))
+    for line in [*lines, *describe_teachers(table_plan, data_dir)]:  # wrapped at spaces; a long path stays whole
+        console.print(escape(paragraph(line, console.width)), soft_wrap=True, highlight=False)
     runs = Table(title=f"Runs ({len(table_plan.specs)})", title_justify="left")
     for c in ("run id", "method", "model", "teacher run", "seed", "epochs", "status"):
         runs.add_column(c)

@@ -51,7 +51,7 @@ def plant_with_curves(results: Path) -> None:
         result.update(kdbench_version="0.1.0", kdbench_commit="0123456789abcdef0123456789abcdef01234567",
                       torch_version="2.5.1+cu124", device="cuda:0", device_name="NVIDIA H200", wall_seconds=5400.0,
                       world_size=1, compute={"precision": "bf16"})
-        atomic_write_json(run.result_file, result)
+        run.write_result(result)  # checksummed, as the trainer writes it
 
 
 @pytest.fixture
