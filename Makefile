@@ -13,7 +13,7 @@ EXTRAS ?= test
 comma := ,
 MARKER := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-fast clean-venv
+.PHONY: install demo lint test test-fast clean-venv
 
 install: $(MARKER)
 
@@ -28,11 +28,16 @@ demo: install
 	$(BIN)/kdbench reproduce simkd-table1 --profile smoke --results $(RESULTS) --cpu-jobs 2
 	$(BIN)/kdbench compare $(RESULTS) --recipe simkd-table1
 
-test: install
+# Lint and format check (ruff) before any test: pyproject.toml [tool.ruff].
+lint: install
+	$(BIN)/ruff check kdbench tests scripts
+	$(BIN)/ruff format --check kdbench tests scripts
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # Everything but the end-to-end runs (marked e2e) and the SLURM cluster tests: a few minutes.
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 
 clean-venv:

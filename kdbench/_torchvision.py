@@ -33,7 +33,9 @@ def import_torchvision() -> ModuleType:
                 raise
         else:
             return torchvision
-        for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        for module in [
+            m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")
+        ]:
             del sys.modules[module]  # drop the half-imported package before retrying
         _library = torch.library.Library("torchvision", "DEF")
         for schema in _UNGUARDED_OPS:

@@ -40,7 +40,11 @@ from kdbench.data.strong import strong_view
 from kdbench.errors import KdbenchError
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
-PEAKS_BF16: tuple[tuple[str, float], ...] = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12))
+PEAKS_BF16: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+)
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,31 @@ class BenchReport:
         return self.kdbench.median / self.reference.median
 
     def to_json(self) -> dict[str, Any]:
-        paths = {p.name: {"images_per_s": p.images_per_s, "best": p.best, "median": p.median,
-                          "flops_per_image": p.flops_per_image} for p in (self.kdbench, self.reference)}
-        return {"device": self.device, "threads": self.threads, "compute": vars(self.compute), "paths": paths,
-                "ratio_best": self.ratio_best, "ratio_median": self.ratio_median, "teacher_cache": self.teacher_cache,
-                "cache_build_seconds": self.cache_build_seconds, "peak_flops": self.peak, "malloc_env": self.malloc_env,
-                "config": {k: str(v) if isinstance(v, Path | ComputeOptions) else v for k, v in vars(self.config).items()}}
+        paths = {
+            p.name: {
+                "images_per_s": p.images_per_s,
+                "best": p.best,
+                "median": p.median,
+                "flops_per_image": p.flops_per_image,
+            }
+            for p in (self.kdbench, self.reference)
+        }
+        return {
+            "device": self.device,
+            "threads": self.threads,
+            "compute": vars(self.compute),
+            "paths": paths,
+            "ratio_best": self.ratio_best,
+            "ratio_median": self.ratio_median,
+            "teacher_cache": self.teacher_cache,
+            "cache_build_seconds": self.cache_build_seconds,
+            "peak_flops": self.peak,
+            "malloc_env": self.malloc_env,
+            "config": {
+                k: str(v) if isinstance(v, Path | ComputeOptions) else v
+                for k, v in vars(self.config).items()
+            },
+        }
 
 
 def forward_flops(model: models.KDModel, image_size: int) -> float:
@@ -139,9 +162,19 @@ def load_images(config: BenchConfig) -> data.ImageArrays:
     else:
         raise KdbenchError(f"--data takes 'synthetic' or an .npz file, not {config.data!r}.")
     if len(arrays.x_train) < config.images:
-        raise KdbenchError(f"{config.data} has {len(arrays.x_train)} training images; ask for at most that many with --images.")
-    return data.ImageArrays(arrays.name, arrays.x_train[: config.images], arrays.y_train[: config.images],
-                            arrays.x_test, arrays.y_test, arrays.num_classes, arrays.mean, arrays.std)
+        raise KdbenchError(
+            f"{config.data} has {len(arrays.x_train)} training images; ask for at most that many with --images."
+        )
+    return data.ImageArrays(
+        arrays.name,
+        arrays.x_train[: config.images],
+        arrays.y_train[: config.images],
+        arrays.x_test,
+        arrays.y_test,
+        arrays.num_classes,
+        arrays.mean,
+        arrays.std,
+    )
 
 
 class _PaperStyleImages(Dataset):
@@ -153,14 +186,22 @@ class _PaperStyleImages(Dataset):
         from kdbench._torchvision import import_torchvision
 
         tv = import_torchvision()
-        train_transforms = tv.transforms.Compose([
-            tv.transforms.RandomCrop(32, padding=4), tv.transforms.RandomHorizontalFlip(),
-            tv.transforms.ToTensor(), tv.transforms.Normalize(arrays.mean, arrays.std),
-        ])
+        train_transforms = tv.transforms.Compose(
+            [
+                tv.transforms.RandomCrop(32, padding=4),
+                tv.transforms.RandomHorizontalFlip(),
+                tv.transforms.ToTensor(),
+                tv.transforms.Normalize(arrays.mean, arrays.std),
+            ]
+        )
         self.to_pil, self.transform = Image.fromarray, train_transforms
         self.images, self.labels = arrays.x_train, arrays.y_train
-        self.normalize = tv.transforms.Compose([tv.transforms.ToTensor(), tv.transforms.Normalize(arrays.mean, arrays.std)])
-        self.rng = np.random.default_rng(seed) if strong else None  # MLKD's strong view (per sample, PIL)
+        self.normalize = tv.transforms.Compose(
+            [tv.transforms.ToTensor(), tv.transforms.Normalize(arrays.mean, arrays.std)]
+        )
+        self.rng = (
+            np.random.default_rng(seed) if strong else None
+        )  # MLKD's strong view (per sample, PIL)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -172,40 +213,74 @@ class _PaperStyleImages(Dataset):
         return (*item, self.normalize(strong_view(self.images[index], self.rng)))
 
 
-def _distiller(config: BenchConfig, student: models.KDModel, teacher: models.KDModel,
-               arrays: data.ImageArrays, device: torch.device) -> methods.Distiller:
+def _distiller(
+    config: BenchConfig,
+    student: models.KDModel,
+    teacher: models.KDModel,
+    arrays: data.ImageArrays,
+    device: torch.device,
+) -> methods.Distiller:
     method = methods.get(config.method)
     example = next(iter(data.test_loader(arrays, 2)))[0]
     labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
-    return method(copy.deepcopy(student), copy.deepcopy(teacher), method.Params(), example, train_labels=labels,
-                  batch_size=config.batch_size).to(device)
+    return method(
+        copy.deepcopy(student),
+        copy.deepcopy(teacher),
+        method.Params(),
+        example,
+        train_labels=labels,
+        batch_size=config.batch_size,
+    ).to(device)
 
 
 def _sgd(distiller: methods.Distiller) -> torch.optim.SGD:
-    return torch.optim.SGD(distiller.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return torch.optim.SGD(
+        distiller.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4
+    )
 
 
 class _KdbenchPath:
     """kdbench's configured path: its default loader, compute options, teacher cache and the loop's own epoch function."""
 
-    def __init__(self, config: BenchConfig, distiller: methods.Distiller, arrays: data.ImageArrays, device: torch.device,
-                 compute: Compute, cache: teacher_cache.TeacherCache | None):
+    def __init__(
+        self,
+        config: BenchConfig,
+        distiller: methods.Distiller,
+        arrays: data.ImageArrays,
+        device: torch.device,
+        compute: Compute,
+        cache: teacher_cache.TeacherCache | None,
+    ):
         self.config, self.distiller, self.arrays, self.device, self.compute, self.cache = (
-            config, distiller, arrays, device, compute, cache)
+            config,
+            distiller,
+            arrays,
+            device,
+            compute,
+            cache,
+        )
         self.optimizer = _sgd(distiller)
         self.epoch = 0
         # The loader a run would pick (``--loader auto``: the tensor loader for in-memory data).
-        self.loaders = data.make_loaders("auto", arrays, device=device, num_workers=config.num_workers)
+        self.loaders = data.make_loaders(
+            "auto", arrays, device=device, num_workers=config.num_workers
+        )
 
     def run(self, steps: int) -> None:
         done = 0
         while done < steps:
             self.epoch += 1
-            loader = self.loaders.train(self.config.batch_size, seed=self.config.seed, epoch=self.epoch,
-                                        strong=self.distiller.needs.strong_view)
+            loader = self.loaders.train(
+                self.config.batch_size,
+                seed=self.config.seed,
+                epoch=self.epoch,
+                strong=self.distiller.needs.strong_view,
+            )
             views = None
             if self.cache is not None:
-                views = self.cache.for_epoch(data.epoch_plan(len(self.arrays.x_train), self.config.seed, self.epoch))
+                views = self.cache.for_epoch(
+                    data.epoch_plan(len(self.arrays.x_train), self.config.seed, self.epoch)
+                )
             taken = 0
 
             def counted(batches: Iterator[Any]) -> Iterator[Any]:
@@ -214,20 +289,39 @@ class _KdbenchPath:
                     taken += 1
                     yield batch
 
-            train._train_epoch(self.distiller.forward_train, self.distiller, self.optimizer,
-                               counted(islice(loader, steps - done)), self.device, self.epoch, None, self.compute, views)
+            train._train_epoch(
+                self.distiller.forward_train,
+                self.distiller,
+                self.optimizer,
+                counted(islice(loader, steps - done)),
+                self.device,
+                self.epoch,
+                None,
+                self.compute,
+                views,
+            )
             done += taken
 
 
 class _ReferencePath:
     """The papers' loop: DataLoader + torchvision transforms, live teacher, eager fp32, ``loss.item()`` per step."""
 
-    def __init__(self, config: BenchConfig, distiller: methods.Distiller, arrays: data.ImageArrays, device: torch.device):
+    def __init__(
+        self,
+        config: BenchConfig,
+        distiller: methods.Distiller,
+        arrays: data.ImageArrays,
+        device: torch.device,
+    ):
         self.distiller, self.device = distiller, device
         self.optimizer = _sgd(distiller)
-        loader = DataLoader(_PaperStyleImages(arrays, distiller.needs.strong_view, config.seed),
-                            batch_size=config.batch_size, shuffle=True,
-                            num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
+        loader = DataLoader(
+            _PaperStyleImages(arrays, distiller.needs.strong_view, config.seed),
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
         self.batches = self._forever(loader)
 
     @staticmethod
@@ -241,7 +335,9 @@ class _ReferencePath:
         for epoch, (images, targets, indices, *strong) in islice(self.batches, steps):
             images, targets = images.to(self.device), targets.to(self.device)
             views = strong[0].to(self.device) if strong else None
-            _, terms = self.distiller.forward_train(images, targets, epoch, indices.to(self.device), views)
+            _, terms = self.distiller.forward_train(
+                images, targets, epoch, indices.to(self.device), views
+            )
             loss = sum(terms.values())
             self.optimizer.zero_grad()
             loss.backward()
@@ -260,13 +356,22 @@ def _timed(run: Callable[[int], None], steps: int, images: int, device: torch.de
     return images / (time.perf_counter() - started)
 
 
-def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callable[[int, float, float], None] | None = None) -> BenchReport:
+def bench(
+    config: BenchConfig,
+    *,
+    show_progress: bool = False,
+    on_round: Callable[[int, float, float], None] | None = None,
+) -> BenchReport:
     """Measure both paths in ``config.rounds`` interleaved rounds; see the module docstring."""
     if config.batch_size > config.images:
-        raise KdbenchError(f"--batch-size {config.batch_size} is larger than --images {config.images}: raise --images.")
+        raise KdbenchError(
+            f"--batch-size {config.batch_size} is larger than --images {config.images}: raise --images."
+        )
     device = train.resolve_device(config.device)
     compute = config.compute.resolve(device)
-    compute.apply_fp32_math(device)  # this precision's TF32 flags, for both paths (the reference's fp32 too)
+    compute.apply_fp32_math(
+        device
+    )  # this precision's TF32 flags, for both paths (the reference's fp32 too)
     arrays = load_images(config)
     torch.manual_seed(config.seed)
     student = models.create(config.student, num_classes=arrays.num_classes)
@@ -281,13 +386,24 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
     if not ours.needs.cacheable_teacher:
         cache_note = f"not used: method {config.method} reads more than the teacher's logits"
     elif compute.teacher_cache != "off":
-        key = teacher_cache.CacheKey(f"bench:{config.teacher}:seed{config.seed}:torch{torch.__version__}",
-                                     {"name": config.data, "n": len(arrays.x_train)}, data.epoch_plan(1, 0, 0).padding)
-        cache, seconds = teacher_cache.ensure(ours.teacher, arrays, key, config.results, device, show_progress=show_progress)
+        key = teacher_cache.CacheKey(
+            f"bench:{config.teacher}:seed{config.seed}:torch{torch.__version__}",
+            {"name": config.data, "n": len(arrays.x_train)},
+            data.epoch_plan(1, 0, 0).padding,
+        )
+        cache, seconds = teacher_cache.ensure(
+            ours.teacher, arrays, key, config.results, device, show_progress=show_progress
+        )
         views = len(arrays.x_train) * teacher_cache.views_per_image(key.padding)
-        cache_note = f"built in {seconds:.1f} s ({views} teacher forwards)" if seconds else "reused from an earlier bench"
+        cache_note = (
+            f"built in {seconds:.1f} s ({views} teacher forwards)"
+            if seconds
+            else "reused from an earlier bench"
+        )
     kdbench_path = _KdbenchPath(config, ours, arrays, device, compute, cache)
-    reference_path = _ReferencePath(config, _distiller(config, student, teacher, arrays, device), arrays, device)
+    reference_path = _ReferencePath(
+        config, _distiller(config, student, teacher, arrays, device), arrays, device
+    )
 
     paths = [("kdbench", kdbench_path.run), ("reference", reference_path.run)]
     for _, run in paths:
@@ -303,21 +419,34 @@ def bench(config: BenchConfig, *, show_progress: bool = False, on_round: Callabl
     views = 2 if ours.needs.strong_view else 1  # MLKD trains on each image's weak and strong view
     train_flops, teacher_flops = views * 3 * student_flops, views * teacher_flops
     return BenchReport(
-        config=config, device=device_name(device), compute=compute,
-        kdbench=PathResult("kdbench", rates["kdbench"], train_flops + (0 if cache is not None else teacher_flops)),
+        config=config,
+        device=device_name(device),
+        compute=compute,
+        kdbench=PathResult(
+            "kdbench", rates["kdbench"], train_flops + (0 if cache is not None else teacher_flops)
+        ),
         reference=PathResult("reference", rates["reference"], train_flops + teacher_flops),
-        teacher_cache=cache_note, cache_build_seconds=seconds, peak=device_peak(device, compute, config.peak),
-        malloc_env={k: os.environ.get(k) for k in CPU_MALLOC_ENV}, threads=torch.get_num_threads(),
+        teacher_cache=cache_note,
+        cache_build_seconds=seconds,
+        peak=device_peak(device, compute, config.peak),
+        malloc_env={k: os.environ.get(k) for k in CPU_MALLOC_ENV},
+        threads=torch.get_num_threads(),
     )
 
 
 def malloc_note(report: BenchReport) -> str:
     """Whether the glibc malloc settings of docs/references.md §Performance notes were in this process's environment."""
     if all(report.malloc_env.get(k) for k in CPU_MALLOC_ENV):
-        return "glibc malloc settings: set (" + ", ".join(f"{k}={v}" for k, v in report.malloc_env.items()) + ")"
+        return (
+            "glibc malloc settings: set ("
+            + ", ".join(f"{k}={v}" for k, v in report.malloc_env.items())
+            + ")"
+        )
     hint = " ".join(f"{k}={v}" for k, v in CPU_MALLOC_ENV.items())
-    return (f"glibc malloc settings: not set — on CPU, start with `{hint} kdbench bench …` for 3-5x on both paths "
-            "(kdbench's executor sets them for its CPU workers)")
+    return (
+        f"glibc malloc settings: not set — on CPU, start with `{hint} kdbench bench …` for 3-5x on both paths "
+        "(kdbench's executor sets them for its CPU workers)"
+    )
 
 
 def save_record(report: BenchReport, results: Path) -> Path:
@@ -327,7 +456,11 @@ def save_record(report: BenchReport, results: Path) -> Path:
     from kdbench.results.store import atomic_write_json
 
     c = report.config
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", f"{report.device}--{c.method}-{c.teacher}-{c.student}-b{c.batch_size}")
+    slug = re.sub(
+        r"[^A-Za-z0-9_.]+",
+        "-",
+        f"{report.device}--{c.method}-{c.teacher}-{c.student}-b{c.batch_size}",
+    )
     path = Path(results) / BENCH_DIR / f"{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, report.to_json())
@@ -340,6 +473,14 @@ def summary_rows(report: BenchReport) -> list[tuple[str, ...]]:
     for p in (report.kdbench, report.reference):
         achieved = p.best * p.flops_per_image
         share = f"{100 * achieved / report.peak:.2f} %" if report.peak else "unknown peak"
-        rows.append((p.name, f"{p.best:,.1f}", f"{p.median:,.1f}", f"{p.flops_per_image / 1e9:.3f}",
-                     f"{achieved / 1e12:.4f}", share))
+        rows.append(
+            (
+                p.name,
+                f"{p.best:,.1f}",
+                f"{p.median:,.1f}",
+                f"{p.flops_per_image / 1e9:.3f}",
+                f"{achieved / 1e12:.4f}",
+                share,
+            )
+        )
     return rows

@@ -35,7 +35,11 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "faithful")
 # Each resolved precision's fp32 math on CUDA, (cuDNN convolutions, matmuls): "tf32" (TF32 allowed) or "ieee".
 # fp32 and bf16 keep PyTorch's own defaults ("tf32", "ieee"), set explicitly so that a run's meaning does not
 # depend on what else ran in its process; faithful is IEEE fp32 throughout (docs/protocol-choices.md, "Precision").
-FP32_MATH: dict[str, tuple[str, str]] = {"fp32": ("tf32", "ieee"), "bf16": ("tf32", "ieee"), "faithful": ("ieee", "ieee")}
+FP32_MATH: dict[str, tuple[str, str]] = {
+    "fp32": ("tf32", "ieee"),
+    "bf16": ("tf32", "ieee"),
+    "faithful": ("ieee", "ieee"),
+}
 CACHE_MODES: tuple[str, ...] = ("auto", "on", "off")
 CompileMode = Literal["default", "reduce-overhead"]
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead")
@@ -68,11 +72,17 @@ class ComputeOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise KdbenchError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+            raise KdbenchError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}."
+            )
         if self.teacher_cache not in CACHE_MODES:
-            raise KdbenchError(f"unknown teacher cache mode {self.teacher_cache!r}; choose one of {', '.join(CACHE_MODES)}.")
+            raise KdbenchError(
+                f"unknown teacher cache mode {self.teacher_cache!r}; choose one of {', '.join(CACHE_MODES)}."
+            )
         if self.compile_mode not in COMPILE_MODES:
-            raise KdbenchError(f"unknown compile mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}.")
+            raise KdbenchError(
+                f"unknown compile mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}."
+            )
 
     def resolve(self, device: torch.device, train_steps: int | None = None) -> Compute:
         """The concrete options on ``device``: bf16, channels_last and compile on CUDA; fp32 eager on CPU.
@@ -81,10 +91,16 @@ class ComputeOptions:
         ``train_steps``: the run's optimizer steps; ``auto`` compile then needs at least ``COMPILE_MIN_STEPS``."""
         cuda = device.type == "cuda"
         precision = self.precision if self.precision != "auto" else ("bf16" if cuda else "fp32")
-        compile_ = self.compile if self.compile is not None else cuda and (train_steps is None or train_steps >= COMPILE_MIN_STEPS)
+        compile_ = (
+            self.compile
+            if self.compile is not None
+            else cuda and (train_steps is None or train_steps >= COMPILE_MIN_STEPS)
+        )
         if self.compile_mode == "reduce-overhead" and not (cuda and compile_):
-            raise KdbenchError(f"--compile-mode reduce-overhead records CUDA graphs: it needs a CUDA device and compile on "
-                               f"(device {device}, compile {'on' if compile_ else 'off'}); pass --compile on a GPU, or drop it.")
+            raise KdbenchError(
+                f"--compile-mode reduce-overhead records CUDA graphs: it needs a CUDA device and compile on "
+                f"(device {device}, compile {'on' if compile_ else 'off'}); pass --compile on a GPU, or drop it."
+            )
         return Compute(
             precision=precision,
             channels_last=cuda if self.channels_last is None else self.channels_last,
@@ -121,13 +137,22 @@ class Compute:
             set_fp32_math(*FP32_MATH[self.precision])
             flags = fp32_math_flags()
         else:
-            flags = {"cudnn_allow_tf32": None, "matmul_allow_tf32": None, "float32_matmul_precision": None}
-        return PrecisionRecord(precision=self.precision, autocast_dtype="bfloat16" if self.precision == "bf16" else None,
-                               **flags)
+            flags = {
+                "cudnn_allow_tf32": None,
+                "matmul_allow_tf32": None,
+                "float32_matmul_precision": None,
+            }
+        return PrecisionRecord(
+            precision=self.precision,
+            autocast_dtype="bfloat16" if self.precision == "bf16" else None,
+            **flags,
+        )
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """A batch laid out as the networks expect it."""
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        )
 
     def prepare(self, networks: list[nn.Module]) -> None:
         """Convert ``networks`` in place: memory format, and a compiled ``forward_features`` (from an empty dynamo
@@ -138,8 +163,9 @@ class Compute:
             if self.channels_last:
                 network.to(memory_format=torch.channels_last)
             if self.compile:
-                network.forward_features = CompiledOrEager(network.forward_features, type(network).__name__,
-                                                           mode=self.compile_mode)
+                network.forward_features = CompiledOrEager(
+                    network.forward_features, type(network).__name__, mode=self.compile_mode
+                )
 
     def step_begin(self) -> None:
         """Mark a new training step for CUDA graphs (``reduce-overhead``): the previous step's outputs may be overwritten."""
@@ -156,9 +182,15 @@ def compile_errors() -> tuple[type[BaseException], ...]:
     import torch._dynamo.exc as dynamo_exc
     import torch._inductor.exc as inductor_exc
 
-    return (dynamo_exc.TorchDynamoException, dynamo_exc.FailOnRecompileLimitHit, inductor_exc.OperatorIssue,
-            inductor_exc.SubgraphLoweringException, inductor_exc.InvalidCxxCompiler, inductor_exc.CppWrapperCodegenError,
-            inductor_exc.CppCompileError)
+    return (
+        dynamo_exc.TorchDynamoException,
+        dynamo_exc.FailOnRecompileLimitHit,
+        inductor_exc.OperatorIssue,
+        inductor_exc.SubgraphLoweringException,
+        inductor_exc.InvalidCxxCompiler,
+        inductor_exc.CppWrapperCodegenError,
+        inductor_exc.CppCompileError,
+    )
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -218,9 +250,11 @@ def set_fp32_math(convolutions: str, matmuls: str) -> None:
 
 def fp32_math_flags() -> dict[str, Any]:
     """The TF32 flags in force, as PyTorch reports them."""
-    return {"cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    return {
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
 
 
 class CompiledOrEager:
@@ -245,8 +279,14 @@ class CompiledOrEager:
 
         torch._functorch.config.force_non_lazy_backward_lowering = True
         self.compiled: Callable[..., Any] | None = torch.compile(
-            fn, fullgraph=True, dynamic=False, backend=BACKEND, mode=None if mode == "default" else mode,
-            recompile_limit=RECOMPILE_LIMIT, isolate_recompiles=True)
+            fn,
+            fullgraph=True,
+            dynamic=False,
+            backend=BACKEND,
+            mode=None if mode == "default" else mode,
+            recompile_limit=RECOMPILE_LIMIT,
+            isolate_recompiles=True,
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is None:
@@ -264,8 +304,11 @@ class CompiledOrEager:
         if self.compiled is None:
             return
         self.fallback = _summary(exc)
-        log.warning("torch.compile of %s failed (%s); continuing in eager mode (pass --no-compile to skip compiling).",
-                    self.name, self.fallback)
+        log.warning(
+            "torch.compile of %s failed (%s); continuing in eager mode (pass --no-compile to skip compiling).",
+            self.name,
+            self.fallback,
+        )
         self.compiled = None
 
     @property
@@ -276,8 +319,11 @@ class CompiledOrEager:
 
 def wrappers(networks: list[nn.Module | None]) -> list[CompiledOrEager]:
     """The compiled forwards of ``networks`` (none when compile is off)."""
-    return [n.forward_features for n in networks
-            if n is not None and isinstance(getattr(n, "forward_features", None), CompiledOrEager)]
+    return [
+        n.forward_features
+        for n in networks
+        if n is not None and isinstance(getattr(n, "forward_features", None), CompiledOrEager)
+    ]
 
 
 def compiled_active(networks: list[nn.Module]) -> bool:
@@ -302,7 +348,12 @@ def first_step(networks: list[nn.Module], state: nn.Module, run: Callable[[], T]
     if not pending:
         return run()
     saved = {k: v.detach().clone() for k, v in state.state_dict().items()}
-    generators = [(g, g.get_state()) for m in state.modules() for g in vars(m).values() if isinstance(g, torch.Generator)]
+    generators = [
+        (g, g.get_state())
+        for m in state.modules()
+        for g in vars(m).values()
+        if isinstance(g, torch.Generator)
+    ]
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:

@@ -20,8 +20,14 @@ from kdbench.data.imagenet import folder_geometry, folder_sizes
 from kdbench.plan import DataSpec, Plan, RunSpec
 
 H100_BF16_PEAK_FLOPS = 989e12
-KNOWN_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000)}  # image folders: data.imagenet.folder_sizes
-KNOWN_CLASSES = {"cifar10": 10, "imagenet": 1000}  # where a dataset spec does not say; otherwise 100
+KNOWN_SIZES = {
+    "cifar100": (50_000, 10_000),
+    "cifar10": (50_000, 10_000),
+}  # image folders: data.imagenet.folder_sizes
+KNOWN_CLASSES = {
+    "cifar10": 10,
+    "imagenet": 1000,
+}  # where a dataset spec does not say; otherwise 100
 
 
 @lru_cache(maxsize=None)
@@ -67,7 +73,9 @@ def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[i
 def network_geometry(spec: RunSpec) -> tuple[int, int]:
     """(classes, input side) the run's networks are built for."""
     return folder_geometry(spec.data.name, spec.data.options) or (
-        spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100)), image_side(spec))
+        spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100)),
+        image_side(spec),
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,9 @@ class CostEstimate:
         return self.train_flops / H100_BF16_PEAK_FLOPS / 3600
 
 
-def estimate(plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path | None = None) -> CostEstimate:
+def estimate(
+    plan: Plan, run_ids: list[str] | None = None, data_dir: str | Path | None = None
+) -> CostEstimate:
     """FLOPs to train (and evaluate every epoch) the given runs of ``plan`` (default: all)."""
     total, unknown = 0.0, 0
     ids = run_ids if run_ids is not None else list(plan.specs)
@@ -113,7 +123,9 @@ class Throughput:
     student: str
     teacher: str | None
     images_per_s: float
-    flops_per_image: float  # training FLOPs per image the measurement did (3 × student + teacher forward)
+    flops_per_image: (
+        float  # training FLOPs per image the measurement did (3 × student + teacher forward)
+    )
     source: str
 
     @property
@@ -141,26 +153,53 @@ def measured_throughputs(results: Path) -> list[Throughput]:
     root = runs_dir(results)
     for result_file in sorted(root.glob("*/result.json")) if root.is_dir() else []:
         result, spec_file = read_json(result_file), result_file.with_name("spec.json")
-        if not result.get("train_images_per_s") or result.get("imported") or not spec_file.is_file():
+        if (
+            not result.get("train_images_per_s")
+            or result.get("imported")
+            or not spec_file.is_file()
+        ):
             continue
         spec = RunSpec.model_validate(read_json(spec_file))
         teacher = spec.teacher.model if spec.teacher else None
         classes, size = network_geometry(spec)
-        per_image = 3 * forward_flops(spec.model, classes, size) + (forward_flops(teacher, classes, size) if teacher else 0.0)
-        found.append(Throughput(result.get("device_name") or result.get("device", "unknown"), spec.method, spec.model,
-                                teacher, float(result["train_images_per_s"]), per_image, f"run {result_file.parent.name}"))
+        per_image = 3 * forward_flops(spec.model, classes, size) + (
+            forward_flops(teacher, classes, size) if teacher else 0.0
+        )
+        found.append(
+            Throughput(
+                result.get("device_name") or result.get("device", "unknown"),
+                spec.method,
+                spec.model,
+                teacher,
+                float(result["train_images_per_s"]),
+                per_image,
+                f"run {result_file.parent.name}",
+            )
+        )
     bench_dir = Path(results) / BENCH_DIR
     for record_file in sorted(bench_dir.glob("*.json")) if bench_dir.is_dir() else []:
         record = read_json(record_file)
         ours, config = record["paths"]["kdbench"], record["config"]
-        found.append(Throughput(record["device"], config["method"], models.canonical_name(config["student"]),
-                                models.canonical_name(config["teacher"]), float(ours["best"]), float(ours["flops_per_image"]),
-                                f"bench {record_file.name}"))
+        found.append(
+            Throughput(
+                record["device"],
+                config["method"],
+                models.canonical_name(config["student"]),
+                models.canonical_name(config["teacher"]),
+                float(ours["best"]),
+                float(ours["flops_per_image"]),
+                f"bench {record_file.name}",
+            )
+        )
     return found
 
 
-def estimate_by_device(plan: Plan, run_ids: list[str], measurements: list[Throughput],
-                       data_dir: str | Path | None = None) -> list[DeviceEstimate]:
+def estimate_by_device(
+    plan: Plan,
+    run_ids: list[str],
+    measurements: list[Throughput],
+    data_dir: str | Path | None = None,
+) -> list[DeviceEstimate]:
     """GPU-hours of ``run_ids`` on each device that has measurements: a run's FLOPs divided by the FLOP/s
     achieved by a measurement of the same method and pair when there is one, else by the median achieved
     FLOP/s of all the device's measurements (which prices a model by its FLOPs only). Multi-GPU (DDP) runs
@@ -174,7 +213,11 @@ def estimate_by_device(plan: Plan, run_ids: list[str], measurements: list[Throug
             spec = plan.specs[run_id]
             flops = estimate(plan, [run_id], data_dir).train_flops
             teacher = spec.teacher.model if spec.teacher else None
-            same = [m for m in on_device if (m.method, m.student, m.teacher) == (spec.method, spec.model, teacher)]
+            same = [
+                m
+                for m in on_device
+                if (m.method, m.student, m.teacher) == (spec.method, spec.model, teacher)
+            ]
             rate = float(np.median([m.flops_per_s for m in same])) if same else median
             exact, scaled = exact + bool(same), scaled + (not same)
             hours += flops / rate / 3600

@@ -28,11 +28,27 @@ T = TypeVar("T")
 # and the rest of torchrun's per-worker set. A child the local executor starts must not inherit them from an
 # srun/sbatch step or a torchrun job it runs in, or it would wait for ranks that never come (see
 # ``execute/local.py``'s ``child_environment``); kdbench sets its own for a --nproc run (``launch.py``).
-RANK_VARIABLES = frozenset({
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
-    "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES",
-})
+RANK_VARIABLES = frozenset(
+    {
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "GROUP_WORLD_SIZE",
+        "ROLE_RANK",
+        "ROLE_WORLD_SIZE",
+        "ROLE_NAME",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_NPROCS",
+        "SLURM_LOCALID",
+        "SLURM_NODEID",
+        "SLURM_NNODES",
+    }
+)
 RANK_VARIABLE_PREFIXES = ("TORCHELASTIC_",)
 
 
@@ -46,7 +62,11 @@ def env_ranks(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int] |
     if "RANK" in environ and "WORLD_SIZE" in environ:
         return int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
     if "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
-        return int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]), int(environ.get("SLURM_LOCALID", 0))
+        return (
+            int(environ["SLURM_PROCID"]),
+            int(environ["SLURM_NTASKS"]),
+            int(environ.get("SLURM_LOCALID", 0)),
+        )
     return None
 
 
@@ -57,16 +77,24 @@ def local_device(option: str, local_rank: int, local_world: int | None = None) -
     if option == "cpu" or (option == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if option not in ("auto", "cuda"):
-        raise KdbenchError(f"--device {option!r} cannot serve several processes: use auto, cuda or cpu (each process "
-                           f"takes the GPU of its local rank; choose GPUs with CUDA_VISIBLE_DEVICES).")
+        raise KdbenchError(
+            f"--device {option!r} cannot serve several processes: use auto, cuda or cpu (each process "
+            f"takes the GPU of its local rank; choose GPUs with CUDA_VISIBLE_DEVICES)."
+        )
     if not torch.cuda.is_available():
-        raise KdbenchError("--device cuda requested but CUDA is not available on this machine; use --device cpu or auto.")
+        raise KdbenchError(
+            "--device cuda requested but CUDA is not available on this machine; use --device cpu or auto."
+        )
     count = torch.cuda.device_count()
     if local_world is not None and local_world > count:
-        raise KdbenchError(f"{local_world} processes on this node but {count} GPU(s) visible: start at most {count} "
-                           f"(--nproc), or pass --device cpu.")
+        raise KdbenchError(
+            f"{local_world} processes on this node but {count} GPU(s) visible: start at most {count} "
+            f"(--nproc), or pass --device cpu."
+        )
     if count > 1 and local_rank >= count:
-        raise KdbenchError(f"local rank {local_rank} has no GPU: {count} visible; start at most {count} processes per node.")
+        raise KdbenchError(
+            f"local rank {local_rank} has no GPU: {count} visible; start at most {count} processes per node."
+        )
     return torch.device("cuda", 0 if count == 1 else local_rank)
 
 
@@ -149,8 +177,10 @@ class Group:
             dist.all_reduce(high, op=dist.ReduceOp.MAX)
             dist.all_reduce(low, op=dist.ReduceOp.MIN)
             if not torch.equal(high, low):
-                raise KdbenchError(f"the {self.world} processes hold different {what}: their updates diverged "
-                                   f"(a rank computed gradients for other parameters than the rest?).")
+                raise KdbenchError(
+                    f"the {self.world} processes hold different {what}: their updates diverged "
+                    f"(a rank computed gradients for other parameters than the rest?)."
+                )
 
     def shutdown(self) -> None:
         if self.active and dist.is_initialized():
@@ -171,14 +201,25 @@ def init(device: str = "auto", environ: Mapping[str, str] = os.environ) -> Group
     backend = "nccl" if where.type == "cuda" else "gloo"
     if where.type == "cuda":
         torch.cuda.set_device(where)
-    if "MASTER_ADDR" not in environ:  # srun without torchrun: one node, or the user says where rank 0 is
+    if (
+        "MASTER_ADDR" not in environ
+    ):  # srun without torchrun: one node, or the user says where rank 0 is
         if int(environ.get("SLURM_NNODES", 1)) > 1:
-            raise KdbenchError("a multi-node SLURM run needs MASTER_ADDR (the first node's address) and MASTER_PORT set.")
+            raise KdbenchError(
+                "a multi-node SLURM run needs MASTER_ADDR (the first node's address) and MASTER_PORT set."
+            )
         os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", 0)) % 20000))
-    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=TIMEOUT_S),
-                            device_id=where if where.type == "cuda" else None)
+        os.environ.setdefault(
+            "MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", 0)) % 20000)
+        )
+    dist.init_process_group(
+        backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+        device_id=where if where.type == "cuda" else None,
+    )
     return Group(rank=rank, world=world, device=where, backend=backend)
 
 
@@ -187,8 +228,11 @@ def _buckets(tensors: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
     bucket: list[torch.Tensor] = []
     size = 0
     for t in tensors:
-        if bucket and (size + t.numel() * t.element_size() > BUCKET_BYTES or
-                       t.dtype != bucket[0].dtype or t.device != bucket[0].device):
+        if bucket and (
+            size + t.numel() * t.element_size() > BUCKET_BYTES
+            or t.dtype != bucket[0].dtype
+            or t.device != bucket[0].device
+        ):
             yield bucket
             bucket, size = [], 0
         bucket.append(t)
@@ -202,4 +246,3 @@ def _unflatten(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[start : start + t.numel()].view_as(t))
         start += t.numel()
-

@@ -62,8 +62,13 @@ class Report:
         return {s: sum(c.status == s for c in self.checks) for s in ("pass", "fail", "skip")}
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "counts": self.counts(), "budget_s": self.budget_s, "environment": self.environment,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "ok": self.ok,
+            "counts": self.counts(),
+            "budget_s": self.budget_s,
+            "environment": self.environment,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,24 @@ def environment(device: torch.device) -> dict[str, str]:
     import kdbench
 
     env = {
-        "kdbench": kdbench.__version__, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda (torch build)": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version()),
-        "device": str(device), "cpu threads": str(torch.get_num_threads()), "cpus": str(os.cpu_count()),
-        "tf32 matmul (torch.backends.cuda.matmul.allow_tf32)": str(torch.backends.cuda.matmul.allow_tf32),
+        "kdbench": kdbench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda (torch build)": str(torch.version.cuda),
+        "cudnn": str(torch.backends.cudnn.version()),
+        "device": str(device),
+        "cpu threads": str(torch.get_num_threads()),
+        "cpus": str(os.cpu_count()),
+        "tf32 matmul (torch.backends.cuda.matmul.allow_tf32)": str(
+            torch.backends.cuda.matmul.allow_tf32
+        ),
         "tf32 cudnn (torch.backends.cudnn.allow_tf32)": str(torch.backends.cudnn.allow_tf32),
         "float32 matmul precision": torch.get_float32_matmul_precision(),
         "cudnn.deterministic / benchmark": f"{torch.backends.cudnn.deterministic} / {torch.backends.cudnn.benchmark}",
         "C compiler (Inductor, Triton)": shutil.which("cc") or shutil.which("gcc") or "none found",
-        "Python.h (Triton launcher)": str(Path(sysconfig.get_paths()["include"], "Python.h").is_file()),
+        "Python.h (Triton launcher)": str(
+            Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+        ),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"),
     }
     try:
@@ -125,11 +139,22 @@ def environment(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         free, total = torch.cuda.mem_get_info(device)
-        env.update({"device name": props.name, "capability": f"sm_{props.major}{props.minor}",
-                    "memory free / total": f"{free / 2**30:.1f} / {total / 2**30:.1f} GiB",
-                    "bf16 supported": str(torch.cuda.is_bf16_supported(including_emulation=False)),
-                    "driver, compute mode": _run(["nvidia-smi", "--query-gpu=driver_version,compute_mode",
-                                                  "--format=csv,noheader", f"--id={device.index or 0}"])})
+        env.update(
+            {
+                "device name": props.name,
+                "capability": f"sm_{props.major}{props.minor}",
+                "memory free / total": f"{free / 2**30:.1f} / {total / 2**30:.1f} GiB",
+                "bf16 supported": str(torch.cuda.is_bf16_supported(including_emulation=False)),
+                "driver, compute mode": _run(
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=driver_version,compute_mode",
+                        "--format=csv,noheader",
+                        f"--id={device.index or 0}",
+                    ]
+                ),
+            }
+        )
     return env
 
 
@@ -202,30 +227,49 @@ def check_methods(s: Setting) -> Check:
             params = stage.parameters if stage is not None else d.trainable_parameters()
             optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
             x, y = compute.images(images.to(s.device)), targets.to(s.device)
-            step_in = {"indices": torch.arange(batch, device=s.device),
-                       "strong": compute.images(strong.to(s.device)) if cls.needs.strong_view else None}
+            step_in = {
+                "indices": torch.arange(batch, device=s.device),
+                "strong": compute.images(strong.to(s.device)) if cls.needs.strong_view else None,
+            }
             d.train()
             for i in range(2):
                 with _sync_debug(s.cuda and i == 1), compute.autocast(s.device):
-                    terms = d.forward_init(x, y) if stage is not None else d.forward_train(x, y, 1, **step_in)[1]
+                    terms = (
+                        d.forward_init(x, y)
+                        if stage is not None
+                        else d.forward_train(x, y, 1, **step_in)[1]
+                    )
                 with _sync_debug(s.cuda and i == 1):
                     optimizer.zero_grad(set_to_none=True)
                     sum(terms.values()).backward()
                     optimizer.step()
-            bad = [f"{k}:{v.dtype}" for k, v in terms.items() if v.dtype != torch.float32 or not bool(torch.isfinite(v).all())]
+            bad = [
+                f"{k}:{v.dtype}"
+                for k, v in terms.items()
+                if v.dtype != torch.float32 or not bool(torch.isfinite(v).all())
+            ]
             if bad:
                 failures.append(f"{name} ({', '.join(bad)})")
         except Exception as exc:  # noqa: BLE001 - every method is tried; the failures are the figure
-            failures.append(f"{name} ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+            failures.append(
+                f"{name} ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+            )
     ok = len(names) - len(failures)
-    return Check("methods: one step each", "fail" if failures else "pass", f"{ok}/{len(names)} methods", 0.0,
-                 "; ".join(failures))
+    return Check(
+        "methods: one step each",
+        "fail" if failures else "pass",
+        f"{ok}/{len(names)} methods",
+        0.0,
+        "; ".join(failures),
+    )
 
 
 def _synthetic(train_size: int, test_size: int = 32) -> Any:
     from kdbench import data
 
-    return data.load_dataset("synthetic", num_classes=10, image_size=32, train_size=train_size, test_size=test_size)
+    return data.load_dataset(
+        "synthetic", num_classes=10, image_size=32, train_size=train_size, test_size=test_size
+    )
 
 
 def check_loader(s: Setting) -> Check:
@@ -234,13 +278,20 @@ def check_loader(s: Setting) -> Check:
 
     arrays = _synthetic(96)
     worst = 0.0
-    for batches in zip(make_loaders("torch", arrays).train(32, seed=3, epoch=2),
-                       make_loaders("tensor", arrays, device=s.device).train(32, seed=3, epoch=2)):
+    for batches in zip(
+        make_loaders("torch", arrays).train(32, seed=3, epoch=2),
+        make_loaders("tensor", arrays, device=s.device).train(32, seed=3, epoch=2),
+    ):
         (xr, yr, ir), (xt, yt, it) = batches[0][:3], batches[1][:3]
         if not (torch.equal(yr, yt.cpu()) and torch.equal(ir, it.cpu())):
             return Check("tensor loader = reference loader", "fail", "labels or order differ", 0.0)
         worst = max(worst, float((xr - xt.cpu()).abs().max()))
-    return Check("tensor loader = reference loader", "pass" if worst == 0.0 else "fail", f"max |Δ| {worst:.2g}", 0.0)
+    return Check(
+        "tensor loader = reference loader",
+        "pass" if worst == 0.0 else "fail",
+        f"max |Δ| {worst:.2g}",
+        0.0,
+    )
 
 
 def check_strong_views(s: Setting) -> Check:
@@ -259,7 +310,9 @@ def check_strong_views(s: Setting) -> Check:
         with _sync_debug(s.cuda):
             offsets = to_device(torch.tensor([(d.dx, d.dy) for d in decisions]), s.device)
             flips = to_device(torch.tensor([d.flip for d in decisions]), s.device)
-            views = strong_views(crop_flip(split.images, to_device(indices, s.device), offsets, flips, 4), decisions)
+            views = strong_views(
+                crop_flip(split.images, to_device(indices, s.device), offsets, flips, 4), decisions
+            )
         if s.cuda:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - started
@@ -267,9 +320,14 @@ def check_strong_views(s: Setting) -> Check:
         expected = np.stack([apply(arrays.x_train[int(i)], d) for i, d in zip(indices, decisions)])
         differ += int((got != expected).any(axis=3).sum())
     ms = 1000 * seconds / -(-n // 64)
-    return Check("strong views = PIL reference", "pass" if differ == 0 else "fail",
-                 f"{differ} px differ in {n} views, {ms:.1f} ms/batch, no host sync" if s.cuda else
-                 f"{differ} px differ in {n} views, {ms:.1f} ms/batch", 0.0)
+    return Check(
+        "strong views = PIL reference",
+        "pass" if differ == 0 else "fail",
+        f"{differ} px differ in {n} views, {ms:.1f} ms/batch, no host sync"
+        if s.cuda
+        else f"{differ} px differ in {n} views, {ms:.1f} ms/batch",
+        0.0,
+    )
 
 
 def check_teacher_cache(s: Setting) -> Check:
@@ -289,8 +347,12 @@ def check_teacher_cache(s: Setting) -> Check:
         for images, _, indices in loaders.train(8, seed=3, epoch=1):
             worst = max(worst, float((teacher(images) - lookup(indices)).abs().max()))
     tolerance = 1e-2 if s.cuda else 1e-4  # TF32 convolutions on CUDA, as the cache build's
-    return Check("teacher cache = live teacher", "pass" if worst <= tolerance else "fail",
-                 f"max |Δ logit| {worst:.2g} (≤ {tolerance:g})", 0.0)
+    return Check(
+        "teacher cache = live teacher",
+        "pass" if worst <= tolerance else "fail",
+        f"max |Δ logit| {worst:.2g} (≤ {tolerance:g})",
+        0.0,
+    )
 
 
 def _kd_step_fn(s: Setting, compute: Any, batch: int) -> tuple[Callable[[int], None], nn.Module]:
@@ -301,8 +363,12 @@ def _kd_step_fn(s: Setting, compute: Any, batch: int) -> tuple[Callable[[int], N
     torch.manual_seed(2)
     cls = methods.get("kd")
     teacher = _calibrated("resnet8" if s.quick else s.teacher, 10)
-    d = cls(models.create(s.kd_student, num_classes=10), teacher, cls.Params(),
-            torch.zeros(2, 3, 32, 32)).to(s.device)
+    d = cls(
+        models.create(s.kd_student, num_classes=10),
+        teacher,
+        cls.Params(),
+        torch.zeros(2, 3, 32, 32),
+    ).to(s.device)
     compute.prepare([d.student, d.teacher])
     optimizer = torch.optim.SGD(d.trainable_parameters(), lr=0.01, momentum=0.9)
     images = compute.images(torch.randn(batch, 3, 32, 32, device=s.device))
@@ -334,7 +400,7 @@ def check_compile(s: Setting) -> Check:
         started = time.perf_counter()
         compute = ComputeOptions(compile=True).resolve(s.device)
         step, d = _kd_step_fn(s, compute, 64)
-        first_step([d.student, d.teacher], d, lambda: step(64))
+        first_step([d.student, d.teacher], d, lambda: step(64))  # noqa: B023 - called here
         step(64)
         step(16)
         d.eval()
@@ -358,21 +424,53 @@ def check_compile(s: Setting) -> Check:
         compute_module.BACKEND = saved
         quiet.disabled = False
     ok = active and not fallbacks and fell_back
-    return Check("compile: stays compiled, falls back on compiler errors", "pass" if ok else "fail",
-                 f"{compile_s:.1f} s to compile (backend {'inductor' if s.cuda else 'aot_eager'}), fallback "
-                 f"{'reported' if fell_back else 'MISSING'}", 0.0, "; ".join(f"{k}: {v}" for k, v in fallbacks.items()))
+    return Check(
+        "compile: stays compiled, falls back on compiler errors",
+        "pass" if ok else "fail",
+        f"{compile_s:.1f} s to compile (backend {'inductor' if s.cuda else 'aot_eager'}), fallback "
+        f"{'reported' if fell_back else 'MISSING'}",
+        0.0,
+        "; ".join(f"{k}: {v}" for k, v in fallbacks.items()),
+    )
 
 
 def _tiny_specs(epochs: int = 1) -> tuple[Any, Any]:
     from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 
-    dataset = DataSpec(name="synthetic", options={"num_classes": 10, "image_size": 32, "train_size": 64, "test_size": 32})
-    schedule = TrainSpec(epochs=epochs, batch_size=16, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9,
-                         nesterov=False, weight_decay=5e-4)
-    teacher = RunSpec(profile="smoke", model="resnet8", method="ce", method_params={}, teacher=None, data=dataset,
-                      train=schedule, seed=1)
-    student = RunSpec(profile="smoke", model="resnet8", method="kd", method_params={}, data=dataset, train=schedule,
-                      seed=2, teacher=TeacherRef(model="resnet8", run_id=teacher.run_id))
+    dataset = DataSpec(
+        name="synthetic",
+        options={"num_classes": 10, "image_size": 32, "train_size": 64, "test_size": 32},
+    )
+    schedule = TrainSpec(
+        epochs=epochs,
+        batch_size=16,
+        lr=0.05,
+        milestones=(),
+        lr_decay=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+    )
+    teacher = RunSpec(
+        profile="smoke",
+        model="resnet8",
+        method="ce",
+        method_params={},
+        teacher=None,
+        data=dataset,
+        train=schedule,
+        seed=1,
+    )
+    student = RunSpec(
+        profile="smoke",
+        model="resnet8",
+        method="kd",
+        method_params={},
+        data=dataset,
+        train=schedule,
+        seed=2,
+        teacher=TeacherRef(model="resnet8", run_id=teacher.run_id),
+    )
     return teacher, student
 
 
@@ -389,10 +487,21 @@ def check_determinism(s: Setting) -> Check:
         results = s.workdir / f"determinism-{name}"
         train.run(teacher, results, device=str(s.device), progress=False, compute=options)
         train.run(student, results, device=str(s.device), progress=False, compute=options)
-        weights.append(RunDir(results, student.run_id).load_torch(RunDir(results, student.run_id).model_file))
-    worst = max(float((weights[0][k].float() - weights[1][k].float()).abs().max()) for k in weights[0])
-    return Check("determinism: a run repeated", "pass" if worst == 0.0 else "fail", f"max |Δw| {worst:.2g}", 0.0,
-                 "" if worst == 0.0 else "non-deterministic kernels (cudnn.deterministic is False); the fidelity gate's exact modes will differ")
+        weights.append(
+            RunDir(results, student.run_id).load_torch(RunDir(results, student.run_id).model_file)
+        )
+    worst = max(
+        float((weights[0][k].float() - weights[1][k].float()).abs().max()) for k in weights[0]
+    )
+    return Check(
+        "determinism: a run repeated",
+        "pass" if worst == 0.0 else "fail",
+        f"max |Δw| {worst:.2g}",
+        0.0,
+        ""
+        if worst == 0.0
+        else "non-deterministic kernels (cudnn.deterministic is False); the fidelity gate's exact modes will differ",
+    )
 
 
 def check_packed(s: Setting) -> Check:
@@ -407,14 +516,31 @@ def check_packed(s: Setting) -> Check:
     for spec in specs:
         path = results / f"{spec.run_id}.json"
         path.write_text(json.dumps(spec.model_dump(mode="json")))
-        processes.append(subprocess.Popen([sys.executable, "-m", "kdbench", "train", str(path), "--results", str(results),
-                                           "--device", str(s.device)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kdbench",
+                    "train",
+                    str(path),
+                    "--results",
+                    str(results),
+                    "--device",
+                    str(s.device),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outcomes = [p.communicate(timeout=600) for p in processes]
     codes = [p.returncode for p in processes]
     ok = all(c == 0 for c in codes)
     detail = "" if ok else " | ".join((err.strip().splitlines() or [""])[-1] for _, err in outcomes)
-    return Check("two runs packed in parallel", "pass" if ok else "fail", f"exit codes {codes}", 0.0, detail)
+    return Check(
+        "two runs packed in parallel", "pass" if ok else "fail", f"exit codes {codes}", 0.0, detail
+    )
 
 
 def check_throughput(s: Setting) -> list[Check]:
@@ -424,16 +550,21 @@ def check_throughput(s: Setting) -> list[Check]:
 
     configs = [("eager fp32", ComputeOptions(precision="fp32", channels_last=False, compile=False))]
     if s.cuda:
-        configs += [("eager bf16 + channels_last", ComputeOptions(compile=False)),
-                    ("compiled", ComputeOptions(compile=True)),
-                    ("compiled + CUDA graphs", ComputeOptions(compile=True, compile_mode="reduce-overhead"))]
+        configs += [
+            ("eager bf16 + channels_last", ComputeOptions(compile=False)),
+            ("compiled", ComputeOptions(compile=True)),
+            (
+                "compiled + CUDA graphs",
+                ComputeOptions(compile=True, compile_mode="reduce-overhead"),
+            ),
+        ]
     steps = 3 if s.quick else 50
     out = []
     for label, options in configs:
         started = time.perf_counter()
         try:
             step, d = _kd_step_fn(s, options.resolve(s.device), 64)
-            first_step([d.student, d.teacher], d, lambda: step(64))
+            first_step([d.student, d.teacher], d, lambda: step(64))  # noqa: B023 - called here
             for _ in range(2):
                 step(64)
             if s.cuda:
@@ -444,20 +575,47 @@ def check_throughput(s: Setting) -> list[Check]:
             if s.cuda:
                 torch.cuda.synchronize()
             rate = 64 * steps / (time.perf_counter() - timed)
-            out.append(Check(f"throughput: {label}", "pass", f"{rate:,.0f} img/s (KD {'resnet8' if s.quick else s.teacher} → {s.kd_student}, batch 64; "
-                             f"{timed - started:.1f} s to warm up)", 0.0))
+            out.append(
+                Check(
+                    f"throughput: {label}",
+                    "pass",
+                    f"{rate:,.0f} img/s (KD {'resnet8' if s.quick else s.teacher} → {s.kd_student}, batch 64; "
+                    f"{timed - started:.1f} s to warm up)",
+                    0.0,
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - a configuration that cannot run is a failure of its own line
-            out.append(Check(f"throughput: {label}", "fail", f"{type(exc).__name__}", 0.0, str(exc).splitlines()[0][:300] if str(exc) else ""))
+            out.append(
+                Check(
+                    f"throughput: {label}",
+                    "fail",
+                    f"{type(exc).__name__}",
+                    0.0,
+                    str(exc).splitlines()[0][:300] if str(exc) else "",
+                )
+            )
     return out
 
 
 # Cheap first, so that a small budget still covers the most paths.
 CHECKS: tuple[Callable[[Setting], Check | list[Check]], ...] = (
-    check_loader, check_strong_views, check_teacher_cache, check_compile, check_determinism, check_methods,
-    check_packed, check_throughput)
+    check_loader,
+    check_strong_views,
+    check_teacher_cache,
+    check_compile,
+    check_determinism,
+    check_methods,
+    check_packed,
+    check_throughput,
+)
 
 
-def run(device: torch.device, budget_s: float, quick: bool, on_check: Callable[[Check], None] | None = None) -> Report:
+def run(
+    device: torch.device,
+    budget_s: float,
+    quick: bool,
+    on_check: Callable[[Check], None] | None = None,
+) -> Report:
     """Every check in ``CHECKS`` while the budget lasts (the ones left are reported as skipped)."""
     report = Report(environment(device), budget_s=budget_s)
     started = time.perf_counter()
@@ -473,9 +631,20 @@ def run(device: torch.device, budget_s: float, quick: bool, on_check: Callable[[
                     result = check(setting)
                     found = result if isinstance(result, list) else [result]
                 except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check, the others still run
-                    found = [Check(name, "fail", type(exc).__name__, 0.0, str(exc).splitlines()[0][:300] if str(exc) else "")]
+                    found = [
+                        Check(
+                            name,
+                            "fail",
+                            type(exc).__name__,
+                            0.0,
+                            str(exc).splitlines()[0][:300] if str(exc) else "",
+                        )
+                    ]
                 spent = time.perf_counter() - t0
-                found = [Check(c.name, c.status, c.figure, round(spent / len(found), 2), c.detail) for c in found]
+                found = [
+                    Check(c.name, c.status, c.figure, round(spent / len(found), 2), c.detail)
+                    for c in found
+                ]
             for c in found:
                 report.checks.append(c)
                 if on_check is not None:

@@ -37,7 +37,9 @@ from kdbench.results.store import RunDir, atomic_path, atomic_write_json
 from kdbench.results.verdict import judge
 
 # The authors' arithmetic: IEEE fp32 (docs/protocol-choices.md, "Precision"); on a CPU faithful and fp32 are one.
-REFERENCE_COMPUTE = ComputeOptions(precision="faithful", channels_last=False, compile=False, teacher_cache="off")
+REFERENCE_COMPUTE = ComputeOptions(
+    precision="faithful", channels_last=False, compile=False, teacher_cache="off"
+)
 
 
 @dataclass(frozen=True)
@@ -55,16 +57,39 @@ def _compute(**changes: Any) -> ComputeOptions:
     return ComputeOptions(**{**vars(REFERENCE_COMPUTE), **changes})
 
 
-MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("reference", "torch", REFERENCE_COMPUTE, "— (torch DataLoader, faithful fp32, eager, live teacher)"),
-    Mode("tensor", "tensor", REFERENCE_COMPUTE, "device-resident tensor loader", exact=True),
-    Mode("ffcv", "ffcv", REFERENCE_COMPUTE, "ffcv loader (.beton files)", exact=True),
-    Mode("teacher-cache", "torch", _compute(teacher_cache="on"), "teacher logits from the per-view cache"),
-    Mode("tf32", "torch", _compute(precision="fp32"), "fp32 with TF32 cuDNN convolutions (PyTorch's default; CPU: none)"),
-    Mode("bf16", "torch", _compute(precision="bf16"), "bf16 autocast (losses in fp32)"),
-    Mode("channels-last", "torch", _compute(channels_last=True), "channels_last memory format"),
-    Mode("compile", "torch", _compute(compile=True), "torch.compile (falls back to eager if it fails)"),
-)}
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode(
+            "reference",
+            "torch",
+            REFERENCE_COMPUTE,
+            "— (torch DataLoader, faithful fp32, eager, live teacher)",
+        ),
+        Mode("tensor", "tensor", REFERENCE_COMPUTE, "device-resident tensor loader", exact=True),
+        Mode("ffcv", "ffcv", REFERENCE_COMPUTE, "ffcv loader (.beton files)", exact=True),
+        Mode(
+            "teacher-cache",
+            "torch",
+            _compute(teacher_cache="on"),
+            "teacher logits from the per-view cache",
+        ),
+        Mode(
+            "tf32",
+            "torch",
+            _compute(precision="fp32"),
+            "fp32 with TF32 cuDNN convolutions (PyTorch's default; CPU: none)",
+        ),
+        Mode("bf16", "torch", _compute(precision="bf16"), "bf16 autocast (losses in fp32)"),
+        Mode("channels-last", "torch", _compute(channels_last=True), "channels_last memory format"),
+        Mode(
+            "compile",
+            "torch",
+            _compute(compile=True),
+            "torch.compile (falls back to eager if it fails)",
+        ),
+    )
+}
 # compile is left out by default: on a CPU its first run spends minutes compiling (108 s here, docs/BENCHMARKS.md).
 DEFAULT_MODES: tuple[str, ...] = tuple(m for m in MODES if m != "compile")
 
@@ -105,10 +130,14 @@ class ModeResult:
     mode: Mode
     top1: list[float] = field(default_factory=list)  # final-epoch test top-1 per seed
     seconds: list[float] = field(default_factory=list)
-    identical: list[bool] = field(default_factory=list)  # final weights equal to the reference's, per seed
+    identical: list[bool] = field(
+        default_factory=list
+    )  # final weights equal to the reference's, per seed
     max_weight_diff: float = 0.0
     unavailable: str = ""  # why the mode could not run here
-    eager_fallback: bool = False  # compile was asked for but a run went on eagerly (compute.CompiledOrEager)
+    eager_fallback: bool = (
+        False  # compile was asked for but a run went on eagerly (compute.CompiledOrEager)
+    )
     p_value: float = math.nan
     verdict: str = ""  # within noise / differs / inconclusive / unavailable
 
@@ -127,10 +156,24 @@ class ModeResult:
         return self.verdict != "differs" and (not self.mode.exact or all(self.identical))
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode.name, "loader": self.mode.loader, "compute": self.mode.compute.to_json(),
-                "change": self.mode.change, "exact": self.mode.exact, "top1": self.top1, "mean": self.mean, "std": self.std,
-                "seconds": self.seconds, "identical": self.identical, "max_weight_diff": self.max_weight_diff,
-                "unavailable": self.unavailable, "eager_fallback": self.eager_fallback, "p_value": self.p_value, "verdict": self.verdict, "passed": self.passed}
+        return {
+            "mode": self.mode.name,
+            "loader": self.mode.loader,
+            "compute": self.mode.compute.to_json(),
+            "change": self.mode.change,
+            "exact": self.mode.exact,
+            "top1": self.top1,
+            "mean": self.mean,
+            "std": self.std,
+            "seconds": self.seconds,
+            "identical": self.identical,
+            "max_weight_diff": self.max_weight_diff,
+            "unavailable": self.unavailable,
+            "eager_fallback": self.eager_fallback,
+            "p_value": self.p_value,
+            "verdict": self.verdict,
+            "passed": self.passed,
+        }
 
 
 @dataclass
@@ -146,10 +189,18 @@ class FidelityReport:
         return all(m.passed for m in self.modes)
 
     def to_json(self) -> dict[str, Any]:
-        config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                  for k, v in vars(self.config).items()}
-        return {"config": config, "train_images": self.train_images, "test_images": self.test_images,
-                "teacher_top1": self.teacher_top1, "passed": self.passed, "modes": [m.to_json() for m in self.modes]}
+        config = {
+            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(self.config).items()
+        }
+        return {
+            "config": config,
+            "train_images": self.train_images,
+            "test_images": self.test_images,
+            "teacher_top1": self.teacher_top1,
+            "passed": self.passed,
+            "modes": [m.to_json() for m in self.modes],
+        }
 
 
 def specs(config: FidelityConfig, images: Path) -> tuple[RunSpec, list[RunSpec]]:
@@ -157,14 +208,40 @@ def specs(config: FidelityConfig, images: Path) -> tuple[RunSpec, list[RunSpec]]
     dataset = DataSpec(name="npz", options={"path": str(images)})
 
     def schedule(epochs: int) -> TrainSpec:
-        return TrainSpec(epochs=epochs, batch_size=config.batch_size, lr=config.lr, milestones=(), lr_decay=0.1,
-                         momentum=0.9, nesterov=False, weight_decay=5e-4)
+        return TrainSpec(
+            epochs=epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        )
 
-    teacher = RunSpec(profile="ci", model=config.teacher, method="ce", method_params={}, teacher=None, data=dataset,
-                      train=schedule(config.teacher_epochs), seed=0)
-    students = [RunSpec(profile="ci", model=config.student, method=config.method, method_params={}, data=dataset,
-                        train=schedule(config.epochs), seed=seed, teacher=TeacherRef(model=config.teacher, run_id=teacher.run_id))
-                for seed in range(1, config.seeds + 1)]
+    teacher = RunSpec(
+        profile="ci",
+        model=config.teacher,
+        method="ce",
+        method_params={},
+        teacher=None,
+        data=dataset,
+        train=schedule(config.teacher_epochs),
+        seed=0,
+    )
+    students = [
+        RunSpec(
+            profile="ci",
+            model=config.student,
+            method=config.method,
+            method_params={},
+            data=dataset,
+            train=schedule(config.epochs),
+            seed=seed,
+            teacher=TeacherRef(model=config.teacher, run_id=teacher.run_id),
+        )
+        for seed in range(1, config.seeds + 1)
+    ]
     return teacher, students
 
 
@@ -173,8 +250,10 @@ def data_file(config: FidelityConfig) -> Path:
     path = Path(config.data).expanduser()
     path = path if path.is_absolute() else resolve_data_dir(config.data_dir) / path
     if not path.is_file():
-        raise KdbenchError(f"fidelity data {path} does not exist: pass --data FILE.npz, or set --data-dir / KDBENCH_DATA "
-                           "to the folder holding cifar10-jpeg-q75-20k.npz (the shared offline data).")
+        raise KdbenchError(
+            f"fidelity data {path} does not exist: pass --data FILE.npz, or set --data-dir / KDBENCH_DATA "
+            "to the folder holding cifar10-jpeg-q75-20k.npz (the shared offline data)."
+        )
     return path
 
 
@@ -182,12 +261,24 @@ def gate_images(config: FidelityConfig) -> tuple[Path, ImageArrays]:
     """The gate's class-stratified subset of ``config.data``, written once as its own small .npz under the results
     folder (every run then reads a few MB instead of the whole file); its path and arrays."""
     source = data_file(config)
-    path = Path(config.results).absolute() / "data" / f"{source.stem}-train{config.train_fraction:g}-test{config.test_fraction:g}.npz"
+    path = (
+        Path(config.results).absolute()
+        / "data"
+        / f"{source.stem}-train{config.train_fraction:g}-test{config.test_fraction:g}.npz"
+    )
     if not path.is_file():
-        arrays = subset(load_dataset("npz", path=source), config.train_fraction, config.test_fraction)
+        arrays = subset(
+            load_dataset("npz", path=source), config.train_fraction, config.test_fraction
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test)
+            np.savez(
+                fh,
+                x_train=arrays.x_train,
+                y_train=arrays.y_train,
+                x_test=arrays.x_test,
+                y_test=arrays.y_test,
+            )
     return path, load_dataset("npz", path=path)
 
 
@@ -211,22 +302,34 @@ def _copy_run(source: Path, target: Path, run_id: str) -> None:
     if not RunDir(target, run_id).is_done():
         destination = RunDir(target, run_id).path
         shutil.rmtree(destination, ignore_errors=True)
-        shutil.copytree(RunDir(source, run_id).path, destination, ignore=shutil.ignore_patterns(".lock", "checkpoint.pt"))
+        shutil.copytree(
+            RunDir(source, run_id).path,
+            destination,
+            ignore=shutil.ignore_patterns(".lock", "checkpoint.pt"),
+        )
 
 
 def _weights(results: Path, run_id: str) -> dict[str, torch.Tensor]:
     return torch.load(RunDir(results, run_id).model_file, map_location="cpu", weights_only=True)
 
 
-def run_gate(config: FidelityConfig, on_run: Callable[[str, int, dict[str, Any]], None] | None = None) -> FidelityReport:
+def run_gate(
+    config: FidelityConfig, on_run: Callable[[str, int, dict[str, Any]], None] | None = None
+) -> FidelityReport:
     """Train the teacher once, then every (seed, mode) student run (finished runs are reused), and judge."""
     images, arrays = gate_images(config)
     teacher, students = specs(config, images)
     results = Path(config.results)
     modes = ["reference", *(m for m in config.modes if m != "reference")]
     folders = {m: results / m for m in modes}
-    teacher_result = train.run(teacher, folders["reference"], device=config.device, progress=False, loader="torch",
-                               compute=REFERENCE_COMPUTE)
+    teacher_result = train.run(
+        teacher,
+        folders["reference"],
+        device=config.device,
+        progress=False,
+        loader="torch",
+        compute=REFERENCE_COMPUTE,
+    )
     outcomes = {m: ModeResult(MODES[m]) for m in modes}
     data_dirs: dict[str, Path | None] = dict.fromkeys(modes)
     if "ffcv" in modes:
@@ -238,11 +341,20 @@ def run_gate(config: FidelityConfig, on_run: Callable[[str, int, dict[str, Any]]
             outcome = outcomes[mode]
             if outcome.unavailable:
                 continue
-            result = train.run(spec, folders[mode], device=config.device, progress=False, loader=MODES[mode].loader,
-                               compute=MODES[mode].compute, data_dir=data_dirs[mode])
+            result = train.run(
+                spec,
+                folders[mode],
+                device=config.device,
+                progress=False,
+                loader=MODES[mode].loader,
+                compute=MODES[mode].compute,
+                data_dir=data_dirs[mode],
+            )
             outcome.top1.append(result["last_top1"])
             outcome.seconds.append(result["wall_seconds"])
-            outcome.eager_fallback |= MODES[mode].compute.compile is True and not result["compute"]["compiled"]
+            outcome.eager_fallback |= (
+                MODES[mode].compute.compile is True and not result["compute"]["compiled"]
+            )
             if on_run is not None:
                 on_run(mode, spec.seed, result)
     reference = outcomes["reference"]
@@ -251,18 +363,43 @@ def run_gate(config: FidelityConfig, on_run: Callable[[str, int, dict[str, Any]]
             outcome.verdict = "unavailable"
             continue
         for spec in students:
-            ours, theirs = _weights(folders[mode], spec.run_id), _weights(folders["reference"], spec.run_id)
+            ours, theirs = (
+                _weights(folders[mode], spec.run_id),
+                _weights(folders["reference"], spec.run_id),
+            )
             outcome.identical.append(all(torch.equal(ours[k], theirs[k]) for k in theirs))
-            diff = max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in theirs if theirs[k].numel())
+            diff = max(
+                float((ours[k].double() - theirs[k].double()).abs().max())
+                for k in theirs
+                if theirs[k].numel()
+            )
             outcome.max_weight_diff = max(outcome.max_weight_diff, diff)
-        verdict = judge(ours_mean=outcome.mean, ours_std=outcome.std, n=len(outcome.top1), paper_mean=reference.mean,
-                        paper_std=reference.std, paper_n=len(reference.top1), alpha=config.alpha)
+        verdict = judge(
+            ours_mean=outcome.mean,
+            ours_std=outcome.std,
+            n=len(outcome.top1),
+            paper_mean=reference.mean,
+            paper_std=reference.std,
+            paper_n=len(reference.top1),
+            alpha=config.alpha,
+        )
         outcome.p_value = verdict.p_value
         # The gate asks whether a mode changes accuracy at all: the verdict's two-sided test of Δ = 0 at alpha,
         # not its equivalence margin (which is for tables against published numbers).
-        outcome.verdict = ("inconclusive" if math.isnan(verdict.p_value) else "differs" if verdict.significant
-                           else "within noise")
-    report = FidelityReport(config, len(arrays.x_train), len(arrays.x_test), teacher_result["last_top1"], list(outcomes.values()))
+        outcome.verdict = (
+            "inconclusive"
+            if math.isnan(verdict.p_value)
+            else "differs"
+            if verdict.significant
+            else "within noise"
+        )
+    report = FidelityReport(
+        config,
+        len(arrays.x_train),
+        len(arrays.x_test),
+        teacher_result["last_top1"],
+        list(outcomes.values()),
+    )
     atomic_write_json(results / "fidelity.json", report.to_json())
     return report
 
@@ -273,13 +410,39 @@ def summary_rows(report: FidelityReport) -> list[tuple[str, ...]]:
     rows = []
     for m in report.modes:
         if m.unavailable:
-            rows.append((m.mode.name, m.mode.change, "—", "—", "—", "unavailable", m.unavailable.split(";")[0], "—"))
+            rows.append(
+                (
+                    m.mode.name,
+                    m.mode.change,
+                    "—",
+                    "—",
+                    "—",
+                    "unavailable",
+                    m.unavailable.split(";")[0],
+                    "—",
+                )
+            )
             continue
         spread = f"{m.mean:.2f} ± {m.std:.2f}" if len(m.top1) > 1 else f"{m.mean:.2f}"
-        same = ("reference" if m is reference else "bit-identical" if all(m.identical)
-                else f"max |Δw| {m.max_weight_diff:.2g}")
-        rows.append((m.mode.name, m.mode.change, spread, "—" if m is reference else f"{m.mean - reference.mean:+.2f}",
-                     "—" if m is reference else f"{m.p_value:.2f}",
-                     "—" if m is reference else m.verdict + (" (ran eagerly: compile failed)" if m.eager_fallback else ""), same,
-                     f"{statistics.fmean(m.seconds):.0f}"))
+        same = (
+            "reference"
+            if m is reference
+            else "bit-identical"
+            if all(m.identical)
+            else f"max |Δw| {m.max_weight_diff:.2g}"
+        )
+        rows.append(
+            (
+                m.mode.name,
+                m.mode.change,
+                spread,
+                "—" if m is reference else f"{m.mean - reference.mean:+.2f}",
+                "—" if m is reference else f"{m.p_value:.2f}",
+                "—"
+                if m is reference
+                else m.verdict + (" (ran eagerly: compile failed)" if m.eager_fallback else ""),
+                same,
+                f"{statistics.fmean(m.seconds):.0f}",
+            )
+        )
     return rows

@@ -50,21 +50,35 @@ def launch(nproc: int, args: Sequence[str]) -> tuple[int, str, int | None]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"kdbench-{uuid.uuid4().hex[:12]}",
-                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", local_addr="127.0.0.1",
-                          max_restarts=0, monitor_interval=0.1)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"kdbench-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        local_addr="127.0.0.1",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
     try:
         with _environment(nproc):
             elastic_launch(config, sys.executable)("-m", "kdbench", *args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else EXIT_FAILED
-        how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
+        how = (
+            f"exit code {failure.exitcode}"
+            if failure.exitcode >= 0
+            else f"signal {-failure.exitcode}"
+        )
         return code, f"rank {rank} of {nproc} failed ({how})", rank
     return 0, "", None
 
 
-def train(spec_file: Path, run_id: str, results: Path, nproc: int, args: Sequence[str]) -> tuple[int, str]:
+def train(
+    spec_file: Path, run_id: str, results: Path, nproc: int, args: Sequence[str]
+) -> tuple[int, str]:
     """``launch`` a ``kdbench train`` of run ``run_id``: (exit code, which rank failed)."""
     started = time.time()
     code, why, rank = launch(nproc, ["train", str(spec_file), *args])
@@ -73,9 +87,22 @@ def train(spec_file: Path, run_id: str, results: Path, nproc: int, args: Sequenc
         return code, why
     # Rank 0 records its own error; when another rank failed first, rank 0 was stopped (or saw a broken
     # connection), so failed.json names the rank that failed and keeps rank 0's message after it.
-    previous = run.failure() if run.failed_file.is_file() and run.failed_file.stat().st_mtime >= started else None
+    previous = (
+        run.failure()
+        if run.failed_file.is_file() and run.failed_file.stat().st_mtime >= started
+        else None
+    )
     if previous is None or rank != 0:
-        message = f"{why}; its error is printed on stderr" + (f" (rank 0 then: {previous['message']})" if previous else "")
-        atomic_write_json(run.failed_file, {"run_id": run_id, "error": "DistributedRunFailed", "message": message,
-                                            "time": time.time()})
+        message = f"{why}; its error is printed on stderr" + (
+            f" (rank 0 then: {previous['message']})" if previous else ""
+        )
+        atomic_write_json(
+            run.failed_file,
+            {
+                "run_id": run_id,
+                "error": "DistributedRunFailed",
+                "message": message,
+                "time": time.time(),
+            },
+        )
     return code, why

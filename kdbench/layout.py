@@ -19,15 +19,23 @@ def natural_width(renderable: RenderableType) -> int:
     return max((cell_len(line.rstrip()) for line in capture.export_text().splitlines()), default=0)
 
 
-def wrapped(text: str, width: int, indent: str = "", style: str = "", first: str = "") -> list[Text]:
+def wrapped(
+    text: str, width: int, indent: str = "", style: str = "", first: str = ""
+) -> list[Text]:
     """``text`` as lines of at most ``width`` columns, broken at spaces only (a word longer than a line keeps a line of
     its own); ``first`` starts the first line of each paragraph (default: the paragraph's own indent), ``indent`` the
     others (default: that indent + 2)."""
     out = []
     for paragraph in text.split("\n"):
-        lead = first or paragraph[:len(paragraph) - len(paragraph.lstrip())]
-        lines = textwrap.wrap(paragraph.lstrip(), width, initial_indent=lead, subsequent_indent=indent or lead + "  ",
-                              break_long_words=False, break_on_hyphens=False)
+        lead = first or paragraph[: len(paragraph) - len(paragraph.lstrip())]
+        lines = textwrap.wrap(
+            paragraph.lstrip(),
+            width,
+            initial_indent=lead,
+            subsequent_indent=indent or lead + "  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
         out += [Text(line, style=style) for line in lines or [""]]
     return out
 
@@ -48,7 +56,9 @@ def fit(table: Table, width: int) -> RenderableType:
     out: list[Text] = wrapped(_plain(table.title), width, style="bold") if table.title else []
     for i in range(table.row_count):
         values = [_plain(cells[i]) for cells in columns]
-        fields = "; ".join(f"{h}: {v}".replace("\n", "; ") for h, v in zip(headers[1:], values[1:]) if v.strip())
+        fields = "; ".join(
+            f"{h}: {v}".replace("\n", "; ") for h, v in zip(headers[1:], values[1:]) if v.strip()
+        )
         out += wrapped(f"{values[0]} — {fields}" if fields else values[0], width, indent="    ")
     if table.caption:
         out += wrapped(_plain(table.caption), width)

@@ -39,7 +39,13 @@ TEACHER_SEED = 0
 # so the whole pipeline runs on a laptop CPU in minutes. Its numbers check the pipeline only.
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
 # ImageNet recipes smoke-test the image-file path instead: a small synthetic ImageNet-shaped JPEG folder, 64 px crops.
-SMOKE_IMAGENET_DATA = {"num_classes": 8, "train_per_class": 16, "val_per_class": 8, "seed": 0, "image_size": 64}
+SMOKE_IMAGENET_DATA = {
+    "num_classes": 8,
+    "train_per_class": 16,
+    "val_per_class": 8,
+    "seed": 0,
+    "image_size": 64,
+}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 1
 # So that every method trains stably on it, the smoke profile caps the LR and trains teachers longer than students.
 # The LR: the recipes' 0.05-0.1 is meant for 240 epochs; a few dozen steps from scratch at 0.05 are chaotic (a
@@ -100,8 +106,13 @@ class TrainSpec(_Spec):
 
 # Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
 # canonical form at that value, so adding a field never renames (and retrains) finished runs.
-ADDED_TRAIN_DEFAULTS: dict[str, Any] = {"decay_norm_and_bias": True, "label_smoothing": 0.0, "loss_chunk": None,
-                                         "bn_chunk": None, "drop_last": False}
+ADDED_TRAIN_DEFAULTS: dict[str, Any] = {
+    "decay_norm_and_bias": True,
+    "label_smoothing": 0.0,
+    "loss_chunk": None,
+    "bn_chunk": None,
+    "drop_last": False,
+}
 
 
 class TeacherRef(_Spec):
@@ -172,7 +183,11 @@ class RunSpec(_Spec):
         unchanged_params = {k for k, v in added.items() if self.method_params.get(k) == v}
         if unchanged_params:
             exclude["method_params"] = unchanged_params
-        return json.dumps(self.model_dump(mode="json", exclude=exclude or None), sort_keys=True, separators=(",", ":"))
+        return json.dumps(
+            self.model_dump(mode="json", exclude=exclude or None),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
 
     @property
     def run_id(self) -> str:
@@ -207,7 +222,9 @@ class Plan:
 
     def ordered(self) -> list[RunSpec]:
         """Runs with every dependency before its dependents (teachers, then students, then their followers)."""
-        return sorted(self.specs.values(), key=lambda s: (s.teacher is not None) + (s.init_from is not None))
+        return sorted(
+            self.specs.values(), key=lambda s: (s.teacher is not None) + (s.init_from is not None)
+        )
 
 
 def plan(
@@ -225,36 +242,73 @@ def plan(
     ``cell_trials``: (row label, column id) → that cell's own trial count, beating ``trials`` (a table record's
     cells reproduced with another ``--trials``: results/tables.py)."""
     if profile not in PROFILES:
-        raise KdbenchError(f"unknown profile {profile!r}.{did_you_mean(profile, PROFILES)} Profiles: {', '.join(PROFILES)}")
+        raise KdbenchError(
+            f"unknown profile {profile!r}.{did_you_mean(profile, PROFILES)} Profiles: {', '.join(PROFILES)}"
+        )
     selected_columns = _select(recipe, "column", [c.id for c in recipe.columns], columns)
-    selected_rows = _select(recipe, "row", [r.label for r in recipe.rows], rows, aliases={r.method: r.label for r in recipe.rows})
+    selected_rows = _select(
+        recipe,
+        "row",
+        [r.label for r in recipe.rows],
+        rows,
+        aliases={r.method: r.label for r in recipe.rows},
+    )
     n_trials = trials or default_trials(recipe, profile)
     cell_trials = cell_trials or {}
     for n in (n_trials, *cell_trials.values()):
         if not 1 <= n <= MAX_TRIALS:
-            raise KdbenchError(f"{n} trials per cell: choose 1 to {MAX_TRIALS} (papers report 1 to 5).")
-    n_student_runs = len(selected_rows) * len(selected_columns) * max([n_trials, *cell_trials.values()])
+            raise KdbenchError(
+                f"{n} trials per cell: choose 1 to {MAX_TRIALS} (papers report 1 to 5)."
+            )
+    n_student_runs = (
+        len(selected_rows) * len(selected_columns) * max([n_trials, *cell_trials.values()])
+    )
     if n_student_runs > MAX_PLAN_RUNS:
-        raise KdbenchError(f"recipe {recipe.name}: {len(selected_rows)} rows × {len(selected_columns)} columns × {n_trials} "
-                           f"trials would plan up to {n_student_runs:,} runs, more than the {MAX_PLAN_RUNS:,} one table may "
-                           "hold; fewer trials, or a subset with --pairs / --methods.")
-    ci = recipe.profiles.ci.model_copy(update={k: v for k, v in (ci_overrides or {}).items() if v is not None})
+        raise KdbenchError(
+            f"recipe {recipe.name}: {len(selected_rows)} rows × {len(selected_columns)} columns × {n_trials} "
+            f"trials would plan up to {n_student_runs:,} runs, more than the {MAX_PLAN_RUNS:,} one table may "
+            "hold; fewer trials, or a subset with --pairs / --methods."
+        )
+    ci = recipe.profiles.ci.model_copy(
+        update={k: v for k, v in (ci_overrides or {}).items() if v is not None}
+    )
     data, train_base = _profile_data(recipe, profile, ci), recipe.training
 
     result = Plan(recipe=recipe, profile=profile, trials=n_trials)
     teacher_ids: dict[str, str] = {}
     same_training: dict[str, RunSpec] = {}
     for key, teacher in recipe.teachers.items():
-        spec = _spec(profile, teacher.model, "ce", _params(recipe, f"teacher {key}", "ce", None, {}), None, data, train_base, ci,
-                     TEACHER_SEED, teacher.training, is_teacher=True)
+        spec = _spec(
+            profile,
+            teacher.model,
+            "ce",
+            _params(recipe, f"teacher {key}", "ce", None, {}),
+            None,
+            data,
+            train_base,
+            ci,
+            TEACHER_SEED,
+            teacher.training,
+            is_teacher=True,
+        )
         ckpt = teacher_file(recipe, key, recipe.teacher_source)
         if ckpt is not None and profile != "smoke":  # smoke data has other classes: train instead
-            spec = spec.model_copy(update={"checkpoint": CheckpointRef(path=ckpt.path, sha256=ckpt.sha256, format=ckpt.format,
-                                                                       released=teacher.released)})
+            spec = spec.model_copy(
+                update={
+                    "checkpoint": CheckpointRef(
+                        path=ckpt.path,
+                        sha256=ckpt.sha256,
+                        format=ckpt.format,
+                        released=teacher.released,
+                    )
+                }
+            )
         elif teacher.keep != "last":
             spec = spec.model_copy(update={"keep": teacher.keep})
         teacher_ids[key] = spec.run_id
-        if spec.keep != "last":  # the same training keeping only its last epoch is this run (a student row's baseline)
+        if (
+            spec.keep != "last"
+        ):  # the same training keeping only its last epoch is this run (a student row's baseline)
             same_training[spec.model_copy(update={"keep": "last"}).run_id] = spec
         if any(recipe.column(c).teacher == key for c in selected_columns):
             result.specs[spec.run_id] = spec
@@ -266,26 +320,57 @@ def plan(
                 result.cells.append(Cell(row.label, column_id, row.method, "absent"))
                 continue
             if row.is_teacher_row:
-                result.cells.append(Cell(row.label, column_id, row.method, "planned", (teacher_ids[column.teacher],)))
+                result.cells.append(
+                    Cell(
+                        row.label, column_id, row.method, "planned", (teacher_ids[column.teacher],)
+                    )
+                )
                 continue
             if not methods.is_implemented(row.method):
                 _check_known_method(recipe, row.method)
                 result.cells.append(Cell(row.label, column_id, row.method, "not_implemented"))
                 continue
             overrides = {**row.params, **row.params_by_column.get(column_id, {})}
-            params = _params(recipe, row.label, row.method, _variant(recipe, row.method, row.variant), overrides)
+            params = _params(
+                recipe, row.label, row.method, _variant(recipe, row.method, row.variant), overrides
+            )
             if profile != "full" and "init_epochs" in params:
                 # Quick profiles shorten a method's pre-training stage like the main schedule.
-                params["init_epochs"] = max(1, round(params["init_epochs"] * _profile_epochs(profile, ci, train_base) / train_base.epochs))
+                params["init_epochs"] = max(
+                    1,
+                    round(
+                        params["init_epochs"]
+                        * _profile_epochs(profile, ci, train_base)
+                        / train_base.epochs
+                    ),
+                )
             needs_teacher = methods.get(row.method).needs.teacher
             teacher_model = recipe.teachers[column.teacher].model
-            teacher_ref = TeacherRef(model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]) if needs_teacher else None
+            teacher_ref = (
+                TeacherRef(
+                    model=models.canonical_name(teacher_model), run_id=teacher_ids[column.teacher]
+                )
+                if needs_teacher
+                else None
+            )
             run_ids = []
             for seed in range(cell_trials.get((row.label, column_id), n_trials)):
-                spec = _spec(profile, column.student, row.method, params, teacher_ref, data, train_base, ci, seed,
-                             _merged(column.training, row.training))
+                spec = _spec(
+                    profile,
+                    column.student,
+                    row.method,
+                    params,
+                    teacher_ref,
+                    data,
+                    train_base,
+                    ci,
+                    seed,
+                    _merged(column.training, row.training),
+                )
                 if row.after is not None:
-                    spec = spec.model_copy(update={"init_from": _preceding_run(result, recipe, row, column_id, seed)})
+                    spec = spec.model_copy(
+                        update={"init_from": _preceding_run(result, recipe, row, column_id, seed)}
+                    )
                 spec = same_training.get(spec.run_id, spec)
                 result.specs.setdefault(spec.run_id, spec)
                 run_ids.append(spec.run_id)
@@ -299,17 +384,36 @@ def default_trials(recipe: Recipe, profile: str) -> int:
 
 
 def _spec(
-    profile: str, model: str, method: str, params: dict[str, Any], teacher: TeacherRef | None,
-    data: DataSpec, base: Training, ci: CIProfile, seed: int, override: TrainingOverride = NO_OVERRIDE,
+    profile: str,
+    model: str,
+    method: str,
+    params: dict[str, Any],
+    teacher: TeacherRef | None,
+    data: DataSpec,
+    base: Training,
+    ci: CIProfile,
+    seed: int,
+    override: TrainingOverride = NO_OVERRIDE,
     is_teacher: bool = False,
 ) -> RunSpec:
     model = models.canonical_name(model)
     train = _train_spec(base, model, profile, ci, override, is_teacher)
     if base.loss_chunk is not None and methods.get(method).needs.batch_dependent_loss:
-        train = TrainSpec(**{**train.model_dump(), "loss_chunk": _chunk(base.loss_chunk, base.batch_size, train.batch_size)})
+        train = TrainSpec(
+            **{
+                **train.model_dump(),
+                "loss_chunk": _chunk(base.loss_chunk, base.batch_size, train.batch_size),
+            }
+        )
     return RunSpec(
-        profile=profile, model=model, method=method, method_params=params, teacher=teacher,
-        data=data, train=train, seed=seed,
+        profile=profile,
+        model=model,
+        method=method,
+        method_params=params,
+        teacher=teacher,
+        data=data,
+        train=train,
+        seed=seed,
     )
 
 
@@ -324,14 +428,20 @@ def teacher_file(recipe: Recipe, key: str, source: str) -> Checkpoint | None:
     if entry is None:
         raise UnknownNameError("released teacher", teacher.released, pretrained.RELEASED)
     if models.canonical_name(entry.model) != models.canonical_name(teacher.model):
-        raise KdbenchError(f"recipe {recipe.name}, teacher {key!r} ({teacher.model}) names the released file "
-                           f"{teacher.released!r}, which is a {entry.model}: name the release of this network.")
-    return Checkpoint(path=entry.path, sha256=entry.sha256, format=entry.format, source=entry.source)  # type: ignore[arg-type]
+        raise KdbenchError(
+            f"recipe {recipe.name}, teacher {key!r} ({teacher.model}) names the released file "
+            f"{teacher.released!r}, which is a {entry.model}: name the release of this network."
+        )
+    return Checkpoint(
+        path=entry.path, sha256=entry.sha256, format=entry.format, source=entry.source
+    )  # type: ignore[arg-type]
 
 
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:
     """A column's training overrides with the row's own values on top."""
     return column.model_copy(update=row.model_dump(exclude_none=True))
+
+
 def _chunk(recipe_chunk: int, recipe_batch: int, batch_size: int) -> int:
     """A recipe's per-GPU chunk (loss_chunk, bn_chunk) for a run of ``batch_size``. Another batch size (the smoke
     profile's, a row's override) keeps the number of chunks per batch, i.e. the original GPU count, as far as it divides."""
@@ -347,12 +457,16 @@ def _preceding_run(result: Plan, recipe: Recipe, row: Row, column_id: str, seed:
     """The run of row ``row.after`` in the same column and trial that ``row`` continues from."""
     labels = [r.label for r in recipe.rows]
     if row.after not in labels or labels.index(row.after) >= labels.index(row.label):
-        raise KdbenchError(f"recipe {recipe.name}, row {row.label!r}: 'after: {row.after}' must name an earlier row "
-                           f"of the recipe.{did_you_mean(row.after, labels)}")
+        raise KdbenchError(
+            f"recipe {recipe.name}, row {row.label!r}: 'after: {row.after}' must name an earlier row "
+            f"of the recipe.{did_you_mean(row.after, labels)}"
+        )
     cell = next((c for c in result.cells if c.row == row.after and c.column == column_id), None)
     if cell is None or cell.status != "planned" or seed >= len(cell.run_ids):
-        raise KdbenchError(f"recipe {recipe.name}, row {row.label!r} continues row {row.after!r}, "
-                           f"which has no run for column {column_id} trial {seed} (not implemented or not selected).")
+        raise KdbenchError(
+            f"recipe {recipe.name}, row {row.label!r} continues row {row.after!r}, "
+            f"which has no run for column {column_id} trial {seed} (not implemented or not selected)."
+        )
     return RunRef(method=result.specs[cell.run_ids[seed]].method, run_id=cell.run_ids[seed])
 
 
@@ -364,7 +478,9 @@ def _variant(recipe: Recipe, method: str, row_variant: str | None) -> str | None
     return row_variant
 
 
-def _params(recipe: Recipe, label: str, method: str, variant: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+def _params(
+    recipe: Recipe, label: str, method: str, variant: str | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
     where = f"recipe {recipe.name}, row {label!r} (method {method})"
     try:
         return methods.resolve_params(method, variant, overrides).model_dump(mode="json")
@@ -379,7 +495,9 @@ def _params(recipe: Recipe, label: str, method: str, variant: str | None, overri
                 problems.append(f"unknown parameter {key!r}.{did_you_mean(key, valid)}")
             else:
                 problems.append(f"parameter {key!r}: {err['msg']} (got {err.get('input')!r})")
-        raise KdbenchError(f"{where}: invalid parameters: {'; '.join(problems)}. Parameters of {method}: {', '.join(valid)}") from None
+        raise KdbenchError(
+            f"{where}: invalid parameters: {'; '.join(problems)}. Parameters of {method}: {', '.join(valid)}"
+        ) from None
 
 
 def _check_known_method(recipe: Recipe, method: str) -> None:
@@ -391,7 +509,13 @@ def _check_known_method(recipe: Recipe, method: str) -> None:
         )
 
 
-def _select(recipe: Recipe, kind: str, available: list[str], wanted: list[str] | None, aliases: dict[str, str] | None = None) -> list[str]:
+def _select(
+    recipe: Recipe,
+    kind: str,
+    available: list[str],
+    wanted: list[str] | None,
+    aliases: dict[str, str] | None = None,
+) -> list[str]:
     if not wanted:
         return available
     aliases = aliases or {}
@@ -409,14 +533,21 @@ def _select(recipe: Recipe, kind: str, available: list[str], wanted: list[str] |
 
 def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
     if profile == "smoke" and recipe.dataset.name == "imagenet":
-        crop = {k: v for k, v in recipe.dataset.options.items() if k in ("crop_scale", "crop_ratio")}
+        crop = {
+            k: v for k, v in recipe.dataset.options.items() if k in ("crop_scale", "crop_ratio")
+        }
         return DataSpec(name="imagenet_synthetic", options={**SMOKE_IMAGENET_DATA, **crop})
     if profile == "smoke":
         return DataSpec(name="synthetic", options=dict(SMOKE_DATA))
     content = recipe.dataset.content
     if profile == "ci":
-        return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options,
-                        train_fraction=ci.train_fraction, test_fraction=ci.test_fraction, content=content)
+        return DataSpec(
+            name=recipe.dataset.name,
+            options=recipe.dataset.options,
+            train_fraction=ci.train_fraction,
+            test_fraction=ci.test_fraction,
+            content=content,
+        )
     return DataSpec(name=recipe.dataset.name, options=recipe.dataset.options, content=content)
 
 
@@ -425,13 +556,23 @@ def _profile_epochs(profile: str, ci: CIProfile, base: Training, is_teacher: boo
     return {"smoke": smoke, "ci": ci.epochs}.get(profile, base.epochs)
 
 
-def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, override: TrainingOverride = NO_OVERRIDE,
-                is_teacher: bool = False) -> TrainSpec:
+def _train_spec(
+    base: Training,
+    model: str,
+    profile: str,
+    ci: CIProfile,
+    override: TrainingOverride = NO_OVERRIDE,
+    is_teacher: bool = False,
+) -> TrainSpec:
     """The run's schedule: the recipe's training with the row's ``override``, shaped by the profile
     (smoke: LR at most SMOKE_MAX_LR, a teacher trained SMOKE_TEACHER_EPOCHS)."""
     row_values = override.model_dump(exclude_none=True)
-    recipe_batch = base.batch_size  # the original GPU count is recipe_batch / bn_chunk, whatever a row's batch
-    base = base.model_copy(update={**row_values, "lr_by_model": {} if "lr" in row_values else base.lr_by_model})
+    recipe_batch = (
+        base.batch_size
+    )  # the original GPU count is recipe_batch / bn_chunk, whatever a row's batch
+    base = base.model_copy(
+        update={**row_values, "lr_by_model": {} if "lr" in row_values else base.lr_by_model}
+    )
     lr_by_model = {models.canonical_name(k): v for k, v in base.lr_by_model.items()}
     epochs = _profile_epochs(profile, ci, base, is_teacher)
     lr = lr_by_model.get(model, base.lr)
@@ -439,11 +580,22 @@ def _train_spec(base: Training, model: str, profile: str, ci: CIProfile, overrid
         lr = min(lr, SMOKE_MAX_LR)
     batch = SMOKE_BATCH if profile == "smoke" else base.batch_size
     # Shorter profiles keep the schedule's shape: milestones scale with the epoch count.
-    milestones = tuple(max(1, round(m * epochs / base.epochs)) for m in base.milestones) if epochs != base.epochs else base.milestones
+    milestones = (
+        tuple(max(1, round(m * epochs / base.epochs)) for m in base.milestones)
+        if epochs != base.epochs
+        else base.milestones
+    )
     return TrainSpec(
-        epochs=epochs, batch_size=batch, lr=lr, milestones=milestones,
-        lr_decay=base.lr_decay, momentum=base.momentum, nesterov=base.nesterov, weight_decay=base.weight_decay,
-        decay_norm_and_bias=base.decay_norm_and_bias, label_smoothing=base.label_smoothing,
+        epochs=epochs,
+        batch_size=batch,
+        lr=lr,
+        milestones=milestones,
+        lr_decay=base.lr_decay,
+        momentum=base.momentum,
+        nesterov=base.nesterov,
+        weight_decay=base.weight_decay,
+        decay_norm_and_bias=base.decay_norm_and_bias,
+        label_smoothing=base.label_smoothing,
         bn_chunk=_chunk(base.bn_chunk, recipe_batch, batch) if base.bn_chunk is not None else None,
         drop_last=base.drop_last,
     )

@@ -54,7 +54,9 @@ def load(group: str) -> None:
     """Import every entry point of ``group`` (METHODS or MODELS) once; later calls do nothing."""
     if group in _loaded:
         return
-    _loaded.add(group)  # before importing: a plugin module that looks a name up must not load itself again
+    _loaded.add(
+        group
+    )  # before importing: a plugin module that looks a name up must not load itself again
     for ep in entry_points(group):
         try:
             target = ep.load()
@@ -62,8 +64,10 @@ def load(group: str) -> None:
                 target()
         except Exception as exc:  # any failure of third-party code is reported as the plugin's
             fix = f" (pip uninstall {_distribution(ep)})" if _distribution(ep) else ""
-            raise PluginError(f"{describe(ep)} failed to load: {type(exc).__name__}: {exc}. "
-                              f"Fix the plugin or uninstall it{fix}.") from exc
+            raise PluginError(
+                f"{describe(ep)} failed to load: {type(exc).__name__}: {exc}. "
+                f"Fix the plugin or uninstall it{fix}."
+            ) from exc
 
 
 def recipe_dirs() -> list[tuple[Path, str]]:
@@ -73,10 +77,14 @@ def recipe_dirs() -> list[tuple[Path, str]]:
         try:
             root = importlib.resources.files(ep.module)
         except Exception as exc:
-            raise PluginError(f"{describe(ep)}: cannot import the recipe package {ep.module!r}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"{describe(ep)}: cannot import the recipe package {ep.module!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(root, Path) or not root.is_dir():
-            raise PluginError(f"{describe(ep)}: {ep.module!r} is not a package directory on disk (got {root!r}); "
-                              "name a regular package (a folder with __init__.py) that holds the recipe YAML files.")
+            raise PluginError(
+                f"{describe(ep)}: {ep.module!r} is not a package directory on disk (got {root!r}); "
+                "name a regular package (a folder with __init__.py) that holds the recipe YAML files."
+            )
         dirs.append((root, describe(ep)))
     return dirs

@@ -13,9 +13,15 @@ def source_commit() -> str | None:
     kdbench is installed from a wheel, git is missing, or the folder is no checkout."""
     source = Path(__file__).resolve().parent.parent
     try:
+
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(source), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
 
         if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
             return None  # kdbench sits inside some other repository (e.g. a virtualenv in a project's checkout)

@@ -16,14 +16,24 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kdbench import recipe_overrides
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 
 # The shipped recipes are package data (pyproject.toml [tool.setuptools.package-data]), so an installed wheel has them.
 RECIPES_DIR = Path(str(importlib.resources.files("kdbench") / "recipes"))
-RECIPES_ENV = "KDBENCH_RECIPES"  # more recipe directories, os.pathsep-separated (kdbench --recipes DIR)
+RECIPES_ENV = (
+    "KDBENCH_RECIPES"  # more recipe directories, os.pathsep-separated (kdbench --recipes DIR)
+)
 PROFILES = ("full", "ci", "smoke")
 # Bounds that no real table comes near (the seed papers: ≤ 5 trials, ≤ 240 epochs) but that stop a typo such as
 # ``trials: 1000000`` from planning for minutes or queueing a million runs (README: "What survives what").
@@ -42,7 +52,13 @@ class _Strict(BaseModel):
         also inside a list or mapping of numbers (``milestones: [true]``)."""
         field = cls.model_fields.get(info.field_name or "")
         if field is not None and _is_number_type(field.annotation):
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            items = (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, (list, tuple))
+                else [value]
+            )
             if any(isinstance(v, bool) for v in items):
                 raise ValueError("expected a number, got true/false")
         return value
@@ -153,7 +169,9 @@ class Training(_Strict):
 
     @field_validator("milestones")
     @classmethod
-    def _milestones_in_schedule(cls, value: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+    def _milestones_in_schedule(
+        cls, value: tuple[int, ...], info: ValidationInfo
+    ) -> tuple[int, ...]:
         check_milestones(value, info.data.get("epochs"))
         return value
 
@@ -173,8 +191,10 @@ def check_milestones(milestones: tuple[int, ...] | None, epochs: int | None) -> 
     if list(milestones) != sorted(set(milestones)):
         raise ValueError("milestones must increase strictly (each epoch once)")
     if milestones[0] < 1 or (epochs is not None and milestones[-1] > epochs):
-        raise ValueError(f"milestones must lie in 1..{epochs if epochs is not None else 'epochs'} (the LR decays after "
-                         "these epochs)")
+        raise ValueError(
+            f"milestones must lie in 1..{epochs if epochs is not None else 'epochs'} (the LR decays after "
+            "these epochs)"
+        )
 
 
 def check_chunks_divide_batch(training: Any) -> None:
@@ -183,8 +203,10 @@ def check_chunks_divide_batch(training: Any) -> None:
     for name in ("loss_chunk", "bn_chunk"):
         chunk = getattr(training, name)
         if chunk is not None and training.batch_size % chunk:
-            raise ValueError(f"{name} {chunk} must divide batch_size {training.batch_size} "
-                             f"(it is the original per-GPU batch: batch_size / number of GPUs)")
+            raise ValueError(
+                f"{name} {chunk} must divide batch_size {training.batch_size} "
+                f"(it is the original per-GPU batch: batch_size / number of GPUs)"
+            )
 
 
 class TrainingOverride(_Strict):
@@ -204,8 +226,12 @@ class TrainingOverride(_Strict):
 
     @field_validator("milestones")
     @classmethod
-    def _milestones_in_schedule(cls, value: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
-        check_milestones(value, info.data.get("epochs"))  # without epochs: the recipe's, in Recipe._cross_references
+    def _milestones_in_schedule(
+        cls, value: tuple[int, ...] | None, info: ValidationInfo
+    ) -> tuple[int, ...] | None:
+        check_milestones(
+            value, info.data.get("epochs")
+        )  # without epochs: the recipe's, in Recipe._cross_references
         return value
 
 
@@ -247,7 +273,9 @@ class Teacher(_Strict):
     @model_validator(mode="after")
     def _one_file(self) -> "Teacher":
         if self.checkpoint is not None and self.released is not None:
-            raise ValueError("a teacher names either a 'checkpoint' file or a 'released' one, not both")
+            raise ValueError(
+                "a teacher names either a 'checkpoint' file or a 'released' one, not both"
+            )
         return self
 
 
@@ -275,8 +303,10 @@ class Column(_Strict):
     @model_validator(mode="after")
     def _head_is_top1(self) -> "Column":
         if self.head is not None and (self.measure != "top1" or self.at_epoch is not None):
-            raise ValueError("an evaluation-head column reads the head's top-1 at the run's end: 'measure' and 'at_epoch' "
-                             "cannot be combined with 'head'")
+            raise ValueError(
+                "an evaluation-head column reads the head's top-1 at the run's end: 'measure' and 'at_epoch' "
+                "cannot be combined with 'head'"
+            )
         return self
 
 
@@ -304,10 +334,14 @@ class Quantity(_Strict):
     @model_validator(mode="after")
     def _term_for_losses(self) -> "Quantity":
         if (self.source == "test_loss") != (self.term is not None):
-            raise ValueError("'term' names the measured loss term of a test_loss quantity (and only of one)")
+            raise ValueError(
+                "'term' names the measured loss term of a test_loss quantity (and only of one)"
+            )
         if (self.source == "test_loss") != (self.margin is not None):
-            raise ValueError("'margin' (the equivalence margin, in the quantity's own unit) is required for a test_loss "
-                             "quantity and only for one: computed quantities match at the printed precision")
+            raise ValueError(
+                "'margin' (the equivalence margin, in the quantity's own unit) is required for a test_loss "
+                "quantity and only for one: computed quantities match at the printed precision"
+            )
         return self
 
 
@@ -384,7 +418,9 @@ class Recipe(_Strict):
     @classmethod
     def _name_is_slug(cls, v: str) -> str:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", v):
-            raise ValueError("recipe names are lower-case letters, digits and '-', e.g. 'simkd-table1'")
+            raise ValueError(
+                "recipe names are lower-case letters, digits and '-', e.g. 'simkd-table1'"
+            )
         return v
 
     @model_validator(mode="after")
@@ -395,20 +431,28 @@ class Recipe(_Strict):
         labels = [r.label for r in self.rows]
         for i, label in enumerate(labels):
             if label in labels[:i]:  # cells, --methods and 'after' find a row by its label
-                raise ValueError(f"rows[{i}].label {label!r} is already the label of rows[{labels.index(label)}]: "
-                                 "row labels must be unique")
-        for where, override in [*((f"teachers.{k}", t.training) for k, t in self.teachers.items()),
-                                *((f"columns[{i}]", c.training) for i, c in enumerate(self.columns)),
-                                *((f"rows[{i}]", r.training) for i, r in enumerate(self.rows))]:
+                raise ValueError(
+                    f"rows[{i}].label {label!r} is already the label of rows[{labels.index(label)}]: "
+                    "row labels must be unique"
+                )
+        for where, override in [
+            *((f"teachers.{k}", t.training) for k, t in self.teachers.items()),
+            *((f"columns[{i}]", c.training) for i, c in enumerate(self.columns)),
+            *((f"rows[{i}]", r.training) for i, r in enumerate(self.rows)),
+        ]:
             if override.epochs is None and override.milestones is not None:
                 try:
                     check_milestones(override.milestones, self.training.epochs)
                 except ValueError as exc:
-                    raise ValueError(f"{where}.training.milestones {list(override.milestones)}: {exc}; it trains the "
-                                     f"recipe's training.epochs ({self.training.epochs})") from None
+                    raise ValueError(
+                        f"{where}.training.milestones {list(override.milestones)}: {exc}; it trains the "
+                        f"recipe's training.epochs ({self.training.epochs})"
+                    ) from None
         for i, col in enumerate(self.columns):
             if col.at_epoch is not None and col.at_epoch > self.training.epochs:
-                raise ValueError(f"columns[{i}].at_epoch {col.at_epoch} is after the last epoch ({self.training.epochs})")
+                raise ValueError(
+                    f"columns[{i}].at_epoch {col.at_epoch} is after the last epoch ({self.training.epochs})"
+                )
             if col.teacher not in self.teachers:
                 raise ValueError(
                     f"columns[{i}].teacher {col.teacher!r} is not a key of 'teachers'."
@@ -417,18 +461,27 @@ class Recipe(_Strict):
         quantity_ids = [q.id for q in self.quantities]
         for i, row in enumerate(self.rows):
             own = row.columns if row.columns is not None else column_ids
-            for key in [*row.paper, *row.params_by_column, *row.paper_quantities, *(row.columns or [])]:
+            for key in [
+                *row.paper,
+                *row.params_by_column,
+                *row.paper_quantities,
+                *(row.columns or []),
+            ]:
                 if key not in column_ids:
                     raise ValueError(
                         f"rows[{i}] ({row.label}) names column {key!r}, which is not a column id."
                         f"{did_you_mean(key, column_ids)}"
                     )
                 if key not in own:
-                    raise ValueError(f"rows[{i}] ({row.label}) gives a value for column {key!r}, which is not in its 'columns'.")
+                    raise ValueError(
+                        f"rows[{i}] ({row.label}) gives a value for column {key!r}, which is not in its 'columns'."
+                    )
             for col in self.columns:
                 if row.metric and col.metric and row.metric != col.metric and col.id in own:
-                    raise ValueError(f"rows[{i}] ({row.label}) has metric {row.metric!r} but column {col.id!r} has "
-                                     f"{col.metric!r}: a cell reads one epoch; make them agree or drop one.")
+                    raise ValueError(
+                        f"rows[{i}] ({row.label}) has metric {row.metric!r} but column {col.id!r} has "
+                        f"{col.metric!r}: a cell reads one epoch; make them agree or drop one."
+                    )
             for column_id, values in row.paper_quantities.items():
                 for key in values:
                     if key not in quantity_ids:
@@ -450,8 +503,10 @@ class Recipe(_Strict):
         if source is None:
             return self
         if source not in get_args(TeacherSource):
-            raise KdbenchError(f"unknown teacher source {source!r}.{did_you_mean(source, get_args(TeacherSource))} "
-                               "Use released (the authors' files, where the recipe names them) or trained.")
+            raise KdbenchError(
+                f"unknown teacher source {source!r}.{did_you_mean(source, get_args(TeacherSource))} "
+                "Use released (the authors' files, where the recipe names them) or trained."
+            )
         return self.model_copy(update={"teacher_source": source})
 
 
@@ -478,7 +533,9 @@ def table_catalog() -> list[CatalogEntry]:
     try:
         entries = [CatalogEntry.model_validate(entry) for entry in data["tables"]]
     except ValidationError as exc:
-        raise KdbenchError(_explain(CATALOG_FILE, exc, _key_lines(CATALOG_FILE.read_text()))) from None
+        raise KdbenchError(
+            _explain(CATALOG_FILE, exc, _key_lines(CATALOG_FILE.read_text()))
+        ) from None
     return [e for e in entries if e.name not in have]
 
 
@@ -493,8 +550,10 @@ def recipe_files() -> dict[str, Path]:
                 continue
             name = _declared_name(path)
             if name and name in found and found[name] != path:
-                raise KdbenchError(f"recipe name {name!r} is declared by two files: {found[name]} and {path} ({where}). "
-                                   "Rename one (its 'name:' key).")
+                raise KdbenchError(
+                    f"recipe name {name!r} is declared by two files: {found[name]} and {path} ({where}). "
+                    "Rename one (its 'name:' key)."
+                )
             if name:
                 found[name] = path
     return found
@@ -509,7 +568,9 @@ def recipe_dirs() -> list[tuple[Path, str]]:
     for entry in filter(None, os.environ.get(RECIPES_ENV, "").split(os.pathsep)):
         directory = Path(entry).expanduser()
         if not directory.is_dir():
-            raise KdbenchError(f"recipe directory {directory} (--recipes / ${RECIPES_ENV}) is not a directory.")
+            raise KdbenchError(
+                f"recipe directory {directory} (--recipes / ${RECIPES_ENV}) is not a directory."
+            )
         dirs.append((directory, f"--recipes {directory}"))
     return dirs + plugins.recipe_dirs()
 
@@ -548,8 +609,10 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     try:
         size = path.stat().st_size
         if size > MAX_RECIPE_BYTES:
-            raise KdbenchError(f"{path}: {size:,} bytes is not a recipe (recipes are a few KB; the limit is "
-                               f"{MAX_RECIPE_BYTES:,} bytes). Check that this is the file you meant.")
+            raise KdbenchError(
+                f"{path}: {size:,} bytes is not a recipe (recipes are a few KB; the limit is "
+                f"{MAX_RECIPE_BYTES:,} bytes). Check that this is the file you meant."
+            )
         raw = path.read_bytes()
     except OSError as exc:
         raise KdbenchError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
@@ -557,9 +620,11 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise KdbenchError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a recipe "
-                           "is a YAML text file saved as UTF-8. Re-save it as UTF-8, or check that this is the file "
-                           "you meant.") from None
+        raise KdbenchError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a recipe "
+            "is a YAML text file saved as UTF-8. Re-save it as UTF-8, or check that this is the file "
+            "you meant."
+        ) from None
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -571,10 +636,14 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise KdbenchError(f"{path}{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raise KdbenchError(
+            f"{path}{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}"
+        ) from None
     except RecursionError:
-        raise KdbenchError(f"{path}: nested too deeply to be a recipe (lists or mappings inside each other "
-                           "hundreds of levels deep).") from None
+        raise KdbenchError(
+            f"{path}: nested too deeply to be a recipe (lists or mappings inside each other "
+            "hundreds of levels deep)."
+        ) from None
     finally:
         loader.dispose()
 
@@ -588,8 +657,10 @@ def _check_expanded_size(path: Path, root: yaml.Node) -> None:
         key = id(node)
         if key in sizes:
             if sizes[key] < 0:
-                raise KdbenchError(f"{path}:{node.start_mark.line + 1}: an alias refers to the mapping or list that "
-                                   "contains it (a recursive anchor): a recipe is a finite tree.")
+                raise KdbenchError(
+                    f"{path}:{node.start_mark.line + 1}: an alias refers to the mapping or list that "
+                    "contains it (a recursive anchor): a recipe is a finite tree."
+                )
             return sizes[key]
         sizes[key] = -1
         children: list[yaml.Node] = []
@@ -601,9 +672,11 @@ def _check_expanded_size(path: Path, root: yaml.Node) -> None:
         for child in children:
             total += size(child)
             if total > MAX_RECIPE_NODES:
-                raise KdbenchError(f"{path}:{node.start_mark.line + 1}: this YAML expands to more than "
-                                   f"{MAX_RECIPE_NODES:,} values once its anchors and aliases (&name, *name) are "
-                                   "expanded; recipes have a few thousand. Write the values out instead of nesting aliases.")
+                raise KdbenchError(
+                    f"{path}:{node.start_mark.line + 1}: this YAML expands to more than "
+                    f"{MAX_RECIPE_NODES:,} values once its anchors and aliases (&name, *name) are "
+                    "expanded; recipes have a few thousand. Write the values out instead of nesting aliases."
+                )
         sizes[key] = total
         return total
 
@@ -615,7 +688,9 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
     path = resolve_recipe_path(str(name_or_path))
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
-        raise KdbenchError(f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}.")
+        raise KdbenchError(
+            f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}."
+        )
     data, origins = recipe_overrides.apply(data, overrides)
     try:
         recipe = Recipe.model_validate(data)
@@ -663,8 +738,10 @@ def _node_lines(path: Path, root: yaml.Node) -> dict[tuple, int]:
                 if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                     if key.value in seen:
                         dotted = ".".join(str(p) for p in (*where, key.value))
-                        raise KdbenchError(f"{path}:{line}: key '{dotted}' is given twice in one mapping (first at line "
-                                           f"{seen[key.value]}); YAML would silently keep only the last. Remove one.")
+                        raise KdbenchError(
+                            f"{path}:{line}: key '{dotted}' is given twice in one mapping (first at line "
+                            f"{seen[key.value]}); YAML would silently keep only the last. Remove one."
+                        )
                     seen[key.value] = line
                 lines[where + (key.value,)] = line
                 walk(value, where + (key.value,))
@@ -676,7 +753,12 @@ def _node_lines(path: Path, root: yaml.Node) -> dict[tuple, int]:
     return lines
 
 
-def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int], origins: dict[tuple, str] | None = None) -> str:
+def _explain(
+    path: Path,
+    exc: ValidationError,
+    lines: dict[tuple, int],
+    origins: dict[tuple, str] | None = None,
+) -> str:
     """One line per error; ``origins``: key paths set by ``--set`` arguments, named instead of a file line."""
     messages = []
     for err in exc.errors():
@@ -689,13 +771,22 @@ def _explain(path: Path, exc: ValidationError, lines: dict[tuple, int], origins:
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(Recipe, loc[:-1])
             hint = did_you_mean(str(loc[-1]), valid)
-            messages.append(f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
+            messages.append(
+                f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}"
+            )
         elif err["type"] == "missing":
             messages.append(f"{where}: missing required key '{key}'.")
-        elif not loc and (named := _message_key(err)) is not None:  # a whole-recipe check that names its key
-            line = next((lines[named[:i]] for i in range(len(named), 0, -1) if named[:i] in lines), None)
-            messages.append(f"{path}:{line}: {err.get('ctx', {}).get('error', err['msg'])}" if line else
-                            f"{where}: {err['msg']}")
+        elif (
+            not loc and (named := _message_key(err)) is not None
+        ):  # a whole-recipe check that names its key
+            line = next(
+                (lines[named[:i]] for i in range(len(named), 0, -1) if named[:i] in lines), None
+            )
+            messages.append(
+                f"{path}:{line}: {err.get('ctx', {}).get('error', err['msg'])}"
+                if line
+                else f"{where}: {err['msg']}"
+            )
         else:
             messages.append(f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r}).")
     return "invalid recipe\n  " + "\n  ".join(messages)
@@ -709,7 +800,9 @@ def _message_key(err: Any) -> tuple | None:
     match = _KEY_IN_MESSAGE.match(err["msg"])
     if not match:
         return None
-    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z0-9_-]+", match.group(1)))
+    return tuple(
+        int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z0-9_-]+", match.group(1))
+    )
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -722,16 +815,27 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             current = get_args(current)[0]
         elif origin is dict:
             current = get_args(current)[1]
-        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+        elif (
+            isinstance(current, type)
+            and issubclass(current, BaseModel)
+            and part in current.model_fields
+        ):
             current = current.model_fields[part].annotation
         else:
             return []
     current = _strip_optional(current)
-    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+    return (
+        list(current.model_fields)
+        if isinstance(current, type) and issubclass(current, BaseModel)
+        else []
+    )
 
 
 def _strip_optional(annotation: Any) -> Any:
     """``X | None`` → ``X`` (the first non-None member of a union)."""
-    if get_origin(annotation) is Union or str(get_origin(annotation)) == "<class 'types.UnionType'>":
+    if (
+        get_origin(annotation) is Union
+        or str(get_origin(annotation)) == "<class 'types.UnionType'>"
+    ):
         return next(a for a in get_args(annotation) if a is not type(None))
     return annotation

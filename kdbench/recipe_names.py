@@ -34,16 +34,25 @@ def unknown_names(recipe: Recipe) -> Iterator[Located]:
             yield loc, exc
 
     if recipe.dataset.name not in datasets.DATASETS:
-        yield ("dataset", "name"), UnknownNameError("dataset", recipe.dataset.name, datasets.DATASETS)
+        yield (
+            ("dataset", "name"),
+            UnknownNameError("dataset", recipe.dataset.name, datasets.DATASETS),
+        )
     for key, teacher in recipe.teachers.items():
         yield from model(("teachers", key, "model"), teacher.model)
         if teacher.released is not None and teacher.released not in RELEASED:
-            yield ("teachers", key, "released"), UnknownNameError("released teacher", teacher.released, RELEASED)
+            yield (
+                ("teachers", key, "released"),
+                UnknownNameError("released teacher", teacher.released, RELEASED),
+            )
     for i, column in enumerate(recipe.columns):
         yield from model(("columns", i, "student"), column.student)
     for i, row in enumerate(recipe.rows):
         if row.method != "teacher" and not methods.is_known(row.method):
-            yield ("rows", i, "method"), UnknownNameError("method", row.method, [*methods.known_names(), "teacher"])
+            yield (
+                ("rows", i, "method"),
+                UnknownNameError("method", row.method, [*methods.known_names(), "teacher"]),
+            )
 
 
 def invalid_params(recipe: Recipe) -> Iterator[Located]:
@@ -56,9 +65,20 @@ def invalid_params(recipe: Recipe) -> Iterator[Located]:
             continue
         cls = methods.get(row.method)
         preset = recipe.protocol.preset
-        variant = row.variant if row.variant in cls.variants else preset if row.variant is None and preset in cls.variants else None
-        given = [(("params",), row.params, row.params),
-                 *((("params_by_column", column), {**row.params, **own}, own) for column, own in row.params_by_column.items())]
+        variant = (
+            row.variant
+            if row.variant in cls.variants
+            else preset
+            if row.variant is None and preset in cls.variants
+            else None
+        )
+        given = [
+            (("params",), row.params, row.params),
+            *(
+                (("params_by_column", column), {**row.params, **own}, own)
+                for column, own in row.params_by_column.items()
+            ),
+        ]
         for where, overrides, own in given:
             try:
                 methods.resolve_params(row.method, variant, overrides)
@@ -68,12 +88,20 @@ def invalid_params(recipe: Recipe) -> Iterator[Located]:
                         continue  # a row-level value: reported once, under params
                     name = ".".join(str(p) for p in err["loc"])
                     valid = list(cls.Params.model_fields)
-                    why = (f"unknown parameter of {row.method}.{did_you_mean(name, valid)} Parameters: {', '.join(valid)}"
-                           if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})")
+                    why = (
+                        f"unknown parameter of {row.method}.{did_you_mean(name, valid)} Parameters: {', '.join(valid)}"
+                        if err["type"] == "extra_forbidden"
+                        else f"{err['msg']} (got {err.get('input')!r})"
+                    )
                     yield ("rows", i, *where, *err["loc"]), KdbenchError(why)
 
 
-def explain(path: Path, found: list[Located], lines: dict[tuple, int], origins: dict[tuple, str] | None = None) -> str:
+def explain(
+    path: Path,
+    found: list[Located],
+    lines: dict[tuple, int],
+    origins: dict[tuple, str] | None = None,
+) -> str:
     """One line per unknown name or invalid parameter: ``file:line: key 'a.b': unknown ... Did you mean ...?``
     (``origins``: key paths set by ``--set`` arguments, named instead of the file's line)."""
     from kdbench.recipe_overrides import origin
@@ -85,5 +113,7 @@ def explain(path: Path, found: list[Located], lines: dict[tuple, int], origins: 
         if (argument := origin(loc, origins or {})) is not None:
             messages.append(f"{path}: --set {argument}: key '{key}': {exc}")
         else:
-            messages.append(f"{path}:{line}: key '{key}': {exc}" if line else f"{path}: key '{key}': {exc}")
+            messages.append(
+                f"{path}:{line}: key '{key}': {exc}" if line else f"{path}: key '{key}': {exc}"
+            )
     return "invalid recipe\n  " + "\n  ".join(messages)

@@ -36,16 +36,22 @@ def parse(argument: str) -> Override:
     path, sep, text = argument.partition("=")
     keys = tuple(path.strip().split("."))
     if not sep or not all(keys):
-        raise KdbenchError(f"--set {argument!r}: expected PATH=VALUE with a dotted PATH, e.g. --set training.epochs=120 "
-                           "or --set rows.KD.params.kd_temperature=2.")
+        raise KdbenchError(
+            f"--set {argument!r}: expected PATH=VALUE with a dotted PATH, e.g. --set training.epochs=120 "
+            "or --set rows.KD.params.kd_temperature=2."
+        )
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise KdbenchError(f"--set {argument!r}: the value is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise KdbenchError(
+            f"--set {argument!r}: the value is not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     return Override(argument, keys, value)
 
 
-def apply(data: dict[str, Any], arguments: Sequence[str]) -> tuple[dict[str, Any], dict[KeyPath, str]]:
+def apply(
+    data: dict[str, Any], arguments: Sequence[str]
+) -> tuple[dict[str, Any], dict[KeyPath, str]]:
     """A copy of the recipe ``data`` with every override applied in order, and the key path each one set
     (list items as indices, as validation errors locate them) → its argument."""
     data = copy.deepcopy(data)
@@ -78,8 +84,10 @@ def _set(data: dict[str, Any], override: Override) -> KeyPath:
                     node[key] = {}
                 node = node[key]
         else:
-            raise KdbenchError(f"--set {override.argument}: {here} is a value ({node!r}), not a mapping or a list, "
-                               f"so it has no key {key!r}.")
+            raise KdbenchError(
+                f"--set {override.argument}: {here} is a value ({node!r}), not a mapping or a list, "
+                f"so it has no key {key!r}."
+            )
     return tuple(resolved)
 
 
@@ -88,20 +96,28 @@ def _index(items: list[Any], key: str, argument: str, where: str) -> int:
     if key.lstrip("-").isdigit():
         index = int(key)
         if not -len(items) <= index < len(items):
-            raise KdbenchError(f"--set {argument}: {where} has {len(items)} items; index {index} is out of range.")
+            raise KdbenchError(
+                f"--set {argument}: {where} has {len(items)} items; index {index} is out of range."
+            )
         return index % len(items)
     for field in ("id", "label"):
-        matches = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get(field) == key]
+        matches = [
+            i for i, item in enumerate(items) if isinstance(item, dict) and item.get(field) == key
+        ]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise KdbenchError(f"--set {argument}: {len(matches)} items of {where} have {field} {key!r}; name one by index.")
+            raise KdbenchError(
+                f"--set {argument}: {len(matches)} items of {where} have {field} {key!r}; name one by index."
+            )
     names = [str(item.get("id", item.get("label"))) for item in items if isinstance(item, dict)]
-    raise KdbenchError(f"--set {argument}: no item of {where} has id or label {key!r}.{did_you_mean(key, names)} "
-                       f"Name an item by index (0-{len(items) - 1}) or one of: {', '.join(names)}")
+    raise KdbenchError(
+        f"--set {argument}: no item of {where} has id or label {key!r}.{did_you_mean(key, names)} "
+        f"Name an item by index (0-{len(items) - 1}) or one of: {', '.join(names)}"
+    )
 
 
 def origin(loc: KeyPath, origins: dict[KeyPath, str]) -> str | None:
     """The ``--set`` argument that set ``loc`` or a mapping above it (the last one, as it won)."""
-    found = [argument for path, argument in origins.items() if loc[:len(path)] == path]
+    found = [argument for path, argument in origins.items() if loc[: len(path)] == path]
     return found[-1] if found else None

@@ -53,7 +53,9 @@ class CacheKey:
     padding: int
 
     def digest(self) -> str:
-        canonical = json.dumps({"version": FORMAT_VERSION, **asdict(self)}, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(
+            {"version": FORMAT_VERSION, **asdict(self)}, sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
@@ -66,12 +68,23 @@ def cache_file(results: Path, key: CacheKey) -> Path:
     return Path(results) / "teacher_cache" / f"{key.digest()}.npy"
 
 
-def render_views(images: np.ndarray, dy: int, padding: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def render_views(
+    images: np.ndarray, dy: int, padding: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """All views of uint8 (B,H,W,3) ``images`` cropped at row ``dy``: (2p+1)·2·B normalised float32 images,
     ordered (dx, flip, image) — pixel for pixel what ``crop_and_flip`` + ``to_normalized_tensor`` give."""
     height, width = images.shape[1:3]
-    padded = torch.from_numpy(np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0))))
-    rows = padded[:, dy : dy + height].permute(0, 3, 1, 2).to(torch.float32).div_(255.0).sub_(mean).div_(std)
+    padded = torch.from_numpy(
+        np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    )
+    rows = (
+        padded[:, dy : dy + height]
+        .permute(0, 3, 1, 2)
+        .to(torch.float32)
+        .div_(255.0)
+        .sub_(mean)
+        .div_(std)
+    )
     views = []
     for dx in range(2 * padding + 1):
         crop = rows[..., dx : dx + width]
@@ -80,8 +93,16 @@ def render_views(images: np.ndarray, dy: int, padding: int, mean: torch.Tensor, 
 
 
 @torch.no_grad()
-def build(teacher: KDModel, arrays: ImageArrays, path: Path, *, padding: int, device: torch.device,
-          images_per_batch: int = 32, show_progress: bool = False) -> float:
+def build(
+    teacher: KDModel,
+    arrays: ImageArrays,
+    path: Path,
+    *,
+    padding: int,
+    device: torch.device,
+    images_per_batch: int = 32,
+    show_progress: bool = False,
+) -> float:
     """Write the teacher's fp32 logits of every view of ``arrays``' training images to ``path`` (atomically);
     returns the seconds it took. The teacher runs in eval mode, in fp32, without autocast."""
     n, side = len(arrays.x_train), 2 * padding + 1
@@ -90,25 +111,44 @@ def build(teacher: KDModel, arrays: ImageArrays, path: Path, *, padding: int, de
     mode = teacher.training
     teacher.eval()
     started = time.time()
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not show_progress)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+    )
     try:
         with atomic_path(path) as tmp, bar:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, side, side, 2, arrays.num_classes))
+            out = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.float32, shape=(n, side, side, 2, arrays.num_classes)
+            )
             task = bar.add_task(f"teacher cache: {side * side * 2} views × {n} images", total=n)
             for start in range(0, n, images_per_batch):
                 chunk = arrays.x_train[start : start + images_per_batch]
                 for dy in range(side):
-                    logits = teacher(render_views(chunk, dy, padding, mean, std).to(device)).float().cpu()
-                    out[start : start + len(chunk), dy] = logits.view(side, 2, len(chunk), -1).permute(2, 0, 1, 3).numpy()
+                    logits = (
+                        teacher(render_views(chunk, dy, padding, mean, std).to(device))
+                        .float()
+                        .cpu()
+                    )
+                    out[start : start + len(chunk), dy] = (
+                        logits.view(side, 2, len(chunk), -1).permute(2, 0, 1, 3).numpy()
+                    )
                 bar.advance(task, len(chunk))
             out.flush()
             del out
     finally:
         teacher.train(mode)
     seconds = time.time() - started
-    log.info("teacher cache %s: %d images × %d views in %.1f s (%.0f views/s)", path.name, n, side * side * 2,
-             seconds, n * side * side * 2 / max(seconds, 1e-9))
+    log.info(
+        "teacher cache %s: %d images × %d views in %.1f s (%.0f views/s)",
+        path.name,
+        n,
+        side * side * 2,
+        seconds,
+        n * side * side * 2 / max(seconds, 1e-9),
+    )
     return seconds
 
 
@@ -121,19 +161,25 @@ class TeacherCache:
     once; a batch's lookup is then a gather on the device, with no host round trip per step."""
 
     def __init__(self, path: Path, n: int, padding: int, num_classes: int, device: torch.device):
-        table = np.load(path, mmap_mode="c")  # copy-on-write: a writable view for torch, the file never changes
+        table = np.load(
+            path, mmap_mode="c"
+        )  # copy-on-write: a writable view for torch, the file never changes
         side = 2 * padding + 1
         if table.shape != (n, side, side, 2, num_classes) or table.dtype != np.float32:
-            raise KdbenchError(f"teacher cache {path} has shape {table.shape} ({table.dtype}), expected "
-                               f"{(n, side, side, 2, num_classes)} float32: delete it and re-run to rebuild it.")
+            raise KdbenchError(
+                f"teacher cache {path} has shape {table.shape} ({table.dtype}), expected "
+                f"{(n, side, side, 2, num_classes)} float32: delete it and re-run to rebuild it."
+            )
         self.table = torch.from_numpy(table)
         self.padding, self.device = padding, device
 
     def epoch_logits(self, plan: EpochPlan) -> torch.Tensor:
         """(N, C): the logits of the view ``plan`` gives each training image, on the run's device."""
         if plan.padding != self.padding:
-            raise KdbenchError(f"the epoch plan pads by {plan.padding} but the teacher cache was built for padding "
-                               f"{self.padding}; run with --teacher-cache off.")
+            raise KdbenchError(
+                f"the epoch plan pads by {plan.padding} but the teacher cache was built for padding "
+                f"{self.padding}; run with --teacher-cache off."
+            )
         samples = torch.arange(len(self.table))
         rows = self.table[samples, plan.offsets[:, 1], plan.offsets[:, 0], plan.flips.long()]
         if self.device.type == "cuda":  # page-locked, so the copy is asynchronous
@@ -150,17 +196,33 @@ class TeacherCache:
         return lookup
 
 
-def ensure(teacher: KDModel, arrays: ImageArrays, key: CacheKey, results: Path, device: torch.device, *,
-           show_progress: bool = False) -> tuple[TeacherCache, float]:
+def ensure(
+    teacher: KDModel,
+    arrays: ImageArrays,
+    key: CacheKey,
+    results: Path,
+    device: torch.device,
+    *,
+    show_progress: bool = False,
+) -> tuple[TeacherCache, float]:
     """The cache for ``key``, built first if no run has built it yet; returns it and the build seconds (0 if reused)."""
     path = cache_file(results, key)
     seconds = 0.0
     if not path.is_file():
         with file_lock(path.with_suffix(".lock")):
             if not path.is_file():  # another process may have built it while we waited for the lock
-                seconds = build(teacher, arrays, path, padding=key.padding, device=device, show_progress=show_progress)
-                atomic_write_json(path.with_suffix(".json"), {**asdict(key), "build_seconds": seconds,
-                                                             "format_version": FORMAT_VERSION})
+                seconds = build(
+                    teacher,
+                    arrays,
+                    path,
+                    padding=key.padding,
+                    device=device,
+                    show_progress=show_progress,
+                )
+                atomic_write_json(
+                    path.with_suffix(".json"),
+                    {**asdict(key), "build_seconds": seconds, "format_version": FORMAT_VERSION},
+                )
     if seconds == 0.0:
         log.info("teacher cache %s reused", path.name)
     return TeacherCache(path, len(arrays.x_train), key.padding, arrays.num_classes, device), seconds

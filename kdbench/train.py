@@ -33,7 +33,14 @@ from kdbench import (
     models,
     teacher_cache,
 )
-from kdbench.compute import Compute, ComputeOptions, compile_fallbacks, compiled_active, device_name, first_step
+from kdbench.compute import (
+    Compute,
+    ComputeOptions,
+    compile_fallbacks,
+    compiled_active,
+    device_name,
+    first_step,
+)
 from kdbench.data.identity import verify_content
 from kdbench.data.shard import global_batch_sizes
 from kdbench.distributed import SINGLE, Group
@@ -41,9 +48,16 @@ from kdbench.errors import KdbenchError
 from kdbench.models.base import KDModel
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
-from kdbench.results import curves
 from kdbench.provenance import source_commit
-from kdbench.results.store import RUN_ID, RunDir, RunLocked, WriteFailed, atomic_write_json, read_json
+from kdbench.results import curves
+from kdbench.results.store import (
+    RUN_ID,
+    RunDir,
+    RunLocked,
+    WriteFailed,
+    atomic_write_json,
+    read_json,
+)
 
 log = logging.getLogger("kdbench.train")
 EVAL_BATCH = 256
@@ -61,7 +75,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise KdbenchError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu or auto.")
+        raise KdbenchError(
+            f"device {device!r} requested but CUDA is not available on this machine; use --device cpu or auto."
+        )
     return resolved
 
 
@@ -69,16 +85,24 @@ def load_spec(path_or_id: str, results: Path) -> RunSpec:
     """A spec from a ``spec.json`` path, or from a run id inside ``results``."""
     path = Path(path_or_id)
     if not path.is_file() and RUN_ID.fullmatch(path_or_id):
-        path = RunDir(results, path_or_id).spec_file  # a run id never names a path outside results/runs
+        path = RunDir(
+            results, path_or_id
+        ).spec_file  # a run id never names a path outside results/runs
     if not path.is_file():
-        raise KdbenchError(f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/ "
-                           f"(`kdbench status --results {results}` lists them).")
+        raise KdbenchError(
+            f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/ "
+            f"(`kdbench status --results {results}` lists them)."
+        )
     try:
-        return RunSpec.model_validate(read_json(path) if path != Path(path_or_id) else _user_json(path))
+        return RunSpec.model_validate(
+            read_json(path) if path != Path(path_or_id) else _user_json(path)
+        )
     except ValidationError as exc:
-        raise KdbenchError(f"{path} is not a valid run spec ({exc.error_count()} problem(s), first: "
-                           f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}). Pass a spec.json "
-                           "written by kdbench (RESULTS/runs/<run id>/spec.json).") from None
+        raise KdbenchError(
+            f"{path} is not a valid run spec ({exc.error_count()} problem(s), first: "
+            f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}). Pass a spec.json "
+            "written by kdbench (RESULTS/runs/<run id>/spec.json)."
+        ) from None
 
 
 def _user_json(path: Path) -> Any:
@@ -87,8 +111,10 @@ def _user_json(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise KdbenchError(f"{path} is not a run spec (not JSON: {exc}). Pass a spec.json written by kdbench "
-                           "(RESULTS/runs/<run id>/spec.json) or a run id.") from None
+        raise KdbenchError(
+            f"{path} is not a run spec (not JSON: {exc}). Pass a spec.json written by kdbench "
+            "(RESULTS/runs/<run id>/spec.json) or a run id."
+        ) from None
 
 
 def load_trained_model(results: Path, run_id: str, model_name: str, num_classes: int) -> KDModel:
@@ -96,11 +122,17 @@ def load_trained_model(results: Path, run_id: str, model_name: str, num_classes:
     students (its spec's ``keep``: the last epoch's ``model.pt``, or the best epoch's ``model_best.pt``)."""
     run = RunDir(results, run_id)
     if not run.is_done():
-        raise KdbenchError(f"teacher run {run_id} has not finished: train it first (kdbench train {run.spec_file}).")
-    keep = RunSpec.model_validate(read_json(run.spec_file)).keep if run.spec_file.is_file() else "last"
+        raise KdbenchError(
+            f"teacher run {run_id} has not finished: train it first (kdbench train {run.spec_file})."
+        )
+    keep = (
+        RunSpec.model_validate(read_json(run.spec_file)).keep if run.spec_file.is_file() else "last"
+    )
     state = run.load_torch(run.best_model_file if keep == "best" else run.model_file)
     model = models.create(model_name, num_classes=num_classes)
-    model.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
+    model.load_state_dict(
+        {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    )
     return model
 
 
@@ -128,15 +160,36 @@ def run(
     curves.require(loggers)
     group = distributed.init(device)
     try:
-        return _run(spec, Path(results), group, group.device or resolve_device(device), data_dir, num_workers,
-                    progress, loader, compute or ComputeOptions(), slot, loggers)
+        return _run(
+            spec,
+            Path(results),
+            group,
+            group.device or resolve_device(device),
+            data_dir,
+            num_workers,
+            progress,
+            loader,
+            compute or ComputeOptions(),
+            slot,
+            loggers,
+        )
     finally:
         group.shutdown()
 
 
-def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_dir: str | Path | None,
-         num_workers: int, progress: bool | None, loader: str, compute: ComputeOptions, slot: str | None,
-         loggers: Sequence[str] = curves.DEFAULT) -> dict[str, Any]:
+def _run(
+    spec: RunSpec,
+    results: Path,
+    group: Group,
+    device: torch.device,
+    data_dir: str | Path | None,
+    num_workers: int,
+    progress: bool | None,
+    loader: str,
+    compute: ComputeOptions,
+    slot: str | None,
+    loggers: Sequence[str] = curves.DEFAULT,
+) -> dict[str, Any]:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
         state, locked = "train", None
@@ -161,46 +214,101 @@ def _run(spec: RunSpec, results: Path, group: Group, device: torch.device, data_
                 log.info("removed %s, left by a process killed while writing it", stale)
             atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
             rundir.failed_file.unlink(missing_ok=True)
-            if slot is not None:  # written under the lock: an executor that lost the race for this run cannot overwrite it
+            if (
+                slot is not None
+            ):  # written under the lock: an executor that lost the race for this run cannot overwrite it
                 _record_launch(rundir, slot)
-            held.enter_context(curves.recording(rundir, spec, loggers))  # each metrics.jsonl write also goes there
+            held.enter_context(
+                curves.recording(rundir, spec, loggers)
+            )  # each metrics.jsonl write also goes there
         try:
-            result = _train(spec, rundir, results, device, data_dir, num_workers,
-                            group.is_main and (sys.stderr.isatty() if progress is None else progress), loader, compute, group)
+            result = _train(
+                spec,
+                rundir,
+                results,
+                device,
+                data_dir,
+                num_workers,
+                group.is_main and (sys.stderr.isatty() if progress is None else progress),
+                loader,
+                compute,
+                group,
+            )
             group.barrier()  # rank 0 has written result.json
             return result
         except Exception as exc:
             if group.is_main:
                 _record_failure(rundir, exc)
-            log.error("run %s failed%s: %s", spec.run_id, f" on rank {group.rank}" if group.active else "", exc)
+            log.error(
+                "run %s failed%s: %s",
+                spec.run_id,
+                f" on rank {group.rank}" if group.active else "",
+                exc,
+            )
             raise
 
 
-def _import(spec: RunSpec, rundir: RunDir, device: torch.device, data_dir: str | Path | None, num_workers: int,
-            loader: str, group: Group) -> dict[str, Any]:
+def _import(
+    spec: RunSpec,
+    rundir: RunDir,
+    device: torch.device,
+    data_dir: str | Path | None,
+    num_workers: int,
+    loader: str,
+    group: Group,
+) -> dict[str, Any]:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
     arrays = _dataset(spec, data_dir)
     path = checkpoints.locate(spec.checkpoint, data_dir)
-    model, digest = checkpoints.load_into(models.create(spec.model, num_classes=arrays.num_classes), spec.checkpoint, path,
-                                          spec.model, data_dir)
-    distiller = methods.get("ce")(model, None, methods.get("ce").Params(), data.example_images(arrays)).to(device)
+    model, digest = checkpoints.load_into(
+        models.create(spec.model, num_classes=arrays.num_classes),
+        spec.checkpoint,
+        path,
+        spec.model,
+        data_dir,
+    )
+    distiller = methods.get("ce")(
+        model, None, methods.get("ce").Params(), data.example_images(arrays)
+    ).to(device)
     started = time.time()
-    loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
+    loaders = data.make_loaders(
+        loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
+    )
     stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
     history = [{"epoch": 0, "phase": "imported", **stats}]
     result = _summarise(spec, history, device, time.time() - started, group)
-    result["imported"] = {"path": str(path), "sha256": digest, "format": spec.checkpoint.format}  # full digest
+    result["imported"] = {
+        "path": str(path),
+        "sha256": digest,
+        "format": spec.checkpoint.format,
+    }  # full digest
     if group.is_main:
         rundir.write_metrics(history)
         rundir.save_torch(rundir.model_file, distiller.inference_state())
         rundir.write_result(result)
-    log.info("imported %s from %s (sha256 %s): test top-1 %.2f", spec.run_id, path, digest, stats["test_top1"])
+    log.info(
+        "imported %s from %s (sha256 %s): test top-1 %.2f",
+        spec.run_id,
+        path,
+        digest,
+        stats["test_top1"],
+    )
     return result
 
 
-def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, data_dir: str | Path | None,
-           num_workers: int, show_progress: bool, loader: str, options: ComputeOptions, group: Group) -> dict[str, Any]:
+def _train(
+    spec: RunSpec,
+    rundir: RunDir,
+    results: Path,
+    device: torch.device,
+    data_dir: str | Path | None,
+    num_workers: int,
+    show_progress: bool,
+    loader: str,
+    options: ComputeOptions,
+    group: Group,
+) -> dict[str, Any]:
     # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
     precision = options.resolve(device).apply_fp32_math(device)
     if spec.checkpoint is not None:
@@ -211,42 +319,88 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
     student = models.create(spec.model, num_classes=arrays.num_classes)
     teacher = None
     if spec.teacher is not None:
-        teacher = load_trained_model(results, spec.teacher.run_id, spec.teacher.model, arrays.num_classes)
+        teacher = load_trained_model(
+            results, spec.teacher.run_id, spec.teacher.model, arrays.num_classes
+        )
     method = methods.get(spec.method)
     example = data.example_images(arrays)
     train_labels = torch.as_tensor(arrays.y_train) if method.needs.sample_indices else None
-    distiller = method(student, teacher, method.Params(**spec.method_params), example, train_labels=train_labels,
-                       batch_size=spec.train.batch_size, label_smoothing=spec.train.label_smoothing,
-                       loss_chunk=spec.train.loss_chunk).to(device)
+    distiller = method(
+        student,
+        teacher,
+        method.Params(**spec.method_params),
+        example,
+        train_labels=train_labels,
+        batch_size=spec.train.batch_size,
+        label_smoothing=spec.train.label_smoothing,
+        loss_chunk=spec.train.loss_chunk,
+    ).to(device)
     if spec.train.bn_chunk is not None:
-        emulate_per_gpu_batchnorm(distiller, spec.train.batch_size // group.world // spec.train.bn_chunk)
+        emulate_per_gpu_batchnorm(
+            distiller, spec.train.batch_size // group.world // spec.train.bn_chunk
+        )
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
-    compute = options.resolve(device, train_steps=spec.train.epochs * math.ceil(len(arrays.y_train) / spec.train.batch_size))
+    compute = options.resolve(
+        device,
+        train_steps=spec.train.epochs * math.ceil(len(arrays.y_train) / spec.train.batch_size),
+    )
     networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
     compute.prepare(networks)
-    cache, cache_seconds = _teacher_cache(spec, method, distiller, arrays, results, device, compute, show_progress)
+    cache, cache_seconds = _teacher_cache(
+        spec, method, distiller, arrays, results, device, compute, show_progress
+    )
     optimizer = _sgd(distiller.trainable_parameters(), spec)
     stage = distiller.init_stage()
     init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
     done = _resume(rundir, distiller, optimizer, init_optimizer, compute.precision)
-    best = done.best  # keep "best": the best epoch so far and its weights, carried in every checkpoint
-    group.broadcast_tensors(distiller.training_state().values())  # every rank starts from rank 0's state
+    best = (
+        done.best
+    )  # keep "best": the best epoch so far and its weights, carried in every checkpoint
+    group.broadcast_tensors(
+        distiller.training_state().values()
+    )  # every rank starts from rank 0's state
     history = done.history
     if history and group.is_main:
-        rundir.write_metrics(history)  # from the checkpoint: repairs a metrics.jsonl that was deleted as corrupted
-    log.info("run %s: %s %s on %s (%s), epochs %d..%d", spec.run_id, spec.method, spec.model, device,
-             spec.profile, done.epochs + 1, spec.train.epochs)
+        rundir.write_metrics(
+            history
+        )  # from the checkpoint: repairs a metrics.jsonl that was deleted as corrupted
+    log.info(
+        "run %s: %s %s on %s (%s), epochs %d..%d",
+        spec.run_id,
+        spec.method,
+        spec.model,
+        device,
+        spec.profile,
+        done.epochs + 1,
+        spec.train.epochs,
+    )
 
-    loaders = data.make_loaders(loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir)
-    log.info("loader %s%s", loaders.kind, f", {group.world} processes ({group.backend})" if group.active else "")
+    loaders = data.make_loaders(
+        loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
+    )
+    log.info(
+        "loader %s%s",
+        loaders.kind,
+        f", {group.world} processes ({group.backend})" if group.active else "",
+    )
     # Each step's global batch size: a rank weights its gradients by its share of it.
-    drop_last = spec.train.drop_last or method.needs.fixed_batch  # the recipe's choice, or modules sized by the batch
-    global_sizes = global_batch_sizes(len(arrays.y_train), spec.train.batch_size, drop_last, group.world)
+    drop_last = (
+        spec.train.drop_last or method.needs.fixed_batch
+    )  # the recipe's choice, or modules sized by the batch
+    global_sizes = global_batch_sizes(
+        len(arrays.y_train), spec.train.batch_size, drop_last, group.world
+    )
 
     def batches(epoch: int) -> Iterable:
-        return loaders.train(spec.train.batch_size, seed=spec.seed, epoch=epoch, strong=method.needs.strong_view,
-                             drop_last=drop_last, shard=group.shard)
+        return loaders.train(
+            spec.train.batch_size,
+            seed=spec.seed,
+            epoch=epoch,
+            strong=method.needs.strong_view,
+            drop_last=drop_last,
+            shard=group.shard,
+        )
 
     def checkpoint(epoch: int, init_epoch: int) -> None:
         """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo.
@@ -254,12 +408,21 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
         if not group.is_main:
             group.barrier()
             return
-        rundir.save_torch(rundir.checkpoint_file, {
-            "epoch": epoch, "init_epoch": init_epoch, "state": distiller.training_state(),
-            "optimizer": optimizer.state_dict(),
-            "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
-            "history": history, "precision": compute.precision, **({"best": best} if best is not None else {}),
-        })
+        rundir.save_torch(
+            rundir.checkpoint_file,
+            {
+                "epoch": epoch,
+                "init_epoch": init_epoch,
+                "state": distiller.training_state(),
+                "optimizer": optimizer.state_dict(),
+                "init_optimizer": init_optimizer.state_dict()
+                if init_optimizer is not None
+                else None,
+                "history": history,
+                "precision": compute.precision,
+                **({"best": best} if best is not None else {}),
+            },
+        )
         rundir.write_metrics(history)
         group.barrier()
 
@@ -268,10 +431,26 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
         if stage is not None:
             for init_epoch in range(done.init_epochs + 1, stage.epochs + 1):
                 # The pre-training stage has its own data epochs, apart from the main ones.
-                stats = _train_epoch(lambda x, y, e, i, v: (None, distiller.forward_init(x, y)), distiller,
-                                     init_optimizer, batches(INIT_EPOCH_OFFSET + init_epoch), device, init_epoch, bar, compute,
-                                     group=group, global_sizes=global_sizes)
-                history.append({"phase": "init", "epoch": init_epoch, "lr": init_optimizer.param_groups[0]["lr"], **stats})
+                stats = _train_epoch(
+                    lambda x, y, e, i, v: (None, distiller.forward_init(x, y)),
+                    distiller,
+                    init_optimizer,
+                    batches(INIT_EPOCH_OFFSET + init_epoch),
+                    device,
+                    init_epoch,
+                    bar,
+                    compute,
+                    group=group,
+                    global_sizes=global_sizes,
+                )
+                history.append(
+                    {
+                        "phase": "init",
+                        "epoch": init_epoch,
+                        "lr": init_optimizer.param_groups[0]["lr"],
+                        **stats,
+                    }
+                )
                 checkpoint(0, init_epoch)
                 log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
         init_done = stage.epochs if stage is not None else 0
@@ -279,26 +458,70 @@ def _train(spec: RunSpec, rundir: RunDir, results: Path, device: torch.device, d
             lr = spec.train.lr_at(epoch)
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
-            views = cache.for_epoch(data.epoch_plan(len(arrays.x_train), spec.seed, epoch)) if cache is not None else None
-            train_stats = _train_epoch(distiller.forward_train, distiller, optimizer, batches(epoch), device, epoch, bar,
-                                       compute, views, group, global_sizes)
-            test_stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
+            views = (
+                cache.for_epoch(data.epoch_plan(len(arrays.x_train), spec.seed, epoch))
+                if cache is not None
+                else None
+            )
+            train_stats = _train_epoch(
+                distiller.forward_train,
+                distiller,
+                optimizer,
+                batches(epoch),
+                device,
+                epoch,
+                bar,
+                compute,
+                views,
+                group,
+                global_sizes,
+            )
+            test_stats = evaluate(
+                distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group
+            )
             history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
             if spec.keep == "best" and (best is None or test_stats["test_top1"] > best["top1"]):
                 # Strictly better, as SimKD's train_teacher.py:224 (test_acc > best_acc): the first best epoch wins.
-                best = {"epoch": epoch, "top1": test_stats["test_top1"],
-                        "state": {k: v.detach().to("cpu", copy=True) for k, v in distiller.inference_state().items()}}
+                best = {
+                    "epoch": epoch,
+                    "top1": test_stats["test_top1"],
+                    "state": {
+                        k: v.detach().to("cpu", copy=True)
+                        for k, v in distiller.inference_state().items()
+                    },
+                }
             checkpoint(epoch, init_done)
-            log.info("epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f", epoch,
-                     spec.train.epochs, lr, train_stats["loss"], train_stats["train_top1"],
-                     test_stats["test_top1"], test_stats["test_top5"])
-    result = _summarise(spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group)
-    result["compute"] = {**asdict(compute), "teacher_cache": cache is not None, "teacher_cache_build_seconds": cache_seconds,
-                         "compiled": compiled_active(networks) if compute.compile else False,
-                         "compile_fallbacks": compile_fallbacks(networks), "requested": options.to_json()}
+            log.info(
+                "epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f",
+                epoch,
+                spec.train.epochs,
+                lr,
+                train_stats["loss"],
+                train_stats["train_top1"],
+                test_stats["test_top1"],
+                test_stats["test_top5"],
+            )
+    result = _summarise(
+        spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group
+    )
+    result["compute"] = {
+        **asdict(compute),
+        "teacher_cache": cache is not None,
+        "teacher_cache_build_seconds": cache_seconds,
+        "compiled": compiled_active(networks) if compute.compile else False,
+        "compile_fallbacks": compile_fallbacks(networks),
+        "requested": options.to_json(),
+    }
     if best is not None:
-        result["kept"] = {"keep": "best", "epoch": best["epoch"], "top1": best["top1"], "file": rundir.best_model_file.name}
-    result["precision"] = precision.to_json()  # part of what the result is: compare marks cells that pool precisions
+        result["kept"] = {
+            "keep": "best",
+            "epoch": best["epoch"],
+            "top1": best["top1"],
+            "file": rundir.best_model_file.name,
+        }
+    result["precision"] = (
+        precision.to_json()
+    )  # part of what the result is: compare marks cells that pool precisions
     if group.is_main:
         rundir.save_torch(rundir.model_file, distiller.inference_state())
         if best is not None:
@@ -312,44 +535,75 @@ def _record_failure(rundir: RunDir, exc: Exception) -> None:
     change. A failed write of it (disk full) is logged, and the run's own error is what the caller raises."""
     message = str(exc)
     if isinstance(exc, torch.OutOfMemoryError):
-        message = (f"out of memory on the device ({message.splitlines()[0] if message else 'no detail'}); train fewer "
-                   "runs at once (--runs-per-gpu 1) or free the GPU, then run the same command again: it resumes.")
+        message = (
+            f"out of memory on the device ({message.splitlines()[0] if message else 'no detail'}); train fewer "
+            "runs at once (--runs-per-gpu 1) or free the GPU, then run the same command again: it resumes."
+        )
     try:
         last_good = rundir.epochs_done()
     except KdbenchError:
         last_good = None
     try:
-        atomic_write_json(rundir.failed_file, {"run_id": rundir.run_id, "error": type(exc).__name__, "message": message,
-                                               "last_good_epoch": last_good, "time": time.time()})
+        atomic_write_json(
+            rundir.failed_file,
+            {
+                "run_id": rundir.run_id,
+                "error": type(exc).__name__,
+                "message": message,
+                "last_good_epoch": last_good,
+                "time": time.time(),
+            },
+        )
     except WriteFailed as write_exc:
         log.error("could not record the failure of run %s: %s", rundir.run_id, write_exc)
 
 
-def _check_processes(spec: RunSpec, method: type[methods.Distiller], group: Group, test_size: int) -> None:
+def _check_processes(
+    spec: RunSpec, method: type[methods.Distiller], group: Group, test_size: int
+) -> None:
     """Raise a clear error when this run cannot be split over ``group.world`` processes as the spec needs."""
     if not group.active:
         return
     world, batch = group.world, spec.train.batch_size
     if batch % world:
-        raise KdbenchError(f"run {spec.run_id}: batch size {batch} does not split over {world} processes; use a process "
-                           f"count that divides it (the global batch is held constant across process counts).")
+        raise KdbenchError(
+            f"run {spec.run_id}: batch size {batch} does not split over {world} processes; use a process "
+            f"count that divides it (the global batch is held constant across process counts)."
+        )
     needs = method.needs
     if not needs.splits_over_processes:
-        why = "keeps per-sample state (a memory bank)" if needs.sample_indices else "sizes its modules by the batch size"
-        raise KdbenchError(f"run {spec.run_id}: method {spec.method} {why}, which kdbench does not split over processes; "
-                           f"train it with --nproc 1.")
+        why = (
+            "keeps per-sample state (a memory bank)"
+            if needs.sample_indices
+            else "sizes its modules by the batch size"
+        )
+        raise KdbenchError(
+            f"run {spec.run_id}: method {spec.method} {why}, which kdbench does not split over processes; "
+            f"train it with --nproc 1."
+        )
     for name, chunk in (("loss", spec.train.loss_chunk), ("BatchNorm", spec.train.bn_chunk)):
         if chunk is not None and (batch // world) % chunk:
-            raise KdbenchError(f"run {spec.run_id}: each of {world} processes gets {batch // world} samples, which cannot be "
-                               f"cut into the spec's {name} chunks of {chunk} (the original per-GPU batch); use a process "
-                               f"count that divides {batch // chunk}.")
+            raise KdbenchError(
+                f"run {spec.run_id}: each of {world} processes gets {batch // world} samples, which cannot be "
+                f"cut into the spec's {name} chunks of {chunk} (the original per-GPU batch); use a process "
+                f"count that divides {batch // chunk}."
+            )
     if test_size < world:
-        raise KdbenchError(f"run {spec.run_id}: {test_size} test images cannot be split over {world} processes.")
+        raise KdbenchError(
+            f"run {spec.run_id}: {test_size} test images cannot be split over {world} processes."
+        )
 
 
-def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: methods.Distiller, arrays: data.Dataset,
-                   results: Path, device: torch.device, compute: Compute,
-                   show_progress: bool) -> tuple[teacher_cache.TeacherCache | None, float]:
+def _teacher_cache(
+    spec: RunSpec,
+    method: type[methods.Distiller],
+    distiller: methods.Distiller,
+    arrays: data.Dataset,
+    results: Path,
+    device: torch.device,
+    compute: Compute,
+    show_progress: bool,
+) -> tuple[teacher_cache.TeacherCache | None, float]:
     """The teacher-output cache of this run, if its options and its method allow one.
 
     ``auto`` uses it when it exists already, or when building it pays for itself within this run: at
@@ -358,42 +612,71 @@ def _teacher_cache(spec: RunSpec, method: type[methods.Distiller], distiller: me
     if compute.teacher_cache == "off" or not method.needs.cacheable_teacher or spec.teacher is None:
         return None, 0.0
     if not isinstance(arrays, data.ImageArrays):
-        log.info("teacher cache not used: %s's random resized crops are not a finite set of views", spec.data.name)
+        log.info(
+            "teacher cache not used: %s's random resized crops are not a finite set of views",
+            spec.data.name,
+        )
         return None, 0.0
     assert distiller.teacher is not None
     n = len(arrays.x_train)
-    key = teacher_cache.CacheKey(spec.teacher.run_id, {**spec.data.model_dump(mode="json", exclude={"test_fraction"}), "n": n},
-                                 data.epoch_plan(n, spec.seed, 1).padding)
+    key = teacher_cache.CacheKey(
+        spec.teacher.run_id,
+        {**spec.data.model_dump(mode="json", exclude={"test_fraction"}), "n": n},
+        data.epoch_plan(n, spec.seed, 1).padding,
+    )
     views = teacher_cache.views_per_image(key.padding)
-    if compute.teacher_cache == "auto" and spec.train.epochs < views and not teacher_cache.cache_file(results, key).is_file():
-        log.info("teacher cache not built: %d epochs < %d views per image, so building it costs more teacher passes than "
-                 "it saves (--teacher-cache on builds it anyway)", spec.train.epochs, views)
+    if (
+        compute.teacher_cache == "auto"
+        and spec.train.epochs < views
+        and not teacher_cache.cache_file(results, key).is_file()
+    ):
+        log.info(
+            "teacher cache not built: %d epochs < %d views per image, so building it costs more teacher passes than "
+            "it saves (--teacher-cache on builds it anyway)",
+            spec.train.epochs,
+            views,
+        )
         return None, 0.0
-    return teacher_cache.ensure(distiller.teacher, arrays, key, results, device, show_progress=show_progress)
+    return teacher_cache.ensure(
+        distiller.teacher, arrays, key, results, device, show_progress=show_progress
+    )
 
 
 def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> None:
     """Load the final weights of run ``run_id`` into the modules of ``distiller`` that share their names."""
     run = RunDir(results, run_id)
     if not run.is_done():
-        raise KdbenchError(f"run {run_id}, which this run starts from, has not finished: train it first.")
+        raise KdbenchError(
+            f"run {run_id}, which this run starts from, has not finished: train it first."
+        )
     state = run.load_torch(run.model_file)
     own = distiller.state_dict()
     shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not shared:
-        raise KdbenchError(f"run {run_id}'s weights share no module with method {distiller.name!r}: nothing to start from.")
+        raise KdbenchError(
+            f"run {run_id}'s weights share no module with method {distiller.name!r}: nothing to start from."
+        )
     distiller.load_state_dict(shared, strict=False)
     log.info("started from run %s (%d of %d tensors)", run_id, len(shared), len(own))
 
 
-def _sgd(parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None = None) -> torch.optim.SGD:
+def _sgd(
+    parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None = None
+) -> torch.optim.SGD:
     """SGD over ``parameters``; with ``decay_norm_and_bias`` off, 1-D tensors (BN γ/β, biases) get no weight decay."""
     groups: list[dict[str, Any]] = [{"params": parameters}]
     if not spec.train.decay_norm_and_bias:
-        groups = [{"params": [p for p in parameters if p.ndim > 1]},
-                  {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=spec.train.lr if lr is None else lr, momentum=spec.train.momentum,
-                           nesterov=spec.train.nesterov, weight_decay=spec.train.weight_decay)
+        groups = [
+            {"params": [p for p in parameters if p.ndim > 1]},
+            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    return torch.optim.SGD(
+        groups,
+        lr=spec.train.lr if lr is None else lr,
+        momentum=spec.train.momentum,
+        nesterov=spec.train.nesterov,
+        weight_decay=spec.train.weight_decay,
+    )
 
 
 def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.Dataset:
@@ -412,34 +695,63 @@ class _Progress:
     epochs: int = 0
     init_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # keep "best": {"epoch", "top1", "state"} of the best epoch so far
+    best: dict[str, Any] | None = (
+        None  # keep "best": {"epoch", "top1", "state"} of the best epoch so far
+    )
 
 
-def _resume(rundir: RunDir, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
-            init_optimizer: torch.optim.Optimizer | None, precision: str) -> _Progress:
+def _resume(
+    rundir: RunDir,
+    distiller: methods.Distiller,
+    optimizer: torch.optim.Optimizer,
+    init_optimizer: torch.optim.Optimizer | None,
+    precision: str,
+) -> _Progress:
     """The checkpoint's state, loaded into ``distiller`` and the optimizers; a run resumes only in the precision it
     started in (its result records one precision; a checkpoint from before precisions were recorded is accepted)."""
     if not rundir.checkpoint_file.is_file():
         return _Progress()
-    ckpt = rundir.load_torch(rundir.checkpoint_file)  # verified: a corrupted checkpoint fails the run, never resumes it
+    ckpt = rundir.load_torch(
+        rundir.checkpoint_file
+    )  # verified: a corrupted checkpoint fails the run, never resumes it
     started = ckpt.get("precision", precision)
     if started != precision:
-        raise KdbenchError(f"checkpoint {rundir.checkpoint_file} was trained in precision {started}, and this run asks for "
-                           f"{precision}: resume it with --precision {started}, or delete the checkpoint to restart in {precision}.")
+        raise KdbenchError(
+            f"checkpoint {rundir.checkpoint_file} was trained in precision {started}, and this run asks for "
+            f"{precision}: resume it with --precision {started}, or delete the checkpoint to restart in {precision}."
+        )
     missing, unexpected = distiller.load_state_dict(ckpt["state"], strict=False)
     if unexpected or any(not k.startswith("teacher.") for k in missing):
-        raise KdbenchError(f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run.")
+        raise KdbenchError(
+            f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run."
+        )
     optimizer.load_state_dict(ckpt["optimizer"])
     if init_optimizer is not None and ckpt.get("init_optimizer") is not None:
         init_optimizer.load_state_dict(ckpt["init_optimizer"])
-    log.info("resuming %s after epoch %d (pre-training epochs done: %d)", rundir.run_id, ckpt["epoch"], ckpt.get("init_epoch", 0))
-    return _Progress(ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]), ckpt.get("best"))
+    log.info(
+        "resuming %s after epoch %d (pre-training epochs done: %d)",
+        rundir.run_id,
+        ckpt["epoch"],
+        ckpt.get("init_epoch", 0),
+    )
+    return _Progress(
+        ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]), ckpt.get("best")
+    )
 
 
-def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Optimizer,
-                 batches: Iterable, device: torch.device, epoch: int, bar: Progress | None, compute: Compute,
-                 teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None, group: Group = SINGLE,
-                 global_sizes: list[int] | None = None) -> dict[str, float]:
+def _train_epoch(
+    step,
+    distiller: methods.Distiller,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    device: torch.device,
+    epoch: int,
+    bar: Progress | None,
+    compute: Compute,
+    teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    group: Group = SINGLE,
+    global_sizes: list[int] | None = None,
+) -> dict[str, float]:
     """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``.
 
     ``teacher_views(indices)``: the cached teacher logits of the batch's views, passed to ``step`` as
@@ -451,7 +763,11 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     seen, steps, started = 0, 0, time.time()
-    task = bar.add_task(f"epoch {epoch}", total=len(batches) if hasattr(batches, "__len__") else None) if bar else None
+    task = (
+        bar.add_task(f"epoch {epoch}", total=len(batches) if hasattr(batches, "__len__") else None)
+        if bar
+        else None
+    )
     for images, targets, indices, *strong in batches:
         cached = {"teacher_logits": teacher_views(indices)} if teacher_views is not None else {}
         images = compute.images(images.to(device, non_blocking=True))
@@ -461,16 +777,28 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
 
         def forward_backward() -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
             with compute.autocast(device):
-                logits, terms = step(images, targets, epoch, indices.to(device, non_blocking=True), strong_images, **cached)
+                logits, terms = step(
+                    images,  # noqa: B023 - called within this iteration
+                    targets,  # noqa: B023 - called within this iteration
+                    epoch,
+                    indices.to(device, non_blocking=True),  # noqa: B023 - called within this iteration
+                    strong_images,  # noqa: B023 - called within this iteration
+                    **cached,  # noqa: B023 - called within this iteration
+                )
             optimizer.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             return logits, terms
 
         # The first compiled step proves that the lazily compiled backward works too (else: eager, recorded).
-        logits, terms = first_step([distiller.student, distiller.teacher], distiller, forward_backward)
+        logits, terms = first_step(
+            [distiller.student, distiller.teacher], distiller, forward_backward
+        )
         if group.active:
             assert global_sizes is not None
-            group.average_gradients((p for g in optimizer.param_groups for p in g["params"]), targets.numel() / global_sizes[steps])
+            group.average_gradients(
+                (p for g in optimizer.param_groups for p in g["params"]),
+                targets.numel() / global_sizes[steps],
+            )
         optimizer.step()
         for name, value in terms.items():  # accumulated on the device: no host sync inside the step
             sums[name] = sums.get(name, 0) + value.detach()
@@ -491,13 +819,21 @@ def _train_epoch(step, distiller: methods.Distiller, optimizer: torch.optim.Opti
     means = {f"loss_{k}": float(v) / steps for k, v in sums.items()}
     total = sum(means.values())
     if not all(math.isfinite(v) for v in means.values()):
-        raise TrainingDiverged(f"loss became non-finite in epoch {epoch} ({means}); last good epoch: {epoch - 1}.")
-    return {"loss": total, **means, "train_top1": 100.0 * float(correct) / max(seen, 1),
-            "images_per_s": seen / max(time.time() - started, 1e-9)}
+        raise TrainingDiverged(
+            f"loss became non-finite in epoch {epoch} ({means}); last good epoch: {epoch - 1}."
+        )
+    return {
+        "loss": total,
+        **means,
+        "train_top1": 100.0 * float(correct) / max(seen, 1),
+        "images_per_s": seen / max(time.time() - started, 1e-9),
+    }
 
 
 @torch.no_grad()
-def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.device, group: Group = SINGLE) -> dict[str, float]:
+def evaluate(
+    distiller: methods.Distiller, batches: Iterable, device: torch.device, group: Group = SINGLE
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set.
 
     Over several processes each rank evaluates its shard and the counts are summed, so the metrics equal a
@@ -507,50 +843,81 @@ def evaluate(distiller: methods.Distiller, batches: Iterable, device: torch.devi
     loss_sums: dict[str, torch.Tensor] = {}
     seen = 0
     for images, targets, _ in batches:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = (
+            images.to(device, non_blocking=True),
+            targets.to(device, non_blocking=True),
+        )
         for head, logits in distiller.forward_test_heads(images).items():
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices == targets[:, None]
             counts = torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
             hits[head] = hits.get(head, 0) + counts
-        for name, value in distiller.forward_test_terms(images).items():  # batch means, weighted by batch size
+        for name, value in distiller.forward_test_terms(
+            images
+        ).items():  # batch means, weighted by batch size
             loss_sums[name] = loss_sums.get(name, 0) + value * targets.numel()
         seen += targets.numel()
     if group.active:
-        totals = group.sum({**{f"hits/{k}": v for k, v in hits.items()}, **{f"loss/{k}": v for k, v in loss_sums.items()},
-                            "seen": torch.tensor(float(seen))})
+        totals = group.sum(
+            {
+                **{f"hits/{k}": v for k, v in hits.items()},
+                **{f"loss/{k}": v for k, v in loss_sums.items()},
+                "seen": torch.tensor(float(seen)),
+            }
+        )
         seen = int(totals.pop("seen"))
         hits = {k.removeprefix("hits/"): v for k, v in totals.items() if k.startswith("hits/")}
         loss_sums = {k.removeprefix("loss/"): v for k, v in totals.items() if k.startswith("loss/")}
     stats = {}
     for head, counts in hits.items():
         suffix = f"_{head}" if head else ""
-        stats[f"test_top1{suffix}"], stats[f"test_top5{suffix}"] = (100.0 * float(c) / seen for c in counts)
+        stats[f"test_top1{suffix}"], stats[f"test_top5{suffix}"] = (
+            100.0 * float(c) / seen for c in counts
+        )
     stats.update({f"test_loss_{name}": float(total) / seen for name, total in loss_sums.items()})
     return stats
 
 
-def _summarise(spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float,
-               group: Group) -> dict[str, Any]:
+def _summarise(
+    spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float, group: Group
+) -> dict[str, Any]:
     best = max(history, key=lambda h: h["test_top1"])
     last = history[-1]
     heads = sorted(k.removeprefix("test_top1_") for k in last if k.startswith("test_top1_"))
     test_losses = sorted(k.removeprefix("test_loss_") for k in last if k.startswith("test_loss_"))
     return {
-        "heads": {head: {"best_top1": max(h[f"test_top1_{head}"] for h in history), "last_top1": last[f"test_top1_{head}"]}
-                  for head in heads},
+        "heads": {
+            head: {
+                "best_top1": max(h[f"test_top1_{head}"] for h in history),
+                "last_top1": last[f"test_top1_{head}"],
+            }
+            for head in heads
+        },
         # Test-set loss terms at the best (by main top-1) and the last epoch, e.g. SimKD's ℓ2 loss (Table 5).
-        "test_losses": {name: {"best": best[f"test_loss_{name}"], "last": last[f"test_loss_{name}"]} for name in test_losses},
-        "run_id": spec.run_id, "model": spec.model, "method": spec.method, "profile": spec.profile,
-        "seed": spec.seed, "epochs": len(history),
-        "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": best["epoch"],
-        "last_top1": last["test_top1"], "last_top5": last["test_top5"],
+        "test_losses": {
+            name: {"best": best[f"test_loss_{name}"], "last": last[f"test_loss_{name}"]}
+            for name in test_losses
+        },
+        "run_id": spec.run_id,
+        "model": spec.model,
+        "method": spec.method,
+        "profile": spec.profile,
+        "seed": spec.seed,
+        "epochs": len(history),
+        "best_top1": best["test_top1"],
+        "best_top5": best["test_top5"],
+        "best_epoch": best["epoch"],
+        "last_top1": last["test_top1"],
+        "last_top5": last["test_top5"],
         "train_images_per_s": _steady_images_per_s(history),
-        "wall_seconds": seconds, "device": str(device),
+        "wall_seconds": seconds,
+        "device": str(device),
         "device_name": device_name(device),
         # Not in the spec: results depend on it only through per-process BatchNorm statistics.
         "world_size": group.world,
-        "kdbench_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "kdbench_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
         "kdbench_commit": source_commit(),  # None unless kdbench runs from a git checkout
     }
 
@@ -568,7 +935,9 @@ def _record_launch(rundir: RunDir, slot: str) -> None:
         before = rundir.epochs_done()
     except KdbenchError:  # corrupted metrics.jsonl: the run rewrites it from its checkpoint
         before = 0
-    atomic_write_json(rundir.launch_file, {"slot": slot, "started": time.time(), "epochs_before": before})
+    atomic_write_json(
+        rundir.launch_file, {"slot": slot, "started": time.time(), "epochs_before": before}
+    )
 
 
 class _log_to:
@@ -592,8 +961,17 @@ class _progress:
     """A rich progress bar over the steps of each epoch, shown only on an interactive terminal."""
 
     def __init__(self, enabled: bool):
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), transient=True) if enabled else None
+        self.bar = (
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            if enabled
+            else None
+        )
 
     def __enter__(self) -> Progress | None:
         if self.bar is not None:

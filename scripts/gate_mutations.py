@@ -60,11 +60,19 @@ if os.environ.get("KDBENCH_MUTATION_HOOK") == "1":
 """
 
 
-def kdbench(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kdbench", *args], env={**os.environ, "COLUMNS": "200", **(env or {})},
-                          capture_output=True, text=True)
+def kdbench(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdbench", *args],
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+    )
     if check and proc.returncode not in (0,):
-        raise SystemExit(f"kdbench {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise SystemExit(
+            f"kdbench {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -96,18 +104,39 @@ def main() -> None:
         shutil.copytree(teacher, results / "runs" / teacher.name)
         hook = args.out / "hooks" / name.replace(" ", "-")
         hook.mkdir(parents=True, exist_ok=True)
-        (hook / "sitecustomize.py").write_text(HOOK.format(body=textwrap.indent(textwrap.dedent(body), "    ")))
+        (hook / "sitecustomize.py").write_text(
+            HOOK.format(body=textwrap.indent(textwrap.dedent(body), "    "))
+        )
         env = {"KDBENCH_MUTATION_HOOK": "1", "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)])}
-        kdbench("reproduce", str(RECIPE), "--results", str(results), "--methods", "kd", *common, env=env)
+        kdbench(
+            "reproduce", str(RECIPE), "--results", str(results), "--methods", "kd", *common, env=env
+        )
         # The gate, as CI runs it (no hook: compare only reads), on the re-run KD cell alone: the Student row and the
         # teacher were not re-run, so their baseline cells are filtered out and allowed missing.
-        gate = kdbench("compare", str(results), "--methods", "KD", "--baseline", str(baseline_csv), "--allow-missing",
-                       check=False)
+        gate = kdbench(
+            "compare",
+            str(results),
+            "--methods",
+            "KD",
+            "--baseline",
+            str(baseline_csv),
+            "--allow-missing",
+            check=False,
+        )
         kdbench("compare", str(results), "--format", "csv", "-o", str(results / "table.csv"))
         now = kd_cells(results / "table.csv")
-        rows.append((name, now["ours_mean"], now["ours_std"], now["ours_mean"] - before["ours_mean"],
-                     "caught (exit 3)" if gate.returncode == 3 else f"missed (exit {gate.returncode})"))
-    print(f"| mutation | KD top-1 (mean ± std, n={int(before['n'])}) | effect (points) | gate, tolerance 1.0 |")
+        rows.append(
+            (
+                name,
+                now["ours_mean"],
+                now["ours_std"],
+                now["ours_mean"] - before["ours_mean"],
+                "caught (exit 3)" if gate.returncode == 3 else f"missed (exit {gate.returncode})",
+            )
+        )
+    print(
+        f"| mutation | KD top-1 (mean ± std, n={int(before['n'])}) | effect (points) | gate, tolerance 1.0 |"
+    )
     print("|---|---|---|---|")
     for name, mean, std, effect, verdict in rows:
         print(f"| {name} | {mean:.2f} ± {std:.2f} | {effect:+.2f} | {verdict} |")

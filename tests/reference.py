@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-
 from kdbench import models
+from torch import nn
 
 
 def ref_adaptive_pool(x: np.ndarray, out: int) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kdbench import train
 from kdbench.checkpoints import sha256_of
 from kdbench.errors import KdbenchError
@@ -12,18 +11,33 @@ from kdbench.plan import plan
 from kdbench.recipe import Recipe
 from kdbench.results.store import RunDir
 
-DATA = {"name": "synthetic", "options": {"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16}}
+DATA = {
+    "name": "synthetic",
+    "options": {"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16},
+}
 TRAINING = {"epochs": 1, "batch_size": 16, "lr": 0.05, "milestones": []}
 
 
 def recipe(checkpoint: dict | None, teacher_model: str = "resnet8") -> Recipe:
-    teacher = {"model": teacher_model, "label": "T"} | ({"checkpoint": checkpoint} if checkpoint else {})
-    return Recipe.model_validate({
-        "name": "imported", "paper": "t", "table": "T", "title": "t", "source": "t",
-        "protocol": {"name": "t", "follows": "t"}, "dataset": DATA, "training": TRAINING, "trials": 1,
-        "teachers": {"t": teacher}, "columns": [{"id": "c", "teacher": "t", "student": "resnet8", "label": "S"}],
-        "rows": [{"label": "KD", "method": "kd"}, {"label": "Teacher", "method": "teacher"}],
-    })
+    teacher = {"model": teacher_model, "label": "T"} | (
+        {"checkpoint": checkpoint} if checkpoint else {}
+    )
+    return Recipe.model_validate(
+        {
+            "name": "imported",
+            "paper": "t",
+            "table": "T",
+            "title": "t",
+            "source": "t",
+            "protocol": {"name": "t", "follows": "t"},
+            "dataset": DATA,
+            "training": TRAINING,
+            "trials": 1,
+            "teachers": {"t": teacher},
+            "columns": [{"id": "c", "teacher": "t", "student": "resnet8", "label": "S"}],
+            "rows": [{"label": "KD", "method": "kd"}, {"label": "Teacher", "method": "teacher"}],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +92,26 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": Payload()}, path)
     spec = teacher_spec(recipe({"path": str(path), "sha256": sha256_of(path)}))
-    with pytest.raises(KdbenchError, match="cannot be loaded safely: torch.load\\(weights_only=True\\) refused it"):
+    with pytest.raises(
+        KdbenchError, match="cannot be loaded safely: torch.load\\(weights_only=True\\) refused it"
+    ):
         train.run(spec, tmp_path / "r", device="cpu", progress=False)
 
 
 def test_wrong_architecture_is_refused(trained_teacher, tmp_path):
     path, _ = trained_teacher
-    spec = teacher_spec(recipe({"path": str(path), "sha256": sha256_of(path)}, teacher_model="resnet14"))
+    spec = teacher_spec(
+        recipe({"path": str(path), "sha256": sha256_of(path)}, teacher_model="resnet14")
+    )
     with pytest.raises(KdbenchError, match="does not fit the architecture 'resnet14'"):
         train.run(spec, tmp_path, device="cpu", progress=False)
 
 
 def test_missing_file_says_where_to_put_it(tmp_path):
     spec = teacher_spec(recipe({"path": "teachers/resnet8.pt", "sha256": "a" * 64}))
-    with pytest.raises(KdbenchError, match=r"teachers/resnet8.pt not found: put the file \(sha256 a+\) there"):
+    with pytest.raises(
+        KdbenchError, match=r"teachers/resnet8.pt not found: put the file \(sha256 a+\) there"
+    ):
         train.run(spec, tmp_path, device="cpu", data_dir=tmp_path, progress=False)
 
 
@@ -101,12 +121,19 @@ def test_repdistiller_files_are_mapped_in_order_with_shapes_checked(trained_teac
     foreign = {f"module_{i}": v for i, v in enumerate(state.values())}  # other names, same order
     rd = tmp_path / "ckpt_epoch_240.pth"
     torch.save({"model": foreign, "epoch": 240}, rd)
-    spec = teacher_spec(recipe({"path": str(rd), "sha256": sha256_of(rd), "format": "repdistiller"}))
-    assert train.run(spec, tmp_path / "r", device="cpu", progress=False)["best_top1"] == source["last_top1"]
+    spec = teacher_spec(
+        recipe({"path": str(rd), "sha256": sha256_of(rd), "format": "repdistiller"})
+    )
+    assert (
+        train.run(spec, tmp_path / "r", device="cpu", progress=False)["best_top1"]
+        == source["last_top1"]
+    )
     shuffled = dict(reversed(list(foreign.items())))
     bad = tmp_path / "bad.pth"
     torch.save({"model": shuffled}, bad)
-    spec = teacher_spec(recipe({"path": str(bad), "sha256": sha256_of(bad), "format": "repdistiller"}))
+    spec = teacher_spec(
+        recipe({"path": str(bad), "sha256": sha256_of(bad), "format": "repdistiller"})
+    )
     with pytest.raises(KdbenchError, match="does not fit .* matched in registration order"):
         train.run(spec, tmp_path / "r2", device="cpu", progress=False)
 
@@ -135,7 +162,9 @@ def torchvision_file(tmp_path, name: str = "resnet18") -> tuple:
     from kdbench._torchvision import import_torchvision
 
     torch.manual_seed(0)
-    state = getattr(import_torchvision().models, name)(num_classes=DATA["options"]["num_classes"]).state_dict()
+    state = getattr(import_torchvision().models, name)(
+        num_classes=DATA["options"]["num_classes"]
+    ).state_dict()
     staged = tmp_path / "staged.pth"
     torch.save(state, staged)
     digest = sha256_of(staged)
@@ -146,8 +175,12 @@ def torchvision_file(tmp_path, name: str = "resnet18") -> tuple:
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_file_imports_with_its_hash_prefix_and_records_the_full_digest(tmp_path, name):
     path, digest, state = torchvision_file(tmp_path, name)
-    spec = teacher_spec(recipe({"path": str(path), "sha256": digest[:8], "format": "torchvision"},
-                               teacher_model=f"imagenet/{name}"))
+    spec = teacher_spec(
+        recipe(
+            {"path": str(path), "sha256": digest[:8], "format": "torchvision"},
+            teacher_model=f"imagenet/{name}",
+        )
+    )
     result = train.run(spec, tmp_path / "r", device="cpu", progress=False)
     assert result["imported"] == {"path": str(path), "sha256": digest, "format": "torchvision"}
     saved = torch.load(RunDir(tmp_path / "r", spec.run_id).model_file, weights_only=True)
@@ -160,15 +193,27 @@ def test_torchvision_file_imports_with_its_hash_prefix_and_records_the_full_dige
 def test_torchvision_file_with_another_hash_prefix_is_refused(tmp_path):
     path, digest, _ = torchvision_file(tmp_path)
     wrong = "0" * 8 if not digest.startswith("0" * 8) else "f" * 8
-    spec = teacher_spec(recipe({"path": str(path), "sha256": wrong, "format": "torchvision"}, teacher_model="imagenet/resnet18"))
-    with pytest.raises(KdbenchError, match=f"sha256 {digest} does not match the recipe's {wrong} \\(a prefix\\)"):
+    spec = teacher_spec(
+        recipe(
+            {"path": str(path), "sha256": wrong, "format": "torchvision"},
+            teacher_model="imagenet/resnet18",
+        )
+    )
+    with pytest.raises(
+        KdbenchError, match=f"sha256 {digest} does not match the recipe's {wrong} \\(a prefix\\)"
+    ):
         train.run(spec, tmp_path / "r", device="cpu", progress=False)
     assert RunDir(tmp_path / "r", spec.run_id).is_failed()
 
 
 def test_a_torchvision_file_for_another_architecture_is_refused(tmp_path):
     path, digest, _ = torchvision_file(tmp_path, "resnet18")
-    spec = teacher_spec(recipe({"path": str(path), "sha256": digest, "format": "torchvision"}, teacher_model="imagenet/resnet34"))
+    spec = teacher_spec(
+        recipe(
+            {"path": str(path), "sha256": digest, "format": "torchvision"},
+            teacher_model="imagenet/resnet34",
+        )
+    )
     with pytest.raises(KdbenchError, match="does not fit the architecture 'imagenet/resnet34'"):
         train.run(spec, tmp_path / "r", device="cpu", progress=False)
 
@@ -179,10 +224,17 @@ def test_hash_prefixes_shorter_than_8_digits_are_invalid():
 
 
 def test_missing_torchvision_file_names_the_download_url_and_the_expected_accuracy(tmp_path):
-    spec = teacher_spec(recipe({"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
-                               teacher_model="imagenet/resnet34"))
-    with pytest.raises(KdbenchError, match=r"resnet34-b627a593.pth not found.*Download it from "
-                       r"https://download.pytorch.org/models/resnet34-b627a593.pth .*top-1 73.314"):
+    spec = teacher_spec(
+        recipe(
+            {"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
+            teacher_model="imagenet/resnet34",
+        )
+    )
+    with pytest.raises(
+        KdbenchError,
+        match=r"resnet34-b627a593.pth not found.*Download it from "
+        r"https://download.pytorch.org/models/resnet34-b627a593.pth .*top-1 73.314",
+    ):
         train.run(spec, tmp_path, device="cpu", data_dir=tmp_path, progress=False)
 
 
@@ -192,37 +244,57 @@ def test_the_pretrained_table_agrees_with_torchvisions_weight_metadata():
     from kdbench.models import pretrained
 
     tv = import_torchvision().models
-    enums = {"resnet18": tv.ResNet18_Weights, "resnet34": tv.ResNet34_Weights, "resnet50": tv.ResNet50_Weights,
-             "resnet101": tv.ResNet101_Weights, "resnet152": tv.ResNet152_Weights, "mobilenet_v2": tv.MobileNet_V2_Weights}
+    enums = {
+        "resnet18": tv.ResNet18_Weights,
+        "resnet34": tv.ResNet34_Weights,
+        "resnet50": tv.ResNet50_Weights,
+        "resnet101": tv.ResNet101_Weights,
+        "resnet152": tv.ResNet152_Weights,
+        "mobilenet_v2": tv.MobileNet_V2_Weights,
+    }
     assert sorted(pretrained.TORCHVISION_IMAGENET1K_V1) == sorted(f"imagenet/{n}" for n in enums)
     for name, enum in enums.items():
         ours, theirs = pretrained.for_model(f"imagenet/{name}"), enum.IMAGENET1K_V1
-        assert ours.url == theirs.url and ours.top1 == theirs.meta["_metrics"]["ImageNet-1K"]["acc@1"]
-        assert ours.sha256_prefix == theirs.url.rsplit("-", 1)[1].removesuffix(".pth") and len(ours.sha256_prefix) == 8
+        assert (
+            ours.url == theirs.url and ours.top1 == theirs.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        )
+        assert (
+            ours.sha256_prefix == theirs.url.rsplit("-", 1)[1].removesuffix(".pth")
+            and len(ours.sha256_prefix) == 8
+        )
         with torch.device("meta"):
-            assert sum(p.numel() for p in models.create(ours.model, 1000).parameters()) == theirs.meta["num_params"]
+            assert (
+                sum(p.numel() for p in models.create(ours.model, 1000).parameters())
+                == theirs.meta["num_params"]
+            )
         assert pretrained.for_file(ours.file) is ours
         if ours.legacy_file:
             assert pretrained.for_file(ours.legacy_file) is ours
-    assert pretrained.for_model("imagenet/mobilenet_v1") is None and pretrained.for_file("other.pth") is None
+    assert (
+        pretrained.for_model("imagenet/mobilenet_v1") is None
+        and pretrained.for_file("other.pth") is None
+    )
 
 
 def test_show_says_where_to_get_a_torchvision_teacher_and_what_it_should_score(tmp_path):
     import yaml
+    from kdbench.cli import app
     from typer.testing import CliRunner
 
-    from kdbench.cli import app
-
-    r = recipe({"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
-               teacher_model="imagenet/resnet34")
+    r = recipe(
+        {"path": "resnet34-b627a593.pth", "sha256": "b627a593", "format": "torchvision"},
+        teacher_model="imagenet/resnet34",
+    )
     path = tmp_path / "imported.yaml"
     path.write_text(yaml.safe_dump(r.model_dump(mode="json", exclude_defaults=True)))
     out = CliRunner().invoke(app, ["show", str(path), "--results", str(tmp_path / "results")])
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
-    assert ("Teacher t is imported: resnet34-b627a593.pth (torchvision, sha256 b627a593); torchvision IMAGENET1K_V1 "
-            "weights of imagenet/resnet34: https://download.pytorch.org/models/resnet34-b627a593.pth, sha256 prefix "
-            "b627a593, published top-1 73.314") in text
+    assert (
+        "Teacher t is imported: resnet34-b627a593.pth (torchvision, sha256 b627a593); torchvision IMAGENET1K_V1 "
+        "weights of imagenet/resnet34: https://download.pytorch.org/models/resnet34-b627a593.pth, sha256 prefix "
+        "b627a593, published top-1 73.314"
+    ) in text
 
 
 # --- the authors' checkpoint layouts (RepDistiller, mdistiller, SimKD, DIST), each written here -----------------
@@ -244,8 +316,12 @@ def test_repdistiller_last_file_with_its_argparse_options_loads(trained_teacher,
     import argparse
 
     path, source = trained_teacher
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9).state_dict()
-    opt = argparse.Namespace(model="resnet8", learning_rate=0.05, lr_decay_epochs=[150, 180, 210], trial=0)
+    optimizer = torch.optim.SGD(
+        [torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9
+    ).state_dict()
+    opt = argparse.Namespace(
+        model="resnet8", learning_rate=0.05, lr_decay_epochs=[150, 180, 210], trial=0
+    )
     file = tmp_path / "resnet8_last.pth"
     torch.save({"opt": opt, "model": their_state(path), "optimizer": optimizer}, file)
     assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
@@ -268,8 +344,15 @@ def test_mdistiller_distiller_file_gives_its_student(trained_teacher, tmp_path, 
     student = {f"module.student.{k}": v for k, v in their_state(path).items()}
     teacher = {f"module.teacher.{k}": torch.zeros_like(v) for k, v in their_state(path).items()}
     file = tmp_path / name
-    torch.save({"epoch": 240, "model": {**student, **teacher, "module.conv_reg.weight": torch.zeros(3, 3)},
-                "optimizer": {"state": {}, "param_groups": []}, "best_acc": torch.tensor(71.0)}, file)
+    torch.save(
+        {
+            "epoch": 240,
+            "model": {**student, **teacher, "module.conv_reg.weight": torch.zeros(3, 3)},
+            "optimizer": {"state": {}, "param_groups": []},
+            "best_acc": torch.tensor(71.0),
+        },
+        file,
+    )
     assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
 
 
@@ -277,7 +360,14 @@ def test_simkd_best_file_of_a_dataparallel_model_loads(trained_teacher, tmp_path
     """SimKD train_teacher.py:230-236 saves {'epoch', 'best_acc', 'model'}; nn.DataParallel prefixes 'module.'."""
     path, source = trained_teacher
     file = tmp_path / "resnet8_best.pth"
-    torch.save({"epoch": 231, "best_acc": 71.0, "model": {f"module.{k}": v for k, v in their_state(path).items()}}, file)
+    torch.save(
+        {
+            "epoch": 231,
+            "best_acc": 71.0,
+            "model": {f"module.{k}": v for k, v in their_state(path).items()},
+        },
+        file,
+    )
     assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
 
 
@@ -292,7 +382,9 @@ def test_a_state_dict_under_state_dict_loads_whatever_the_format_name(trained_te
 def test_a_file_without_weights_says_what_it_holds(tmp_path):
     file = tmp_path / "empty.pth"
     torch.save({"epoch": 3, "best_acc": 1.0}, file)
-    with pytest.raises(KdbenchError, match=r"holds no state dict .* it holds 'epoch' \(int\), 'best_acc' \(float\)"):
+    with pytest.raises(
+        KdbenchError, match=r"holds no state dict .* it holds 'epoch' \(int\), 'best_acc' \(float\)"
+    ):
         import_file(tmp_path, file)
 
 
@@ -300,16 +392,26 @@ def test_a_refused_global_is_named(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": Payload()}, path)
     spec = teacher_spec(recipe({"path": str(path), "sha256": sha256_of(path)}))
-    with pytest.raises(KdbenchError, match=r"Unsupported global: GLOBAL (tests\.)?test_checkpoints\.Payload was not an allowed global by default\)") as caught:
+    with pytest.raises(
+        KdbenchError,
+        match=r"Unsupported global: GLOBAL (tests\.)?test_checkpoints\.Payload was not an allowed global by default\)",
+    ) as caught:
         train.run(spec, tmp_path / "r", device="cpu", progress=False)
-    assert "safe_globals" not in str(caught.value)  # torch's advice to allow the class is not repeated
+    assert "safe_globals" not in str(
+        caught.value
+    )  # torch's advice to allow the class is not repeated
     assert "Payload" in RunDir(tmp_path / "r", spec.run_id).failure()["message"]
 
 
 def test_a_wrong_architecture_error_keeps_the_keys_and_shapes(trained_teacher, tmp_path):
     path, _ = trained_teacher
-    spec = teacher_spec(recipe({"path": str(path), "sha256": sha256_of(path)}, teacher_model="resnet14"))
-    with pytest.raises(KdbenchError, match=r"does not fit the architecture 'resnet14': Error\(s\) in loading state_dict "
-                       r"for CifarResNet: Missing key\(s\) in state_dict: \"stages\.0\.1\.conv1\.weight\"") as caught:
+    spec = teacher_spec(
+        recipe({"path": str(path), "sha256": sha256_of(path)}, teacher_model="resnet14")
+    )
+    with pytest.raises(
+        KdbenchError,
+        match=r"does not fit the architecture 'resnet14': Error\(s\) in loading state_dict "
+        r"for CifarResNet: Missing key\(s\) in state_dict: \"stages\.0\.1\.conv1\.weight\"",
+    ) as caught:
         train.run(spec, tmp_path, device="cpu", progress=False)
     assert "\n" not in str(caught.value)

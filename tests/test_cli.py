@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from kdbench import methods
 from kdbench.plan import plan
 from kdbench.recipe import load_recipe
@@ -19,9 +18,17 @@ from kdbench.recipe import load_recipe
 
 def kdbench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdbench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -35,10 +42,23 @@ def smoke_results(tmp_path_factory) -> Path:
     """The whole smoke table, reproduced once for this module (what `make demo` runs): every run trains
     stably (the smoke teachers' longer, gentler schedule, kdbench/plan.py), so every run is done."""
     results = tmp_path_factory.mktemp("results")
-    proc = kdbench("reproduce", "simkd-table1", "--profile", "smoke", "--results", str(results), "--cpu-jobs", "2", check=False)
+    proc = kdbench(
+        "reproduce",
+        "simkd-table1",
+        "--profile",
+        "smoke",
+        "--results",
+        str(results),
+        "--cpu-jobs",
+        "2",
+        check=False,
+    )
     failed = {p.parent.name: p.read_text() for p in results.glob("runs/*/failed.json")}
     assert not failed and proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{failed}"
-    assert len(list(results.glob("runs/*/result.json"))) == SMOKE_RUNS and f"{SMOKE_RUNS} of {SMOKE_RUNS} runs done" in proc.stdout
+    assert (
+        len(list(results.glob("runs/*/result.json"))) == SMOKE_RUNS
+        and f"{SMOKE_RUNS} of {SMOKE_RUNS} runs done" in proc.stdout
+    )
     return results
 
 
@@ -55,8 +75,13 @@ def test_smoke_reproduction_fills_every_implemented_cell(smoke_results):
     assert by_status.get("not implemented", set()) == {r.label for r in ROWS} - IMPLEMENTED_ROWS
     assert by_status["done"] == IMPLEMENTED_ROWS
     done = [r for r in rows if r["status"] == "done"]
-    assert all(0 <= float(r["ours_mean"]) <= 100 and r["n"] == "1" and r["n_failed"] == "0" for r in done)
-    assert all(abs(float(r["delta"]) - (float(r["ours_mean"]) - float(r["paper_mean"]))) < 1e-3 for r in done)
+    assert all(
+        0 <= float(r["ours_mean"]) <= 100 and r["n"] == "1" and r["n_failed"] == "0" for r in done
+    )
+    assert all(
+        abs(float(r["delta"]) - (float(r["ours_mean"]) - float(r["paper_mean"]))) < 1e-3
+        for r in done
+    )
 
 
 @pytest.mark.e2e
@@ -66,7 +91,11 @@ def test_every_format_renders_the_paper_layout(smoke_results):
     markdown = kdbench("compare", str(smoke_results), "--format", "markdown").stdout
     assert markdown.count("\n| ") == 1 + 11 and "paper 78.08 ± 0.15" in markdown
     latex = kdbench("compare", str(smoke_results), "--format", "latex", "--metric", "last").stdout
-    assert r"\begin{tabular}{lccccccc}" in latex and r"78.08$\pm$0.15" in latex and "last epoch" in latex
+    assert (
+        r"\begin{tabular}{lccccccc}" in latex
+        and r"78.08$\pm$0.15" in latex
+        and "last epoch" in latex
+    )
 
 
 @pytest.mark.e2e
@@ -74,25 +103,57 @@ def test_second_reproduce_trains_nothing(smoke_results):
     results = sorted(smoke_results.glob("runs/*/result.json"))
     before = {p: p.stat().st_mtime_ns for p in results}
     done = len(results)
-    proc = kdbench("reproduce", "simkd-table1", "--profile", "smoke", "--results", str(smoke_results), check=False)
-    assert proc.stdout.count("already done") == done and f"{done} of {SMOKE_RUNS} runs done" in proc.stdout
+    proc = kdbench(
+        "reproduce",
+        "simkd-table1",
+        "--profile",
+        "smoke",
+        "--results",
+        str(smoke_results),
+        check=False,
+    )
+    assert (
+        proc.stdout.count("already done") == done
+        and f"{done} of {SMOKE_RUNS} runs done" in proc.stdout
+    )
     assert {p: p.stat().st_mtime_ns for p in results} == before
 
 
 @pytest.mark.e2e
 def test_show_lists_runs_with_status_and_cost(smoke_results):
-    out = kdbench("show", "simkd-table1", "--profile", "smoke", "--results", str(smoke_results)).stdout
+    out = kdbench(
+        "show", "simkd-table1", "--profile", "smoke", "--results", str(smoke_results)
+    ).stdout
     done = len(list(smoke_results.glob("runs/*/result.json")))
     assert f"{done} of {SMOKE_RUNS} runs done" in out and "H100-hours" in out
 
 
 def test_compare_without_results_lists_the_published_numbers(tmp_path):
-    out = kdbench("compare", str(tmp_path / "empty"), "--recipe", "simkd-table1", "--format", "csv").stdout
+    out = kdbench(
+        "compare", str(tmp_path / "empty"), "--recipe", "simkd-table1", "--format", "csv"
+    ).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 77 and {r["status"] for r in rows} <= {"not run", "not implemented"}
     simkd = next(r for r in rows if r["row"] == "SimKD" and r["column"] == "res32x4_res8x4")
-    assert (simkd["paper_mean"], simkd["paper_std"], simkd["ours_mean"], simkd["n"]) == ("78.0800", "0.1500", "", "0")
-    required = "recipe,teacher,student,method,metric,paper_mean,paper_std,ours_mean,ours_std,n,delta".split(",")
+    assert (simkd["paper_mean"], simkd["paper_std"], simkd["ours_mean"], simkd["n"]) == (
+        "78.0800",
+        "0.1500",
+        "",
+        "0",
+    )
+    required = [
+        "recipe",
+        "teacher",
+        "student",
+        "method",
+        "metric",
+        "paper_mean",
+        "paper_std",
+        "ours_mean",
+        "ours_std",
+        "n",
+        "delta",
+    ]
     assert set(required) <= set(rows[0])
 
 
@@ -137,12 +198,31 @@ def test_ci_profile_on_real_images_from_a_recipe_file(tmp_path, shared_data):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(CI_RECIPE)
     results = tmp_path / "results"
-    out = kdbench("reproduce", str(recipe), "--profile", "ci", "--results", str(results), "--data-dir", str(shared_data)).stdout
+    out = kdbench(
+        "reproduce",
+        str(recipe),
+        "--profile",
+        "ci",
+        "--results",
+        str(results),
+        "--data-dir",
+        str(shared_data),
+    ).stdout
     assert "5 of 5 runs done" in out
     spec = json.loads(next(results.glob("runs/kd-resnet8-*/spec.json")).read_text())
-    assert spec["profile"] == "ci" and spec["data"]["train_fraction"] == 0.5 and spec["train"]["epochs"] == 1
-    rows = list(csv.DictReader(io.StringIO(kdbench("compare", str(results), "--format", "csv").stdout)))
-    assert [(r["row"], r["status"], r["n"]) for r in rows] == [("Student", "done", "2"), ("KD", "done", "2"), ("Teacher", "done", "1")]
+    assert (
+        spec["profile"] == "ci"
+        and spec["data"]["train_fraction"] == 0.5
+        and spec["train"]["epochs"] == 1
+    )
+    rows = list(
+        csv.DictReader(io.StringIO(kdbench("compare", str(results), "--format", "csv").stdout))
+    )
+    assert [(r["row"], r["status"], r["n"]) for r in rows] == [
+        ("Student", "done", "2"),
+        ("KD", "done", "2"),
+        ("Teacher", "done", "1"),
+    ]
     assert "ci profile" in kdbench("compare", str(results)).stdout
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from kdbench import methods, models
 
 
@@ -25,8 +24,12 @@ def test_rkd_plus_mlkd_sums_both_and_shares_the_networks():
     _, terms = d.forward_train(images, targets, epoch=1, indices=torch.arange(6), strong=strong)
     assert {"ce", "rkd", "mlkd_kd_weak", "mlkd_ce_strong"} <= set(terms) and "mlkd_ce" not in terms
     names = [k for k in d.state_dict() if "student." in k]
-    assert not any(k.startswith("second.student.") or k.startswith("second.teacher.") for k in names)
-    assert len(d.trainable_parameters()) == len(list(student.parameters()))  # RKD and MLKD add no modules
+    assert not any(
+        k.startswith("second.student.") or k.startswith("second.teacher.") for k in names
+    )
+    assert len(d.trainable_parameters()) == len(
+        list(student.parameters())
+    )  # RKD and MLKD add no modules
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
     assert all(p.grad is None for p in d.teacher.parameters())

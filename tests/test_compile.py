@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 import torch
-from torch._dynamo.backends.common import aot_autograd
-from torch._dynamo.backends.registry import lookup_backend
-from torch._inductor.exc import InvalidCxxCompiler
-
 from kdbench import compute, models, train
 from kdbench.compute import CompiledOrEager, ComputeOptions, first_step
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.backends.registry import lookup_backend
+from torch._inductor.exc import InvalidCxxCompiler
 
 
 def resnet8() -> models.KDModel:
@@ -50,19 +49,28 @@ def test_a_compiler_error_falls_back_to_eager_and_says_why(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="kdbench.compute"):
         out = wrapped(images()).logits
     assert torch.equal(out, eager)
-    assert not wrapped.active and "InvalidCxxCompiler" in wrapped.fallback and "torch.compile of ResNet failed" in caplog.text
+    assert (
+        not wrapped.active
+        and "InvalidCxxCompiler" in wrapped.fallback
+        and "torch.compile of ResNet failed" in caplog.text
+    )
 
 
 def test_a_backward_that_fails_to_compile_falls_back_before_the_step_runs(monkeypatch):
     """AOTAutograd compiles a static graph's backward lazily, at loss.backward() (torch 2.13,
     _functorch/_aot_autograd/graph_compile.py): its failure used to escape the fallback and fail the run."""
+
     def broken_backward(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
         raise RuntimeError("ptxas fatal: unsupported GPU architecture")
 
-    monkeypatch.setattr(compute, "BACKEND", aot_autograd(fw_compiler=_keep_graph, bw_compiler=broken_backward))
+    monkeypatch.setattr(
+        compute, "BACKEND", aot_autograd(fw_compiler=_keep_graph, bw_compiler=broken_backward)
+    )
     net = resnet8()
     wrapped = CompiledOrEager(net.forward_features, "ResNet")
-    wrapped(images()).logits.sum().backward()  # eagerly: the backward compiles with the forward, inside the fallback
+    wrapped(
+        images()
+    ).logits.sum().backward()  # eagerly: the backward compiles with the forward, inside the fallback
     assert not wrapped.active and "ptxas fatal" in wrapped.fallback
     assert all(p.grad is not None for p in net.parameters())
 
@@ -71,6 +79,7 @@ def test_out_of_memory_is_re_raised_not_taken_for_a_compile_failure(monkeypatch)
     def runs_out_of_memory(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
         def run(*args: Any) -> Any:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
         return run
 
     def out_of_memory_while_compiling(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable:
@@ -79,7 +88,9 @@ def test_out_of_memory_is_re_raised_not_taken_for_a_compile_failure(monkeypatch)
     for backend in (runs_out_of_memory, out_of_memory_while_compiling):
         monkeypatch.setattr(compute, "BACKEND", backend)
         wrapped = CompiledOrEager(resnet8().forward_features, "ResNet")
-        with pytest.raises((torch.OutOfMemoryError, torch._dynamo.exc.BackendCompilerFailed)) as raised:
+        with pytest.raises(
+            (torch.OutOfMemoryError, torch._dynamo.exc.BackendCompilerFailed)
+        ) as raised:
             wrapped(images())
         assert compute._out_of_memory(raised.value)
         assert wrapped.active  # the next step tries again, compiled
@@ -90,7 +101,9 @@ def test_an_error_of_the_run_itself_propagates(monkeypatch):
     wrapped = CompiledOrEager(resnet8().forward_features, "ResNet")
     with pytest.raises(RuntimeError, match="channels|shape|size"):
         wrapped(torch.randn(2, 5, 32, 32))  # wrong channel count: eager mode fails the same way
-    assert compute.is_compile_failure(InvalidCxxCompiler()) and not compute.is_compile_failure(ValueError("x"))
+    assert compute.is_compile_failure(InvalidCxxCompiler()) and not compute.is_compile_failure(
+        ValueError("x")
+    )
 
 
 def test_the_first_step_falls_back_from_a_lazy_backward_with_the_state_put_back(monkeypatch):
@@ -117,7 +130,11 @@ def test_the_first_step_falls_back_from_a_lazy_backward_with_the_state_put_back(
 
     rng = torch.get_rng_state()
     after = first_step([net], net, step)
-    assert attempts == [True, False] and not wrapped.active and "InvalidCxxCompiler" in wrapped.fallback
+    assert (
+        attempts == [True, False]
+        and not wrapped.active
+        and "InvalidCxxCompiler" in wrapped.fallback
+    )
     torch.set_rng_state(rng)
     torch.rand(1)
     assert torch.equal(after, torch.rand(1))  # the RNG advanced once, not twice
@@ -133,9 +150,11 @@ def test_the_first_step_lets_other_errors_through(monkeypatch):
     net = resnet8()
     net.forward_features = wrapped = CompiledOrEager(net.forward_features, "ResNet")
     for error in (torch.OutOfMemoryError("CUDA out of memory"), ValueError("a bug")):
+
         def step() -> None:
             net.forward_features(images())
-            raise error
+            raise error  # noqa: B023 - called within this iteration
+
         with pytest.raises(type(error)):
             first_step([net], net, step)
         assert wrapped.active and not wrapped.proven
@@ -155,13 +174,40 @@ def test_the_recompile_limit_is_reported_not_hidden(monkeypatch):
 
 
 def kd_specs(seed: int) -> tuple[RunSpec, RunSpec]:
-    dataset = DataSpec(name="synthetic", options={"num_classes": 10, "image_size": 32, "train_size": 40, "test_size": 20})
-    schedule = TrainSpec(epochs=1, batch_size=16, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False,
-                         weight_decay=5e-4)
-    teacher = RunSpec(profile="smoke", model="resnet8", method="ce", method_params={}, teacher=None, data=dataset,
-                      train=schedule, seed=1)
-    student = RunSpec(profile="smoke", model="resnet8", method="kd", method_params={}, data=dataset, train=schedule,
-                      seed=seed, teacher=TeacherRef(model="resnet8", run_id=teacher.run_id))
+    dataset = DataSpec(
+        name="synthetic",
+        options={"num_classes": 10, "image_size": 32, "train_size": 40, "test_size": 20},
+    )
+    schedule = TrainSpec(
+        epochs=1,
+        batch_size=16,
+        lr=0.05,
+        milestones=(),
+        lr_decay=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+    )
+    teacher = RunSpec(
+        profile="smoke",
+        model="resnet8",
+        method="ce",
+        method_params={},
+        teacher=None,
+        data=dataset,
+        train=schedule,
+        seed=1,
+    )
+    student = RunSpec(
+        profile="smoke",
+        model="resnet8",
+        method="kd",
+        method_params={},
+        data=dataset,
+        train=schedule,
+        seed=seed,
+        teacher=TeacherRef(model="resnet8", run_id=teacher.run_id),
+    )
     return teacher, student
 
 
@@ -179,34 +225,47 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
         def run(*args: Any) -> Any:
             ran.append(1)
             return compiled(*args)
+
         run._boxed_call = getattr(compiled, "_boxed_call", False)  # type: ignore[attr-defined]
         return run
 
     monkeypatch.setattr(compute, "BACKEND", counting)
     on = ComputeOptions(compile=True, teacher_cache="off")
     teacher, _ = kd_specs(2)
-    assert train.run(teacher, tmp_path, device="cpu", progress=False, compute=on)["compute"]["compiled"]
+    assert train.run(teacher, tmp_path, device="cpu", progress=False, compute=on)["compute"][
+        "compiled"
+    ]
     for seed in (2, 3):
         ran.clear()
         result = train.run(kd_specs(seed)[1], tmp_path, device="cpu", progress=False, compute=on)
         assert result["compute"]["compiled"] and result["compute"]["compile_fallbacks"] == {}
         # 3 training steps x (student + teacher) and 1 test batch, all through compiled graphs
         assert len(ran) >= 7, f"run with seed {seed}: only {len(ran)} compiled calls"
-    monkeypatch.setattr(compute, "RECOMPILE_LIMIT", 1)  # the short last batch now exceeds it: reported
+    monkeypatch.setattr(
+        compute, "RECOMPILE_LIMIT", 1
+    )  # the short last batch now exceeds it: reported
     result = train.run(kd_specs(5)[1], tmp_path, device="cpu", progress=False, compute=on)
-    assert not result["compute"]["compiled"] and "FailOnRecompileLimitHit" in result["compute"]["compile_fallbacks"]["CifarResNet"]
+    assert (
+        not result["compute"]["compiled"]
+        and "FailOnRecompileLimitHit" in result["compute"]["compile_fallbacks"]["CifarResNet"]
+    )
 
 
 def test_auto_compiles_only_runs_long_enough_to_pay_for_it():
     cuda = torch.device("cuda")  # resolving needs no GPU
     assert not ComputeOptions().resolve(cuda, train_steps=3 * 782).compile  # a short ci run
-    assert ComputeOptions().resolve(cuda, train_steps=240 * 782).compile  # the papers' CIFAR schedule
+    assert (
+        ComputeOptions().resolve(cuda, train_steps=240 * 782).compile
+    )  # the papers' CIFAR schedule
     assert ComputeOptions(compile=True).resolve(cuda, train_steps=10).compile  # asked for: always
     assert not ComputeOptions().resolve(torch.device("cpu"), train_steps=10**7).compile
 
 
 def test_cuda_graphs_are_gated_to_cuda():
-    assert ComputeOptions(compile_mode="reduce-overhead").resolve(torch.device("cuda")).compile_mode == "reduce-overhead"
+    assert (
+        ComputeOptions(compile_mode="reduce-overhead").resolve(torch.device("cuda")).compile_mode
+        == "reduce-overhead"
+    )
     with pytest.raises(KdbenchError, match="CUDA"):
         ComputeOptions(compile=True, compile_mode="reduce-overhead").resolve(torch.device("cpu"))
     with pytest.raises(KdbenchError, match="compile mode"):
@@ -215,7 +274,11 @@ def test_cuda_graphs_are_gated_to_cuda():
 
 
 def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
-    history = [{"epoch": 1, "images_per_s": 100.0}, {"epoch": 2, "images_per_s": 1000.0}, {"epoch": 3, "images_per_s": 1200.0}]
+    history = [
+        {"epoch": 1, "images_per_s": 100.0},
+        {"epoch": 2, "images_per_s": 1000.0},
+        {"epoch": 3, "images_per_s": 1200.0},
+    ]
     assert train._steady_images_per_s(history) == 1100.0
     assert train._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else
 
@@ -223,5 +286,8 @@ def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
 def test_the_executor_passes_the_compile_mode_on():
     from kdbench.execute.local import compute_flags
 
-    assert compute_flags(ComputeOptions(compile=True, compile_mode="reduce-overhead"))[-2:] == ["--compile-mode", "reduce-overhead"]
+    assert compute_flags(ComputeOptions(compile=True, compile_mode="reduce-overhead"))[-2:] == [
+        "--compile-mode",
+        "reduce-overhead",
+    ]
     assert "--compile-mode" not in compute_flags(ComputeOptions())

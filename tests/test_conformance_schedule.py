@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from kdbench import methods, models, train
 from kdbench.plan import Plan, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
+from torch import nn
 
 # LR multipliers at the first and last epoch of every constant stretch, by hand: ×0.1 for epochs after
 # 150, 180, 210 (RepDistiller helper/util.py adjust_learning_rate, SimKD helper/util.py:8-14, mdistiller
@@ -39,13 +38,24 @@ def small_nets_at_001(model: str, teacher_run: bool) -> float:
 
 
 # The WRN students are mdistiller's wrn.py (its double BatchNorm update), kdbench's mdistiller/ zoo.
-MLKD_STUDENTS = {"resnet20", "resnet32", "resnet8x4", "mdistiller/wrn_16_2", "mdistiller/wrn_40_1", "vgg8"}
+MLKD_STUDENTS = {
+    "resnet20",
+    "resnet32",
+    "resnet8x4",
+    "mdistiller/wrn_16_2",
+    "mdistiller/wrn_40_1",
+    "vgg8",
+}
 
 
 def mlkd_lr(model: str, teacher_run: bool) -> float:
     """0.025 for the six students of MLKD's released CIFAR configs (configs/cifar100/ours/*.yaml:12);
     teachers are trained under RepDistiller's teacher protocol."""
-    return small_nets_at_001(model, teacher_run) if teacher_run or model not in MLKD_STUDENTS else 0.025
+    return (
+        small_nets_at_001(model, teacher_run)
+        if teacher_run or model not in MLKD_STUDENTS
+        else 0.025
+    )
 
 
 def imagenet_lr(model: str, teacher_run: bool) -> float:
@@ -64,40 +74,97 @@ class Protocol:
     nesterov: bool = False
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = True  # False: BN γ/β and biases get no weight decay
-    row_lr: dict[str, float] = field(default_factory=dict)  # a row's own LR (an LR sweep), by row label
+    row_lr: dict[str, float] = field(
+        default_factory=dict
+    )  # a row's own LR (an LR sweep), by row label
     row_epochs: dict[str, int] = field(default_factory=dict)  # a row's own length, by row label
 
     def epochs_of(self, row: str) -> int:
         return self.row_epochs.get(row, self.epochs)
 
 
-SIMKD_CIFAR = Protocol("SimKD train_student.py:42-51, 95-96, 285-288 (SGD over every trainable module, no Nesterov)",
-                       240, 64, CIFAR_240, small_nets_at_001)
-REPDISTILLER_CIFAR = Protocol("RepDistiller train_student.py:44-54, 92-94, 273-276", 240, 64, CIFAR_240, small_nets_at_001)
-DIST_CIFAR = Protocol("DIST dist_cifar.yaml (sgd_no_nesterov, opt_no_filter, warm-up 120 at warmup_lr = lr, StepLR 30)",
-                      240, 64, CIFAR_240, small_nets_at_001)
+SIMKD_CIFAR = Protocol(
+    "SimKD train_student.py:42-51, 95-96, 285-288 (SGD over every trainable module, no Nesterov)",
+    240,
+    64,
+    CIFAR_240,
+    small_nets_at_001,
+)
+REPDISTILLER_CIFAR = Protocol(
+    "RepDistiller train_student.py:44-54, 92-94, 273-276", 240, 64, CIFAR_240, small_nets_at_001
+)
+DIST_CIFAR = Protocol(
+    "DIST dist_cifar.yaml (sgd_no_nesterov, opt_no_filter, warm-up 120 at warmup_lr = lr, StepLR 30)",
+    240,
+    64,
+    CIFAR_240,
+    small_nets_at_001,
+)
 # MLKD's own rows train 480 epochs in both 2023 releases (6327e73, 77b91ec configs/cifar100/ours/*.yaml:11), same
 # milestones; the "(240 epochs)" rows, the baselines and the teachers train 240 (HEAD 5ee473f; CRD's protocol).
 MLKD_480 = {"MLKD": 480, "RKD+MLKD": 480, "ReviewKD+MLKD": 480}
-MLKD_CIFAR = Protocol("mdistiller engine/trainer.py:37-47, configs/cifar100/ours/*.yaml:11-17 (2023: 480 epochs for MLKD)",
-                      240, 64, CIFAR_240, mlkd_lr, row_epochs=MLKD_480)
-DIST_B1 = Protocol("DIST resnet_dist.yaml; ics tools/train.py:110-118, lib/utils/optim.py:41-63 (Nesterov, 1-D filter)",
-                   100, 256, IMAGENET_100, imagenet_lr, nesterov=True, weight_decay=1e-4, decay_norm_and_bias=False)
-SIMKD_IMAGENET = Protocol("SimKD scripts/run_distill.sh (ImageNet), train_student.py:285-288, helper/util.py:8-27",
-                          120, 256, IMAGENET_120, imagenet_lr, weight_decay=1e-4)
+MLKD_CIFAR = Protocol(
+    "mdistiller engine/trainer.py:37-47, configs/cifar100/ours/*.yaml:11-17 (2023: 480 epochs for MLKD)",
+    240,
+    64,
+    CIFAR_240,
+    mlkd_lr,
+    row_epochs=MLKD_480,
+)
+DIST_B1 = Protocol(
+    "DIST resnet_dist.yaml; ics tools/train.py:110-118, lib/utils/optim.py:41-63 (Nesterov, 1-D filter)",
+    100,
+    256,
+    IMAGENET_100,
+    imagenet_lr,
+    nesterov=True,
+    weight_decay=1e-4,
+    decay_norm_and_bias=False,
+)
+SIMKD_IMAGENET = Protocol(
+    "SimKD scripts/run_distill.sh (ImageNet), train_student.py:285-288, helper/util.py:8-27",
+    120,
+    256,
+    IMAGENET_120,
+    imagenet_lr,
+    weight_decay=1e-4,
+)
 
 PROTOCOLS: dict[str, Protocol] = {
-    **{f"simkd-{t}": SIMKD_CIFAR for t in ("table1", "table2", "table4", "table5", "tables2", "tables4", "tables5",
-                                            "tables7", "tables8", "tables9")},
+    **{
+        f"simkd-{t}": SIMKD_CIFAR
+        for t in (
+            "table1",
+            "table2",
+            "table4",
+            "table5",
+            "tables2",
+            "tables4",
+            "tables5",
+            "tables7",
+            "tables8",
+            "tables9",
+        )
+    },
     # Table S.6 sweeps the sequential step's initial LR (appendix B.3): the row names it.
-    "simkd-tables6": Protocol(SIMKD_CIFAR.source + "; Table S.6 rows", 240, 64, CIFAR_240, small_nets_at_001,
-                              row_lr={"LR 0.01": 0.01, "LR 0.05": 0.05, "LR 0.1": 0.1, "LR 0.5": 0.5}),
-    "simkd-table3": SIMKD_IMAGENET, "simkd-tables3": SIMKD_IMAGENET, "teachers-simkd-imagenet": SIMKD_IMAGENET,
+    "simkd-tables6": Protocol(
+        SIMKD_CIFAR.source + "; Table S.6 rows",
+        240,
+        64,
+        CIFAR_240,
+        small_nets_at_001,
+        row_lr={"LR 0.01": 0.01, "LR 0.05": 0.05, "LR 0.1": 0.1, "LR 0.5": 0.5},
+    ),
+    "simkd-table3": SIMKD_IMAGENET,
+    "simkd-tables3": SIMKD_IMAGENET,
+    "teachers-simkd-imagenet": SIMKD_IMAGENET,
     "teachers-simkd-cifar100": SIMKD_CIFAR,
     "teachers-crd-cifar100": REPDISTILLER_CIFAR,
     "dist-table5": DIST_CIFAR,
-    **{f"dist-table{t}": DIST_B1 for t in (2, 3, 8, 9, 10)}, "teachers-dist-b1-imagenet": DIST_B1,
-    "mlkd-appendix-table1": MLKD_CIFAR, "mlkd-appendix-table2": MLKD_CIFAR,
+    **{f"dist-table{t}": DIST_B1 for t in (2, 3, 8, 9, 10)},
+    "teachers-dist-b1-imagenet": DIST_B1,
+    "mlkd-appendix-table1": MLKD_CIFAR,
+    "mlkd-appendix-table2": MLKD_CIFAR,
     **{f"ipwd-appendix-table{t}": REPDISTILLER_CIFAR for t in (1, 2, 3, 4)},
 }
 
@@ -154,38 +221,72 @@ def test_lr_at_every_epoch_of_every_run(name, plans):
             continue
         checked.add((t, base))
         got = [t.lr_at(epoch) for epoch in range(1, epochs + 1)]
-        expected = [base * expected_multiplier(protocol.schedule, epoch) for epoch in range(1, epochs + 1)]
+        expected = [
+            base * expected_multiplier(protocol.schedule, epoch) for epoch in range(1, epochs + 1)
+        ]
         assert got == pytest.approx(expected, rel=1e-12), (run.spec.model, run.row)
         for epoch, multiplier in protocol.schedule.items():  # the boundaries, spelled out
-            assert t.lr_at(epoch) == pytest.approx(base * multiplier, rel=1e-12), (run.spec.model, epoch)
+            assert t.lr_at(epoch) == pytest.approx(base * multiplier, rel=1e-12), (
+                run.spec.model,
+                epoch,
+            )
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
 def test_optimizer_settings_and_weight_decay_scope(name, plans):
     """The optimizer train.py builds for each run: momentum, Nesterov, weight decay, and which tensors it decays."""
     protocol = PROTOCOLS[name]
-    probe = nn.ModuleDict({"conv": nn.Conv2d(3, 4, 3), "bn": nn.BatchNorm2d(4), "fc": nn.Linear(4, 2)})
+    probe = nn.ModuleDict(
+        {"conv": nn.Conv2d(3, 4, 3), "bn": nn.BatchNorm2d(4), "fc": nn.Linear(4, 2)}
+    )
     names = {id(p): n for n, p in probe.named_parameters()}
     decayed_if_filtered = {"conv.weight", "fc.weight"}  # not BN γ/β, not biases
-    for run in {r.spec.train: r for r in trained_runs(plans[name])}.values():  # one run per distinct schedule
+    for run in {
+        r.spec.train: r for r in trained_runs(plans[name])
+    }.values():  # one run per distinct schedule
         optimizer = train._sgd(list(probe.parameters()), run.spec, run.spec.train.lr_at(1))
-        decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+        decay = {
+            names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]
+        }
         assert set(decay) == set(names.values())
-        expected = {n: (protocol.weight_decay if protocol.decay_norm_and_bias or n in decayed_if_filtered else 0.0)
-                    for n in names.values()}
+        expected = {
+            n: (
+                protocol.weight_decay
+                if protocol.decay_norm_and_bias or n in decayed_if_filtered
+                else 0.0
+            )
+            for n in names.values()
+        }
         assert decay == expected, run.spec.run_id
         for group in optimizer.param_groups:
-            assert (group["momentum"], group["nesterov"], group["dampening"]) == (protocol.momentum, protocol.nesterov, 0)
+            assert (group["momentum"], group["nesterov"], group["dampening"]) == (
+                protocol.momentum,
+                protocol.nesterov,
+                0,
+            )
 
 
 def test_dist_b1_filter_spares_exactly_batchnorm_and_biases_of_a_real_student():
     """DIST B1 (ics lib/utils/optim.py:41-63): no decay for 1-D parameters and biases; here on the ResNet-18 student."""
-    spec = next(s for s in plan(load_recipe(RECIPES_DIR / "dist/table2.yaml"), "full").specs.values() if s.model == "imagenet/resnet18")
+    spec = next(
+        s
+        for s in plan(load_recipe(RECIPES_DIR / "dist/table2.yaml"), "full").specs.values()
+        if s.model == "imagenet/resnet18"
+    )
     student = models.create("imagenet/resnet18", num_classes=10)
     names = {id(p): n for n, p in student.named_parameters()}
-    bn_params = {f"{m}.{p}" for m, mod in student.named_modules() if isinstance(mod, nn.BatchNorm2d) for p in ("weight", "bias")}
-    undecayed = {names[id(p)] for g in train._sgd(list(student.parameters()), spec).param_groups if g["weight_decay"] == 0
-                 for p in g["params"]}
+    bn_params = {
+        f"{m}.{p}"
+        for m, mod in student.named_modules()
+        if isinstance(mod, nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
+    undecayed = {
+        names[id(p)]
+        for g in train._sgd(list(student.parameters()), spec).param_groups
+        if g["weight_decay"] == 0
+        for p in g["params"]
+    }
     assert undecayed == bn_params | {n for n in names.values() if n.endswith(".bias")}
     assert "fc.bias" in undecayed and "fc.weight" not in undecayed
 
@@ -193,7 +294,9 @@ def test_dist_b1_filter_spares_exactly_batchnorm_and_biases_of_a_real_student():
 # --------------------------------------------------------------------------- DIST's per-iteration scheduler
 
 
-def dist_iteration_lrs(lr: float, epochs: int, steps: int, warmup_epochs: int, decay_epochs: int, gamma: float) -> np.ndarray:
+def dist_iteration_lrs(
+    lr: float, epochs: int, steps: int, warmup_epochs: int, decay_epochs: int, gamma: float
+) -> np.ndarray:
     """LR of every training iteration under DIST's released scheduler (ics lib/utils/scheduler.py:7-18, 83-95;
     tools/train.py:141-153, 191, 360), modelled from its code: ``scheduler.step(i)`` before iteration i; a
     flat warm-up (warmup_lr = lr) while i ≤ W = warmup·steps; then StepLR's closed form at ``i − W − 1``,
@@ -206,13 +309,18 @@ def dist_iteration_lrs(lr: float, epochs: int, steps: int, warmup_epochs: int, d
     return np.where(i <= w, lr, lr * gamma ** (np.maximum(i - w - 1, 0) // (decay_epochs * steps)))
 
 
-@pytest.mark.parametrize(("recipe", "steps", "warmup", "off_by_one"), [
-    # CIFAR-100: 50000 images, batch 64, drop_last (lib/dataset/builder.py:78-81) → 781 iterations per epoch.
-    ("dist-table5", 50_000 // 64, 120, {151, 181, 211}),
-    # ImageNet B1: 1281167 images, global batch 256, drop_last → 5004 iterations per epoch, no warm-up.
-    ("dist-table2", 1_281_167 // 256, 0, set()),
-])
-def test_dist_per_iteration_steplr_equals_the_per_epoch_schedule(recipe, steps, warmup, off_by_one, plans):
+@pytest.mark.parametrize(
+    ("recipe", "steps", "warmup", "off_by_one"),
+    [
+        # CIFAR-100: 50000 images, batch 64, drop_last (lib/dataset/builder.py:78-81) → 781 iterations per epoch.
+        ("dist-table5", 50_000 // 64, 120, {151, 181, 211}),
+        # ImageNet B1: 1281167 images, global batch 256, drop_last → 5004 iterations per epoch, no warm-up.
+        ("dist-table2", 1_281_167 // 256, 0, set()),
+    ],
+)
+def test_dist_per_iteration_steplr_equals_the_per_epoch_schedule(
+    recipe, steps, warmup, off_by_one, plans
+):
     """kdbench sets the LR once per epoch; DIST's StepLR moves per iteration. They agree on every iteration but
     the first of each decayed epoch after a warm-up (the audit's 'off by one iteration at each boundary')."""
     for t in {r.spec.train for r in trained_runs(plans[recipe])}:
@@ -255,10 +363,17 @@ def test_reviewkd_loss_warmup_at_every_epoch_of_the_ramp(name, plans):
     torch.manual_seed(0)
     images = torch.randn(8, 3, 16, 16)
     teacher = models.create("resnet8x4", num_classes=10).eval()
-    d = method(models.create("resnet8", num_classes=10), teacher, method.Params(**spec.method_params), images[:4]).eval()
+    d = method(
+        models.create("resnet8", num_classes=10),
+        teacher,
+        method.Params(**spec.method_params),
+        images[:4],
+    ).eval()
     targets = torch.arange(8) % 10
     with torch.no_grad():
         full = d.forward_train(images, targets, epoch=spec.train.epochs)[1]["reviewkd"]
-        for epoch in sorted({1, 2, warmup // 2 or 1, warmup - 1 or 1, warmup, warmup + 1, spec.train.epochs}):
+        for epoch in sorted(
+            {1, 2, warmup // 2 or 1, warmup - 1 or 1, warmup, warmup + 1, spec.train.epochs}
+        ):
             term = d.forward_train(images, targets, epoch=epoch)[1]["reviewkd"]
             assert float(term / full) == pytest.approx(min(epoch / warmup, 1.0), rel=1e-6), epoch

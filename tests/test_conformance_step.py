@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from kdbench import methods, models, train
 from kdbench.compute import ComputeOptions
 from kdbench.methods import Distiller
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import SMOKE_MAX_LR, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
+from torch import nn
+
 from reference import calibrated_teacher
 
 NUM_CLASSES = 10
@@ -43,8 +43,19 @@ CPU = torch.device("cpu")
 # Modules besides the student that each method trains, from the authors' code: RepDistiller train_student.py
 # (trainable_list / module_list appends) and SimKD train_student.py:218-274 for its baselines.
 EXTRA_MODULES: dict[str, set[str]] = {
-    "ce": set(), "kd": set(), "dist": set(), "mlkd": set(), "dkd": set(), "rld": set(), "wsld": set(),
-    "at": set(), "sp": set(), "nst": set(), "pkt": set(), "rkd": set(), "fsp": set(),
+    "ce": set(),
+    "kd": set(),
+    "dist": set(),
+    "mlkd": set(),
+    "dkd": set(),
+    "rld": set(),
+    "wsld": set(),
+    "at": set(),
+    "sp": set(),
+    "nst": set(),
+    "pkt": set(),
+    "rkd": set(),
+    "fsp": set(),
     "cc": {"embed_s", "embed_t"},  # RepDistiller: both LinearEmbed heads trained
     "crd": {"embed_s", "embed_t"},  # CRDLoss.embed_s / embed_t; the memory banks are buffers
     "fitnet": {"regressor"},  # ConvReg
@@ -71,13 +82,28 @@ def teacher_template() -> models.KDModel:
     return calibrated_teacher("simkd/resnet14x4", NUM_CLASSES)
 
 
-def build(name: str, student: str, teacher: models.KDModel | None, example: torch.Tensor, params=None, batch_size: int = 8,
-          n_train: int = 100, **context) -> Distiller:
+def build(
+    name: str,
+    student: str,
+    teacher: models.KDModel | None,
+    example: torch.Tensor,
+    params=None,
+    batch_size: int = 8,
+    n_train: int = 100,
+    **context,
+) -> Distiller:
     cls = methods.get(name)
     torch.manual_seed(2)
     labels = torch.arange(n_train) % NUM_CLASSES if cls.needs.sample_indices else None
-    return cls(models.create(student, num_classes=NUM_CLASSES), copy.deepcopy(teacher) if cls.needs.teacher else None,
-               params if params is not None else cls.Params(), example, train_labels=labels, batch_size=batch_size, **context)
+    return cls(
+        models.create(student, num_classes=NUM_CLASSES),
+        copy.deepcopy(teacher) if cls.needs.teacher else None,
+        params if params is not None else cls.Params(),
+        example,
+        train_labels=labels,
+        batch_size=batch_size,
+        **context,
+    )
 
 
 def test_every_method_has_its_modules_stated():
@@ -92,12 +118,18 @@ def optimised_names(d: Distiller, optimizer: torch.optim.Optimizer) -> set[str]:
 @pytest.fixture(scope="module")
 def simkd_spec() -> RunSpec:
     """A SimKD Table 1 run: SGD over every trainable module, weight decay 5e-4 on all of them."""
-    return plan(load_recipe(RECIPES_DIR / "simkd/table1.yaml"), "full", rows=["SimKD"]).ordered()[-1]
+    return plan(load_recipe(RECIPES_DIR / "simkd/table1.yaml"), "full", rows=["SimKD"]).ordered()[
+        -1
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(EXTRA_MODULES))
-def test_optimizer_holds_student_and_declared_modules_never_the_teacher(name, teacher_template, simkd_spec):
-    d = build(name, PAIR_STUDENT.get(name, "resnet8x4"), teacher_template, torch.randn(4, 3, 16, 16))
+def test_optimizer_holds_student_and_declared_modules_never_the_teacher(
+    name, teacher_template, simkd_spec
+):
+    d = build(
+        name, PAIR_STUDENT.get(name, "resnet8x4"), teacher_template, torch.randn(4, 3, 16, 16)
+    )
     spec = simkd_spec
     optimizer = train._sgd(d.trainable_parameters(), spec)
     got = optimised_names(d, optimizer)
@@ -106,17 +138,27 @@ def test_optimizer_holds_student_and_declared_modules_never_the_teacher(name, te
     assert got == expected
     assert {n.split(".")[0] for n in got} == modules  # each declared module has parameters
     assert not any(n.startswith("teacher.") for n in got)
-    assert all(g["weight_decay"] == 5e-4 for g in optimizer.param_groups)  # extra modules decayed too
+    assert all(
+        g["weight_decay"] == 5e-4 for g in optimizer.param_groups
+    )  # extra modules decayed too
     buffers = {n for n, _ in d.named_buffers()}
     if name == "crd":
         assert {"memory_s", "memory_t", "z"} <= buffers
     assert not got & buffers
 
 
-@pytest.mark.parametrize(("name", "student", "lr"), [
-    ("ab", "resnet8", None), ("fsp", "resnet8x4", None), ("ft", "resnet8x4", 0.01), ("ft", "ShuffleV2", None),
-])
-def test_pretraining_stage_optimises_what_repdistiller_pretrain_does(name, student, lr, teacher_template):
+@pytest.mark.parametrize(
+    ("name", "student", "lr"),
+    [
+        ("ab", "resnet8", None),
+        ("fsp", "resnet8x4", None),
+        ("ft", "resnet8x4", 0.01),
+        ("ft", "ShuffleV2", None),
+    ],
+)
+def test_pretraining_stage_optimises_what_repdistiller_pretrain_does(
+    name, student, lr, teacher_template
+):
     """RepDistiller helper/pretrain.py: AB trains its connectors and the student's feature modules
     (``get_feat_modules``: all but the classifier), FSP the feature modules, FT the paraphraser; 30 epochs at
     the base LR, FT at 0.01 for the CIFAR ResNet/WRN students (train_student.py's hard-coded list)."""
@@ -125,7 +167,11 @@ def test_pretraining_stage_optimises_what_repdistiller_pretrain_does(name, stude
     assert stage is not None and stage.epochs == 30 and stage.lr == lr
     names = {id(p): n for n, p in d.named_parameters()}
     got = {names[id(p)] for p in stage.parameters}
-    student_features = {n for n in names.values() if n.startswith("student.") and not n.startswith("student.classifier.")}
+    student_features = {
+        n
+        for n in names.values()
+        if n.startswith("student.") and not n.startswith("student.classifier.")
+    }
     if name == "ft":
         assert got == {n for n in names.values() if n.startswith("paraphraser.")}
     elif name == "ab":
@@ -157,7 +203,9 @@ def bn(x: torch.Tensor, layer: nn.BatchNorm2d) -> torch.Tensor:
     dims = [0] + list(range(2, x.dim()))
     mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
     shape = [1, -1] + [1] * (x.dim() - 2)
-    return (x - mean) / torch.sqrt(var + layer.eps) * layer.weight.reshape(shape) + layer.bias.reshape(shape)
+    return (x - mean) / torch.sqrt(var + layer.eps) * layer.weight.reshape(
+        shape
+    ) + layer.bias.reshape(shape)
 
 
 def conv(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
@@ -186,7 +234,9 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-def dist_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: float, beta: float, gamma: float) -> torch.Tensor:
+def dist_loss(
+    z_s: torch.Tensor, z_t: torch.Tensor, tau: float, beta: float, gamma: float
+) -> torch.Tensor:
     """DIST Eq. 8-10 with the released τ² factor: β·inter (per sample, across classes) + γ·intra (per class,
     across the batch), each 1 − mean Pearson correlation of softmax(z/τ)."""
     y_s, y_t = torch.softmax(z_s / tau, 1), torch.softmax(z_t / tau, 1)
@@ -209,15 +259,22 @@ class Reference:
 
     def __init__(self, d: Distiller, pieces: int = 1):
         self.d = d
-        self.pieces = pieces  # per-GPU BatchNorm: each of ``pieces`` slices goes through the student alone
+        self.pieces = (
+            pieces  # per-GPU BatchNorm: each of ``pieces`` slices goes through the student alone
+        )
         self.state: dict[str, torch.Tensor] = {}
 
     def student(self, x: torch.Tensor):
         parts = [self.d.student.forward_features(c) for c in x.chunk(self.pieces)]
         if self.pieces == 1:
             return parts[0]
-        return type(parts[0])([torch.cat(t) for t in zip(*(p.stages for p in parts))], [], parts[0].head_map.new_empty(0),
-                              torch.cat([p.pooled for p in parts]), torch.cat([p.logits for p in parts]))
+        return type(parts[0])(
+            [torch.cat(t) for t in zip(*(p.stages for p in parts))],
+            [],
+            parts[0].head_map.new_empty(0),
+            torch.cat([p.pooled for p in parts]),
+            torch.cat([p.logits for p in parts]),
+        )
 
     def teacher(self, x: torch.Tensor):
         with torch.no_grad():
@@ -251,8 +308,10 @@ def ref_dist(r: Reference, b: Batch, epoch: int, chunk: int | None = None):
     the loss is the mean over chunks of each GPU's own loss (BatchNorm per chunk too: see Reference.pieces)."""
     s, t = r.student(b.x), r.teacher(b.x)
     n = len(b.y) // (chunk or len(b.y))
-    parts = [(ce(zs, y), dist_loss(zs, zt, 1.0, 1.0, 1.0)) for zs, zt, y in
-             zip(s.logits.chunk(n), t.logits.chunk(n), b.y.chunk(n))]
+    parts = [
+        (ce(zs, y), dist_loss(zs, zt, 1.0, 1.0, 1.0))
+        for zs, zt, y in zip(s.logits.chunk(n), t.logits.chunk(n), b.y.chunk(n))
+    ]
     return {"ce": 1.0 * sum(p[0] for p in parts) / n, "dist": 2.0 * sum(p[1] for p in parts) / n}
 
 
@@ -309,15 +368,24 @@ def ref_ipwd(r: Reference, b: Batch, epoch: int):
         h_cls = -torch.log_softmax(zscore(z_cls), 1)[torch.arange(len(b.y)), b.y]
         w = 1 + h_kd / (h_cls + 1e-7)
         w = w / w.mean()
-    return {"ce": 0.1 * ce(s.logits, b.y), "ipwd": 0.9 * 16.0 * (w * kl_rows(s.logits, t.logits, 4.0)).mean(),
-            "ipwd_cls": 1.0 * ce(z_cls, b.y)}
+    return {
+        "ce": 0.1 * ce(s.logits, b.y),
+        "ipwd": 0.9 * 16.0 * (w * kl_rows(s.logits, t.logits, 4.0)).mean(),
+        "ipwd_cls": 1.0 * ce(z_cls, b.y),
+    }
 
 
 def simkd_baseline(beta: float, name: str, feature_loss: Callable):
     """SimKD's baseline protocol (scripts/run_distill.sh, train_student.py:61-71): 1·CE + 1·KD(T 4) + β·loss."""
+
     def reference(r: Reference, b: Batch, epoch: int):
         s, t = r.student(b.x), r.teacher(b.x)
-        return {"ce": ce(s.logits, b.y), "kd": kd(s.logits, t.logits, 4.0), name: beta * feature_loss(r, s, t, b)}
+        return {
+            "ce": ce(s.logits, b.y),
+            "kd": kd(s.logits, t.logits, 4.0),
+            name: beta * feature_loss(r, s, t, b),
+        }
+
     return reference
 
 
@@ -334,7 +402,9 @@ def attention(f: torch.Tensor) -> torch.Tensor:
 
 def at_loss(r, s, t, b):
     """Zagoruyko & Komodakis as in RepDistiller's at_loss: Σ over f1..fk of mean((a_s − a_t)²)."""
-    return sum(((attention(fs) - attention(ft)) ** 2).mean() for fs, ft in zip(s.stages[1:], t.stages[1:]))
+    return sum(
+        ((attention(fs) - attention(ft)) ** 2).mean() for fs, ft in zip(s.stages[1:], t.stages[1:])
+    )
 
 
 def sp_loss(r, s, t, b):
@@ -360,12 +430,17 @@ def crd_loss(r, s, t, b):
     from the method's sampler, scores exp(⟨m, v⟩/0.07)/Z with Z = mean·N fixed on the first batch, NCE with
     P_n = 1/N and ε 1e-7 on both sides; then the banks' rows ← normalise(0.5·old + 0.5·new)."""
     d = r.d
-    e_s, e_t = normalize(linear(s.pooled, d.embed_s.linear)), normalize(linear(t.pooled, d.embed_t.linear))
+    e_s, e_t = (
+        normalize(linear(s.pooled, d.embed_s.linear)),
+        normalize(linear(t.pooled, d.embed_t.linear)),
+    )
     idx = d.contrast_indices(b.indices, 1)
     n = d.memory_s.shape[0]
     total = 0.0
     for side, anchor, bank in (("s", e_s, d.memory_t), ("t", e_t, d.memory_s)):
-        scores = torch.exp((anchor @ bank.t()).gather(1, idx) / 0.07)  # ⟨bank[idx[i, k]], anchor[i]⟩
+        scores = torch.exp(
+            (anchor @ bank.t()).gather(1, idx) / 0.07
+        )  # ⟨bank[idx[i, k]], anchor[i]⟩
         if side not in r.state:
             r.state[side] = scores.detach().mean() * n
         p = scores / r.state[side]
@@ -385,7 +460,9 @@ def srrl_loss(r, s, t, b):
     """SimKD's SRRL: h = ReLU(BN(1×1 conv(pooled_s))), MSE(h, pooled_t) + MSE(W_t h + b_t, z_t)."""
     c, norm = r.d.connector[0], r.d.connector[1]
     h = torch.relu(bn(conv(s.pooled[:, :, None, None], c), norm)).flatten(1)
-    return ((h - t.pooled) ** 2).mean() + ((linear(h, r.d.teacher.classifier) - t.logits) ** 2).mean()
+    return ((h - t.pooled) ** 2).mean() + (
+        (linear(h, r.d.teacher.classifier) - t.logits) ** 2
+    ).mean()
 
 
 def semckd_loss(r, s, t, b):
@@ -405,7 +482,9 @@ def semckd_loss(r, s, t, b):
         for j, ft in enumerate(t.stages[1:]):
             size = min(fs.shape[-1], ft.shape[-1])
             c1, b1, _, c2, b2, _, c3 = list(d.proj[i][j])
-            h = conv(torch.relu(bn(conv(torch.relu(bn(conv(pool_to(fs, size), c1), b1)), c2), b2)), c3)
+            h = conv(
+                torch.relu(bn(conv(torch.relu(bn(conv(pool_to(fs, size), c1), b1)), c2), b2)), c3
+            )
             total = total + (att[:, i, j] * ((h - pool_to(ft, size)) ** 2).flatten(1).mean(1)).sum()
     return total / (bsz * len(s.stages[1:]))
 
@@ -424,40 +503,145 @@ class Case:
 
 
 CASES = {
-    "kd-simkd": Case("simkd/table1.yaml", "KD", {"ce_weight": 1.0, "kd_weight": 1.0, "kd_temperature": 4.0},
-                     lambda r, b, e: ref_kd(r, b, e, 1.0, 1.0)),
-    "kd-crd": Case("dist/table5.yaml", "KD", {"ce_weight": 0.1, "kd_weight": 0.9, "kd_temperature": 4.0},
-                   lambda r, b, e: ref_kd(r, b, e, 0.1, 0.9)),
+    "kd-simkd": Case(
+        "simkd/table1.yaml",
+        "KD",
+        {"ce_weight": 1.0, "kd_weight": 1.0, "kd_temperature": 4.0},
+        lambda r, b, e: ref_kd(r, b, e, 1.0, 1.0),
+    ),
+    "kd-crd": Case(
+        "dist/table5.yaml",
+        "KD",
+        {"ce_weight": 0.1, "kd_weight": 0.9, "kd_temperature": 4.0},
+        lambda r, b, e: ref_kd(r, b, e, 0.1, 0.9),
+    ),
     # DIST resnet_kdt4.yaml: 0.9·CE + 1·KD_4, under B1 (Nesterov, no decay on BN/bias).
-    "kd-dist-b1": Case("dist/table2.yaml", "KD", {"ce_weight": 0.9, "kd_weight": 1.0, "kd_temperature": 4.0},
-                       lambda r, b, e: ref_kd(r, b, e, 0.9, 1.0), batch=None),
-    "simkd": Case("simkd/table1.yaml", "SimKD", {"ce_weight": 0.0, "kd_weight": 0.0, "weight": 1.0, "factor": 2,
-                                                     "student_tap": "stage", "projector": "1x1-3x3-1x1", "alignment": "input"},
-                  ref_simkd),
-    "dist-cifar": Case("dist/table5.yaml", "DIST", {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
-                       ref_dist),
-    "dist-b1": Case("dist/table2.yaml", "DIST", {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
-                    lambda r, b, e: ref_dist(r, b, e, chunk=4), batch=None),
-    "mlkd": Case("mlkd/appendix-table1.yaml", "MLKD", {"ce_weight": 0.1, "kd_weight": 0.0, "weight": 0.9, "temperature": 4.0,
-                                                  "masking": "scalar", "strong_group_uses_weak_logits": True,
-                                                  "strong_correlations": False}, ref_mlkd),
-    "ipwd": Case("ipwd/appendix-table1.yaml", "IPWD", {"ce_weight": 0.1, "kd_weight": 0.0, "weight": 0.9, "temperature": 4.0,
-                                                  "cls_weight": 1.0, "form": "mirror", "logit_norm": "zscore",
-                                                  "self_normalize": True}, ref_ipwd),
-    "fitnet": Case("simkd/table1.yaml", "FitNet", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 100.0, "hint_layer": 1,
-                                                      "regressor": "simkd"},
-                   simkd_baseline(100.0, "fitnet", fitnet_hint)),
-    "at": Case("simkd/table1.yaml", "AT", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1000.0}, simkd_baseline(1000.0, "at", at_loss)),
-    "sp": Case("simkd/table1.yaml", "SP", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 3000.0}, simkd_baseline(3000.0, "sp", sp_loss)),
-    "vid": Case("simkd/table1.yaml", "VID", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0}, simkd_baseline(1.0, "vid", vid_loss)),
-    "crd": Case("simkd/table1.yaml", "CRD", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.8, "feat_dim": 128, "nce_k": 16384,
-                                        "nce_t": 0.07, "nce_m": 0.5}, simkd_baseline(0.8, "crd", crd_loss)),
-    "srrl": Case("simkd/table1.yaml", "SRRL", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0}, simkd_baseline(1.0, "srrl", srrl_loss)),
-    "semckd": Case("simkd/table1.yaml", "SemCKD", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 400.0},
-                   simkd_baseline(400.0, "semckd", semckd_loss), teacher="resnet14"),
+    "kd-dist-b1": Case(
+        "dist/table2.yaml",
+        "KD",
+        {"ce_weight": 0.9, "kd_weight": 1.0, "kd_temperature": 4.0},
+        lambda r, b, e: ref_kd(r, b, e, 0.9, 1.0),
+        batch=None,
+    ),
+    "simkd": Case(
+        "simkd/table1.yaml",
+        "SimKD",
+        {
+            "ce_weight": 0.0,
+            "kd_weight": 0.0,
+            "weight": 1.0,
+            "factor": 2,
+            "student_tap": "stage",
+            "projector": "1x1-3x3-1x1",
+            "alignment": "input",
+        },
+        ref_simkd,
+    ),
+    "dist-cifar": Case(
+        "dist/table5.yaml",
+        "DIST",
+        {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
+        ref_dist,
+    ),
+    "dist-b1": Case(
+        "dist/table2.yaml",
+        "DIST",
+        {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
+        lambda r, b, e: ref_dist(r, b, e, chunk=4),
+        batch=None,
+    ),
+    "mlkd": Case(
+        "mlkd/appendix-table1.yaml",
+        "MLKD",
+        {
+            "ce_weight": 0.1,
+            "kd_weight": 0.0,
+            "weight": 0.9,
+            "temperature": 4.0,
+            "masking": "scalar",
+            "strong_group_uses_weak_logits": True,
+            "strong_correlations": False,
+        },
+        ref_mlkd,
+    ),
+    "ipwd": Case(
+        "ipwd/appendix-table1.yaml",
+        "IPWD",
+        {
+            "ce_weight": 0.1,
+            "kd_weight": 0.0,
+            "weight": 0.9,
+            "temperature": 4.0,
+            "cls_weight": 1.0,
+            "form": "mirror",
+            "logit_norm": "zscore",
+            "self_normalize": True,
+        },
+        ref_ipwd,
+    ),
+    "fitnet": Case(
+        "simkd/table1.yaml",
+        "FitNet",
+        {
+            "ce_weight": 1.0,
+            "kd_weight": 1.0,
+            "weight": 100.0,
+            "hint_layer": 1,
+            "regressor": "simkd",
+        },
+        simkd_baseline(100.0, "fitnet", fitnet_hint),
+    ),
+    "at": Case(
+        "simkd/table1.yaml",
+        "AT",
+        {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1000.0},
+        simkd_baseline(1000.0, "at", at_loss),
+    ),
+    "sp": Case(
+        "simkd/table1.yaml",
+        "SP",
+        {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 3000.0},
+        simkd_baseline(3000.0, "sp", sp_loss),
+    ),
+    "vid": Case(
+        "simkd/table1.yaml",
+        "VID",
+        {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0},
+        simkd_baseline(1.0, "vid", vid_loss),
+    ),
+    "crd": Case(
+        "simkd/table1.yaml",
+        "CRD",
+        {
+            "ce_weight": 1.0,
+            "kd_weight": 1.0,
+            "weight": 0.8,
+            "feat_dim": 128,
+            "nce_k": 16384,
+            "nce_t": 0.07,
+            "nce_m": 0.5,
+        },
+        simkd_baseline(0.8, "crd", crd_loss),
+    ),
+    "srrl": Case(
+        "simkd/table1.yaml",
+        "SRRL",
+        {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0},
+        simkd_baseline(1.0, "srrl", srrl_loss),
+    ),
+    "semckd": Case(
+        "simkd/table1.yaml",
+        "SemCKD",
+        {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 400.0},
+        simkd_baseline(400.0, "semckd", semckd_loss),
+        teacher="resnet14",
+    ),
 }
 
-STUDENT, SIZE = "resnet8", 16  # tiny stand-ins (and Case.teacher); the recipe gives protocol and weights
+STUDENT, SIZE = (
+    "resnet8",
+    16,
+)  # tiny stand-ins (and Case.teacher); the recipe gives protocol and weights
 CRD_TRAIN = 20_000  # enough other-class samples for 16384 negatives without replacement
 
 
@@ -469,8 +653,15 @@ def specs_of(case: Case) -> tuple[RunSpec, RunSpec]:
     return full.specs[first[0].run_ids[0]], smoke.specs[first[1].run_ids[0]]
 
 
-def sgd_by_hand(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor | None], buffers: dict[str, torch.Tensor],
-                lr: float, momentum: float, weight_decay: dict[str, float], nesterov: bool) -> None:
+def sgd_by_hand(
+    params: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor | None],
+    buffers: dict[str, torch.Tensor],
+    lr: float,
+    momentum: float,
+    weight_decay: dict[str, float],
+    nesterov: bool,
+) -> None:
     """PyTorch's SGD, written out: d = g + λp; b ← d on the first step, else μb + d; p ← p − lr·(d + μb if Nesterov
     else b). Parameters without a gradient are left alone (no decay either)."""
     with torch.no_grad():
@@ -516,25 +707,42 @@ def test_two_training_steps_equal_the_first_principles_step(case_id, small_teach
     for key, value in case.weights.items():
         assert spec.method_params[key] == value, key
     method = methods.get(spec.method)
-    if case.batch is not None:  # the per-step arithmetic does not depend on the batch size: a small one is enough
+    if (
+        case.batch is not None
+    ):  # the per-step arithmetic does not depend on the batch size: a small one is enough
         assert spec.train.loss_chunk is None and spec.train.bn_chunk is None
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": case.batch})})
+        spec = spec.model_copy(
+            update={"train": spec.train.model_copy(update={"batch_size": case.batch})}
+        )
     t = spec.train
     batch = t.batch_size
 
     gen = torch.Generator().manual_seed(7)
     n_train = CRD_TRAIN if method.needs.sample_indices else 2 * batch
-    batches = [Batch(torch.randn(batch, 3, SIZE, SIZE, generator=gen, dtype=torch.float64),
-                     torch.randint(0, NUM_CLASSES, (batch,), generator=gen),
-                     torch.randperm(n_train, generator=gen)[:batch],
-                     torch.randn(batch, 3, SIZE, SIZE, generator=gen, dtype=torch.float64) if method.needs.strong_view else None)
-               for _ in range(2)]
+    batches = [
+        Batch(
+            torch.randn(batch, 3, SIZE, SIZE, generator=gen, dtype=torch.float64),
+            torch.randint(0, NUM_CLASSES, (batch,), generator=gen),
+            torch.randperm(n_train, generator=gen)[:batch],
+            torch.randn(batch, 3, SIZE, SIZE, generator=gen, dtype=torch.float64)
+            if method.needs.strong_view
+            else None,
+        )
+        for _ in range(2)
+    ]
     torch.manual_seed(3)
     student = models.create(STUDENT, num_classes=NUM_CLASSES)
     labels = torch.randint(0, NUM_CLASSES, (n_train,), generator=gen)
-    d = method(student, small_teachers(case.teacher), method.Params(**spec.method_params), torch.randn(4, 3, SIZE, SIZE),
-               train_labels=labels if method.needs.sample_indices else None, batch_size=batch,
-               label_smoothing=t.label_smoothing, loss_chunk=t.loss_chunk).double()
+    d = method(
+        student,
+        small_teachers(case.teacher),
+        method.Params(**spec.method_params),
+        torch.randn(4, 3, SIZE, SIZE),
+        train_labels=labels if method.needs.sample_indices else None,
+        batch_size=batch,
+        label_smoothing=t.label_smoothing,
+        loss_chunk=t.loss_chunk,
+    ).double()
     ref = Reference(copy.deepcopy(d), pieces=batch // t.bn_chunk if t.bn_chunk else 1)
     if t.bn_chunk is not None:  # as train.py does, on one process
         emulate_per_gpu_batchnorm(d, batch // t.bn_chunk)
@@ -550,23 +758,46 @@ def test_two_training_steps_equal_the_first_principles_step(case_id, small_teach
         recorded.append({k: v.detach().clone() for k, v in terms.items()})
         return logits, terms
 
-    loop_batches = [(b.x, b.y, b.indices, *([b.strong] if b.strong is not None else [])) for b in batches]
-    train._train_epoch(step, d, optimizer, loop_batches, CPU, 1, None, ComputeOptions(precision="fp32").resolve(CPU))
+    loop_batches = [
+        (b.x, b.y, b.indices, *([b.strong] if b.strong is not None else [])) for b in batches
+    ]
+    train._train_epoch(
+        step,
+        d,
+        optimizer,
+        loop_batches,
+        CPU,
+        1,
+        None,
+        ComputeOptions(precision="fp32").resolve(CPU),
+    )
 
     # The reference: trained parameters named from the method's definition, decay by hand from the protocol.
     modules = EXTRA_MODULES[spec.method] | {"student"}
     params = {n: p for n, p in ref.d.named_parameters() if n.split(".")[0] in modules}
-    decay = {n: t.weight_decay if (t.decay_norm_and_bias or (p.dim() > 1 and not n.endswith(".bias"))) else 0.0
-             for n, p in params.items()}
+    decay = {
+        n: t.weight_decay
+        if (t.decay_norm_and_bias or (p.dim() > 1 and not n.endswith(".bias")))
+        else 0.0
+        for n, p in params.items()
+    }
     buffers: dict[str, torch.Tensor] = {}
     ref.d.train()
     for k, b in enumerate(batches):
         terms = case.reference(ref, b, 1)
         assert set(terms) == set(recorded[k]), (k, sorted(terms), sorted(recorded[k]))
         for name, value in terms.items():
-            torch.testing.assert_close(recorded[k][name], value.detach(), rtol=1e-10, atol=1e-12, msg=f"step {k + 1} {name}")
+            torch.testing.assert_close(
+                recorded[k][name],
+                value.detach(),
+                rtol=1e-10,
+                atol=1e-12,
+                msg=f"step {k + 1} {name}",
+            )
         loss = sum(terms.values())
-        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)))
+        grads = dict(
+            zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))
+        )
         sgd_by_hand(params, grads, buffers, t.lr_at(1), t.momentum, decay, t.nesterov)
 
     got = dict(d.named_parameters())
@@ -584,26 +815,59 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
     from kdbench.models.per_gpu_batchnorm import _PerGpuBatchNorm
     from kdbench.plan import DataSpec, TeacherRef, TrainSpec
 
-    data = DataSpec(name="synthetic", options={"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16})
+    data = DataSpec(
+        name="synthetic",
+        options={"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16},
+    )
 
     def spec(method: str, teacher: TeacherRef | None, **train_fields) -> RunSpec:
-        fields = {"epochs": 1, "batch_size": 16, "lr": 0.1, "milestones": (), "lr_decay": 0.1, "momentum": 0.9,
-                  "nesterov": False, "weight_decay": 5e-4, **train_fields}
-        return RunSpec(profile="smoke", model="resnet8", method=method, method_params=methods.resolve_params(method, None, {}).model_dump(),
-                       teacher=teacher, data=data, train=TrainSpec(**fields), seed=0)
+        fields = {
+            "epochs": 1,
+            "batch_size": 16,
+            "lr": 0.1,
+            "milestones": (),
+            "lr_decay": 0.1,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 5e-4,
+            **train_fields,
+        }
+        return RunSpec(
+            profile="smoke",
+            model="resnet8",
+            method=method,
+            method_params=methods.resolve_params(method, None, {}).model_dump(),
+            teacher=teacher,
+            data=data,
+            train=TrainSpec(**fields),
+            seed=0,
+        )
 
     teacher = spec("ce", None)
     train.run(teacher, tmp_path, device="cpu", progress=False)
-    dist = spec("dist", TeacherRef(model="resnet8", run_id=teacher.run_id), epochs=3, milestones=(1, 2), nesterov=True,
-                weight_decay=1e-4, decay_norm_and_bias=False, loss_chunk=4, bn_chunk=4)
+    dist = spec(
+        "dist",
+        TeacherRef(model="resnet8", run_id=teacher.run_id),
+        epochs=3,
+        milestones=(1, 2),
+        nesterov=True,
+        weight_decay=1e-4,
+        decay_norm_and_bias=False,
+        loss_chunk=4,
+        bn_chunk=4,
+    )
     seen: list[tuple[int, float, dict[str, float], bool]] = []
     real = train._train_epoch
 
     def recording(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs):
         names = {id(p): n for n, p in distiller.named_parameters()}
-        decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+        decay = {
+            names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]
+        }
         assert all(g["nesterov"] and g["momentum"] == 0.9 for g in optimizer.param_groups)
-        assert distiller.loss_chunk == 4 and distiller.params == methods.get("dist").Params(**dist.method_params)
+        assert distiller.loss_chunk == 4 and distiller.params == methods.get("dist").Params(
+            **dist.method_params
+        )
         pieces = {m.pieces for m in distiller.student.modules() if isinstance(m, _PerGpuBatchNorm)}
         seen.append((epoch, optimizer.param_groups[0]["lr"], decay, pieces == {4}))
         return real(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs)
@@ -613,11 +877,17 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
     assert [e for e, *_ in seen] == [1, 2, 3]
     assert [lr for _, lr, *_ in seen] == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)
     reference = models.create("resnet8", num_classes=4)
-    bn_params = {f"student.{m}.{p}" for m, layer in reference.named_modules() if isinstance(layer, nn.BatchNorm2d)
-                 for p in ("weight", "bias")}
+    bn_params = {
+        f"student.{m}.{p}"
+        for m, layer in reference.named_modules()
+        if isinstance(layer, nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
     everything = {f"student.{n}" for n, _ in reference.named_parameters()}
     decay = seen[0][2]
     assert set(decay) == everything  # the student only: DIST has no modules of its own
-    assert {n for n, wd in decay.items() if wd == 0.0} == bn_params | {n for n in everything if n.endswith(".bias")}
+    assert {n for n, wd in decay.items() if wd == 0.0} == bn_params | {
+        n for n in everything if n.endswith(".bias")
+    }
     assert {wd for wd in decay.values()} == {0.0, 1e-4}
     assert all(ok for *_, ok in seen)  # 16-sample batches normalised as 4 GPUs of 4

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from kdbench._torchvision import import_torchvision
 from kdbench.data import (
     DATASETS,
     EpochPlan,
     ImageArrays,
+    cifar,
     epoch_plan,
     load_dataset,
     resolve_data_dir,
@@ -24,9 +23,9 @@ from kdbench.data import (
     train_loader,
 )
 from kdbench.data import test_loader as make_test_loader  # aliased so pytest does not collect it
-from kdbench.data import cifar
 from kdbench.data.cifar import md5sum
 from kdbench.errors import KdbenchError, UnknownNameError
+from torch import nn
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
@@ -47,7 +46,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 # ---------------------------------------------------------------- fake files in the official layouts
 
 
-def _batch(rng: np.random.Generator, count: int, label_key: str, num_classes: int) -> tuple[dict, np.ndarray]:
+def _batch(
+    rng: np.random.Generator, count: int, label_key: str, num_classes: int
+) -> tuple[dict, np.ndarray]:
     images = rng.integers(0, 256, size=(count, 3, 32, 32), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, num_classes, size=count)]
     batch = {
@@ -78,7 +79,10 @@ def write_fake_cifar100(root: Path, train: int = 50, test: int = 20) -> dict[str
         written[f"x_{split}"], written[f"y_{split}"] = images, np.array(batch["fine_labels"])
     _dump(
         folder / "meta",
-        {"fine_label_names": [f"class_{i}" for i in range(100)], "coarse_label_names": [f"sup_{i}" for i in range(20)]},
+        {
+            "fine_label_names": [f"class_{i}" for i in range(100)],
+            "coarse_label_names": [f"sup_{i}" for i in range(20)],
+        },
     )
     return written
 
@@ -96,7 +100,10 @@ def write_fake_cifar10(root: Path, per_batch: int = 4, test: int = 6) -> dict[st
         train_labels += batch["labels"]
     batch, test_images = _batch(rng, test, "labels", 10)
     _dump(folder / "test_batch", batch)
-    _dump(folder / "batches.meta", {"label_names": [f"class_{i}" for i in range(10)], "num_cases_per_batch": per_batch})
+    _dump(
+        folder / "batches.meta",
+        {"label_names": [f"class_{i}" for i in range(10)], "num_cases_per_batch": per_batch},
+    )
     return {
         "x_train": np.concatenate(train_images),
         "y_train": np.array(train_labels),
@@ -107,7 +114,9 @@ def write_fake_cifar10(root: Path, per_batch: int = 4, test: int = 6) -> dict[st
 
 def trust_files(monkeypatch: pytest.MonkeyPatch, name: str, folder: Path) -> None:
     """Make the md5 table accept the fake files in ``folder``."""
-    monkeypatch.setitem(cifar.CIFAR_MD5, name, {file: md5sum(folder / file) for file in cifar.CIFAR_MD5[name]})
+    monkeypatch.setitem(
+        cifar.CIFAR_MD5, name, {file: md5sum(folder / file) for file in cifar.CIFAR_MD5[name]}
+    )
 
 
 def nhwc(images: np.ndarray) -> np.ndarray:
@@ -117,7 +126,9 @@ def nhwc(images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- CIFAR-100 / CIFAR-10
 
 
-def test_fake_cifar100_loads_when_md5s_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_cifar100_loads_when_md5s_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     written = write_fake_cifar100(tmp_path)
     trust_files(monkeypatch, "cifar100", tmp_path / "cifar-100-python")
     arrays = load_dataset("cifar100", tmp_path, download=False)
@@ -130,7 +141,9 @@ def test_fake_cifar100_loads_when_md5s_match(tmp_path: Path, monkeypatch: pytest
     assert (arrays.mean, arrays.std) == (CIFAR100_MEAN, CIFAR100_STD)
 
 
-def test_our_reader_matches_torchvision_on_the_fake_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_our_reader_matches_torchvision_on_the_fake_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_fake_cifar100(tmp_path)
     trust_files(monkeypatch, "cifar100", tmp_path / "cifar-100-python")
     torchvision = import_torchvision()
@@ -152,7 +165,9 @@ def test_cifar100_md5_mismatch_names_file_and_both_md5s(tmp_path: Path) -> None:
     assert "cifar-100-python.tar.gz" in message and "eb9058c3a382ffc7106e4002c42a8d85" in message
 
 
-def test_cifar100_missing_files_say_what_to_put_where(tmp_path: Path, no_network: list[Path]) -> None:
+def test_cifar100_missing_files_say_what_to_put_where(
+    tmp_path: Path, no_network: list[Path]
+) -> None:
     with pytest.raises(KdbenchError) as caught:
         load_dataset("cifar100", tmp_path, download=False)
     message = str(caught.value)
@@ -177,7 +192,9 @@ def test_cifar100_partial_folder_names_only_missing_file(tmp_path: Path) -> None
         load_dataset("cifar100", tmp_path, download=False)
 
 
-def test_failed_download_is_reported_with_the_same_advice(tmp_path: Path, no_network: list[Path]) -> None:
+def test_failed_download_is_reported_with_the_same_advice(
+    tmp_path: Path, no_network: list[Path]
+) -> None:
     with pytest.raises(KdbenchError) as caught:
         load_dataset("cifar100", tmp_path)
     assert "the download failed (OSError: network disabled in tests)" in str(caught.value)
@@ -185,13 +202,17 @@ def test_failed_download_is_reported_with_the_same_advice(tmp_path: Path, no_net
     assert no_network == [tmp_path.absolute()]
 
 
-def test_download_is_used_when_files_are_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_is_used_when_files_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "source"
     write_fake_cifar100(folder)
     trust_files(monkeypatch, "cifar100", folder / "cifar-100-python")
     monkeypatch.setattr(cifar, "_download", lambda spec, data_dir: write_fake_cifar100(data_dir))
     arrays = load_dataset("cifar100", tmp_path / "fresh")
-    assert (tmp_path / "fresh" / "cifar-100-python" / "train").is_file() and arrays.x_train.shape[0] == 50
+    assert (tmp_path / "fresh" / "cifar-100-python" / "train").is_file() and arrays.x_train.shape[
+        0
+    ] == 50
 
 
 def test_fake_cifar10_loads_and_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,7 +228,12 @@ def test_fake_cifar10_loads_and_checks(tmp_path: Path, monkeypatch: pytest.Monke
     assert arrays.mean == (0.4914, 0.4822, 0.4465) and arrays.std == (0.2470, 0.2435, 0.2616)
     with pytest.raises(KdbenchError) as caught:
         load_dataset("cifar10", tmp_path / "empty", download=False)
-    for phrase in ("cifar-10-batches-py", "data_batch_1", "batches.meta", "c58f30108f718f92721af3b95e74349a"):
+    for phrase in (
+        "cifar-10-batches-py",
+        "data_batch_1",
+        "batches.meta",
+        "c58f30108f718f92721af3b95e74349a",
+    ):
         assert phrase in str(caught.value)
 
 
@@ -241,14 +267,26 @@ def test_npz_defaults_options_and_errors(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, size=(30, 8, 8, 3), dtype=np.uint8)
     test_labels = np.arange(5, dtype=np.int32)
-    np.savez(tmp_path / "tiny.npz", x_train=x_train, y_train=np.arange(30) % 7, x_test=x_train[:5], y_test=test_labels)
+    np.savez(
+        tmp_path / "tiny.npz",
+        x_train=x_train,
+        y_train=np.arange(30) % 7,
+        x_test=x_train[:5],
+        y_test=test_labels,
+    )
     arrays = load_dataset("npz", tmp_path, path="tiny.npz")
     assert arrays.name == "npz:tiny" and arrays.num_classes == 7 and arrays.y_test.dtype == np.int64
     pixels = x_train.reshape(-1, 3) / 255.0
     np.testing.assert_allclose(arrays.mean, pixels.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(arrays.std, pixels.std(axis=0), rtol=1e-12)
-    given = load_dataset("npz", path=tmp_path / "tiny.npz", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
-    assert given.num_classes == 10 and given.mean == (0.5, 0.5, 0.5) and given.std == (0.25, 0.25, 0.25)
+    given = load_dataset(
+        "npz", path=tmp_path / "tiny.npz", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+    assert (
+        given.num_classes == 10
+        and given.mean == (0.5, 0.5, 0.5)
+        and given.std == (0.25, 0.25, 0.25)
+    )
     with pytest.raises(KdbenchError, match="does not exist"):
         load_dataset("npz", tmp_path, path="absent.npz")
     np.savez(tmp_path / "partial.npz", x_train=x_train, y_train=np.zeros(30, dtype=np.int64))
@@ -267,7 +305,11 @@ def shared_data() -> Path:
 def test_shared_cifar10_jpeg_npz(shared_data: Path) -> None:
     arrays = load_dataset("npz", path="cifar10-jpeg-q75-20k.npz")
     assert arrays.x_train.shape == (20000, 32, 32, 3) and arrays.x_test.shape == (10000, 32, 32, 3)
-    assert arrays.x_train.dtype == np.uint8 and arrays.y_train.dtype == np.int64 and arrays.num_classes == 10
+    assert (
+        arrays.x_train.dtype == np.uint8
+        and arrays.y_train.dtype == np.int64
+        and arrays.num_classes == 10
+    )
     np.testing.assert_allclose(arrays.mean, (0.4914, 0.4822, 0.4465), atol=0.01)
 
 
@@ -292,15 +334,17 @@ def test_synthetic_is_deterministic_and_balanced() -> None:
         counts = np.bincount(labels, minlength=100)
         assert counts.max() - counts.min() <= 1 and counts.min() >= 2
     small = load_dataset("synthetic", num_classes=10, image_size=16, train_size=40, test_size=20)
-    assert small.x_train.shape == (40, 16, 16, 3) and np.bincount(small.y_train).tolist() == [4] * 10
+    assert (
+        small.x_train.shape == (40, 16, 16, 3) and np.bincount(small.y_train).tolist() == [4] * 10
+    )
     bigger = load_dataset("synthetic", train_size=1024)
-    np.testing.assert_array_equal(bigger.x_test, first.x_test)  # the test set does not depend on train_size
+    np.testing.assert_array_equal(
+        bigger.x_test, first.x_test
+    )  # the test set does not depend on train_size
     with pytest.raises(KdbenchError, match="train_size"):
         load_dataset("synthetic", train_size=0)
     with pytest.raises(KdbenchError, match="seed"):
         load_dataset("synthetic", seed="0")
-
-
 
 
 def test_synthetic_is_learnable_by_a_tiny_cnn() -> None:
@@ -325,7 +369,9 @@ def test_synthetic_is_learnable_by_a_tiny_cnn() -> None:
                 loss.backward()
                 optimizer.step()
         with torch.no_grad():
-            correct = sum(int((net(x).argmax(1) == y).sum()) for x, y, _ in make_test_loader(arrays, 256))
+            correct = sum(
+                int((net(x).argmax(1) == y).sum()) for x, y, _ in make_test_loader(arrays, 256)
+            )
     assert correct / len(arrays.y_test) > 0.10  # chance is 0.01
 
 
@@ -335,7 +381,16 @@ def indexed_arrays(labels: np.ndarray) -> ImageArrays:
     images = np.zeros((len(labels), 2, 2, 3), dtype=np.uint8)
     images[:, 0, 0, 0], images[:, 0, 0, 1] = index % 256, index // 256
     labels = labels.astype(np.int64)
-    return ImageArrays("indexed", images, labels, images, labels, int(labels.max()) + 1, CIFAR100_MEAN, CIFAR100_STD)
+    return ImageArrays(
+        "indexed",
+        images,
+        labels,
+        images,
+        labels,
+        int(labels.max()) + 1,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+    )
 
 
 def original_index(images: np.ndarray) -> np.ndarray:
@@ -369,13 +424,17 @@ def small() -> ImageArrays:
     return load_dataset("synthetic", num_classes=10, train_size=200, test_size=70, seed=7)
 
 
-def reference_normalised(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def reference_normalised(
+    images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW: scale, subtract mean, divide by std (torchvision's ToTensor + Normalize)."""
     scaled = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32) / 255.0
     return (scaled - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def collect(loader: Iterable[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collect(
+    loader: Iterable[tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images, labels, indices = zip(*loader)
     return torch.cat(images), torch.cat(labels), torch.cat(indices)
 
@@ -386,12 +445,18 @@ def test_epoch_plan_is_fixed_by_seed_and_epoch() -> None:
     torch.manual_seed(123)  # global RNG must not matter
     again = epoch_plan(1000, seed=5, epoch=2)
     assert isinstance(plan, EpochPlan) and plan.padding == 4
-    assert plan.order.dtype == torch.int64 and plan.offsets.dtype == torch.int64 and plan.flips.dtype == torch.bool
+    assert (
+        plan.order.dtype == torch.int64
+        and plan.offsets.dtype == torch.int64
+        and plan.flips.dtype == torch.bool
+    )
     assert plan.offsets.shape == (1000, 2) and sorted(plan.order.tolist()) == list(range(1000))
     for part in ("order", "offsets", "flips"):
         assert torch.equal(getattr(plan, part), getattr(again, part))
     for other in (epoch_plan(1000, seed=5, epoch=3), epoch_plan(1000, seed=6, epoch=2)):
-        assert not torch.equal(plan.order, other.order) and not torch.equal(plan.offsets, other.offsets)
+        assert not torch.equal(plan.order, other.order) and not torch.equal(
+            plan.offsets, other.offsets
+        )
     torch.set_rng_state(global_state)
     epoch_plan(10, 0, 0)
     assert torch.equal(torch.get_rng_state(), global_state)
@@ -400,7 +465,9 @@ def test_epoch_plan_is_fixed_by_seed_and_epoch() -> None:
 def test_epoch_plan_switches_replace_only_their_part() -> None:
     plan = epoch_plan(300, seed=1, epoch=4)
     ordered = epoch_plan(300, seed=1, epoch=4, shuffle=False)
-    assert torch.equal(ordered.order, torch.arange(300)) and torch.equal(ordered.offsets, plan.offsets)
+    assert torch.equal(ordered.order, torch.arange(300)) and torch.equal(
+        ordered.offsets, plan.offsets
+    )
     plain = epoch_plan(300, seed=1, epoch=4, augment=False)
     assert torch.equal(plain.order, plan.order)
     assert bool((plain.offsets == 4).all()) and not bool(plain.flips.any())
@@ -418,7 +485,9 @@ def test_test_loader_reproduces_the_normalised_arrays(small: ImageArrays) -> Non
     images, labels, indices = collect(make_test_loader(small, 32))
     assert images.dtype == torch.float32 and images.shape == (70, 3, 32, 32)
     assert torch.equal(images, reference_normalised(small.x_test, small.mean, small.std))
-    assert torch.equal(labels, torch.from_numpy(small.y_test)) and torch.equal(indices, torch.arange(70))
+    assert torch.equal(labels, torch.from_numpy(small.y_test)) and torch.equal(
+        indices, torch.arange(70)
+    )
 
 
 def test_train_batches_shapes_order_and_labels(small: ImageArrays) -> None:
@@ -445,7 +514,9 @@ def test_crop_and_flip_follow_the_plan_per_sample(small: ImageArrays) -> None:
         expected = padded[dy : dy + 32, dx : dx + 32]
         if plan.flips[index]:
             expected = expected[:, ::-1]
-        reference = reference_normalised(np.ascontiguousarray(expected)[None], small.mean, small.std)[0]
+        reference = reference_normalised(
+            np.ascontiguousarray(expected)[None], small.mean, small.std
+        )[0]
         assert torch.equal(images[position], reference), f"sample {index}"
     unaugmented = reference_normalised(small.x_train, small.mean, small.std)[indices]
     changed = (images != unaugmented).flatten(1).any(1)

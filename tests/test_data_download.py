@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_data import trust_files, write_fake_cifar100
-
 from kdbench.data import cifar
-from kdbench.data.download import md5sum
 from kdbench.errors import KdbenchError
+
+from test_data import trust_files, write_fake_cifar100
 
 
 def fake_archive(tmp_path: Path) -> bytes:
@@ -47,7 +46,9 @@ class Server:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 server.requests += 1
-                time.sleep(delay_s)  # long enough that a second process asks while the first downloads
+                time.sleep(
+                    delay_s
+                )  # long enough that a second process asks while the first downloads
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -68,7 +69,11 @@ class Server:
 def served(tmp_path, monkeypatch):
     body = fake_archive(tmp_path)
     server = Server(body, delay_s=0.5)
-    spec = dataclasses.replace(cifar.CIFAR_SPECS["cifar100"], base_url=server.url, archive_md5=__import__("hashlib").md5(body).hexdigest())
+    spec = dataclasses.replace(
+        cifar.CIFAR_SPECS["cifar100"],
+        base_url=server.url,
+        archive_md5=__import__("hashlib").md5(body).hexdigest(),
+    )
     monkeypatch.setitem(cifar.CIFAR_SPECS, "cifar100", spec)
     trust_files(monkeypatch, "cifar100", tmp_path / "src" / "cifar-100-python")
     yield server
@@ -85,14 +90,18 @@ def test_two_processes_asking_at_once_download_once(tmp_path, served):
         except Exception as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
 
-    threads = [threading.Thread(target=prepare) for _ in range(3)]  # each takes the lock on its own open file
+    threads = [
+        threading.Thread(target=prepare) for _ in range(3)
+    ]  # each takes the lock on its own open file
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors and served.requests == 1
     assert cifar.load_cifar("cifar100", data, download=False).x_train.shape == (50, 32, 32, 3)
-    assert not list(data.glob(".*.part")) and not [p for p in data.glob(".cifar-100-python.*") if p.is_dir()]  # no temp left
+    assert not list(data.glob(".*.part")) and not [
+        p for p in data.glob(".cifar-100-python.*") if p.is_dir()
+    ]  # no temp left
 
 
 def test_an_archive_with_another_md5_is_refused_and_leaves_nothing(tmp_path, served, monkeypatch):
@@ -110,14 +119,18 @@ def test_a_server_that_never_answers_fails_after_the_stall_timeout(tmp_path, mon
     hole.bind(("127.0.0.1", 0))
     hole.listen(8)
     try:
-        spec = dataclasses.replace(cifar.CIFAR_SPECS["cifar100"], base_url=f"http://127.0.0.1:{hole.getsockname()[1]}/")
+        spec = dataclasses.replace(
+            cifar.CIFAR_SPECS["cifar100"], base_url=f"http://127.0.0.1:{hole.getsockname()[1]}/"
+        )
         monkeypatch.setitem(cifar.CIFAR_SPECS, "cifar100", spec)
         monkeypatch.setattr("kdbench.data.download.STALL_TIMEOUT_S", 1.0)
         started = time.monotonic()
         with pytest.raises(KdbenchError, match="the download failed .*timed out") as caught:
             cifar.prepare_cifar("cifar100", tmp_path / "data")
         assert time.monotonic() - started < 30
-        assert "tar -xzf cifar-100-python.tar.gz" in str(caught.value)  # with the advice on where to put it
+        assert "tar -xzf cifar-100-python.tar.gz" in str(
+            caught.value
+        )  # with the advice on where to put it
     finally:
         hole.close()
 
@@ -128,13 +141,44 @@ def test_reproduce_with_a_missing_dataset_fails_once_before_any_run(tmp_path):
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens: every connection is refused at once, on this machine
-    env = {**os.environ, "COLUMNS": "200", "https_proxy": f"http://127.0.0.1:{port}",
-           "HTTPS_PROXY": f"http://127.0.0.1:{port}", "no_proxy": "", "NO_PROXY": ""}
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "https_proxy": f"http://127.0.0.1:{port}",
+        "HTTPS_PROXY": f"http://127.0.0.1:{port}",
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
     results = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "kdbench", "reproduce", "simkd-table1", "--profile", "ci",
-                           "--pairs", "res32x4_res8x4", "--methods", "kd", "--teachers", "trained", "--results", str(results),
-                           "--data-dir", str(tmp_path / "data"), "--cpu-jobs", "1"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdbench",
+            "reproduce",
+            "simkd-table1",
+            "--profile",
+            "ci",
+            "--pairs",
+            "res32x4_res8x4",
+            "--methods",
+            "kd",
+            "--teachers",
+            "trained",
+            "--results",
+            str(results),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--cpu-jobs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("CIFAR-100 not found") == 1 and "the download failed" in proc.stderr
-    assert not (results / "runs").exists() or not any((results / "runs").iterdir())  # nothing was scheduled
+    assert not (results / "runs").exists() or not any(
+        (results / "runs").iterdir()
+    )  # nothing was scheduled

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from kdbench.data import identity
 from kdbench.data.identity import content_digest, identified, verify_content
 from kdbench.errors import KdbenchError
@@ -15,7 +14,11 @@ from kdbench.plan import plan
 from kdbench.recipe import Recipe
 
 RECIPE = {
-    "name": "npz-table", "paper": "test", "table": "T", "title": "t", "source": "test",
+    "name": "npz-table",
+    "paper": "test",
+    "table": "T",
+    "title": "t",
+    "source": "test",
     "protocol": {"name": "test", "follows": "test"},
     "dataset": {"name": "npz", "options": {"path": "data.npz", "num_classes": 10}},
     "training": {"epochs": 4, "batch_size": 16, "lr": 0.05, "milestones": [2]},
@@ -47,7 +50,7 @@ def test_rebuilding_the_npz_with_other_images_changes_every_run_id(tmp_path):
         write_npz(tmp_path / "data.npz", n)
         seen.append(run_ids(tmp_path))
         assert run_ids(tmp_path) == seen[-1]  # the same data: the same runs
-    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
     write_npz(tmp_path / "data.npz", 128)
     assert run_ids(tmp_path) == seen[0]  # back to the first data: its runs again
 
@@ -62,7 +65,9 @@ def test_the_ci_profile_hashes_the_content_too(tmp_path):
 def test_datasets_named_by_their_content_keep_their_run_ids(tmp_path):
     cifar = {**RECIPE, "dataset": {"name": "cifar100"}}
     recipe = Recipe.model_validate(cifar)
-    assert identified(recipe, tmp_path) is recipe  # official md5-checked files: the name is the content
+    assert (
+        identified(recipe, tmp_path) is recipe
+    )  # official md5-checked files: the name is the content
     assert all(s.data.content is None for s in plan(recipe).specs.values())
 
 
@@ -75,7 +80,9 @@ def test_the_digest_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     assert content_digest("npz", {"path": "data.npz"}, tmp_path) == first and len(calls) == 1
     write_npz(tmp_path / "data.npz", 256)
     assert content_digest("npz", {"path": "data.npz"}, tmp_path) != first and len(calls) == 2
-    (tmp_path / "cache" / "kdbench" / "digests.json").write_text("{damaged")  # a damaged cache costs a re-hash
+    (tmp_path / "cache" / "kdbench" / "digests.json").write_text(
+        "{damaged"
+    )  # a damaged cache costs a re-hash
     assert content_digest("npz", {"path": "data.npz"}, tmp_path) != first and len(calls) == 3
 
 
@@ -105,4 +112,6 @@ def test_an_image_folder_is_identified_by_its_manifest(tmp_path):
     first = content_digest("imagenet", {}, tmp_path)
     (tmp_path / "imagenet" / "train" / "n01" / "b.JPEG").write_bytes(b"y" * 10)
     assert content_digest("imagenet", {}, tmp_path) not in (None, first)
-    assert content_digest("imagenet", {}, tmp_path / "elsewhere") is None  # absent: the loader explains
+    assert (
+        content_digest("imagenet", {}, tmp_path / "elsewhere") is None
+    )  # absent: the loader explains

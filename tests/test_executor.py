@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.store import RunDir
@@ -36,10 +35,23 @@ def fake_command(spec_file: Path, results: Path, slot: Slot) -> list[str]:
 
 def spec(model: str, seed: int = 0, teacher: RunSpec | None = None) -> RunSpec:
     return RunSpec(
-        profile="smoke", model=model, method="kd" if teacher else "ce", method_params={},
+        profile="smoke",
+        model=model,
+        method="kd" if teacher else "ce",
+        method_params={},
         teacher=TeacherRef(model=teacher.model, run_id=teacher.run_id) if teacher else None,
-        data=DataSpec(name="synthetic"), seed=seed,
-        train=TrainSpec(epochs=1, batch_size=8, lr=0.1, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=0.0),
+        data=DataSpec(name="synthetic"),
+        seed=seed,
+        train=TrainSpec(
+            epochs=1,
+            batch_size=8,
+            lr=0.1,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,
+        ),
     )
 
 
@@ -54,13 +66,22 @@ def test_teachers_before_students_and_slots_in_parallel(tmp_path):
     teacher = spec("teacher")
     students = [spec("student", seed, teacher) for seed in range(4)]
     events = []
-    outcomes = LocalExecutor(GPUS, ProcessPerRun(fake_command), lambda e, s, m: events.append((e, s.run_id))).execute([teacher, *students], tmp_path)
+    outcomes = LocalExecutor(
+        GPUS, ProcessPerRun(fake_command), lambda e, s, m: events.append((e, s.run_id))
+    ).execute([teacher, *students], tmp_path)
     assert all(o.status == "done" for o in outcomes.values())
     t = trace(tmp_path, teacher)
     traces = [trace(tmp_path, s) for s in students]
     assert all(tr["start"] >= t["end"] for tr in traces)
-    assert {tr["gpu"] for tr in traces} == {"0", "1"} and {tr["slot"] for tr in traces} == {"gpu0", "gpu1"}
-    overlapping = any(a["start"] < b["end"] and b["start"] < a["end"] for i, a in enumerate(traces) for b in traces[i + 1:])
+    assert {tr["gpu"] for tr in traces} == {"0", "1"} and {tr["slot"] for tr in traces} == {
+        "gpu0",
+        "gpu1",
+    }
+    overlapping = any(
+        a["start"] < b["end"] and b["start"] < a["end"]
+        for i, a in enumerate(traces)
+        for b in traces[i + 1 :]
+    )
     assert overlapping, "two slots should train two runs at once"
     assert events[0] == ("started", teacher.run_id)
 
@@ -69,11 +90,19 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path):
     bad_teacher, good_teacher = spec("fail-teacher"), spec("teacher")
     orphans = [spec("student", seed, bad_teacher) for seed in range(2)]
     fine = [spec("student", seed, good_teacher) for seed in range(2)]
-    outcomes = LocalExecutor(GPUS, ProcessPerRun(fake_command)).execute([bad_teacher, good_teacher, *orphans, *fine], tmp_path)
-    assert outcomes[bad_teacher.run_id].status == "failed" and "exit code 3" in outcomes[bad_teacher.run_id].message
+    outcomes = LocalExecutor(GPUS, ProcessPerRun(fake_command)).execute(
+        [bad_teacher, good_teacher, *orphans, *fine], tmp_path
+    )
+    assert (
+        outcomes[bad_teacher.run_id].status == "failed"
+        and "exit code 3" in outcomes[bad_teacher.run_id].message
+    )
     for s in orphans:
         assert outcomes[s.run_id].status == "skipped"
-        assert bad_teacher.run_id in outcomes[s.run_id].message and "failed" in outcomes[s.run_id].message
+        assert (
+            bad_teacher.run_id in outcomes[s.run_id].message
+            and "failed" in outcomes[s.run_id].message
+        )
         assert not RunDir(tmp_path, s.run_id).path.exists()
     assert all(outcomes[s.run_id].status == "done" for s in [good_teacher, *fine])
 
@@ -96,6 +125,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
 
         def finish_elsewhere():
             import time
+
             time.sleep(0.5)
             rundir.result_file.write_text("{}")
 
@@ -104,11 +134,16 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
         outcomes = {}
 
         def execute():
-            outcomes.update(LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)).execute([run], tmp_path))
+            outcomes.update(
+                LocalExecutor(
+                    [Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)
+                ).execute([run], tmp_path)
+            )
 
         worker = threading.Thread(target=execute)
         worker.start()
         import time
+
         time.sleep(1.0)
     worker.join(timeout=10)
     assert outcomes[run.run_id].status == "done"
@@ -123,12 +158,29 @@ def test_needs_a_slot():
 
 def tiny_spec(seed: int, teacher: RunSpec | None = None, model: str = "resnet8") -> RunSpec:
     return RunSpec(
-        profile="smoke", model=model, method="kd" if teacher else "ce",
-        method_params=({"ce_weight": 0.1, "kd_weight": 0.9, "kd_temperature": 4.0} if teacher
-                       else {"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0}),
+        profile="smoke",
+        model=model,
+        method="kd" if teacher else "ce",
+        method_params=(
+            {"ce_weight": 0.1, "kd_weight": 0.9, "kd_temperature": 4.0}
+            if teacher
+            else {"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0}
+        ),
         teacher=TeacherRef(model=teacher.model, run_id=teacher.run_id) if teacher else None,
-        data=DataSpec(name="synthetic", options={"num_classes": 4, "image_size": 16, "train_size": 16, "test_size": 8}),
-        train=TrainSpec(epochs=1, batch_size=8, lr=0.1, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=0.0),
+        data=DataSpec(
+            name="synthetic",
+            options={"num_classes": 4, "image_size": 16, "train_size": 16, "test_size": 8},
+        ),
+        train=TrainSpec(
+            epochs=1,
+            batch_size=8,
+            lr=0.1,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,
+        ),
         seed=seed,
     )
 
@@ -136,13 +188,17 @@ def tiny_spec(seed: int, teacher: RunSpec | None = None, model: str = "resnet8")
 def test_slot_worker_trains_several_runs_and_survives_a_failing_one(tmp_path):
     from kdbench.execute.local import SlotWorkers
 
-    missing_teacher = tiny_spec(99)  # never trained: the student that needs it fails inside the worker
+    missing_teacher = tiny_spec(
+        99
+    )  # never trained: the student that needs it fails inside the worker
     runs = [tiny_spec(0), tiny_spec(1, teacher=missing_teacher), tiny_spec(2)]
     launcher = SlotWorkers()
     outcomes = LocalExecutor([Slot("cpu")], launcher).execute(runs, tmp_path)
     assert [outcomes[s.run_id].status for s in runs] == ["done", "failed", "done"]
     assert "has not finished" in outcomes[runs[1].run_id].message
-    assert len(list((tmp_path / "workers").glob("*.log"))) == 1 and not launcher.workers  # closed after use
+    assert (
+        len(list((tmp_path / "workers").glob("*.log"))) == 1 and not launcher.workers
+    )  # closed after use
 
 
 def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
@@ -162,7 +218,10 @@ def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
 
     runs = [tiny_spec(0), tiny_spec(1)]
     outcomes = LocalExecutor([Slot("cpu")], KillFirst()).execute(runs, tmp_path)
-    assert outcomes[runs[0].run_id].status == "failed" and "exit code" in outcomes[runs[0].run_id].message
+    assert (
+        outcomes[runs[0].run_id].status == "failed"
+        and "exit code" in outcomes[runs[0].run_id].message
+    )
     assert outcomes[runs[1].run_id].status == "done"
 
 
@@ -195,7 +254,11 @@ def imported(name: str) -> RunSpec:
     """An imported teacher: evaluated once, so it takes one process whatever --gpus-per-run says."""
     from kdbench.plan import CheckpointRef
 
-    return spec(name).model_copy(update={"checkpoint": CheckpointRef(path=f"/w/{name}.pt", sha256="0" * 64, format="kdbench")})
+    return spec(name).model_copy(
+        update={
+            "checkpoint": CheckpointRef(path=f"/w/{name}.pt", sha256="0" * 64, format="kdbench")
+        }
+    )
 
 
 class Gate:
@@ -205,9 +268,13 @@ class Gate:
         import threading
 
         self.results, self.events, self.lock = results, [], threading.Lock()
-        self.executor = LocalExecutor(slots, ProcessPerRun(gated_command), self._record, gpus_per_run=gpus_per_run)
+        self.executor = LocalExecutor(
+            slots, ProcessPerRun(gated_command), self._record, gpus_per_run=gpus_per_run
+        )
         self.outcomes: dict = {}
-        self.thread = threading.Thread(target=lambda: self.outcomes.update(self.executor.execute(runs, results)))
+        self.thread = threading.Thread(
+            target=lambda: self.outcomes.update(self.executor.execute(runs, results))
+        )
         self.thread.start()
 
     def _record(self, event: str, s: RunSpec, message: str) -> None:
@@ -227,7 +294,10 @@ class Gate:
 
         (RunDir(self.results, s.run_id).path / "release").touch()
         deadline = time.time() + 30
-        while not any(e[0] in ("done", "failed") and e[1] == s.model for e in self.events) and time.time() < deadline:
+        while (
+            not any(e[0] in ("done", "failed") and e[1] == s.model for e in self.events)
+            and time.time() < deadline
+        ):
             time.sleep(0.02)
 
     def finish(self, runs: list[RunSpec]) -> dict:
@@ -252,19 +322,33 @@ def wait_trace(results: Path, s: RunSpec) -> dict:
 
 def test_a_two_gpu_run_waits_for_two_whole_gpus_while_single_runs_fill_the_rest(tmp_path):
     """3 fake GPUs × 2 runs each; students train on 2 GPUs (DDP), imported teachers on one."""
-    gpus = [Slot(f"gpu{g}.{k}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(3) for k in range(2)]
+    gpus = [
+        Slot(f"gpu{g}.{k}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(3) for k in range(2)
+    ]
     t = [imported(f"teacher{i}") for i in range(7)]
     ddp = spec("student", 0, t[0])
     runs = [*t[:6], ddp, t[6]]
     gate = Gate(tmp_path, gpus, runs, gpus_per_run=2)
-    first = {"teacher0": "gpu0.0", "teacher1": "gpu1.0", "teacher2": "gpu2.0", "teacher3": "gpu0.1", "teacher4": "gpu1.1",
-             "teacher5": "gpu2.1"}
-    assert gate.started() == first  # spread over the GPUs, then doubled up; teacher6 waits for a slot
-    gate.release(t[0])  # busy 1/2/2: the student may start but no two GPUs are whole; it reserves gpu0 and gpu1
+    first = {
+        "teacher0": "gpu0.0",
+        "teacher1": "gpu1.0",
+        "teacher2": "gpu2.0",
+        "teacher3": "gpu0.1",
+        "teacher4": "gpu1.1",
+        "teacher5": "gpu2.1",
+    }
+    assert (
+        gate.started() == first
+    )  # spread over the GPUs, then doubled up; teacher6 waits for a slot
+    gate.release(
+        t[0]
+    )  # busy 1/2/2: the student may start but no two GPUs are whole; it reserves gpu0 and gpu1
     assert gate.started() == first
     gate.release(t[4])  # busy 1/1/2: still reserved gpu0 + gpu1, and gpu2 is full: nothing starts
     assert gate.started() == first
-    gate.release(t[5])  # gpu2 has room and is not reserved: the single run fills it while the student waits
+    gate.release(
+        t[5]
+    )  # gpu2 has room and is not reserved: the single run fills it while the student waits
     assert gate.started() == {**first, "teacher6": "gpu2.1"}
     gate.release(t[3])  # gpu0 is whole; gpu1 still has teacher1
     assert "student" not in gate.started()
@@ -281,19 +365,34 @@ def test_a_failed_ddp_run_does_not_stop_the_single_runs(tmp_path):
     gpus = [Slot(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(2)]
     teacher = imported("teacher")
     bad, good = spec("fail-student", 0, teacher), spec("student", 1, teacher)
-    after_bad = spec("follower", 0).model_copy(update={"teacher": TeacherRef(model=bad.model, run_id=bad.run_id)})
+    after_bad = spec("follower", 0).model_copy(
+        update={"teacher": TeacherRef(model=bad.model, run_id=bad.run_id)}
+    )
     others = [imported(f"other{i}") for i in range(2)]
     gate = Gate(tmp_path, gpus, [teacher, bad, good, after_bad, *others], gpus_per_run=2)
-    assert gate.started() == {"teacher": "gpu0", "other0": "gpu1"}  # the students wait for their teacher
+    assert gate.started() == {
+        "teacher": "gpu0",
+        "other0": "gpu1",
+    }  # the students wait for their teacher
     gate.release(teacher)  # the failing student reserves both GPUs: other1 must wait behind it
     assert gate.started() == {"teacher": "gpu0", "other0": "gpu1"}
     gate.release(others[0])
     assert gate.started() == {"teacher": "gpu0", "other0": "gpu1", "fail-student": "gpu0+gpu1"}
-    gate.release(bad)  # fails: its follower is skipped, the next student takes both GPUs, other1 waits behind it
-    assert gate.started() == {"teacher": "gpu0", "other0": "gpu1", "fail-student": "gpu0+gpu1", "student": "gpu0+gpu1"}
+    gate.release(
+        bad
+    )  # fails: its follower is skipped, the next student takes both GPUs, other1 waits behind it
+    assert gate.started() == {
+        "teacher": "gpu0",
+        "other0": "gpu1",
+        "fail-student": "gpu0+gpu1",
+        "student": "gpu0+gpu1",
+    }
     outcomes = gate.finish([good, *others])
     assert outcomes[bad.run_id].status == "failed" and "exit code 3" in outcomes[bad.run_id].message
-    assert outcomes[after_bad.run_id].status == "skipped" and bad.run_id in outcomes[after_bad.run_id].message
+    assert (
+        outcomes[after_bad.run_id].status == "skipped"
+        and bad.run_id in outcomes[after_bad.run_id].message
+    )
     assert all(outcomes[s.run_id].status == "done" for s in [teacher, good, *others])
 
 
@@ -301,11 +400,15 @@ def test_more_gpus_per_run_than_gpus_fails_before_starting(tmp_path):
     from kdbench.errors import KdbenchError
 
     with pytest.raises(KdbenchError, match="needs 3 GPUs"):
-        LocalExecutor(GPUS, ProcessPerRun(fake_command), gpus_per_run=3).execute([spec("a")], tmp_path)
+        LocalExecutor(GPUS, ProcessPerRun(fake_command), gpus_per_run=3).execute(
+            [spec("a")], tmp_path
+        )
     assert not (tmp_path / "runs").exists()
 
 
-def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_workers_on_its_units(tmp_path):
+def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_workers_on_its_units(
+    tmp_path,
+):
     import time
 
     from kdbench.execute.local import SlotWorkers
@@ -314,7 +417,9 @@ def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_wor
     cpus = [Slot("cpu0", {"OMP_NUM_THREADS": "1"}), Slot("cpu1", {"OMP_NUM_THREADS": "1"})]
     first, ddp = tiny_spec(0), spec("student")
     launcher = SlotWorkers()
-    launcher.per_run = ProcessPerRun(gated_command)  # stands in for `kdbench train --nproc 2` (the ddp branch's flag)
+    launcher.per_run = ProcessPerRun(
+        gated_command
+    )  # stands in for `kdbench train --nproc 2` (the ddp branch's flag)
     for s in (first, ddp):
         RunDir(tmp_path, s.run_id).path.mkdir(parents=True)
         (RunDir(tmp_path, s.run_id).spec_file).write_text(s.model_dump_json())
@@ -353,6 +458,13 @@ def test_a_waited_for_run_that_ends_without_a_result_is_trained_here(tmp_path):
     holder = threading.Thread(target=hold_then_give_up)
     holder.start()
     locked.wait(5)
-    outcomes.update(LocalExecutor([Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)).execute([run], tmp_path))
+    outcomes.update(
+        LocalExecutor(
+            [Slot("cpu")], ProcessPerRun(fake_command), lambda e, s, m: events.append(e)
+        ).execute([run], tmp_path)
+    )
     holder.join()
-    assert events == ["waiting", "pending", "started", "done"] and outcomes[run.run_id].status == "done"
+    assert (
+        events == ["waiting", "pending", "started", "done"]
+        and outcomes[run.run_id].status == "done"
+    )

@@ -18,12 +18,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from kdbench import train
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
-from kdbench.plan import SMOKE_EPOCHS, SMOKE_TEACHER_EPOCHS, DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.plan import (
+    SMOKE_EPOCHS,
+    SMOKE_TEACHER_EPOCHS,
+    DataSpec,
+    RunSpec,
+    TeacherRef,
+    TrainSpec,
+)
 from kdbench.results.collect import collect
-from kdbench.results.store import CorruptedFile, RunDir, RunLocked, WriteFailed, atomic_write_json, sha256_file
+from kdbench.results.store import (
+    CorruptedFile,
+    RunDir,
+    RunLocked,
+    WriteFailed,
+    atomic_write_json,
+    sha256_file,
+)
 
 # Every test here starts real processes (kills, two reproductions, full disks): end to end.
 pytestmark = pytest.mark.e2e
@@ -35,10 +48,28 @@ PAIR = "wrn40-2_wrn40-1"  # the smallest networks of the table's smoke plan
 
 def spec(epochs: int = 3, seed: int = 0, lr_decay: float = 0.1, **train_fields) -> RunSpec:
     return RunSpec(
-        profile="smoke", model="resnet8", method="ce", method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
-        teacher=None, data=DataSpec(name="synthetic", options={"num_classes": 10, "image_size": 32, "train_size": 128, "test_size": 32}),
-        train=TrainSpec(**{"epochs": epochs, "batch_size": 32, "lr": 0.05, "milestones": (2,), "lr_decay": lr_decay, "momentum": 0.9,
-                           "nesterov": False, "weight_decay": 5e-4, **train_fields}),
+        profile="smoke",
+        model="resnet8",
+        method="ce",
+        method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
+        teacher=None,
+        data=DataSpec(
+            name="synthetic",
+            options={"num_classes": 10, "image_size": 32, "train_size": 128, "test_size": 32},
+        ),
+        train=TrainSpec(
+            **{
+                "epochs": epochs,
+                "batch_size": 32,
+                "lr": 0.05,
+                "milestones": (2,),
+                "lr_decay": lr_decay,
+                "momentum": 0.9,
+                "nesterov": False,
+                "weight_decay": 5e-4,
+                **train_fields,
+            }
+        ),
         seed=seed,
     )
 
@@ -49,9 +80,17 @@ def env() -> dict[str, str]:
 
 def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
     """Run ``script`` (Python; ``SPEC``, ``RESULTS`` defined) in a subprocess that SIGKILLs itself; its return code."""
-    prelude = (f"from pathlib import Path\nfrom kdbench import train\nfrom kdbench.plan import RunSpec\n"
-               f"SPEC = RunSpec.model_validate_json({s.model_dump_json()!r})\nRESULTS = Path({str(results)!r})\n")
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], env=env(), capture_output=True, text=True, timeout=300)
+    prelude = (
+        f"from pathlib import Path\nfrom kdbench import train\nfrom kdbench.plan import RunSpec\n"
+        f"SPEC = RunSpec.model_validate_json({s.model_dump_json()!r})\nRESULTS = Path({str(results)!r})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc.returncode
 
 
@@ -61,10 +100,12 @@ def fresh_result(results: Path, s: RunSpec) -> dict:
 
 # --- killed runs -------------------------------------------------------------------------------
 
+
 def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
     """SIGKILL in the middle of epoch 2 (inside a training step): epoch 1 is kept, the rerun resumes after it."""
     s = spec()
-    code = run_until_killed("""
+    code = run_until_killed(
+        """
         import os, signal
         from kdbench import train as t
         real = t._train_epoch
@@ -74,7 +115,10 @@ def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
             return real(dying_step if rest[4] == 2 else step, *rest, **kw)
         t._train_epoch = epoch
         train.run(SPEC, RESULTS, device="cpu", progress=False)
-    """, tmp_path, s)
+    """,
+        tmp_path,
+        s,
+    )
     assert code == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
     before = run.read_metrics()
@@ -86,7 +130,9 @@ def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
     assert [h["epoch"] for h in after] == [1, 2, 3] and after[0] == before[0]
 
 
-@pytest.mark.parametrize("moment", ["while writing the temp file", "after the checksum, before the rename"])
+@pytest.mark.parametrize(
+    "moment", ["while writing the temp file", "after the checksum, before the rename"]
+)
 def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
     """A kill during epoch 2's checkpoint write: epoch 1's checkpoint stays valid and the rerun resumes from it;
     the half-written temp file is removed, never read."""
@@ -115,11 +161,17 @@ def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
             store.os.replace = replace
         """,
     }
-    script = "import os, signal\n" + textwrap.dedent(hooks[moment]) + "train.run(SPEC, RESULTS, device='cpu', progress=False)\n"
+    script = (
+        "import os, signal\n"
+        + textwrap.dedent(hooks[moment])
+        + "train.run(SPEC, RESULTS, device='cpu', progress=False)\n"
+    )
     assert run_until_killed(script, tmp_path, s) == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
     assert list(run.path.glob(".checkpoint.pt.*.tmp")), "the kill left a temp file behind"
-    assert run.load_torch(run.checkpoint_file)["epoch"] == 1  # the checkpoint in place is still epoch 1's, and verifies
+    assert (
+        run.load_torch(run.checkpoint_file)["epoch"] == 1
+    )  # the checkpoint in place is still epoch 1's, and verifies
 
     result = fresh_result(tmp_path, s)
     assert "resuming" in run.log_file.read_text() and "after epoch 1" in run.log_file.read_text()
@@ -127,6 +179,7 @@ def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
 
 
 # --- corrupted files ----------------------------------------------------------------------------
+
 
 def finished(tmp_path: Path, epochs: int = 2) -> tuple[RunSpec, RunDir, dict]:
     s = spec(epochs=epochs)
@@ -161,7 +214,9 @@ def test_truncated_checkpoint_is_refused_then_the_run_is_redone(tmp_path):
 
     follow_repair(message)
     result = fresh_result(tmp_path, s)
-    assert result["epochs"] == 2 and run.log_file.read_text().count("epochs 1..2") == 2  # restarted from scratch
+    assert (
+        result["epochs"] == 2 and run.log_file.read_text().count("epochs 1..2") == 2
+    )  # restarted from scratch
 
 
 def test_interrupted_run_with_corrupted_metrics_heals_from_its_checkpoint(tmp_path):
@@ -178,10 +233,14 @@ def test_interrupted_run_with_corrupted_metrics_heals_from_its_checkpoint(tmp_pa
 def _flip_a_digit(path: Path) -> None:
     text = path.read_text()
     i = next(i for i, c in enumerate(text) if c.isdigit() and c != "9")
-    path.write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1:])  # still valid JSON: only the checksum can tell
+    path.write_text(
+        text[:i] + str(int(text[i]) + 1) + text[i + 1 :]
+    )  # still valid JSON: only the checksum can tell
 
 
-@pytest.mark.parametrize("damage", ["result.json: a digit changed", "metrics.jsonl: truncated", "model.pt: truncated"])
+@pytest.mark.parametrize(
+    "damage", ["result.json: a digit changed", "metrics.jsonl: truncated", "model.pt: truncated"]
+)
 def test_corrupted_finished_run_is_never_read_as_a_number(tmp_path, damage):
     s, run, result = finished(tmp_path)
     name = damage.split(":")[0]
@@ -193,34 +252,47 @@ def test_corrupted_finished_run_is_never_read_as_a_number(tmp_path, damage):
             fh.truncate(path.stat().st_size - 7)
 
     row = collect(tmp_path).set_index("run_id").loc[s.run_id]
-    if name == "model.pt":  # the numbers are intact; the weights are refused where they are loaded (as a teacher)
+    if (
+        name == "model.pt"
+    ):  # the numbers are intact; the weights are refused where they are loaded (as a teacher)
         assert row["status"] == "done"
         with pytest.raises(CorruptedFile, match=s.run_id):
             train.load_trained_model(tmp_path, s.run_id, s.model, 10)
         message = str(pytest.raises(CorruptedFile, run.load_torch, run.model_file).value)
     else:
-        assert row["status"] == "corrupted" and row["best_top1"] != row["best_top1"]  # NaN: no number
+        assert (
+            row["status"] == "corrupted" and row["best_top1"] != row["best_top1"]
+        )  # NaN: no number
         message = row["message"]
         assert s.run_id in message and str(path) in message and "rm -f" in message
         with pytest.raises(CorruptedFile):
             fresh_result(tmp_path, s)  # a rerun does not trust it either
-        outcomes = LocalExecutor([Slot("cpu")], ProcessPerRun(lambda *a: ["false"])).execute([s], tmp_path)
-        assert outcomes[s.run_id].status == "failed" and "rm -f" in outcomes[s.run_id].message  # not "reused"
+        outcomes = LocalExecutor([Slot("cpu")], ProcessPerRun(lambda *a: ["false"])).execute(
+            [s], tmp_path
+        )
+        assert (
+            outcomes[s.run_id].status == "failed" and "rm -f" in outcomes[s.run_id].message
+        )  # not "reused"
 
     follow_repair(message)
-    redone = fresh_result(tmp_path, s)  # resumes from the intact checkpoint: the same numbers, no retraining
+    redone = fresh_result(
+        tmp_path, s
+    )  # resumes from the intact checkpoint: the same numbers, no retraining
     assert redone["best_top1"] == result["best_top1"] and redone["epochs"] == 2
     assert collect(tmp_path).set_index("run_id").loc[s.run_id, "status"] == "done"
 
 
 # --- failed writes ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs: a real file system that can fill up or turn read-only (needs root)."""
     mount = tmp_path / "results"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield mount
@@ -229,7 +301,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def _digests(run: RunDir) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in sorted(run.path.iterdir()) if p.is_file() and p.name != ".lock"}
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(run.path.iterdir())
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_disk_full_fails_clearly_and_damages_nothing(tmpfs):
@@ -237,16 +313,24 @@ def test_disk_full_fails_clearly_and_damages_nothing(tmpfs):
     fresh_result(tmpfs, done)
     kept = _digests(run)
     filler = tmpfs / "filler"
-    with open(filler, "wb", buffering=0) as fh, pytest.raises(OSError):  # fill the disk to the last block
+    with (
+        open(filler, "wb", buffering=0) as fh,
+        pytest.raises(OSError),
+    ):  # fill the disk to the last block
         while True:
             fh.write(b"\0" * 65536)
 
     other = spec(epochs=1, seed=1)
     with pytest.raises(WriteFailed) as err:
         fresh_result(tmpfs, other)
-    assert "No space left on device" in str(err.value) and str(RunDir(tmpfs, other.run_id).path) in str(err.value)
+    assert "No space left on device" in str(err.value) and str(
+        RunDir(tmpfs, other.run_id).path
+    ) in str(err.value)
     assert "free disk space" in str(err.value)
-    assert _digests(run) == kept and collect(tmpfs).set_index("run_id").loc[done.run_id, "status"] == "done"
+    assert (
+        _digests(run) == kept
+        and collect(tmpfs).set_index("run_id").loc[done.run_id, "status"] == "done"
+    )
 
     filler.unlink()  # space freed: the same command now trains it
     assert fresh_result(tmpfs, other)["epochs"] == 1
@@ -258,20 +342,31 @@ def test_read_only_results_fail_clearly_and_finished_runs_stay_readable(tmpfs):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     with pytest.raises(WriteFailed) as err:
         fresh_result(tmpfs, spec(epochs=1, seed=1))
-    assert "Read-only file system" in str(err.value) and str(tmpfs) in str(err.value) and "writable" in str(err.value)
+    assert (
+        "Read-only file system" in str(err.value)
+        and str(tmpfs) in str(err.value)
+        and "writable" in str(err.value)
+    )
     assert fresh_result(tmpfs, done)["epochs"] == 1  # a finished run is still served, read-only
     assert collect(tmpfs).set_index("run_id").loc[done.run_id, "status"] == "done"
 
 
 # --- divergence ---------------------------------------------------------------------------------
 
+
 def test_diverging_run_is_failed_with_the_reason_and_last_good_epoch(tmp_path):
-    s = spec(epochs=3, lr_decay=1e20)  # the learning rate after milestone 2 blows the weights up in epoch 3
+    s = spec(
+        epochs=3, lr_decay=1e20
+    )  # the learning rate after milestone 2 blows the weights up in epoch 3
     with pytest.raises(train.TrainingDiverged):
         fresh_result(tmp_path, s)
     run = RunDir(tmp_path, s.run_id)
     failure = run.failure()
-    assert failure["error"] == "TrainingDiverged" and failure["last_good_epoch"] == 2 and "non-finite" in failure["message"]
+    assert (
+        failure["error"] == "TrainingDiverged"
+        and failure["last_good_epoch"] == 2
+        and "non-finite" in failure["message"]
+    )
     row = collect(tmp_path).set_index("run_id").loc[s.run_id]
     assert row["status"] == "failed" and row["best_top1"] != row["best_top1"]  # NaN, never a number
 
@@ -290,16 +385,39 @@ if os.environ.get("KDBENCH_TEST_OOM"):
 '''
 
 
-def reproduce(results: Path, methods: str, oom: str | None = None, hook_dir: Path | None = None) -> subprocess.Popen:
+def reproduce(
+    results: Path, methods: str, oom: str | None = None, hook_dir: Path | None = None
+) -> subprocess.Popen:
     extra = {}
     if oom:
         assert hook_dir is not None
         hook_dir.mkdir(exist_ok=True)
         (hook_dir / "sitecustomize.py").write_text(FAULT_HOOK)
         extra = {"KDBENCH_TEST_OOM": oom, "PYTHONPATH": f"{hook_dir}{os.pathsep}{REPO}"}
-    return subprocess.Popen([sys.executable, "-m", "kdbench", "reproduce", RECIPE, "--profile", "smoke", "--pairs", PAIR,
-                             "--methods", methods, "--results", str(results), "--device", "cpu"],
-                            cwd=REPO, env={**env(), **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdbench",
+            "reproduce",
+            RECIPE,
+            "--profile",
+            "smoke",
+            "--pairs",
+            PAIR,
+            "--methods",
+            methods,
+            "--results",
+            str(results),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env={**env(), **extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_two_reproduce_processes_train_every_run_once(tmp_path):
@@ -310,8 +428,12 @@ def test_two_reproduce_processes_train_every_run_once(tmp_path):
     assert len(runs) == 2  # the teacher and the KD student
     for path in runs:
         log = (path / "train.log").read_text()
-        assert log.count(f"run {path.name}: ") == 1, f"{path.name} was trained more than once:\n{log}"
-        expected = SMOKE_TEACHER_EPOCHS if path.name.startswith("ce-") else SMOKE_EPOCHS  # the teacher, the student
+        assert log.count(f"run {path.name}: ") == 1, (
+            f"{path.name} was trained more than once:\n{log}"
+        )
+        expected = (
+            SMOKE_TEACHER_EPOCHS if path.name.startswith("ce-") else SMOKE_EPOCHS
+        )  # the teacher, the student
         assert json.loads((path / "result.json").read_text())["epochs"] == expected
     assert all(r["status"] == "done" for r in collect(tmp_path).to_dict("records"))
 
@@ -321,8 +443,18 @@ def test_a_trainer_leaves_the_executors_unlocked_writes_alone(tmp_path):
     writers, but an executor writes spec.json without the lock, maybe at that very moment."""
     run = RunDir(tmp_path, spec().run_id)
     run.path.mkdir(parents=True)
-    killed = [run.path / f".{name}.k1ll3d.tmp" for name in
-              ("checkpoint.pt", "model.pt", "metrics.jsonl", "result.json", "failed.json", "checksums.json", "launch.json")]
+    killed = [
+        run.path / f".{name}.k1ll3d.tmp"
+        for name in (
+            "checkpoint.pt",
+            "model.pt",
+            "metrics.jsonl",
+            "result.json",
+            "failed.json",
+            "checksums.json",
+            "launch.json",
+        )
+    ]
     in_flight = [run.path / ".spec.json.wr1t1ng.tmp"]
     for path in killed + in_flight:
         path.write_bytes(b"partial")
@@ -357,13 +489,22 @@ def test_out_of_memory_fails_its_cell_and_the_table_goes_on(tmp_path):
     proc = reproduce(tmp_path / "results", "kd,ce", oom="kd", hook_dir=tmp_path / "hook")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0 and "out of memory" in out
-    failed = [RunDir(tmp_path / "results", p.name) for p in (tmp_path / "results" / "runs").glob("kd-*")]
+    failed = [
+        RunDir(tmp_path / "results", p.name) for p in (tmp_path / "results" / "runs").glob("kd-*")
+    ]
     assert len(failed) == 1
     failure = failed[0].failure()
-    assert failure["error"] == "OutOfMemoryError" and failure["last_good_epoch"] == 0 and "--runs-per-gpu 1" in failure["message"]
+    assert (
+        failure["error"] == "OutOfMemoryError"
+        and failure["last_good_epoch"] == 0
+        and "--runs-per-gpu 1" in failure["message"]
+    )
 
     cells = _compare_cells(tmp_path / "results")
-    assert cells.loc["kd", "status"] == "failed" and cells.loc["kd", "ours_mean"] != cells.loc["kd", "ours_mean"]  # NaN
+    assert (
+        cells.loc["kd", "status"] == "failed"
+        and cells.loc["kd", "ours_mean"] != cells.loc["kd", "ours_mean"]
+    )  # NaN
     assert cells.loc["ce", "status"] == "done" and cells.loc["ce", "n"] == 1
 
 
@@ -374,21 +515,43 @@ def test_failed_teacher_skips_its_students_and_says_why(tmp_path):
     [teacher] = (tmp_path / "results" / "runs").glob("ce-*")
     assert not list((tmp_path / "results" / "runs").glob("kd-*"))  # never started
     assert "skipped" in out and f"teacher run {teacher.name}" in " ".join(out.split())
-    assert _compare_cells(tmp_path / "results").loc["kd", "ours_mean"] != _compare_cells(tmp_path / "results").loc["kd", "ours_mean"]
+    assert (
+        _compare_cells(tmp_path / "results").loc["kd", "ours_mean"]
+        != _compare_cells(tmp_path / "results").loc["kd", "ours_mean"]
+    )
 
 
 # --- run identity -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("change", [
-    {"seed": 1}, {"model": "resnet14"}, {"method": "kd"}, {"method_params": {"ce_weight": 0.5, "kd_weight": 0.0, "kd_temperature": 4.0}},
-    {"profile": "ci"}, {"teacher": TeacherRef(model="resnet32", run_id="ce-resnet32-s0-000000000000")},
-    {"data": DataSpec(name="synthetic", options={"num_classes": 10, "image_size": 32, "train_size": 256, "test_size": 32})},
-    {"train.epochs": 4}, {"train.lr": 0.1}, {"train.batch_size": 64}, {"train.milestones": (1,)}, {"train.lr_decay": 0.2},
-    {"train.momentum": 0.5}, {"train.weight_decay": 1e-4}, {"train.nesterov": True},
-])
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"model": "resnet14"},
+        {"method": "kd"},
+        {"method_params": {"ce_weight": 0.5, "kd_weight": 0.0, "kd_temperature": 4.0}},
+        {"profile": "ci"},
+        {"teacher": TeacherRef(model="resnet32", run_id="ce-resnet32-s0-000000000000")},
+        {
+            "data": DataSpec(
+                name="synthetic",
+                options={"num_classes": 10, "image_size": 32, "train_size": 256, "test_size": 32},
+            )
+        },
+        {"train.epochs": 4},
+        {"train.lr": 0.1},
+        {"train.batch_size": 64},
+        {"train.milestones": (1,)},
+        {"train.lr_decay": 0.2},
+        {"train.momentum": 0.5},
+        {"train.weight_decay": 1e-4},
+        {"train.nesterov": True},
+    ],
+)
 def test_any_change_that_alters_the_result_changes_the_run_id(change):
     base = spec()
-    (key, value), = change.items()
+    ((key, value),) = change.items()
     if key.startswith("train."):
         changed = base.model_copy(update={"train": base.train.model_copy(update={key[6:]: value})})
     else:
@@ -398,12 +561,17 @@ def test_any_change_that_alters_the_result_changes_the_run_id(change):
 
 def test_a_run_whose_spec_no_longer_matches_its_id_is_refused(tmp_path):
     s, run, _ = finished(tmp_path, epochs=1)
-    edited = {**json.loads(run.spec_file.read_text()), "seed": 7}  # as if a recipe value had been edited in place
+    edited = {
+        **json.loads(run.spec_file.read_text()),
+        "seed": 7,
+    }  # as if a recipe value had been edited in place
     atomic_write_json(run.spec_file, edited)
 
     with pytest.raises(CorruptedFile, match=f"run {s.run_id}: .*spec.json describes run"):
         fresh_result(tmp_path, s)
     row = collect(tmp_path).set_index("run_id").loc[s.run_id]
     assert row["status"] == "corrupted" and row["best_top1"] != row["best_top1"]
-    outcomes = LocalExecutor([Slot("cpu")], ProcessPerRun(lambda *a: ["false"])).execute([s], tmp_path)
+    outcomes = LocalExecutor([Slot("cpu")], ProcessPerRun(lambda *a: ["false"])).execute(
+        [s], tmp_path
+    )
     assert outcomes[s.run_id].status == "failed" and "describes run" in outcomes[s.run_id].message

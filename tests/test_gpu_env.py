@@ -11,7 +11,6 @@ import types
 from pathlib import Path
 
 import pytest
-
 from kdbench import distributed
 from kdbench.execute import gpus, local, packing
 from kdbench.execute.local import ProcessPerRun, Slot, child_environment, detect_slots
@@ -49,7 +48,12 @@ def no_context(*args, **kwargs):
     raise AssertionError("torch.cuda.mem_get_info would create a CUDA context in the executor")
 
 
-def fake_gpus(monkeypatch, physical: dict[str, int], visible: str | None = None, cuda_uuids: list[str] | None = None) -> FakeNvml:
+def fake_gpus(
+    monkeypatch,
+    physical: dict[str, int],
+    visible: str | None = None,
+    cuda_uuids: list[str] | None = None,
+) -> FakeNvml:
     """A machine whose GPUs have NVML UUIDs ``physical`` (→ free bytes), in that order; the executor runs with
     CUDA_VISIBLE_DEVICES=``visible`` and CUDA reports ``cuda_uuids`` (bare hex) for its devices 0, 1, …"""
     uuids = list(physical)
@@ -60,7 +64,9 @@ def fake_gpus(monkeypatch, physical: dict[str, int], visible: str | None = None,
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: len(cuda_uuids))
-    monkeypatch.setattr("torch.cuda.get_device_properties", lambda i: types.SimpleNamespace(uuid=cuda_uuids[i]))
+    monkeypatch.setattr(
+        "torch.cuda.get_device_properties", lambda i: types.SimpleNamespace(uuid=cuda_uuids[i])
+    )
     monkeypatch.setattr("torch.cuda.mem_get_info", no_context)
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -72,10 +78,25 @@ def fake_gpus(monkeypatch, physical: dict[str, int], visible: str | None = None,
 def kd_spec():
     from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 
-    return RunSpec(profile="full", model="resnet8x4", method="kd", method_params={}, seed=0,
-                   teacher=TeacherRef(model="resnet32x4", run_id="t"), data=DataSpec(name="cifar100"),
-                   train=TrainSpec(epochs=240, batch_size=64, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9,
-                                   nesterov=False, weight_decay=5e-4))
+    return RunSpec(
+        profile="full",
+        model="resnet8x4",
+        method="kd",
+        method_params={},
+        seed=0,
+        teacher=TeacherRef(model="resnet32x4", run_id="t"),
+        data=DataSpec(name="cifar100"),
+        train=TrainSpec(
+            epochs=240,
+            batch_size=64,
+            lr=0.05,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
+    )
 
 
 EIGHT = {f"GPU-{k}{k}{k}{k}-aaaa": 80 * GIB for k in range(8)}
@@ -87,7 +108,8 @@ def test_children_get_the_physical_gpus_of_the_executors_visible_set(monkeypatch
     fake_gpus(monkeypatch, EIGHT, visible="4,5,6,7")
     slots = detect_slots("auto", 2)
     assert [(s.name, s.env["CUDA_VISIBLE_DEVICES"]) for s in slots] == [
-        (f"gpu{g}.{k}", str(g)) for g in (4, 5, 6, 7) for k in range(2)]
+        (f"gpu{g}.{k}", str(g)) for g in (4, 5, 6, 7) for k in range(2)
+    ]
     (one,) = detect_slots("cuda:1", 1)  # --device cuda:N counts the executor's visible GPUs too
     assert (one.name, one.env["CUDA_VISIBLE_DEVICES"]) == ("gpu5", "5")
     with pytest.raises(Exception, match="sees 4 GPU"):
@@ -95,10 +117,17 @@ def test_children_get_the_physical_gpus_of_the_executors_visible_set(monkeypatch
 
 
 def test_uuid_and_mig_labels_are_passed_on_as_they_are(monkeypatch):
-    fake_gpus(monkeypatch, {"GPU-bbbb-1": 80 * GIB, "MIG-cccc-2": 20 * GIB}, visible="MIG-cccc-2,GPU-bbbb-1",
-              cuda_uuids=["cccc-2", "bbbb-1"])
+    fake_gpus(
+        monkeypatch,
+        {"GPU-bbbb-1": 80 * GIB, "MIG-cccc-2": 20 * GIB},
+        visible="MIG-cccc-2,GPU-bbbb-1",
+        cuda_uuids=["cccc-2", "bbbb-1"],
+    )
     slots = detect_slots("auto", 1)
-    assert [(s.name, s.env["CUDA_VISIBLE_DEVICES"]) for s in slots] == [("gpu0", "MIG-cccc-2"), ("gpu1", "GPU-bbbb-1")]
+    assert [(s.name, s.env["CUDA_VISIBLE_DEVICES"]) for s in slots] == [
+        ("gpu0", "MIG-cccc-2"),
+        ("gpu1", "GPU-bbbb-1"),
+    ]
     # a two-GPU run gets both labels, in the executor's order
     from kdbench.execute.slots import SlotPool
 
@@ -115,14 +144,18 @@ def test_packing_reads_the_free_memory_of_the_gpus_the_children_use(monkeypatch)
     physical["GPU-4444-aaaa"] = per_run
     nvml = fake_gpus(monkeypatch, physical, visible="4,5")
     slots = detect_slots("auto", "auto", specs=[kd_spec()])
-    assert [s.name for s in slots] == ["gpu4"] + [f"gpu5.{k}" for k in range(packing.MAX_RUNS_PER_GPU)]
+    assert [s.name for s in slots] == ["gpu4"] + [
+        f"gpu5.{k}" for k in range(packing.MAX_RUNS_PER_GPU)
+    ]
     assert nvml.opened == ["GPU-4444-aaaa", "GPU-5555-aaaa"]
 
 
 def test_cuda_order_is_not_assumed_to_be_nvmls(monkeypatch):
     """CUDA's default order (FASTEST_FIRST) may differ from NVML's PCI order: the join is by UUID."""
     physical = {"GPU-0000-aaaa": 80 * GIB, "GPU-1111-aaaa": 1 * GIB}
-    fake_gpus(monkeypatch, physical, cuda_uuids=["1111-aaaa", "0000-aaaa"])  # CUDA's device 0 is NVML's 1
+    fake_gpus(
+        monkeypatch, physical, cuda_uuids=["1111-aaaa", "0000-aaaa"]
+    )  # CUDA's device 0 is NVML's 1
     free = gpus.free_memory(gpus.visible_gpus(2))
     assert free == {"0": 1 * GIB, "1": 80 * GIB}
 
@@ -130,10 +163,14 @@ def test_cuda_order_is_not_assumed_to_be_nvmls(monkeypatch):
 def test_the_auto_packing_fits_each_gpus_free_memory(monkeypatch):
     spec = kd_spec()
     per_run = packing.run_bytes(packing.footprint(spec))
-    assert 2 * GIB < per_run < 4 * GIB  # resnet32x4 → resnet8x4 at batch 64, its dataset and its epoch of cached logits
+    assert (
+        2 * GIB < per_run < 4 * GIB
+    )  # resnet32x4 → resnet8x4 at batch 64, its dataset and its epoch of cached logits
     fake_gpus(monkeypatch, {"GPU-0000-a": 3 * per_run, "GPU-1111-a": 80 * GIB})
     slots = local.detect_slots("auto", "auto", specs=[spec])
-    assert [s.name for s in slots].count("gpu0.0") == 1 and sum(s.name.startswith("gpu0") for s in slots) == 2
+    assert [s.name for s in slots].count("gpu0.0") == 1 and sum(
+        s.name.startswith("gpu0") for s in slots
+    ) == 2
     assert sum(s.name.startswith("gpu1") for s in slots) == packing.MAX_RUNS_PER_GPU
 
 
@@ -158,9 +195,19 @@ def test_no_visible_gpu_is_a_clear_error(monkeypatch):
 
 # --------------------------------------------------------------------------- rank variables
 
-SRUN_TORCHRUN = {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NNODES": "1",
-                 "RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4",
-                 "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}
+SRUN_TORCHRUN = {
+    "SLURM_PROCID": "0",
+    "SLURM_NTASKS": "4",
+    "SLURM_LOCALID": "0",
+    "SLURM_NNODES": "1",
+    "RANK": "0",
+    "WORLD_SIZE": "4",
+    "LOCAL_RANK": "0",
+    "LOCAL_WORLD_SIZE": "4",
+    "MASTER_ADDR": "10.0.0.1",
+    "MASTER_PORT": "29500",
+    "TORCHELASTIC_RUN_ID": "x",
+}
 
 
 def test_a_slot_does_not_inherit_the_enclosing_jobs_ranks(monkeypatch, tmp_path: Path):
@@ -176,9 +223,15 @@ def test_a_slot_does_not_inherit_the_enclosing_jobs_ranks(monkeypatch, tmp_path:
     assert env["KDBENCH_DATA"] == "/data" and env["CUDA_VISIBLE_DEVICES"] == "5"
     # both launchers start their processes with it: a process per run …
     out = tmp_path / "env.json"
-    dump = [sys.executable, "-c", f"import json, os; open({str(out)!r}, 'w').write(json.dumps(dict(os.environ)))"]
+    dump = [
+        sys.executable,
+        "-c",
+        f"import json, os; open({str(out)!r}, 'w').write(json.dumps(dict(os.environ)))",
+    ]
     (tmp_path / "run").mkdir()
-    ProcessPerRun(lambda spec_file, results, s: dump).start(tmp_path / "run" / "spec.json", tmp_path, slot).wait(60)
+    ProcessPerRun(lambda spec_file, results, s: dump).start(
+        tmp_path / "run" / "spec.json", tmp_path, slot
+    ).wait(60)
     seen = json.loads(out.read_text())
     assert distributed.env_ranks(seen) is None and not set(SRUN_TORCHRUN) & set(seen)
     # … and the long-lived worker of a slot
@@ -191,18 +244,27 @@ def test_a_slot_does_not_inherit_the_enclosing_jobs_ranks(monkeypatch, tmp_path:
 
     monkeypatch.setattr(subprocess, "Popen", Popen)
     local._Worker(slot, tmp_path / "w.log")
-    assert distributed.env_ranks(started["env"]) is None and started["env"]["CUDA_VISIBLE_DEVICES"] == "5"
+    assert (
+        distributed.env_ranks(started["env"]) is None
+        and started["env"]["CUDA_VISIBLE_DEVICES"] == "5"
+    )
 
 
 # --------------------------------------------------------------------------- threads
+
 
 def test_packed_slots_share_the_cores(monkeypatch):
     for key in local.THREAD_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(local, "usable_cores", lambda: 16)
     fake_gpus(monkeypatch, EIGHT, visible="0,1")
-    slots = detect_slots("auto", 4)  # 8 runs on 16 cores: 2 threads each, for OpenMP, MKL and Inductor's compile workers
-    assert all({k: s.env[k] for k in local.THREAD_VARIABLES} == dict.fromkeys(local.THREAD_VARIABLES, "2") for s in slots)
+    slots = detect_slots(
+        "auto", 4
+    )  # 8 runs on 16 cores: 2 threads each, for OpenMP, MKL and Inductor's compile workers
+    assert all(
+        {k: s.env[k] for k in local.THREAD_VARIABLES} == dict.fromkeys(local.THREAD_VARIABLES, "2")
+        for s in slots
+    )
     monkeypatch.setattr(local, "usable_cores", lambda: 4)
     assert detect_slots("auto", 8)[0].env["OMP_NUM_THREADS"] == "1"  # never below one
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
@@ -215,25 +277,32 @@ def test_cpu_slots_share_the_cores_and_keep_the_users_setting(monkeypatch):
     for key in local.THREAD_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(local, "usable_cores", lambda: 8)
-    assert all(s.env["OMP_NUM_THREADS"] == "4" and s.env["TORCHINDUCTOR_COMPILE_THREADS"] == "4"
-               for s in detect_slots("cpu", cpu_jobs=2))
+    assert all(
+        s.env["OMP_NUM_THREADS"] == "4" and s.env["TORCHINDUCTOR_COMPILE_THREADS"] == "4"
+        for s in detect_slots("cpu", cpu_jobs=2)
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert all("OMP_NUM_THREADS" not in s.env for s in detect_slots("cpu", cpu_jobs=2))
 
 
 # --------------------------------------------------------------------------- pinned memory
 
+
 def test_torch_loaders_pin_their_batches_for_a_cuda_run():
-    from kdbench.data.synthetic import make_synthetic
     from kdbench.data.select import make_loaders
+    from kdbench.data.synthetic import make_synthetic
 
     arrays = make_synthetic(num_classes=4, train_size=16, test_size=8)
-    cuda, cpu = make_loaders("torch", arrays, device="cuda"), make_loaders("torch", arrays, device="cpu")
+    cuda, cpu = (
+        make_loaders("torch", arrays, device="cuda"),
+        make_loaders("torch", arrays, device="cpu"),
+    )
     assert cuda.train(8, seed=0, epoch=1).pin_memory and cuda.test(8).pin_memory
     assert not cpu.train(8, seed=0, epoch=1).pin_memory and not cpu.test(8).pin_memory
 
 
 # --------------------------------------------------------------------------- teacher cache
+
 
 def test_the_cache_table_stays_in_shared_host_memory(tmp_path: Path, monkeypatch):
     """The table is not copied to a GPU (3.2 GB per packed process for CIFAR-100, after a free-memory query in
@@ -242,14 +311,19 @@ def test_the_cache_table_stays_in_shared_host_memory(tmp_path: Path, monkeypatch
 
     import numpy as np
     import torch
-
     from kdbench import data, models, teacher_cache
 
     arrays = data.load_dataset("synthetic", num_classes=10, train_size=64, test_size=16)
     arrays = dataclasses.replace(arrays, x_train=arrays.x_train[:6], y_train=arrays.y_train[:6])
     torch.manual_seed(0)
     path = tmp_path / "cache.npy"
-    teacher_cache.build(models.create("resnet8", num_classes=10), arrays, path, padding=4, device=torch.device("cpu"))
+    teacher_cache.build(
+        models.create("resnet8", num_classes=10),
+        arrays,
+        path,
+        padding=4,
+        device=torch.device("cpu"),
+    )
     monkeypatch.setattr("torch.cuda.mem_get_info", no_context)
     on_gpu = teacher_cache.TeacherCache(path, 6, 4, 10, torch.device("cuda"))
     assert on_gpu.table.device.type == "cpu"
@@ -260,7 +334,9 @@ def test_the_cache_table_stays_in_shared_host_memory(tmp_path: Path, monkeypatch
     table = np.load(path, mmap_mode="r")
     for i in range(6):
         dx, dy = (int(v) for v in plan.offsets[i])
-        assert torch.equal(logits[i], torch.from_numpy(np.array(table[i, dy, dx, int(plan.flips[i])])))
+        assert torch.equal(
+            logits[i], torch.from_numpy(np.array(table[i, dy, dx, int(plan.flips[i])]))
+        )
     assert torch.equal(cache.for_epoch(plan)(torch.tensor([4, 1])), logits[[4, 1]])
 
 
@@ -268,19 +344,19 @@ def test_ffcv_buffers_are_copied_without_a_stream_sync_only_when_pageable():
     """ffcv recycles its batch buffers: from pageable memory a non_blocking copy is safe (CUDA stages the source
     before returning) and skips the blocking copy's stream synchronisation; a pinned buffer is copied blocking."""
     import torch
-
     from kdbench.data.ffcv_loader import non_blocking_from
 
     pageable = torch.zeros(4, dtype=torch.uint8)
     pinned = types.SimpleNamespace(is_pinned=lambda: True)
-    assert non_blocking_from(pageable, torch.device("cuda")) and not non_blocking_from(pinned, torch.device("cuda"))
+    assert non_blocking_from(pageable, torch.device("cuda")) and not non_blocking_from(
+        pinned, torch.device("cuda")
+    )
     assert not non_blocking_from(pageable, torch.device("cpu"))
 
 
 def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path):
     """Each of 8 packed runs (or DDP ranks) used to start os.cpu_count() ffcv threads; now its own share."""
     import torch
-
     from kdbench.data import ffcv_loader
     from kdbench.data.synthetic import make_synthetic
 
@@ -292,7 +368,12 @@ def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path
     try:
         torch.set_num_threads(1)
         assert ffcv_loader.FfcvLoaders(arrays, torch.device("cpu"), tmp_path).ffcv_workers == 1
-        assert ffcv_loader.FfcvLoaders(arrays, torch.device("cpu"), tmp_path, num_workers=5).ffcv_workers == 5
+        assert (
+            ffcv_loader.FfcvLoaders(
+                arrays, torch.device("cpu"), tmp_path, num_workers=5
+            ).ffcv_workers
+            == 5
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -324,8 +405,14 @@ print(json.dumps({"slots": [s.name for s in slots], "active": active}))
 def test_the_executor_opens_no_cuda_context_on_a_real_gpu(tmp_path: Path):
     """On a GPU: sizing the slots (device count, UUIDs, NVML free memory) leaves no primary CUDA context
     active in the executor's process (the CUDA driver's own cuDevicePrimaryCtxGetState says)."""
-    done = subprocess.run([sys.executable, "-c", NO_CONTEXT_SCRIPT], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).parent.parent, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_CONTEXT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+        check=True,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["slots"] and not any(report["active"]), report
 

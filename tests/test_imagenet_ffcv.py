@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from scipy import stats
-from typer.testing import CliRunner
-
 from kdbench import data
 from kdbench.cli import app
 from kdbench.data.folder import load_folder
 from kdbench.data.folder_loaders import FolderLoaders
 from kdbench.data.imagenet_transforms import CropOptions
+from PIL import Image
+from scipy import stats
+from typer.testing import CliRunner
 
 pytest.importorskip("ffcv", reason="ffcv is not installed (pip install 'kdbench[ffcv]')")
 SIZE, CLASSES, PER_CLASS = 24, 4, 24
@@ -38,7 +37,9 @@ def position_coded_folder(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[data.FolderDataset, data.Loaders, Path]:
+def setup(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[data.FolderDataset, data.Loaders, Path]:
     """The dataset, its .beton files (written by the CLI, raw pixels) and one ffcv loader set (JIT costs seconds)."""
     data_dir = tmp_path_factory.mktemp("data")
     position_coded_folder(data_dir / "coded")
@@ -58,7 +59,10 @@ def boxes(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         dx = (red[:, :, -1] - red[:, :, 0]).mean(1)
         dy = (green[:, -1, :] - green[:, 0, :]).mean(1)
         flips.append((dx < 0).numpy())
-        dx, dy = dx.abs() * 0.229 / (SIZE - 1) * SIZE, dy * 0.224 / (SIZE - 1) * SIZE  # crop width / height fractions
+        dx, dy = (
+            dx.abs() * 0.229 / (SIZE - 1) * SIZE,
+            dy * 0.224 / (SIZE - 1) * SIZE,
+        )  # crop width / height fractions
         area.append((dx * dy).numpy())
         aspect.append((dx / dy).numpy())
     return np.concatenate(area), np.concatenate(aspect), np.concatenate(flips)
@@ -66,7 +70,11 @@ def boxes(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_prepare_writes_betons_and_meta(setup) -> None:
     dataset, loaders, out = setup
-    assert loaders.kind == "ffcv" and {p.name for p in out.iterdir()} == {"train.beton", "test.beton", "meta.json"}
+    assert loaders.kind == "ffcv" and {p.name for p in out.iterdir()} == {
+        "train.beton",
+        "test.beton",
+        "meta.json",
+    }
     assert data.make_loaders("auto", dataset, data_dir=out.parent.parent).kind == "ffcv"
 
 
@@ -77,7 +85,11 @@ def test_ffcv_order_labels_and_shards_follow_the_reference(setup) -> None:
     batches = list(loaders.train(8, seed=1, epoch=2))
     assert [len(b[2]) for b in batches] == [len(b[2]) for b in reference]
     for ours, theirs in zip(batches, reference):
-        assert torch.equal(ours[2], theirs[2]) and torch.equal(ours[1], theirs[1]) and ours[0].shape == theirs[0].shape
+        assert (
+            torch.equal(ours[2], theirs[2])
+            and torch.equal(ours[1], theirs[1])
+            and ours[0].shape == theirs[0].shape
+        )
     order = data.epoch_plan(len(dataset.y_train), 1, 2).order.view(-1, 16)
     rank1 = list(loaders.train(16, seed=1, epoch=2, shard=(1, 2)))
     assert [b[2].tolist() for b in rank1] == order[:, 8:].tolist()
@@ -88,19 +100,39 @@ def test_ffcv_order_labels_and_shards_follow_the_reference(setup) -> None:
 
 def test_ffcv_crops_have_the_reference_distribution(setup) -> None:
     dataset, loaders, _ = setup
-    ours = boxes(b for epoch in range(1, 5) for b in FolderLoaders(dataset).train(8, seed=0, epoch=epoch))
+    ours = boxes(
+        b for epoch in range(1, 5) for b in FolderLoaders(dataset).train(8, seed=0, epoch=epoch)
+    )
     theirs = boxes(b for epoch in range(1, 5) for b in loaders.train(8, seed=0, epoch=epoch))
     for name, a, b in (("area", ours[0], theirs[0]), ("aspect", ours[1], theirs[1])):
         assert stats.ks_2samp(a, b).pvalue > 1e-4, name
-    assert 0.4 < ours[0].mean() / 0.54 < 1.6  # E[area] of U(0.08, 1) is 0.54, less the rejected tall/wide boxes
+    assert (
+        0.4 < ours[0].mean() / 0.54 < 1.6
+    )  # E[area] of U(0.08, 1) is 0.54, less the rejected tall/wide boxes
     assert all(stats.binomtest(int(f.sum()), len(f)).pvalue > 1e-4 for f in (ours[2], theirs[2]))
 
 
 def test_prepare_imagenet_from_the_command_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["data", "prepare", "imagenet_synthetic", "--data-dir", str(tmp_path),
-                                      "--max-resolution", "80", "--jpeg-quality", "85"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "imagenet_synthetic",
+            "--data-dir",
+            str(tmp_path),
+            "--max-resolution",
+            "80",
+            "--jpeg-quality",
+            "85",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = (tmp_path / "ffcv" / "imagenet_synthetic" / "meta.json").read_text()
-    assert '"max_resolution": 80' in meta and '"write_mode": "proportion"' in meta and '"train": 192' in meta
+    assert (
+        '"max_resolution": 80' in meta
+        and '"write_mode": "proportion"' in meta
+        and '"train": 192' in meta
+    )
     result = CliRunner().invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
     assert result.exit_code != 0 and "imagenet/train/" in result.output

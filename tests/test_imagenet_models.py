@@ -8,11 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from kdbench import cost, models
 from kdbench._torchvision import import_torchvision
 from kdbench.execute import packing
+from torch import nn
 
 SIZE = 64  # small test images: every tap keeps its stride (ResNet layer4 is 2×2)
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2"]
@@ -49,7 +48,9 @@ def _torchvision_and_ours(name: str) -> tuple[nn.Module, models.KDModel]:
 def _outputs(module: nn.Module, submodules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     """Outputs of ``submodules`` during one forward pass of ``module``."""
     seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out.clone())) for m in submodules]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: seen.append(out.clone())) for m in submodules
+    ]
     try:
         with torch.no_grad():
             module(x)
@@ -63,7 +64,9 @@ def _outputs(module: nn.Module, submodules: list[nn.Module], x: torch.Tensor) ->
 def test_torchvision_weights_load_strictly_and_give_the_same_outputs(name: str) -> None:
     reference, ours = _torchvision_and_ours(name)
     ref_keys, our_keys = list(reference.state_dict()), list(ours.state_dict())
-    if name == "mobilenet_v2":  # its classifier is Sequential(Dropout, Linear): classifier.1.* there
+    if (
+        name == "mobilenet_v2"
+    ):  # its classifier is Sequential(Dropout, Linear): classifier.1.* there
         ref_keys = [k.replace("classifier.1.", "classifier.") for k in ref_keys]
     assert our_keys == ref_keys
     x = _images()
@@ -78,8 +81,11 @@ def test_resnet_taps_are_mdistillers(name: str) -> None:
     """stages = torchvision's stem ReLU and layer outputs; preact = the same before their final ReLU."""
     reference, ours = _torchvision_and_ours(name)
     x = _images()
-    expected = _outputs(reference, [reference.relu, reference.layer1, reference.layer2, reference.layer3,
-                                    reference.layer4], x)
+    expected = _outputs(
+        reference,
+        [reference.relu, reference.layer1, reference.layer2, reference.layer3, reference.layer4],
+        x,
+    )
     with torch.no_grad():
         feats = ours.forward_features(x)
     for got, want in zip(feats.stages, expected, strict=True):
@@ -126,7 +132,6 @@ def test_mobilenet_v1_taps_are_the_pre_relu_outputs_of_units_3_5_11_13() -> None
     torch.testing.assert_close(feats.pooled, manual.mean(dim=(2, 3)))
 
 
-
 @pytest.mark.parametrize("classes", [1000, 10])
 def test_mobilenet_v1_tf_init_draws_dists_distributions(classes: int) -> None:
     """DIST's MobileNet init (ics lib/models/mobilenet_v1.py:5-20) from its definition: each conv weight is
@@ -140,19 +145,23 @@ def test_mobilenet_v1_tf_init_draws_dists_distributions(classes: int) -> None:
         w = conv.weight.detach().double().flatten()
         sigma = (2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)) ** 0.5
         n = w.numel()
-        assert abs(w.mean().item()) < 5 * sigma / n ** 0.5, conv
+        assert abs(w.mean().item()) < 5 * sigma / n**0.5, conv
         assert abs(w.std().item() / sigma - 1) < 5 / (2 * n) ** 0.5, conv
         if n >= 100_000:
             assert abs((w.abs() < sigma).double().mean().item() - 0.6827) < 0.01, conv
     depthwise = model.model[13][0]  # 3×3 over 1024 channels: σ = √(2 / 9216)
-    assert depthwise.groups == 1024 and depthwise.weight.std().item() == pytest.approx((2 / 9216) ** 0.5, rel=0.05)
-    bound = 1 / classes ** 0.5
+    assert depthwise.groups == 1024 and depthwise.weight.std().item() == pytest.approx(
+        (2 / 9216) ** 0.5, rel=0.05
+    )
+    bound = 1 / classes**0.5
     fc = model.fc.weight.detach()
     assert fc.abs().max().item() <= bound and fc.abs().max().item() > 0.98 * bound
-    assert fc.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert fc.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
     assert torch.count_nonzero(model.fc.bias) == 0
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.count_nonzero(bn.bias) == 0
+        assert (
+            torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.count_nonzero(bn.bias) == 0
+        )
     # PyTorch's default (mdistiller's MobileNet): the depthwise convs start about 10× larger.
     default = models.create("imagenet/mobilenet_v1", num_classes=classes)
     assert default.model[13][0].weight.std().item() > 9 * depthwise.weight.std().item()
@@ -162,10 +171,15 @@ def test_mobilenet_v1_tf_init_draws_dists_distributions(classes: int) -> None:
 def _shapes(model: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
+
 # Forward multiply-adds at 224×224: torchvision's published GFLOPS (``_ops`` of IMAGENET1K_V1, MACs);
 # MobileNet-V1: Howard et al. 2017, Table 1: 569 M mult-adds.
-NATIVE_GMACS = {"imagenet/resnet18": 1.814, "imagenet/resnet50": 4.089, "imagenet/mobilenet_v2": 0.301,
-                "imagenet/mobilenet_v1": 0.569}
+NATIVE_GMACS = {
+    "imagenet/resnet18": 1.814,
+    "imagenet/resnet50": 4.089,
+    "imagenet/mobilenet_v2": 0.301,
+    "imagenet/mobilenet_v1": 0.569,
+}
 
 
 @pytest.mark.parametrize("name", sorted(NATIVE_GMACS))
@@ -175,11 +189,17 @@ def test_flops_are_counted_at_the_native_input_size(name: str) -> None:
 
 
 def test_a_run_without_an_image_size_is_sized_at_its_models_native_input() -> None:
-    imagenet = SimpleNamespace(model="imagenet/resnet18", data=SimpleNamespace(name="imagenet", options={}))
+    imagenet = SimpleNamespace(
+        model="imagenet/resnet18", data=SimpleNamespace(name="imagenet", options={})
+    )
     cifar = SimpleNamespace(model="resnet8x4", data=SimpleNamespace(name="cifar100", options={}))
-    small = SimpleNamespace(model="imagenet/resnet18", data=SimpleNamespace(name="imagenet_synthetic",
-                                                                             options={"image_size": 64}))
+    small = SimpleNamespace(
+        model="imagenet/resnet18",
+        data=SimpleNamespace(name="imagenet_synthetic", options={"image_size": 64}),
+    )
     assert [cost.image_side(s) for s in (imagenet, cifar, small)] == [224, 32, 64]
     params, activations = packing.model_size("imagenet/resnet18", 1000, 224)
     assert params == 11_689_512
-    assert activations > 64 * 112 * 112  # the stem conv alone writes 64×112×112 elements per image at 224 px
+    assert (
+        activations > 64 * 112 * 112
+    )  # the stem conv alone writes 64×112×112 elements per image at 224 px

@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
-from typer.testing import CliRunner
-
 from kdbench import train
 from kdbench.cli import app
 from kdbench.data import ImageArrays, load_dataset, make_loaders, subset, train_loader
@@ -25,6 +22,8 @@ from kdbench.data.tensor_loader import TensorLoaders, normalisation_table
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results.store import RunDir
+from scipy.stats import chisquare
+from typer.testing import CliRunner
 
 CPU = torch.device("cpu")
 
@@ -39,12 +38,16 @@ def tensor_loaders(small: ImageArrays) -> TensorLoaders:
     return TensorLoaders(small, CPU)
 
 
-def assert_same_batches(reference: Iterable[tuple[torch.Tensor, ...]], batches: Iterable[tuple[torch.Tensor, ...]]) -> int:
+def assert_same_batches(
+    reference: Iterable[tuple[torch.Tensor, ...]], batches: Iterable[tuple[torch.Tensor, ...]]
+) -> int:
     """Every batch and every element equal (values, dtype, shape); returns the number of batches."""
     reference, batches = list(reference), list(batches)
     assert len(batches) == len(reference)
     for position, (expected, got) in enumerate(zip(reference, batches)):
-        assert len(got) == len(expected), f"batch {position}: {len(got)} elements, expected {len(expected)}"
+        assert len(got) == len(expected), (
+            f"batch {position}: {len(got)} elements, expected {len(expected)}"
+        )
         for part, (e, g) in enumerate(zip(expected, got)):
             assert g.dtype == e.dtype and torch.equal(g, e), f"batch {position}, element {part}"
     return len(batches)
@@ -56,25 +59,42 @@ def assert_same_batches(reference: Iterable[tuple[torch.Tensor, ...]], batches: 
 def test_normalisation_table_equals_the_reference_for_every_pixel_value() -> None:
     mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     every_value = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
-    expected = to_normalized_tensor(every_value, torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1))
+    expected = to_normalized_tensor(
+        every_value, torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    )
     table = normalisation_table(mean, std)
-    assert torch.equal(table[torch.arange(3)[:, None, None], torch.from_numpy(every_value).permute(2, 0, 1).long()], expected)
+    assert torch.equal(
+        table[
+            torch.arange(3)[:, None, None], torch.from_numpy(every_value).permute(2, 0, 1).long()
+        ],
+        expected,
+    )
 
 
 @pytest.mark.parametrize("batch_size", [64, 50, 7])
-def test_tensor_train_batches_equal_the_reference(small: ImageArrays, tensor_loaders: TensorLoaders, batch_size: int) -> None:
-    count = assert_same_batches(train_loader(small, batch_size, seed=3, epoch=2),
-                                tensor_loaders.train(batch_size, seed=3, epoch=2))
+def test_tensor_train_batches_equal_the_reference(
+    small: ImageArrays, tensor_loaders: TensorLoaders, batch_size: int
+) -> None:
+    count = assert_same_batches(
+        train_loader(small, batch_size, seed=3, epoch=2),
+        tensor_loaders.train(batch_size, seed=3, epoch=2),
+    )
     assert count == -(-200 // batch_size)  # the last, partial batch included
     assert len(tensor_loaders.train(batch_size, seed=3, epoch=2)) == count
 
 
-def test_tensor_drop_last_and_no_augmentation_equal_the_reference(small: ImageArrays, tensor_loaders: TensorLoaders) -> None:
-    dropped = assert_same_batches(train_loader(small, 64, seed=1, epoch=5, drop_last=True),
-                                  tensor_loaders.train(64, seed=1, epoch=5, drop_last=True))
+def test_tensor_drop_last_and_no_augmentation_equal_the_reference(
+    small: ImageArrays, tensor_loaders: TensorLoaders
+) -> None:
+    dropped = assert_same_batches(
+        train_loader(small, 64, seed=1, epoch=5, drop_last=True),
+        tensor_loaders.train(64, seed=1, epoch=5, drop_last=True),
+    )
     assert dropped == 3
-    assert_same_batches(train_loader(small, 64, seed=1, epoch=5, augment=False),
-                        tensor_loaders.train(64, seed=1, epoch=5, augment=False))
+    assert_same_batches(
+        train_loader(small, 64, seed=1, epoch=5, augment=False),
+        tensor_loaders.train(64, seed=1, epoch=5, augment=False),
+    )
 
 
 def test_tensor_batches_differ_between_epochs(tensor_loaders: TensorLoaders) -> None:
@@ -82,20 +102,28 @@ def test_tensor_batches_differ_between_epochs(tensor_loaders: TensorLoaders) -> 
     assert not torch.equal(first[2], second[2]) and not torch.equal(first[0], second[0])
 
 
-def test_tensor_strong_views_equal_the_reference(small: ImageArrays, tensor_loaders: TensorLoaders) -> None:
+def test_tensor_strong_views_equal_the_reference(
+    small: ImageArrays, tensor_loaders: TensorLoaders
+) -> None:
     batches = list(tensor_loaders.train(64, seed=4, epoch=1, strong=True, drop_last=True))
     assert all(len(batch) == 4 for batch in batches)
-    assert_same_batches(train_loader(small, 64, seed=4, epoch=1, strong=True, drop_last=True), batches)
+    assert_same_batches(
+        train_loader(small, 64, seed=4, epoch=1, strong=True, drop_last=True), batches
+    )
 
 
-def test_tensor_test_batches_equal_the_reference(small: ImageArrays, tensor_loaders: TensorLoaders) -> None:
+def test_tensor_test_batches_equal_the_reference(
+    small: ImageArrays, tensor_loaders: TensorLoaders
+) -> None:
     assert assert_same_batches(make_test_loader(small, 32), tensor_loaders.test(32)) == 3
 
 
 def test_tensor_loader_on_real_images(shared_data: Path) -> None:
     arrays = load_dataset("npz", shared_data, path="cifar100-real-sample.npz", num_classes=100)
     loaders = TensorLoaders(arrays, CPU)
-    assert_same_batches(train_loader(arrays, 128, seed=11, epoch=3), loaders.train(128, seed=11, epoch=3))
+    assert_same_batches(
+        train_loader(arrays, 128, seed=11, epoch=3), loaders.train(128, seed=11, epoch=3)
+    )
     assert_same_batches(make_test_loader(arrays, 256), loaders.test(256))
 
 
@@ -105,7 +133,9 @@ def position_coded(count: int) -> ImageArrays:
     image = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.uint8)
     labels = np.zeros(count, dtype=np.int64)
     images = np.broadcast_to(image, (count, 32, 32, 3)).copy()
-    return ImageArrays("coded", images, labels, images[:1], labels[:1], 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return ImageArrays(
+        "coded", images, labels, images[:1], labels[:1], 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    )
 
 
 def test_crop_positions_are_uniform_over_81_and_flips_fair() -> None:
@@ -114,7 +144,9 @@ def test_crop_positions_are_uniform_over_81_and_flips_fair() -> None:
     arrays = position_coded(8100)
     positions, flips = [], []
     for images, _, _ in TensorLoaders(arrays, CPU).train(512, seed=0, epoch=0):
-        pixels = (images[:, :2, 16, 15:17] * 255).round().long()  # (B, channel, two neighbouring columns)
+        pixels = (
+            (images[:, :2, 16, 15:17] * 255).round().long()
+        )  # (B, channel, two neighbouring columns)
         flipped = pixels[:, 1, 1] < pixels[:, 1, 0]
         dy = pixels[:, 0, 0] - 1 - 12  # output row 16 shows image row dy - 4 + 16
         dx = torch.where(flipped, pixels[:, 1, 0] - 1 - 12, pixels[:, 1, 0] - 1 - 11)
@@ -138,7 +170,10 @@ def test_make_loaders_kinds(small: ImageArrays) -> None:
     with pytest.raises(KdbenchError, match="unknown loader 'fast'"):
         make_loaders("fast", small)
     torch_kind = make_loaders("torch", small, num_workers=0)
-    assert_same_batches(train_loader(small, 64, seed=2, epoch=0, strong=True), torch_kind.train(64, seed=2, epoch=0, strong=True))
+    assert_same_batches(
+        train_loader(small, 64, seed=2, epoch=0, strong=True),
+        torch_kind.train(64, seed=2, epoch=0, strong=True),
+    )
     assert_same_batches(make_test_loader(small, 64), torch_kind.test(64))
 
 
@@ -151,15 +186,32 @@ def test_ffcv_without_ffcv_falls_back_to_tensor_with_the_install_hint(
         loaders = make_loaders("ffcv", small)
     assert isinstance(loaders, TensorLoaders)
     assert len(caplog.records) == 1 and "\n" not in caplog.text.strip()
-    assert "pip install 'kdbench[ffcv]'" in caplog.text and "libopencv-dev libturbojpeg0-dev" in caplog.text
+    assert (
+        "pip install 'kdbench[ffcv]'" in caplog.text
+        and "libopencv-dev libturbojpeg0-dev" in caplog.text
+    )
 
 
 def test_loader_kind_does_not_change_a_run(tmp_path: Path) -> None:
     spec = RunSpec(
-        profile="smoke", model="resnet8", method="ce", method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
-        teacher=None, data=DataSpec(name="synthetic", options={"num_classes": 10, "train_size": 96, "test_size": 40}),
-        train=TrainSpec(epochs=1, batch_size=32, lr=0.05, milestones=(2,), lr_decay=0.1, momentum=0.9, nesterov=False,
-                        weight_decay=5e-4),
+        profile="smoke",
+        model="resnet8",
+        method="ce",
+        method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
+        teacher=None,
+        data=DataSpec(
+            name="synthetic", options={"num_classes": 10, "train_size": 96, "test_size": 40}
+        ),
+        train=TrainSpec(
+            epochs=1,
+            batch_size=32,
+            lr=0.05,
+            milestones=(2,),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
         seed=1,
     )
     states = {}
@@ -167,7 +219,9 @@ def test_loader_kind_does_not_change_a_run(tmp_path: Path) -> None:
         result = train.run(spec, tmp_path / kind, device="cpu", progress=False, loader=kind)
         assert result["run_id"] == spec.run_id
         assert f"loader {kind}" in RunDir(tmp_path / kind, spec.run_id).log_file.read_text()
-        states[kind] = torch.load(RunDir(tmp_path / kind, spec.run_id).model_file, weights_only=True)
+        states[kind] = torch.load(
+            RunDir(tmp_path / kind, spec.run_id).model_file, weights_only=True
+        )
     assert states["torch"].keys() == states["tensor"].keys()
     assert all(torch.equal(states["torch"][k], states["tensor"][k]) for k in states["torch"])
 
@@ -180,7 +234,9 @@ def test_cli_rejects_an_unknown_loader_and_an_unknown_dataset_to_prepare() -> No
     assert result.exit_code == 2 and "unknown dataset 'svhn'" in result.output
 
 
-def test_prepare_without_ffcv_names_the_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_without_ffcv_names_the_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`data prepare` checks for ffcv before it reads the dataset (ffcv_loader.prepare_dataset)."""
     for name in [n for n in sys.modules if n == "ffcv" or n.startswith("ffcv.")] or ["ffcv"]:
         monkeypatch.setitem(sys.modules, name, None)  # makes `import ffcv…` raise ImportError
@@ -192,7 +248,11 @@ def test_prepare_without_ffcv_names_the_install_hint(tmp_path: Path, monkeypatch
 def test_prepare_refuses_a_missing_imagenet(tmp_path: Path) -> None:
     pytest.importorskip("ffcv", reason="ffcv is not installed (pip install 'kdbench[ffcv]')")
     result = CliRunner().invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "imagenet/train/" in result.output and "--data-dir" in result.output
+    assert (
+        result.exit_code == 2
+        and "imagenet/train/" in result.output
+        and "--data-dir" in result.output
+    )
 
 
 # ---------------------------------------------------------------- ffcv (skipped when ffcv is not installed)
@@ -207,11 +267,15 @@ def ffcv_setup(small: ImageArrays, tmp_path_factory: pytest.TempPathFactory) -> 
     threads = torch.get_num_threads()
     folder = ffcv_loader.prepare(small, tmp_path_factory.mktemp("betons") / "ffcv" / small.name)
     loaders = make_loaders("ffcv", small, data_dir=folder.parent.parent)
-    assert torch.get_num_threads() == threads  # import, writer and Loader put torch's thread count back
+    assert (
+        torch.get_num_threads() == threads
+    )  # import, writer and Loader put torch's thread count back
     return loaders, folder
 
 
-def test_prepare_writes_betons_and_meta(ffcv_setup: tuple[object, Path], small: ImageArrays) -> None:
+def test_prepare_writes_betons_and_meta(
+    ffcv_setup: tuple[object, Path], small: ImageArrays
+) -> None:
     from kdbench.data.ffcv_loader import fingerprint
 
     loaders, folder = ffcv_setup
@@ -220,19 +284,35 @@ def test_prepare_writes_betons_and_meta(ffcv_setup: tuple[object, Path], small: 
     assert f'"fingerprint": "{fingerprint(small)}"' in (folder / "meta.json").read_text()
 
 
-def test_ffcv_batches_equal_the_reference(ffcv_setup: tuple[object, Path], small: ImageArrays) -> None:
+def test_ffcv_batches_equal_the_reference(
+    ffcv_setup: tuple[object, Path], small: ImageArrays
+) -> None:
     loaders, _ = ffcv_setup
     threads = torch.get_num_threads()
     for epoch in (0, 1):  # the same ffcv Loader serves every epoch, each in its own plan's order
-        assert assert_same_batches(train_loader(small, 64, seed=3, epoch=epoch), loaders.train(64, seed=3, epoch=epoch)) == 4
-    assert_same_batches(train_loader(small, 64, seed=3, epoch=4, augment=False), loaders.train(64, seed=3, epoch=4, augment=False))
-    assert_same_batches(train_loader(small, 64, seed=8, epoch=2, strong=True), loaders.train(64, seed=8, epoch=2, strong=True))
+        assert (
+            assert_same_batches(
+                train_loader(small, 64, seed=3, epoch=epoch), loaders.train(64, seed=3, epoch=epoch)
+            )
+            == 4
+        )
+    assert_same_batches(
+        train_loader(small, 64, seed=3, epoch=4, augment=False),
+        loaders.train(64, seed=3, epoch=4, augment=False),
+    )
+    assert_same_batches(
+        train_loader(small, 64, seed=8, epoch=2, strong=True),
+        loaders.train(64, seed=8, epoch=2, strong=True),
+    )
     assert_same_batches(make_test_loader(small, 32), loaders.test(32))
     assert torch.get_num_threads() == threads
 
 
 def test_ffcv_falls_back_when_the_betons_hold_other_arrays(
-    ffcv_setup: tuple[object, Path], small: ImageArrays, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ffcv_setup: tuple[object, Path],
+    small: ImageArrays,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, folder = ffcv_setup
     with caplog.at_level(logging.WARNING, logger="kdbench.data"):
@@ -243,7 +323,9 @@ def test_ffcv_falls_back_when_the_betons_hold_other_arrays(
         assert f"kdbench data prepare {small.name}" in caplog.text
 
 
-def test_ffcv_shards_equal_the_reference_shards(ffcv_setup: tuple[object, Path], small: ImageArrays) -> None:
+def test_ffcv_shards_equal_the_reference_shards(
+    ffcv_setup: tuple[object, Path], small: ImageArrays
+) -> None:
     """Each rank's ffcv batches are the reference loader's for that shard (``tests/test_distributed.py``
     checks those against slices of the whole batches); its length counts the shard, not the file."""
     loaders, _ = ffcv_setup

@@ -13,11 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from kdbench import losses
 
 EPS = 1e-8  # DIST: added to the product of the two norms (methods-seed.md §4.1)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +61,9 @@ def ref_dist_parts(z_s: np.ndarray, z_t: np.ndarray, temperature: float) -> tupl
     return inter, intra
 
 
-def ref_dist(z_s: np.ndarray, z_t: np.ndarray, beta: float, gamma: float, temperature: float) -> float:
+def ref_dist(
+    z_s: np.ndarray, z_t: np.ndarray, beta: float, gamma: float, temperature: float
+) -> float:
     inter, intra = ref_dist_parts(z_s, z_t, temperature)
     return temperature**2 * (beta * inter + gamma * intra)
 
@@ -110,7 +110,9 @@ def test_kd_float32_close_to_float64_reference(b, c, temperature, scale):
     z_s, z_t = z_s.astype(np.float32).astype(np.float64), z_t.astype(np.float32).astype(np.float64)
     got = losses.kd(_t(z_s, torch.float32), _t(z_t, torch.float32), temperature)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref_kd(z_s, z_t, temperature), rel=1e-5, abs=1e-5 * temperature**2)
+    assert got.item() == pytest.approx(
+        ref_kd(z_s, z_t, temperature), rel=1e-5, abs=1e-5 * temperature**2
+    )
 
 
 def test_kd_identical_logits_is_zero():
@@ -156,7 +158,9 @@ def test_kd_gradient_only_to_student_and_matches_closed_form(temperature):
     losses.kd(z_s, z_t, temperature).backward()
     assert z_t.grad is None
     # d/dz_s [T²/B Σ KL] = T²/B · (p_s − p_t)/T = T/B · (p_s − p_t)
-    expected = temperature / b * (ref_softmax(z_s_np / temperature) - ref_softmax(z_t_np / temperature))
+    expected = (
+        temperature / b * (ref_softmax(z_s_np / temperature) - ref_softmax(z_t_np / temperature))
+    )
     np.testing.assert_allclose(z_s.grad.numpy(), expected, rtol=1e-10, atol=1e-13)
 
 
@@ -182,7 +186,9 @@ def test_dist_matches_float64_reference(b, c, temperature, beta, gamma, scale):
     z_s, z_t = _logits(rng, b, c, scale), _logits(rng, b, c, scale)
     got = losses.dist(_t(z_s), _t(z_t), beta=beta, gamma=gamma, temperature=temperature)
     assert got.dtype == torch.float64 and got.shape == ()
-    assert got.item() == pytest.approx(ref_dist(z_s, z_t, beta, gamma, temperature), rel=1e-10, abs=1e-10)
+    assert got.item() == pytest.approx(
+        ref_dist(z_s, z_t, beta, gamma, temperature), rel=1e-10, abs=1e-10
+    )
 
 
 @pytest.mark.parametrize(("b", "c", "temperature", "beta", "gamma", "scale"), DIST_CASES)
@@ -199,7 +205,9 @@ def test_dist_float32_close_to_float64_reference(b, c, temperature, beta, gamma,
 def test_dist_default_arguments_are_beta_gamma_one_and_tau_one():
     rng = np.random.default_rng(5)
     z_s, z_t = _logits(rng, 6, 9, 2.0), _logits(rng, 6, 9, 2.0)
-    assert losses.dist(_t(z_s), _t(z_t)).item() == pytest.approx(ref_dist(z_s, z_t, 1.0, 1.0, 1.0), rel=1e-10)
+    assert losses.dist(_t(z_s), _t(z_t)).item() == pytest.approx(
+        ref_dist(z_s, z_t, 1.0, 1.0, 1.0), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
@@ -257,7 +265,9 @@ def test_dist_perfectly_anti_correlated():
     assert losses.dist(z_s, z_t).item() == pytest.approx(3.999999840000013, rel=1e-12)
     assert losses.dist(z_s, z_t, 1.0, 0.0).item() == pytest.approx(1.9999999200000064, rel=1e-12)
     # τ² factor: z scaled by 4 and τ = 4 gives the same Y, so 16 × the τ = 1 value = 63.99999744.
-    assert losses.dist(4 * z_s, 4 * z_t, 1.0, 1.0, 4.0).item() == pytest.approx(63.99999744000021, rel=1e-12)
+    assert losses.dist(4 * z_s, 4 * z_t, 1.0, 1.0, 4.0).item() == pytest.approx(
+        63.99999744000021, rel=1e-12
+    )
 
 
 def test_dist_inter_is_per_sample_and_intra_is_per_class():
@@ -266,7 +276,9 @@ def test_dist_inter_is_per_sample_and_intra_is_per_class():
     #   columns are constant over the batch → centred to 0 → ρ = 0 / (0 + ε) = 0 → intra = 1.
     # Swapping the two axes would give inter = 1 and intra ≈ 0 instead.
     z = torch.tensor([[_L3, 0.0], [_L3, 0.0]], dtype=torch.float64)
-    assert losses.dist(z, z.clone(), 1.0, 0.0).item() == pytest.approx(7.999999360000052e-08, rel=1e-8)
+    assert losses.dist(z, z.clone(), 1.0, 0.0).item() == pytest.approx(
+        7.999999360000052e-08, rel=1e-8
+    )
     assert losses.dist(z, z.clone(), 0.0, 1.0).item() == pytest.approx(1.0, abs=1e-15)
 
 
@@ -303,7 +315,9 @@ def test_dist_cosine_relation_matches_hand_computation():
     expected = (1 - cos(y_s, y_t).mean()) + 2 * (1 - cos(y_s.T, y_t.T).mean())
     got = losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0, relation="cosine")
     assert got.item() == pytest.approx(expected, rel=1e-12)
-    assert got.item() != pytest.approx(losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0).item())  # not the centred (Pearson) one
+    assert got.item() != pytest.approx(
+        losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0).item()
+    )  # not the centred (Pearson) one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +336,16 @@ def test_simkd_is_element_mean_of_squared_differences(shape):
 
 def test_simkd_by_hand_and_gradient_only_to_projected():
     # Differences (1, −2, 0, 3) → squares (1, 4, 0, 9) → mean 14 / 4 = 3.5.
-    p = torch.tensor([1.0, 0.0, 5.0, 3.0], dtype=torch.float64).view(1, 4, 1, 1).requires_grad_(True)
-    t = torch.tensor([0.0, 2.0, 5.0, 0.0], dtype=torch.float64).view(1, 4, 1, 1).requires_grad_(True)
+    p = (
+        torch.tensor([1.0, 0.0, 5.0, 3.0], dtype=torch.float64)
+        .view(1, 4, 1, 1)
+        .requires_grad_(True)
+    )
+    t = (
+        torch.tensor([0.0, 2.0, 5.0, 0.0], dtype=torch.float64)
+        .view(1, 4, 1, 1)
+        .requires_grad_(True)
+    )
     loss = losses.simkd(p, t)
     assert loss.item() == 3.5
     loss.backward()

@@ -15,16 +15,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from kdbench import losses, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.methods.crd import epoch_seed, momentum_update, sample_contrast_indices
+from torch import nn
+
 from reference import calibrated_teacher
 
 CRD_EPS = 1e-7
 NUM_CLASSES = 10
-
 
 
 def _t(a: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -41,7 +40,9 @@ def _unit_rows(rng: np.random.Generator, *shape: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def ref_crd_scores(anchor: np.ndarray, bank: np.ndarray, contrast: np.ndarray, temperature: float) -> np.ndarray:
+def ref_crd_scores(
+    anchor: np.ndarray, bank: np.ndarray, contrast: np.ndarray, temperature: float
+) -> np.ndarray:
     """exp(⟨bank[contrast[i, k]], anchor[i]⟩ / T): each sample's K+1 rows gathered, then dotted."""
     b, k1 = contrast.shape
     out = np.empty((b, k1))
@@ -65,7 +66,9 @@ def ref_crd_nce(scores: np.ndarray, z: float, n_data: int) -> float:
     return -total / b
 
 
-def ref_crd(emb_s, emb_t, bank_s, bank_t, contrast, n_data, temperature) -> tuple[float, float, float]:
+def ref_crd(
+    emb_s, emb_t, bank_s, bank_t, contrast, n_data, temperature
+) -> tuple[float, float, float]:
     """(loss, Z_s, Z_t) with Z set from these scores as on CRD's first batch: mean score × N.
     Student anchor against the teacher bank + teacher anchor against the student bank."""
     scores_s = ref_crd_scores(emb_s, bank_t, contrast, temperature)
@@ -89,7 +92,9 @@ def ref_semckd_attention(q: np.ndarray, k: np.ndarray, soft: float) -> np.ndarra
     out = np.empty((b, n_s, n_t))
     for s in range(b):
         for i in range(n_s):
-            e = np.array([sum(q[s, i, c] * k[s, j, c] for c in range(d)) / soft for j in range(n_t)])
+            e = np.array(
+                [sum(q[s, i, c] * k[s, j, c] for c in range(d)) / soft for j in range(n_t)]
+            )
             e = np.exp(e - e.max())
             out[s, i] = e / e.sum()
     return out
@@ -126,7 +131,9 @@ def _crd_inputs(rng, b, k, d, n):
     return emb_s, emb_t, bank_s, bank_t, contrast
 
 
-def _crd_torch(emb_s, emb_t, bank_s, bank_t, contrast, z_s, z_t, n, temperature, dtype=torch.float64):
+def _crd_torch(
+    emb_s, emb_t, bank_s, bank_t, contrast, z_s, z_t, n, temperature, dtype=torch.float64
+):
     idx = torch.tensor(contrast, dtype=torch.int64)
     scores_s = losses.crd_scores(_t(emb_s, dtype), _t(bank_t, dtype), idx, temperature)
     scores_t = losses.crd_scores(_t(emb_t, dtype), _t(bank_s, dtype), idx, temperature)
@@ -139,14 +146,25 @@ def test_crd_matches_float64_reference(b, k, d, n, temperature):
     emb_s, emb_t, bank_s, bank_t, contrast = _crd_inputs(rng, b, k, d, n)
     got_scores = losses.crd_scores(_t(emb_s), _t(bank_t), torch.tensor(contrast), temperature)
     assert got_scores.shape == (b, k + 1) and got_scores.dtype == torch.float64
-    np.testing.assert_allclose(got_scores.numpy(), ref_crd_scores(emb_s, bank_t, contrast, temperature), rtol=1e-12)
+    np.testing.assert_allclose(
+        got_scores.numpy(), ref_crd_scores(emb_s, bank_t, contrast, temperature), rtol=1e-12
+    )
     expected, z_s, z_t = ref_crd(emb_s, emb_t, bank_s, bank_t, contrast, n, temperature)
     got = _crd_torch(emb_s, emb_t, bank_s, bank_t, contrast, z_s, z_t, n, temperature)
     assert got.dtype == torch.float64 and got.shape == ()
     assert got.item() == pytest.approx(expected, rel=1e-10)
     # Z may also be a 0-dim tensor (the method's buffer).
-    got_t = _crd_torch(emb_s, emb_t, bank_s, bank_t, contrast, torch.tensor(z_s, dtype=torch.float64),
-                       torch.tensor(z_t, dtype=torch.float64), n, temperature)
+    got_t = _crd_torch(
+        emb_s,
+        emb_t,
+        bank_s,
+        bank_t,
+        contrast,
+        torch.tensor(z_s, dtype=torch.float64),
+        torch.tensor(z_t, dtype=torch.float64),
+        n,
+        temperature,
+    )
     assert got_t.item() == pytest.approx(got.item(), rel=1e-14)
 
 
@@ -156,7 +174,9 @@ def test_crd_float32_close_to_float64_reference(b, k, d, n, temperature):
     *floats, contrast = _crd_inputs(rng, b, k, d, n)
     emb_s, emb_t, bank_s, bank_t = (x.astype(np.float32).astype(np.float64) for x in floats)
     expected, z_s, z_t = ref_crd(emb_s, emb_t, bank_s, bank_t, contrast, n, temperature)
-    got = _crd_torch(emb_s, emb_t, bank_s, bank_t, contrast, z_s, z_t, n, temperature, torch.float32)
+    got = _crd_torch(
+        emb_s, emb_t, bank_s, bank_t, contrast, z_s, z_t, n, temperature, torch.float32
+    )
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(expected, rel=2e-5)
 
@@ -176,9 +196,15 @@ def test_crd_nce_by_hand():
     # (Z 2) plus teacher scores (0.5, 0.5, 0.5) with Z 1 (−3·ln(0.5/(1+ε)) = 2.0794421):
     # 2.7080504078 + 2.0794420417 = 4.78749224944869 (= 2 × the two-sample mean above)
     teacher_side = torch.tensor([[0.5, 0.5, 0.5]], dtype=torch.float64)
-    assert losses.crd(scores, teacher_side, 2.0, 1.0, 4).item() == pytest.approx(4.78749224944869, rel=1e-13)
-    assert losses.crd(teacher_side, scores, 1.0, 2.0, 4).item() == pytest.approx(4.78749224944869, rel=1e-13)
-    assert losses.crd(scores, teacher_side, 1.0, 2.0, 4).item() != pytest.approx(4.78749224944869, rel=1e-3)
+    assert losses.crd(scores, teacher_side, 2.0, 1.0, 4).item() == pytest.approx(
+        4.78749224944869, rel=1e-13
+    )
+    assert losses.crd(teacher_side, scores, 1.0, 2.0, 4).item() == pytest.approx(
+        4.78749224944869, rel=1e-13
+    )
+    assert losses.crd(scores, teacher_side, 1.0, 2.0, 4).item() != pytest.approx(
+        4.78749224944869, rel=1e-3
+    )
 
 
 def test_crd_scores_by_hand():
@@ -188,25 +214,38 @@ def test_crd_scores_by_hand():
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
     got = losses.crd_scores(anchor, bank, torch.tensor([[0, 1, 2, 0]]), 0.5)
     assert got.shape == (1, 4)
-    assert got.flatten().tolist() == pytest.approx([math.exp(2.0), 1.0, math.exp(1.2), math.exp(2.0)], rel=1e-15)
+    assert got.flatten().tolist() == pytest.approx(
+        [math.exp(2.0), 1.0, math.exp(1.2), math.exp(2.0)], rel=1e-15
+    )
 
 
 def test_crd_gradient_reaches_embeddings_not_banks():
     rng = np.random.default_rng(5)
     emb_s, emb_t, bank_s, bank_t, contrast = _crd_inputs(rng, 3, 6, 8, 100)
-    emb_s, emb_t, bank_s, bank_t = (_t(x).requires_grad_(True) for x in (emb_s, emb_t, bank_s, bank_t))
+    emb_s, emb_t, bank_s, bank_t = (
+        _t(x).requires_grad_(True) for x in (emb_s, emb_t, bank_s, bank_t)
+    )
     idx = torch.tensor(contrast)
-    scores_s, scores_t = losses.crd_scores(emb_s, bank_t, idx, 0.07), losses.crd_scores(emb_t, bank_s, idx, 0.07)
+    scores_s, scores_t = (
+        losses.crd_scores(emb_s, bank_t, idx, 0.07),
+        losses.crd_scores(emb_t, bank_s, idx, 0.07),
+    )
     losses.crd(scores_s, scores_t, 50.0, 60.0, 100).backward()
     assert bank_s.grad is None and bank_t.grad is None
     assert emb_s.grad is not None and emb_s.grad.abs().sum() > 0
-    assert emb_t.grad is not None and emb_t.grad.abs().sum() > 0  # the teacher's embedding head learns
+    assert (
+        emb_t.grad is not None and emb_t.grad.abs().sum() > 0
+    )  # the teacher's embedding head learns
     # The anchors' gradient agrees with finite differences (repeated contrast indices included).
     e_s, e_t, b_s, b_t, c = _crd_inputs(rng, 2, 5, 4, 3)
     e_s, e_t = _t(e_s).requires_grad_(True), _t(e_t).requires_grad_(True)
     b_s, b_t, c = _t(b_s), _t(b_t), torch.tensor(c)
     assert torch.autograd.gradcheck(
-        lambda a, b: losses.crd(losses.crd_scores(a, b_t, c, 0.5), losses.crd_scores(b, b_s, c, 0.5), 7.0, 9.0, 3), (e_s, e_t))
+        lambda a, b: losses.crd(
+            losses.crd_scores(a, b_t, c, 0.5), losses.crd_scores(b, b_s, c, 0.5), 7.0, 9.0, 3
+        ),
+        (e_s, e_t),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +266,9 @@ def test_srrl_matches_float64_reference(b, c, k):
     args32 = [x.astype(np.float32) for x in (h, f_t, pred, z_t)]
     got32 = losses.srrl(*(_t(x, torch.float32) for x in args32))
     assert got32.dtype == torch.float32
-    assert got32.item() == pytest.approx(ref_srrl(*(x.astype(np.float64) for x in args32)), rel=1e-5)
+    assert got32.item() == pytest.approx(
+        ref_srrl(*(x.astype(np.float64) for x in args32)), rel=1e-5
+    )
 
 
 def test_srrl_by_hand_and_gradients():
@@ -270,21 +311,33 @@ def test_semckd_matches_float64_reference(b, n_s, n_t, d, soft):
     q, k = _unit_rows(rng, b, n_s, d), _unit_rows(rng, b, n_t, d)
     att = losses.semckd_attention(_t(q), _t(k), soft)
     assert att.shape == (b, n_s, n_t)
-    np.testing.assert_allclose(att.numpy(), ref_semckd_attention(q, k, soft), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        att.numpy(), ref_semckd_attention(q, k, soft), rtol=1e-12, atol=1e-15
+    )
     projected, targets = _semckd_maps(rng, b, n_s, n_t)
     att_np = ref_semckd_attention(q, k, soft)
-    got = losses.semckd([[_t(x) for x in row] for row in projected], [[_t(x) for x in row] for row in targets], _t(att_np))
+    got = losses.semckd(
+        [[_t(x) for x in row] for row in projected],
+        [[_t(x) for x in row] for row in targets],
+        _t(att_np),
+    )
     assert got.dtype == torch.float64 and got.shape == ()
     assert got.item() == pytest.approx(ref_semckd(projected, targets, att_np), rel=1e-10)
     # float32
     p32 = [[x.astype(np.float32) for x in row] for row in projected]
     t32 = [[x.astype(np.float32) for x in row] for row in targets]
     a32 = att_np.astype(np.float32)
-    got32 = losses.semckd([[_t(x, torch.float32) for x in row] for row in p32],
-                          [[_t(x, torch.float32) for x in row] for row in t32], _t(a32, torch.float32))
+    got32 = losses.semckd(
+        [[_t(x, torch.float32) for x in row] for row in p32],
+        [[_t(x, torch.float32) for x in row] for row in t32],
+        _t(a32, torch.float32),
+    )
     assert got32.dtype == torch.float32
-    ref32 = ref_semckd([[x.astype(np.float64) for x in r] for r in p32], [[x.astype(np.float64) for x in r] for r in t32],
-                       a32.astype(np.float64))
+    ref32 = ref_semckd(
+        [[x.astype(np.float64) for x in r] for r in p32],
+        [[x.astype(np.float64) for x in r] for r in t32],
+        a32.astype(np.float64),
+    )
     assert got32.item() == pytest.approx(ref32, rel=1e-5)
 
 
@@ -301,10 +354,13 @@ def test_semckd_by_hand():
     # attention: q = (1, 0), keys (1, 0) and (0, 1), soft 1 → softmax(1, 0) = (e/(e+1), 1/(e+1))
     q = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
     k = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
-    assert losses.semckd_attention(q, k, 1.0).flatten().tolist() == pytest.approx([0.7310585786300049, 0.2689414213699951], rel=1e-15)
+    assert losses.semckd_attention(q, k, 1.0).flatten().tolist() == pytest.approx(
+        [0.7310585786300049, 0.2689414213699951], rel=1e-15
+    )
     # soft = 0.5 doubles the energies: softmax(2, 0) = (e²/(e²+1), 1/(e²+1))
     assert losses.semckd_attention(q, k, 0.5).flatten().tolist() == pytest.approx(
-        [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)], rel=1e-15)
+        [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)], rel=1e-15
+    )
 
 
 def test_semckd_gradients_skip_targets():
@@ -324,7 +380,14 @@ def test_semckd_gradients_skip_targets():
 def test_loss_functions_are_exported():
     from kdbench.losses import contrastive
 
-    assert set(contrastive.__all__) == {"crd", "crd_nce", "crd_scores", "semckd", "semckd_attention", "srrl"}
+    assert set(contrastive.__all__) == {
+        "crd",
+        "crd_nce",
+        "crd_scores",
+        "semckd",
+        "semckd_attention",
+        "srrl",
+    }
     for name in contrastive.__all__:
         assert getattr(losses, name) is getattr(contrastive, name)
 
@@ -353,7 +416,13 @@ def make(name, teacher_template, images, student="resnet8x4", params=None, seed=
     torch.manual_seed(seed)
     cls = methods.get(name)
     s = models.create(student, num_classes=NUM_CLASSES)
-    return cls(s, copy.deepcopy(teacher_template), params if params is not None else cls.Params(), images[:4], **context)
+    return cls(
+        s,
+        copy.deepcopy(teacher_template),
+        params if params is not None else cls.Params(),
+        images[:4],
+        **context,
+    )
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-6, atol: float = 1e-7) -> None:
@@ -361,7 +430,12 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-6, atol: float = 1e
 
 
 # Fixtures of methods-baselines.md §5b (100 classes); pairs = (teacher, student).
-PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet32x4", "ShuffleV2")]
+PAIRS = [
+    ("resnet32x4", "resnet8x4"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("resnet56", "resnet20"),
+    ("resnet32x4", "ShuffleV2"),
+]
 
 
 def bare(name: str, teacher: str, student: str, params=None, **context):
@@ -369,7 +443,9 @@ def bare(name: str, teacher: str, student: str, params=None, **context):
     cls = methods.get(name)
     t = models.create(teacher, num_classes=100)
     s = models.create(student, num_classes=100)
-    return cls(s, t, params if params is not None else cls.Params(), torch.randn(2, 3, 32, 32), **context)
+    return cls(
+        s, t, params if params is not None else cls.Params(), torch.randn(2, 3, 32, 32), **context
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,11 +457,18 @@ def test_crd_params_variants_and_recipe_row():
     p = methods.get("crd").Params()
     assert (p.ce_weight, p.kd_weight, p.weight) == (1.0, 0.0, 0.8)  # CRD/RepDistiller protocol
     assert (p.feat_dim, p.nce_k, p.nce_t, p.nce_m, p.kd_temperature) == (128, 16384, 0.07, 0.5, 4.0)
-    for variant, weights in {"crd": (1.0, 0.0, 0.8), "crd+kd": (1.0, 1.0, 0.8), "simkd": (1.0, 1.0, 0.8)}.items():
+    for variant, weights in {
+        "crd": (1.0, 0.0, 0.8),
+        "crd+kd": (1.0, 1.0, 0.8),
+        "simkd": (1.0, 1.0, 0.8),
+    }.items():
         r = methods.resolve_params("crd", variant, {})
         assert (r.ce_weight, r.kd_weight, r.weight) == weights, variant
     # SimKD Table 1 row: params {ce_weight: 1, kd_weight: 1, weight: 0.8}
-    assert methods.resolve_params("crd", None, {"ce_weight": 1, "kd_weight": 1, "weight": 0.8}).weight == 0.8
+    assert (
+        methods.resolve_params("crd", None, {"ce_weight": 1, "kd_weight": 1, "weight": 0.8}).weight
+        == 0.8
+    )
     assert methods.get("crd").needs == methods.Needs(teacher=True, sample_indices=True)
 
 
@@ -420,7 +503,9 @@ def test_sampled_negatives_fast_path_draws_the_same():
     labels = torch.arange(300) % 3
     indices = torch.tensor([4, 8, 15, 16, 23, 42])
     slow = sample_contrast_indices(indices, labels, 100, torch.Generator().manual_seed(11))
-    fast = sample_contrast_indices(indices, labels, 100, torch.Generator().manual_seed(11), min_available=200)
+    fast = sample_contrast_indices(
+        indices, labels, 100, torch.Generator().manual_seed(11), min_available=200
+    )
     assert torch.equal(slow, fast)
 
 
@@ -432,14 +517,18 @@ def test_sampled_negatives_exact_mode():
     assert idx.shape == (5, 151) and idx.dtype == torch.int64
     assert torch.equal(idx[:, 0], indices)  # position 0: the sample itself ("exact")
     neg = idx[:, 1:]
-    assert (labels[neg] != labels[indices][:, None]).all()  # only other classes, so never the positive
+    assert (
+        labels[neg] != labels[indices][:, None]
+    ).all()  # only other classes, so never the positive
     assert (neg != indices[:, None]).all()
     assert all(row.unique().numel() == 150 for row in neg)  # without replacement (180 eligible ≥ K)
     assert neg.min() >= 0 and neg.max() < 200
     # Reproducible from the generator alone.
     again = sample_contrast_indices(indices, labels, 150, torch.Generator().manual_seed(3))
     assert torch.equal(again, idx)
-    assert not torch.equal(sample_contrast_indices(indices, labels, 150, torch.Generator().manual_seed(4)), idx)
+    assert not torch.equal(
+        sample_contrast_indices(indices, labels, 150, torch.Generator().manual_seed(4)), idx
+    )
 
 
 def test_sampled_negatives_with_replacement_when_too_few():
@@ -453,14 +542,18 @@ def test_sampled_negatives_with_replacement_when_too_few():
     assert set(neg[0].tolist()) == {2, 3, 4, 5} and set(neg[1].tolist()) == {0, 1, 5}
     assert set(neg[2].tolist()) == {0, 1, 2, 3, 4}
     with pytest.raises(KdbenchError, match="two classes"):
-        sample_contrast_indices(torch.tensor([0]), torch.zeros(5, dtype=torch.long), 3, torch.Generator())
+        sample_contrast_indices(
+            torch.tensor([0]), torch.zeros(5, dtype=torch.long), 3, torch.Generator()
+        )
 
 
 def test_sampled_negatives_are_uniform_over_other_classes():
     # 30 samples, 3 classes; 3000 draws of K = 5 for sample 0 (class 0): each of the 20 eligible
     # samples is expected 750 times (binomial sd ≈ 24); no class-0 sample ever.
     labels = torch.arange(30) % 3
-    idx = sample_contrast_indices(torch.zeros(3000, dtype=torch.long), labels, 5, torch.Generator().manual_seed(1))
+    idx = sample_contrast_indices(
+        torch.zeros(3000, dtype=torch.long), labels, 5, torch.Generator().manual_seed(1)
+    )
     counts = torch.bincount(idx[:, 1:].flatten(), minlength=30)
     assert counts[labels == 0].sum() == 0
     eligible = counts[labels != 0].double()
@@ -484,13 +577,19 @@ def test_crd_step_z_memory_update_and_term(teacher_template, images):
     indices = torch.tensor([3, 9, 14, 20, 27, 31, 38, 5])
     targets = labels[indices]
     mem_s, mem_t = d.memory_s.clone(), d.memory_t.clone()
-    expected_contrast = sample_contrast_indices(indices, labels, k, torch.Generator().manual_seed(epoch_seed(int(d.sampler_seed), 1)))
+    expected_contrast = sample_contrast_indices(
+        indices, labels, k, torch.Generator().manual_seed(epoch_seed(int(d.sampler_seed), 1))
+    )
 
     _, terms = d.forward_train(images, targets, epoch=1, indices=indices)
     assert set(terms) == {"ce", "crd"}
     emb_s, emb_t = seen["s"], seen["t"]
-    assert torch.allclose(emb_s.norm(dim=1), torch.ones(8)) and torch.allclose(emb_t.norm(dim=1), torch.ones(8))
-    scores_s = losses.crd_scores(emb_s, mem_t, expected_contrast, 0.07)  # student anchor, teacher bank
+    assert torch.allclose(emb_s.norm(dim=1), torch.ones(8)) and torch.allclose(
+        emb_t.norm(dim=1), torch.ones(8)
+    )
+    scores_s = losses.crd_scores(
+        emb_s, mem_t, expected_contrast, 0.07
+    )  # student anchor, teacher bank
     scores_t = losses.crd_scores(emb_t, mem_s, expected_contrast, 0.07)
     # The same scores from explicitly gathered rows, as the reference computes them.
     rows_t = mem_t[expected_contrast]  # (B, K+1, D)
@@ -501,7 +600,10 @@ def test_crd_step_z_memory_update_and_term(teacher_template, images):
     close(terms["crd"], 0.8 * losses.crd(scores_s, scores_t, d.z[0], d.z[1], n), rtol=1e-5)
     # Memory update: the batch's rows become normalise(0.5·old + 0.5·new); no other row moves.
     old_s, old_t = mem_s[indices], mem_t[indices]
-    close(d.memory_s[indices], (0.5 * old_s + 0.5 * emb_s) / (0.5 * old_s + 0.5 * emb_s).norm(dim=1, keepdim=True))
+    close(
+        d.memory_s[indices],
+        (0.5 * old_s + 0.5 * emb_s) / (0.5 * old_s + 0.5 * emb_s).norm(dim=1, keepdim=True),
+    )
     close(d.memory_t[indices], momentum_update(old_t, emb_t, 0.5))
     assert torch.allclose(d.memory_t[indices].norm(dim=1), torch.ones(8))
     rest = torch.ones(n, dtype=torch.bool)
@@ -520,9 +622,12 @@ def test_momentum_update_rule():
     new = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     # (1.5, 0.5)/√2.5 and (0, 1.5)/1.5
     got = momentum_update(old, new, 0.5)
-    assert got.flatten().tolist() == pytest.approx([1.5 / math.sqrt(2.5), 0.5 / math.sqrt(2.5), 0.0, 1.0], rel=1e-15)
+    assert got.flatten().tolist() == pytest.approx(
+        [1.5 / math.sqrt(2.5), 0.5 / math.sqrt(2.5), 0.0, 1.0], rel=1e-15
+    )
     assert momentum_update(old, new, 0.9).tolist()[0] == pytest.approx(
-        [2.7 / math.sqrt(2.7**2 + 0.01), 0.1 / math.sqrt(2.7**2 + 0.01)], rel=1e-15)
+        [2.7 / math.sqrt(2.7**2 + 0.01), 0.1 / math.sqrt(2.7**2 + 0.01)], rel=1e-15
+    )
 
 
 def test_crd_state_round_trips_through_state_dict(teacher_template, images):
@@ -578,8 +683,13 @@ def test_crd_loading_an_unset_z_re_estimates_it(teacher_template, images):
 def test_crd_needs_indices_and_labels(teacher_template, images):
     with pytest.raises(ValueError, match="training labels"):
         make("crd", teacher_template, images)
-    d = make("crd", teacher_template, images, params=methods.resolve_params("crd", None, {"nce_k": 4}),
-             train_labels=torch.arange(20) % NUM_CLASSES)
+    d = make(
+        "crd",
+        teacher_template,
+        images,
+        params=methods.resolve_params("crd", None, {"nce_k": 4}),
+        train_labels=torch.arange(20) % NUM_CLASSES,
+    )
     with pytest.raises(KdbenchError, match="dataset index"):
         d.forward_train(images, torch.zeros(8, dtype=torch.long), epoch=1)
 
@@ -588,7 +698,9 @@ def test_crd_default_k_on_a_tiny_training_set(teacher_template, images):
     # K = 16384 > eligible samples: drawn with replacement, as the reference does; loss finite.
     d = make("crd", teacher_template, images, train_labels=torch.arange(64) % NUM_CLASSES)
     d.train()
-    _, terms = d.forward_train(images, torch.zeros(8, dtype=torch.long), epoch=1, indices=torch.arange(8))
+    _, terms = d.forward_train(
+        images, torch.zeros(8, dtype=torch.long), epoch=1, indices=torch.arange(8)
+    )
     assert torch.isfinite(terms["crd"]) and terms["crd"] > 0
 
 
@@ -617,7 +729,13 @@ def test_srrl_connector_matches_fixture(pair, expected):
 @pytest.mark.parametrize("student", ["resnet8x4", "ShuffleV2"])
 @pytest.mark.parametrize("variant", [None, "official"])
 def test_srrl_term_by_hand(student, variant, teacher_template, images):
-    d = make("srrl", teacher_template, images, student=student, params=methods.resolve_params("srrl", variant, {}))
+    d = make(
+        "srrl",
+        teacher_template,
+        images,
+        student=student,
+        params=methods.resolve_params("srrl", variant, {}),
+    )
     d.eval()
     targets = torch.arange(8) % NUM_CLASSES
     with torch.no_grad():
@@ -628,7 +746,9 @@ def test_srrl_term_by_hand(student, variant, teacher_template, images):
         def connect(x):  # 1×1 conv + eval-mode BN + ReLU on (B, C, H, W), by hand
             y = torch.einsum("oc,bchw->bohw", w, x)
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            return torch.relu((y - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None])
+            return torch.relu(
+                (y - bn.running_mean[:, None, None]) * scale[:, None, None] + bn.bias[:, None, None]
+            )
 
         if variant is None:
             h = connect(fs.pooled[:, :, None, None]).flatten(1)
@@ -662,7 +782,9 @@ def test_semckd_params_and_variants():
     assert methods.get("semckd").needs.fixed_batch
     assert methods.resolve_params("semckd", "imagenet", {}).weight == 50.0
     assert methods.resolve_params("semckd", "simkd", {}) == p
-    assert methods.resolve_params("semckd", None, {"ce_weight": 1, "kd_weight": 1, "weight": 400}) == p
+    assert (
+        methods.resolve_params("semckd", None, {"ce_weight": 1, "kd_weight": 1, "weight": 400}) == p
+    )
 
 
 # The reference MLPEmbed also holds an unused duplicate regressor, Linear(64→32) + Linear(32→16)
@@ -670,13 +792,19 @@ def test_semckd_params_and_variants():
 UNUSED_PER_MLP = 2_608
 
 
-@pytest.mark.parametrize(("pair", "expected"), list(zip(PAIRS, [10_249_280, 2_588_480, 671_936, 10_575_424])))
+@pytest.mark.parametrize(
+    ("pair", "expected"), list(zip(PAIRS, [10_249_280, 2_588_480, 671_936, 10_575_424]))
+)
 def test_semckd_modules_match_fixture(pair, expected):
     d = bare("semckd", *pair, batch_size=64)  # the protocol's batch size
     n_s, n_t = len(d.query), len(d.key)
     assert (n_s, n_t) == (3, 3)
     for mlp in [*d.query, *d.key]:
-        assert (mlp.linear1.in_features, mlp.linear1.out_features, mlp.linear2.out_features) == (64, 32, 16)
+        assert (mlp.linear1.in_features, mlp.linear1.out_features, mlp.linear2.out_features) == (
+            64,
+            32,
+            16,
+        )
     extra = sum(n_params(m) for name, m in d.named_children() if name not in ("student", "teacher"))
     assert extra + (n_s + n_t) * UNUSED_PER_MLP == expected
     # Projector of pair (i, j): C_s → 2C_t → 2C_t → C_t, no biases, no BN/ReLU at the end.
@@ -686,14 +814,21 @@ def test_semckd_modules_match_fixture(pair, expected):
             convs = [m for m in d.proj[i][j] if isinstance(m, nn.Conv2d)]
             c_s, c_t = f_s.shape[1], f_t.shape[1]
             assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
-                (c_s, 2 * c_t, (1, 1)), (2 * c_t, 2 * c_t, (3, 3)), (2 * c_t, c_t, (1, 1))]
+                (c_s, 2 * c_t, (1, 1)),
+                (2 * c_t, 2 * c_t, (3, 3)),
+                (2 * c_t, c_t, (1, 1)),
+            ]
             assert all(c.bias is None for c in convs) and isinstance(d.proj[i][j][-1], nn.Conv2d)
 
 
 @pytest.mark.parametrize("student", ["resnet8x4", "ShuffleV2"])
 def test_semckd_term_by_hand(student, teacher_template, images):
     d = make("semckd", teacher_template, images, student=student, batch_size=8)
-    assert d.batch_size == 8 and d.query[0].linear1.in_features == 8 and d.query[0].linear2.out_features == 2
+    assert (
+        d.batch_size == 8
+        and d.query[0].linear1.in_features == 8
+        and d.query[0].linear2.out_features == 2
+    )
     d.eval()
     with torch.no_grad():
         fs, ft = d.student.forward_features(images), d.teacher.forward_features(images)
@@ -701,7 +836,10 @@ def test_semckd_term_by_hand(student, teacher_template, images):
         def embed(mlp, fmap):
             flat = fmap.reshape(8, -1)
             g = flat @ flat.t()
-            x = torch.relu(g @ mlp.linear1.weight.t() + mlp.linear1.bias) @ mlp.linear2.weight.t() + mlp.linear2.bias
+            x = (
+                torch.relu(g @ mlp.linear1.weight.t() + mlp.linear1.bias) @ mlp.linear2.weight.t()
+                + mlp.linear2.bias
+            )
             return x / x.norm(dim=1, keepdim=True)
 
         s_taps, t_taps = fs.stages[1:], ft.stages[1:]
@@ -747,6 +885,7 @@ def test_semckd_batch_size_is_fixed(teacher_template, images):
             d.forward_train(wrong, torch.zeros(len(wrong), dtype=torch.long), epoch=1)
     with pytest.raises(ValueError, match="needs the training batch size"):
         make("semckd", teacher_template, images)
+
 
 def test_crd_memory_banks_are_checkpointed_but_not_in_the_final_weights(teacher_template, images):
     d = make("crd", teacher_template, images, train_labels=torch.arange(64) % NUM_CLASSES)

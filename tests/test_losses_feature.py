@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from kdbench import losses, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.methods.fitnet import ConvReg
 from kdbench.models.base import Features, KDModel
+from torch import nn
+
 from reference import ref_adaptive_pool, ref_align
 
 FEATURE_METHODS = ["fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst"]
@@ -107,7 +107,9 @@ def ref_rkd(e_s: np.ndarray, e_t: np.ndarray, w_dist: float = 25.0, w_angle: flo
             out[a] = unit @ unit.T
         return out
 
-    return w_dist * ref_huber_mean(distances(s), distances(t)) + w_angle * ref_huber_mean(angles(s), angles(t))
+    return w_dist * ref_huber_mean(distances(s), distances(t)) + w_angle * ref_huber_mean(
+        angles(s), angles(t)
+    )
 
 
 def ref_pkt(e_s: np.ndarray, e_t: np.ndarray, eps: float = 1e-7) -> float:
@@ -143,7 +145,14 @@ MAP_PAIRS = [
 ]
 
 
-def _check(got64: torch.Tensor, got32: torch.Tensor, expected: float, expected32: float, rtol32: float = 2e-5, atol32: float = 1e-7):
+def _check(
+    got64: torch.Tensor,
+    got32: torch.Tensor,
+    expected: float,
+    expected32: float,
+    rtol32: float = 2e-5,
+    atol32: float = 1e-7,
+):
     assert got64.dtype == torch.float64 and got64.shape == ()
     np.testing.assert_allclose(got64.item(), expected, rtol=1e-10, atol=1e-13)
     assert got32.dtype == torch.float32 and got32.shape == ()
@@ -160,29 +169,54 @@ def _round32(*xs: np.ndarray) -> list[np.ndarray]:
 def test_at_matches_reference(s_shape, t_shape, p):
     s, t = _maps(10, s_shape, t_shape)
     s32, t32 = _round32(s, t)
-    _check(losses.at(_t(s), _t(t), p), losses.at(_t(s32, torch.float32), _t(t32, torch.float32), p), ref_at(s, t, p), ref_at(s32, t32, p))
+    _check(
+        losses.at(_t(s), _t(t), p),
+        losses.at(_t(s32, torch.float32), _t(t32, torch.float32), p),
+        ref_at(s, t, p),
+        ref_at(s32, t32, p),
+    )
 
 
 @pytest.mark.parametrize(("s_shape", "t_shape"), MAP_PAIRS)
 def test_nst_matches_reference(s_shape, t_shape):
     s, t = _maps(11, s_shape, t_shape)
     s32, t32 = _round32(s, t)
-    _check(losses.nst(_t(s), _t(t)), losses.nst(_t(s32, torch.float32), _t(t32, torch.float32)), ref_nst(s, t), ref_nst(s32, t32), atol32=1e-6)
+    _check(
+        losses.nst(_t(s), _t(t)),
+        losses.nst(_t(s32, torch.float32), _t(t32, torch.float32)),
+        ref_nst(s, t),
+        ref_nst(s32, t32),
+        atol32=1e-6,
+    )
 
 
-@pytest.mark.parametrize(("s_shape", "t_shape"), [((4, 3, 4, 4), (4, 6, 2, 2)), ((8, 16, 1, 1), (8, 5, 1, 1)), ((6, 2, 8, 8), (6, 2, 8, 8))])
+@pytest.mark.parametrize(
+    ("s_shape", "t_shape"),
+    [((4, 3, 4, 4), (4, 6, 2, 2)), ((8, 16, 1, 1), (8, 5, 1, 1)), ((6, 2, 8, 8), (6, 2, 8, 8))],
+)
 @pytest.mark.parametrize("positive", [True, False])
 def test_sp_matches_reference(s_shape, t_shape, positive):
     s, t = _maps(12, s_shape, t_shape, positive)
     s32, t32 = _round32(s, t)
-    _check(losses.sp(_t(s), _t(t)), losses.sp(_t(s32, torch.float32), _t(t32, torch.float32)), ref_sp(s, t), ref_sp(s32, t32), atol32=1e-6)
+    _check(
+        losses.sp(_t(s), _t(t)),
+        losses.sp(_t(s32, torch.float32), _t(t32, torch.float32)),
+        ref_sp(s, t),
+        ref_sp(s32, t32),
+        atol32=1e-6,
+    )
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 3, 3), (2, 1, 1, 1), (3, 7, 8, 8)])
 def test_fitnet_matches_reference(shape):
     r, t = _maps(13, shape, shape, positive=False)
     r32, t32 = _round32(r, t)
-    _check(losses.fitnet(_t(r), _t(t)), losses.fitnet(_t(r32, torch.float32), _t(t32, torch.float32)), ref_fitnet(r, t), ref_fitnet(r32, t32))
+    _check(
+        losses.fitnet(_t(r), _t(t)),
+        losses.fitnet(_t(r32, torch.float32), _t(t32, torch.float32)),
+        ref_fitnet(r, t),
+        ref_fitnet(r32, t32),
+    )
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 4, 4), (2, 3, 1, 1), (3, 8, 2, 2)])
@@ -193,7 +227,13 @@ def test_vid_matches_reference(shape, eps):
     a = rng.standard_normal(shape[1]) * 2.0
     mu32, t32, a32 = _round32(mu, t, a)
     got32 = losses.vid(_t(mu32, torch.float32), _t(t32, torch.float32), _t(a32, torch.float32), eps)
-    _check(losses.vid(_t(mu), _t(t), _t(a), eps), got32, ref_vid(mu, t, a, eps), ref_vid(mu32, t32, a32, eps), atol32=1e-6)
+    _check(
+        losses.vid(_t(mu), _t(t), _t(a), eps),
+        got32,
+        ref_vid(mu, t, a, eps),
+        ref_vid(mu32, t32, a32, eps),
+        atol32=1e-6,
+    )
 
 
 @pytest.mark.parametrize(("b", "d"), [(5, 7), (2, 3), (16, 128)])
@@ -201,7 +241,12 @@ def test_cc_matches_reference(b, d):
     rng = np.random.default_rng(15)
     e_s, e_t = rng.standard_normal((b, d)), rng.standard_normal((b, d))
     s32, t32 = _round32(e_s, e_t)
-    _check(losses.cc(_t(e_s), _t(e_t)), losses.cc(_t(s32, torch.float32), _t(t32, torch.float32)), ref_cc(e_s, e_t), ref_cc(s32, t32))
+    _check(
+        losses.cc(_t(e_s), _t(e_t)),
+        losses.cc(_t(s32, torch.float32), _t(t32, torch.float32)),
+        ref_cc(e_s, e_t),
+        ref_cc(s32, t32),
+    )
 
 
 @pytest.mark.parametrize("shape", [(6, 10), (5, 3), (4, 3, 1, 1), (8, 64)])
@@ -212,13 +257,22 @@ def test_rkd_matches_reference(shape, w_dist, w_angle):
     s32, t32 = _round32(e_s, e_t)
     got32 = losses.rkd(_t(s32, torch.float32), _t(t32, torch.float32), w_dist, w_angle)
     expected = ref_rkd(e_s, e_t, w_dist, w_angle)
-    _check(losses.rkd(_t(e_s), _t(e_t), w_dist, w_angle), got32, expected, ref_rkd(s32, t32, w_dist, w_angle), rtol32=1e-4, atol32=1e-6)
+    _check(
+        losses.rkd(_t(e_s), _t(e_t), w_dist, w_angle),
+        got32,
+        expected,
+        ref_rkd(s32, t32, w_dist, w_angle),
+        rtol32=1e-4,
+        atol32=1e-6,
+    )
 
 
 def test_rkd_default_inner_weights_are_25_and_50():
     rng = np.random.default_rng(17)
     e_s, e_t = _t(rng.standard_normal((5, 4))), _t(rng.standard_normal((5, 4)))
-    torch.testing.assert_close(losses.rkd(e_s, e_t), losses.rkd(e_s, e_t, 25.0, 50.0), rtol=0, atol=0)
+    torch.testing.assert_close(
+        losses.rkd(e_s, e_t), losses.rkd(e_s, e_t, 25.0, 50.0), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("shape", [(6, 10), (8, 4), (3, 256)])
@@ -228,7 +282,14 @@ def test_pkt_matches_reference(shape):
     e_s[0] = 0.0  # an all-zero row: normalised to 0 (no NaN), similarity (0 + 1)/2
     s32, t32 = _round32(e_s, e_t)
     got32 = losses.pkt(_t(s32, torch.float32), _t(t32, torch.float32))
-    _check(losses.pkt(_t(e_s), _t(e_t)), got32, ref_pkt(e_s, e_t), ref_pkt(s32, t32), rtol32=1e-3, atol32=1e-7)
+    _check(
+        losses.pkt(_t(e_s), _t(e_t)),
+        got32,
+        ref_pkt(e_s, e_t),
+        ref_pkt(s32, t32),
+        rtol32=1e-3,
+        atol32=1e-7,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +299,9 @@ def test_pkt_matches_reference(shape):
 
 def test_fitnet_by_hand():
     r = _t(np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2))
-    assert losses.fitnet(r, torch.zeros_like(r)).item() == pytest.approx(7.5, abs=1e-15)  # (1+4+9+16)/4
+    assert losses.fitnet(r, torch.zeros_like(r)).item() == pytest.approx(
+        7.5, abs=1e-15
+    )  # (1+4+9+16)/4
 
 
 def test_at_by_hand():
@@ -250,7 +313,9 @@ def test_at_by_hand():
     s2 = _t(np.array([[3.0, 0.0], [0.0, 4.0]]).reshape(1, 2, 1, 2))
     t2 = _t(np.array([1.0, 0.0]).reshape(1, 1, 1, 2))
     n = math.hypot(4.5, 8.0)
-    assert losses.at(s2, t2).item() == pytest.approx(((4.5 / n - 1.0) ** 2 + (8.0 / n) ** 2) / 2, abs=1e-15)
+    assert losses.at(s2, t2).item() == pytest.approx(
+        ((4.5 / n - 1.0) ** 2 + (8.0 / n) ** 2) / 2, abs=1e-15
+    )
 
 
 def test_vid_by_hand():
@@ -260,7 +325,9 @@ def test_vid_by_hand():
     assert losses.vid(mu, t, a, eps=0.0).item() == pytest.approx(2.0, abs=1e-14)
     # σ² = 5 exactly (init of the method: softplus(a) = 5 − eps, plus eps): ½(4/5 + log 5).
     a5 = _t(np.array([math.log(math.exp(5.0 - 1e-5) - 1.0)]))
-    assert losses.vid(mu, t, a5).item() == pytest.approx(0.5 * (4.0 / 5.0 + math.log(5.0)), abs=1e-12)
+    assert losses.vid(mu, t, a5).item() == pytest.approx(
+        0.5 * (4.0 / 5.0 + math.log(5.0)), abs=1e-12
+    )
 
 
 def test_nst_by_hand():
@@ -297,7 +364,9 @@ def test_rkd_by_hand():
     dist = (4 * h(1.0 - 1.0 / m) + 2 * h(1.0 - math.sqrt(2.0) / m)) / 9.0
     # B³ = 27 entries: the 3 (b = c ≠ a) ones agree (cos 1), the 12 with b or c = a are 0 on both sides.
     angle = (2 * h(0.5 - 0.0) + 4 * h(0.5 - 1.0 / math.sqrt(2.0))) / 27.0
-    assert losses.rkd(equilateral, right).item() == pytest.approx(25.0 * dist + 50.0 * angle, abs=1e-12)
+    assert losses.rkd(equilateral, right).item() == pytest.approx(
+        25.0 * dist + 50.0 * angle, abs=1e-12
+    )
 
 
 def test_pkt_by_hand():
@@ -305,8 +374,12 @@ def test_pkt_by_hand():
     eps = 1e-7
     s = _t(np.array([[1.0, 0.0], [0.0, 1.0]]))
     t = _t(np.array([[1.0, 0.0], [2.0, 0.0]]))
-    expected = (0.5 * math.log((0.5 + eps) / (2 / 3 + eps)) + 0.5 * math.log((0.5 + eps) / (1 / 3 + eps))) / 2
-    assert losses.pkt(s, t).item() == pytest.approx(expected, rel=1e-6)  # 1e-7 in the norms shifts ~1e-7
+    expected = (
+        0.5 * math.log((0.5 + eps) / (2 / 3 + eps)) + 0.5 * math.log((0.5 + eps) / (1 / 3 + eps))
+    ) / 2
+    assert losses.pkt(s, t).item() == pytest.approx(
+        expected, rel=1e-6
+    )  # 1e-7 in the norms shifts ~1e-7
     assert losses.pkt(t, t).item() == pytest.approx(0.0, abs=1e-15)
 
 
@@ -356,7 +429,11 @@ def test_cc_gradient_reaches_both_embeddings():
 def test_vid_gradient_reaches_log_scale():
     torch.manual_seed(0)
     a = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    losses.vid(torch.randn(2, 3, 2, 2, dtype=torch.float64), torch.randn(2, 3, 2, 2, dtype=torch.float64), a).backward()
+    losses.vid(
+        torch.randn(2, 3, 2, 2, dtype=torch.float64),
+        torch.randn(2, 3, 2, 2, dtype=torch.float64),
+        a,
+    ).backward()
     assert a.grad is not None and (a.grad != 0).all()
 
 
@@ -390,14 +467,18 @@ def calibrated(name: str) -> KDModel:
     return _MODELS[name]
 
 
-def build(name: str, student: str, teacher: str, variant: str | None = None, **overrides) -> methods.Distiller:
+def build(
+    name: str, student: str, teacher: str, variant: str | None = None, **overrides
+) -> methods.Distiller:
     import copy
 
     cls = methods.get(name)
     params = methods.resolve_params(name, variant, overrides)
     torch.manual_seed(3)
     images = torch.randn(2, 3, 32, 32)
-    return cls(copy.deepcopy(calibrated(student)), copy.deepcopy(calibrated(teacher)), params, images)
+    return cls(
+        copy.deepcopy(calibrated(student)), copy.deepcopy(calibrated(teacher)), params, images
+    )
 
 
 def n_params(module: nn.Module) -> int:
@@ -424,16 +505,35 @@ def test_extra_parameter_counts_match_spec_fixtures(teacher, student):
 
 
 def test_defaults_and_variants():
-    betas = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "vid": 1.0, "rkd": 1.0, "pkt": 30000.0, "nst": 50.0}
+    betas = {
+        "fitnet": 100.0,
+        "at": 1000.0,
+        "sp": 3000.0,
+        "cc": 0.02,
+        "vid": 1.0,
+        "rkd": 1.0,
+        "pkt": 30000.0,
+        "nst": 50.0,
+    }
     for name, beta in betas.items():
         default = methods.resolve_params(name, None, {})
-        assert (default.ce_weight, default.kd_weight, default.weight, default.kd_temperature) == (1.0, 0.0, beta, 4.0), name
+        assert (default.ce_weight, default.kd_weight, default.weight, default.kd_temperature) == (
+            1.0,
+            0.0,
+            beta,
+            4.0,
+        ), name
         assert methods.resolve_params(name, "crd", {}) == default, name
         if name == "nst":
             assert "simkd" not in methods.get(name).variants  # NST is not in the SimKD/SemCKD code
             continue
         sk = methods.resolve_params(name, "simkd", {})
-        assert (sk.ce_weight, sk.kd_weight, sk.weight, sk.kd_temperature) == (1.0, 1.0, beta, 4.0), name
+        assert (sk.ce_weight, sk.kd_weight, sk.weight, sk.kd_temperature) == (
+            1.0,
+            1.0,
+            beta,
+            4.0,
+        ), name
     assert methods.resolve_params("fitnet", None, {}).hint_layer == 2
     sk = methods.resolve_params("fitnet", "simkd", {})
     assert (sk.hint_layer, sk.regressor) == (1, "simkd")
@@ -469,7 +569,9 @@ def test_fitnet_regressor_cases(h_s, h_t, kind, kernel, stride, padding):
 def test_fitnet_regressor_smaller_student_map():
     with pytest.raises(KdbenchError, match="regressor='simkd'"):
         ConvReg((2, 3, 4, 4), (2, 5, 16, 16), fallback=False)
-    reg = ConvReg((2, 3, 4, 4), (2, 5, 16, 16), fallback=True)  # SimKD code: 3×3 pad 1, teacher pooled
+    reg = ConvReg(
+        (2, 3, 4, 4), (2, 5, 16, 16), fallback=True
+    )  # SimKD code: 3×3 pad 1, teacher pooled
     assert (reg.conv.kernel_size, reg.conv.padding, reg.pool_teacher_to) == ((3, 3), (1, 1), 4)
     assert reg(torch.randn(2, 3, 4, 4)).shape == (2, 5, 4, 4)
 
@@ -484,7 +586,9 @@ class TinyNet(KDModel):
         self.classifier = nn.Linear(taps[-1][0], NUM_CLASSES)
 
     def forward_features(self, x: torch.Tensor) -> Features:
-        stages = [F.relu(F.adaptive_avg_pool2d(conv(x), h)) for conv, (_, h) in zip(self.convs, self.taps)]
+        stages = [
+            F.relu(F.adaptive_avg_pool2d(conv(x), h)) for conv, (_, h) in zip(self.convs, self.taps)
+        ]
         pooled = stages[-1].mean(dim=(2, 3))
         return Features(stages, stages, stages[-1], pooled, self.classifier(pooled))
 
@@ -494,7 +598,9 @@ def test_fitnet_simkd_fallback_pools_the_teacher_map():
     student, teacher = TinyNet([(2, 8), (3, 4)]), TinyNet([(2, 8), (5, 16)])
     images = torch.randn(4, 3, 32, 32)
     with pytest.raises(KdbenchError, match="TinyNet"):
-        methods.get("fitnet")(student, teacher, methods.resolve_params("fitnet", None, {"hint_layer": 1}), images)
+        methods.get("fitnet")(
+            student, teacher, methods.resolve_params("fitnet", None, {"hint_layer": 1}), images
+        )
     params = methods.resolve_params("fitnet", "simkd", {})
     d = methods.get("fitnet")(student, teacher, params, images).double().eval()
     x = images.double()
@@ -502,12 +608,16 @@ def test_fitnet_simkd_fallback_pools_the_teacher_map():
     with torch.no_grad():
         regressed = d.regressor(student.forward_features(x).stages[1]).numpy()
         target = ref_adaptive_pool(teacher.forward_features(x).stages[1].numpy(), 4)
-    np.testing.assert_allclose(terms["fitnet"].item(), 100.0 * ref_fitnet(regressed, target), rtol=1e-10)
+    np.testing.assert_allclose(
+        terms["fitnet"].item(), 100.0 * ref_fitnet(regressed, target), rtol=1e-10
+    )
 
 
 def test_fitnet_hint_layer_must_exist_in_both():
     with pytest.raises(KdbenchError, match="hint_layer 4 does not exist"):
-        build("fitnet", "vgg8", "resnet32x4", hint_layer=4)  # VGG has f4, the CIFAR ResNet stops at f3
+        build(
+            "fitnet", "vgg8", "resnet32x4", hint_layer=4
+        )  # VGG has f4, the CIFAR ResNet stops at f3
 
 
 @pytest.mark.parametrize(("variant", "layer"), [(None, 2), ("simkd", 1)])
@@ -515,7 +625,10 @@ def test_fitnet_hint_tap(variant, layer):
     d = build("fitnet", "ShuffleV2", "resnet32x4", variant)
     # ShuffleV2 f1 116@16 / f2 232@8 → ResNet-32x4 f1 64@32 / f2 128@16: transposed conv either way.
     assert isinstance(d.regressor.conv, nn.ConvTranspose2d)
-    assert (d.regressor.conv.in_channels, d.regressor.conv.out_channels) == {1: (116, 64), 2: (232, 128)}[layer]
+    assert (d.regressor.conv.in_channels, d.regressor.conv.out_channels) == {
+        1: (116, 64),
+        2: (232, 128),
+    }[layer]
 
 
 def test_vid_variance_init_and_mdistiller_variant():
@@ -545,7 +658,13 @@ def batch64():
     return torch.randn(6, 3, 32, 32, dtype=torch.float64)
 
 
-def method_terms(name: str, images: torch.Tensor, student: str = "vgg8", teacher: str = "resnet32x4", variant: str | None = None):
+def method_terms(
+    name: str,
+    images: torch.Tensor,
+    student: str = "vgg8",
+    teacher: str = "resnet32x4",
+    variant: str | None = None,
+):
     d = build(name, student, teacher, variant).double().eval()
     targets = torch.arange(len(images)) % NUM_CLASSES
     _, terms = d.forward_train(images, targets, epoch=1)
@@ -574,7 +693,9 @@ def test_nst_method_sums_front_aligned_pairs(batch64):
 
 def test_sp_method_uses_last_spatial_maps(batch64):
     _, terms, fs, ft = method_terms("sp", batch64)
-    expected = ref_sp(_np(fs.stages[-1]), _np(ft.stages[-1]))  # vgg8 f4 512@4 vs resnet32x4 f3 256@8
+    expected = ref_sp(
+        _np(fs.stages[-1]), _np(ft.stages[-1])
+    )  # vgg8 f4 512@4 vs resnet32x4 f3 256@8
     np.testing.assert_allclose(terms["sp"].item(), 3000.0 * expected, rtol=1e-10)
 
 
@@ -582,7 +703,9 @@ def test_sp_method_uses_last_spatial_maps(batch64):
 def test_rkd_pkt_methods_use_pooled_vectors(name, batch64):
     _, terms, fs, ft = method_terms(name, batch64)
     ref, beta = {"rkd": (ref_rkd, 1.0), "pkt": (ref_pkt, 30000.0)}[name]
-    np.testing.assert_allclose(terms[name].item(), beta * ref(_np(fs.pooled), _np(ft.pooled)), rtol=1e-10)
+    np.testing.assert_allclose(
+        terms[name].item(), beta * ref(_np(fs.pooled), _np(ft.pooled)), rtol=1e-10
+    )
 
 
 def test_cc_method_embeds_both_pooled_vectors(batch64):
@@ -611,7 +734,9 @@ def test_fitnet_method_terms(variant, layer, kd, batch64):
     assert set(terms) == ({"ce", "kd", "fitnet"} if kd else {"ce", "fitnet"})
     with torch.no_grad():
         regressed = _np(d.regressor(fs.stages[layer]))
-    np.testing.assert_allclose(terms["fitnet"].item(), 100.0 * ref_fitnet(regressed, _np(ft.stages[layer])), rtol=1e-10)
+    np.testing.assert_allclose(
+        terms["fitnet"].item(), 100.0 * ref_fitnet(regressed, _np(ft.stages[layer])), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("name", FEATURE_METHODS)

@@ -17,12 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from kdbench import losses, methods
 from kdbench.models.base import Features, KDModel
-
-
+from torch import nn
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy float64 references
@@ -52,7 +49,9 @@ def binary(p: np.ndarray, k: int) -> np.ndarray:
 
 def ref_kd_rows(z_s: np.ndarray, z_t: np.ndarray, temperature: float) -> np.ndarray:
     """Per-sample KL(p_t ‖ p_s) at T (no T² factor)."""
-    return np.array([kl(softmax(t / temperature), log_softmax(s / temperature)) for s, t in zip(z_s, z_t)])
+    return np.array(
+        [kl(softmax(t / temperature), log_softmax(s / temperature)) for s, t in zip(z_s, z_t)]
+    )
 
 
 def ref_dkd(z_s, z_t, y, alpha, beta, temperature) -> float:
@@ -94,13 +93,17 @@ def ref_hard_ce(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def ref_wsld(z_s, z_t, y, temperature) -> float:
-    soft = np.array([-(softmax(t / temperature) * log_softmax(s / temperature)).sum() for s, t in zip(z_s, z_t)])
+    soft = np.array(
+        [-(softmax(t / temperature) * log_softmax(s / temperature)).sum() for s, t in zip(z_s, z_t)]
+    )
     ratio = ref_hard_ce(z_s, y) / (ref_hard_ce(z_t, y) + 1e-7)
     weight = 1.0 - np.exp(-np.maximum(ratio, 0.0))
     return temperature**2 * (weight * soft).sum() / len(y)
 
 
-def ref_ipwd_weights(z_kd, z_cls, y, form, logit_norm, self_normalize, max_weight=None) -> np.ndarray:
+def ref_ipwd_weights(
+    z_kd, z_cls, y, form, logit_norm, self_normalize, max_weight=None
+) -> np.ndarray:
     if logit_norm == "zscore":
         z_kd, z_cls = ref_standardize(z_kd), ref_standardize(z_cls)
     elif logit_norm == "l2":
@@ -197,7 +200,9 @@ def test_dkd_matches_float64_reference(b, c, scale, alpha, beta, temperature):
     z_s, z_t, y = _case(10 * b + c, b, c, scale)
     got = losses.dkd(_t(z_s), _t(z_t), torch.tensor(y), alpha, beta, temperature)
     assert got.dtype == torch.float64 and got.shape == ()
-    assert got.item() == pytest.approx(ref_dkd(z_s, z_t, y, alpha, beta, temperature), rel=1e-10, abs=1e-10)
+    assert got.item() == pytest.approx(
+        ref_dkd(z_s, z_t, y, alpha, beta, temperature), rel=1e-10, abs=1e-10
+    )
 
 
 @pytest.mark.parametrize(("alpha", "beta", "temperature"), DKD_PARAMS)
@@ -205,7 +210,9 @@ def test_dkd_matches_float64_reference(b, c, scale, alpha, beta, temperature):
 def test_dkd_float32_close_to_float64_reference(b, c, scale, alpha, beta, temperature):
     z_s, z_t, y = _case(7 + 10 * b + c, b, c, scale)
     z_s, z_t = _f32(z_s, z_t)
-    got = losses.dkd(_t(z_s, torch.float32), _t(z_t, torch.float32), torch.tensor(y), alpha, beta, temperature)
+    got = losses.dkd(
+        _t(z_s, torch.float32), _t(z_t, torch.float32), torch.tensor(y), alpha, beta, temperature
+    )
     assert got.dtype == torch.float32
     expected = ref_dkd(z_s, z_t, y, alpha, beta, temperature)
     assert got.item() == pytest.approx(expected, rel=5e-5, abs=1e-5 * temperature**2)
@@ -218,12 +225,20 @@ def test_dkd_by_hand():
     z_s = torch.zeros(1, 3, dtype=torch.float64)
     z_t = torch.tensor([[0.0, math.log(3.0), 0.0]], dtype=torch.float64)
     y = torch.tensor([0])
-    assert losses.dkd(z_s, z_t, y, 1.0, 0.0, 1.0).item() == pytest.approx(0.04369212068196553, rel=1e-12)
-    assert losses.dkd(z_s, z_t, y, 0.0, 1.0, 1.0).item() == pytest.approx(0.130812035941137, rel=1e-12)
+    assert losses.dkd(z_s, z_t, y, 1.0, 0.0, 1.0).item() == pytest.approx(
+        0.04369212068196553, rel=1e-12
+    )
+    assert losses.dkd(z_s, z_t, y, 0.0, 1.0, 1.0).item() == pytest.approx(
+        0.130812035941137, rel=1e-12
+    )
     # α = 1, β = 8: 0.0436921206819655 + 8 · 0.130812035941137 = 1.0901884082110616.
-    assert losses.dkd(z_s, z_t, y, 1.0, 8.0, 1.0).item() == pytest.approx(1.0901884082110616, rel=1e-12)
+    assert losses.dkd(z_s, z_t, y, 1.0, 8.0, 1.0).item() == pytest.approx(
+        1.0901884082110616, rel=1e-12
+    )
     # T = 2 with doubled teacher logits gives the same distributions, times T² = 4: 4.360753632844246.
-    assert losses.dkd(z_s, 2 * z_t, y, 1.0, 8.0, 2.0).item() == pytest.approx(4.360753632844246, rel=1e-12)
+    assert losses.dkd(z_s, 2 * z_t, y, 1.0, 8.0, 2.0).item() == pytest.approx(
+        4.360753632844246, rel=1e-12
+    )
     # Batch mean: a second, identical-logits sample (both parts 0) halves the value.
     z_s2 = torch.cat([z_s, torch.ones(1, 3, dtype=torch.float64)])
     z_t2 = torch.cat([z_t, torch.ones(1, 3, dtype=torch.float64)])
@@ -233,7 +248,9 @@ def test_dkd_by_hand():
 
 def test_dkd_identical_logits_is_zero():
     z, _, y = _case(3, 6, 10, 3.0)
-    assert losses.dkd(_t(z), _t(z), torch.tensor(y), 1.0, 8.0, 4.0).item() == pytest.approx(0.0, abs=1e-14)
+    assert losses.dkd(_t(z), _t(z), torch.tensor(y), 1.0, 8.0, 4.0).item() == pytest.approx(
+        0.0, abs=1e-14
+    )
 
 
 def test_dkd_log_zero_is_replicated():
@@ -248,7 +265,12 @@ def test_dkd_log_zero_is_replicated():
 # RLD
 # ---------------------------------------------------------------------------------------------
 
-RLD_PARAMS = [(1.0, 8.0, 4.0, 4.0), (1.0, 8.0, 4.0, 1.0), (1.0, 2.0, 2.0, 3.0), (0.5, 16.0, 1.0, 1.0)]  # (α, β, τ, τ_a)
+RLD_PARAMS = [
+    (1.0, 8.0, 4.0, 4.0),
+    (1.0, 8.0, 4.0, 1.0),
+    (1.0, 2.0, 2.0, 3.0),
+    (0.5, 16.0, 1.0, 1.0),
+]  # (α, β, τ, τ_a)
 
 
 @pytest.mark.parametrize(("alpha", "beta", "temperature", "alpha_t"), RLD_PARAMS)
@@ -257,9 +279,13 @@ def test_rld_matches_float64_reference(b, c, scale, alpha, beta, temperature, al
     z_s, z_t, y = _case(20 * b + c, b, c, scale)
     got = losses.rld(_t(z_s), _t(z_t), torch.tensor(y), alpha, beta, temperature, alpha_t)
     assert got.dtype == torch.float64 and got.shape == ()
-    assert got.item() == pytest.approx(ref_rld(z_s, z_t, y, alpha, beta, temperature, alpha_t), rel=1e-10, abs=1e-10)
+    assert got.item() == pytest.approx(
+        ref_rld(z_s, z_t, y, alpha, beta, temperature, alpha_t), rel=1e-10, abs=1e-10
+    )
     # Log-space ("safe") mode equals the released computation where the latter is finite.
-    safe = losses.rld(_t(z_s), _t(z_t), torch.tensor(y), alpha, beta, temperature, alpha_t, safe=True)
+    safe = losses.rld(
+        _t(z_s), _t(z_t), torch.tensor(y), alpha, beta, temperature, alpha_t, safe=True
+    )
     assert safe.item() == pytest.approx(got.item(), rel=1e-10, abs=1e-10)
 
 
@@ -268,17 +294,29 @@ def test_rld_matches_float64_reference(b, c, scale, alpha, beta, temperature, al
 def test_rld_float32_close_to_float64_reference(b, c, scale, alpha, beta, temperature, alpha_t):
     z_s, z_t, y = _case(5 + 20 * b + c, b, c, scale)
     z_s, z_t = _f32(z_s, z_t)
-    got = losses.rld(_t(z_s, torch.float32), _t(z_t, torch.float32), torch.tensor(y), alpha, beta, temperature, alpha_t)
+    got = losses.rld(
+        _t(z_s, torch.float32),
+        _t(z_t, torch.float32),
+        torch.tensor(y),
+        alpha,
+        beta,
+        temperature,
+        alpha_t,
+    )
     assert got.dtype == torch.float32
     expected = ref_rld(z_s, z_t, y, alpha, beta, temperature, alpha_t)
-    assert got.item() == pytest.approx(expected, rel=5e-5, abs=1e-5 * max(temperature, alpha_t) ** 2)
+    assert got.item() == pytest.approx(
+        expected, rel=5e-5, abs=1e-5 * max(temperature, alpha_t) ** 2
+    )
 
 
 @pytest.mark.parametrize(("b", "c", "scale"), [(8, 10, 2.0), (16, 100, 4.0)])
 def test_rld_logit_stand_matches_reference(b, c, scale):
     z_s, z_t, y = _case(31 + b, b, c, scale)
     got = losses.rld(_t(z_s), _t(z_t), torch.tensor(y), 1.0, 8.0, 2.0, 2.0, logit_stand=True)
-    assert got.item() == pytest.approx(ref_rld(z_s, z_t, y, 1.0, 8.0, 2.0, 2.0, logit_stand=True), rel=1e-10, abs=1e-10)
+    assert got.item() == pytest.approx(
+        ref_rld(z_s, z_t, y, 1.0, 8.0, 2.0, 2.0, logit_stand=True), rel=1e-10, abs=1e-10
+    )
 
 
 def test_rld_by_hand_wrong_teacher():
@@ -291,12 +329,20 @@ def test_rld_by_hand_wrong_teacher():
     z_s = torch.tensor([[0.0, 0.0, 0.0, math.log(2.0)]], dtype=torch.float64)
     z_t = torch.tensor([[math.log(2.0), math.log(3.0), 0.0, -math.log(2.0)]], dtype=torch.float64)
     y = torch.tensor([0])
-    assert losses.rld(z_s, z_t, y, 1.0, 0.0, 1.0, 1.0).item() == pytest.approx(0.17278604196612435, rel=1e-12)
-    assert losses.rld(z_s, z_t, y, 0.0, 1.0, 1.0, 1.0).item() == pytest.approx(0.23104906018664842, rel=1e-12)
+    assert losses.rld(z_s, z_t, y, 1.0, 0.0, 1.0, 1.0).item() == pytest.approx(
+        0.17278604196612435, rel=1e-12
+    )
+    assert losses.rld(z_s, z_t, y, 0.0, 1.0, 1.0, 1.0).item() == pytest.approx(
+        0.23104906018664842, rel=1e-12
+    )
     # α = 1, β = 8: 0.17278604196612435 + 8 · 0.23104906018664842 = 2.021178523459312.
-    assert losses.rld(z_s, z_t, y, 1.0, 8.0, 1.0, 1.0).item() == pytest.approx(2.021178523459312, rel=1e-12)
+    assert losses.rld(z_s, z_t, y, 1.0, 8.0, 1.0, 1.0).item() == pytest.approx(
+        2.021178523459312, rel=1e-12
+    )
     # τ² and τ_a² scale their own parts: doubling all logits with τ = τ_a = 2 gives 4× the value.
-    assert losses.rld(2 * z_s, 2 * z_t, y, 1.0, 8.0, 2.0, 2.0).item() == pytest.approx(4 * 2.021178523459312, rel=1e-12)
+    assert losses.rld(2 * z_s, 2 * z_t, y, 1.0, 8.0, 2.0, 2.0).item() == pytest.approx(
+        4 * 2.021178523459312, rel=1e-12
+    )
 
 
 def test_rld_by_hand_label_ranked_lowest_masks_everything():
@@ -307,7 +353,9 @@ def test_rld_by_hand_label_ranked_lowest_masks_everything():
     z_t = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)
     y = torch.tensor([0])
     assert losses.rld(z_s, z_t, y, 0.0, 1.0, 1.0, 1.0).item() == 0.0
-    assert losses.rld(z_s, z_t, y, 1.0, 8.0, 1.0, 1.0).item() == pytest.approx(0.22907717543289377, rel=1e-12)
+    assert losses.rld(z_s, z_t, y, 1.0, 8.0, 1.0, 1.0).item() == pytest.approx(
+        0.22907717543289377, rel=1e-12
+    )
     # Also 0 in float32 with the −1e9 fill (log-softmax subtracts the row max first).
     assert losses.rld(z_s.float(), z_t.float(), y, 0.0, 1.0, 4.0, 4.0).item() == 0.0
 
@@ -319,7 +367,9 @@ def test_rld_mask_includes_ties():
     z_s = torch.tensor([[0.3, -0.7, 0.2, 0.9]], dtype=torch.float64)
     y = torch.tensor([0])
     q_t, log_q_s = softmax(np.array([0.0, -1.0])), log_softmax(np.array([0.2, 0.9]))
-    assert losses.rld(z_s, z_t, y, 0.0, 1.0, 1.0, 1.0).item() == pytest.approx(kl(q_t, log_q_s), rel=1e-12)
+    assert losses.rld(z_s, z_t, y, 0.0, 1.0, 1.0, 1.0).item() == pytest.approx(
+        kl(q_t, log_q_s), rel=1e-12
+    )
 
 
 def test_rld_equals_dkd_when_the_teacher_is_right():
@@ -340,9 +390,13 @@ def test_rld_log_zero_replicated_and_safe_mode_finite():
     y = torch.tensor([0])
     raw = losses.rld(_t(z_s, torch.float32), _t(z_t, torch.float32), y, 1.0, 8.0, 1.0, 1.0)
     assert math.isinf(raw.item())
-    safe = losses.rld(_t(z_s, torch.float32), _t(z_t, torch.float32), y, 1.0, 8.0, 1.0, 1.0, safe=True)
+    safe = losses.rld(
+        _t(z_s, torch.float32), _t(z_t, torch.float32), y, 1.0, 8.0, 1.0, 1.0, safe=True
+    )
     assert math.isfinite(safe.item())
-    assert safe.item() == pytest.approx(ref_rld(z_s, z_t, np.array([0]), 1.0, 8.0, 1.0, 1.0), rel=1e-5)
+    assert safe.item() == pytest.approx(
+        ref_rld(z_s, z_t, np.array([0]), 1.0, 8.0, 1.0, 1.0), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +420,9 @@ def test_wsld_float32_close_to_float64_reference(b, c, scale, temperature):
     z_s, z_t = _f32(z_s, z_t)
     got = losses.wsld(_t(z_s, torch.float32), _t(z_t, torch.float32), torch.tensor(y), temperature)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref_wsld(z_s, z_t, y, temperature), rel=1e-5, abs=1e-5 * temperature**2)
+    assert got.item() == pytest.approx(
+        ref_wsld(z_s, z_t, y, temperature), rel=1e-5, abs=1e-5 * temperature**2
+    )
 
 
 def test_wsld_by_hand():
@@ -392,7 +448,12 @@ def test_wsld_weight_and_teacher_get_no_gradient():
     losses.wsld(z_s, z_t, torch.tensor(y), temperature).backward()
     assert z_t.grad is None
     w = 1.0 - np.exp(-np.maximum(ref_hard_ce(z_s_np, y) / (ref_hard_ce(z_t_np, y) + 1e-7), 0.0))
-    expected = temperature / 5 * w[:, None] * (ref_probs(z_s_np, temperature) - ref_probs(z_t_np, temperature))
+    expected = (
+        temperature
+        / 5
+        * w[:, None]
+        * (ref_probs(z_s_np, temperature) - ref_probs(z_t_np, temperature))
+    )
     np.testing.assert_allclose(z_s.grad.numpy(), expected, rtol=1e-10, atol=1e-14)
 
 
@@ -416,12 +477,23 @@ IPWD_OPTIONS = [  # (form, logit_norm, self_normalize)
 def test_ipwd_matches_float64_reference(b, c, scale, form, norm, self_norm):
     z_s, z_t, y = _case(40 * b + c, b, c, scale)
     z_cls = np.random.default_rng(b).standard_normal((b, c)) * scale
-    got = losses.ipwd(_t(z_s), _t(z_t), _t(z_cls), torch.tensor(y), 4.0, form=form, logit_norm=norm, self_normalize=self_norm)
+    got = losses.ipwd(
+        _t(z_s),
+        _t(z_t),
+        _t(z_cls),
+        torch.tensor(y),
+        4.0,
+        form=form,
+        logit_norm=norm,
+        self_normalize=self_norm,
+    )
     assert got.dtype == torch.float64 and got.shape == ()
     expected = ref_ipwd(z_s, z_t, z_cls, y, 4.0, form, norm, self_norm)
     assert got.item() == pytest.approx(expected, rel=1e-10, abs=1e-10)
     weights = losses.ipwd_weights(_t(z_s), _t(z_cls), torch.tensor(y), form, norm, self_norm)
-    np.testing.assert_allclose(weights.numpy(), ref_ipwd_weights(z_s, z_cls, y, form, norm, self_norm), rtol=1e-10)
+    np.testing.assert_allclose(
+        weights.numpy(), ref_ipwd_weights(z_s, z_cls, y, form, norm, self_norm), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize(("form", "norm", "self_norm"), IPWD_OPTIONS)
@@ -431,11 +503,19 @@ def test_ipwd_float32_close_to_float64_reference(b, c, scale, form, norm, self_n
     z_cls = np.random.default_rng(b + 1).standard_normal((b, c)) * scale
     z_s, z_t, z_cls = _f32(z_s, z_t, z_cls)
     got = losses.ipwd(
-        _t(z_s, torch.float32), _t(z_t, torch.float32), _t(z_cls, torch.float32), torch.tensor(y), 4.0,
-        form=form, logit_norm=norm, self_normalize=self_norm,
+        _t(z_s, torch.float32),
+        _t(z_t, torch.float32),
+        _t(z_cls, torch.float32),
+        torch.tensor(y),
+        4.0,
+        form=form,
+        logit_norm=norm,
+        self_normalize=self_norm,
     )
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(ref_ipwd(z_s, z_t, z_cls, y, 4.0, form, norm, self_norm), rel=5e-5, abs=1e-6)
+    assert got.item() == pytest.approx(
+        ref_ipwd(z_s, z_t, z_cls, y, 4.0, form, norm, self_norm), rel=5e-5, abs=1e-6
+    )
 
 
 def test_ipwd_weights_by_hand():
@@ -469,7 +549,9 @@ def test_ipwd_loss_by_hand_and_kd_special_case():
     z_s = torch.zeros(1, 2, dtype=torch.float64)
     z_t = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
     y = torch.tensor([0])
-    got = losses.ipwd(z_s, z_t, z_t.clone(), y, 1.0, form="mirror", logit_norm="none", self_normalize=False)
+    got = losses.ipwd(
+        z_s, z_t, z_t.clone(), y, 1.0, form="mirror", logit_norm="none", self_normalize=False
+    )
     assert got.item() == pytest.approx(0.445993171856339, rel=1e-12)
     # Self-normalised equal per-sample weights reduce to plain KD.
     z_s2, z_t2, y2 = _case(5, 6, 10, 2.0)
@@ -482,7 +564,9 @@ def test_ipwd_weight_direction():
     # mirror up-weights the sample whose KD-head CE is high relative to the CE-only head; summary
     # does the opposite.
     z_cls = torch.tensor([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
-    z_kd = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)  # sample 1: KD head wrong
+    z_kd = torch.tensor(
+        [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64
+    )  # sample 1: KD head wrong
     y = torch.tensor([0, 0])
     mirror = losses.ipwd_weights(z_kd, z_cls, y, "mirror", "none", False)
     summary = losses.ipwd_weights(z_kd, z_cls, y, "summary", "none", False)
@@ -507,7 +591,12 @@ def test_ipwd_gradient_only_through_the_kl():
     losses.ipwd(z_s, z_t, z_cls, torch.tensor(y), temperature).backward()
     assert z_t.grad is None and z_cls.grad is None
     w = ref_ipwd_weights(z_s_np, z_cls_np, y, "mirror", "zscore", True)
-    expected = temperature / 5 * w[:, None] * (ref_probs(z_s_np, temperature) - ref_probs(z_t_np, temperature))
+    expected = (
+        temperature
+        / 5
+        * w[:, None]
+        * (ref_probs(z_s_np, temperature) - ref_probs(z_t_np, temperature))
+    )
     np.testing.assert_allclose(z_s.grad.numpy(), expected, rtol=1e-10, atol=1e-14)
 
 
@@ -544,7 +633,9 @@ def test_mlkd_levels_float32_close_to_float64_reference(level, b, c, scale, temp
     got = fn(_t(z_s, torch.float32), _t(z_t, torch.float32), temperature)
     assert got.dtype == torch.float32
     # Gram entries are O(1) and float32-rounded (~1e-7 each) before the difference is squared.
-    assert got.item() == pytest.approx(ref(z_s, z_t, temperature), rel=5e-5, abs=1e-6 * temperature**2)
+    assert got.item() == pytest.approx(
+        ref(z_s, z_t, temperature), rel=5e-5, abs=1e-6 * temperature**2
+    )
 
 
 def test_mlkd_levels_by_hand():
@@ -565,7 +656,9 @@ def test_mlkd_levels_by_hand():
     for scale, temperature in ((1.0, 1.0), (2.0, 2.0)):
         z_t1, z_s1 = scale * z_t[:1], z_s[:1]
         assert losses.mlkd_batch(z_s1, z_t1, temperature).item() == pytest.approx(1 / 64, rel=1e-12)
-        assert losses.mlkd_class(z_s1, z_t1, temperature).item() == pytest.approx(9 / 128, rel=1e-12)
+        assert losses.mlkd_class(z_s1, z_t1, temperature).item() == pytest.approx(
+            9 / 128, rel=1e-12
+        )
         assert losses.mlkd_instance(z_s1, z_t1, temperature).item() == pytest.approx(
             temperature**2 * 0.130812035941137, rel=1e-12
         )
@@ -596,21 +689,30 @@ GRAD_LOSSES = {
 }
 
 
-DETACHED_WEIGHTS = {"wsld", "ipwd"}  # finite differences would see the weights move; autograd must not
+DETACHED_WEIGHTS = {
+    "wsld",
+    "ipwd",
+}  # finite differences would see the weights move; autograd must not
 
 
 @pytest.mark.parametrize("name", list(GRAD_LOSSES))
 def test_gradients_reach_only_the_student(name):
     fn = GRAD_LOSSES[name]
     z_s_np, z_t_np, y_np = _case(99, 6, 8, 2.0)
-    z_s, z_t, y = _t(z_s_np).requires_grad_(True), _t(z_t_np).requires_grad_(True), torch.tensor(y_np)
+    z_s, z_t, y = (
+        _t(z_s_np).requires_grad_(True),
+        _t(z_t_np).requires_grad_(True),
+        torch.tensor(y_np),
+    )
     fn(z_s, z_t, y).backward()
     assert z_t.grad is None
     assert z_s.grad is not None and torch.isfinite(z_s.grad).all() and z_s.grad.abs().sum() > 0
     if name in DETACHED_WEIGHTS:
         return  # stop-gradient weights of the student's own logits: checked in closed form above
     # Autograd equals central finite differences (the masks are locally constant).
-    assert torch.autograd.gradcheck(lambda s: fn(s, _t(z_t_np), y), (_t(z_s_np).requires_grad_(True),))
+    assert torch.autograd.gradcheck(
+        lambda s: fn(s, _t(z_t_np), y), (_t(z_s_np).requires_grad_(True),)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,7 +731,9 @@ class TinyNet(KDModel):
 
     def forward_features(self, x: torch.Tensor) -> Features:
         pooled = torch.relu(self.body(x.flatten(1)))
-        return Features(stages=[x], preact=[x], head_map=x, pooled=pooled, logits=self.classifier(pooled))
+        return Features(
+            stages=[x], preact=[x], head_map=x, pooled=pooled, logits=self.classifier(pooled)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -658,7 +762,15 @@ def test_dkd_method_terms_and_warmup(epoch, factor, tiny_batch):
     images, y = tiny_batch
     d = tiny("dkd")
     p = d.params
-    assert (p.ce_weight, p.kd_weight, p.weight, p.alpha, p.beta, p.temperature, p.warmup) == (1.0, 0.0, 1.0, 1.0, 8.0, 4.0, 20)
+    assert (p.ce_weight, p.kd_weight, p.weight, p.alpha, p.beta, p.temperature, p.warmup) == (
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+        8.0,
+        4.0,
+        20,
+    )
     logits, terms = d.forward_train(images, y, epoch=epoch)
     z_s, z_t = logits_of(d, images)
     assert set(terms) == {"ce", "dkd"}
@@ -669,8 +781,13 @@ def test_dkd_method_terms_and_warmup(epoch, factor, tiny_batch):
 
 @pytest.mark.parametrize(
     ("variant", "beta", "temperature", "warmup"),
-    [("cifar", 8.0, 4.0, 20), ("cifar-beta2", 2.0, 4.0, 20), ("cifar-beta6", 6.0, 4.0, 20),
-     ("imagenet-r34-r18", 0.5, 1.0, 1), ("imagenet-r50-mv1", 2.0, 1.0, 1)],
+    [
+        ("cifar", 8.0, 4.0, 20),
+        ("cifar-beta2", 2.0, 4.0, 20),
+        ("cifar-beta6", 6.0, 4.0, 20),
+        ("imagenet-r34-r18", 0.5, 1.0, 1),
+        ("imagenet-r50-mv1", 2.0, 1.0, 1),
+    ],
 )
 def test_dkd_variants(variant, beta, temperature, warmup, tiny_batch):
     images, y = tiny_batch
@@ -683,8 +800,13 @@ def test_dkd_variants(variant, beta, temperature, warmup, tiny_batch):
 
 @pytest.mark.parametrize(
     ("variant", "overrides", "temperature", "alpha_t"),
-    [(None, {}, 4.0, 4.0), ("same-t", {}, 4.0, 4.0), ("same-t", {"temperature": 2.0}, 2.0, 2.0),
-     ("cfg-default", {}, 4.0, 1.0), ("imagenet-r34-r18", {}, 1.0, 1.0)],
+    [
+        (None, {}, 4.0, 4.0),
+        ("same-t", {}, 4.0, 4.0),
+        ("same-t", {"temperature": 2.0}, 2.0, 2.0),
+        ("cfg-default", {}, 4.0, 1.0),
+        ("imagenet-r34-r18", {}, 1.0, 1.0),
+    ],
 )
 def test_rld_method_temperatures_and_warmup(variant, overrides, temperature, alpha_t, tiny_batch):
     images, y = tiny_batch
@@ -703,8 +825,15 @@ def test_rld_method_temperatures_and_warmup(variant, overrides, temperature, alp
 def test_rld_method_defaults_and_logit_stand(tiny_batch):
     images, y = tiny_batch
     p = methods.get("rld").Params()
-    assert (p.ce_weight, p.kd_weight, p.alpha, p.beta, p.temperature, p.alpha_temperature, p.warmup) == (
-        1.0, 0.0, 1.0, 8.0, 4.0, None, 20)
+    assert (
+        p.ce_weight,
+        p.kd_weight,
+        p.alpha,
+        p.beta,
+        p.temperature,
+        p.alpha_temperature,
+        p.warmup,
+    ) == (1.0, 0.0, 1.0, 8.0, 4.0, None, 20)
     assert (p.logit_stand, p.safe) == (False, False)
     d = tiny("rld", "logit-stand")
     _, terms = d.forward_train(images, y, epoch=20)
@@ -720,7 +849,12 @@ def test_rld_method_defaults_and_logit_stand(tiny_batch):
 def test_wsld_method_terms(variant, alpha, temperature, tiny_batch):
     images, y = tiny_batch
     d = tiny("wsld", variant)
-    assert (d.params.ce_weight, d.params.kd_weight, d.params.weight, d.params.temperature) == (1.0, 0.0, alpha, temperature)
+    assert (d.params.ce_weight, d.params.kd_weight, d.params.weight, d.params.temperature) == (
+        1.0,
+        0.0,
+        alpha,
+        temperature,
+    )
     logits, terms = d.forward_train(images, y, epoch=1)
     z_s, z_t = logits_of(d, images)
     assert set(terms) == {"ce", "wsld"}
@@ -733,11 +867,29 @@ def test_ipwd_method_terms_and_extra_head(tiny_batch):
     images, y = tiny_batch
     d = tiny("ipwd")
     p = d.params
-    assert "reconstructed" in d.title.lower() and "reconstructed" in sys.modules[type(d).__module__].__doc__.lower()
-    assert (p.ce_weight, p.kd_weight, p.weight, p.temperature, p.cls_weight) == (0.1, 0.0, 0.9, 4.0, 1.0)
+    assert (
+        "reconstructed" in d.title.lower()
+        and "reconstructed" in sys.modules[type(d).__module__].__doc__.lower()
+    )
+    assert (p.ce_weight, p.kd_weight, p.weight, p.temperature, p.cls_weight) == (
+        0.1,
+        0.0,
+        0.9,
+        4.0,
+        1.0,
+    )
     assert (p.form, p.logit_norm, p.self_normalize, p.max_weight, p.start_epoch, p.head_detach) == (
-        "mirror", "zscore", True, None, 1, False)
-    assert isinstance(d.cls_head, nn.Linear) and (d.cls_head.in_features, d.cls_head.out_features) == (DIM, NUM_CLASSES)
+        "mirror",
+        "zscore",
+        True,
+        None,
+        1,
+        False,
+    )
+    assert isinstance(d.cls_head, nn.Linear) and (
+        d.cls_head.in_features,
+        d.cls_head.out_features,
+    ) == (DIM, NUM_CLASSES)
     assert not hasattr(d, "kd_head")
     logits, terms = d.forward_train(images, y, epoch=1)
     with torch.no_grad():
@@ -762,7 +914,16 @@ def test_ipwd_method_weight_variants(variant, tiny_batch):
     with torch.no_grad():
         f = d.student.forward_features(images)
         z_t, z_cls = d.teacher(images), d.cls_head(f.pooled)
-    expected = losses.ipwd(f.logits, z_t, z_cls, y, 4.0, form=p.form, logit_norm=p.logit_norm, self_normalize=p.self_normalize)
+    expected = losses.ipwd(
+        f.logits,
+        z_t,
+        z_cls,
+        y,
+        4.0,
+        form=p.form,
+        logit_norm=p.logit_norm,
+        self_normalize=p.self_normalize,
+    )
     close(terms["ipwd"], 0.9 * expected)
 
 

@@ -13,11 +13,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from kdbench import losses, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.methods.ofd import batch_statistics
+from torch import nn
 
 SEED_SHAPES = [
     # (batch, [(C, H_s, H_t) per pair])  — teacher maps pooled to the student's size
@@ -55,7 +54,9 @@ def np_ofd_margins(gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def np_ofd(students: list[np.ndarray], teachers: list[np.ndarray], margins: list[np.ndarray]) -> float:
+def np_ofd(
+    students: list[np.ndarray], teachers: list[np.ndarray], margins: list[np.ndarray]
+) -> float:
     """mdistiller's three-case form of the partial L2 (the implementation uses the clovaai
     max(t, margin) form; they agree because margins are negative)."""
     n, total = len(students), 0.0
@@ -87,7 +88,9 @@ def np_hcl(students: list[np.ndarray], teachers: list[np.ndarray]) -> float:
 
 
 def tolerance(dtype: torch.dtype) -> dict[str, float]:
-    return {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-6}
+    return (
+        {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-6}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,13 +101,17 @@ def tolerance(dtype: torch.dtype) -> dict[str, float]:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_ofd_margins_match_the_reference(dtype):
     g = torch.Generator().manual_seed(0)
-    gamma = (torch.rand(64, generator=g) * 2 + 0.05) * torch.where(torch.rand(64, generator=g) < 0.3, -1.0, 1.0)
+    gamma = (torch.rand(64, generator=g) * 2 + 0.05) * torch.where(
+        torch.rand(64, generator=g) < 0.3, -1.0, 1.0
+    )
     beta = torch.randn(64, generator=g) * 2.5  # both branches: Φ(−m/s) above and below 0.001
     gamma, beta = gamma.to(dtype), beta.to(dtype)
     got = losses.ofd_margins(gamma, beta)
     assert got.dtype == dtype and got.shape == (64,)
     ref = np_ofd_margins(gamma.double().numpy(), beta.double().numpy())
-    assert (ref == -3.0 * np.abs(gamma.double().numpy())).any() and (ref != -3.0 * np.abs(gamma.double().numpy())).any()
+    assert (ref == -3.0 * np.abs(gamma.double().numpy())).any() and (
+        ref != -3.0 * np.abs(gamma.double().numpy())
+    ).any()
     np.testing.assert_allclose(got.double().numpy(), ref, **tolerance(dtype))
     assert (got < 0).all()
 
@@ -144,7 +151,11 @@ def test_ofd_matches_the_reference(batch, pairs, dtype):
     s, t, m = random_ofd_inputs(batch, pairs, dtype, seed=len(pairs) + batch)
     got = losses.ofd(s, t, m)
     assert got.dtype == dtype and got.shape == ()
-    ref = np_ofd([x.double().numpy() for x in s], [x.double().numpy() for x in t], [x.double().numpy() for x in m])
+    ref = np_ofd(
+        [x.double().numpy() for x in s],
+        [x.double().numpy() for x in t],
+        [x.double().numpy() for x in m],
+    )
     np.testing.assert_allclose(got.item(), ref, **tolerance(dtype))
 
 
@@ -162,7 +173,10 @@ def test_ofd_literal():
     assert losses.ofd([s0, s1], [t0, t1], m).item() == pytest.approx(11 / 2 + 1, abs=1e-12)
     assert losses.ofd([s0], [t0], m[:1]).item() == pytest.approx(11.0, abs=1e-12)
     # A student below the (clamped) teacher where the teacher is inactive costs nothing.
-    assert losses.ofd([torch.full((1, 1, 1, 1), -5.0)], [torch.full((1, 1, 1, 1), -0.5)], m[:1]).item() == 0.0
+    assert (
+        losses.ofd([torch.full((1, 1, 1, 1), -5.0)], [torch.full((1, 1, 1, 1), -0.5)], m[:1]).item()
+        == 0.0
+    )
 
 
 def test_ofd_validates_list_lengths():
@@ -214,7 +228,10 @@ def test_reviewkd_hcl_matches_the_reference(batch, levels, dtype):
 def test_reviewkd_hcl_literals():
     zero = torch.zeros
     # 1×1: full-resolution MSE only: (2 − 0)² = 4.
-    one = losses.reviewkd([torch.full((1, 1, 1, 1), 2.0, dtype=torch.float64)], [zero(1, 1, 1, 1, dtype=torch.float64)])
+    one = losses.reviewkd(
+        [torch.full((1, 1, 1, 1), 2.0, dtype=torch.float64)],
+        [zero(1, 1, 1, 1, dtype=torch.float64)],
+    )
     assert one.item() == pytest.approx(4.0, abs=1e-12)
     # 2×2 [[1, 2], [3, 4]] vs 0: MSE 30/4 = 7.5; 1×1 pooled 2.5² = 6.25 with weight ½ →
     # (7.5 + 3.125) / 1.5 = 85/12.
@@ -225,7 +242,9 @@ def test_reviewkd_hcl_literals():
     # 293/4 = 73.25 with weight ½; 1×1 mean 7.5 → 56.25 with weight ¼;
     # (77.5 + 36.625 + 14.0625) / 1.75 = 73.25. Levels are summed.
     s4 = torch.arange(16, dtype=torch.float64).view(1, 1, 4, 4)
-    four = losses.reviewkd([s4, s2], [zero(1, 1, 4, 4, dtype=torch.float64), zero(1, 1, 2, 2, dtype=torch.float64)])
+    four = losses.reviewkd(
+        [s4, s2], [zero(1, 1, 4, 4, dtype=torch.float64), zero(1, 1, 2, 2, dtype=torch.float64)]
+    )
     assert four.item() == pytest.approx(73.25 + 85 / 12, abs=1e-12)
 
 
@@ -271,7 +290,12 @@ def images() -> torch.Tensor:
 def build(name: str, student: str, teacher: models.KDModel, images: torch.Tensor, **overrides):
     torch.manual_seed(2)
     cls = methods.get(name)
-    return cls(models.create(student, num_classes=NUM_CLASSES), copy.deepcopy(teacher), methods.resolve_params(name, None, overrides), images[:2])
+    return cls(
+        models.create(student, num_classes=NUM_CLASSES),
+        copy.deepcopy(teacher),
+        methods.resolve_params(name, None, overrides),
+        images[:2],
+    )
 
 
 def n_params(module: nn.Module) -> int:
@@ -281,7 +305,9 @@ def n_params(module: nn.Module) -> int:
 @pytest.mark.parametrize(("student", "expected"), [("resnet8x4", 86_912), ("ShuffleV2", 156_800)])
 def test_ofd_connectors_and_margins(student, expected, teacher, images):
     d = build("ofd", student, teacher, images)
-    assert n_params(d.connectors) == expected  # docs/references.md §Loss weights of the baselines (fixtures)
+    assert (
+        n_params(d.connectors) == expected
+    )  # docs/references.md §Loss weights of the baselines (fixtures)
     for conn in d.connectors:
         conv, bn = conn
         assert conv.kernel_size == (1, 1) and conv.bias is None and isinstance(bn, nn.BatchNorm2d)
@@ -296,7 +322,10 @@ def test_ofd_connectors_and_margins(student, expected, teacher, images):
 
 def test_ofd_refuses_shufflenet_teachers(images):
     cls = methods.get("ofd")
-    student, shuffle = models.create("resnet8x4", num_classes=NUM_CLASSES), models.create("ShuffleV2", num_classes=NUM_CLASSES)
+    student, shuffle = (
+        models.create("resnet8x4", num_classes=NUM_CLASSES),
+        models.create("ShuffleV2", num_classes=NUM_CLASSES),
+    )
     reason = cls.supports(student, shuffle, images[:2])
     assert reason is not None and "OFD unsupported" in reason and "CifarResNet student" in reason
     assert cls.supports(student, models.create("resnet8", num_classes=NUM_CLASSES)) is None
@@ -307,8 +336,12 @@ def test_ofd_refuses_shufflenet_teachers(images):
 def test_ofd_pairs_back_aligned_with_their_margins(images):
     # ResNet50 (4 preact taps) → resnet8 (3): the teacher's last three taps and their BNs.
     torch.manual_seed(0)
-    d = methods.get("ofd")(models.create("resnet8", num_classes=NUM_CLASSES), models.create("ResNet50", num_classes=NUM_CLASSES),
-                           methods.get("ofd").Params(), images[:2])
+    d = methods.get("ofd")(
+        models.create("resnet8", num_classes=NUM_CLASSES),
+        models.create("ResNet50", num_classes=NUM_CLASSES),
+        methods.get("ofd").Params(),
+        images[:2],
+    )
     assert [c[0].out_channels for c in d.connectors] == [512, 1024, 2048]
     assert [m.shape[0] for m in d.margins()] == [512, 1024, 2048]
 
@@ -332,10 +365,8 @@ def test_ofd_term_equals_the_weighted_pure_loss(teacher_bn, teacher, images):
     d.connectors.load_state_dict(connectors_state)
     fs = d.student.forward_features(images)
     with torch.no_grad():
-        if teacher_bn == "batch":
-            reference_teacher = copy.deepcopy(d.teacher).train()  # the released code's train mode
-        else:
-            reference_teacher = d.teacher
+        # In "batch" mode the released code runs the teacher in train mode.
+        reference_teacher = copy.deepcopy(d.teacher).train() if teacher_bn == "batch" else d.teacher
         ft = reference_teacher.forward_features(images)
     connected = [c(f) for c, f in zip(d.connectors, fs.preact[1:])]
     expected = 1e-3 * losses.ofd(connected, ft.preact[1:], d.margins())
@@ -348,10 +379,9 @@ def test_ofd_term_equals_the_weighted_pure_loss(teacher_bn, teacher, images):
 
 def test_batch_statistics_restores_modes_after_errors(teacher):
     t = copy.deepcopy(teacher)
-    with pytest.raises(RuntimeError):
-        with batch_statistics(t):
-            assert all(m.training for m in t.modules() if isinstance(m, nn.BatchNorm2d))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), batch_statistics(t):
+        assert all(m.training for m in t.modules() if isinstance(m, nn.BatchNorm2d))
+        raise RuntimeError("boom")
     assert not any(m.training for m in t.modules())
     assert all(m.track_running_stats for m in t.modules() if isinstance(m, nn.BatchNorm2d))
 
@@ -370,7 +400,9 @@ def test_reviewkd_abfs_follow_the_released_configs(teacher, images):
     assert [a.conv1[0].in_channels for a in d.abfs] == [116, 232, 464, 1024]
     assert [a.conv2[0].out_channels for a in d.abfs] == [64, 128, 256, 256]
     assert {a.conv1[0].out_channels for a in d.abfs} == {512}
-    assert d.params.weight == 5.0 and methods.resolve_params("reviewkd", "cifar-w8", {}).weight == 8.0
+    assert (
+        d.params.weight == 5.0 and methods.resolve_params("reviewkd", "cifar-w8", {}).weight == 8.0
+    )
 
 
 def test_reviewkd_refuses_unequal_stage_counts(teacher, images):
@@ -428,7 +460,9 @@ def test_reviewkd_is_the_first_half_of_its_combinations(teacher, images):
     d = cls(student, copy.deepcopy(teacher), params, images[:2])
     d.train()
     targets = torch.arange(len(images)) % NUM_CLASSES
-    _, terms = d.forward_train(images, targets, epoch=5, indices=torch.arange(len(images)), strong=images.flip(3))
+    _, terms = d.forward_train(
+        images, targets, epoch=5, indices=torch.arange(len(images)), strong=images.flip(3)
+    )
     assert {"ce", "reviewkd"} <= set(terms) and any(k.startswith("mlkd_") for k in terms)
     abf_ids = {id(p) for p in d.abfs.parameters()}
     assert abf_ids <= {id(p) for p in d.trainable_parameters()}

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from kdbench import losses, methods, models, train
 from kdbench.errors import KdbenchError
 from kdbench.losses import feature
-from kdbench.methods.ab import ABConnector
 from kdbench.methods import InitStage
+from kdbench.methods.ab import ABConnector
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.store import RunDir
+from torch import nn
+
 from reference import ref_align
 
 
@@ -104,7 +104,10 @@ def _check(fn, ref, *lists, rtol32: float = 2e-5, atol32: float = 1e-7) -> None:
     assert math.isclose(got64, ref(*lists), rel_tol=1e-10, abs_tol=1e-13), (got64, ref(*lists))
     rounded = [_f32(xs) for xs in lists]
     got32 = fn(*[_t(xs, torch.float32) for xs in rounded]).item()
-    assert math.isclose(got32, ref(*rounded), rel_tol=rtol32, abs_tol=atol32), (got32, ref(*rounded))
+    assert math.isclose(got32, ref(*rounded), rel_tol=rtol32, abs_tol=atol32), (
+        got32,
+        ref(*rounded),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,14 +129,24 @@ def test_ab_matches_reference(shapes, margin):
 @pytest.mark.parametrize(("p1", "p2"), [(2, 1), (2, 2), (1, 1)])
 @pytest.mark.parametrize(
     ("s_shape", "t_shape"),
-    [((4, 8, 6, 6), (4, 16, 6, 6)), ((3, 6, 8, 8), (3, 4, 4, 4)), ((2, 5, 3, 3), (2, 7, 7, 7)), ((2, 3, 4, 4), (2, 3, 8, 8))],
+    [
+        ((4, 8, 6, 6), (4, 16, 6, 6)),
+        ((3, 6, 8, 8), (3, 4, 4, 4)),
+        ((2, 5, 3, 3), (2, 7, 7, 7)),
+        ((2, 3, 4, 4), (2, 3, 8, 8)),
+    ],
 )
 def test_ft_matches_reference(s_shape, t_shape, p1, p2):
     rng = np.random.default_rng(sum(s_shape) + 7 * p2)
     s, t = rng.standard_normal(s_shape), rng.standard_normal(t_shape)
     if p1 == 1:  # channel mean of x¹ may be negative: still a valid normalised map
         s, t = np.abs(s), np.abs(t)
-    _check(lambda a, b: losses.ft(a[0], b[0], p1, p2), lambda a, b: ref_ft(a[0], b[0], p1, p2), [s], [t])
+    _check(
+        lambda a, b: losses.ft(a[0], b[0], p1, p2),
+        lambda a, b: ref_ft(a[0], b[0], p1, p2),
+        [s],
+        [t],
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,7 +154,10 @@ def test_ft_matches_reference(s_shape, t_shape, p1, p2):
     [
         ([(3, 4, 8, 8), (3, 4, 8, 8), (3, 6, 4, 4)], [(3, 4, 8, 8), (3, 4, 8, 8), (3, 6, 4, 4)]),
         # different spatial sizes between the networks, non-integer pooling inside one
-        ([(2, 3, 8, 8), (2, 5, 4, 4), (2, 2, 2, 2), (2, 4, 2, 2)], [(2, 3, 6, 6), (2, 5, 7, 7), (2, 2, 3, 3), (2, 4, 1, 1)]),
+        (
+            [(2, 3, 8, 8), (2, 5, 4, 4), (2, 2, 2, 2), (2, 4, 2, 2)],
+            [(2, 3, 6, 6), (2, 5, 7, 7), (2, 2, 3, 3), (2, 4, 1, 1)],
+        ),
     ],
 )
 def test_fsp_matches_reference(s_shapes, t_shapes):
@@ -151,7 +167,9 @@ def test_fsp_matches_reference(s_shapes, t_shapes):
 
 
 def test_fsp_matrix_orientation_and_pooling():
-    bottom = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64)  # 1×1×2×2, pooled to 2.5
+    bottom = torch.tensor(
+        [[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64
+    )  # 1×1×2×2, pooled to 2.5
     top = torch.tensor([[[[1.0]], [[2.0]]]], dtype=torch.float64)  # 1×2×1×1
     g = feature.fsp_matrix(bottom, top)
     assert g.shape == (1, 2, 1)  # (B, C_top, C_bottom)
@@ -174,7 +192,10 @@ def test_ab_by_hand():
     expected = (0.5 * 0.5 + 1.0 * 2.0) * 3 / 1000
     assert losses.ab([s1, s2], [t1, t2]).item() == pytest.approx(expected, rel=1e-12)
     # the batch size divides: the same sample twice gives the same value
-    doubled = losses.ab([s1.repeat(2, 1, 1, 1), s2.repeat(2, 1, 1, 1)], [t1.repeat(2, 1, 1, 1), t2.repeat(2, 1, 1, 1)])
+    doubled = losses.ab(
+        [s1.repeat(2, 1, 1, 1), s2.repeat(2, 1, 1, 1)],
+        [t1.repeat(2, 1, 1, 1), t2.repeat(2, 1, 1, 1)],
+    )
     assert doubled.item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -189,7 +210,10 @@ def test_ft_by_hand():
 
 def test_fsp_by_hand():
     # student G = mean(3·1, 4·2) = 5.5, teacher G = 1: loss (4.5)²
-    s = [torch.tensor([[[[1.0, 2.0]]]], dtype=torch.float64), torch.tensor([[[[3.0, 4.0]]]], dtype=torch.float64)]
+    s = [
+        torch.tensor([[[[1.0, 2.0]]]], dtype=torch.float64),
+        torch.tensor([[[[3.0, 4.0]]]], dtype=torch.float64),
+    ]
     t = [torch.ones(1, 1, 1, 2, dtype=torch.float64), torch.ones(1, 1, 1, 2, dtype=torch.float64)]
     assert losses.fsp(s, t).item() == pytest.approx(20.25, rel=1e-12)
     # three taps: the two pair losses are summed (second pair: G_s = mean(3·5, 4·6) = 19.5 vs 1)
@@ -200,7 +224,10 @@ def test_fsp_by_hand():
 
 def test_fsp_rejects_unequal_channels():
     with pytest.raises(ValueError, match="channel"):
-        losses.fsp([torch.ones(1, 2, 2, 2), torch.ones(1, 3, 2, 2)], [torch.ones(1, 2, 2, 2), torch.ones(1, 4, 2, 2)])
+        losses.fsp(
+            [torch.ones(1, 2, 2, 2), torch.ones(1, 3, 2, 2)],
+            [torch.ones(1, 2, 2, 2), torch.ones(1, 4, 2, 2)],
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +245,11 @@ def test_gradient_reaches_student_not_teacher(name):
         t = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 8, 4, 4, generator=g)]
     for x in s + t:
         x.requires_grad_(True)
-    loss = {"ab": lambda: losses.ab(s, t), "ft": lambda: losses.ft(s[0], t[0]), "fsp": lambda: losses.fsp(s, t)}[name]()
+    loss = {
+        "ab": lambda: losses.ab(s, t),
+        "ft": lambda: losses.ft(s[0], t[0]),
+        "fsp": lambda: losses.fsp(s, t),
+    }[name]()
     loss.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s)
     assert all(x.grad is None for x in t)
@@ -236,11 +267,22 @@ def test_exported():
 EXAMPLE = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def make(name: str, student: str, teacher: str, num_classes: int = 100, example: torch.Tensor = EXAMPLE, **params):
+def make(
+    name: str,
+    student: str,
+    teacher: str,
+    num_classes: int = 100,
+    example: torch.Tensor = EXAMPLE,
+    **params,
+):
     cls = methods.get(name)
     torch.manual_seed(0)
-    return cls(models.create(student, num_classes=num_classes), models.create(teacher, num_classes=num_classes),
-               cls.Params(**params), example)
+    return cls(
+        models.create(student, num_classes=num_classes),
+        models.create(teacher, num_classes=num_classes),
+        cls.Params(**params),
+        example,
+    )
 
 
 def n_params(module: nn.Module) -> int:
@@ -268,12 +310,18 @@ def test_extra_module_parameter_counts(teacher, student, ab_conn, ft_trans, ft_p
 def test_ab_connectors_are_identity_or_conv_bn_without_relu():
     same = make("ab", "resnet8x4", "resnet32x4")
     assert all(isinstance(c, nn.Identity) for c in same.connectors)
-    cross = make("ab", "ShuffleV2", "resnet32x4")  # 116@16 → 64@32 etc.: 4×4 transposed convs, stride 2
+    cross = make(
+        "ab", "ShuffleV2", "resnet32x4"
+    )  # 116@16 → 64@32 etc.: 4×4 transposed convs, stride 2
     assert all(isinstance(c, ABConnector) for c in cross.connectors)
     assert [(c.conv.kernel_size, c.conv.stride, c.conv.out_channels) for c in cross.connectors] == [
-        ((4, 4), (2, 2), 64), ((4, 4), (2, 2), 128), ((4, 4), (2, 2), 256)
+        ((4, 4), (2, 2), 64),
+        ((4, 4), (2, 2), 128),
+        ((4, 4), (2, 2), 256),
     ]
-    assert all(isinstance(c.conv, nn.ConvTranspose2d) and c.conv.bias is not None for c in cross.connectors)
+    assert all(
+        isinstance(c.conv, nn.ConvTranspose2d) and c.conv.bias is not None for c in cross.connectors
+    )
     c = cross.connectors[0].train()
     x = torch.randn(2, 116, 16, 16)
     torch.testing.assert_close(c(x), c.bn(c.conv(x)))
@@ -285,15 +333,32 @@ def test_ft_modules_layout():
     convs = [m for m in ft.paraphraser.encoder if isinstance(m, nn.Conv2d)]
     deconvs = [m for m in ft.paraphraser.decoder if isinstance(m, nn.ConvTranspose2d)]
     assert [(m.in_channels, m.out_channels) for m in convs] == [(256, 256), (256, 128), (128, 128)]
-    assert [(m.in_channels, m.out_channels) for m in deconvs] == [(128, 128), (128, 256), (256, 256)]
+    assert [(m.in_channels, m.out_channels) for m in deconvs] == [
+        (128, 128),
+        (128, 256),
+        (256, 256),
+    ]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in ft.paraphraser.modules())
-    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.1 for m in ft.paraphraser.modules()) == 6
+    assert (
+        sum(
+            isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.1
+            for m in ft.paraphraser.modules()
+        )
+        == 6
+    )
     t_convs = [m for m in ft.translator if isinstance(m, nn.Conv2d)]
-    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in t_convs] == [(464, 464, (3, 3)), (464, 128, (3, 3)), (128, 128, (3, 3))]
+    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in t_convs] == [
+        (464, 464, (3, 3)),
+        (464, 128, (3, 3)),
+        (128, 128, (3, 3)),
+    ]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in ft.translator) == 3
 
 
-@pytest.mark.parametrize(("teacher", "student"), [("resnet32x4", "ShuffleV2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "MobileNetV2")])
+@pytest.mark.parametrize(
+    ("teacher", "student"),
+    [("resnet32x4", "ShuffleV2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "MobileNetV2")],
+)
 def test_fsp_refuses_pairs_with_unequal_channels(teacher, student):
     cls = methods.get("fsp")
     s, t = models.create(student), models.create(teacher)
@@ -303,7 +368,10 @@ def test_fsp_refuses_pairs_with_unequal_channels(teacher, student):
         make("fsp", student, teacher)
 
 
-@pytest.mark.parametrize(("teacher", "student"), [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20")])
+@pytest.mark.parametrize(
+    ("teacher", "student"),
+    [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20")],
+)
 def test_fsp_accepts_pairs_with_equal_channels(teacher, student):
     cls = methods.get("fsp")
     assert cls.supports(models.create(student), models.create(teacher), EXAMPLE) is None
@@ -318,7 +386,15 @@ def test_fsp_accepts_pairs_with_equal_channels(teacher, student):
 def test_defaults_follow_the_crd_protocol():
     ab, ft, fsp = (methods.get(n).Params() for n in ("ab", "ft", "fsp"))
     assert (ab.ce_weight, ab.kd_weight, ab.init_epochs, ab.margin) == (1.0, 0.0, 30, 1.0)
-    assert (ft.ce_weight, ft.kd_weight, ft.weight, ft.init_epochs, ft.rate, ft.p1, ft.p2) == (1.0, 0.0, 200.0, 30, 0.5, 2.0, 1.0)
+    assert (ft.ce_weight, ft.kd_weight, ft.weight, ft.init_epochs, ft.rate, ft.p1, ft.p2) == (
+        1.0,
+        0.0,
+        200.0,
+        30,
+        0.5,
+        2.0,
+        1.0,
+    )
     assert (fsp.ce_weight, fsp.kd_weight, fsp.init_epochs) == (1.0, 0.0, 30)
     for name in ("ab", "ft", "fsp"):
         assert methods.resolve_params(name, "crd", {}) == methods.get(name).Params()
@@ -337,13 +413,17 @@ def test_init_stage_parameters():
     stage = ab.init_stage()
     assert stage.epochs == 30
     s = ab.student
-    expected = ids(ab.connectors.parameters()) | ids(s.stem.parameters()) | ids(s.stages.parameters())
+    expected = (
+        ids(ab.connectors.parameters()) | ids(s.stem.parameters()) | ids(s.stages.parameters())
+    )
     assert ids(stage.parameters) == expected and len(stage.parameters) == len(expected)
     assert not ids(stage.parameters) & (ids(s.classifier.parameters()) | ids(s.head.parameters()))
     # WRN: the final BN (after the last stage) is not a feature module either
     wrn = make("fsp", "wrn_16_2", "wrn_40_2", num_classes=10, example=SMALL)
     w = wrn.student
-    assert ids(wrn.init_stage().parameters) == ids(w.parameters()) - ids(w.classifier.parameters()) - ids(w.bn.parameters())
+    assert ids(wrn.init_stage().parameters) == ids(w.parameters()) - ids(
+        w.classifier.parameters()
+    ) - ids(w.bn.parameters())
     # FSP on a CIFAR ResNet: everything but the classifier
     fsp = make("fsp", "resnet8x4", "resnet32x4", num_classes=10, example=SMALL)
     r = fsp.student
@@ -353,10 +433,17 @@ def test_init_stage_parameters():
     ft_stage = ft.init_stage()
     assert isinstance(ft_stage, InitStage) and ft_stage.lr == 0.01 and ft_stage.epochs == 30
     assert ids(ft_stage.parameters) == ids(ft.paraphraser.parameters())
-    assert make("ft", "ShuffleV2", "resnet32x4", num_classes=10, example=SMALL).init_stage().lr is None
+    assert (
+        make("ft", "ShuffleV2", "resnet32x4", num_classes=10, example=SMALL).init_stage().lr is None
+    )
     assert make("ft", "wrn_16_2", "wrn_40_2", num_classes=10, example=SMALL).init_stage().lr == 0.01
     # init_epochs = 0: no pre-training stage
-    assert make("ab", "resnet8x4", "resnet32x4", num_classes=10, example=SMALL, init_epochs=0).init_stage() is None
+    assert (
+        make(
+            "ab", "resnet8x4", "resnet32x4", num_classes=10, example=SMALL, init_epochs=0
+        ).init_stage()
+        is None
+    )
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -369,7 +456,10 @@ def test_ab_terms_of_both_stages():
     init_terms = d.forward_init(SMALL, targets)
     s, t = d.student.forward_features(SMALL), d.teacher.forward_features(SMALL)
     assert set(init_terms) == {"ab"}
-    close(init_terms["ab"], losses.ab([c(f) for c, f in zip(d.connectors, s.preact[1:])], t.preact[1:]))
+    close(
+        init_terms["ab"],
+        losses.ab([c(f) for c, f in zip(d.connectors, s.preact[1:])], t.preact[1:]),
+    )
     logits, terms = d.forward_train(SMALL, targets, epoch=1)
     assert set(terms) == {"ce"}  # main stage: CE only
     close(logits, s.logits)
@@ -383,7 +473,10 @@ def test_ft_terms_of_both_stages():
     s, t = d.student.forward_features(SMALL), d.teacher.forward_features(SMALL)
     f_t = t.stages[-1]
     assert set(init_terms) == {"ft_paraphraser"}
-    close(init_terms["ft_paraphraser"], ((d.paraphraser.decoder(d.paraphraser.encoder(f_t)) - f_t) ** 2).mean())
+    close(
+        init_terms["ft_paraphraser"],
+        ((d.paraphraser.decoder(d.paraphraser.encoder(f_t)) - f_t) ** 2).mean(),
+    )
     _, terms = d.forward_train(SMALL, targets, epoch=1)
     assert set(terms) == {"ce", "ft"}
     close(terms["ft"], 200.0 * losses.ft(d.translator(s.stages[-1]), d.paraphraser.encoder(f_t)))
@@ -401,7 +494,9 @@ def test_fsp_terms_of_both_stages():
 
 
 def _sgd(params) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)  # P-RD, with weight decay
+    return torch.optim.SGD(
+        params, lr=0.01, momentum=0.9, weight_decay=5e-4
+    )  # P-RD, with weight decay
 
 
 def _step(opt: torch.optim.Optimizer, terms: dict[str, torch.Tensor]) -> None:
@@ -447,7 +542,9 @@ def test_init_only_modules_learn_in_the_init_stage_and_stay_fixed_after(name):
     assert all(p.grad is None for p in module.parameters())
     if name == "ft":
         assert all(p.grad is not None for p in d.translator.parameters())
-    assert any(k.startswith(f"{type(d).init_only_modules[0]}.") for k in d.training_state())  # checkpointed
+    assert any(
+        k.startswith(f"{type(d).init_only_modules[0]}.") for k in d.training_state()
+    )  # checkpointed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,9 +554,25 @@ def test_init_only_modules_learn_in_the_init_stage_and_stay_fixed_after(name):
 
 def tiny_spec(method: str, params: dict, teacher: TeacherRef | None) -> RunSpec:
     return RunSpec(
-        profile="smoke", model="resnet8", method=method, method_params=params, teacher=teacher,
-        data=DataSpec(name="synthetic", options={"num_classes": 10, "image_size": 16, "train_size": 32, "test_size": 16}),
-        train=TrainSpec(epochs=1, batch_size=16, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+        profile="smoke",
+        model="resnet8",
+        method=method,
+        method_params=params,
+        teacher=teacher,
+        data=DataSpec(
+            name="synthetic",
+            options={"num_classes": 10, "image_size": 16, "train_size": 32, "test_size": 16},
+        ),
+        train=TrainSpec(
+            epochs=1,
+            batch_size=16,
+            lr=0.05,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
         seed=3,
     )
 
@@ -468,7 +581,9 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
     ref_root, resumed_root = tmp_path / "ref", tmp_path / "resumed"
     teacher_spec = tiny_spec("ce", {"ce_weight": 1.0, "kd_weight": 0.0}, None)
     train.run(teacher_spec, ref_root, device="cpu", progress=False)
-    spec = tiny_spec("ab", {"init_epochs": 2}, TeacherRef(model="resnet8", run_id=teacher_spec.run_id))
+    spec = tiny_spec(
+        "ab", {"init_epochs": 2}, TeacherRef(model="resnet8", run_id=teacher_spec.run_id)
+    )
 
     checkpoints: list[bytes] = []
     real_save = RunDir.save_torch
@@ -494,7 +609,9 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
     after_init = torch.load(_write(tmp_path / "after_init.pt", checkpoints[1]), weights_only=True)
     assert (after_init["epoch"], after_init["init_epoch"]) == (0, 2)
     torch.manual_seed(spec.seed)  # the loop builds the student right after seeding
-    initial = {f"student.{k}": v for k, v in models.create("resnet8", num_classes=10).state_dict().items()}
+    initial = {
+        f"student.{k}": v for k, v in models.create("resnet8", num_classes=10).state_dict().items()
+    }
     state = after_init["state"]
     for key in ("student.classifier.weight", "student.classifier.bias"):
         assert torch.equal(state[key], initial[key]), key
@@ -502,7 +619,9 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
     assert conv_keys and all(not torch.equal(state[k], initial[k]) for k in conv_keys)
 
     # Resume from the checkpoint written after init epoch 1: same run as without interruption.
-    shutil.copytree(RunDir(ref_root, teacher_spec.run_id).path, RunDir(resumed_root, teacher_spec.run_id).path)
+    shutil.copytree(
+        RunDir(ref_root, teacher_spec.run_id).path, RunDir(resumed_root, teacher_spec.run_id).path
+    )
     resumed_run = RunDir(resumed_root, spec.run_id)
     _write(resumed_run.checkpoint_file, checkpoints[0])
     assert torch.load(resumed_run.checkpoint_file, weights_only=True)["init_epoch"] == 1

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import pydantic
 import pytest
 import torch
-from torch import nn
-
 from kdbench import losses, methods, models
 from kdbench.errors import UnknownNameError
 from kdbench.methods import Distiller
+from torch import nn
+
 from reference import calibrated_teacher
 
 NUM_CLASSES = 10
@@ -29,7 +29,6 @@ TEACHER = "resnet32x4"
 STUDENTS = ["resnet8x4", "ShuffleV2"]  # two families: CIFAR ResNet and ShuffleNetV2
 STEPS = 5
 METHODS = methods.names()
-
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,14 @@ def build(
     s = models.create(student, num_classes=NUM_CLASSES)
     t = None
     if cls.needs.teacher:
-        t = copy.deepcopy(teacher_template) if teacher is None else models.create(teacher, num_classes=NUM_CLASSES)
-    return cls(s, t, params if params is not None else cls.Params(), images[:4], **construction_inputs(cls))
+        t = (
+            copy.deepcopy(teacher_template)
+            if teacher is None
+            else models.create(teacher, num_classes=NUM_CLASSES)
+        )
+    return cls(
+        s, t, params if params is not None else cls.Params(), images[:4], **construction_inputs(cls)
+    )
 
 
 # MLKD sums KD over five temperatures (T² up to 36) on two views: its loss is ~10× KD's scale, and
@@ -91,7 +96,9 @@ def step_inputs(d: Distiller, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the loop gives every step besides images/targets: dataset indices, and strong views if declared."""
     inputs = {"indices": torch.arange(len(images))}
     if d.needs.strong_view:
-        inputs["strong"] = torch.flip(images, dims=[3]) + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
+        inputs["strong"] = torch.flip(images, dims=[3]) + 0.1 * torch.randn(
+            images.shape, generator=torch.Generator().manual_seed(5)
+        )
     return inputs
 
 
@@ -125,7 +132,9 @@ def runs(teacher_template, batch):
             return cache[name, student]
         # A method that cannot serve a pair (e.g. FSP needs equal channels at every tap) says why.
         supports = methods.get(name).supports
-        reason = supports(models.create(student, num_classes=NUM_CLASSES), teacher_template, images[:2])
+        reason = supports(
+            models.create(student, num_classes=NUM_CLASSES), teacher_template, images[:2]
+        )
         if reason is not None:
             pytest.skip(reason)
         d = build(name, student, teacher_template, images)
@@ -145,7 +154,10 @@ def runs(teacher_template, batch):
             opt.zero_grad()
             loss.backward()
             if first is None:
-                grads = {k: (None if p.grad is None else p.grad.detach().clone()) for k, p in d.named_parameters()}
+                grads = {
+                    k: (None if p.grad is None else p.grad.detach().clone())
+                    for k, p in d.named_parameters()
+                }
                 first = (logits.detach(), {k: v.detach() for k, v in terms.items()}, grads)
             opt.step()
         cache[name, student] = Run(d, t_before, t_flags, first[1], first[0], first[2], loss_values)
@@ -159,7 +171,11 @@ def test_registry_holds_the_seed_methods():
     for name in METHODS:
         cls = methods.get(name)
         assert issubclass(cls, Distiller) and cls.name == name
-        assert methods.is_known(name) and methods.is_implemented(name) and name not in methods.NOT_IMPLEMENTED
+        assert (
+            methods.is_known(name)
+            and methods.is_implemented(name)
+            and name not in methods.NOT_IMPLEMENTED
+        )
         assert cls.title and cls.paper
         cls.Params()  # defaults validate
     with pytest.raises(UnknownNameError):
@@ -170,8 +186,13 @@ def test_needs_declarations():
     assert methods.get("ce").needs.teacher is False
     assert methods.get("kd").needs == methods.Needs(teacher=True, teacher_logits_only=True)
     # DIST's intra-class correlation is over the batch: it can be computed per original-GPU chunk.
-    assert methods.get("dist").needs == methods.Needs(teacher=True, teacher_logits_only=True, batch_dependent_loss=True)
-    assert methods.get("mlkd").needs.batch_dependent_loss and not methods.get("kd").needs.batch_dependent_loss
+    assert methods.get("dist").needs == methods.Needs(
+        teacher=True, teacher_logits_only=True, batch_dependent_loss=True
+    )
+    assert (
+        methods.get("mlkd").needs.batch_dependent_loss
+        and not methods.get("kd").needs.batch_dependent_loss
+    )
     # SimKD reads the teacher's feature map and reuses its classifier.
     assert methods.get("simkd").needs.teacher and not methods.get("simkd").needs.teacher_logits_only
 
@@ -217,7 +238,9 @@ def test_teacher_stays_frozen_and_in_eval_mode(name, student, runs):
     teacher = d.teacher
     # distiller.train() left every teacher module in eval mode, the student in train mode.
     assert run.teacher_training_after_train and not any(run.teacher_training_after_train)
-    assert d.student.training != ("student" in type(d).frozen_modules)  # a frozen encoder stays in eval mode
+    assert d.student.training != (
+        "student" in type(d).frozen_modules
+    )  # a frozen encoder stays in eval mode
     for mode_switch in (lambda: d.train(), lambda: d.train(True), lambda: d.eval().train()):
         mode_switch()
         assert not any(m.training for m in teacher.modules())
@@ -253,7 +276,11 @@ def test_extra_modules_are_trainable_and_get_gradients(name, student, runs):
             assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, key
         assert any(k.startswith(f"{module_name}.") for k in d.inference_state())
     # The student encoder learns in every method but those that freeze it on purpose.
-    student_learns = any(g is not None and g.abs().sum() > 0 for k, g in run.first_grads.items() if k.startswith("student."))
+    student_learns = any(
+        g is not None and g.abs().sum() > 0
+        for k, g in run.first_grads.items()
+        if k.startswith("student.")
+    )
     assert student_learns != ("student" in frozen)
 
 
@@ -298,7 +325,13 @@ def test_kd_terms_are_weighted_pure_losses(student, teacher_template, batch):
 
 def test_kd_simkd_protocol_terms(teacher_template, batch):
     images, targets = batch
-    d = build("kd", "resnet8x4", teacher_template, images, params=methods.resolve_params("kd", "simkd", {}))
+    d = build(
+        "kd",
+        "resnet8x4",
+        teacher_template,
+        images,
+        params=methods.resolve_params("kd", "simkd", {}),
+    )
     _, terms, z_s, z_t = eval_terms(d, images, targets)
     close(terms["kd"], losses.kd(z_s, z_t, 4.0))
     close(terms["ce"], ce_by_hand(z_s, targets))
@@ -309,7 +342,13 @@ def test_kd_simkd_protocol_terms(teacher_template, batch):
 def test_dist_terms_are_weighted_pure_losses(student, variant, tau, teacher_template, batch):
     images, targets = batch
     params = methods.resolve_params("dist", variant, {})
-    assert (params.ce_weight, params.weight, params.beta, params.gamma, params.temperature) == (1.0, 2.0, 1.0, 1.0, tau)
+    assert (params.ce_weight, params.weight, params.beta, params.gamma, params.temperature) == (
+        1.0,
+        2.0,
+        1.0,
+        1.0,
+        tau,
+    )
     d = build("dist", student, teacher_template, images, params=params)
     logits, terms, z_s, z_t = eval_terms(d, images, targets)
     assert set(terms) == {"ce", "dist"}
@@ -362,14 +401,18 @@ def n_params(module: nn.Module) -> int:
         ("vgg8", "stage", 512, 4, 246_784),
     ],
 )
-def test_simkd_projector_shape_and_parameter_count(student, tap, c_s, aligned, expected, teacher_template, batch):
+def test_simkd_projector_shape_and_parameter_count(
+    student, tap, c_s, aligned, expected, teacher_template, batch
+):
     c_t = 256
     assert projector_count(c_s, c_t, 2) == expected
     params = methods.resolve_params("simkd", None, {"student_tap": tap})
     d = build("simkd", student, teacher_template, batch[0], params=params)
     convs = [m for m in d.projector.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.groups) for c in convs] == [
-        (c_s, c_t // 2, (1, 1), 1), (c_t // 2, c_t // 2, (3, 3), 1), (c_t // 2, c_t, (1, 1), 1)
+        (c_s, c_t // 2, (1, 1), 1),
+        (c_t // 2, c_t // 2, (3, 3), 1),
+        (c_t // 2, c_t, (1, 1), 1),
     ]
     assert all(c.bias is None for c in convs)
     assert isinstance(list(d.projector)[-1], nn.ReLU)
@@ -398,21 +441,45 @@ def test_simkd_depthwise_projector(teacher_template, batch):
     assert default.projector[3].groups == 1
 
 
-@pytest.mark.parametrize(("design", "convs", "count"), [
-    # C_s = C_t = 256, r = 2 (mid 128); each conv + BN(2·C_out)
-    ("1x1", [(256, 256, 1)], 256 * 256 + 2 * 256),
-    ("1x1-1x1", [(256, 128, 1), (128, 256, 1)], 256 * 128 + 2 * 128 + 128 * 256 + 2 * 256),
-    ("1x1-dw3x3-1x1", [(256, 128, 1), (128, 128, 3), (128, 256, 1)], 67_712),
-    ("1x1-3x3-1x1", [(256, 128, 1), (128, 128, 3), (128, 256, 1)], projector_count(256, 256, 2)),
-])
+@pytest.mark.parametrize(
+    ("design", "convs", "count"),
+    [
+        # C_s = C_t = 256, r = 2 (mid 128); each conv + BN(2·C_out)
+        ("1x1", [(256, 256, 1)], 256 * 256 + 2 * 256),
+        ("1x1-1x1", [(256, 128, 1), (128, 256, 1)], 256 * 128 + 2 * 128 + 128 * 256 + 2 * 256),
+        ("1x1-dw3x3-1x1", [(256, 128, 1), (128, 128, 3), (128, 256, 1)], 67_712),
+        (
+            "1x1-3x3-1x1",
+            [(256, 128, 1), (128, 128, 3), (128, 256, 1)],
+            projector_count(256, 256, 2),
+        ),
+    ],
+)
 def test_simkd_projector_designs_of_table5(design, convs, count, teacher_template, batch):
-    d = build("simkd", "resnet8x4", teacher_template, batch[0], params=methods.resolve_params("simkd", None, {"projector": design}))
-    found = [(m.in_channels, m.out_channels, m.kernel_size[0]) for m in d.projector if isinstance(m, nn.Conv2d)]
+    d = build(
+        "simkd",
+        "resnet8x4",
+        teacher_template,
+        batch[0],
+        params=methods.resolve_params("simkd", None, {"projector": design}),
+    )
+    found = [
+        (m.in_channels, m.out_channels, m.kernel_size[0])
+        for m in d.projector
+        if isinstance(m, nn.Conv2d)
+    ]
     assert found == convs and n_params(d.projector) == count
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in d.projector) == sum(isinstance(m, nn.ReLU) for m in d.projector) == len(convs)
+    assert (
+        sum(isinstance(m, nn.BatchNorm2d) for m in d.projector)
+        == sum(isinstance(m, nn.ReLU) for m in d.projector)
+        == len(convs)
+    )
 
 
-@pytest.mark.parametrize(("variant", "tap", "c_in"), [(None, "stage", 464), ("released-code", "stage", 464), ("paper", "head", 1024)])
+@pytest.mark.parametrize(
+    ("variant", "tap", "c_in"),
+    [(None, "stage", 464), ("released-code", "stage", 464), ("paper", "head", 1024)],
+)
 def test_simkd_student_tap(variant, tap, c_in, teacher_template, batch):
     params = methods.resolve_params("simkd", variant, {})
     assert params.student_tap == tap
@@ -420,7 +487,10 @@ def test_simkd_student_tap(variant, tap, c_in, teacher_template, batch):
     assert d.projector[0].in_channels == c_in
 
 
-@pytest.mark.parametrize(("student", "tap"), [("resnet8x4", "stage"), ("ShuffleV2", "stage"), ("ShuffleV2", "head"), ("vgg8", "stage")])
+@pytest.mark.parametrize(
+    ("student", "tap"),
+    [("resnet8x4", "stage"), ("ShuffleV2", "stage"), ("ShuffleV2", "head"), ("vgg8", "stage")],
+)
 def test_simkd_logits_and_loss_by_hand(student, tap, teacher_template, batch):
     images, targets = batch
     params = methods.resolve_params("simkd", None, {"student_tap": tap})
@@ -496,9 +566,25 @@ def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
 
     def spec(method: str, params: dict, teacher=None) -> RunSpec:
         return RunSpec(
-            profile="smoke", model="resnet8", method=method, method_params=methods.resolve_params(method, None, params).model_dump(),
-            teacher=teacher, data=DataSpec(name="synthetic", options={"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16}),
-            train=TrainSpec(epochs=2, batch_size=16, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+            profile="smoke",
+            model="resnet8",
+            method=method,
+            method_params=methods.resolve_params(method, None, params).model_dump(),
+            teacher=teacher,
+            data=DataSpec(
+                name="synthetic",
+                options={"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16},
+            ),
+            train=TrainSpec(
+                epochs=2,
+                batch_size=16,
+                lr=0.05,
+                milestones=(),
+                lr_decay=0.1,
+                momentum=0.9,
+                nesterov=False,
+                weight_decay=5e-4,
+            ),
             seed=0,
         )
 
@@ -507,12 +593,22 @@ def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
     teacher = spec("ce", {})
     train.run(teacher, tmp_path, device="cpu", progress=False)
     ref = TeacherRef(model="resnet8", run_id=teacher.run_id)
-    joint = train.run(spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref), tmp_path, device="cpu", progress=False)
+    joint = train.run(
+        spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref),
+        tmp_path,
+        device="cpu",
+        progress=False,
+    )
     pure = train.run(spec("simkd", {}, ref), tmp_path, device="cpu", progress=False)
-    assert set(joint["heads"]) == {"student_classifier"} and 0 <= joint["heads"]["student_classifier"]["best_top1"] <= 100
+    assert (
+        set(joint["heads"]) == {"student_classifier"}
+        and 0 <= joint["heads"]["student_classifier"]["best_top1"] <= 100
+    )
     from kdbench.results.store import RunDir
 
-    history = RunDir(tmp_path, spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref).run_id).read_metrics()
+    history = RunDir(
+        tmp_path, spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref).run_id
+    ).read_metrics()
     assert {"loss_ce", "loss_kd", "loss_simkd", "test_top1_student_classifier"} <= set(history[-1])
     pure_history = RunDir(tmp_path, spec("simkd", {}, ref).run_id).read_metrics()
     assert set(k for k in pure_history[-1] if k.startswith("loss_")) == {"loss_simkd"}

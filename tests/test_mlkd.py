@@ -7,14 +7,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from kdbench import losses, models
 from kdbench.methods.mlkd import MLKD, MLKDParams, below_median
 
 
 def test_median_masks_are_scalar_fractions():
     assert below_median(torch.tensor([0.1, 0.9, 0.5, 0.3])).tolist() == [1, 0, 0, 1]
-    assert below_median(torch.tensor([0.1, 0.9, 0.5])).mean().item() == pytest.approx(2 / 3)  # (B+1)/(2B), odd B
+    assert below_median(torch.tensor([0.1, 0.9, 0.5])).mean().item() == pytest.approx(
+        2 / 3
+    )  # (B+1)/(2B), odd B
     assert below_median(torch.ones(6)).mean().item() == 1.0  # ties at the median all count
 
 
@@ -42,8 +43,11 @@ def test_terms_match_the_released_code_composition():
         "ce_strong": 0.1 * F.cross_entropy(s_strong, targets),
         "kd_weak": 0.9 * rho_b * sum(losses.kd(s_weak, t_weak, t) for t in temps),
         # The released code's "strong" group: T0, 3, 5 on the strong view, then 2 and 6 on the weak view.
-        "kd_strong": 0.9 * (sum(losses.kd(s_strong, t_strong, t) for t in (4.0, 3.0, 5.0))
-                            + sum(losses.kd(s_weak, t_weak, t) for t in (2.0, 6.0))),
+        "kd_strong": 0.9
+        * (
+            sum(losses.kd(s_strong, t_strong, t) for t in (4.0, 3.0, 5.0))
+            + sum(losses.kd(s_weak, t_weak, t) for t in (2.0, 6.0))
+        ),
         "cc": 0.9 * rho_c * sum(losses.mlkd_class(s_weak, t_weak, t) for t in temps),
         "bc": 0.9 * rho_b * sum(losses.mlkd_batch(s_weak, t_weak, t) for t in temps),
     }
@@ -82,4 +86,6 @@ def test_paper_variant_weights_each_sample_and_uses_the_strong_view_throughout()
         torch.testing.assert_close(terms[name], value, rtol=1e-5, atol=1e-6, msg=name)
     # Per-sample weighting is mean_i(m_i · ℓ_i): with every weight 1 it is the plain loss.
     ones = torch.ones(6)
-    torch.testing.assert_close(losses.mlkd_batch(s_weak, t_weak, 4.0, weights=ones), losses.mlkd_batch(s_weak, t_weak, 4.0))
+    torch.testing.assert_close(
+        losses.mlkd_batch(s_weak, t_weak, 4.0, weights=ones), losses.mlkd_batch(s_weak, t_weak, 4.0)
+    )

@@ -12,7 +12,6 @@ from functools import lru_cache
 import pytest
 import torch
 import torch.nn.functional as F
-
 from kdbench import models
 from kdbench.errors import UnknownNameError
 from kdbench.models import Features, KDModel
@@ -145,7 +144,9 @@ def test_registry_lists_exactly_the_spec_models() -> None:
 @pytest.mark.parametrize("name", models.names())
 def test_model_matches_spec(name: str) -> None:
     params, penultimate, taps = SPEC[name]
-    model = _create(name).eval()  # eval: MobileNetV2's dropout sits between ``pooled`` and the classifier
+    model = _create(
+        name
+    ).eval()  # eval: MobileNetV2's dropout sits between ``pooled`` and the classifier
     assert _num_params(model) == params
     x, feats = _forward(model, _test_size(name))
     assert feats.logits.shape == (2, _classes(name))
@@ -213,9 +214,18 @@ def test_info_fields() -> None:
     assert models.info("wrn_40_2").family == "wrn"
     assert models.info("resnet8x4").paper_label == "ResNet-8x4"
     assert models.info("ResNet50").family == "resnet_bottleneck"
-    assert {models.info(n).zoo for n in models.names()} == {"crd", "simkd", "imagenet", "mdistiller"}
-    assert {models.input_size(n) for n in models.names() if models.info(n).zoo != "imagenet"} == {32}
-    assert {models.input_size(n) for n in models.names() if models.info(n).zoo == "imagenet"} == {224}
+    assert {models.info(n).zoo for n in models.names()} == {
+        "crd",
+        "simkd",
+        "imagenet",
+        "mdistiller",
+    }
+    assert {models.input_size(n) for n in models.names() if models.info(n).zoo != "imagenet"} == {
+        32
+    }
+    assert {models.input_size(n) for n in models.names() if models.info(n).zoo == "imagenet"} == {
+        224
+    }
     assert models.info("imagenet/mobilenet_v1").paper_label == "MobileNet"
     with pytest.raises(AttributeError):
         wrn.name = "other"  # type: ignore[misc]
@@ -241,7 +251,9 @@ def test_registering_a_taken_name_fails() -> None:
 def test_num_classes_changes_only_the_classifier(name: str) -> None:
     with torch.device("meta"):  # shapes only: no weights drawn
         ten, hundred = models.create(name, 10), models.create(name, 100)
-    head = {n for n, p in ten.named_parameters() if any(p is q for q in ten.classifier.parameters())}
+    head = {
+        n for n, p in ten.named_parameters() if any(p is q for q in ten.classifier.parameters())
+    }
     assert {f"{k}.{p}" for k in ("classifier", "fc") for p in ("weight", "bias")} >= head
     ten_shapes, hundred_shapes = _shapes(ten), _shapes(hundred)
     assert ten_shapes.keys() == hundred_shapes.keys()
@@ -251,10 +263,24 @@ def test_num_classes_changes_only_the_classifier(name: str) -> None:
 
 # BN-before-ReLU lists (OFD margins; architectures.md §1 and each family's section): the families
 # that declare one, and for the exact ones, which tap each BN's output *is*.
-BN_BEFORE_RELU_FAMILIES = {"resnet", "wrn", "vgg", "mobilenetv2", "resnet_bottleneck", "imagenet_resnet",
-                           "imagenet_mobilenet_v1", "imagenet_mobilenet_v2"}
-BN_OUTPUT_IS_PREACT = {"wrn", "vgg", "imagenet_mobilenet_v1"}  # exact; ResNets add the shortcut after the BN
-BN_COVERS_DEEPEST = {"imagenet_resnet": 3}  # mdistiller lists layers 2-4 only; the others cover every tap
+BN_BEFORE_RELU_FAMILIES = {
+    "resnet",
+    "wrn",
+    "vgg",
+    "mobilenetv2",
+    "resnet_bottleneck",
+    "imagenet_resnet",
+    "imagenet_mobilenet_v1",
+    "imagenet_mobilenet_v2",
+}
+BN_OUTPUT_IS_PREACT = {
+    "wrn",
+    "vgg",
+    "imagenet_mobilenet_v1",
+}  # exact; ResNets add the shortcut after the BN
+BN_COVERS_DEEPEST = {
+    "imagenet_resnet": 3
+}  # mdistiller lists layers 2-4 only; the others cover every tap
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -265,33 +291,48 @@ def test_bn_before_relu_matches_the_preact_taps(name: str) -> None:
         model = _create(name)
     family = models.info(name).family
     if family not in BN_BEFORE_RELU_FAMILIES:
-        with pytest.raises(KdbenchError, match="does not define BN-before-ReLU layers \\(OFD unsupported\\)"):
+        with pytest.raises(
+            KdbenchError, match="does not define BN-before-ReLU layers \\(OFD unsupported\\)"
+        ):
             model.bn_before_relu()
         return
     bns = model.bn_before_relu()
     feats = _features(name)
     assert all(type(bn) is torch.nn.BatchNorm2d for bn in bns)
     assert len(bns) == BN_COVERS_DEEPEST.get(family, len(feats.preact) - 1)
-    assert [bn.num_features for bn in bns] == [p.shape[1] for p in feats.preact[1:][-len(bns):]]
+    assert [bn.num_features for bn in bns] == [p.shape[1] for p in feats.preact[1:][-len(bns) :]]
     own = {id(m) for m in model.modules()}
     assert all(id(bn) in own for bn in bns) and len({id(bn) for bn in bns}) == len(bns)
 
 
-@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "resnet8x4", "ResNet50", "MobileNetV2", "imagenet/resnet18",
-                                  "imagenet/mobilenet_v1", "imagenet/mobilenet_v2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wrn_16_2",
+        "vgg8",
+        "resnet8x4",
+        "ResNet50",
+        "MobileNetV2",
+        "imagenet/resnet18",
+        "imagenet/mobilenet_v1",
+        "imagenet/mobilenet_v2",
+    ],
+)
 def test_bn_before_relu_outputs_feed_the_preact_taps(name: str) -> None:
     """Exact families: each BN's output is the preact tap. ResNets: tap = BN output + shortcut, so
     the BN output has the tap's shape and differs from it; MobileNetV2: same (residual added)."""
     model = _create(name).eval()
     outputs: list[torch.Tensor] = []
-    hooks = [bn.register_forward_hook(lambda m, i, o: outputs.append(o)) for bn in model.bn_before_relu()]
+    hooks = [
+        bn.register_forward_hook(lambda m, i, o: outputs.append(o)) for bn in model.bn_before_relu()
+    ]
     try:
         feats = _forward(model, _test_size(name))[1]
     finally:
         for h in hooks:
             h.remove()
     assert len(outputs) == BN_COVERS_DEEPEST.get(models.info(name).family, len(feats.preact) - 1)
-    for out, pre in zip(outputs, feats.preact[1:][-len(outputs):]):
+    for out, pre in zip(outputs, feats.preact[1:][-len(outputs) :]):
         assert out.shape == pre.shape
         if models.info(name).family in BN_OUTPUT_IS_PREACT:
             torch.testing.assert_close(out, pre, rtol=0, atol=0)
@@ -312,6 +353,7 @@ def test_mdistiller_wrn_updates_three_bns_twice_per_forward(name: str) -> None:
     def keep_input(key: str):
         def hook(module, args) -> None:
             inputs.setdefault(key, args[0].detach().clone())
+
         return hook
 
     hooks = [bn.register_forward_pre_hook(keep_input(key)) for key, bn in taps.items()]
@@ -321,10 +363,14 @@ def test_mdistiller_wrn_updates_three_bns_twice_per_forward(name: str) -> None:
     torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=0)
     for p_a, p_b in zip(a.preact, b.preact):
         torch.testing.assert_close(p_b, p_a, rtol=0, atol=0)
-    weights = [torch.randn_like(t) for t in (a.logits, *a.preact[1:])]  # a loss that reads the taps too
+    weights = [
+        torch.randn_like(t) for t in (a.logits, *a.preact[1:])
+    ]  # a loss that reads the taps too
     for f in (a, b):
         sum((t * w).sum() for t, w in zip((f.logits, *f.preact[1:]), weights)).backward()
-    for (n, g_a), g_b in zip(((n, p.grad) for n, p in plain.named_parameters()), (p.grad for p in twice.parameters())):
+    for (n, g_a), g_b in zip(
+        ((n, p.grad) for n, p in plain.named_parameters()), (p.grad for p in twice.parameters())
+    ):
         assert (g_b - g_a).abs().max() <= 1e-5 * g_a.abs().max(), n  # float32 summation order only
     twice_bns = {"f1": twice.block2[0].bn1, "f2": twice.block3[0].bn1, "f3": twice.bn}
     m = 0.1
@@ -333,11 +379,21 @@ def test_mdistiller_wrn_updates_three_bns_twice_per_forward(name: str) -> None:
         var = f.double().var(dim=(0, 2, 3), unbiased=True)
         bn = twice_bns[key]
         keep = (1 - m) ** 2  # from the initial running mean 0 and running var 1
-        torch.testing.assert_close(bn.running_mean.double(), (1 - keep) * mean, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(bn.running_var.double(), keep + (1 - keep) * var, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            bn.running_mean.double(), (1 - keep) * mean, rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(
+            bn.running_var.double(), keep + (1 - keep) * var, rtol=1e-5, atol=1e-6
+        )
         assert int(bn.num_batches_tracked) == 2 and int(taps[key].num_batches_tracked) == 1
         torch.testing.assert_close(taps[key].running_mean.double(), m * mean, rtol=1e-5, atol=1e-6)
-    others = [k for k in plain.state_dict() if k.endswith("running_mean") and not any(
-        k.startswith(p) for p in ("block2.0.bn1", "block3.0.bn1", "bn."))]
+    others = [
+        k
+        for k in plain.state_dict()
+        if k.endswith("running_mean")
+        and not any(k.startswith(p) for p in ("block2.0.bn1", "block3.0.bn1", "bn."))
+    ]
     assert others and all(torch.equal(plain.state_dict()[k], twice.state_dict()[k]) for k in others)
-    assert not torch.allclose(plain.eval()(x), twice.eval()(x))  # evaluation reads the running statistics
+    assert not torch.allclose(
+        plain.eval()(x), twice.eval()(x)
+    )  # evaluation reads the running statistics

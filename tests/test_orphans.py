@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from kdbench.execute import children
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,10 +43,28 @@ def alive(pid: int) -> bool:
 
 def start_table(results: Path) -> tuple[subprocess.Popen, set[int]]:
     """A smoke reproduction on 2 CPU slots, once its workers are training; (process, its descendants)."""
-    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "reproduce", "kdbench/recipes/simkd/table1.yaml", "--profile", "smoke",
-                             "--results", str(results), "--device", "cpu", "--cpu-jobs", "2"],
-                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdbench",
+            "reproduce",
+            "kdbench/recipes/simkd/table1.yaml",
+            "--profile",
+            "smoke",
+            "--results",
+            str(results),
+            "--device",
+            "cpu",
+            "--cpu-jobs",
+            "2",
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if list((results / "runs").glob("*/launch.json")) and descendants(proc.pid):
@@ -66,7 +83,10 @@ def wait_gone(pids: set[int], timeout_s: float = 30) -> set[int]:
     return {p for p in pids if alive(p)}
 
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
 
 
 def test_sigkill_of_reproduce_takes_its_workers_with_it(tmp_path):
@@ -82,21 +102,32 @@ def test_sigterm_or_sigint_stops_the_table_cleanly_and_says_how_to_resume(tmp_pa
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
-    assert "interrupted" in stderr and "Resume with:" in stderr and "kdbench reproduce kdbench/recipes/simkd/table1.yaml" in stderr
+    assert (
+        "interrupted" in stderr
+        and "Resume with:" in stderr
+        and "kdbench reproduce kdbench/recipes/simkd/table1.yaml" in stderr
+    )
     assert "Traceback" not in stderr
     assert not wait_gone(kids, 5), "reproduce returned with its workers still running"
 
 
 def test_a_child_whose_parent_died_before_it_started_watching_ends_itself(tmp_path):
     script = "from kdbench.execute.children import watch_parent; import time; watch_parent(); time.sleep(60)"
-    env = {**os.environ, children.PARENT_ENV: "1"}  # its parent is this test, not pid 1: it must end at once
+    env = {
+        **os.environ,
+        children.PARENT_ENV: "1",
+    }  # its parent is this test, not pid 1: it must end at once
     proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=60)
     assert proc.returncode == -signal.SIGTERM
 
 
 def test_a_grandchild_does_not_inherit_the_parent_pid(tmp_path):
-    script = ("import os; from kdbench.execute.children import watch_parent, PARENT_ENV; watch_parent(); "
-              "print(PARENT_ENV in os.environ)")
+    script = (
+        "import os; from kdbench.execute.children import watch_parent, PARENT_ENV; watch_parent(); "
+        "print(PARENT_ENV in os.environ)"
+    )
     env = {**os.environ, children.PARENT_ENV: str(os.getpid())}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
     assert out.strip() == "False"  # a DDP rank's parent is its launcher: it must not watch us

@@ -7,28 +7,57 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
 from kdbench.execute import local, packing
-from kdbench.execute.packing import CONTEXT_BYTES, WORKSPACE_BYTES, Footprint, run_bytes, runs_per_gpu
+from kdbench.execute.packing import (
+    CONTEXT_BYTES,
+    WORKSPACE_BYTES,
+    Footprint,
+    run_bytes,
+    runs_per_gpu,
+)
 
 GIB = 1 << 30
 
 
 def test_run_bytes_counts_weights_activations_buffers_and_context():
-    fp = Footprint(student_params=1_000_000, teacher_params=2_000_000, student_activations=100_000,
-                   teacher_activations=300_000, batch_size=64, dataset_bytes=7, teacher_cache_bytes=11, method_bytes=13)
-    expected = 16 * 1_000_000 + 4 * 2_000_000 + 64 * (8 * 100_000 + 4 * 300_000) + 7 + 11 + 13 + CONTEXT_BYTES + WORKSPACE_BYTES
+    fp = Footprint(
+        student_params=1_000_000,
+        teacher_params=2_000_000,
+        student_activations=100_000,
+        teacher_activations=300_000,
+        batch_size=64,
+        dataset_bytes=7,
+        teacher_cache_bytes=11,
+        method_bytes=13,
+    )
+    expected = (
+        16 * 1_000_000
+        + 4 * 2_000_000
+        + 64 * (8 * 100_000 + 4 * 300_000)
+        + 7
+        + 11
+        + 13
+        + CONTEXT_BYTES
+        + WORKSPACE_BYTES
+    )
     assert run_bytes(fp) == expected
 
 
-@pytest.mark.parametrize(("free", "per_run", "expected"), [
-    (80 * GIB, 2 * GIB, 8),     # 32 would fit: capped at MAX_RUNS_PER_GPU
-    (10 * GIB, 2 * GIB, 4),     # 0.8 · 10 / 2 = 4
-    (9 * GIB, 2 * GIB, 3),      # 0.8 · 9 / 2 = 3.6 → 3
-    (1 * GIB, 2 * GIB, 1),      # never below one run: a run that does not fit fails with CUDA's own message
-    (80 * GIB, 2 * GIB, 2),     # with max_runs=2
-])
+@pytest.mark.parametrize(
+    ("free", "per_run", "expected"),
+    [
+        (80 * GIB, 2 * GIB, 8),  # 32 would fit: capped at MAX_RUNS_PER_GPU
+        (10 * GIB, 2 * GIB, 4),  # 0.8 · 10 / 2 = 4
+        (9 * GIB, 2 * GIB, 3),  # 0.8 · 9 / 2 = 3.6 → 3
+        (
+            1 * GIB,
+            2 * GIB,
+            1,
+        ),  # never below one run: a run that does not fit fails with CUDA's own message
+        (80 * GIB, 2 * GIB, 2),  # with max_runs=2
+    ],
+)
 def test_runs_per_gpu_formula(free, per_run, expected):
     kwargs = {"max_runs": 2} if expected == 2 else {}
     assert runs_per_gpu(free, per_run, **kwargs) == expected
@@ -42,10 +71,25 @@ def test_model_size_matches_the_published_parameter_counts():
 def kd_spec(method: str = "kd", data: str = "cifar100", **params):
     from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 
-    return RunSpec(profile="full", model="resnet8x4", method=method, method_params=params, seed=0,
-                   teacher=TeacherRef(model="resnet32x4", run_id="t"), data=DataSpec(name=data),
-                   train=TrainSpec(epochs=240, batch_size=64, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9,
-                                   nesterov=False, weight_decay=5e-4))
+    return RunSpec(
+        profile="full",
+        model="resnet8x4",
+        method=method,
+        method_params=params,
+        seed=0,
+        teacher=TeacherRef(model="resnet32x4", run_id="t"),
+        data=DataSpec(name=data),
+        train=TrainSpec(
+            epochs=240,
+            batch_size=64,
+            lr=0.05,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
+    )
 
 
 def test_the_estimate_counts_the_teacher_cache_and_the_resident_dataset():
@@ -63,7 +107,10 @@ def test_the_estimate_counts_the_teacher_cache_and_the_resident_dataset():
 def test_the_estimate_counts_crd_banks_and_sampling_transients():
     crd = packing.footprint(kd_spec("crd"))
     assert crd.method_bytes == 2 * 4 * 50_000 * 128 + 64 * 50_000 * packing.SAMPLE_PAIR_BYTES
-    assert packing.footprint(kd_spec("crd", feat_dim=64)).method_bytes == 2 * 4 * 50_000 * 64 + 64 * 50_000 * 25
+    assert (
+        packing.footprint(kd_spec("crd", feat_dim=64)).method_bytes
+        == 2 * 4 * 50_000 * 64 + 64 * 50_000 * 25
+    )
 
 
 def test_image_folders_are_not_resident():
@@ -82,6 +129,10 @@ def test_cpu_slots_get_the_malloc_settings(monkeypatch):
 
 
 def test_train_command_carries_the_compute_options():
-    command = local.train_command(Path("spec.json"), Path("results"), local.Slot("cpu"),
-                                  compute=ComputeOptions(precision="bf16", compile=False, teacher_cache="off"))
+    command = local.train_command(
+        Path("spec.json"),
+        Path("results"),
+        local.Slot("cpu"),
+        compute=ComputeOptions(precision="bf16", compile=False, teacher_cache="off"),
+    )
     assert command[-5:] == ["--precision", "bf16", "--teacher-cache", "off", "--no-compile"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from kdbench.errors import KdbenchError
 from kdbench.plan import RunSpec, plan
 from kdbench.recipe import Recipe, load_recipe
@@ -19,12 +18,18 @@ def test_full_plan_shape(recipe, monkeypatch):
 
     monkeypatch.setattr(methods, "is_implemented", lambda name: name in ("ce", "kd", "simkd"))
     p = plan(recipe, "full")
-    teachers = [s for s in p.specs.values() if s.teacher is None and s.model in ("simkd/resnet38x2", "resnet32x4", "simkd/resnet110x2")]
+    teachers = [
+        s
+        for s in p.specs.values()
+        if s.teacher is None and s.model in ("simkd/resnet38x2", "resnet32x4", "simkd/resnet110x2")
+    ]
     assert len(teachers) == 3
     # 7 pairs; implemented rows: Student (ce), KD, SimKD; 4 trials each; two columns share student resnet8x4.
     kd_runs = [s for s in p.specs.values() if s.method == "kd"]
     simkd_runs = [s for s in p.specs.values() if s.method == "simkd"]
-    ce_students = [s for s in p.specs.values() if s.method == "ce" and s.seed in range(4) and s not in teachers]
+    ce_students = [
+        s for s in p.specs.values() if s.method == "ce" and s.seed in range(4) and s not in teachers
+    ]
     assert len(kd_runs) == len(simkd_runs) == 7 * 4
     # The Student row of both ResNet-8x4 columns is the same 4 runs (no teacher in a ce spec),
     # and a teacher is the ce run of its architecture with seed 0 (same parameters as a Student row).
@@ -33,7 +38,9 @@ def test_full_plan_shape(recipe, monkeypatch):
     cells = {(c.row, c.column): c for c in p.cells}
     assert len(cells) == 11 * 7
     assert cells[("FitNet", "res32x4_res8x4")].status == "not_implemented"
-    assert cells[("Teacher", "res32x4_vgg8")].run_ids == cells[("Teacher", "res32x4_res8x4")].run_ids
+    assert (
+        cells[("Teacher", "res32x4_vgg8")].run_ids == cells[("Teacher", "res32x4_res8x4")].run_ids
+    )
 
 
 def test_protocol_values_reach_the_spec(recipe):
@@ -44,7 +51,11 @@ def test_protocol_values_reach_the_spec(recipe):
     assert r8.method_params["ce_weight"] == 1.0 and r8.method_params["kd_weight"] == 1.0
     simkd = next(s for s in p.specs.values() if s.method == "simkd")
     assert simkd.method_params["ce_weight"] == 0 and simkd.method_params["factor"] == 2
-    assert r8.train.lr_at(150) == 0.05 and r8.train.lr_at(151) == pytest.approx(0.005) and r8.train.lr_at(240) == pytest.approx(5e-5)
+    assert (
+        r8.train.lr_at(150) == 0.05
+        and r8.train.lr_at(151) == pytest.approx(0.005)
+        and r8.train.lr_at(240) == pytest.approx(5e-5)
+    )
 
 
 def test_run_id_is_a_hash_of_the_spec(recipe):
@@ -53,7 +64,9 @@ def test_run_id_is_a_hash_of_the_spec(recipe):
     assert list(a.specs) == list(b.specs)
     spec = next(iter(a.specs.values()))
     assert RunSpec.model_validate_json(spec.canonical_json()).run_id == spec.run_id
-    changed = spec.model_copy(update={"train": spec.train.model_copy(update={"weight_decay": 1e-4})})
+    changed = spec.model_copy(
+        update={"train": spec.train.model_copy(update={"weight_decay": 1e-4})}
+    )
     assert changed.run_id != spec.run_id
     assert spec.model_copy(update={"seed": spec.seed + 1}).run_id != spec.run_id
 
@@ -71,7 +84,9 @@ def test_profiles_never_share_runs(recipe):
     assert spec.data.name == "synthetic" and spec.profile == "smoke" and smoke.trials == 1
     ci = plan(recipe, "ci", ci_overrides={"train_fraction": 0.05, "epochs": 3})
     spec = next(iter(ci.specs.values()))
-    assert spec.data.name == "cifar100" and spec.data.train_fraction == 0.05 and spec.train.epochs == 3
+    assert (
+        spec.data.name == "cifar100" and spec.data.train_fraction == 0.05 and spec.train.epochs == 3
+    )
     assert spec.train.milestones == (2, 2, 3)  # 150/180/210 of 240, scaled to 3 epochs
 
 
@@ -84,10 +99,16 @@ def test_smoke_teachers_train_longer_and_smoke_caps_the_lr(recipe):
     for spec in smoke.specs.values():
         is_teacher = spec.run_id in teacher_ids
         assert spec.train.epochs == (12 if is_teacher else 2), spec.run_id
-        assert spec.train.milestones == ((8, 9, 10) if is_teacher else (1, 2, 2))  # 150/180/210 of 240, scaled
-    assert {s.train.lr for s in smoke.specs.values()} == {0.01}  # the recipe's 0.05 and 0.01 (ShuffleNetV2), capped
+        assert spec.train.milestones == (
+            (8, 9, 10) if is_teacher else (1, 2, 2)
+        )  # 150/180/210 of 240, scaled
+    assert {s.train.lr for s in smoke.specs.values()} == {
+        0.01
+    }  # the recipe's 0.05 and 0.01 (ShuffleNetV2), capped
     full = plan(recipe, "full")
-    assert all(s.train.epochs == 240 for s in full.specs.values()) and {s.train.lr for s in full.specs.values()} == {0.05, 0.01}
+    assert all(s.train.epochs == 240 for s in full.specs.values()) and {
+        s.train.lr for s in full.specs.values()
+    } == {0.05, 0.01}
 
 
 def test_subsets_of_the_table(recipe):
@@ -95,8 +116,11 @@ def test_subsets_of_the_table(recipe):
     assert {c.row for c in p.cells} == {"Student", "KD"}
     assert {s.model for s in p.specs.values()} == {"resnet32x4", "resnet8x4"}
     assert p.dependencies(next(s.run_id for s in p.specs.values() if s.method == "kd")) == [
-        next(s.run_id for s in p.specs.values() if s.model == "resnet32x4")]
-    with pytest.raises(KdbenchError, match="no column 'res32x4_res8x5'. Did you mean 'res32x4_res8x4'"):
+        next(s.run_id for s in p.specs.values() if s.model == "resnet32x4")
+    ]
+    with pytest.raises(
+        KdbenchError, match="no column 'res32x4_res8x5'. Did you mean 'res32x4_res8x4'"
+    ):
         plan(recipe, "full", columns=["res32x4_res8x5"])
     with pytest.raises(KdbenchError, match="unknown profile 'smok'. Did you mean 'smoke'"):
         plan(recipe, "smok")
@@ -113,7 +137,10 @@ def test_bad_method_parameters_name_the_row(recipe):
     data = recipe.model_dump()
     data["rows"][1]["params"] = {"kd_temprature": 4}
     bad = type(recipe).model_validate(data)
-    with pytest.raises(KdbenchError, match=r"row 'KD' \(method kd\): invalid parameters: unknown parameter .kd_temprature.. Did you mean .kd_temperature.?"):
+    with pytest.raises(
+        KdbenchError,
+        match=r"row 'KD' \(method kd\): invalid parameters: unknown parameter .kd_temprature.. Did you mean .kd_temperature.?",
+    ):
         plan(bad, "full")
 
 
@@ -128,32 +155,68 @@ def test_protocol_preset_selects_each_methods_variant(recipe):
             continue
         spec = next(s for s in specs if s.method == row.method)
         variant = methods.get(row.method).variants.get("simkd")
-        expected = methods.resolve_params(row.method, "simkd" if variant else None, {}).model_dump(mode="json")
+        expected = methods.resolve_params(row.method, "simkd" if variant else None, {}).model_dump(
+            mode="json"
+        )
         assert spec.method_params == expected, row.label
         if variant:
-            assert spec.method_params["ce_weight"] == 1.0 and spec.method_params["kd_weight"] == 1.0, row.label
+            assert (
+                spec.method_params["ce_weight"] == 1.0 and spec.method_params["kd_weight"] == 1.0
+            ), row.label
 
 
 def _tiny_recipe(rows: list[dict]) -> Recipe:
-    return Recipe.model_validate({
-        "name": "tiny", "paper": "t", "table": "T", "title": "t", "source": "t",
-        "protocol": {"name": "t", "follows": "t"}, "dataset": {"name": "cifar100"},
-        "training": {"epochs": 240, "batch_size": 64, "lr": 0.05, "milestones": [150, 180, 210]},
-        "trials": 1, "teachers": {"t": {"model": "resnet32x4", "label": "T"}},
-        "columns": [{"id": "a", "teacher": "t", "student": "resnet8x4", "label": "A"},
-                    {"id": "b", "teacher": "t", "student": "resnet20", "label": "B"}],
-        "rows": rows,
-    })
+    return Recipe.model_validate(
+        {
+            "name": "tiny",
+            "paper": "t",
+            "table": "T",
+            "title": "t",
+            "source": "t",
+            "protocol": {"name": "t", "follows": "t"},
+            "dataset": {"name": "cifar100"},
+            "training": {
+                "epochs": 240,
+                "batch_size": 64,
+                "lr": 0.05,
+                "milestones": [150, 180, 210],
+            },
+            "trials": 1,
+            "teachers": {"t": {"model": "resnet32x4", "label": "T"}},
+            "columns": [
+                {"id": "a", "teacher": "t", "student": "resnet8x4", "label": "A"},
+                {"id": "b", "teacher": "t", "student": "resnet20", "label": "B"},
+            ],
+            "rows": rows,
+        }
+    )
 
 
 def test_parameters_can_differ_by_column():
-    recipe = _tiny_recipe([{"label": "DKD", "method": "dkd", "params": {"beta": 8.0}, "params_by_column": {"b": {"beta": 2.0}}}])
-    betas = {s.model: s.method_params["beta"] for s in plan(recipe, "full").specs.values() if s.method == "dkd"}
+    recipe = _tiny_recipe(
+        [
+            {
+                "label": "DKD",
+                "method": "dkd",
+                "params": {"beta": 8.0},
+                "params_by_column": {"b": {"beta": 2.0}},
+            }
+        ]
+    )
+    betas = {
+        s.model: s.method_params["beta"]
+        for s in plan(recipe, "full").specs.values()
+        if s.method == "dkd"
+    }
     assert betas == {"resnet8x4": 8.0, "resnet20": 2.0}
 
 
 def test_quick_profiles_shorten_pretraining_stages():
     recipe = _tiny_recipe([{"label": "AB", "method": "ab"}])
-    init = {p: next(s for s in plan(recipe, p).specs.values() if s.method == "ab").method_params["init_epochs"]
-            for p in ("full", "ci", "smoke")}
+    init = {
+        p: next(s for s in plan(recipe, p).specs.values() if s.method == "ab").method_params[
+            "init_epochs"
+        ]
+        for p in ("full", "ci", "smoke")
+    }
     assert init == {"full": 30, "ci": 1, "smoke": 1}  # 30 × 2/240 rounds to 0: at least one epoch

@@ -13,10 +13,10 @@ import inspect
 
 import pytest
 import torch
-from torch import nn
-
 from kdbench import losses, methods, models
 from kdbench.losses import contrastive, feature, logit, relation
+from torch import nn
+
 from reference import calibrated_teacher
 
 NUM_CLASSES = 10
@@ -45,12 +45,16 @@ class LayerDtypes:
 
     def __init__(self, module: nn.Module):
         self.seen: dict[str, set[torch.dtype]] = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in module.named_modules()
-                        if isinstance(m, NETWORK_LAYERS)]
+        self.handles = [
+            m.register_forward_hook(self._hook(name))
+            for name, m in module.named_modules()
+            if isinstance(m, NETWORK_LAYERS)
+        ]
 
     def _hook(self, name: str):
         def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
             self.seen.setdefault(name, set()).add(output.dtype)
+
         return record
 
     def not_bf16(self) -> dict[str, set[torch.dtype]]:
@@ -84,13 +88,17 @@ def test_every_term_is_fp32_and_every_network_pass_bf16_under_autocast(name, tea
     layers = LayerDtypes(d)
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, terms = d.forward_train(images, targets, 1, indices, strong if d.needs.strong_view else None)
+            _, terms = d.forward_train(
+                images, targets, 1, indices, strong if d.needs.strong_view else None
+            )
     finally:
         layers.close()
     check_terms(terms)
     assert layers.not_bf16() == {}, "network layers that left autocast"
     student_layers = {n for n in layers.seen if n.startswith("student.")}
-    assert len(student_layers) == sum(isinstance(m, NETWORK_LAYERS) for m in d.student.modules())  # all of it ran
+    assert len(student_layers) == sum(
+        isinstance(m, NETWORK_LAYERS) for m in d.student.modules()
+    )  # all of it ran
 
 
 def test_mlkd_strong_view_passes_run_under_autocast(teacher_template):
@@ -98,18 +106,27 @@ def test_mlkd_strong_view_passes_run_under_autocast(teacher_template):
     d = build("mlkd", teacher_template)
     images, targets, indices, strong = batch()
     calls: dict[str, list[torch.dtype]] = {"student": [], "teacher": []}
-    hooks = [getattr(d, side).classifier.register_forward_hook(lambda m, i, o, side=side: calls[side].append(o.dtype))
-             for side in calls]
+    hooks = [
+        getattr(d, side).classifier.register_forward_hook(
+            lambda m, i, o, side=side: calls[side].append(o.dtype)
+        )
+        for side in calls
+    ]
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             d.forward_train(images, targets, 1, indices, strong)
     finally:
         for hook in hooks:
             hook.remove()
-    assert calls == {"student": [torch.bfloat16] * 2, "teacher": [torch.bfloat16] * 2}  # weak view, then strong
+    assert calls == {
+        "student": [torch.bfloat16] * 2,
+        "teacher": [torch.bfloat16] * 2,
+    }  # weak view, then strong
 
 
-INIT_METHODS = [n for n in methods.names() if methods.get(n).init_stage is not methods.Distiller.init_stage]
+INIT_METHODS = [
+    n for n in methods.names() if methods.get(n).init_stage is not methods.Distiller.init_stage
+]
 
 
 def test_the_pre_training_methods_are_found():
@@ -146,9 +163,13 @@ def test_forward_train_without_autocast_stays_fp32(teacher_template):
 
 def test_every_public_loss_is_behind_the_fp32_boundary():
     """Every function ``kdbench.losses`` exports carries :func:`~kdbench.losses.precision.fp32`."""
-    exported = [name for module in (contrastive, feature, logit, relation) for name in module.__all__]
+    exported = [
+        name for module in (contrastive, feature, logit, relation) for name in module.__all__
+    ]
     assert len(exported) > 25
-    unguarded = [name for name in exported if not getattr(getattr(losses, name), "fp32_boundary", False)]
+    unguarded = [
+        name for name in exported if not getattr(getattr(losses, name), "fp32_boundary", False)
+    ]
     assert unguarded == []
 
 
@@ -158,15 +179,32 @@ def test_the_boundary_upcasts_inputs_and_turns_autocast_off():
     seen = {}
 
     @losses.precision.fp32
-    def probe(x: torch.Tensor, pair: list[torch.Tensor], labels: torch.Tensor, scale: float) -> torch.Tensor:
-        seen.update(x=x.dtype, pair=[p.dtype for p in pair], labels=labels.dtype, autocast=torch.is_autocast_enabled("cpu"))
+    def probe(
+        x: torch.Tensor, pair: list[torch.Tensor], labels: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        seen.update(
+            x=x.dtype,
+            pair=[p.dtype for p in pair],
+            labels=labels.dtype,
+            autocast=torch.is_autocast_enabled("cpu"),
+        )
         return (x @ pair[1].T).sum() * scale  # a matmul: bf16 if autocast were still on
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = probe(a, [a, b], torch.arange(4), 2.0)
     assert out.dtype == torch.float32
-    assert seen == {"x": torch.float32, "pair": [torch.float32, torch.float32], "labels": torch.int64, "autocast": False}
-    assert inspect.signature(probe).parameters.keys() == {"x", "pair", "labels", "scale"}  # functools.wraps
+    assert seen == {
+        "x": torch.float32,
+        "pair": [torch.float32, torch.float32],
+        "labels": torch.int64,
+        "autocast": False,
+    }
+    assert inspect.signature(probe).parameters.keys() == {
+        "x",
+        "pair",
+        "labels",
+        "scale",
+    }  # functools.wraps
 
 
 def test_the_boundary_keeps_float64():

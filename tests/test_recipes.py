@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from kdbench.errors import KdbenchError, UnknownNameError
 from kdbench.recipe import load_recipe, recipe_files
 
@@ -17,7 +16,19 @@ SEED_001 = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "001_09eb4
 def test_simkd_table1_is_complete():
     r = load_recipe("simkd-table1")
     assert r.name == "simkd-table1" and r.trials == 4 and r.dataset.name == "cifar100"
-    assert [row.label for row in r.rows] == ["Student", "KD", "FitNet", "AT", "SP", "VID", "CRD", "SRRL", "SemCKD", "SimKD", "Teacher"]
+    assert [row.label for row in r.rows] == [
+        "Student",
+        "KD",
+        "FitNet",
+        "AT",
+        "SP",
+        "VID",
+        "CRD",
+        "SRRL",
+        "SemCKD",
+        "SimKD",
+        "Teacher",
+    ]
     assert len(r.columns) == 7
     for row in r.rows:
         assert set(row.paper) == {c.id for c in r.columns}, row.label
@@ -33,13 +44,17 @@ def test_simkd_table1_numbers_match_the_seed_text():
     lines = SEED_001.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Student\tWRN-40-1"))
     seed_rows = {}
-    for line in lines[start:start + 11]:
+    for line in lines[start : start + 11]:
         label, *cells = line.split("\t")
         numbers = [re.findall(r"\d+\.\d+", re.sub(r"<[^>]+>", "", c)) for c in cells]
         seed_rows[re.sub(r"\s*\[\d+\]", "", label)] = [tuple(map(float, n)) for n in numbers]
     r = load_recipe("simkd-table1")
     for row in r.rows:
-        ours = [(row.paper[c.id].mean,) + ((row.paper[c.id].std,) if row.paper[c.id].std is not None else ()) for c in r.columns]
+        ours = [
+            (row.paper[c.id].mean,)
+            + ((row.paper[c.id].std,) if row.paper[c.id].std is not None else ())
+            for c in r.columns
+        ]
         assert ours == seed_rows[row.label], row.label
 
 
@@ -103,7 +118,9 @@ def test_bad_published_value(tmp_path):
 def test_column_with_unknown_teacher(tmp_path):
     data = _valid_data()
     data["columns"][0]["teacher"] = "res23x4"
-    with pytest.raises(KdbenchError, match=r"columns\[0\].teacher 'res23x4'.*Did you mean 'res32x4'"):
+    with pytest.raises(
+        KdbenchError, match=r"columns\[0\].teacher 'res23x4'.*Did you mean 'res32x4'"
+    ):
         load_recipe(_dump(tmp_path, data))
 
 
@@ -137,15 +154,26 @@ def test_list_shows_every_seed_table_with_its_status():
     for name in ("simkd-table7", "dist-table6", "dist-table7"):
         assert entries[name].status == "not supported" and entries[name].reason
     assert not set(entries) & set(recipe_files())  # a table with a recipe is listed from its recipe
-    seed_tables = {f"simkd-table{i}" for i in range(1, 8)} | {f"simkd-tables{i}" for i in range(2, 11)}
-    seed_tables |= {f"dist-table{i}" for i in range(2, 11)} | {"mlkd-appendix-table1", "mlkd-appendix-table2"}
+    seed_tables = {f"simkd-table{i}" for i in range(1, 8)} | {
+        f"simkd-tables{i}" for i in range(2, 11)
+    }
+    seed_tables |= {f"dist-table{i}" for i in range(2, 11)} | {
+        "mlkd-appendix-table1",
+        "mlkd-appendix-table2",
+    }
     seed_tables |= {f"ipwd-appendix-table{i}" for i in range(1, 5)}
-    assert seed_tables <= set(entries) | set(recipe_files()), seed_tables - set(entries) - set(recipe_files())
+    assert seed_tables <= set(entries) | set(recipe_files()), (
+        seed_tables - set(entries) - set(recipe_files())
+    )
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "kdbench", "list"], capture_output=True, text=True,
-                         env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"}).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "kdbench", "list"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"},
+    ).stdout
     assert "simkd-table1" in out and "runnable" in out and "data-free" in out and "detection" in out
 
 
@@ -157,11 +185,18 @@ def test_every_table_teacher_is_a_run_of_a_shared_teacher_recipe():
     names = list(recipe_files())
     shared = {n for n in names if n.startswith("teachers-")}
     tables = set(names) - shared
-    assert shared == {"teachers-crd-cifar100", "teachers-simkd-cifar100", "teachers-dist-b1-imagenet", "teachers-simkd-imagenet"}
+    assert shared == {
+        "teachers-crd-cifar100",
+        "teachers-simkd-cifar100",
+        "teachers-dist-b1-imagenet",
+        "teachers-simkd-imagenet",
+    }
     offered: dict[str, str] = {}
     for name in shared:
         recipe = load_recipe(name)
-        assert [row.method for row in recipe.rows] == ["teacher"] and all(t.paper is not None for t in recipe.teachers.values())
+        assert [row.method for row in recipe.rows] == ["teacher"] and all(
+            t.paper is not None for t in recipe.teachers.values()
+        )
         offered.update(dict.fromkeys(plan(recipe).specs, name))
     used = set()
     for name in tables:

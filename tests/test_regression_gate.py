@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_compare import RECIPE, kdbench, plant
-
 from kdbench.plan import plan
 from kdbench.results.store import RunDir
 from kdbench.results.tables import record_table
+
+from test_compare import RECIPE, kdbench, plant
 
 
 @pytest.fixture
@@ -39,11 +39,14 @@ def test_the_same_results_pass_and_say_how_many_cells_were_checked(gate):
     assert "no regression" in proc.stderr and "checked" in proc.stderr
 
 
-@pytest.mark.parametrize("edit, why", [
-    ({"profile": "ci"}, "a baseline of another profile"),
-    ({"recipe": "planted-renamed"}, "a renamed recipe"),
-    ({"metric": "last"}, "a baseline of another metric"),
-])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        ({"profile": "ci"}, "a baseline of another profile"),
+        ({"recipe": "planted-renamed"}, "a renamed recipe"),
+        ({"metric": "last"}, "a baseline of another metric"),
+    ],
+)
 def test_a_baseline_whose_cells_are_not_found_fails_and_names_them(gate, edit, why):
     results, baseline = gate
     _edit(baseline, **edit)
@@ -51,7 +54,10 @@ def test_a_baseline_whose_cells_are_not_found_fails_and_names_them(gate, edit, w
     assert proc.returncode == 3, why
     assert "baseline cell(s) not found" in proc.stderr and "Student × a" in proc.stderr, proc.stderr
     assert "--allow-missing" in proc.stderr
-    assert kdbench("compare", str(results), "--baseline", str(baseline), "--allow-missing").returncode == 0
+    assert (
+        kdbench("compare", str(results), "--baseline", str(baseline), "--allow-missing").returncode
+        == 0
+    )
 
 
 def test_comparing_under_another_metric_than_the_baseline_fails(gate):

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rich.cells import cell_len
-from rich.console import Console
-
 from kdbench.plan import plan
 from kdbench.provenance import source_commit
 from kdbench.results import render
 from kdbench.results.compare import compare, summary
 from kdbench.results.store import RunDir, atomic_write_json
-from test_compare import PLANTED, RECIPE, plant
+from rich.cells import cell_len
+from rich.console import Console
+
+from test_compare import RECIPE, plant
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,9 @@ def _curve(best: float, seed: int, epochs: int = 240, best_epoch: int = 200) -> 
     for epoch in range(1, epochs + 1):
         climb = (30.0 + 3 * seed) * (1 - epoch / best_epoch) ** (2 + seed / 4)
         top1 = best - climb if epoch <= best_epoch else best - 0.1 * (epoch - best_epoch) / 40
-        history.append({"epoch": epoch, "test_top1": round(top1, 4), "test_top5": 99.0, "images_per_s": 1000.0})
+        history.append(
+            {"epoch": epoch, "test_top1": round(top1, 4), "test_top5": 99.0, "images_per_s": 1000.0}
+        )
     return history
 
 
@@ -42,15 +44,24 @@ def plant_with_curves(results: Path) -> None:
     """The planted table, every finished run with a metrics.jsonl and the provenance a GPU run records; its recipe as
     ``planted.yaml`` beside ``results`` (commands that take a recipe name take its file)."""
     plant(results)
-    (results.parent / "planted.yaml").write_text(yaml.safe_dump(RECIPE.model_dump(mode="json"), sort_keys=False))
+    (results.parent / "planted.yaml").write_text(
+        yaml.safe_dump(RECIPE.model_dump(mode="json"), sort_keys=False)
+    )
     for run_id in [p.name for p in (results / "runs").iterdir()]:
         run = RunDir(results, run_id)
         result = json.loads(run.result_file.read_text())
         seed = json.loads(run.spec_file.read_text())["seed"]
         run.write_metrics(_curve(result["best_top1"], seed))
-        result.update(kdbench_version="0.1.0", kdbench_commit="0123456789abcdef0123456789abcdef01234567",
-                      torch_version="2.5.1+cu124", device="cuda:0", device_name="NVIDIA H200", wall_seconds=5400.0,
-                      world_size=1, compute={"precision": "bf16"})
+        result.update(
+            kdbench_version="0.1.0",
+            kdbench_commit="0123456789abcdef0123456789abcdef01234567",
+            torch_version="2.5.1+cu124",
+            device="cuda:0",
+            device_name="NVIDIA H200",
+            wall_seconds=5400.0,
+            world_size=1,
+            compute={"precision": "bf16"},
+        )
         run.write_result(result)  # checksummed, as the trainer writes it
 
 
@@ -61,8 +72,13 @@ def results(tmp_path) -> Path:
 
 
 def kdbench(*args: str, columns: int = 200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kdbench", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": str(columns)}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kdbench", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": str(columns)},
+        timeout=300,
+    )
 
 
 def _widest(text: str) -> int:
@@ -78,9 +94,15 @@ def test_compare_fits_the_terminal_and_cuts_nothing(results, columns):
         assert mark in out.stdout
     if columns == 80:  # the compact grid: one line per cell, the legend once
         assert re.search(r"Student +70\.05±0\.13 \+0\.05 ✓ +75\.15±0\.26 \+5\.15 ▲", out.stdout)
-        assert out.stdout.count("marks: ✓ reproduced") == 1 and "a = ResNet-32x4 → ResNet-8x4" in out.stdout
+        assert (
+            out.stdout.count("marks: ✓ reproduced") == 1
+            and "a = ResNet-32x4 → ResNet-8x4" in out.stdout
+        )
     else:  # wide: every cell's full text
-        assert "✓ reproduced [-0.19, +0.29]" in out.stdout and "? inconclusive; needs ≥ 2 trials" in out.stdout
+        assert (
+            "✓ reproduced [-0.19, +0.29]" in out.stdout
+            and "? inconclusive; needs ≥ 2 trials" in out.stdout
+        )
 
 
 def test_a_table_too_wide_for_the_compact_grid_falls_back_to_one_block_per_cell(results):
@@ -101,8 +123,17 @@ def test_a_many_pair_table_splits_into_bands_of_pairs(tmp_path):
     assert "res32x4_shuv2 = ResNet-32x4 → ShuffleNetV2" in out.stdout
 
 
-@pytest.mark.parametrize("command", [["list"], ["methods"], ["show", "simkd-table1", "--profile", "smoke"], ["status"],
-                                     ["status", "PLANTED"], ["clean", "--dry-run"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["methods"],
+        ["show", "simkd-table1", "--profile", "smoke"],
+        ["status"],
+        ["status", "PLANTED"],
+        ["clean", "--dry-run"],
+    ],
+)
 @pytest.mark.parametrize("columns", [80, 200])
 def test_listings_fit_the_terminal_and_never_cut_a_run_id(results, command, columns):
     command = [str(results.parent / "planted.yaml") if c == "PLANTED" else c for c in command]
@@ -111,7 +142,10 @@ def test_listings_fit_the_terminal_and_never_cut_a_run_id(results, command, colu
     out = kdbench(*command, *options, columns=columns)
     assert out.returncode == 0, out.stderr
     # A path longer than the terminal keeps a line of its own (never cut); every other line fits.
-    assert all(cell_len(line.rstrip()) <= columns or " " not in line.strip() for line in out.stdout.splitlines())
+    assert all(
+        cell_len(line.rstrip()) <= columns or " " not in line.strip()
+        for line in out.stdout.splitlines()
+    )
     assert "…" not in out.stdout
     if failed is not None:
         assert f"would remove {results / 'runs' / failed}" in " ".join(out.stdout.split())
@@ -119,7 +153,9 @@ def test_listings_fit_the_terminal_and_never_cut_a_run_id(results, command, colu
     else:
         assert _widest(out.stdout) <= columns
     if command[0] == "show":
-        plan_runs = json.loads(kdbench(*command, "--results", str(results), "--json").stdout)["runs"]
+        plan_runs = json.loads(kdbench(*command, "--results", str(results), "--json").stdout)[
+            "runs"
+        ]
         assert all(r["run_id"] in out.stdout for r in plan_runs)
     if command == ["status"]:
         assert all(p.name in out.stdout for p in (results / "runs").iterdir())
@@ -130,18 +166,38 @@ def test_json_output_is_json_and_nothing_else(results):
     assert out.returncode == 0, out.stderr
     (table,) = json.loads(out.stdout)
     assert table["kind"] == "comparison" and table["recipe"] == "planted" and table["margin"] == 1.0
-    assert table["summary"] == {"reproduced": 1, "not reproduced": 2, "inconclusive": 3, "failed": 0, "not run": 0}
+    assert table["summary"] == {
+        "reproduced": 1,
+        "not reproduced": 2,
+        "inconclusive": 3,
+        "failed": 0,
+        "not run": 0,
+    }
     cell = next(c for c in table["cells"] if (c["row"], c["column"]) == ("Student", "a"))
     assert cell["verdict"] == "reproduced" and cell["ci_low"] == pytest.approx(-0.188501, abs=1e-5)
-    assert next(c for c in table["cells"] if c["row"] == "Teacher")["ours_std"] is None  # NaN → null
-    shown = json.loads(kdbench("show", "simkd-table1", "--profile", "smoke", "--results", str(results), "--json").stdout)
-    assert shown["kind"] == "plan" and len(shown["runs"]) == shown["total"] and shown["pairs"][0]["id"] == "wrn40-2_wrn40-1"
+    assert (
+        next(c for c in table["cells"] if c["row"] == "Teacher")["ours_std"] is None
+    )  # NaN → null
+    shown = json.loads(
+        kdbench(
+            "show", "simkd-table1", "--profile", "smoke", "--results", str(results), "--json"
+        ).stdout
+    )
+    assert (
+        shown["kind"] == "plan"
+        and len(shown["runs"]) == shown["total"]
+        and shown["pairs"][0]["id"] == "wrn40-2_wrn40-1"
+    )
     status = json.loads(kdbench("status", "--results", str(results), "--json").stdout)
-    assert status["kind"] == "status" and status["counts"]["done"] == 14 and len(status["runs"]) == 14
+    assert (
+        status["kind"] == "status" and status["counts"]["done"] == 14 and len(status["runs"]) == 14
+    )
 
 
 def test_pairs_and_methods_filter_the_comparison(results):
-    (table,) = json.loads(kdbench("compare", str(results), "--json", "--pairs", "a", "--methods", "KD,ce").stdout)
+    (table,) = json.loads(
+        kdbench("compare", str(results), "--json", "--pairs", "a", "--methods", "KD,ce").stdout
+    )
     assert {(c["row"], c["column"]) for c in table["cells"]} == {("Student", "a"), ("KD", "a")}
     bad = kdbench("compare", str(results), "--pairs", "zz")
     assert bad.returncode == 2 and "has no pair 'zz'; it has: a, b" in bad.stderr
@@ -153,7 +209,9 @@ def _fail_one(results: Path) -> str:
     cell = next(c for c in p.cells if (c.row, c.column) == ("KD", "b"))
     run = RunDir(results, cell.run_ids[0])
     run.result_file.unlink()
-    atomic_write_json(run.failed_file, {"run_id": run.run_id, "error": "RuntimeError", "message": "boom"})
+    atomic_write_json(
+        run.failed_file, {"run_id": run.run_id, "error": "RuntimeError", "message": "boom"}
+    )
     return run.run_id
 
 
@@ -162,18 +220,25 @@ def test_failed_cells_are_counted_as_failed_not_as_not_run(results):
     (comp,) = compare(results)
     assert summary(comp)["failed"] == 1 and summary(comp)["not run"] == 0
     assert "1 failed, 0 not run" in render.summary_text(comp)
-    assert render.compact_text(comp, comp.cells[(comp.cells["row"] == "KD") & (comp.cells["column"] == "b")].iloc[0]) == "✗ failed"
+    assert (
+        render.compact_text(
+            comp, comp.cells[(comp.cells["row"] == "KD") & (comp.cells["column"] == "b")].iloc[0]
+        )
+        == "✗ failed"
+    )
 
 
 def test_result_json_carries_the_source_commit():
     import torch
-
     from kdbench import train
     from kdbench.distributed import SINGLE
 
     spec = next(iter(plan(RECIPE, "full").specs.values()))
     history = [{"epoch": 1, "test_top1": 50.0, "test_top5": 80.0, "images_per_s": 10.0}]
-    assert train._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"] == source_commit()
+    assert (
+        train._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"]
+        == source_commit()
+    )
 
 
 def test_latex_is_booktabs_with_n_and_verdict_marks(results):
@@ -181,12 +246,23 @@ def test_latex_is_booktabs_with_n_and_verdict_marks(results):
     latex = render.to_latex(comp)
     assert latex.startswith("% needs \\usepackage{booktabs}")
     assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
-    assert r"70.05$\pm$0.13$_{n=4}$ $\surd$" in latex and r"$\downarrow$" in latex and r"$\uparrow$" in latex
+    assert (
+        r"70.05$\pm$0.13$_{n=4}$ $\surd$" in latex
+        and r"$\downarrow$" in latex
+        and r"$\uparrow$" in latex
+    )
 
 
 def test_the_report_is_one_self_contained_page(results, tmp_path):
     page_path = tmp_path / "out" / "report.html"
-    out = kdbench("report", str(results.parent / "planted.yaml"), "--results", str(results), "-o", str(page_path))
+    out = kdbench(
+        "report",
+        str(results.parent / "planted.yaml"),
+        "--results",
+        str(results),
+        "-o",
+        str(page_path),
+    )
     assert out.returncode == 0, out.stderr
     page = page_path.read_text()
     assert "<style>" in page and not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
@@ -198,20 +274,39 @@ def test_the_report_is_one_self_contained_page(results, tmp_path):
     for klass in ("reproduced", "above", "below", "inconclusive"):
         assert f'<td class="{klass}">' in page
     assert "Margin δ = <b>1</b>" in page and "✓ reproduced [-0.19, +0.29]" in page
-    assert "0123456789abcdef0123456789abcdef01234567" in page and "2.5.1+cu124 / 124" in page and "NVIDIA H200" in page
+    assert (
+        "0123456789abcdef0123456789abcdef01234567" in page
+        and "2.5.1+cu124 / 124" in page
+        and "NVIDIA H200" in page
+    )
     assert "bf16" in page and "1h30m" in page and "1.50" in page  # wall time and GPU-hours of a run
     assert "17 runs; 21.00 GPU-hours" in page and "Protocol <b>test</b>" in page
     if shutil.which("chromium"):  # optional: the page renders in a real browser
         shot = tmp_path / "shot.png"
-        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                        "--window-size=1400,2000", page_path.as_uri()], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--screenshot={shot}",
+                "--window-size=1400,2000",
+                page_path.as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
         assert shot.is_file() and shot.stat().st_size > 10_000
 
 
 def test_result_json_records_the_source_commit_of_a_checkout():
-    top = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    top = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--show-toplevel"], capture_output=True, text=True
+    )
     if top.returncode or Path(top.stdout.strip()).resolve() != ROOT:
         assert source_commit() is None
         return
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert source_commit() in (head, head + "+dirty")

@@ -13,7 +13,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from kdbench import methods
 from kdbench.plan import plan
 from kdbench.recipe import Recipe, load_recipe
@@ -29,10 +28,23 @@ needs_seeds = pytest.mark.skipif(
 )
 
 RECIPES = [
-    "simkd-table2", "simkd-tables2", "simkd-table4", "simkd-table5", "simkd-tables4", "simkd-tables5", "simkd-tables6",
-    "simkd-tables7", "simkd-tables8", "simkd-tables9", "dist-table5",
-    "mlkd-appendix-table1", "mlkd-appendix-table2",
-    "ipwd-appendix-table1", "ipwd-appendix-table2", "ipwd-appendix-table3", "ipwd-appendix-table4",
+    "simkd-table2",
+    "simkd-tables2",
+    "simkd-table4",
+    "simkd-table5",
+    "simkd-tables4",
+    "simkd-tables5",
+    "simkd-tables6",
+    "simkd-tables7",
+    "simkd-tables8",
+    "simkd-tables9",
+    "dist-table5",
+    "mlkd-appendix-table1",
+    "mlkd-appendix-table2",
+    "ipwd-appendix-table1",
+    "ipwd-appendix-table2",
+    "ipwd-appendix-table3",
+    "ipwd-appendix-table4",
 ]
 CRD = "CRD (Tian et al., ICLR 2020)"
 
@@ -48,7 +60,9 @@ def test_recipe_loads_and_plans(name):
     assert r.name == name and r.dataset.name == "cifar100"
     for profile in ("full", "smoke"):
         p = plan(r, profile)
-        assert {(c.row, c.column) for c in p.cells} == {(row.label, c.id) for row in r.rows for c in r.columns}
+        assert {(c.row, c.column) for c in p.cells} == {
+            (row.label, c.id) for row in r.rows for c in r.columns
+        }
         planned = {(row.label, c.id) for row in r.rows for c in r.columns if row.has_column(c.id)}
         assert {(c.row, c.column) for c in p.cells if c.status == "planned"} == planned
     # Only catalogued, implemented methods: rows kdbench cannot run are left out, not faked.
@@ -67,13 +81,23 @@ def test_trials_follow_the_paper(name):
 
 
 def test_literature_rows():
-    lit = {name: {row.label: row.literature for row in load_recipe(name).rows if row.literature} for name in RECIPES}
+    lit = {
+        name: {row.label: row.literature for row in load_recipe(name).rows if row.literature}
+        for name in RECIPES
+    }
     crd_rows = ["Teacher", "Student", "KD", "FitNet", "AT", "CC", "VID", "RKD", "PKT", "CRD"]
     assert lit["dist-table5"] == dict.fromkeys(crd_rows, CRD)
     assert lit["ipwd-appendix-table1"] == dict.fromkeys(crd_rows + ["SP", "AB", "FT", "NST"], CRD)
-    assert lit["mlkd-appendix-table2"] == {"RKD": CRD, "ReviewKD": "ReviewKD (Chen et al., CVPR 2021)"}
+    assert lit["mlkd-appendix-table2"] == {
+        "RKD": CRD,
+        "ReviewKD": "ReviewKD (Chen et al., CVPR 2021)",
+    }
     assert lit["ipwd-appendix-table2"] == {"ReviewKD": "ReviewKD (Chen et al., CVPR 2021)"}
-    assert lit["ipwd-appendix-table3"] == lit["ipwd-appendix-table4"] == {"Teacher": CRD, "Student": CRD}
+    assert (
+        lit["ipwd-appendix-table3"]
+        == lit["ipwd-appendix-table4"]
+        == {"Teacher": CRD, "Student": CRD}
+    )
     assert lit["mlkd-appendix-table1"] == {"Teacher": CRD}
     assert all(not lit[n] for n in RECIPES if n.startswith("simkd"))
 
@@ -83,34 +107,58 @@ def test_crd_rows_read_the_last_epoch():
     for name in ("dist-table5", "ipwd-appendix-table1"):
         r = load_recipe(name)
         assert {row.label: row.metric for row in r.rows} == {
-            row.label: "last" if row.literature == CRD else None for row in r.rows}
+            row.label: "last" if row.literature == CRD else None for row in r.rows
+        }
         assert r.metric == "best" and any(row.metric is None for row in r.rows)
 
 
 def test_rows_and_variants():
     dist = {row.label: row for row in load_recipe("dist-table5").rows}
     assert (dist["DIST"].method, dist["DIST"].variant) == ("dist", "paper")
-    assert (dist["DIST (released τ=4)"].variant, dist["DIST (released τ=4)"].paper) == ("released-cifar", {})
+    assert (dist["DIST (released τ=4)"].variant, dist["DIST (released τ=4)"].paper) == (
+        "released-cifar",
+        {},
+    )
     assert load_recipe("dist-table5").protocol.preset == "crd"
     seq = {row.label: row for row in load_recipe("simkd-table4").rows}
     assert (seq["Sequential"].method, seq["Sequential"].after) == ("simkd-sequential", "SimKD")
     t5 = load_recipe("simkd-table5")
-    assert [row.params.get("projector") for row in t5.rows] == ["1x1", "1x1-1x1", "1x1-dw3x3-1x1", "1x1-3x3-1x1", None]
+    assert [row.params.get("projector") for row in t5.rows] == [
+        "1x1",
+        "1x1-1x1",
+        "1x1-dw3x3-1x1",
+        "1x1-3x3-1x1",
+        None,
+    ]
     mlkd2 = [row.method for row in load_recipe("mlkd-appendix-table2").rows]
-    assert mlkd2 == ["rkd", "rkd+mlkd", "reviewkd", "reviewkd+mlkd", "rkd+mlkd", "reviewkd+mlkd", "teacher"]
+    assert mlkd2 == [
+        "rkd",
+        "rkd+mlkd",
+        "reviewkd",
+        "reviewkd+mlkd",
+        "rkd+mlkd",
+        "reviewkd+mlkd",
+        "teacher",
+    ]
     t4 = {row.label: row for row in load_recipe("ipwd-appendix-table4").rows}
     assert (t4["IPWD†"].method, t4["IPWD†"].variant) == ("ipwd", "dagger")
-    assert [row.label for row in load_recipe("ipwd-appendix-table3").rows] == ["Teacher", "Student", "IPWD"]
+    assert [row.label for row in load_recipe("ipwd-appendix-table3").rows] == [
+        "Teacher",
+        "Student",
+        "IPWD",
+    ]
 
 
 def test_mlkd_learning_rate_per_model():
     """MLKD's configs: LR 0.025 for the students of the homogeneous pairs; teachers keep 0.05."""
     for name in ("mlkd-appendix-table1", "mlkd-appendix-table2"):
         r = load_recipe(name)
-        lrs = {(s.model, s.teacher is None and s.method == "ce"): s.train.lr for s in plan(r, "full").specs.values()}
+        lrs = {
+            (s.model, s.teacher is None and s.method == "ce"): s.train.lr
+            for s in plan(r, "full").specs.values()
+        }
         for (model, is_teacher), lr in lrs.items():
             assert lr == (0.05 if is_teacher else 0.025), (name, model)
-
 
 
 def test_mlkd_epochs_follow_the_2023_code():
@@ -129,7 +177,6 @@ def test_mlkd_epochs_follow_the_2023_code():
     assert rows["MLKD"].paper and not rows["MLKD (240 epochs)"].paper
 
 
-
 def test_mlkd_wrn_students_are_mdistillers_wrn():
     """MLKD's code trains its WRN students with mdistiller's wrn.py (three BNs updated twice per forward); the
     teachers are CRD's, trained by RepDistiller, so they stay the CRD networks."""
@@ -137,7 +184,13 @@ def test_mlkd_wrn_students_are_mdistillers_wrn():
         specs = plan(load_recipe(name), "full", trials=1).specs.values()
         students = {s.model for s in specs if s.teacher is not None}
         assert {m for m in students if "wrn" in m} == {"mdistiller/wrn_16_2", "mdistiller/wrn_40_1"}
-        assert {s.model for s in specs if s.teacher is None} == {"resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13"}
+        assert {s.model for s in specs if s.teacher is None} == {
+            "resnet56",
+            "resnet110",
+            "resnet32x4",
+            "wrn_40_2",
+            "vgg13",
+        }
 
 
 # --------------------------------------------------------------------------- seed text parsing
@@ -226,8 +279,14 @@ def _ours(r: Recipe, label: str) -> dict[str, Numbers]:
     return {cid: (v.mean,) if v.std is None else (v.mean, v.std) for cid, v in row.paper.items()}
 
 
-def _check(r: Recipe, seed: dict[str, list[Numbers]], *, aliases: dict[str, str] | None = None,
-           left_out: set[tuple[str, str]] = frozenset(), rows_left_out: set[str] = frozenset()) -> None:
+def _check(
+    r: Recipe,
+    seed: dict[str, list[Numbers]],
+    *,
+    aliases: dict[str, str] | None = None,
+    left_out: set[tuple[str, str]] = frozenset(),
+    rows_left_out: set[str] = frozenset(),
+) -> None:
     """Recipe rows ↔ seed rows, column by column, both ways.
 
     ``aliases``: recipe label → seed label where they differ. ``left_out``: (seed label, column id)
@@ -236,7 +295,9 @@ def _check(r: Recipe, seed: dict[str, list[Numbers]], *, aliases: dict[str, str]
     aliases = aliases or {}
     ids = [c.id for c in r.columns]
     by_seed_label = {aliases.get(row.label, row.label): row.label for row in r.rows if row.paper}
-    assert set(seed) - set(rows_left_out) == set(by_seed_label), "seed rows without a recipe row (or the reverse)"
+    assert set(seed) - set(rows_left_out) == set(by_seed_label), (
+        "seed rows without a recipe row (or the reverse)"
+    )
     for seed_label, label in by_seed_label.items():
         numbers = seed[seed_label]
         assert len(numbers) == len(ids), seed_label
@@ -248,7 +309,9 @@ def _check(r: Recipe, seed: dict[str, list[Numbers]], *, aliases: dict[str, str]
             assert ours.get(cid) == printed, (label, cid, ours.get(cid), printed)
 
 
-def _check_teachers(r: Recipe, seed: dict[str, list[Numbers]], skip: set[str] = frozenset()) -> None:
+def _check_teachers(
+    r: Recipe, seed: dict[str, list[Numbers]], skip: set[str] = frozenset()
+) -> None:
     """Each teacher's published accuracy is the Teacher row's number in every column it teaches."""
     for i, col in enumerate(r.columns):
         teacher = r.teachers[col.teacher]
@@ -261,6 +324,7 @@ def _check_teachers(r: Recipe, seed: dict[str, list[Numbers]], skip: set[str] = 
 
 
 # --------------------------------------------------------------------------- SimKD (seed 001)
+
 
 @needs_seeds
 def test_simkd_table2_matches_the_seed():
@@ -281,7 +345,10 @@ def test_simkd_table2_matches_the_seed():
     s9 = dict(_rows(_block_after(SIMKD_SEED, "Table S.8.", "Student\tShuffleNetV1")))
     assert _clean(s9["Teacher"][5]) == "ResNet-110x4 80.20"
     assert [_numbers(c) for c in s9["$r = 2$"]] == [_ours(r, "SimKD")[c.id] for c in r.columns]
-    assert r.teachers["res110x4"].model == "simkd/resnet110x4" and r.teachers["res110x4"].paper.mean == 80.20
+    assert (
+        r.teachers["res110x4"].model == "simkd/resnet110x4"
+        and r.teachers["res110x4"].paper.mean == 80.20
+    )
 
 
 @needs_seeds
@@ -300,7 +367,9 @@ def test_simkd_table_s2_matches_the_seed():
 def test_simkd_table4_matches_the_seed():
     """Table 4 is transposed in the seed: one line per pair, the methods as columns."""
     r = load_recipe("simkd-table4")
-    header, *lines = [line.split("\t") for line in _block(SIMKD_SEED, "Student\tSequential\tSimKD\tTeacher")]
+    header, *lines = [
+        line.split("\t") for line in _block(SIMKD_SEED, "Student\tSequential\tSimKD\tTeacher")
+    ]
     assert len(lines) == len(r.columns)
     seed: dict[str, list[Numbers]] = {}
     for col, (student, *cells, teacher) in zip(r.columns, lines):
@@ -332,12 +401,21 @@ ALPHAS = ["0.2", "0.4", "0.6", "0.8", "0.9", "0.99", "0.999"]
 
 
 @needs_seeds
-@pytest.mark.parametrize("name, table, first", [("simkd-tables4", "Table S.4.", "Student\tResNet-8x4"),
-                                                ("simkd-tables5", "Table S.5.", "Student\tWRN-40-1")])
+@pytest.mark.parametrize(
+    "name, table, first",
+    [
+        ("simkd-tables4", "Table S.4.", "Student\tResNet-8x4"),
+        ("simkd-tables5", "Table S.5.", "Student\tWRN-40-1"),
+    ],
+)
 def test_simkd_joint_training_tables_match_the_seed(name, table, first):
     """Two columns per pair (student classifier, teacher classifier); '–' cells are absent from the recipe."""
     r = load_recipe(name)
-    lines = _block(SIMKD_SEED, first) if table == "Table S.4." else _block_after(SIMKD_SEED, "Table S.4.", first)
+    lines = (
+        _block(SIMKD_SEED, first)
+        if table == "Table S.4."
+        else _block_after(SIMKD_SEED, "Table S.4.", first)
+    )
     rows = _rows(lines)
     seed = _numeric(rows)
     sc, tc = [c.id for c in r.columns][0::2], [c.id for c in r.columns][1::2]
@@ -353,20 +431,35 @@ def test_simkd_joint_training_tables_match_the_seed(name, table, first):
     for a in ALPHAS:
         row = rows_by_label[f"α = {a}"]
         weights = (row.params["ce_weight"], row.params["kd_weight"], row.params["weight"])
-        assert weights == (pytest.approx(1 - float(a)), pytest.approx(1 - float(a)), float(a)) and row.columns is None
-    assert rows_by_label["α = 0 (KD)"].columns == sc and rows_by_label["α = 1 (SimKD)"].columns == tc
+        assert (
+            weights == (pytest.approx(1 - float(a)), pytest.approx(1 - float(a)), float(a))
+            and row.columns is None
+        )
+    assert (
+        rows_by_label["α = 0 (KD)"].columns == sc and rows_by_label["α = 1 (SimKD)"].columns == tc
+    )
 
 
 @needs_seeds
 def test_simkd_table_s6_matches_the_seed():
     r = load_recipe("simkd-tables6")
-    seed = {f"LR {label}": cells for label, cells in _numeric(_rows(_block(SIMKD_SEED, "Learning Rate\tTest Accuracy"))).items()}
+    seed = {
+        f"LR {label}": cells
+        for label, cells in _numeric(
+            _rows(_block(SIMKD_SEED, "Learning Rate\tTest Accuracy"))
+        ).items()
+    }
     assert {row.label for row in r.rows if row.paper} == set(seed) | {"SimKD"}
     rows = {row.label: row for row in r.rows}
     for label, (numbers,) in seed.items():
         assert _ours(r, label) == {"res32x4_res8x4": numbers}
-        assert rows[label].training.lr == float(label.removeprefix("LR ")) and rows[label].after == "SimKD"
-    assert _ours(r, "SimKD") == {"res32x4_res8x4": (78.08, 0.15)}  # the appendix text's reference value
+        assert (
+            rows[label].training.lr == float(label.removeprefix("LR "))
+            and rows[label].after == "SimKD"
+        )
+    assert _ours(r, "SimKD") == {
+        "res32x4_res8x4": (78.08, 0.15)
+    }  # the appendix text's reference value
     assert "78.08 $\\pm$ 0.15" in SIMKD_SEED.read_text(encoding="utf-8").replace("**", "")
 
 
@@ -375,15 +468,24 @@ def test_simkd_table_s7_matches_the_seed():
     r = load_recipe("simkd-tables7")
     header, accuracy = _rows(_block(SIMKD_SEED, "\tInput ( $\\ell_2$ )"))[:2]
     assert accuracy[0] == "Accuracy"
-    seed = {_clean(label).replace("$\\ell_2$", "ℓ2").replace("( ", "(").replace(" )", ")"): [_numbers(cell)]
-            for label, cell in zip(header[1], accuracy[1])}
+    seed = {
+        _clean(label).replace("$\\ell_2$", "ℓ2").replace("( ", "(").replace(" )", ")"): [
+            _numbers(cell)
+        ]
+        for label, cell in zip(header[1], accuracy[1])
+    }
     _check(r, seed)
     assert [row.params.get("alignment") for row in r.rows] == [None, "output", "input+output", None]
 
 
 @needs_seeds
-@pytest.mark.parametrize("name, marker, first", [("simkd-tables8", "Table S.7.", "Student\tWRN-40-1"),
-                                                 ("simkd-tables9", "Table S.8.", "Student\tShuffleNetV1")])
+@pytest.mark.parametrize(
+    "name, marker, first",
+    [
+        ("simkd-tables8", "Table S.7.", "Student\tWRN-40-1"),
+        ("simkd-tables9", "Table S.8.", "Student\tShuffleNetV1"),
+    ],
+)
 def test_simkd_r_sweep_tables_match_the_seed(name, marker, first):
     """Accuracy and both numbers in parentheses (pruning cost %, projector/student %) of every cell."""
     r = load_recipe(name)
@@ -394,16 +496,24 @@ def test_simkd_r_sweep_tables_match_the_seed(name, marker, first):
         row = ours[f"r = {factor}"]
         assert row.params == {"factor": int(factor)}
         for cid, cell in zip(ids, rows[f"$r = {factor}$"], strict=True):
-            match = re.fullmatch(r"(\d+\.\d+) ± (\d+\.\d+) \( ?(-?[\d.]+)% ?, ([\d.]+)%\)", _clean(cell))
+            match = re.fullmatch(
+                r"(\d+\.\d+) ± (\d+\.\d+) \( ?(-?[\d.]+)% ?, ([\d.]+)%\)", _clean(cell)
+            )
             assert match, cell
             acc, std, cost, ratio = match.groups()
             assert (row.paper[cid].mean, row.paper[cid].std) == (float(acc), float(std))
             quantities = row.paper_quantities[cid]
-            assert (quantities["pruning_cost"].mean, quantities["projector_ratio"].mean) == (float(cost), float(ratio))
+            assert (quantities["pruning_cost"].mean, quantities["projector_ratio"].mean) == (
+                float(cost),
+                float(ratio),
+            )
             assert quantities["pruning_cost"].decimals == len(cost.partition(".")[2])
-    assert [_numbers(c) for c in rows["Student"]] == [(row.mean, row.std) for row in ours["Student"].paper.values()]
-    assert [_clean(c) for c in rows["Teacher"]] == [f"{r.teachers[c.teacher].label} {r.teachers[c.teacher].paper.mean:.2f}"
-                                                   for c in r.columns]
+    assert [_numbers(c) for c in rows["Student"]] == [
+        (row.mean, row.std) for row in ours["Student"].paper.values()
+    ]
+    assert [_clean(c) for c in rows["Teacher"]] == [
+        f"{r.teachers[c.teacher].label} {r.teachers[c.teacher].paper.mean:.2f}" for c in r.columns
+    ]
 
 
 # --------------------------------------------------------------------------- DIST (seed 002)
@@ -416,7 +526,9 @@ def test_dist_table5_matches_the_seed():
     seed = _numeric(rows)
     _check(r, seed)
     _check_teachers(r, seed)
-    header = _names(rows)["Method"]  # "Same architecture style WRN-40-2 WRN-40-1", ...: teacher then student
+    header = _names(rows)[
+        "Method"
+    ]  # "Same architecture style WRN-40-2 WRN-40-1", ...: teacher then student
     for cell, col in zip(header, r.columns):
         assert cell.endswith(f"{r.teachers[col.teacher].label} {col.label}"), (cell, col.id)
 
@@ -457,7 +569,9 @@ def test_mlkd_appendix_table1_matches_the_seed():
     _check(r, seed, aliases={"MLKD": "Student (Ours)"}, rows_left_out={"Gap"})
     _check_teachers(r, seed)
     # The Gap row is derived (Teacher − Student); the printed values confirm the column alignment.
-    assert table["Gap"][0] == pytest.approx([t - s for t, s in zip(table["Teacher"][0], table["Student (Ours)"][0])], abs=0.006)
+    assert table["Gap"][0] == pytest.approx(
+        [t - s for t, s in zip(table["Teacher"][0], table["Student (Ours)"][0])], abs=0.006
+    )
 
 
 @needs_seeds
@@ -495,7 +609,9 @@ def test_ipwd_appendix_tables_2_to_4_match_the_seed(table):
     r = load_recipe(f"ipwd-appendix-table{table}")
     rows = _rows(_block_after(IPWD_SEED, f"Table {table}:", "Teacher\t"))
     header = dict(rows[:2])  # the teachers' and students' names
-    assert [_clean(c) for c in header["Teacher"]] == [r.teachers[c.teacher].label for c in r.columns]
+    assert [_clean(c) for c in header["Teacher"]] == [
+        r.teachers[c.teacher].label for c in r.columns
+    ]
     assert [_clean(c) for c in header["Student"]] == [c.label for c in r.columns]
     seed = _numeric(rows[2:])
     left_out = {"IPWD*"} if table == 3 else set()
@@ -520,7 +636,15 @@ def test_ipwd_shared_values_agree_across_tables():
 
 # --------------------------------------------------------------------------- ImageNet recipes (SimKD T3/S.3, DIST T2/T3/T8–T10)
 
-IMAGENET_RECIPES = ["simkd-table3", "simkd-tables3", "dist-table2", "dist-table3", "dist-table8", "dist-table9", "dist-table10"]
+IMAGENET_RECIPES = [
+    "simkd-table3",
+    "simkd-tables3",
+    "dist-table2",
+    "dist-table3",
+    "dist-table8",
+    "dist-table9",
+    "dist-table10",
+]
 
 
 @pytest.mark.parametrize("name", IMAGENET_RECIPES)
@@ -530,21 +654,44 @@ def test_imagenet_recipe_loads_and_plans(name):
     for profile in ("full", "smoke"):
         p = plan(r, profile)
         planned = {(c.row, c.column) for c in p.cells if c.status == "planned"}
-        assert planned == {(row.label, c.id) for row in r.rows for c in r.columns if methods.is_implemented(row.method)
-                           or row.is_teacher_row}
+        assert planned == {
+            (row.label, c.id)
+            for row in r.rows
+            for c in r.columns
+            if methods.is_implemented(row.method) or row.is_teacher_row
+        }
     assert sum(row.is_teacher_row for row in r.rows) <= 1
     full = plan(r)
-    assert {s.model for s in full.specs.values()} <= {f"imagenet/{m}" for m in
-                                                      ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1_tf_init")}
-    if name.startswith("dist"):  # B1: Nesterov, no weight decay on BN/bias, DIST's intra term over the paper's 32 per GPU
-        assert all(s.train.nesterov and not s.train.decay_norm_and_bias and s.train.epochs == 100 for s in full.specs.values())
+    assert {s.model for s in full.specs.values()} <= {
+        f"imagenet/{m}"
+        for m in (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "resnet152",
+            "mobilenet_v1_tf_init",
+        )
+    }
+    if name.startswith(
+        "dist"
+    ):  # B1: Nesterov, no weight decay on BN/bias, DIST's intra term over the paper's 32 per GPU
+        assert all(
+            s.train.nesterov and not s.train.decay_norm_and_bias and s.train.epochs == 100
+            for s in full.specs.values()
+        )
         assert {s.train.loss_chunk for s in full.specs.values() if s.method == "dist"} == {32}
         assert {s.train.loss_chunk for s in full.specs.values() if s.method != "dist"} == {None}
-        assert all(s.train.drop_last for s in full.specs.values())  # lib/dataset/builder.py:78-81 drop_last=True
+        assert all(
+            s.train.drop_last for s in full.specs.values()
+        )  # lib/dataset/builder.py:78-81 drop_last=True
         # DIST's MobileNet-V1 is initialised TF-style (ics lib/models/mobilenet_v1.py:5-20, 66-67)
         assert "imagenet/mobilenet_v1" not in {s.model for s in full.specs.values()}
     else:
-        assert all(not s.train.nesterov and s.train.decay_norm_and_bias and s.train.epochs == 120 for s in full.specs.values())
+        assert all(
+            not s.train.nesterov and s.train.decay_norm_and_bias and s.train.epochs == 120
+            for s in full.specs.values()
+        )
         assert not any(s.train.drop_last for s in full.specs.values())
 
 
@@ -558,7 +705,7 @@ def test_dist_cifar_rows_drop_the_last_batch_as_dists_loader():
 def _lines_after(seed: Path, first_line: str, count: int) -> list[list[str]]:
     lines = seed.read_text(encoding="utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(first_line))
-    return [line.split("\t") for line in lines[start + 1:start + 1 + count]]
+    return [line.split("\t") for line in lines[start + 1 : start + 1 + count]]
 
 
 @needs_seeds
@@ -570,9 +717,13 @@ def test_dist_table2_matches_the_seed():
     rows = _rows(_block(DIST_SEED, "Student (teacher)"))[1:]
     for pair, (label, cells) in zip(("res34_res18", "res50_mv1"), rows):
         column = r.column(f"{pair}_top1")
-        assert label == f"{column.label.removesuffix(' top-1')} ({r.teachers[column.teacher].label})"
+        assert (
+            label == f"{column.label.removesuffix(' top-1')} ({r.teachers[column.teacher].label})"
+        )
         for row, cell in zip(r.rows, cells[1:]):
-            assert (row.paper[f"{pair}_top1"].mean, row.paper[f"{pair}_top5"].mean) == _numbers(cell), (row.label, pair)
+            assert (row.paper[f"{pair}_top1"].mean, row.paper[f"{pair}_top5"].mean) == _numbers(
+                cell
+            ), (row.label, pair)
     assert (r.teachers["res34"].paper.mean, r.teachers["res50"].paper.mean) == (73.31, 76.16)
 
 
@@ -590,16 +741,23 @@ def test_dist_table3_matches_the_seed():
         assert r.teachers[column.teacher].paper.mean == teacher
         assert (rows["KD"][column.id].mean, rows["DIST"][column.id].mean) == (kd, dist)
         if len(numbers) == 4:  # the student's own accuracy is printed once per student network
-            assert all(rows["Student"][c.id].mean == numbers[0] for c in r.columns if c.label == student)
+            assert all(
+                rows["Student"][c.id].mean == numbers[0] for c in r.columns if c.label == student
+            )
 
 
 @needs_seeds
 def test_dist_table8_matches_the_seed():
     r = load_recipe("dist-table8")
     lines = _lines_after(DIST_SEED, "Method\tInter\tIntra", 6)
-    labels = {("KD", "-", "-"): "KD", ("DIST (KL div.)", "✗", "✓"): "DIST (KL div.) intra",
-              ("DIST (KL div.)", "✓", "✓"): "DIST (KL div.) inter+intra", ("DIST", "✓", "✗"): "DIST inter",
-              ("DIST", "✗", "✓"): "DIST intra", ("DIST", "✓", "✓"): "DIST"}
+    labels = {
+        ("KD", "-", "-"): "KD",
+        ("DIST (KL div.)", "✗", "✓"): "DIST (KL div.) intra",
+        ("DIST (KL div.)", "✓", "✓"): "DIST (KL div.) inter+intra",
+        ("DIST", "✓", "✗"): "DIST inter",
+        ("DIST", "✗", "✓"): "DIST intra",
+        ("DIST", "✓", "✓"): "DIST",
+    }
     rows = {row.label: row for row in r.rows}
     assert [labels[tuple(c[:3])] for c in lines] == [row.label for row in r.rows]
     for method, inter, intra, value in lines:
@@ -617,9 +775,18 @@ def test_dist_tables_9_and_10_match_the_seed():
     _check(nine, _numeric(_rows(_block(DIST_SEED, "Method\tw/ cls. loss"))))
     ten = load_recipe("dist-table10")
     seed = _numeric(_rows(_block(DIST_SEED, "Method\tw/o LS")))
-    _check(ten, seed, aliases={"KD (τ = 4)": "KD ($\\tau = 4$)", "KD (τ = 1)": "KD ($\\tau = 1$)"}, rows_left_out={"Teacher"})
+    _check(
+        ten,
+        seed,
+        aliases={"KD (τ = 4)": "KD ($\\tau = 4$)", "KD (τ = 1)": "KD ($\\tau = 1$)"},
+        rows_left_out={"Teacher"},
+    )
     _check_teachers(ten, seed)
-    assert ten.teachers["res34-ls"].training.label_smoothing == ten.column("with_ls").training.label_smoothing == 0.1
+    assert (
+        ten.teachers["res34-ls"].training.label_smoothing
+        == ten.column("with_ls").training.label_smoothing
+        == 0.1
+    )
 
 
 @needs_seeds
@@ -629,8 +796,13 @@ def test_simkd_table3_matches_the_seed():
     header = [_label(c) for c in rows[0][1] if c.strip()]
     assert header == [row.label for row in r.rows]
     for (epoch_label, cells), column in zip(rows[1:], r.columns):
-        assert epoch_label == {"quarter": "1/4 Epoch", "half": "1/2 Epoch", "full": "Full Epoch"}[column.id]
-        assert [row.paper[column.id].mean for row in r.rows] == [_numbers(c)[0] for c in cells if c.strip()]
+        assert (
+            epoch_label
+            == {"quarter": "1/4 Epoch", "half": "1/2 Epoch", "full": "Full Epoch"}[column.id]
+        )
+        assert [row.paper[column.id].mean for row in r.rows] == [
+            _numbers(c)[0] for c in cells if c.strip()
+        ]
     assert [c.at_epoch for c in r.columns] == [30, 60, 120] and r.training.epochs == 120
     # 1/4 and 1/2 read the epoch itself (the appendix reads its curves "at 30th epoch"), Full the best epoch.
     assert [r.cell_metric(r.rows[0], c) for c in r.columns] == ["last", "last", "best"]
@@ -643,7 +815,10 @@ def test_simkd_table_s3_matches_the_seed():
     for column, (network, numbers) in zip(r.columns, seed.items()):
         student, simkd, teacher = (n[0] for n in numbers)
         rows = {row.label: row.paper for row in r.rows}
-        assert f"{column.label} & {r.teachers[column.teacher].label}" == network and r.teachers[column.teacher].paper.mean == teacher
+        assert (
+            f"{column.label} & {r.teachers[column.teacher].label}" == network
+            and r.teachers[column.teacher].paper.mean == teacher
+        )
         assert (rows["Student"][column.id].mean, rows["SimKD"][column.id].mean) == (student, simkd)
     # Retrained, the ResNet-50 teacher is the ResNet-50 student of the second column (the paper prints 76.26 for
     # both): one run, which also keeps its best epoch for the students. Released, the teacher is SimKD's file.
@@ -652,4 +827,7 @@ def test_simkd_table_s3_matches_the_seed():
     assert cells[("Student", "res101_res50")] == cells[("Teacher", "res50_res34")]
     assert p.specs[cells[("Teacher", "res50_res34")][0]].keep == "best"
     released = {(c.row, c.column): c.run_ids for c in plan(r).cells}
-    assert plan(r).specs[released[("Teacher", "res50_res34")][0]].checkpoint.released == "simkd/ResNet50-imagenet"
+    assert (
+        plan(r).specs[released[("Teacher", "res50_res34")][0]].checkpoint.released
+        == "simkd/ResNet50-imagenet"
+    )

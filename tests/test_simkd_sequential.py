@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.plan import plan
@@ -13,9 +12,16 @@ from kdbench.recipe import Recipe
 from kdbench.results.store import RunDir
 
 RECIPE = {
-    "name": "tiny-sequential", "paper": "test", "table": "T4", "title": "sequential", "source": "test",
+    "name": "tiny-sequential",
+    "paper": "test",
+    "table": "T4",
+    "title": "sequential",
+    "source": "test",
     "protocol": {"name": "test", "follows": "test"},
-    "dataset": {"name": "synthetic", "options": {"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16}},
+    "dataset": {
+        "name": "synthetic",
+        "options": {"num_classes": 4, "image_size": 16, "train_size": 32, "test_size": 16},
+    },
     "training": {"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1]},
     "trials": 1,
     "teachers": {"t": {"model": "resnet8", "label": "T"}},
@@ -31,12 +37,18 @@ def test_sequential_row_starts_from_the_simkd_run_and_keeps_its_encoder(tmp_path
     p = plan(Recipe.model_validate(RECIPE), "full")
     order = p.ordered()
     teacher, simkd, sequential = order
-    assert sequential.init_from.run_id == simkd.run_id and sequential.dependencies == [teacher.run_id, simkd.run_id]
+    assert sequential.init_from.run_id == simkd.run_id and sequential.dependencies == [
+        teacher.run_id,
+        simkd.run_id,
+    ]
     for spec in order:
         train.run(spec, tmp_path, device="cpu", progress=False)
     simkd_state = torch.load(RunDir(tmp_path, simkd.run_id).model_file, weights_only=True)
     seq_state = torch.load(RunDir(tmp_path, sequential.run_id).model_file, weights_only=True)
-    for key, value in simkd_state.items():  # student and projector: unchanged, BN statistics included
+    for (
+        key,
+        value,
+    ) in simkd_state.items():  # student and projector: unchanged, BN statistics included
         assert torch.equal(seq_state[key], value), key
     assert "new_classifier.weight" in seq_state
     simkd_last = RunDir(tmp_path, simkd.run_id).read_metrics()[-1]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.execute import slurm
@@ -36,18 +35,40 @@ from kdbench.results.store import RunDir, atomic_write_json
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
 
 
-def spec(model: str, seed: int = 0, teacher: RunSpec | None = None, init_from: RunSpec | None = None, epochs: int = 1,
-         data: dict | None = None, checkpoint: CheckpointRef | None = None) -> RunSpec:
+def spec(
+    model: str,
+    seed: int = 0,
+    teacher: RunSpec | None = None,
+    init_from: RunSpec | None = None,
+    epochs: int = 1,
+    data: dict | None = None,
+    checkpoint: CheckpointRef | None = None,
+) -> RunSpec:
     return RunSpec(
-        profile="smoke", model=model, method="kd" if teacher else "ce", method_params={},
+        profile="smoke",
+        model=model,
+        method="kd" if teacher else "ce",
+        method_params={},
         teacher=TeacherRef(model=teacher.model, run_id=teacher.run_id) if teacher else None,
-        init_from=RunRef(method=init_from.method, run_id=init_from.run_id) if init_from else None, checkpoint=checkpoint,
-        data=DataSpec(name="synthetic", options=data or SMOKE_DATA), seed=seed,
-        train=TrainSpec(epochs=epochs, batch_size=32, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+        init_from=RunRef(method=init_from.method, run_id=init_from.run_id) if init_from else None,
+        checkpoint=checkpoint,
+        data=DataSpec(name="synthetic", options=data or SMOKE_DATA),
+        seed=seed,
+        train=TrainSpec(
+            epochs=epochs,
+            batch_size=32,
+            lr=0.05,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
     )
 
 
 # ---- without SLURM: fake submitit executor and queue -------------------------------------------------------------
+
 
 class FakeJob:
     def __init__(self, job_id: str):
@@ -85,10 +106,21 @@ class FakeSubmitit:
 def fake_executor(fake: FakeSubmitit, **kwargs) -> SlurmExecutor:
     kwargs.setdefault("queue", lambda ids: {})
     kwargs.setdefault("states", lambda ids: {})
-    return SlurmExecutor(SlurmOptions(partition="gpu", account="lab", gpus_per_run=1, mem_gb=8, array_parallelism=2,
-                                      setup=("module load cuda",)),
-                         TrainOptions(device="cpu"), make_executor=lambda folder, options: fake.fresh(),
-                         poll_seconds=0.0, vanish_grace_s=0.0, **kwargs)
+    return SlurmExecutor(
+        SlurmOptions(
+            partition="gpu",
+            account="lab",
+            gpus_per_run=1,
+            mem_gb=8,
+            array_parallelism=2,
+            setup=("module load cuda",),
+        ),
+        TrainOptions(device="cpu"),
+        make_executor=lambda folder, options: fake.fresh(),
+        poll_seconds=0.0,
+        vanish_grace_s=0.0,
+        **kwargs,
+    )
 
 
 def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
@@ -98,26 +130,62 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
     atomic_write_json(RunDir(tmp_path, done.run_id).spec_file, done.model_dump(mode="json"))
     atomic_write_json(RunDir(tmp_path, done.run_id).result_file, {"best_top1": 1.0})
     fake = FakeSubmitit()
-    submission = fake_executor(fake, aggregate=("simkd-table1", "smoke")).submit([teacher, done, *students], tmp_path)
+    submission = fake_executor(fake, aggregate=("simkd-table1", "smoke")).submit(
+        [teacher, done, *students], tmp_path
+    )
 
     assert submission.reused == [done.run_id]
-    (kind_t, params_t, fn_t, args_t), (kind_s, params_s, _, args_s), (kind_a, params_a, fn_a, _) = fake.calls
-    assert (kind_t, args_t) == ("job", [teacher.run_id]) and params_t["slurm_additional_parameters"] == {}
+    (kind_t, params_t, fn_t, args_t), (kind_s, params_s, _, args_s), (kind_a, params_a, fn_a, _) = (
+        fake.calls
+    )
+    assert (kind_t, args_t) == ("job", [teacher.run_id]) and params_t[
+        "slurm_additional_parameters"
+    ] == {}
     assert kind_s == "array" and args_s == [(s.run_id,) for s in students]
-    assert params_s["slurm_additional_parameters"] == {"dependency": "afterok:101", "kill-on-invalid-dep": "yes"}
+    assert params_s["slurm_additional_parameters"] == {
+        "dependency": "afterok:101",
+        "kill-on-invalid-dep": "yes",
+    }
     assert params_s["slurm_array_parallelism"] == 2  # min(3 trials, --array-parallelism 2)
     for params in (params_t, params_s):
-        assert params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1 and params["nodes"] == 1
-        assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab" and params["mem_gb"] == 8
+        assert (
+            params["gpus_per_node"] == 1 and params["tasks_per_node"] == 1 and params["nodes"] == 1
+        )
+        assert (
+            params["slurm_partition"] == "gpu"
+            and params["slurm_account"] == "lab"
+            and params["mem_gb"] == 8
+        )
         assert params["slurm_setup"] == ["module load cuda"] and params["timeout_min"] == 240
-    assert isinstance(fn_t, TrainJob) and fn_t.results == str(tmp_path) and fn_t.nproc == 1 and fn_t.options.device == "cpu"
-    assert kind_a == "job" and isinstance(fn_a, AggregateJob) and (fn_a.recipe, fn_a.profile) == ("simkd-table1", "smoke")
-    assert params_a["slurm_additional_parameters"]["dependency"] == "afterok:101:102" and "gpus_per_node" not in params_a
+    assert (
+        isinstance(fn_t, TrainJob)
+        and fn_t.results == str(tmp_path)
+        and fn_t.nproc == 1
+        and fn_t.options.device == "cpu"
+    )
+    assert (
+        kind_a == "job"
+        and isinstance(fn_a, AggregateJob)
+        and (fn_a.recipe, fn_a.profile) == ("simkd-table1", "smoke")
+    )
+    assert (
+        params_a["slurm_additional_parameters"]["dependency"] == "afterok:101:102"
+        and "gpus_per_node" not in params_a
+    )
     assert {r: j.job_id for r, j in submission.jobs.items()} == {
-        teacher.run_id: "101", **{s.run_id: f"102_{i}" for i, s in enumerate(students)}}
-    for s in [teacher, *students]:  # the jobs read their spec from the run directory, fixed by run id
-        assert json.loads(RunDir(tmp_path, s.run_id).spec_file.read_text()) == s.model_dump(mode="json")
-    assert RunDir(tmp_path, done.run_id).result() == {"best_top1": 1.0}  # a finished run is not touched
+        teacher.run_id: "101",
+        **{s.run_id: f"102_{i}" for i, s in enumerate(students)},
+    }
+    for s in [
+        teacher,
+        *students,
+    ]:  # the jobs read their spec from the run directory, fixed by run id
+        assert json.loads(RunDir(tmp_path, s.run_id).spec_file.read_text()) == s.model_dump(
+            mode="json"
+        )
+    assert RunDir(tmp_path, done.run_id).result() == {
+        "best_top1": 1.0
+    }  # a finished run is not touched
 
 
 def test_runs_that_continue_another_run_are_single_jobs_after_their_own_predecessor(tmp_path):
@@ -133,16 +201,22 @@ def test_runs_that_continue_another_run_are_single_jobs_after_their_own_predeces
 
 def test_multi_gpu_runs_ask_for_the_gpus_of_one_node_and_train_with_nproc(tmp_path):
     fake = FakeSubmitit()
-    SlurmExecutor(SlurmOptions(gpus_per_run=4), make_executor=lambda folder, options: fake.fresh()).submit([spec("resnet50")], tmp_path)
-    (_, params, fn, _), = fake.calls
+    SlurmExecutor(
+        SlurmOptions(gpus_per_run=4), make_executor=lambda folder, options: fake.fresh()
+    ).submit([spec("resnet50")], tmp_path)
+    ((_, params, fn, _),) = fake.calls
     assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 1 and fn.nproc == 4
 
 
 def test_runs_that_cannot_be_split_ask_for_one_gpu(tmp_path):
     teacher = spec("resnet32x4")
-    crd = spec("resnet8x4", 0, teacher).model_copy(update={"method": "crd"})  # a memory bank: one process
+    crd = spec("resnet8x4", 0, teacher).model_copy(
+        update={"method": "crd"}
+    )  # a memory bank: one process
     fake = FakeSubmitit()
-    SlurmExecutor(SlurmOptions(gpus_per_run=4), make_executor=lambda folder, options: fake.fresh()).submit([teacher, crd], tmp_path)
+    SlurmExecutor(
+        SlurmOptions(gpus_per_run=4), make_executor=lambda folder, options: fake.fresh()
+    ).submit([teacher, crd], tmp_path)
     assert [(c[1]["gpus_per_node"], c[2].nproc) for c in fake.calls] == [(4, 4), (1, 1)]
 
 
@@ -150,14 +224,21 @@ def test_a_failed_teacher_fails_and_its_students_are_skipped_with_the_reason(tmp
     teacher, other = spec("resnet32x4"), spec("resnet8")
     students = [spec("resnet8x4", seed, teacher) for seed in range(2)]
     fake = FakeSubmitit()
-    queue = {"101": ("RUNNING", "None"), "102": ("RUNNING", "None"), "103_0": ("PENDING", "Dependency"),
-             "103_1": ("PENDING", "Dependency")}
+    queue = {
+        "101": ("RUNNING", "None"),
+        "102": ("RUNNING", "None"),
+        "103_0": ("PENDING", "Dependency"),
+        "103_1": ("PENDING", "Dependency"),
+    }
     polls = []
 
     def squeue(ids):
         polls.append(list(ids))
         if len(polls) == 2:  # the teacher fails; `other` finishes
-            atomic_write_json(RunDir(tmp_path, teacher.run_id).failed_file, {"error": "KdbenchError", "message": "boom"})
+            atomic_write_json(
+                RunDir(tmp_path, teacher.run_id).failed_file,
+                {"error": "KdbenchError", "message": "boom"},
+            )
             atomic_write_json(RunDir(tmp_path, other.run_id).result_file, {"best_top1": 1.0})
             del queue["101"], queue["102"]
         if len(polls) == 3:  # SLURM cancels the dependents (kill-on-invalid-dep)
@@ -165,15 +246,24 @@ def test_a_failed_teacher_fails_and_its_students_are_skipped_with_the_reason(tmp
         return {i: queue[i] for i in ids if i in queue}
 
     events = []
-    executor = fake_executor(fake, queue=squeue, states=lambda ids: dict.fromkeys(ids, "CANCELLED"),
-                             listener=lambda e, s, m: events.append((e, s.run_id)))
+    executor = fake_executor(
+        fake,
+        queue=squeue,
+        states=lambda ids: dict.fromkeys(ids, "CANCELLED"),
+        listener=lambda e, s, m: events.append((e, s.run_id)),
+    )
     outcomes = executor.execute([teacher, other, *students], tmp_path)
     assert outcomes[other.run_id].status == "done"
-    assert outcomes[teacher.run_id].status == "failed" and "KdbenchError: boom" in outcomes[teacher.run_id].message
+    assert (
+        outcomes[teacher.run_id].status == "failed"
+        and "KdbenchError: boom" in outcomes[teacher.run_id].message
+    )
     assert "SLURM job 101" in outcomes[teacher.run_id].message
     for s in students:
         assert outcomes[s.run_id].status == "skipped"
-        assert outcomes[s.run_id].message.startswith(f"teacher run {teacher.run_id} failed: KdbenchError: boom")
+        assert outcomes[s.run_id].message.startswith(
+            f"teacher run {teacher.run_id} failed: KdbenchError: boom"
+        )
         assert "CANCELLED" in outcomes[s.run_id].message
     assert ("failed", teacher.run_id) in events and ("skipped", students[0].run_id) in events
 
@@ -181,26 +271,37 @@ def test_a_failed_teacher_fails_and_its_students_are_skipped_with_the_reason(tmp
 def test_a_dependent_that_slurm_keeps_pending_forever_is_cancelled(tmp_path):
     teacher = spec("resnet32x4")
     student = spec("resnet8x4", 0, teacher)
-    atomic_write_json(RunDir(tmp_path, teacher.run_id).failed_file, {"error": "RuntimeError", "message": "nan"})
+    atomic_write_json(
+        RunDir(tmp_path, teacher.run_id).failed_file, {"error": "RuntimeError", "message": "nan"}
+    )
     cancelled = []
 
     def queue(ids):
         return {} if cancelled else {"102": ("PENDING", slurm.NEVER_SATISFIED)}
 
-    outcomes = fake_executor(FakeSubmitit(), queue=queue, cancel=cancelled.extend).execute([teacher, student], tmp_path)
+    outcomes = fake_executor(FakeSubmitit(), queue=queue, cancel=cancelled.extend).execute(
+        [teacher, student], tmp_path
+    )
     assert cancelled == ["102"] and outcomes[student.run_id].status == "skipped"
 
 
 def test_a_job_that_vanishes_without_a_result_is_a_failure_naming_its_output(tmp_path):
     run = spec("resnet8")
-    outcomes = fake_executor(FakeSubmitit(), states=lambda ids: {"101": "NODE_FAIL"}).execute([run], tmp_path)
+    outcomes = fake_executor(FakeSubmitit(), states=lambda ids: {"101": "NODE_FAIL"}).execute(
+        [run], tmp_path
+    )
     message = outcomes[run.run_id].message
-    assert outcomes[run.run_id].status == "failed" and "SLURM job 101 ended (NODE_FAIL) without a result" in message
+    assert (
+        outcomes[run.run_id].status == "failed"
+        and "SLURM job 101 ended (NODE_FAIL) without a result" in message
+    )
     assert str(tmp_path / "slurm" / "101") in message
 
 
 def test_waiting_gives_up_after_the_timeout_and_says_what_goes_on(tmp_path):
-    executor = fake_executor(FakeSubmitit(), queue=lambda ids: {i: ("RUNNING", "None") for i in ids})
+    executor = fake_executor(
+        FakeSubmitit(), queue=lambda ids: {i: ("RUNNING", "None") for i in ids}
+    )
     executor.timeout_s = 0.0
     with pytest.raises(KdbenchError, match="still queued or running"):
         executor.execute([spec("resnet8")], tmp_path)
@@ -210,7 +311,9 @@ def test_everything_done_submits_nothing(tmp_path):
     run = spec("resnet8")
     atomic_write_json(RunDir(tmp_path, run.run_id).spec_file, run.model_dump(mode="json"))
     atomic_write_json(RunDir(tmp_path, run.run_id).result_file, {"best_top1": 1.0})
-    outcomes = SlurmExecutor(SlurmOptions(), make_executor=lambda folder, options: pytest.fail("nothing to submit")).execute([run], tmp_path)
+    outcomes = SlurmExecutor(
+        SlurmOptions(), make_executor=lambda folder, options: pytest.fail("nothing to submit")
+    ).execute([run], tmp_path)
     assert outcomes[run.run_id].reused
 
 
@@ -222,7 +325,9 @@ def test_a_corrupted_finished_run_is_submitted_again(tmp_path):
     rundir.write_result({"best_top1": 1.0})
     rundir.result_file.write_text('{"best_top1": 99.0}')  # edited behind kdbench's back
     fake = FakeSubmitit()
-    submission = SlurmExecutor(SlurmOptions(), make_executor=lambda folder, options: fake.fresh()).submit([run], tmp_path)
+    submission = SlurmExecutor(
+        SlurmOptions(), make_executor=lambda folder, options: fake.fresh()
+    ).submit([run], tmp_path)
     assert submission.reused == [] and list(submission.jobs) == [run.run_id]
 
 
@@ -239,18 +344,28 @@ def test_submitting_again_follows_the_queued_jobs_and_submits_only_the_rest(tmp_
     # after the teacher's queued job.
     again = FakeSubmitit()
     again.next_id = 200
-    resubmitted = fake_executor(again, queue=lambda q: {i: ("RUNNING", "None") for i in q if i == ids[teacher.run_id]}).submit(
-        [teacher, *students], tmp_path)
-    assert resubmitted.attached == [teacher.run_id] and resubmitted.jobs[teacher.run_id].job_id == "101"
+    resubmitted = fake_executor(
+        again, queue=lambda q: {i: ("RUNNING", "None") for i in q if i == ids[teacher.run_id]}
+    ).submit([teacher, *students], tmp_path)
+    assert (
+        resubmitted.attached == [teacher.run_id]
+        and resubmitted.jobs[teacher.run_id].job_id == "101"
+    )
     [(kind, params, _, args)] = again.calls
     assert kind == "array" and args == [(s.run_id,) for s in students]
     assert params["slurm_additional_parameters"]["dependency"] == "afterok:101"
     assert json.loads((tmp_path / "slurm" / "jobs.json").read_text()) == {
-        teacher.run_id: "101", **{s.run_id: f"201_{i}" for i, s in enumerate(students)}}
+        teacher.run_id: "101",
+        **{s.run_id: f"201_{i}" for i, s in enumerate(students)},
+    }
 
     # Everything queued: nothing is submitted, and waiting follows the recorded jobs to their results.
     third = FakeSubmitit()
-    queue = {"101": ("RUNNING", "None"), "201_0": ("PENDING", "Dependency"), "201_1": ("PENDING", "Dependency")}
+    queue = {
+        "101": ("RUNNING", "None"),
+        "201_0": ("PENDING", "Dependency"),
+        "201_1": ("PENDING", "Dependency"),
+    }
     executor = fake_executor(third, queue=lambda q: {i: queue[i] for i in q if i in queue})
     followed = executor.submit([teacher, *students], tmp_path)
     assert third.calls == [] and sorted(followed.attached) == sorted(ids)
@@ -260,15 +375,24 @@ def test_submitting_again_follows_the_queued_jobs_and_submits_only_the_rest(tmp_
     assert {o.status for o in executor.wait(followed, tmp_path).values()} == {"done"}
 
 
-def test_a_recorded_job_slurm_keeps_pending_forever_is_cancelled_and_the_run_submitted_again(tmp_path):
+def test_a_recorded_job_slurm_keeps_pending_forever_is_cancelled_and_the_run_submitted_again(
+    tmp_path,
+):
     run = spec("resnet8")
     fake_executor(FakeSubmitit()).submit([run], tmp_path)  # job 101
     cancelled = []
     fake = FakeSubmitit()
     fake.next_id = 300
-    submission = fake_executor(fake, queue=lambda q: {i: ("PENDING", slurm.NEVER_SATISFIED) for i in q},
-                               cancel=cancelled.extend).submit([run], tmp_path)
-    assert cancelled == ["101"] and submission.attached == [] and submission.jobs[run.run_id].job_id == "301"
+    submission = fake_executor(
+        fake,
+        queue=lambda q: {i: ("PENDING", slurm.NEVER_SATISFIED) for i in q},
+        cancel=cancelled.extend,
+    ).submit([run], tmp_path)
+    assert (
+        cancelled == ["101"]
+        and submission.attached == []
+        and submission.jobs[run.run_id].job_id == "301"
+    )
 
 
 def test_an_unreadable_job_record_only_means_submitting_again(tmp_path):
@@ -276,7 +400,9 @@ def test_an_unreadable_job_record_only_means_submitting_again(tmp_path):
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "jobs.json").write_text("{not json")
     fake = FakeSubmitit()
-    submission = fake_executor(fake, queue=lambda q: pytest.fail("nothing recorded to look up")).submit([run], tmp_path)
+    submission = fake_executor(
+        fake, queue=lambda q: pytest.fail("nothing recorded to look up")
+    ).submit([run], tmp_path)
     assert [c[0] for c in fake.calls] == ["job"] and submission.jobs[run.run_id].job_id == "101"
     assert json.loads((tmp_path / "slurm" / "jobs.json").read_text()) == {run.run_id: "101"}
 
@@ -298,6 +424,7 @@ def test_train_job_checkpoint_requeues_the_same_call():
 
 # ---- on a real cluster ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def cluster(monkeypatch) -> None:
     """A reachable SLURM controller, or skip (fail under KDBENCH_SLURM=1, as in CI after .ci/slurm-up.sh)."""
@@ -305,7 +432,10 @@ def cluster(monkeypatch) -> None:
     problem = ""
     if shutil.which("sbatch") is None:
         problem = "sbatch is not on PATH (bash .ci/slurm-up.sh starts a one-node cluster)"
-    elif subprocess.run(["sinfo", "-h"], check=False, capture_output=True, timeout=30).returncode != 0:
+    elif (
+        subprocess.run(["sinfo", "-h"], check=False, capture_output=True, timeout=30).returncode
+        != 0
+    ):
         problem = "sinfo fails: the SLURM controller is not reachable"
     else:
         try:
@@ -316,18 +446,37 @@ def cluster(monkeypatch) -> None:
         if required:
             pytest.fail(f"KDBENCH_SLURM=1 but {problem}")
         pytest.skip(problem)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # jobs inherit it: the same float reductions as the reference runs
+    monkeypatch.setenv(
+        "OMP_NUM_THREADS", "1"
+    )  # jobs inherit it: the same float reductions as the reference runs
 
 
 def kdbench(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kdbench", *args], check=False, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "COLUMNS": "200"})
-    assert proc.returncode == 0, f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdbench", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, (
+        f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc
 
 
-RUN_FILES = {"spec.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json", "train.log", ".lock", "checksums.json",
-             "tb"}  # tb/: the default --log-to tensorboard's event files
+RUN_FILES = {
+    "spec.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "model.pt",
+    "result.json",
+    "train.log",
+    ".lock",
+    "checksums.json",
+    "tb",
+}  # tb/: the default --log-to tensorboard's event files
 
 
 def layout(results: Path) -> dict[str, set[str]]:
@@ -336,23 +485,60 @@ def layout(results: Path) -> dict[str, set[str]]:
 
 @pytest.mark.slurm
 def test_smoke_reproduction_runs_end_to_end_on_slurm(cluster, tmp_path):
-    table = ["simkd-table1", "--profile", "smoke", "--pairs", "res32x4_res8x4", "--methods", "KD", "--trials", "2"]
-    proc = kdbench("reproduce", *table, "--results", str(tmp_path), "--executor", "slurm", "--time", "60", "--no-wait")
+    table = [
+        "simkd-table1",
+        "--profile",
+        "smoke",
+        "--pairs",
+        "res32x4_res8x4",
+        "--methods",
+        "KD",
+        "--trials",
+        "2",
+    ]
+    proc = kdbench(
+        "reproduce",
+        *table,
+        "--results",
+        str(tmp_path),
+        "--executor",
+        "slurm",
+        "--time",
+        "60",
+        "--no-wait",
+    )
     assert "3 runs submitted as jobs" in proc.stdout and "(2 runs)" in proc.stdout
     # Reproducing again while the jobs are queued follows them (finished ones are reused): nothing is submitted twice.
-    proc = kdbench("reproduce", *table, "--results", str(tmp_path), "--executor", "slurm", "--time", "60")
-    assert "0 runs submitted as jobs none" in " ".join(proc.stdout.split()) and "3 of 3 runs done" in proc.stdout
-    planned = plan(load_recipe("simkd-table1"), "smoke", trials=2, columns=["res32x4_res8x4"], rows=["KD"])
+    proc = kdbench(
+        "reproduce", *table, "--results", str(tmp_path), "--executor", "slurm", "--time", "60"
+    )
+    assert (
+        "0 runs submitted as jobs none" in " ".join(proc.stdout.split())
+        and "3 of 3 runs done" in proc.stdout
+    )
+    planned = plan(
+        load_recipe("simkd-table1"), "smoke", trials=2, columns=["res32x4_res8x4"], rows=["KD"]
+    )
     # The layout of a local run: each run's directory, named by its run id, holds what `kdbench train` writes.
     # SimKD's teachers keep their best epoch (train_teacher.py:224-242): model_best.pt beside model.pt
-    assert layout(tmp_path) == {run_id: RUN_FILES | ({"model_best.pt"} if spec.keep == "best" else set())
-                                for run_id, spec in planned.specs.items()}
+    assert layout(tmp_path) == {
+        run_id: RUN_FILES | ({"model_best.pt"} if spec.keep == "best" else set())
+        for run_id, spec in planned.specs.items()
+    }
     # the aggregate job rendered the table; compare reads the same results
-    cells = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "simkd-table1--smoke.csv").read_text())))
+    cells = list(
+        csv.DictReader(io.StringIO((tmp_path / "tables" / "simkd-table1--smoke.csv").read_text()))
+    )
     assert [c["n"] for c in cells if c["row"] == "KD" and c["column"] == "res32x4_res8x4"] == ["2"]
     assert (tmp_path / "tables" / "simkd-table1--smoke.md").read_text().count("(n=2)") == 1
-    compared = kdbench("compare", str(tmp_path), "--recipe", "simkd-table1", "--format", "csv").stdout
-    assert [c for c in csv.DictReader(io.StringIO(compared)) if c["row"] == "KD" and c["n"] == "2" and c["ours_mean"]]
+    compared = kdbench(
+        "compare", str(tmp_path), "--recipe", "simkd-table1", "--format", "csv"
+    ).stdout
+    assert [
+        c
+        for c in csv.DictReader(io.StringIO(compared))
+        if c["row"] == "KD" and c["n"] == "2" and c["ours_mean"]
+    ]
 
 
 @pytest.mark.slurm
@@ -360,10 +546,15 @@ def test_a_failing_teacher_cancels_its_students_without_hanging(cluster, tmp_pat
     bad = CheckpointRef(path=str(tmp_path / "missing.pt"), sha256="0" * 64, format="state_dict")
     teacher = spec("resnet8x4", checkpoint=bad)
     students = [spec("resnet8", seed, teacher) for seed in range(2)]
-    executor = SlurmExecutor(SlurmOptions(time_min=5), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=240)
+    executor = SlurmExecutor(
+        SlurmOptions(time_min=5), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=240
+    )
     started = time.monotonic()
     outcomes = executor.execute([teacher, *students], tmp_path)
-    assert outcomes[teacher.run_id].status == "failed" and "missing.pt" in outcomes[teacher.run_id].message
+    assert (
+        outcomes[teacher.run_id].status == "failed"
+        and "missing.pt" in outcomes[teacher.run_id].message
+    )
     for s in students:
         assert outcomes[s.run_id].status == "skipped", outcomes[s.run_id]
         assert f"teacher run {teacher.run_id} failed" in outcomes[s.run_id].message
@@ -375,18 +566,27 @@ def test_a_failing_teacher_cancels_its_students_without_hanging(cluster, tmp_pat
 def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster, tmp_path):
     run = spec("resnet8x4", epochs=4, data={**SMOKE_DATA, "train_size": 512})
     # A time limit long enough that submitit counts the signal as a preemption, not a time-out.
-    executor = SlurmExecutor(SlurmOptions(time_min=60), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=400)
+    executor = SlurmExecutor(
+        SlurmOptions(time_min=60), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=400
+    )
     submission = executor.submit([run], tmp_path / "slurm")
     job_id = submission.jobs[run.run_id].job_id
     rundir = RunDir(tmp_path / "slurm", run.run_id)
     deadline = time.monotonic() + 240
     while not rundir.read_metrics() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert rundir.read_metrics() and not rundir.is_done(), "the run should be mid-training when it is preempted"
+    assert rundir.read_metrics() and not rundir.is_done(), (
+        "the run should be mid-training when it is preempted"
+    )
     # Preemption as SLURM signals it (--signal=USR2@90): submitit calls TrainJob.checkpoint() and requeues the job.
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], check=False, capture_output=True, text=True).stdout.split()
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T %r"],
+            check=False,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         if state[:2] == ["PENDING", "BeginTime"]:
             break  # SLURM holds a requeued job for 120 s; release it early (below)
         time.sleep(0.2)
@@ -399,7 +599,9 @@ def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluste
     assert outcomes[run.run_id].status == "done"
     log = rundir.log_file.read_text()
     assert "resuming" in log
-    submitit_log = "".join(p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*_log.*"))
+    submitit_log = "".join(
+        p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*_log.*")
+    )
     assert "this job is preempted" in submitit_log and "Calling checkpoint method" in submitit_log
     reference = train.run(run, tmp_path / "reference", device="cpu", progress=False)
     resumed = rundir.result()

@@ -8,9 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.utils._pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-from PIL import Image
-
 from kdbench import data
 from kdbench.data import strong_batched
 from kdbench.data.strong import (
@@ -23,6 +20,8 @@ from kdbench.data.strong import (
     strong_view,
 )
 from kdbench.data.tensor_loader import crop_flip
+from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +50,11 @@ def test_ops_are_drawn_uniformly_with_replacement(image, monkeypatch):
     drawn: list[tuple[str, ...]] = []
     wrapped = []
     for name, op, low, high in OPS:
+
         def record(im, v, name=name, op=op):
             drawn[-1] += (name,)
             return op(im, v)
+
         wrapped.append((name, record, low, high))
     monkeypatch.setattr("kdbench.data.strong.OPS", tuple(wrapped))
     for index in range(2800):
@@ -69,8 +70,12 @@ def test_ops_are_drawn_uniformly_with_replacement(image, monkeypatch):
 
 def test_cutout_fills_a_clipped_square(image):
     rng = sample_rng(0, 0, 0)
-    filled = [np.all(np.asarray(cutout(Image.fromarray(image), rng, max_fraction=0.5)) == CUTOUT_FILL, axis=2).sum()
-              for _ in range(200)]
+    filled = [
+        np.all(
+            np.asarray(cutout(Image.fromarray(image), rng, max_fraction=0.5)) == CUTOUT_FILL, axis=2
+        ).sum()
+        for _ in range(200)
+    ]
     assert max(filled) > 0 and max(filled) <= (16 + 1) ** 2
     assert np.mean(filled) > 20  # side ~ U(0, 16): mean area well above zero
 
@@ -78,7 +83,9 @@ def test_cutout_fills_a_clipped_square(image):
 def test_loader_adds_the_strong_view_as_a_fourth_element():
     arrays = data.load_dataset("synthetic", train_size=40, test_size=8, num_classes=4)
     plain = next(iter(data.train_loader(arrays, 8, seed=0, epoch=1)))
-    weak, labels, indices, strong = next(iter(data.train_loader(arrays, 8, seed=0, epoch=1, strong=True)))
+    weak, labels, indices, strong = next(
+        iter(data.train_loader(arrays, 8, seed=0, epoch=1, strong=True))
+    )
     assert len(plain) == 3 and torch.equal(plain[0], weak) and torch.equal(plain[2], indices)
     assert strong.shape == weak.shape and not torch.equal(strong, weak)
     again = next(iter(data.train_loader(arrays, 8, seed=0, epoch=1, strong=True, num_workers=2)))
@@ -96,23 +103,38 @@ def images() -> np.ndarray:
     low = (rng.random((16, 32, 32, 3)) * 30 + 110).astype(np.uint8)
     flat = np.full((4, 32, 32, 3), 77, dtype=np.uint8)
     two = np.where(rng.random((4, 32, 32, 3)) < 0.3, 250, 3).astype(np.uint8)
-    smooth = np.broadcast_to(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None, None], (4, 32, 32, 3))
-    return np.concatenate([noise, low, flat, two, np.ascontiguousarray(smooth.transpose(0, 2, 1, 3))])
+    smooth = np.broadcast_to(
+        np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None, None], (4, 32, 32, 3)
+    )
+    return np.concatenate(
+        [noise, low, flat, two, np.ascontiguousarray(smooth.transpose(0, 2, 1, 3))]
+    )
 
 
 @pytest.mark.parametrize("name,op,low,high", OPS, ids=[o[0] for o in OPS])
 def test_every_batched_op_equals_pil_pixel_for_pixel(images, name, op, low, high):
     rng = np.random.default_rng(1)
     magnitudes = [_magnitude(rng, name, low, high) for _ in images]
-    magnitudes[:2] = [float(low), float(high) - (name in ("Posterize", "Solarize"))]  # both ends of the range
-    expected = np.stack([np.asarray(op(Image.fromarray(im), m)) for im, m in zip(images, magnitudes)])
-    got = strong_batched.apply_op(name, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), magnitudes)
+    magnitudes[:2] = [
+        float(low),
+        float(high) - (name in ("Posterize", "Solarize")),
+    ]  # both ends of the range
+    expected = np.stack(
+        [np.asarray(op(Image.fromarray(im), m)) for im, m in zip(images, magnitudes)]
+    )
+    got = strong_batched.apply_op(
+        name, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), magnitudes
+    )
     np.testing.assert_array_equal(got.permute(0, 2, 3, 1).numpy(), expected, err_msg=name)
 
 
 def test_batched_strong_views_equal_the_reference_views(images):
     """Whole views (crop, flip, two ops, Cutout) from the same per-sample decisions, 300 draws."""
-    padded = torch.from_numpy(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))).permute(0, 3, 1, 2).contiguous()
+    padded = (
+        torch.from_numpy(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0))))
+        .permute(0, 3, 1, 2)
+        .contiguous()
+    )
     positions = torch.arange(len(images)).repeat(6)
     decisions = strong_batched.draws(3, 7, range(len(positions)), 32, 32, 4)
     offsets = torch.tensor([(d.dx, d.dy) for d in decisions])
@@ -122,13 +144,17 @@ def test_batched_strong_views_equal_the_reference_views(images):
     expected = np.stack([apply(images[int(p)], d) for p, d in zip(positions, decisions)])
     np.testing.assert_array_equal(got, expected)
     assert {op for d in decisions for op in d.ops} == set(range(len(OPS)))  # every op was exercised
-    assert strong_view(images[0], sample_rng(3, 7, 0)).tobytes() == expected[0].tobytes()  # the same decisions
+    assert (
+        strong_view(images[0], sample_rng(3, 7, 0)).tobytes() == expected[0].tobytes()
+    )  # the same decisions
 
 
 def test_cutout_box_is_filled_corners_included():
     x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     out = strong_batched.cutout(x, [(0, 0, 0, 0), (6, 5, 8, 8)])
-    assert (out[0, :, 0, 0] == torch.tensor(CUTOUT_FILL, dtype=torch.uint8)).all() and int((out[0, 0] > 0).sum()) == 1
+    assert (out[0, :, 0, 0] == torch.tensor(CUTOUT_FILL, dtype=torch.uint8)).all() and int(
+        (out[0, 0] > 0).sum()
+    ) == 1
     assert int((out[1, 0] > 0).sum()) == 2 * 3  # columns 6-7, rows 5-7: clipped at the image's edge
 
 
@@ -146,9 +172,13 @@ class _HostTraffic(TorchDispatchMode):
         outputs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
         if func is torch.ops.aten._local_scalar_dense.default:
             self.reads += 1
-        elif func is torch.ops.aten.lift_fresh.default and any(o.device.type == "meta" for o in outputs):
+        elif func is torch.ops.aten.lift_fresh.default and any(
+            o.device.type == "meta" for o in outputs
+        ):
             self.copies += 1  # torch.tensor(host values, device=...)
-        elif any(i.device.type == "cpu" for i in inputs) and any(o.device.type == "meta" for o in outputs):
+        elif any(i.device.type == "cpu" for i in inputs) and any(
+            o.device.type == "meta" for o in outputs
+        ):
             self.copies += 1
         return out
 
@@ -157,7 +187,13 @@ def test_a_batch_of_strong_views_sends_its_numbers_in_one_copy_and_reads_nothing
     """One batch of 64 strong views draws ~14 ops in each of 2 slots: it used to make about 30 blocking host-to-device
     copies (each a stream sync on CUDA); now the batch's numbers travel in one copy, and nothing is read back."""
     decisions = strong_batched.draws(3, 7, range(64), 32, 32, 4)
-    x = torch.from_numpy(images[:1]).permute(0, 3, 1, 2).expand(64, -1, -1, -1).contiguous().to("meta")
+    x = (
+        torch.from_numpy(images[:1])
+        .permute(0, 3, 1, 2)
+        .expand(64, -1, -1, -1)
+        .contiguous()
+        .to("meta")
+    )
     with _HostTraffic() as traffic:
         out = strong_batched.strong_views(x, decisions)
     assert out.shape == x.shape and out.device.type == "meta"

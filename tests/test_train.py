@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from kdbench import train
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results.store import RunDir, atomic_write_json
@@ -18,9 +17,31 @@ from kdbench.results.store import RunDir, atomic_write_json
 
 def small_spec(epochs: int = 4, **data) -> RunSpec:
     return RunSpec(
-        profile="smoke", model="resnet8", method="ce", method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
-        teacher=None, data=DataSpec(name="synthetic", options={"num_classes": 10, "image_size": 32, "train_size": 512, "test_size": 64, **data}),
-        train=TrainSpec(epochs=epochs, batch_size=32, lr=0.05, milestones=(2,), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+        profile="smoke",
+        model="resnet8",
+        method="ce",
+        method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
+        teacher=None,
+        data=DataSpec(
+            name="synthetic",
+            options={
+                "num_classes": 10,
+                "image_size": 32,
+                "train_size": 512,
+                "test_size": 64,
+                **data,
+            },
+        ),
+        train=TrainSpec(
+            epochs=epochs,
+            batch_size=32,
+            lr=0.05,
+            milestones=(2,),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
         seed=3,
     )
 
@@ -33,8 +54,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     run = RunDir(results, spec.run_id)
     atomic_write_json(run.spec_file, spec.model_dump(mode="json"))
     # Same thread count as this process (conftest: 1): float reductions depend on it.
-    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "train", str(run.spec_file), "--results", str(results), "--device", "cpu"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdbench",
+            "train",
+            str(run.spec_file),
+            "--results",
+            str(results),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
     while len(run.read_metrics()) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -42,12 +77,16 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     proc.wait()
     done_before_kill = run.read_metrics()
     assert 1 <= len(done_before_kill) < spec.train.epochs and not run.is_done()
-    assert not list(run.path.glob(".*.tmp")) or all(p.stat().st_size >= 0 for p in run.path.glob(".*.tmp"))
+    assert not list(run.path.glob(".*.tmp")) or all(
+        p.stat().st_size >= 0 for p in run.path.glob(".*.tmp")
+    )
 
     resumed = train.run(spec, results, device="cpu", progress=False)
     history = run.read_metrics()
     assert [h["epoch"] for h in history] == list(range(1, spec.train.epochs + 1))
-    assert [h["test_top1"] for h in history[:len(done_before_kill)]] == [h["test_top1"] for h in done_before_kill]
+    assert [h["test_top1"] for h in history[: len(done_before_kill)]] == [
+        h["test_top1"] for h in done_before_kill
+    ]
     assert "resuming" in run.log_file.read_text()
     # Epoch-seeded data and a full checkpoint make the resumed run identical to the uninterrupted one.
     for key in ("best_top1", "last_top1", "last_top5", "best_epoch"):
@@ -68,9 +107,27 @@ def test_finished_run_is_not_retrained(tmp_path):
 def test_trains_on_real_images(tmp_path, shared_data: Path):
     """CIFAR-10 (JPEG q75) subset from the shared offline data: a small net beats chance."""
     spec = RunSpec(
-        profile="ci", model="resnet8", method="ce", method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
-        teacher=None, data=DataSpec(name="npz", options={"path": "cifar10-jpeg-q75-20k.npz"}, train_fraction=0.1, test_fraction=0.1),
-        train=TrainSpec(epochs=2, batch_size=64, lr=0.05, milestones=(), lr_decay=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4),
+        profile="ci",
+        model="resnet8",
+        method="ce",
+        method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
+        teacher=None,
+        data=DataSpec(
+            name="npz",
+            options={"path": "cifar10-jpeg-q75-20k.npz"},
+            train_fraction=0.1,
+            test_fraction=0.1,
+        ),
+        train=TrainSpec(
+            epochs=2,
+            batch_size=64,
+            lr=0.05,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+        ),
         seed=0,
     )
     result = train.run(spec, tmp_path, device="cpu", data_dir=shared_data, progress=False)
@@ -98,7 +155,9 @@ def test_drop_last_skips_the_short_last_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(train.data, "make_loaders", recording)
     kept = small_spec(epochs=1, train_size=40)
     dropped = kept.model_copy(update={"train": kept.train.model_copy(update={"drop_last": True})})
-    assert "drop_last" not in kept.canonical_json() and '"drop_last":true' in dropped.canonical_json()
+    assert (
+        "drop_last" not in kept.canonical_json() and '"drop_last":true' in dropped.canonical_json()
+    )
     for spec in (kept, dropped):
         train.run(spec, tmp_path, device="cpu", progress=False)
     assert seen == [[32, 8], [32]]

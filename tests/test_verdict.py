@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from kdbench.errors import KdbenchError
 from kdbench.results.verdict import DEFAULT_MARGIN, judge
 
@@ -20,8 +19,15 @@ NAN = float("nan")
 
 
 def welch(ours_mean, ours_std, n, paper_mean, paper_std, paper_n, **kw):
-    return judge(ours_mean=ours_mean, ours_std=ours_std, n=n, paper_mean=paper_mean, paper_std=paper_std,
-                 paper_n=paper_n, **kw)
+    return judge(
+        ours_mean=ours_mean,
+        ours_std=ours_std,
+        n=n,
+        paper_mean=paper_mean,
+        paper_std=paper_std,
+        paper_n=paper_n,
+        **kw,
+    )
 
 
 def test_the_issue_example_is_not_reproduced():
@@ -30,14 +36,18 @@ def test_the_issue_example_is_not_reproduced():
     # 90% CI = −2 ∓ 5.915107·1.071214 = [−8.336347, 4.336347]; two-sided p = 0.305606.
     v = welch(74.0, 1.5, 2, 76.0, 0.3, 4)
     assert v.verdict == "inconclusive" and v.test == "Welch t"
-    assert v.ci_low == pytest.approx(-8.336347, abs=1e-5) and v.ci_high == pytest.approx(4.336347, abs=1e-5)
+    assert v.ci_low == pytest.approx(-8.336347, abs=1e-5) and v.ci_high == pytest.approx(
+        4.336347, abs=1e-5
+    )
     assert v.p_value == pytest.approx(0.305606, abs=1e-6) and not v.significant
     # The old rule (reproduced when p ≥ α) called this reproduced; now it only says how to settle it.
     # Trials needed, Δ and both spreads kept: m = 8: SE = √(2.25/8 + 0.0225) = 0.551135, ν = 8.044666,
     # hi = −2 + t(0.95; ν)·SE = −0.975875 (> −1); m = 9: SE = 0.522015, ν = 9.303837, hi = −1.046633 (< −1)
     # and p = 0.003780 < 0.05 → below at 9.
     assert v.trials_needed == 9 and "about 9 trials of ours would settle it" in v.detail
-    assert welch(74.0, 1.5, 2, 76.0, 0.3, 4, margin=5.0).verdict == "inconclusive"  # even a wide margin
+    assert (
+        welch(74.0, 1.5, 2, 76.0, 0.3, 4, margin=5.0).verdict == "inconclusive"
+    )  # even a wide margin
 
 
 def test_welch_interval_inside_the_margin_is_reproduced():
@@ -45,7 +55,10 @@ def test_welch_interval_inside_the_margin_is_reproduced():
     # 90% CI = 0.2 ∓ 1.943180·0.141421 = 0.2 ∓ 0.274807 = [−0.074807, 0.474807]; p = 0.207031.
     v = welch(70.2, 0.2, 4, 70.0, 0.2, 4)
     assert v.verdict == "reproduced" and v.margin == DEFAULT_MARGIN == 1.0
-    assert (v.ci_low, v.ci_high) == (pytest.approx(-0.074807, abs=1e-6), pytest.approx(0.474807, abs=1e-6))
+    assert (v.ci_low, v.ci_high) == (
+        pytest.approx(-0.074807, abs=1e-6),
+        pytest.approx(0.474807, abs=1e-6),
+    )
     assert v.p_value == pytest.approx(0.207031, abs=1e-6) and v.trials_needed is None
     # A margin below the interval's upper bound: no longer inside.
     assert welch(70.2, 0.2, 4, 70.0, 0.2, 4, margin=0.47).verdict == "inconclusive"
@@ -54,8 +67,16 @@ def test_welch_interval_inside_the_margin_is_reproduced():
 def test_a_significant_difference_inside_the_margin_is_still_reproduced():
     # Δ = 0.5, same SE and ν: 90% CI = [0.225193, 0.774807] ⊂ ±1; p = 0.012285 < 0.05.
     v = welch(70.5, 0.2, 4, 70.0, 0.2, 4)
-    assert v.verdict == "reproduced" and v.significant and v.p_value == pytest.approx(0.012285, abs=1e-6)
-    assert v.ci_low == pytest.approx(0.225193, abs=1e-6) and "significant" in v.detail and "within the margin" in v.detail
+    assert (
+        v.verdict == "reproduced"
+        and v.significant
+        and v.p_value == pytest.approx(0.012285, abs=1e-6)
+    )
+    assert (
+        v.ci_low == pytest.approx(0.225193, abs=1e-6)
+        and "significant" in v.detail
+        and "within the margin" in v.detail
+    )
 
 
 def test_above_and_below_need_the_whole_interval_beyond_the_margin():
@@ -74,7 +95,10 @@ def test_one_sample_against_a_constant():
     v = welch(71.0, 1.0, 4, 70.0, NAN, None)
     assert v.test == "one-sample t" and v.verdict == "inconclusive"
     assert v.p_value == pytest.approx(0.139326, abs=1e-6)
-    assert (v.ci_low, v.ci_high) == (pytest.approx(-0.176682, abs=1e-6), pytest.approx(2.176682, abs=1e-6))
+    assert (v.ci_low, v.ci_high) == (
+        pytest.approx(-0.176682, abs=1e-6),
+        pytest.approx(2.176682, abs=1e-6),
+    )
     # |Δ| = δ exactly: hi > δ for every n, lo > δ never: no number of trials settles it.
     assert v.trials_needed is None and "no number of trials" in v.detail
     # A printed std without a trial count is still a constant (one-sample).
@@ -85,7 +109,9 @@ def test_beyond_the_margin_but_not_significant_is_inconclusive():
     # One-sample, n=4, s=1, Δ = −1.4: SE = 0.5, t = −2.8 → p = 0.067853 (≥ 0.05);
     # 90% CI = −1.4 ∓ 1.176682 = [−2.576682, −0.223318], wholly below −0.2.
     v = welch(68.6, 1.0, 4, 70.0, NAN, None, margin=0.2)
-    assert v.ci_high == pytest.approx(-0.223318, abs=1e-6) and v.p_value == pytest.approx(0.067853, abs=1e-6)
+    assert v.ci_high == pytest.approx(-0.223318, abs=1e-6) and v.p_value == pytest.approx(
+        0.067853, abs=1e-6
+    )
     assert v.verdict == "inconclusive"
     # At α = 0.1 it is significant and the 80% CI, −1.4 ∓ 1.637744·0.5 = [−2.218872, −0.581128], is below −0.2.
     strict = welch(68.6, 1.0, 4, 70.0, NAN, None, margin=0.2, alpha=0.1)
@@ -121,7 +147,11 @@ def test_fewer_than_two_trials():
     # With a printed std, the hint assumes our spread is the paper's: one-sample at s = 0.3, Δ = 0.2:
     # m = 2: 6.313752·0.3/√2 = 1.339 > 0.8; m = 3: 2.919986·0.3/√3 = 0.506 < 0.8 → 3.
     hinted = welch(70.2, NAN, 1, 70.0, 0.3, None)
-    assert hinted.verdict == "inconclusive" and hinted.trials_needed == 3 and "paper's ± 0.3" in hinted.detail
+    assert (
+        hinted.verdict == "inconclusive"
+        and hinted.trials_needed == 3
+        and "paper's ± 0.3" in hinted.detail
+    )
 
 
 def test_zero_spread_is_a_point_interval():

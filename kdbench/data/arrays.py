@@ -51,8 +51,13 @@ class ImageArrays:
 
     def take(self, keep_train: np.ndarray, keep_test: np.ndarray) -> ImageArrays:
         """The samples at the given indices of each split."""
-        return dataclasses.replace(self, x_train=self.x_train[keep_train], y_train=self.y_train[keep_train],
-                                   x_test=self.x_test[keep_test], y_test=self.y_test[keep_test])
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[keep_train],
+            y_train=self.y_train[keep_train],
+            x_test=self.x_test[keep_test],
+            y_test=self.y_test[keep_test],
+        )
 
 
 class _Splits(Protocol):
@@ -76,8 +81,12 @@ def subset(dataset: D, train_fraction: float = 1.0, test_fraction: float = 1.0, 
     Each split keeps ``max(1, round(fraction * N))`` images, shared out over the classes in proportion to
     their counts (largest remainder). Kept images stay in their original order; the name is unchanged.
     """
-    keep_train = _stratified_indices(dataset.y_train, dataset.num_classes, train_fraction, (seed, 0), "train")
-    keep_test = _stratified_indices(dataset.y_test, dataset.num_classes, test_fraction, (seed, 1), "test")
+    keep_train = _stratified_indices(
+        dataset.y_train, dataset.num_classes, train_fraction, (seed, 0), "train"
+    )
+    keep_test = _stratified_indices(
+        dataset.y_test, dataset.num_classes, test_fraction, (seed, 1), "test"
+    )
     return dataset.take(keep_train, keep_test)  # type: ignore[return-value]
 
 
@@ -93,7 +102,9 @@ def _stratified_indices(
     total = min(len(labels), max(1, round(fraction * len(labels))))
     by_remainder = np.argsort(-(exact - quota), kind="stable")
     quota[by_remainder[: total - quota.sum()]] += 1
-    rank = np.random.default_rng(list(seed)).permutation(len(labels))  # random priority of each sample
+    rank = np.random.default_rng(list(seed)).permutation(
+        len(labels)
+    )  # random priority of each sample
     by_class_then_rank = np.lexsort((rank, labels))
     start = np.concatenate(([0], np.cumsum(counts)[:-1]))
     keep = np.concatenate([by_class_then_rank[s : s + q] for s, q in zip(start, quota)])

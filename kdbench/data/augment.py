@@ -26,7 +26,13 @@ class EpochPlan:
 
 
 def epoch_plan(
-    num_samples: int, seed: int, epoch: int, *, shuffle: bool = True, augment: bool = True, padding: int = 4
+    num_samples: int,
+    seed: int,
+    epoch: int,
+    *,
+    shuffle: bool = True,
+    augment: bool = True,
+    padding: int = 4,
 ) -> EpochPlan:
     """Draw an epoch's order, crop offsets and flips from a generator seeded by (seed, epoch) alone.
 
@@ -55,7 +61,9 @@ def crop_and_flip(image: np.ndarray, dx: int, dy: int, flip: bool, padding: int)
     """One (H,W,C) image zero-padded by ``padding``, cropped back to (H,W) at column dx / row dy, maybe mirrored."""
     height, width = image.shape[:2]
     if padding:
-        image = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))[dy : dy + height, dx : dx + width]
+        image = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))[
+            dy : dy + height, dx : dx + width
+        ]
     return image[:, ::-1] if flip else image
 
 

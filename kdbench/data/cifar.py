@@ -95,7 +95,9 @@ def load_cifar(name: str, data_dir: Path, *, download: bool = True) -> ImageArra
         _check_md5(spec, folder / file, CIFAR_MD5[name][file])
     x_train, y_train = _read_batches(spec, folder, spec.train_files)
     x_test, y_test = _read_batches(spec, folder, spec.test_files)
-    return ImageArrays(name, x_train, y_train, x_test, y_test, spec.num_classes, spec.mean, spec.std)
+    return ImageArrays(
+        name, x_train, y_train, x_test, y_test, spec.num_classes, spec.mean, spec.std
+    )
 
 
 def prepare_cifar(name: str, data_dir: Path) -> None:
@@ -110,7 +112,11 @@ def prepare_cifar(name: str, data_dir: Path) -> None:
     except KdbenchError as error:
         raise KdbenchError(_missing_message(name, data_dir, str(error))) from None
     except OSError as error:  # offline, refused, timed out, disk full: all end in the same advice
-        raise KdbenchError(_missing_message(name, data_dir, f"the download failed ({type(error).__name__}: {error})")) from None
+        raise KdbenchError(
+            _missing_message(
+                name, data_dir, f"the download failed ({type(error).__name__}: {error})"
+            )
+        ) from None
     if _missing(name, folder):
         raise KdbenchError(_missing_message(name, data_dir, "the archive did not hold them"))
     for file in CIFAR_MD5[name]:
@@ -149,14 +155,20 @@ def _check_md5(spec: CifarSpec, path: Path, expected: str) -> None:
         )
 
 
-def _read_batches(spec: CifarSpec, folder: Path, files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _read_batches(
+    spec: CifarSpec, folder: Path, files: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Images as uint8 (N,32,32,3) and labels as int64 from official pickle batches (read after the md5 check)."""
     images, labels = [], []
     for file in files:
         with (folder / file).open("rb") as handle:
             batch = pickle.load(handle, encoding="latin1")
         if not isinstance(batch, dict) or "data" not in batch or spec.label_key not in batch:
-            raise KdbenchError(f"{folder / file} is not a {spec.title} batch: it needs 'data' and {spec.label_key!r}")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            raise KdbenchError(
+                f"{folder / file} is not a {spec.title} batch: it needs 'data' and {spec.label_key!r}"
+            )
+        images.append(
+            np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        )
         labels.append(np.asarray(batch[spec.label_key], dtype=np.int64))
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)

@@ -25,7 +25,9 @@ STALL_TIMEOUT_S = float(os.environ.get("KDBENCH_DOWNLOAD_TIMEOUT", "60"))
 _CHUNK = 1 << 16
 
 
-def fetch(url: str, dest: Path, md5: str, *, timeout_s: float | None = None, label: str = "") -> Path:
+def fetch(
+    url: str, dest: Path, md5: str, *, timeout_s: float | None = None, label: str = ""
+) -> Path:
     """``dest``, downloaded from ``url`` unless it is there already with this md5; the caller holds the lock."""
     if dest.is_file() and md5sum(dest) == md5:
         return dest
@@ -42,8 +44,10 @@ def fetch(url: str, dest: Path, md5: str, *, timeout_s: float | None = None, lab
                     advance(len(block))
         actual = md5sum(tmp)
         if actual != md5:
-            raise KdbenchError(f"the download of {url} has md5 {actual}, not the official {md5}: it was cut short or "
-                               "altered on the way. Run the same command again, or fetch the file by hand.")
+            raise KdbenchError(
+                f"the download of {url} has md5 {actual}, not the official {md5}: it was cut short or "
+                "altered on the way. Run the same command again, or fetch the file by hand."
+            )
         os.replace(tmp, dest)
         return dest
     finally:
@@ -57,7 +61,9 @@ def extract(archive: Path, into: Path, folder: str) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(staging, filter="data")  # no absolute paths, links out, devices
         if not (staging / folder).is_dir():
-            raise KdbenchError(f"{archive} does not hold the folder {folder}/: it is not the official archive.")
+            raise KdbenchError(
+                f"{archive} does not hold the folder {folder}/: it is not the official archive."
+            )
         target = into / folder
         if target.exists():  # an incomplete folder left by hand: the checked archive replaces it
             backup = Path(tempfile.mkdtemp(prefix=f".{folder}.old.", dir=into))
@@ -84,7 +90,13 @@ def _progress(label: str, total: int | None) -> Iterator:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    with Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn("downloading {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

@@ -71,28 +71,50 @@ class _FolderSamples:
 
 
 def prepare_folder(
-    dataset: FolderDataset, out: Path, *, max_resolution: int = MAX_RESOLUTION, compress_probability: float = COMPRESS_PROBABILITY,
-    jpeg_quality: int = JPEG_QUALITY, write_mode: str = WRITE_MODE, num_workers: int | None = None,
+    dataset: FolderDataset,
+    out: Path,
+    *,
+    max_resolution: int = MAX_RESOLUTION,
+    compress_probability: float = COMPRESS_PROBABILITY,
+    jpeg_quality: int = JPEG_QUALITY,
+    write_mode: str = WRITE_MODE,
+    num_workers: int | None = None,
 ) -> Path:
     """Write ``out/train.beton``, ``out/test.beton`` (from val/) and ``out/meta.json`` (last: its presence means done)."""
     if write_mode not in WRITE_MODES:
-        raise KdbenchError(f"unknown write mode {write_mode!r}; choose one of {', '.join(WRITE_MODES)}.")
+        raise KdbenchError(
+            f"unknown write mode {write_mode!r}; choose one of {', '.join(WRITE_MODES)}."
+        )
     ffcv = import_ffcv()
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)
     threads = torch.get_num_threads()
-    settings = {"write_mode": write_mode, "max_resolution": max_resolution,
-                "compress_probability": compress_probability, "jpeg_quality": jpeg_quality}
+    settings = {
+        "write_mode": write_mode,
+        "max_resolution": max_resolution,
+        "compress_probability": compress_probability,
+        "jpeg_quality": jpeg_quality,
+    }
     for split in ("train", "test"):
-        fields = {"image": ffcv.RGBImageField(**settings),
-                  "label": ffcv.IntField(), "index": ffcv.IntField()}
+        fields = {
+            "image": ffcv.RGBImageField(**settings),
+            "label": ffcv.IntField(),
+            "index": ffcv.IntField(),
+        }
         partial = out / f"{split}.beton.partial"
-        writer = ffcv.DatasetWriter(str(partial), fields, num_workers=num_workers or os.cpu_count() or 1)
+        writer = ffcv.DatasetWriter(
+            str(partial), fields, num_workers=num_workers or os.cpu_count() or 1
+        )
         writer.from_indexed_dataset(_FolderSamples(dataset, split))
         partial.replace(out / f"{split}.beton")
     torch.set_num_threads(threads)
-    meta = {"dataset": dataset.name, "fingerprint": fingerprint(dataset), "train": len(dataset.y_train),
-            "test": len(dataset.y_test), **settings}
+    meta = {
+        "dataset": dataset.name,
+        "fingerprint": fingerprint(dataset),
+        "train": len(dataset.y_train),
+        "test": len(dataset.y_test),
+        **settings,
+    }
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -105,8 +127,16 @@ def check_betons(dataset: FolderDataset, directory: Path) -> None:
 class FfcvFolderBatches:
     """One pass of an ffcv ``Loader`` in a given order, normalised on ``device``."""
 
-    def __init__(self, loader: Any, order: np.ndarray, length: int, table: torch.Tensor, device: torch.device) -> None:
-        self.loader, self.order, self.length, self.table, self.device = loader, order, length, table, device
+    def __init__(
+        self, loader: Any, order: np.ndarray, length: int, table: torch.Tensor, device: torch.device
+    ) -> None:
+        self.loader, self.order, self.length, self.table, self.device = (
+            loader,
+            order,
+            length,
+            table,
+            device,
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -120,10 +150,20 @@ class FfcvFolderBatches:
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 # ffcv recycles its batch buffers: the lookup makes a new tensor, the rest is copied.
-                pixels = images.to(self.device, non_blocking=non_blocking_from(images, self.device)).permute(0, 3, 1, 2).long()
-                yield (self.table[channels, pixels],
-                       labels.view(-1).to(self.device, copy=True, non_blocking=non_blocking_from(labels, self.device)),
-                       index.view(-1).to(self.device, copy=True, non_blocking=non_blocking_from(index, self.device)))
+                pixels = (
+                    images.to(self.device, non_blocking=non_blocking_from(images, self.device))
+                    .permute(0, 3, 1, 2)
+                    .long()
+                )
+                yield (
+                    self.table[channels, pixels],
+                    labels.view(-1).to(
+                        self.device, copy=True, non_blocking=non_blocking_from(labels, self.device)
+                    ),
+                    index.view(-1).to(
+                        self.device, copy=True, non_blocking=non_blocking_from(index, self.device)
+                    ),
+                )
         finally:
             torch.set_num_threads(threads)
 
@@ -133,7 +173,9 @@ class FfcvFolderLoaders:
 
     kind = "ffcv"
 
-    def __init__(self, dataset: FolderDataset, device: torch.device, directory: Path, num_workers: int = 0) -> None:
+    def __init__(
+        self, dataset: FolderDataset, device: torch.device, directory: Path, num_workers: int = 0
+    ) -> None:
         """Raises ``FfcvUnavailable`` when the files are missing or hold other data, or ffcv does not import."""
         check_betons(dataset, directory)
         self.ffcv = import_ffcv()
@@ -143,8 +185,11 @@ class FfcvFolderLoaders:
         )
         from ffcv.transforms import RandomHorizontalFlip
 
-        self.decoders = SimpleNamespace(random=RandomResizedCropRGBImageDecoder, centre=CenterCropRGBImageDecoder,
-                                        flip=RandomHorizontalFlip)
+        self.decoders = SimpleNamespace(
+            random=RandomResizedCropRGBImageDecoder,
+            centre=CenterCropRGBImageDecoder,
+            flip=RandomHorizontalFlip,
+        )
         self.dataset, self.device, self.directory = dataset, device, directory
         self.ffcv_workers = loader_workers(num_workers)
         self.table = normalisation_table(dataset.mean, dataset.std).to(device)
@@ -156,26 +201,62 @@ class FfcvFolderLoaders:
         if key not in self._loaders:
             f, crop = self.ffcv, self.dataset.crop
             size = (crop.image_size, crop.image_size)
-            image = ([self.decoders.random(size, scale=crop.scale, ratio=crop.ratio), self.decoders.flip()] if augment
-                     else [self.decoders.centre(size, ratio=crop.image_size / crop.resize_size)])
-            pipelines = {"image": [*image, f.ToTensor()], "label": [f.IntDecoder(), f.ToTensor()],
-                         "index": [f.IntDecoder(), f.ToTensor()]}
-            self._loaders[key] = open_loader(f, self.directory / f"{split}.beton", batch_size, self.ffcv_workers,
-                                             pipelines, drop_last=False)
+            image = (
+                [
+                    self.decoders.random(size, scale=crop.scale, ratio=crop.ratio),
+                    self.decoders.flip(),
+                ]
+                if augment
+                else [self.decoders.centre(size, ratio=crop.image_size / crop.resize_size)]
+            )
+            pipelines = {
+                "image": [*image, f.ToTensor()],
+                "label": [f.IntDecoder(), f.ToTensor()],
+                "index": [f.IntDecoder(), f.ToTensor()],
+            }
+            self._loaders[key] = open_loader(
+                f,
+                self.directory / f"{split}.beton",
+                batch_size,
+                self.ffcv_workers,
+                pipelines,
+                drop_last=False,
+            )
         return self._loaders[key]
 
-    def _batches(self, split: str, order: np.ndarray, batch_size: int, augment: bool, drop_last: bool,
-                 shard: tuple[int, int]) -> FfcvFolderBatches:
+    def _batches(
+        self,
+        split: str,
+        order: np.ndarray,
+        batch_size: int,
+        augment: bool,
+        drop_last: bool,
+        shard: tuple[int, int],
+    ) -> FfcvFolderBatches:
         # This rank's slices of the global batches, concatenated (data/shard.py): chunks of batch_size / world.
-        rank_order = local_order(torch.as_tensor(order), batch_size, shard, drop_last=drop_last, train=split == "train").numpy()
+        rank_order = local_order(
+            torch.as_tensor(order), batch_size, shard, drop_last=drop_last, train=split == "train"
+        ).numpy()
         local = batch_size // shard[1]
         length = -(-len(rank_order) // local)
-        return FfcvFolderBatches(self._loader(split, local, augment), rank_order.astype(np.int64), length, self.table,
-                                 self.device)
+        return FfcvFolderBatches(
+            self._loader(split, local, augment),
+            rank_order.astype(np.int64),
+            length,
+            self.table,
+            self.device,
+        )
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False,
-        strong: bool = False, shard: tuple[int, int] = (0, 1),
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        augment: bool = True,
+        drop_last: bool = False,
+        strong: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> FfcvFolderBatches:
         """The reference loader's order and batches; crops and flips from ffcv's RNG (same distribution)."""
         if strong:
@@ -185,5 +266,6 @@ class FfcvFolderLoaders:
 
     def test(self, batch_size: int, *, shard: tuple[int, int] = (0, 1)) -> FfcvFolderBatches:
         """Test batches in file order, centre crop of ratio image_size / resize_size (224/256)."""
-        return self._batches("test", np.arange(len(self.dataset.y_test)), batch_size, False, False, shard)
-
+        return self._batches(
+            "test", np.arange(len(self.dataset.y_test)), batch_size, False, False, shard
+        )

@@ -62,9 +62,16 @@ def import_ffcv() -> SimpleNamespace:
         raise FfcvUnavailable(f"ffcv is not importable ({exc}); {INSTALL_HINT}.") from exc
     finally:
         torch.set_num_threads(threads)
-    return SimpleNamespace(IntField=IntField, RGBImageField=RGBImageField, IntDecoder=IntDecoder, Loader=Loader,
-                           SimpleRGBImageDecoder=SimpleRGBImageDecoder, ToTensor=ToTensor,
-                           TraversalOrder=TraversalOrder, DatasetWriter=DatasetWriter)
+    return SimpleNamespace(
+        IntField=IntField,
+        RGBImageField=RGBImageField,
+        IntDecoder=IntDecoder,
+        Loader=Loader,
+        SimpleRGBImageDecoder=SimpleRGBImageDecoder,
+        ToTensor=ToTensor,
+        TraversalOrder=TraversalOrder,
+        DatasetWriter=DatasetWriter,
+    )
 
 
 def beton_dir(name: str, data_dir: str | Path | None = None) -> Path:
@@ -100,15 +107,28 @@ def prepare(arrays: ImageArrays, out: Path, num_workers: int | None = None) -> P
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)
     threads = torch.get_num_threads()
-    for split, images, labels in (("train", arrays.x_train, arrays.y_train), ("test", arrays.x_test, arrays.y_test)):
-        fields = {"image": ffcv.RGBImageField(write_mode="raw"), "label": ffcv.IntField(), "index": ffcv.IntField()}
+    for split, images, labels in (
+        ("train", arrays.x_train, arrays.y_train),
+        ("test", arrays.x_test, arrays.y_test),
+    ):
+        fields = {
+            "image": ffcv.RGBImageField(write_mode="raw"),
+            "label": ffcv.IntField(),
+            "index": ffcv.IntField(),
+        }
         partial = out / f"{split}.beton.partial"
-        writer = ffcv.DatasetWriter(str(partial), fields, num_workers=num_workers or os.cpu_count() or 1)
+        writer = ffcv.DatasetWriter(
+            str(partial), fields, num_workers=num_workers or os.cpu_count() or 1
+        )
         writer.from_indexed_dataset(_Samples(images, labels))
         partial.replace(out / f"{split}.beton")
     torch.set_num_threads(threads)
-    meta = {"dataset": arrays.name, "fingerprint": fingerprint(arrays), "train": len(arrays.x_train),
-            "test": len(arrays.x_test)}
+    meta = {
+        "dataset": arrays.name,
+        "fingerprint": fingerprint(arrays),
+        "train": len(arrays.x_train),
+        "test": len(arrays.x_test),
+    }
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -131,8 +151,10 @@ def prepare_dataset(
     if isinstance(dataset, FolderDataset):
         return prepare_folder(dataset, folder, **image_options)
     if image_options:
-        raise KdbenchError(f"{', '.join(sorted(image_options))}: options of image-folder datasets (imagenet); "
-                           f"{name} images are stored raw at their size.")
+        raise KdbenchError(
+            f"{', '.join(sorted(image_options))}: options of image-folder datasets (imagenet); "
+            f"{name} images are stored raw at their size."
+        )
     return prepare(dataset, folder)
 
 
@@ -175,7 +197,13 @@ def non_blocking_from(buffer: torch.Tensor, device: torch.device) -> bool:
 class FfcvBatches:
     """One epoch of an ffcv ``Loader`` read in ``plan``'s order, augmented as the plan says, on ``device``."""
 
-    def __init__(self, loaders: FfcvLoaders, loader: Any, plan: EpochPlan, strong: Iterable[torch.Tensor] | None) -> None:
+    def __init__(
+        self,
+        loaders: FfcvLoaders,
+        loader: Any,
+        plan: EpochPlan,
+        strong: Iterable[torch.Tensor] | None,
+    ) -> None:
         self.loaders, self.loader, self.plan, self.strong = loaders, loader, plan, strong
 
     def __len__(self) -> int:
@@ -194,11 +222,22 @@ class FfcvBatches:
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 # ffcv recycles its batch buffers: everything kept is copied first.
-                index = index.view(-1).to(device, copy=True, non_blocking=non_blocking_from(index, device))
-                padded = pad_images(images.to(device, non_blocking=non_blocking_from(images, device)), padding)
+                index = index.view(-1).to(
+                    device, copy=True, non_blocking=non_blocking_from(index, device)
+                )
+                padded = pad_images(
+                    images.to(device, non_blocking=non_blocking_from(images, device)), padding
+                )
                 positions = torch.arange(len(index), device=device)
-                batch: Batch = (crop_flip_normalise(padded, positions, offsets[index], flips[index], padding, table),
-                                labels.view(-1).to(device, copy=True, non_blocking=non_blocking_from(labels, device)), index)
+                batch: Batch = (
+                    crop_flip_normalise(
+                        padded, positions, offsets[index], flips[index], padding, table
+                    ),
+                    labels.view(-1).to(
+                        device, copy=True, non_blocking=non_blocking_from(labels, device)
+                    ),
+                    index,
+                )
                 if strong is not None:
                     batch += (next(strong).to(device, non_blocking=True),)
                 yield batch
@@ -211,7 +250,9 @@ def check_meta(directory: Path, name: str, expected_fingerprint: str, train_imag
     of exactly the data with ``expected_fingerprint``."""
     meta_file = directory / META_FILE
     if not meta_file.is_file():
-        raise FfcvUnavailable(f"no .beton files in {directory}; write them with `kdbench data prepare {name}`.")
+        raise FfcvUnavailable(
+            f"no .beton files in {directory}; write them with `kdbench data prepare {name}`."
+        )
     meta = json.loads(meta_file.read_text())
     if meta.get("fingerprint") != expected_fingerprint:
         raise FfcvUnavailable(
@@ -220,13 +261,25 @@ def check_meta(directory: Path, name: str, expected_fingerprint: str, train_imag
         )
 
 
-def open_loader(ffcv: Any, path: Path, batch_size: int, workers: int, pipelines: dict[str, list[Any]],
-                drop_last: bool) -> Any:
+def open_loader(
+    ffcv: Any,
+    path: Path,
+    batch_size: int,
+    workers: int,
+    pipelines: dict[str, list[Any]],
+    drop_last: bool,
+) -> Any:
     """An ffcv ``Loader`` of ``path`` that visits samples in the order each pass sets (the epoch plan's).
     Building one changes torch's thread count; it is put back."""
     threads = torch.get_num_threads()
-    loader = ffcv.Loader(str(path), batch_size=batch_size, num_workers=workers, order=_plan_order_class(ffcv.TraversalOrder)(),
-                         drop_last=drop_last, pipelines=pipelines)
+    loader = ffcv.Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=workers,
+        order=_plan_order_class(ffcv.TraversalOrder)(),
+        drop_last=drop_last,
+        pipelines=pipelines,
+    )
     torch.set_num_threads(threads)
     return loader
 
@@ -236,11 +289,18 @@ class FfcvLoaders:
 
     kind = "ffcv"
 
-    def __init__(self, arrays: ImageArrays, device: torch.device, directory: Path, num_workers: int = 0) -> None:
+    def __init__(
+        self, arrays: ImageArrays, device: torch.device, directory: Path, num_workers: int = 0
+    ) -> None:
         """Raises ``FfcvUnavailable`` when ffcv is missing or the files do not hold exactly ``arrays``."""
         self.ffcv = import_ffcv()
         check_meta(directory, arrays.name, fingerprint(arrays), len(arrays.x_train))
-        self.arrays, self.device, self.directory, self.num_workers = arrays, device, directory, num_workers
+        self.arrays, self.device, self.directory, self.num_workers = (
+            arrays,
+            device,
+            directory,
+            num_workers,
+        )
         self.ffcv_workers = loader_workers(num_workers)
         self.table = normalisation_table(arrays.mean, arrays.std).to(device)
         self._loaders: dict[tuple[str, int, bool], Any] = {}
@@ -250,24 +310,56 @@ class FfcvLoaders:
         key = (split, batch_size, drop_last)
         if key not in self._loaders:
             f = self.ffcv
-            pipelines = {"image": [f.SimpleRGBImageDecoder(), f.ToTensor()],
-                         "label": [f.IntDecoder(), f.ToTensor()], "index": [f.IntDecoder(), f.ToTensor()]}
-            self._loaders[key] = open_loader(f, self.directory / f"{split}.beton", batch_size, self.ffcv_workers,
-                                             pipelines, drop_last)
+            pipelines = {
+                "image": [f.SimpleRGBImageDecoder(), f.ToTensor()],
+                "label": [f.IntDecoder(), f.ToTensor()],
+                "index": [f.IntDecoder(), f.ToTensor()],
+            }
+            self._loaders[key] = open_loader(
+                f,
+                self.directory / f"{split}.beton",
+                batch_size,
+                self.ffcv_workers,
+                pipelines,
+                drop_last,
+            )
         return self._loaders[key]
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        augment: bool = True,
+        drop_last: bool = False,
+        strong: bool = False,
         shard: Shard = WHOLE,
     ) -> FfcvBatches:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
-        plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
+        plan = epoch_plan(
+            len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING
+        )
         plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
-        views = (strong_loader(self.arrays, plan, batch_size, seed, epoch, self.num_workers, drop_last,
-                               pin_memory=self.device.type == "cuda") if strong else None)
+        views = (
+            strong_loader(
+                self.arrays,
+                plan,
+                batch_size,
+                seed,
+                epoch,
+                self.num_workers,
+                drop_last,
+                pin_memory=self.device.type == "cuda",
+            )
+            if strong
+            else None
+        )
         return FfcvBatches(self, self._loader("train", batch_size, drop_last), plan, views)
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> FfcvBatches:
         """Same batches as ``loaders.test_loader``, already on the device."""
-        plan, batch_size, _ = shard_plan(identity_plan(len(self.arrays.x_test)), batch_size, shard, False, train=False)
+        plan, batch_size, _ = shard_plan(
+            identity_plan(len(self.arrays.x_test)), batch_size, shard, False, train=False
+        )
         return FfcvBatches(self, self._loader("test", batch_size, False), plan, None)

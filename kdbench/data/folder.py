@@ -55,15 +55,24 @@ class FolderDataset:
     def path(self, split: str, index: int) -> str:
         """The file of sample ``index`` of ``split`` ("train" or "test")."""
         files = self.train_files if split == "train" else self.test_files
-        return os.path.join(self.root, "train" if split == "train" else "val", files[index].decode())
+        return os.path.join(
+            self.root, "train" if split == "train" else "val", files[index].decode()
+        )
 
     def take(self, keep_train: np.ndarray, keep_test: np.ndarray) -> FolderDataset:
         """The samples at the given indices of each split (``arrays.subset`` calls this)."""
-        return dataclasses.replace(self, train_files=self.train_files[keep_train], y_train=self.y_train[keep_train],
-                                   test_files=self.test_files[keep_test], y_test=self.y_test[keep_test])
+        return dataclasses.replace(
+            self,
+            train_files=self.train_files[keep_train],
+            y_train=self.y_train[keep_train],
+            test_files=self.test_files[keep_test],
+            y_test=self.y_test[keep_test],
+        )
 
 
-def load_folder(name: str, root: Path, index_dir: Path, crop: CropOptions, hint: str) -> FolderDataset:
+def load_folder(
+    name: str, root: Path, index_dir: Path, crop: CropOptions, hint: str
+) -> FolderDataset:
     """The dataset in ``root`` (``train/`` and ``val/`` class folders), from its index when still valid.
 
     ``hint`` ends the error raised when the layout is missing (where the data should come from).
@@ -73,14 +82,23 @@ def load_folder(name: str, root: Path, index_dir: Path, crop: CropOptions, hint:
     index_file = index_dir / f"{name}-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}.json"
     index = _read_index(index_file, key)
     if index is None:
-        log.info("dataset %s: scanning %s (the file list is then cached in %s)", name, root, index_file)
+        log.info(
+            "dataset %s: scanning %s (the file list is then cached in %s)", name, root, index_file
+        )
         index = _scan(name, root, key)
         try:
             atomic_write_bytes(index_file, json.dumps(index).encode())
         except OSError as exc:
-            log.warning("dataset %s: could not cache the file list in %s (%s); the next run scans again", name, index_file, exc)
+            log.warning(
+                "dataset %s: could not cache the file list in %s (%s); the next run scans again",
+                name,
+                index_file,
+                exc,
+            )
     splits = {split: _flatten(index["splits"][split]) for split in SPLITS}
-    return FolderDataset(name, root, tuple(index["classes"]), *splits["train"], *splits["val"], crop=crop)
+    return FolderDataset(
+        name, root, tuple(index["classes"]), *splits["train"], *splits["val"], crop=crop
+    )
 
 
 def _check_layout(name: str, root: Path, hint: str) -> None:
@@ -117,15 +135,23 @@ def _scan(name: str, root: Path, key: str) -> dict:
     """Classes = train's class folders sorted by name; files per class sorted as ImageFolder walks them."""
     classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
     if not classes:
-        raise KdbenchError(f"dataset {name!r}: {root}/train/ has no class folders; expected {root}/train/<wnid>/*.JPEG.")
+        raise KdbenchError(
+            f"dataset {name!r}: {root}/train/ has no class folders; expected {root}/train/<wnid>/*.JPEG."
+        )
     splits: dict[str, list[list[str]]] = {}
     for split in SPLITS:
-        extra = sorted(e.name for e in os.scandir(root / split) if e.is_dir() and e.name not in set(classes))
+        extra = sorted(
+            e.name for e in os.scandir(root / split) if e.is_dir() and e.name not in set(classes)
+        )
         if extra:
-            raise KdbenchError(f"dataset {name!r}: {root}/{split}/ has class folders that train/ lacks: {', '.join(extra[:5])}.")
+            raise KdbenchError(
+                f"dataset {name!r}: {root}/{split}/ has class folders that train/ lacks: {', '.join(extra[:5])}."
+            )
         splits[split] = [_class_files(root / split / wnid) for wnid in classes]
         if not any(splits[split]):
-            raise KdbenchError(f"dataset {name!r}: no images under {root}/{split}/ (extensions {', '.join(IMAGE_EXTENSIONS)}).")
+            raise KdbenchError(
+                f"dataset {name!r}: no images under {root}/{split}/ (extensions {', '.join(IMAGE_EXTENSIONS)})."
+            )
     return {"version": INDEX_VERSION, "fingerprint": key, "classes": classes, "splits": splits}
 
 
@@ -141,5 +167,7 @@ def _class_files(folder: Path) -> list[str]:
 
 def _flatten(per_class: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
     files = np.array([f.encode() for names in per_class for f in names], dtype=bytes)
-    labels = np.repeat(np.arange(len(per_class), dtype=np.int64), [len(names) for names in per_class])
+    labels = np.repeat(
+        np.arange(len(per_class), dtype=np.int64), [len(names) for names in per_class]
+    )
     return files, labels

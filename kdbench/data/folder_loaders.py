@@ -37,8 +37,21 @@ class FolderImages(Dataset[tuple[torch.Tensor, int, int]]):
     """Item ``i``: sample ``i`` of ``split`` decoded, viewed (train: random resized crop + flip drawn from
     ``crop_rng(seed, epoch, i)``; otherwise the resize + centre-crop view), normalised, with label and index."""
 
-    def __init__(self, dataset: FolderDataset, split: str, seed: int = 0, epoch: int = 0, augment: bool = False) -> None:
-        self.dataset, self.split, self.seed, self.epoch, self.augment = dataset, split, seed, epoch, augment
+    def __init__(
+        self,
+        dataset: FolderDataset,
+        split: str,
+        seed: int = 0,
+        epoch: int = 0,
+        augment: bool = False,
+    ) -> None:
+        self.dataset, self.split, self.seed, self.epoch, self.augment = (
+            dataset,
+            split,
+            seed,
+            epoch,
+            augment,
+        )
         self.labels = dataset.y_train if split == "train" else dataset.y_test
         self.mean = torch.tensor(dataset.mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(dataset.std, dtype=torch.float32).view(-1, 1, 1)
@@ -49,11 +62,17 @@ class FolderImages(Dataset[tuple[torch.Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image = decode(self.dataset.path(self.split, index))
         crop = self.dataset.crop
-        view = train_view(image, crop_rng(self.seed, self.epoch, index), crop) if self.augment else test_view(image, crop)
+        view = (
+            train_view(image, crop_rng(self.seed, self.epoch, index), crop)
+            if self.augment
+            else test_view(image, crop)
+        )
         return to_tensor(view, self.mean, self.std), int(self.labels[index]), index
 
 
-def shard_batches(order: np.ndarray, batch_size: int, shard: Shard, drop_last: bool, *, train: bool = True) -> list[list[int]]:
+def shard_batches(
+    order: np.ndarray, batch_size: int, shard: Shard, drop_last: bool, *, train: bool = True
+) -> list[list[int]]:
     """This rank's local batches: its slice of every global batch of ``order`` (data/shard.py)."""
     local = local_order(torch.as_tensor(order), batch_size, shard, drop_last=drop_last, train=train)
     per_rank = batch_size // shard[1]
@@ -67,12 +86,21 @@ class FolderLoaders:
 
     kind = "torch"
 
-    def __init__(self, dataset: FolderDataset, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self, dataset: FolderDataset, num_workers: int = 0, pin_memory: bool = False
+    ) -> None:
         self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False,
-        strong: bool = False, shard: Shard = WHOLE,
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        augment: bool = True,
+        drop_last: bool = False,
+        strong: bool = False,
+        shard: Shard = WHOLE,
     ) -> DataLoader[Batch]:
         """Shuffled batches of one epoch, fixed by (seed, epoch); ``augment=False`` gives the test view."""
         if strong:
@@ -84,11 +112,19 @@ class FolderLoaders:
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> DataLoader[Batch]:
         """Test (ImageNet val) batches in file order, resize + centre crop."""
         order = np.arange(len(self.dataset.y_test))
-        return self._loader(FolderImages(self.dataset, "test"), shard_batches(order, batch_size, shard, False, train=False))
+        return self._loader(
+            FolderImages(self.dataset, "test"),
+            shard_batches(order, batch_size, shard, False, train=False),
+        )
 
     def _loader(self, images: FolderImages, batches: list[list[int]]) -> DataLoader[Batch]:
-        return DataLoader(images, batch_sampler=batches, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          generator=torch.Generator())  # the loader's own seed draw must not touch the global RNG
+        return DataLoader(
+            images,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            generator=torch.Generator(),
+        )  # the loader's own seed draw must not touch the global RNG
 
 
 def example_images(dataset: FolderDataset, count: int = 2) -> torch.Tensor:

@@ -15,6 +15,7 @@ file once. The cache is a hint: a lost or damaged cache only costs a re-hash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,17 +37,29 @@ def content_digest(name: str, options: dict[str, Any], data_dir: Path) -> str | 
         path = Path(options.get("path", "")).expanduser()
         file = path if path.is_absolute() else data_dir / path
         if not file.is_file():
-            raise KdbenchError(f"npz dataset file {file} does not exist, so its content cannot be identified. Give path= as "
-                               f"an absolute path or relative to the data directory {data_dir} (--data-dir / KDBENCH_DATA).")
+            raise KdbenchError(
+                f"npz dataset file {file} does not exist, so its content cannot be identified. Give path= as "
+                f"an absolute path or relative to the data directory {data_dir} (--data-dir / KDBENCH_DATA)."
+            )
         stat = file.stat()
-        return _cached(f"file:{file.resolve()}", f"{stat.st_size}:{stat.st_mtime_ns}", lambda: _file_sha256(file))
+        return _cached(
+            f"file:{file.resolve()}",
+            f"{stat.st_size}:{stat.st_mtime_ns}",
+            lambda: _file_sha256(file),
+        )
     if name == "imagenet":
         root = data_dir / "imagenet"
         splits = [root / split for split in ("train", "val")]
         if not all(split.is_dir() for split in splits):
             return None  # the loader says what is missing, with the download hint
-        stamp = hashlib.sha256("\n".join(f"{d}:{d.stat().st_mtime_ns}" for split in splits
-                                         for d in sorted(split.iterdir()) if d.is_dir()).encode()).hexdigest()
+        stamp = hashlib.sha256(
+            "\n".join(
+                f"{d}:{d.stat().st_mtime_ns}"
+                for split in splits
+                for d in sorted(split.iterdir())
+                if d.is_dir()
+            ).encode()
+        ).hexdigest()
         return _cached(f"folder:{root.resolve()}", stamp, lambda: _manifest_sha256(root, splits))
     return None
 
@@ -68,7 +81,11 @@ def _manifest_sha256(root: Path, splits: list[Path]) -> str:
 
 
 def _cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdbench" / "digests.json"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "kdbench"
+        / "digests.json"
+    )
 
 
 def _cached(key: str, stamp: str, compute) -> str:
@@ -80,14 +97,16 @@ def _cached(key: str, stamp: str, compute) -> str:
     except (OSError, ValueError):
         cache = {}
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+    if (
+        isinstance(entry, dict)
+        and entry.get("stamp") == stamp
+        and isinstance(entry.get("sha256"), str)
+    ):
         return entry["sha256"]
     value = compute()
     cache[key] = {"stamp": stamp, "sha256": value}
-    try:
+    with contextlib.suppress(OSError):  # a read-only home: hash again next time
         atomic_write_json(cache_file, cache)
-    except OSError:
-        pass  # a read-only home: hash again next time
     return value
 
 
@@ -97,19 +116,27 @@ def identified(recipe: Recipe, data_dir: str | Path | None) -> Recipe:
     digest = content_digest(recipe.dataset.name, recipe.dataset.options, root)
     pinned = recipe.dataset.content
     if pinned is not None and digest is not None and pinned != digest:
-        raise KdbenchError(f"recipe {recipe.name}: dataset.content pins {pinned[:12]}…, but the {recipe.dataset.name} data "
-                           f"under {root} has content {digest[:12]}…: point --data-dir at the pinned data, or remove "
-                           "dataset.content from the recipe to train on this data (new run ids).")
+        raise KdbenchError(
+            f"recipe {recipe.name}: dataset.content pins {pinned[:12]}…, but the {recipe.dataset.name} data "
+            f"under {root} has content {digest[:12]}…: point --data-dir at the pinned data, or remove "
+            "dataset.content from the recipe to train on this data (new run ids)."
+        )
     if digest is None or digest == pinned:
         return recipe
-    return recipe.model_copy(update={"dataset": recipe.dataset.model_copy(update={"content": digest})})
+    return recipe.model_copy(
+        update={"dataset": recipe.dataset.model_copy(update={"content": digest})}
+    )
 
 
-def verify_content(name: str, options: dict[str, Any], data_dir: str | Path | None, expected: str) -> None:
+def verify_content(
+    name: str, options: dict[str, Any], data_dir: str | Path | None, expected: str
+) -> None:
     """Refuse to train a run on data other than the data it was planned with."""
     root = resolve_data_dir(data_dir)
     actual = content_digest(name, options, root)
     if actual != expected:
-        raise KdbenchError(f"the {name} data under {root} has changed since this run was planned (content "
-                           f"{(actual or 'none')[:12]}…, planned {expected[:12]}…): run `kdbench reproduce` again, which "
-                           "plans new runs for the new data and keeps the finished ones of the old.")
+        raise KdbenchError(
+            f"the {name} data under {root} has changed since this run was planned (content "
+            f"{(actual or 'none')[:12]}…, planned {expected[:12]}…): run `kdbench reproduce` again, which "
+            "plans new runs for the new data and keeps the finished ones of the old."
+        )

@@ -24,7 +24,9 @@ from kdbench.errors import KdbenchError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_ATTEMPTS = 10
-CROP_STREAM = 2  # keeps the crop draws apart from other per-sample streams (MLKD's strong view is 1)
+CROP_STREAM = (
+    2  # keeps the crop draws apart from other per-sample streams (MLKD's strong view is 1)
+)
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,19 @@ class CropOptions:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise KdbenchError(f"dataset option image_size must be an integer >= 8, got {self.image_size!r}")
+        if (
+            isinstance(self.image_size, bool)
+            or not isinstance(self.image_size, int)
+            or self.image_size < 8
+        ):
+            raise KdbenchError(
+                f"dataset option image_size must be an integer >= 8, got {self.image_size!r}"
+            )
         for name, (low, high) in (("crop_scale", self.scale), ("crop_ratio", self.ratio)):
             if not 0 < low <= high:
-                raise KdbenchError(f"dataset option {name} must be [low, high] with 0 < low <= high, got {[low, high]}")
+                raise KdbenchError(
+                    f"dataset option {name} must be [low, high] with 0 < low <= high, got {[low, high]}"
+                )
 
     @property
     def resize_size(self) -> int:
@@ -58,7 +68,11 @@ def crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def crop_box(
-    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
 ) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random resized crop of a ``height`` × ``width`` image (torchvision's rule)."""
     area = height * width
@@ -85,7 +99,9 @@ def train_view(image: Image.Image, rng: np.random.Generator, options: CropOption
     top, left, h, w = crop_box(rng, image.height, image.width, options.scale, options.ratio)
     size = options.image_size
     # Crop, then resize (as torchvision does): PIL's resize(box=...) would filter across the box's edges.
-    view = image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
+    view = image.crop((left, top, left + w, top + h)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
     return view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else view
 
 

@@ -26,7 +26,13 @@ class StrongViews(Dataset[torch.Tensor]):
     """Item ``i`` is MLKD's strong view of sample ``i`` for (seed, epoch), normalised (see ``data/strong.py``)."""
 
     def __init__(
-        self, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, seed: int, epoch: int, padding: int
+        self,
+        images: np.ndarray,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        seed: int,
+        epoch: int,
+        padding: int,
     ) -> None:
         self.images, self.mean, self.std = images, mean, std
         self.seed, self.epoch, self.padding = seed, epoch, padding
@@ -35,7 +41,9 @@ class StrongViews(Dataset[torch.Tensor]):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        strong = strong_view(self.images[index], sample_rng(self.seed, self.epoch, index), self.padding)
+        strong = strong_view(
+            self.images[index], sample_rng(self.seed, self.epoch, index), self.padding
+        )
         return to_normalized_tensor(strong, self.mean, self.std)
 
 
@@ -53,16 +61,26 @@ class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
     ) -> None:
         """``strong_seed=(seed, epoch)`` adds MLKD's strong view of each sample (see ``data/strong.py``)."""
         self.images, self.labels = images, labels
-        self.offsets, self.flips, self.padding = plan.offsets.numpy(), plan.flips.numpy(), plan.padding
+        self.offsets, self.flips, self.padding = (
+            plan.offsets.numpy(),
+            plan.flips.numpy(),
+            plan.padding,
+        )
         self.mean, self.std = _channel_tensor(mean), _channel_tensor(std)
-        self.strong = StrongViews(images, self.mean, self.std, *strong_seed, plan.padding) if strong_seed else None
+        self.strong = (
+            StrongViews(images, self.mean, self.std, *strong_seed, plan.padding)
+            if strong_seed
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | int, ...]:
         dx, dy = self.offsets[index]
-        image = crop_and_flip(self.images[index], int(dx), int(dy), bool(self.flips[index]), self.padding)
+        image = crop_and_flip(
+            self.images[index], int(dx), int(dy), bool(self.flips[index]), self.padding
+        )
         item = (to_normalized_tensor(image, self.mean, self.std), int(self.labels[index]), index)
         return item if self.strong is None else item + (self.strong[index],)
 
@@ -89,14 +107,29 @@ def train_loader(
     """
     plan = epoch_plan(len(arrays.x_train), seed, epoch, augment=augment)
     plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
-    dataset = PlannedImages(arrays.x_train, arrays.y_train, plan, arrays.mean, arrays.std, (seed, epoch) if strong else None)
+    dataset = PlannedImages(
+        arrays.x_train,
+        arrays.y_train,
+        plan,
+        arrays.mean,
+        arrays.std,
+        (seed, epoch) if strong else None,
+    )
     return _loader(dataset, plan, batch_size, num_workers, drop_last, pin_memory)
 
 
-def test_loader(arrays: ImageArrays, batch_size: int, *, num_workers: int = 0, shard: Shard = WHOLE,
-                pin_memory: bool = False) -> DataLoader[Batch]:
+def test_loader(
+    arrays: ImageArrays,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    shard: Shard = WHOLE,
+    pin_memory: bool = False,
+) -> DataLoader[Batch]:
     """Test batches in file order, normalised, with no augmentation (``shard``: one rank's slices)."""
-    plan, batch_size, _ = shard_plan(identity_plan(len(arrays.x_test)), batch_size, shard, False, train=False)
+    plan, batch_size, _ = shard_plan(
+        identity_plan(len(arrays.x_test)), batch_size, shard, False, train=False
+    )
     dataset = PlannedImages(arrays.x_test, arrays.y_test, plan, arrays.mean, arrays.std)
     return _loader(dataset, plan, batch_size, num_workers, drop_last=False, pin_memory=pin_memory)
 
@@ -107,11 +140,24 @@ def identity_plan(num_samples: int) -> EpochPlan:
 
 
 def strong_loader(
-    arrays: ImageArrays, plan: EpochPlan, batch_size: int, seed: int, epoch: int, num_workers: int, drop_last: bool,
+    arrays: ImageArrays,
+    plan: EpochPlan,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    num_workers: int,
+    drop_last: bool,
     pin_memory: bool = False,
 ) -> DataLoader[torch.Tensor]:
     """Batches of MLKD's strong views of the train split, in ``plan``'s order (what ``train_loader`` appends)."""
-    views = StrongViews(arrays.x_train, _channel_tensor(arrays.mean), _channel_tensor(arrays.std), seed, epoch, plan.padding)
+    views = StrongViews(
+        arrays.x_train,
+        _channel_tensor(arrays.mean),
+        _channel_tensor(arrays.std),
+        seed,
+        epoch,
+        plan.padding,
+    )
     return _loader(views, plan, batch_size, num_workers, drop_last, pin_memory)
 
 
@@ -125,15 +171,37 @@ class TorchLoaders:
         self.arrays, self.num_workers, self.pin_memory = arrays, num_workers, pin_memory
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        augment: bool = True,
+        drop_last: bool = False,
+        strong: bool = False,
         shard: Shard = WHOLE,
     ) -> DataLoader[Batch]:
-        return train_loader(self.arrays, batch_size, seed=seed, epoch=epoch, augment=augment,
-                            num_workers=self.num_workers, drop_last=drop_last, strong=strong, shard=shard,
-                            pin_memory=self.pin_memory)
+        return train_loader(
+            self.arrays,
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            augment=augment,
+            num_workers=self.num_workers,
+            drop_last=drop_last,
+            strong=strong,
+            shard=shard,
+            pin_memory=self.pin_memory,
+        )
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> DataLoader[Batch]:
-        return test_loader(self.arrays, batch_size, num_workers=self.num_workers, shard=shard, pin_memory=self.pin_memory)
+        return test_loader(
+            self.arrays,
+            batch_size,
+            num_workers=self.num_workers,
+            shard=shard,
+            pin_memory=self.pin_memory,
+        )
 
 
 def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
@@ -141,7 +209,12 @@ def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
 
 
 def _loader(
-    dataset: Dataset, plan: EpochPlan, batch_size: int, num_workers: int, drop_last: bool, pin_memory: bool = False
+    dataset: Dataset,
+    plan: EpochPlan,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool,
+    pin_memory: bool = False,
 ) -> DataLoader:
     return DataLoader(
         dataset,

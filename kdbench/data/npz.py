@@ -42,17 +42,31 @@ def load_npz(
         with archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
             if missing:
-                raise KdbenchError(f"npz dataset file {file} lacks {', '.join(missing)}; "
-                                   f"it has {', '.join(archive.files) or 'no arrays'}. {needs}")
+                raise KdbenchError(
+                    f"npz dataset file {file} lacks {', '.join(missing)}; "
+                    f"it has {', '.join(archive.files) or 'no arrays'}. {needs}"
+                )
             x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_KEYS)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # not an npz, or a damaged one
-        raise KdbenchError(f"npz dataset file {file} is not a readable .npz archive ({exc}). {needs}") from None
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:  # not an npz, or a damaged one
+        raise KdbenchError(
+            f"npz dataset file {file} is not a readable .npz archive ({exc}). {needs}"
+        ) from None
     for key, y in (("y_train", y_train), ("y_test", y_test)):
         if not np.issubdtype(y.dtype, np.integer):
-            raise KdbenchError(f"npz dataset file {file}: {key} must hold integer labels, got {y.dtype}")
+            raise KdbenchError(
+                f"npz dataset file {file}: {key} must hold integer labels, got {y.dtype}"
+            )
     if num_classes is None:
         num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    computed_mean, computed_std = pixel_mean_std(x_train) if mean is None or std is None else (None, None)
+    computed_mean, computed_std = (
+        pixel_mean_std(x_train) if mean is None or std is None else (None, None)
+    )
     return ImageArrays(
         name=f"npz:{file.stem}",
         x_train=x_train,
@@ -68,11 +82,15 @@ def load_npz(
 def pixel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and (population) std of uint8 (N,H,W,C) images scaled to [0, 1]."""
     if images.dtype != np.uint8 or images.ndim != 4 or not images.size:
-        raise KdbenchError(f"pixel statistics need non-empty uint8 (N,H,W,C) images, got {images.dtype} {images.shape}")
+        raise KdbenchError(
+            f"pixel statistics need non-empty uint8 (N,H,W,C) images, got {images.dtype} {images.shape}"
+        )
     values = np.arange(256, dtype=np.float64) / 255.0
     means, stds = [], []
     for channel in range(images.shape[-1]):
-        counts = np.bincount(images[..., channel].ravel(), minlength=256) / images[..., channel].size
+        counts = (
+            np.bincount(images[..., channel].ravel(), minlength=256) / images[..., channel].size
+        )
         mean = float(counts @ values)
         means.append(mean)
         stds.append(float(np.sqrt(counts @ (values - mean) ** 2)))

@@ -17,15 +17,28 @@ from kdbench.data.npz import load_npz
 from kdbench.data.synthetic import make_synthetic
 from kdbench.errors import KdbenchError, UnknownNameError
 
-DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "imagenet_synthetic", "npz", "synthetic")
-FOLDER_DATASETS: dict[str, Callable[..., FolderDataset]] = {"imagenet": load_imagenet,
-                                                            "imagenet_synthetic": load_imagenet_synthetic}
+DATASETS: tuple[str, ...] = (
+    "cifar100",
+    "cifar10",
+    "imagenet",
+    "imagenet_synthetic",
+    "npz",
+    "synthetic",
+)
+FOLDER_DATASETS: dict[str, Callable[..., FolderDataset]] = {
+    "imagenet": load_imagenet,
+    "imagenet_synthetic": load_imagenet_synthetic,
+}
 DEFAULT_DATA_DIR = Path("~/.cache/kdbench/data")
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """The data directory: the explicit argument, else ``$KDBENCH_DATA``, else ``~/.cache/kdbench/data``."""
-    chosen = data_dir if data_dir not in (None, "") else os.environ.get("KDBENCH_DATA") or DEFAULT_DATA_DIR
+    chosen = (
+        data_dir
+        if data_dir not in (None, "")
+        else os.environ.get("KDBENCH_DATA") or DEFAULT_DATA_DIR
+    )
     return Path(chosen).expanduser().absolute()
 
 
@@ -43,25 +56,37 @@ def load_dataset(
         return FOLDER_DATASETS[name](root, **_checked_options(name, FOLDER_DATASETS[name], options))
     if name == "npz":
         return load_npz(root, **_checked_options(name, load_npz, options))
-    return load_cifar(name, root, download=download, **_checked_options(name, partial(load_cifar, name), options))
+    return load_cifar(
+        name, root, download=download, **_checked_options(name, partial(load_cifar, name), options)
+    )
 
 
-def _checked_options(name: str, loader: Callable[..., ImageArrays | FolderDataset], options: dict[str, Any]) -> dict[str, Any]:
+def _checked_options(
+    name: str, loader: Callable[..., ImageArrays | FolderDataset], options: dict[str, Any]
+) -> dict[str, Any]:
     """``options`` if ``loader`` takes them all (as keyword-only arguments) and gets every required one."""
     params = [
-        p for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "download"
+        p
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name != "download"
     ]
     allowed = ", ".join(p.name for p in params) or "none"
     unknown = sorted(set(options) - {p.name for p in params})
     if unknown:
-        raise KdbenchError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; its options: {allowed}")
+        raise KdbenchError(
+            f"dataset {name!r} does not take option(s) {', '.join(unknown)}; its options: {allowed}"
+        )
     required = [p.name for p in params if p.default is p.empty and p.name not in options]
     if required:
-        raise KdbenchError(f"dataset {name!r} needs option(s) {', '.join(required)}; its options: {allowed}")
+        raise KdbenchError(
+            f"dataset {name!r} needs option(s) {', '.join(required)}; its options: {allowed}"
+        )
     return options
 
 
-def prepare_datasets(datasets: Iterable[tuple[str, dict[str, Any]]], data_dir: str | Path | None) -> int:
+def prepare_datasets(
+    datasets: Iterable[tuple[str, dict[str, Any]]], data_dir: str | Path | None
+) -> int:
     """Make every dataset ready before any run starts: each distinct (name, options) loaded once, here, so a
     missing one is downloaded once under a lock, or fails once with the message that says where to put it,
     instead of once per run. Returns how many datasets were prepared."""

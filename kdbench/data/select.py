@@ -33,7 +33,14 @@ class Loaders(Protocol):
     kind: str
 
     def train(
-        self, batch_size: int, *, seed: int, epoch: int, augment: bool = True, drop_last: bool = False, strong: bool = False,
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        augment: bool = True,
+        drop_last: bool = False,
+        strong: bool = False,
         shard: Shard = WHOLE,
     ) -> Iterable[Batch]: ...
 
@@ -63,7 +70,9 @@ def make_loaders(
         from kdbench.data import ffcv_loader
 
         try:
-            return ffcv_loader.FfcvLoaders(arrays, device, ffcv_loader.beton_dir(arrays.name, data_dir), num_workers)
+            return ffcv_loader.FfcvLoaders(
+                arrays, device, ffcv_loader.beton_dir(arrays.name, data_dir), num_workers
+            )
         except ffcv_loader.FfcvUnavailable as exc:
             log.warning("loader ffcv unavailable, using tensor (same results): %s", exc)
             kind = "tensor"
@@ -73,24 +82,38 @@ def make_loaders(
 
 
 def _folder_loaders(
-    kind: str, dataset: FolderDataset, device: torch.device, num_workers: int, data_dir: str | Path | None
+    kind: str,
+    dataset: FolderDataset,
+    device: torch.device,
+    num_workers: int,
+    data_dir: str | Path | None,
 ) -> Loaders:
     """``ffcv`` (and ``auto``, when .beton files of exactly this dataset exist and ffcv imports), else ``torch``.
 
     ``tensor`` holds a whole in-memory dataset on the device, so it does not apply: it falls back to ``torch``
     with a warning, as ``ffcv`` falls back when it cannot serve a run."""
     if kind == "tensor":
-        log.warning("loader tensor keeps a whole in-memory dataset on the device; %s is read from image files, "
-                    "so it uses torch", dataset.name)
+        log.warning(
+            "loader tensor keeps a whole in-memory dataset on the device; %s is read from image files, "
+            "so it uses torch",
+            dataset.name,
+        )
         kind = "torch"
     if kind in ("auto", "ffcv"):
         from kdbench.data import ffcv_folder, ffcv_loader
 
         try:
-            return ffcv_folder.FfcvFolderLoaders(dataset, device, ffcv_loader.beton_dir(dataset.name, data_dir), num_workers)
+            return ffcv_folder.FfcvFolderLoaders(
+                dataset, device, ffcv_loader.beton_dir(dataset.name, data_dir), num_workers
+            )
         except ffcv_loader.FfcvUnavailable as exc:
             report = log.info if kind == "auto" else log.warning
-            report("loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s", kind, dataset.name, exc)
+            report(
+                "loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s",
+                kind,
+                dataset.name,
+                exc,
+            )
     return FolderLoaders(dataset, num_workers, pin_memory=device.type == "cuda")
 
 
@@ -103,6 +126,9 @@ def _fits_on(device: torch.device, arrays: ImageArrays) -> bool:
     padded = len(arrays.x_train) * 3 * (height + border) * (width + border) + arrays.x_test.nbytes
     free, _ = torch.cuda.mem_get_info(device)
     if padded > MAX_RESIDENT_FRACTION * free:
-        log.info("loader auto: dataset (%.1f GB) too large for the GPU's free memory; using torch", padded / 1e9)
+        log.info(
+            "loader auto: dataset (%.1f GB) too large for the GPU's free memory; using torch",
+            padded / 1e9,
+        )
         return False
     return True

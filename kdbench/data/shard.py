@@ -21,10 +21,14 @@ def check_shard(shard: Shard, batch_size: int) -> None:
     """Raise a clear error unless ``shard`` is a valid (rank, world) and ``batch_size`` splits evenly over it."""
     rank, world = shard
     if world < 1 or not 0 <= rank < world:
-        raise KdbenchError(f"invalid shard (rank {rank}, world size {world}): need 0 <= rank < world.")
+        raise KdbenchError(
+            f"invalid shard (rank {rank}, world size {world}): need 0 <= rank < world."
+        )
     if batch_size % world:
-        raise KdbenchError(f"batch size {batch_size} does not split over {world} processes; use a process count "
-                           f"that divides it (the global batch is the spec's batch size, held constant).")
+        raise KdbenchError(
+            f"batch size {batch_size} does not split over {world} processes; use a process count "
+            f"that divides it (the global batch is the spec's batch size, held constant)."
+        )
 
 
 def slice_bounds(n: int, shard: Shard) -> tuple[int, int]:
@@ -33,7 +37,9 @@ def slice_bounds(n: int, shard: Shard) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
-def global_batch_sizes(num_samples: int, batch_size: int, drop_last: bool, world: int = 1) -> list[int]:
+def global_batch_sizes(
+    num_samples: int, batch_size: int, drop_last: bool, world: int = 1
+) -> list[int]:
     """Sizes of an epoch's global batches. With more than one rank a last batch smaller than ``world``
     is dropped as well: every rank must take the same number of optimizer steps."""
     sizes = [batch_size] * (num_samples // batch_size)
@@ -43,7 +49,9 @@ def global_batch_sizes(num_samples: int, batch_size: int, drop_last: bool, world
     return sizes
 
 
-def local_order(order: torch.Tensor, batch_size: int, shard: Shard, *, drop_last: bool, train: bool = True) -> torch.Tensor:
+def local_order(
+    order: torch.Tensor, batch_size: int, shard: Shard, *, drop_last: bool, train: bool = True
+) -> torch.Tensor:
     """The visiting order of rank ``shard[0]``: its slice of every global batch of ``order``, concatenated.
 
     Cut into batches of ``batch_size // world`` it gives exactly the rank's local batches (only the
@@ -59,7 +67,9 @@ def local_order(order: torch.Tensor, batch_size: int, shard: Shard, *, drop_last
     return torch.cat(parts) if parts else order[:0]
 
 
-def shard_plan(plan: EpochPlan, batch_size: int, shard: Shard, drop_last: bool, *, train: bool = True) -> tuple[EpochPlan, int, bool]:
+def shard_plan(
+    plan: EpochPlan, batch_size: int, shard: Shard, drop_last: bool, *, train: bool = True
+) -> tuple[EpochPlan, int, bool]:
     """(plan, batch size, drop_last) for a loader of rank ``shard[0]``: unchanged for the whole batch, else
     the plan visiting the rank's local order, the local batch size, and no further dropping."""
     if shard == WHOLE:

@@ -70,27 +70,37 @@ class StrongDraw:
     cutout: tuple[float, float, float]  # side (pixels), centre x, centre y
 
 
-def draw(rng: np.random.Generator, width: int, height: int, padding: int = 4, num_ops: int = 2) -> StrongDraw:
+def draw(
+    rng: np.random.Generator, width: int, height: int, padding: int = 4, num_ops: int = 2
+) -> StrongDraw:
     """Crop offsets, flip, ``num_ops`` ops and their magnitudes, then the Cutout square, from ``rng``."""
     dx, dy = (int(v) for v in rng.integers(0, 2 * padding + 1, size=2))
     flip = bool(rng.integers(0, 2))
     ops = tuple(int(c) for c in rng.integers(0, len(OPS), size=num_ops))
     magnitudes = tuple(_magnitude(rng, OPS[op][0], OPS[op][2], OPS[op][3]) for op in ops)
     side = rng.uniform(0, CUTOUT_MAX_FRACTION) * width
-    return StrongDraw(dx, dy, flip, ops, magnitudes, (side, rng.uniform(0, width), rng.uniform(0, height)))
+    return StrongDraw(
+        dx, dy, flip, ops, magnitudes, (side, rng.uniform(0, width), rng.uniform(0, height))
+    )
 
 
-def cutout_box(side: float, cx: float, cy: float, width: int, height: int) -> tuple[int, int, int, int]:
+def cutout_box(
+    side: float, cx: float, cy: float, width: int, height: int
+) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the Cutout square, clipped; PIL fills it corners included."""
     x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
     return x0, y0, int(min(width, x0 + side)), int(min(height, y0 + side))
 
 
-def cutout(image: Image.Image, rng: np.random.Generator, max_fraction: float = CUTOUT_MAX_FRACTION) -> Image.Image:
+def cutout(
+    image: Image.Image, rng: np.random.Generator, max_fraction: float = CUTOUT_MAX_FRACTION
+) -> Image.Image:
     """Square of side U(0, max_fraction)·width, centred uniformly, clipped, filled with CUTOUT_FILL."""
     width, height = image.size
     side = rng.uniform(0, max_fraction) * width
-    return _fill(image, cutout_box(side, rng.uniform(0, width), rng.uniform(0, height), width, height))
+    return _fill(
+        image, cutout_box(side, rng.uniform(0, width), rng.uniform(0, height), width, height)
+    )
 
 
 def _fill(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
@@ -101,13 +111,19 @@ def _fill(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
 
 def apply(image: np.ndarray, decisions: StrongDraw, padding: int = 4) -> np.ndarray:
     """One (H,W,3) uint8 image → its strong view under ``decisions`` (per sample, PIL: the reference)."""
-    pil = Image.fromarray(np.ascontiguousarray(crop_and_flip(image, decisions.dx, decisions.dy, decisions.flip, padding)))
+    pil = Image.fromarray(
+        np.ascontiguousarray(
+            crop_and_flip(image, decisions.dx, decisions.dy, decisions.flip, padding)
+        )
+    )
     for op, magnitude in zip(decisions.ops, decisions.magnitudes):
         pil = OPS[op][1](pil, magnitude)
     return np.array(_fill(pil, cutout_box(*decisions.cutout, *pil.size)))  # a writable copy
 
 
-def strong_view(image: np.ndarray, rng: np.random.Generator, padding: int = 4, num_ops: int = 2) -> np.ndarray:
+def strong_view(
+    image: np.ndarray, rng: np.random.Generator, padding: int = 4, num_ops: int = 2
+) -> np.ndarray:
     """One (H,W,3) uint8 image → its strong view (H,W,3) uint8."""
     height, width = image.shape[:2]
     return apply(image, draw(rng, width, height, padding, num_ops), padding)

@@ -39,7 +39,9 @@ from kdbench.data.strong import (
 )
 
 
-def draws(seed: int, epoch: int, indices: Sequence[int], width: int, height: int, padding: int) -> list[StrongDraw]:
+def draws(
+    seed: int, epoch: int, indices: Sequence[int], width: int, height: int, padding: int
+) -> list[StrongDraw]:
     """The reference's decisions for samples ``indices`` of (seed, epoch)."""
     return [draw(sample_rng(seed, epoch, int(i)), width, height, padding) for i in indices]
 
@@ -79,7 +81,9 @@ def autocontrast(x: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
     lo = torch.where(present, values, 256).amin(2, keepdim=True)
     hi = torch.where(present, values, -1).amax(2, keepdim=True)
     span = (hi - lo).clamp(min=1).double()
-    scale = torch.full_like(span, 255.0) / span  # a true division, as Python's (a scalar numerator is a reciprocal)
+    scale = (
+        torch.full_like(span, 255.0) / span
+    )  # a true division, as Python's (a scalar numerator is a reciprocal)
     lut = torch.trunc(values.double() * scale + (-lo.double() * scale)).clamp(0, 255).long()
     return _apply_lut(x, torch.where(hi > lo, lut, values))
 
@@ -91,7 +95,9 @@ def equalize(x: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
     last = torch.where(h > 0, values, -1).amax(2, keepdim=True)
     step = (h.sum(2, keepdim=True) - torch.gather(h, 2, last.clamp(min=0))) // 255
     before = torch.cumsum(h, 2) - h
-    lut = ((step // 2 + before) // step.clamp(min=1)).clamp(max=255)  # Image.point clips the table to 255
+    lut = ((step // 2 + before) // step.clamp(min=1)).clamp(
+        max=255
+    )  # Image.point clips the table to 255
     keep = ((h > 0).sum(2, keepdim=True) <= 1) | (step == 0)
     return _apply_lut(x, torch.where(keep, values, lut))
 
@@ -151,9 +157,20 @@ def _fixed(value: float) -> int:
 def affine_coefficients(coefficients: Sequence[Sequence[float]]) -> np.ndarray:
     """(n, 6) int64: PIL's fixed-point ``(A0, A1, A2, A3, A4, A5)`` of each affine matrix, the half-pixel offsets
     folded into A2 and A5 (computed on the host, as PIL does, in float64)."""
-    return np.array([[_fixed(a[0]), _fixed(a[1]), _fixed(a[2] + a[0] * 0.5 + a[1] * 0.5),
-                      _fixed(a[3]), _fixed(a[4]), _fixed(a[5] + a[3] * 0.5 + a[4] * 0.5)] for a in coefficients],
-                    dtype=np.int64).reshape(-1, 6)
+    return np.array(
+        [
+            [
+                _fixed(a[0]),
+                _fixed(a[1]),
+                _fixed(a[2] + a[0] * 0.5 + a[1] * 0.5),
+                _fixed(a[3]),
+                _fixed(a[4]),
+                _fixed(a[5] + a[3] * 0.5 + a[4] * 0.5),
+            ]
+            for a in coefficients
+        ],
+        dtype=np.int64,
+    ).reshape(-1, 6)
 
 
 def affine(x: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
@@ -174,7 +191,11 @@ def _gather(x: torch.Tensor, src_y: torch.Tensor, src_x: torch.Tensor) -> torch.
     """out[b, :, y, x] = x[b, :, src_y, src_x] where the source lies inside the image, else 0."""
     n, c, height, width = x.shape
     inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
-    flat = (src_y.clamp(0, height - 1) * width + src_x.clamp(0, width - 1)).view(n, 1, -1).expand(n, c, -1)
+    flat = (
+        (src_y.clamp(0, height - 1) * width + src_x.clamp(0, width - 1))
+        .view(n, 1, -1)
+        .expand(n, c, -1)
+    )
     out = torch.gather(x.reshape(n, c, -1), 2, flat).view(n, c, height, width)
     return torch.where(inside[:, None], out, torch.zeros_like(out))
 
@@ -196,8 +217,13 @@ def _scale_axis(start: float, step: float, count: int) -> list[int]:
 def translate_tables(shifts: Sequence[tuple[float, float]], width: int, height: int) -> np.ndarray:
     """(n, W + H) int64: the source column of each output column, then the source row of each output row, of
     PIL's ``transform(AFFINE, (1, 0, tx, 0, 1, ty))`` (its scale path): COORD(t + 0.5 + 1 + 1 …)."""
-    return np.array([_scale_axis(tx + 0.5, 1.0, width) + _scale_axis(ty + 0.5, 1.0, height) for tx, ty in shifts],
-                    dtype=np.int64).reshape(-1, width + height)
+    return np.array(
+        [
+            _scale_axis(tx + 0.5, 1.0, width) + _scale_axis(ty + 0.5, 1.0, height)
+            for tx, ty in shifts
+        ],
+        dtype=np.int64,
+    ).reshape(-1, width + height)
 
 
 def translate(x: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
@@ -215,11 +241,17 @@ def rotation(angle: float, width: int, height: int) -> tuple[float, ...]:
     if angle == 0:
         return ()
     if angle == 180 or (angle in (90, 270) and width == height):
-        raise NotImplementedError("rotations by multiples of 90° are PIL transposes; MLKD's range is ±30°")
+        raise NotImplementedError(
+            "rotations by multiples of 90° are PIL transposes; MLKD's range is ±30°"
+        )
     cx, cy = width / 2, height / 2
     radians = -math.radians(angle)
-    a, b, d, e = (round(math.cos(radians), 15), round(math.sin(radians), 15), round(-math.sin(radians), 15),
-                  round(math.cos(radians), 15))
+    a, b, d, e = (
+        round(math.cos(radians), 15),
+        round(math.sin(radians), 15),
+        round(-math.sin(radians), 15),
+        round(math.cos(radians), 15),
+    )
     return a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy
 
 
@@ -231,12 +263,19 @@ def op_parameters(name: str, magnitudes: Sequence[float], width: int, height: in
     if name in PIXEL_OPS:
         return np.asarray(magnitudes, dtype=np.float64).reshape(-1, 1)
     if name in ("TranslateX", "TranslateY"):
-        shifts = [(v * width, 0.0) if name == "TranslateX" else (0.0, v * height) for v in magnitudes]
+        shifts = [
+            (v * width, 0.0) if name == "TranslateX" else (0.0, v * height) for v in magnitudes
+        ]
         return translate_tables(shifts, width, height)
     if name == "Rotate":
-        matrices = [rotation(v, width, height) or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0) for v in magnitudes]
+        matrices = [
+            rotation(v, width, height) or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0) for v in magnitudes
+        ]
     else:
-        matrices = [(1.0, v, 0.0, 0.0, 1.0, 0.0) if name == "ShearX" else (1.0, 0.0, 0.0, v, 1.0, 0.0) for v in magnitudes]
+        matrices = [
+            (1.0, v, 0.0, 0.0, 1.0, 0.0) if name == "ShearX" else (1.0, 0.0, 0.0, v, 1.0, 0.0)
+            for v in magnitudes
+        ]
     return affine_coefficients(matrices)
 
 
@@ -251,8 +290,16 @@ def run_op(name: str, x: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor
     return affine(x, parameters.long())
 
 
-PIXEL_OPS = {"AutoContrast": autocontrast, "Brightness": brightness, "Color": color, "Contrast": contrast,
-             "Equalize": equalize, "Posterize": posterize, "Sharpness": sharpness, "Solarize": solarize}
+PIXEL_OPS = {
+    "AutoContrast": autocontrast,
+    "Brightness": brightness,
+    "Color": color,
+    "Contrast": contrast,
+    "Equalize": equalize,
+    "Posterize": posterize,
+    "Sharpness": sharpness,
+    "Solarize": solarize,
+}
 
 
 def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -281,7 +328,9 @@ class _Upload:
         return handle
 
     def send(self, device: torch.device) -> None:
-        self.sent = to_device(torch.from_numpy(np.concatenate(self.parts) if self.parts else np.zeros(0)), device)
+        self.sent = to_device(
+            torch.from_numpy(np.concatenate(self.parts) if self.parts else np.zeros(0)), device
+        )
 
     def get(self, handle: tuple[int, tuple[int, ...]]) -> torch.Tensor:
         assert self.sent is not None
@@ -329,9 +378,13 @@ def strong_views(images: torch.Tensor, decisions: Sequence[StrongDraw]) -> torch
             name, rows = OPS[op][0], np.flatnonzero(ops == op)
             if name == "Identity":
                 continue
-            parameters = op_parameters(name, [decisions[i].magnitudes[slot] for i in rows], width, height)
+            parameters = op_parameters(
+                name, [decisions[i].magnitudes[slot] for i in rows], width, height
+            )
             groups.append((name, upload.add(rows), upload.add(parameters)))
-    box = upload.add(np.array([cutout_box(*d.cutout, width, height) for d in decisions]).reshape(-1, 4))
+    box = upload.add(
+        np.array([cutout_box(*d.cutout, width, height) for d in decisions]).reshape(-1, 4)
+    )
     fill = upload.add(np.array(CUTOUT_FILL))
     upload.send(images.device)
     x = images.clone() if groups else images

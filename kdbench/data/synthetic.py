@@ -15,20 +15,34 @@ _NOISE = 24.0  # std of per-pixel noise, in grey levels
 
 
 def make_synthetic(
-    *, num_classes: int = 100, image_size: int = 32, train_size: int = 512, test_size: int = 256, seed: int = 0
+    *,
+    num_classes: int = 100,
+    image_size: int = 32,
+    train_size: int = 512,
+    test_size: int = 256,
+    seed: int = 0,
 ) -> ImageArrays:
     """Balanced synthetic images: the same options always give identical arrays.
 
     Each class has a smooth random colour prototype; a sample is its class prototype, randomly shifted by up
     to 3 pixels, plus Gaussian pixel noise, clipped to uint8. Normalisation uses the CIFAR-100 constants.
     """
-    options = {"num_classes": num_classes, "image_size": image_size, "train_size": train_size, "test_size": test_size}
+    options = {
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "train_size": train_size,
+        "test_size": test_size,
+    }
     for option, value in {**options, "seed": seed}.items():
         lowest = 0 if option == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            raise KdbenchError(f"synthetic dataset option {option} must be an integer >= {lowest}, got {value!r}")
+            raise KdbenchError(
+                f"synthetic dataset option {option} must be an integer >= {lowest}, got {value!r}"
+            )
     # independent streams, so the prototypes and the test set do not change with train_size
-    prototype_rng, train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    prototype_rng, train_rng, test_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )
     canvas = image_size + 2 * _MAX_SHIFT
     grid = prototype_rng.standard_normal((num_classes, _GRID, _GRID, 3))
     up = _interpolation_matrix(canvas, _GRID)
@@ -37,7 +51,9 @@ def make_synthetic(
     x_train, y_train = _samples(prototypes, image_size, train_size, train_rng)
     x_test, y_test = _samples(prototypes, image_size, test_size, test_rng)
     spec = CIFAR_SPECS["cifar100"]
-    return ImageArrays("synthetic", x_train, y_train, x_test, y_test, num_classes, spec.mean, spec.std)
+    return ImageArrays(
+        "synthetic", x_train, y_train, x_test, y_test, num_classes, spec.mean, spec.std
+    )
 
 
 def _interpolation_matrix(size: int, grid: int) -> np.ndarray:

@@ -33,16 +33,30 @@ def wnid(label: int) -> str:
 
 
 def synthetic_folder(
-    data_dir: Path, *, num_classes: int = CLASSES, train_per_class: int = TRAIN_PER_CLASS,
-    val_per_class: int = VAL_PER_CLASS, seed: int = 0,
+    data_dir: Path,
+    *,
+    num_classes: int = CLASSES,
+    train_per_class: int = TRAIN_PER_CLASS,
+    val_per_class: int = VAL_PER_CLASS,
+    seed: int = 0,
 ) -> Path:
     """The folder holding ``train/`` and ``val/`` for these options, generated first if it does not exist."""
-    for option, value in {"num_classes": num_classes, "train_per_class": train_per_class,
-                          "val_per_class": val_per_class, "seed": seed}.items():
+    for option, value in {
+        "num_classes": num_classes,
+        "train_per_class": train_per_class,
+        "val_per_class": val_per_class,
+        "seed": seed,
+    }.items():
         lowest = 0 if option == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            raise KdbenchError(f"imagenet_synthetic option {option} must be an integer >= {lowest}, got {value!r}")
-    root = data_dir / "imagenet_synthetic" / f"{FORMAT}-c{num_classes}-t{train_per_class}-v{val_per_class}-s{seed}"
+            raise KdbenchError(
+                f"imagenet_synthetic option {option} must be an integer >= {lowest}, got {value!r}"
+            )
+    root = (
+        data_dir
+        / "imagenet_synthetic"
+        / f"{FORMAT}-c{num_classes}-t{train_per_class}-v{val_per_class}-s{seed}"
+    )
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -59,18 +73,31 @@ def synthetic_folder(
     return root
 
 
-def _generate(out: Path, num_classes: int, train_per_class: int, val_per_class: int, seed: int) -> None:
-    pattern_rng, train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+def _generate(
+    out: Path, num_classes: int, train_per_class: int, val_per_class: int, seed: int
+) -> None:
+    pattern_rng, train_rng, val_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )
     colours = pattern_rng.uniform(48, 208, size=(num_classes, 3))
     grids = pattern_rng.standard_normal((num_classes, _GRID, _GRID, 3))
-    for split, count, rng in (("train", train_per_class, train_rng), ("val", val_per_class, val_rng)):
+    for split, count, rng in (
+        ("train", train_per_class, train_rng),
+        ("val", val_per_class, val_rng),
+    ):
         for label in range(num_classes):
             folder = out / split / wnid(label)
             folder.mkdir(parents=True)
             for i in range(count):
                 height, width = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
-                pattern = np.einsum("ya,abc,xb->yxc", _interpolation(height), grids[label], _interpolation(width))
-                pixels = colours[label] + _PATTERN * pattern + _NOISE * rng.standard_normal((height, width, 3))
+                pattern = np.einsum(
+                    "ya,abc,xb->yxc", _interpolation(height), grids[label], _interpolation(width)
+                )
+                pixels = (
+                    colours[label]
+                    + _PATTERN * pattern
+                    + _NOISE * rng.standard_normal((height, width, 3))
+                )
                 image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
                 image.save(folder / f"{wnid(label)}_{i}.JPEG", quality=JPEG_QUALITY)
 

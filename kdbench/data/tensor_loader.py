@@ -32,7 +32,9 @@ def normalisation_table(mean: Sequence[float], std: Sequence[float]) -> torch.Te
     Computed on the CPU with the ops of ``augment.to_normalized_tensor``, in the same order.
     """
     values = torch.arange(256).to(torch.float32).repeat(len(mean), 1)
-    return values.div_(255.0).sub_(torch.tensor(mean).view(-1, 1)).div_(torch.tensor(std).view(-1, 1))
+    return (
+        values.div_(255.0).sub_(torch.tensor(mean).view(-1, 1)).div_(torch.tensor(std).view(-1, 1))
+    )
 
 
 def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
@@ -41,17 +43,27 @@ def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
 
 
 def crop_flip(
-    padded: torch.Tensor, positions: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int
+    padded: torch.Tensor,
+    positions: torch.Tensor,
+    offsets: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int,
 ) -> torch.Tensor:
     """uint8 (B,C,H,W): images ``padded[positions]`` (padded by ``padding``) cropped at column dx, row dy
     (``offsets[b] = (dx, dy)``) and mirrored left-right where ``flips`` is set, in one gather."""
-    channels, height, width = padded.shape[1], padded.shape[2] - 2 * padding, padded.shape[3] - 2 * padding
+    channels, height, width = (
+        padded.shape[1],
+        padded.shape[2] - 2 * padding,
+        padded.shape[3] - 2 * padding,
+    )
     device = padded.device
     rows = offsets[:, 1, None] + torch.arange(height, device=device)
     cols = offsets[:, 0, None] + torch.arange(width, device=device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     channel = torch.arange(channels, device=device)[None, :, None, None]
-    return padded[positions[:, None, None, None], channel, rows[:, None, :, None], cols[:, None, None, :]]
+    return padded[
+        positions[:, None, None, None], channel, rows[:, None, :, None], cols[:, None, None, :]
+    ]
 
 
 def normalise(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -81,7 +93,9 @@ class ResidentSplit:
     padding: int
 
     @classmethod
-    def from_arrays(cls, images: np.ndarray, labels: np.ndarray, padding: int, device: torch.device) -> ResidentSplit:
+    def from_arrays(
+        cls, images: np.ndarray, labels: np.ndarray, padding: int, device: torch.device
+    ) -> ResidentSplit:
         padded = pad_images(torch.from_numpy(images).to(device), padding)
         return cls(padded, torch.from_numpy(labels).to(device), padding)
 
@@ -98,7 +112,9 @@ class StrongViewBatches:
         height, width = (size - 2 * padding for size in self.split.images.shape[2:])
         decisions = draws(self.seed, self.epoch, indices.tolist(), width, height, padding)
         device = self.split.images.device
-        offsets = to_device(torch.tensor([(d.dx, d.dy) for d in decisions], dtype=torch.int64), device)
+        offsets = to_device(
+            torch.tensor([(d.dx, d.dy) for d in decisions], dtype=torch.int64), device
+        )
         flips = to_device(torch.tensor([d.flip for d in decisions]), device)
         cropped = crop_flip(self.split.images, to_device(indices, device), offsets, flips, padding)
         return normalise(strong_views(cropped, decisions), self.table)
@@ -133,7 +149,12 @@ class PlannedBatches:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             images = crop_flip_normalise(
-                self.split.images, index, offsets[index], flips[index], self.split.padding, self.table
+                self.split.images,
+                index,
+                offsets[index],
+                flips[index],
+                self.split.padding,
+                self.table,
             )
             batch: Batch = (images, self.split.labels[index], index)
             if self.strong is not None:
@@ -149,7 +170,9 @@ class TensorLoaders:
     def __init__(self, arrays: ImageArrays, device: torch.device, num_workers: int = 0) -> None:
         """``num_workers`` is accepted for the shared interface; every batch is made on ``device``."""
         self.arrays, self.num_workers = arrays, num_workers
-        self.train_split = ResidentSplit.from_arrays(arrays.x_train, arrays.y_train, TRAIN_PADDING, device)
+        self.train_split = ResidentSplit.from_arrays(
+            arrays.x_train, arrays.y_train, TRAIN_PADDING, device
+        )
         self.test_split = ResidentSplit.from_arrays(arrays.x_test, arrays.y_test, 0, device)
         self.table = normalisation_table(arrays.mean, arrays.std).to(device)
 
@@ -165,12 +188,16 @@ class TensorLoaders:
         shard: Shard = WHOLE,
     ) -> PlannedBatches:
         """Same arguments and batches as ``loaders.train_loader``, already on the device."""
-        plan = epoch_plan(len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING)
+        plan = epoch_plan(
+            len(self.arrays.x_train), seed, epoch, augment=augment, padding=TRAIN_PADDING
+        )
         plan, batch_size, drop_last = shard_plan(plan, batch_size, shard, drop_last)
         views = StrongViewBatches(self.train_split, self.table, seed, epoch) if strong else None
         return PlannedBatches(self.train_split, plan, batch_size, self.table, drop_last, views)
 
     def test(self, batch_size: int, *, shard: Shard = WHOLE) -> PlannedBatches:
         """Same batches as ``loaders.test_loader``, already on the device."""
-        plan, batch_size, _ = shard_plan(identity_plan(len(self.arrays.x_test)), batch_size, shard, False, train=False)
+        plan, batch_size, _ = shard_plan(
+            identity_plan(len(self.arrays.x_test)), batch_size, shard, False, train=False
+        )
         return PlannedBatches(self.test_split, plan, batch_size, self.table)

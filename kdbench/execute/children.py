@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -26,8 +27,12 @@ STOP_GRACE_S = 10.0
 
 def spawn(command: Sequence[str], env: dict[str, str], **popen_kwargs) -> subprocess.Popen:
     """Start ``command`` as a child that dies with this process and can be stopped with its own children."""
-    return subprocess.Popen(list(command), env={**env, PARENT_ENV: str(os.getpid())}, start_new_session=True,
-                            **popen_kwargs)
+    return subprocess.Popen(
+        list(command),
+        env={**env, PARENT_ENV: str(os.getpid())},
+        start_new_session=True,
+        **popen_kwargs,
+    )
 
 
 def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
@@ -43,15 +48,16 @@ def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
             proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             continue
-    try:  # the group may outlive its leader (a rank of a DDP run): end what is left
+    # The group may outlive its leader (a rank of a DDP run): end what is left.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def watch_parent() -> None:
     """In a child started by :func:`spawn`: exit (SIGTERM) as soon as the parent is gone."""
-    value = os.environ.pop(PARENT_ENV, None)  # not inherited: a DDP rank's parent is its launcher, not ours
+    value = os.environ.pop(
+        PARENT_ENV, None
+    )  # not inherited: a DDP rank's parent is its launcher, not ours
     if not value or not value.isdigit():
         return
     parent = int(value)
@@ -61,7 +67,9 @@ def watch_parent() -> None:
             if os.getppid() != parent:  # the parent died before the request took effect
                 os.kill(os.getpid(), signal.SIGTERM)
             return
-    threading.Thread(target=_poll_parent, args=(parent,), daemon=True, name="kdbench-parent-watch").start()
+    threading.Thread(
+        target=_poll_parent, args=(parent,), daemon=True, name="kdbench-parent-watch"
+    ).start()
 
 
 def _poll_parent(parent: int) -> None:
@@ -81,6 +89,7 @@ class Interrupted(KeyboardInterrupt):
 @contextmanager
 def interruptible() -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
+
     def handler(signum: int, frame) -> None:
         raise Interrupted(signum)
 

@@ -56,8 +56,10 @@ def visible_gpus(count: int, environ: Mapping[str, str] = os.environ) -> list[Gp
         return [Gpu(i, str(i)) for i in range(count)]
     labels = [label.strip() for label in listed.split(",")][:count]
     if len(labels) < count:
-        raise KdbenchError(f"torch sees {count} GPU(s) but CUDA_VISIBLE_DEVICES={listed!r} lists {len(labels)}: "
-                           f"set CUDA_VISIBLE_DEVICES to the GPUs to use, separated by commas.")
+        raise KdbenchError(
+            f"torch sees {count} GPU(s) but CUDA_VISIBLE_DEVICES={listed!r} lists {len(labels)}: "
+            f"set CUDA_VISIBLE_DEVICES to the GPUs to use, separated by commas."
+        )
     return [Gpu(i, label) for i, label in enumerate(labels)]
 
 
@@ -72,7 +74,9 @@ class NvmlUnavailable(Exception):
     """NVML cannot say how much memory these GPUs have free (not installed, no driver library, unknown UUID)."""
 
 
-def nvml_free_memory(gpus: Sequence[Gpu], uuid_of: Callable[[int], str] = cuda_uuid) -> dict[str, int]:
+def nvml_free_memory(
+    gpus: Sequence[Gpu], uuid_of: Callable[[int], str] = cuda_uuid
+) -> dict[str, int]:
     """Free bytes per GPU label from NVML, each device opened by the UUID CUDA gives it (``GPU-…``, or ``MIG-…``
     for a MIG instance)."""
     try:
@@ -84,8 +88,12 @@ def nvml_free_memory(gpus: Sequence[Gpu], uuid_of: Callable[[int], str] = cuda_u
     except pynvml.NVMLError as exc:
         raise NvmlUnavailable(f"NVML did not start: {exc}") from exc
     try:
-        return {gpu.label: int(pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(pynvml, uuid_of(gpu.index))).free)
-                for gpu in gpus}
+        return {
+            gpu.label: int(
+                pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(pynvml, uuid_of(gpu.index))).free
+            )
+            for gpu in gpus
+        }
     finally:
         pynvml.nvmlShutdown()
 
@@ -100,18 +108,28 @@ def _nvml_handle(pynvml: Any, uuid: str) -> Any:
     raise NvmlUnavailable(f"NVML knows no GPU or MIG instance with CUDA's UUID {bare}")
 
 
-def probe_free_memory(gpus: Sequence[Gpu], command: Sequence[str] = (sys.executable, "-c", PROBE)) -> dict[str, int]:
+def probe_free_memory(
+    gpus: Sequence[Gpu], command: Sequence[str] = (sys.executable, "-c", PROBE)
+) -> dict[str, int]:
     """Free bytes per GPU label, measured by torch in a subprocess (its CUDA contexts end with it)."""
     try:
-        done = subprocess.run(list(command), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=True)
+        done = subprocess.run(
+            list(command), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=True
+        )
         free = json.loads(done.stdout.strip().splitlines()[-1])
         if len(free) <= max(gpu.index for gpu in gpus):
             raise ValueError(f"the probe process saw {len(free)} GPU(s)")
         return {gpu.label: int(free[gpu.index]) for gpu in gpus}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
-        detail = exc.stderr.strip().splitlines()[-1:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else []
-        raise KdbenchError(f"cannot read the GPUs' free memory for --runs-per-gpu auto ({exc}{': ' + detail[0] if detail else ''}); "
-                           f"install nvidia-ml-py, or pass --runs-per-gpu N.") from exc
+        detail = (
+            exc.stderr.strip().splitlines()[-1:]
+            if isinstance(exc, subprocess.CalledProcessError) and exc.stderr
+            else []
+        )
+        raise KdbenchError(
+            f"cannot read the GPUs' free memory for --runs-per-gpu auto ({exc}{': ' + detail[0] if detail else ''}); "
+            f"install nvidia-ml-py, or pass --runs-per-gpu N."
+        ) from exc
 
 
 def free_memory(gpus: Sequence[Gpu], uuid_of: Callable[[int], str] = cuda_uuid) -> dict[str, int]:

@@ -12,6 +12,7 @@ does for multi-process runs (``kdbench train SPEC --nproc g``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -50,8 +51,13 @@ class Outcome:
     reused: bool = False
 
 
-def detect_slots(device: str = "auto", runs_per_gpu: int | Literal["auto"] = 1, cpu_jobs: int = 1,
-                 specs: Iterable[RunSpec] = (), teacher_cache: str = "auto") -> list[Slot]:
+def detect_slots(
+    device: str = "auto",
+    runs_per_gpu: int | Literal["auto"] = 1,
+    cpu_jobs: int = 1,
+    specs: Iterable[RunSpec] = (),
+    teacher_cache: str = "auto",
+) -> list[Slot]:
     """One slot per visible GPU × ``runs_per_gpu`` (``auto``: as many of the largest of ``specs`` as fit in
     each GPU's free memory, execute/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
     (or with ``--device cpu``) ``cpu_jobs`` CPU slots that share the cores, and glibc malloc settings that
@@ -65,15 +71,22 @@ def detect_slots(device: str = "auto", runs_per_gpu: int | Literal["auto"] = 1, 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         threads = thread_env(cpu_jobs) if cpu_jobs > 1 else {}
         malloc = {k: v for k, v in CPU_MALLOC_ENV.items() if k not in os.environ}
-        return [Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {**malloc, **threads}) for k in range(cpu_jobs)]
+        return [
+            Slot("cpu" if cpu_jobs == 1 else f"cpu{k}", {**malloc, **threads})
+            for k in range(cpu_jobs)
+        ]
     gpus = visible_gpus(torch.cuda.device_count())
     if not gpus:
-        raise KdbenchError(f"--device {device} but no GPU is visible (CUDA_VISIBLE_DEVICES="
-                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): make GPUs visible or pass --device cpu.")
+        raise KdbenchError(
+            f"--device {device} but no GPU is visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): make GPUs visible or pass --device cpu."
+        )
     if device.startswith("cuda:"):
         index = int(device.split(":", 1)[1])
         if not 0 <= index < len(gpus):
-            raise KdbenchError(f"--device {device}: this process sees {len(gpus)} GPU(s), cuda:0 to cuda:{len(gpus) - 1}.")
+            raise KdbenchError(
+                f"--device {device}: this process sees {len(gpus)} GPU(s), cuda:0 to cuda:{len(gpus) - 1}."
+            )
         gpus = [gpus[index]]
     if runs_per_gpu == "auto":
         from kdbench.execute.packing import auto_runs_per_gpu
@@ -84,8 +97,14 @@ def detect_slots(device: str = "auto", runs_per_gpu: int | Literal["auto"] = 1, 
     else:
         per_gpu = {g.label: runs_per_gpu for g in gpus}
     threads = thread_env(sum(per_gpu.values()))
-    return [Slot(g.name + (f".{k}" if per_gpu[g.label] > 1 else ""), {"CUDA_VISIBLE_DEVICES": g.label, **threads})
-            for g in gpus for k in range(per_gpu[g.label])]
+    return [
+        Slot(
+            g.name + (f".{k}" if per_gpu[g.label] > 1 else ""),
+            {"CUDA_VISIBLE_DEVICES": g.label, **threads},
+        )
+        for g in gpus
+        for k in range(per_gpu[g.label])
+    ]
 
 
 # The thread pools a training process sizes from the environment: OpenMP and MKL (torch's intra-op threads
@@ -119,15 +138,40 @@ def slot_device(slot: Slot) -> str:
     return "cpu" if slot.name.startswith("cpu") else "cuda"
 
 
-def train_command(spec_file: Path, results: Path, slot: Slot, *, data_dir: str | None = None,
-                  compute: ComputeOptions | None = None, loader: str = "auto",
-                  loggers: Sequence[str] = curves.DEFAULT) -> list[str]:
+def train_command(
+    spec_file: Path,
+    results: Path,
+    slot: Slot,
+    *,
+    data_dir: str | None = None,
+    compute: ComputeOptions | None = None,
+    loader: str = "auto",
+    loggers: Sequence[str] = curves.DEFAULT,
+) -> list[str]:
     """The command an executor runs for one spec: ``python -m kdbench train SPEC`` (``--nproc g`` on a slot of g units)."""
     device = slot_device(slot)
-    command = [sys.executable, "-m", "kdbench", "train", str(spec_file), "--results", str(results), "--device", device,
-               "--loader", loader, "--slot", slot.name, "--log-to", curves.flag(loggers)] + (
-                   ["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
-    return command + (["--data-dir", data_dir] if data_dir else []) + (compute_flags(compute) if compute else [])
+    command = [
+        sys.executable,
+        "-m",
+        "kdbench",
+        "train",
+        str(spec_file),
+        "--results",
+        str(results),
+        "--device",
+        device,
+        "--loader",
+        loader,
+        "--slot",
+        slot.name,
+        "--log-to",
+        curves.flag(loggers),
+    ] + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
+    return (
+        command
+        + (["--data-dir", data_dir] if data_dir else [])
+        + (compute_flags(compute) if compute else [])
+    )
 
 
 def processes(spec: RunSpec, gpus_per_run: int) -> int:
@@ -177,8 +221,13 @@ class ProcessPerRun:
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> subprocess.Popen:
         with open(spec_file.parent / "executor.log", "ab") as log:
-            proc = children.spawn(self.command(spec_file, results, slot), child_environment(slot), stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = children.spawn(
+                self.command(spec_file, results, slot),
+                child_environment(slot),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.started.append(proc)
         return proc
 
@@ -196,8 +245,14 @@ class _Worker:
         self.slot = slot
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.proc = children.spawn([sys.executable, "-m", "kdbench", "worker"], child_environment(slot),
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+            self.proc = children.spawn(
+                [sys.executable, "-m", "kdbench", "worker"],
+                child_environment(slot),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         self.log_path = log_path
         self.busy = False  # a run sent and not yet answered
         self.replies: queue.Queue[dict] = queue.Queue()
@@ -206,7 +261,7 @@ class _Worker:
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
             if line.startswith(REPLY_PREFIX):
-                self.replies.put(json.loads(line[len(REPLY_PREFIX):]))
+                self.replies.put(json.loads(line[len(REPLY_PREFIX) :]))
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -241,13 +296,25 @@ class SlotWorkers:
     ``kdbench train --nproc g`` process; the idle workers of its units are stopped first, so that no
     CUDA context or cached memory of theirs stays on those GPUs."""
 
-    def __init__(self, data_dir: str | None = None, compute: ComputeOptions | None = None, loader: str = "auto",
-                 loggers: Sequence[str] = curves.DEFAULT):
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        compute: ComputeOptions | None = None,
+        loader: str = "auto",
+        loggers: Sequence[str] = curves.DEFAULT,
+    ):
         self.data_dir, self.loader, self.loggers = data_dir, loader, tuple(loggers)
         self.compute = compute or ComputeOptions()
         self.workers: dict[str, _Worker] = {}
-        self.per_run = ProcessPerRun(partial(train_command, data_dir=data_dir, compute=self.compute, loader=loader,
-                                             loggers=self.loggers))
+        self.per_run = ProcessPerRun(
+            partial(
+                train_command,
+                data_dir=data_dir,
+                compute=self.compute,
+                loader=loader,
+                loggers=self.loggers,
+            )
+        )
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> Handle:
         if slot.nproc > 1:
@@ -255,10 +322,21 @@ class SlotWorkers:
             return self.per_run.start(spec_file, results, slot)
         worker = self.workers.get(slot.name)
         if worker is None or not worker.alive():
-            worker = self.workers[slot.name] = _Worker(slot, Path(results) / "workers" / f"{slot.name}.log")
-        worker.send({"spec_file": str(spec_file), "results": str(results), "device": slot_device(slot),
-                     "data_dir": self.data_dir, "compute": self.compute.to_json(), "loader": self.loader, "slot": slot.name,
-                     "loggers": list(self.loggers)})
+            worker = self.workers[slot.name] = _Worker(
+                slot, Path(results) / "workers" / f"{slot.name}.log"
+            )
+        worker.send(
+            {
+                "spec_file": str(spec_file),
+                "results": str(results),
+                "device": slot_device(slot),
+                "data_dir": self.data_dir,
+                "compute": self.compute.to_json(),
+                "loader": self.loader,
+                "slot": slot.name,
+                "loggers": list(self.loggers),
+            }
+        )
         return _WorkerRun(worker)
 
     def close(self) -> None:
@@ -273,10 +351,8 @@ class SlotWorkers:
             if worker.busy:  # still training: the table was interrupted
                 children.stop(worker.proc)
             elif worker.alive() and worker.proc.stdin is not None:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     worker.proc.stdin.close()  # end of requests: the worker exits
-                except BrokenPipeError:
-                    pass
         for worker in stopping:
             try:
                 worker.proc.wait(timeout=30)
@@ -287,8 +363,13 @@ class SlotWorkers:
 class LocalExecutor:
     """Runs specs in dependency order on a fixed set of slots; each trained run takes ``gpus_per_run`` units."""
 
-    def __init__(self, slots: Sequence[Slot], launcher: Launcher | None = None, listener: Listener | None = None,
-                 gpus_per_run: int = 1):
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        launcher: Launcher | None = None,
+        listener: Listener | None = None,
+        gpus_per_run: int = 1,
+    ):
         if not slots:
             raise ValueError("at least one slot is needed")
         self.slots = list(slots)
@@ -305,7 +386,9 @@ class LocalExecutor:
     def _execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
         pool = SlotPool(self.slots)
         for nproc in sorted({processes(s, self.gpus_per_run) for s in specs}):
-            pool.check(nproc)  # before anything starts: a run that can never be placed would wait forever
+            pool.check(
+                nproc
+            )  # before anything starts: a run that can never be placed would wait forever
         by_id = {s.run_id: s for s in specs}
         order = {run_id: k for k, run_id in enumerate(by_id)}
         restarts = dict.fromkeys(by_id, 0)
@@ -314,7 +397,9 @@ class LocalExecutor:
         running: dict[str, tuple[Handle | None, Slot]] = {}  # None: trained by another process
         while pending or running:
             for run_id, (handle, slot) in list(running.items()):
-                if handle is not None and handle.poll() == EXIT_LOCKED:  # lost a race to another process: wait for it
+                if (
+                    handle is not None and handle.poll() == EXIT_LOCKED
+                ):  # lost a race to another process: wait for it
                     running[run_id] = (None, Slot("elsewhere"))
                     pool.release(slot)
                     self.listener("waiting", by_id[run_id], "being trained by another process")
@@ -324,11 +409,18 @@ class LocalExecutor:
                     del running[run_id]
                     if handle is not None:
                         pool.release(slot)
-                    elif (outcome.status == "failed" and not RunDir(results, run_id).failed_file.is_file()
-                          and restarts[run_id] < RESTARTS_AFTER_WAIT):
+                    elif (
+                        outcome.status == "failed"
+                        and not RunDir(results, run_id).failed_file.is_file()
+                        and restarts[run_id] < RESTARTS_AFTER_WAIT
+                    ):
                         restarts[run_id] += 1
                         pending = sorted([*pending, by_id[run_id]], key=lambda s: order[s.run_id])
-                        self.listener("pending", by_id[run_id], "the other process stopped without a result: training it here")
+                        self.listener(
+                            "pending",
+                            by_id[run_id],
+                            "the other process stopped without a result: training it here",
+                        )
                         continue
                     outcomes[run_id] = outcome
                     self.listener(outcome.status, by_id[run_id], outcome.message)
@@ -345,8 +437,12 @@ class LocalExecutor:
                     outcomes[spec.run_id] = Outcome(spec.run_id, "failed", corrupted)
                     self.listener("failed", spec, corrupted)
                 elif rundir.is_done():
-                    outcomes[spec.run_id] = Outcome(spec.run_id, "done", "already finished", reused=True)
-                    self.listener("reused", spec, rundir.unverified())  # '' unless its files have no checksum
+                    outcomes[spec.run_id] = Outcome(
+                        spec.run_id, "done", "already finished", reused=True
+                    )
+                    self.listener(
+                        "reused", spec, rundir.unverified()
+                    )  # '' unless its files have no checksum
                 elif rundir.is_locked():
                     running[spec.run_id] = (None, Slot("elsewhere"))
                     self.listener("waiting", spec, "being trained by another process")
@@ -355,19 +451,28 @@ class LocalExecutor:
                     continue
                 pending.remove(spec)
             for spec, slot in pool.assign([(s, processes(s, self.gpus_per_run)) for s in ready]):
-                running[spec.run_id] = (self._launch(spec, RunDir(results, spec.run_id), results, slot), slot)
+                running[spec.run_id] = (
+                    self._launch(spec, RunDir(results, spec.run_id), results, slot),
+                    slot,
+                )
                 pending.remove(spec)
                 self.listener("started", spec, slot.name)
             if running:
                 time.sleep(POLL_SECONDS)
         return outcomes
 
-    def _blocker(self, spec: RunSpec, outcomes: dict[str, Outcome], by_id: dict[str, RunSpec]) -> str:
+    def _blocker(
+        self, spec: RunSpec, outcomes: dict[str, Outcome], by_id: dict[str, RunSpec]
+    ) -> str:
         """'' when runnable, 'wait' while a dependency is unfinished, else why it cannot run."""
         for dep in spec.dependencies:
             if dep in outcomes:
                 if outcomes[dep].status != "done":
-                    kind = "teacher run" if spec.teacher is not None and dep == spec.teacher.run_id else "run"
+                    kind = (
+                        "teacher run"
+                        if spec.teacher is not None and dep == spec.teacher.run_id
+                        else "run"
+                    )
                     return f"{kind} {dep} {outcomes[dep].status}: {outcomes[dep].message}"
             elif dep in by_id:
                 return "wait"
@@ -376,7 +481,9 @@ class LocalExecutor:
     def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> Handle:
         rundir.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
-        return self.launcher.start(rundir.spec_file, results, slot)  # the trainer records launch.json under the lock
+        return self.launcher.start(
+            rundir.spec_file, results, slot
+        )  # the trainer records launch.json under the lock
 
     @staticmethod
     def _poll(spec: RunSpec, handle: Handle | None, results: Path) -> Outcome | None:
@@ -412,7 +519,9 @@ def _failure_message(rundir: RunDir, code: int | None) -> str:
             return f"{failure['error']}: {failure['message']} (log: {rundir.log_file})"
         except Exception:
             pass
-    reason = f"exit code {code}" if code is not None else "the other process stopped without a result"
+    reason = (
+        f"exit code {code}" if code is not None else "the other process stopped without a result"
+    )
     log = rundir.path / "executor.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
     return f"{reason}{': ' + tail[0] if tail else ''} (log: {log})"

@@ -25,7 +25,13 @@ from kdbench.plan import RunSpec
 from kdbench.results.store import RunDir, read_json
 
 STATES = ("done", "running", "failed", "skipped", "pending")
-STYLES = {"done": "green", "running": "cyan", "failed": "red", "skipped": "yellow", "pending": "dim"}
+STYLES = {
+    "done": "green",
+    "running": "cyan",
+    "failed": "red",
+    "skipped": "yellow",
+    "pending": "dim",
+}
 
 
 @dataclass
@@ -60,14 +66,25 @@ def read_progress(row: RunRow, results: Path) -> None:
             result = read_json(rundir.result_file)
             launch = read_json(rundir.launch_file) if rundir.launch_file.is_file() else {}
             row.epoch = row.epochs
-            row.seconds, row.epochs_before = float(result.get("wall_seconds", 0.0)), int(launch.get("epochs_before", 0))
+            row.seconds, row.epochs_before = (
+                float(result.get("wall_seconds", 0.0)),
+                int(launch.get("epochs_before", 0)),
+            )
         elif row.state == "running":
             row.epoch = rundir.epochs_done()
             if rundir.launch_file.is_file():
                 launch = read_json(rundir.launch_file)
                 row.slot = row.slot or launch["slot"]
-                row.started, row.epochs_before = float(launch["started"]), int(launch["epochs_before"])
-    except (OSError, KeyError, ValueError, KdbenchError):  # a run directory being written: read it again next time
+                row.started, row.epochs_before = (
+                    float(launch["started"]),
+                    int(launch["epochs_before"]),
+                )
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        KdbenchError,
+    ):  # a run directory being written: read it again next time
         return
 
 
@@ -84,8 +101,10 @@ class Eta:
             return "nothing left to train"
         if self.seconds is None:
             return f"ETA unknown until an epoch ends ({self.epochs_left} epochs left)"
-        return (f"ETA {duration(self.seconds)}: {self.epochs_left} epochs left × {self.seconds_per_epoch:.1f} s/epoch "
-                f"(mean of {self.measured_epochs} epoch{'' if self.measured_epochs == 1 else 's'} trained) ÷ {self.parallel} in parallel")
+        return (
+            f"ETA {duration(self.seconds)}: {self.epochs_left} epochs left × {self.seconds_per_epoch:.1f} s/epoch "
+            f"(mean of {self.measured_epochs} epoch{'' if self.measured_epochs == 1 else 's'} trained) ÷ {self.parallel} in parallel"
+        )
 
 
 def estimate(rows: Iterable[RunRow], parallel: int, now: float | None = None) -> Eta:
@@ -97,7 +116,10 @@ def estimate(rows: Iterable[RunRow], parallel: int, now: float | None = None) ->
         if row.state == "done" and row.seconds is not None and row.epochs - row.epochs_before > 0:
             seconds, measured = seconds + row.seconds, measured + row.epochs - row.epochs_before
         elif row.state == "running" and row.started is not None and row.epoch > row.epochs_before:
-            seconds, measured = seconds + now - row.started, measured + row.epoch - row.epochs_before
+            seconds, measured = (
+                seconds + now - row.started,
+                measured + row.epoch - row.epochs_before,
+            )
         if row.state in ("running", "pending"):
             left, unfinished = left + max(0, row.epochs - row.epoch), unfinished + 1
     parallel = max(1, min(parallel, unfinished))
@@ -118,7 +140,9 @@ def counts_text(rows: Sequence[RunRow]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts(rows).items())
 
 
-def render(title: str, rows: Sequence[RunRow], parallel: int, now: float | None = None) -> RenderableType:
+def render(
+    title: str, rows: Sequence[RunRow], parallel: int, now: float | None = None
+) -> RenderableType:
     """Counts, one line per running run (slot, epoch x/y, elapsed, its own ETA), and the ETA of the whole."""
     now = time.time() if now is None else now
     eta = estimate(rows, parallel, now)
@@ -129,9 +153,13 @@ def render(title: str, rows: Sequence[RunRow], parallel: int, now: float | None 
     for row in rows:
         if row.state == "running":
             left = run_eta(row, eta.seconds_per_epoch, now)
-            running.add_row(f"{row.label} ({row.run_id})", row.slot or row.note, f"{row.epoch}/{row.epochs}",
-                            duration(now - row.started) if row.started is not None else "—",
-                            duration(left) if left is not None else "—")
+            running.add_row(
+                f"{row.label} ({row.run_id})",
+                row.slot or row.note,
+                f"{row.epoch}/{row.epochs}",
+                duration(now - row.started) if row.started is not None else "—",
+                duration(left) if left is not None else "—",
+            )
     parts: list[RenderableType] = [Text(title, style="bold"), line]
     if running.row_count:
         parts.append(running)

@@ -54,9 +54,16 @@ class Footprint:
 
 def run_bytes(fp: Footprint) -> int:
     """The conservative GPU memory estimate of one run (formula in the module docstring)."""
-    return (16 * fp.student_params + 4 * fp.teacher_params
-            + fp.batch_size * (8 * fp.student_activations + 4 * fp.teacher_activations)
-            + fp.dataset_bytes + fp.teacher_cache_bytes + fp.method_bytes + CONTEXT_BYTES + WORKSPACE_BYTES)
+    return (
+        16 * fp.student_params
+        + 4 * fp.teacher_params
+        + fp.batch_size * (8 * fp.student_activations + 4 * fp.teacher_activations)
+        + fp.dataset_bytes
+        + fp.teacher_cache_bytes
+        + fp.method_bytes
+        + CONTEXT_BYTES
+        + WORKSPACE_BYTES
+    )
 
 
 def runs_per_gpu(free_bytes: int, per_run_bytes: int, max_runs: int = MAX_RUNS_PER_GPU) -> int:
@@ -97,18 +104,22 @@ def footprint(spec, teacher_cache: str = "auto") -> Footprint:
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
     teacher = model_size(spec.teacher.model, classes, size) if spec.teacher is not None else (0, 0)
-    sizes = None if spec.data.name in FOLDER_DATASETS else dataset_sizes(spec.data)  # image folders stay on the host
+    sizes = (
+        None if spec.data.name in FOLDER_DATASETS else dataset_sizes(spec.data)
+    )  # image folders stay on the host
     dataset = cache = state = 0
     if sizes is not None:
         train, test = sizes
-        dataset = train * 3 * (size + 2 * TRAIN_PADDING) ** 2 + test * 3 * size ** 2
+        dataset = train * 3 * (size + 2 * TRAIN_PADDING) ** 2 + test * 3 * size**2
         method = methods.get(spec.method)
         if teacher_cache != "off" and spec.teacher is not None and method.needs.cacheable_teacher:
             cache = 4 * train * classes
         if method.needs.sample_indices:
             dim = getattr(method.Params(**spec.method_params), "feat_dim", 0)
             state = 2 * 4 * train * dim + spec.train.batch_size * train * SAMPLE_PAIR_BYTES
-    return Footprint(student[0], teacher[0], student[1], teacher[1], spec.train.batch_size, dataset, cache, state)
+    return Footprint(
+        student[0], teacher[0], student[1], teacher[1], spec.train.batch_size, dataset, cache, state
+    )
 
 
 def auto_runs_per_gpu(specs: Iterable, free_bytes: int, teacher_cache: str = "auto") -> int:

@@ -25,20 +25,53 @@ from kdbench.execute.overview import (
 )
 from kdbench.plan import RunSpec
 
-STATE_OF_EVENT = {"started": "running", "waiting": "running", "reused": "done", "done": "done", "failed": "failed",
-                  "skipped": "skipped", "pending": "pending"}
-FINISHED_STYLE = {"done": "green", "reused": "dim", "failed": "red", "skipped": "yellow", "pending": "yellow"}
+STATE_OF_EVENT = {
+    "started": "running",
+    "waiting": "running",
+    "reused": "done",
+    "done": "done",
+    "failed": "failed",
+    "skipped": "skipped",
+    "pending": "pending",
+}
+FINISHED_STYLE = {
+    "done": "green",
+    "reused": "dim",
+    "failed": "red",
+    "skipped": "yellow",
+    "pending": "yellow",
+}
 
 
 class RunProgress:
     """Listener for :class:`~kdbench.execute.local.LocalExecutor` events; ``parallel``: runs that can train at once."""
 
-    def __init__(self, console: Console, specs: Sequence[RunSpec], results: Path, parallel: int, title: str = "runs"):
-        self.console, self.results, self.parallel, self.title = console, Path(results), parallel, title
+    def __init__(
+        self,
+        console: Console,
+        specs: Sequence[RunSpec],
+        results: Path,
+        parallel: int,
+        title: str = "runs",
+    ):
+        self.console, self.results, self.parallel, self.title = (
+            console,
+            Path(results),
+            parallel,
+            title,
+        )
         self.rows = {s.run_id: row_for(s) for s in specs}
         self.lock = threading.RLock()  # rich may redraw (and call renderable) inside a print
-        self.live = (Live(console=console, get_renderable=self.renderable, refresh_per_second=1, transient=True)
-                     if console.is_terminal else None)
+        self.live = (
+            Live(
+                console=console,
+                get_renderable=self.renderable,
+                refresh_per_second=1,
+                transient=True,
+            )
+            if console.is_terminal
+            else None
+        )
 
     def __enter__(self) -> Self:
         if self.live is not None:
@@ -63,17 +96,28 @@ class RunProgress:
             row.started = None
             if kind in ("started", "waiting"):
                 if self.live is None:
-                    self.console.print(f"{kind:>12} {row.label} ({row.run_id})" + (f" on {message}" if kind == "started" else ""),
-                                       highlight=False, soft_wrap=True)
+                    self.console.print(
+                        f"{kind:>12} {row.label} ({row.run_id})"
+                        + (f" on {message}" if kind == "started" else ""),
+                        highlight=False,
+                        soft_wrap=True,
+                    )
                 return
             text = {"reused": "already done", "pending": "restarting"}.get(kind, kind)
-            self.console.print(f"[{FINISHED_STYLE[kind]}]{text:>12}[/] {row.label} ({row.run_id})"
-                               + (f": {message}" if message else ""), highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[{FINISHED_STYLE[kind]}]{text:>12}[/] {row.label} ({row.run_id})"
+                + (f": {message}" if message else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
             if self.live is None:
                 self._read()
                 rows = list(self.rows.values())
-                self.console.print(f"{'':>12} {counts_text(rows)}; {estimate(rows, self.parallel).text()}",
-                                   highlight=False, soft_wrap=True)
+                self.console.print(
+                    f"{'':>12} {counts_text(rows)}; {estimate(rows, self.parallel).text()}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
     def _read(self) -> None:
         for row in self.rows.values():

@@ -58,11 +58,20 @@ class SlotPool:
         """Raise before anything starts if a ``nproc``-process run could never be placed."""
         if nproc > len(self.units):
             gpu = any("CUDA_VISIBLE_DEVICES" in s.env for s in self.slots)
-            have = f"{len(self.units)} GPU(s) ({', '.join(self.units)})" if gpu else f"{len(self.units)} CPU slot(s)"
-            fix = ("use fewer --gpus-per-run or make more GPUs visible (CUDA_VISIBLE_DEVICES)" if gpu
-                   else f"pass --cpu-jobs {nproc} (each rank of a CPU run is one CPU slot) or fewer --gpus-per-run")
-            raise KdbenchError(f"a run needs {nproc} {'GPUs' if gpu else 'CPU slots'} at once but only {have} "
-                               f"are available: {fix}.")
+            have = (
+                f"{len(self.units)} GPU(s) ({', '.join(self.units)})"
+                if gpu
+                else f"{len(self.units)} CPU slot(s)"
+            )
+            fix = (
+                "use fewer --gpus-per-run or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+                if gpu
+                else f"pass --cpu-jobs {nproc} (each rank of a CPU run is one CPU slot) or fewer --gpus-per-run"
+            )
+            raise KdbenchError(
+                f"a run needs {nproc} {'GPUs' if gpu else 'CPU slots'} at once but only {have} "
+                f"are available: {fix}."
+            )
 
     def busy(self, unit: str) -> int:
         """Slots of ``unit`` in use."""
@@ -77,7 +86,9 @@ class SlotPool:
             if slot is not None:
                 placed.append((key, slot))
             elif nproc > 1 and not reserved:
-                reserved = set(sorted(self.units, key=self.busy)[:nproc])  # stable: ties keep unit order
+                reserved = set(
+                    sorted(self.units, key=self.busy)[:nproc]
+                )  # stable: ties keep unit order
         return placed
 
     def release(self, slot: Slot) -> None:

@@ -41,7 +41,9 @@ from kdbench.results.store import RunDir, atomic_write_json, file_lock, read_jso
 SUBMITIT_HINT = "pip install 'kdbench[slurm]'"
 # squeue reason of a job whose dependency failed, on clusters that ignore kill-on-invalid-dep
 NEVER_SATISFIED = "DependencyNeverSatisfied"
-JOBS_FILE = "jobs.json"  # under the submitit folder: run id -> the SLURM job id last submitted for it
+JOBS_FILE = (
+    "jobs.json"  # under the submitit folder: run id -> the SLURM job id last submitted for it
+)
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,28 @@ class SlurmOptions:
     cpus_per_run: int | None = None
     mem_gb: float | None = None
     array_parallelism: int = 256
-    max_timeouts: int = 20  # requeues after hitting the time limit (each resumes from the checkpoint)
+    max_timeouts: int = (
+        20  # requeues after hitting the time limit (each resumes from the checkpoint)
+    )
 
     def parameters(self) -> dict[str, Any]:
         """submitit ``update_parameters`` keywords shared by all jobs: one node, one task (DDP runs inside it)."""
-        params: dict[str, Any] = {"timeout_min": self.time_min, "nodes": 1, "tasks_per_node": 1,
-                                  "slurm_setup": list(self.setup)}
+        params: dict[str, Any] = {
+            "timeout_min": self.time_min,
+            "nodes": 1,
+            "tasks_per_node": 1,
+            "slurm_setup": list(self.setup),
+        }
         if self.gpus_per_run:
             params["gpus_per_node"] = self.gpus_per_run
-        optional = {"slurm_partition": self.partition, "slurm_account": self.account, "slurm_qos": self.qos,
-                    "slurm_constraint": self.constraint, "cpus_per_task": self.cpus_per_run, "mem_gb": self.mem_gb}
+        optional = {
+            "slurm_partition": self.partition,
+            "slurm_account": self.account,
+            "slurm_qos": self.qos,
+            "slurm_constraint": self.constraint,
+            "cpus_per_task": self.cpus_per_run,
+            "mem_gb": self.mem_gb,
+        }
         return params | {k: v for k, v in optional.items() if v is not None}
 
 
@@ -95,8 +109,10 @@ class SubmititExecutor(Protocol):
 def check_slurm() -> None:
     """A clear error when ``sbatch`` or submitit is missing."""
     if shutil.which("sbatch") is None:
-        raise KdbenchError("--executor slurm: `sbatch` is not on PATH. Run kdbench on a SLURM login node "
-                           "(or use --executor local).")
+        raise KdbenchError(
+            "--executor slurm: `sbatch` is not on PATH. Run kdbench on a SLURM login node "
+            "(or use --executor local)."
+        )
     try:
         import submitit  # noqa: F401
     except ImportError:
@@ -108,7 +124,9 @@ def submitit_executor(folder: Path, options: SlurmOptions) -> SubmititExecutor:
     check_slurm()
     import submitit
 
-    return submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=options.max_timeouts)
+    return submitit.AutoExecutor(
+        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=options.max_timeouts
+    )
 
 
 def array_groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
@@ -137,7 +155,9 @@ class Submission:
     aggregate: JobLike | None = None
 
     def job_ids(self) -> list[str]:
-        return [job.job_id for job in self.jobs.values()] + ([self.aggregate.job_id] if self.aggregate else [])
+        return [job.job_id for job in self.jobs.values()] + (
+            [self.aggregate.job_id] if self.aggregate else []
+        )
 
 
 QueueQuery = Callable[[list[str]], dict[str, tuple[str, str]]]
@@ -161,7 +181,11 @@ def squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 def sacct(job_ids: list[str]) -> dict[str, str]:
     """Final SLURM state of each job (e.g. ``CANCELLED``, ``FAILED``); empty without accounting."""
-    out = _slurm_command(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)]) if job_ids else None
+    out = (
+        _slurm_command(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)])
+        if job_ids
+        else None
+    )
     return dict(line.split("|", 1) for line in (out or "").splitlines() if "|" in line)
 
 
@@ -181,19 +205,38 @@ def scancel(job_ids: list[str]) -> None:
 class SlurmExecutor:
     """Runs a DAG of specs as SLURM jobs (see the module doc)."""
 
-    def __init__(self, options: SlurmOptions, train_options: TrainOptions | None = None, *,
-                 listener: Listener | None = None, aggregate: tuple[str, str] | None = None,
-                 make_executor: Callable[[Path, SlurmOptions], SubmititExecutor] = submitit_executor,
-                 queue: QueueQuery = squeue, states: StateQuery = sacct, cancel: Callable[[list[str]], None] = scancel,
-                 poll_seconds: float = 5.0, vanish_grace_s: float = 30.0, timeout_s: float | None = None,
-                 on_submitted: Callable[[Submission], None] | None = None):
+    def __init__(
+        self,
+        options: SlurmOptions,
+        train_options: TrainOptions | None = None,
+        *,
+        listener: Listener | None = None,
+        aggregate: tuple[str, str] | None = None,
+        make_executor: Callable[[Path, SlurmOptions], SubmititExecutor] = submitit_executor,
+        queue: QueueQuery = squeue,
+        states: StateQuery = sacct,
+        cancel: Callable[[list[str]], None] = scancel,
+        poll_seconds: float = 5.0,
+        vanish_grace_s: float = 30.0,
+        timeout_s: float | None = None,
+        on_submitted: Callable[[Submission], None] | None = None,
+    ):
         if make_executor is submitit_executor:
             check_slurm()  # before anything is recorded or submitted
         self.options, self.train_options = options, train_options or TrainOptions()
         self.listener = listener or (lambda event, spec, message: None)
         self.aggregate = aggregate  # (recipe name, profile): submit an AggregateJob after the runs
-        self.make_executor, self.queue, self.states, self.cancel = make_executor, queue, states, cancel
-        self.poll_seconds, self.vanish_grace_s, self.timeout_s = poll_seconds, vanish_grace_s, timeout_s
+        self.make_executor, self.queue, self.states, self.cancel = (
+            make_executor,
+            queue,
+            states,
+            cancel,
+        )
+        self.poll_seconds, self.vanish_grace_s, self.timeout_s = (
+            poll_seconds,
+            vanish_grace_s,
+            timeout_s,
+        )
         self.on_submitted = on_submitted or (lambda submission: None)
 
     def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
@@ -205,7 +248,9 @@ class SlurmExecutor:
         """Submit every run that is not done and has no job queued yet, in dependency order, and the aggregate job."""
         results = Path(results)
         folder = results / "slurm"
-        with file_lock(folder / ".submit.lock"):  # two submissions at once would both see no queued job
+        with file_lock(
+            folder / ".submit.lock"
+        ):  # two submissions at once would both see no queued job
             submission = self._submit(specs, results, folder)
             _record_jobs(folder, {run_id: job.job_id for run_id, job in submission.jobs.items()})
         return submission
@@ -225,7 +270,9 @@ class SlurmExecutor:
             if spec.run_id in queued:
                 submission.jobs[spec.run_id] = SubmittedJob(queued[spec.run_id])
                 submission.attached.append(spec.run_id)
-                self.listener("waiting", spec, f"SLURM job {queued[spec.run_id]} (submitted earlier)")
+                self.listener(
+                    "waiting", spec, f"SLURM job {queued[spec.run_id]} (submitted earlier)"
+                )
         todo = [spec for spec in todo if spec.run_id not in queued]
         if not todo and self.aggregate is None:
             return submission
@@ -236,20 +283,41 @@ class SlurmExecutor:
                 rundir = RunDir(results, spec.run_id)
                 rundir.path.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
-            deps = sorted({submission.jobs[d].job_id for s in group for d in s.dependencies if d in submission.jobs})
-            ranks = processes(group[0], nproc)  # 1 for imported teachers and methods that cannot be split
+            deps = sorted(
+                {
+                    submission.jobs[d].job_id
+                    for s in group
+                    for d in s.dependencies
+                    if d in submission.jobs
+                }
+            )
+            ranks = processes(
+                group[0], nproc
+            )  # 1 for imported teachers and methods that cannot be split
             job = TrainJob(str(results), ranks, self.train_options)
-            self._parameters(executor, deps, name=f"kdbench-{group[0].run_id}" if len(group) == 1 else
-                             f"kdbench-{group[0].method}-{group[0].model}-x{len(group)}", array=len(group),
-                             gpus=ranks if self.options.gpus_per_run else 0)
-            jobs = [executor.submit(job, group[0].run_id)] if len(group) == 1 else executor.map_array(job, [s.run_id for s in group])
+            self._parameters(
+                executor,
+                deps,
+                name=f"kdbench-{group[0].run_id}"
+                if len(group) == 1
+                else f"kdbench-{group[0].method}-{group[0].model}-x{len(group)}",
+                array=len(group),
+                gpus=ranks if self.options.gpus_per_run else 0,
+            )
+            jobs = (
+                [executor.submit(job, group[0].run_id)]
+                if len(group) == 1
+                else executor.map_array(job, [s.run_id for s in group])
+            )
             for spec, job in zip(group, jobs):
                 submission.jobs[spec.run_id] = job
                 self.listener("waiting", spec, f"SLURM job {job.job_id}")
         if self.aggregate is not None:
             recipe, profile = self.aggregate
             after = sorted({job.job_id.split("_")[0] for job in submission.jobs.values()})
-            aggregator = self.make_executor(folder, self.options)  # a fresh executor: parameters persist, and it needs no GPU
+            aggregator = self.make_executor(
+                folder, self.options
+            )  # a fresh executor: parameters persist, and it needs no GPU
             self._parameters(aggregator, after, name=f"kdbench-aggregate-{recipe}", array=1, gpus=0)
             submission.aggregate = aggregator.submit(AggregateJob(str(results), recipe, profile))
         return submission
@@ -263,19 +331,43 @@ class SlurmExecutor:
         if not candidates:
             return {}
         states = self.queue(sorted(set(candidates.values())))
-        dead = sorted({job for job in candidates.values() if job in states and states[job][1] == NEVER_SATISFIED})
+        dead = sorted(
+            {
+                job
+                for job in candidates.values()
+                if job in states and states[job][1] == NEVER_SATISFIED
+            }
+        )
         self.cancel(dead)
-        return {run_id: job for run_id, job in candidates.items() if job in states and job not in dead}
+        return {
+            run_id: job for run_id, job in candidates.items() if job in states and job not in dead
+        }
 
-    def _parameters(self, executor: SubmititExecutor, after: list[str], *, name: str, array: int, gpus: int | None = None) -> None:
-        dependency = {"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"} if after else {}
+    def _parameters(
+        self,
+        executor: SubmititExecutor,
+        after: list[str],
+        *,
+        name: str,
+        array: int,
+        gpus: int | None = None,
+    ) -> None:
+        dependency = (
+            {"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"}
+            if after
+            else {}
+        )
         params = self.options.parameters()
         if gpus == 0:
             params.pop("gpus_per_node", None)
         elif gpus is not None:
             params["gpus_per_node"] = gpus
-        executor.update_parameters(**params, name=name, slurm_additional_parameters=dependency,
-                                   slurm_array_parallelism=min(array, self.options.array_parallelism))
+        executor.update_parameters(
+            **params,
+            name=name,
+            slurm_additional_parameters=dependency,
+            slurm_array_parallelism=min(array, self.options.array_parallelism),
+        )
 
     def wait(self, submission: Submission, results: Path) -> dict[str, Outcome]:
         """Poll until every submitted run has an outcome (and the aggregate job has ended)."""
@@ -292,21 +384,36 @@ class SlurmExecutor:
             ids = [submission.jobs[s.run_id].job_id for s in pending]
             aggregate = [submission.aggregate.job_id] if submission.aggregate is not None else []
             queued = self.queue(ids + aggregate)
-            for spec in pending:  # in dependency order: a teacher's outcome is known before its students'
-                outcome = self._outcome(spec, submission.jobs[spec.run_id].job_id, queued, outcomes, gone_since, results)
+            for (
+                spec
+            ) in pending:  # in dependency order: a teacher's outcome is known before its students'
+                outcome = self._outcome(
+                    spec, submission.jobs[spec.run_id].job_id, queued, outcomes, gone_since, results
+                )
                 if outcome is not None:
                     outcomes[spec.run_id] = outcome
                     self.listener(outcome.status, spec, outcome.message)
-            if len(outcomes) == len(submission.specs) and not (aggregate and aggregate[0] in queued):
+            if len(outcomes) == len(submission.specs) and not (
+                aggregate and aggregate[0] in queued
+            ):
                 return outcomes
             if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
-                raise KdbenchError(f"waited {self.timeout_s:.0f} s; SLURM jobs {', '.join(sorted(queued))} are still queued or "
-                                   f"running and go on without this process. Later: kdbench compare {results} "
-                                   f"(re-running reproduce reuses every finished run and follows the queued jobs).")
+                raise KdbenchError(
+                    f"waited {self.timeout_s:.0f} s; SLURM jobs {', '.join(sorted(queued))} are still queued or "
+                    f"running and go on without this process. Later: kdbench compare {results} "
+                    f"(re-running reproduce reuses every finished run and follows the queued jobs)."
+                )
             time.sleep(self.poll_seconds)
 
-    def _outcome(self, spec: RunSpec, job_id: str, queued: dict[str, tuple[str, str]], outcomes: dict[str, Outcome],
-                 gone_since: dict[str, float], results: Path) -> Outcome | None:
+    def _outcome(
+        self,
+        spec: RunSpec,
+        job_id: str,
+        queued: dict[str, tuple[str, str]],
+        outcomes: dict[str, Outcome],
+        gone_since: dict[str, float],
+        results: Path,
+    ) -> Outcome | None:
         rundir = RunDir(results, spec.run_id)
         if rundir.is_done():
             return Outcome(spec.run_id, "done")
@@ -318,16 +425,26 @@ class SlurmExecutor:
                 return Outcome(spec.run_id, "skipped", f"{blocker} (SLURM job {job_id} cancelled)")
             return None
         if blocker:
-            return Outcome(spec.run_id, "skipped", f"{blocker} (SLURM job {job_id} {self._state(job_id) or 'ended'})")
+            return Outcome(
+                spec.run_id,
+                "skipped",
+                f"{blocker} (SLURM job {job_id} {self._state(job_id) or 'ended'})",
+            )
         if rundir.is_failed():
-            return Outcome(spec.run_id, "failed", _failure(rundir, job_id, self._state(job_id), results))
+            return Outcome(
+                spec.run_id, "failed", _failure(rundir, job_id, self._state(job_id), results)
+            )
         # Left the queue without a result: give the shared filesystem time to show the result file.
         first = gone_since.setdefault(spec.run_id, time.monotonic())
         if time.monotonic() - first < self.vanish_grace_s:
             return None
         state = self._state(job_id)
-        return Outcome(spec.run_id, "failed", f"SLURM job {job_id} ended ({state or 'state unknown: no accounting'}) "
-                                              f"without a result; {_log_hint(job_id, results)}")
+        return Outcome(
+            spec.run_id,
+            "failed",
+            f"SLURM job {job_id} ended ({state or 'state unknown: no accounting'}) "
+            f"without a result; {_log_hint(job_id, results)}",
+        )
 
     def _state(self, job_id: str) -> str:
         return self.states([job_id]).get(job_id, "")
@@ -353,7 +470,9 @@ def _blocker(spec: RunSpec, outcomes: dict[str, Outcome]) -> str:
     """Why ``spec`` cannot run because a dependency did not finish (the local executor's wording), else ''."""
     for dep in spec.dependencies:
         if dep in outcomes and outcomes[dep].status != "done":
-            kind = "teacher run" if spec.teacher is not None and dep == spec.teacher.run_id else "run"
+            kind = (
+                "teacher run" if spec.teacher is not None and dep == spec.teacher.run_id else "run"
+            )
             return f"{kind} {dep} {outcomes[dep].status}: {outcomes[dep].message}"
     return ""
 

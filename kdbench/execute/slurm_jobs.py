@@ -48,7 +48,9 @@ class TrainJob:
         while True:
             try:
                 return self._train(rundir)
-            except RunLocked:  # another job or process trains this run: wait for it, then reuse or resume
+            except (
+                RunLocked
+            ):  # another job or process trains this run: wait for it, then reuse or resume
                 while rundir.is_locked():
                     time.sleep(LOCK_POLL_SECONDS)
 
@@ -65,9 +67,16 @@ class TrainJob:
         if self.nproc > 1:
             return ddp_train(rundir.spec_file, Path(self.results), self.nproc, self.options)
         spec = train.load_spec(str(rundir.spec_file), Path(self.results))
-        return train.run(spec, Path(self.results), device=self.options.device, data_dir=self.options.data_dir,
-                         progress=False, loader=self.options.loader, compute=ComputeOptions(**self.options.compute),
-                         loggers=self.options.loggers)
+        return train.run(
+            spec,
+            Path(self.results),
+            device=self.options.device,
+            data_dir=self.options.data_dir,
+            progress=False,
+            loader=self.options.loader,
+            compute=ComputeOptions(**self.options.compute),
+            loggers=self.options.loggers,
+        )
 
 
 def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions) -> dict[str, Any]:
@@ -75,16 +84,25 @@ def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions)
     from kdbench.compute import ComputeOptions
     from kdbench.execute.local import Slot, train_command
     from kdbench.execute.worker import EXIT_LOCKED
+
     slot = Slot("cpu" if options.device == "cpu" else "cuda")
-    command = train_command(spec_file, results, slot, data_dir=options.data_dir,
-                            compute=ComputeOptions(**options.compute), loader=options.loader,
-                            loggers=options.loggers) + ["--nproc", str(nproc)]
+    command = train_command(
+        spec_file,
+        results,
+        slot,
+        data_dir=options.data_dir,
+        compute=ComputeOptions(**options.compute),
+        loader=options.loader,
+        loggers=options.loggers,
+    ) + ["--nproc", str(nproc)]
     code = subprocess.run(command, check=False).returncode
     if code == EXIT_LOCKED:
         raise RunLocked(f"run {spec_file.parent.name} is being trained by another process.")
     rundir = RunDir(results, spec_file.parent.name)
     if code != 0 or not rundir.is_done():
-        raise KdbenchError(f"`{' '.join(command)}` exited {code} without a result (log: {rundir.log_file}).")
+        raise KdbenchError(
+            f"`{' '.join(command)}` exited {code} without a result (log: {rundir.log_file})."
+        )
     return rundir.result()
 
 
@@ -101,11 +119,20 @@ class AggregateJob:
         from kdbench.results.compare import compare
         from kdbench.results.store import atomic_write_bytes, tables_dir
 
-        tables = [c for c in compare(Path(self.results)) if c.recipe.name == self.recipe and c.profile == self.profile]
+        tables = [
+            c
+            for c in compare(Path(self.results))
+            if c.recipe.name == self.recipe and c.profile == self.profile
+        ]
         if not tables:
-            raise KdbenchError(f"no table record {self.recipe}--{self.profile}.json under {tables_dir(Path(self.results))}.")
+            raise KdbenchError(
+                f"no table record {self.recipe}--{self.profile}.json under {tables_dir(Path(self.results))}."
+            )
         written = []
-        for suffix, text in ((".md", "\n".join(render.to_markdown(c) for c in tables)), (".csv", render.to_csv(tables))):
+        for suffix, text in (
+            (".md", "\n".join(render.to_markdown(c) for c in tables)),
+            (".csv", render.to_csv(tables)),
+        ):
             path = self.outputs(suffix)
             atomic_write_bytes(path, text.encode())
             written.append(str(path))

@@ -33,10 +33,17 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
         request = json.loads(line)
         spec = train.load_spec(request["spec_file"], Path(request["results"]))
         try:
-            train.run(spec, Path(request["results"]), device=request.get("device", "auto"),
-                      data_dir=request.get("data_dir"), progress=False, compute=ComputeOptions(**request.get("compute", {})),
-                      loader=request.get("loader", "auto"), slot=request.get("slot"),
-                      loggers=tuple(request.get("loggers", curves.DEFAULT)))
+            train.run(
+                spec,
+                Path(request["results"]),
+                device=request.get("device", "auto"),
+                data_dir=request.get("data_dir"),
+                progress=False,
+                compute=ComputeOptions(**request.get("compute", {})),
+                loader=request.get("loader", "auto"),
+                slot=request.get("slot"),
+                loggers=tuple(request.get("loggers", curves.DEFAULT)),
+            )
             code = EXIT_DONE
         except RunLocked:
             code = EXIT_LOCKED

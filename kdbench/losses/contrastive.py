@@ -31,7 +31,9 @@ CRD_EPS = 1e-7  # RepDistiller crd/criterion.py: added to every NCE denominator
 
 
 @fp32
-def crd_scores(anchor: torch.Tensor, bank: torch.Tensor, contrast: torch.Tensor, temperature: float) -> torch.Tensor:
+def crd_scores(
+    anchor: torch.Tensor, bank: torch.Tensor, contrast: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """CRD's unnormalised scores exp(⟨bank[contrast[i, k]], anchor[i]⟩ / T), shape (B, K+1).
 
     ``anchor``: (B, D) embeddings; ``bank``: (N, D) memory bank of the *other* network (a
@@ -79,7 +81,9 @@ def crd(
 
 
 @fp32
-def srrl(h_s: torch.Tensor, feat_t: torch.Tensor, pred_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+def srrl(
+    h_s: torch.Tensor, feat_t: torch.Tensor, pred_s: torch.Tensor, logits_t: torch.Tensor
+) -> torch.Tensor:
     """SRRL (Yang et al., ICLR 2021) as in SimKD's released CIFAR code: two element-mean MSEs.
 
     ``h_s``: the connector's output for the student (B, C_t); ``feat_t``: the teacher's pooled
@@ -113,8 +117,17 @@ def semckd(
     Loss = Σ_{b,i,j} attention[b,i,j] · mean_{CHW}((P_ij(s_i) − t_j)²)[b] / (B · n_s).
     """
     batch, n_s, n_t = attention.shape
-    per_sample = torch.stack([
-        torch.stack([(projected[i][j] - targets[i][j].detach()).pow(2).reshape(batch, -1).mean(dim=1) for j in range(n_t)], dim=1)
-        for i in range(n_s)
-    ], dim=1)  # (B, n_s, n_t)
+    per_sample = torch.stack(
+        [
+            torch.stack(
+                [
+                    (projected[i][j] - targets[i][j].detach()).pow(2).reshape(batch, -1).mean(dim=1)
+                    for j in range(n_t)
+                ],
+                dim=1,
+            )
+            for i in range(n_s)
+        ],
+        dim=1,
+    )  # (B, n_s, n_t)
     return (attention * per_sample).sum() / (batch * n_s)

@@ -32,7 +32,9 @@ def simkd(projected_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
 # ``kdbench.losses`` does not re-export them; import them from this module).
 
 
-def pool_to_common_size(feat_s: torch.Tensor, feat_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_to_common_size(
+    feat_s: torch.Tensor, feat_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RepDistiller's spatial alignment: the map with the larger height is adaptive-average-pooled
     to the smaller height, as a **square** (H × H) map; equal heights pass through unchanged."""
     s_h, t_h = feat_s.shape[2], feat_t.shape[2]
@@ -70,7 +72,9 @@ def at(feat_s: torch.Tensor, feat_t: torch.Tensor, p: float = 2) -> torch.Tensor
 
 
 @fp32
-def vid(pred_mean: torch.Tensor, feat_t: torch.Tensor, log_scale: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def vid(
+    pred_mean: torch.Tensor, feat_t: torch.Tensor, log_scale: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     """VID (Ahn et al., CVPR 2019) for **one** tap pair, RepDistiller's ``VIDLoss.forward`` after
     its spatial alignment and regressor: the Gaussian negative log-likelihood (without the
     constant ½·log 2π)
@@ -110,7 +114,9 @@ def nst(feat_s: torch.Tensor, feat_t: torch.Tensor) -> torch.Tensor:
 
 
 @fp32
-def ab(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], margin: float = 1.0) -> torch.Tensor:
+def ab(
+    connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], margin: float = 1.0
+) -> torch.Tensor:
     """Activation-boundary loss (Heo et al., AAAI 2019) over all tap pairs, RepDistiller's
     ``ABLoss`` summed as its pre-training step sums it.
 
@@ -123,7 +129,9 @@ def ab(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], ma
     pair i of n (0-based, shallowest first) is weighted 2^(i − n + 1) (deepest 1, then ½, ¼, …),
     divided by the batch size and multiplied by 3/1000; the weighted pair losses are summed."""
     if len(connected_s) != len(preact_t) or not connected_s:
-        raise ValueError(f"ab: need the same non-zero number of student and teacher taps, got {len(connected_s)} and {len(preact_t)}")
+        raise ValueError(
+            f"ab: need the same non-zero number of student and teacher taps, got {len(connected_s)} and {len(preact_t)}"
+        )
     n = len(connected_s)
     batch = connected_s[0].shape[0]
     total = connected_s[0].new_zeros(())
@@ -137,7 +145,9 @@ def ab(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], ma
 
 
 @fp32
-def ft(factor_s: torch.Tensor, factor_t: torch.Tensor, p1: float = 2, p2: float = 1) -> torch.Tensor:
+def ft(
+    factor_s: torch.Tensor, factor_t: torch.Tensor, p1: float = 2, p2: float = 1
+) -> torch.Tensor:
     """Factor transfer (Kim et al., NeurIPS 2018) as in RepDistiller's ``FactorTransfer``:
     ``factor_s`` = the translator's output on the student map, ``factor_t`` = the paraphraser
     encoder's output on the teacher map. The larger map is pooled to the smaller square size;
@@ -170,7 +180,9 @@ def fsp(feats_s: Sequence[torch.Tensor], feats_t: Sequence[torch.Tensor]) -> tor
     (spatial sizes may differ between the networks)."""
     s_c, t_c = [f.shape[1] for f in feats_s], [f.shape[1] for f in feats_t]
     if s_c != t_c or len(s_c) < 2:
-        raise ValueError(f"fsp: need equal channel counts at every tap (at least two taps), got {s_c} and {t_c}")
+        raise ValueError(
+            f"fsp: need equal channel counts at every tap (at least two taps), got {s_c} and {t_c}"
+        )
     feats_t = [f.detach() for f in feats_t]
     total = feats_s[0].new_zeros(())
     for i in range(len(feats_s) - 1):
@@ -207,7 +219,11 @@ def ofd_margins(gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
 
 
 @fp32
-def ofd(connected_s: Sequence[torch.Tensor], preact_t: Sequence[torch.Tensor], margins: Sequence[torch.Tensor]) -> torch.Tensor:
+def ofd(
+    connected_s: Sequence[torch.Tensor],
+    preact_t: Sequence[torch.Tensor],
+    margins: Sequence[torch.Tensor],
+) -> torch.Tensor:
     """OFD's distillation loss (Heo et al., ICCV 2019) over all tap pairs, as mdistiller's
     ``OFD.ofd_loss`` / clovaai ``Distiller.forward`` compute it (before the method weight).
 
@@ -246,7 +262,9 @@ def reviewkd(fused_s: Sequence[torch.Tensor], feats_t: Sequence[torch.Tensor]) -
     gets ½ for 2×2 and ¼ for 1×1); the level's sum is divided by the sum of the weights used. The
     level losses are summed."""
     if len(fused_s) != len(feats_t) or not fused_s:
-        raise ValueError(f"reviewkd: need the same non-zero number of student and teacher levels, got {len(fused_s)} and {len(feats_t)}")
+        raise ValueError(
+            f"reviewkd: need the same non-zero number of student and teacher levels, got {len(fused_s)} and {len(feats_t)}"
+        )
     total = fused_s[0].new_zeros(())
     for s, t in zip(fused_s, feats_t):
         t = t.detach()
@@ -257,7 +275,11 @@ def reviewkd(fused_s: Sequence[torch.Tensor], feats_t: Sequence[torch.Tensor]) -
             if size >= h:
                 continue
             weight /= 2.0
-            level = level + F.mse_loss(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size)) * weight
+            level = (
+                level
+                + F.mse_loss(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size))
+                * weight
+            )
             weights += weight
         total = total + level / weights
     return total

@@ -8,14 +8,24 @@ import torch.nn.functional as F
 from kdbench.losses.precision import fp32
 
 __all__ = [
-    "cross_entropy", "kd", "dist",
-    "dkd", "rld", "wsld", "ipwd", "ipwd_weights",
-    "mlkd_instance", "mlkd_batch", "mlkd_class",
+    "cross_entropy",
+    "kd",
+    "dist",
+    "dkd",
+    "rld",
+    "wsld",
+    "ipwd",
+    "ipwd_weights",
+    "mlkd_instance",
+    "mlkd_batch",
+    "mlkd_class",
 ]
 
 
 @fp32
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy against integer labels, mean over the batch, with label smoothing ε (Szegedy et al., 2016)."""
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
@@ -194,7 +204,9 @@ def rld(
 
 
 @fp32
-def wsld(logits_s: torch.Tensor, logits_t: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+def wsld(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, target: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Weighted soft labels (Zhou et al., ICLR 2021), as bellymonster/Weighted-Soft-Label-Distillation.
 
     T² · (1/B) Σ_i w_i · s_i with the soft cross-entropy s_i = −Σ_c p_t,ic log p_s,ic at T (a CE,
@@ -203,7 +215,9 @@ def wsld(logits_s: torch.Tensor, logits_t: torch.Tensor, target: torch.Tensor, t
     CE and the weight α. (WSLD's ``knowledge_distiller.py`` ``WSLDistiller``)
     """
     logits_t = logits_t.detach()
-    soft = -(F.softmax(logits_t / temperature, dim=1) * F.log_softmax(logits_s / temperature, dim=1)).sum(dim=1)
+    soft = -(
+        F.softmax(logits_t / temperature, dim=1) * F.log_softmax(logits_s / temperature, dim=1)
+    ).sum(dim=1)
     with torch.no_grad():
         index = target.reshape(-1, 1)
         ce_s = -F.log_softmax(logits_s.detach(), dim=1).gather(1, index).squeeze(1)
@@ -252,7 +266,9 @@ def ipwd_weights(
     if form not in IPWD_FORMS:
         raise ValueError(f"unknown IPWD weight form {form!r}; expected one of {IPWD_FORMS}")
     if logit_norm not in IPWD_LOGIT_NORMS:
-        raise ValueError(f"unknown IPWD logit normalisation {logit_norm!r}; expected one of {IPWD_LOGIT_NORMS}")
+        raise ValueError(
+            f"unknown IPWD logit normalisation {logit_norm!r}; expected one of {IPWD_LOGIT_NORMS}"
+        )
     with torch.no_grad():
         z_kd, z_cls = logits_kd.detach(), logits_cls.detach()
         if logit_norm == "zscore":
@@ -296,7 +312,13 @@ def ipwd(
     The extra head's own CE is not part of this term (the method returns it separately).
     """
     weight = ipwd_weights(
-        logits_s if logits_kd is None else logits_kd, logits_cls, target, form, logit_norm, self_normalize, max_weight
+        logits_s if logits_kd is None else logits_kd,
+        logits_cls,
+        target,
+        form,
+        logit_norm,
+        self_normalize,
+        max_weight,
     )
     log_p_s = F.log_softmax(logits_s / temperature, dim=1)
     log_p_t = F.log_softmax(logits_t.detach() / temperature, dim=1)
@@ -315,19 +337,30 @@ def _weighted_mean(per_item: torch.Tensor, weights: torch.Tensor | None) -> torc
 
 
 @fp32
-def mlkd_instance(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
+def mlkd_instance(
+    logits_s: torch.Tensor,
+    logits_t: torch.Tensor,
+    temperature: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MLKD instance level (Jin et al., CVPR 2023): T² · (1/B) Σ_i w_i KL(p_t,i ‖ p_s,i), p = softmax(z/T)
     — with no ``weights`` the same quantity as :func:`kd` (the released ``kd_loss``, per-sample sum then
     batch mean). ``weights`` (B,) are the paper's per-sample confidence masks."""
     log_p_s = F.log_softmax(logits_s / temperature, dim=1)
     p_t = F.softmax(logits_t.detach() / temperature, dim=1)
-    return _weighted_mean(F.kl_div(log_p_s, p_t, reduction="none").sum(dim=1), weights) * temperature**2
+    return (
+        _weighted_mean(F.kl_div(log_p_s, p_t, reduction="none").sum(dim=1), weights)
+        * temperature**2
+    )
 
 
 @fp32
-def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
-               weights: torch.Tensor | None = None) -> torch.Tensor:
+def mlkd_batch(
+    logits_s: torch.Tensor,
+    logits_t: torch.Tensor,
+    temperature: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MLKD batch level (input correlation): ‖P_t P_tᵀ − P_s P_sᵀ‖²_F / B with P = softmax(z / T)
     (B×C, so the Gram matrices are B×B); no T² factor (MLKD ``mdistiller/distillers/KD_ours.py``; docs/references.md §MLKD).
     ``weights`` (B,) weight each sample's row of the squared difference."""
@@ -337,8 +370,12 @@ def mlkd_batch(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: floa
 
 
 @fp32
-def mlkd_class(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float,
-               weights: torch.Tensor | None = None) -> torch.Tensor:
+def mlkd_class(
+    logits_s: torch.Tensor,
+    logits_t: torch.Tensor,
+    temperature: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MLKD class level (category correlation): ‖P_tᵀ P_t − P_sᵀ P_s‖²_F / C with P = softmax(z / T)
     (C×C Gram matrices); no T² factor (MLKD ``mdistiller/distillers/KD_ours.py``; docs/references.md §MLKD).
     ``weights`` (C,) weight each class's row of the squared difference."""

@@ -52,4 +52,3 @@ def fp32(loss: LossFn) -> LossFn:
 
     in_fp32.fp32_boundary = True  # type: ignore[attr-defined]  # tests check that every public loss has it
     return in_fp32  # type: ignore[return-value]
-

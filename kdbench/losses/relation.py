@@ -64,7 +64,9 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 
 
 @fp32
-def rkd(emb_s: torch.Tensor, emb_t: torch.Tensor, w_dist: float = 25.0, w_angle: float = 50.0) -> torch.Tensor:
+def rkd(
+    emb_s: torch.Tensor, emb_t: torch.Tensor, w_dist: float = 25.0, w_angle: float = 50.0
+) -> torch.Tensor:
     """Relational KD (Park et al., CVPR 2019), RepDistiller's ``RKDLoss``: w_dist·distance + w_angle·angle.
 
     Distance: pairwise Euclidean distance matrices (:func:`_pairwise_distances`), each divided by

@@ -37,7 +37,7 @@ for _module in pkgutil.iter_modules(__path__):
 # "not implemented" cells, never dropped and never faked) ...
 NOT_IMPLEMENTED: dict[str, str] = {
     "dist-kl": "Huang et al., DIST, NeurIPS 2022, Table 8's 'DIST (KL div.)': relations matched with KL divergence; "
-               "not in the released code, and the paper does not say how a class's column is normalised",
+    "not in the released code, and the paper does not say how a class's column is normalised",
 }
 # ... and the combinations ``a+b`` (methods/combined.py) the tables report, listed by `kdbench methods`.
 COMBINATIONS: dict[str, str] = {
@@ -63,6 +63,21 @@ def known_names() -> list[str]:
 
 
 __all__ = [
-    "COMBINATIONS", "NOT_IMPLEMENTED", "Distiller", "InferenceSize", "InitStage", "MethodParams", "Needs", "Step", "Variant",
-    "get", "is_implemented", "is_known", "known_names", "names", "parameter_count", "register", "resolve_params",
+    "COMBINATIONS",
+    "NOT_IMPLEMENTED",
+    "Distiller",
+    "InferenceSize",
+    "InitStage",
+    "MethodParams",
+    "Needs",
+    "Step",
+    "Variant",
+    "get",
+    "is_implemented",
+    "is_known",
+    "known_names",
+    "names",
+    "parameter_count",
+    "register",
+    "resolve_params",
 ]

@@ -76,7 +76,11 @@ class InitModes:
         self.frozen_bn: list[nn.Module] = []
         for name, m in student.named_modules():
             own = [f"{name}.{n}" if name else n for n, _ in m.named_parameters(recurse=False)]
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and own and not set(own) & feature_names:
+            if (
+                isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and own
+                and not set(own) & feature_names
+            ):
                 self.frozen_bn.append(m)
 
     def apply(self) -> None:
@@ -122,14 +126,23 @@ class AB(Distiller):
     # Extra modules trained only in the init stage; unused (so never updated) in the main stage.
     init_only_modules: ClassVar[tuple[str, ...]] = ("connectors",)
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: ABParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: ABParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
         pair = pair_name(student, teacher)
         self.connectors = nn.ModuleList(
             connector(tuple(f_s.shape), tuple(f_t.shape), pair, i + 1)
-            for i, (f_s, f_t) in enumerate(zip(s.preact[1:], t.preact[1:]))  # front-aligned, truncated
+            for i, (f_s, f_t) in enumerate(
+                zip(s.preact[1:], t.preact[1:])
+            )  # front-aligned, truncated
         )
         self._feature_names = feature_parameter_names(student, example)
         self._init_modes = InitModes(student, self._feature_names)
@@ -147,8 +160,10 @@ class AB(Distiller):
         with torch.no_grad():
             teacher = self.teacher.forward_features(images)
         n = len(self.connectors)
-        connected = [c(f) for c, f in zip(self.connectors, student.preact[1:1 + n])]
-        return {"ab": losses.ab(connected, teacher.preact[1:1 + n], self.params.margin)}
+        connected = [c(f) for c, f in zip(self.connectors, student.preact[1 : 1 + n])]
+        return {"ab": losses.ab(connected, teacher.preact[1 : 1 + n], self.params.margin)}
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return student.logits, {}  # main stage: CE only (added by the base class)

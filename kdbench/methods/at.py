@@ -36,13 +36,23 @@ class AT(Distiller):
     Params = ATParams
     needs = Needs(teacher=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 1000·AT", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1000.0}),
-        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD(T=4) + 1000·AT", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1000.0}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 1000·AT",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1000.0},
+        ),
+        "simkd": Variant(
+            "SimKD code protocol: 1·CE + 1·KD(T=4) + 1000·AT",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1000.0},
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         p = self.params
-        pairs = zip(student.stages[1:], teacher.stages[1:])  # front-aligned, truncated at the shorter list
+        pairs = zip(
+            student.stages[1:], teacher.stages[1:]
+        )  # front-aligned, truncated at the shorter list
         loss = sum(losses.at(f_s, f_t.detach(), p.p) for f_s, f_t in pairs)
         return student.logits, {"at": p.weight * loss}

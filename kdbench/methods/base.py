@@ -41,7 +41,11 @@ class MethodParams(BaseModel):
     def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic takes ``true`` as 1 for a number: refused (``weight: true`` is a typo, not a weight of 1)."""
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float, float | None, int | None):
+        if (
+            isinstance(value, bool)
+            and field is not None
+            and field.annotation in (int, float, float | None, int | None)
+        ):
             raise ValueError("expected a number, got true/false")
         return value
 
@@ -105,7 +109,9 @@ class Step:
     epoch: int  # 1-indexed
     indices: torch.Tensor | None = None  # dataset indices of the batch's samples
     strong: torch.Tensor | None = None  # strong views of the batch's images, when Needs.strong_view
-    loss_chunk: int | None = None  # per-GPU batch of the original run (Needs.batch_dependent_loss); None: whole batch
+    loss_chunk: int | None = (
+        None  # per-GPU batch of the original run (Needs.batch_dependent_loss); None: whole batch
+    )
 
 
 TermsFn = Callable[..., dict[str, torch.Tensor]]
@@ -183,14 +189,18 @@ def pair_name(student: KDModel, teacher: KDModel | None) -> str:
 
 
 @torch.no_grad()
-def probe_features(student: KDModel, teacher: KDModel | None, example: torch.Tensor) -> tuple[Features, Features | None]:
+def probe_features(
+    student: KDModel, teacher: KDModel | None, example: torch.Tensor
+) -> tuple[Features, Features | None]:
     """Both networks' features of ``example`` in eval mode, leaving their modes as they were."""
     networks = [m for m in (student, teacher) if m is not None]
     modes = [m.training for m in networks]
     try:
         for m in networks:
             m.eval()
-        return student.forward_features(example), teacher.forward_features(example) if teacher is not None else None
+        return student.forward_features(example), teacher.forward_features(
+            example
+        ) if teacher is not None else None
     finally:
         for m, mode in zip(networks, modes):
             m.train(mode)
@@ -238,7 +248,9 @@ class Distiller(nn.Module):
         if self.needs.fixed_batch and batch_size is None:
             raise ValueError(f"method {self.name!r} needs the training batch size (batch_size=...)")
         if loss_chunk is not None and not self.needs.batch_dependent_loss:
-            raise ValueError(f"method {self.name!r} has no batch-dependent loss to chunk (loss_chunk={loss_chunk})")
+            raise ValueError(
+                f"method {self.name!r} has no batch-dependent loss to chunk (loss_chunk={loss_chunk})"
+            )
         reason = type(self).supports(student, teacher, example)
         if reason is not None:
             raise KdbenchError(reason)
@@ -313,11 +325,15 @@ class Distiller(nn.Module):
         if p.kd_weight:
             assert teacher is not None, "kd_weight > 0 needs a teacher"
             terms["kd"] = p.kd_weight * losses.kd(student.logits, teacher.logits, p.kd_temperature)
-        logits, own_terms = self.distill(student, teacher, Step(targets, epoch, indices, strong, self.loss_chunk))
+        logits, own_terms = self.distill(
+            student, teacher, Step(targets, epoch, indices, strong, self.loss_chunk)
+        )
         terms.update(own_terms)
         return logits, terms
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's prediction and its own weighted loss terms (plain CE/KD: none)."""
         return self.prediction(student), {}
 
@@ -331,7 +347,9 @@ class Distiller(nn.Module):
     frozen_modules: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def supports(cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None) -> str | None:
+    def supports(
+        cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None
+    ) -> str | None:
         """Why this method cannot distil ``teacher`` into ``student`` (None: it can)."""
         return None
 
@@ -374,8 +392,10 @@ def register(cls: type[Distiller]) -> type[Distiller]:
     """Class decorator: make a Distiller available under its ``name`` (a name already taken is an error)."""
     if cls.name in _REGISTRY:
         taken = _REGISTRY[cls.name]
-        raise ValueError(f"method {cls.name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
-                         f"{cls.__module__}.{cls.__qualname__} needs another name")
+        raise ValueError(
+            f"method {cls.name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
+            f"{cls.__module__}.{cls.__qualname__} needs another name"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -39,18 +39,33 @@ class CC(Distiller):
     Params = CCParams
     needs = Needs(teacher=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 0.02·CC", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 0.02}),
-        "simkd": Variant("SimKD/SemCKD code protocol: 1·CE + 1·KD(T=4) + 0.02·CC", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.02}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 0.02·CC",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 0.02},
+        ),
+        "simkd": Variant(
+            "SimKD/SemCKD code protocol: 1·CE + 1·KD(T=4) + 0.02·CC",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.02},
+        ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: CCParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: CCParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
         self.embed_s = nn.Linear(s.pooled.reshape(s.pooled.shape[0], -1).shape[1], params.feat_dim)
         self.embed_t = nn.Linear(t.pooled.reshape(t.pooled.shape[0], -1).shape[1], params.feat_dim)
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         f_s = student.pooled.reshape(student.pooled.shape[0], -1)
         f_t = teacher.pooled.detach().reshape(teacher.pooled.shape[0], -1)

@@ -33,8 +33,11 @@ def _merge_needs(a: Needs, b: Needs) -> Needs:
 @lru_cache(maxsize=None)
 def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
     """The Distiller class of ``first+second`` (cached, so each combination is one class)."""
-    params_model = create_model(f"{first.Params.__name__}Plus{second.Params.__name__}", __base__=first.Params,
-                                second=(second.Params, second.Params()))
+    params_model = create_model(
+        f"{first.Params.__name__}Plus{second.Params.__name__}",
+        __base__=first.Params,
+        second=(second.Params, second.Params()),
+    )
 
     class Combination(first):  # type: ignore[valid-type, misc]
         name = f"{first.name}+{second.name}"
@@ -44,7 +47,14 @@ def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
         needs = _merge_needs(first.needs, second.needs)
         variants: dict[str, Variant] = {}
 
-        def __init__(self, student: KDModel, teacher: KDModel | None, params: MethodParams, example: torch.Tensor, **context):
+        def __init__(
+            self,
+            student: KDModel,
+            teacher: KDModel | None,
+            params: MethodParams,
+            example: torch.Tensor,
+            **context,
+        ):
             super().__init__(student, teacher, params, example, **context)
             if not second.needs.batch_dependent_loss:
                 context.pop("loss_chunk", None)
@@ -55,7 +65,9 @@ def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
                 network = self.second._modules.pop(shared)
                 object.__setattr__(self.second, shared, network)
 
-        def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        def distill(
+            self, student: Features, teacher: Features | None, step: Step
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             logits, terms = super().distill(student, teacher, step)
             _, extra = self.second.distill(student, teacher, step)
             return logits, {**terms, **{f"{second.name}_{k}": v for k, v in extra.items()}}

@@ -51,7 +51,16 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register, scale_gradient, unsynced_copies_loss
+from kdbench.methods.base import (
+    Distiller,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    register,
+    scale_gradient,
+    unsynced_copies_loss,
+)
 from kdbench.models.base import Features, KDModel
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: spreads consecutive epochs' seeds apart
@@ -134,13 +143,23 @@ def sample_contrast_indices(
     labels = train_labels[indices]
     n = train_labels.numel()
     other = train_labels[None, :] != labels[:, None]  # (B, N) eligible negatives
-    keys = torch.rand(indices.numel(), n, generator=generator, device=train_labels.device, dtype=torch.float64)
+    keys = torch.rand(
+        indices.numel(), n, generator=generator, device=train_labels.device, dtype=torch.float64
+    )
     keys.masked_fill_(~other, math.inf)
     if min_available is not None and min_available >= k:
-        return torch.cat([indices.reshape(-1, 1).long(), keys.topk(k, dim=1, largest=False, sorted=False).indices], dim=1)
+        return torch.cat(
+            [
+                indices.reshape(-1, 1).long(),
+                keys.topk(k, dim=1, largest=False, sorted=False).indices,
+            ],
+            dim=1,
+        )
     available = other.sum(dim=1)
     if bool((available == 0).any()):
-        raise KdbenchError("CRD needs training samples of at least two classes: every negative must have another label.")
+        raise KdbenchError(
+            "CRD needs training samples of at least two classes: every negative must have another label."
+        )
     short = available < k
     if not bool(short.any()):
         negatives = keys.topk(k, dim=1, largest=False, sorted=False).indices
@@ -151,7 +170,9 @@ def sample_contrast_indices(
             negatives[full] = keys[full].topk(k, dim=1, largest=False, sorted=False).indices
         for row in short.nonzero().flatten().tolist():
             candidates = other[row].nonzero().flatten()
-            picks = torch.randint(candidates.numel(), (k,), generator=generator, device=train_labels.device)
+            picks = torch.randint(
+                candidates.numel(), (k,), generator=generator, device=train_labels.device
+            )
             negatives[row] = candidates[picks]
     return torch.cat([indices.reshape(-1, 1).long(), negatives], dim=1)
 
@@ -165,9 +186,18 @@ class CRD(Distiller):
     needs = Needs(teacher=True, sample_indices=True)
     added_params: ClassVar[dict[str, Any]] = {"banks": 1}
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol: 1·CE + 0·KD + 0.8·CRD", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 0.8}),
-        "crd+kd": Variant("CRD paper's CRD+KD row: 1·CE + 1·KD (T=4) + 0.8·CRD", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.8}),
-        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD (T=4) + 0.8·CRD", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.8}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol: 1·CE + 0·KD + 0.8·CRD",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 0.8},
+        ),
+        "crd+kd": Variant(
+            "CRD paper's CRD+KD row: 1·CE + 1·KD (T=4) + 0.8·CRD",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.8},
+        ),
+        "simkd": Variant(
+            "SimKD code protocol: 1·CE + 1·KD (T=4) + 0.8·CRD",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 0.8},
+        ),
     }
 
     def __init__(
@@ -198,13 +228,18 @@ class CRD(Distiller):
         self.register_buffer("sampler_seed", torch.randint(0, 1 << 62, (), dtype=torch.long))
         # Copies 1.. (none, and no module, for one bank: the state is exactly the single copy's).
         self.replicas: Sequence[BankCopy] = (
-            nn.ModuleList(BankCopy(self, n_data, dim) for _ in range(params.banks - 1)) if params.banks > 1 else ())
+            nn.ModuleList(BankCopy(self, n_data, dim) for _ in range(params.banks - 1))
+            if params.banks > 1
+            else ()
+        )
         self.register_buffer("train_labels", labels, persistent=False)
         self.n_data = n_data
         counts = torch.bincount(labels - labels.min())
         self.min_available = n_data - int(counts.max())  # fewest other-class samples of any sample
         if self.min_available == 0:
-            raise KdbenchError("CRD needs training samples of at least two classes: every negative must have another label.")
+            raise KdbenchError(
+                "CRD needs training samples of at least two classes: every negative must have another label."
+            )
         self._generator: torch.Generator | None = None
         self._generator_epoch: int | None = None
         self._z_ready = False  # host-side cache of "z >= 0", so steps need no device sync
@@ -233,8 +268,13 @@ class CRD(Distiller):
         return self._generator
 
     def contrast_indices(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        return sample_contrast_indices(indices, self.train_labels, self.params.nce_k, self.generator(epoch),
-                                       min_available=self.min_available)
+        return sample_contrast_indices(
+            indices,
+            self.train_labels,
+            self.params.nce_k,
+            self.generator(epoch),
+            min_available=self.min_available,
+        )
 
     @torch.no_grad()
     def _set_z_once(self, state: Any, scores_s: torch.Tensor, scores_t: torch.Tensor) -> None:
@@ -248,7 +288,9 @@ class CRD(Distiller):
         state._z_ready = True
 
     @torch.no_grad()
-    def _update_memory(self, state: Any, indices: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor) -> None:
+    def _update_memory(
+        self, state: Any, indices: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor
+    ) -> None:
         """A copy's rows of the batch ← normalise(m·old + (1−m)·new). Out of place: the step's autograd
         graph still holds the banks the scores were computed from."""
         m = self.params.nce_m
@@ -260,37 +302,65 @@ class CRD(Distiller):
     def inference_state(self) -> dict[str, torch.Tensor]:
         """Final weights without the memory banks and sampler state (needed to resume, not to predict)."""
         training_only = ("memory_s", "memory_t", "z", "sampler_seed")
+
         def own_name(key: str) -> str:  # replicas.<k>.memory_s → memory_s
             return key.split(".", 2)[-1] if key.startswith("replicas.") else key
 
         return {k: v for k, v in self.training_state().items() if own_name(k) not in training_only}
 
-    def _copy_loss(self, state: Any, pooled_s: torch.Tensor, pooled_t: torch.Tensor, indices: torch.Tensor,
-                   contrast: torch.Tensor) -> torch.Tensor:
+    def _copy_loss(
+        self,
+        state: Any,
+        pooled_s: torch.Tensor,
+        pooled_t: torch.Tensor,
+        indices: torch.Tensor,
+        contrast: torch.Tensor,
+    ) -> torch.Tensor:
         """One copy's (one GPU's) CRD loss on its samples; updates its banks (and its Z on its first batch)."""
         emb_s = state.embed_s(pooled_s)
         emb_t = state.embed_t(pooled_t)
         t = self.params.nce_t
-        scores_s = losses.crd_scores(emb_s, state.memory_t, contrast, t)  # student anchor, teacher bank
-        scores_t = losses.crd_scores(emb_t, state.memory_s, contrast, t)  # teacher anchor, student bank
+        scores_s = losses.crd_scores(
+            emb_s, state.memory_t, contrast, t
+        )  # student anchor, teacher bank
+        scores_t = losses.crd_scores(
+            emb_t, state.memory_s, contrast, t
+        )  # teacher anchor, student bank
         self._set_z_once(state, scores_s, scores_t)
         loss = losses.crd(scores_s, scores_t, state.z[0], state.z[1], self.n_data)
         self._update_memory(state, indices, emb_s.detach(), emb_t.detach())
         return loss
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         if step.indices is None:
-            raise KdbenchError("CRD needs the dataset index of every training sample (pass indices= to forward_train).")
+            raise KdbenchError(
+                "CRD needs the dataset index of every training sample (pass indices= to forward_train)."
+            )
         indices = step.indices.to(self.memory_s.device).long().flatten()
-        contrast = self.contrast_indices(indices, step.epoch)  # (B, K+1), column 0 = the sample itself
+        contrast = self.contrast_indices(
+            indices, step.epoch
+        )  # (B, K+1), column 0 = the sample itself
         pooled_s, pooled_t = student.pooled, teacher.pooled.detach()
         n = len(self.replicas) + 1
         if n == 1:
-            return student.logits, {"crd": self.params.weight * self._copy_loss(self, pooled_s, pooled_t, indices, contrast)}
+            return student.logits, {
+                "crd": self.params.weight
+                * self._copy_loss(self, pooled_s, pooled_t, indices, contrast)
+            }
         if indices.numel() < n:
-            raise KdbenchError(f"CRD with {n} per-GPU banks needs batches of at least {n} samples (got {indices.numel()}).")
+            raise KdbenchError(
+                f"CRD with {n} per-GPU banks needs batches of at least {n} samples (got {indices.numel()})."
+            )
         # Chunk k = GPU k's samples: the student gets the mean of the copies' gradients, each copy its own in full.
-        parts = [self._copy_loss(state, scale_gradient(ps, 1 / n), pt, idx, con) for state, ps, pt, idx, con in zip(
-            self.copies(), *(x.tensor_split(n) for x in (pooled_s, pooled_t, indices, contrast)), strict=True)]
+        parts = [
+            self._copy_loss(state, scale_gradient(ps, 1 / n), pt, idx, con)
+            for state, ps, pt, idx, con in zip(
+                self.copies(),
+                *(x.tensor_split(n) for x in (pooled_s, pooled_t, indices, contrast)),
+                strict=True,
+            )
+        ]
         return student.logits, {"crd": self.params.weight * unsynced_copies_loss(parts)}

@@ -45,12 +45,21 @@ class DIST(Distiller):
     needs = Needs(teacher=True, teacher_logits_only=True, batch_dependent_loss=True)
     variants = {
         "paper": Variant("paper Eq. 10 and released ImageNet code: τ = 1", {"temperature": 1.0}),
-        "released-cifar": Variant("released CIFAR code (dist_t4, added after publication): τ = 4", {"temperature": 4.0}),
+        "released-cifar": Variant(
+            "released CIFAR code (dist_t4, added after publication): τ = 4", {"temperature": 4.0}
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
         return student.logits, per_chunk(
-            lambda s, t: {"dist": p.weight * losses.dist(s, t, p.beta, p.gamma, p.temperature, p.relation)},
-            step.loss_chunk, student.logits, teacher.logits)
+            lambda s, t: {
+                "dist": p.weight * losses.dist(s, t, p.beta, p.gamma, p.temperature, p.relation)
+            },
+            step.loss_chunk,
+            student.logits,
+            teacher.logits,
+        )

@@ -40,22 +40,34 @@ class DKD(Distiller):
     Params = DKDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
-        "cifar": Variant("mdistiller CIFAR-100 default: CE 1, α 1, β 8, T 4, warm-up 20", {"beta": 8.0, "temperature": 4.0, "warmup": 20}),
-        "cifar-beta2": Variant("mdistiller CIFAR-100 β = 2 pairs (resnet56→resnet20, resnet110→resnet32/resnet20)", {"beta": 2.0}),
+        "cifar": Variant(
+            "mdistiller CIFAR-100 default: CE 1, α 1, β 8, T 4, warm-up 20",
+            {"beta": 8.0, "temperature": 4.0, "warmup": 20},
+        ),
+        "cifar-beta2": Variant(
+            "mdistiller CIFAR-100 β = 2 pairs (resnet56→resnet20, resnet110→resnet32/resnet20)",
+            {"beta": 2.0},
+        ),
         "cifar-beta6": Variant(
             "mdistiller CIFAR-100 β = 6 pairs (vgg13→vgg8, vgg13→MobileNetV2, wrn_40_2→wrn_16_2/wrn_40_1/MobileNetV2/resnet8x4)",
             {"beta": 6.0},
         ),
         "imagenet-r34-r18": Variant(
-            "mdistiller ImageNet ResNet-34→ResNet-18: β 0.5, T 1, warm-up 1", {"beta": 0.5, "temperature": 1.0, "warmup": 1}
+            "mdistiller ImageNet ResNet-34→ResNet-18: β 0.5, T 1, warm-up 1",
+            {"beta": 0.5, "temperature": 1.0, "warmup": 1},
         ),
         "imagenet-r50-mv1": Variant(
-            "mdistiller ImageNet ResNet-50→MobileNet-V1: β 2, T 1, warm-up 1", {"beta": 2.0, "temperature": 1.0, "warmup": 1}
+            "mdistiller ImageNet ResNet-50→MobileNet-V1: β 2, T 1, warm-up 1",
+            {"beta": 2.0, "temperature": 1.0, "warmup": 1},
         ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
-        loss = losses.dkd(student.logits, teacher.logits, step.targets, p.alpha, p.beta, p.temperature)
+        loss = losses.dkd(
+            student.logits, teacher.logits, step.targets, p.alpha, p.beta, p.temperature
+        )
         return student.logits, {"dkd": p.weight * warmup_factor(step.epoch, p.warmup) * loss}

@@ -47,7 +47,9 @@ class ConvReg(nn.Module):
     the caller pools the teacher map to the student size (``pool_teacher_to``); otherwise error.
     """
 
-    def __init__(self, s_shape: tuple[int, ...], t_shape: tuple[int, ...], fallback: bool, pair: str = ""):
+    def __init__(
+        self, s_shape: tuple[int, ...], t_shape: tuple[int, ...], fallback: bool, pair: str = ""
+    ):
         super().__init__()
         _, s_c, s_h, s_w = s_shape
         _, t_c, t_h, t_w = t_shape
@@ -85,15 +87,34 @@ class FitNet(Distiller):
     variants = {
         "crd": Variant(
             "CRD/RepDistiller protocol (= defaults): 1·CE + 100·hint, hint tap f2",
-            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 100.0, "hint_layer": 2, "regressor": "repdistiller"},
+            {
+                "ce_weight": 1.0,
+                "kd_weight": 0.0,
+                "weight": 100.0,
+                "hint_layer": 2,
+                "regressor": "repdistiller",
+            },
         ),
         "simkd": Variant(
             "SimKD code protocol: 1·CE + 1·KD(T=4) + 100·hint, hint tap f1 (SimKD default), SimKD ConvReg fallback",
-            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 100.0, "hint_layer": 1, "regressor": "simkd"},
+            {
+                "ce_weight": 1.0,
+                "kd_weight": 1.0,
+                "weight": 100.0,
+                "hint_layer": 1,
+                "regressor": "simkd",
+            },
         ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: FitNetParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: FitNetParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
@@ -104,9 +125,16 @@ class FitNet(Distiller):
                 f"FitNet{pair}: hint_layer {layer} does not exist; the student has taps f0..f{len(s.stages) - 1} "
                 f"and the teacher f0..f{len(t.stages) - 1}."
             )
-        self.regressor = ConvReg(tuple(s.stages[layer].shape), tuple(t.stages[layer].shape), params.regressor == "simkd", pair)
+        self.regressor = ConvReg(
+            tuple(s.stages[layer].shape),
+            tuple(t.stages[layer].shape),
+            params.regressor == "simkd",
+            pair,
+        )
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         layer = self.params.hint_layer
         hint_t = teacher.stages[layer].detach()

@@ -46,8 +46,10 @@ def _mismatch(s: Features, t: Features, pair: str) -> str | None:
     s_c, t_c = [f.shape[1] for f in s.stages], [f.shape[1] for f in t.stages]
     if s_c == t_c:
         return None
-    return (f"FSP ({pair}) needs the same number of taps f0..fk with equal channel counts in both networks; "
-            f"the student's are {s_c} and the teacher's {t_c}.")
+    return (
+        f"FSP ({pair}) needs the same number of taps f0..fk with equal channel counts in both networks; "
+        f"the student's are {s_c} and the teacher's {t_c}."
+    )
 
 
 @register
@@ -65,7 +67,9 @@ class FSP(Distiller):
     }
 
     @classmethod
-    def supports(cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None) -> str | None:
+    def supports(
+        cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None
+    ) -> str | None:
         """Why FSP cannot distil ``teacher`` into ``student`` (``None``: it can)."""
         if teacher is None:
             return None
@@ -73,7 +77,14 @@ class FSP(Distiller):
         s, t = probe_features(student, teacher, example)
         return _mismatch(s, t, pair_name(student, teacher))
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: FSPParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: FSPParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         self._feature_names = feature_parameter_names(student, example)
         self._init_modes = InitModes(student, self._feature_names)
@@ -81,7 +92,10 @@ class FSP(Distiller):
     def init_stage(self) -> InitStage | None:
         if self.params.init_epochs == 0:
             return None
-        return InitStage(self.params.init_epochs, [p for n, p in self.student.named_parameters() if n in self._feature_names])
+        return InitStage(
+            self.params.init_epochs,
+            [p for n, p in self.student.named_parameters() if n in self._feature_names],
+        )
 
     def forward_init(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.teacher is not None
@@ -91,5 +105,7 @@ class FSP(Distiller):
             teacher = self.teacher.forward_features(images)
         return {"fsp": losses.fsp(student.stages, teacher.stages)}
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return student.logits, {}  # main stage: CE only (added by the base class)

@@ -67,14 +67,20 @@ class Paraphraser(nn.Module):
         super().__init__()
         mid = int(c_t * rate)
         self.encoder = nn.Sequential(
-            nn.Conv2d(c_t, c_t, 3, 1, 1), _lrelu(),
-            nn.Conv2d(c_t, mid, 3, 1, 1), _lrelu(),
-            nn.Conv2d(mid, mid, 3, 1, 1), _lrelu(),
+            nn.Conv2d(c_t, c_t, 3, 1, 1),
+            _lrelu(),
+            nn.Conv2d(c_t, mid, 3, 1, 1),
+            _lrelu(),
+            nn.Conv2d(mid, mid, 3, 1, 1),
+            _lrelu(),
         )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(mid, mid, 3, 1, 1), _lrelu(),
-            nn.ConvTranspose2d(mid, c_t, 3, 1, 1), _lrelu(),
-            nn.ConvTranspose2d(c_t, c_t, 3, 1, 1), _lrelu(),
+            nn.ConvTranspose2d(mid, mid, 3, 1, 1),
+            _lrelu(),
+            nn.ConvTranspose2d(mid, c_t, 3, 1, 1),
+            _lrelu(),
+            nn.ConvTranspose2d(c_t, c_t, 3, 1, 1),
+            _lrelu(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +94,15 @@ class Translator(nn.Sequential):
     def __init__(self, c_s: int, c_t: int, rate: float):
         mid = int(c_t * rate)
         super().__init__(
-            nn.Conv2d(c_s, c_s, 3, 1, 1), nn.BatchNorm2d(c_s), _lrelu(),
-            nn.Conv2d(c_s, mid, 3, 1, 1), nn.BatchNorm2d(mid), _lrelu(),
-            nn.Conv2d(mid, mid, 3, 1, 1), nn.BatchNorm2d(mid), _lrelu(),
+            nn.Conv2d(c_s, c_s, 3, 1, 1),
+            nn.BatchNorm2d(c_s),
+            _lrelu(),
+            nn.Conv2d(c_s, mid, 3, 1, 1),
+            nn.BatchNorm2d(mid),
+            _lrelu(),
+            nn.Conv2d(mid, mid, 3, 1, 1),
+            nn.BatchNorm2d(mid),
+            _lrelu(),
         )
 
 
@@ -110,7 +122,14 @@ class FT(Distiller):
     # Extra modules trained only in the init stage; frozen (never updated) in the main stage.
     init_only_modules: ClassVar[tuple[str, ...]] = ("paraphraser",)
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: FTParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: FTParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
@@ -118,12 +137,16 @@ class FT(Distiller):
         self.paraphraser = Paraphraser(c_t, params.rate)
         self.translator = Translator(c_s, c_t, params.rate)
         # RepDistiller's list of CIFAR ResNet / WRN students gets the hard-coded LR.
-        self.init_lr = PARAPHRASER_LR_CIFAR_RESNET if isinstance(student, (CifarResNet, WideResNet)) else None
+        self.init_lr = (
+            PARAPHRASER_LR_CIFAR_RESNET if isinstance(student, (CifarResNet, WideResNet)) else None
+        )
 
     def init_stage(self) -> InitStage | None:
         if self.params.init_epochs == 0:
             return None
-        return InitStage(self.params.init_epochs, list(self.paraphraser.parameters()), lr=self.init_lr)
+        return InitStage(
+            self.params.init_epochs, list(self.paraphraser.parameters()), lr=self.init_lr
+        )
 
     def forward_init(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.teacher is not None
@@ -131,7 +154,9 @@ class FT(Distiller):
             f_t = self.teacher.forward_features(images).stages[-1]
         return {"ft_paraphraser": losses.mse(self.paraphraser(f_t), f_t)}
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         with torch.no_grad():  # the paraphraser is frozen after its init stage
             factor_t = self.paraphraser.encoder(teacher.stages[-1])

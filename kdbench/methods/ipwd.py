@@ -59,21 +59,43 @@ class IPWD(Distiller):
     Params = IPWDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
-        "mirror": Variant("ŵ = 1 + H(y^kd,y)/H(y^cls,y): up-weights under-represented samples (default)", {"form": "mirror"}),
-        "summary": Variant("ŵ = 1 + H(y^cls,y)/H(y^kd,y): the third-party summary's form (unverified)", {"form": "summary"}),
-        "prob-ratio": Variant("ŵ = 1 + p^cls_y / p^kd_y (another reading, unverified)", {"form": "prob-ratio"}),
-        "raw-weights": Variant(
-            "the literal formula: raw logits, no self-normalisation of ŵ", {"logit_norm": "none", "self_normalize": False}
+        "mirror": Variant(
+            "ŵ = 1 + H(y^kd,y)/H(y^cls,y): up-weights under-represented samples (default)",
+            {"form": "mirror"},
         ),
-        "dagger": Variant("IPWD†: ŵ from a second extra head trained only with the KD loss", {"weight_source": "kd-head"}),
-        "linear-probe": Variant("extra head on a detached feature (no backbone gradient from its CE)", {"head_detach": True}),
+        "summary": Variant(
+            "ŵ = 1 + H(y^cls,y)/H(y^kd,y): the third-party summary's form (unverified)",
+            {"form": "summary"},
+        ),
+        "prob-ratio": Variant(
+            "ŵ = 1 + p^cls_y / p^kd_y (another reading, unverified)", {"form": "prob-ratio"}
+        ),
+        "raw-weights": Variant(
+            "the literal formula: raw logits, no self-normalisation of ŵ",
+            {"logit_norm": "none", "self_normalize": False},
+        ),
+        "dagger": Variant(
+            "IPWD†: ŵ from a second extra head trained only with the KD loss",
+            {"weight_source": "kd-head"},
+        ),
+        "linear-probe": Variant(
+            "extra head on a detached feature (no backbone gradient from its CE)",
+            {"head_detach": True},
+        ),
         "imagenet-wsld": Variant(
             "ImageNet base objective following WSLD's code: CE 1 + 2.5·KD at T 2",
             {"ce_weight": 1.0, "weight": 2.5, "temperature": 2.0},
         ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: IPWDParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: IPWDParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, _ = self.probe(example)
         features, classes = s.pooled.shape[1], s.logits.shape[1]
@@ -81,7 +103,9 @@ class IPWD(Distiller):
         if params.weight_source == "kd-head":
             self.kd_head = nn.Linear(features, classes)
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
         feature = student.pooled.detach() if p.head_detach else student.pooled
@@ -93,11 +117,22 @@ class IPWD(Distiller):
             terms["ipwd_kd_head"] = p.weight * losses.kd(logits_kd, teacher.logits, p.temperature)
         if step.epoch >= p.start_epoch:
             distill = losses.ipwd(
-                student.logits, teacher.logits, logits_cls, step.targets, p.temperature,
-                form=p.form, logit_norm=p.logit_norm, self_normalize=p.self_normalize,
-                max_weight=p.max_weight, logits_kd=logits_kd,
+                student.logits,
+                teacher.logits,
+                logits_cls,
+                step.targets,
+                p.temperature,
+                form=p.form,
+                logit_norm=p.logit_norm,
+                self_normalize=p.self_normalize,
+                max_weight=p.max_weight,
+                logits_kd=logits_kd,
             )
         else:
             distill = losses.kd(student.logits, teacher.logits, p.temperature)
-        terms = {"ipwd": p.weight * distill, **terms, "ipwd_cls": p.cls_weight * self.cross_entropy(logits_cls, step.targets)}
+        terms = {
+            "ipwd": p.weight * distill,
+            **terms,
+            "ipwd_cls": p.cls_weight * self.cross_entropy(logits_cls, step.targets),
+        }
         return student.logits, terms

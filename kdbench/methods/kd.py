@@ -22,6 +22,10 @@ class KD(Distiller):
     Params = KDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol: 0.1·CE + 0.9·KD, T=4", {"ce_weight": 0.1, "kd_weight": 0.9}),
-        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD, T=4", {"ce_weight": 1.0, "kd_weight": 1.0}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol: 0.1·CE + 0.9·KD, T=4", {"ce_weight": 0.1, "kd_weight": 0.9}
+        ),
+        "simkd": Variant(
+            "SimKD code protocol: 1·CE + 1·KD, T=4", {"ce_weight": 1.0, "kd_weight": 1.0}
+        ),
     }

@@ -61,29 +61,63 @@ class MLKD(Distiller):
     title = "MLKD"
     paper = "Jin, Wang & Lin, Multi-Level Logit Distillation, CVPR 2023"
     Params = MLKDParams
-    needs = Needs(teacher=True, teacher_logits_only=True, strong_view=True, batch_dependent_loss=True)
+    needs = Needs(
+        teacher=True, teacher_logits_only=True, strong_view=True, batch_dependent_loss=True
+    )
     variants = {
-        "released-code": Variant("the released code (published numbers): scalar masks, strong-group quirk", {}),
-        "paper": Variant("the paper's reading: per-sample/per-class masks, strong view throughout",
-                         {"masking": "per_sample", "strong_group_uses_weak_logits": False, "strong_correlations": True}),
-        "imagenet": Variant("released ImageNet config: T0 = 1, 0.5·CE + 0.5·MLKD", {"temperature": 1.0, "ce_weight": 0.5, "weight": 0.5}),
+        "released-code": Variant(
+            "the released code (published numbers): scalar masks, strong-group quirk", {}
+        ),
+        "paper": Variant(
+            "the paper's reading: per-sample/per-class masks, strong view throughout",
+            {
+                "masking": "per_sample",
+                "strong_group_uses_weak_logits": False,
+                "strong_correlations": True,
+            },
+        ),
+        "imagenet": Variant(
+            "released ImageNet config: T0 = 1, 0.5·CE + 0.5·MLKD",
+            {"temperature": 1.0, "ce_weight": 0.5, "weight": 0.5},
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        assert teacher is not None and step.strong is not None, "MLKD needs the strong view (Needs.strong_view)"
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert teacher is not None and step.strong is not None, (
+            "MLKD needs the strong view (Needs.strong_view)"
+        )
         z_s_strong = self.student(step.strong)
         with torch.no_grad():
             z_t_strong = self.teacher(step.strong)
-        terms = per_chunk(self.terms, step.loss_chunk, student.logits, teacher.logits, z_s_strong, z_t_strong, step.targets)
+        terms = per_chunk(
+            self.terms,
+            step.loss_chunk,
+            student.logits,
+            teacher.logits,
+            z_s_strong,
+            z_t_strong,
+            step.targets,
+        )
         return student.logits, terms
 
-    def terms(self, z_s_weak: torch.Tensor, z_t_weak: torch.Tensor, z_s_strong: torch.Tensor, z_t_strong: torch.Tensor,
-              targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def terms(
+        self,
+        z_s_weak: torch.Tensor,
+        z_t_weak: torch.Tensor,
+        z_s_strong: torch.Tensor,
+        z_t_strong: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """Every MLKD term of one (per-GPU) batch of weak/strong student and teacher logits."""
         p = self.params
         with torch.no_grad():
             probs = F.softmax(z_t_weak.float(), dim=1)
-            sample_mask, class_mask = below_median(probs.max(dim=1).values), below_median(probs.sum(dim=0))
+            sample_mask, class_mask = (
+                below_median(probs.max(dim=1).values),
+                below_median(probs.sum(dim=0)),
+            )
         temperatures = (p.temperature, *EXTRA_TEMPERATURES)
 
         def masked(loss, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,11 +132,16 @@ class MLKD(Distiller):
         terms = {
             "ce_strong": p.ce_weight * self.cross_entropy(z_s_strong, targets),
             "kd_weak": p.weight * masked(losses.mlkd_instance, z_s_weak, z_t_weak, sample_mask),
-            "kd_strong": p.weight * sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
+            "kd_strong": p.weight
+            * sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
             "cc": p.weight * masked(losses.mlkd_class, z_s_weak, z_t_weak, class_mask),
             "bc": p.weight * masked(losses.mlkd_batch, z_s_weak, z_t_weak, sample_mask),
         }
         if p.strong_correlations:
-            terms["cc_strong"] = p.weight * masked(losses.mlkd_class, z_s_strong, z_t_strong, class_mask)
-            terms["bc_strong"] = p.weight * masked(losses.mlkd_batch, z_s_strong, z_t_strong, sample_mask)
+            terms["cc_strong"] = p.weight * masked(
+                losses.mlkd_class, z_s_strong, z_t_strong, class_mask
+            )
+            terms["bc_strong"] = p.weight * masked(
+                losses.mlkd_batch, z_s_strong, z_t_strong, sample_mask
+            )
         return terms

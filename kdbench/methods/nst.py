@@ -30,15 +30,24 @@ class NSTParams(MethodParams):
 class NST(Distiller):
     name = "nst"
     title = "NST"
-    paper = "Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017"
+    paper = (
+        "Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017"
+    )
     Params = NSTParams
     needs = Needs(teacher=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 50·NST", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 50.0}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 50·NST",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 50.0},
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
-        pairs = zip(student.stages[1:], teacher.stages[1:])  # front-aligned, truncated at the shorter list
+        pairs = zip(
+            student.stages[1:], teacher.stages[1:]
+        )  # front-aligned, truncated at the shorter list
         loss = sum(losses.nst(f_s, f_t.detach()) for f_s, f_t in pairs)
         return student.logits, {"nst": self.params.weight * loss}

@@ -86,13 +86,21 @@ class OFD(Distiller):
     Params = OFDParams
     needs = Needs(teacher=True)
     variants = {
-        "cifar": Variant("mdistiller CIFAR-100 (= defaults): 1·CE + 1e-3·OFD, teacher BN on batch statistics", {"weight": 1e-3}),
+        "cifar": Variant(
+            "mdistiller CIFAR-100 (= defaults): 1·CE + 1e-3·OFD, teacher BN on batch statistics",
+            {"weight": 1e-3},
+        ),
         "imagenet": Variant("mdistiller / clovaai ImageNet: 1·CE + 1e-4·OFD", {"weight": 1e-4}),
-        "teacher-eval": Variant("teacher in eval mode (running BN statistics) instead of the released code's train mode", {"teacher_bn": "running"}),
+        "teacher-eval": Variant(
+            "teacher in eval mode (running BN statistics) instead of the released code's train mode",
+            {"teacher_bn": "running"},
+        ),
     }
 
     @classmethod
-    def supports(cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None) -> str | None:
+    def supports(
+        cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None
+    ) -> str | None:
         """Why OFD cannot distil ``teacher`` into ``student`` (``None``: it can): the teacher must
         define its BN-before-ReLU layers (not ShuffleNets; architectures.md §3.5, §3.6)."""
         if teacher is None:
@@ -103,7 +111,14 @@ class OFD(Distiller):
             return f"OFD ({pair_name(student, teacher)}): {err}"
         return None
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: OFDParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: OFDParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         assert teacher is not None
         bns = teacher.bn_before_relu()
@@ -111,8 +126,10 @@ class OFD(Distiller):
         assert t is not None
         s_taps, t_taps = s.preact[1:], t.preact[1:]
         # The list covers the deepest taps (all of them, or f2..f4 for mdistiller's ImageNet ResNets).
-        covered = t_taps[len(t_taps) - len(bns):] if len(bns) <= len(t_taps) else []
-        if len(covered) != len(bns) or any(bn.num_features != f.shape[1] for bn, f in zip(bns, covered)):
+        covered = t_taps[len(t_taps) - len(bns) :] if len(bns) <= len(t_taps) else []
+        if len(covered) != len(bns) or any(
+            bn.num_features != f.shape[1] for bn, f in zip(bns, covered)
+        ):
             raise KdbenchError(
                 f"OFD ({pair_name(student, teacher)}): the teacher's BN-before-ReLU layers "
                 f"({[bn.num_features for bn in bns]} channels) do not match its deepest preact taps "
@@ -121,22 +138,34 @@ class OFD(Distiller):
         n = min(len(s_taps), len(t_taps), len(bns))
         s_taps, t_taps, bns = s_taps[-n:], t_taps[-n:], bns[-n:]  # back-aligned (mdistiller)
         self.n_pairs = n
-        self.connectors = nn.ModuleList(connector(f_s.shape[1], f_t.shape[1]) for f_s, f_t in zip(s_taps, t_taps))
+        self.connectors = nn.ModuleList(
+            connector(f_s.shape[1], f_t.shape[1]) for f_s, f_t in zip(s_taps, t_taps)
+        )
         for i, bn in enumerate(bns):
             # Constants of the frozen teacher: moved with the distiller, not saved in checkpoints.
-            self.register_buffer(f"margin{i}", losses.ofd_margins(bn.weight, bn.bias), persistent=False)
+            self.register_buffer(
+                f"margin{i}", losses.ofd_margins(bn.weight, bn.bias), persistent=False
+            )
 
     def margins(self) -> list[torch.Tensor]:
         return [getattr(self, f"margin{i}") for i in range(self.n_pairs)]
 
-    def forward_train(self, images: torch.Tensor, targets: torch.Tensor, epoch: int,
-                      indices: torch.Tensor | None = None, strong: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        epoch: int,
+        indices: torch.Tensor | None = None,
+        strong: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.training and self.params.teacher_bn == "batch" and self.teacher is not None:
             with batch_statistics(self.teacher):
                 return super().forward_train(images, targets, epoch, indices, strong)
         return super().forward_train(images, targets, epoch, indices, strong)
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         n = self.n_pairs
         connected = [c(f) for c, f in zip(self.connectors, student.preact[1:][-n:])]

@@ -33,11 +33,19 @@ class PKT(Distiller):
     Params = PKTParams
     needs = Needs(teacher=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 30000·PKT", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 30000.0}),
-        "simkd": Variant("SimKD/SemCKD code protocol: 1·CE + 1·KD(T=4) + 30000·PKT", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 30000.0}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 30000·PKT",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 30000.0},
+        ),
+        "simkd": Variant(
+            "SimKD/SemCKD code protocol: 1·CE + 1·KD(T=4) + 30000·PKT",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 30000.0},
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         loss = losses.pkt(student.pooled, teacher.pooled.detach())
         return student.logits, {"pkt": self.params.weight * loss}

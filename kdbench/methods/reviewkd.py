@@ -41,7 +41,16 @@ from pydantic import Field
 from torch import nn
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, pair_name, probe_features, register
+from kdbench.methods.base import (
+    Distiller,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    pair_name,
+    probe_features,
+    register,
+)
 from kdbench.models.base import Features, KDModel
 
 
@@ -62,13 +71,22 @@ class ABF(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels))
-        self.att_conv = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels)
+        )
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.att_conv = (
+            nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
+        )
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, out_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, out_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(conv2 output at out_size, the fused map passed to the next shallower level)``."""
         n, _, h, w = x.shape
         x = self.conv1(x)
@@ -111,7 +129,10 @@ class ReviewKD(Distiller):
         "cifar-w8": Variant("RV script weight 8: resnet32x4→ShuffleV2", {"weight": 8.0}),
         "cifar-w1": Variant("RV script weight 1: resnet110→resnet32", {"weight": 1.0}),
         "cifar-w0.6": Variant("RV script weight 0.6: resnet56→resnet20", {"weight": 0.6}),
-        "rv-code": Variant("ReviewKD's own CIFAR code: warm-up counts epochs from 0 (first epoch weight 0)", {"warmup_first_epoch": 0}),
+        "rv-code": Variant(
+            "ReviewKD's own CIFAR code: warm-up counts epochs from 0 (first epoch weight 0)",
+            {"warmup_first_epoch": 0},
+        ),
         "imagenet-r34-r18": Variant(
             "mdistiller ImageNet ResNet-34→ResNet-18: weight 1, warm-up 1 epoch, student preact taps",
             {"weight": 1.0, "warmup": 1, "student_preact": True},
@@ -127,14 +148,23 @@ class ReviewKD(Distiller):
     }
 
     @classmethod
-    def supports(cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None) -> str | None:
+    def supports(
+        cls, student: KDModel, teacher: KDModel | None, example: torch.Tensor | None = None
+    ) -> str | None:
         """Why ReviewKD cannot distil ``teacher`` into ``student`` (``None``: it can)."""
         if teacher is None or example is None:
             return None
         s, t = probe_features(student, teacher, example)
         return _mismatch(s, t, pair_name(student, teacher))
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: ReviewKDParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: ReviewKDParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
@@ -143,7 +173,8 @@ class ReviewKD(Distiller):
         n = len(s_levels)
         # abfs[i] serves level i (shallow → deep); built shallow first, as the references do.
         self.abfs = nn.ModuleList(
-            ABF(f_s.shape[1], mid, f_t.shape[1], fuse=i < n - 1) for i, (f_s, f_t) in enumerate(zip(s_levels, t_levels))
+            ABF(f_s.shape[1], mid, f_t.shape[1], fuse=i < n - 1)
+            for i, (f_s, f_t) in enumerate(zip(s_levels, t_levels))
         )
         self.out_sizes = [tuple(f.shape[-2:]) for f in t_levels]
 
@@ -172,7 +203,11 @@ class ReviewKD(Distiller):
             return 1.0
         return min((epoch - 1 + p.warmup_first_epoch) / p.warmup, 1.0)
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         loss = losses.reviewkd(self.review(student), self._teacher_levels(teacher))
-        return student.logits, {"reviewkd": self.params.weight * self.warmup_factor(step.epoch) * loss}
+        return student.logits, {
+            "reviewkd": self.params.weight * self.warmup_factor(step.epoch) * loss
+        }

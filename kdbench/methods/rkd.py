@@ -35,11 +35,19 @@ class RKD(Distiller):
     Params = RKDParams
     needs = Needs(teacher=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 1·(25·dist + 50·angle)", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0}),
-        "simkd": Variant("SimKD/SemCKD code protocol: 1·CE + 1·KD(T=4) + 1·RKD", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 1·(25·dist + 50·angle)",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0},
+        ),
+        "simkd": Variant(
+            "SimKD/SemCKD code protocol: 1·CE + 1·KD(T=4) + 1·RKD",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0},
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         p = self.params
         loss = losses.rkd(student.pooled, teacher.pooled.detach(), p.w_dist, p.w_angle)

@@ -42,13 +42,20 @@ class RLD(Distiller):
     Params = RLDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
-        "same-t": Variant("README runs (--same-t): one temperature τ_a = τ for SCD and MCD", {"alpha_temperature": None}),
-        "cfg-default": Variant("released config default without --same-t: τ_a = 1 for SCD", {"alpha_temperature": 1.0}),
+        "same-t": Variant(
+            "README runs (--same-t): one temperature τ_a = τ for SCD and MCD",
+            {"alpha_temperature": None},
+        ),
+        "cfg-default": Variant(
+            "released config default without --same-t: τ_a = 1 for SCD", {"alpha_temperature": 1.0}
+        ),
         "cifar-beta2": Variant(
-            "[UNKNOWN] per-pair β; DKD's β = 2 pairs as fallback (resnet56→resnet20, resnet110→resnet32/20)", {"beta": 2.0}
+            "[UNKNOWN] per-pair β; DKD's β = 2 pairs as fallback (resnet56→resnet20, resnet110→resnet32/20)",
+            {"beta": 2.0},
         ),
         "cifar-beta6": Variant(
-            "[UNKNOWN] per-pair β; DKD's β = 6 pairs as fallback (vgg13→vgg8, wrn_40_2→wrn_16_2/wrn_40_1, ...)", {"beta": 6.0}
+            "[UNKNOWN] per-pair β; DKD's β = 6 pairs as fallback (vgg13→vgg8, wrn_40_2→wrn_16_2/wrn_40_1, ...)",
+            {"beta": 6.0},
         ),
         "imagenet-r34-r18": Variant(
             "RLD ImageNet ResNet-34→ResNet-18 config: β 0.5, τ = τ_a = 1, warm-up 1",
@@ -58,15 +65,26 @@ class RLD(Distiller):
             "RLD ImageNet ResNet-50→MobileNet-V1 config: β 2, τ = τ_a = 1, warm-up 1",
             {"beta": 2.0, "temperature": 1.0, "alpha_temperature": 1.0, "warmup": 1},
         ),
-        "logit-stand": Variant("with the code's --logit-stand (z-scored logits)", {"logit_stand": True}),
+        "logit-stand": Variant(
+            "with the code's --logit-stand (z-scored logits)", {"logit_stand": True}
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
         alpha_t = p.temperature if p.alpha_temperature is None else p.alpha_temperature
         loss = losses.rld(
-            student.logits, teacher.logits, step.targets, p.alpha, p.beta, p.temperature, alpha_t,
-            logit_stand=p.logit_stand, safe=p.safe,
+            student.logits,
+            teacher.logits,
+            step.targets,
+            p.alpha,
+            p.beta,
+            p.temperature,
+            alpha_t,
+            logit_stand=p.logit_stand,
+            safe=p.safe,
         )
         return student.logits, {"rld": p.weight * warmup_factor(step.epoch, p.warmup) * loss}

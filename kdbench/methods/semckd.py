@@ -64,8 +64,12 @@ def proj(c_s: int, c_t: int) -> nn.Sequential:
     """1×1 conv (C_s → 2C_t) BN ReLU → 3×3 conv pad 1 (2C_t → 2C_t) BN ReLU → 1×1 conv (2C_t → C_t), bias-free."""
     mid = 2 * c_t
     return nn.Sequential(
-        nn.Conv2d(c_s, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-        nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+        nn.Conv2d(c_s, mid, 1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
         nn.Conv2d(mid, c_t, 1, bias=False),
     )
 
@@ -94,10 +98,14 @@ class SemCKD(Distiller):
     Params = SemCKDParams
     needs = Needs(teacher=True, fixed_batch=True, batch_dependent_loss=True)
     variants = {
-        "simkd": Variant("SimKD/SemCKD code protocol (CIFAR): 1·CE + 1·KD (T=4) + 400·SemCKD",
-                         {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 400.0}),
-        "imagenet": Variant("SemCKD README ImageNet command: 1·CE + 1·KD (T=4) + 50·SemCKD",
-                            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 50.0}),
+        "simkd": Variant(
+            "SimKD/SemCKD code protocol (CIFAR): 1·CE + 1·KD (T=4) + 400·SemCKD",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 400.0},
+        ),
+        "imagenet": Variant(
+            "SemCKD README ImageNet command: 1·CE + 1·KD (T=4) + 50·SemCKD",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 50.0},
+        ),
     }
 
     def __init__(
@@ -113,12 +121,18 @@ class SemCKD(Distiller):
         super().__init__(student, teacher, params, example, batch_size=batch_size, **context)
         s, t = self.probe(example)
         assert t is not None and batch_size is not None
-        self.batch_size = int(self.loss_chunk or batch_size)  # the batch one attention sees: one (original) GPU's
+        self.batch_size = int(
+            self.loss_chunk or batch_size
+        )  # the batch one attention sees: one (original) GPU's
         if batch_size % self.batch_size:
-            raise KdbenchError(f"SemCKD: loss_chunk {self.batch_size} must divide the batch size {batch_size}.")
+            raise KdbenchError(
+                f"SemCKD: loss_chunk {self.batch_size} must divide the batch size {batch_size}."
+            )
         dim = self.batch_size // params.factor
         if dim < 1:
-            raise KdbenchError(f"SemCKD needs a batch (per loss chunk) of at least {params.factor} (got {self.batch_size}).")
+            raise KdbenchError(
+                f"SemCKD needs a batch (per loss chunk) of at least {params.factor} (got {self.batch_size})."
+            )
         s_taps, t_taps = s.stages[1:], t.stages[1:]
         if not s_taps or not t_taps:
             raise KdbenchError("SemCKD needs at least one stage tap (f1..fk) in both networks.")
@@ -128,19 +142,29 @@ class SemCKD(Distiller):
             nn.ModuleList(proj(f_s.shape[1], f_t.shape[1]) for f_t in t_taps) for f_s in s_taps
         )
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         size = student.logits.shape[0]
         if size % self.batch_size or (step.loss_chunk is None and size != self.batch_size):
-            raise KdbenchError(f"SemCKD was built for batch size {self.batch_size} but got a batch of "
-                               f"{size}: its attention MLPs read batch-wide rows.")
+            raise KdbenchError(
+                f"SemCKD was built for batch size {self.batch_size} but got a batch of "
+                f"{size}: its attention MLPs read batch-wide rows."
+            )
         n_s = len(student.stages) - 1
         taps = [*student.stages[1:], *(f.detach() for f in teacher.stages[1:])]
-        return student.logits, per_chunk(lambda *chunk: self._terms(list(chunk[:n_s]), list(chunk[n_s:])), step.loss_chunk, *taps)
+        return student.logits, per_chunk(
+            lambda *chunk: self._terms(list(chunk[:n_s]), list(chunk[n_s:])), step.loss_chunk, *taps
+        )
 
-    def _terms(self, s_taps: list[torch.Tensor], t_taps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _terms(
+        self, s_taps: list[torch.Tensor], t_taps: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """SemCKD's weighted loss on one batch (one GPU's) of student and teacher taps."""
-        queries = torch.stack([q(gram(f)) for q, f in zip(self.query, s_taps)], dim=1)  # (B, n_s, d)
+        queries = torch.stack(
+            [q(gram(f)) for q, f in zip(self.query, s_taps)], dim=1
+        )  # (B, n_s, d)
         keys = torch.stack([k(gram(f)) for k, f in zip(self.key, t_taps)], dim=1)  # (B, n_t, d)
         attention = losses.semckd_attention(queries, keys, self.params.soft)
         projected, targets = [], []

@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, InferenceSize, MethodParams, Needs, Step, Variant, parameter_count, register
+from kdbench.methods.base import (
+    Distiller,
+    InferenceSize,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    parameter_count,
+    register,
+)
 from kdbench.models.base import Features, KDModel
 
 Projector = Literal["1x1-3x3-1x1", "1x1-dw3x3-1x1", "1x1-1x1", "1x1"]
@@ -80,12 +89,26 @@ class SimKD(Distiller):
     needs = Needs(teacher=True)
     prediction_head = "teacher_classifier"
     variants = {
-        "released-code": Variant("student tap = last stage map (DefangChen/SimKD code)", {"student_tap": "stage"}),
-        "paper": Variant("student tap = head-conv map for MobileNetV2/ShuffleNetV2 (paper's projector sizes)", {"student_tap": "head"}),
-        "imagenet": Variant("paper's ImageNet projector: depthwise 3×3", {"projector": "1x1-dw3x3-1x1"}),
+        "released-code": Variant(
+            "student tap = last stage map (DefangChen/SimKD code)", {"student_tap": "stage"}
+        ),
+        "paper": Variant(
+            "student tap = head-conv map for MobileNetV2/ShuffleNetV2 (paper's projector sizes)",
+            {"student_tap": "head"},
+        ),
+        "imagenet": Variant(
+            "paper's ImageNet projector: depthwise 3×3", {"projector": "1x1-dw3x3-1x1"}
+        ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: SimKDParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: SimKDParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
@@ -98,7 +121,11 @@ class SimKD(Distiller):
 
     def _align(self, fmap: torch.Tensor) -> torch.Tensor:
         """Average-pool a map down to the smaller of the two spatial sizes (square maps)."""
-        return fmap if fmap.shape[-1] == self.aligned_size else F.adaptive_avg_pool2d(fmap, self.aligned_size)
+        return (
+            fmap
+            if fmap.shape[-1] == self.aligned_size
+            else F.adaptive_avg_pool2d(fmap, self.aligned_size)
+        )
 
     def _predict(self, projected: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None
@@ -107,7 +134,9 @@ class SimKD(Distiller):
     def _pooled_logits(self, fmap: torch.Tensor) -> torch.Tensor:
         """W_t · GAP(fmap), without the bias (it cancels in the output loss)."""
         assert self.teacher is not None
-        return F.linear(torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1), self.teacher.classifier.weight)
+        return F.linear(
+            torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1), self.teacher.classifier.weight
+        )
 
     def _alignment_loss(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Table S.7: the input ℓ2 (Eq. 3), the output ℓ2 through W_t, or their sum."""
@@ -118,18 +147,28 @@ class SimKD(Distiller):
             loss = loss + losses.mse(self._pooled_logits(projected), self._pooled_logits(target))
         return loss
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         projected = self.projector(self._align(self._student_map(student)))
         target = self._align(teacher.head_map)
-        return self._predict(projected), {"simkd": self.params.weight * self._alignment_loss(projected, target)}
+        return self._predict(projected), {
+            "simkd": self.params.weight * self._alignment_loss(projected, target)
+        }
 
     @torch.no_grad()
     def forward_test_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted ℓ2 feature-alignment loss (Eq. 3) on test images: Table 5's "Test loss (ℓ2)"."""
         assert self.teacher is not None
-        projected = self.projector(self._align(self._student_map(self.student.forward_features(images))))
-        return {"simkd": losses.simkd(projected, self._align(self.teacher.forward_features(images).head_map))}
+        projected = self.projector(
+            self._align(self._student_map(self.student.forward_features(images)))
+        )
+        return {
+            "simkd": losses.simkd(
+                projected, self._align(self.teacher.forward_features(images).head_map)
+            )
+        }
 
     def inference_size(self) -> InferenceSize:
         """Student encoder + projector + the reused teacher classifier (Eq. 6)."""

@@ -37,13 +37,26 @@ class SimKDSequential(SimKD):
     frozen_modules = ("student", "projector")  # only the new classifier trains
     prediction_head = "new_classifier"
     variants = {
-        "student-feature": Variant("the new classifier reads the student's pooled feature", {"reads": "student"}),
+        "student-feature": Variant(
+            "the new classifier reads the student's pooled feature", {"reads": "student"}
+        ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: SequentialParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: SequentialParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         assert teacher is not None
-        inputs = teacher.classifier.in_features if params.reads == "projector" else student.classifier.in_features
+        inputs = (
+            teacher.classifier.in_features
+            if params.reads == "projector"
+            else student.classifier.in_features
+        )
         self.new_classifier = nn.Linear(inputs, teacher.classifier.out_features)
         self.train()  # freezes the encoder (frozen_modules): eval mode, no gradients
 
@@ -58,21 +71,34 @@ class SimKDSequential(SimKD):
 
     def inference_size(self) -> InferenceSize:
         """Student encoder + the new classifier (+ the projector when the classifier reads it)."""
-        added = parameter_count(self.new_classifier) + (parameter_count(self.projector) if self.params.reads == "projector" else 0)
-        return InferenceSize(student=parameter_count(self.student) - parameter_count(self.student.classifier), added=added)
+        added = parameter_count(self.new_classifier) + (
+            parameter_count(self.projector) if self.params.reads == "projector" else 0
+        )
+        return InferenceSize(
+            student=parameter_count(self.student) - parameter_count(self.student.classifier),
+            added=added,
+        )
 
     def extra_heads(self, student: Features) -> dict[str, torch.Tensor]:
         return {"teacher_classifier": super().prediction(student)}
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             features = self._features(student)
         logits = self.new_classifier(features)
-        return logits, {"ce_new_classifier": self.params.ce_weight * self.cross_entropy(logits, step.targets)}
+        return logits, {
+            "ce_new_classifier": self.params.ce_weight * self.cross_entropy(logits, step.targets)
+        }
 
     def forward_train(
-        self, images: torch.Tensor, targets: torch.Tensor, epoch: int,
-        indices: torch.Tensor | None = None, strong: torch.Tensor | None = None,
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        epoch: int,
+        indices: torch.Tensor | None = None,
+        strong: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Only the new classifier's loss: no teacher pass, no CE on the frozen student classifier."""
         with torch.no_grad():

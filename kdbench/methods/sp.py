@@ -36,13 +36,25 @@ class SP(Distiller):
     Params = SPParams
     needs = Needs(teacher=True, batch_dependent_loss=True)
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 3000·SP", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 3000.0}),
-        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD(T=4) + 3000·SP", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 3000.0}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 3000·SP",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 3000.0},
+        ),
+        "simkd": Variant(
+            "SimKD code protocol: 1·CE + 1·KD(T=4) + 3000·SP",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 3000.0},
+        ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         weight = self.params.weight
-        terms = per_chunk(lambda f_s, f_t: {"sp": weight * losses.sp(f_s, f_t)}, step.loss_chunk,
-                          student.stages[-1], teacher.stages[-1].detach())
+        terms = per_chunk(
+            lambda f_s, f_t: {"sp": weight * losses.sp(f_s, f_t)},
+            step.loss_chunk,
+            student.stages[-1],
+            teacher.stages[-1].detach(),
+        )
         return student.logits, terms

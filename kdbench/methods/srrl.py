@@ -41,19 +41,34 @@ class SRRL(Distiller):
     Params = SRRLParams
     needs = Needs(teacher=True)
     variants = {
-        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD (T=4) + 1·SRRL, connector on the pooled vector",
-                         {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0, "connector_input": "pooled"}),
-        "official": Variant("authors' ImageNet code: 1·CE + 1·SRRL, no KD, connector on the last feature map",
-                            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0, "connector_input": "map"}),
+        "simkd": Variant(
+            "SimKD code protocol: 1·CE + 1·KD (T=4) + 1·SRRL, connector on the pooled vector",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0, "connector_input": "pooled"},
+        ),
+        "official": Variant(
+            "authors' ImageNet code: 1·CE + 1·SRRL, no KD, connector on the last feature map",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0, "connector_input": "map"},
+        ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: SRRLParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: SRRLParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
         c_s = s.pooled.shape[1] if params.connector_input == "pooled" else s.head_map.shape[1]
         c_t = t.pooled.shape[1]
-        self.connector = nn.Sequential(nn.Conv2d(c_s, c_t, kernel_size=1, bias=False), nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
+        self.connector = nn.Sequential(
+            nn.Conv2d(c_s, c_t, kernel_size=1, bias=False),
+            nn.BatchNorm2d(c_t),
+            nn.ReLU(inplace=True),
+        )
 
     def transfer(self, student: Features) -> torch.Tensor:
         """h: the connector's output for the student, (B, C_t)."""
@@ -61,8 +76,12 @@ class SRRL(Distiller):
             return self.connector(student.pooled[:, :, None, None]).flatten(1)
         return self.connector(student.head_map).mean(dim=(2, 3))
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None and self.teacher is not None
         h = self.transfer(student)
         pred = self.teacher.classifier(h)
-        return student.logits, {"srrl": self.params.weight * losses.srrl(h, teacher.pooled, pred, teacher.logits)}
+        return student.logits, {
+            "srrl": self.params.weight * losses.srrl(h, teacher.pooled, pred, teacher.logits)
+        }

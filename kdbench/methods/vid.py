@@ -35,7 +35,16 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.losses.feature import pool_to_common_size
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register, scale_gradient, unsynced_copies_loss
+from kdbench.methods.base import (
+    Distiller,
+    MethodParams,
+    Needs,
+    Step,
+    Variant,
+    register,
+    scale_gradient,
+    unsynced_copies_loss,
+)
 from kdbench.models.base import Features, KDModel
 
 
@@ -82,27 +91,55 @@ class VID(Distiller):
     needs = Needs(teacher=True)
     added_params: ClassVar[dict[str, Any]] = {"heads": 1}
     variants = {
-        "crd": Variant("CRD/RepDistiller protocol (= defaults): 1·CE + 1·VID, variances trained", {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0, "trainable_variance": True}),
-        "simkd": Variant("SimKD code protocol: 1·CE + 1·KD(T=4) + 1·VID, variances trained", {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0, "trainable_variance": True}),
-        "mdistiller": Variant("mdistiller code: variances frozen at their initial value (a_c not in the optimizer)", {"trainable_variance": False}),
+        "crd": Variant(
+            "CRD/RepDistiller protocol (= defaults): 1·CE + 1·VID, variances trained",
+            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 1.0, "trainable_variance": True},
+        ),
+        "simkd": Variant(
+            "SimKD code protocol: 1·CE + 1·KD(T=4) + 1·VID, variances trained",
+            {"ce_weight": 1.0, "kd_weight": 1.0, "weight": 1.0, "trainable_variance": True},
+        ),
+        "mdistiller": Variant(
+            "mdistiller code: variances frozen at their initial value (a_c not in the optimizer)",
+            {"trainable_variance": False},
+        ),
     }
 
-    def __init__(self, student: KDModel, teacher: KDModel | None, params: VIDParams, example: torch.Tensor, **context):
+    def __init__(
+        self,
+        student: KDModel,
+        teacher: KDModel | None,
+        params: VIDParams,
+        example: torch.Tensor,
+        **context,
+    ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
         assert t is not None
+
         def regressor_set() -> nn.ModuleList:
             return nn.ModuleList(
-                VIDRegressor(f_s.shape[1], f_t.shape[1], params.init_var, params.eps, params.trainable_variance)
+                VIDRegressor(
+                    f_s.shape[1],
+                    f_t.shape[1],
+                    params.init_var,
+                    params.eps,
+                    params.trainable_variance,
+                )
                 for f_s, f_t in zip(s.stages[1:], t.stages[1:])
             )
 
         self.regressors = regressor_set()
         # Sets 1.. (none, and no module, for one set: the state is exactly the single set's).
         self.replica_regressors: Sequence[nn.ModuleList] = (
-            nn.ModuleList(regressor_set() for _ in range(params.heads - 1)) if params.heads > 1 else ())
+            nn.ModuleList(regressor_set() for _ in range(params.heads - 1))
+            if params.heads > 1
+            else ()
+        )
 
-    def _loss(self, regressors: nn.ModuleList, s_taps: list[torch.Tensor], t_taps: list[torch.Tensor]) -> torch.Tensor:
+    def _loss(
+        self, regressors: nn.ModuleList, s_taps: list[torch.Tensor], t_taps: list[torch.Tensor]
+    ) -> torch.Tensor:
         """One regressor set's VID loss: front-aligned pairs f1..fk, truncated at the shorter list, summed."""
         total = []
         for f_s, f_t, reg in zip(s_taps, t_taps, regressors):
@@ -110,15 +147,23 @@ class VID(Distiller):
             total.append(losses.vid(reg(f_s), f_t, reg.log_scale, self.params.eps))
         return sum(total)
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
         s_taps, t_taps = student.stages[1:], teacher.stages[1:]
         sets = [self.regressors, *self.replica_regressors]
         if len(sets) == 1:
-            return student.logits, {"vid": self.params.weight * self._loss(self.regressors, s_taps, t_taps)}
+            return student.logits, {
+                "vid": self.params.weight * self._loss(self.regressors, s_taps, t_taps)
+            }
         n = len(sets)
         chunks_s = [f.tensor_split(n) for f in s_taps]
         chunks_t = [f.tensor_split(n) for f in t_taps]
-        parts = [self._loss(regs, [scale_gradient(c[k], 1 / n) for c in chunks_s], [c[k] for c in chunks_t])
-                 for k, regs in enumerate(sets)]
+        parts = [
+            self._loss(
+                regs, [scale_gradient(c[k], 1 / n) for c in chunks_s], [c[k] for c in chunks_t]
+            )
+            for k, regs in enumerate(sets)
+        ]
         return student.logits, {"vid": self.params.weight * unsynced_copies_loss(parts)}

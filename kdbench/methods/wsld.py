@@ -33,14 +33,21 @@ class WSLD(Distiller):
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
         "released-code": Variant(
-            "released (ImageNet) code: CE 1, α 2.5, T 2", {"ce_weight": 1.0, "weight": 2.5, "temperature": 2.0}
+            "released (ImageNet) code: CE 1, α 2.5, T 2",
+            {"ce_weight": 1.0, "weight": 2.5, "temperature": 2.0},
         ),
         "paper-cifar-unverified": Variant(
-            "paper's CIFAR setting as recalled by the spec (unverified): α 2.25, T 4", {"weight": 2.25, "temperature": 4.0}
+            "paper's CIFAR setting as recalled by the spec (unverified): α 2.25, T 4",
+            {"weight": 2.25, "temperature": 4.0},
         ),
     }
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         assert teacher is not None
-        return student.logits, {"wsld": p.weight * losses.wsld(student.logits, teacher.logits, step.targets, p.temperature)}
+        return student.logits, {
+            "wsld": p.weight
+            * losses.wsld(student.logits, teacher.logits, step.targets, p.temperature)
+        }

@@ -57,4 +57,6 @@ class KDModel(nn.Module):
         deepest taps (f1..fk for the CIFAR families, f2..f4 for mdistiller's ImageNet ResNets), in tap
         order, with that tap's channel count (mdistiller's ``get_bn_before_relu`` of each family;
         ``docs/references.md`` §Model zoos and feature taps). Families without such a list raise."""
-        raise KdbenchError(f"{type(self).__name__} does not define BN-before-ReLU layers (OFD unsupported)")
+        raise KdbenchError(
+            f"{type(self).__name__} does not define BN-before-ReLU layers (OFD unsupported)"
+        )

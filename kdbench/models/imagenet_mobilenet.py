@@ -36,13 +36,22 @@ from kdbench.models.imagenet_resnet import IMAGENET_CLASSES, IMAGENET_INPUT_SIZE
 from kdbench.models.registry import register
 
 # MobileNet-V1 depthwise-separable units (output width, stride), mdistiller's order.
-_V1_UNITS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+_V1_UNITS = (
+    [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)]
+    + [(512, 1)] * 5
+    + [(1024, 2), (1024, 1)]
+)
 _V1_TAPS = (3, 5, 11, 13)  # indices in ``model`` (0 = stem) of the units ending f1..f4
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(out_ch), nn.ReLU()]
+def _conv_bn_relu(
+    in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1
+) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(),
+    ]
 
 
 def init_tf_fan_out(model: nn.Module) -> None:
@@ -50,7 +59,11 @@ def init_tf_fan_out(model: nn.Module) -> None:
     conv N(0, √(2 / (k_h·k_w·C_out))), bias 0; BN 1 / 0; Linear U(±1/√out_features), bias 0."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            nn.init.normal_(
+                m.weight,
+                0.0,
+                math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)),
+            )
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -66,12 +79,19 @@ class MobileNetV1(KDModel):
     """mdistiller's ImageNet MobileNet-V1 (module docstring). ``init``: ``pytorch`` (PyTorch's defaults, as
     mdistiller) or ``tf`` (DIST's code base, :func:`init_tf_fan_out`)."""
 
-    def __init__(self, *, num_classes: int = IMAGENET_CLASSES, init: Literal["pytorch", "tf"] = "pytorch"):
+    def __init__(
+        self, *, num_classes: int = IMAGENET_CLASSES, init: Literal["pytorch", "tf"] = "pytorch"
+    ):
         super().__init__()
         units = [nn.Sequential(*_conv_bn_relu(3, 32, 3, 2))]
         in_ch = 32
         for out_ch, stride in _V1_UNITS:
-            units.append(nn.Sequential(*_conv_bn_relu(in_ch, in_ch, 3, stride, groups=in_ch), *_conv_bn_relu(in_ch, out_ch, 1, 1)))
+            units.append(
+                nn.Sequential(
+                    *_conv_bn_relu(in_ch, in_ch, 3, stride, groups=in_ch),
+                    *_conv_bn_relu(in_ch, out_ch, 1, 1),
+                )
+            )
             in_ch = out_ch
         self.model = nn.Sequential(*units)
         self.fc = nn.Linear(in_ch, num_classes)
@@ -97,7 +117,9 @@ class MobileNetV1(KDModel):
             preact.append(pre)
             start = end + 1
         pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return Features(stages=stages, preact=preact, head_map=x, pooled=pooled, logits=self.fc(pooled))
+        return Features(
+            stages=stages, preact=preact, head_map=x, pooled=pooled, logits=self.fc(pooled)
+        )
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The pointwise BN of units 3, 5, 11, 13: exactly the BN whose output is each preact tap."""
@@ -105,15 +127,33 @@ class MobileNetV1(KDModel):
 
 
 # torchvision MobileNetV2 inverted-residual settings (expansion t, channels c, blocks n, stride s).
-_V2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-_V2_TAPS = (3, 6, 13, 17)  # indices in ``features`` of the blocks ending f1..f4 (strides 4, 8, 16, 32)
+_V2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+_V2_TAPS = (
+    3,
+    6,
+    13,
+    17,
+)  # indices in ``features`` of the blocks ending f1..f4 (strides 4, 8, 16, 32)
 _V2_HEAD = 1280
 
 
-def _conv_bn_relu6(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def _conv_bn_relu6(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1
+) -> nn.Sequential:
     """torchvision's ``Conv2dNormActivation`` with ReLU6 (conv ``.0``, BN ``.1``)."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU6())
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU6(),
+    )
 
 
 class InvertedResidual(nn.Module):
@@ -125,8 +165,11 @@ class InvertedResidual(nn.Module):
         hidden = in_ch * expansion
         self.use_residual = stride == 1 and in_ch == out_ch
         layers: list[nn.Module] = [_conv_bn_relu6(in_ch, hidden, 1)] if expansion != 1 else []
-        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
-                   nn.Conv2d(hidden, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)]
+        layers += [
+            _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,13 +202,18 @@ class MobileNetV2(KDModel):
         stages = [x]
         start = 1
         for end in _V2_TAPS:
-            x = self.features[start:end + 1](x)
+            x = self.features[start : end + 1](x)
             stages.append(x)
             start = end + 1
         head_map = self.features[start:](x)
         pooled = torch.flatten(F.adaptive_avg_pool2d(head_map, 1), 1)
-        return Features(stages=stages, preact=stages, head_map=head_map, pooled=pooled,
-                        logits=self.classifier(self.dropout(pooled)))
+        return Features(
+            stages=stages,
+            preact=stages,
+            head_map=head_map,
+            pooled=pooled,
+            logits=self.classifier(self.dropout(pooled)),
+        )
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The projection BN of the blocks ending f1..f4 (as the CIFAR MobileNetV2 declares it)."""
@@ -174,13 +222,34 @@ class MobileNetV2(KDModel):
     @staticmethod
     def from_torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A torchvision ``mobilenet_v2`` state dict under kdbench's names (``classifier.1.*`` -> ``classifier.*``)."""
-        return {("classifier." + k.removeprefix("classifier.1.") if k.startswith("classifier.1.") else k): v
-                for k, v in state.items()}
+        return {
+            (
+                "classifier." + k.removeprefix("classifier.1.")
+                if k.startswith("classifier.1.")
+                else k
+            ): v
+            for k, v in state.items()
+        }
 
 
-register("imagenet/mobilenet_v1", zoo="imagenet", family="imagenet_mobilenet_v1", paper_label="MobileNet",
-         input_size=IMAGENET_INPUT_SIZE)(MobileNetV1)
-register("imagenet/mobilenet_v1_tf_init", zoo="imagenet", family="imagenet_mobilenet_v1", paper_label="MobileNet",
-         input_size=IMAGENET_INPUT_SIZE)(partial(MobileNetV1, init="tf"))
-register("imagenet/mobilenet_v2", zoo="imagenet", family="imagenet_mobilenet_v2", paper_label="MobileNetV2",
-         input_size=IMAGENET_INPUT_SIZE)(MobileNetV2)
+register(
+    "imagenet/mobilenet_v1",
+    zoo="imagenet",
+    family="imagenet_mobilenet_v1",
+    paper_label="MobileNet",
+    input_size=IMAGENET_INPUT_SIZE,
+)(MobileNetV1)
+register(
+    "imagenet/mobilenet_v1_tf_init",
+    zoo="imagenet",
+    family="imagenet_mobilenet_v1",
+    paper_label="MobileNet",
+    input_size=IMAGENET_INPUT_SIZE,
+)(partial(MobileNetV1, init="tf"))
+register(
+    "imagenet/mobilenet_v2",
+    zoo="imagenet",
+    family="imagenet_mobilenet_v2",
+    paper_label="MobileNetV2",
+    input_size=IMAGENET_INPUT_SIZE,
+)(MobileNetV2)

@@ -85,14 +85,21 @@ class ImageNetResNet(KDModel):
     global average pool, ``fc``. Init as torchvision's (``zero_init_residual=False``): convs
     N(0, 2/(k·k·C_out)), BN 1/0, ``fc`` PyTorch's default."""
 
-    def __init__(self, *, block: type[BasicBlock | Bottleneck], blocks: tuple[int, int, int, int],
-                 num_classes: int = IMAGENET_CLASSES):
+    def __init__(
+        self,
+        *,
+        block: type[BasicBlock | Bottleneck],
+        blocks: tuple[int, int, int, int],
+        num_classes: int = IMAGENET_CLASSES,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_ch = 64
-        for i, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), blocks, (1, 2, 2, 2)), start=1):
+        for i, (planes, n, stride) in enumerate(
+            zip((64, 128, 256, 512), blocks, (1, 2, 2, 2)), start=1
+        ):
             layer = []
             for j in range(n):
                 layer.append(block(in_ch, planes, stride if j == 0 else 1))
@@ -123,7 +130,9 @@ class ImageNetResNet(KDModel):
             stages.append(x)
             preact.append(pre)
         pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return Features(stages=stages, preact=preact, head_map=x, pooled=pooled, logits=self.fc(pooled))
+        return Features(
+            stages=stages, preact=preact, head_map=x, pooled=pooled, logits=self.fc(pooled)
+        )
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """mdistiller's list: the final BN (``bn2`` / ``bn3``) of the last block of layers 2–4, i.e. of the
@@ -131,13 +140,20 @@ class ImageNetResNet(KDModel):
         return [layer[-1].last_bn for layer in self.layers[1:]]
 
 
-def _register(name: str, label: str, block: type[BasicBlock | Bottleneck], blocks: tuple[int, int, int, int]) -> None:
+def _register(
+    name: str, label: str, block: type[BasicBlock | Bottleneck], blocks: tuple[int, int, int, int]
+) -> None:
     def factory(*, num_classes: int = IMAGENET_CLASSES) -> ImageNetResNet:
         return ImageNetResNet(block=block, blocks=blocks, num_classes=num_classes)
 
     factory.__doc__ = f"torchvision ``{name}``: {block.__name__} layers {blocks}."
-    register(f"imagenet/{name}", zoo="imagenet", family="imagenet_resnet", paper_label=label,
-             input_size=IMAGENET_INPUT_SIZE)(factory)
+    register(
+        f"imagenet/{name}",
+        zoo="imagenet",
+        family="imagenet_resnet",
+        paper_label=label,
+        input_size=IMAGENET_INPUT_SIZE,
+    )(factory)
 
 
 for _name, _label, _block, _blocks in (

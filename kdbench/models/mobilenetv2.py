@@ -90,6 +90,6 @@ register(
     paper_label="MobileNetV2",
     aliases=("simkd/MobileNetV2",),
 )(partial(CifarMobileNetV2, width=0.5))
-register(
-    "simkd/MobileNetV2x2", zoo="simkd", family="mobilenetv2", paper_label="MobileNetV2x2"
-)(partial(CifarMobileNetV2, width=1.0))
+register("simkd/MobileNetV2x2", zoo="simkd", family="mobilenetv2", paper_label="MobileNetV2x2")(
+    partial(CifarMobileNetV2, width=1.0)
+)

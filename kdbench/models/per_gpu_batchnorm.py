@@ -30,14 +30,18 @@ class _PerGpuBatchNorm(_BatchNorm):
             return super().forward(x)
         bounds = [n * i // self.pieces for i in range(self.pieces + 1)]
         first = super().forward(x[: bounds[1]])  # GPU 0: its statistics are the ones kept
-        others = [F.batch_norm(x[a:b], None, None, self.weight, self.bias, True, 0.0, self.eps)
-                  for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
+        others = [
+            F.batch_norm(x[a:b], None, None, self.weight, self.bias, True, 0.0, self.eps)
+            for a, b in zip(bounds[1:-1], bounds[2:], strict=True)
+        ]
         return torch.cat([first, *others])
 
 
 def _per_gpu_class(cls: type) -> type:
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"PerGpu{cls.__name__}", (_PerGpuBatchNorm, cls), {"__module__": __name__})
+        _CLASSES[cls] = type(
+            f"PerGpu{cls.__name__}", (_PerGpuBatchNorm, cls), {"__module__": __name__}
+        )
     return _CLASSES[cls]
 
 

@@ -37,20 +37,36 @@ class PretrainedWeights:
         return self.file.removesuffix(".pth").rsplit("-", 1)[1]
 
     def describe(self) -> str:
-        legacy = f" (mdistiller downloads the pre-0.13 file {DOWNLOAD_ROOT}{self.legacy_file})" if self.legacy_file else ""
-        return (f"torchvision IMAGENET1K_V1 weights of {self.model}: {self.url}, sha256 prefix {self.sha256_prefix}, "
-                f"published top-1 {self.top1:.3f}{legacy}")
+        legacy = (
+            f" (mdistiller downloads the pre-0.13 file {DOWNLOAD_ROOT}{self.legacy_file})"
+            if self.legacy_file
+            else ""
+        )
+        return (
+            f"torchvision IMAGENET1K_V1 weights of {self.model}: {self.url}, sha256 prefix {self.sha256_prefix}, "
+            f"published top-1 {self.top1:.3f}{legacy}"
+        )
 
 
 # torchvision 0.28 weight metadata (``ResNet*_Weights.IMAGENET1K_V1``, ``MobileNet_V2_Weights.IMAGENET1K_V1``).
 TORCHVISION_IMAGENET1K_V1: dict[str, PretrainedWeights] = {
     w.model: w
     for w in (
-        PretrainedWeights("imagenet/resnet18", "resnet18-f37072fd.pth", 69.758, "resnet18-5c106cde.pth"),
-        PretrainedWeights("imagenet/resnet34", "resnet34-b627a593.pth", 73.314, "resnet34-333f7ec4.pth"),
-        PretrainedWeights("imagenet/resnet50", "resnet50-0676ba61.pth", 76.130, "resnet50-19c8e357.pth"),
-        PretrainedWeights("imagenet/resnet101", "resnet101-63fe2227.pth", 77.374, "resnet101-5d3b4d8f.pth"),
-        PretrainedWeights("imagenet/resnet152", "resnet152-394f9c45.pth", 78.312, "resnet152-b121ed2d.pth"),
+        PretrainedWeights(
+            "imagenet/resnet18", "resnet18-f37072fd.pth", 69.758, "resnet18-5c106cde.pth"
+        ),
+        PretrainedWeights(
+            "imagenet/resnet34", "resnet34-b627a593.pth", 73.314, "resnet34-333f7ec4.pth"
+        ),
+        PretrainedWeights(
+            "imagenet/resnet50", "resnet50-0676ba61.pth", 76.130, "resnet50-19c8e357.pth"
+        ),
+        PretrainedWeights(
+            "imagenet/resnet101", "resnet101-63fe2227.pth", 77.374, "resnet101-5d3b4d8f.pth"
+        ),
+        PretrainedWeights(
+            "imagenet/resnet152", "resnet152-394f9c45.pth", 78.312, "resnet152-b121ed2d.pth"
+        ),
         PretrainedWeights("imagenet/mobilenet_v2", "mobilenet_v2-b0353104.pth", 71.878),
     )
 }
@@ -63,15 +79,22 @@ def for_model(model: str) -> PretrainedWeights | None:
 
 def for_file(file_name: str) -> PretrainedWeights | None:
     """The entry whose current or legacy torch.hub file name is ``file_name``."""
-    return next((w for w in TORCHVISION_IMAGENET1K_V1.values() if file_name in (w.file, w.legacy_file)), None)
+    return next(
+        (w for w in TORCHVISION_IMAGENET1K_V1.values() if file_name in (w.file, w.legacy_file)),
+        None,
+    )
 
 
 # --------------------------------------------------------------------------- the authors' released teachers
 
-CRD_ROOT = "http://shape2prog.csail.mit.edu/repo/"  # RepDistiller scripts/fetch_pretrained_teachers.sh
+CRD_ROOT = (
+    "http://shape2prog.csail.mit.edu/repo/"  # RepDistiller scripts/fetch_pretrained_teachers.sh
+)
 # mdistiller's copy of the same six files (README: "Download the cifar_teachers.tar at .../releases/tag/checkpoints";
 # mdistiller/models/cifar/__init__.py reads cifar_teachers/<model>_vanilla/ckpt_epoch_240.pth from it).
-MDISTILLER_TAR = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+MDISTILLER_TAR = (
+    "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+)
 SIMKD_DRIVE = "https://drive.google.com/drive/folders/1j7b8TmftKIRC7ChUwAqVWPIocSiacvP4?usp=sharing"  # SimKD README
 
 
@@ -107,9 +130,15 @@ class ReleasedTeacher:
 
     def where(self) -> str:
         """Where the file comes from, in words: its download links, or the page to fetch it by hand."""
-        ways = [f"download it from {' or from '.join(d.describe() for d in self.downloads)}"] if self.downloads else []
+        ways = (
+            [f"download it from {' or from '.join(d.describe() for d in self.downloads)}"]
+            if self.downloads
+            else []
+        )
         if self.by_hand:
-            ways.append(f"download it by hand from {self.by_hand} (file {self.path.rsplit('/', 1)[-1]})")
+            ways.append(
+                f"download it by hand from {self.by_hand} (file {self.path.rsplit('/', 1)[-1]})"
+            )
         return "; or ".join(ways)
 
 
@@ -117,9 +146,14 @@ def _crd(model: str, top1: float) -> ReleasedTeacher:
     """One of the six teachers RepDistiller released (``ckpt_epoch_240.pth``: the last of 240 epochs)."""
     file = f"{model}_vanilla/ckpt_epoch_240.pth"
     return ReleasedTeacher(
-        f"crd/{model}", model, f"teachers/crd/{file}", "repdistiller",
+        f"crd/{model}",
+        model,
+        f"teachers/crd/{file}",
+        "repdistiller",
         "CRD's released teachers (RepDistiller scripts/fetch_pretrained_teachers.sh; mdistiller cifar_teachers.tar)",
-        (Download(CRD_ROOT + file), Download(MDISTILLER_TAR, f"cifar_teachers/{file}")), top1=top1)
+        (Download(CRD_ROOT + file), Download(MDISTILLER_TAR, f"cifar_teachers/{file}")),
+        top1=top1,
+    )
 
 
 def _simkd(zoo_name: str, model: str, top1: float, dataset: str = "cifar100") -> ReleasedTeacher:
@@ -127,19 +161,31 @@ def _simkd(zoo_name: str, model: str, top1: float, dataset: str = "cifar100") ->
     epoch), in the ``<model>_vanilla/`` folder its README's commands read (README.md, 'Train the student models')."""
     file = f"{zoo_name}_vanilla/{zoo_name}_best.pth"
     return ReleasedTeacher(
-        f"simkd/{zoo_name}" + ("" if dataset == "cifar100" else f"-{dataset}"), model, f"teachers/simkd/{dataset}/{file}",
-        "repdistiller", "SimKD's released teachers (DefangChen/SimKD README.md, 'Get the pretrained teacher models')",
-        by_hand=SIMKD_DRIVE, top1=top1)
+        f"simkd/{zoo_name}" + ("" if dataset == "cifar100" else f"-{dataset}"),
+        model,
+        f"teachers/simkd/{dataset}/{file}",
+        "repdistiller",
+        "SimKD's released teachers (DefangChen/SimKD README.md, 'Get the pretrained teacher models')",
+        by_hand=SIMKD_DRIVE,
+        top1=top1,
+    )
 
 
 RELEASED: dict[str, ReleasedTeacher] = {
     t.name: t
     for t in (
-        _crd("wrn_40_2", 75.61), _crd("resnet56", 72.34), _crd("resnet110", 74.31), _crd("resnet32x4", 79.42),
-        _crd("vgg13", 74.64), _crd("ResNet50", 79.34),
-        _simkd("resnet38x2", "simkd/resnet38x2", 76.31), _simkd("resnet38x4", "simkd/resnet38x4", 79.51),
-        _simkd("resnet110x2", "simkd/resnet110x2", 78.18), _simkd("resnet110x4", "simkd/resnet110x4", 80.20),
-        _simkd("resnet32x4", "resnet32x4", 79.42), _simkd("vgg13", "vgg13", 74.64),
+        _crd("wrn_40_2", 75.61),
+        _crd("resnet56", 72.34),
+        _crd("resnet110", 74.31),
+        _crd("resnet32x4", 79.42),
+        _crd("vgg13", 74.64),
+        _crd("ResNet50", 79.34),
+        _simkd("resnet38x2", "simkd/resnet38x2", 76.31),
+        _simkd("resnet38x4", "simkd/resnet38x4", 79.51),
+        _simkd("resnet110x2", "simkd/resnet110x2", 78.18),
+        _simkd("resnet110x4", "simkd/resnet110x4", 80.20),
+        _simkd("resnet32x4", "resnet32x4", 79.42),
+        _simkd("vgg13", "vgg13", 74.64),
         _simkd("ResNet50", "imagenet/resnet50", 76.26, "imagenet"),
     )
 }

@@ -102,6 +102,6 @@ register(
     paper_label="ShuffleNetV2",
     aliases=("simkd/ShuffleV2",),
 )(partial(CifarShuffleNetV2, net_size=1.0))
-register(
-    "simkd/ShuffleV2_1_5", zoo="simkd", family="shufflenetv2", paper_label="ShuffleNetV2x1.5"
-)(partial(CifarShuffleNetV2, net_size=1.5))
+register("simkd/ShuffleV2_1_5", zoo="simkd", family="shufflenetv2", paper_label="ShuffleNetV2x1.5")(
+    partial(CifarShuffleNetV2, net_size=1.5)
+)

@@ -69,7 +69,9 @@ class WideResNet(KDModel):
     (module docstring): the preact taps are the second pass's outputs.
     """
 
-    def __init__(self, *, depth: int, widen: int, num_classes: int = 100, reapply_preact_bns: bool = False):
+    def __init__(
+        self, *, depth: int, widen: int, num_classes: int = 100, reapply_preact_bns: bool = False
+    ):
         super().__init__()
         self.reapply_preact_bns = reapply_preact_bns
         if (depth - 4) % 6:
@@ -115,5 +117,8 @@ for _depth, _widen in [(16, 1), (16, 2), (40, 1), (40, 2)]:
         f"wrn_{_depth}_{_widen}", zoo="crd", family="wrn", paper_label=f"WRN-{_depth}-{_widen}"
     )(partial(WideResNet, depth=_depth, widen=_widen))
     register(
-        f"mdistiller/wrn_{_depth}_{_widen}", zoo="mdistiller", family="wrn", paper_label=f"WRN-{_depth}-{_widen}"
+        f"mdistiller/wrn_{_depth}_{_widen}",
+        zoo="mdistiller",
+        family="wrn",
+        paper_label=f"WRN-{_depth}-{_widen}",
     )(partial(WideResNet, depth=_depth, widen=_widen, reapply_preact_bns=True))

@@ -42,9 +42,11 @@ def referenced_runs(results: Path) -> set[str]:
     try:
         records = read_tables(results)
     except (ValidationError, KeyError) as exc:
-        raise KdbenchError(f"a table record under {results}/tables cannot be re-planned ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0]}), so kdbench cannot tell which runs are orphaned. Re-run "
-                           "`kdbench reproduce` for that table, or clean with --failed / --run only.") from None
+        raise KdbenchError(
+            f"a table record under {results}/tables cannot be re-planned ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}), so kdbench cannot tell which runs are orphaned. Re-run "
+            "`kdbench reproduce` for that table, or clean with --failed / --run only."
+        ) from None
     return {rid for r in records for rid in r.plan().specs}
 
 
@@ -56,10 +58,14 @@ def find(results: Path, *, failed: bool, orphaned: bool, run_ids: list[str]) -> 
     for run_id in run_ids:
         run = RunDir(results, check_run_id(run_id))
         if not run.path.is_dir():
-            raise KdbenchError(f"no run {run_id} under {root}: `kdbench status --results {results}` lists the runs.")
+            raise KdbenchError(
+                f"no run {run_id} under {root}: `kdbench status --results {results}` lists the runs."
+            )
         if not _inside(root, run.path):
-            raise KdbenchError(f"{run.path} leads outside {root} (a symlink); kdbench clean removes nothing outside the "
-                               "results directory. Remove it by hand if you mean to.")
+            raise KdbenchError(
+                f"{run.path} leads outside {root} (a symlink); kdbench clean removes nothing outside the "
+                "results directory. Remove it by hand if you mean to."
+            )
         if run.is_locked():
             kept.append(f"{run_id}: running (its lock is held); stop it first")
         else:
@@ -70,7 +76,9 @@ def find(results: Path, *, failed: bool, orphaned: bool, run_ids: list[str]) -> 
         if not path.is_dir() or path.name in named or not RUN_ID.fullmatch(path.name):
             continue
         if not _inside(root, path):
-            kept.append(f"{path.name}: a symlink, left alone (kdbench clean removes nothing outside {results})")
+            kept.append(
+                f"{path.name}: a symlink, left alone (kdbench clean removes nothing outside {results})"
+            )
             continue
         run = RunDir(results, path.name)
         reason = _reason(run, failed, orphaned, referenced)
@@ -79,7 +87,9 @@ def find(results: Path, *, failed: bool, orphaned: bool, run_ids: list[str]) -> 
         if run.is_locked():
             kept.append(f"{run.run_id}: running (its lock is held)")
         elif run.is_done():
-            kept.append(f"{run.run_id}: finished, not in any recorded table; remove it with --run {run.run_id}")
+            kept.append(
+                f"{run.run_id}: finished, not in any recorded table; remove it with --run {run.run_id}"
+            )
         else:
             removals.append(Removal(run.path, reason, run.run_id))
     if orphaned:
@@ -124,7 +134,11 @@ def _stray_temps(results: Path, removed_dirs: set[Path]) -> list[Removal]:
 def _run_path_of(results: Path, path: Path) -> Path | None:
     """The run directory ``path`` lies in, or None."""
     parts = path.relative_to(results).parts
-    return runs_dir(results) / parts[1] if len(parts) > 2 and parts[0] == "runs" and RUN_ID.fullmatch(parts[1]) else None
+    return (
+        runs_dir(results) / parts[1]
+        if len(parts) > 2 and parts[0] == "runs" and RUN_ID.fullmatch(parts[1])
+        else None
+    )
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -150,4 +164,3 @@ def remove(removal: Removal, results: Path) -> bool:
 
 def describe(removal: Removal) -> str:
     return f"{removal.path} ({removal.reason})"
-

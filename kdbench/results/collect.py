@@ -10,8 +10,23 @@ from kdbench.errors import KdbenchError
 from kdbench.results.store import RUN_ID, RunDir, read_json, runs_dir
 
 RUN_COLUMNS = [
-    "run_id", "status", "model", "method", "profile", "seed", "teacher_run_id",
-    "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs", "heads", "test_losses", "curve", "message",
+    "run_id",
+    "status",
+    "model",
+    "method",
+    "profile",
+    "seed",
+    "teacher_run_id",
+    "best_top1",
+    "best_top5",
+    "best_epoch",
+    "last_top1",
+    "last_top5",
+    "epochs",
+    "heads",
+    "test_losses",
+    "curve",
+    "message",
     "precision",
 ]
 
@@ -48,19 +63,29 @@ def collect(results: Path) -> pd.DataFrame:
         spec = read_json(run.spec_file)
         status = run_status(run)
         row = {
-            "run_id": path.name, "status": status, "model": spec["model"], "method": spec["method"],
-            "profile": spec["profile"], "seed": spec["seed"],
-            "teacher_run_id": (spec.get("teacher") or {}).get("run_id"), "message": "",
+            "run_id": path.name,
+            "status": status,
+            "model": spec["model"],
+            "method": spec["method"],
+            "profile": spec["profile"],
+            "seed": spec["seed"],
+            "teacher_run_id": (spec.get("teacher") or {}).get("run_id"),
+            "message": "",
         }
         if status == "done":
             try:
                 row.update(_finished(run))
                 if note := run.unverified():
                     row.update(status="unverified", message=note)
-            except KdbenchError as exc:  # a corrupted file, or a spec that is not this run's: never a number
+            except (
+                KdbenchError
+            ) as exc:  # a corrupted file, or a spec that is not this run's: never a number
                 row.update(status="corrupted", message=str(exc))
             except OSError as exc:  # e.g. metrics.jsonl unreadable
-                row.update(status="corrupted", message=f"run {path.name} cannot be verified ({exc}); {run.repair_hint()}")
+                row.update(
+                    status="corrupted",
+                    message=f"run {path.name} cannot be verified ({exc}); {run.repair_hint()}",
+                )
         elif status == "failed":
             failure = run.failure()
             row["message"] = f"{failure.get('error')}: {failure.get('message')}"
@@ -71,13 +96,19 @@ def collect(results: Path) -> pd.DataFrame:
 def _finished(run: RunDir) -> dict:
     """The numbers of a finished run, from its verified files."""
     result = run.verified_result()
-    row = {k: result[k] for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")}
+    row = {
+        k: result[k]
+        for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")
+    }
     # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
     row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))
     row["precision"] = run_precision(result)
     # Test accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch).
-    row["curve"] = [{k: h[k] for k in ("epoch", "test_top1", "test_top5")}
-                    for h in run.read_metrics() if h.get("phase") != "init"]
+    row["curve"] = [
+        {k: h[k] for k in ("epoch", "test_top1", "test_top5")}
+        for h in run.read_metrics()
+        if h.get("phase") != "init"
+    ]
     return row
 
 

@@ -14,6 +14,7 @@ gone) is logged once and dropped: the run goes on and ``metrics.jsonl`` has ever
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -32,11 +33,16 @@ log = logging.getLogger("kdbench.curves")
 
 DEFAULT = ("tensorboard",)
 NONE = "none"  # `--log-to none`: metrics.jsonl only
-MLFLOW_RUN_FILE = "mlflow_run_id"  # the MLflow run this run logs to, so that a resumed attempt continues it
+MLFLOW_RUN_FILE = (
+    "mlflow_run_id"  # the MLflow run this run logs to, so that a resumed attempt continues it
+)
 # Each backend: the module it imports, and how to install it.
 MODULES = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-INSTALL = {"tensorboard": "pip install tensorboard (a kdbench dependency: reinstall kdbench)",
-           "wandb": "pip install 'kdbench[wandb]'", "mlflow": "pip install 'kdbench[mlflow]'"}
+INSTALL = {
+    "tensorboard": "pip install tensorboard (a kdbench dependency: reinstall kdbench)",
+    "wandb": "pip install 'kdbench[wandb]'",
+    "mlflow": "pip install 'kdbench[mlflow]'",
+}
 
 
 def parse(value: str) -> tuple[str, ...]:
@@ -46,8 +52,10 @@ def parse(value: str) -> tuple[str, ...]:
         return ()
     unknown = [n for n in names if n not in MODULES]
     if unknown or not names:
-        raise KdbenchError(f"--log-to {value!r}: choose one or more of {', '.join(MODULES)} (comma-separated), or "
-                           f"{NONE}; unknown: {', '.join(unknown) or 'nothing given'}.")
+        raise KdbenchError(
+            f"--log-to {value!r}: choose one or more of {', '.join(MODULES)} (comma-separated), or "
+            f"{NONE}; unknown: {', '.join(unknown) or 'nothing given'}."
+        )
     return names
 
 
@@ -68,8 +76,10 @@ def _module(name: str) -> Any:
     try:
         return importlib.import_module(MODULES[name])
     except ImportError as exc:
-        raise KdbenchError(f"--log-to {name} needs the {MODULES[name].split('.')[-1]} package, which does not import "
-                           f"here ({exc}): {INSTALL[name]}, or leave {name} out of --log-to.") from None
+        raise KdbenchError(
+            f"--log-to {name} needs the {MODULES[name].split('.')[-1]} package, which does not import "
+            f"here ({exc}): {INSTALL[name]}, or leave {name} out of --log-to."
+        ) from None
 
 
 def tag(key: str) -> str:
@@ -79,15 +89,18 @@ def tag(key: str) -> str:
         return "loss/total"
     for prefix in ("test_loss", "loss", "test", "train"):
         if key.startswith(prefix + "_"):
-            return f"{prefix}/{key[len(prefix) + 1:]}"
+            return f"{prefix}/{key[len(prefix) + 1 :]}"
     return f"train/{key}"
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """The curve points of one metrics.jsonl record; a pre-training-stage epoch's are under ``init/``."""
     prefix = f"{record['phase']}/" if record.get("phase") not in (None, "imported") else ""
-    return {prefix + tag(k): float(v) for k, v in record.items()
-            if k not in ("epoch", "phase") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        prefix + tag(k): float(v)
+        for k, v in record.items()
+        if k not in ("epoch", "phase") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 @dataclass(frozen=True)
@@ -134,9 +147,14 @@ class WandB:
     name = "wandb"
 
     def __init__(self, rundir: RunDir, spec: RunSpec):
-        self.run = _module(self.name).init(project=os.environ.get("WANDB_PROJECT", "kdbench"), id=spec.run_id,
-                                           name=spec.run_id, resume="allow", dir=str(rundir.path),
-                                           config=spec.model_dump(mode="json"))
+        self.run = _module(self.name).init(
+            project=os.environ.get("WANDB_PROJECT", "kdbench"),
+            id=spec.run_id,
+            name=spec.run_id,
+            resume="allow",
+            dir=str(rundir.path),
+            config=spec.model_dump(mode="json"),
+        )
 
     def log(self, point: Point) -> None:
         self.run.log({**point.scalars, "epoch": point.step}, step=point.index)
@@ -160,9 +178,16 @@ class MLflow:
         if id_file.is_file():
             self.mlflow.start_run(run_id=id_file.read_text().strip())
         else:
-            active = self.mlflow.start_run(run_name=spec.run_id, tags={
-                "kdbench.run_id": spec.run_id, "method": spec.method, "model": spec.model, "profile": spec.profile,
-                "seed": str(spec.seed)})
+            active = self.mlflow.start_run(
+                run_name=spec.run_id,
+                tags={
+                    "kdbench.run_id": spec.run_id,
+                    "method": spec.method,
+                    "model": spec.model,
+                    "profile": spec.profile,
+                    "seed": str(spec.seed),
+                },
+            )
             id_file.write_text(active.info.run_id + "\n")
 
     def log(self, point: Point) -> None:
@@ -172,7 +197,11 @@ class MLflow:
         self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
 
 
-BACKENDS: dict[str, Callable[[RunDir, RunSpec], Logger]] = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
+BACKENDS: dict[str, Callable[[RunDir, RunSpec], Logger]] = {
+    "tensorboard": TensorBoard,
+    "wandb": WandB,
+    "mlflow": MLflow,
+}
 
 
 class Curves:
@@ -205,14 +234,19 @@ class Curves:
         try:
             call(*args)
         except Exception as exc:  # any failure of a curve backend must not fail the run
-            log.warning("curves to %s stopped (%s: %s: %s); the run goes on and metrics.jsonl has every epoch",
-                        backend.name, when, type(exc).__name__, exc)
+            log.warning(
+                "curves to %s stopped (%s: %s: %s); the run goes on and metrics.jsonl has every epoch",
+                backend.name,
+                when,
+                type(exc).__name__,
+                exc,
+            )
             if backend in self.backends:
                 self.backends.remove(backend)
-                try:
-                    backend.close(True)  # release its files and threads; the failure was reported above
-                except Exception:  # noqa: BLE001 - a second error of the same broken backend adds nothing
-                    pass
+                # Release its files and threads; the failure was reported above, and a second
+                # error of the same broken backend adds nothing.
+                with contextlib.suppress(Exception):
+                    backend.close(True)
 
 
 def _recorded(rundir: RunDir) -> list[dict[str, Any]]:
@@ -231,9 +265,16 @@ def recording(rundir: RunDir, spec: RunSpec, loggers: Sequence[str]) -> Iterator
         _module(name)  # a missing package is an error (require() normally caught it before)
         try:
             curves.backends.append(BACKENDS[name](rundir, spec))
-        except Exception as exc:  # a backend that cannot start (no server, no login) must not stop the run
-            log.warning("curves to %s not recorded: it failed to start (%s: %s); the run goes on and metrics.jsonl has "
-                        "every epoch", name, type(exc).__name__, exc)
+        except (
+            Exception
+        ) as exc:  # a backend that cannot start (no server, no login) must not stop the run
+            log.warning(
+                "curves to %s not recorded: it failed to start (%s: %s); the run goes on and metrics.jsonl has "
+                "every epoch",
+                name,
+                type(exc).__name__,
+                exc,
+            )
     rundir.metrics_listeners.append(curves)
     failed = True
     try:
@@ -242,4 +283,3 @@ def recording(rundir: RunDir, spec: RunSpec, loggers: Sequence[str]) -> Iterator
     finally:
         rundir.metrics_listeners.remove(curves)
         curves.close(failed)
-

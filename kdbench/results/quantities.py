@@ -34,8 +34,13 @@ def measured(quantity: Quantity, runs: pd.DataFrame, metric: str) -> list[float]
 
 def computed(quantity: Quantity, spec: RunSpec) -> float:
     """A network-derived quantity of ``spec``'s trained prediction, in %."""
-    student, teacher, size = _sizes(spec.model, spec.teacher.model if spec.teacher else None, spec.method,
-                                     tuple(sorted(spec.method_params.items())), *geometry(spec))
+    student, teacher, size = _sizes(
+        spec.model,
+        spec.teacher.model if spec.teacher else None,
+        spec.method,
+        tuple(sorted(spec.method_params.items())),
+        *geometry(spec),
+    )
     if quantity.source == "pruning_cost":
         if teacher is None:
             raise KdbenchError(f"{spec.method} has no teacher: a pruning ratio needs one")
@@ -64,20 +69,35 @@ def geometry(spec: RunSpec) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=256)
-def _sizes(student_name: str, teacher_name: str | None, method: str, params: tuple, num_classes: int,
-           image_size: int) -> tuple[int, int | None, methods.InferenceSize]:
+def _sizes(
+    student_name: str,
+    teacher_name: str | None,
+    method: str,
+    params: tuple,
+    num_classes: int,
+    image_size: int,
+) -> tuple[int, int | None, methods.InferenceSize]:
     """(#student, #teacher, the method's inference size), building the networks on the CPU."""
     student = models.create(student_name, num_classes=num_classes)
     teacher = models.create(teacher_name, num_classes=num_classes) if teacher_name else None
     cls = methods.get(method)
     example = torch.zeros(2, 3, image_size, image_size)
     with torch.no_grad():
-        distiller = cls(student, teacher, cls.Params(**dict(params)), example,
-                        train_labels=torch.zeros(2, dtype=torch.long), batch_size=2)
+        distiller = cls(
+            student,
+            teacher,
+            cls.Params(**dict(params)),
+            example,
+            train_labels=torch.zeros(2, dtype=torch.long),
+            batch_size=2,
+        )
     n_teacher = methods.parameter_count(teacher) if teacher is not None else None
     return methods.parameter_count(student), n_teacher, distiller.inference_size()
 
 
 def is_close(ours: float, paper: float, decimals: int | None) -> bool:
     """Equal at the paper's printed precision: within half a unit of its last printed digit (2 if unknown)."""
-    return not math.isnan(ours) and abs(ours - paper) <= 0.5 * 10.0 ** -(2 if decimals is None else decimals) + 1e-9
+    return (
+        not math.isnan(ours)
+        and abs(ours - paper) <= 0.5 * 10.0 ** -(2 if decimals is None else decimals) + 1e-9
+    )

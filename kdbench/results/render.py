@@ -24,8 +24,14 @@ from kdbench.results.compare import CELL_COLUMNS, TableComparison, is_mixed_prec
 from kdbench.results.quantities import COMPUTED
 
 FORMATS = ("table", "markdown", "latex", "html", "csv")
-VERDICT_MARKS = {"reproduced": "✓ reproduced", "above": "▲ above", "below": "▼ below", "inconclusive": "? inconclusive",
-                 "matches": "✓ matches", "differs": "≠ differs"}
+VERDICT_MARKS = {
+    "reproduced": "✓ reproduced",
+    "above": "▲ above",
+    "below": "▼ below",
+    "inconclusive": "? inconclusive",
+    "matches": "✓ matches",
+    "differs": "≠ differs",
+}
 PROFILE_NOTES = {
     "full": "",
     "ci": "ci profile: a small real-data subset and few epochs — a pipeline check, not comparable to the paper",
@@ -36,7 +42,9 @@ PROFILE_NOTES = {
 def _num(value: float, std: float = float("nan"), decimals: int = 2) -> str:
     if math.isnan(value):
         return "–"
-    return f"{value:.{decimals}f}" if math.isnan(std) else f"{value:.{decimals}f} ± {std:.{decimals}f}"
+    return (
+        f"{value:.{decimals}f}" if math.isnan(std) else f"{value:.{decimals}f} ± {std:.{decimals}f}"
+    )
 
 
 def metric_note(comp: TableComparison, cell: pd.Series) -> str:
@@ -46,7 +54,9 @@ def metric_note(comp: TableComparison, cell: pd.Series) -> str:
         return ""
     at_epoch = comp.recipe.column(cell["column"]).at_epoch
     if at_epoch is not None and at_epoch < comp.recipe.training.epochs:
-        return f"[at epoch {at_epoch}]" if cell["metric"] == "last" else f"[best ≤ epoch {at_epoch}]"
+        return (
+            f"[at epoch {at_epoch}]" if cell["metric"] == "last" else f"[best ≤ epoch {at_epoch}]"
+        )
     return f"[{cell['metric']} epoch]"
 
 
@@ -67,10 +77,14 @@ def _ours_text(cell: pd.Series) -> str:
     if cell["teacher_checkpoint"] and cell["method"] == "teacher":
         text += f" [imported {cell['teacher_checkpoint'][:8]}]"
     if cell["n"] < cell["n_planned"]:
-        text += f" [{cell['n']}/{cell['n_planned']}" + (f", {cell['n_failed']} failed]" if cell["n_failed"] else "]")
+        text += f" [{cell['n']}/{cell['n_planned']}" + (
+            f", {cell['n_failed']} failed]" if cell["n_failed"] else "]"
+        )
     if is_mixed_precision(cell["precision"]):
         text += f" [mixed precision: {cell['precision']}]"
-    if cell.get("n_unverified", 0):  # files without a recorded checksum: shown, never silently trusted
+    if cell.get(
+        "n_unverified", 0
+    ):  # files without a recorded checksum: shown, never silently trusted
         text += f" [{cell['n_unverified']} unverified]"
     return text
 
@@ -97,7 +111,9 @@ def verdict_text(cell: pd.Series, alpha: float) -> str:
     elif cell["verdict"] == "inconclusive":
         needed = cell["trials_needed"]
         if not pd.isna(needed):
-            text += f"; ≈{int(needed)} trials settle it" + (" (est.: the paper's ± as our spread)" if no_interval else "")
+            text += f"; ≈{int(needed)} trials settle it" + (
+                " (est.: the paper's ± as our spread)" if no_interval else ""
+            )
         else:
             text += "; needs ≥ 2 trials" if no_interval else "; more trials will not settle it"
     return text
@@ -123,9 +139,19 @@ def quantity_lines(comp: TableComparison, row: str, column: str) -> list[str]:
     extra = comp.quantities[(comp.quantities["row"] == row) & (comp.quantities["column"] == column)]
     lines = []
     for _, quantity in extra.iterrows():
-        ours = "not run" if quantity["n"] == 0 else _num(quantity["ours_mean"], quantity["ours_std"], _decimals(quantity))
-        paper = "" if math.isnan(quantity["paper_mean"]) else f" (paper {_num(quantity['paper_mean'], quantity['paper_std'], _decimals(quantity))})"
-        mark = VERDICT_MARKS.get(quantity["verdict"], " ").split(" ")[0]  # the symbol only: ✓ ≠ ▲ ▼ ?
+        ours = (
+            "not run"
+            if quantity["n"] == 0
+            else _num(quantity["ours_mean"], quantity["ours_std"], _decimals(quantity))
+        )
+        paper = (
+            ""
+            if math.isnan(quantity["paper_mean"])
+            else f" (paper {_num(quantity['paper_mean'], quantity['paper_std'], _decimals(quantity))})"
+        )
+        mark = VERDICT_MARKS.get(quantity["verdict"], " ").split(" ")[
+            0
+        ]  # the symbol only: ✓ ≠ ▲ ▼ ?
         lines.append(f"{quantity['label']} {ours}{paper}" + (f" {mark}" if mark else ""))
     return lines
 
@@ -137,7 +163,11 @@ def _decimals(quantity: pd.Series) -> int:
 def summary_text(comp: TableComparison) -> str:
     counts = summary(comp)
     n_cells = int((comp.cells["status"] != "absent").sum())
-    text = f"{comp.recipe.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" (of {n_cells} cells)"
+    text = (
+        f"{comp.recipe.name}: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + f" (of {n_cells} cells)"
+    )
     verdicts = comp.quantities["verdict"]
     computed = comp.quantities["source"].isin(COMPUTED)
     if computed.any():
@@ -145,8 +175,10 @@ def summary_text(comp: TableComparison) -> str:
         text += f"; computed quantities: {int((chosen == 'matches').sum())} matches, {int((chosen == 'differs').sum())} differs"
     if (~computed).any():
         chosen = verdicts[~computed]
-        text += (f"; measured quantities: {int((chosen == 'reproduced').sum())} reproduced, "
-                 f"{int(chosen.isin(['above', 'below']).sum())} not reproduced")
+        text += (
+            f"; measured quantities: {int((chosen == 'reproduced').sum())} reproduced, "
+            f"{int(chosen.isin(['above', 'below']).sum())} not reproduced"
+        )
     mixed = int(comp.cells["precision"].map(is_mixed_precision).sum())
     if mixed:
         text += f"; WARNING: {mixed} cell{'s' if mixed > 1 else ''} pool trials of different precision (marked)"
@@ -156,15 +188,19 @@ def summary_text(comp: TableComparison) -> str:
 def verdict_rule(comp: TableComparison) -> str:
     """The header's statement of the verdict: interval level, margin δ and α."""
     level = f"{100 * (1 - 2 * comp.alpha):g}%"
-    return (f"verdict: {level} CI of ours − paper inside ±{comp.margin:g} points = reproduced, wholly beyond it and "
-            f"significant at α={comp.alpha:g} = above/below, else inconclusive")
+    return (
+        f"verdict: {level} CI of ours − paper inside ±{comp.margin:g} points = reproduced, wholly beyond it and "
+        f"significant at α={comp.alpha:g} = above/below, else inconclusive"
+    )
 
 
 def title(comp: TableComparison) -> str:
     r = comp.recipe
     note = PROFILE_NOTES[comp.profile]
-    return (f"{r.name}: {r.paper} — {r.table}. {r.title} ({comp.metric} epoch; margin δ = {comp.margin:g})\n"
-            f"{verdict_rule(comp)}" + (f"\nNOTE: {note}" if note else ""))
+    return (
+        f"{r.name}: {r.paper} — {r.table}. {r.title} ({comp.metric} epoch; margin δ = {comp.margin:g})\n"
+        f"{verdict_rule(comp)}" + (f"\nNOTE: {note}" if note else "")
+    )
 
 
 def _grid(comp: TableComparison) -> tuple[list[str], list[str], dict[tuple[str, str], pd.Series]]:
@@ -192,25 +228,45 @@ def to_rich(comp: TableComparison) -> Table:
             if cell["status"] == "absent":
                 rendered.append("[dim]–[/]")
                 continue
-            style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(cell["status"], "")
-            ours = f"[{style}]{escape(ours_text(comp, cell))}[/]" if style else escape(ours_text(comp, cell))
+            style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(
+                cell["status"], ""
+            )
+            ours = (
+                f"[{style}]{escape(ours_text(comp, cell))}[/]"
+                if style
+                else escape(ours_text(comp, cell))
+            )
             delta = f"\nΔ {delta_text(cell)}" if delta_text(cell) else ""
-            verdict_style = {"reproduced": "green", "above": "cyan", "below": "red"}.get(cell["verdict"], "dim")
+            verdict_style = {"reproduced": "green", "above": "cyan", "below": "red"}.get(
+                cell["verdict"], "dim"
+            )
             said = verdict_text(cell, comp.alpha)
             verdict = f"\n[{verdict_style}]{escape(said)}[/]" if said else ""
-            extra = "".join(f"\n[dim]{escape(line)}[/]" for line in quantity_lines(comp, row, column_id))
+            extra = "".join(
+                f"\n[dim]{escape(line)}[/]" for line in quantity_lines(comp, row, column_id)
+            )
             rendered.append(f"{ours}\npaper {escape(paper_text(cell))}{delta}{verdict}{extra}")
         table.add_row(row, *rendered)
     table.caption = escape(summary_text(comp))
     return table
 
 
-MARKS = {"reproduced": "✓", "above": "▲", "below": "▼", "inconclusive": "?", "failed": "✗", "not run": "·",
-         "not implemented": "n/i", "no published number": "—"}
+MARKS = {
+    "reproduced": "✓",
+    "above": "▲",
+    "below": "▼",
+    "inconclusive": "?",
+    "failed": "✗",
+    "not run": "·",
+    "not implemented": "n/i",
+    "no published number": "—",
+}
 MARK_STYLES = {"reproduced": "green", "above": "cyan", "below": "red", "failed": "red"}
-LEGEND = ("marks: ✓ reproduced (our CI of ours − paper inside ±δ), ▲ above / ▼ below (beyond it, significant), "
-          "? inconclusive, ✗ failed, · not run, n/i not implemented, — no published number; † the cell reads another "
-          "epoch than the title; Δ = ours − paper. Each cell: mean ± std over trials, Δ, mark.")
+LEGEND = (
+    "marks: ✓ reproduced (our CI of ours − paper inside ±δ), ▲ above / ▼ below (beyond it, significant), "
+    "? inconclusive, ✗ failed, · not run, n/i not implemented, — no published number; † the cell reads another "
+    "epoch than the title; Δ = ours − paper. Each cell: mean ± std over trials, Δ, mark."
+)
 
 
 def terminal(comp: TableComparison, width: int) -> RenderableType:
@@ -222,9 +278,16 @@ def terminal(comp: TableComparison, width: int) -> RenderableType:
         return wide
     compact = _compact(comp, width)
     if compact is not None:
-        return Group(*wrapped(title(comp), width), *compact, *wrapped(_pairs_legend(comp), width),
-                     *wrapped(LEGEND, width), *wrapped(summary_text(comp), width))
-    return Group(*wrapped(title(comp), width), *_long(comp, width), *wrapped(summary_text(comp), width))
+        return Group(
+            *wrapped(title(comp), width),
+            *compact,
+            *wrapped(_pairs_legend(comp), width),
+            *wrapped(LEGEND, width),
+            *wrapped(summary_text(comp), width),
+        )
+    return Group(
+        *wrapped(title(comp), width), *_long(comp, width), *wrapped(summary_text(comp), width)
+    )
 
 
 def compact_text(comp: TableComparison, cell: pd.Series) -> str:
@@ -234,7 +297,9 @@ def compact_text(comp: TableComparison, cell: pd.Series) -> str:
     mark = MARKS.get(cell["verdict"], "")
     if cell["n"] == 0:
         return {"not implemented": "n/i", "failed": "✗ failed"}.get(cell["status"], "·")
-    ours = f"{cell['ours_mean']:.2f}" + ("" if math.isnan(cell["ours_std"]) else f"±{cell['ours_std']:.2f}")
+    ours = f"{cell['ours_mean']:.2f}" + (
+        "" if math.isnan(cell["ours_std"]) else f"±{cell['ours_std']:.2f}"
+    )
     delta = f" {delta_text(cell)}" if delta_text(cell) else ""
     partial = f" [{cell['n']}/{cell['n_planned']}]" if cell["n"] < cell["n_planned"] else ""
     return f"{ours}{delta} {mark}{' †' if metric_note(comp, cell) else ''}{partial}"
@@ -264,14 +329,18 @@ def _compact(comp: TableComparison, width: int) -> list[Text] | None:
             line = Text(row.ljust(first), style="bold")
             for c in band:
                 verdict = cells[(row, c)]["verdict"]
-                line.append("  " + " " * (widths[c] - cell_len(text[(row, c)])) + text[(row, c)],
-                            style=MARK_STYLES.get(verdict, "" if verdict == "inconclusive" else "dim"))
+                line.append(
+                    "  " + " " * (widths[c] - cell_len(text[(row, c)])) + text[(row, c)],
+                    style=MARK_STYLES.get(verdict, "" if verdict == "inconclusive" else "dim"),
+                )
             out.append(line)
     return out
 
 
 def _pairs_legend(comp: TableComparison) -> str:
-    return "pairs:\n" + "\n".join(f"  {c} = {_column_header(comp, c, ' ')}" for c in dict.fromkeys(comp.cells["column"]))
+    return "pairs:\n" + "\n".join(
+        f"  {c} = {_column_header(comp, c, ' ')}" for c in dict.fromkeys(comp.cells["column"])
+    )
 
 
 def _long(comp: TableComparison, width: int) -> list[Text]:
@@ -283,18 +352,29 @@ def _long(comp: TableComparison, width: int) -> list[Text]:
             cell = cells[(row, column_id)]
             if cell["status"] == "absent":
                 continue
-            out += wrapped(f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold")
+            out += wrapped(
+                f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold"
+            )
             said = verdict_text(cell, comp.alpha)
             for line in cell_lines(comp, cell):
-                out += wrapped(line, width, "      ", MARK_STYLES.get(cell["verdict"], "") if line == said else "", "    ")
+                out += wrapped(
+                    line,
+                    width,
+                    "      ",
+                    MARK_STYLES.get(cell["verdict"], "") if line == said else "",
+                    "    ",
+                )
     return out
 
 
 def to_markdown(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
-    lines = [f"**{title(comp)}**".replace("\n", "  \n"), "",
-             "| method | " + " | ".join(_column_header(comp, c, " ") for c in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = [
+        f"**{title(comp)}**".replace("\n", "  \n"),
+        "",
+        "| method | " + " | ".join(_column_header(comp, c, " ") for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for row in rows:
         parts = []
         for column_id in columns:
@@ -306,17 +386,36 @@ def to_markdown(comp: TableComparison) -> str:
             said = verdict_text(cell, comp.alpha)
             verdict = f"<br>{said}" if said else ""
             extra = "".join(f"<br>{line}" for line in quantity_lines(comp, row, column_id))
-            parts.append(f"{ours_text(comp, cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}")
+            parts.append(
+                f"{ours_text(comp, cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}"
+            )
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
 
 
-LATEX_MARKS = {"reproduced": r"$\surd$", "above": r"$\uparrow$", "below": r"$\downarrow$", "inconclusive": "?"}
+LATEX_MARKS = {
+    "reproduced": r"$\surd$",
+    "above": r"$\uparrow$",
+    "below": r"$\downarrow$",
+    "inconclusive": "?",
+}
 
 
 def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("→", r"$\rightarrow$"),
-                       ("±", r"$\pm$"), ("−", "$-$"), ("≤", r"$\leq$"), ("α", r"$\alpha$"), ("δ", r"$\delta$"), ("Δ", r"$\Delta$")):
+    for char, repl in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("→", r"$\rightarrow$"),
+        ("±", r"$\pm$"),
+        ("−", "$-$"),
+        ("≤", r"$\leq$"),
+        ("α", r"$\alpha$"),
+        ("δ", r"$\delta$"),
+        ("Δ", r"$\Delta$"),
+    ):
         text = text.replace(char, repl)
     return text
 
@@ -333,17 +432,30 @@ def _latex_quantity(quantity: pd.Series) -> str:
     """'2.88\\% / 2.88\\%': ours / published, in the paper's parenthesised style."""
     unit = r"\%" if quantity["source"] != "test_loss" else ""
     decimals = _decimals(quantity)
-    return (_num(quantity["ours_mean"], decimals=decimals).replace("–", "--") + unit + " / "
-            + _num(quantity["paper_mean"], decimals=decimals).replace("–", "--") + unit)
+    return (
+        _num(quantity["ours_mean"], decimals=decimals).replace("–", "--")
+        + unit
+        + " / "
+        + _num(quantity["paper_mean"], decimals=decimals).replace("–", "--")
+        + unit
+    )
 
 
 def to_latex(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
-    lines = [r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule); the marks are plain LaTeX math symbols",
-             r"\begin{table}[t]", r"\centering", r"\small",
-             r"\caption{" + _latex_escape(title(comp).replace("\n", " ")) + "}",
-             r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
-             "Method & " + " & ".join(_latex_escape(_column_header(comp, c, " ")) for c in columns) + r" \\", r"\midrule"]
+    lines = [
+        r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule); the marks are plain LaTeX math symbols",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\caption{" + _latex_escape(title(comp).replace("\n", " ")) + "}",
+        r"\begin{tabular}{l" + "c" * len(columns) + "}",
+        r"\toprule",
+        "Method & "
+        + " & ".join(_latex_escape(_column_header(comp, c, " ")) for c in columns)
+        + r" \\",
+        r"\midrule",
+    ]
     for row in rows:
         parts = []
         for column_id in columns:
@@ -351,32 +463,49 @@ def to_latex(comp: TableComparison) -> str:
             if cell["status"] == "absent":
                 parts.append("--")
                 continue
-            ours = (_latex_num(cell["ours_mean"], cell["ours_std"]) + f"$_{{n={cell['n']}}}$" if cell["n"]
-                    else _latex_escape(_ours_text(cell)))
+            ours = (
+                _latex_num(cell["ours_mean"], cell["ours_std"]) + f"$_{{n={cell['n']}}}$"
+                if cell["n"]
+                else _latex_escape(_ours_text(cell))
+            )
             ours += f" {LATEX_MARKS[cell['verdict']]}" if cell["verdict"] in LATEX_MARKS else ""
             ours += f" {_latex_escape(note)}" if (note := metric_note(comp, cell)) else ""
-            extra = "".join(f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows())
+            extra = "".join(
+                f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows()
+            )
             parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])}){extra}")
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}",
-              r"\par\footnotesize Ours: mean$\pm$std over $n$ trials; in parentheses: published. "
-              + r"$\surd$ reproduced, $\uparrow$ above, $\downarrow$ below, ? inconclusive, "
-              + _latex_escape(f"at margin δ = {comp.margin:g} points. ")
-              + _latex_escape(summary_text(comp)) + ".", r"\end{table}"]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\par\footnotesize Ours: mean$\pm$std over $n$ trials; in parentheses: published. "
+        + r"$\surd$ reproduced, $\uparrow$ above, $\downarrow$ below, ? inconclusive, "
+        + _latex_escape(f"at margin δ = {comp.margin:g} points. ")
+        + _latex_escape(summary_text(comp))
+        + ".",
+        r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def to_html(comp: TableComparison) -> str:
     rows, columns, cells = _grid(comp)
-    out = [f"<table>\n<caption>{html.escape(title(comp))}</caption>",
-           "<tr><th>method</th>" + "".join(f"<th>{html.escape(_column_header(comp, c, ' '))}</th>" for c in columns) + "</tr>"]
+    out = [
+        f"<table>\n<caption>{html.escape(title(comp))}</caption>",
+        "<tr><th>method</th>"
+        + "".join(f"<th>{html.escape(_column_header(comp, c, ' '))}</th>" for c in columns)
+        + "</tr>",
+    ]
     for row in rows:
         tds = []
         for column_id in columns:
             cell = cells[(row, column_id)]
             parts = cell_lines(comp, cell)
-            tds.append(f'<td class="{html.escape(str(cell["verdict"]).replace(" ", "-"))}">'
-                       + "<br>".join(html.escape(p) for p in parts) + "</td>")
+            tds.append(
+                f'<td class="{html.escape(str(cell["verdict"]).replace(" ", "-"))}">'
+                + "<br>".join(html.escape(p) for p in parts)
+                + "</td>"
+            )
         out.append(f"<tr><th>{html.escape(row)}</th>" + "".join(tds) + "</tr>")
     out.append(f"</table>\n<p>{html.escape(summary_text(comp))}</p>")
     return "\n".join(out) + "\n"
@@ -386,15 +515,33 @@ def to_csv(comparisons: list[TableComparison]) -> str:
     """One row per cell (accuracy); a recipe's extra quantities follow as rows whose ``quantity`` names them."""
     frames = [c.cells.assign(quantity="top1") for c in comparisons]
     frames += [_quantity_rows(c) for c in comparisons if len(c.quantities)]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*CELL_COLUMNS, "quantity"])
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[*CELL_COLUMNS, "quantity"])
+    )
     return frame.to_csv(index=False, float_format="%.4f")
 
 
 def _quantity_rows(comp: TableComparison) -> pd.DataFrame:
     """Quantity rows in the cell CSV's columns (teacher, student, method filled in from their cell)."""
     keys = ["row", "column"]
-    context = comp.cells[[*keys, "teacher", "teacher_checkpoint", "student", "method", "paper_n", "literature", "precision"]]
-    rows = comp.quantities.drop(columns=["label", "source", "table"]).merge(context, on=keys, how="left")
+    context = comp.cells[
+        [
+            *keys,
+            "teacher",
+            "teacher_checkpoint",
+            "student",
+            "method",
+            "paper_n",
+            "literature",
+            "precision",
+        ]
+    ]
+    rows = comp.quantities.drop(columns=["label", "source", "table"]).merge(
+        context, on=keys, how="left"
+    )
     status = rows["n"].map(lambda n: "done" if n else "not run")
-    return rows.assign(table=comp.recipe.table, status=status, n_planned=rows["n"], n_failed=0,
-                       n_unverified=0)[[*CELL_COLUMNS, "quantity"]]
+    return rows.assign(
+        table=comp.recipe.table, status=status, n_planned=rows["n"], n_failed=0, n_unverified=0
+    )[[*CELL_COLUMNS, "quantity"]]

@@ -19,8 +19,8 @@ from kdbench.plan import Plan, plan
 from kdbench.results import render
 from kdbench.results.collect import run_status
 from kdbench.results.compare import TableComparison
-from kdbench.results.tables import read_tables
 from kdbench.results.store import RunDir
+from kdbench.results.tables import read_tables
 
 STYLE = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; color: #222; margin: 2em auto;
@@ -55,7 +55,11 @@ def write_report(comp: TableComparison, results: Path, path: Path) -> Path:
     found = _plan(results, comp)
     run_ids = {(c.row, c.column): c.run_ids for c in found.cells}
     wanted = set(zip(comp.cells["row"], comp.cells["column"]))
-    cells = [_cell_runs(results, row, column, ids) for (row, column), ids in run_ids.items() if (row, column) in wanted]
+    cells = [
+        _cell_runs(results, row, column, ids)
+        for (row, column), ids in run_ids.items()
+        if (row, column) in wanted
+    ]
     page = _page(comp, results, found, [c for c in cells if c.curves])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -66,7 +70,12 @@ def _plan(results: Path, comp: TableComparison) -> Plan:
     """The table's plan as compare made it: from its record under ``tables/``, else from the recipe."""
     for record in read_tables(results):
         if record.recipe.name == comp.recipe.name and record.profile == comp.profile:
-            return plan(record.recipe, record.profile, trials=record.trials, ci_overrides=record.ci_overrides)
+            return plan(
+                record.recipe,
+                record.profile,
+                trials=record.trials,
+                ci_overrides=record.ci_overrides,
+            )
     return plan(comp.recipe, comp.profile)
 
 
@@ -80,7 +89,11 @@ def _cell_runs(results: Path, row: str, column: str, run_ids: tuple[str, ...]) -
             history = run.read_metrics()
         except KdbenchError:  # corrupted: compare reports it; no curve is drawn from it
             continue
-        points = [(int(h["epoch"]), float(h["test_top1"])) for h in history if h.get("phase") != "init" and "test_top1" in h]
+        points = [
+            (int(h["epoch"]), float(h["test_top1"]))
+            for h in history
+            if h.get("phase") != "init" and "test_top1" in h
+        ]
         if len(points) > 1:
             curves.append(points)
     return CellRuns(row, column, curves)
@@ -111,7 +124,10 @@ def _curves_png(comp: TableComparison, cells: list[CellRuns]) -> str:
     n_cols = min(4, len(cells))
     n_rows = math.ceil(len(cells) / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(3.4 * n_cols, 2.5 * n_rows))
-    paper = {(r, c): m for r, c, m in zip(comp.cells["row"], comp.cells["column"], comp.cells["paper_mean"])}
+    paper = {
+        (r, c): m
+        for r, c, m in zip(comp.cells["row"], comp.cells["column"], comp.cells["paper_mean"])
+    }
     for ax, cell in zip(axes.flat, cells):
         epochs = sorted({e for curve in cell.curves for e, _ in curve})
         values = np.full((len(cell.curves), len(epochs)), np.nan)
@@ -122,7 +138,9 @@ def _curves_png(comp: TableComparison, cells: list[CellRuns]) -> str:
         ax.plot(epochs, mean, color="tab:blue", lw=1.2, label=f"mean of {len(cell.curves)}")
         if len(cell.curves) > 1:
             std = np.nanstd(values, axis=0, ddof=1)
-            ax.fill_between(epochs, mean - std, mean + std, color="tab:blue", alpha=0.2, lw=0, label="± std")
+            ax.fill_between(
+                epochs, mean - std, mean + std, color="tab:blue", alpha=0.2, lw=0, label="± std"
+            )
         for curve in cell.curves:
             best_epoch, best = max(curve, key=lambda p: p[1])
             ax.plot([best_epoch], [best], marker="*", color="tab:orange", ms=7, ls="")
@@ -133,12 +151,14 @@ def _curves_png(comp: TableComparison, cells: list[CellRuns]) -> str:
         ax.set_ylabel("test top-1 (%)", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(cells):]:
+    for ax in list(axes.flat)[len(cells) :]:
         ax.set_visible(False)
-    handles = [plt.Line2D([], [], color="tab:blue", label="mean over trials"),
-               plt.Rectangle((0, 0), 1, 1, color="tab:blue", alpha=0.2, label="± std"),
-               plt.Line2D([], [], marker="*", color="tab:orange", ls="", label="best epoch of a trial"),
-               plt.Line2D([], [], color="0.3", ls="--", label="paper")]
+    handles = [
+        plt.Line2D([], [], color="tab:blue", label="mean over trials"),
+        plt.Rectangle((0, 0), 1, 1, color="tab:blue", alpha=0.2, label="± std"),
+        plt.Line2D([], [], marker="*", color="tab:orange", ls="", label="best epoch of a trial"),
+        plt.Line2D([], [], color="0.3", ls="--", label="paper"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 if n_rows > 1 else 0.1, 1, 1))
     encoded = _png(fig)
@@ -149,8 +169,14 @@ def _curves_png(comp: TableComparison, cells: list[CellRuns]) -> str:
 def _table_html(comp: TableComparison) -> str:
     rows, columns, cells = render._grid(comp)
     e = html.escape
-    out = ['<table class="results"><tr><th>method</th>'
-           + "".join(f"<th>{e(render._column_header(comp, c, ' '))}<br><code>{e(c)}</code></th>" for c in columns) + "</tr>"]
+    out = [
+        '<table class="results"><tr><th>method</th>'
+        + "".join(
+            f"<th>{e(render._column_header(comp, c, ' '))}<br><code>{e(c)}</code></th>"
+            for c in columns
+        )
+        + "</tr>"
+    ]
     for row in rows:
         tds = []
         for column_id in columns:
@@ -158,7 +184,9 @@ def _table_html(comp: TableComparison) -> str:
             klass = str(cell["verdict"] if cell["n"] else cell["status"]).replace(" ", "-")
             lines = render.cell_lines(comp, cell)
             said = render.verdict_text(cell, comp.alpha)
-            body = "<br>".join(f'<span class="v">{e(line)}</span>' if line == said else e(line) for line in lines)
+            body = "<br>".join(
+                f'<span class="v">{e(line)}</span>' if line == said else e(line) for line in lines
+            )
             if cell["detail"]:
                 body += f'<span class="detail">{e(str(cell["detail"]))}</span>'
             tds.append(f'<td class="{e(klass)}">{body}</td>')
@@ -170,8 +198,19 @@ def _provenance_html(results: Path, found: Plan, comp: TableComparison) -> str:
     """One row per planned run of the shown cells: where and how it ran (from its result.json)."""
     e = html.escape
     wanted = set(zip(comp.cells["row"], comp.cells["column"]))
-    head = ["run id", "cell", "seed", "status", "kdbench", "git commit", "torch / CUDA", "device", "precision",
-            "wall time", "GPU-hours"]
+    head = [
+        "run id",
+        "cell",
+        "seed",
+        "status",
+        "kdbench",
+        "git commit",
+        "torch / CUDA",
+        "device",
+        "precision",
+        "wall time",
+        "GPU-hours",
+    ]
     out = ['<table class="prov"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     seen = set()
     total_gpu_hours = 0.0
@@ -196,19 +235,38 @@ def _provenance_html(results: Path, found: Plan, comp: TableComparison) -> str:
             device = result.get("device_name") or result.get("device") or "—"
             seconds = result.get("wall_seconds")
             on_gpu = str(result.get("device", "")).startswith("cuda")
-            gpu_hours = seconds * result.get("world_size", 1) / 3600 if seconds is not None and on_gpu else None
+            gpu_hours = (
+                seconds * result.get("world_size", 1) / 3600
+                if seconds is not None and on_gpu
+                else None
+            )
             total_gpu_hours += gpu_hours or 0.0
-            values = [f"<code>{e(run_id)}</code>", e(f"{cell.row} × {cell.column}"), str(seed), e(status),
-                      e(str(result.get("kdbench_version", "—"))), f"<code>{e(str(result.get('kdbench_commit') or '—'))}</code>",
-                      e(f"{torch_version} / {cuda}"), e(str(device)),
-                      e(str((result.get("compute") or {}).get("precision", "—"))),
-                      "—" if seconds is None else e(_duration(seconds)),
-                      "—" if gpu_hours is None else f"{gpu_hours:.2f}"]
-            out.append("<tr>" + "".join(f'<td class="num">{v}</td>' if i in (2, 9, 10) else f"<td>{v}</td>"
-                                        for i, v in enumerate(values)) + "</tr>")
+            values = [
+                f"<code>{e(run_id)}</code>",
+                e(f"{cell.row} × {cell.column}"),
+                str(seed),
+                e(status),
+                e(str(result.get("kdbench_version", "—"))),
+                f"<code>{e(str(result.get('kdbench_commit') or '—'))}</code>",
+                e(f"{torch_version} / {cuda}"),
+                e(str(device)),
+                e(str((result.get("compute") or {}).get("precision", "—"))),
+                "—" if seconds is None else e(_duration(seconds)),
+                "—" if gpu_hours is None else f"{gpu_hours:.2f}",
+            ]
+            out.append(
+                "<tr>"
+                + "".join(
+                    f'<td class="num">{v}</td>' if i in (2, 9, 10) else f"<td>{v}</td>"
+                    for i, v in enumerate(values)
+                )
+                + "</tr>"
+            )
     out.append("</table>")
-    return (f"<p>{len(seen)} runs; {total_gpu_hours:.2f} GPU-hours in all (wall time × GPUs of the runs trained on CUDA). "
-            "CUDA: the build of torch (its +cuXXX suffix).</p>" + "\n".join(out))
+    return (
+        f"<p>{len(seen)} runs; {total_gpu_hours:.2f} GPU-hours in all (wall time × GPUs of the runs trained on CUDA). "
+        "CUDA: the build of torch (its +cuXXX suffix).</p>" + "\n".join(out)
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -225,24 +283,38 @@ def _page(comp: TableComparison, results: Path, found: Plan, cells: list[CellRun
         plot = _plot_png(comp, Path(folder))
     note = render.PROFILE_NOTES[comp.profile]
     t = r.training
-    protocol = [f"Protocol <b>{e(r.protocol.name)}</b> (follows {e(r.protocol.follows)})"
-                + (f"; method preset <code>{e(r.protocol.preset)}</code>" if r.protocol.preset else "") + ".",
-                e(r.protocol.notes) if r.protocol.notes else "",
-                e(f"Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, milestones {list(t.milestones)}; "
-                  f"dataset {r.dataset.name}; {found.trials} trial(s) per cell here, the paper's over {r.paper_trials}; "
-                  f"metric: {comp.metric} epoch."),
-                e(render.verdict_rule(comp) + f" (α = {comp.alpha:g}; interval level {100 * (1 - 2 * comp.alpha):g}%)."),
-                e(f"Recipe source: {r.source}.")]
-    curves = (f'<img alt="training curves" src="data:image/png;base64,{_curves_png(comp, cells)}">' if cells else
-              "<p>No finished run with a per-epoch history yet.</p>")
-    legend = "".join(f'<span class="v">{e(render.VERDICT_MARKS[v])}</span>' for v in ("reproduced", "above", "below", "inconclusive"))
+    protocol = [
+        f"Protocol <b>{e(r.protocol.name)}</b> (follows {e(r.protocol.follows)})"
+        + (f"; method preset <code>{e(r.protocol.preset)}</code>" if r.protocol.preset else "")
+        + ".",
+        e(r.protocol.notes) if r.protocol.notes else "",
+        e(
+            f"Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, milestones {list(t.milestones)}; "
+            f"dataset {r.dataset.name}; {found.trials} trial(s) per cell here, the paper's over {r.paper_trials}; "
+            f"metric: {comp.metric} epoch."
+        ),
+        e(
+            render.verdict_rule(comp)
+            + f" (α = {comp.alpha:g}; interval level {100 * (1 - 2 * comp.alpha):g}%)."
+        ),
+        e(f"Recipe source: {r.source}."),
+    ]
+    curves = (
+        f'<img alt="training curves" src="data:image/png;base64,{_curves_png(comp, cells)}">'
+        if cells
+        else "<p>No finished run with a per-epoch history yet.</p>"
+    )
+    legend = "".join(
+        f'<span class="v">{e(render.VERDICT_MARKS[v])}</span>'
+        for v in ("reproduced", "above", "below", "inconclusive")
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{e(r.name)}: {e(r.paper)} — {e(r.table)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{e(r.name)}: {e(r.table)}</h1>
 <p class="sub">{e(r.paper)}<br>{e(r.title)}</p>
-{f'<p class="note">{e(note)}</p>' if note else ''}
+{f'<p class="note">{e(note)}</p>' if note else ""}
 <p><b>{e(render.summary_text(comp))}</b></p>
 <p>Margin δ = <b>{comp.margin:g}</b> accuracy points; profile <code>{e(comp.profile)}</code>; {e(comp.metric)} epoch.
 {e(render.verdict_rule(comp))}.</p>
@@ -259,8 +331,8 @@ epoch marked; the dashed line is the published value.</p>
 <h2>Provenance</h2>
 {_provenance_html(results, found, comp)}
 <h2>Protocol</h2>
-{''.join(f'<p>{p}</p>' for p in protocol if p)}
-<p class="sub">Written by kdbench {e(__version__)} on {e(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))} from
+{"".join(f"<p>{p}</p>" for p in protocol if p)}
+<p class="sub">Written by kdbench {e(__version__)} on {e(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))} from
 <code>{e(str(results))}</code>.</p>
 </body></html>
 """

@@ -18,7 +18,6 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.errors import KdbenchError
-from kdbench.layout import fit
 from kdbench.execute.overview import (
     STATES,
     STYLES,
@@ -28,15 +27,24 @@ from kdbench.execute.overview import (
     render,
     row_for,
 )
+from kdbench.layout import fit
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_status
 from kdbench.results.store import RunDir, read_json, runs_dir, tables_dir
 from kdbench.results.tables import read_record
 
-STATE = {"done": "done", "running": "running", "failed": "failed", "incomplete": "pending", "pending": "pending"}
+STATE = {
+    "done": "done",
+    "running": "running",
+    "failed": "failed",
+    "incomplete": "pending",
+    "pending": "pending",
+}
 
 
-def table_plan(results: Path, recipe: str, profile: str | None, teachers: str | None = None) -> Plan:
+def table_plan(
+    results: Path, recipe: str, profile: str | None, teachers: str | None = None
+) -> Plan:
     """The plan of ``recipe``'s table: from its record under ``tables/`` (``profile``: the given one, else the latest
     reproduced), else re-planned from the recipe under ``profile`` (default full); ``teachers``: with its teachers
     from that source (released/trained) instead of the recorded one."""
@@ -44,12 +52,16 @@ def table_plan(results: Path, recipe: str, profile: str | None, teachers: str | 
     from kdbench.recipe import load_recipe
 
     name = load_recipe(recipe).name
-    records = sorted(tables_dir(results).glob(f"{name}--*.json"), key=lambda p: read_json(p).get("updated", 0.0))
+    records = sorted(
+        tables_dir(results).glob(f"{name}--*.json"), key=lambda p: read_json(p).get("updated", 0.0)
+    )
     if profile is not None:
         records = [p for p in records if p.name == f"{name}--{profile}.json"]
     if records:
         record = read_record(records[-1], results)
-        return dataclasses.replace(record, recipe=record.recipe.with_teacher_source(teachers)).plan()
+        return dataclasses.replace(
+            record, recipe=record.recipe.with_teacher_source(teachers)
+        ).plan()
     return plan(load_recipe(recipe).with_teacher_source(teachers), profile or "full")
 
 
@@ -71,8 +83,13 @@ def rows_of(results: Path, specs: list[RunSpec]) -> list[RunRow]:
             except KdbenchError as exc:
                 row.state, row.note = "failed", f"corrupted: {exc}"
             except OSError as exc:
-                row.state, row.note = "failed", f"corrupted: run {spec.run_id} cannot be verified ({exc}); {rundir.repair_hint()}"
-        if row.state == "pending" and any(states.get(dep) in ("failed", "skipped") for dep in spec.dependencies):
+                row.state, row.note = (
+                    "failed",
+                    f"corrupted: run {spec.run_id} cannot be verified ({exc}); {rundir.repair_hint()}",
+                )
+        if row.state == "pending" and any(
+            states.get(dep) in ("failed", "skipped") for dep in spec.dependencies
+        ):
             row.state, row.note = "skipped", "a run it depends on failed"
         elif row.state == "failed" and not row.note:
             failure = RunDir(results, spec.run_id).failure()
@@ -95,8 +112,13 @@ def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
     return sorted(specs, key=lambda s: len(s.dependencies)), unreadable
 
 
-def overview(results: Path, recipe: str | None = None, profile: str | None = None,
-             teachers: str | None = None, width: int | None = None) -> RenderableType:
+def overview(
+    results: Path,
+    recipe: str | None = None,
+    profile: str | None = None,
+    teachers: str | None = None,
+    width: int | None = None,
+) -> RenderableType:
     """The summary of a table's runs (``recipe``), or of every stored run grouped by state (one record per run where
     the table is wider than ``width``). ``teachers``: plan the table with its teachers from this source
     (released/trained) instead of the recorded one."""
@@ -107,21 +129,30 @@ def overview(results: Path, recipe: str | None = None, profile: str | None = Non
     else:
         specs, unreadable = stored_specs(results)
         rows = rows_of(results, specs)
-        title = f"all runs in {results}" + (f" ({unreadable} with an unreadable spec.json not shown)" if unreadable else "")
+        title = f"all runs in {results}" + (
+            f" ({unreadable} with an unreadable spec.json not shown)" if unreadable else ""
+        )
     running = sum(r.state == "running" for r in rows)
     summary = render(title, rows, max(1, running))
     if recipe is None:
         states = by_state(rows)
         return Group(summary, states if width is None else fit(states, width))
-    noted = [r for r in rows if r.note and r.state != "running"]  # why runs failed, were skipped, are unverified
+    noted = [
+        r for r in rows if r.note and r.state != "running"
+    ]  # why runs failed, were skipped, are unverified
     if not noted:
         return summary
     states = by_state(noted)
     return Group(summary, states if width is None else fit(states, width))
 
 
-def changes(results: Path, recipe: str | None, profile: str | None, seen: dict[str, tuple],
-            teachers: str | None = None) -> list[str]:
+def changes(
+    results: Path,
+    recipe: str | None,
+    profile: str | None,
+    seen: dict[str, tuple],
+    teachers: str | None = None,
+) -> list[str]:
     """``status --watch`` off a terminal: one line per run whose state, epoch or note changed since ``seen`` (which
     is updated), e.g. ``12:03:04 running kd resnet8x4 s0 (kd-…): epoch 3/240``; every run on the first call."""
     if recipe is not None:
@@ -133,8 +164,10 @@ def changes(results: Path, recipe: str | None, profile: str | None, seen: dict[s
         now = (row.state, row.epoch, row.note)
         if seen.get(row.run_id) != now:
             seen[row.run_id] = now
-            lines.append(f"{stamp} {row.state} {row.label} ({row.run_id}): epoch {row.epoch}/{row.epochs}"
-                         + (f"; {row.note}" if row.note else ""))
+            lines.append(
+                f"{stamp} {row.state} {row.label} ({row.run_id}): epoch {row.epoch}/{row.epochs}"
+                + (f"; {row.note}" if row.note else "")
+            )
     return lines
 
 
@@ -146,6 +179,15 @@ def by_state(rows: list[RunRow]) -> Table:
         table.add_column(column, no_wrap=column != "detail")
     for state in STATES:
         for row in (r for r in rows if r.state == state):
-            where = f"{row.slot} for {duration(now - row.started)}" if row.state == "running" and row.started else row.note
-            table.add_row(Text(state, style=STYLES[state]), f"{row.label} ({row.run_id})", f"{row.epoch}/{row.epochs}", where)
+            where = (
+                f"{row.slot} for {duration(now - row.started)}"
+                if row.state == "running" and row.started
+                else row.note
+            )
+            table.add_row(
+                Text(state, style=STYLES[state]),
+                f"{row.label} ({row.run_id})",
+                f"{row.epoch}/{row.epochs}",
+                where,
+            )
     return table

@@ -62,15 +62,25 @@ class WriteFailed(KdbenchError):
 def write_failed(path: Path, exc: OSError) -> WriteFailed:
     """A :class:`WriteFailed` naming ``path``, why, and what to do; the files already there are intact."""
     why = exc.strerror or str(exc)
-    advice = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (quota)",
-              errno.EROFS: "make the results directory writable (it is on a read-only file system)",
-              errno.EACCES: "make the results directory writable", errno.EPERM: "make the results directory writable",
-              errno.EFBIG: "raise the file-size limit (ulimit -f)"}.get(exc.errno or 0, "fix the file system")
-    return WriteFailed(f"could not write {path}: {why}. Nothing already written was changed; {advice}, then run the "
-                       "same command again (finished runs are reused, interrupted ones resume).")
+    advice = {
+        errno.ENOSPC: "free disk space",
+        errno.EDQUOT: "free disk space (quota)",
+        errno.EROFS: "make the results directory writable (it is on a read-only file system)",
+        errno.EACCES: "make the results directory writable",
+        errno.EPERM: "make the results directory writable",
+        errno.EFBIG: "raise the file-size limit (ulimit -f)",
+    }.get(exc.errno or 0, "fix the file system")
+    return WriteFailed(
+        f"could not write {path}: {why}. Nothing already written was changed; {advice}, then run the "
+        "same command again (finished runs are reused, interrupted ones resume)."
+    )
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None], before_rename: Callable[[Path], None] | None = None) -> None:
+def _atomic_write(
+    path: Path,
+    write: Callable[[BinaryIO], None],
+    before_rename: Callable[[Path], None] | None = None,
+) -> None:
     """Call ``write`` on a temp file beside ``path``, then rename it over ``path`` (see :func:`atomic_path`).
 
     ``before_rename(tmp)`` runs once the temp file is complete. An ``OSError`` becomes :class:`WriteFailed`."""
@@ -129,7 +139,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise KdbenchError(f"{path} is corrupted ({exc}). Delete it and re-run to redo this step.") from None
+        raise KdbenchError(
+            f"{path} is corrupted ({exc}). Delete it and re-run to redo this step."
+        ) from None
 
 
 # A run id is one path component (plan.RunSpec.run_id's slug and hash): no '/', no leading '.', so a
@@ -142,8 +154,10 @@ TEMP_GLOB = ".*.tmp"
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it is a run id; else a KdbenchError (it could name a path outside the results dir)."""
     if not RUN_ID.fullmatch(run_id):
-        raise KdbenchError(f"{run_id!r} is not a run id: run ids are single names under RESULTS/runs/ made of letters, "
-                           "digits, '_', '.' and '-' (e.g. kd-resnet8x4-s0-0123456789ab); see `kdbench status` for them.")
+        raise KdbenchError(
+            f"{run_id!r} is not a run id: run ids are single names under RESULTS/runs/ made of letters, "
+            "digits, '_', '.' and '-' (e.g. kd-resnet8x4-s0-0123456789ab); see `kdbench status` for them."
+        )
     return run_id
 
 
@@ -164,7 +178,9 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_file = property(lambda self: self.path / "checkpoint.pt")
     model_file = property(lambda self: self.path / "model.pt")
-    best_model_file = property(lambda self: self.path / "model_best.pt")  # spec keep "best": the best epoch's weights
+    best_model_file = property(
+        lambda self: self.path / "model_best.pt"
+    )  # spec keep "best": the best epoch's weights
     result_file = property(lambda self: self.path / "result.json")
     failed_file = property(lambda self: self.path / "failed.json")
     log_file = property(lambda self: self.path / "train.log")
@@ -176,11 +192,15 @@ class RunDir:
     def repair_hint(self, *paths: Path) -> str:
         """The command that removes ``paths`` (and ``result.json``) so that the next run redoes what they held."""
         files = " ".join(str(p) for p in dict.fromkeys([*paths, self.result_file]))
-        return (f"Repair: rm -f {files} and run the same command again (the run resumes from its last intact "
-                f"checkpoint, or restarts without one).")
+        return (
+            f"Repair: rm -f {files} and run the same command again (the run resumes from its last intact "
+            f"checkpoint, or restarts without one)."
+        )
 
     def _corrupted(self, path: Path, why: str) -> CorruptedFile:
-        return CorruptedFile(f"run {self.run_id}: {path} {why}; it is not used. {self.repair_hint(path)}")
+        return CorruptedFile(
+            f"run {self.run_id}: {path} {why}; it is not used. {self.repair_hint(path)}"
+        )
 
     def _checksums(self) -> dict[str, list[str]] | None:
         """The recorded digests (newest first per file), or None for a run written before checksums existed."""
@@ -189,24 +209,32 @@ class RunDir:
         try:
             return json.loads(self.checksums_file.read_text())
         except json.JSONDecodeError:
-            raise CorruptedFile(f"run {self.run_id}: {self.checksums_file} is corrupted, so no file of this run can be "
-                                f"verified. Repair: delete the run directory {self.path} and run the same command "
-                                "again to retrain it.") from None
+            raise CorruptedFile(
+                f"run {self.run_id}: {self.checksums_file} is corrupted, so no file of this run can be "
+                f"verified. Repair: delete the run directory {self.path} and run the same command "
+                "again to retrain it."
+            ) from None
 
     def write_verified(self, path: Path, write: Callable[[BinaryIO], None]) -> None:
         """Write ``path`` atomically, recording its sha256 before the rename (see the module docstring)."""
+
         def record(tmp: Path) -> None:
             checksums = self._checksums() or {}
             checksums[path.name] = [sha256_file(tmp), *checksums.get(path.name, [])[:1]]
             atomic_write_json(self.checksums_file, checksums)
+
         _atomic_write(path, write, record)
 
     def verified_bytes(self, path: Path) -> bytes:
         """The content of ``path``, refused with :class:`CorruptedFile` unless its digest was recorded."""
-        data = path.read_bytes()  # content first, digests second: a concurrent write records before it renames
+        data = (
+            path.read_bytes()
+        )  # content first, digests second: a concurrent write records before it renames
         digests = (self._checksums() or {}).get(path.name)  # None: written before checksums existed
         if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
-            raise self._corrupted(path, "does not match its recorded sha256 (truncated or corrupted)")
+            raise self._corrupted(
+                path, "does not match its recorded sha256 (truncated or corrupted)"
+            )
         return data
 
     def load_torch(self, path: Path) -> Any:
@@ -237,9 +265,11 @@ class RunDir:
 
         spec = RunSpec.model_validate(read_json(self.spec_file))
         if spec.run_id != self.run_id:
-            raise CorruptedFile(f"run {self.run_id}: {self.spec_file} describes run {spec.run_id}, not this one (it was "
-                                f"edited or copied), so nothing in {self.path} is used. Repair: delete {self.path} and "
-                                "run the same command again.")
+            raise CorruptedFile(
+                f"run {self.run_id}: {self.spec_file} describes run {spec.run_id}, not this one (it was "
+                f"edited or copied), so nothing in {self.path} is used. Repair: delete {self.path} and "
+                "run the same command again."
+            )
 
     def is_done(self) -> bool:
         return self.result_file.is_file()
@@ -265,10 +295,16 @@ class RunDir:
         missing = [p.name for p in files if p.name not in (checksums or {})]
         if not missing:
             return ""
-        why = f"{self.checksums_file} is missing" if checksums is None else f"{self.checksums_file} lists no digest for them"
-        return (f"run {self.run_id} is unverified: {', '.join(missing)} have no recorded sha256 ({why}), so an edit or "
-                f"corruption cannot be detected; its numbers are shown marked 'unverified'. To trust it, retrain it: "
-                f"rm -r {self.path} and run the same command again.")
+        why = (
+            f"{self.checksums_file} is missing"
+            if checksums is None
+            else f"{self.checksums_file} lists no digest for them"
+        )
+        return (
+            f"run {self.run_id} is unverified: {', '.join(missing)} have no recorded sha256 ({why}), so an edit or "
+            f"corruption cannot be detected; its numbers are shown marked 'unverified'. To trust it, retrain it: "
+            f"rm -r {self.path} and run the same command again."
+        )
 
     def failure(self) -> dict[str, Any]:
         return read_json(self.failed_file)
@@ -295,9 +331,22 @@ class RunDir:
 
         Only temps of files that are written under the lock are touched: an executor writes ``spec.json``
         without it, and may be doing so right now (two reproductions of one table)."""
-        locked_names = {p.name for p in (self.checkpoint_file, self.model_file, self.best_model_file, self.metrics_file, self.result_file,
-                                         self.failed_file, self.checksums_file, self.launch_file)}
-        stale = sorted(p for p in self.path.glob(TEMP_GLOB) if p.name[1:].rsplit(".", 2)[0] in locked_names)
+        locked_names = {
+            p.name
+            for p in (
+                self.checkpoint_file,
+                self.model_file,
+                self.best_model_file,
+                self.metrics_file,
+                self.result_file,
+                self.failed_file,
+                self.checksums_file,
+                self.launch_file,
+            )
+        }
+        stale = sorted(
+            p for p in self.path.glob(TEMP_GLOB) if p.name[1:].rsplit(".", 2)[0] in locked_names
+        )
         for path in stale:
             path.unlink(missing_ok=True)
         return stale
@@ -323,14 +372,16 @@ class RunDir:
         """Hold the run's exclusive lock (released by the OS if the process dies)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fh = open(self.lock_file, "a")
+            fh = open(self.lock_file, "a")  # noqa: SIM115 - entered below, after the error mapping
         except OSError as exc:
             raise write_failed(self.lock_file, exc) from exc
         with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunLocked(f"run {self.run_id} is being trained by another process (lock {self.lock_file}).") from None
+                raise RunLocked(
+                    f"run {self.run_id} is being trained by another process (lock {self.lock_file})."
+                ) from None
             try:
                 yield
             finally:

@@ -33,11 +33,24 @@ class TableRecord:
 
     def plan(self) -> Plan:
         """The recorded table's plan: every cell with its recorded trial count."""
-        return plan(self.recipe, self.profile, trials=self.trials, ci_overrides=self.ci_overrides, cell_trials=self.cell_trials)
+        return plan(
+            self.recipe,
+            self.profile,
+            trials=self.trials,
+            ci_overrides=self.ci_overrides,
+            cell_trials=self.cell_trials,
+        )
 
 
-def record_table(results: Path, recipe: Recipe, profile: str, trials: int, ci_overrides: dict[str, Any],
-                 cells: Iterable[tuple[str, str]] | None = None, explicit_trials: bool = True) -> Path:
+def record_table(
+    results: Path,
+    recipe: Recipe,
+    profile: str,
+    trials: int,
+    ci_overrides: dict[str, Any],
+    cells: Iterable[tuple[str, str]] | None = None,
+    explicit_trials: bool = True,
+) -> Path:
     """Record the table reproduced with ``trials`` per cell.
 
     ``cells``: the (row, column) cells this reproduction selected when not the whole table (``--pairs``,
@@ -49,18 +62,34 @@ def record_table(results: Path, recipe: Recipe, profile: str, trials: int, ci_ov
     if cells is not None and set(cells) != whole:
         previous = read_record(path, results) if path.is_file() else None
         table_trials = previous.trials if previous else default_trials(recipe, profile)
-        cell_trials = {k: v for k, v in (previous.cell_trials if previous else {}).items() if k in whole}
+        cell_trials = {
+            k: v for k, v in (previous.cell_trials if previous else {}).items() if k in whole
+        }
         if explicit_trials:
             for cell in cells:
                 cell_trials[cell] = trials
         trials = table_trials
         cell_trials = {k: v for k, v in cell_trials.items() if v != trials}
-    atomic_write_json(path, {
-        "recipe": recipe.model_dump(mode="json"), "profile": profile, "trials": trials,
-        "ci_overrides": ci_overrides, "updated": time.time(),
-        **({"cell_trials": [{"row": r, "column": c, "trials": n} for (r, c), n in sorted(cell_trials.items())]}
-           if cell_trials else {}),
-    })
+    atomic_write_json(
+        path,
+        {
+            "recipe": recipe.model_dump(mode="json"),
+            "profile": profile,
+            "trials": trials,
+            "ci_overrides": ci_overrides,
+            "updated": time.time(),
+            **(
+                {
+                    "cell_trials": [
+                        {"row": r, "column": c, "trials": n}
+                        for (r, c), n in sorted(cell_trials.items())
+                    ]
+                }
+                if cell_trials
+                else {}
+            ),
+        },
+    )
     return path
 
 
@@ -69,14 +98,23 @@ def read_record(path: Path, results: Path) -> TableRecord:
     differs) is an error that names the file and what to do."""
     try:
         raw = read_json(path)
-        cell_trials = {(c["row"], c["column"]): int(c["trials"]) for c in raw.get("cell_trials", [])}
-        return TableRecord(Recipe.model_validate(raw["recipe"]), raw["profile"], raw["trials"],
-                           raw.get("ci_overrides", {}), cell_trials)
+        cell_trials = {
+            (c["row"], c["column"]): int(c["trials"]) for c in raw.get("cell_trials", [])
+        }
+        return TableRecord(
+            Recipe.model_validate(raw["recipe"]),
+            raw["profile"],
+            raw["trials"],
+            raw.get("ci_overrides", {}),
+            cell_trials,
+        )
     except (ValueError, KeyError, TypeError) as exc:  # json / pydantic errors are ValueErrors
         first = str(exc).splitlines()[0]
-        raise KdbenchError(f"{path}: not a readable table record ({type(exc).__name__}: {first}). Delete it and "
-                           f"run `kdbench reproduce <recipe> --results {results}` again to record the table: its "
-                           f"finished runs are reused, not retrained.") from None
+        raise KdbenchError(
+            f"{path}: not a readable table record ({type(exc).__name__}: {first}). Delete it and "
+            f"run `kdbench reproduce <recipe> --results {results}` again to record the table: its "
+            f"finished runs are reused, not retrained."
+        ) from None
 
 
 def read_tables(results: Path) -> list[TableRecord]:

@@ -51,12 +51,23 @@ class Verdict:
     ci_low: float  # the (1 − 2α) interval of ours − paper (nan: no interval)
     ci_high: float
     significant: bool  # p_value < alpha
-    trials_needed: int | None  # inconclusive only: how many trials of ours would settle it (None: no n does, or unknown)
+    trials_needed: (
+        int | None
+    )  # inconclusive only: how many trials of ours would settle it (None: no n does, or unknown)
     detail: str  # one sentence for the cell
 
 
-def judge(*, ours_mean: float, ours_std: float, n: int, paper_mean: float, paper_std: float, paper_n: int | None,
-          alpha: float = 0.05, margin: float = DEFAULT_MARGIN) -> Verdict:
+def judge(
+    *,
+    ours_mean: float,
+    ours_std: float,
+    n: int,
+    paper_mean: float,
+    paper_std: float,
+    paper_n: int | None,
+    alpha: float = 0.05,
+    margin: float = DEFAULT_MARGIN,
+) -> Verdict:
     """Our n trials (mean, sample std) against the published mean (± std over paper_n trials), at margin δ."""
     if not 0 < alpha < 0.5:
         raise KdbenchError(f"alpha must be in (0, 0.5) for a (1 − 2α) interval; got {alpha}.")
@@ -64,20 +75,33 @@ def judge(*, ours_mean: float, ours_std: float, n: int, paper_mean: float, paper
         raise KdbenchError(f"the equivalence margin must be > 0 accuracy points; got {margin}.")
     level = f"{100 * (1 - 2 * alpha):g}%"
     if math.isnan(ours_mean) or math.isnan(paper_mean):
-        return _no_interval("no numbers to compare", margin, None, "needs our result and a published number")
+        return _no_interval(
+            "no numbers to compare", margin, None, "needs our result and a published number"
+        )
     diff = ours_mean - paper_mean
     welch = not math.isnan(paper_std) and paper_n is not None and paper_n >= 2
     paper_var = paper_std**2 / paper_n if welch else 0.0  # paper_n is not None where welch
     test = "Welch t" if welch else "one-sample t"
     if n < 2 or math.isnan(ours_std):
         if math.isnan(paper_std):
-            return _no_interval("needs ≥ 2 trials of ours", margin, None,
-                                "needs ≥ 2 trials of ours to estimate their spread")
-        needed = _trials_needed(diff, paper_std, 2, paper_var, paper_n if welch else None, alpha, margin)
-        hint = (f"assuming our spread is the paper's ± {paper_std:g}, about {needed} trials of ours would settle it"
-                if needed is not None else f"assuming our spread is the paper's ± {paper_std:g}, no number of trials "
-                f"up to {MAX_TRIALS} would settle it")
-        return _no_interval("needs ≥ 2 trials of ours", margin, needed, f"needs ≥ 2 trials of ours; {hint}")
+            return _no_interval(
+                "needs ≥ 2 trials of ours",
+                margin,
+                None,
+                "needs ≥ 2 trials of ours to estimate their spread",
+            )
+        needed = _trials_needed(
+            diff, paper_std, 2, paper_var, paper_n if welch else None, alpha, margin
+        )
+        hint = (
+            f"assuming our spread is the paper's ± {paper_std:g}, about {needed} trials of ours would settle it"
+            if needed is not None
+            else f"assuming our spread is the paper's ± {paper_std:g}, no number of trials "
+            f"up to {MAX_TRIALS} would settle it"
+        )
+        return _no_interval(
+            "needs ≥ 2 trials of ours", margin, needed, f"needs ≥ 2 trials of ours; {hint}"
+        )
     se, df = _se_df(ours_std, n, paper_var, paper_n if welch else None)
     verdict, lo, hi, p = (x[0] for x in _classify(np.array([diff]), se, df, alpha, margin))
     verdict, p = str(verdict), float(p)
@@ -86,19 +110,28 @@ def judge(*, ours_mean: float, ours_std: float, n: int, paper_mean: float, paper
     needed = None
     if verdict == "reproduced":
         detail = f"{interval} inside ±{margin:g}" + (
-            f"; the difference is significant (p={p:.2g}) but within the margin" if significant else "")
+            f"; the difference is significant (p={p:.2g}) but within the margin"
+            if significant
+            else ""
+        )
     elif verdict in ("below", "above"):
         detail = f"{interval} beyond {'−' if verdict == 'below' else '+'}{margin:g}, p={p:.2g}"
     else:
-        needed = _trials_needed(diff, ours_std, n + 1, paper_var, paper_n if welch else None, alpha, margin)
+        needed = _trials_needed(
+            diff, ours_std, n + 1, paper_var, paper_n if welch else None, alpha, margin
+        )
         detail = f"{interval} neither inside nor beyond ±{margin:g}; " + (
-            f"about {needed} trials of ours would settle it" if needed is not None
-            else f"no number of trials of ours up to {MAX_TRIALS} would settle it")
+            f"about {needed} trials of ours would settle it"
+            if needed is not None
+            else f"no number of trials of ours up to {MAX_TRIALS} would settle it"
+        )
     return Verdict(verdict, p, test, margin, float(lo), float(hi), significant, needed, detail)
 
 
 def _no_interval(test: str, margin: float, needed: int | None, detail: str) -> Verdict:
-    return Verdict("inconclusive", math.nan, test, margin, math.nan, math.nan, False, needed, detail)
+    return Verdict(
+        "inconclusive", math.nan, test, margin, math.nan, math.nan, False, needed, detail
+    )
 
 
 def _se_df(std, n, paper_var: float, paper_n: int | None):
@@ -109,7 +142,9 @@ def _se_df(std, n, paper_var: float, paper_n: int | None):
         df = np.asarray(n, dtype=float) - 1
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            df = se2**2 / (ours_var**2 / (np.asarray(n, dtype=float) - 1) + paper_var**2 / (paper_n - 1))
+            df = se2**2 / (
+                ours_var**2 / (np.asarray(n, dtype=float) - 1) + paper_var**2 / (paper_n - 1)
+            )
     return np.sqrt(se2), df
 
 
@@ -121,16 +156,33 @@ def _classify(diff: np.ndarray, se, df, alpha: float, margin: float):
     half = np.where(zero, 0.0, stats.t.ppf(1 - alpha, safe_df) * se)
     lo, hi = diff - half, diff + half
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(zero, np.where(diff == 0, 1.0, 0.0), 2 * stats.t.sf(np.abs(diff / np.where(zero, 1.0, se)), safe_df))
+        p = np.where(
+            zero,
+            np.where(diff == 0, 1.0, 0.0),
+            2 * stats.t.sf(np.abs(diff / np.where(zero, 1.0, se)), safe_df),
+        )
     significant = p < alpha
-    verdict = np.where((lo > -margin) & (hi < margin), "reproduced",
-                       np.where(significant & (hi < -margin), "below",
-                                np.where(significant & (lo > margin), "above", "inconclusive")))
+    verdict = np.where(
+        (lo > -margin) & (hi < margin),
+        "reproduced",
+        np.where(
+            significant & (hi < -margin),
+            "below",
+            np.where(significant & (lo > margin), "above", "inconclusive"),
+        ),
+    )
     return verdict, lo, hi, p
 
 
-def _trials_needed(diff: float, std: float, start: int, paper_var: float, paper_n: int | None, alpha: float,
-                   margin: float) -> int | None:
+def _trials_needed(
+    diff: float,
+    std: float,
+    start: int,
+    paper_var: float,
+    paper_n: int | None,
+    alpha: float,
+    margin: float,
+) -> int | None:
     """The smallest m in [start, MAX_TRIALS] whose interval settles the verdict (Δ and spreads fixed), else None."""
     if start > MAX_TRIALS:
         return None

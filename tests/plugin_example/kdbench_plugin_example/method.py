@@ -9,10 +9,9 @@ Importing this module registers the method (entry point ``kdbench.methods: logit
 from __future__ import annotations
 
 import torch
-from pydantic import Field
-
 from kdbench.methods import Distiller, MethodParams, Needs, Step, register
 from kdbench.models import Features
+from pydantic import Field
 
 
 def logit_l2(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -32,6 +31,10 @@ class LogitL2(Distiller):
     Params = LogitL2Params
     needs = Needs(teacher=True, teacher_logits_only=True)
 
-    def distill(self, student: Features, teacher: Features | None, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def distill(
+        self, student: Features, teacher: Features | None, step: Step
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert teacher is not None
-        return student.logits, {"logit_l2": self.params.weight * logit_l2(student.logits, teacher.logits)}
+        return student.logits, {
+            "logit_l2": self.params.weight * logit_l2(student.logits, teacher.logits)
+        }

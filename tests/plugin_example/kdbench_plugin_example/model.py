@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from kdbench.models import Features, KDModel, register
+from torch import nn
 
 
 class TinyNet(KDModel):
@@ -14,8 +13,13 @@ class TinyNet(KDModel):
 
     def __init__(self, num_classes: int, width: int = 8):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
-        self.stage = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        )
+        self.stage = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+        )
         self.classifier = nn.Linear(2 * width, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> Features:
@@ -24,7 +28,13 @@ class TinyNet(KDModel):
         pre1 = self.stage(f0)
         f1 = torch.relu(pre1)
         pooled = f1.mean(dim=(2, 3))
-        return Features(stages=[f0, f1], preact=[pre0, pre1], head_map=f1, pooled=pooled, logits=self.classifier(pooled))
+        return Features(
+            stages=[f0, f1],
+            preact=[pre0, pre1],
+            head_map=f1,
+            pooled=pooled,
+            logits=self.classifier(pooled),
+        )
 
 
 def register_models() -> None:
