@@ -250,7 +250,7 @@ def _compute(
     teacher_cache: str,
     compile_mode: str = "default",
 ):
-    from kdbench.compute import ComputeOptions
+    from kdbench.train.compute import ComputeOptions
 
     return ComputeOptions(
         precision=precision,
@@ -431,7 +431,7 @@ def reproduce(
             return
         curves.require(loggers)  # a missing extra is one error here, not one per run
         compute = _compute(precision, channels_last, compile_, teacher_cache, compile_mode)
-        from kdbench.checkpoints import prepare as prepare_teachers
+        from kdbench.train.checkpoints import prepare as prepare_teachers
 
         prepare_teachers(
             table_plan.specs.values(), data_dir
@@ -542,7 +542,7 @@ def reproduce(
 def _prepare_data(table_plan, results: Path, data_dir: Optional[str]) -> None:
     """Every dataset the unfinished runs need, ready before the first run is scheduled (downloaded once)."""
     from kdbench.data.registry import prepare_datasets
-    from kdbench.results.store import RunDir
+    from kdbench.store.run_dir import RunDir
 
     todo = [s for s in table_plan.specs.values() if not RunDir(results, s.run_id).is_done()]
     prepare_datasets(((s.data.name, s.data.options) for s in todo), data_dir)
@@ -1126,7 +1126,7 @@ def show(
         if json_out:
             from kdbench.results.collect import run_status
             from kdbench.results.export import dumps, plan_document
-            from kdbench.results.store import RunDir
+            from kdbench.store.run_dir import RunDir
 
             statuses = {
                 s.run_id: run_status(RunDir(results, s.run_id)) for s in table_plan.ordered()
@@ -1142,10 +1142,10 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from kdbench.checkpoints import describe_teachers
-    from kdbench.cost import estimate
     from kdbench.results.collect import run_status
-    from kdbench.results.store import RunDir
+    from kdbench.store.run_dir import RunDir
+    from kdbench.tools.cost import estimate
+    from kdbench.train.checkpoints import describe_teachers
 
     r = table_plan.recipe
     console.print(
@@ -1221,7 +1221,7 @@ def _print_measured_cost(
     table_plan, todo: list[str], results: Path, data_dir: Optional[str]
 ) -> None:
     """GPU-hours of the remaining runs from the throughput measured on each device (runs and benches)."""
-    from kdbench.cost import estimate_by_device, measured_throughputs
+    from kdbench.tools.cost import estimate_by_device, measured_throughputs
 
     measurements = measured_throughputs(results)
     if not todo:
@@ -1279,12 +1279,12 @@ def train(
     ] = None,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
-    from kdbench import distributed
-    from kdbench import train as training
     from kdbench.execute.children import watch_parent
     from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.results import curves
-    from kdbench.results.store import RunLocked
+    from kdbench.store.run_dir import RunLocked
+    from kdbench.train import loop as training
+    from kdbench.train.loop import distributed
 
     watch_parent()  # started by `reproduce`: end with it
     try:
@@ -1346,10 +1346,10 @@ def train(
 
 
 def _train_processes(spec: str, run_id: str, results: Path, nproc: int, options: list[str]) -> None:
-    """``kdbench train SPEC --nproc N``: the run as N DDP processes (kdbench/launch.py)."""
-    from kdbench import launch
+    """``kdbench train SPEC --nproc N``: the run as N DDP processes (kdbench/train/launch.py)."""
     from kdbench.execute.worker import EXIT_LOCKED
-    from kdbench.results.store import RunDir, RunLocked
+    from kdbench.store.run_dir import RunDir, RunLocked
+    from kdbench.train.loop import launch
 
     run = RunDir(results, run_id)
     code, why = launch.train(
@@ -1492,8 +1492,8 @@ def bench(
 
     from rich.table import Table
 
-    from kdbench.bench import BenchConfig, malloc_note, save_record, summary_rows
-    from kdbench.bench import bench as measure
+    from kdbench.tools.bench import BenchConfig, malloc_note, save_record, summary_rows
+    from kdbench.tools.bench import bench as measure
 
     try:
         config = BenchConfig(
@@ -1583,8 +1583,8 @@ def doctor(
     """Check this machine: the environment, then every path that differs on the device (first thing to run on a GPU)."""
     import json
 
-    from kdbench import doctor as doctoring
-    from kdbench import train as training
+    from kdbench.tools import doctor as doctoring
+    from kdbench.train import loop as training
 
     try:
         resolved = training.resolve_device(device)
@@ -1666,7 +1666,7 @@ def fidelity(
 
     from rich.table import Table
 
-    from kdbench.fidelity import DEFAULT_MODES, FidelityConfig, run_gate, summary_rows
+    from kdbench.tools.fidelity import DEFAULT_MODES, FidelityConfig, run_gate, summary_rows
 
     try:
         config = FidelityConfig(

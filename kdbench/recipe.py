@@ -241,7 +241,7 @@ class Checkpoint(_Strict):
     path: str  # absolute, or relative to the data directory (--data-dir / $KDBENCH_DATA)
     # The file's sha256, or a prefix of at least 8 hex digits (torch.hub names files <name>-<8 digits>.pth).
     # None: no digest is published; the first file seen is recorded and later ones must match it
-    # (trust on first use, DATA_DIR/teachers/sha256-first-use.json; kdbench/checkpoints.py).
+    # (trust on first use, DATA_DIR/teachers/sha256-first-use.json; kdbench/train/checkpoints.py).
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
     # How parameter names are matched (the file's layout is detected whatever the format: a bare state dict,
     # {"model": …} / {"state_dict": …}, DataParallel "module." prefixes, a distiller's "student." part):

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 from kdbench import cli
-from kdbench.checkpoints import sha256_of
 from kdbench.data import cifar
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
+from kdbench.train.checkpoints import sha256_of
 from typer.testing import CliRunner
 
 TINY = {
@@ -698,7 +698,7 @@ def test_an_npz_path_that_is_not_an_npz_is_one_error_line(tmp_path, monkeypatch,
 
 
 def test_status_watch_off_a_terminal_prints_a_line_per_change(tmp_path, monkeypatch):
-    from kdbench.results.store import RunDir
+    from kdbench.store.run_dir import RunDir
 
     results = tmp_path / "results"
     spec = plan(Recipe.model_validate(TINY), "full").ordered()[0]
@@ -777,7 +777,7 @@ def copy(reproduced, tmp_path) -> tuple[Path, Path]:
 
 def _kd_run(recipe: Path, results: Path):
     from kdbench.recipe import load_recipe
-    from kdbench.results.store import RunDir
+    from kdbench.store.run_dir import RunDir
 
     cell = next(c for c in plan(load_recipe(recipe), "full").cells if c.row == "KD")
     return RunDir(results, cell.run_ids[0])

@@ -9,8 +9,8 @@ import sys
 
 import torch
 from kdbench import methods, models
-from kdbench.bench import BenchConfig, bench, forward_flops
-from kdbench.compute import ComputeOptions
+from kdbench.tools.bench import BenchConfig, bench, forward_flops
+from kdbench.train.compute import ComputeOptions
 
 TINY = [
     "--teacher",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kdbench import train
-from kdbench.checkpoints import sha256_of
 from kdbench.errors import KdbenchError
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
-from kdbench.results.store import RunDir
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
+from kdbench.train.checkpoints import sha256_of
 
 DATA = {
     "name": "synthetic",

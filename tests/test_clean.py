@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from kdbench import cli
+from kdbench.io import atomic_write_json
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
-from kdbench.results.store import RunDir, atomic_write_json
 from kdbench.results.tables import record_table
+from kdbench.store.run_dir import RunDir
 from typer.testing import CliRunner
 
 RECIPE = Recipe.model_validate(
@@ -157,7 +158,7 @@ def test_an_unknown_run_names_the_status_command(store):
 
 HOLD_LOCK = """
 import sys
-from kdbench.results.store import RunDir
+from kdbench.store.run_dir import RunDir
 with RunDir(sys.argv[1], sys.argv[2]).lock():
     print("locked", flush=True)
     sys.stdin.read()

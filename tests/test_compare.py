@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from kdbench.io import atomic_write_json
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
 from kdbench.results import render
 from kdbench.results.compare import compare, summary
-from kdbench.results.store import RunDir, atomic_write_json
 from kdbench.results.tables import record_table
+from kdbench.store.run_dir import RunDir
 
 RECIPE = Recipe.model_validate(
     {

@@ -1,4 +1,4 @@
-"""torch.compile as runs use it (kdbench/compute.py): only compiler errors fall back to eager, the backward's too;
+"""torch.compile as runs use it (kdbench/train/compute.py): only compiler errors fall back to eager, the backward's too;
 out-of-memory and ordinary errors propagate; a long-lived process stays compiled run after run and reports
 ``compiled`` truthfully; ``auto`` compiles only runs long enough to pay for it.
 
@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 import torch
-from kdbench import compute, models, train
-from kdbench.compute import CompiledOrEager, ComputeOptions, first_step
+from kdbench import models
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.train import loop as train
+from kdbench.train.compute import CompiledOrEager, ComputeOptions, first_step
+from kdbench.train.loop import compute
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.backends.registry import lookup_backend
 from torch._inductor.exc import InvalidCxxCompiler
@@ -46,7 +48,7 @@ def test_a_compiler_error_falls_back_to_eager_and_says_why(monkeypatch, caplog):
     net = resnet8()
     eager = net.forward_features(images()).logits
     wrapped = CompiledOrEager(net.forward_features, "ResNet")
-    with caplog.at_level(logging.WARNING, logger="kdbench.compute"):
+    with caplog.at_level(logging.WARNING, logger="kdbench.train.compute"):
         out = wrapped(images()).logits
     assert torch.equal(out, eager)
     assert (

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
-from kdbench import methods, models, train
+from kdbench import methods, models
 from kdbench.plan import Plan, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
+from kdbench.train import loop as train
 from torch import nn
 
 # LR multipliers at the first and last epoch of every constant stretch, by hand: ×0.1 for epochs after
@@ -234,7 +235,7 @@ def test_lr_at_every_epoch_of_every_run(name, plans):
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
 def test_optimizer_settings_and_weight_decay_scope(name, plans):
-    """The optimizer train.py builds for each run: momentum, Nesterov, weight decay, and which tensors it decays."""
+    """The optimizer train/loop.py builds for each run: momentum, Nesterov, weight decay, and which tensors it decays."""
     protocol = PROTOCOLS[name]
     probe = nn.ModuleDict(
         {"conv": nn.Conv2d(3, 4, 3), "bn": nn.BatchNorm2d(4), "fc": nn.Linear(4, 2)}

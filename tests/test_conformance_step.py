@@ -2,7 +2,7 @@
 
 Two things are held here:
 
-* **What the optimizer holds.** For every registered method, the parameters ``train.py`` optimises are the
+* **What the optimizer holds.** For every registered method, the parameters ``train/loop.py`` optimises are the
   student's plus the method's own modules, named below from the authors' code (e.g. SimKD's projector, CRD's
   two embedding heads and not its memory banks, VID's regressors, SemCKD's attention MLPs and projections);
   never the teacher's. The pre-training stages of AB, FT and FSP optimise what RepDistiller's
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from kdbench import methods, models, train
-from kdbench.compute import ComputeOptions
+from kdbench import methods, models
 from kdbench.methods import Distiller
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import SMOKE_MAX_LR, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
+from kdbench.train import loop as train
+from kdbench.train.compute import ComputeOptions
 from torch import nn
 
 from reference import calibrated_teacher
@@ -744,7 +745,7 @@ def test_two_training_steps_equal_the_first_principles_step(case_id, small_teach
         loss_chunk=t.loss_chunk,
     ).double()
     ref = Reference(copy.deepcopy(d), pieces=batch // t.bn_chunk if t.bn_chunk else 1)
-    if t.bn_chunk is not None:  # as train.py does, on one process
+    if t.bn_chunk is not None:  # as train/loop.py does, on one process
         emulate_per_gpu_batchnorm(d, batch // t.bn_chunk)
 
     # kdbench: the loop's optimizer and step, LR set as at the start of epoch 1.

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kdbench import cli, train
+from kdbench import cli
 from kdbench.errors import KdbenchError
 from kdbench.execute import slurm_jobs
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot, SlotWorkers, train_command
+from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results import curves
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from typer.testing import CliRunner
@@ -181,7 +183,7 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
 KILLS = {
     # Inside epoch 2's first step: epoch 1 is checkpointed and recorded.
     "mid-epoch": """
-        from kdbench import train as t
+        from kdbench.train import loop as t
         real = t._train_epoch
         def dying_step(*args, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -191,7 +193,7 @@ KILLS = {
     """,
     # After epoch 2's checkpoint, before metrics.jsonl lists it: the next attempt sends epoch 2.
     "between checkpoint and metrics": """
-        from kdbench.results.store import RunDir
+        from kdbench.store.run_dir import RunDir
         real = RunDir.write_metrics
         def write(self, history):
             if len(history) == 2:

@@ -14,18 +14,21 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from kdbench import distributed, losses, methods, train
-from kdbench.compute import ComputeOptions
+from kdbench import losses, methods
 from kdbench.data import ImageArrays
 from kdbench.data.loaders import TorchLoaders
 from kdbench.data.shard import global_batch_sizes, slice_bounds
 from kdbench.data.tensor_loader import TensorLoaders
 from kdbench.errors import KdbenchError
-from kdbench.launch import free_port
+from kdbench.io import atomic_write_json
 from kdbench.models.base import Features, KDModel
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
 from kdbench.recipe import RECIPES_DIR, Training
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
+from kdbench.train.compute import ComputeOptions
+from kdbench.train.launch import free_port
+from kdbench.train.loop import distributed
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -487,7 +490,7 @@ def tiny_start(spec: RunSpec) -> dict[str, torch.Tensor]:
 FAIL_ON_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":
-    import kdbench.train as t
+    import kdbench.train.loop as t
     calls, evaluate = [], t.evaluate
     def failing(*args, **kwargs):
         calls.append(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdbench import doctor
+from kdbench.tools import doctor
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
-from kdbench.results.store import RunDir
+from kdbench.store.run_dir import RunDir
 
 # A stand-in for `kdbench train`: records when and where it ran, fails for models named "fail*".
 FAKE_TRAIN = textwrap.dedent("""

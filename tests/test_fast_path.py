@@ -9,11 +9,13 @@ import logging
 import numpy as np
 import pytest
 import torch
-from kdbench import compute as compute_module
-from kdbench import data, methods, models, teacher_cache, train
-from kdbench.compute import CompiledOrEager, ComputeOptions
+from kdbench import data, methods, models
 from kdbench.data.augment import crop_and_flip, to_normalized_tensor
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.train import loop as train
+from kdbench.train.compute import CompiledOrEager, ComputeOptions
+from kdbench.train.loop import compute as compute_module
+from kdbench.train.loop import teacher_cache
 from torch._inductor.exc import InvalidCxxCompiler
 
 # bf16 keeps 8 mantissa bits (relative rounding 2^-8 ≈ 4e-3 per op). On this fixed batch through two
@@ -160,7 +162,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
     eager = loss_terms(distiller("kd"), batch)
     d = distiller("kd")
     ComputeOptions(compile=True).resolve(torch.device("cpu")).prepare([d.student, d.teacher])
-    with caplog.at_level(logging.WARNING, logger="kdbench.compute"):
+    with caplog.at_level(logging.WARNING, logger="kdbench.train.compute"):
         fallback = loss_terms(d, batch)
     assert fallback == pytest.approx(eager)
     assert (

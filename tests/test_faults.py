@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kdbench import train
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
+from kdbench.io import CorruptedFile, WriteFailed, atomic_write_json, sha256_file
 from kdbench.plan import (
     SMOKE_EPOCHS,
     SMOKE_TEACHER_EPOCHS,
@@ -29,14 +29,8 @@ from kdbench.plan import (
     TrainSpec,
 )
 from kdbench.results.collect import collect
-from kdbench.results.store import (
-    CorruptedFile,
-    RunDir,
-    RunLocked,
-    WriteFailed,
-    atomic_write_json,
-    sha256_file,
-)
+from kdbench.store.run_dir import RunDir, RunLocked
+from kdbench.train import loop as train
 
 # Every test here starts real processes (kills, two reproductions, full disks): end to end.
 pytestmark = pytest.mark.e2e
@@ -107,7 +101,7 @@ def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
     code = run_until_killed(
         """
         import os, signal
-        from kdbench import train as t
+        from kdbench.train import loop as t
         real = t._train_epoch
         def dying_step(*args, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -150,7 +144,7 @@ def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
             torch.save = save
         """,
         "after the checksum, before the rename": """
-            from kdbench.results import store
+            from kdbench import io as store
             real_replace, seen = os.replace, []
             def replace(src, dst):
                 if str(dst).endswith("checkpoint.pt"):

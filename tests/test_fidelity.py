@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdbench import compute, methods
+from kdbench import methods
 from kdbench.cli import app
-from kdbench.compute import ComputeOptions
 from kdbench.errors import KdbenchError
 from kdbench.execute.local import LocalExecutor, detect_slots
-from kdbench.fidelity import (
+from kdbench.plan import DataSpec, RunSpec, TrainSpec
+from kdbench.store.run_dir import RunDir
+from kdbench.tools.fidelity import (
     MODES,
     FidelityConfig,
     ModeResult,
@@ -22,8 +23,8 @@ from kdbench.fidelity import (
     run_gate,
     summary_rows,
 )
-from kdbench.plan import DataSpec, RunSpec, TrainSpec
-from kdbench.results.store import RunDir
+from kdbench.train.compute import ComputeOptions
+from kdbench.train.loop import compute
 from torch._inductor.exc import InvalidCxxCompiler
 from typer.testing import CliRunner
 

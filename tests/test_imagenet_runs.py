@@ -6,10 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from kdbench import train
 from kdbench.cli import app
-from kdbench.compute import ComputeOptions
-from kdbench.cost import dataset_sizes, estimate
+from kdbench.io import atomic_write_json
 from kdbench.plan import (
     SMOKE_IMAGENET_DATA,
     DataSpec,
@@ -19,7 +17,9 @@ from kdbench.plan import (
     plan,
 )
 from kdbench.recipe import DatasetRef, load_recipe
-from kdbench.results.store import atomic_write_json
+from kdbench.tools.cost import dataset_sizes, estimate
+from kdbench.train import loop as train
+from kdbench.train.compute import ComputeOptions
 from typer.testing import CliRunner
 
 DATA = {"num_classes": 4, "train_per_class": 16, "val_per_class": 8, "image_size": 32}

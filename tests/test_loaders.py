@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kdbench import train
 from kdbench.cli import app
 from kdbench.data import ImageArrays, load_dataset, make_loaders, subset, train_loader
 from kdbench.data import (
@@ -21,7 +20,8 @@ from kdbench.data.loaders import TorchLoaders
 from kdbench.data.tensor_loader import TensorLoaders, normalisation_table
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
-from kdbench.results.store import RunDir
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
 from scipy.stats import chisquare
 from typer.testing import CliRunner
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kdbench import losses, methods, models, train
+from kdbench import losses, methods, models
 from kdbench.errors import KdbenchError
 from kdbench.losses import feature
 from kdbench.methods import InitStage
 from kdbench.methods.ab import ABConnector
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
-from kdbench.results.store import RunDir
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
 from torch import nn
 
 from reference import ref_align

@@ -561,8 +561,8 @@ def test_resolve_params_errors():
 
 def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
     """α = 0.2: (1 − α)·(CE + KD) on the student's classifier + α·SimKD; both heads are evaluated."""
-    from kdbench import train
     from kdbench.plan import DataSpec, RunSpec, TrainSpec
+    from kdbench.train import loop as train
 
     def spec(method: str, params: dict, teacher=None) -> RunSpec:
         return RunSpec(
@@ -604,7 +604,7 @@ def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
         set(joint["heads"]) == {"student_classifier"}
         and 0 <= joint["heads"]["student_classifier"]["best_top1"] <= 100
     )
-    from kdbench.results.store import RunDir
+    from kdbench.store.run_dir import RunDir
 
     history = RunDir(
         tmp_path, spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref).run_id

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
 from kdbench.execute import local, packing
 from kdbench.execute.packing import (
     CONTEXT_BYTES,
@@ -16,6 +15,7 @@ from kdbench.execute.packing import (
     run_bytes,
     runs_per_gpu,
 )
+from kdbench.train.compute import CPU_MALLOC_ENV, ComputeOptions
 
 GIB = 1 << 30
 
@@ -93,7 +93,7 @@ def kd_spec(method: str = "kd", data: str = "cifar100", **params):
 
 
 def test_the_estimate_counts_the_teacher_cache_and_the_resident_dataset():
-    """CIFAR-100 KD: the epoch's fp32 (N, 100) teacher logits (teacher_cache.py; its whole table stays on the host)
+    """CIFAR-100 KD: the epoch's fp32 (N, 100) teacher logits (train/teacher_cache.py; its whole table stays on the host)
     and the tensor loader's padded uint8 train split (40×40) plus test split (32×32); --teacher-cache off drops
     only the logits."""
     on, off = packing.footprint(kd_spec()), packing.footprint(kd_spec(), teacher_cache="off")

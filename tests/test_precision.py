@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdbench import cli, train
-from kdbench.compute import FP32_MATH, ComputeOptions, fp32_math_flags, set_fp32_math
+from kdbench import cli
 from kdbench.errors import KdbenchError
 from kdbench.execute import worker
 from kdbench.execute.local import compute_flags
 from kdbench.execute.slurm_jobs import TrainJob, TrainOptions
+from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
 from kdbench.recipe import Recipe
 from kdbench.results import render
 from kdbench.results.compare import compare
-from kdbench.results.store import RunDir, atomic_write_json
 from kdbench.results.tables import record_table
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
+from kdbench.train.compute import FP32_MATH, ComputeOptions, fp32_math_flags, set_fp32_math
 from typer.testing import CliRunner
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a CUDA device object needs no GPU

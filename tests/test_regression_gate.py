@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from kdbench.plan import plan
-from kdbench.results.store import RunDir
 from kdbench.results.tables import record_table
+from kdbench.store.run_dir import RunDir
 
 from test_compare import RECIPE, kdbench, plant
 

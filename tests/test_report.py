@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kdbench.io import atomic_write_json
 from kdbench.plan import plan
 from kdbench.provenance import source_commit
 from kdbench.results import render
 from kdbench.results.compare import compare, summary
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.store.run_dir import RunDir
 from rich.cells import cell_len
 from rich.console import Console
 
@@ -230,8 +231,8 @@ def test_failed_cells_are_counted_as_failed_not_as_not_run(results):
 
 def test_result_json_carries_the_source_commit():
     import torch
-    from kdbench import train
-    from kdbench.distributed import SINGLE
+    from kdbench.train import loop as train
+    from kdbench.train.distributed import SINGLE
 
     spec = next(iter(plan(RECIPE, "full").specs.values()))
     history = [{"epoch": 1, "test_top1": 50.0, "test_top5": 80.0, "images_per_s": 10.0}]

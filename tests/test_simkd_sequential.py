@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
-from kdbench.results.store import RunDir
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
 
 RECIPE = {
     "name": "tiny-sequential",

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.execute import slurm
 from kdbench.execute.slurm import SlurmExecutor, SlurmOptions, array_groups
 from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.io import atomic_write_json
 from kdbench.plan import (
     CheckpointRef,
     DataSpec,
@@ -30,7 +30,8 @@ from kdbench.plan import (
     plan,
 )
 from kdbench.recipe import load_recipe
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
 
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
 

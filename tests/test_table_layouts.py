@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from kdbench import methods, models
 from kdbench.errors import KdbenchError
+from kdbench.io import atomic_write_json
 from kdbench.plan import plan
 from kdbench.recipe import PaperValue, Recipe, load_recipe
 from kdbench.results import render
 from kdbench.results.compare import compare
 from kdbench.results.regression import regressions
-from kdbench.results.store import RunDir, atomic_write_json
 from kdbench.results.tables import record_table
+from kdbench.store.run_dir import RunDir
 
 BASE = {
     "name": "layouts",
@@ -175,7 +176,7 @@ def test_simkd_output_loss_is_the_mse_of_reused_classifier_logits(pair):
 
 
 def test_simkd_reports_its_test_loss_to_the_loop(pair):
-    from kdbench.train import evaluate
+    from kdbench.train.loop import evaluate
 
     _, _, images = pair
     distiller = _simkd(pair)
@@ -522,7 +523,7 @@ def test_column_reading_mistakes_are_named(column, message):
 
 
 def test_label_smoothing_and_weight_decay_scope_reach_the_loss_and_optimizer():
-    from kdbench import train
+    from kdbench.train import loop as train
 
     student, teacher = (
         models.create("resnet8", num_classes=10),

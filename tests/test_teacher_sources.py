@@ -11,13 +11,15 @@ import tarfile
 import pytest
 import torch
 import yaml
-from kdbench import checkpoints, train
 from kdbench.cli import app
 from kdbench.errors import KdbenchError
+from kdbench.io import sha256_file
 from kdbench.models import pretrained
 from kdbench.plan import CheckpointRef, RunSpec, plan
 from kdbench.recipe import Recipe, load_recipe
-from kdbench.results.store import RunDir, sha256_file
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
+from kdbench.train.loop import checkpoints
 from typer.testing import CliRunner
 
 DATA = {

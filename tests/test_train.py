@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import torch
-from kdbench import train
+from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
 
 
 def small_spec(epochs: int = 4, **data) -> RunSpec:

@@ -11,7 +11,7 @@ import numpy as np
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.download import extract, fetch, md5sum
 from kdbench.errors import KdbenchError
-from kdbench.results.store import file_lock
+from kdbench.io import file_lock
 
 CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 

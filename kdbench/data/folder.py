@@ -20,7 +20,7 @@ import numpy as np
 
 from kdbench.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD, CropOptions
 from kdbench.errors import KdbenchError
-from kdbench.results.store import atomic_write_bytes
+from kdbench.io import atomic_write_bytes
 
 log = logging.getLogger("kdbench.data")
 SPLITS = ("train", "val")

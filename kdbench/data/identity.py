@@ -24,8 +24,8 @@ from typing import Any
 
 from kdbench.data.registry import resolve_data_dir
 from kdbench.errors import KdbenchError
+from kdbench.io import atomic_write_json
 from kdbench.recipe import Recipe
-from kdbench.results.store import atomic_write_json
 
 CONTENT_HASHED = ("npz", "imagenet")
 _CHUNK = 1 << 20

@@ -26,15 +26,16 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
-from kdbench.compute import CPU_MALLOC_ENV, ComputeOptions
-from kdbench.distributed import is_rank_variable
 from kdbench.errors import KdbenchError
 from kdbench.execute import children
 from kdbench.execute.slots import Slot, SlotPool
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
+from kdbench.io import atomic_write_json
 from kdbench.plan import RunSpec
 from kdbench.results import curves
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.store.run_dir import RunDir
+from kdbench.train.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.train.distributed import is_rank_variable
 
 Status = Literal["done", "failed", "skipped"]
 POLL_SECONDS = 0.2

@@ -21,8 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.errors import KdbenchError
+from kdbench.io import read_json
 from kdbench.plan import RunSpec
-from kdbench.results.store import RunDir, read_json
+from kdbench.store.run_dir import RunDir
 
 STATES = ("done", "running", "failed", "skipped", "pending")
 STYLES = {

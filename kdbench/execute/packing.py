@@ -9,7 +9,7 @@ so several processes per GPU raise throughput. The estimate per run, in bytes:
   +  4·B·A_teacher (the teacher's transient fp32 activations)
   +  dataset       (in-memory datasets: the tensor loader's resident uint8 splits, train padded by 4)
   +  teacher cache (a cacheable method's epoch logits, N·C·4, unless --teacher-cache off; the whole table,
-                   N·(2p+1)²·2·C·4, stays in host memory, shared by the runs: teacher_cache.py)
+                   N·(2p+1)²·2·C·4, stays in host memory, shared by the runs: train/teacher_cache.py)
   +  method state  (per-sample state: CRD's two N·D fp32 memory banks and its B·N sampling keys, mask and scores)
   +  CONTEXT_BYTES + WORKSPACE_BYTES (CUDA context and allocator caching; cuDNN/cuBLAS and Inductor workspaces)
 
@@ -97,9 +97,9 @@ def model_size(name: str, num_classes: int, image_size: int) -> tuple[int, int]:
 def footprint(spec, teacher_cache: str = "auto") -> Footprint:
     """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec` trained with ``--teacher-cache teacher_cache``."""
     from kdbench import methods
-    from kdbench.cost import dataset_sizes, network_geometry
     from kdbench.data.registry import FOLDER_DATASETS
     from kdbench.data.tensor_loader import TRAIN_PADDING
+    from kdbench.tools.cost import dataset_sizes, network_geometry
 
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)

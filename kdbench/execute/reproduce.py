@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kdbench.execute.local import Outcome
+from kdbench.io import read_json
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_precision
-from kdbench.results.store import RunDir, read_json
 from kdbench.results.tables import record_table
+from kdbench.store.run_dir import RunDir
 
 if TYPE_CHECKING:
     from kdbench.execute.slurm import SlurmExecutor, Submission

@@ -35,8 +35,9 @@ from typing import Any, Protocol
 from kdbench.errors import KdbenchError
 from kdbench.execute.local import Listener, Outcome, processes, unusable
 from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.io import atomic_write_json, file_lock, read_json
 from kdbench.plan import RunSpec
-from kdbench.results.store import RunDir, atomic_write_json, file_lock, read_json
+from kdbench.store.run_dir import RunDir
 
 SUBMITIT_HINT = "pip install 'kdbench[slurm]'"
 # squeue reason of a job whose dependency failed, on clusters that ignore kill-on-invalid-dep

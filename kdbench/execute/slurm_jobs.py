@@ -17,7 +17,7 @@ from typing import Any
 
 from kdbench.errors import KdbenchError
 from kdbench.results import curves
-from kdbench.results.store import RunDir, RunLocked
+from kdbench.store.run_dir import RunDir, RunLocked
 
 LOCK_POLL_SECONDS = 5.0
 
@@ -61,8 +61,8 @@ class TrainJob:
         return DelayedSubmission(self, run_id)
 
     def _train(self, rundir: RunDir) -> dict[str, Any]:
-        from kdbench import train
-        from kdbench.compute import ComputeOptions
+        from kdbench.train import loop as train
+        from kdbench.train.compute import ComputeOptions
 
         if self.nproc > 1:
             return ddp_train(rundir.spec_file, Path(self.results), self.nproc, self.options)
@@ -81,9 +81,9 @@ class TrainJob:
 
 def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions) -> dict[str, Any]:
     """One run as ``nproc`` DDP processes: ``kdbench train SPEC --nproc N`` (the agreed multi-GPU entry point)."""
-    from kdbench.compute import ComputeOptions
     from kdbench.execute.local import Slot, train_command
     from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.train.compute import ComputeOptions
 
     slot = Slot("cpu" if options.device == "cpu" else "cuda")
     command = train_command(
@@ -115,9 +115,10 @@ class AggregateJob:
     profile: str
 
     def __call__(self) -> list[str]:
+        from kdbench.io import atomic_write_bytes
         from kdbench.results import render
         from kdbench.results.compare import compare
-        from kdbench.results.store import atomic_write_bytes, tables_dir
+        from kdbench.store.run_dir import tables_dir
 
         tables = [
             c
@@ -139,6 +140,6 @@ class AggregateJob:
         return written
 
     def outputs(self, suffix: str) -> Path:
-        from kdbench.results.store import tables_dir
+        from kdbench.store.run_dir import tables_dir
 
         return tables_dir(Path(self.results)) / f"{self.recipe}--{self.profile}{suffix}"

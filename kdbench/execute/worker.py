@@ -22,10 +22,10 @@ REPLY_PREFIX = "kdbench-worker-reply "
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
-    from kdbench import train
-    from kdbench.compute import ComputeOptions
     from kdbench.results import curves
-    from kdbench.results.store import RunLocked
+    from kdbench.store.run_dir import RunLocked
+    from kdbench.train import loop as train
+    from kdbench.train.compute import ComputeOptions
 
     for line in requests:
         if not line.strip():

@@ -90,7 +90,7 @@ class Needs:
 
     @property
     def cacheable_teacher(self) -> bool:
-        """The teacher's outputs can come from a per-view cache (kdbench/teacher_cache.py): only its logits are
+        """The teacher's outputs can come from a per-view cache (kdbench/train/teacher_cache.py): only its logits are
         read, and there is no strong view (MLKD's random strong views are not a finite set)."""
         return self.teacher and self.teacher_logits_only and not self.strong_view
 

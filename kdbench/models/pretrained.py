@@ -115,7 +115,7 @@ class ReleasedTeacher:
 
     ``path`` is where kdbench keeps the file, under the data directory, in the authors' own layout.
     ``sha256`` is None where no digest is published: the first download's digest is recorded and every
-    later use is checked against it (``kdbench/checkpoints.py``, trust on first use).
+    later use is checked against it (``kdbench/train/checkpoints.py``, trust on first use).
     ``by_hand``: the page to download the file from when there is no direct link (a shared folder)."""
 
     name: str

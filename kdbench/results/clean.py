@@ -16,7 +16,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kdbench.errors import KdbenchError
-from kdbench.results.store import RUN_ID, TEMP_GLOB, RunDir, RunLocked, check_run_id, runs_dir
+from kdbench.io import TEMP_GLOB
+from kdbench.store.run_dir import RUN_ID, RunDir, RunLocked, check_run_id, runs_dir
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.results.store import RUN_ID, RunDir, read_json, runs_dir
+from kdbench.io import read_json
+from kdbench.store.run_dir import RUN_ID, RunDir, runs_dir
 
 RUN_COLUMNS = [
     "run_id",

@@ -5,7 +5,7 @@
 to each backend, as the scalars of one step (:func:`scalars`). Curves therefore show exactly the
 recorded epochs, each once: an epoch is sent only after its checkpoint is saved, so a resumed run never
 redoes (or re-sends) an epoch, and an epoch checkpointed but not yet recorded when a run was killed is
-sent by the next attempt. Only rank 0 records (``train.py``), so a DDP run has one set of curves.
+sent by the next attempt. Only rank 0 records (``train/loop.py``), so a DDP run has one set of curves.
 
 Backends are imported when a run opens them; ``kdbench train``/``reproduce`` call :func:`require` first,
 so a missing extra is one error before anything trains. A backend that fails later (disk full, server
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kdbench.errors import KdbenchError
-from kdbench.results.store import CorruptedFile, RunDir
+from kdbench.io import CorruptedFile
+from kdbench.store.run_dir import RunDir
 
 if TYPE_CHECKING:
     from kdbench.plan import RunSpec

@@ -19,8 +19,8 @@ from kdbench.plan import Plan, plan
 from kdbench.results import render
 from kdbench.results.collect import run_status
 from kdbench.results.compare import TableComparison
-from kdbench.results.store import RunDir
 from kdbench.results.tables import read_tables
+from kdbench.store.run_dir import RunDir
 
 STYLE = """
 body { font: 14px/1.45 -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; color: #222; margin: 2em auto;

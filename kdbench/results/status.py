@@ -27,11 +27,12 @@ from kdbench.execute.overview import (
     render,
     row_for,
 )
+from kdbench.io import read_json
 from kdbench.layout import fit
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_status
-from kdbench.results.store import RunDir, read_json, runs_dir, tables_dir
 from kdbench.results.tables import read_record
+from kdbench.store.run_dir import RunDir, runs_dir, tables_dir
 
 STATE = {
     "done": "done",

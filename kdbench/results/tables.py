@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
+from kdbench.io import atomic_write_json, read_json
 from kdbench.plan import Plan, default_trials, plan
 from kdbench.recipe import Recipe
-from kdbench.results.store import atomic_write_json, read_json, tables_dir
+from kdbench.store.run_dir import tables_dir
 
 
 @dataclass(frozen=True)

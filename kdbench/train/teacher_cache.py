@@ -37,10 +37,10 @@ from rich.progress import (
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.augment import EpochPlan
 from kdbench.errors import KdbenchError
+from kdbench.io import atomic_path, atomic_write_json, file_lock
 from kdbench.models.base import KDModel
-from kdbench.results.store import atomic_path, atomic_write_json, file_lock
 
-log = logging.getLogger("kdbench.teacher_cache")
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 

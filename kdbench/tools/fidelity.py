@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdbench import train
-from kdbench.compute import ComputeOptions
 from kdbench.data import ImageArrays, load_dataset, subset
 from kdbench.data.registry import resolve_data_dir
 from kdbench.errors import KdbenchError, UnknownNameError
+from kdbench.io import atomic_path, atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
-from kdbench.results.store import RunDir, atomic_path, atomic_write_json
 from kdbench.results.verdict import judge
+from kdbench.store.run_dir import RunDir
+from kdbench.train import loop as train
+from kdbench.train.compute import ComputeOptions
 
 # The authors' arithmetic: IEEE fp32 (docs/protocol-choices.md, "Precision"); on a CPU faithful and fp32 are one.
 REFERENCE_COMPUTE = ComputeOptions(

@@ -34,10 +34,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdbench import data, methods, models, teacher_cache, train
-from kdbench.compute import CPU_MALLOC_ENV, Compute, ComputeOptions, device_name
+from kdbench import data, methods, models
 from kdbench.data.strong import strong_view
 from kdbench.errors import KdbenchError
+from kdbench.train import loop as train
+from kdbench.train.compute import CPU_MALLOC_ENV, Compute, ComputeOptions, device_name
+from kdbench.train.loop import teacher_cache
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
 PEAKS_BF16: tuple[tuple[str, float], ...] = (
@@ -452,8 +454,8 @@ def malloc_note(report: BenchReport) -> str:
 def save_record(report: BenchReport, results: Path) -> Path:
     """Keep the measurement under ``results/bench/`` (one file per device, method, pair and batch, the latest
     wins), where ``kdbench show`` reads measured throughput from."""
-    from kdbench.cost import BENCH_DIR
-    from kdbench.results.store import atomic_write_json
+    from kdbench.io import atomic_write_json
+    from kdbench.tools.cost import BENCH_DIR
 
     c = report.config
     slug = re.sub(

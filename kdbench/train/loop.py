@@ -24,16 +24,18 @@ import torch
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from kdbench import (
-    __version__,
-    checkpoints,
-    data,
-    distributed,
-    methods,
-    models,
-    teacher_cache,
-)
-from kdbench.compute import (
+from kdbench import __version__, data, methods, models
+from kdbench.data.identity import verify_content
+from kdbench.data.shard import global_batch_sizes
+from kdbench.errors import KdbenchError
+from kdbench.io import WriteFailed, atomic_write_json, read_json
+from kdbench.models.base import KDModel
+from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
+from kdbench.plan import RunSpec
+from kdbench.provenance import source_commit
+from kdbench.results import curves
+from kdbench.store.run_dir import RUN_ID, RunDir, RunLocked
+from kdbench.train.compute import (
     Compute,
     ComputeOptions,
     compile_fallbacks,
@@ -41,25 +43,10 @@ from kdbench.compute import (
     device_name,
     first_step,
 )
-from kdbench.data.identity import verify_content
-from kdbench.data.shard import global_batch_sizes
-from kdbench.distributed import SINGLE, Group
-from kdbench.errors import KdbenchError
-from kdbench.models.base import KDModel
-from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
-from kdbench.plan import RunSpec
-from kdbench.provenance import source_commit
-from kdbench.results import curves
-from kdbench.results.store import (
-    RUN_ID,
-    RunDir,
-    RunLocked,
-    WriteFailed,
-    atomic_write_json,
-    read_json,
-)
+from kdbench.train.distributed import SINGLE, Group
+from kdbench.train.loop import checkpoints, distributed, teacher_cache
 
-log = logging.getLogger("kdbench.train")
+log = logging.getLogger(__name__)
 EVAL_BATCH = 256
 # Data epochs of a pre-training stage are numbered from here, apart from the main epochs.
 INIT_EPOCH_OFFSET = 1_000_000
@@ -155,7 +142,7 @@ def run(
     ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
     ``slot``: the executor's slot, recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held.
     ``loggers``: where rank 0 also sends each epoch's metrics (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
-    Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/distributed.py``), it trains
+    Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/train/distributed.py``), it trains
     its share of every global batch and only rank 0 writes the run directory."""
     curves.require(loggers)
     group = distributed.init(device)
@@ -924,7 +911,7 @@ def _summarise(
 
 def _steady_images_per_s(history: list[dict[str, Any]]) -> float:
     """Mean training images/s over the epochs after the first: epoch 1 also pays for compiling (and cold caches),
-    which would make short runs look slow to the cost estimates (``kdbench show``, cost.py). A one-epoch run keeps it."""
+    which would make short runs look slow to the cost estimates (``kdbench show``, tools/cost.py). A one-epoch run keeps it."""
     steady = [h for h in history if h.get("epoch") != 1] or history
     return sum(h.get("images_per_s", 0.0) for h in steady) / len(steady)
 

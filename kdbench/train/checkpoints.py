@@ -28,12 +28,12 @@ import torch
 
 from kdbench import data, models
 from kdbench.errors import KdbenchError
+from kdbench.io import atomic_path, atomic_write_json, file_lock, read_json, sha256_file
 from kdbench.models import pretrained
 from kdbench.models.base import KDModel
 from kdbench.models.pretrained import DOWNLOAD_ROOT
 from kdbench.plan import CheckpointRef, Plan, RunSpec, teacher_file
 from kdbench.recipe import Checkpoint
-from kdbench.results.store import atomic_path, atomic_write_json, file_lock, read_json, sha256_file
 
 DOWNLOAD_TIMEOUT_S = 60.0  # per connection attempt and per read: an offline machine fails fast
 FIRST_USE_FILE = Path("teachers") / "sha256-first-use.json"  # under the data directory

@@ -28,7 +28,7 @@ from torch import nn
 
 from kdbench.errors import KdbenchError
 
-log = logging.getLogger("kdbench.compute")
+log = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16", "faithful"]
 CacheMode = Literal["auto", "on", "off"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "faithful")
@@ -120,7 +120,7 @@ class Compute:
     precision: Literal["fp32", "bf16", "faithful"]
     channels_last: bool
     compile: bool
-    # off; on (for a cacheable method); auto (on when it already exists or pays for itself in the run, see train.py)
+    # off; on (for a cacheable method); auto (on when it already exists or pays for itself in the run, see train/loop.py)
     teacher_cache: CacheMode
     compile_mode: CompileMode = "default"
 

@@ -147,7 +147,8 @@ class DeviceEstimate:
 
 def measured_throughputs(results: Path) -> list[Throughput]:
     """Every speed measurement under ``results``: finished runs (result.json) and `kdbench bench` records."""
-    from kdbench.results.store import read_json, runs_dir
+    from kdbench.io import read_json
+    from kdbench.store.run_dir import runs_dir
 
     found: list[Throughput] = []
     root = runs_dir(results)

@@ -2,7 +2,7 @@
 
 The processes are started by torch's elastic launcher, as ``torchrun --standalone`` would: a c10d
 rendezvous on 127.0.0.1 at a free port, no restarts, gloo bound to the loopback interface. Each process
-runs ``python -m kdbench train SPEC …`` and finds its rank in the environment (``kdbench/distributed.py``).
+runs ``python -m kdbench train SPEC …`` and finds its rank in the environment (``kdbench/train/distributed.py``).
 When one process fails the launcher stops the others, so a failure on any rank fails the run.
 """
 
@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED
-from kdbench.results.store import RunDir, atomic_write_json
+from kdbench.io import atomic_write_json
+from kdbench.store.run_dir import RunDir
 
 
 def free_port() -> int:

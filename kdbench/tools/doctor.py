@@ -201,7 +201,7 @@ def _sync_debug(enabled: bool) -> Any:
 def check_methods(s: Setting) -> Check:
     """Every method: two steps (the second under sync-debug on CUDA), fp32 finite terms, a backward and an SGD step."""
     from kdbench import methods, models
-    from kdbench.compute import ComputeOptions
+    from kdbench.train.compute import ComputeOptions
 
     compute = ComputeOptions(compile=False).resolve(s.device)  # compile has its own check
     classes, batch = 10, 8
@@ -332,7 +332,8 @@ def check_strong_views(s: Setting) -> Check:
 
 def check_teacher_cache(s: Setting) -> Check:
     """Cached teacher logits against the live teacher (eval mode, fp32) on one epoch's views."""
-    from kdbench import data, teacher_cache
+    from kdbench import data
+    from kdbench.train.loop import teacher_cache
 
     arrays = _synthetic(8 if s.quick else 64)
     teacher = _calibrated("resnet8" if s.quick else s.teacher, 10).to(s.device)
@@ -390,10 +391,10 @@ def check_compile(s: Setting) -> Check:
     """torch.compile as runs use it: a full and a short batch, then eval; stays compiled (static graphs, within the
     recompile limit), and a compiler that fails falls back to eager (reported). Inductor on CUDA; on CPU the
     "aot_eager" backend (dynamo and AOTAutograd as in a run, without the minutes of C++ code generation)."""
-    from kdbench import compute as compute_module
-    from kdbench.compute import ComputeOptions, compile_fallbacks, first_step, wrappers
+    from kdbench.train.compute import ComputeOptions, compile_fallbacks, first_step, wrappers
+    from kdbench.train.loop import compute as compute_module
 
-    saved, quiet = compute_module.BACKEND, logging.getLogger("kdbench.compute")
+    saved, quiet = compute_module.BACKEND, logging.getLogger("kdbench.train.compute")
     try:
         if not s.cuda:
             compute_module.BACKEND = "aot_eager"
@@ -476,9 +477,9 @@ def _tiny_specs(epochs: int = 1) -> tuple[Any, Any]:
 
 def check_determinism(s: Setting) -> Check:
     """The same KD run trained twice (default compute options, compile off): bit-identical final weights."""
-    from kdbench import train
-    from kdbench.compute import ComputeOptions
-    from kdbench.results.store import RunDir
+    from kdbench.store.run_dir import RunDir
+    from kdbench.train import loop as train
+    from kdbench.train.compute import ComputeOptions
 
     teacher, student = _tiny_specs()
     options = ComputeOptions(compile=False)
@@ -506,7 +507,7 @@ def check_determinism(s: Setting) -> Check:
 
 def check_packed(s: Setting) -> Check:
     """Two runs trained at once by two `kdbench train` processes on this device (as --runs-per-gpu packs them)."""
-    from kdbench import train
+    from kdbench.train import loop as train
 
     teacher, student = _tiny_specs()
     results = s.workdir / "packed"
@@ -546,7 +547,7 @@ def check_packed(s: Setting) -> Check:
 def check_throughput(s: Setting) -> list[Check]:
     """Images/s of a KD step (batch 64) per configuration: eager fp32, the device's defaults eager, compiled, and on
     CUDA compiled with CUDA graphs (``--compile-mode reduce-overhead``). A measurement, never a pass/fail on speed."""
-    from kdbench.compute import ComputeOptions, first_step
+    from kdbench.train.compute import ComputeOptions, first_step
 
     configs = [("eager fp32", ComputeOptions(precision="fp32", channels_last=False, compile=False))]
     if s.cuda:

@@ -1,0 +1,1 @@
+"""The results store: one directory per run (:mod:`kdbench.store.run_dir`)."""

@@ -1,0 +1,1 @@
+"""Tools around the pipeline: `kdbench bench`, `fidelity`, `doctor` and the cost estimate."""

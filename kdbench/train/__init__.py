@@ -1,0 +1,1 @@
+"""Training: the one loop (:mod:`.loop`), its compute settings, DDP, launch, checkpoints and the teacher cache."""
