@@ -1283,8 +1283,8 @@ def train(
     from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.results import curves
     from kdbench.store.run_dir import RunLocked
+    from kdbench.train import distributed
     from kdbench.train import loop as training
-    from kdbench.train.loop import distributed
 
     watch_parent()  # started by `reproduce`: end with it
     try:
@@ -1349,7 +1349,7 @@ def _train_processes(spec: str, run_id: str, results: Path, nproc: int, options:
     """``kdbench train SPEC --nproc N``: the run as N DDP processes (kdbench/train/launch.py)."""
     from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.store.run_dir import RunDir, RunLocked
-    from kdbench.train.loop import launch
+    from kdbench.train import launch
 
     run = RunDir(results, run_id)
     code, why = launch.train(

@@ -16,9 +16,9 @@ import torch
 from kdbench import models
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.train import compute
 from kdbench.train import loop as train
 from kdbench.train.compute import CompiledOrEager, ComputeOptions, first_step
-from kdbench.train.loop import compute
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.backends.registry import lookup_backend
 from torch._inductor.exc import InvalidCxxCompiler

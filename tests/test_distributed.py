@@ -25,10 +25,10 @@ from kdbench.models.base import Features, KDModel
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
 from kdbench.recipe import RECIPES_DIR, Training
 from kdbench.store.run_dir import RunDir
+from kdbench.train import distributed
 from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.launch import free_port
-from kdbench.train.loop import distributed
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import torch
 from kdbench import data, methods, models
 from kdbench.data.augment import crop_and_flip, to_normalized_tensor
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.train import compute as compute_module
 from kdbench.train import loop as train
+from kdbench.train import teacher_cache
 from kdbench.train.compute import CompiledOrEager, ComputeOptions
-from kdbench.train.loop import compute as compute_module
-from kdbench.train.loop import teacher_cache
 from torch._inductor.exc import InvalidCxxCompiler
 
 # bf16 keeps 8 mantissa bits (relative rounding 2^-8 ≈ 4e-3 per op). On this fixed batch through two

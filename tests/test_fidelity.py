@@ -23,8 +23,8 @@ from kdbench.tools.fidelity import (
     run_gate,
     summary_rows,
 )
+from kdbench.train import compute
 from kdbench.train.compute import ComputeOptions
-from kdbench.train.loop import compute
 from torch._inductor.exc import InvalidCxxCompiler
 from typer.testing import CliRunner
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kdbench.execute import gpus, local, packing
 from kdbench.execute.local import ProcessPerRun, Slot, child_environment, detect_slots
-from kdbench.train.loop import distributed
+from kdbench.train import distributed
 
 GIB = 1 << 30
 
@@ -312,7 +312,7 @@ def test_the_cache_table_stays_in_shared_host_memory(tmp_path: Path, monkeypatch
     import numpy as np
     import torch
     from kdbench import data, models
-    from kdbench.train.loop import teacher_cache
+    from kdbench.train import teacher_cache
 
     arrays = data.load_dataset("synthetic", num_classes=10, train_size=64, test_size=16)
     arrays = dataclasses.replace(arrays, x_train=arrays.x_train[:6], y_train=arrays.y_train[:6])
@@ -422,7 +422,7 @@ def test_nproc_ranks_share_the_cores_of_the_affinity_mask(monkeypatch):
     """A SLURM allocation of 8 cores on a 128-core node: 4 ranks get 2 threads each, not 32."""
     import os
 
-    from kdbench.train.loop import launch
+    from kdbench.train import launch
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 128)

@@ -18,8 +18,8 @@ from kdbench.models import pretrained
 from kdbench.plan import CheckpointRef, RunSpec, plan
 from kdbench.recipe import Recipe, load_recipe
 from kdbench.store.run_dir import RunDir
+from kdbench.train import checkpoints
 from kdbench.train import loop as train
-from kdbench.train.loop import checkpoints
 from typer.testing import CliRunner
 
 DATA = {

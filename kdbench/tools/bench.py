@@ -38,8 +38,8 @@ from kdbench import data, methods, models
 from kdbench.data.strong import strong_view
 from kdbench.errors import KdbenchError
 from kdbench.train import loop as train
+from kdbench.train import teacher_cache
 from kdbench.train.compute import CPU_MALLOC_ENV, Compute, ComputeOptions, device_name
-from kdbench.train.loop import teacher_cache
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
 PEAKS_BF16: tuple[tuple[str, float], ...] = (

@@ -333,7 +333,7 @@ def check_strong_views(s: Setting) -> Check:
 def check_teacher_cache(s: Setting) -> Check:
     """Cached teacher logits against the live teacher (eval mode, fp32) on one epoch's views."""
     from kdbench import data
-    from kdbench.train.loop import teacher_cache
+    from kdbench.train import teacher_cache
 
     arrays = _synthetic(8 if s.quick else 64)
     teacher = _calibrated("resnet8" if s.quick else s.teacher, 10).to(s.device)
@@ -391,8 +391,8 @@ def check_compile(s: Setting) -> Check:
     """torch.compile as runs use it: a full and a short batch, then eval; stays compiled (static graphs, within the
     recompile limit), and a compiler that fails falls back to eager (reported). Inductor on CUDA; on CPU the
     "aot_eager" backend (dynamo and AOTAutograd as in a run, without the minutes of C++ code generation)."""
+    from kdbench.train import compute as compute_module
     from kdbench.train.compute import ComputeOptions, compile_fallbacks, first_step, wrappers
-    from kdbench.train.loop import compute as compute_module
 
     saved, quiet = compute_module.BACKEND, logging.getLogger("kdbench.train.compute")
     try:

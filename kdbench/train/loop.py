@@ -35,6 +35,7 @@ from kdbench.plan import RunSpec
 from kdbench.provenance import source_commit
 from kdbench.results import curves
 from kdbench.store.run_dir import RUN_ID, RunDir, RunLocked
+from kdbench.train import checkpoints, distributed, teacher_cache
 from kdbench.train.compute import (
     Compute,
     ComputeOptions,
@@ -44,7 +45,6 @@ from kdbench.train.compute import (
     first_step,
 )
 from kdbench.train.distributed import SINGLE, Group
-from kdbench.train.loop import checkpoints, distributed, teacher_cache
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 256
