@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from kdbench import models
 from kdbench.errors import UnknownNameError
 from kdbench.models import Features, KDModel
-from kdbench.models.common import channel_shuffle
+from kdbench.models._blocks import channel_shuffle
 
 _X1 = "16@32 16@32 32@16 64@8"
 _X2 = "16@32 32@32 64@16 128@8"

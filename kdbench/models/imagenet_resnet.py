@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.models._blocks import PreactBlock, init_he_fan_out
 from kdbench.models.base import Features, KDModel
-from kdbench.models.common import PreactBlock, init_he_fan_out
 from kdbench.models.registry import register
 
 IMAGENET_INPUT_SIZE = 224

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models.common import PreactBlock, StagedNet, init_he_fan_out
+from kdbench.models._blocks import PreactBlock, StagedNet, init_he_fan_out
 from kdbench.models.registry import register
 
 

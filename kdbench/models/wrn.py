@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.models._blocks import init_he_fan_out, stack
 from kdbench.models.base import Features, KDModel
-from kdbench.models.common import init_he_fan_out, stack
 from kdbench.models.registry import register
 
 
