@@ -5,7 +5,7 @@ Three entry-point groups (docs/method-authoring.md, "Methods in your own package
 * ``kdbench.methods`` and ``kdbench.models``: a module (``pkg.module``) or a callable
   (``pkg.module:function``) to import; importing the module registers its methods / networks with
   the usual decorators (:func:`kdbench.methods.register`, :func:`kdbench.models.register`), and a
-  callable is then called with no arguments.
+  callable is then called with no arguments. Their registries (``kdbench.registry.Registry``) load them.
 * ``kdbench.recipes``: a package whose directory holds recipe YAML files (read with
   ``importlib.resources``), searched beside ``kdbench/recipes/`` (see :func:`kdbench.recipe.recipe_files`).
 
@@ -26,8 +26,6 @@ from kdbench.errors import KdbenchError
 METHODS = "kdbench.methods"
 MODELS = "kdbench.models"
 RECIPES = "kdbench.recipes"
-
-_loaded: set[str] = set()
 
 
 class PluginError(KdbenchError):
@@ -51,12 +49,7 @@ def describe(ep: importlib.metadata.EntryPoint) -> str:
 
 
 def load(group: str) -> None:
-    """Import every entry point of ``group`` (METHODS or MODELS) once; later calls do nothing."""
-    if group in _loaded:
-        return
-    _loaded.add(
-        group
-    )  # before importing: a plugin module that looks a name up must not load itself again
+    """Import every entry point of ``group`` (METHODS or MODELS); its registry calls this once, at its first lookup."""
     for ep in entry_points(group):
         try:
             target = ep.load()

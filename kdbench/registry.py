@@ -43,6 +43,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def registered(self, name: str) -> T | None:
+        """The entry already added under ``name`` (else None), without loading plugins: for the checks of a
+        registration, which runs while the built-ins or a plugin are being imported."""
+        return self._entries.get(name)
+
     def _load_plugins(self) -> None:
         if not self._plugins_loaded:
             self._plugins_loaded = True  # first: a plugin that looks itself up must not recurse

@@ -19,7 +19,7 @@ import pytest
 import typer
 import yaml
 from kdbench.cli import app
-from kdbench.methods import base
+from kdbench.methods.registry import METHODS
 from kdbench.plan import plan
 from kdbench.recipe import RECIPES_DIR, Recipe, load_recipe
 
@@ -119,7 +119,7 @@ def test_guides_are_linked_from_the_readme():
 def example_method(monkeypatch):
     """The guide's method file, imported as ``kdbench.methods.embed_mse`` into a copy of the registry."""
     source = _code_blocks(METHOD_GUIDE)["kdbench/methods/embed_mse.py"]
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
     module = types.ModuleType("kdbench.methods.embed_mse")
     module.__file__ = str(METHOD_GUIDE)
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -128,7 +128,7 @@ def example_method(monkeypatch):
 
 
 def test_method_guide_example_runs_with_its_golden_value_test(example_method):
-    assert base.get("embed-mse").__module__ == "kdbench.methods.embed_mse"
+    assert METHODS.get("embed-mse").__module__ == "kdbench.methods.embed_mse"
     namespace: dict = {}
     exec(
         compile(

@@ -7,6 +7,7 @@ keeps its stride; the native-size checks are the FLOP tests in tests/test_imagen
 
 from __future__ import annotations
 
+import inspect
 from functools import lru_cache
 
 import pytest
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from kdbench import models
 from kdbench.errors import UnknownNameError
 from kdbench.models import Features, KDModel
-from kdbench.models.common import channel_shuffle
+from kdbench.models._blocks import channel_shuffle
 
 _X1 = "16@32 16@32 32@16 64@8"
 _X2 = "16@32 32@32 64@16 128@8"
@@ -245,6 +246,17 @@ def test_registering_a_taken_name_fails() -> None:
             lambda *, num_classes=100: models.create("resnet8", num_classes)
         )
     assert "x" not in models.names()
+
+
+def test_every_name_is_written_out_in_its_family_file() -> None:
+    """A model's definition is found by searching for its name (timm's rule), also for the names
+    registered in a loop over a variant table: no name is assembled from parts."""
+    for name in models.names():
+        factory = models.registry.MODELS.get(name).factory
+        module = inspect.getmodule(getattr(factory, "func", factory))  # a partial's function
+        source = inspect.getsource(module)
+        for key in (name, *models.info(name).aliases):
+            assert f'"{key}"' in source, f"{key!r} is not written out in {module.__name__}"
 
 
 @pytest.mark.parametrize("name", models.names())

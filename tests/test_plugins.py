@@ -17,7 +17,7 @@ import pytest
 from kdbench import methods, models, plugins
 from kdbench.cli import app
 from kdbench.errors import KdbenchError
-from kdbench.methods import base
+from kdbench.methods import registry as method_registry
 from kdbench.models import registry as model_registry
 from kdbench.plan import plan
 from kdbench.recipe import RECIPES_ENV, load_recipe, recipe_files
@@ -64,10 +64,9 @@ rows:
 @pytest.fixture
 def fresh_registries(monkeypatch):
     """Copies of the method and model registries and a plugin loader that has loaded nothing yet."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    for name in ("_INFO", "_FACTORIES", "_ALIASES"):
-        monkeypatch.setattr(model_registry, name, dict(getattr(model_registry, name)))
-    monkeypatch.setattr(plugins, "_loaded", set())
+    for registry in (method_registry.METHODS, model_registry.MODELS):
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "_plugins_loaded", False)
 
 
 def fake_entry_points(

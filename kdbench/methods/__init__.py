@@ -19,17 +19,13 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
-    get,
-    names,
     parameter_count,
-    register,
-    resolve_params,
 )
+from kdbench.methods.registry import get, names, register, resolve_params
 
-# One file per method: importing a module runs its @register.
+# One file per method: importing a module runs its @register (base, combined and registry are imported above).
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "combined"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 # The registry is the truth for what is implemented (built-ins and installed plugins: kdbench/plugins.py).
 # Beside it, two hand-kept lists with their sources:

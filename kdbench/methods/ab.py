@@ -38,9 +38,9 @@ from kdbench.methods.base import (
     Step,
     Variant,
     pair_name,
-    register,
 )
 from kdbench.methods.fitnet import ConvReg
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

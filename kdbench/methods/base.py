@@ -1,4 +1,4 @@
-"""The Distiller base class every method plugs into, and the method registry.
+"""The Distiller base class every method plugs into (the registry: methods/registry.py).
 
 A method is one file: a :class:`Distiller` subclass registered with :func:`register`, with its
 hyper-parameters declared in a pydantic ``Params`` model beside it (defaults live there). The
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from torch import nn
 
 from kdbench import losses
-from kdbench.errors import KdbenchError, UnknownNameError
+from kdbench.errors import KdbenchError
 from kdbench.models.base import Features, KDModel
 
 
@@ -383,58 +383,3 @@ class Distiller(nn.Module):
         """The main prediction (key ``""``) and every extra head, from one student pass."""
         features = self.student.forward_features(images)
         return {"": self.prediction(features), **self.extra_heads(features)}
-
-
-_REGISTRY: dict[str, type[Distiller]] = {}
-
-
-def register(cls: type[Distiller]) -> type[Distiller]:
-    """Class decorator: make a Distiller available under its ``name`` (a name already taken is an error)."""
-    if cls.name in _REGISTRY:
-        taken = _REGISTRY[cls.name]
-        raise ValueError(
-            f"method {cls.name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
-            f"{cls.__module__}.{cls.__qualname__} needs another name"
-        )
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _registry() -> dict[str, type[Distiller]]:
-    """The registry, with the built-in methods and the installed plugins' (kdbench/plugins.py) loaded."""
-    import kdbench.methods  # noqa: F401  (the built-ins register first, so a plugin cannot take their names)
-    from kdbench import plugins
-
-    plugins.load(plugins.METHODS)
-    return _REGISTRY
-
-
-def get(name: str) -> type[Distiller]:
-    """A registered method, or a combination ``first+second`` of two (see methods/combined.py)."""
-    if "+" in name:
-        from kdbench.methods.combined import combine
-
-        first, second = name.split("+", 1)
-        return combine(get(first), get(second))
-    registry = _registry()
-    try:
-        return registry[name]
-    except KeyError:
-        raise UnknownNameError("method", name, registry) from None
-
-
-def names() -> list[str]:
-    """Every registered method: the built-ins and the installed plugins'."""
-    return sorted(_registry())
-
-
-def resolve_params(name: str, variant: str | None, overrides: dict[str, Any]) -> MethodParams:
-    """Defaults ← variant ← explicit overrides, validated by the method's schema."""
-    cls = get(name)
-    values: dict[str, Any] = {}
-    if variant is not None:
-        if variant not in cls.variants:
-            raise UnknownNameError(f"variant of {name}", variant, cls.variants)
-        values.update(cls.variants[variant].params)
-    values.update(overrides)
-    return cls.Params(**values)

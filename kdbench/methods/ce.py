@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kdbench.methods.base import Distiller, MethodParams, Needs, register
+from kdbench.methods.base import Distiller, MethodParams, Needs
+from kdbench.methods.registry import register
 
 
 class CEParams(MethodParams):

@@ -60,9 +60,11 @@ def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
                 context.pop("loss_chunk", None)
             self.second = second(student, teacher, params.second, example, **context)
             # The second method shares this one's networks: keep them out of its module tree so
-            # they are registered (optimised, saved) once, under this distiller.
+            # they are registered (optimised, saved) once, under this distiller. ``del`` unregisters
+            # a child module; object.__setattr__ keeps it as a plain attribute, outside the tree.
             for shared in ("student", "teacher"):
-                network = self.second._modules.pop(shared)
+                network = getattr(self.second, shared)
+                delattr(self.second, shared)
                 object.__setattr__(self.second, shared, network)
 
         def distill(

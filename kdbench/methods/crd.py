@@ -57,10 +57,10 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
-    register,
     scale_gradient,
     unsynced_copies_loss,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio increment: spreads consecutive epochs' seeds apart

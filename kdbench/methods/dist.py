@@ -21,8 +21,8 @@ from kdbench.methods.base import (
     Step,
     Variant,
     per_chunk,
-    register,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features
 
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

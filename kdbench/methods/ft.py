@@ -36,8 +36,8 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
-    register,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 from kdbench.models.cifar_resnet import CifarResNet
 from kdbench.models.wrn import WideResNet

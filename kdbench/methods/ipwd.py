@@ -32,7 +32,8 @@ from pydantic import Field
 from torch import nn
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

@@ -5,7 +5,8 @@ Defaults are the CRD protocol (0.1·CE + 0.9·KD, T = 4); SimKD's protocol uses 
 
 from __future__ import annotations
 
-from kdbench.methods.base import Distiller, MethodParams, Needs, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Variant
+from kdbench.methods.registry import register
 
 
 class KDParams(MethodParams):

@@ -33,8 +33,8 @@ from kdbench.methods.base import (
     Step,
     Variant,
     per_chunk,
-    register,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features
 
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)

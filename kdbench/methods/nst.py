@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant
+from kdbench.methods.registry import register
 from kdbench.models.base import Features
 
 

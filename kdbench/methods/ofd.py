@@ -41,7 +41,8 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, pair_name, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, pair_name
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

@@ -49,8 +49,8 @@ from kdbench.methods.base import (
     Variant,
     pair_name,
     probe_features,
-    register,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

@@ -35,8 +35,9 @@ from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk
 from kdbench.methods.crd import l2_normalize
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

@@ -36,8 +36,8 @@ from kdbench.methods.base import (
     Step,
     Variant,
     parameter_count,
-    register,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 Projector = Literal["1x1-3x3-1x1", "1x1-dw3x3-1x1", "1x1-1x1", "1x1"]

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.methods.base import InferenceSize, Needs, Step, Variant, parameter_count, register
+from kdbench.methods.base import InferenceSize, Needs, Step, Variant, parameter_count
+from kdbench.methods.registry import register
 from kdbench.methods.simkd import SimKD, SimKDParams
 from kdbench.models.base import Features, KDModel
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from kdbench import losses
-from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk, register
+from kdbench.methods.base import Distiller, MethodParams, Needs, Step, Variant, per_chunk
+from kdbench.methods.registry import register
 from kdbench.models.base import Features
 
 

@@ -41,10 +41,10 @@ from kdbench.methods.base import (
     Needs,
     Step,
     Variant,
-    register,
     scale_gradient,
     unsynced_copies_loss,
 )
+from kdbench.methods.registry import register
 from kdbench.models.base import Features, KDModel
 
 

@@ -1,19 +1,12 @@
 """Model zoos (``docs/references.md`` §Model zoos and feature taps): ``create(name)`` builds any registered network.
 
-Importing this package registers every family module below.
+Importing this package imports every module in it, so a family file registers its networks by being
+there (one file per family; ``_*.py`` modules are the families' private helpers).
 """
 
-from kdbench.models import (  # noqa: F401  (imported for their registrations)
-    cifar_resnet,
-    imagenet_mobilenet,
-    imagenet_resnet,
-    mobilenetv2,
-    resnet_bottleneck,
-    shufflenetv1,
-    shufflenetv2,
-    vgg,
-    wrn,
-)
+import importlib
+import pkgutil
+
 from kdbench.models.base import Features, KDModel
 from kdbench.models.registry import (
     ModelInfo,
@@ -24,6 +17,9 @@ from kdbench.models.registry import (
     names,
     register,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "Features",

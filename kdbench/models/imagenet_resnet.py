@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.models._blocks import PreactBlock, init_he_fan_out
 from kdbench.models.base import Features, KDModel
-from kdbench.models.common import PreactBlock, init_he_fan_out
 from kdbench.models.registry import register
 
 IMAGENET_INPUT_SIZE = 224
@@ -146,9 +146,11 @@ def _register(
     def factory(*, num_classes: int = IMAGENET_CLASSES) -> ImageNetResNet:
         return ImageNetResNet(block=block, blocks=blocks, num_classes=num_classes)
 
-    factory.__doc__ = f"torchvision ``{name}``: {block.__name__} layers {blocks}."
+    factory.__doc__ = (
+        f"torchvision ``{name.removeprefix('imagenet/')}``: {block.__name__} layers {blocks}."
+    )
     register(
-        f"imagenet/{name}",
+        name,
         zoo="imagenet",
         family="imagenet_resnet",
         paper_label=label,
@@ -157,10 +159,10 @@ def _register(
 
 
 for _name, _label, _block, _blocks in (
-    ("resnet18", "ResNet-18", BasicBlock, (2, 2, 2, 2)),
-    ("resnet34", "ResNet-34", BasicBlock, (3, 4, 6, 3)),
-    ("resnet50", "ResNet-50", Bottleneck, (3, 4, 6, 3)),
-    ("resnet101", "ResNet-101", Bottleneck, (3, 4, 23, 3)),
-    ("resnet152", "ResNet-152", Bottleneck, (3, 8, 36, 3)),
+    ("imagenet/resnet18", "ResNet-18", BasicBlock, (2, 2, 2, 2)),
+    ("imagenet/resnet34", "ResNet-34", BasicBlock, (3, 4, 6, 3)),
+    ("imagenet/resnet50", "ResNet-50", Bottleneck, (3, 4, 6, 3)),
+    ("imagenet/resnet101", "ResNet-101", Bottleneck, (3, 4, 23, 3)),
+    ("imagenet/resnet152", "ResNet-152", Bottleneck, (3, 8, 36, 3)),
 ):
     _register(_name, _label, _block, _blocks)

@@ -12,7 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from kdbench.models.common import StagedNet, conv_bn_relu, init_he_fan_out, stack
+from kdbench.models._blocks import StagedNet, conv_bn_relu, init_he_fan_out, stack
 from kdbench.models.registry import register
 
 # (expansion t, channels c, blocks n, stride s) per group, before the width multiplier.

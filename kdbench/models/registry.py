@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from kdbench import plugins
 from kdbench.errors import UnknownNameError
 from kdbench.models.base import KDModel
+from kdbench.registry import Registry
 
 # "plugin": a network of a lab's own package (kdbench/plugins.py), from none of the four zoos.
 ZOOS = ("crd", "simkd", "imagenet", "mdistiller", "plugin")
@@ -44,9 +46,16 @@ class ModelInfo:
     input_size: int = CIFAR_INPUT_SIZE  # side of the square images the network is defined for
 
 
-_INFO: dict[str, ModelInfo] = {}
-_FACTORIES: dict[str, ModelFactory] = {}
-_ALIASES: dict[str, str] = {}
+@dataclass(frozen=True)
+class RegisteredModel:
+    """What the registry holds for a name: the catalogue entry and the factory."""
+
+    info: ModelInfo
+    factory: ModelFactory
+
+
+# Canonical names and aliases -> their record (an alias shares its canonical name's record).
+MODELS: Registry[RegisteredModel] = Registry("model", plugins=plugins.MODELS)
 
 
 def register(
@@ -63,44 +72,41 @@ def register(
         raise ValueError(f"zoo must be one of {ZOOS}, got {zoo!r}")
 
     def decorator(factory: FactoryT) -> FactoryT:
-        for key in (name, *aliases):
-            if key in _INFO or key in _ALIASES:
+        keys = (name, *aliases)
+        for key in keys:  # all checked before any is added
+            if MODELS.registered(key) is not None:
                 raise ValueError(f"model name {key!r} is registered twice")
-        _INFO[name] = ModelInfo(name, zoo, family, paper_label, tuple(aliases), input_size)
-        _FACTORIES[name] = factory
-        _ALIASES.update(dict.fromkeys(aliases, name))
+        entry = RegisteredModel(
+            ModelInfo(name, zoo, family, paper_label, tuple(aliases), input_size), factory
+        )
+        for key in keys:
+            MODELS.add(key, entry)
         return factory
 
     return decorator
 
 
-def _load_plugins() -> None:
-    """The built-in networks, then the installed plugins' (kdbench/plugins.py), registered once."""
-    import kdbench.models  # noqa: F401  (the built-ins register first, so a plugin cannot take their names)
-    from kdbench import plugins
-
-    plugins.load(plugins.MODELS)
+def _entry(name: str) -> RegisteredModel:
+    """The record of a canonical name or an alias; an unknown name's error lists the canonical names."""
+    try:
+        return MODELS.get(name)
+    except UnknownNameError:
+        raise UnknownNameError("model", name, names()) from None
 
 
 def names() -> list[str]:
     """Sorted canonical model names (aliases excluded), built-in and plugins'."""
-    _load_plugins()
-    return sorted(_INFO)
+    return [key for key in MODELS.names() if MODELS.get(key).info.name == key]
 
 
 def canonical_name(name: str) -> str:
     """Resolve an alias to its canonical name; raise ``UnknownNameError`` for unknown names."""
-    _load_plugins()
-    if name in _INFO:
-        return name
-    if name in _ALIASES:
-        return _ALIASES[name]
-    raise UnknownNameError("model", name, names())
+    return _entry(name).info.name
 
 
 def info(name: str) -> ModelInfo:
     """Catalogue entry of a model (aliases resolve to their canonical entry)."""
-    return _INFO[canonical_name(name)]
+    return _entry(name).info
 
 
 def input_size(name: str) -> int:
@@ -110,4 +116,4 @@ def input_size(name: str) -> int:
 
 def create(name: str, num_classes: int = 100) -> KDModel:
     """Build a freshly initialised network by (canonical or alias) name."""
-    return _FACTORIES[canonical_name(name)](num_classes=num_classes)
+    return _entry(name).factory(num_classes=num_classes)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models.common import PreactBlock, StagedNet, conv_bn_relu, init_he_fan_out, stack
+from kdbench.models._blocks import PreactBlock, StagedNet, conv_bn_relu, init_he_fan_out, stack
 from kdbench.models.registry import register
 
 _EXPANSION = 4

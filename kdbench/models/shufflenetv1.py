@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models.common import PreactBlock, StagedNet, channel_shuffle, conv_bn_relu, stack
+from kdbench.models._blocks import PreactBlock, StagedNet, channel_shuffle, conv_bn_relu, stack
 from kdbench.models.registry import register
 
 _GROUPS = 3

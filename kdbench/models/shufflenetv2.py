@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models.common import PreactBlock, StagedNet, channel_shuffle, conv_bn_relu
+from kdbench.models._blocks import PreactBlock, StagedNet, channel_shuffle, conv_bn_relu
 from kdbench.models.registry import register
 
 _STEM = 24

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models.common import PreactBlock, StagedNet, init_he_fan_out
+from kdbench.models._blocks import PreactBlock, StagedNet, init_he_fan_out
 from kdbench.models.registry import register
 
 
@@ -59,20 +59,15 @@ class CifarVGG(StagedNet):
         return [stage[-1].layers[-1] for stage in self.stages]
 
 
-_CFGS: dict[str, list[list[int]]] = {
-    "vgg8": [[64], [128], [256], [512], [512]],
-    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
-    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
-    "vgg16": [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3],
-    "vgg19": [[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4],
+# name -> (channel list of each block, aliases)
+_CFGS: dict[str, tuple[list[list[int]], tuple[str, ...]]] = {
+    "vgg8": ([[64], [128], [256], [512], [512]], ("simkd/vgg8",)),
+    "vgg11": ([[64], [128], [256, 256], [512, 512], [512, 512]], ()),
+    "vgg13": ([[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]], ("simkd/vgg13",)),
+    "vgg16": ([[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3], ()),
+    "vgg19": ([[64, 64], [128, 128], [256] * 4, [512] * 4, [512] * 4], ()),
 }
-_SIMKD_ALIASED = {"vgg8", "vgg13"}
-
-for _name, _cfg in _CFGS.items():
-    register(
-        _name,
-        zoo="crd",
-        family="vgg",
-        paper_label=f"VGG-{_name[3:]}",
-        aliases=(f"simkd/{_name}",) if _name in _SIMKD_ALIASED else (),
-    )(partial(CifarVGG, cfg=_cfg))
+for _name, (_cfg, _aliases) in _CFGS.items():
+    register(_name, zoo="crd", family="vgg", paper_label=f"VGG-{_name[3:]}", aliases=_aliases)(
+        partial(CifarVGG, cfg=_cfg)
+    )

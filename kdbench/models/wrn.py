@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.models._blocks import init_he_fan_out, stack
 from kdbench.models.base import Features, KDModel
-from kdbench.models.common import init_he_fan_out, stack
 from kdbench.models.registry import register
 
 
@@ -112,13 +112,18 @@ class WideResNet(KDModel):
         return [self.block2[0].bn1, self.block3[0].bn1, self.bn]
 
 
-for _depth, _widen in [(16, 1), (16, 2), (40, 1), (40, 2)]:
-    register(
-        f"wrn_{_depth}_{_widen}", zoo="crd", family="wrn", paper_label=f"WRN-{_depth}-{_widen}"
-    )(partial(WideResNet, depth=_depth, widen=_widen))
-    register(
-        f"mdistiller/wrn_{_depth}_{_widen}",
-        zoo="mdistiller",
-        family="wrn",
-        paper_label=f"WRN-{_depth}-{_widen}",
-    )(partial(WideResNet, depth=_depth, widen=_widen, reapply_preact_bns=True))
+# (name, depth, widen, zoo): the ``mdistiller`` zoo's forward re-applies the preact BNs (module docstring).
+_VARIANTS: list[tuple[str, int, int, str]] = [
+    ("wrn_16_1", 16, 1, "crd"),
+    ("wrn_16_2", 16, 2, "crd"),
+    ("wrn_40_1", 40, 1, "crd"),
+    ("wrn_40_2", 40, 2, "crd"),
+    ("mdistiller/wrn_16_1", 16, 1, "mdistiller"),
+    ("mdistiller/wrn_16_2", 16, 2, "mdistiller"),
+    ("mdistiller/wrn_40_1", 40, 1, "mdistiller"),
+    ("mdistiller/wrn_40_2", 40, 2, "mdistiller"),
+]
+for _name, _depth, _widen, _zoo in _VARIANTS:
+    register(_name, zoo=_zoo, family="wrn", paper_label=f"WRN-{_depth}-{_widen}")(
+        partial(WideResNet, depth=_depth, widen=_widen, reapply_preact_bns=_zoo == "mdistiller")
+    )
