@@ -401,12 +401,12 @@ def reproduce(
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
         from kdbench.data.identity import identified
-        from kdbench.execute.children import Interrupted, interruptible
-        from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
+        from kdbench.execute.local.executor import LocalExecutor, SlotWorkers, detect_slots
+        from kdbench.execute.local.slots import concurrency
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
-        from kdbench.execute.slots import concurrency
         from kdbench.plan import plan as make_plan
+        from kdbench.processes import Interrupted, interruptible
         from kdbench.recipe import load_recipe
         from kdbench.results import curves
 
@@ -441,8 +441,8 @@ def reproduce(
             raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
         _prepare_data(table_plan, results, data_dir)
         if executor == "slurm":
-            from kdbench.execute.slurm import SlurmExecutor, SlurmOptions
-            from kdbench.execute.slurm_jobs import TrainOptions
+            from kdbench.execute.slurm.executor import SlurmExecutor, SlurmOptions
+            from kdbench.execute.slurm.jobs import TrainOptions
 
             options = SlurmOptions(
                 partition=partition,
@@ -1279,8 +1279,8 @@ def train(
     ] = None,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
-    from kdbench.execute.children import watch_parent
-    from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.execute.local.worker import EXIT_LOCKED
+    from kdbench.processes import watch_parent
     from kdbench.results import curves
     from kdbench.store.run_dir import RunLocked
     from kdbench.train import distributed
@@ -1347,7 +1347,7 @@ def train(
 
 def _train_processes(spec: str, run_id: str, results: Path, nproc: int, options: list[str]) -> None:
     """``kdbench train SPEC --nproc N``: the run as N DDP processes (kdbench/train/launch.py)."""
-    from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.execute.local.worker import EXIT_LOCKED
     from kdbench.store.run_dir import RunDir, RunLocked
     from kdbench.train import launch
 
@@ -1727,8 +1727,8 @@ def fidelity(
 @app.command(hidden=True)
 def worker() -> None:
     """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""
-    from kdbench.execute.children import watch_parent
-    from kdbench.execute.worker import serve
+    from kdbench.execute.local.worker import serve
+    from kdbench.processes import watch_parent
 
     watch_parent()
     serve(sys.stdin, sys.stdout)

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
+from kdbench.execute.local.executor import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.store.run_dir import RunDir
 
@@ -186,7 +186,7 @@ def tiny_spec(seed: int, teacher: RunSpec | None = None, model: str = "resnet8")
 
 
 def test_slot_worker_trains_several_runs_and_survives_a_failing_one(tmp_path):
-    from kdbench.execute.local import SlotWorkers
+    from kdbench.execute.local.executor import SlotWorkers
 
     missing_teacher = tiny_spec(
         99
@@ -202,7 +202,7 @@ def test_slot_worker_trains_several_runs_and_survives_a_failing_one(tmp_path):
 
 
 def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
-    from kdbench.execute.local import SlotWorkers
+    from kdbench.execute.local.executor import SlotWorkers
 
     class KillFirst(SlotWorkers):
         """Kills the worker right after sending it the first run."""
@@ -245,7 +245,7 @@ GATED_TRAIN = textwrap.dedent("""
 
 def gated_command(spec_file: Path, results: Path, slot: Slot) -> list[str]:
     """The real `kdbench train` command line (``--nproc`` included), run by the gated fake."""
-    from kdbench.execute.local import train_command
+    from kdbench.execute.local.executor import train_command
 
     return [sys.executable, "-c", GATED_TRAIN, *train_command(spec_file, results, slot)[3:]]
 
@@ -411,8 +411,8 @@ def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_wor
 ):
     import time
 
-    from kdbench.execute.local import SlotWorkers
-    from kdbench.execute.slots import SlotPool
+    from kdbench.execute.local.executor import SlotWorkers
+    from kdbench.execute.local.slots import SlotPool
 
     cpus = [Slot("cpu0", {"OMP_NUM_THREADS": "1"}), Slot("cpu1", {"OMP_NUM_THREADS": "1"})]
     first, ddp = tiny_spec(0), spec("student")

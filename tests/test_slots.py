@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import detect_slots
-from kdbench.execute.slots import Slot, SlotPool
+from kdbench.execute.local.executor import detect_slots
+from kdbench.execute.local.slots import Slot, SlotPool
 
 
 def gpus(n: int, k: int) -> list[Slot]:
@@ -117,7 +117,7 @@ def test_more_gpus_than_exist_is_an_error_before_anything_starts():
 
 
 def test_runs_that_cannot_be_split_take_one_process():
-    from kdbench.execute.local import processes
+    from kdbench.execute.local.executor import processes
     from kdbench.plan import plan
     from kdbench.recipe import load_recipe
 

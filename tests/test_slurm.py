@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from kdbench.errors import KdbenchError
-from kdbench.execute import slurm
-from kdbench.execute.slurm import SlurmExecutor, SlurmOptions, array_groups
-from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.execute.slurm import executor as slurm
+from kdbench.execute.slurm.executor import SlurmExecutor, SlurmOptions, array_groups
+from kdbench.execute.slurm.jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.io import atomic_write_json
 from kdbench.plan import (
     CheckpointRef,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kdbench.execute.local import Outcome
+from kdbench.execute.local.executor import Outcome
 from kdbench.io import read_json
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_precision
@@ -14,7 +14,7 @@ from kdbench.results.tables import record_table
 from kdbench.store.run_dir import RunDir
 
 if TYPE_CHECKING:
-    from kdbench.execute.slurm import SlurmExecutor, Submission
+    from kdbench.execute.slurm.executor import SlurmExecutor, Submission
 
 
 class Executor(Protocol):

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import Listener, Outcome, processes, unusable
-from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.execute.local.executor import Listener, Outcome, processes, unusable
+from kdbench.execute.slurm.jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.io import atomic_write_json, file_lock, read_json
 from kdbench.plan import RunSpec
 from kdbench.store.run_dir import RunDir

@@ -26,10 +26,10 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from kdbench import processes as children
 from kdbench.errors import KdbenchError
-from kdbench.execute import children
-from kdbench.execute.slots import Slot, SlotPool
-from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
+from kdbench.execute.local.slots import Slot, SlotPool
+from kdbench.execute.local.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
 from kdbench.io import atomic_write_json
 from kdbench.plan import RunSpec
 from kdbench.results import curves
@@ -67,7 +67,7 @@ def detect_slots(
     (:func:`thread_env`). Values already in the environment win."""
     import torch
 
-    from kdbench.execute.gpus import free_memory, visible_gpus
+    from kdbench.execute.local.gpus import free_memory, visible_gpus
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         threads = thread_env(cpu_jobs) if cpu_jobs > 1 else {}
@@ -90,7 +90,7 @@ def detect_slots(
             )
         gpus = [gpus[index]]
     if runs_per_gpu == "auto":
-        from kdbench.execute.packing import auto_runs_per_gpu
+        from kdbench.execute.local.packing import auto_runs_per_gpu
 
         specs = list(specs)
         free = free_memory(gpus)
