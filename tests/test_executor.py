@@ -468,3 +468,48 @@ def test_a_waited_for_run_that_ends_without_a_result_is_trained_here(tmp_path):
         events == ["waiting", "pending", "started", "done"]
         and outcomes[run.run_id].status == "done"
     )
+
+
+def test_make_executor_builds_each_backend_by_name(monkeypatch):
+    from kdbench.errors import KdbenchError, UnknownNameError
+    from kdbench.execute.factory import EXECUTORS, ExecutorOptions, make_executor
+    from kdbench.execute.local.executor import LocalOptions, SlotWorkers
+    from kdbench.execute.slurm import executor as slurm
+    from kdbench.execute.slurm.jobs import TrainOptions
+    from kdbench.plan import plan
+    from kdbench.recipe import load_recipe
+
+    table = plan(load_recipe("simkd-table1"), "smoke")
+    assert EXECUTORS.names() == ["local", "slurm"]
+    options = ExecutorOptions(
+        run=TrainOptions(device="cpu", loader="torch", compute={"precision": "fp32"}),
+        local=LocalOptions(cpu_jobs=2),
+    )
+    local = make_executor("local", options, table)
+    assert isinstance(local, LocalExecutor) and local.parallel == 2
+    assert [s.name for s in local.slots] == ["cpu0", "cpu1"]
+    assert isinstance(local.launcher, SlotWorkers)
+    assert (local.launcher.loader, local.launcher.compute.precision) == ("torch", "fp32")
+    with pytest.raises(KdbenchError, match="--gpus-per-run 0 is for --executor slurm"):
+        make_executor("local", ExecutorOptions(local=LocalOptions(gpus_per_run=0)), table)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    with pytest.raises(KdbenchError, match="`sbatch` is not on PATH"):
+        make_executor("slurm", options, table)
+    with pytest.raises(UnknownNameError, match="Did you mean 'slurm'"):
+        make_executor("slrum", options, table)
+
+
+def test_the_cli_offers_the_executors_and_compute_modes_the_library_has():
+    from typing import get_args
+
+    from kdbench import cli
+    from kdbench.execute.factory import EXECUTORS
+    from kdbench.train import compute
+
+    def choices(option) -> tuple[str, ...]:
+        return get_args(get_args(option)[0])
+
+    assert list(get_args(cli.ExecutorKind)) == EXECUTORS.names()
+    assert choices(cli.PrecisionOpt) == compute.PRECISIONS
+    assert choices(cli.CompileModeOpt) == compute.COMPILE_MODES
+    assert choices(cli.TeacherCacheOpt) == compute.CACHE_MODES

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from kdbench.execute.local.executor import Outcome
+from kdbench.execute.base import Executor, Outcome
 from kdbench.io import read_json
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_precision
@@ -15,12 +15,6 @@ from kdbench.store.run_dir import RunDir
 
 if TYPE_CHECKING:
     from kdbench.execute.slurm.executor import SlurmExecutor, Submission
-
-
-class Executor(Protocol):
-    """What reproduce needs of an executor (LocalExecutor, SlurmExecutor): run a DAG, one outcome per run."""
-
-    def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]: ...
 
 
 def reproduce_table(
