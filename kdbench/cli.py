@@ -1757,7 +1757,7 @@ def fidelity(
 
 @app.command(hidden=True)
 def worker() -> None:
-    """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""
+    """Serve training requests from an executor on stdin (see kdbench/execute/local/worker.py)."""
     from kdbench.execute.local.worker import serve
     from kdbench.processes import watch_parent
 

@@ -1,11 +1,11 @@
 """Local scheduler: run a DAG of RunSpecs on device slots.
 
 Slots are one per GPU (``CUDA_VISIBLE_DEVICES``) times ``runs_per_gpu``, or CPU slots. A run of g
-processes (``gpus_per_run``, DDP) takes g whole GPUs; placement rules are in ``execute/slots.py``. Teachers
+processes (``gpus_per_run``, DDP) takes g whole GPUs; placement rules are in ``execute/local/slots.py``. Teachers
 run before their students; a failed run is reported and its dependents are skipped with the
 reason, while every other run goes on. A run that another process is already training (its lock
 is held) is waited for, not trained twice. How a run is started is a :class:`Launcher`: by
-default a long-lived worker process per slot (``execute/worker.py``), which pays torch's import
+default a long-lived worker process per slot (``execute/local/worker.py``), which pays torch's import
 once; :class:`ProcessPerRun` starts one ``kdbench train`` subprocess per run, as the worker launcher
 does for multi-process runs (``kdbench train SPEC --nproc g``).
 """
@@ -53,10 +53,10 @@ def detect_slots(
     teacher_cache: str = "auto",
 ) -> list[Slot]:
     """One slot per visible GPU × ``runs_per_gpu`` (``auto``: as many of the largest of ``specs`` as fit in
-    each GPU's free memory, execute/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
+    each GPU's free memory, execute/local/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
     (or with ``--device cpu``) ``cpu_jobs`` CPU slots that share the cores, and glibc malloc settings that
     keep activation buffers mapped (README, Fast path). Each slot's CUDA_VISIBLE_DEVICES names its GPU
-    as the child must see it (execute/gpus.py), and every slot of several gets cores / slots CPU threads
+    as the child must see it (execute/local/gpus.py), and every slot of several gets cores / slots CPU threads
     (:func:`thread_env`). Values already in the environment win."""
     import torch
 

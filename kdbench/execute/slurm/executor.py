@@ -4,7 +4,7 @@ Mapping (docs/references.md §Cluster and multi-process notes): a run is one job
 in their seed, so they share their dependencies) are one job array (``map_array``) limited to
 ``array_parallelism`` tasks at a time. A job depends ``afterok`` on the jobs of its teacher and of
 the run it starts from, with ``kill-on-invalid-dep=yes`` so that SLURM cancels it when one of those
-fails. An aggregate job (:class:`~kdbench.execute.slurm_jobs.AggregateJob`) depends ``afterok`` on
+fails. An aggregate job (:class:`~kdbench.execute.slurm.jobs.AggregateJob`) depends ``afterok`` on
 every job. Runs that are already done (``result.json``) are not submitted. Paths are fixed by run
 id (``results/runs/<run-id>``), so a job needs nothing from its dependencies but their files; the
 submitit folder is ``results/slurm/`` (it must be on the filesystem the nodes share).
