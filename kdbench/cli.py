@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from kdbench.errors import KdbenchError
 from kdbench.layout import fit, paragraph
+
+if TYPE_CHECKING:
+    from typer._click import HelpFormatter  # typer's own click
 
 app = typer.Typer(
     help=(
@@ -76,6 +80,31 @@ def _main(
         )
 
 
+# Help panels (typer's rich_help_panel): an option in an executor's panel is refused with the other executors.
+COMPUTE, LOCAL, SLURM = "Compute", "Local executor", "SLURM executor"
+EXECUTOR_OF_PANEL = {LOCAL: "local", SLURM: "slurm"}
+ExecutorKind = Literal["local", "slurm"]  # the names of kdbench/execute/factory.py's EXECUTORS
+
+
+class PanelledCommand(TyperCommand):
+    """Plain help (no rich boxes) with the options grouped under their ``rich_help_panel`` headings."""
+
+    def format_options(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                heading = "Arguments"
+            else:
+                heading = getattr(param, "rich_help_panel", None) or "Options"
+            sections.setdefault(heading, []).append(record)
+        for heading, records in sections.items():
+            with formatter.section(heading):
+                formatter.write_dl(records)
+
+
 RecipeArg = Annotated[
     str,
     typer.Argument(
@@ -115,6 +144,7 @@ DataDirOpt = Annotated[
     typer.Option(
         "--data-dir",
         help="Where datasets live (default: $KDBENCH_DATA, else ~/.cache/kdbench/data).",
+        rich_help_panel=COMPUTE,
     ),
 ]
 LoaderOpt = Annotated[
@@ -127,11 +157,12 @@ LoaderOpt = Annotated[
             "needs pip install 'kdbench[ffcv]', else falls back to tensor). Every loader replays the same epoch plan, "
             "so results are identical."
         ),
+        rich_help_panel=COMPUTE,
     ),
 ]
 # Compute options: how a run computes, not what (not part of the run id; result.json records them).
 PrecisionOpt = Annotated[
-    str,
+    Literal["auto", "fp32", "bf16", "faithful"],  # train/compute.py PRECISIONS
     typer.Option(
         "--precision",
         help=(
@@ -140,6 +171,7 @@ PrecisionOpt = Annotated[
             "Losses are always computed in fp32; result.json records the precision and TF32 flags, and compare marks cells "
             'that pool precisions. See docs/protocol-choices.md, "Precision".'
         ),
+        rich_help_panel=COMPUTE,
     ),
 ]
 ChannelsLastOpt = Annotated[
@@ -147,6 +179,7 @@ ChannelsLastOpt = Annotated[
     typer.Option(
         "--channels-last/--no-channels-last",
         help="NHWC memory format for the networks (default: on for CUDA).",
+        rich_help_panel=COMPUTE,
     ),
 ]
 CompileOpt = Annotated[
@@ -154,13 +187,15 @@ CompileOpt = Annotated[
     typer.Option(
         "--compile/--no-compile",
         help="torch.compile the networks, falling back to eager with a warning if compiling fails (default: on for CUDA).",
+        rich_help_panel=COMPUTE,
     ),
 ]
 CompileModeOpt = Annotated[
-    str,
+    Literal["default", "reduce-overhead"],  # train/compute.py COMPILE_MODES
     typer.Option(
         "--compile-mode",
         help="default, or reduce-overhead: CUDA graphs over the compiled networks (CUDA and --compile only; off by default until measured: kdbench doctor times it on a GPU).",
+        rich_help_panel=COMPUTE,
     ),
 ]
 LogToOpt = Annotated[
@@ -172,13 +207,15 @@ LogToOpt = Annotated[
             "see `tensorboard --logdir RESULTS/runs`), wandb (pip install 'kdbench[wandb]'), mlflow (pip install "
             "'kdbench[mlflow]'), or none. metrics.jsonl is always written."
         ),
+        rich_help_panel=COMPUTE,
     ),
 ]
 TeacherCacheOpt = Annotated[
-    str,
+    Literal["auto", "on", "off"],  # train/compute.py CACHE_MODES
     typer.Option(
         "--teacher-cache",
         help="Logit-only methods (kd, dkd, dist, ...) can look the teacher's logits up from a per-view cache built once per teacher under RESULTS/teacher_cache. auto: when it exists, or when the run has at least 162 epochs (it then pays for itself); on: always; off: run the teacher every step.",
+        rich_help_panel=COMPUTE,
     ),
 ]
 TeachersOpt = Annotated[
@@ -278,8 +315,9 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
+@app.command(cls=PanelledCommand)
 def reproduce(
+    ctx: typer.Context,
     recipe: RecipeArg,
     profile: ProfileOpt = "full",
     results: ResultsOpt = Path("results"),
@@ -301,19 +339,27 @@ def reproduce(
     ] = None,
     device: Annotated[
         str,
-        typer.Option("--device", help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N."),
+        typer.Option(
+            "--device",
+            help="auto (CUDA if present, else CPU), cpu, cuda, or cuda:N.",
+            rich_help_panel=COMPUTE,
+        ),
     ] = "auto",
     runs_per_gpu: Annotated[
         str,
         typer.Option(
             "--runs-per-gpu",
-            help="Runs trained at once on each GPU: a number, or auto (as many as fit in its free memory; see kdbench/execute/packing.py).",
+            help="Runs trained at once on each GPU: a number, or auto (as many as fit in its free memory; see kdbench/execute/local/packing.py).",
+            rich_help_panel=LOCAL,
         ),
     ] = "auto",
     cpu_jobs: Annotated[
         int,
         typer.Option(
-            "--cpu-jobs", min=1, help="Without GPUs: runs trained at once, sharing the cores."
+            "--cpu-jobs",
+            min=1,
+            help="Without GPUs: runs trained at once, sharing the cores.",
+            rich_help_panel=LOCAL,
         ),
     ] = 1,
     gpus_per_run: Annotated[
@@ -325,6 +371,7 @@ def reproduce(
                 "GPUs per run (DDP, `kdbench train --nproc N`), teachers and students alike; such a run has its GPUs to itself. "
                 "Without GPUs, each of its ranks takes one of the --cpu-jobs slots. slurm: 0 asks for no GPU (one process)."
             ),
+            rich_help_panel=COMPUTE,
         ),
     ] = 1,
     data_dir: DataDirOpt = None,
@@ -347,46 +394,58 @@ def reproduce(
     log_to: LogToOpt = "tensorboard",
     teachers: TeachersOpt = None,
     executor: Annotated[
-        str,
+        ExecutorKind,
         typer.Option(
             "--executor",
             help="local (this machine's GPUs or CPU) or slurm (one job per run, a job array per cell's trials; needs pip install 'kdbench[slurm]').",
         ),
     ] = "local",
     partition: Annotated[
-        Optional[str], typer.Option("--partition", help="slurm: partition.")
+        Optional[str], typer.Option("--partition", help="Partition.", rich_help_panel=SLURM)
     ] = None,
-    account: Annotated[Optional[str], typer.Option("--account", help="slurm: account.")] = None,
-    qos: Annotated[Optional[str], typer.Option("--qos", help="slurm: quality of service.")] = None,
+    account: Annotated[
+        Optional[str], typer.Option("--account", help="Account.", rich_help_panel=SLURM)
+    ] = None,
+    qos: Annotated[
+        Optional[str], typer.Option("--qos", help="Quality of service.", rich_help_panel=SLURM)
+    ] = None,
     time_min: Annotated[
         int,
         typer.Option(
             "--time",
             min=1,
-            help="slurm: time limit per job in minutes; a job that hits it is requeued and resumes from its checkpoint.",
+            help="Time limit per job in minutes; a job that hits it is requeued and resumes from its checkpoint.",
+            rich_help_panel=SLURM,
         ),
     ] = 240,
     constraint: Annotated[
-        Optional[str], typer.Option("--constraint", help="slurm: node features (e.g. a GPU type).")
+        Optional[str],
+        typer.Option(
+            "--constraint", help="Node features (e.g. a GPU type).", rich_help_panel=SLURM
+        ),
     ] = None,
     slurm_setup: Annotated[
         Optional[list[str]],
         typer.Option(
             "--slurm-setup",
-            help="slurm: a shell line run before each job (e.g. 'module load cuda'); repeat for several.",
+            help="A shell line run before each job (e.g. 'module load cuda'); repeat for several.",
+            rich_help_panel=SLURM,
         ),
     ] = None,
     cpus_per_run: Annotated[
-        Optional[int], typer.Option("--cpus-per-run", min=1, help="slurm: CPUs per job.")
+        Optional[int],
+        typer.Option("--cpus-per-run", min=1, help="CPUs per job.", rich_help_panel=SLURM),
     ] = None,
     mem_gb: Annotated[
-        Optional[float], typer.Option("--mem-gb", min=0.1, help="slurm: memory per job in GB.")
+        Optional[float],
+        typer.Option("--mem-gb", min=0.1, help="Memory per job in GB.", rich_help_panel=SLURM),
     ] = None,
     no_wait: Annotated[
         bool,
         typer.Option(
             "--no-wait",
-            help="slurm: submit every job, print their ids and return; later run `kdbench compare`, or the same reproduce without --no-wait to follow the queued jobs.",
+            help="Submit every job, print their ids and return; later run `kdbench compare`, or the same reproduce without --no-wait to follow the queued jobs.",
+            rich_help_panel=SLURM,
         ),
     ] = False,
     wait_timeout: Annotated[
@@ -394,22 +453,26 @@ def reproduce(
         typer.Option(
             "--wait-timeout",
             min=0.0,
-            help="slurm: stop waiting after this many minutes (the jobs go on).",
+            help="Stop waiting after this many minutes (the jobs go on).",
+            rich_help_panel=SLURM,
         ),
     ] = None,
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
         from kdbench.data.identity import identified
-        from kdbench.execute.children import Interrupted, interruptible
-        from kdbench.execute.local import LocalExecutor, SlotWorkers, detect_slots
+        from kdbench.execute.factory import ExecutorOptions, make_executor
+        from kdbench.execute.local.executor import LocalOptions
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
-        from kdbench.execute.slots import concurrency
+        from kdbench.execute.slurm.executor import SlurmOptions
+        from kdbench.execute.slurm.jobs import TrainOptions
         from kdbench.plan import plan as make_plan
+        from kdbench.processes import Interrupted, interruptible
         from kdbench.recipe import load_recipe
         from kdbench.results import curves
 
+        _refuse_other_executors_options(ctx, executor)
         _check_loader(loader)
         if executor == "local" and not dry_run:  # slurm jobs run on the cluster's nodes, not here
             _check_device(device)
@@ -437,14 +500,11 @@ def reproduce(
             table_plan.specs.values(), data_dir
         )  # every imported teacher's file, before any run starts
         _warn_reused_precisions(table_plan, results, precision)
-        if executor not in ("local", "slurm"):
-            raise KdbenchError(f"unknown executor {executor!r}; choose local or slurm.")
         _prepare_data(table_plan, results, data_dir)
-        if executor == "slurm":
-            from kdbench.execute.slurm import SlurmExecutor, SlurmOptions
-            from kdbench.execute.slurm_jobs import TrainOptions
-
-            options = SlurmOptions(
+        options = ExecutorOptions(
+            run=TrainOptions(device, data_dir, loader, compute.to_json(), loggers),
+            local=LocalOptions(_runs_per_gpu(runs_per_gpu), cpu_jobs, gpus_per_run),
+            slurm=SlurmOptions(
                 partition=partition,
                 account=account,
                 qos=qos,
@@ -454,78 +514,37 @@ def reproduce(
                 gpus_per_run=gpus_per_run,
                 cpus_per_run=cpus_per_run,
                 mem_gb=mem_gb,
+            ),
+            wait_timeout_s=wait_timeout * 60 if wait_timeout is not None else None,
+            on_submitted=_print_submission,
+        )
+        runner = make_executor(executor, options, table_plan)
+        if no_wait:  # a SLURM executor (the option is refused with the others)
+            _print_submission(
+                submit_table(table_plan, results, runner, ci, explicit_trials=trials is not None)
             )
-
-            def make(listener):
-                return SlurmExecutor(
-                    options,
-                    TrainOptions(device, data_dir, loader, compute.to_json(), loggers),
-                    listener=listener,
-                    aggregate=(table_plan.recipe.name, table_plan.profile),
-                    on_submitted=_print_submission,
-                    timeout_s=wait_timeout * 60 if wait_timeout is not None else None,
-                )
-
-            if no_wait:
-                _print_submission(
-                    submit_table(
-                        table_plan, results, make(None), ci, explicit_trials=trials is not None
-                    )
-                )
-                console.print(
-                    f"Jobs submitted; they go on without this process. Later: kdbench compare {results} "
-                    f"--recipe {table_plan.recipe.name}"
-                )
-                return
-        if executor == "slurm":
-            parallel = (
-                options.array_parallelism
-            )  # the cluster decides; the ETA assumes this many at once
-        else:
-            if gpus_per_run < 1:
-                raise KdbenchError(
-                    "--gpus-per-run 0 is for --executor slurm (CPU jobs); a local run takes at least one GPU or CPU slot."
-                )
-            slots = detect_slots(
-                device,
-                _runs_per_gpu(runs_per_gpu),
-                cpu_jobs,
-                table_plan.specs.values(),
-                teacher_cache=compute.teacher_cache,
+            console.print(
+                f"Jobs submitted; they go on without this process. Later: kdbench compare {results} "
+                f"--recipe {table_plan.recipe.name}"
             )
-            parallel = concurrency(slots, gpus_per_run)
+            return
         title = f"{table_plan.recipe.name} ({profile}) → {results}"
         with (
             interruptible(),
-            RunProgress(console, table_plan.ordered(), results, parallel, title) as progress,
+            RunProgress(console, table_plan.ordered(), results, runner.parallel, title) as progress,
         ):
-            if executor == "slurm":
-                runner = make(progress.event)
-            else:
-                runner = LocalExecutor(
-                    slots,
-                    SlotWorkers(data_dir, compute, loader, loggers),
-                    listener=progress.event,
-                    gpus_per_run=gpus_per_run,
-                )
+            runner.listener = progress.event
             outcomes = reproduce_table(
                 table_plan, results, runner, ci, explicit_trials=trials is not None
             )
     except KdbenchError as exc:
         _fail(exc)
-    except (
-        Interrupted
-    ) as stop:  # the executor has stopped its runs (local) or left the jobs queued (slurm)
+    except Interrupted as stop:  # the executor has stopped its runs, or left its jobs queued
         import shlex
 
         again = "kdbench " + shlex.join(sys.argv[1:])
-        what = (
-            "the SLURM jobs go on; the same command follows them again"
-            if executor == "slurm"
-            else "the runs in progress were stopped; each resumes from its last checkpointed epoch"
-        )
         err.print(
-            f"interrupted ({stop}): finished runs are kept, {what}. Resume with:\n  {again}",
+            f"interrupted ({stop}): finished runs are kept, {runner.interrupted}. Resume with:\n  {again}",
             highlight=False,
         )
         raise typer.Exit(128 + stop.signum) from None
@@ -537,6 +556,19 @@ def reproduce(
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _refuse_other_executors_options(ctx: typer.Context, executor: str) -> None:
+    """An option of one executor's panel given with another executor is an error, not silently ignored."""
+    for param in ctx.command.params:
+        owner = EXECUTOR_OF_PANEL.get(getattr(param, "rich_help_panel", None) or "")
+        source = ctx.get_parameter_source(param.name or "")
+        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if owner is not None and owner != executor and given:
+            raise KdbenchError(
+                f"{param.opts[0]} is an option of --executor {owner}; --executor {executor} does not "
+                f"use it: drop it, or add --executor {owner}."
+            )
 
 
 def _prepare_data(table_plan, results: Path, data_dir: Optional[str]) -> None:
@@ -1279,8 +1311,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
-    from kdbench.execute.children import watch_parent
-    from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.processes import EXIT_LOCKED, watch_parent
     from kdbench.results import curves
     from kdbench.store.run_dir import RunLocked
     from kdbench.train import distributed
@@ -1347,7 +1378,7 @@ def train(
 
 def _train_processes(spec: str, run_id: str, results: Path, nproc: int, options: list[str]) -> None:
     """``kdbench train SPEC --nproc N``: the run as N DDP processes (kdbench/train/launch.py)."""
-    from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.processes import EXIT_LOCKED
     from kdbench.store.run_dir import RunDir, RunLocked
     from kdbench.train import launch
 
@@ -1726,9 +1757,9 @@ def fidelity(
 
 @app.command(hidden=True)
 def worker() -> None:
-    """Serve training requests from an executor on stdin (see kdbench/execute/worker.py)."""
-    from kdbench.execute.children import watch_parent
-    from kdbench.execute.worker import serve
+    """Serve training requests from an executor on stdin (see kdbench/execute/local/worker.py)."""
+    from kdbench.execute.local.worker import serve
+    from kdbench.processes import watch_parent
 
     watch_parent()
     serve(sys.stdin, sys.stdout)

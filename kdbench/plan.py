@@ -9,10 +9,12 @@ applied here, before hashing, so their runs never mix with full-protocol runs.
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
+import heapq
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -217,14 +219,31 @@ class Plan:
     specs: dict[str, RunSpec] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
 
-    def dependencies(self, run_id: str) -> list[str]:
-        return self.specs[run_id].dependencies
-
     def ordered(self) -> list[RunSpec]:
         """Runs with every dependency before its dependents (teachers, then students, then their followers)."""
-        return sorted(
-            self.specs.values(), key=lambda s: (s.teacher is not None) + (s.init_from is not None)
-        )
+        return dependency_order(self.specs.values())
+
+
+def dependency_order(specs: Iterable[RunSpec]) -> list[RunSpec]:
+    """``specs`` in a topological order: every run after the runs it depends on (dependencies outside ``specs``
+    are ignored). Among the runs that are ready, runs with fewer dependencies (teacher, init_from) come first,
+    then the given order: teachers, then students, then their followers, each in plan order."""
+    specs = list(specs)
+    by_id = {s.run_id: s for s in specs}
+    rank = {s.run_id: (len(s.dependencies), k) for k, s in enumerate(specs)}
+    graph = graphlib.TopologicalSorter(
+        {s.run_id: [d for d in s.dependencies if d in by_id] for s in specs}
+    )
+    graph.prepare()  # run ids are digests of the specs, so they cannot form a cycle
+    ready: list[tuple[tuple[int, int], str]] = []
+    order = []
+    while graph.is_active():
+        for run_id in graph.get_ready():
+            heapq.heappush(ready, (rank[run_id], run_id))
+        _, run_id = heapq.heappop(ready)
+        order.append(by_id[run_id])
+        graph.done(run_id)
+    return order
 
 
 def plan(

@@ -647,6 +647,45 @@ def test_a_cuda_device_without_cuda_is_one_error_line(tmp_path, monkeypatch, dev
 
 
 @pytest.mark.parametrize(
+    ("executor", "option", "owner"),
+    [
+        ("local", ["--partition", "gpu"], "slurm"),
+        ("local", ["--time", "240"], "slurm"),  # the default value, given: still refused
+        ("local", ["--no-wait"], "slurm"),
+        ("local", ["--slurm-setup", "module load cuda"], "slurm"),
+        ("slurm", ["--runs-per-gpu", "2"], "local"),
+        ("slurm", ["--cpu-jobs", "4"], "local"),
+    ],
+)
+def test_an_option_of_the_other_executor_is_one_error_line(
+    tmp_path, monkeypatch, executor, option, owner
+):
+    path = write_recipe(tmp_path, yaml.safe_dump(TINY))
+    results = tmp_path / "r"
+    out = kdbench(
+        monkeypatch,
+        "reproduce",
+        str(path),
+        "--results",
+        str(results),
+        "--executor",
+        executor,
+        *option,
+    )
+    assert (
+        f"error: {option[0]} is an option of --executor {owner}; --executor {executor} does not use it"
+        in out
+    )
+    assert not results.exists()  # refused before anything is planned or recorded
+
+
+def test_an_unknown_executor_names_the_choices(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, yaml.safe_dump(TINY))
+    out = kdbench(monkeypatch, "reproduce", str(path), "--executor", "slrum")
+    assert "'slrum' is not one of 'local', 'slurm'" in out
+
+
+@pytest.mark.parametrize(
     "content", ["", '<!DOCTYPE html>\n<html><body><table><tr><td>1</td></tr>\n</table>\n"<p>']
 )
 def test_a_baseline_that_is_not_a_compare_csv_is_one_error_line(tmp_path, monkeypatch, content):

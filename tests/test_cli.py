@@ -241,3 +241,17 @@ def test_version_prints_the_package_version_and_matches_the_installed_metadata()
     out = kdbench("--version").stdout.strip()
     assert out == f"kdbench {__version__}"
     assert version("kdbench") == __version__  # pyproject reads it from kdbench.__version__
+
+
+def test_reproduce_help_groups_its_options_by_executor_within_80_columns():
+    from kdbench.cli import app
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["reproduce", "--help"], env={"COLUMNS": "80"}).output
+    lines = out.splitlines()
+    headings = [line for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["Arguments:", "Options:", "Compute:", "Local executor:", "SLURM executor:"]
+    assert max(map(len, lines)) <= 80
+    local = out.split("Local executor:")[1].split("SLURM executor:")[0]
+    assert "--runs-per-gpu" in local and "--cpu-jobs" in local and "--partition" not in local
+    assert "--precision <auto|fp32|bf16|faithful>" in out.split("Compute:")[1]

@@ -286,7 +286,7 @@ def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
 
 
 def test_the_executor_passes_the_compile_mode_on():
-    from kdbench.execute.local import compute_flags
+    from kdbench.execute.local.executor import compute_flags
 
     assert compute_flags(ComputeOptions(compile=True, compile_mode="reduce-overhead"))[-2:] == [
         "--compile-mode",

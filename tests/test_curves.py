@@ -19,8 +19,14 @@ import numpy as np
 import pytest
 from kdbench import cli
 from kdbench.errors import KdbenchError
-from kdbench.execute import slurm_jobs
-from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot, SlotWorkers, train_command
+from kdbench.execute.local.executor import (
+    LocalExecutor,
+    ProcessPerRun,
+    Slot,
+    SlotWorkers,
+    train_command,
+)
+from kdbench.execute.slurm import jobs as slurm_jobs
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results import curves

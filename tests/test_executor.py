@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
+from kdbench.execute.local.executor import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.store.run_dir import RunDir
 
@@ -186,7 +186,7 @@ def tiny_spec(seed: int, teacher: RunSpec | None = None, model: str = "resnet8")
 
 
 def test_slot_worker_trains_several_runs_and_survives_a_failing_one(tmp_path):
-    from kdbench.execute.local import SlotWorkers
+    from kdbench.execute.local.executor import SlotWorkers
 
     missing_teacher = tiny_spec(
         99
@@ -202,7 +202,7 @@ def test_slot_worker_trains_several_runs_and_survives_a_failing_one(tmp_path):
 
 
 def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
-    from kdbench.execute.local import SlotWorkers
+    from kdbench.execute.local.executor import SlotWorkers
 
     class KillFirst(SlotWorkers):
         """Kills the worker right after sending it the first run."""
@@ -245,7 +245,7 @@ GATED_TRAIN = textwrap.dedent("""
 
 def gated_command(spec_file: Path, results: Path, slot: Slot) -> list[str]:
     """The real `kdbench train` command line (``--nproc`` included), run by the gated fake."""
-    from kdbench.execute.local import train_command
+    from kdbench.execute.local.executor import train_command
 
     return [sys.executable, "-c", GATED_TRAIN, *train_command(spec_file, results, slot)[3:]]
 
@@ -411,8 +411,8 @@ def test_slot_workers_start_a_ddp_run_as_its_own_process_after_stopping_idle_wor
 ):
     import time
 
-    from kdbench.execute.local import SlotWorkers
-    from kdbench.execute.slots import SlotPool
+    from kdbench.execute.local.executor import SlotWorkers
+    from kdbench.execute.local.slots import SlotPool
 
     cpus = [Slot("cpu0", {"OMP_NUM_THREADS": "1"}), Slot("cpu1", {"OMP_NUM_THREADS": "1"})]
     first, ddp = tiny_spec(0), spec("student")
@@ -468,3 +468,48 @@ def test_a_waited_for_run_that_ends_without_a_result_is_trained_here(tmp_path):
         events == ["waiting", "pending", "started", "done"]
         and outcomes[run.run_id].status == "done"
     )
+
+
+def test_make_executor_builds_each_backend_by_name(monkeypatch):
+    from kdbench.errors import KdbenchError, UnknownNameError
+    from kdbench.execute.factory import EXECUTORS, ExecutorOptions, make_executor
+    from kdbench.execute.local.executor import LocalOptions, SlotWorkers
+    from kdbench.execute.slurm import executor as slurm
+    from kdbench.execute.slurm.jobs import TrainOptions
+    from kdbench.plan import plan
+    from kdbench.recipe import load_recipe
+
+    table = plan(load_recipe("simkd-table1"), "smoke")
+    assert EXECUTORS.names() == ["local", "slurm"]
+    options = ExecutorOptions(
+        run=TrainOptions(device="cpu", loader="torch", compute={"precision": "fp32"}),
+        local=LocalOptions(cpu_jobs=2),
+    )
+    local = make_executor("local", options, table)
+    assert isinstance(local, LocalExecutor) and local.parallel == 2
+    assert [s.name for s in local.slots] == ["cpu0", "cpu1"]
+    assert isinstance(local.launcher, SlotWorkers)
+    assert (local.launcher.loader, local.launcher.compute.precision) == ("torch", "fp32")
+    with pytest.raises(KdbenchError, match="--gpus-per-run 0 is for --executor slurm"):
+        make_executor("local", ExecutorOptions(local=LocalOptions(gpus_per_run=0)), table)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    with pytest.raises(KdbenchError, match="`sbatch` is not on PATH"):
+        make_executor("slurm", options, table)
+    with pytest.raises(UnknownNameError, match="Did you mean 'slurm'"):
+        make_executor("slrum", options, table)
+
+
+def test_the_cli_offers_the_executors_and_compute_modes_the_library_has():
+    from typing import get_args
+
+    from kdbench import cli
+    from kdbench.execute.factory import EXECUTORS
+    from kdbench.train import compute
+
+    def choices(option) -> tuple[str, ...]:
+        return get_args(get_args(option)[0])
+
+    assert list(get_args(cli.ExecutorKind)) == EXECUTORS.names()
+    assert choices(cli.PrecisionOpt) == compute.PRECISIONS
+    assert choices(cli.CompileModeOpt) == compute.COMPILE_MODES
+    assert choices(cli.TeacherCacheOpt) == compute.CACHE_MODES

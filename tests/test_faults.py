@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
+from kdbench.execute.local.executor import LocalExecutor, ProcessPerRun, Slot
 from kdbench.io import CorruptedFile, WriteFailed, atomic_write_json, sha256_file
 from kdbench.plan import (
     SMOKE_EPOCHS,

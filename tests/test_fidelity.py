@@ -12,7 +12,7 @@ import torch
 from kdbench import methods
 from kdbench.cli import app
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import LocalExecutor, detect_slots
+from kdbench.execute.local.executor import LocalExecutor, detect_slots
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.store.run_dir import RunDir
 from kdbench.tools.fidelity import (

@@ -11,8 +11,9 @@ import types
 from pathlib import Path
 
 import pytest
-from kdbench.execute import gpus, local, packing
-from kdbench.execute.local import ProcessPerRun, Slot, child_environment, detect_slots
+from kdbench.execute.local import executor as local
+from kdbench.execute.local import gpus, packing
+from kdbench.execute.local.executor import ProcessPerRun, Slot, child_environment, detect_slots
 from kdbench.train import distributed
 
 GIB = 1 << 30
@@ -129,7 +130,7 @@ def test_uuid_and_mig_labels_are_passed_on_as_they_are(monkeypatch):
         ("gpu1", "GPU-bbbb-1"),
     ]
     # a two-GPU run gets both labels, in the executor's order
-    from kdbench.execute.slots import SlotPool
+    from kdbench.execute.local.slots import SlotPool
 
     [(_, group)] = SlotPool(slots).assign([("ddp", 2)])
     assert group.env["CUDA_VISIBLE_DEVICES"] == "MIG-cccc-2,GPU-bbbb-1"
@@ -381,7 +382,7 @@ def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path
 
 NO_CONTEXT_SCRIPT = """
 import ctypes, json
-from kdbench.execute.local import detect_slots
+from kdbench.execute.local.executor import detect_slots
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 spec = RunSpec(profile="full", model="resnet8x4", method="kd", method_params={}, seed=0,
                teacher=TeacherRef(model="resnet32x4", run_id="t"), data=DataSpec(name="cifar100"),

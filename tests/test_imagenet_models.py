@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from kdbench import models
 from kdbench._torchvision import import_torchvision
-from kdbench.execute import packing
+from kdbench.execute.local import packing
 from kdbench.tools import cost
 from torch import nn
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kdbench.execute import children
+from kdbench import processes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,10 +112,12 @@ def test_sigterm_or_sigint_stops_the_table_cleanly_and_says_how_to_resume(tmp_pa
 
 
 def test_a_child_whose_parent_died_before_it_started_watching_ends_itself(tmp_path):
-    script = "from kdbench.execute.children import watch_parent; import time; watch_parent(); time.sleep(60)"
+    script = (
+        "from kdbench.processes import watch_parent; import time; watch_parent(); time.sleep(60)"
+    )
     env = {
         **os.environ,
-        children.PARENT_ENV: "1",
+        processes.PARENT_ENV: "1",
     }  # its parent is this test, not pid 1: it must end at once
     proc = subprocess.run([sys.executable, "-c", script], env=env, timeout=60)
     assert proc.returncode == -signal.SIGTERM
@@ -123,10 +125,10 @@ def test_a_child_whose_parent_died_before_it_started_watching_ends_itself(tmp_pa
 
 def test_a_grandchild_does_not_inherit_the_parent_pid(tmp_path):
     script = (
-        "import os; from kdbench.execute.children import watch_parent, PARENT_ENV; watch_parent(); "
+        "import os; from kdbench.processes import watch_parent, PARENT_ENV; watch_parent(); "
         "print(PARENT_ENV in os.environ)"
     )
-    env = {**os.environ, children.PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, processes.PARENT_ENV: str(os.getpid())}
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     ).stdout

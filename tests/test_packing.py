@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kdbench.execute import local, packing
-from kdbench.execute.packing import (
+from kdbench.execute.local import executor as local
+from kdbench.execute.local import packing
+from kdbench.execute.local.packing import (
     CONTEXT_BYTES,
     WORKSPACE_BYTES,
     Footprint,

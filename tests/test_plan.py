@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from kdbench.errors import KdbenchError
-from kdbench.plan import RunSpec, plan
+from kdbench.plan import Plan, RunRef, RunSpec, plan
 from kdbench.recipe import Recipe, load_recipe
 
 
@@ -115,7 +115,7 @@ def test_subsets_of_the_table(recipe):
     p = plan(recipe, "full", trials=2, columns=["res32x4_res8x4"], rows=["kd", "Student"])
     assert {c.row for c in p.cells} == {"Student", "KD"}
     assert {s.model for s in p.specs.values()} == {"resnet32x4", "resnet8x4"}
-    assert p.dependencies(next(s.run_id for s in p.specs.values() if s.method == "kd")) == [
+    assert next(s for s in p.specs.values() if s.method == "kd").dependencies == [
         next(s.run_id for s in p.specs.values() if s.model == "resnet32x4")
     ]
     with pytest.raises(
@@ -131,6 +131,33 @@ def test_teachers_run_first(recipe):
     first_student = next(i for i, s in enumerate(order) if s.teacher is not None)
     teacher_ids = {s.teacher.run_id for s in order if s.teacher is not None}
     assert all(order.index(s) < first_student for s in order if s.run_id in teacher_ids)
+
+
+def test_the_order_of_a_valid_plan_is_teachers_then_students_then_followers_in_plan_order():
+    p = plan(load_recipe("simkd-table1"), "smoke", trials=2)
+    assert p.ordered() == sorted(p.specs.values(), key=lambda s: len(s.dependencies))
+
+
+def test_runs_inserted_dependents_first_are_ordered_after_their_dependencies(recipe):
+    full = plan(recipe, "full", trials=1, columns=["res32x4_res8x4"], rows=["kd"])
+    (student,) = [s for s in full.specs.values() if s.teacher is not None]
+    teacher = full.specs[student.teacher.run_id]
+    # teacher -> student -> follower (init_from only) -> second follower (teacher and init_from): the count of
+    # teacher/init_from references puts the follower beside the student, the second follower beside nothing.
+    follower = student.model_copy(
+        update={
+            "method": "ce",
+            "teacher": None,
+            "init_from": RunRef(method="kd", run_id=student.run_id),
+        }
+    )
+    second = student.model_copy(
+        update={"init_from": RunRef(method="ce", run_id=follower.run_id), "seed": 1}
+    )
+    chain = [teacher, student, follower, second]
+    assert len({s.run_id for s in chain}) == 4
+    backwards = Plan(recipe, "full", 1, specs={s.run_id: s for s in reversed(chain)})
+    assert [s.run_id for s in backwards.ordered()] == [s.run_id for s in chain]
 
 
 def test_bad_method_parameters_name_the_row(recipe):

@@ -13,9 +13,9 @@ import pytest
 import torch
 from kdbench import cli
 from kdbench.errors import KdbenchError
-from kdbench.execute import worker
-from kdbench.execute.local import compute_flags
-from kdbench.execute.slurm_jobs import TrainJob, TrainOptions
+from kdbench.execute.local import worker
+from kdbench.execute.local.executor import compute_flags
+from kdbench.execute.slurm.jobs import TrainJob, TrainOptions
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
 from kdbench.recipe import Recipe

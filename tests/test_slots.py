@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import detect_slots
-from kdbench.execute.slots import Slot, SlotPool
+from kdbench.execute.local.executor import detect_slots
+from kdbench.execute.local.slots import Slot, SlotPool
 
 
 def gpus(n: int, k: int) -> list[Slot]:
@@ -117,12 +117,12 @@ def test_more_gpus_than_exist_is_an_error_before_anything_starts():
 
 
 def test_runs_that_cannot_be_split_take_one_process():
-    from kdbench.execute.local import processes
+    from kdbench.execute.base import process_count
     from kdbench.plan import plan
     from kdbench.recipe import load_recipe
 
     p = plan(load_recipe("simkd-table3"), "smoke")
-    by_method = {s.method: processes(s, 2) for s in p.specs.values()}
+    by_method = {s.method: process_count(s, 2) for s in p.specs.values()}
     assert (
         by_method["crd"] == by_method["semckd"] == 1
     )  # a memory bank / modules sized by the batch

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from kdbench.errors import KdbenchError
-from kdbench.execute import slurm
-from kdbench.execute.slurm import SlurmExecutor, SlurmOptions, array_groups
-from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.execute.slurm import executor as slurm
+from kdbench.execute.slurm.executor import SlurmExecutor, SlurmOptions, array_groups
+from kdbench.execute.slurm.jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.io import atomic_write_json
 from kdbench.plan import (
     CheckpointRef,
@@ -198,6 +198,22 @@ def test_runs_that_continue_another_run_are_single_jobs_after_their_own_predeces
     fake_executor(fake).submit([teacher, *first, *second], tmp_path)
     deps = [c[1]["slurm_additional_parameters"].get("dependency") for c in fake.calls]
     assert deps == [None, "afterok:101", "afterok:101:102_0", "afterok:101:102_1"]
+
+
+def test_a_run_before_its_unfinished_dependency_is_refused_before_anything_is_submitted(tmp_path):
+    teacher = spec("resnet32x4")
+    student = spec("resnet8x4", 0, teacher)
+    fake = FakeSubmitit()
+    with pytest.raises(KdbenchError, match=f"run {student.run_id} depends on run {teacher.run_id}"):
+        fake_executor(fake).submit([student, teacher], tmp_path)
+    with pytest.raises(KdbenchError, match="neither finished nor submitted"):
+        fake_executor(fake).submit([student], tmp_path)  # a teacher outside the list
+    assert fake.calls == [] and not (tmp_path / "slurm" / slurm.JOBS_FILE).exists()
+    # A finished dependency needs no job, in the list or not.
+    atomic_write_json(RunDir(tmp_path, teacher.run_id).spec_file, teacher.model_dump(mode="json"))
+    atomic_write_json(RunDir(tmp_path, teacher.run_id).result_file, {"best_top1": 1.0})
+    fake_executor(fake).submit([student], tmp_path)
+    assert [c[3] for c in fake.calls] == [[student.run_id]]
 
 
 def test_multi_gpu_runs_ask_for_the_gpus_of_one_node_and_train_with_nproc(tmp_path):

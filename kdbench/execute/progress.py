@@ -44,7 +44,7 @@ FINISHED_STYLE = {
 
 
 class RunProgress:
-    """Listener for :class:`~kdbench.execute.local.LocalExecutor` events; ``parallel``: runs that can train at once."""
+    """Listener for an executor's events (``execute/base.py``); ``parallel``: runs that can train at once."""
 
     def __init__(
         self,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from kdbench.execute.local import Outcome
+from kdbench.execute.base import Executor, Outcome
 from kdbench.io import read_json
 from kdbench.plan import Plan, RunSpec
 from kdbench.results.collect import run_precision
@@ -14,13 +14,7 @@ from kdbench.results.tables import record_table
 from kdbench.store.run_dir import RunDir
 
 if TYPE_CHECKING:
-    from kdbench.execute.slurm import SlurmExecutor, Submission
-
-
-class Executor(Protocol):
-    """What reproduce needs of an executor (LocalExecutor, SlurmExecutor): run a DAG, one outcome per run."""
-
-    def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]: ...
+    from kdbench.execute.slurm.executor import SlurmExecutor, Submission
 
 
 def reproduce_table(

@@ -29,7 +29,7 @@ from kdbench.execute.overview import (
 )
 from kdbench.io import read_json
 from kdbench.layout import fit
-from kdbench.plan import Plan, RunSpec
+from kdbench.plan import Plan, RunSpec, dependency_order
 from kdbench.results.collect import run_status
 from kdbench.results.tables import read_record
 from kdbench.store.run_dir import RunDir, runs_dir, tables_dir
@@ -110,7 +110,7 @@ def stored_specs(results: Path) -> tuple[list[RunSpec], int]:
             specs.append(RunSpec.model_validate(read_json(path)))
         except (KdbenchError, ValidationError):
             unreadable += 1
-    return sorted(specs, key=lambda s: len(s.dependencies)), unreadable
+    return dependency_order(specs), unreadable
 
 
 def overview(

@@ -27,7 +27,7 @@ T = TypeVar("T")
 # What makes a process think it is one rank of a larger run: the variables read below (torchrun's and SLURM's)
 # and the rest of torchrun's per-worker set. A child the local executor starts must not inherit them from an
 # srun/sbatch step or a torchrun job it runs in, or it would wait for ranks that never come (see
-# ``execute/local.py``'s ``child_environment``); kdbench sets its own for a --nproc run (``train/launch.py``).
+# ``execute/local/executor.py``'s ``child_environment``); kdbench sets its own for a --nproc run (``train/launch.py``).
 RANK_VARIABLES = frozenset(
     {
         "RANK",

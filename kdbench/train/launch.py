@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED
 from kdbench.io import atomic_write_json
+from kdbench.processes import EXIT_FAILED, EXIT_LOCKED, usable_cores
 from kdbench.store.run_dir import RunDir
 
 
@@ -33,8 +33,6 @@ def free_port() -> int:
 def _environment(nproc: int) -> Iterator[None]:
     """Loopback-only gloo and one share of the usable cores (the affinity mask's) per process, unless the caller
     set them."""
-    from kdbench.execute.local import usable_cores
-
     defaults = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(max(1, usable_cores() // nproc))}
     added = [k for k in defaults if k not in os.environ]
     os.environ.update({k: defaults[k] for k in added})

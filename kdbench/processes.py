@@ -20,6 +20,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+# How a training process (`kdbench train`, a worker's run) ends: trained, failed (failed.json says why), or
+# refused because another process holds the run's lock (the executor waits for that one).
+EXIT_DONE, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
 PARENT_ENV = "KDBENCH_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0
@@ -51,6 +54,14 @@ def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     # The group may outlive its leader (a rank of a DDP run): end what is left.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a SLURM allocation's or taskset's), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def watch_parent() -> None:

@@ -81,8 +81,8 @@ class TrainJob:
 
 def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions) -> dict[str, Any]:
     """One run as ``nproc`` DDP processes: ``kdbench train SPEC --nproc N`` (the agreed multi-GPU entry point)."""
-    from kdbench.execute.local import Slot, train_command
-    from kdbench.execute.worker import EXIT_LOCKED
+    from kdbench.execute.local.executor import Slot, train_command
+    from kdbench.processes import EXIT_LOCKED
     from kdbench.train.compute import ComputeOptions
 
     slot = Slot("cpu" if options.device == "cpu" else "cuda")

@@ -1,11 +1,11 @@
 """Local scheduler: run a DAG of RunSpecs on device slots.
 
 Slots are one per GPU (``CUDA_VISIBLE_DEVICES``) times ``runs_per_gpu``, or CPU slots. A run of g
-processes (``gpus_per_run``, DDP) takes g whole GPUs; placement rules are in ``execute/slots.py``. Teachers
+processes (``gpus_per_run``, DDP) takes g whole GPUs; placement rules are in ``execute/local/slots.py``. Teachers
 run before their students; a failed run is reported and its dependents are skipped with the
 reason, while every other run goes on. A run that another process is already training (its lock
 is held) is waited for, not trained twice. How a run is started is a :class:`Launcher`: by
-default a long-lived worker process per slot (``execute/worker.py``), which pays torch's import
+default a long-lived worker process per slot (``execute/local/worker.py``), which pays torch's import
 once; :class:`ProcessPerRun` starts one ``kdbench train`` subprocess per run, as the worker launcher
 does for multi-process runs (``kdbench train SPEC --nproc g``).
 """
@@ -26,30 +26,23 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from kdbench import processes
 from kdbench.errors import KdbenchError
-from kdbench.execute import children
-from kdbench.execute.slots import Slot, SlotPool
-from kdbench.execute.worker import EXIT_FAILED, EXIT_LOCKED, REPLY_PREFIX
+from kdbench.execute.base import WAIT, Listener, Outcome, blocker, process_count, unusable
+from kdbench.execute.local.slots import Slot, SlotPool, concurrency
+from kdbench.execute.local.worker import REPLY_PREFIX
 from kdbench.io import atomic_write_json
 from kdbench.plan import RunSpec
+from kdbench.processes import EXIT_FAILED, EXIT_LOCKED, usable_cores
 from kdbench.results import curves
 from kdbench.store.run_dir import RunDir
 from kdbench.train.compute import CPU_MALLOC_ENV, ComputeOptions
 from kdbench.train.distributed import is_rank_variable
 
-Status = Literal["done", "failed", "skipped"]
 POLL_SECONDS = 0.2
 # A run waited for (its lock was held) that ends with neither result nor failure record is started here again,
 # resuming from its checkpoint: the other process was stopped, or the lock was only probed (`kdbench status`).
 RESTARTS_AFTER_WAIT = 3
-
-
-@dataclass(frozen=True)
-class Outcome:
-    run_id: str
-    status: Status
-    message: str = ""
-    reused: bool = False
 
 
 def detect_slots(
@@ -60,14 +53,14 @@ def detect_slots(
     teacher_cache: str = "auto",
 ) -> list[Slot]:
     """One slot per visible GPU × ``runs_per_gpu`` (``auto``: as many of the largest of ``specs`` as fit in
-    each GPU's free memory, execute/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
+    each GPU's free memory, execute/local/packing.py, with ``teacher_cache`` the runs' --teacher-cache); without GPUs
     (or with ``--device cpu``) ``cpu_jobs`` CPU slots that share the cores, and glibc malloc settings that
     keep activation buffers mapped (README, Fast path). Each slot's CUDA_VISIBLE_DEVICES names its GPU
-    as the child must see it (execute/gpus.py), and every slot of several gets cores / slots CPU threads
+    as the child must see it (execute/local/gpus.py), and every slot of several gets cores / slots CPU threads
     (:func:`thread_env`). Values already in the environment win."""
     import torch
 
-    from kdbench.execute.gpus import free_memory, visible_gpus
+    from kdbench.execute.local.gpus import free_memory, visible_gpus
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         threads = thread_env(cpu_jobs) if cpu_jobs > 1 else {}
@@ -90,7 +83,7 @@ def detect_slots(
             )
         gpus = [gpus[index]]
     if runs_per_gpu == "auto":
-        from kdbench.execute.packing import auto_runs_per_gpu
+        from kdbench.execute.local.packing import auto_runs_per_gpu
 
         specs = list(specs)
         free = free_memory(gpus)
@@ -111,14 +104,6 @@ def detect_slots(
 # The thread pools a training process sizes from the environment: OpenMP and MKL (torch's intra-op threads
 # follow OMP_NUM_THREADS at start) and Inductor's compile workers (else min(32, cores) each).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask: a SLURM allocation's or taskset's), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def thread_env(slots: int) -> dict[str, str]:
@@ -175,17 +160,6 @@ def train_command(
     )
 
 
-def processes(spec: RunSpec, gpus_per_run: int) -> int:
-    """Processes (GPUs, or CPU ranks) a run takes: ``gpus_per_run`` for every trained run, teachers and students
-    alike; one for an imported teacher checkpoint (only evaluated) and for methods that cannot be split over
-    processes (``Needs.splits_over_processes``: CRD, SemCKD)."""
-    from kdbench import methods
-
-    if spec.checkpoint is not None or not methods.get(spec.method).needs.splits_over_processes:
-        return 1
-    return gpus_per_run
-
-
 def compute_flags(compute: ComputeOptions) -> list[str]:
     """``kdbench train`` flags that ask for ``compute``."""
     flags = ["--precision", compute.precision, "--teacher-cache", compute.teacher_cache]
@@ -199,7 +173,6 @@ def compute_flags(compute: ComputeOptions) -> list[str]:
 
 
 Command = Callable[[Path, Path, Slot], list[str]]
-Listener = Callable[[str, RunSpec, str], None]
 
 
 class Handle(Protocol):
@@ -222,7 +195,7 @@ class ProcessPerRun:
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> subprocess.Popen:
         with open(spec_file.parent / "executor.log", "ab") as log:
-            proc = children.spawn(
+            proc = processes.spawn(
                 self.command(spec_file, results, slot),
                 child_environment(slot),
                 stdout=log,
@@ -235,7 +208,7 @@ class ProcessPerRun:
     def close(self) -> None:
         """Stop the runs still training (the table was interrupted); finished ones have exited."""
         for proc in self.started:
-            children.stop(proc)
+            processes.stop(proc)
         self.started.clear()
 
 
@@ -246,7 +219,7 @@ class _Worker:
         self.slot = slot
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.proc = children.spawn(
+            self.proc = processes.spawn(
                 [sys.executable, "-m", "kdbench", "worker"],
                 child_environment(slot),
                 stdin=subprocess.PIPE,
@@ -350,7 +323,7 @@ class SlotWorkers:
         stopping = [self.workers.pop(name) for name in names]
         for worker in stopping:
             if worker.busy:  # still training: the table was interrupted
-                children.stop(worker.proc)
+                processes.stop(worker.proc)
             elif worker.alive() and worker.proc.stdin is not None:
                 with contextlib.suppress(BrokenPipeError):
                     worker.proc.stdin.close()  # end of requests: the worker exits
@@ -358,11 +331,22 @@ class SlotWorkers:
             try:
                 worker.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                children.stop(worker.proc)
+                processes.stop(worker.proc)
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local executor's own options (``kdbench reproduce``'s "Local executor" flags, and --gpus-per-run)."""
+
+    runs_per_gpu: int | Literal["auto"] = "auto"  # auto: as many as fit (execute/local/packing.py)
+    cpu_jobs: int = 1  # without GPUs: runs at once, sharing the cores
+    gpus_per_run: int = 1  # DDP processes per run; each takes whole GPUs (or CPU slots)
 
 
 class LocalExecutor:
     """Runs specs in dependency order on a fixed set of slots; each trained run takes ``gpus_per_run`` units."""
+
+    interrupted = "the runs in progress were stopped; each resumes from its last checkpointed epoch"
 
     def __init__(
         self,
@@ -378,6 +362,11 @@ class LocalExecutor:
         self.listener = listener or (lambda event, spec, message: None)
         self.gpus_per_run = gpus_per_run
 
+    @property
+    def parallel(self) -> int:
+        """Runs of ``gpus_per_run`` processes the slots train at once."""
+        return concurrency(self.slots, self.gpus_per_run)
+
     def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
         try:
             return self._execute(specs, Path(results))
@@ -386,7 +375,7 @@ class LocalExecutor:
 
     def _execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
         pool = SlotPool(self.slots)
-        for nproc in sorted({processes(s, self.gpus_per_run) for s in specs}):
+        for nproc in sorted({process_count(s, self.gpus_per_run) for s in specs}):
             pool.check(
                 nproc
             )  # before anything starts: a run that can never be placed would wait forever
@@ -427,8 +416,8 @@ class LocalExecutor:
                     self.listener(outcome.status, by_id[run_id], outcome.message)
             ready = []
             for spec in list(pending):
-                blocked = self._blocker(spec, outcomes, by_id)
-                if blocked == "wait":
+                blocked = blocker(spec, outcomes, by_id)
+                if blocked == WAIT:
                     continue
                 rundir = RunDir(results, spec.run_id)
                 if blocked:
@@ -451,7 +440,9 @@ class LocalExecutor:
                     ready.append(spec)  # needs a slot: placed below, in this order
                     continue
                 pending.remove(spec)
-            for spec, slot in pool.assign([(s, processes(s, self.gpus_per_run)) for s in ready]):
+            for spec, slot in pool.assign(
+                [(s, process_count(s, self.gpus_per_run)) for s in ready]
+            ):
                 running[spec.run_id] = (
                     self._launch(spec, RunDir(results, spec.run_id), results, slot),
                     slot,
@@ -461,23 +452,6 @@ class LocalExecutor:
             if running:
                 time.sleep(POLL_SECONDS)
         return outcomes
-
-    def _blocker(
-        self, spec: RunSpec, outcomes: dict[str, Outcome], by_id: dict[str, RunSpec]
-    ) -> str:
-        """'' when runnable, 'wait' while a dependency is unfinished, else why it cannot run."""
-        for dep in spec.dependencies:
-            if dep in outcomes:
-                if outcomes[dep].status != "done":
-                    kind = (
-                        "teacher run"
-                        if spec.teacher is not None and dep == spec.teacher.run_id
-                        else "run"
-                    )
-                    return f"{kind} {dep} {outcomes[dep].status}: {outcomes[dep].message}"
-            elif dep in by_id:
-                return "wait"
-        return ""
 
     def _launch(self, spec: RunSpec, rundir: RunDir, results: Path, slot: Slot) -> Handle:
         rundir.path.mkdir(parents=True, exist_ok=True)
@@ -500,17 +474,6 @@ class LocalExecutor:
         if rundir.is_done():
             return Outcome(spec.run_id, "done")
         return Outcome(spec.run_id, "failed", _failure_message(rundir, code))
-
-
-def unusable(rundir: RunDir) -> str:
-    """Why a finished run cannot be reused (its spec is not its id's, or its result is corrupted), else ''."""
-    try:
-        rundir.verified_result()
-    except KdbenchError as exc:
-        return str(exc)
-    except OSError as exc:  # e.g. spec.json missing beside a result.json
-        return f"run {rundir.path.name} cannot be verified ({exc}); {rundir.repair_hint()}"
-    return ""
 
 
 def _failure_message(rundir: RunDir, code: int | None) -> str:

@@ -123,6 +123,6 @@ def footprint(spec, teacher_cache: str = "auto") -> Footprint:
 
 
 def auto_runs_per_gpu(specs: Iterable, free_bytes: int, teacher_cache: str = "auto") -> int:
-    """Runs per GPU with ``free_bytes`` free (``execute/gpus.py`` reads it) for ``specs``: sized for the largest run."""
+    """Runs per GPU with ``free_bytes`` free (``execute/local/gpus.py`` reads it) for ``specs``: sized for the largest run."""
     largest = max((run_bytes(footprint(s, teacher_cache)) for s in specs), default=CONTEXT_BYTES)
     return runs_per_gpu(free_bytes, largest)

@@ -4,7 +4,7 @@ Mapping (docs/references.md §Cluster and multi-process notes): a run is one job
 in their seed, so they share their dependencies) are one job array (``map_array``) limited to
 ``array_parallelism`` tasks at a time. A job depends ``afterok`` on the jobs of its teacher and of
 the run it starts from, with ``kill-on-invalid-dep=yes`` so that SLURM cancels it when one of those
-fails. An aggregate job (:class:`~kdbench.execute.slurm_jobs.AggregateJob`) depends ``afterok`` on
+fails. An aggregate job (:class:`~kdbench.execute.slurm.jobs.AggregateJob`) depends ``afterok`` on
 every job. Runs that are already done (``result.json``) are not submitted. Paths are fixed by run
 id (``results/runs/<run-id>``), so a job needs nothing from its dependencies but their files; the
 submitit folder is ``results/slurm/`` (it must be on the filesystem the nodes share).
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kdbench.errors import KdbenchError
-from kdbench.execute.local import Listener, Outcome, processes, unusable
-from kdbench.execute.slurm_jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.execute.base import Listener, Outcome, blocker, process_count, unusable
+from kdbench.execute.slurm.jobs import AggregateJob, TrainJob, TrainOptions
 from kdbench.io import atomic_write_json, file_lock, read_json
 from kdbench.plan import RunSpec
 from kdbench.store.run_dir import RunDir
@@ -206,6 +206,8 @@ def scancel(job_ids: list[str]) -> None:
 class SlurmExecutor:
     """Runs a DAG of specs as SLURM jobs (see the module doc)."""
 
+    interrupted = "the SLURM jobs go on; the same command follows them again"
+
     def __init__(
         self,
         options: SlurmOptions,
@@ -239,6 +241,11 @@ class SlurmExecutor:
             timeout_s,
         )
         self.on_submitted = on_submitted or (lambda submission: None)
+
+    @property
+    def parallel(self) -> int:
+        """The cluster decides; the ETA assumes a cell's array runs this many tasks at once."""
+        return self.options.array_parallelism
 
     def execute(self, specs: Sequence[RunSpec], results: Path) -> dict[str, Outcome]:
         submission = self.submit(specs, results)
@@ -275,16 +282,18 @@ class SlurmExecutor:
                     "waiting", spec, f"SLURM job {queued[spec.run_id]} (submitted earlier)"
                 )
         todo = [spec for spec in todo if spec.run_id not in queued]
+        groups = array_groups(todo)
+        _check_order(groups, submission, results)
         if not todo and self.aggregate is None:
             return submission
         executor = self.make_executor(folder, self.options)
         nproc = max(1, self.options.gpus_per_run)
-        for group in array_groups(todo):
+        for group in groups:
             for spec in group:
                 rundir = RunDir(results, spec.run_id)
                 rundir.path.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
-            deps = sorted(
+            deps = sorted(  # the others are finished (_check_order)
                 {
                     submission.jobs[d].job_id
                     for s in group
@@ -292,7 +301,7 @@ class SlurmExecutor:
                     if d in submission.jobs
                 }
             )
-            ranks = processes(
+            ranks = process_count(
                 group[0], nproc
             )  # 1 for imported teachers and methods that cannot be split
             job = TrainJob(str(results), ranks, self.train_options)
@@ -418,18 +427,18 @@ class SlurmExecutor:
         rundir = RunDir(results, spec.run_id)
         if rundir.is_done():
             return Outcome(spec.run_id, "done")
-        blocker = _blocker(spec, outcomes)
+        blocked = blocker(spec, outcomes)
         if job_id in queued:
             state, reason = queued[job_id]
-            if blocker and reason == NEVER_SATISFIED:  # a cluster that ignores kill-on-invalid-dep
+            if blocked and reason == NEVER_SATISFIED:  # a cluster that ignores kill-on-invalid-dep
                 self.cancel([job_id])
-                return Outcome(spec.run_id, "skipped", f"{blocker} (SLURM job {job_id} cancelled)")
+                return Outcome(spec.run_id, "skipped", f"{blocked} (SLURM job {job_id} cancelled)")
             return None
-        if blocker:
+        if blocked:
             return Outcome(
                 spec.run_id,
                 "skipped",
-                f"{blocker} (SLURM job {job_id} {self._state(job_id) or 'ended'})",
+                f"{blocked} (SLURM job {job_id} {self._state(job_id) or 'ended'})",
             )
         if rundir.is_failed():
             return Outcome(
@@ -467,15 +476,20 @@ def _record_jobs(folder: Path, jobs: dict[str, str]) -> None:
         atomic_write_json(folder / JOBS_FILE, _recorded_jobs(folder) | jobs)
 
 
-def _blocker(spec: RunSpec, outcomes: dict[str, Outcome]) -> str:
-    """Why ``spec`` cannot run because a dependency did not finish (the local executor's wording), else ''."""
-    for dep in spec.dependencies:
-        if dep in outcomes and outcomes[dep].status != "done":
-            kind = (
-                "teacher run" if spec.teacher is not None and dep == spec.teacher.run_id else "run"
-            )
-            return f"{kind} {dep} {outcomes[dep].status}: {outcomes[dep].message}"
-    return ""
+def _check_order(groups: list[list[RunSpec]], submission: Submission, results: Path) -> None:
+    """Refuse, before anything is submitted, a run whose dependency is neither finished nor submitted (or
+    queued) before it: its job would start without waiting for that run."""
+    before = set(submission.jobs) | set(submission.reused)
+    for group in groups:
+        for spec in group:
+            for dep in spec.dependencies:
+                if dep not in before and not RunDir(results, dep).is_done():
+                    raise KdbenchError(
+                        f"run {spec.run_id} depends on run {dep}, which is neither finished nor "
+                        "submitted before it: pass the runs in dependency order (Plan.ordered()), "
+                        "every dependency included."
+                    )
+        before.update(s.run_id for s in group)
 
 
 def _failure(rundir: RunDir, job_id: str, state: str, results: Path) -> str:

@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import IO
 
-EXIT_DONE, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
+from kdbench.processes import EXIT_DONE, EXIT_FAILED, EXIT_LOCKED
+
 REPLY_PREFIX = "kdbench-worker-reply "
 
 
