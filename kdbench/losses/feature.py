@@ -242,7 +242,7 @@ def ofd(
     n = len(connected_s)
     total = connected_s[0].new_zeros(())
     for i, (s, t, margin) in enumerate(zip(connected_s, preact_t, margins)):
-        t = F.adaptive_avg_pool2d(t.detach(), s.shape[-2:])
+        t = F.adaptive_avg_pool2d(t.detach(), (s.shape[-2], s.shape[-1]))
         t = torch.maximum(t, margin.detach().to(s).reshape(1, -1, 1, 1))
         mask = ((s > t) | (t > 0)).to(s.dtype)
         pair = ((s - t).pow(2) * mask).mean(dim=0).sum()

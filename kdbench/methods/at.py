@@ -35,6 +35,7 @@ class AT(Distiller):
     title = "AT"
     paper = "Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017"
     Params = ATParams
+    params: ATParams
     needs = Needs(teacher=True)
     variants = {
         "crd": Variant(
@@ -56,4 +57,5 @@ class AT(Distiller):
             student.stages[1:], teacher.stages[1:]
         )  # front-aligned, truncated at the shorter list
         loss = sum(losses.at(f_s, f_t.detach(), p.p) for f_s, f_t in pairs)
+        assert isinstance(loss, torch.Tensor)  # at least one pair (f1); the loop reads tensors
         return student.logits, {"at": p.weight * loss}

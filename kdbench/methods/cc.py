@@ -15,6 +15,8 @@ protocol (c = d = 1, β = 0.02; CC's P-SK weights come from the SemCKD repositor
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -38,6 +40,7 @@ class CC(Distiller):
     title = "CC"
     paper = "Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019"
     Params = CCParams
+    params: CCParams
     needs = Needs(teacher=True)
     variants = {
         "crd": Variant(
@@ -56,7 +59,7 @@ class CC(Distiller):
         teacher: KDModel | None,
         params: CCParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)

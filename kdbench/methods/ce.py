@@ -17,4 +17,5 @@ class CrossEntropy(Distiller):
     title = "Cross-entropy (no teacher)"
     paper = "standard supervised training"
     Params = CEParams
+    params: CEParams
     needs = Needs(teacher=False)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 from pydantic import Field
@@ -105,10 +105,27 @@ def random_banks(n_data: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv) for _ in range(2))  # type: ignore[return-value]
 
 
+class BankState(Protocol):
+    """One GPU's CRD state: the embedding heads, both memory banks and Z (the :class:`CRD` module
+    itself is copy 0, a :class:`BankCopy` each further one)."""
+
+    embed_s: Embed
+    embed_t: Embed
+    memory_s: torch.Tensor
+    memory_t: torch.Tensor
+    z: torch.Tensor
+    _z_ready: bool
+
+
 class BankCopy(nn.Module):
     """One more GPU's CRD state (``banks`` > 1): heads copied from copy 0, its own banks and Z."""
 
-    def __init__(self, first: nn.Module, n_data: int, dim: int):
+    # Buffers (register_buffer).
+    memory_s: torch.Tensor
+    memory_t: torch.Tensor
+    z: torch.Tensor
+
+    def __init__(self, first: CRD, n_data: int, dim: int):
         super().__init__()
         self.embed_s = copy.deepcopy(first.embed_s)
         self.embed_t = copy.deepcopy(first.embed_t)
@@ -183,7 +200,14 @@ class CRD(Distiller):
     title = "CRD"
     paper = "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020"
     Params = CRDParams
+    params: CRDParams
     needs = Needs(teacher=True, sample_indices=True)
+    # Buffers (register_buffer).
+    memory_s: torch.Tensor
+    memory_t: torch.Tensor
+    z: torch.Tensor
+    sampler_seed: torch.Tensor
+    train_labels: torch.Tensor
     added_params: ClassVar[dict[str, Any]] = {"banks": 1}
     variants = {
         "crd": Variant(
@@ -208,7 +232,7 @@ class CRD(Distiller):
         example: torch.Tensor,
         *,
         train_labels: torch.Tensor | None = None,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, train_labels=train_labels, **context)
         assert train_labels is not None
@@ -228,7 +252,10 @@ class CRD(Distiller):
         self.register_buffer("sampler_seed", torch.randint(0, 1 << 62, (), dtype=torch.long))
         # Copies 1.. (none, and no module, for one bank: the state is exactly the single copy's).
         self.replicas: Sequence[BankCopy] = (
-            nn.ModuleList(BankCopy(self, n_data, dim) for _ in range(params.banks - 1))
+            cast(  # a ModuleList of BankCopy (torch types its items as plain modules)
+                "Sequence[BankCopy]",
+                nn.ModuleList(BankCopy(self, n_data, dim) for _ in range(params.banks - 1)),
+            )
             if params.banks > 1
             else ()
         )
@@ -247,12 +274,13 @@ class CRD(Distiller):
 
     @staticmethod
     def _forget_host_state(module: nn.Module, incompatible_keys: object) -> None:
+        assert isinstance(module, CRD)  # registered on a CRD by its __init__
         module._z_ready = False
         module._generator_epoch = None
         for replica in module.replicas:
             replica._z_ready = False
 
-    def copies(self) -> list[nn.Module]:
+    def copies(self) -> list[BankState]:
         """The per-GPU CRD states: this module (copy 0), then its replicas."""
         return [self, *self.replicas]
 
@@ -277,7 +305,7 @@ class CRD(Distiller):
         )
 
     @torch.no_grad()
-    def _set_z_once(self, state: Any, scores_s: torch.Tensor, scores_t: torch.Tensor) -> None:
+    def _set_z_once(self, state: BankState, scores_s: torch.Tensor, scores_t: torch.Tensor) -> None:
         """Z = mean(exp-scores) · N on a copy's first batch, per side (RepDistiller ContrastMemory)."""
         if state._z_ready:
             return
@@ -289,7 +317,7 @@ class CRD(Distiller):
 
     @torch.no_grad()
     def _update_memory(
-        self, state: Any, indices: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor
+        self, state: BankState, indices: torch.Tensor, emb_s: torch.Tensor, emb_t: torch.Tensor
     ) -> None:
         """A copy's rows of the batch ← normalise(m·old + (1−m)·new). Out of place: the step's autograd
         graph still holds the banks the scores were computed from."""
@@ -310,7 +338,7 @@ class CRD(Distiller):
 
     def _copy_loss(
         self,
-        state: Any,
+        state: BankState,
         pooled_s: torch.Tensor,
         pooled_t: torch.Tensor,
         indices: torch.Tensor,

@@ -42,6 +42,7 @@ class DIST(Distiller):
     title = "DIST"
     paper = "Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022"
     Params = DISTParams
+    params: DISTParams
     needs = Needs(teacher=True, teacher_logits_only=True, batch_dependent_loss=True)
     variants = {
         "paper": Variant("paper Eq. 10 and released ImageNet code: τ = 1", {"temperature": 1.0}),

@@ -39,6 +39,7 @@ class DKD(Distiller):
     title = "DKD"
     paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
     Params = DKDParams
+    params: DKDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
         "cifar": Variant(

@@ -17,7 +17,7 @@ a :class:`~kdbench.errors.KdbenchError` at construction). Defaults = CRD protoco
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,7 @@ class FitNet(Distiller):
     title = "FitNet"
     paper = "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015"
     Params = FitNetParams
+    params: FitNetParams
     needs = Needs(teacher=True)
     variants = {
         "crd": Variant(
@@ -114,7 +115,7 @@ class FitNet(Distiller):
         teacher: KDModel | None,
         params: FitNetParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)

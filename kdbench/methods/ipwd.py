@@ -25,7 +25,7 @@ Reconstruction (every choice a parameter; [UNKNOWN] until the paper is read):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -58,6 +58,7 @@ class IPWD(Distiller):
     title = "IPWD (reconstructed)"
     paper = "Niu et al., Respecting Transfer Gap in Knowledge Distillation, NeurIPS 2022 (reconstructed: no released code)"
     Params = IPWDParams
+    params: IPWDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
         "mirror": Variant(
@@ -95,7 +96,7 @@ class IPWD(Distiller):
         teacher: KDModel | None,
         params: IPWDParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, _ = self.probe(example)

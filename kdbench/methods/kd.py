@@ -21,6 +21,7 @@ class KD(Distiller):
     title = "KD"
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, 2015"
     Params = KDParams
+    params: KDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
         "crd": Variant(

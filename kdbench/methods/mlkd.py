@@ -20,6 +20,7 @@ The masks' medians and the batch/class correlations depend on the batch: the rel
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -55,12 +56,20 @@ def below_median(values: torch.Tensor) -> torch.Tensor:
     return (values <= torch.quantile(values, 0.5, interpolation="linear")).float()
 
 
+def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)`` of a non-empty set of terms (one per temperature), typed as the tensor it is."""
+    total = sum(terms)
+    assert isinstance(total, torch.Tensor)
+    return total
+
+
 @register
 class MLKD(Distiller):
     name = "mlkd"
     title = "MLKD"
     paper = "Jin, Wang & Lin, Multi-Level Logit Distillation, CVPR 2023"
     Params = MLKDParams
+    params: MLKDParams
     needs = Needs(
         teacher=True, teacher_logits_only=True, strong_view=True, batch_dependent_loss=True
     )
@@ -88,6 +97,7 @@ class MLKD(Distiller):
         assert teacher is not None and step.strong is not None, (
             "MLKD needs the strong view (Needs.strong_view)"
         )
+        assert self.teacher is not None  # Needs(teacher=True)
         z_s_strong = self.student(step.strong)
         with torch.no_grad():
             z_t_strong = self.teacher(step.strong)
@@ -120,11 +130,13 @@ class MLKD(Distiller):
             )
         temperatures = (p.temperature, *EXTRA_TEMPERATURES)
 
-        def masked(loss, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        def masked(
+            loss: Callable[..., torch.Tensor], s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
             """Σ over temperatures; the mask scales the scalar (code) or weights each row (paper)."""
             if p.masking == "scalar":
-                return mask.mean() * sum(loss(s, t, temp) for temp in temperatures)
-            return sum(loss(s, t, temp, weights=mask) for temp in temperatures)
+                return mask.mean() * _sum(loss(s, t, temp) for temp in temperatures)
+            return _sum(loss(s, t, temp, weights=mask) for temp in temperatures)
 
         strong_pairs = [(z_s_strong, z_t_strong, temp) for temp in temperatures]
         if p.strong_group_uses_weak_logits:  # T = 2 and 6 of the "strong" group read the weak view
@@ -133,7 +145,7 @@ class MLKD(Distiller):
             "ce_strong": p.ce_weight * self.cross_entropy(z_s_strong, targets),
             "kd_weak": p.weight * masked(losses.mlkd_instance, z_s_weak, z_t_weak, sample_mask),
             "kd_strong": p.weight
-            * sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
+            * _sum(losses.mlkd_instance(s, t, temp) for s, t, temp in strong_pairs),
             "cc": p.weight * masked(losses.mlkd_class, z_s_weak, z_t_weak, class_mask),
             "bc": p.weight * masked(losses.mlkd_batch, z_s_weak, z_t_weak, sample_mask),
         }

@@ -35,6 +35,7 @@ class NST(Distiller):
         "Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017"
     )
     Params = NSTParams
+    params: NSTParams
     needs = Needs(teacher=True)
     variants = {
         "crd": Variant(
@@ -51,4 +52,5 @@ class NST(Distiller):
             student.stages[1:], teacher.stages[1:]
         )  # front-aligned, truncated at the shorter list
         loss = sum(losses.nst(f_s, f_t.detach()) for f_s, f_t in pairs)
+        assert isinstance(loss, torch.Tensor)  # at least one pair (f1); the loop reads tensors
         return student.logits, {"nst": self.params.weight * loss}

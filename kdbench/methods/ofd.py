@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -85,6 +85,7 @@ class OFD(Distiller):
     title = "OFD"
     paper = "Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019"
     Params = OFDParams
+    params: OFDParams
     needs = Needs(teacher=True)
     variants = {
         "cifar": Variant(
@@ -118,7 +119,7 @@ class OFD(Distiller):
         teacher: KDModel | None,
         params: OFDParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         assert teacher is not None
@@ -158,11 +159,13 @@ class OFD(Distiller):
         epoch: int,
         indices: torch.Tensor | None = None,
         strong: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        args = (images, targets, epoch, indices, strong, teacher_logits)
         if self.training and self.params.teacher_bn == "batch" and self.teacher is not None:
             with batch_statistics(self.teacher):
-                return super().forward_train(images, targets, epoch, indices, strong)
-        return super().forward_train(images, targets, epoch, indices, strong)
+                return super().forward_train(*args)
+        return super().forward_train(*args)
 
     def distill(
         self, student: Features, teacher: Features | None, step: Step

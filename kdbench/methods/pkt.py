@@ -32,6 +32,7 @@ class PKT(Distiller):
     title = "PKT"
     paper = "Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer, ECCV 2018"
     Params = PKTParams
+    params: PKTParams
     needs = Needs(teacher=True)
     variants = {
         "crd": Variant(

@@ -35,6 +35,8 @@ everything the method does happens in ``__init__`` and :meth:`ReviewKD.distill`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -51,7 +53,7 @@ from kdbench.methods.base import (
     probe_features,
 )
 from kdbench.methods.registry import register
-from kdbench.models.base import Features, KDModel
+from kdbench.models.base import Features, KDModel, child
 
 
 class ReviewKDParams(MethodParams):
@@ -81,8 +83,8 @@ class ABF(nn.Module):
         self.att_conv = (
             nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         )
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(child(self.conv1, 0, nn.Conv2d).weight, a=1)
+        nn.init.kaiming_uniform_(child(self.conv2, 0, nn.Conv2d).weight, a=1)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None, out_size: tuple[int, int]
@@ -120,6 +122,7 @@ class ReviewKD(Distiller):
     title = "ReviewKD"
     paper = "Chen et al., Distilling Knowledge via Knowledge Review, CVPR 2021"
     Params = ReviewKDParams
+    params: ReviewKDParams
     needs = Needs(teacher=True)
     variants = {
         "cifar-w5": Variant(
@@ -155,6 +158,7 @@ class ReviewKD(Distiller):
         if teacher is None or example is None:
             return None
         s, t = probe_features(student, teacher, example)
+        assert t is not None  # probed with a teacher
         return _mismatch(s, t, pair_name(student, teacher))
 
     def __init__(
@@ -163,7 +167,7 @@ class ReviewKD(Distiller):
         teacher: KDModel | None,
         params: ReviewKDParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)

@@ -34,6 +34,7 @@ class RKD(Distiller):
     title = "RKD"
     paper = "Park et al., Relational Knowledge Distillation, CVPR 2019"
     Params = RKDParams
+    params: RKDParams
     needs = Needs(teacher=True)
     variants = {
         "crd": Variant(

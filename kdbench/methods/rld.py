@@ -41,6 +41,7 @@ class RLD(Distiller):
     title = "RLD"
     paper = "Sun et al., Knowledge Distillation with Refined Logits, arXiv 2408.07703 (ICCV 2025)"
     Params = RLDParams
+    params: RLDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
         "same-t": Variant(

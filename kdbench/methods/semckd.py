@@ -29,6 +29,8 @@ parameter counts are smaller than the reference's by (B·2d + 2d) + (2d·d + d),
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,6 +99,7 @@ class SemCKD(Distiller):
     title = "SemCKD"
     paper = "Chen et al., Cross-Layer Distillation with Semantic Calibration, AAAI 2021"
     Params = SemCKDParams
+    params: SemCKDParams
     needs = Needs(teacher=True, fixed_batch=True, batch_dependent_loss=True)
     variants = {
         "simkd": Variant(
@@ -117,7 +120,7 @@ class SemCKD(Distiller):
         example: torch.Tensor,
         *,
         batch_size: int | None = None,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, batch_size=batch_size, **context)
         s, t = self.probe(example)
@@ -168,8 +171,10 @@ class SemCKD(Distiller):
         )  # (B, n_s, d)
         keys = torch.stack([k(gram(f)) for k, f in zip(self.key, t_taps)], dim=1)  # (B, n_t, d)
         attention = losses.semckd_attention(queries, keys, self.params.soft)
-        projected, targets = [], []
+        projected: list[list[torch.Tensor]] = []
+        targets: list[list[torch.Tensor]] = []
         for f_s, row in zip(s_taps, self.proj):
+            assert isinstance(row, nn.ModuleList)  # one projector per teacher tap
             projected.append([])
             targets.append([])
             for f_t, p in zip(t_taps, row):

@@ -21,7 +21,7 @@ Joint training (§4.2, Fig. 4): L = (1 − α)·(CE + KD_4) + α·L_SimKD on the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,7 @@ class SimKD(Distiller):
     title = "SimKD"
     paper = "Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022"
     Params = SimKDParams
+    params: SimKDParams
     needs = Needs(teacher=True)
     prediction_head = "teacher_classifier"
     variants = {
@@ -107,7 +108,7 @@ class SimKD(Distiller):
         teacher: KDModel | None,
         params: SimKDParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)

@@ -10,7 +10,7 @@ feature; the paper does not say which [UNKNOWN; docs/references.md §SimKD].
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ class SimKDSequential(SimKD):
     title = "SimKD, sequential (new classifier)"
     paper = "Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022 (Table 4)"
     Params = SequentialParams
+    params: SequentialParams
     needs = Needs(teacher=True)
     frozen_modules = ("student", "projector")  # only the new classifier trains
     prediction_head = "new_classifier"
@@ -49,7 +50,7 @@ class SimKDSequential(SimKD):
         teacher: KDModel | None,
         params: SequentialParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         assert teacher is not None
@@ -100,8 +101,10 @@ class SimKDSequential(SimKD):
         epoch: int,
         indices: torch.Tensor | None = None,
         strong: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Only the new classifier's loss: no teacher pass, no CE on the frozen student classifier."""
+        """Only the new classifier's loss: no teacher pass (``teacher_logits`` is not read), no CE on the
+        frozen student classifier."""
         with torch.no_grad():
             student = self.student.forward_features(images)
         return self.distill(student, None, Step(targets, epoch, indices, strong))

@@ -35,6 +35,7 @@ class SP(Distiller):
     title = "SP"
     paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
     Params = SPParams
+    params: SPParams
     needs = Needs(teacher=True, batch_dependent_loss=True)
     variants = {
         "crd": Variant(

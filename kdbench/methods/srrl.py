@@ -16,7 +16,7 @@ feature map before pooling and pools its output (``connector_input="map"``, vari
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ class SRRL(Distiller):
     title = "SRRL"
     paper = "Yang et al., Knowledge Distillation via Softmax Regression Representation Learning, ICLR 2021"
     Params = SRRLParams
+    params: SRRLParams
     needs = Needs(teacher=True)
     variants = {
         "simkd": Variant(
@@ -58,7 +59,7 @@ class SRRL(Distiller):
         teacher: KDModel | None,
         params: SRRLParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)

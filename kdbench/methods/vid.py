@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from pydantic import Field
@@ -62,6 +62,8 @@ class VIDParams(MethodParams):
 class VIDRegressor(nn.Module):
     """One pair's mean regressor and per-teacher-channel variance parameter ``log_scale`` (a_c)."""
 
+    log_scale: torch.Tensor  # a parameter, or a buffer when the variances are frozen
+
     def __init__(self, c_s: int, c_t: int, init_var: float, eps: float, trainable_variance: bool):
         super().__init__()
         mid = c_t  # RepDistiller builds VIDLoss(s, t, t): mid channels = teacher channels
@@ -88,6 +90,7 @@ class VID(Distiller):
     title = "VID"
     paper = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
     Params = VIDParams
+    params: VIDParams
     needs = Needs(teacher=True)
     added_params: ClassVar[dict[str, Any]] = {"heads": 1}
     variants = {
@@ -111,7 +114,7 @@ class VID(Distiller):
         teacher: KDModel | None,
         params: VIDParams,
         example: torch.Tensor,
-        **context,
+        **context: Any,
     ):
         super().__init__(student, teacher, params, example, **context)
         s, t = self.probe(example)
@@ -132,7 +135,10 @@ class VID(Distiller):
         self.regressors = regressor_set()
         # Sets 1.. (none, and no module, for one set: the state is exactly the single set's).
         self.replica_regressors: Sequence[nn.ModuleList] = (
-            nn.ModuleList(regressor_set() for _ in range(params.heads - 1))
+            cast(  # a ModuleList of regressor sets (torch types its items as plain modules)
+                "Sequence[nn.ModuleList]",
+                nn.ModuleList(regressor_set() for _ in range(params.heads - 1)),
+            )
             if params.heads > 1
             else ()
         )
@@ -143,9 +149,12 @@ class VID(Distiller):
         """One regressor set's VID loss: front-aligned pairs f1..fk, truncated at the shorter list, summed."""
         total = []
         for f_s, f_t, reg in zip(s_taps, t_taps, regressors):
+            assert isinstance(reg, VIDRegressor)
             f_s, f_t = pool_to_common_size(f_s, f_t.detach())
             total.append(losses.vid(reg(f_s), f_t, reg.log_scale, self.params.eps))
-        return sum(total)
+        loss = sum(total)
+        assert isinstance(loss, torch.Tensor)  # at least one pair (f1); the loop reads tensors
+        return loss
 
     def distill(
         self, student: Features, teacher: Features | None, step: Step

@@ -31,6 +31,7 @@ class WSLD(Distiller):
     title = "WSLD"
     paper = "Zhou et al., Rethinking Soft Labels for Knowledge Distillation: A Bias-Variance Tradeoff Perspective, ICLR 2021"
     Params = WSLDParams
+    params: WSLDParams
     needs = Needs(teacher=True, teacher_logits_only=True)
     variants = {
         "released-code": Variant(

@@ -99,9 +99,11 @@ class StagedNet(KDModel):
         stages, preact = [x], [x]
         for stage in self.stages:
             if self.has_preact:
+                assert isinstance(stage, nn.Sequential)
                 *body, last = stage
                 for block in body:
                     x = block(x)
+                assert isinstance(last, PreactBlock)  # every stage ends in one (class docstring)
                 x, pre = last.forward_with_preact(x)
                 preact.append(pre)
             else:

@@ -12,6 +12,7 @@ only for families with a head conv, e.g. MobileNetV2's 1280-channel and ShuffleN
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -34,6 +35,20 @@ class Features:
         """Features that carry only logits (a cached teacher's): every other field is empty."""
         empty = logits.new_empty(0)
         return cls(stages=[], preact=[], head_map=empty, pooled=empty, logits=logits)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def child(container: nn.Module, index: int, kind: type[M]) -> M:
+    """``container[index]`` (an ``nn.Sequential`` or ``nn.ModuleList``), checked to be a ``kind``.
+
+    torch types a container's items as plain ``nn.Module``s; the models and methods that built it
+    know what each holds, and this is how they say so (e.g. the BN a stage's last block ends in)."""
+    assert isinstance(container, nn.Sequential | nn.ModuleList), type(container).__name__
+    item = container[index]
+    assert isinstance(item, kind), f"{type(item).__name__} is not a {kind.__name__}"
+    return item
 
 
 class KDModel(nn.Module):

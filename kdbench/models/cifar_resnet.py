@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.models._blocks import PreactBlock, StagedNet, conv_bn_relu, init_he_fan_out, stack
+from kdbench.models.base import child
 from kdbench.models.registry import register
 
 
@@ -56,7 +57,7 @@ class CifarResNet(StagedNet):
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """``bn2`` of each stage's last block (before the residual add, so OFD's margin is an
         approximation for ResNets; architectures.md §3.1)."""
-        return [stage[-1].bn2 for stage in self.stages]
+        return [child(stage, -1, BasicBlock).bn2 for stage in self.stages]
 
 
 _X1 = (16, 16, 32, 64)

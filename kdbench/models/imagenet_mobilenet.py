@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.models._blocks import init_he_fan_out
-from kdbench.models.base import Features, KDModel
+from kdbench.models.base import Features, KDModel, child
 from kdbench.models.imagenet_resnet import IMAGENET_CLASSES, IMAGENET_INPUT_SIZE
 from kdbench.models.registry import register
 
@@ -111,7 +111,7 @@ class MobileNetV1(KDModel):
         start = 1
         for end in _V1_TAPS:
             x = self.model[start:end](x)
-            pre = self.model[end][:-1](x)  # the unit without its final ReLU
+            pre = child(self.model, end, nn.Sequential)[:-1](x)  # the unit without its final ReLU
             x = F.relu(pre)
             stages.append(x)
             preact.append(pre)
@@ -123,7 +123,7 @@ class MobileNetV1(KDModel):
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The pointwise BN of units 3, 5, 11, 13: exactly the BN whose output is each preact tap."""
-        return [self.model[i][-2] for i in _V1_TAPS]
+        return [child(child(self.model, i, nn.Sequential), -2, nn.BatchNorm2d) for i in _V1_TAPS]
 
 
 # torchvision MobileNetV2 inverted-residual settings (expansion t, channels c, blocks n, stride s).
@@ -217,7 +217,10 @@ class MobileNetV2(KDModel):
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The projection BN of the blocks ending f1..f4 (as the CIFAR MobileNetV2 declares it)."""
-        return [self.features[i].conv[-1] for i in _V2_TAPS]
+        return [
+            child(child(self.features, i, InvertedResidual).conv, -1, nn.BatchNorm2d)
+            for i in _V2_TAPS
+        ]
 
     @staticmethod
     def from_torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

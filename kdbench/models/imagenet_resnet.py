@@ -85,6 +85,12 @@ class ImageNetResNet(KDModel):
     global average pool, ``fc``. Init as torchvision's (``zero_init_residual=False``): convs
     N(0, 2/(k·k·C_out)), BN 1/0, ``fc`` PyTorch's default."""
 
+    # Added by name (``add_module``), as torchvision names them.
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         *,
@@ -126,6 +132,7 @@ class ImageNetResNet(KDModel):
             *body, last = layer
             for blk in body:
                 x = blk(x)
+            assert isinstance(last, PreactBlock)
             x, pre = last.forward_with_preact(x)
             stages.append(x)
             preact.append(pre)
@@ -137,7 +144,14 @@ class ImageNetResNet(KDModel):
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """mdistiller's list: the final BN (``bn2`` / ``bn3``) of the last block of layers 2–4, i.e. of the
         preact taps f2..f4 (the residual is added after it)."""
-        return [layer[-1].last_bn for layer in self.layers[1:]]
+        return [_last_bn(layer) for layer in self.layers[1:]]
+
+
+def _last_bn(layer: nn.Sequential) -> nn.BatchNorm2d:
+    """The final BN of ``layer``'s last block."""
+    block = layer[-1]
+    assert isinstance(block, BasicBlock | Bottleneck)
+    return block.last_bn
 
 
 def _register(

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kdbench.models._blocks import StagedNet, conv_bn_relu, init_he_fan_out, stack
+from kdbench.models.base import child
 from kdbench.models.registry import register
 
 # (expansion t, channels c, blocks n, stride s) per group, before the width multiplier.
@@ -80,7 +81,10 @@ class CifarMobileNetV2(StagedNet):
         """The last (projection) BN of groups 2, 3, 5 and 7, i.e. of the block ending each tap
         f1..f4 (declared for OFD, architectures.md §3.4; a residual is added after it when the
         block has one)."""
-        return [stage[-1][-1].conv[-1] for stage in self.stages]
+        last_blocks = [
+            child(child(stage, -1, nn.Sequential), -1, InvertedResidual) for stage in self.stages
+        ]
+        return [child(block.conv, -1, nn.BatchNorm2d) for block in last_blocks]
 
 
 register(

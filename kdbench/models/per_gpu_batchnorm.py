@@ -55,6 +55,7 @@ def emulate_per_gpu_batchnorm(module: nn.Module, pieces: int) -> int:
         if isinstance(layer, _BatchNorm) and not isinstance(layer, nn.SyncBatchNorm):
             if not isinstance(layer, _PerGpuBatchNorm):
                 layer.__class__ = _per_gpu_class(type(layer))
+            assert isinstance(layer, _PerGpuBatchNorm)
             layer.pieces = pieces
             changed += 1
     return changed

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.models._blocks import PreactBlock, StagedNet, conv_bn_relu, init_he_fan_out, stack
+from kdbench.models.base import child
 from kdbench.models.registry import register
 
 _EXPANSION = 4
@@ -52,7 +53,7 @@ class CifarBottleneckResNet(StagedNet):
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """``bn3`` of each stage's last block (before the residual add; architectures.md §3.7)."""
-        return [stage[-1].bn3 for stage in self.stages]
+        return [child(stage, -1, Bottleneck).bn3 for stage in self.stages]
 
 
 @register("ResNet50", zoo="crd", family="resnet_bottleneck", paper_label="ResNet-50")

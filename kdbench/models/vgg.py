@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.models._blocks import PreactBlock, StagedNet, init_he_fan_out
+from kdbench.models.base import child
 from kdbench.models.registry import register
 
 
@@ -56,7 +57,9 @@ class CifarVGG(StagedNet):
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The last BN of blocks 1-4, whose outputs are the preact taps (exact; architectures.md §3.3)."""
-        return [stage[-1].layers[-1] for stage in self.stages]
+        return [
+            child(child(stage, -1, VGGBlock).layers, -1, nn.BatchNorm2d) for stage in self.stages
+        ]
 
 
 # name -> (channel list of each block, aliases)

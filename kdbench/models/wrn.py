@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.models._blocks import init_he_fan_out, stack
-from kdbench.models.base import Features, KDModel
+from kdbench.models.base import Features, KDModel, child
 from kdbench.models.registry import register
 
 
@@ -51,6 +51,7 @@ class WideBlock(nn.Module):
 def _run_tapping_bn1(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``stage``; also return its first block's ``bn1(x)`` (the previous stage's preact)."""
     first, *rest = stage
+    assert isinstance(first, WideBlock)
     normed = first.bn1(x)
     x = first.forward_normed(x, normed)
     for block in rest:
@@ -97,7 +98,9 @@ class WideResNet(KDModel):
         pooled = torch.flatten(F.adaptive_avg_pool2d(head_map, 1), 1)
         logits = self.classifier(pooled)
         if self.reapply_preact_bns:  # mdistiller/models/cifar/wrn.py:141-143, after the logits
-            f1_pre, f2_pre, f3_pre = self.block2[0].bn1(f1), self.block3[0].bn1(f2), self.bn(f3)
+            f1_pre = child(self.block2, 0, WideBlock).bn1(f1)
+            f2_pre = child(self.block3, 0, WideBlock).bn1(f2)
+            f3_pre = self.bn(f3)
         return Features(
             stages=[f0, f1, f2, f3],
             preact=[f0, f1_pre, f2_pre, f3_pre],
@@ -109,7 +112,7 @@ class WideResNet(KDModel):
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BNs whose outputs are the preact taps f1..f3: stage-2 and stage-3 first blocks'
         ``bn1`` and the head BN (exact; architectures.md §3.2)."""
-        return [self.block2[0].bn1, self.block3[0].bn1, self.bn]
+        return [child(self.block2, 0, WideBlock).bn1, child(self.block3, 0, WideBlock).bn1, self.bn]
 
 
 # (name, depth, widen, zoo): the ``mdistiller`` zoo's forward re-applies the preact BNs (module docstring).
