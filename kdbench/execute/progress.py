@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -73,7 +72,7 @@ class RunProgress:
             else None
         )
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RunProgress:
         if self.live is not None:
             self.live.start()
         return self
