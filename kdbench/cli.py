@@ -1416,7 +1416,7 @@ def data_prepare(
         "write_mode": write_mode,
     }
     try:
-        from kdbench.data.ffcv_loader import prepare_dataset
+        from kdbench.data.loaders.ffcv_arrays import prepare_dataset
 
         folder = prepare_dataset(
             dataset, data_dir, out, **{k: v for k, v in image_options.items() if v is not None}

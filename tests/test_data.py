@@ -15,7 +15,6 @@ from kdbench.data import (
     DATASETS,
     EpochPlan,
     ImageArrays,
-    cifar,
     epoch_plan,
     load_dataset,
     resolve_data_dir,
@@ -23,7 +22,8 @@ from kdbench.data import (
     train_loader,
 )
 from kdbench.data import test_loader as make_test_loader  # aliased so pytest does not collect it
-from kdbench.data.cifar import md5sum
+from kdbench.data.datasets import cifar
+from kdbench.data.datasets.cifar import md5sum
 from kdbench.errors import KdbenchError, UnknownNameError
 from torch import nn
 

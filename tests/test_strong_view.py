@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 from kdbench import data
-from kdbench.data import strong_batched
-from kdbench.data.strong import (
+from kdbench.data.augment import strong_batched
+from kdbench.data.augment.strong import (
     CUTOUT_FILL,
     OPS,
     _magnitude,
@@ -19,7 +19,7 @@ from kdbench.data.strong import (
     sample_rng,
     strong_view,
 )
-from kdbench.data.tensor_loader import crop_flip
+from kdbench.data.loaders.tensor_arrays import crop_flip
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -56,7 +56,7 @@ def test_ops_are_drawn_uniformly_with_replacement(image, monkeypatch):
             return op(im, v)
 
         wrapped.append((name, record, low, high))
-    monkeypatch.setattr("kdbench.data.strong.OPS", tuple(wrapped))
+    monkeypatch.setattr("kdbench.data.augment.strong.OPS", tuple(wrapped))
     for index in range(2800):
         drawn.append(())
         strong_view(image, sample_rng(0, 1, index))
@@ -92,7 +92,7 @@ def test_loader_adds_the_strong_view_as_a_fourth_element():
     assert torch.equal(again[3], strong)
 
 
-# ---------------------------------------------------------------- batched on the device (data/strong_batched.py)
+# ---------------------------------------------------------------- batched on the device (data/augment/strong_batched.py)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.cifar import load_cifar
+from kdbench.data.datasets.cifar import load_cifar
+from kdbench.data.datasets.imagenet import load_imagenet, load_imagenet_synthetic
+from kdbench.data.datasets.npz import load_npz
+from kdbench.data.datasets.synthetic import make_synthetic
 from kdbench.data.folder import FolderDataset
-from kdbench.data.imagenet import load_imagenet, load_imagenet_synthetic
-from kdbench.data.npz import load_npz
-from kdbench.data.synthetic import make_synthetic
 from kdbench.errors import KdbenchError, UnknownNameError
 
 DATASETS: tuple[str, ...] = (

@@ -59,7 +59,7 @@ def geometry(spec: RunSpec) -> tuple[int, int]:
     if name == "imagenet":  # ILSVRC-2012 at the student's native input size (224)
         return 1000, models.input_size(spec.model)
     from kdbench.data import load_dataset
-    from kdbench.data.imagenet import folder_geometry
+    from kdbench.data.datasets.imagenet import folder_geometry
 
     if (known := folder_geometry(name, options)) is not None:
         return known

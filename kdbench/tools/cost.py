@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kdbench import data, models
-from kdbench.data.imagenet import folder_geometry, folder_sizes
+from kdbench.data.datasets.imagenet import folder_geometry, folder_sizes
 from kdbench.plan import DataSpec, Plan, RunSpec
 
 H100_BF16_PEAK_FLOPS = 989e12

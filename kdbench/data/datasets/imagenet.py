@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdbench.data.folder import FolderDataset, load_folder
-from kdbench.data.imagenet_transforms import CropOptions
-from kdbench.data.synthetic_folder import (
+from kdbench.data.augment.imagenet_views import CropOptions
+from kdbench.data.datasets.imagenet_synthetic import (
     CLASSES,
     TRAIN_PER_CLASS,
     VAL_PER_CLASS,
     synthetic_folder,
 )
+from kdbench.data.folder import FolderDataset, load_folder
 from kdbench.errors import KdbenchError
 
 DEFAULT_SCALE, DEFAULT_RATIO = CropOptions.scale, CropOptions.ratio

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.cifar import CIFAR_SPECS
+from kdbench.data.datasets.cifar import CIFAR_SPECS
 from kdbench.errors import KdbenchError
 
 _GRID = 3  # prototypes are random _GRID x _GRID colour grids, upsampled smoothly

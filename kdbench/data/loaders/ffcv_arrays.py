@@ -23,16 +23,16 @@ import numpy as np
 import torch
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.augment import EpochPlan, epoch_plan
-from kdbench.data.loaders import Batch, identity_plan, strong_loader
-from kdbench.data.registry import load_dataset, resolve_data_dir
-from kdbench.data.shard import WHOLE, Shard, shard_plan
-from kdbench.data.tensor_loader import (
+from kdbench.data.augment.epoch_plan import EpochPlan, epoch_plan
+from kdbench.data.loaders.tensor_arrays import (
     TRAIN_PADDING,
     crop_flip_normalise,
     normalisation_table,
     pad_images,
 )
+from kdbench.data.loaders.torch_arrays import Batch, identity_plan, strong_loader
+from kdbench.data.registry import load_dataset, resolve_data_dir
+from kdbench.data.shard import WHOLE, Shard, shard_plan
 from kdbench.errors import KdbenchError, UnknownNameError
 
 INSTALL_HINT = (
@@ -143,8 +143,8 @@ def prepare_dataset(
     if name not in PREPARABLE:
         raise UnknownNameError("dataset", name, PREPARABLE)
     import_ffcv()  # fail before reading the dataset
-    from kdbench.data.ffcv_folder import prepare_folder
     from kdbench.data.folder import FolderDataset
+    from kdbench.data.loaders.ffcv_folder import prepare_folder
 
     dataset = load_dataset(name, data_dir)
     folder = out if out is not None else beton_dir(name, data_dir)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from kdbench.data.augment import crop_and_flip
+from kdbench.data.augment.epoch_plan import crop_and_flip
 
 CUTOUT_FILL = (125, 123, 114)
 CUTOUT_MAX_FRACTION = 0.5

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdbench.data.augment import epoch_plan
-from kdbench.data.ffcv_loader import (
+from kdbench.data.augment.epoch_plan import epoch_plan
+from kdbench.data.augment.imagenet_views import decode
+from kdbench.data.folder import FolderDataset
+from kdbench.data.loaders.ffcv_arrays import (
     META_FILE,
     check_meta,
     import_ffcv,
@@ -34,12 +36,10 @@ from kdbench.data.ffcv_loader import (
     non_blocking_from,
     open_loader,
 )
-from kdbench.data.folder import FolderDataset
-from kdbench.data.folder_loaders import strong_view_unsupported
-from kdbench.data.imagenet_transforms import decode
-from kdbench.data.loaders import Batch
+from kdbench.data.loaders.tensor_arrays import normalisation_table
+from kdbench.data.loaders.torch_arrays import Batch
+from kdbench.data.loaders.torch_folder import strong_view_unsupported
 from kdbench.data.shard import local_order
-from kdbench.data.tensor_loader import normalisation_table
 from kdbench.errors import KdbenchError
 
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")

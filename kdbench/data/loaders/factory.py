@@ -1,7 +1,7 @@
 """Choosing a loader kind. For in-memory (CIFAR-style) datasets every kind replays the same ``EpochPlan``, so the
 kind never changes a result: it is a run option (like the device), not part of the RunSpec. Image-folder datasets
 (ImageNet) have the ``torch`` reference and ``ffcv``, which draws crops from the same distribution with its own RNG
-(``data/ffcv_folder.py``)."""
+(``data/loaders/ffcv_folder.py``)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.folder import FolderDataset
-from kdbench.data.folder_loaders import FolderLoaders
-from kdbench.data.loaders import Batch, TorchLoaders
+from kdbench.data.loaders.tensor_arrays import TRAIN_PADDING, TensorLoaders
+from kdbench.data.loaders.torch_arrays import Batch, TorchLoaders
+from kdbench.data.loaders.torch_folder import FolderLoaders
 from kdbench.data.shard import WHOLE, Shard
-from kdbench.data.tensor_loader import TRAIN_PADDING, TensorLoaders
 from kdbench.errors import KdbenchError
 
 LOADER_KINDS: tuple[str, ...] = ("auto", "torch", "tensor", "ffcv")
@@ -67,13 +67,13 @@ def make_loaders(
     if kind == "auto":
         kind = "tensor" if _fits_on(device, arrays) else "torch"
     if kind == "ffcv":
-        from kdbench.data import ffcv_loader
+        from kdbench.data.loaders import ffcv_arrays
 
         try:
-            return ffcv_loader.FfcvLoaders(
-                arrays, device, ffcv_loader.beton_dir(arrays.name, data_dir), num_workers
+            return ffcv_arrays.FfcvLoaders(
+                arrays, device, ffcv_arrays.beton_dir(arrays.name, data_dir), num_workers
             )
-        except ffcv_loader.FfcvUnavailable as exc:
+        except ffcv_arrays.FfcvUnavailable as exc:
             log.warning("loader ffcv unavailable, using tensor (same results): %s", exc)
             kind = "tensor"
     if kind == "tensor":
@@ -100,13 +100,13 @@ def _folder_loaders(
         )
         kind = "torch"
     if kind in ("auto", "ffcv"):
-        from kdbench.data import ffcv_folder, ffcv_loader
+        from kdbench.data.loaders import ffcv_arrays, ffcv_folder
 
         try:
             return ffcv_folder.FfcvFolderLoaders(
-                dataset, device, ffcv_loader.beton_dir(dataset.name, data_dir), num_workers
+                dataset, device, ffcv_arrays.beton_dir(dataset.name, data_dir), num_workers
             )
-        except ffcv_loader.FfcvUnavailable as exc:
+        except ffcv_arrays.FfcvUnavailable as exc:
             report = log.info if kind == "auto" else log.warning
             report(
                 "loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s",
