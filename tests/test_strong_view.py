@@ -13,9 +13,10 @@ from kdbench.data.augment import strong_batched
 from kdbench.data.augment.strong import (
     CUTOUT_FILL,
     OPS,
+    StrongDraw,
     _magnitude,
     apply,
-    cutout,
+    draw,
     sample_rng,
     strong_view,
 )
@@ -69,13 +70,13 @@ def test_ops_are_drawn_uniformly_with_replacement(image, monkeypatch):
 
 
 def test_cutout_fills_a_clipped_square(image):
+    """The strong view's Cutout: a square of side U(0, width / 2) centred uniformly (``draw``), clipped, filled
+    (``apply``; here with no crop shift, flip or op, so only the Cutout changes pixels)."""
     rng = sample_rng(0, 0, 0)
-    filled = [
-        np.all(
-            np.asarray(cutout(Image.fromarray(image), rng, max_fraction=0.5)) == CUTOUT_FILL, axis=2
-        ).sum()
-        for _ in range(200)
-    ]
+    filled = []
+    for _ in range(200):
+        view = apply(image, StrongDraw(4, 4, False, (), (), draw(rng, 32, 32).cutout))
+        filled.append(np.all(view == CUTOUT_FILL, axis=2).sum())
     assert max(filled) > 0 and max(filled) <= (16 + 1) ** 2
     assert np.mean(filled) > 20  # side ~ U(0, 16): mean area well above zero
 

@@ -92,17 +92,6 @@ def cutout_box(
     return x0, y0, int(min(width, x0 + side)), int(min(height, y0 + side))
 
 
-def cutout(
-    image: Image.Image, rng: np.random.Generator, max_fraction: float = CUTOUT_MAX_FRACTION
-) -> Image.Image:
-    """Square of side U(0, max_fraction)·width, centred uniformly, clipped, filled with CUTOUT_FILL."""
-    width, height = image.size
-    side = rng.uniform(0, max_fraction) * width
-    return _fill(
-        image, cutout_box(side, rng.uniform(0, width), rng.uniform(0, height), width, height)
-    )
-
-
 def _fill(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     image = image.copy()
     ImageDraw.Draw(image).rectangle(box, fill=CUTOUT_FILL)
