@@ -345,7 +345,7 @@ def test_ffcv_buffers_are_copied_without_a_stream_sync_only_when_pageable():
     """ffcv recycles its batch buffers: from pageable memory a non_blocking copy is safe (CUDA stages the source
     before returning) and skips the blocking copy's stream synchronisation; a pinned buffer is copied blocking."""
     import torch
-    from kdbench.data.loaders.ffcv_arrays import non_blocking_from
+    from kdbench.data.loaders.ffcv_files import non_blocking_from
 
     pageable = torch.zeros(4, dtype=torch.uint8)
     pinned = types.SimpleNamespace(is_pinned=lambda: True)
@@ -359,9 +359,9 @@ def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path
     """Each of 8 packed runs (or DDP ranks) used to start os.cpu_count() ffcv threads; now its own share."""
     import torch
     from kdbench.data.datasets.synthetic import make_synthetic
-    from kdbench.data.loaders import ffcv_arrays
+    from kdbench.data.loaders import ffcv_arrays, ffcv_files
 
-    monkeypatch.setattr(ffcv_arrays, "import_ffcv", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(ffcv_files, "import_ffcv", lambda: types.SimpleNamespace())
     monkeypatch.setattr(ffcv_arrays, "check_meta", lambda *args: None)
     arrays = make_synthetic(num_classes=4, train_size=8, test_size=4)
     monkeypatch.setattr("os.cpu_count", lambda: 64)

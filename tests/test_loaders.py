@@ -237,7 +237,7 @@ def test_cli_rejects_an_unknown_loader_and_an_unknown_dataset_to_prepare() -> No
 def test_prepare_without_ffcv_names_the_install_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`data prepare` checks for ffcv before it reads the dataset (ffcv_arrays.prepare_dataset)."""
+    """`data prepare` checks for ffcv before it reads the dataset (ffcv_prepare.prepare_dataset)."""
     for name in [n for n in sys.modules if n == "ffcv" or n.startswith("ffcv.")] or ["ffcv"]:
         monkeypatch.setitem(sys.modules, name, None)  # makes `import ffcv…` raise ImportError
     result = CliRunner().invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])

@@ -98,14 +98,14 @@ def footprint(spec, teacher_cache: str = "auto") -> Footprint:
     """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec` trained with ``--teacher-cache teacher_cache``."""
     from kdbench import methods
     from kdbench.data.loaders.tensor_arrays import TRAIN_PADDING
-    from kdbench.data.registry import FOLDER_DATASETS
+    from kdbench.data.registry import dataset_info
     from kdbench.tools.cost import dataset_sizes, network_geometry
 
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
     teacher = model_size(spec.teacher.model, classes, size) if spec.teacher is not None else (0, 0)
     sizes = (
-        None if spec.data.name in FOLDER_DATASETS else dataset_sizes(spec.data)
+        None if dataset_info(spec.data.name).kind == "folder" else dataset_sizes(spec.data)
     )  # image folders stay on the host
     dataset = cache = state = 0
     if sizes is not None:

@@ -1,23 +1,28 @@
-"""The ``imagenet`` and ``imagenet_synthetic`` datasets: image folders read by ``data/folder.py``."""
+"""``imagenet``: ILSVRC-2012 as an image folder read by ``data/folder.py``; never downloaded."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from kdbench.data import identity
 from kdbench.data.augment.imagenet_views import CropOptions
-from kdbench.data.datasets.imagenet_synthetic import (
-    CLASSES,
-    TRAIN_PER_CLASS,
-    VAL_PER_CLASS,
-    synthetic_folder,
-)
-from kdbench.data.folder import FolderDataset, load_folder
+from kdbench.data.folder import SPLITS, FolderDataset, load_folder
+from kdbench.data.registry import DATASETS, DatasetInfo, Options, SmokeData
 from kdbench.errors import KdbenchError
 
 DEFAULT_SCALE, DEFAULT_RATIO = CropOptions.scale, CropOptions.ratio
 IMAGENET_CLASSES, IMAGENET_SIZES = 1000, (1_281_167, 50_000)  # ILSVRC-2012 train / val
+# ImageNet recipes smoke-test the image-file path: a small synthetic ImageNet-shaped JPEG folder, 64 px crops,
+# with the recipe's crop ranges.
+SMOKE_IMAGENET_DATA = {
+    "num_classes": 8,
+    "train_per_class": 16,
+    "val_per_class": 8,
+    "seed": 0,
+    "image_size": 64,
+}
 
 
 def load_imagenet(
@@ -36,40 +41,13 @@ def load_imagenet(
         "imagenet",
         data_dir / "imagenet",
         data_dir / "index",
-        _crop(image_size, crop_scale, crop_ratio),
+        crop_options(image_size, crop_scale, crop_ratio),
         hint,
     )
 
 
-def load_imagenet_synthetic(
-    data_dir: Path,
-    *,
-    num_classes: int = CLASSES,
-    train_per_class: int = TRAIN_PER_CLASS,
-    val_per_class: int = VAL_PER_CLASS,
-    seed: int = 0,
-    image_size: int = 224,
-    crop_scale: Sequence[float] = DEFAULT_SCALE,
-    crop_ratio: Sequence[float] = DEFAULT_RATIO,
-) -> FolderDataset:
-    """The synthetic ImageNet-shaped folder (generated on first use), read exactly as ``imagenet`` is."""
-    root = synthetic_folder(
-        data_dir,
-        num_classes=num_classes,
-        train_per_class=train_per_class,
-        val_per_class=val_per_class,
-        seed=seed,
-    )
-    return load_folder(
-        "imagenet_synthetic",
-        root,
-        data_dir / "index",
-        _crop(image_size, crop_scale, crop_ratio),
-        "Delete the folder to have it generated again.",
-    )
-
-
-def _crop(image_size: int, scale: Sequence[float], ratio: Sequence[float]) -> CropOptions:
+def crop_options(image_size: int, scale: Sequence[float], ratio: Sequence[float]) -> CropOptions:
+    """The view options of the dataset options ``image_size``, ``crop_scale`` and ``crop_ratio``."""
     for name, pair in (("crop_scale", scale), ("crop_ratio", ratio)):
         if len(pair) != 2:
             raise KdbenchError(f"dataset option {name} must be [low, high], got {list(pair)}")
@@ -78,21 +56,39 @@ def _crop(image_size: int, scale: Sequence[float], ratio: Sequence[float]) -> Cr
     )
 
 
-def folder_sizes(name: str, options: dict[str, Any]) -> tuple[int, int] | None:
-    """(train, test) image counts of an image-folder dataset spec without reading it; None for other datasets."""
-    if name == "imagenet":
-        return IMAGENET_SIZES
-    if name == "imagenet_synthetic":
-        classes = options.get("num_classes", CLASSES)
-        return classes * options.get("train_per_class", TRAIN_PER_CLASS), classes * options.get(
-            "val_per_class", VAL_PER_CLASS
-        )
-    return None
-
-
-def folder_geometry(name: str, options: dict[str, Any]) -> tuple[int, int] | None:
-    """(number of classes, crop size) of an image-folder dataset spec without reading it; None for other datasets."""
-    if name not in ("imagenet", "imagenet_synthetic"):
+def imagenet_content(options: Options, data_dir: Path) -> str | None:
+    """The sha256 of the folder's manifest (``data/identity.py``), cached by its class folders' times; None when
+    the folder is missing (the loader then says what is missing, with the download hint)."""
+    root = data_dir / "imagenet"
+    splits = [root / split for split in SPLITS]
+    if not all(split.is_dir() for split in splits):
         return None
-    classes = IMAGENET_CLASSES if name == "imagenet" else options.get("num_classes", CLASSES)
-    return classes, options.get("image_size", CropOptions.image_size)
+    stamp = hashlib.sha256(
+        "\n".join(
+            f"{d}:{d.stat().st_mtime_ns}"
+            for split in splits
+            for d in sorted(split.iterdir())
+            if d.is_dir()
+        ).encode()
+    ).hexdigest()
+    return identity.cached_digest(
+        f"folder:{root.resolve()}", stamp, lambda: identity.manifest_sha256(root, splits)
+    )
+
+
+DATASETS.add(
+    "imagenet",
+    DatasetInfo(
+        name="imagenet",
+        kind="folder",
+        load=load_imagenet,
+        num_classes=lambda options: IMAGENET_CLASSES,
+        image_size=lambda options: options["image_size"],
+        sizes=lambda options, data_dir: IMAGENET_SIZES,
+        smoke=SmokeData(
+            "imagenet_synthetic", SMOKE_IMAGENET_DATA, kept=("crop_scale", "crop_ratio")
+        ),
+        content=imagenet_content,
+        ffcv=True,
+    ),
+)

@@ -6,7 +6,7 @@ kind never changes a result: it is a run option (like the device), not part of t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -14,13 +14,15 @@ import torch
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.folder import FolderDataset
+from kdbench.data.loaders.ffcv_arrays import FfcvLoaders
+from kdbench.data.loaders.ffcv_files import FfcvUnavailable, beton_dir
+from kdbench.data.loaders.ffcv_folder import FfcvFolderLoaders
 from kdbench.data.loaders.tensor_arrays import TRAIN_PADDING, TensorLoaders
 from kdbench.data.loaders.torch_arrays import Batch, TorchLoaders
 from kdbench.data.loaders.torch_folder import FolderLoaders
 from kdbench.data.shard import WHOLE, Shard
-from kdbench.errors import KdbenchError
+from kdbench.registry import Registry
 
-LOADER_KINDS: tuple[str, ...] = ("auto", "torch", "tensor", "ffcv")
 # auto keeps the resident dataset to this share of the GPU's free memory.
 MAX_RESIDENT_FRACTION = 0.25
 
@@ -48,6 +50,14 @@ class Loaders(Protocol):
         """``shard=(rank, world)``: only that rank's slice of every global batch (``data/shard.py``)."""
 
 
+# A loader kind: (dataset, device, num_workers, data_dir) -> the loaders of that kind for the dataset (or of
+# the kind it falls back to, with a warning, when it cannot serve it).
+LoaderKind = Callable[
+    [ImageArrays | FolderDataset, torch.device, int, "str | Path | None"], Loaders
+]
+LOADERS: Registry[LoaderKind] = Registry("loader")
+
+
 def make_loaders(
     kind: str,
     arrays: ImageArrays | FolderDataset,
@@ -56,65 +66,99 @@ def make_loaders(
     num_workers: int = 0,
     data_dir: str | Path | None = None,
 ) -> Loaders:
-    """Loaders of ``kind`` (one of ``LOADER_KINDS``) for ``arrays``; ``ffcv`` reads the .beton files that
+    """Loaders of ``kind`` (one of ``LOADERS``) for ``arrays``; ``ffcv`` reads the .beton files that
     ``kdbench data prepare`` wrote under ``data_dir`` and falls back to ``tensor``, with a warning, when
     ffcv is not installed or the files do not hold exactly these arrays."""
-    if kind not in LOADER_KINDS:
-        raise KdbenchError(f"unknown loader {kind!r}; choose one of {', '.join(LOADER_KINDS)}.")
-    device = torch.device(device)
-    if isinstance(arrays, FolderDataset):
-        return _folder_loaders(kind, arrays, device, num_workers, data_dir)
-    if kind == "auto":
-        kind = "tensor" if _fits_on(device, arrays) else "torch"
-    if kind == "ffcv":
-        from kdbench.data.loaders import ffcv_arrays
-
-        try:
-            return ffcv_arrays.FfcvLoaders(
-                arrays, device, ffcv_arrays.beton_dir(arrays.name, data_dir), num_workers
-            )
-        except ffcv_arrays.FfcvUnavailable as exc:
-            log.warning("loader ffcv unavailable, using tensor (same results): %s", exc)
-            kind = "tensor"
-    if kind == "tensor":
-        return TensorLoaders(arrays, device, num_workers)
-    return TorchLoaders(arrays, num_workers, pin_memory=device.type == "cuda")
+    return LOADERS.get(kind)(arrays, torch.device(device), num_workers, data_dir)
 
 
-def _folder_loaders(
+@LOADERS.register("torch")
+def torch_loaders(
+    dataset: ImageArrays | FolderDataset,
+    device: torch.device,
+    num_workers: int,
+    data_dir: str | Path | None,
+) -> Loaders:
+    """The reference ``torch.utils.data`` loaders (page-locked batches for a CUDA run)."""
+    if isinstance(dataset, FolderDataset):
+        return FolderLoaders(dataset, num_workers, pin_memory=device.type == "cuda")
+    return TorchLoaders(dataset, num_workers, pin_memory=device.type == "cuda")
+
+
+@LOADERS.register("tensor")
+def tensor_loaders(
+    dataset: ImageArrays | FolderDataset,
+    device: torch.device,
+    num_workers: int,
+    data_dir: str | Path | None,
+) -> Loaders:
+    """The whole in-memory dataset on the device, batched crop and flip; image folders use ``torch``.
+
+    ``tensor`` holds a whole in-memory dataset on the device, so it does not apply to image files: it falls back
+    to ``torch`` with a warning, as ``ffcv`` falls back when it cannot serve a run."""
+    if isinstance(dataset, FolderDataset):
+        log.warning(
+            "loader tensor keeps a whole in-memory dataset on the device; %s is read from image files, "
+            "so it uses torch",
+            dataset.name,
+        )
+        return torch_loaders(dataset, device, num_workers, data_dir)
+    return TensorLoaders(dataset, device, num_workers)
+
+
+@LOADERS.register("ffcv")
+def ffcv_loaders(
+    dataset: ImageArrays | FolderDataset,
+    device: torch.device,
+    num_workers: int,
+    data_dir: str | Path | None,
+) -> Loaders:
+    """The .beton files of ``kdbench data prepare``; without them (or ffcv) ``tensor`` for in-memory datasets,
+    ``torch`` for image folders, with a warning."""
+    if isinstance(dataset, FolderDataset):
+        return _folder_ffcv("ffcv", dataset, device, num_workers, data_dir)
+    try:
+        return FfcvLoaders(dataset, device, beton_dir(dataset.name, data_dir), num_workers)
+    except FfcvUnavailable as exc:
+        log.warning("loader ffcv unavailable, using tensor (same results): %s", exc)
+    return tensor_loaders(dataset, device, num_workers, data_dir)
+
+
+@LOADERS.register("auto")
+def auto_loaders(
+    dataset: ImageArrays | FolderDataset,
+    device: torch.device,
+    num_workers: int,
+    data_dir: str | Path | None,
+) -> Loaders:
+    """In-memory datasets: ``tensor`` when the dataset fits on the device, else ``torch``. Image folders: ``ffcv``
+    when .beton files of exactly this dataset exist and ffcv imports, else ``torch``."""
+    if isinstance(dataset, FolderDataset):
+        return _folder_ffcv("auto", dataset, device, num_workers, data_dir)
+    if _fits_on(device, dataset):
+        return tensor_loaders(dataset, device, num_workers, data_dir)
+    return torch_loaders(dataset, device, num_workers, data_dir)
+
+
+def _folder_ffcv(
     kind: str,
     dataset: FolderDataset,
     device: torch.device,
     num_workers: int,
     data_dir: str | Path | None,
 ) -> Loaders:
-    """``ffcv`` (and ``auto``, when .beton files of exactly this dataset exist and ffcv imports), else ``torch``.
-
-    ``tensor`` holds a whole in-memory dataset on the device, so it does not apply: it falls back to ``torch``
-    with a warning, as ``ffcv`` falls back when it cannot serve a run."""
-    if kind == "tensor":
-        log.warning(
-            "loader tensor keeps a whole in-memory dataset on the device; %s is read from image files, "
-            "so it uses torch",
+    """ffcv for an image folder, else ``torch`` (said at info level for ``auto``, as a warning for ``ffcv``)."""
+    try:
+        return FfcvFolderLoaders(dataset, device, beton_dir(dataset.name, data_dir), num_workers)
+    except FfcvUnavailable as exc:
+        report = log.info if kind == "auto" else log.warning
+        report(
+            "loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s",
+            kind,
             dataset.name,
+            exc,
         )
-        kind = "torch"
-    if kind in ("auto", "ffcv"):
-        from kdbench.data.loaders import ffcv_arrays, ffcv_folder
-
-        try:
-            return ffcv_folder.FfcvFolderLoaders(
-                dataset, device, ffcv_arrays.beton_dir(dataset.name, data_dir), num_workers
-            )
-        except ffcv_arrays.FfcvUnavailable as exc:
-            report = log.info if kind == "auto" else log.warning
-            report(
-                "loader %s: ffcv cannot serve %s, using torch (PIL decoding): %s",
-                kind,
-                dataset.name,
-                exc,
-            )
-    return FolderLoaders(dataset, num_workers, pin_memory=device.type == "cuda")
+    return torch_loaders(dataset, device, num_workers, data_dir)
 
 
 def _fits_on(device: torch.device, arrays: ImageArrays) -> bool:
