@@ -235,10 +235,10 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
 
 
 def _check_loader(loader: str) -> None:
-    from kdbench.data import LOADER_KINDS
+    """Refuse an unknown ``--loader`` before anything is planned (the registry's did-you-mean error)."""
+    from kdbench.data import LOADERS
 
-    if loader not in LOADER_KINDS:
-        raise KdbenchError(f"unknown loader {loader!r}; choose one of {', '.join(LOADER_KINDS)}.")
+    LOADERS.get(loader)
 
 
 def _check_device(device: str) -> None:
@@ -1447,7 +1447,7 @@ def data_prepare(
         "write_mode": write_mode,
     }
     try:
-        from kdbench.data.ffcv_loader import prepare_dataset
+        from kdbench.data.loaders.ffcv_prepare import prepare_dataset
 
         folder = prepare_dataset(
             dataset, data_dir, out, **{k: v for k, v in image_options.items() if v is not None}

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdbench import methods, models
+from kdbench.data.registry import dataset_info
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 from kdbench.models import pretrained
 from kdbench.recipe import (
@@ -37,17 +38,6 @@ from kdbench.recipe import (
 
 SPEC_VERSION = 1
 TEACHER_SEED = 0
-# The smoke profile: every run of the table on small synthetic data (10 classes, 16×16 images),
-# so the whole pipeline runs on a laptop CPU in minutes. Its numbers check the pipeline only.
-SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
-# ImageNet recipes smoke-test the image-file path instead: a small synthetic ImageNet-shaped JPEG folder, 64 px crops.
-SMOKE_IMAGENET_DATA = {
-    "num_classes": 8,
-    "train_per_class": 16,
-    "val_per_class": 8,
-    "seed": 0,
-    "image_size": 64,
-}
 SMOKE_EPOCHS, SMOKE_BATCH, SMOKE_TRIALS = 2, 32, 1
 # So that every method trains stably on it, the smoke profile caps the LR and trains teachers longer than students.
 # The LR: the recipes' 0.05-0.1 is meant for 240 epochs; a few dozen steps from scratch at 0.05 are chaotic (a
@@ -551,13 +541,9 @@ def _select(
 
 
 def _profile_data(recipe: Recipe, profile: str, ci: CIProfile) -> DataSpec:
-    if profile == "smoke" and recipe.dataset.name == "imagenet":
-        crop = {
-            k: v for k, v in recipe.dataset.options.items() if k in ("crop_scale", "crop_ratio")
-        }
-        return DataSpec(name="imagenet_synthetic", options={**SMOKE_IMAGENET_DATA, **crop})
-    if profile == "smoke":
-        return DataSpec(name="synthetic", options=dict(SMOKE_DATA))
+    if profile == "smoke":  # the dataset's stand-in (DatasetInfo.smoke): small synthetic data
+        name, options = dataset_info(recipe.dataset.name).smoke.for_options(recipe.dataset.options)
+        return DataSpec(name=name, options=options)
     content = recipe.dataset.content
     if profile == "ci":
         return DataSpec(

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from kdbench import cli
-from kdbench.data import cifar
+from kdbench.data.datasets import cifar
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
 from kdbench.train.checkpoints import sha256_of

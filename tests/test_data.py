@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from collections.abc import Iterable
@@ -13,9 +14,11 @@ import torch
 from kdbench._torchvision import import_torchvision
 from kdbench.data import (
     DATASETS,
+    DatasetInfo,
     EpochPlan,
+    FolderDataset,
     ImageArrays,
-    cifar,
+    dataset_info,
     epoch_plan,
     load_dataset,
     resolve_data_dir,
@@ -23,7 +26,10 @@ from kdbench.data import (
     train_loader,
 )
 from kdbench.data import test_loader as make_test_loader  # aliased so pytest does not collect it
-from kdbench.data.cifar import md5sum
+from kdbench.data.datasets import cifar
+from kdbench.data.datasets.cifar import md5sum
+from kdbench.data.datasets.synthetic import make_synthetic
+from kdbench.data.registry import SMOKE_DATA
 from kdbench.errors import KdbenchError, UnknownNameError
 from torch import nn
 
@@ -292,6 +298,92 @@ def test_npz_defaults_options_and_errors(tmp_path: Path) -> None:
     np.savez(tmp_path / "partial.npz", x_train=x_train, y_train=np.zeros(30, dtype=np.int64))
     with pytest.raises(KdbenchError, match="lacks x_test, y_test"):
         load_dataset("npz", tmp_path, path="partial.npz")
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("synthetic", {}),
+        ("synthetic", {"num_classes": 7, "image_size": 12, "train_size": 30, "test_size": 9}),
+        ("imagenet_synthetic", {"num_classes": 3, "train_per_class": 2, "val_per_class": 1}),
+        ("imagenet_synthetic", {"num_classes": 2, "train_per_class": 3, "image_size": 40}),
+        ("npz", {"path": "tiny.npz"}),
+        ("npz", {"path": "tiny.npz", "num_classes": 9}),
+    ],
+)
+def test_dataset_info_agrees_with_the_data(name: str, options: dict, tmp_path: Path) -> None:
+    """What a DatasetInfo says without reading the data (cost, quantities and the planner use it) is what
+    reading the data gives."""
+    x = np.random.default_rng(0).integers(0, 256, size=(6, 10, 10, 3), dtype=np.uint8)
+    np.savez(
+        tmp_path / "tiny.npz",
+        x_train=x,
+        y_train=np.arange(6) % 4,
+        x_test=x[:2],
+        y_test=np.arange(2),
+    )
+    info = dataset_info(name)
+    known = info.options(options)
+    dataset = load_dataset(name, tmp_path, **options)
+    assert info.name == name and info.kind == (
+        "folder" if isinstance(dataset, FolderDataset) else "arrays"
+    )
+    assert info.sizes(known, tmp_path) == (len(dataset.y_train), len(dataset.y_test))
+    assert info.num_classes(known) in (None, dataset.num_classes)
+    if info.num_classes(known) is None:
+        assert name == "npz" and "num_classes" not in options
+    side = (
+        dataset.crop.image_size if isinstance(dataset, FolderDataset) else dataset.x_train.shape[1]
+    )
+    assert info.image_size(known) in (None, side)
+
+
+def test_every_dataset_has_its_info() -> None:
+    assert set(DATASETS) == {
+        "cifar10",
+        "cifar100",
+        "imagenet",
+        "imagenet_synthetic",
+        "npz",
+        "synthetic",
+    }
+    for name in DATASETS:
+        info = dataset_info(name)
+        assert info.name == name and info.smoke.name in DATASETS
+    assert dataset_info("cifar10").num_classes({}) == 10 and dataset_info("cifar100").sizes(
+        {}, Path()
+    ) == (
+        50_000,
+        10_000,
+    )
+    with pytest.raises(UnknownNameError, match="Did you mean 'imagenet'"):
+        dataset_info("imagenett")
+
+
+def test_a_new_dataset_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DatasetInfo added to DATASETS is all that loading, option checks, cost and the smoke profile need."""
+    from kdbench.plan import DataSpec
+    from kdbench.tools import cost
+
+    def load_tiny(*, classes: int = 3) -> ImageArrays:
+        return dataclasses.replace(
+            make_synthetic(num_classes=classes, train_size=12, test_size=6), name="tiny"
+        )
+
+    tiny = DatasetInfo(
+        name="tiny",
+        kind="arrays",
+        load=load_tiny,
+        num_classes=lambda options: options["classes"],
+        image_size=lambda options: 32,
+        sizes=lambda options, data_dir: (12, 6),
+    )
+    monkeypatch.setitem(DATASETS._entries, "tiny", tiny)
+    assert load_dataset("tiny", classes=4).num_classes == 4
+    with pytest.raises(KdbenchError, match="its options: classes"):
+        load_dataset("tiny", num_classes=4)
+    assert cost.dataset_sizes(DataSpec(name="tiny", options={}, train_fraction=0.5)) == (6, 6)
+    assert tiny.smoke.for_options({"classes": 4}) == ("synthetic", dict(SMOKE_DATA))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kdbench.data import cifar
+from kdbench.data.datasets import cifar
 from kdbench.errors import KdbenchError
 
 from test_data import trust_files, write_fake_cifar100

@@ -74,8 +74,8 @@ def test_datasets_named_by_their_content_keep_their_run_ids(tmp_path):
 def test_the_digest_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     write_npz(tmp_path / "data.npz", 128)
     calls = []
-    real = identity._file_sha256
-    monkeypatch.setattr(identity, "_file_sha256", lambda f: calls.append(f) or real(f))
+    real = identity.file_sha256
+    monkeypatch.setattr(identity, "file_sha256", lambda f: calls.append(f) or real(f))
     first = content_digest("npz", {"path": "data.npz"}, tmp_path)
     assert content_digest("npz", {"path": "data.npz"}, tmp_path) == first and len(calls) == 1
     write_npz(tmp_path / "data.npz", 256)

@@ -16,9 +16,9 @@ import torch
 import torch.multiprocessing as mp
 from kdbench import losses, methods
 from kdbench.data import ImageArrays
-from kdbench.data.loaders import TorchLoaders
+from kdbench.data.loaders.tensor_arrays import TensorLoaders
+from kdbench.data.loaders.torch_arrays import TorchLoaders
 from kdbench.data.shard import global_batch_sizes, slice_bounds
-from kdbench.data.tensor_loader import TensorLoaders
 from kdbench.errors import KdbenchError
 from kdbench.io import atomic_write_json
 from kdbench.models.base import Features, KDModel

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from kdbench import data, methods, models
-from kdbench.data.augment import crop_and_flip, to_normalized_tensor
+from kdbench.data.augment.epoch_plan import crop_and_flip, to_normalized_tensor
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.train import compute as compute_module
 from kdbench.train import loop as train

@@ -290,8 +290,8 @@ def test_cpu_slots_share_the_cores_and_keep_the_users_setting(monkeypatch):
 
 
 def test_torch_loaders_pin_their_batches_for_a_cuda_run():
-    from kdbench.data.select import make_loaders
-    from kdbench.data.synthetic import make_synthetic
+    from kdbench.data.datasets.synthetic import make_synthetic
+    from kdbench.data.loaders.factory import make_loaders
 
     arrays = make_synthetic(num_classes=4, train_size=16, test_size=8)
     cuda, cpu = (
@@ -346,7 +346,7 @@ def test_ffcv_buffers_are_copied_without_a_stream_sync_only_when_pageable():
     """ffcv recycles its batch buffers: from pageable memory a non_blocking copy is safe (CUDA stages the source
     before returning) and skips the blocking copy's stream synchronisation; a pinned buffer is copied blocking."""
     import torch
-    from kdbench.data.ffcv_loader import non_blocking_from
+    from kdbench.data.loaders.ffcv_files import non_blocking_from
 
     pageable = torch.zeros(4, dtype=torch.uint8)
     pinned = types.SimpleNamespace(is_pinned=lambda: True)
@@ -359,19 +359,19 @@ def test_ffcv_buffers_are_copied_without_a_stream_sync_only_when_pageable():
 def test_ffcv_decodes_with_the_processs_thread_share(monkeypatch, tmp_path: Path):
     """Each of 8 packed runs (or DDP ranks) used to start os.cpu_count() ffcv threads; now its own share."""
     import torch
-    from kdbench.data import ffcv_loader
-    from kdbench.data.synthetic import make_synthetic
+    from kdbench.data.datasets.synthetic import make_synthetic
+    from kdbench.data.loaders import ffcv_arrays, ffcv_files
 
-    monkeypatch.setattr(ffcv_loader, "import_ffcv", lambda: types.SimpleNamespace())
-    monkeypatch.setattr(ffcv_loader, "check_meta", lambda *args: None)
+    monkeypatch.setattr(ffcv_files, "import_ffcv", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(ffcv_arrays, "check_meta", lambda *args: None)
     arrays = make_synthetic(num_classes=4, train_size=8, test_size=4)
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert ffcv_loader.FfcvLoaders(arrays, torch.device("cpu"), tmp_path).ffcv_workers == 1
+        assert ffcv_arrays.FfcvLoaders(arrays, torch.device("cpu"), tmp_path).ffcv_workers == 1
         assert (
-            ffcv_loader.FfcvLoaders(
+            ffcv_arrays.FfcvLoaders(
                 arrays, torch.device("cpu"), tmp_path, num_workers=5
             ).ffcv_workers
             == 5

@@ -13,9 +13,9 @@ import torch
 from kdbench import data
 from kdbench._torchvision import import_torchvision
 from kdbench.data import folder
-from kdbench.data import imagenet_transforms as views
-from kdbench.data.folder_loaders import FolderLoaders, shard_batches
-from kdbench.data.synthetic_folder import synthetic_folder
+from kdbench.data.augment import imagenet_views as views
+from kdbench.data.datasets.imagenet_synthetic import synthetic_folder
+from kdbench.data.loaders.torch_folder import FolderLoaders, shard_batches
 from kdbench.errors import KdbenchError
 from PIL import Image
 from scipy import stats

@@ -10,9 +10,9 @@ import pytest
 import torch
 from kdbench import data
 from kdbench.cli import app
+from kdbench.data.augment.imagenet_views import CropOptions
 from kdbench.data.folder import load_folder
-from kdbench.data.folder_loaders import FolderLoaders
-from kdbench.data.imagenet_transforms import CropOptions
+from kdbench.data.loaders.torch_folder import FolderLoaders
 from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
@@ -45,7 +45,7 @@ def setup(
     position_coded_folder(data_dir / "coded")
     dataset = load_folder("imagenet", data_dir / "coded", data_dir / "index", CropOptions(SIZE), "")
     out = data_dir / "ffcv" / "imagenet"
-    from kdbench.data.ffcv_folder import prepare_folder
+    from kdbench.data.loaders.ffcv_folder import prepare_folder
 
     prepare_folder(dataset, out, write_mode="raw", num_workers=1)
     return dataset, data.make_loaders("ffcv", dataset, data_dir=data_dir), out

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from kdbench.cli import app
+from kdbench.data.datasets.imagenet import SMOKE_IMAGENET_DATA
 from kdbench.io import atomic_write_json
 from kdbench.plan import (
-    SMOKE_IMAGENET_DATA,
     DataSpec,
     RunSpec,
     TeacherRef,

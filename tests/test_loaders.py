@@ -15,9 +15,9 @@ from kdbench.data import ImageArrays, load_dataset, make_loaders, subset, train_
 from kdbench.data import (
     test_loader as make_test_loader,  # aliased so pytest does not collect it
 )
-from kdbench.data.augment import to_normalized_tensor
-from kdbench.data.loaders import TorchLoaders
-from kdbench.data.tensor_loader import TensorLoaders, normalisation_table
+from kdbench.data.augment.epoch_plan import to_normalized_tensor
+from kdbench.data.loaders.tensor_arrays import TensorLoaders, normalisation_table
+from kdbench.data.loaders.torch_arrays import TorchLoaders
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.store.run_dir import RunDir
@@ -237,7 +237,7 @@ def test_cli_rejects_an_unknown_loader_and_an_unknown_dataset_to_prepare() -> No
 def test_prepare_without_ffcv_names_the_install_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`data prepare` checks for ffcv before it reads the dataset (ffcv_loader.prepare_dataset)."""
+    """`data prepare` checks for ffcv before it reads the dataset (ffcv_prepare.prepare_dataset)."""
     for name in [n for n in sys.modules if n == "ffcv" or n.startswith("ffcv.")] or ["ffcv"]:
         monkeypatch.setitem(sys.modules, name, None)  # makes `import ffcv…` raise ImportError
     result = CliRunner().invoke(app, ["data", "prepare", "imagenet", "--data-dir", str(tmp_path)])
@@ -262,10 +262,10 @@ def test_prepare_refuses_a_missing_imagenet(tmp_path: Path) -> None:
 def ffcv_setup(small: ImageArrays, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     """One .beton folder and one FfcvLoaders for the module: each new ffcv Loader costs seconds of JIT."""
     pytest.importorskip("ffcv", reason="ffcv is not installed (pip install 'kdbench[ffcv]')")
-    from kdbench.data import ffcv_loader
+    from kdbench.data.loaders import ffcv_arrays
 
     threads = torch.get_num_threads()
-    folder = ffcv_loader.prepare(small, tmp_path_factory.mktemp("betons") / "ffcv" / small.name)
+    folder = ffcv_arrays.prepare(small, tmp_path_factory.mktemp("betons") / "ffcv" / small.name)
     loaders = make_loaders("ffcv", small, data_dir=folder.parent.parent)
     assert (
         torch.get_num_threads() == threads
@@ -276,7 +276,7 @@ def ffcv_setup(small: ImageArrays, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_prepare_writes_betons_and_meta(
     ffcv_setup: tuple[object, Path], small: ImageArrays
 ) -> None:
-    from kdbench.data.ffcv_loader import fingerprint
+    from kdbench.data.loaders.ffcv_arrays import fingerprint
 
     loaders, folder = ffcv_setup
     assert loaders.kind == "ffcv"

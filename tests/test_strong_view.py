@@ -9,17 +9,18 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 from kdbench import data
-from kdbench.data import strong_batched
-from kdbench.data.strong import (
+from kdbench.data.augment import strong_batched
+from kdbench.data.augment.strong import (
     CUTOUT_FILL,
     OPS,
+    StrongDraw,
     _magnitude,
     apply,
-    cutout,
+    draw,
     sample_rng,
     strong_view,
 )
-from kdbench.data.tensor_loader import crop_flip
+from kdbench.data.loaders.tensor_arrays import crop_flip
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -56,7 +57,7 @@ def test_ops_are_drawn_uniformly_with_replacement(image, monkeypatch):
             return op(im, v)
 
         wrapped.append((name, record, low, high))
-    monkeypatch.setattr("kdbench.data.strong.OPS", tuple(wrapped))
+    monkeypatch.setattr("kdbench.data.augment.strong.OPS", tuple(wrapped))
     for index in range(2800):
         drawn.append(())
         strong_view(image, sample_rng(0, 1, index))
@@ -69,13 +70,13 @@ def test_ops_are_drawn_uniformly_with_replacement(image, monkeypatch):
 
 
 def test_cutout_fills_a_clipped_square(image):
+    """The strong view's Cutout: a square of side U(0, width / 2) centred uniformly (``draw``), clipped, filled
+    (``apply``; here with no crop shift, flip or op, so only the Cutout changes pixels)."""
     rng = sample_rng(0, 0, 0)
-    filled = [
-        np.all(
-            np.asarray(cutout(Image.fromarray(image), rng, max_fraction=0.5)) == CUTOUT_FILL, axis=2
-        ).sum()
-        for _ in range(200)
-    ]
+    filled = []
+    for _ in range(200):
+        view = apply(image, StrongDraw(4, 4, False, (), (), draw(rng, 32, 32).cutout))
+        filled.append(np.all(view == CUTOUT_FILL, axis=2).sum())
     assert max(filled) > 0 and max(filled) <= (16 + 1) ** 2
     assert np.mean(filled) > 20  # side ~ U(0, 16): mean area well above zero
 
@@ -92,7 +93,7 @@ def test_loader_adds_the_strong_view_as_a_fourth_element():
     assert torch.equal(again[3], strong)
 
 
-# ---------------------------------------------------------------- batched on the device (data/strong_batched.py)
+# ---------------------------------------------------------------- batched on the device (data/augment/strong_batched.py)
 
 
 @pytest.fixture(scope="module")

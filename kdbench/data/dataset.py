@@ -10,8 +10,8 @@ import torch
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.folder import FolderDataset
-from kdbench.data.folder_loaders import example_images as folder_examples
-from kdbench.data.loaders import test_loader
+from kdbench.data.loaders.torch_arrays import test_loader
+from kdbench.data.loaders.torch_folder import example_images as folder_examples
 
 Dataset = ImageArrays | FolderDataset
 

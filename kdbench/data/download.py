@@ -2,7 +2,7 @@
 
 Several runs (or two ``reproduce`` processes) that need the same missing dataset used to download it each on
 its own, into the same temp file. Now the caller holds a lock on ``<data>/.<archive>.lock``
-(``kdbench.io.file_lock``, see ``data/cifar.py``): the first downloads into its own temp file and renames it
+(``kdbench.io.file_lock``, see ``data/datasets/cifar.py``): the first downloads into its own temp file and renames it
 into place after the md5 check; the others wait on the lock and then find the file.
 """
 

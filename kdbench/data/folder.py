@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdbench.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD, CropOptions
+from kdbench.data.augment.imagenet_views import IMAGENET_MEAN, IMAGENET_STD, CropOptions
 from kdbench.errors import KdbenchError
 from kdbench.io import atomic_write_bytes
 

@@ -19,52 +19,26 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdbench.data.registry import resolve_data_dir
+from kdbench.data.registry import dataset_info, resolve_data_dir
 from kdbench.errors import KdbenchError
 from kdbench.io import atomic_write_json
 from kdbench.recipe import Recipe
 
-CONTENT_HASHED = ("npz", "imagenet")
 _CHUNK = 1 << 20
 
 
 def content_digest(name: str, options: dict[str, Any], data_dir: Path) -> str | None:
     """The dataset's content digest (hex sha256), or None for datasets whose name is their content."""
-    if name == "npz":
-        path = Path(options.get("path", "")).expanduser()
-        file = path if path.is_absolute() else data_dir / path
-        if not file.is_file():
-            raise KdbenchError(
-                f"npz dataset file {file} does not exist, so its content cannot be identified. Give path= as "
-                f"an absolute path or relative to the data directory {data_dir} (--data-dir / KDBENCH_DATA)."
-            )
-        stat = file.stat()
-        return _cached(
-            f"file:{file.resolve()}",
-            f"{stat.st_size}:{stat.st_mtime_ns}",
-            lambda: _file_sha256(file),
-        )
-    if name == "imagenet":
-        root = data_dir / "imagenet"
-        splits = [root / split for split in ("train", "val")]
-        if not all(split.is_dir() for split in splits):
-            return None  # the loader says what is missing, with the download hint
-        stamp = hashlib.sha256(
-            "\n".join(
-                f"{d}:{d.stat().st_mtime_ns}"
-                for split in splits
-                for d in sorted(split.iterdir())
-                if d.is_dir()
-            ).encode()
-        ).hexdigest()
-        return _cached(f"folder:{root.resolve()}", stamp, lambda: _manifest_sha256(root, splits))
-    return None
+    info = dataset_info(name)
+    return None if info.content is None else info.content(info.options(options), data_dir)
 
 
-def _file_sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         while block := handle.read(_CHUNK):
@@ -72,7 +46,8 @@ def _file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest_sha256(root: Path, splits: list[Path]) -> str:
+def manifest_sha256(root: Path, splits: list[Path]) -> str:
+    """Hex sha256 of every file's path (relative to ``root``) and size under the ``splits`` folders."""
     digest = hashlib.sha256()
     for split in splits:
         for path in sorted(p for p in split.rglob("*") if p.is_file()):
@@ -88,7 +63,7 @@ def _cache_file() -> Path:
     )
 
 
-def _cached(key: str, stamp: str, compute) -> str:
+def cached_digest(key: str, stamp: str, compute: Callable[[], str]) -> str:
     """``compute()``, remembered under ``key`` while ``stamp`` (size and times) is unchanged."""
     cache_file = _cache_file()
     try:

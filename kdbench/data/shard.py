@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from kdbench.data.augment import EpochPlan
+from kdbench.data.augment.epoch_plan import EpochPlan
 from kdbench.errors import KdbenchError
 
 Shard = tuple[int, int]  # (rank, world size)

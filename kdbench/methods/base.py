@@ -79,7 +79,7 @@ class Needs:
     teacher_logits_only: bool = False
     # The dataset index of every sample (CRD's memory bank); the loop always provides it.
     sample_indices: bool = False
-    # A second, strongly augmented view of every image (MLKD): data/strong.py.
+    # A second, strongly augmented view of every image (MLKD): data/augment/strong.py.
     strong_view: bool = False
     # Modules sized by the batch size (SemCKD): every batch is full (the loop drops an incomplete one).
     fixed_batch: bool = False

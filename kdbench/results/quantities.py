@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from kdbench import methods, models
+from kdbench.data import dataset_info, load_dataset
 from kdbench.errors import KdbenchError
 from kdbench.plan import RunSpec
 from kdbench.recipe import Quantity
@@ -50,22 +51,14 @@ def computed(quantity: Quantity, spec: RunSpec) -> float:
 
 
 def geometry(spec: RunSpec) -> tuple[int, int]:
-    """(number of classes, image side) of the run's dataset, without loading it where it is known."""
-    name, options = spec.data.name, spec.data.options
-    if name in ("cifar100", "cifar10"):
-        return (100 if name == "cifar100" else 10), 32
-    if name == "synthetic":
-        return options.get("num_classes", 100), options.get("image_size", 32)
-    if name == "imagenet":  # ILSVRC-2012 at the student's native input size (224)
-        return 1000, models.input_size(spec.model)
-    from kdbench.data import load_dataset
-    from kdbench.data.imagenet import folder_geometry
-
-    if (known := folder_geometry(name, options)) is not None:
-        return known
-
-    arrays = load_dataset(name, **options)
-    return arrays.num_classes, int(arrays.x_train.shape[1])
+    """(number of classes, image side) of the run's dataset: its ``DatasetInfo``, else read from the data."""
+    info = dataset_info(spec.data.name)
+    options = info.options(spec.data.options)
+    classes, side = info.num_classes(options), info.image_size(options)
+    if classes is not None and side is not None:
+        return classes, side
+    dataset = load_dataset(spec.data.name, **spec.data.options)
+    return dataset.num_classes, int(dataset.x_train.shape[1])
 
 
 @lru_cache(maxsize=256)

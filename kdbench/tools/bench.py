@@ -9,7 +9,7 @@ and images, in the same process, measured in interleaved rounds (the host may be
   with per-sample torchvision transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
   Normalize), the teacher's forward pass every step, the method's loss, SGD, eager fp32, and the
   per-step ``loss.item()`` the papers log with. For MLKD, the dataset also returns each image's strong
-  view, made per sample with PIL in the loader (``data/strong.py``) as MLKD's released code does.
+  view, made per sample with PIL in the loader (``data/augment/strong.py``) as MLKD's released code does.
 
 FLOPs per image come from ``FlopCounterMode`` on one forward pass of each network (training = 3 × forward, twice
 for MLKD, which trains on a weak and a strong view);
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdbench import data, methods, models
-from kdbench.data.strong import strong_view
+from kdbench.data.augment.strong import strong_view
 from kdbench.errors import KdbenchError
 from kdbench.train import loop as train
 from kdbench.train import teacher_cache

@@ -16,18 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from kdbench import data, models
-from kdbench.data.imagenet import folder_geometry, folder_sizes
 from kdbench.plan import DataSpec, Plan, RunSpec
 
 H100_BF16_PEAK_FLOPS = 989e12
-KNOWN_SIZES = {
-    "cifar100": (50_000, 10_000),
-    "cifar10": (50_000, 10_000),
-}  # image folders: data.imagenet.folder_sizes
-KNOWN_CLASSES = {
-    "cifar10": 10,
-    "imagenet": 1000,
-}  # where a dataset spec does not say; otherwise 100
+DEFAULT_CLASSES = (
+    100  # where neither the dataset nor its spec says (an npz file without num_classes)
+)
 
 
 @lru_cache(maxsize=None)
@@ -46,36 +40,25 @@ def forward_flops(model: str, num_classes: int = 100, image_size: int | None = N
 
 
 def image_side(spec: RunSpec) -> int:
-    """Side of the run's input images: the dataset's ``image_size`` option, else the student's native size."""
-    return int(spec.data.options.get("image_size") or models.input_size(spec.model))
+    """Side of the run's input images: the dataset's (``DatasetInfo.image_size``), else the student's native size."""
+    info = data.dataset_info(spec.data.name)
+    return int(info.image_size(info.options(spec.data.options)) or models.input_size(spec.model))
 
 
 def dataset_sizes(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[int, int] | None:
     """(train, test) image counts after the spec's subset fractions; None when unknown."""
-    if spec.name == "synthetic":
-        sizes = (spec.options.get("train_size", 512), spec.options.get("test_size", 256))
-    elif folder_sizes(spec.name, spec.options) is not None:
-        sizes = folder_sizes(spec.name, spec.options)
-    elif spec.name in KNOWN_SIZES:
-        sizes = KNOWN_SIZES[spec.name]
-    elif spec.name == "npz":
-        path = Path(spec.options["path"])
-        path = path if path.is_absolute() else data.resolve_data_dir(data_dir) / path
-        if not path.is_file():
-            return None
-        with np.load(path, mmap_mode="r") as arrays:
-            sizes = (len(arrays["y_train"]), len(arrays["y_test"]))
-    else:
+    info = data.dataset_info(spec.name)
+    sizes = info.sizes(info.options(spec.options), data.resolve_data_dir(data_dir))
+    if sizes is None:
         return None
     return round(sizes[0] * spec.train_fraction), round(sizes[1] * spec.test_fraction)
 
 
 def network_geometry(spec: RunSpec) -> tuple[int, int]:
     """(classes, input side) the run's networks are built for."""
-    return folder_geometry(spec.data.name, spec.data.options) or (
-        spec.data.options.get("num_classes", KNOWN_CLASSES.get(spec.data.name, 100)),
-        image_side(spec),
-    )
+    info = data.dataset_info(spec.data.name)
+    classes = info.num_classes(info.options(spec.data.options))
+    return (DEFAULT_CLASSES if classes is None else classes), image_side(spec)
 
 
 @dataclass(frozen=True)

@@ -296,9 +296,9 @@ def check_loader(s: Setting) -> Check:
 
 def check_strong_views(s: Setting) -> Check:
     """MLKD's strong views made on the device against the PIL reference, pixel for pixel; ms per batch of 64."""
-    from kdbench.data.strong import apply
-    from kdbench.data.strong_batched import draws, strong_views, to_device
-    from kdbench.data.tensor_loader import ResidentSplit, crop_flip
+    from kdbench.data.augment.strong import apply
+    from kdbench.data.augment.strong_batched import draws, strong_views, to_device
+    from kdbench.data.loaders.tensor_arrays import ResidentSplit, crop_flip
 
     arrays = _synthetic(64 if s.quick else 512)
     split = ResidentSplit.from_arrays(arrays.x_train, arrays.y_train, 4, s.device)

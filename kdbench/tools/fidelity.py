@@ -285,15 +285,15 @@ def gate_images(config: FidelityConfig) -> tuple[Path, ImageArrays]:
 
 def _ffcv_data_dir(arrays: ImageArrays, results: Path) -> tuple[Path | None, str]:
     """A data dir whose ``ffcv/<name>`` holds .beton files of exactly this run's arrays, or why ffcv cannot run."""
-    from kdbench.data import ffcv_loader
+    from kdbench.data.loaders import ffcv_arrays, ffcv_files
 
     root = results / "ffcv-data"
-    folder = ffcv_loader.beton_dir(arrays.name, root)
+    folder = ffcv_files.beton_dir(arrays.name, root)
     try:
-        ffcv_loader.import_ffcv()
-        if not (folder / ffcv_loader.META_FILE).is_file():
-            ffcv_loader.prepare(arrays, folder)
-    except ffcv_loader.FfcvUnavailable as exc:
+        ffcv_files.import_ffcv()
+        if not (folder / ffcv_files.META_FILE).is_file():
+            ffcv_arrays.prepare(arrays, folder)
+    except ffcv_files.FfcvUnavailable as exc:
         return None, str(exc)
     return root, ""
 

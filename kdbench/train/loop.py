@@ -138,7 +138,7 @@ def run(
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
-    ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
+    ``loader`` is one of ``data.LOADERS``; every kind gives the same batches (``data/loaders/factory.py``).
     ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
     ``slot``: the executor's slot, recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held.
     ``loggers``: where rank 0 also sends each epoch's metrics (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).

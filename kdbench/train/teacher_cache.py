@@ -35,7 +35,7 @@ from rich.progress import (
 )
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.augment import EpochPlan
+from kdbench.data.augment.epoch_plan import EpochPlan
 from kdbench.errors import KdbenchError
 from kdbench.io import atomic_path, atomic_write_json, file_lock
 from kdbench.models.base import KDModel

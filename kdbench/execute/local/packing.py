@@ -16,7 +16,7 @@ so several processes per GPU raise throughput. The estimate per run, in bytes:
 with P the parameter counts, B the batch size and A the activation elements one image writes in a
 forward pass (counted on the meta device). The dataset and the cache are counted whenever the run may
 hold them on the GPU: a process decides on the dataset alone at load time against the memory it sees free
-then (``data/select.py``), and packed runs that start together all see an empty GPU.
+then (``data/loaders/factory.py``), and packed runs that start together all see an empty GPU.
 Runs per GPU = ⌊USABLE_SHARE · free memory / max run⌋, clamped to [1, MAX_RUNS_PER_GPU]. bf16 halves the
 activations; the estimate ignores it on purpose.
 """
@@ -97,15 +97,15 @@ def model_size(name: str, num_classes: int, image_size: int) -> tuple[int, int]:
 def footprint(spec, teacher_cache: str = "auto") -> Footprint:
     """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec` trained with ``--teacher-cache teacher_cache``."""
     from kdbench import methods
-    from kdbench.data.registry import FOLDER_DATASETS
-    from kdbench.data.tensor_loader import TRAIN_PADDING
+    from kdbench.data.loaders.tensor_arrays import TRAIN_PADDING
+    from kdbench.data.registry import dataset_info
     from kdbench.tools.cost import dataset_sizes, network_geometry
 
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
     teacher = model_size(spec.teacher.model, classes, size) if spec.teacher is not None else (0, 0)
     sizes = (
-        None if spec.data.name in FOLDER_DATASETS else dataset_sizes(spec.data)
+        None if dataset_info(spec.data.name).kind == "folder" else dataset_sizes(spec.data)
     )  # image folders stay on the host
     dataset = cache = state = 0
     if sizes is not None:

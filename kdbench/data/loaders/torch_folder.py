@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdbench.data.augment import epoch_plan
-from kdbench.data.folder import FolderDataset
-from kdbench.data.imagenet_transforms import (
+from kdbench.data.augment.epoch_plan import epoch_plan
+from kdbench.data.augment.imagenet_views import (
     crop_rng,
     decode,
     test_view,
     to_tensor,
     train_view,
 )
-from kdbench.data.loaders import Batch
+from kdbench.data.folder import FolderDataset
+from kdbench.data.loaders.torch_arrays import Batch
 from kdbench.data.shard import WHOLE, Shard, local_order
 from kdbench.errors import KdbenchError
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.cifar import CIFAR_SPECS
+from kdbench.data.datasets.cifar import CIFAR_SPECS
+from kdbench.data.registry import DATASETS, DatasetInfo
 from kdbench.errors import KdbenchError
 
 _GRID = 3  # prototypes are random _GRID x _GRID colour grids, upsampled smoothly
@@ -74,3 +75,16 @@ def _samples(
     clean = prototypes[labels[:, None, None], rows[:, :, None], cols[:, None, :]]
     noisy = 128.0 + _CONTRAST * clean + _NOISE * rng.standard_normal(clean.shape)
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8), labels
+
+
+DATASETS.add(
+    "synthetic",
+    DatasetInfo(
+        name="synthetic",
+        kind="arrays",
+        load=make_synthetic,
+        num_classes=lambda options: options["num_classes"],
+        image_size=lambda options: options["image_size"],
+        sizes=lambda options, data_dir: (options["train_size"], options["test_size"]),
+    ),
+)

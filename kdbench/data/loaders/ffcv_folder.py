@@ -14,8 +14,6 @@ The traversal order is still the epoch plan's, sharded like the reference's.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,21 +23,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdbench.data.augment import epoch_plan
-from kdbench.data.ffcv_loader import (
-    META_FILE,
+from kdbench.data.augment.epoch_plan import epoch_plan
+from kdbench.data.augment.imagenet_views import decode
+from kdbench.data.folder import FolderDataset
+from kdbench.data.loaders.ffcv_files import (
+    FfcvReader,
     check_meta,
     import_ffcv,
-    loader_workers,
     non_blocking_from,
-    open_loader,
+    write_betons,
 )
-from kdbench.data.folder import FolderDataset
-from kdbench.data.folder_loaders import strong_view_unsupported
-from kdbench.data.imagenet_transforms import decode
-from kdbench.data.loaders import Batch
+from kdbench.data.loaders.torch_arrays import Batch
+from kdbench.data.loaders.torch_folder import strong_view_unsupported
 from kdbench.data.shard import local_order
-from kdbench.data.tensor_loader import normalisation_table
 from kdbench.errors import KdbenchError
 
 WRITE_MODES = ("proportion", "jpg", "raw", "smart")
@@ -86,28 +82,12 @@ def prepare_folder(
             f"unknown write mode {write_mode!r}; choose one of {', '.join(WRITE_MODES)}."
         )
     ffcv = import_ffcv()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)
-    threads = torch.get_num_threads()
     settings = {
         "write_mode": write_mode,
         "max_resolution": max_resolution,
         "compress_probability": compress_probability,
         "jpeg_quality": jpeg_quality,
     }
-    for split in ("train", "test"):
-        fields = {
-            "image": ffcv.RGBImageField(**settings),
-            "label": ffcv.IntField(),
-            "index": ffcv.IntField(),
-        }
-        partial = out / f"{split}.beton.partial"
-        writer = ffcv.DatasetWriter(
-            str(partial), fields, num_workers=num_workers or os.cpu_count() or 1
-        )
-        writer.from_indexed_dataset(_FolderSamples(dataset, split))
-        partial.replace(out / f"{split}.beton")
-    torch.set_num_threads(threads)
     meta = {
         "dataset": dataset.name,
         "fingerprint": fingerprint(dataset),
@@ -115,8 +95,10 @@ def prepare_folder(
         "test": len(dataset.y_test),
         **settings,
     }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+    samples = {split: _FolderSamples(dataset, split) for split in ("train", "test")}
+    return write_betons(
+        ffcv, out, lambda: ffcv.RGBImageField(**settings), samples, meta, num_workers
+    )
 
 
 def check_betons(dataset: FolderDataset, directory: Path) -> None:
@@ -168,7 +150,7 @@ class FfcvFolderBatches:
             torch.set_num_threads(threads)
 
 
-class FfcvFolderLoaders:
+class FfcvFolderLoaders(FfcvReader):
     """Train and test batches decoded by ffcv from the .beton files of ``prepare_folder`` (the ``ffcv`` kind)."""
 
     kind = "ffcv"
@@ -178,8 +160,8 @@ class FfcvFolderLoaders:
     ) -> None:
         """Raises ``FfcvUnavailable`` when the files are missing or hold other data, or ffcv does not import."""
         check_betons(dataset, directory)
-        self.ffcv = import_ffcv()
-        from ffcv.fields.rgb_image import (
+        super().__init__(directory, device, dataset.mean, dataset.std, num_workers)
+        from ffcv.fields.rgb_image import (  # ffcv imports: only once import_ffcv found it
             CenterCropRGBImageDecoder,
             RandomResizedCropRGBImageDecoder,
         )
@@ -190,39 +172,23 @@ class FfcvFolderLoaders:
             centre=CenterCropRGBImageDecoder,
             flip=RandomHorizontalFlip,
         )
-        self.dataset, self.device, self.directory = dataset, device, directory
-        self.ffcv_workers = loader_workers(num_workers)
-        self.table = normalisation_table(dataset.mean, dataset.std).to(device)
-        self._loaders: dict[tuple[str, int, bool], Any] = {}
+        self.dataset = dataset
 
-    def _loader(self, split: str, batch_size: int, augment: bool) -> Any:
-        """One ffcv ``Loader`` per (split, per-rank batch size, augment), kept: each new one costs seconds of JIT."""
-        key = (split, batch_size, augment)
-        if key not in self._loaders:
-            f, crop = self.ffcv, self.dataset.crop
-            size = (crop.image_size, crop.image_size)
-            image = (
-                [
+    def _view_loader(self, split: str, batch_size: int, augment: bool) -> Any:
+        """One ffcv ``Loader`` per (split, per-rank batch size, augment): the train view (random resized crop
+        + flip) or the test view (centre crop)."""
+        crop = self.dataset.crop
+        size = (crop.image_size, crop.image_size)
+
+        def image() -> list[Any]:
+            if augment:
+                return [
                     self.decoders.random(size, scale=crop.scale, ratio=crop.ratio),
                     self.decoders.flip(),
                 ]
-                if augment
-                else [self.decoders.centre(size, ratio=crop.image_size / crop.resize_size)]
-            )
-            pipelines = {
-                "image": [*image, f.ToTensor()],
-                "label": [f.IntDecoder(), f.ToTensor()],
-                "index": [f.IntDecoder(), f.ToTensor()],
-            }
-            self._loaders[key] = open_loader(
-                f,
-                self.directory / f"{split}.beton",
-                batch_size,
-                self.ffcv_workers,
-                pipelines,
-                drop_last=False,
-            )
-        return self._loaders[key]
+            return [self.decoders.centre(size, ratio=crop.image_size / crop.resize_size)]
+
+        return self._loader((split, batch_size, augment), False, image)
 
     def _batches(
         self,
@@ -240,7 +206,7 @@ class FfcvFolderLoaders:
         local = batch_size // shard[1]
         length = -(-len(rank_order) // local)
         return FfcvFolderBatches(
-            self._loader(split, local, augment),
+            self._view_loader(split, local, augment),
             rank_order.astype(np.int64),
             length,
             self.table,

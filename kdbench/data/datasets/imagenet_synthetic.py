@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from kdbench.data.datasets.imagenet import DEFAULT_RATIO, DEFAULT_SCALE, crop_options
+from kdbench.data.folder import FolderDataset, load_folder
+from kdbench.data.registry import DATASETS, DatasetInfo
 from kdbench.errors import KdbenchError
 
 FORMAT = "v1"  # bump when the generated images change
@@ -71,6 +75,51 @@ def synthetic_folder(
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return root
+
+
+def load_imagenet_synthetic(
+    data_dir: Path,
+    *,
+    num_classes: int = CLASSES,
+    train_per_class: int = TRAIN_PER_CLASS,
+    val_per_class: int = VAL_PER_CLASS,
+    seed: int = 0,
+    image_size: int = 224,
+    crop_scale: Sequence[float] = DEFAULT_SCALE,
+    crop_ratio: Sequence[float] = DEFAULT_RATIO,
+) -> FolderDataset:
+    """The synthetic ImageNet-shaped folder (generated on first use), read exactly as ``imagenet`` is."""
+    root = synthetic_folder(
+        data_dir,
+        num_classes=num_classes,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+        seed=seed,
+    )
+    return load_folder(
+        "imagenet_synthetic",
+        root,
+        data_dir / "index",
+        crop_options(image_size, crop_scale, crop_ratio),
+        "Delete the folder to have it generated again.",
+    )
+
+
+DATASETS.add(
+    "imagenet_synthetic",
+    DatasetInfo(
+        name="imagenet_synthetic",
+        kind="folder",
+        load=load_imagenet_synthetic,
+        num_classes=lambda options: options["num_classes"],
+        image_size=lambda options: options["image_size"],
+        sizes=lambda options, data_dir: (
+            options["num_classes"] * options["train_per_class"],
+            options["num_classes"] * options["val_per_class"],
+        ),
+        ffcv=True,
+    ),
+)
 
 
 def _generate(

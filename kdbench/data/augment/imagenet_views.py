@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdbench.data.augment import to_normalized_tensor
+from kdbench.data.augment.epoch_plan import to_normalized_tensor
 from kdbench.errors import KdbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -1,4 +1,4 @@
-"""MLKD's strong view for a whole batch with tensor ops on the loader's device (``data/strong.py`` is the reference).
+"""MLKD's strong view for a whole batch with tensor ops on the loader's device (``data/augment/strong.py`` is the reference).
 
 The random decisions are the reference's: each sample's ``StrongDraw`` comes from the same per-sample
 generator ``sample_rng(seed, epoch, index)`` through the same ``strong.draw``, on the CPU (a few numbers
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from kdbench.data.strong import (
+from kdbench.data.augment.strong import (
     CUTOUT_FILL,
     OPS,
     StrongDraw,

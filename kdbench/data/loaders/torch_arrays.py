@@ -9,21 +9,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.augment import (
+from kdbench.data.augment.epoch_plan import (
     EpochPlan,
     crop_and_flip,
     epoch_plan,
     to_normalized_tensor,
 )
+from kdbench.data.augment.strong import sample_rng, strong_view
 from kdbench.data.shard import WHOLE, Shard, shard_plan
-from kdbench.data.strong import sample_rng, strong_view
 
 # images (B,3,H,W) float32, labels int64, sample indices int64 [, strong views (B,3,H,W) float32]
 Batch = tuple[torch.Tensor, ...]
 
 
 class StrongViews(Dataset[torch.Tensor]):
-    """Item ``i`` is MLKD's strong view of sample ``i`` for (seed, epoch), normalised (see ``data/strong.py``)."""
+    """Item ``i`` is MLKD's strong view of sample ``i`` for (seed, epoch), normalised (see ``data/augment/strong.py``)."""
 
     def __init__(
         self,
@@ -59,7 +59,7 @@ class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
         std: Sequence[float],
         strong_seed: tuple[int, int] | None = None,
     ) -> None:
-        """``strong_seed=(seed, epoch)`` adds MLKD's strong view of each sample (see ``data/strong.py``)."""
+        """``strong_seed=(seed, epoch)`` adds MLKD's strong view of each sample (see ``data/augment/strong.py``)."""
         self.images, self.labels = images, labels
         self.offsets, self.flips, self.padding = (
             plan.offsets.numpy(),
@@ -162,7 +162,7 @@ def strong_loader(
 
 
 class TorchLoaders:
-    """The reference loaders behind the interface every loader kind shares (see ``data/select.py``);
+    """The reference loaders behind the interface every loader kind shares (see ``data/loaders/factory.py``);
     ``pin_memory`` for a CUDA run (see ``train_loader``)."""
 
     kind = "torch"

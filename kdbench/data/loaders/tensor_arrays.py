@@ -1,10 +1,10 @@
 """Device-resident loader: the whole uint8 dataset on the run's device, every batch cut with tensor ops.
 
-Each batch replays the same ``EpochPlan`` as the reference loader (``data/loaders.py``): gathered in the
+Each batch replays the same ``EpochPlan`` as the reference loader (``data/loaders/torch_arrays.py``): gathered in the
 plan's order, cropped at the plan's (dx, dy) from the zero-padded images and mirrored where the plan says,
 in one advanced-indexing gather per batch. Normalisation is a lookup in a (3, 256) table computed on the
 CPU with the reference's own ops, so the values equal the reference's bit for bit on every device.
-MLKD's strong views are made on the device too, batch by batch (``data/strong_batched.py``): the same
+MLKD's strong views are made on the device too, batch by batch (``data/augment/strong_batched.py``): the same
 per-sample random decisions as the reference's PIL views, and the same pixels.
 """
 
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.data.arrays import ImageArrays
-from kdbench.data.augment import EpochPlan, epoch_plan
-from kdbench.data.loaders import Batch, identity_plan
+from kdbench.data.augment.epoch_plan import EpochPlan, epoch_plan
+from kdbench.data.augment.strong_batched import draws, strong_views, to_device
+from kdbench.data.loaders.torch_arrays import Batch, identity_plan
 from kdbench.data.shard import WHOLE, Shard, shard_plan
-from kdbench.data.strong_batched import draws, strong_views, to_device
 
 TRAIN_PADDING = 4  # the padding of every train plan (``epoch_plan``'s default)
 

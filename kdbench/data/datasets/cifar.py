@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from kdbench.data.arrays import ImageArrays
 from kdbench.data.download import extract, fetch, md5sum
+from kdbench.data.registry import DATASETS, DatasetInfo
 from kdbench.errors import KdbenchError
 from kdbench.io import file_lock
 
 CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR_SIZES, CIFAR_IMAGE_SIZE = (50_000, 10_000), 32  # train / test images, of 32×32 pixels
 
 # Official md5 of every file kdbench reads, per dataset (the same values torchvision checks).
 CIFAR_MD5: dict[str, dict[str, str]] = {
@@ -172,3 +175,19 @@ def _read_batches(
         )
         labels.append(np.asarray(batch[spec.label_key], dtype=np.int64))
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _info(name: str, num_classes: int) -> DatasetInfo:
+    return DatasetInfo(
+        name=name,
+        kind="arrays",
+        load=partial(load_cifar, name),
+        num_classes=lambda options: num_classes,
+        image_size=lambda options: CIFAR_IMAGE_SIZE,
+        sizes=lambda options, data_dir: CIFAR_SIZES,
+        ffcv=True,
+    )
+
+
+for _name, _spec in CIFAR_SPECS.items():
+    DATASETS.add(_name, _info(_name, _spec.num_classes))

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kdbench.data import identity
 from kdbench.data.arrays import ImageArrays
+from kdbench.data.registry import DATASETS, DatasetInfo, Options
 from kdbench.errors import KdbenchError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -27,8 +29,7 @@ def load_npz(
 
     ``num_classes`` defaults to the largest label + 1; ``mean``/``std`` default to the train pixels' statistics.
     """
-    file = Path(path).expanduser()
-    file = file if file.is_absolute() else data_dir / file
+    file = _file(path, data_dir)
     if not file.is_file():
         raise KdbenchError(
             f"npz dataset file {file} does not exist. Give path= as an absolute path or relative to the data "
@@ -95,3 +96,49 @@ def pixel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
         means.append(mean)
         stds.append(float(np.sqrt(counts @ (values - mean) ** 2)))
     return tuple(means), tuple(stds)
+
+
+def _file(path: str | Path, data_dir: Path) -> Path:
+    """``path`` as the dataset option gives it: absolute, or relative to ``data_dir``."""
+    file = Path(path).expanduser()
+    return file if file.is_absolute() else data_dir / file
+
+
+def npz_sizes(options: Options, data_dir: Path) -> tuple[int, int] | None:
+    """(train, test) label counts read from the file's array headers; None when the file is missing."""
+    file = _file(options["path"], data_dir)
+    if not file.is_file():
+        return None
+    with np.load(file, mmap_mode="r") as arrays:
+        return len(arrays["y_train"]), len(arrays["y_test"])
+
+
+def npz_content(options: Options, data_dir: Path) -> str:
+    """The sha256 of the file's bytes (cached by path, size and modification time)."""
+    file = _file(options.get("path", ""), data_dir)
+    if not file.is_file():
+        raise KdbenchError(
+            f"npz dataset file {file} does not exist, so its content cannot be identified. Give path= as "
+            f"an absolute path or relative to the data directory {data_dir} (--data-dir / KDBENCH_DATA)."
+        )
+    stat = file.stat()
+    return identity.cached_digest(
+        f"file:{file.resolve()}",
+        f"{stat.st_size}:{stat.st_mtime_ns}",
+        lambda: identity.file_sha256(file),
+    )
+
+
+DATASETS.add(
+    "npz",
+    DatasetInfo(
+        name="npz",
+        kind="arrays",
+        load=load_npz,
+        num_classes=lambda options: options[
+            "num_classes"
+        ],  # None: the largest label + 1, once read
+        sizes=npz_sizes,
+        content=npz_content,
+    ),
+)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from kdbench.data.augment import crop_and_flip
+from kdbench.data.augment.epoch_plan import crop_and_flip
 
 CUTOUT_FILL = (125, 123, 114)
 CUTOUT_MAX_FRACTION = 0.5
@@ -90,17 +90,6 @@ def cutout_box(
     """(x0, y0, x1, y1) of the Cutout square, clipped; PIL fills it corners included."""
     x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
     return x0, y0, int(min(width, x0 + side)), int(min(height, y0 + side))
-
-
-def cutout(
-    image: Image.Image, rng: np.random.Generator, max_fraction: float = CUTOUT_MAX_FRACTION
-) -> Image.Image:
-    """Square of side U(0, max_fraction)·width, centred uniformly, clipped, filled with CUTOUT_FILL."""
-    width, height = image.size
-    side = rng.uniform(0, max_fraction) * width
-    return _fill(
-        image, cutout_box(side, rng.uniform(0, width), rng.uniform(0, height), width, height)
-    )
 
 
 def _fill(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
