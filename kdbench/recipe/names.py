@@ -1,6 +1,6 @@
 """Names a recipe refers to (models, methods, dataset, released teachers) checked against the registries at load time.
 
-The schema (``recipe.py``) checks the recipe's shape; this module checks that every name in it is
+The schema (``schema.py``) checks the recipe's shape; this module checks that every name in it is
 registered, so a typo is reported with the file, line and key before anything is planned, with the
 nearest valid name.
 """
@@ -104,7 +104,7 @@ def explain(
 ) -> str:
     """One line per unknown name or invalid parameter: ``file:line: key 'a.b': unknown ... Did you mean ...?``
     (``origins``: key paths set by ``--set`` arguments, named instead of the file's line)."""
-    from kdbench.recipe_overrides import origin
+    from kdbench.recipe.overrides import origin
 
     messages = []
     for loc, exc in found:

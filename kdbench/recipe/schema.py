@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from kdbench import recipe_overrides
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
+from kdbench.recipe import overrides as recipe_overrides
 
 # The shipped recipes are package data (pyproject.toml [tool.setuptools.package-data]), so an installed wheel has them.
 RECIPES_DIR = Path(str(importlib.resources.files("kdbench") / "recipes"))
@@ -684,7 +684,7 @@ def _check_expanded_size(path: Path, root: yaml.Node) -> None:
 
 
 def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """The validated recipe, after applying ``overrides`` (``--set PATH=VALUE``, kdbench/recipe_overrides.py)."""
+    """The validated recipe, after applying ``overrides`` (``--set PATH=VALUE``, kdbench/recipe/overrides.py)."""
     path = resolve_recipe_path(str(name_or_path))
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
@@ -696,7 +696,9 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise KdbenchError(_explain(path, exc, lines, origins)) from None
-    from kdbench import recipe_names  # imports the registries (torch): only once the shape is valid
+    from kdbench.recipe import (
+        names as recipe_names,
+    )  # imports the registries (torch): only once the shape is valid
 
     unknown = [*recipe_names.unknown_names(recipe), *recipe_names.invalid_params(recipe)]
     if unknown:
