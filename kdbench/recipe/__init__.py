@@ -1,15 +1,26 @@
-"""Recipes: the schema of a paper table (``schema``), its ``--set`` overrides (``overrides``) and the check
-of the names it refers to against the registries (``names``). ``from kdbench.recipe import X`` reaches them."""
+"""Recipes: the schema of a paper table (``schema``), where recipe files are (``files``), reading and
+validating one (``loading``), its ``--set`` overrides (``overrides``) and the check of the names it refers
+to against the registries (``names``). ``from kdbench.recipe import X`` reaches the public names."""
 
-from kdbench.recipe.schema import (
+from kdbench.recipe.files import (
     CATALOG_FILE,
-    MAX_EPOCHS,
-    MAX_RECIPE_BYTES,
-    MAX_RECIPE_NODES,
-    MAX_TRIALS,
-    PROFILES,
     RECIPES_DIR,
     RECIPES_ENV,
+    recipe_dirs,
+    recipe_files,
+    resolve_recipe_path,
+)
+from kdbench.recipe.loading import (
+    MAX_RECIPE_BYTES,
+    MAX_RECIPE_NODES,
+    load_recipe,
+    read_yaml,
+    table_catalog,
+)
+from kdbench.recipe.schema import (
+    MAX_EPOCHS,
+    MAX_TRIALS,
+    PROFILES,
     CatalogEntry,
     Checkpoint,
     CIProfile,
@@ -28,12 +39,6 @@ from kdbench.recipe.schema import (
     TrainingOverride,
     check_chunks_divide_batch,
     check_milestones,
-    load_recipe,
-    read_yaml,
-    recipe_dirs,
-    recipe_files,
-    resolve_recipe_path,
-    table_catalog,
 )
 
 __all__ = [
