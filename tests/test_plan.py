@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from kdbench.errors import KdbenchError
-from kdbench.plan import RunSpec, plan
-from kdbench.recipe import Recipe, load_recipe
+from kdbench.plan import ADDED_TRAIN_DEFAULTS, RunSpec, TrainSpec, plan
+from kdbench.recipe import Recipe, Training, TrainingFields, TrainingOverride, load_recipe
+from kdbench.recipe.schema import NOT_OVERRIDABLE
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,18 @@ def test_parameters_can_differ_by_column():
         if s.method == "dkd"
     }
     assert betas == {"resnet8x4": 8.0, "resnet20": 2.0}
+
+
+def test_training_fields_are_written_once():
+    """A recipe's Training, a row's TrainingOverride and a run's TrainSpec are built from recipe.TrainingFields: a
+    field added there reaches all three, and ADDED_TRAIN_DEFAULTS holds each added field's own default."""
+    fields = set(TrainingFields.model_fields)
+    assert set(TrainSpec.model_fields) == fields
+    assert set(Training.model_fields) == fields | {"lr_by_model"}
+    assert set(TrainingOverride.model_fields) == fields - NOT_OVERRIDABLE
+    assert all(f.default is None for f in TrainingOverride.model_fields.values())
+    for name, value in ADDED_TRAIN_DEFAULTS.items():
+        assert TrainSpec.model_fields[name].default == value, name
 
 
 def test_quick_profiles_shorten_pretraining_stages():

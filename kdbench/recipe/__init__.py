@@ -36,8 +36,8 @@ from kdbench.recipe.schema import (
     Teacher,
     TeacherSource,
     Training,
+    TrainingFields,
     TrainingOverride,
-    check_chunks_divide_batch,
     check_milestones,
 )
 
@@ -65,8 +65,8 @@ __all__ = [
     "Teacher",
     "TeacherSource",
     "Training",
+    "TrainingFields",
     "TrainingOverride",
-    "check_chunks_divide_batch",
     "check_milestones",
     "load_recipe",
     "read_yaml",

@@ -15,9 +15,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from kdbench.errors import KdbenchError, did_you_mean
 
@@ -121,13 +123,19 @@ class DatasetRef(_Strict):
     content: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
-class Training(_Strict):
-    """Optimisation schedule. LR for 1-indexed epoch e = lr_for(model) · lr_decay^#{m ∈ milestones : e > m}."""
+class TrainingFields(BaseModel):
+    """The training fields, written once. LR for 1-indexed epoch e = lr · lr_decay^#{m ∈ milestones : e > m}.
+
+    A recipe's :class:`Training` adds ``lr_by_model`` and the recipe's checks, a row's
+    :class:`TrainingOverride` is each of them optional, and a run's ``plan.TrainSpec`` holds them
+    resolved for that run (the profile's epochs and milestones, the model's LR, the run's chunks). A new
+    training knob is one field here (and, to keep finished runs' ids, one entry of
+    ``plan.ADDED_TRAIN_DEFAULTS``).
+    """
 
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
-    lr_by_model: dict[str, float] = Field(default_factory=dict)
     milestones: tuple[int, ...] = ()
     lr_decay: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0)
@@ -139,10 +147,11 @@ class Training(_Strict):
     # Label smoothing ε of every cross-entropy term against the labels (DIST Table 10's "w/ LS").
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     # The original run's per-GPU batch, for methods whose losses depend on the batch (DIST, MLKD): they
-    # compute those losses per chunk of this many samples, as the original GPUs did (TrainSpec.loss_chunk).
+    # compute those losses per chunk of this many samples, as the original GPUs did (methods.base.per_chunk).
     loss_chunk: int | None = Field(default=None, gt=0)
     # The original run's per-GPU batch for BatchNorm (every method): each chunk is normalised on its own
-    # and the first keeps the running statistics, as on the original GPUs without SyncBN (TrainSpec.bn_chunk).
+    # and the first keeps the running statistics, as on the original GPUs without SyncBN
+    # (models.per_gpu_batchnorm). None: per process, as DDP does.
     bn_chunk: int | None = Field(default=None, gt=0)
     # Skip each epoch's last, smaller batch, as loaders built with drop_last=True do (DIST's code:
     # hunto/image_classification_sota lib/dataset/builder.py:78-81). Methods with modules sized by the
@@ -150,9 +159,22 @@ class Training(_Strict):
     drop_last: bool = False
 
     @model_validator(mode="after")
-    def _chunk_divides_batch(self) -> Training:
-        check_chunks_divide_batch(self)
+    def _chunks_divide_batch(self) -> TrainingFields:
+        """``loss_chunk`` and ``bn_chunk`` (when set) divide ``batch_size``."""
+        for name in ("loss_chunk", "bn_chunk"):
+            chunk = getattr(self, name)
+            if chunk is not None and self.batch_size % chunk:
+                raise ValueError(
+                    f"{name} {chunk} must divide batch_size {self.batch_size} "
+                    f"(it is the original per-GPU batch: batch_size / number of GPUs)"
+                )
         return self
+
+
+class Training(_Strict, TrainingFields):
+    """A recipe's optimisation schedule: :class:`TrainingFields`, and an LR per student model."""
+
+    lr_by_model: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("milestones")
     @classmethod
@@ -184,42 +206,42 @@ def check_milestones(milestones: tuple[int, ...] | None, epochs: int | None) -> 
         )
 
 
-def check_chunks_divide_batch(training: Any) -> None:
-    """Raise ValueError unless ``loss_chunk`` and ``bn_chunk`` (when set) divide ``batch_size``: a recipe's
-    ``Training`` and a run's ``plan.TrainSpec`` alike."""
-    for name in ("loss_chunk", "bn_chunk"):
-        chunk = getattr(training, name)
-        if chunk is not None and training.batch_size % chunk:
-            raise ValueError(
-                f"{name} {chunk} must divide batch_size {training.batch_size} "
-                f"(it is the original per-GPU batch: batch_size / number of GPUs)"
-            )
+class _OverrideChecks(_Strict):
+    """The checks of :class:`TrainingOverride` beyond its fields' own constraints."""
 
-
-class TrainingOverride(_Strict):
-    """A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats ``lr_by_model``."""
-
-    epochs: int | None = Field(default=None, gt=0, le=MAX_EPOCHS)
-    batch_size: int | None = Field(default=None, gt=0)
-    lr: float | None = Field(default=None, gt=0)
-    milestones: tuple[int, ...] | None = None
-    lr_decay: float | None = Field(default=None, gt=0)
-    momentum: float | None = Field(default=None, ge=0)
-    nesterov: bool | None = None
-    weight_decay: float | None = Field(default=None, ge=0)
-    decay_norm_and_bias: bool | None = None
-    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
-    drop_last: bool | None = None
-
-    @field_validator("milestones")
+    @field_validator("milestones", check_fields=False)
     @classmethod
     def _milestones_in_schedule(
         cls, value: tuple[int, ...] | None, info: ValidationInfo
     ) -> tuple[int, ...] | None:
-        check_milestones(
-            value, info.data.get("epochs")
-        )  # without epochs: the recipe's, in Recipe._cross_references
+        # without epochs: the recipe's, in Recipe._cross_references
+        check_milestones(value, info.data.get("epochs"))
         return value
+
+
+# Training fields a row cannot set: the chunks are the original run's per-GPU batch (its GPU count), which
+# the plan keeps for every run's batch size; ``lr_by_model`` is not a TrainingFields field (a row's ``lr``
+# beats it).
+NOT_OVERRIDABLE = frozenset({"loss_chunk", "bn_chunk"})
+
+
+def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """``field`` as an optional field: its type ``| None``, default None, its constraints kept."""
+    return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
+
+
+TrainingOverride = create_model(
+    "TrainingOverride",
+    __base__=_OverrideChecks,
+    __module__=__name__,
+    __doc__="A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats "
+    "``lr_by_model``. Generated from :class:`TrainingFields`: every field but :data:`NOT_OVERRIDABLE`, optional.",
+    **{
+        name: _optional(field)
+        for name, field in TrainingFields.model_fields.items()
+        if name not in NOT_OVERRIDABLE
+    },
+)
 
 
 class Checkpoint(_Strict):
