@@ -312,19 +312,17 @@ def plan(
                 result.cells.append(Cell(row.label, column_id, row.method, "not_implemented"))
                 continue
             overrides = {**row.params, **row.params_by_column.get(column_id, {})}
+            # Quick profiles shorten a method's epoch-valued parameters (e.g. its pre-training stage) like the
+            # main schedule.
+            schedule = (_profile_epochs(profile, ci, train_base), train_base.epochs)
             params = _params(
-                recipe, row.label, row.method, _variant(recipe, row.method, row.variant), overrides
+                recipe,
+                row.label,
+                row.method,
+                _variant(recipe, row.method, row.variant),
+                overrides,
+                schedule if profile != "full" else None,
             )
-            if profile != "full" and "init_epochs" in params:
-                # Quick profiles shorten a method's pre-training stage like the main schedule.
-                params["init_epochs"] = max(
-                    1,
-                    round(
-                        params["init_epochs"]
-                        * _profile_epochs(profile, ci, train_base)
-                        / train_base.epochs
-                    ),
-                )
             needs_teacher = methods.get(row.method).needs.teacher
             teacher_model = recipe.teachers[column.teacher].model
             teacher_ref = (
@@ -454,11 +452,20 @@ def _variant(recipe: Recipe, method: str, row_variant: str | None) -> str | None
 
 
 def _params(
-    recipe: Recipe, label: str, method: str, variant: str | None, overrides: dict[str, Any]
+    recipe: Recipe,
+    label: str,
+    method: str,
+    variant: str | None,
+    overrides: dict[str, Any],
+    schedule: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The row's method parameters; ``schedule`` (the run's epochs, the recipe's): scale the epoch-valued ones."""
     where = f"recipe {recipe.name}, row {label!r} (method {method})"
     try:
-        return methods.resolve_params(method, variant, overrides).model_dump(mode="json")
+        params = methods.resolve_params(method, variant, overrides)
+        if schedule is not None:
+            params = params.scale_epochs(*schedule)
+        return params.model_dump(mode="json")
     except UnknownNameError as exc:
         raise KdbenchError(f"{where}: {exc}") from None
     except ValidationError as exc:

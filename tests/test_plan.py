@@ -233,3 +233,36 @@ def test_quick_profiles_shorten_pretraining_stages():
         for p in ("full", "ci", "smoke")
     }
     assert init == {"full": 30, "ci": 1, "smoke": 1}  # 30 × 2/240 rounds to 0: at least one epoch
+
+
+def test_quick_profiles_keep_a_disabled_pretraining_stage_off():
+    """init_epochs 0 means no pre-training stage: quick profiles keep it 0 (they used to raise it to 1 epoch)."""
+    recipe = _tiny_recipe([{"label": "AB", "method": "ab", "params": {"init_epochs": 0}}])
+    init = {
+        p: next(s for s in plan(recipe, p).specs.values() if s.method == "ab").method_params[
+            "init_epochs"
+        ]
+        for p in ("full", "ci", "smoke")
+    }
+    assert init == {"full": 0, "ci": 0, "smoke": 0}
+
+
+def test_epoch_valued_parameters_are_declared_not_named():
+    """The plan scales the parameters a method declares with epoch_count, whatever their name."""
+    from kdbench import methods
+    from kdbench.methods.base import MethodParams, epoch_count
+
+    declared = {n: methods.get(n).Params.epoch_fields() for n in methods.names()}
+    assert {n: f for n, f in declared.items() if f} == {
+        "ab": ["init_epochs"],
+        "fsp": ["init_epochs"],
+        "ft": ["init_epochs"],
+    }
+
+    class WarmupParams(MethodParams):
+        warmup: int = epoch_count(20)
+        steps: int = 20  # not in epochs: kept
+
+    scaled = WarmupParams().scale_epochs(2, 240)
+    assert (scaled.warmup, scaled.steps) == (1, 20)
+    assert WarmupParams(warmup=120).scale_epochs(30, 240).warmup == 15
