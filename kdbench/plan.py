@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdbench import methods, models
 from kdbench.data.registry import dataset_info
@@ -32,8 +32,8 @@ from kdbench.recipe import (
     Recipe,
     Row,
     Training,
+    TrainingFields,
     TrainingOverride,
-    check_chunks_divide_batch,
 )
 
 SPEC_VERSION = 1
@@ -66,38 +66,19 @@ class DataSpec(_Spec):
     content: str | None = None
 
 
-class TrainSpec(_Spec):
-    epochs: int
-    batch_size: int
-    lr: float
-    milestones: tuple[int, ...]
-    lr_decay: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    decay_norm_and_bias: bool = True
-    label_smoothing: float = 0.0
-    # Batch-dependent losses are computed per chunk of this many samples (the original per-GPU batch; see
-    # methods.base.per_chunk). None, the default, is left out of the canonical JSON: run ids stay as they were.
-    loss_chunk: int | None = Field(default=None, gt=0)
-    # BatchNorm normalises training batches per chunk of this many samples, keeping the first chunk's running
-    # statistics (the original per-GPU batch; see models.per_gpu_batchnorm). None: per process, as DDP does.
-    bn_chunk: int | None = Field(default=None, gt=0)
-    # Skip each epoch's last, smaller training batch (Training.drop_last). False: the default, out of the run id.
-    drop_last: bool = False
-
-    @model_validator(mode="after")
-    def _chunk_divides_batch(self) -> TrainSpec:
-        check_chunks_divide_batch(self)
-        return self
+class TrainSpec(_Spec, TrainingFields):
+    """One run's training: the recipe's training fields (recipe.TrainingFields) resolved for the run, i.e. the
+    profile's epochs and milestones, the model's LR, the row's overrides and the run's chunks (``_train_spec``).
+    ``loss_chunk``: batch-dependent losses are computed per chunk of this many samples (methods.base.per_chunk);
+    set only for methods with such losses."""
 
     def lr_at(self, epoch: int) -> float:
         """Multi-step LR for 1-indexed ``epoch``: decayed once per milestone strictly below it."""
         return self.lr * self.lr_decay ** sum(epoch > m for m in self.milestones)
 
 
-# Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had: left out of the
-# canonical form at that value, so adding a field never renames (and retrains) finished runs.
+# Fields added to TrainSpec after SPEC_VERSION 1, with the value every earlier run had (their default): left out of
+# the canonical form at that value, so adding a field never renames (and retrains) finished runs.
 ADDED_TRAIN_DEFAULTS: dict[str, Any] = {
     "decay_norm_and_bias": True,
     "label_smoothing": 0.0,
@@ -340,19 +321,17 @@ def plan(
                 result.cells.append(Cell(row.label, column_id, row.method, "not_implemented"))
                 continue
             overrides = {**row.params, **row.params_by_column.get(column_id, {})}
+            # Quick profiles shorten a method's epoch-valued parameters (e.g. its pre-training stage) like the
+            # main schedule.
+            schedule = (_profile_epochs(profile, ci, train_base), train_base.epochs)
             params = _params(
-                recipe, row.label, row.method, _variant(recipe, row.method, row.variant), overrides
+                recipe,
+                row.label,
+                row.method,
+                _variant(recipe, row.method, row.variant),
+                overrides,
+                schedule if profile != "full" else None,
             )
-            if profile != "full" and "init_epochs" in params:
-                # Quick profiles shorten a method's pre-training stage like the main schedule.
-                params["init_epochs"] = max(
-                    1,
-                    round(
-                        params["init_epochs"]
-                        * _profile_epochs(profile, ci, train_base)
-                        / train_base.epochs
-                    ),
-                )
             needs_teacher = methods.get(row.method).needs.teacher
             teacher_model = recipe.teachers[column.teacher].model
             teacher_ref = (
@@ -406,14 +385,8 @@ def _spec(
     is_teacher: bool = False,
 ) -> RunSpec:
     model = models.canonical_name(model)
-    train = _train_spec(base, model, profile, ci, override, is_teacher)
-    if base.loss_chunk is not None and methods.get(method).needs.batch_dependent_loss:
-        train = TrainSpec(
-            **{
-                **train.model_dump(),
-                "loss_chunk": _chunk(base.loss_chunk, base.batch_size, train.batch_size),
-            }
-        )
+    batch_dependent = methods.get(method).needs.batch_dependent_loss
+    train = _train_spec(base, model, profile, ci, override, is_teacher, batch_dependent)
     return RunSpec(
         profile=profile,
         model=model,
@@ -488,11 +461,20 @@ def _variant(recipe: Recipe, method: str, row_variant: str | None) -> str | None
 
 
 def _params(
-    recipe: Recipe, label: str, method: str, variant: str | None, overrides: dict[str, Any]
+    recipe: Recipe,
+    label: str,
+    method: str,
+    variant: str | None,
+    overrides: dict[str, Any],
+    schedule: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The row's method parameters; ``schedule`` (the run's epochs, the recipe's): scale the epoch-valued ones."""
     where = f"recipe {recipe.name}, row {label!r} (method {method})"
     try:
-        return methods.resolve_params(method, variant, overrides).model_dump(mode="json")
+        params = methods.resolve_params(method, variant, overrides)
+        if schedule is not None:
+            params = params.scale_epochs(*schedule)
+        return params.model_dump(mode="json")
     except UnknownNameError as exc:
         raise KdbenchError(f"{where}: {exc}") from None
     except ValidationError as exc:
@@ -568,13 +550,14 @@ def _train_spec(
     ci: CIProfile,
     override: TrainingOverride = NO_OVERRIDE,
     is_teacher: bool = False,
+    batch_dependent_loss: bool = False,
 ) -> TrainSpec:
     """The run's schedule: the recipe's training with the row's ``override``, shaped by the profile
-    (smoke: LR at most SMOKE_MAX_LR, a teacher trained SMOKE_TEACHER_EPOCHS)."""
+    (smoke: LR at most SMOKE_MAX_LR, a teacher trained SMOKE_TEACHER_EPOCHS). ``loss_chunk`` only for a method
+    with ``batch_dependent_loss``."""
     row_values = override.model_dump(exclude_none=True)
-    recipe_batch = (
-        base.batch_size
-    )  # the original GPU count is recipe_batch / bn_chunk, whatever a row's batch
+    # the original GPU count is recipe_batch / chunk, whatever a row's batch
+    recipe_batch = base.batch_size
     base = base.model_copy(
         update={**row_values, "lr_by_model": {} if "lr" in row_values else base.lr_by_model}
     )
@@ -590,17 +573,14 @@ def _train_spec(
         if epochs != base.epochs
         else base.milestones
     )
-    return TrainSpec(
-        epochs=epochs,
-        batch_size=batch,
-        lr=lr,
-        milestones=milestones,
-        lr_decay=base.lr_decay,
-        momentum=base.momentum,
-        nesterov=base.nesterov,
-        weight_decay=base.weight_decay,
-        decay_norm_and_bias=base.decay_norm_and_bias,
-        label_smoothing=base.label_smoothing,
-        bn_chunk=_chunk(base.bn_chunk, recipe_batch, batch) if base.bn_chunk is not None else None,
-        drop_last=base.drop_last,
+    chunks = {
+        name: None if chunk is None else _chunk(chunk, recipe_batch, batch)
+        for name, chunk in (
+            ("loss_chunk", base.loss_chunk if batch_dependent_loss else None),
+            ("bn_chunk", base.bn_chunk),
+        )
+    }
+    resolved = {"epochs": epochs, "batch_size": batch, "lr": lr, "milestones": milestones, **chunks}
+    return TrainSpec.model_validate(
+        {**base.model_dump(include=set(TrainSpec.model_fields)), **resolved}
     )

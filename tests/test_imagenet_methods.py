@@ -89,7 +89,7 @@ def test_every_method_trains_resnet34_into_resnet18(name, networks, batch) -> No
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
     if d.teacher is not None:
         assert all(p.grad is None for p in d.teacher.parameters())
-    assert d.forward_test(images).shape == (BATCH, CLASSES)
+    assert d.forward_test_heads(images)[""].shape == (BATCH, CLASSES)
 
 
 def test_fsp_says_why_it_cannot_serve_resnet50_to_mobilenet_v1(networks, batch) -> None:

@@ -901,7 +901,7 @@ def test_ipwd_method_terms_and_extra_head(tiny_batch):
     close(terms["ce"], 0.1 * F.cross_entropy(f.logits, y))
     close(terms["ipwd"], 0.9 * losses.ipwd(f.logits, z_t, z_cls, y, 4.0))
     close(terms["ipwd_cls"], F.cross_entropy(z_cls, y))
-    close(d.forward_test(images), f.logits)  # the original head predicts
+    close(d.forward_test_heads(images)[""], f.logits)  # the original head predicts
     assert any(k.startswith("cls_head.") for k in d.inference_state())
 
 

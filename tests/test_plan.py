@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from kdbench.errors import KdbenchError
-from kdbench.plan import Plan, RunRef, RunSpec, plan
-from kdbench.recipe import Recipe, load_recipe
+from kdbench.plan import ADDED_TRAIN_DEFAULTS, Plan, RunRef, RunSpec, TrainSpec, plan
+from kdbench.recipe import Recipe, Training, TrainingFields, TrainingOverride, load_recipe
+from kdbench.recipe.schema import NOT_OVERRIDABLE
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +239,18 @@ def test_parameters_can_differ_by_column():
     assert betas == {"resnet8x4": 8.0, "resnet20": 2.0}
 
 
+def test_training_fields_are_written_once():
+    """A recipe's Training, a row's TrainingOverride and a run's TrainSpec are built from recipe.TrainingFields: a
+    field added there reaches all three, and ADDED_TRAIN_DEFAULTS holds each added field's own default."""
+    fields = set(TrainingFields.model_fields)
+    assert set(TrainSpec.model_fields) == fields
+    assert set(Training.model_fields) == fields | {"lr_by_model"}
+    assert set(TrainingOverride.model_fields) == fields - NOT_OVERRIDABLE
+    assert all(f.default is None for f in TrainingOverride.model_fields.values())
+    for name, value in ADDED_TRAIN_DEFAULTS.items():
+        assert TrainSpec.model_fields[name].default == value, name
+
+
 def test_quick_profiles_shorten_pretraining_stages():
     recipe = _tiny_recipe([{"label": "AB", "method": "ab"}])
     init = {
@@ -247,3 +260,36 @@ def test_quick_profiles_shorten_pretraining_stages():
         for p in ("full", "ci", "smoke")
     }
     assert init == {"full": 30, "ci": 1, "smoke": 1}  # 30 × 2/240 rounds to 0: at least one epoch
+
+
+def test_quick_profiles_keep_a_disabled_pretraining_stage_off():
+    """init_epochs 0 means no pre-training stage: quick profiles keep it 0 (they used to raise it to 1 epoch)."""
+    recipe = _tiny_recipe([{"label": "AB", "method": "ab", "params": {"init_epochs": 0}}])
+    init = {
+        p: next(s for s in plan(recipe, p).specs.values() if s.method == "ab").method_params[
+            "init_epochs"
+        ]
+        for p in ("full", "ci", "smoke")
+    }
+    assert init == {"full": 0, "ci": 0, "smoke": 0}
+
+
+def test_epoch_valued_parameters_are_declared_not_named():
+    """The plan scales the parameters a method declares with epoch_count, whatever their name."""
+    from kdbench import methods
+    from kdbench.methods.base import MethodParams, epoch_count
+
+    declared = {n: methods.get(n).Params.epoch_fields() for n in methods.names()}
+    assert {n: f for n, f in declared.items() if f} == {
+        "ab": ["init_epochs"],
+        "fsp": ["init_epochs"],
+        "ft": ["init_epochs"],
+    }
+
+    class WarmupParams(MethodParams):
+        warmup: int = epoch_count(20)
+        steps: int = 20  # not in epochs: kept
+
+    scaled = WarmupParams().scale_epochs(2, 240)
+    assert (scaled.warmup, scaled.steps) == (1, 20)
+    assert WarmupParams(warmup=120).scale_epochs(30, 240).warmup == 15

@@ -1,5 +1,5 @@
 """Extending kdbench without forking it: entry-point plugins (kdbench/plugins.py), --recipes directories and
---set recipe overrides (kdbench/recipe_overrides.py)."""
+--set recipe overrides (kdbench/recipe/overrides.py)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,7 @@ the student's other BN layers kept in eval mode as RepDistiller's ``model_s.eval
 
 Main stage: CE only (RepDistiller's ``loss_kd = 0`` whatever β is, α = 0): the CRD table's "AB"
 row is "AB-initialised student + CE". The connectors are unused there and never receive a
-gradient, so SGD never changes them (RepDistiller keeps them out of the main optimizer; they are
-listed in ``init_only_modules``).
+gradient, so SGD never changes them (RepDistiller keeps them out of the main optimizer).
 
 Choice beyond the code: RepDistiller asserts equal tap counts; here tap lists are paired
 front-aligned and truncated at the shorter list (the spec's §5 convention), n = number of pairs.
@@ -22,70 +21,21 @@ front-aligned and truncated at the shorter list (the spec's §5 convention), n =
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from pydantic import Field
 from torch import nn
 
 from kdbench import losses
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import (
-    Distiller,
-    InitStage,
-    MethodParams,
-    Needs,
-    Step,
-    Variant,
-    pair_name,
-)
+from kdbench.methods.base import pair_name
 from kdbench.methods.fitnet import ConvReg
 from kdbench.methods.registry import register
-from kdbench.models.base import Features, KDModel
+from kdbench.methods.two_stage import StudentFeatureInit, TwoStageParams, crd_variant
+from kdbench.models.base import KDModel
 
 
-class ABParams(MethodParams):
-    ce_weight: float = 1.0
-    kd_weight: float = 0.0
-    init_epochs: int = Field(30, ge=0)
+class ABParams(TwoStageParams):
     margin: float = Field(1.0, gt=0.0)
-
-
-def feature_parameter_names(model: KDModel, example: torch.Tensor) -> set[str]:
-    """Names of the parameters the stage taps f0..fk depend on: the stem and the stages
-    (RepDistiller's ``get_feat_modules``), found by autograd so no family is special-cased. The
-    head conv, a final BN after the last stage and the classifier are not among them."""
-    was_training = model.training
-    model.eval()  # no BN running-statistics update
-    try:
-        with torch.enable_grad():
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-            total = sum(f.sum() for f in model.forward_features(example).stages)
-            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
-    finally:
-        model.train(was_training)
-    return {n for (n, _), g in zip(named, grads) if g is not None}
-
-
-class InitModes:
-    """RepDistiller's init-stage modes: ``model_s.eval()`` then the trained modules ``.train()`` —
-    so the student's BN layers outside its feature modules (ShuffleNet/MobileNet head BN, WRN's
-    final BN) keep their running statistics and normalise with them during the init stage."""
-
-    def __init__(self, student: KDModel, feature_names: set[str]):
-        self.frozen_bn: list[nn.Module] = []
-        for name, m in student.named_modules():
-            own = [f"{name}.{n}" if name else n for n, _ in m.named_parameters(recurse=False)]
-            if (
-                isinstance(m, nn.modules.batchnorm._BatchNorm)
-                and own
-                and not set(own) & feature_names
-            ):
-                self.frozen_bn.append(m)
-
-    def apply(self) -> None:
-        for m in self.frozen_bn:
-            m.eval()
 
 
 class ABConnector(ConvReg):
@@ -111,20 +61,14 @@ def connector(s_shape: tuple[int, ...], t_shape: tuple[int, ...], pair: str, tap
 
 
 @register
-class AB(Distiller):
+class AB(StudentFeatureInit):
+    """Main stage: the base class's CE only (RepDistiller's ``loss_kd = 0``, α = 0)."""
+
     name = "ab"
     title = "AB"
     paper = "Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, AAAI 2019"
     Params = ABParams
-    needs = Needs(teacher=True)
-    variants = {
-        "crd": Variant(
-            "CRD/RepDistiller protocol (= defaults): 30 init epochs of AB loss, then 1·CE (β unused)",
-            {"ce_weight": 1.0, "kd_weight": 0.0, "init_epochs": 30, "margin": 1.0},
-        ),
-    }
-    # Extra modules trained only in the init stage; unused (so never updated) in the main stage.
-    init_only_modules: ClassVar[tuple[str, ...]] = ("connectors",)
+    variants = crd_variant("30 init epochs of AB loss, then 1·CE (β unused)", margin=1.0)
 
     def __init__(
         self,
@@ -144,14 +88,9 @@ class AB(Distiller):
                 zip(s.preact[1:], t.preact[1:])
             )  # front-aligned, truncated
         )
-        self._feature_names = feature_parameter_names(student, example)
-        self._init_modes = InitModes(student, self._feature_names)
 
-    def init_stage(self) -> InitStage | None:
-        if self.params.init_epochs == 0:
-            return None
-        features = [p for n, p in self.student.named_parameters() if n in self._feature_names]
-        return InitStage(self.params.init_epochs, list(self.connectors.parameters()) + features)
+    def init_parameters(self) -> list[nn.Parameter]:
+        return list(self.connectors.parameters()) + self.student_feature_parameters()
 
     def forward_init(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.teacher is not None
@@ -162,8 +101,3 @@ class AB(Distiller):
         n = len(self.connectors)
         connected = [c(f) for c, f in zip(self.connectors, student.preact[1 : 1 + n])]
         return {"ab": losses.ab(connected, teacher.preact[1 : 1 + n], self.params.margin)}
-
-    def distill(
-        self, student: Features, teacher: Features | None, step: Step
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return student.logits, {}  # main stage: CE only (added by the base class)

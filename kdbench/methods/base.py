@@ -2,7 +2,7 @@
 
 A method is one file: a :class:`Distiller` subclass registered with :func:`register`, with its
 hyper-parameters declared in a pydantic ``Params`` model beside it (defaults live there). The
-training loop only calls ``forward_train``, ``forward_test``, ``trainable_parameters`` and
+training loop only calls ``forward_train``, ``forward_test_heads``, ``trainable_parameters`` and
 ``inference_state``; it never branches on a method's name.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 
 from kdbench import losses
@@ -61,6 +61,35 @@ class MethodParams(BaseModel):
             if TEMPERATURE.search(name) and value <= 0:
                 raise ValueError("a temperature must be > 0")
         return value
+
+    @classmethod
+    def epoch_fields(cls) -> list[str]:
+        """The parameters counted in epochs of the run's schedule (declared with :func:`epoch_count`)."""
+        return [
+            name
+            for name, field in cls.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(EPOCHS)
+        ]
+
+    def scale_epochs(self, epochs: int, recipe_epochs: int) -> MethodParams:
+        """These parameters for a run of ``epochs`` instead of the recipe's ``recipe_epochs`` (quick profiles):
+        every :meth:`epoch_fields` value scaled like the schedule, at least 1 unless it is 0 (no such stage)."""
+        scaled = {
+            name: max(1, round(value * epochs / recipe_epochs))
+            for name in self.epoch_fields()
+            if (value := getattr(self, name))
+        }
+        return self.model_copy(update=scaled)
+
+
+# The json_schema_extra key that marks a parameter counted in epochs (epoch_count, MethodParams.epoch_fields).
+EPOCHS = "kdbench_epochs"
+
+
+def epoch_count(default: int) -> Any:
+    """A ``Params`` field counted in epochs of the run's schedule (≥ 0), e.g. a pre-training stage's length:
+    quick profiles shorten it like the schedule (:meth:`MethodParams.scale_epochs`), whatever its name."""
+    return Field(default, ge=0, json_schema_extra={EPOCHS: True})
 
 
 # Parameter names that are weights of loss terms (ce_weight, kd_weight, weight, cls_weight, RKD's w_dist/w_angle,
@@ -341,8 +370,6 @@ class Distiller(nn.Module):
         """Logits the method predicts with (SimKD overrides: the reused teacher classifier)."""
         return student.logits
 
-    # Modules trained only in the pre-training stage (frozen, and so without gradients, afterwards).
-    init_only_modules: ClassVar[tuple[str, ...]] = ()
     # Modules the method keeps frozen throughout (eval mode, not optimised), e.g. SimKD-sequential's encoder.
     frozen_modules: ClassVar[tuple[str, ...]] = ()
 
@@ -373,10 +400,6 @@ class Distiller(nn.Module):
     def inference_size(self) -> InferenceSize:
         """What the prediction uses: the whole student (methods that predict with their own modules override)."""
         return InferenceSize(student=parameter_count(self.student))
-
-    @torch.no_grad()
-    def forward_test(self, images: torch.Tensor) -> torch.Tensor:
-        return self.prediction(self.student.forward_features(images))
 
     @torch.no_grad()
     def forward_test_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

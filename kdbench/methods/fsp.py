@@ -18,28 +18,17 @@ the FSP loss only. Main stage: CE only (RepDistiller's ``loss_kd = 0`` whatever 
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from torch import nn
 
 from kdbench import losses
-from kdbench.methods.ab import InitModes, feature_parameter_names
-from kdbench.methods.base import (
-    Distiller,
-    InitStage,
-    MethodParams,
-    Needs,
-    Step,
-    Variant,
-    pair_name,
-    probe_features,
-)
+from kdbench.methods.base import pair_name, probe_features
 from kdbench.methods.registry import register
+from kdbench.methods.two_stage import StudentFeatureInit, TwoStageParams, crd_variant
 from kdbench.models.base import Features, KDModel
 
 
-class FSPParams(MethodParams):
-    ce_weight: float = 1.0
-    kd_weight: float = 0.0
-    init_epochs: int = Field(30, ge=0)
+class FSPParams(TwoStageParams):
+    """FSP's parameters: the two-stage ones only (its loss has no weight of its own)."""
 
 
 def _mismatch(s: Features, t: Features, pair: str) -> str | None:
@@ -53,18 +42,14 @@ def _mismatch(s: Features, t: Features, pair: str) -> str | None:
 
 
 @register
-class FSP(Distiller):
+class FSP(StudentFeatureInit):
+    """Main stage: the base class's CE only (RepDistiller's ``loss_kd = 0``, α = 0)."""
+
     name = "fsp"
     title = "FSP"
     paper = "Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning, CVPR 2017"
     Params = FSPParams
-    needs = Needs(teacher=True)
-    variants = {
-        "crd": Variant(
-            "CRD/RepDistiller protocol (= defaults): 30 init epochs of FSP loss, then 1·CE (β unused)",
-            {"ce_weight": 1.0, "kd_weight": 0.0, "init_epochs": 30},
-        ),
-    }
+    variants = crd_variant("30 init epochs of FSP loss, then 1·CE (β unused)")
 
     @classmethod
     def supports(
@@ -77,25 +62,8 @@ class FSP(Distiller):
         s, t = probe_features(student, teacher, example)
         return _mismatch(s, t, pair_name(student, teacher))
 
-    def __init__(
-        self,
-        student: KDModel,
-        teacher: KDModel | None,
-        params: FSPParams,
-        example: torch.Tensor,
-        **context,
-    ):
-        super().__init__(student, teacher, params, example, **context)
-        self._feature_names = feature_parameter_names(student, example)
-        self._init_modes = InitModes(student, self._feature_names)
-
-    def init_stage(self) -> InitStage | None:
-        if self.params.init_epochs == 0:
-            return None
-        return InitStage(
-            self.params.init_epochs,
-            [p for n, p in self.student.named_parameters() if n in self._feature_names],
-        )
+    def init_parameters(self) -> list[nn.Parameter]:
+        return self.student_feature_parameters()
 
     def forward_init(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.teacher is not None
@@ -104,8 +72,3 @@ class FSP(Distiller):
         with torch.no_grad():
             teacher = self.teacher.forward_features(images)
         return {"fsp": losses.fsp(student.stages, teacher.stages)}
-
-    def distill(
-        self, student: Features, teacher: Features | None, step: Step
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return student.logits, {}  # main stage: CE only (added by the base class)

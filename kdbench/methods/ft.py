@@ -16,28 +16,20 @@ the base LR (constant): the stage object carries it as ``lr``.
 Main stage: 1·CE + β·``losses.ft``(translator(student fk), paraphraser.encoder(teacher fk)),
 β = 200, p₁ = 2, p₂ = 1: factors are RepDistiller's L2-normalised channel-means of x² (the paper
 normalises the whole C×H×W factor — RepDistiller's form reproduces the tables). The paraphraser is
-frozen: its encoder runs without gradient, so SGD never changes it (RepDistiller keeps it out of
-the main optimizer; it is listed in ``init_only_modules``). The translator is trained.
+frozen: its encoder runs without gradient (``torch.no_grad``), so SGD never changes it
+(RepDistiller keeps it out of the main optimizer). The translator is trained.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from kdbench import losses
-from kdbench.methods.base import (
-    Distiller,
-    InitStage,
-    MethodParams,
-    Needs,
-    Step,
-    Variant,
-)
+from kdbench.methods.base import Step
 from kdbench.methods.registry import register
+from kdbench.methods.two_stage import TwoStageDistiller, TwoStageParams, crd_variant
 from kdbench.models.base import Features, KDModel
 from kdbench.models.cifar_resnet import CifarResNet
 from kdbench.models.wrn import WideResNet
@@ -46,11 +38,8 @@ from kdbench.models.wrn import WideResNet
 PARAPHRASER_LR_CIFAR_RESNET = 0.01
 
 
-class FTParams(MethodParams):
-    ce_weight: float = 1.0
-    kd_weight: float = 0.0
+class FTParams(TwoStageParams):
     weight: float = 200.0
-    init_epochs: int = Field(30, ge=0)
     rate: float = Field(0.5, gt=0.0)  # k: factor channels = int(C_t · k)
     p1: float = 2.0
     p2: float = 1.0
@@ -107,20 +96,14 @@ class Translator(nn.Sequential):
 
 
 @register
-class FT(Distiller):
+class FT(TwoStageDistiller):
     name = "ft"
     title = "FT"
     paper = "Kim et al., Paraphrasing Complex Network: Network Compression via Factor Transfer, NeurIPS 2018"
     Params = FTParams
-    needs = Needs(teacher=True)
-    variants = {
-        "crd": Variant(
-            "CRD/RepDistiller protocol (= defaults): 30 init epochs of paraphraser reconstruction, then 1·CE + 200·FT",
-            {"ce_weight": 1.0, "kd_weight": 0.0, "weight": 200.0, "init_epochs": 30},
-        ),
-    }
-    # Extra modules trained only in the init stage; frozen (never updated) in the main stage.
-    init_only_modules: ClassVar[tuple[str, ...]] = ("paraphraser",)
+    variants = crd_variant(
+        "30 init epochs of paraphraser reconstruction, then 1·CE + 200·FT", weight=200.0
+    )
 
     def __init__(
         self,
@@ -141,12 +124,8 @@ class FT(Distiller):
             PARAPHRASER_LR_CIFAR_RESNET if isinstance(student, (CifarResNet, WideResNet)) else None
         )
 
-    def init_stage(self) -> InitStage | None:
-        if self.params.init_epochs == 0:
-            return None
-        return InitStage(
-            self.params.init_epochs, list(self.paraphraser.parameters()), lr=self.init_lr
-        )
+    def init_parameters(self) -> list[nn.Parameter]:
+        return list(self.paraphraser.parameters())  # the student takes no part
 
     def forward_init(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         assert self.teacher is not None

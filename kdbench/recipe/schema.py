@@ -1,39 +1,28 @@
-"""Recipe schema, loading and validation.
+"""The recipe schema: typed, frozen models of one paper table.
 
 A recipe is plain YAML describing one paper table: the teachers, the teacher→student columns,
 the method rows, the training protocol and the published numbers. It is read with
-``yaml.safe_load`` (no code, no object construction) and validated into typed, frozen models.
-Every error names the file, the key path, the line and, for unknown keys, the nearest valid key.
+``yaml.safe_load`` (no code, no object construction; ``loading.py``) and validated into these models.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import os
 import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from kdbench import recipe_overrides
-from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
+from kdbench.errors import KdbenchError, did_you_mean
 
-# The shipped recipes are package data (pyproject.toml [tool.setuptools.package-data]), so an installed wheel has them.
-RECIPES_DIR = Path(str(importlib.resources.files("kdbench") / "recipes"))
-RECIPES_ENV = (
-    "KDBENCH_RECIPES"  # more recipe directories, os.pathsep-separated (kdbench --recipes DIR)
-)
 PROFILES = ("full", "ci", "smoke")
 # Bounds that no real table comes near (the seed papers: ≤ 5 trials, ≤ 240 epochs) but that stop a typo such as
 # ``trials: 1000000`` from planning for minutes or queueing a million runs (README: "What survives what").
@@ -66,7 +55,7 @@ class _Strict(BaseModel):
 
 def _is_number_type(annotation: Any) -> bool:
     """``int``, ``float``, optionally ``| None``, or a tuple/list/dict of them."""
-    annotation = _strip_optional(annotation)
+    annotation = strip_optional(annotation)
     origin = get_origin(annotation)
     if origin in (tuple, list):
         annotation = get_args(annotation)[0]
@@ -134,13 +123,19 @@ class DatasetRef(_Strict):
     content: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
-class Training(_Strict):
-    """Optimisation schedule. LR for 1-indexed epoch e = lr_for(model) · lr_decay^#{m ∈ milestones : e > m}."""
+class TrainingFields(BaseModel):
+    """The training fields, written once. LR for 1-indexed epoch e = lr · lr_decay^#{m ∈ milestones : e > m}.
+
+    A recipe's :class:`Training` adds ``lr_by_model`` and the recipe's checks, a row's
+    :class:`TrainingOverride` is each of them optional, and a run's ``plan.TrainSpec`` holds them
+    resolved for that run (the profile's epochs and milestones, the model's LR, the run's chunks). A new
+    training knob is one field here (and, to keep finished runs' ids, one entry of
+    ``plan.ADDED_TRAIN_DEFAULTS``).
+    """
 
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
-    lr_by_model: dict[str, float] = Field(default_factory=dict)
     milestones: tuple[int, ...] = ()
     lr_decay: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0)
@@ -152,10 +147,11 @@ class Training(_Strict):
     # Label smoothing ε of every cross-entropy term against the labels (DIST Table 10's "w/ LS").
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     # The original run's per-GPU batch, for methods whose losses depend on the batch (DIST, MLKD): they
-    # compute those losses per chunk of this many samples, as the original GPUs did (TrainSpec.loss_chunk).
+    # compute those losses per chunk of this many samples, as the original GPUs did (methods.base.per_chunk).
     loss_chunk: int | None = Field(default=None, gt=0)
     # The original run's per-GPU batch for BatchNorm (every method): each chunk is normalised on its own
-    # and the first keeps the running statistics, as on the original GPUs without SyncBN (TrainSpec.bn_chunk).
+    # and the first keeps the running statistics, as on the original GPUs without SyncBN
+    # (models.per_gpu_batchnorm). None: per process, as DDP does.
     bn_chunk: int | None = Field(default=None, gt=0)
     # Skip each epoch's last, smaller batch, as loaders built with drop_last=True do (DIST's code:
     # hunto/image_classification_sota lib/dataset/builder.py:78-81). Methods with modules sized by the
@@ -163,9 +159,22 @@ class Training(_Strict):
     drop_last: bool = False
 
     @model_validator(mode="after")
-    def _chunk_divides_batch(self) -> Training:
-        check_chunks_divide_batch(self)
+    def _chunks_divide_batch(self) -> TrainingFields:
+        """``loss_chunk`` and ``bn_chunk`` (when set) divide ``batch_size``."""
+        for name in ("loss_chunk", "bn_chunk"):
+            chunk = getattr(self, name)
+            if chunk is not None and self.batch_size % chunk:
+                raise ValueError(
+                    f"{name} {chunk} must divide batch_size {self.batch_size} "
+                    f"(it is the original per-GPU batch: batch_size / number of GPUs)"
+                )
         return self
+
+
+class Training(_Strict, TrainingFields):
+    """A recipe's optimisation schedule: :class:`TrainingFields`, and an LR per student model."""
+
+    lr_by_model: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("milestones")
     @classmethod
@@ -197,42 +206,42 @@ def check_milestones(milestones: tuple[int, ...] | None, epochs: int | None) -> 
         )
 
 
-def check_chunks_divide_batch(training: Any) -> None:
-    """Raise ValueError unless ``loss_chunk`` and ``bn_chunk`` (when set) divide ``batch_size``: a recipe's
-    ``Training`` and a run's ``plan.TrainSpec`` alike."""
-    for name in ("loss_chunk", "bn_chunk"):
-        chunk = getattr(training, name)
-        if chunk is not None and training.batch_size % chunk:
-            raise ValueError(
-                f"{name} {chunk} must divide batch_size {training.batch_size} "
-                f"(it is the original per-GPU batch: batch_size / number of GPUs)"
-            )
+class _OverrideChecks(_Strict):
+    """The checks of :class:`TrainingOverride` beyond its fields' own constraints."""
 
-
-class TrainingOverride(_Strict):
-    """A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats ``lr_by_model``."""
-
-    epochs: int | None = Field(default=None, gt=0, le=MAX_EPOCHS)
-    batch_size: int | None = Field(default=None, gt=0)
-    lr: float | None = Field(default=None, gt=0)
-    milestones: tuple[int, ...] | None = None
-    lr_decay: float | None = Field(default=None, gt=0)
-    momentum: float | None = Field(default=None, ge=0)
-    nesterov: bool | None = None
-    weight_decay: float | None = Field(default=None, ge=0)
-    decay_norm_and_bias: bool | None = None
-    label_smoothing: float | None = Field(default=None, ge=0, lt=1)
-    drop_last: bool | None = None
-
-    @field_validator("milestones")
+    @field_validator("milestones", check_fields=False)
     @classmethod
     def _milestones_in_schedule(
         cls, value: tuple[int, ...] | None, info: ValidationInfo
     ) -> tuple[int, ...] | None:
-        check_milestones(
-            value, info.data.get("epochs")
-        )  # without epochs: the recipe's, in Recipe._cross_references
+        # without epochs: the recipe's, in Recipe._cross_references
+        check_milestones(value, info.data.get("epochs"))
         return value
+
+
+# Training fields a row cannot set: the chunks are the original run's per-GPU batch (its GPU count), which
+# the plan keeps for every run's batch size; ``lr_by_model`` is not a TrainingFields field (a row's ``lr``
+# beats it).
+NOT_OVERRIDABLE = frozenset({"loss_chunk", "bn_chunk"})
+
+
+def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """``field`` as an optional field: its type ``| None``, default None, its constraints kept."""
+    return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
+
+
+TrainingOverride = create_model(
+    "TrainingOverride",
+    __base__=_OverrideChecks,
+    __module__=__name__,
+    __doc__="A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats "
+    "``lr_by_model``. Generated from :class:`TrainingFields`: every field but :data:`NOT_OVERRIDABLE`, optional.",
+    **{
+        name: _optional(field)
+        for name, field in TrainingFields.model_fields.items()
+        if name not in NOT_OVERRIDABLE
+    },
+)
 
 
 class Checkpoint(_Strict):
@@ -510,9 +519,6 @@ class Recipe(_Strict):
         return self.model_copy(update={"teacher_source": source})
 
 
-# --------------------------------------------------------------------------- loading
-
-
 class CatalogEntry(_Strict):
     """A seed-paper table without a recipe file, and why (``kdbench/recipes/catalog.yaml``)."""
 
@@ -523,315 +529,7 @@ class CatalogEntry(_Strict):
     reason: str
 
 
-CATALOG_FILE = RECIPES_DIR / "catalog.yaml"
-
-
-def table_catalog() -> list[CatalogEntry]:
-    """The tables listed in ``kdbench/recipes/catalog.yaml`` that have no recipe file."""
-    data = yaml.safe_load(CATALOG_FILE.read_text()) if CATALOG_FILE.is_file() else {"tables": []}
-    have = recipe_files()
-    try:
-        entries = [CatalogEntry.model_validate(entry) for entry in data["tables"]]
-    except ValidationError as exc:
-        raise KdbenchError(
-            _explain(CATALOG_FILE, exc, _key_lines(CATALOG_FILE.read_text()))
-        ) from None
-    return [e for e in entries if e.name not in have]
-
-
-def recipe_files() -> dict[str, Path]:
-    """Recipe name → file, for every recipe shipped under ``kdbench/recipes/``, in a ``$KDBENCH_RECIPES`` directory
-    (``kdbench --recipes DIR``) or in an installed plugin's ``kdbench.recipes`` package. A name two files
-    declare is an error naming both, so a plugin cannot silently replace a shipped table."""
-    found: dict[str, Path] = {}
-    for directory, where in recipe_dirs():
-        for path in sorted(directory.rglob("*.yaml")):
-            if path == CATALOG_FILE:
-                continue
-            name = _declared_name(path)
-            if name and name in found and found[name] != path:
-                raise KdbenchError(
-                    f"recipe name {name!r} is declared by two files: {found[name]} and {path} ({where}). "
-                    "Rename one (its 'name:' key)."
-                )
-            if name:
-                found[name] = path
-    return found
-
-
-def recipe_dirs() -> list[tuple[Path, str]]:
-    """(directory, origin) searched for recipes: ``kdbench/recipes/``, then each ``$KDBENCH_RECIPES`` directory
-    (``os.pathsep``-separated; ``kdbench --recipes DIR`` sets it), then the plugins' (kdbench/plugins.py)."""
-    from kdbench import plugins
-
-    dirs = [(RECIPES_DIR, "kdbench's recipes")]
-    for entry in filter(None, os.environ.get(RECIPES_ENV, "").split(os.pathsep)):
-        directory = Path(entry).expanduser()
-        if not directory.is_dir():
-            raise KdbenchError(
-                f"recipe directory {directory} (--recipes / ${RECIPES_ENV}) is not a directory."
-            )
-        dirs.append((directory, f"--recipes {directory}"))
-    return dirs + plugins.recipe_dirs()
-
-
-def _declared_name(path: Path) -> str | None:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return data.get("name") if isinstance(data, dict) else None
-
-
-def resolve_recipe_path(name_or_path: str) -> Path:
-    """A recipe name (``simkd-table1``) or a path to a recipe file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise KdbenchError(f"recipe file {path} does not exist.")
-        return path
-    files = recipe_files()
-    if name_or_path not in files:
-        raise UnknownNameError("recipe", name_or_path, files)
-    return files[name_or_path]
-
-
-# A recipe is a few KB (the largest shipped one: 8 KB, ~2,000 YAML nodes). Bigger inputs, or anchors and aliases
-# that expand to more nodes (a "billion laughs" file), are refused before anything is built from them.
-MAX_RECIPE_BYTES = 1 << 20
-MAX_RECIPE_NODES = 100_000
-
-
-def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
-    """The YAML file's data and its key path → line map, refusing (with the file and line) what a recipe never is:
-    not UTF-8 text, over :data:`MAX_RECIPE_BYTES`, more than :data:`MAX_RECIPE_NODES` nodes once aliases are
-    expanded, nested too deeply, or a key given twice in one mapping (YAML would silently keep the last)."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_RECIPE_BYTES:
-            raise KdbenchError(
-                f"{path}: {size:,} bytes is not a recipe (recipes are a few KB; the limit is "
-                f"{MAX_RECIPE_BYTES:,} bytes). Check that this is the file you meant."
-            )
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise KdbenchError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise KdbenchError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): a recipe "
-            "is a YAML text file saved as UTF-8. Re-save it as UTF-8, or check that this is the file "
-            "you meant."
-        ) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, {}
-        _check_expanded_size(path, root)
-        lines = _node_lines(path, root)
-        return loader.construct_document(root), lines
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise KdbenchError(
-            f"{path}{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}"
-        ) from None
-    except RecursionError:
-        raise KdbenchError(
-            f"{path}: nested too deeply to be a recipe (lists or mappings inside each other "
-            "hundreds of levels deep)."
-        ) from None
-    finally:
-        loader.dispose()
-
-
-def _check_expanded_size(path: Path, root: yaml.Node) -> None:
-    """Refuse a document whose node tree, with every alias expanded, exceeds :data:`MAX_RECIPE_NODES`; counted on the
-    composed graph (each shared node once, memoised), so a billion-laughs file costs microseconds, not the RAM."""
-    sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            if sizes[key] < 0:
-                raise KdbenchError(
-                    f"{path}:{node.start_mark.line + 1}: an alias refers to the mapping or list that "
-                    "contains it (a recursive anchor): a recipe is a finite tree."
-                )
-            return sizes[key]
-        sizes[key] = -1
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        total = 1
-        for child in children:
-            total += size(child)
-            if total > MAX_RECIPE_NODES:
-                raise KdbenchError(
-                    f"{path}:{node.start_mark.line + 1}: this YAML expands to more than "
-                    f"{MAX_RECIPE_NODES:,} values once its anchors and aliases (&name, *name) are "
-                    "expanded; recipes have a few thousand. Write the values out instead of nesting aliases."
-                )
-        sizes[key] = total
-        return total
-
-    size(root)
-
-
-def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """The validated recipe, after applying ``overrides`` (``--set PATH=VALUE``, kdbench/recipe_overrides.py)."""
-    path = resolve_recipe_path(str(name_or_path))
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        raise KdbenchError(
-            f"{path}: a recipe is a YAML mapping (key: value lines); got {type(data).__name__}."
-        )
-    data, origins = recipe_overrides.apply(data, overrides)
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise KdbenchError(_explain(path, exc, lines, origins)) from None
-    from kdbench import recipe_names  # imports the registries (torch): only once the shape is valid
-
-    unknown = [*recipe_names.unknown_names(recipe), *recipe_names.invalid_params(recipe)]
-    if unknown:
-        raise KdbenchError(recipe_names.explain(path, unknown, lines, origins))
-    return recipe
-
-
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Key path → 1-based line number, from the YAML node tree (no object construction)."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node: yaml.Node, path: tuple) -> None:
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                lines[path + (key.value,)] = key.start_mark.line + 1
-                walk(value, path + (key.value,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, path + (i,))
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _node_lines(path: Path, root: yaml.Node) -> dict[tuple, int]:
-    """:func:`_key_lines` of a composed (size-checked) document, refusing a key given twice in one mapping with the
-    line of each: YAML keeps only the last, so the first would be silently ignored."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node: yaml.Node, where: tuple) -> None:
-        lines.setdefault(where, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key, value in node.value:
-                line = key.start_mark.line + 1
-                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                    if key.value in seen:
-                        dotted = ".".join(str(p) for p in (*where, key.value))
-                        raise KdbenchError(
-                            f"{path}:{line}: key '{dotted}' is given twice in one mapping (first at line "
-                            f"{seen[key.value]}); YAML would silently keep only the last. Remove one."
-                        )
-                    seen[key.value] = line
-                lines[where + (key.value,)] = line
-                walk(value, where + (key.value,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, where + (i,))
-
-    walk(root, ())
-    return lines
-
-
-def _explain(
-    path: Path,
-    exc: ValidationError,
-    lines: dict[tuple, int],
-    origins: dict[tuple, str] | None = None,
-) -> str:
-    """One line per error; ``origins``: key paths set by ``--set`` arguments, named instead of a file line."""
-    messages = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
-        where = f"{path}:{line}" if line else str(path)
-        if (argument := recipe_overrides.origin(loc, origins or {})) is not None:
-            where = f"{path}: --set {argument}"
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            valid = _valid_keys(Recipe, loc[:-1])
-            hint = did_you_mean(str(loc[-1]), valid)
-            messages.append(
-                f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}"
-            )
-        elif err["type"] == "missing":
-            messages.append(f"{where}: missing required key '{key}'.")
-        elif (
-            not loc and (named := _message_key(err)) is not None
-        ):  # a whole-recipe check that names its key
-            line = next(
-                (lines[named[:i]] for i in range(len(named), 0, -1) if named[:i] in lines), None
-            )
-            messages.append(
-                f"{path}:{line}: {err.get('ctx', {}).get('error', err['msg'])}"
-                if line
-                else f"{where}: {err['msg']}"
-            )
-        else:
-            messages.append(f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r}).")
-    return "invalid recipe\n  " + "\n  ".join(messages)
-
-
-_KEY_IN_MESSAGE = re.compile(r"^(?:Value error, )?([a-z_]+(?:\[\d+\]|\.[A-Za-z0-9_-]+)*)[ :]")
-
-
-def _message_key(err: Any) -> tuple | None:
-    """The key path a whole-recipe error message starts with (``rows[3].label ...`` → ``('rows', 3, 'label')``)."""
-    match = _KEY_IN_MESSAGE.match(err["msg"])
-    if not match:
-        return None
-    return tuple(
-        int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z0-9_-]+", match.group(1))
-    )
-
-
-def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (nested) model found at ``loc``, stepping through lists and dicts."""
-    current: Any = model
-    for part in loc:
-        current = _strip_optional(current)
-        origin = get_origin(current)
-        if origin in (list, tuple):
-            current = get_args(current)[0]
-        elif origin is dict:
-            current = get_args(current)[1]
-        elif (
-            isinstance(current, type)
-            and issubclass(current, BaseModel)
-            and part in current.model_fields
-        ):
-            current = current.model_fields[part].annotation
-        else:
-            return []
-    current = _strip_optional(current)
-    return (
-        list(current.model_fields)
-        if isinstance(current, type) and issubclass(current, BaseModel)
-        else []
-    )
-
-
-def _strip_optional(annotation: Any) -> Any:
+def strip_optional(annotation: Any) -> Any:
     """``X | None`` → ``X`` (the first non-None member of a union)."""
     if (
         get_origin(annotation) is Union

@@ -1,22 +1,25 @@
 """Names a recipe refers to (models, methods, dataset, released teachers) checked against the registries at load time.
 
-The schema (``recipe.py``) checks the recipe's shape; this module checks that every name in it is
+The schema (``schema.py``) checks the recipe's shape; this module checks that every name in it is
 registered, so a typo is reported with the file, line and key before anything is planned, with the
 nearest valid name.
+
+The registries (methods, models, datasets, released teachers) are imported by the functions that read
+them, not by this module: the recipe package sits below them in the import direction (they import torch
+and the data layer, and ``data/identity.py`` imports ``kdbench.recipe``), so ``import kdbench.recipe``
+stays free of torch and of those layers, and only validating a recipe reaches up into them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
-
-if TYPE_CHECKING:
-    from kdbench.recipe import Recipe
+from kdbench.recipe.overrides import origin
+from kdbench.recipe.schema import Recipe
 
 Located = tuple[tuple[str | int, ...], KdbenchError]
 
@@ -104,8 +107,6 @@ def explain(
 ) -> str:
     """One line per unknown name or invalid parameter: ``file:line: key 'a.b': unknown ... Did you mean ...?``
     (``origins``: key paths set by ``--set`` arguments, named instead of the file's line)."""
-    from kdbench.recipe_overrides import origin
-
     messages = []
     for loc, exc in found:
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
