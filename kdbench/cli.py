@@ -243,21 +243,40 @@ def _check_output(path: Optional[Path], option: str, makes_folder: bool = False)
         )
 
 
-def _compute(
-    precision: str,
-    channels_last: bool | None,
-    compile_: bool | None,
-    teacher_cache: str,
+def _run_options(
+    *,
+    device: str = "auto",
+    data_dir: str | None = None,
+    loader: str = "auto",
+    workers: int = 0,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile_: bool | None = None,
     compile_mode: str = "default",
+    teacher_cache: str = "auto",
+    loggers: tuple[str, ...] | None = None,
+    slot: str | None = None,
 ):
+    """The :class:`~kdbench.train.options.RunOptions` that a command's flags ask for (``loggers``: parsed
+    ``--log-to``, default curves.DEFAULT); ``reproduce`` and ``train`` build theirs here."""
+    from kdbench.results import curves
     from kdbench.train.compute import ComputeOptions
+    from kdbench.train.options import RunOptions
 
-    return ComputeOptions(
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-        teacher_cache=teacher_cache,
-        compile_mode=compile_mode,
+    return RunOptions(
+        device=device,
+        data_dir=data_dir,
+        loader=loader,
+        workers=workers,
+        compute=ComputeOptions(
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile_,
+            teacher_cache=teacher_cache,
+            compile_mode=compile_mode,
+        ),
+        slot=slot,
+        loggers=curves.DEFAULT if loggers is None else loggers,
     )
 
 
@@ -430,7 +449,17 @@ def reproduce(
             _print_plan(table_plan, results, data_dir)
             return
         curves.require(loggers)  # a missing extra is one error here, not one per run
-        compute = _compute(precision, channels_last, compile_, teacher_cache, compile_mode)
+        run_options = _run_options(
+            device=device,
+            data_dir=data_dir,
+            loader=loader,
+            precision=precision,
+            channels_last=channels_last,
+            compile_=compile_,
+            compile_mode=compile_mode,
+            teacher_cache=teacher_cache,
+            loggers=loggers,
+        )
         from kdbench.train.checkpoints import prepare as prepare_teachers
 
         prepare_teachers(
@@ -442,7 +471,6 @@ def reproduce(
         _prepare_data(table_plan, results, data_dir)
         if executor == "slurm":
             from kdbench.execute.slurm import SlurmExecutor, SlurmOptions
-            from kdbench.execute.slurm_jobs import TrainOptions
 
             options = SlurmOptions(
                 partition=partition,
@@ -459,7 +487,7 @@ def reproduce(
             def make(listener):
                 return SlurmExecutor(
                     options,
-                    TrainOptions(device, data_dir, loader, compute.to_json(), loggers),
+                    run_options,
                     listener=listener,
                     aggregate=(table_plan.recipe.name, table_plan.profile),
                     on_submitted=_print_submission,
@@ -491,7 +519,7 @@ def reproduce(
                 _runs_per_gpu(runs_per_gpu),
                 cpu_jobs,
                 table_plan.specs.values(),
-                teacher_cache=compute.teacher_cache,
+                teacher_cache=run_options.compute.teacher_cache,
             )
             parallel = concurrency(slots, gpus_per_run)
         title = f"{table_plan.recipe.name} ({profile}) → {results}"
@@ -504,7 +532,7 @@ def reproduce(
             else:
                 runner = LocalExecutor(
                     slots,
-                    SlotWorkers(data_dir, compute, loader, loggers),
+                    SlotWorkers(run_options),
                     listener=progress.event,
                     gpus_per_run=gpus_per_run,
                 )
@@ -1292,46 +1320,28 @@ def train(
         loggers = curves.parse(log_to)
         curves.require(loggers)  # before any rank starts
         run_spec = training.load_spec(spec, results)
-        if nproc > 1:
-            options = [
-                "--results",
-                str(results),
-                "--device",
-                device,
-                "--workers",
-                str(workers),
-                "--loader",
-                loader,
-                "--precision",
-                precision,
-                "--teacher-cache",
-                teacher_cache,
-                "--log-to",
-                curves.flag(loggers),
-                *(["--data-dir", data_dir] if data_dir else []),
-                *(
-                    []
-                    if channels_last is None
-                    else ["--channels-last" if channels_last else "--no-channels-last"]
-                ),
-                *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"]),
-                "--compile-mode",
-                compile_mode,
-                *(["--slot", slot] if slot else []),
-            ]
-            _train_processes(spec, run_spec.run_id, results, nproc, options)
-            return  # rank 0 printed the run's line
-        result = training.run(
-            run_spec,
-            results,
+        options = _run_options(
             device=device,
             data_dir=data_dir,
-            num_workers=workers,
             loader=loader,
-            compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode),
-            slot=slot,
+            workers=workers,
+            precision=precision,
+            channels_last=channels_last,
+            compile_=compile_,
+            compile_mode=compile_mode,
+            teacher_cache=teacher_cache,
             loggers=loggers,
+            slot=slot,
         )
+        if nproc > 1:
+            ranks = [
+                "--results",
+                str(results),
+                *options.to_argv(),
+            ]  # each rank: kdbench train SPEC …
+            _train_processes(spec, run_spec.run_id, results, nproc, ranks)
+            return  # rank 0 printed the run's line
+        result = training.run(run_spec, results, options)
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED) from None
@@ -1509,7 +1519,13 @@ def bench(
             data_dir=data_dir,
             num_workers=workers,
             device=device,
-            compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode),
+            compute=_run_options(
+                precision=precision,
+                channels_last=channels_last,
+                compile_=compile_,
+                compile_mode=compile_mode,
+                teacher_cache=teacher_cache,
+            ).compute,
             peak=peak * 1e12 if peak is not None else None,
             results=results,
         )

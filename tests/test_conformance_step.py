@@ -32,6 +32,7 @@ from kdbench.plan import SMOKE_MAX_LR, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
 from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
+from kdbench.train.options import RunOptions
 from torch import nn
 
 from reference import calibrated_teacher
@@ -845,7 +846,7 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
         )
 
     teacher = spec("ce", None)
-    train.run(teacher, tmp_path, device="cpu", progress=False)
+    train.run(teacher, tmp_path, RunOptions(device="cpu"), progress=False)
     dist = spec(
         "dist",
         TeacherRef(model="resnet8", run_id=teacher.run_id),
@@ -874,7 +875,7 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
         return real(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs)
 
     monkeypatch.setattr(train, "_train_epoch", recording)
-    train.run(dist, tmp_path, device="cpu", progress=False)
+    train.run(dist, tmp_path, RunOptions(device="cpu"), progress=False)
     assert [e for e, *_ in seen] == [1, 2, 3]
     assert [lr for _, lr, *_ in seen] == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)
     reference = models.create("resnet8", num_classes=4)

@@ -29,6 +29,7 @@ from kdbench.train import distributed
 from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.launch import free_port
+from kdbench.train.options import RunOptions
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -445,7 +446,7 @@ def ddp_run(tmp_path_factory) -> tuple[RunSpec, Path, Path]:
     atomic_write_json(spec_file, spec.model_dump(mode="json"))
     proc = kdbench_train(spec_file, root / "two", "--nproc", "2")
     assert proc.returncode == 0, proc.stderr
-    train.run(spec, root / "one", device="cpu", progress=False, loader="tensor")
+    train.run(spec, root / "one", RunOptions(device="cpu", loader="tensor"), progress=False)
     return spec, root / "two", root / "one"
 
 

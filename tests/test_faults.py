@@ -31,6 +31,7 @@ from kdbench.plan import (
 from kdbench.results.collect import collect
 from kdbench.store.run_dir import RunDir, RunLocked
 from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 
 # Every test here starts real processes (kills, two reproductions, full disks): end to end.
 pytestmark = pytest.mark.e2e
@@ -89,7 +90,7 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
 
 
 def fresh_result(results: Path, s: RunSpec) -> dict:
-    return train.run(s, results, device="cpu", progress=False)
+    return train.run(s, results, RunOptions(device="cpu"), progress=False)
 
 
 # --- killed runs -------------------------------------------------------------------------------
@@ -463,9 +464,9 @@ def test_only_the_process_that_trains_a_run_records_where_it_runs(tmp_path):
     s = spec(epochs=1)
     run = RunDir(tmp_path, s.run_id)
     with run.lock(), pytest.raises(RunLocked):
-        train.run(s, tmp_path, device="cpu", progress=False, slot="cpu1")
+        train.run(s, tmp_path, RunOptions(device="cpu", slot="cpu1"), progress=False)
     assert not run.launch_file.exists()
-    train.run(s, tmp_path, device="cpu", progress=False, slot="cpu0")
+    train.run(s, tmp_path, RunOptions(device="cpu", slot="cpu0"), progress=False)
     launch = json.loads(run.launch_file.read_text())
     assert launch["slot"] == "cpu0" and launch["epochs_before"] == 0
 

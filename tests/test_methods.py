@@ -19,6 +19,7 @@ import torch
 from kdbench import losses, methods, models
 from kdbench.errors import UnknownNameError
 from kdbench.methods import Distiller
+from kdbench.train.options import RunOptions
 from torch import nn
 
 from reference import calibrated_teacher
@@ -591,15 +592,15 @@ def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
     from kdbench.plan import TeacherRef
 
     teacher = spec("ce", {})
-    train.run(teacher, tmp_path, device="cpu", progress=False)
+    train.run(teacher, tmp_path, RunOptions(device="cpu"), progress=False)
     ref = TeacherRef(model="resnet8", run_id=teacher.run_id)
     joint = train.run(
         spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref),
         tmp_path,
-        device="cpu",
+        RunOptions(device="cpu"),
         progress=False,
     )
-    pure = train.run(spec("simkd", {}, ref), tmp_path, device="cpu", progress=False)
+    pure = train.run(spec("simkd", {}, ref), tmp_path, RunOptions(device="cpu"), progress=False)
     assert (
         set(joint["heads"]) == {"student_classifier"}
         and 0 <= joint["heads"]["student_classifier"]["best_top1"] <= 100

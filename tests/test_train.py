@@ -14,6 +14,7 @@ from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.store.run_dir import RunDir
 from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 
 
 def small_spec(epochs: int = 4, **data) -> RunSpec:
@@ -49,7 +50,7 @@ def small_spec(epochs: int = 4, **data) -> RunSpec:
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     spec = small_spec()
-    reference = train.run(spec, tmp_path / "ref", device="cpu", progress=False)
+    reference = train.run(spec, tmp_path / "ref", RunOptions(device="cpu"), progress=False)
 
     results = tmp_path / "killed"
     run = RunDir(results, spec.run_id)
@@ -82,7 +83,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         p.stat().st_size >= 0 for p in run.path.glob(".*.tmp")
     )
 
-    resumed = train.run(spec, results, device="cpu", progress=False)
+    resumed = train.run(spec, results, RunOptions(device="cpu"), progress=False)
     history = run.read_metrics()
     assert [h["epoch"] for h in history] == list(range(1, spec.train.epochs + 1))
     assert [h["test_top1"] for h in history[: len(done_before_kill)]] == [
@@ -99,9 +100,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_finished_run_is_not_retrained(tmp_path):
     spec = small_spec(epochs=1, train_size=64)
-    first = train.run(spec, tmp_path, device="cpu", progress=False)
+    first = train.run(spec, tmp_path, RunOptions(device="cpu"), progress=False)
     mtime = RunDir(tmp_path, spec.run_id).result_file.stat().st_mtime_ns
-    assert train.run(spec, tmp_path, device="cpu", progress=False) == first
+    assert train.run(spec, tmp_path, RunOptions(device="cpu"), progress=False) == first
     assert RunDir(tmp_path, spec.run_id).result_file.stat().st_mtime_ns == mtime
 
 
@@ -131,7 +132,9 @@ def test_trains_on_real_images(tmp_path, shared_data: Path):
         ),
         seed=0,
     )
-    result = train.run(spec, tmp_path, device="cpu", data_dir=shared_data, progress=False)
+    result = train.run(
+        spec, tmp_path, RunOptions(device="cpu", data_dir=shared_data), progress=False
+    )
     assert result["epochs"] == 2 and result["best_top1"] > 15.0  # chance is 10%
 
 
@@ -160,5 +163,5 @@ def test_drop_last_skips_the_short_last_batch(tmp_path, monkeypatch):
         "drop_last" not in kept.canonical_json() and '"drop_last":true' in dropped.canonical_json()
     )
     for spec in (kept, dropped):
-        train.run(spec, tmp_path, device="cpu", progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu"), progress=False)
     assert seen == [[32, 8], [32]]

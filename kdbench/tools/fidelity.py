@@ -36,6 +36,7 @@ from kdbench.results.verdict import judge
 from kdbench.store.run_dir import RunDir
 from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
+from kdbench.train.options import RunOptions
 
 # The authors' arithmetic: IEEE fp32 (docs/protocol-choices.md, "Precision"); on a CPU faithful and fp32 are one.
 REFERENCE_COMPUTE = ComputeOptions(
@@ -326,10 +327,8 @@ def run_gate(
     teacher_result = train.run(
         teacher,
         folders["reference"],
-        device=config.device,
+        RunOptions(device=config.device, loader="torch", compute=REFERENCE_COMPUTE),
         progress=False,
-        loader="torch",
-        compute=REFERENCE_COMPUTE,
     )
     outcomes = {m: ModeResult(MODES[m]) for m in modes}
     data_dirs: dict[str, Path | None] = dict.fromkeys(modes)
@@ -345,11 +344,13 @@ def run_gate(
             result = train.run(
                 spec,
                 folders[mode],
-                device=config.device,
+                RunOptions(
+                    device=config.device,
+                    loader=MODES[mode].loader,
+                    compute=MODES[mode].compute,
+                    data_dir=data_dirs[mode],
+                ),
                 progress=False,
-                loader=MODES[mode].loader,
-                compute=MODES[mode].compute,
-                data_dir=data_dirs[mode],
             )
             outcome.top1.append(result["last_top1"])
             outcome.seconds.append(result["wall_seconds"])

@@ -14,7 +14,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,13 +38,13 @@ from kdbench.store.run_dir import RUN_ID, RunDir, RunLocked
 from kdbench.train import checkpoints, distributed, teacher_cache
 from kdbench.train.compute import (
     Compute,
-    ComputeOptions,
     compile_fallbacks,
     compiled_active,
     device_name,
     first_step,
 )
 from kdbench.train.distributed import SINGLE, Group
+from kdbench.train.options import RunOptions
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 256
@@ -126,39 +126,30 @@ def load_trained_model(results: Path, run_id: str, model_name: str, num_classes:
 def run(
     spec: RunSpec,
     results: Path,
+    options: RunOptions | None = None,
     *,
-    device: str = "auto",
-    data_dir: str | Path | None = None,
-    num_workers: int = 0,
     progress: bool | None = None,
-    loader: str = "auto",
-    compute: ComputeOptions | None = None,
-    slot: str | None = None,
-    loggers: Sequence[str] = curves.DEFAULT,
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
-    ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
-    ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
-    ``slot``: the executor's slot, recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held.
-    ``loggers``: where rank 0 also sends each epoch's metrics (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
+    ``options``: where and how it trains (kdbench/train/options.py), never what: its device, data directory,
+    loader (every kind gives the same batches, ``data/select.py``), compute options, the executor's slot
+    (recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held) and the loggers rank 0
+    also sends each epoch's metrics to (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
+    ``progress``: show a progress bar (default: on an interactive terminal).
     Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/train/distributed.py``), it trains
     its share of every global batch and only rank 0 writes the run directory."""
-    curves.require(loggers)
-    group = distributed.init(device)
+    options = options or RunOptions()
+    curves.require(options.loggers)
+    group = distributed.init(options.device)
     try:
         return _run(
             spec,
             Path(results),
             group,
-            group.device or resolve_device(device),
-            data_dir,
-            num_workers,
+            group.device or resolve_device(options.device),
+            options,
             progress,
-            loader,
-            compute or ComputeOptions(),
-            slot,
-            loggers,
         )
     finally:
         group.shutdown()
@@ -169,13 +160,8 @@ def _run(
     results: Path,
     group: Group,
     device: torch.device,
-    data_dir: str | Path | None,
-    num_workers: int,
+    options: RunOptions,
     progress: bool | None,
-    loader: str,
-    compute: ComputeOptions,
-    slot: str | None,
-    loggers: Sequence[str] = curves.DEFAULT,
 ) -> dict[str, Any]:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
@@ -202,11 +188,11 @@ def _run(
             atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
             rundir.failed_file.unlink(missing_ok=True)
             if (
-                slot is not None
+                options.slot is not None
             ):  # written under the lock: an executor that lost the race for this run cannot overwrite it
-                _record_launch(rundir, slot)
+                _record_launch(rundir, options.slot)
             held.enter_context(
-                curves.recording(rundir, spec, loggers)
+                curves.recording(rundir, spec, options.loggers)
             )  # each metrics.jsonl write also goes there
         try:
             result = _train(
@@ -214,11 +200,8 @@ def _run(
                 rundir,
                 results,
                 device,
-                data_dir,
-                num_workers,
+                options,
                 group.is_main and (sys.stderr.isatty() if progress is None else progress),
-                loader,
-                compute,
                 group,
             )
             group.barrier()  # rank 0 has written result.json
@@ -239,13 +222,12 @@ def _import(
     spec: RunSpec,
     rundir: RunDir,
     device: torch.device,
-    data_dir: str | Path | None,
-    num_workers: int,
-    loader: str,
+    options: RunOptions,
     group: Group,
 ) -> dict[str, Any]:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
+    data_dir = options.data_dir
     arrays = _dataset(spec, data_dir)
     path = checkpoints.locate(spec.checkpoint, data_dir)
     model, digest = checkpoints.load_into(
@@ -260,7 +242,7 @@ def _import(
     ).to(device)
     started = time.time()
     loaders = data.make_loaders(
-        loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
+        options.loader, arrays, device=device, num_workers=options.workers, data_dir=data_dir
     )
     stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
     history = [{"epoch": 0, "phase": "imported", **stats}]
@@ -289,18 +271,15 @@ def _train(
     rundir: RunDir,
     results: Path,
     device: torch.device,
-    data_dir: str | Path | None,
-    num_workers: int,
+    options: RunOptions,
     show_progress: bool,
-    loader: str,
-    options: ComputeOptions,
     group: Group,
 ) -> dict[str, Any]:
     # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
-    precision = options.resolve(device).apply_fp32_math(device)
+    precision = options.compute.resolve(device).apply_fp32_math(device)
     if spec.checkpoint is not None:
-        return _import(spec, rundir, device, data_dir, num_workers, loader, group)
-    arrays = _dataset(spec, data_dir)
+        return _import(spec, rundir, device, options, group)
+    arrays = _dataset(spec, options.data_dir)
     _check_processes(spec, methods.get(spec.method), group, len(arrays.y_test))
     torch.manual_seed(spec.seed)
     student = models.create(spec.model, num_classes=arrays.num_classes)
@@ -328,7 +307,7 @@ def _train(
         )
     if spec.init_from is not None:
         _start_from(distiller, results, spec.init_from.run_id)
-    compute = options.resolve(
+    compute = options.compute.resolve(
         device,
         train_steps=spec.train.epochs * math.ceil(len(arrays.y_train) / spec.train.batch_size),
     )
@@ -364,7 +343,11 @@ def _train(
     )
 
     loaders = data.make_loaders(
-        loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
+        options.loader,
+        arrays,
+        device=device,
+        num_workers=options.workers,
+        data_dir=options.data_dir,
     )
     log.info(
         "loader %s%s",
@@ -497,7 +480,7 @@ def _train(
         "teacher_cache_build_seconds": cache_seconds,
         "compiled": compiled_active(networks) if compute.compile else False,
         "compile_fallbacks": compile_fallbacks(networks),
-        "requested": options.to_json(),
+        "requested": options.compute.to_json(),
     }
     if best is not None:
         result["kept"] = {
