@@ -1307,12 +1307,12 @@ def train(
     ] = None,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
+    from kdbench import train as training
     from kdbench.execute.children import watch_parent
     from kdbench.execute.worker import EXIT_LOCKED
     from kdbench.results import curves
     from kdbench.store.run_dir import RunLocked
     from kdbench.train import distributed
-    from kdbench.train import loop as training
 
     watch_parent()  # started by `reproduce`: end with it
     try:
@@ -1599,8 +1599,8 @@ def doctor(
     """Check this machine: the environment, then every path that differs on the device (first thing to run on a GPU)."""
     import json
 
+    from kdbench import train as training
     from kdbench.tools import doctor as doctoring
-    from kdbench.train import loop as training
 
     try:
         resolved = training.resolve_device(device)

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 import torch
-from kdbench import models
+from kdbench import models, train
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
-from kdbench.train import compute
-from kdbench.train import loop as train
+from kdbench.train import compute, loop
 from kdbench.train.compute import CompiledOrEager, ComputeOptions, first_step
 from kdbench.train.options import RunOptions
 from torch._dynamo.backends.common import aot_autograd
@@ -236,13 +235,13 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
     monkeypatch.setattr(compute, "BACKEND", counting)
     on = ComputeOptions(compile=True, teacher_cache="off")
     teacher, _ = kd_specs(2)
-    assert train.run(teacher, tmp_path, RunOptions(device="cpu", compute=on), progress=False)[
+    assert train.run(teacher, tmp_path, RunOptions(device="cpu", compute=on), show_progress=False)[
         "compute"
     ]["compiled"]
     for seed in (2, 3):
         ran.clear()
         result = train.run(
-            kd_specs(seed)[1], tmp_path, RunOptions(device="cpu", compute=on), progress=False
+            kd_specs(seed)[1], tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
         )
         assert result["compute"]["compiled"] and result["compute"]["compile_fallbacks"] == {}
         # 3 training steps x (student + teacher) and 1 test batch, all through compiled graphs
@@ -251,7 +250,7 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
         compute, "RECOMPILE_LIMIT", 1
     )  # the short last batch now exceeds it: reported
     result = train.run(
-        kd_specs(5)[1], tmp_path, RunOptions(device="cpu", compute=on), progress=False
+        kd_specs(5)[1], tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
     )
     assert (
         not result["compute"]["compiled"]
@@ -287,8 +286,8 @@ def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
         {"epoch": 2, "images_per_s": 1000.0},
         {"epoch": 3, "images_per_s": 1200.0},
     ]
-    assert train._steady_images_per_s(history) == 1100.0
-    assert train._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else
+    assert loop._steady_images_per_s(history) == 1100.0
+    assert loop._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else
 
 
 def test_the_executor_passes_the_compile_mode_on():

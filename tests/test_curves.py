@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kdbench import cli
+from kdbench import cli, train
 from kdbench.errors import KdbenchError
 from kdbench.execute import slurm_jobs
 from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot, SlotWorkers, train_command
@@ -25,7 +25,7 @@ from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results import curves
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train import loop
 from kdbench.train.options import RunOptions
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
@@ -145,7 +145,7 @@ def test_log_to_values():
 
 def test_tensorboard_curves_equal_metrics_jsonl(tmp_path):
     s = spec()
-    result = train.run(s, tmp_path, RunOptions(device="cpu"), progress=False)
+    result = train.run(s, tmp_path, RunOptions(device="cpu"), show_progress=False)
     run = RunDir(tmp_path, s.run_id)
     history = run.read_metrics()
     view = tb_view(run)
@@ -184,13 +184,13 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
 KILLS = {
     # Inside epoch 2's first step: epoch 1 is checkpointed and recorded.
     "mid-epoch": """
-        from kdbench.train import loop as t
-        real = t._train_epoch
+        from kdbench.train import loop
+        real = loop._train_epoch
         def dying_step(*args, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
         def epoch(step, *rest, **kw):
             return real(dying_step if rest[4] == 2 else step, *rest, **kw)
-        t._train_epoch = epoch
+        loop._train_epoch = epoch
     """,
     # After epoch 2's checkpoint, before metrics.jsonl lists it: the next attempt sends epoch 2.
     "between checkpoint and metrics": """
@@ -209,14 +209,15 @@ KILLS = {
 def test_a_killed_and_resumed_run_shows_each_epoch_once(tmp_path, moment):
     s = spec()
     script = (
-        textwrap.dedent(KILLS[moment]) + "train.run(SPEC, RESULTS, device='cpu', progress=False)\n"
+        textwrap.dedent(KILLS[moment])
+        + "train.run(SPEC, RESULTS, train.RunOptions(device='cpu'), show_progress=False)\n"
     )
     assert run_until_killed(script, tmp_path, s) == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
     assert [h["epoch"] for h in run.read_metrics()] == [1] and not run.is_done()
     assert {step for _, step in tb_raw(run)} == {1}
 
-    train.run(s, tmp_path, RunOptions(device="cpu"), progress=False)
+    train.run(s, tmp_path, RunOptions(device="cpu"), show_progress=False)
     history = run.read_metrics()
     assert [h["epoch"] for h in history] == [1, 2, 3] and "resuming" in run.log_file.read_text()
     assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 2  # one event file per attempt
@@ -295,20 +296,22 @@ def test_wandb_and_mlflow_get_each_epoch_once_across_a_failed_and_resumed_attemp
 ):
     wandb, mlflow = fakes
     s = spec()
-    real = train._train_epoch
+    real = loop._train_epoch
 
     def failing(step, *rest, **kw):
         if rest[4] == 2:
             raise RuntimeError("injected failure in epoch 2")
         return real(step, *rest, **kw)
 
-    monkeypatch.setattr(train, "_train_epoch", failing)
+    monkeypatch.setattr(loop, "_train_epoch", failing)
     with pytest.raises(RuntimeError, match="injected"):
         train.run(
-            s, tmp_path, RunOptions(device="cpu", loggers=("wandb", "mlflow")), progress=False
+            s, tmp_path, RunOptions(device="cpu", loggers=("wandb", "mlflow")), show_progress=False
         )
-    monkeypatch.setattr(train, "_train_epoch", real)
-    train.run(s, tmp_path, RunOptions(device="cpu", loggers=("wandb", "mlflow")), progress=False)
+    monkeypatch.setattr(loop, "_train_epoch", real)
+    train.run(
+        s, tmp_path, RunOptions(device="cpu", loggers=("wandb", "mlflow")), show_progress=False
+    )
 
     run = RunDir(tmp_path, s.run_id)
     history = run.read_metrics()
@@ -347,7 +350,10 @@ def test_a_missing_extra_is_one_clear_error_before_training(tmp_path, monkeypatc
         match=r"--log-to wandb needs the wandb package.*pip install 'kdbench\[wandb\]'",
     ):
         train.run(
-            s, tmp_path, RunOptions(device="cpu", loggers=("tensorboard", "wandb")), progress=False
+            s,
+            tmp_path,
+            RunOptions(device="cpu", loggers=("tensorboard", "wandb")),
+            show_progress=False,
         )
     assert not (tmp_path / "runs").exists()
 
@@ -398,7 +404,7 @@ def test_failing_backends_never_fail_the_run(tmp_path, monkeypatch):
         s,
         tmp_path,
         RunOptions(device="cpu", loggers=("tensorboard", "wandb", "mlflow")),
-        progress=False,
+        show_progress=False,
     )
     run = RunDir(tmp_path, s.run_id)
     assert (

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from kdbench import train
 from kdbench.cli import app
 from kdbench.io import atomic_write_json
 from kdbench.plan import (
@@ -18,7 +19,6 @@ from kdbench.plan import (
 )
 from kdbench.recipe import DatasetRef, load_recipe
 from kdbench.tools.cost import dataset_sizes, estimate
-from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
@@ -108,7 +108,7 @@ def test_teacher_and_student_train_on_the_image_folder(
             student,
             results,
             RunOptions(device="cpu", data_dir=data_dir, compute=ComputeOptions(teacher_cache="on")),
-            progress=False,
+            show_progress=False,
         )
     assert "teacher cache not used" in caplog.text and "loader torch" in caplog.text
     assert result["epochs"] == 2 and not result["compute"]["teacher_cache"]

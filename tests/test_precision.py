@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdbench import cli
+from kdbench import cli, train
 from kdbench.errors import KdbenchError
 from kdbench.execute import worker
 from kdbench.execute.slurm_jobs import TrainJob
@@ -22,7 +22,6 @@ from kdbench.results import render
 from kdbench.results.compare import compare
 from kdbench.results.tables import record_table
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
 from kdbench.train.compute import FP32_MATH, ComputeOptions, fp32_math_flags, set_fp32_math
 from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
@@ -139,7 +138,7 @@ def test_result_json_records_the_precision_on_cpu(tmp_path, precision, autocast)
         tiny_spec(),
         tmp_path,
         RunOptions(device="cpu", compute=ComputeOptions(precision=precision)),
-        progress=False,
+        show_progress=False,
     )
     written = json.loads(RunDir(tmp_path, tiny_spec().run_id).result_file.read_text())
     assert (
@@ -283,7 +282,7 @@ def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
         spec,
         tmp_path,
         RunOptions(device="cpu", compute=ComputeOptions(precision="fp32")),
-        progress=False,
+        show_progress=False,
     )
     run = RunDir(tmp_path, spec.run_id)
     run.result_file.unlink()  # as if interrupted after its last checkpoint
@@ -295,13 +294,13 @@ def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
             spec,
             tmp_path,
             RunOptions(device="cpu", compute=ComputeOptions(precision="bf16")),
-            progress=False,
+            show_progress=False,
         )
     resumed = train.run(
         spec,
         tmp_path,
         RunOptions(device="cpu", compute=ComputeOptions(precision="fp32")),
-        progress=False,
+        show_progress=False,
     )
     assert resumed["precision"]["precision"] == "fp32"
 

@@ -7,11 +7,10 @@ import dataclasses
 import json
 
 import pytest
-from kdbench import cli
+from kdbench import cli, train
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results import curves
-from kdbench.train import loop
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
@@ -98,7 +97,7 @@ def test_kdbench_train_parses_the_flags_into_the_same_options(options, tmp_path,
     """What `kdbench train` receives from to_argv() is what train.run gets: the CLI and from_argv agree."""
     seen = []
     monkeypatch.setattr(
-        loop,
+        train,
         "run",
         lambda s, results, options: (
             seen.append(options)

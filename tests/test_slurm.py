@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.execute import slurm
 from kdbench.execute.slurm import SlurmExecutor, SlurmOptions, array_groups
@@ -31,7 +32,6 @@ from kdbench.plan import (
 )
 from kdbench.recipe import load_recipe
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
 from kdbench.train.options import RunOptions
 
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
@@ -163,7 +163,7 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
         isinstance(fn_t, TrainJob)
         and fn_t.results == str(tmp_path)
         and fn_t.nproc == 1
-        and fn_t.options.device == "cpu"
+        and RunOptions.from_json(fn_t.options) == RunOptions(device="cpu")
     )
     assert (
         kind_a == "job"
@@ -605,7 +605,9 @@ def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluste
         p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*_log.*")
     )
     assert "this job is preempted" in submitit_log and "Calling checkpoint method" in submitit_log
-    reference = train.run(run, tmp_path / "reference", RunOptions(device="cpu"), progress=False)
+    reference = train.run(
+        run, tmp_path / "reference", RunOptions(device="cpu"), show_progress=False
+    )
     resumed = rundir.result()
     for key in ("best_top1", "last_top1", "last_top5", "best_epoch"):
         assert resumed[key] == reference[key], key

@@ -52,14 +52,14 @@ class TrainJob:
         return DelayedSubmission(self, run_id)
 
     def _train(self, rundir: RunDir) -> dict[str, Any]:
-        from kdbench.train import loop as train
+        from kdbench import train
         from kdbench.train.options import RunOptions
 
         options = RunOptions.from_json(self.options)
         if self.nproc > 1:
             return ddp_train(rundir.spec_file, Path(self.results), self.nproc, options)
         spec = train.load_spec(str(rundir.spec_file), Path(self.results))
-        return train.run(spec, Path(self.results), options, progress=False)
+        return train.run(spec, Path(self.results), options, show_progress=False)
 
 
 def ddp_train(spec_file: Path, results: Path, nproc: int, options: RunOptions) -> dict[str, Any]:

@@ -22,8 +22,8 @@ REPLY_PREFIX = "kdbench-worker-reply "
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
+    from kdbench import train
     from kdbench.store.run_dir import RunLocked
-    from kdbench.train import loop as train
     from kdbench.train.options import RunOptions
 
     for line in requests:
@@ -36,7 +36,7 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
                 spec,
                 Path(request["results"]),
                 RunOptions.from_json(request.get("options", {})),
-                progress=False,
+                show_progress=False,
             )
             code = EXIT_DONE
         except RunLocked:

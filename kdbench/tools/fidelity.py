@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdbench import train
 from kdbench.data import ImageArrays, load_dataset, subset
 from kdbench.data.registry import resolve_data_dir
 from kdbench.errors import KdbenchError, UnknownNameError
@@ -34,7 +35,6 @@ from kdbench.io import atomic_path, atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.verdict import judge
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
 
@@ -328,7 +328,7 @@ def run_gate(
         teacher,
         folders["reference"],
         RunOptions(device=config.device, loader="torch", compute=REFERENCE_COMPUTE),
-        progress=False,
+        show_progress=False,
     )
     outcomes = {m: ModeResult(MODES[m]) for m in modes}
     data_dirs: dict[str, Path | None] = dict.fromkeys(modes)
@@ -350,7 +350,7 @@ def run_gate(
                     compute=MODES[mode].compute,
                     data_dir=data_dirs[mode],
                 ),
-                progress=False,
+                show_progress=False,
             )
             outcome.top1.append(result["last_top1"])
             outcome.seconds.append(result["wall_seconds"])
