@@ -310,7 +310,8 @@ def _set_up(
         device,
         train_steps=spec.train.epochs * math.ceil(len(arrays.y_train) / spec.train.batch_size),
     )
-    networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
+    networks: list[torch.nn.Module] = [distiller.student]
+    networks += [distiller.teacher] if distiller.teacher is not None else []
     compute.prepare(networks)
     cache, cache_seconds = _teacher_cache(
         spec, method, distiller, arrays, results, device, compute, show_progress

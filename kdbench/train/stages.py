@@ -23,7 +23,7 @@ INIT_EPOCH_OFFSET = 1_000_000
 
 
 class Step(Protocol):
-    """One training step's forward pass: ``(logits | None, loss terms)``; ``Distiller.forward_train``'s signature."""
+    """One training step's forward pass: ``(logits | None, loss terms)``, called as ``Distiller.forward_train``."""
 
     def __call__(
         self,
@@ -32,7 +32,7 @@ class Step(Protocol):
         epoch: int,
         indices: torch.Tensor | None = None,
         strong: torch.Tensor | None = None,
-        **cached: Any,
+        teacher_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]: ...
 
 
@@ -66,7 +66,7 @@ class _Pretraining:
         epoch: int,
         indices: torch.Tensor | None = None,
         strong: torch.Tensor | None = None,
-        **cached: Any,
+        teacher_logits: torch.Tensor | None = None,
     ) -> tuple[None, dict[str, torch.Tensor]]:
         return None, self.distiller.forward_init(images, targets)
 
