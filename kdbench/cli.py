@@ -280,21 +280,40 @@ def _check_output(path: Optional[Path], option: str, makes_folder: bool = False)
         )
 
 
-def _compute(
-    precision: str,
-    channels_last: bool | None,
-    compile_: bool | None,
-    teacher_cache: str,
+def _run_options(
+    *,
+    device: str = "auto",
+    data_dir: str | None = None,
+    loader: str = "auto",
+    workers: int = 0,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile_: bool | None = None,
     compile_mode: str = "default",
+    teacher_cache: str = "auto",
+    loggers: tuple[str, ...] | None = None,
+    slot: str | None = None,
 ):
+    """The :class:`~kdbench.train.options.RunOptions` that a command's flags ask for (``loggers``: parsed
+    ``--log-to``, default curves.DEFAULT); ``reproduce`` and ``train`` build theirs here."""
+    from kdbench.results import curves
     from kdbench.train.compute import ComputeOptions
+    from kdbench.train.options import RunOptions
 
-    return ComputeOptions(
-        precision=precision,
-        channels_last=channels_last,
-        compile=compile_,
-        teacher_cache=teacher_cache,
-        compile_mode=compile_mode,
+    return RunOptions(
+        device=device,
+        data_dir=data_dir,
+        loader=loader,
+        workers=workers,
+        compute=ComputeOptions(
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile_,
+            teacher_cache=teacher_cache,
+            compile_mode=compile_mode,
+        ),
+        slot=slot,
+        loggers=curves.DEFAULT if loggers is None else loggers,
     )
 
 
@@ -466,7 +485,6 @@ def reproduce(
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
         from kdbench.execute.slurm.executor import SlurmOptions
-        from kdbench.execute.slurm.jobs import TrainOptions
         from kdbench.plan import plan as make_plan
         from kdbench.processes import Interrupted, interruptible
         from kdbench.recipe import load_recipe
@@ -493,7 +511,17 @@ def reproduce(
             _print_plan(table_plan, results, data_dir)
             return
         curves.require(loggers)  # a missing extra is one error here, not one per run
-        compute = _compute(precision, channels_last, compile_, teacher_cache, compile_mode)
+        run_options = _run_options(
+            device=device,
+            data_dir=data_dir,
+            loader=loader,
+            precision=precision,
+            channels_last=channels_last,
+            compile_=compile_,
+            compile_mode=compile_mode,
+            teacher_cache=teacher_cache,
+            loggers=loggers,
+        )
         from kdbench.train.checkpoints import prepare as prepare_teachers
 
         prepare_teachers(
@@ -502,7 +530,7 @@ def reproduce(
         _warn_reused_precisions(table_plan, results, precision)
         _prepare_data(table_plan, results, data_dir)
         options = ExecutorOptions(
-            run=TrainOptions(device, data_dir, loader, compute.to_json(), loggers),
+            run=run_options,
             local=LocalOptions(_runs_per_gpu(runs_per_gpu), cpu_jobs, gpus_per_run),
             slurm=SlurmOptions(
                 partition=partition,
@@ -1311,11 +1339,11 @@ def train(
     ] = None,
 ) -> None:
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
+    from kdbench import train as training
     from kdbench.processes import EXIT_LOCKED, watch_parent
     from kdbench.results import curves
     from kdbench.store.run_dir import RunLocked
     from kdbench.train import distributed
-    from kdbench.train import loop as training
 
     watch_parent()  # started by `reproduce`: end with it
     try:
@@ -1323,46 +1351,28 @@ def train(
         loggers = curves.parse(log_to)
         curves.require(loggers)  # before any rank starts
         run_spec = training.load_spec(spec, results)
-        if nproc > 1:
-            options = [
-                "--results",
-                str(results),
-                "--device",
-                device,
-                "--workers",
-                str(workers),
-                "--loader",
-                loader,
-                "--precision",
-                precision,
-                "--teacher-cache",
-                teacher_cache,
-                "--log-to",
-                curves.flag(loggers),
-                *(["--data-dir", data_dir] if data_dir else []),
-                *(
-                    []
-                    if channels_last is None
-                    else ["--channels-last" if channels_last else "--no-channels-last"]
-                ),
-                *([] if compile_ is None else ["--compile" if compile_ else "--no-compile"]),
-                "--compile-mode",
-                compile_mode,
-                *(["--slot", slot] if slot else []),
-            ]
-            _train_processes(spec, run_spec.run_id, results, nproc, options)
-            return  # rank 0 printed the run's line
-        result = training.run(
-            run_spec,
-            results,
+        options = _run_options(
             device=device,
             data_dir=data_dir,
-            num_workers=workers,
             loader=loader,
-            compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode),
-            slot=slot,
+            workers=workers,
+            precision=precision,
+            channels_last=channels_last,
+            compile_=compile_,
+            compile_mode=compile_mode,
+            teacher_cache=teacher_cache,
             loggers=loggers,
+            slot=slot,
         )
+        if nproc > 1:
+            ranks = [
+                "--results",
+                str(results),
+                *options.to_argv(),
+            ]  # each rank: kdbench train SPEC …
+            _train_processes(spec, run_spec.run_id, results, nproc, ranks)
+            return  # rank 0 printed the run's line
+        result = training.run(run_spec, results, options)
     except RunLocked as exc:
         err.print(f"[yellow]{exc}[/]")
         raise typer.Exit(EXIT_LOCKED) from None
@@ -1540,7 +1550,13 @@ def bench(
             data_dir=data_dir,
             num_workers=workers,
             device=device,
-            compute=_compute(precision, channels_last, compile_, teacher_cache, compile_mode),
+            compute=_run_options(
+                precision=precision,
+                channels_last=channels_last,
+                compile_=compile_,
+                compile_mode=compile_mode,
+                teacher_cache=teacher_cache,
+            ).compute,
             peak=peak * 1e12 if peak is not None else None,
             results=results,
         )
@@ -1614,8 +1630,8 @@ def doctor(
     """Check this machine: the environment, then every path that differs on the device (first thing to run on a GPU)."""
     import json
 
+    from kdbench import train as training
     from kdbench.tools import doctor as doctoring
-    from kdbench.train import loop as training
 
     try:
         resolved = training.resolve_device(device)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
 from kdbench.train.checkpoints import sha256_of
+from kdbench.train.options import RunOptions
 
 DATA = {
     "name": "synthetic",
@@ -45,7 +46,7 @@ def trained_teacher(tmp_path_factory):
     """A resnet8 trained by kdbench: its model.pt is the checkpoint other tests import."""
     results = tmp_path_factory.mktemp("source")
     spec = next(s for s in plan(recipe(None), "full").specs.values() if s.teacher is None)
-    result = train.run(spec, results, device="cpu", progress=False)
+    result = train.run(spec, results, RunOptions(device="cpu"), show_progress=False)
     return RunDir(results, spec.run_id).model_file, result
 
 
@@ -58,12 +59,14 @@ def test_imported_teacher_is_verified_evaluated_and_used(trained_teacher, tmp_pa
     r = recipe({"path": str(path), "sha256": sha256_of(path), "source": "a kdbench run"})
     spec = teacher_spec(r)
     assert spec.checkpoint is not None and spec.method == "ce"
-    result = train.run(spec, tmp_path, device="cpu", progress=False)
+    result = train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     assert result["imported"]["sha256"] == sha256_of(path) and result["epochs"] == 1
     assert result["best_top1"] == source["last_top1"]  # the same weights on the same test set
     student = next(s for s in plan(r, "full").specs.values() if s.method == "kd")
     assert student.teacher.run_id == spec.run_id
-    assert train.run(student, tmp_path, device="cpu", progress=False)["epochs"] == 1
+    assert (
+        train.run(student, tmp_path, RunOptions(device="cpu"), show_progress=False)["epochs"] == 1
+    )
 
 
 def test_run_id_names_the_content_not_the_location(trained_teacher, tmp_path):
@@ -80,7 +83,7 @@ def test_sha256_mismatch_is_refused(trained_teacher, tmp_path):
     path, _ = trained_teacher
     spec = teacher_spec(recipe({"path": str(path), "sha256": "0" * 64}))
     with pytest.raises(KdbenchError, match="does not match the recipe's 0000"):
-        train.run(spec, tmp_path, device="cpu", progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     assert RunDir(tmp_path, spec.run_id).is_failed() and not RunDir(tmp_path, spec.run_id).is_done()
 
 
@@ -95,7 +98,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(
         KdbenchError, match="cannot be loaded safely: torch.load\\(weights_only=True\\) refused it"
     ):
-        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)
 
 
 def test_wrong_architecture_is_refused(trained_teacher, tmp_path):
@@ -104,7 +107,7 @@ def test_wrong_architecture_is_refused(trained_teacher, tmp_path):
         recipe({"path": str(path), "sha256": sha256_of(path)}, teacher_model="resnet14")
     )
     with pytest.raises(KdbenchError, match="does not fit the architecture 'resnet14'"):
-        train.run(spec, tmp_path, device="cpu", progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
 
 
 def test_missing_file_says_where_to_put_it(tmp_path):
@@ -112,7 +115,7 @@ def test_missing_file_says_where_to_put_it(tmp_path):
     with pytest.raises(
         KdbenchError, match=r"teachers/resnet8.pt not found: put the file \(sha256 a+\) there"
     ):
-        train.run(spec, tmp_path, device="cpu", data_dir=tmp_path, progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu", data_dir=tmp_path), show_progress=False)
 
 
 def test_repdistiller_files_are_mapped_in_order_with_shapes_checked(trained_teacher, tmp_path):
@@ -125,7 +128,7 @@ def test_repdistiller_files_are_mapped_in_order_with_shapes_checked(trained_teac
         recipe({"path": str(rd), "sha256": sha256_of(rd), "format": "repdistiller"})
     )
     assert (
-        train.run(spec, tmp_path / "r", device="cpu", progress=False)["best_top1"]
+        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)["best_top1"]
         == source["last_top1"]
     )
     shuffled = dict(reversed(list(foreign.items())))
@@ -135,7 +138,7 @@ def test_repdistiller_files_are_mapped_in_order_with_shapes_checked(trained_teac
         recipe({"path": str(bad), "sha256": sha256_of(bad), "format": "repdistiller"})
     )
     with pytest.raises(KdbenchError, match="does not fit .* matched in registration order"):
-        train.run(spec, tmp_path / "r2", device="cpu", progress=False)
+        train.run(spec, tmp_path / "r2", RunOptions(device="cpu"), show_progress=False)
 
 
 def test_tables_record_the_imported_teacher(trained_teacher, tmp_path):
@@ -148,7 +151,7 @@ def test_tables_record_the_imported_teacher(trained_teacher, tmp_path):
     r = recipe({"path": str(path), "sha256": digest})
     p = plan(r, "full")
     record_table(tmp_path, r, "full", p.trials, {})
-    train.run(teacher_spec(r), tmp_path, device="cpu", progress=False)
+    train.run(teacher_spec(r), tmp_path, RunOptions(device="cpu"), show_progress=False)
     (comp,) = compare(tmp_path)
     assert set(comp.cells["teacher_checkpoint"]) == {digest}
     assert f"[imported {digest[:8]}]" in render.to_markdown(comp)
@@ -181,7 +184,7 @@ def test_torchvision_file_imports_with_its_hash_prefix_and_records_the_full_dige
             teacher_model=f"imagenet/{name}",
         )
     )
-    result = train.run(spec, tmp_path / "r", device="cpu", progress=False)
+    result = train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)
     assert result["imported"] == {"path": str(path), "sha256": digest, "format": "torchvision"}
     saved = torch.load(RunDir(tmp_path / "r", spec.run_id).model_file, weights_only=True)
     saved = {k.removeprefix("student."): v for k, v in saved.items()}
@@ -202,7 +205,7 @@ def test_torchvision_file_with_another_hash_prefix_is_refused(tmp_path):
     with pytest.raises(
         KdbenchError, match=f"sha256 {digest} does not match the recipe's {wrong} \\(a prefix\\)"
     ):
-        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)
     assert RunDir(tmp_path / "r", spec.run_id).is_failed()
 
 
@@ -215,7 +218,7 @@ def test_a_torchvision_file_for_another_architecture_is_refused(tmp_path):
         )
     )
     with pytest.raises(KdbenchError, match="does not fit the architecture 'imagenet/resnet34'"):
-        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)
 
 
 def test_hash_prefixes_shorter_than_8_digits_are_invalid():
@@ -235,7 +238,7 @@ def test_missing_torchvision_file_names_the_download_url_and_the_expected_accura
         match=r"resnet34-b627a593.pth not found.*Download it from "
         r"https://download.pytorch.org/models/resnet34-b627a593.pth .*top-1 73.314",
     ):
-        train.run(spec, tmp_path, device="cpu", data_dir=tmp_path, progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu", data_dir=tmp_path), show_progress=False)
 
 
 def test_the_pretrained_table_agrees_with_torchvisions_weight_metadata():
@@ -308,7 +311,9 @@ def their_state(path) -> dict:
 
 def import_file(tmp_path, file, fmt: str = "repdistiller") -> dict:
     spec = teacher_spec(recipe({"path": str(file), "sha256": sha256_of(file), "format": fmt}))
-    return train.run(spec, tmp_path / f"r-{file.name}", device="cpu", progress=False)
+    return train.run(
+        spec, tmp_path / f"r-{file.name}", RunOptions(device="cpu"), show_progress=False
+    )
 
 
 def test_repdistiller_last_file_with_its_argparse_options_loads(trained_teacher, tmp_path):
@@ -396,7 +401,7 @@ def test_a_refused_global_is_named(tmp_path):
         KdbenchError,
         match=r"Unsupported global: GLOBAL (tests\.)?test_checkpoints\.Payload was not an allowed global by default\)",
     ) as caught:
-        train.run(spec, tmp_path / "r", device="cpu", progress=False)
+        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)
     assert "safe_globals" not in str(
         caught.value
     )  # torch's advice to allow the class is not repeated
@@ -413,5 +418,5 @@ def test_a_wrong_architecture_error_keeps_the_keys_and_shapes(trained_teacher, t
         match=r"does not fit the architecture 'resnet14': Error\(s\) in loading state_dict "
         r"for CifarResNet: Missing key\(s\) in state_dict: \"stages\.0\.1\.conv1\.weight\"",
     ) as caught:
-        train.run(spec, tmp_path, device="cpu", progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     assert "\n" not in str(caught.value)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from kdbench import models
+from kdbench import models, train
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
-from kdbench.train import compute
-from kdbench.train import loop as train
+from kdbench.train import compute, loop
 from kdbench.train.compute import CompiledOrEager, ComputeOptions, first_step
+from kdbench.train.options import RunOptions
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.backends.registry import lookup_backend
 from torch._inductor.exc import InvalidCxxCompiler
@@ -234,19 +235,23 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
     monkeypatch.setattr(compute, "BACKEND", counting)
     on = ComputeOptions(compile=True, teacher_cache="off")
     teacher, _ = kd_specs(2)
-    assert train.run(teacher, tmp_path, device="cpu", progress=False, compute=on)["compute"][
-        "compiled"
-    ]
+    assert train.run(teacher, tmp_path, RunOptions(device="cpu", compute=on), show_progress=False)[
+        "compute"
+    ]["compiled"]
     for seed in (2, 3):
         ran.clear()
-        result = train.run(kd_specs(seed)[1], tmp_path, device="cpu", progress=False, compute=on)
+        result = train.run(
+            kd_specs(seed)[1], tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
+        )
         assert result["compute"]["compiled"] and result["compute"]["compile_fallbacks"] == {}
         # 3 training steps x (student + teacher) and 1 test batch, all through compiled graphs
         assert len(ran) >= 7, f"run with seed {seed}: only {len(ran)} compiled calls"
     monkeypatch.setattr(
         compute, "RECOMPILE_LIMIT", 1
     )  # the short last batch now exceeds it: reported
-    result = train.run(kd_specs(5)[1], tmp_path, device="cpu", progress=False, compute=on)
+    result = train.run(
+        kd_specs(5)[1], tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
+    )
     assert (
         not result["compute"]["compiled"]
         and "FailOnRecompileLimitHit" in result["compute"]["compile_fallbacks"]["CifarResNet"]
@@ -281,15 +286,20 @@ def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
         {"epoch": 2, "images_per_s": 1000.0},
         {"epoch": 3, "images_per_s": 1200.0},
     ]
-    assert train._steady_images_per_s(history) == 1100.0
-    assert train._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else
+    assert loop._steady_images_per_s(history) == 1100.0
+    assert loop._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else
 
 
 def test_the_executor_passes_the_compile_mode_on():
-    from kdbench.execute.local.executor import compute_flags
+    from kdbench.execute.local.executor import Slot, train_command
 
-    assert compute_flags(ComputeOptions(compile=True, compile_mode="reduce-overhead"))[-2:] == [
+    def flags(compute: ComputeOptions) -> list[str]:
+        return train_command(
+            Path("spec.json"), Path("results"), Slot("cpu"), RunOptions(compute=compute)
+        )
+
+    assert flags(ComputeOptions(compile=True, compile_mode="reduce-overhead"))[-2:] == [
         "--compile-mode",
         "reduce-overhead",
     ]
-    assert "--compile-mode" not in compute_flags(ComputeOptions())
+    assert "--compile-mode" not in flags(ComputeOptions())

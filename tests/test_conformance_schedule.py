@@ -19,7 +19,7 @@ import torch
 from kdbench import methods, models
 from kdbench.plan import Plan, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
-from kdbench.train import loop as train
+from kdbench.train import stages
 from torch import nn
 
 # LR multipliers at the first and last epoch of every constant stretch, by hand: ×0.1 for epochs after
@@ -245,7 +245,7 @@ def test_optimizer_settings_and_weight_decay_scope(name, plans):
     for run in {
         r.spec.train: r for r in trained_runs(plans[name])
     }.values():  # one run per distinct schedule
-        optimizer = train._sgd(list(probe.parameters()), run.spec, run.spec.train.lr_at(1))
+        optimizer = stages.sgd(list(probe.parameters()), run.spec, run.spec.train.lr_at(1))
         decay = {
             names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]
         }
@@ -284,7 +284,7 @@ def test_dist_b1_filter_spares_exactly_batchnorm_and_biases_of_a_real_student():
     }
     undecayed = {
         names[id(p)]
-        for g in train._sgd(list(student.parameters()), spec).param_groups
+        for g in stages.sgd(list(student.parameters()), spec).param_groups
         if g["weight_decay"] == 0
         for p in g["params"]
     }

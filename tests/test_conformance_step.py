@@ -10,7 +10,7 @@ Two things are held here:
 * **One training step.** For each seed method (KD, SimKD, DIST on CIFAR and on ImageNet B1, MLKD, IPWD) and
   SimKD Table 1's baselines (FitNet, AT, SP, VID, CRD, SRRL, SemCKD), the run's spec comes from the shipped
   recipe; its loss weights are checked against the values the authors' scripts use; then two steps of the
-  real loop (``train._sgd`` and ``train._train_epoch``, float64, tiny networks) are compared with an
+  real loop (``stages.sgd`` and ``loop._train_epoch``, float64, tiny networks) are compared with an
   independent computation written here: every loss term from its formula (explicit torch, the method's extra
   modules evaluated functionally from their weights), gradients by ``torch.autograd.grad`` of the summed
   reference loss, and SGD with momentum, weight decay and Nesterov written out by hand.
@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from kdbench import methods, models
+from kdbench import methods, models, train
 from kdbench.methods import Distiller
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import SMOKE_MAX_LR, RunSpec, plan
 from kdbench.recipe import RECIPES_DIR, load_recipe
-from kdbench.train import loop as train
+from kdbench.train import loop, stages
 from kdbench.train.compute import ComputeOptions
+from kdbench.train.options import RunOptions
 from torch import nn
 
 from reference import calibrated_teacher
@@ -132,7 +133,7 @@ def test_optimizer_holds_student_and_declared_modules_never_the_teacher(
         name, PAIR_STUDENT.get(name, "resnet8x4"), teacher_template, torch.randn(4, 3, 16, 16)
     )
     spec = simkd_spec
-    optimizer = train._sgd(d.trainable_parameters(), spec)
+    optimizer = stages.sgd(d.trainable_parameters(), spec)
     got = optimised_names(d, optimizer)
     modules = EXTRA_MODULES[name] | (set() if name in STUDENT_FROZEN else {"student"})
     expected = {n for n, _ in d.named_parameters() if n.split(".")[0] in modules}
@@ -749,7 +750,7 @@ def test_two_training_steps_equal_the_first_principles_step(case_id, small_teach
         emulate_per_gpu_batchnorm(d, batch // t.bn_chunk)
 
     # kdbench: the loop's optimizer and step, LR set as at the start of epoch 1.
-    optimizer = train._sgd(d.trainable_parameters(), spec)
+    optimizer = stages.sgd(d.trainable_parameters(), spec)
     for group in optimizer.param_groups:
         group["lr"] = t.lr_at(1)
     recorded: list[dict[str, torch.Tensor]] = []
@@ -762,7 +763,7 @@ def test_two_training_steps_equal_the_first_principles_step(case_id, small_teach
     loop_batches = [
         (b.x, b.y, b.indices, *([b.strong] if b.strong is not None else [])) for b in batches
     ]
-    train._train_epoch(
+    loop._train_epoch(
         step,
         d,
         optimizer,
@@ -845,7 +846,7 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
         )
 
     teacher = spec("ce", None)
-    train.run(teacher, tmp_path, device="cpu", progress=False)
+    train.run(teacher, tmp_path, RunOptions(device="cpu"), show_progress=False)
     dist = spec(
         "dist",
         TeacherRef(model="resnet8", run_id=teacher.run_id),
@@ -858,7 +859,7 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
         bn_chunk=4,
     )
     seen: list[tuple[int, float, dict[str, float], bool]] = []
-    real = train._train_epoch
+    real = loop._train_epoch
 
     def recording(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs):
         names = {id(p): n for n, p in distiller.named_parameters()}
@@ -873,8 +874,8 @@ def test_the_loop_builds_the_distiller_and_optimizer_the_step_test_mirrors(tmp_p
         seen.append((epoch, optimizer.param_groups[0]["lr"], decay, pieces == {4}))
         return real(step, distiller, optimizer, batches, device, epoch, *rest, **kwargs)
 
-    monkeypatch.setattr(train, "_train_epoch", recording)
-    train.run(dist, tmp_path, device="cpu", progress=False)
+    monkeypatch.setattr(loop, "_train_epoch", recording)
+    train.run(dist, tmp_path, RunOptions(device="cpu"), show_progress=False)
     assert [e for e, *_ in seen] == [1, 2, 3]
     assert [lr for _, lr, *_ in seen] == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)
     reference = models.create("resnet8", num_classes=4)

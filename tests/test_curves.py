@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kdbench import cli
+from kdbench import cli, train
 from kdbench.errors import KdbenchError
 from kdbench.execute.local.executor import (
     LocalExecutor,
@@ -31,7 +31,8 @@ from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.results import curves
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train import loop
+from kdbench.train.options import RunOptions
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from typer.testing import CliRunner
@@ -150,7 +151,7 @@ def test_log_to_values():
 
 def test_tensorboard_curves_equal_metrics_jsonl(tmp_path):
     s = spec()
-    result = train.run(s, tmp_path, device="cpu", progress=False)
+    result = train.run(s, tmp_path, RunOptions(device="cpu"), show_progress=False)
     run = RunDir(tmp_path, s.run_id)
     history = run.read_metrics()
     view = tb_view(run)
@@ -189,13 +190,13 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
 KILLS = {
     # Inside epoch 2's first step: epoch 1 is checkpointed and recorded.
     "mid-epoch": """
-        from kdbench.train import loop as t
-        real = t._train_epoch
+        from kdbench.train import loop
+        real = loop._train_epoch
         def dying_step(*args, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
         def epoch(step, *rest, **kw):
             return real(dying_step if rest[4] == 2 else step, *rest, **kw)
-        t._train_epoch = epoch
+        loop._train_epoch = epoch
     """,
     # After epoch 2's checkpoint, before metrics.jsonl lists it: the next attempt sends epoch 2.
     "between checkpoint and metrics": """
@@ -214,14 +215,15 @@ KILLS = {
 def test_a_killed_and_resumed_run_shows_each_epoch_once(tmp_path, moment):
     s = spec()
     script = (
-        textwrap.dedent(KILLS[moment]) + "train.run(SPEC, RESULTS, device='cpu', progress=False)\n"
+        textwrap.dedent(KILLS[moment])
+        + "train.run(SPEC, RESULTS, train.RunOptions(device='cpu'), show_progress=False)\n"
     )
     assert run_until_killed(script, tmp_path, s) == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
     assert [h["epoch"] for h in run.read_metrics()] == [1] and not run.is_done()
     assert {step for _, step in tb_raw(run)} == {1}
 
-    train.run(s, tmp_path, device="cpu", progress=False)
+    train.run(s, tmp_path, RunOptions(device="cpu"), show_progress=False)
     history = run.read_metrics()
     assert [h["epoch"] for h in history] == [1, 2, 3] and "resuming" in run.log_file.read_text()
     assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 2  # one event file per attempt
@@ -300,18 +302,22 @@ def test_wandb_and_mlflow_get_each_epoch_once_across_a_failed_and_resumed_attemp
 ):
     wandb, mlflow = fakes
     s = spec()
-    real = train._train_epoch
+    real = loop._train_epoch
 
     def failing(step, *rest, **kw):
         if rest[4] == 2:
             raise RuntimeError("injected failure in epoch 2")
         return real(step, *rest, **kw)
 
-    monkeypatch.setattr(train, "_train_epoch", failing)
+    monkeypatch.setattr(loop, "_train_epoch", failing)
     with pytest.raises(RuntimeError, match="injected"):
-        train.run(s, tmp_path, device="cpu", progress=False, loggers=("wandb", "mlflow"))
-    monkeypatch.setattr(train, "_train_epoch", real)
-    train.run(s, tmp_path, device="cpu", progress=False, loggers=("wandb", "mlflow"))
+        train.run(
+            s, tmp_path, RunOptions(device="cpu", loggers=("wandb", "mlflow")), show_progress=False
+        )
+    monkeypatch.setattr(loop, "_train_epoch", real)
+    train.run(
+        s, tmp_path, RunOptions(device="cpu", loggers=("wandb", "mlflow")), show_progress=False
+    )
 
     run = RunDir(tmp_path, s.run_id)
     history = run.read_metrics()
@@ -349,7 +355,12 @@ def test_a_missing_extra_is_one_clear_error_before_training(tmp_path, monkeypatc
         KdbenchError,
         match=r"--log-to wandb needs the wandb package.*pip install 'kdbench\[wandb\]'",
     ):
-        train.run(s, tmp_path, device="cpu", progress=False, loggers=("tensorboard", "wandb"))
+        train.run(
+            s,
+            tmp_path,
+            RunOptions(device="cpu", loggers=("tensorboard", "wandb")),
+            show_progress=False,
+        )
     assert not (tmp_path / "runs").exists()
 
     spec_file = tmp_path / "spec.json"
@@ -396,7 +407,10 @@ def test_failing_backends_never_fail_the_run(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", FakeMlflow(fail_start=True))
     s = spec()
     result = train.run(
-        s, tmp_path, device="cpu", progress=False, loggers=("tensorboard", "wandb", "mlflow")
+        s,
+        tmp_path,
+        RunOptions(device="cpu", loggers=("tensorboard", "wandb", "mlflow")),
+        show_progress=False,
     )
     run = RunDir(tmp_path, s.run_id)
     assert (
@@ -448,8 +462,10 @@ def test_log_to_travels_through_the_worker_and_the_train_command(tmp_path, monke
     by_worker = spec(epochs=1, train_size=16, test_size=8, batch_size=8)
     by_command = spec(epochs=2, train_size=16, test_size=8, batch_size=8)
     launchers = {
-        by_worker.run_id: SlotWorkers(loggers=("mlflow",)),
-        by_command.run_id: ProcessPerRun(partial(train_command, loggers=("mlflow",))),
+        by_worker.run_id: SlotWorkers(RunOptions(loggers=("mlflow",))),
+        by_command.run_id: ProcessPerRun(
+            partial(train_command, options=RunOptions(loggers=("mlflow",)))
+        ),
     }
     for s in (by_worker, by_command):
         outcomes = LocalExecutor([Slot("cpu")], launchers[s.run_id]).execute([s], tmp_path)
@@ -471,7 +487,7 @@ def test_log_to_travels_through_slurm_jobs_and_nproc(tmp_path, monkeypatch, fake
     s = tiny()
     rundir = RunDir(tmp_path, s.run_id)
     atomic_write_json(rundir.spec_file, s.model_dump(mode="json"))
-    options = slurm_jobs.TrainOptions(device="cpu", loggers=("mlflow",))
+    options = RunOptions(device="cpu", loggers=("mlflow",)).to_json()
     result = slurm_jobs.TrainJob(str(tmp_path), 1, options)(
         s.run_id
     )  # the job's own call, in this process

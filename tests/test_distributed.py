@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from kdbench import losses, methods
+from kdbench import losses, methods, train
 from kdbench.data import ImageArrays
 from kdbench.data.loaders.tensor_arrays import TensorLoaders
 from kdbench.data.loaders.torch_arrays import TorchLoaders
@@ -25,10 +25,10 @@ from kdbench.models.base import Features, KDModel
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
 from kdbench.recipe import RECIPES_DIR, Training
 from kdbench.store.run_dir import RunDir
-from kdbench.train import distributed
-from kdbench.train import loop as train
+from kdbench.train import distributed, loop
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.launch import free_port
+from kdbench.train.options import RunOptions
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,13 +162,13 @@ def test_runs_that_cannot_be_split_say_why(method, batch, chunk, world, message)
         {"bn_chunk": -chunk} if chunk is not None and chunk < 0 else {"loss_chunk": chunk}
     )  # negative: a BatchNorm chunk
     with pytest.raises(KdbenchError, match=message):
-        train._check_processes(
+        loop._check_processes(
             small_spec(method, batch, **chunks),
             methods.get(method),
             distributed.Group(0, world),
             40,
         )
-    train._check_processes(
+    loop._check_processes(
         small_spec(method, batch, **chunks), methods.get(method), distributed.Group(0, 1), 40
     )  # one process: fine
 
@@ -351,7 +351,7 @@ def _sharded_epoch_equals_single_process(group: distributed.Group) -> None:
         optimizer = torch.optim.SGD(d.trainable_parameters(), lr=0.5, momentum=0.9)
         loaders = TensorLoaders(arrays, cpu)
         for epoch in (1, 2):
-            stats = train._train_epoch(
+            stats = loop._train_epoch(
                 d.forward_train,
                 d,
                 optimizer,
@@ -445,7 +445,7 @@ def ddp_run(tmp_path_factory) -> tuple[RunSpec, Path, Path]:
     atomic_write_json(spec_file, spec.model_dump(mode="json"))
     proc = kdbench_train(spec_file, root / "two", "--nproc", "2")
     assert proc.returncode == 0, proc.stderr
-    train.run(spec, root / "one", device="cpu", progress=False, loader="tensor")
+    train.run(spec, root / "one", RunOptions(device="cpu", loader="tensor"), show_progress=False)
     return spec, root / "two", root / "one"
 
 
@@ -490,14 +490,14 @@ def tiny_start(spec: RunSpec) -> dict[str, torch.Tensor]:
 FAIL_ON_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":
-    import kdbench.train.loop as t
-    calls, evaluate = [], t.evaluate
+    from kdbench.train import loop
+    calls, evaluate = [], loop.evaluate
     def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("injected failure on rank 1 in epoch 2")
         return evaluate(*args, **kwargs)
-    t.evaluate = failing
+    loop.evaluate = failing
 """
 
 

@@ -475,21 +475,24 @@ def test_make_executor_builds_each_backend_by_name(monkeypatch):
     from kdbench.execute.factory import EXECUTORS, ExecutorOptions, make_executor
     from kdbench.execute.local.executor import LocalOptions, SlotWorkers
     from kdbench.execute.slurm import executor as slurm
-    from kdbench.execute.slurm.jobs import TrainOptions
     from kdbench.plan import plan
     from kdbench.recipe import load_recipe
+    from kdbench.train import ComputeOptions, RunOptions
 
     table = plan(load_recipe("simkd-table1"), "smoke")
     assert EXECUTORS.names() == ["local", "slurm"]
     options = ExecutorOptions(
-        run=TrainOptions(device="cpu", loader="torch", compute={"precision": "fp32"}),
+        run=RunOptions(device="cpu", loader="torch", compute=ComputeOptions(precision="fp32")),
         local=LocalOptions(cpu_jobs=2),
     )
     local = make_executor("local", options, table)
     assert isinstance(local, LocalExecutor) and local.parallel == 2
     assert [s.name for s in local.slots] == ["cpu0", "cpu1"]
     assert isinstance(local.launcher, SlotWorkers)
-    assert (local.launcher.loader, local.launcher.compute.precision) == ("torch", "fp32")
+    assert (local.launcher.options.loader, local.launcher.options.compute.precision) == (
+        "torch",
+        "fp32",
+    )
     with pytest.raises(KdbenchError, match="--gpus-per-run 0 is for --executor slurm"):
         make_executor("local", ExecutorOptions(local=LocalOptions(gpus_per_run=0)), table)
     monkeypatch.setattr(slurm.shutil, "which", lambda name: None)

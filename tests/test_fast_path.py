@@ -9,13 +9,13 @@ import logging
 import numpy as np
 import pytest
 import torch
-from kdbench import data, methods, models
+from kdbench import data, methods, models, train
 from kdbench.data.augment.epoch_plan import crop_and_flip, to_normalized_tensor
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.train import compute as compute_module
-from kdbench.train import loop as train
-from kdbench.train import teacher_cache
+from kdbench.train import loop, teacher_cache
 from kdbench.train.compute import CompiledOrEager, ComputeOptions
+from kdbench.train.options import RunOptions
 from torch._inductor.exc import InvalidCxxCompiler
 
 # bf16 keeps 8 mantissa bits (relative rounding 2^-8 ≈ 4e-3 per op). On this fixed batch through two
@@ -228,18 +228,17 @@ def kd_specs(train_size: int = 40) -> tuple[RunSpec, RunSpec]:
 def test_a_kd_run_with_the_cache_matches_one_without(tmp_path):
     teacher, student = kd_specs()
     for results in (tmp_path / "cached", tmp_path / "live"):
-        train.run(teacher, results, device="cpu", progress=False)
+        train.run(teacher, results, RunOptions(device="cpu"), show_progress=False)
     # auto: a 1-epoch run would spend 162 teacher passes per image to save one, so it keeps the live teacher.
-    live = train.run(student, tmp_path / "live", device="cpu", progress=False)
+    live = train.run(student, tmp_path / "live", RunOptions(device="cpu"), show_progress=False)
     assert (
         not live["compute"]["teacher_cache"] and not (tmp_path / "live" / "teacher_cache").exists()
     )
     cached = train.run(
         student,
         tmp_path / "cached",
-        device="cpu",
-        progress=False,
-        compute=ComputeOptions(teacher_cache="on"),
+        RunOptions(device="cpu", compute=ComputeOptions(teacher_cache="on")),
+        show_progress=False,
     )
     assert (
         cached["compute"]["teacher_cache"] and cached["compute"]["teacher_cache_build_seconds"] > 0
@@ -250,13 +249,16 @@ def test_a_kd_run_with_the_cache_matches_one_without(tmp_path):
     )
     assert len(list((tmp_path / "cached" / "teacher_cache").glob("*.npy"))) == 1
     metrics = [
-        train.RunDir(r, student.run_id).read_metrics()[0]
+        loop.RunDir(r, student.run_id).read_metrics()[0]
         for r in (tmp_path / "cached", tmp_path / "live")
     ]
     assert metrics[0]["loss_kd"] == pytest.approx(metrics[1]["loss_kd"], rel=1e-3)
     # Another run with the same teacher and data reuses the cache under auto, without rebuilding it.
     again = train.run(
-        student.model_copy(update={"seed": 5}), tmp_path / "cached", device="cpu", progress=False
+        student.model_copy(update={"seed": 5}),
+        tmp_path / "cached",
+        RunOptions(device="cpu"),
+        show_progress=False,
     )
     assert (
         again["compute"]["teacher_cache"] and again["compute"]["teacher_cache_build_seconds"] == 0.0

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kdbench import train
 from kdbench.execute.local.executor import LocalExecutor, ProcessPerRun, Slot
 from kdbench.io import CorruptedFile, WriteFailed, atomic_write_json, sha256_file
 from kdbench.plan import (
@@ -30,7 +31,7 @@ from kdbench.plan import (
 )
 from kdbench.results.collect import collect
 from kdbench.store.run_dir import RunDir, RunLocked
-from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 
 # Every test here starts real processes (kills, two reproductions, full disks): end to end.
 pytestmark = pytest.mark.e2e
@@ -89,7 +90,7 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
 
 
 def fresh_result(results: Path, s: RunSpec) -> dict:
-    return train.run(s, results, device="cpu", progress=False)
+    return train.run(s, results, RunOptions(device="cpu"), show_progress=False)
 
 
 # --- killed runs -------------------------------------------------------------------------------
@@ -101,14 +102,14 @@ def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
     code = run_until_killed(
         """
         import os, signal
-        from kdbench.train import loop as t
-        real = t._train_epoch
+        from kdbench.train import loop
+        real = loop._train_epoch
         def dying_step(*args, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
         def epoch(step, *rest, **kw):  # rest[4] is the epoch number: die inside epoch 2's first step
             return real(dying_step if rest[4] == 2 else step, *rest, **kw)
-        t._train_epoch = epoch
-        train.run(SPEC, RESULTS, device="cpu", progress=False)
+        loop._train_epoch = epoch
+        train.run(SPEC, RESULTS, train.RunOptions(device="cpu"), show_progress=False)
     """,
         tmp_path,
         s,
@@ -158,7 +159,7 @@ def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
     script = (
         "import os, signal\n"
         + textwrap.dedent(hooks[moment])
-        + "train.run(SPEC, RESULTS, device='cpu', progress=False)\n"
+        + "train.run(SPEC, RESULTS, train.RunOptions(device='cpu'), show_progress=False)\n"
     )
     assert run_until_killed(script, tmp_path, s) == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
@@ -463,9 +464,9 @@ def test_only_the_process_that_trains_a_run_records_where_it_runs(tmp_path):
     s = spec(epochs=1)
     run = RunDir(tmp_path, s.run_id)
     with run.lock(), pytest.raises(RunLocked):
-        train.run(s, tmp_path, device="cpu", progress=False, slot="cpu1")
+        train.run(s, tmp_path, RunOptions(device="cpu", slot="cpu1"), show_progress=False)
     assert not run.launch_file.exists()
-    train.run(s, tmp_path, device="cpu", progress=False, slot="cpu0")
+    train.run(s, tmp_path, RunOptions(device="cpu", slot="cpu0"), show_progress=False)
     launch = json.loads(run.launch_file.read_text())
     assert launch["slot"] == "cpu0" and launch["epochs_before"] == 0
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from kdbench import train
 from kdbench.cli import app
 from kdbench.data.datasets.imagenet import SMOKE_IMAGENET_DATA
 from kdbench.io import atomic_write_json
@@ -18,8 +19,8 @@ from kdbench.plan import (
 )
 from kdbench.recipe import DatasetRef, load_recipe
 from kdbench.tools.cost import dataset_sizes, estimate
-from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
+from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
 
 DATA = {"num_classes": 4, "train_per_class": 16, "val_per_class": 8, "image_size": 32}
@@ -106,10 +107,8 @@ def test_teacher_and_student_train_on_the_image_folder(
         result = train.run(
             student,
             results,
-            device="cpu",
-            data_dir=data_dir,
-            progress=False,
-            compute=ComputeOptions(teacher_cache="on"),
+            RunOptions(device="cpu", data_dir=data_dir, compute=ComputeOptions(teacher_cache="on")),
+            show_progress=False,
         )
     assert "teacher cache not used" in caplog.text and "loader torch" in caplog.text
     assert result["epochs"] == 2 and not result["compute"]["teacher_cache"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kdbench import train
 from kdbench.cli import app
 from kdbench.data import ImageArrays, load_dataset, make_loaders, subset, train_loader
 from kdbench.data import (
@@ -21,7 +22,7 @@ from kdbench.data.loaders.torch_arrays import TorchLoaders
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 from scipy.stats import chisquare
 from typer.testing import CliRunner
 
@@ -216,7 +217,9 @@ def test_loader_kind_does_not_change_a_run(tmp_path: Path) -> None:
     )
     states = {}
     for kind in ("torch", "tensor"):
-        result = train.run(spec, tmp_path / kind, device="cpu", progress=False, loader=kind)
+        result = train.run(
+            spec, tmp_path / kind, RunOptions(device="cpu", loader=kind), show_progress=False
+        )
         assert result["run_id"] == spec.run_id
         assert f"loader {kind}" in RunDir(tmp_path / kind, spec.run_id).log_file.read_text()
         states[kind] = torch.load(

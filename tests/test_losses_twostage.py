@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kdbench import losses, methods, models
+from kdbench import losses, methods, models, train
 from kdbench.errors import KdbenchError
 from kdbench.losses import feature
 from kdbench.methods import InitStage
 from kdbench.methods.ab import ABConnector
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 from torch import nn
 
 from reference import ref_align
@@ -579,7 +579,7 @@ def tiny_spec(method: str, params: dict, teacher: TeacherRef | None) -> RunSpec:
 def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkeypatch):
     ref_root, resumed_root = tmp_path / "ref", tmp_path / "resumed"
     teacher_spec = tiny_spec("ce", {"ce_weight": 1.0, "kd_weight": 0.0}, None)
-    train.run(teacher_spec, ref_root, device="cpu", progress=False)
+    train.run(teacher_spec, ref_root, RunOptions(device="cpu"), show_progress=False)
     spec = tiny_spec(
         "ab", {"init_epochs": 2}, TeacherRef(model="resnet8", run_id=teacher_spec.run_id)
     )
@@ -593,7 +593,7 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
             checkpoints.append(Path(path).read_bytes())
 
     monkeypatch.setattr(RunDir, "save_torch", recording_save)
-    reference = train.run(spec, ref_root, device="cpu", progress=False)
+    reference = train.run(spec, ref_root, RunOptions(device="cpu"), show_progress=False)
     monkeypatch.setattr(RunDir, "save_torch", real_save)
 
     run = RunDir(ref_root, spec.run_id)
@@ -624,7 +624,7 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
     resumed_run = RunDir(resumed_root, spec.run_id)
     _write(resumed_run.checkpoint_file, checkpoints[0])
     assert torch.load(resumed_run.checkpoint_file, weights_only=True)["init_epoch"] == 1
-    resumed = train.run(spec, resumed_root, device="cpu", progress=False)
+    resumed = train.run(spec, resumed_root, RunOptions(device="cpu"), show_progress=False)
     assert "resuming" in resumed_run.log_file.read_text()
 
     def numbers(h: dict) -> dict:

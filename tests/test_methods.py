@@ -19,6 +19,7 @@ import torch
 from kdbench import losses, methods, models
 from kdbench.errors import UnknownNameError
 from kdbench.methods import Distiller
+from kdbench.train.options import RunOptions
 from torch import nn
 
 from reference import calibrated_teacher
@@ -565,8 +566,8 @@ def test_resolve_params_errors():
 
 def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
     """α = 0.2: (1 − α)·(CE + KD) on the student's classifier + α·SimKD; both heads are evaluated."""
+    from kdbench import train
     from kdbench.plan import DataSpec, RunSpec, TrainSpec
-    from kdbench.train import loop as train
 
     def spec(method: str, params: dict, teacher=None) -> RunSpec:
         return RunSpec(
@@ -595,15 +596,17 @@ def test_simkd_joint_training_trains_and_reports_both_classifiers(tmp_path):
     from kdbench.plan import TeacherRef
 
     teacher = spec("ce", {})
-    train.run(teacher, tmp_path, device="cpu", progress=False)
+    train.run(teacher, tmp_path, RunOptions(device="cpu"), show_progress=False)
     ref = TeacherRef(model="resnet8", run_id=teacher.run_id)
     joint = train.run(
         spec("simkd", {"ce_weight": 0.8, "kd_weight": 0.8, "weight": 0.2}, ref),
         tmp_path,
-        device="cpu",
-        progress=False,
+        RunOptions(device="cpu"),
+        show_progress=False,
     )
-    pure = train.run(spec("simkd", {}, ref), tmp_path, device="cpu", progress=False)
+    pure = train.run(
+        spec("simkd", {}, ref), tmp_path, RunOptions(device="cpu"), show_progress=False
+    )
     assert (
         set(joint["heads"]) == {"student_classifier"}
         and 0 <= joint["heads"]["student_classifier"]["best_top1"] <= 100

@@ -17,6 +17,7 @@ from kdbench.execute.local.packing import (
     runs_per_gpu,
 )
 from kdbench.train.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.train.options import RunOptions
 
 GIB = 1 << 30
 
@@ -134,6 +135,6 @@ def test_train_command_carries_the_compute_options():
         Path("spec.json"),
         Path("results"),
         local.Slot("cpu"),
-        compute=ComputeOptions(precision="bf16", compile=False, teacher_cache="off"),
+        RunOptions(compute=ComputeOptions(precision="bf16", compile=False, teacher_cache="off")),
     )
     assert command[-5:] == ["--precision", "bf16", "--teacher-cache", "off", "--no-compile"]

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdbench import cli
+from kdbench import cli, train
 from kdbench.errors import KdbenchError
 from kdbench.execute.local import worker
-from kdbench.execute.local.executor import compute_flags
-from kdbench.execute.slurm.jobs import TrainJob, TrainOptions
+from kdbench.execute.slurm.jobs import TrainJob
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec, plan
 from kdbench.recipe import Recipe
@@ -23,8 +22,8 @@ from kdbench.results import render
 from kdbench.results.compare import compare
 from kdbench.results.tables import record_table
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
 from kdbench.train.compute import FP32_MATH, ComputeOptions, fp32_math_flags, set_fp32_math
+from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a CUDA device object needs no GPU
@@ -138,9 +137,8 @@ def test_result_json_records_the_precision_on_cpu(tmp_path, precision, autocast)
     result = train.run(
         tiny_spec(),
         tmp_path,
-        device="cpu",
-        progress=False,
-        compute=ComputeOptions(precision=precision),
+        RunOptions(device="cpu", compute=ComputeOptions(precision=precision)),
+        show_progress=False,
     )
     written = json.loads(RunDir(tmp_path, tiny_spec().run_id).result_file.read_text())
     assert (
@@ -164,8 +162,8 @@ def test_result_json_records_the_precision_on_cpu(tmp_path, precision, autocast)
 def captured_compute(monkeypatch) -> list[ComputeOptions]:
     seen: list[ComputeOptions] = []
 
-    def fake_run(spec, results, **kwargs):
-        seen.append(kwargs["compute"])
+    def fake_run(spec, results, options, **kwargs):
+        seen.append(options.compute)
         return {"best_top1": 0.0, "last_top1": 0.0, "run_id": spec.run_id}
 
     monkeypatch.setattr(train, "run", fake_run)
@@ -176,8 +174,11 @@ def test_faithful_travels_through_the_train_flags(tmp_path, monkeypatch):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(tiny_spec().model_dump(mode="json")))
     seen = captured_compute(monkeypatch)
-    flags = compute_flags(ComputeOptions(precision="faithful", channels_last=False, compile=False))
-    assert flags[:2] == ["--precision", "faithful"]
+    flags = RunOptions(
+        device="cpu",
+        compute=ComputeOptions(precision="faithful", channels_last=False, compile=False),
+    ).to_argv()
+    assert flags[flags.index("--precision") + 1] == "faithful"
     outcome = CliRunner().invoke(
         cli.app, ["train", str(spec_file), "--results", str(tmp_path), "--device", "cpu", *flags]
     )
@@ -191,8 +192,7 @@ def test_faithful_travels_through_the_worker_request_and_slurm_options(tmp_path,
     request = {
         "spec_file": str(spec_file),
         "results": str(tmp_path),
-        "device": "cpu",
-        "compute": ComputeOptions(precision="faithful").to_json(),
+        "options": RunOptions(device="cpu", compute=ComputeOptions(precision="faithful")).to_json(),
     }
     worker.serve(io.StringIO(json.dumps(request) + "\n"), io.StringIO())
     atomic_write_json(
@@ -200,7 +200,7 @@ def test_faithful_travels_through_the_worker_request_and_slurm_options(tmp_path,
     )
     TrainJob(
         str(tmp_path),
-        options=TrainOptions(device="cpu", compute=ComputeOptions(precision="faithful").to_json()),
+        options=RunOptions(device="cpu", compute=ComputeOptions(precision="faithful")).to_json(),
     )._train(RunDir(tmp_path, tiny_spec().run_id))
     assert [c.precision for c in seen] == ["faithful", "faithful"]
 
@@ -279,7 +279,10 @@ def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
     """One run, one precision: a checkpoint trained in fp32 is not resumed in bf16 (the result would pool both)."""
     spec = tiny_spec()
     train.run(
-        spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="fp32")
+        spec,
+        tmp_path,
+        RunOptions(device="cpu", compute=ComputeOptions(precision="fp32")),
+        show_progress=False,
     )
     run = RunDir(tmp_path, spec.run_id)
     run.result_file.unlink()  # as if interrupted after its last checkpoint
@@ -288,10 +291,16 @@ def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
         match="trained in precision fp32, and this run asks for bf16: resume it with --precision fp32",
     ):
         train.run(
-            spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="bf16")
+            spec,
+            tmp_path,
+            RunOptions(device="cpu", compute=ComputeOptions(precision="bf16")),
+            show_progress=False,
         )
     resumed = train.run(
-        spec, tmp_path, device="cpu", progress=False, compute=ComputeOptions(precision="fp32")
+        spec,
+        tmp_path,
+        RunOptions(device="cpu", compute=ComputeOptions(precision="fp32")),
+        show_progress=False,
     )
     assert resumed["precision"]["precision"] == "fp32"
 

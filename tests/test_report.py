@@ -231,13 +231,13 @@ def test_failed_cells_are_counted_as_failed_not_as_not_run(results):
 
 def test_result_json_carries_the_source_commit():
     import torch
-    from kdbench.train import loop as train
+    from kdbench.train import loop
     from kdbench.train.distributed import SINGLE
 
     spec = next(iter(plan(RECIPE, "full").specs.values()))
     history = [{"epoch": 1, "test_top1": 50.0, "test_top5": 80.0, "images_per_s": 10.0}]
     assert (
-        train._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"]
+        loop._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"]
         == source_commit()
     )
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 
 RECIPE = {
     "name": "tiny-sequential",
@@ -42,7 +43,7 @@ def test_sequential_row_starts_from_the_simkd_run_and_keeps_its_encoder(tmp_path
         simkd.run_id,
     ]
     for spec in order:
-        train.run(spec, tmp_path, device="cpu", progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     simkd_state = torch.load(RunDir(tmp_path, simkd.run_id).model_file, weights_only=True)
     seq_state = torch.load(RunDir(tmp_path, sequential.run_id).model_file, weights_only=True)
     for (

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.execute.slurm import executor as slurm
 from kdbench.execute.slurm.executor import SlurmExecutor, SlurmOptions, array_groups
-from kdbench.execute.slurm.jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.execute.slurm.jobs import AggregateJob, TrainJob
 from kdbench.io import atomic_write_json
 from kdbench.plan import (
     CheckpointRef,
@@ -31,7 +32,7 @@ from kdbench.plan import (
 )
 from kdbench.recipe import load_recipe
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
 
@@ -116,7 +117,7 @@ def fake_executor(fake: FakeSubmitit, **kwargs) -> SlurmExecutor:
             array_parallelism=2,
             setup=("module load cuda",),
         ),
-        TrainOptions(device="cpu"),
+        RunOptions(device="cpu"),
         make_executor=lambda folder, options: fake.fresh(),
         poll_seconds=0.0,
         vanish_grace_s=0.0,
@@ -162,7 +163,7 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
         isinstance(fn_t, TrainJob)
         and fn_t.results == str(tmp_path)
         and fn_t.nproc == 1
-        and fn_t.options.device == "cpu"
+        and RunOptions.from_json(fn_t.options) == RunOptions(device="cpu")
     )
     assert (
         kind_a == "job"
@@ -433,7 +434,7 @@ def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_train_job_checkpoint_requeues_the_same_call():
     submitit = pytest.importorskip("submitit")
-    job = TrainJob("/results", 2, TrainOptions(device="cuda"))
+    job = TrainJob("/results", 2, RunOptions(device="cuda").to_json())
     delayed = job.checkpoint("run-a")
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert delayed.function is job and delayed.args == ("run-a",)
@@ -564,7 +565,7 @@ def test_a_failing_teacher_cancels_its_students_without_hanging(cluster, tmp_pat
     teacher = spec("resnet8x4", checkpoint=bad)
     students = [spec("resnet8", seed, teacher) for seed in range(2)]
     executor = SlurmExecutor(
-        SlurmOptions(time_min=5), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=240
+        SlurmOptions(time_min=5), RunOptions(device="cpu"), poll_seconds=0.5, timeout_s=240
     )
     started = time.monotonic()
     outcomes = executor.execute([teacher, *students], tmp_path)
@@ -584,7 +585,7 @@ def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluste
     run = spec("resnet8x4", epochs=4, data={**SMOKE_DATA, "train_size": 512})
     # A time limit long enough that submitit counts the signal as a preemption, not a time-out.
     executor = SlurmExecutor(
-        SlurmOptions(time_min=60), TrainOptions(device="cpu"), poll_seconds=0.5, timeout_s=400
+        SlurmOptions(time_min=60), RunOptions(device="cpu"), poll_seconds=0.5, timeout_s=400
     )
     submission = executor.submit([run], tmp_path / "slurm")
     job_id = submission.jobs[run.run_id].job_id
@@ -620,7 +621,9 @@ def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluste
         p.read_text() for p in (tmp_path / "slurm" / "slurm" / job_id).glob("*_log.*")
     )
     assert "this job is preempted" in submitit_log and "Calling checkpoint method" in submitit_log
-    reference = train.run(run, tmp_path / "reference", device="cpu", progress=False)
+    reference = train.run(
+        run, tmp_path / "reference", RunOptions(device="cpu"), show_progress=False
+    )
     resumed = rundir.result()
     for key in ("best_top1", "last_top1", "last_top5", "best_epoch"):
         assert resumed[key] == reference[key], key

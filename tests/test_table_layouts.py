@@ -176,7 +176,7 @@ def test_simkd_output_loss_is_the_mse_of_reused_classifier_logits(pair):
 
 
 def test_simkd_reports_its_test_loss_to_the_loop(pair):
-    from kdbench.train.loop import evaluate
+    from kdbench.train import evaluate
 
     _, _, images = pair
     distiller = _simkd(pair)
@@ -523,7 +523,7 @@ def test_column_reading_mistakes_are_named(column, message):
 
 
 def test_label_smoothing_and_weight_decay_scope_reach_the_loss_and_optimizer():
-    from kdbench.train import loop as train
+    from kdbench.train import stages
 
     student, teacher = (
         models.create("resnet8", num_classes=10),
@@ -544,7 +544,7 @@ def test_label_smoothing_and_weight_decay_scope_reach_the_loss_and_optimizer():
     spec = plan(
         recipe(training={**BASE["training"], "decay_norm_and_bias": False, "weight_decay": 1e-4})
     ).ordered()[0]
-    groups = train._sgd(list(student.parameters()), spec).param_groups
+    groups = stages.sgd(list(student.parameters()), spec).param_groups
     assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(
         p.ndim <= 1 for p in groups[1]["params"]

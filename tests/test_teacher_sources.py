@@ -11,6 +11,7 @@ import tarfile
 import pytest
 import torch
 import yaml
+from kdbench import train
 from kdbench.cli import app
 from kdbench.errors import KdbenchError
 from kdbench.io import sha256_file
@@ -19,7 +20,7 @@ from kdbench.plan import CheckpointRef, RunSpec, plan
 from kdbench.recipe import Recipe, load_recipe
 from kdbench.store.run_dir import RunDir
 from kdbench.train import checkpoints
-from kdbench.train import loop as train
+from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
 
 DATA = {
@@ -57,7 +58,7 @@ def teacher_file(tmp_path_factory):
     """A trained resnet8 saved as RepDistiller does (``{'model': state, 'epoch': …}``)."""
     results = tmp_path_factory.mktemp("source")
     spec = teacher_spec(recipe({}, source="trained"))
-    result = train.run(spec, results, device="cpu", progress=False)
+    result = train.run(spec, results, RunOptions(device="cpu"), show_progress=False)
     state = {
         k.removeprefix("student."): v
         for k, v in torch.load(RunDir(results, spec.run_id).model_file).items()
@@ -112,7 +113,9 @@ def test_released_teacher_is_downloaded_recorded_on_first_use_and_imported(
         record[release.path]["sha256"] == sha256_file(path)
         and record[release.path]["released"] == "test/resnet8"
     )
-    result = train.run(spec, tmp_path / "r", device="cpu", data_dir=data_dir, progress=False)
+    result = train.run(
+        spec, tmp_path / "r", RunOptions(device="cpu", data_dir=data_dir), show_progress=False
+    )
     assert (
         result["imported"]["sha256"] == sha256_file(path)
         and result["best_top1"] == source["last_top1"]
@@ -129,7 +132,12 @@ def test_a_file_that_changed_since_its_first_use_is_refused(release, tmp_path):
         match=r"differs from [0-9a-f]{64}, recorded in .*sha256-first-use.json when the "
         r"file was first used",
     ):
-        train.run(teacher_spec(r), tmp_path / "r", device="cpu", data_dir=data_dir, progress=False)
+        train.run(
+            teacher_spec(r),
+            tmp_path / "r",
+            RunOptions(device="cpu", data_dir=data_dir),
+            show_progress=False,
+        )
 
 
 def test_offline_one_message_names_every_missing_file_and_where_to_put_it(monkeypatch, tmp_path):
@@ -356,7 +364,7 @@ def test_keep_is_part_of_the_run_id_only_when_not_last():
 def test_keep_best_saves_the_best_epoch_and_students_read_it(tmp_path):
     r = recipe({"keep": "best"}, "trained", epochs=4)
     spec = teacher_spec(r)
-    result = train.run(spec, tmp_path, device="cpu", progress=False)
+    result = train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     run = RunDir(tmp_path, spec.run_id)
     history = run.read_metrics()
     best_epoch = next(
@@ -375,7 +383,7 @@ def test_keep_best_saves_the_best_epoch_and_students_read_it(tmp_path):
     # A resume after the last epoch writes the same best weights from the checkpoint, which carries them.
     run.result_file.unlink()
     run.best_model_file.unlink()
-    train.run(spec, tmp_path, device="cpu", progress=False)
+    train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     again = run.load_torch(run.best_model_file)
     assert all(torch.equal(again[k], best_state[k]) for k in best_state)
 

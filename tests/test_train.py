@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import torch
+from kdbench import train
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
+from kdbench.train import loop
+from kdbench.train.options import RunOptions
 
 
 def small_spec(epochs: int = 4, **data) -> RunSpec:
@@ -49,7 +51,7 @@ def small_spec(epochs: int = 4, **data) -> RunSpec:
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     spec = small_spec()
-    reference = train.run(spec, tmp_path / "ref", device="cpu", progress=False)
+    reference = train.run(spec, tmp_path / "ref", RunOptions(device="cpu"), show_progress=False)
 
     results = tmp_path / "killed"
     run = RunDir(results, spec.run_id)
@@ -82,7 +84,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         p.stat().st_size >= 0 for p in run.path.glob(".*.tmp")
     )
 
-    resumed = train.run(spec, results, device="cpu", progress=False)
+    resumed = train.run(spec, results, RunOptions(device="cpu"), show_progress=False)
     history = run.read_metrics()
     assert [h["epoch"] for h in history] == list(range(1, spec.train.epochs + 1))
     assert [h["test_top1"] for h in history[: len(done_before_kill)]] == [
@@ -99,9 +101,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_finished_run_is_not_retrained(tmp_path):
     spec = small_spec(epochs=1, train_size=64)
-    first = train.run(spec, tmp_path, device="cpu", progress=False)
+    first = train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     mtime = RunDir(tmp_path, spec.run_id).result_file.stat().st_mtime_ns
-    assert train.run(spec, tmp_path, device="cpu", progress=False) == first
+    assert train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False) == first
     assert RunDir(tmp_path, spec.run_id).result_file.stat().st_mtime_ns == mtime
 
 
@@ -131,7 +133,9 @@ def test_trains_on_real_images(tmp_path, shared_data: Path):
         ),
         seed=0,
     )
-    result = train.run(spec, tmp_path, device="cpu", data_dir=shared_data, progress=False)
+    result = train.run(
+        spec, tmp_path, RunOptions(device="cpu", data_dir=shared_data), show_progress=False
+    )
     assert result["epochs"] == 2 and result["best_top1"] > 15.0  # chance is 10%
 
 
@@ -139,7 +143,7 @@ def test_drop_last_skips_the_short_last_batch(tmp_path, monkeypatch):
     """training.drop_last (DIST's loader, drop_last=True): 40 images in batches of 32 give one step, not two.
     The default (False) keeps the short batch and stays out of the run id."""
     seen: list[list[int]] = []
-    make_loaders = train.data.make_loaders
+    make_loaders = loop.data.make_loaders
 
     def recording(*args, **kwargs):
         loaders = make_loaders(*args, **kwargs)
@@ -153,12 +157,12 @@ def test_drop_last_skips_the_short_last_batch(tmp_path, monkeypatch):
         loaders.train = batches
         return loaders
 
-    monkeypatch.setattr(train.data, "make_loaders", recording)
+    monkeypatch.setattr(loop.data, "make_loaders", recording)
     kept = small_spec(epochs=1, train_size=40)
     dropped = kept.model_copy(update={"train": kept.train.model_copy(update={"drop_last": True})})
     assert (
         "drop_last" not in kept.canonical_json() and '"drop_last":true' in dropped.canonical_json()
     )
     for spec in (kept, dropped):
-        train.run(spec, tmp_path, device="cpu", progress=False)
+        train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     assert seen == [[32, 8], [32]]

@@ -13,10 +13,9 @@ from kdbench.errors import KdbenchError
 from kdbench.execute.base import Executor
 from kdbench.execute.local.executor import LocalExecutor, LocalOptions, SlotWorkers, detect_slots
 from kdbench.execute.slurm.executor import SlurmExecutor, SlurmOptions, Submission
-from kdbench.execute.slurm.jobs import TrainOptions
 from kdbench.plan import Plan
 from kdbench.registry import Registry
-from kdbench.train.compute import ComputeOptions
+from kdbench.train.options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class ExecutorOptions:
     """What reproduce asks of an executor: how every run trains (``run``: ``kdbench train``'s flags) and each
     backend's own options; a backend reads only its part (the CLI refuses the other backend's flags)."""
 
-    run: TrainOptions = field(default_factory=TrainOptions)
+    run: RunOptions = field(default_factory=RunOptions)
     local: LocalOptions = field(default_factory=LocalOptions)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     # slurm: stop waiting after this many seconds (the jobs go on), and what to do with the submitted jobs
@@ -50,17 +49,16 @@ def _local(options: ExecutorOptions, table_plan: Plan) -> LocalExecutor:
         raise KdbenchError(
             "--gpus-per-run 0 is for --executor slurm (CPU jobs); a local run takes at least one GPU or CPU slot."
         )
-    compute = ComputeOptions(**run.compute)
     slots = detect_slots(
         run.device,
         local.runs_per_gpu,
         local.cpu_jobs,
         table_plan.specs.values(),
-        teacher_cache=compute.teacher_cache,
+        teacher_cache=run.compute.teacher_cache,
     )
     return LocalExecutor(
         slots,
-        SlotWorkers(run.data_dir, compute, run.loader, run.loggers),
+        SlotWorkers(run),
         gpus_per_run=local.gpus_per_run,
     )
 

@@ -3,7 +3,7 @@
 Both paths train the same teacher → student pair with the same method, batch size, initial weights
 and images, in the same process, measured in interleaved rounds (the host may be noisy):
 
-* **kdbench** — the training loop's own step (``train._train_epoch``), its loader, the resolved compute
+* **kdbench** — the training loop's own step (``loop._train_epoch``), its loader, the resolved compute
   options (precision, channels_last, compile) and the teacher cache when the method allows it;
 * **reference** — the way the papers' code (RepDistiller, mdistiller) trains: a ``torch.utils.data.DataLoader``
   with per-sample torchvision transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
@@ -34,11 +34,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdbench import data, methods, models
+from kdbench import data, methods, models, train
 from kdbench.data.augment.strong import strong_view
 from kdbench.errors import KdbenchError
-from kdbench.train import loop as train
-from kdbench.train import teacher_cache
+from kdbench.train import loop, teacher_cache
 from kdbench.train.compute import CPU_MALLOC_ENV, Compute, ComputeOptions, device_name
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
@@ -291,7 +290,7 @@ class _KdbenchPath:
                     taken += 1
                     yield batch
 
-            train._train_epoch(
+            loop._train_epoch(
                 self.distiller.forward_train,
                 self.distiller,
                 self.optimizer,

@@ -477,17 +477,22 @@ def _tiny_specs(epochs: int = 1) -> tuple[Any, Any]:
 
 def check_determinism(s: Setting) -> Check:
     """The same KD run trained twice (default compute options, compile off): bit-identical final weights."""
+    from kdbench import train
     from kdbench.store.run_dir import RunDir
-    from kdbench.train import loop as train
     from kdbench.train.compute import ComputeOptions
+    from kdbench.train.options import RunOptions
 
     teacher, student = _tiny_specs()
     options = ComputeOptions(compile=False)
     weights = []
     for name in ("a", "b"):
         results = s.workdir / f"determinism-{name}"
-        train.run(teacher, results, device=str(s.device), progress=False, compute=options)
-        train.run(student, results, device=str(s.device), progress=False, compute=options)
+        train.run(
+            teacher, results, RunOptions(device=str(s.device), compute=options), show_progress=False
+        )
+        train.run(
+            student, results, RunOptions(device=str(s.device), compute=options), show_progress=False
+        )
         weights.append(
             RunDir(results, student.run_id).load_torch(RunDir(results, student.run_id).model_file)
         )
@@ -507,11 +512,12 @@ def check_determinism(s: Setting) -> Check:
 
 def check_packed(s: Setting) -> Check:
     """Two runs trained at once by two `kdbench train` processes on this device (as --runs-per-gpu packs them)."""
-    from kdbench.train import loop as train
+    from kdbench import train
+    from kdbench.train.options import RunOptions
 
     teacher, student = _tiny_specs()
     results = s.workdir / "packed"
-    train.run(teacher, results, device=str(s.device), progress=False)
+    train.run(teacher, results, RunOptions(device=str(s.device)), show_progress=False)
     specs = [student.model_copy(update={"seed": seed}) for seed in (11, 12)]
     processes = []
     for spec in specs:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdbench import train
 from kdbench.data import ImageArrays, load_dataset, subset
 from kdbench.data.registry import resolve_data_dir
 from kdbench.errors import KdbenchError, UnknownNameError
@@ -34,8 +35,8 @@ from kdbench.io import atomic_path, atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.verdict import judge
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop as train
 from kdbench.train.compute import ComputeOptions
+from kdbench.train.options import RunOptions
 
 # The authors' arithmetic: IEEE fp32 (docs/protocol-choices.md, "Precision"); on a CPU faithful and fp32 are one.
 REFERENCE_COMPUTE = ComputeOptions(
@@ -326,10 +327,8 @@ def run_gate(
     teacher_result = train.run(
         teacher,
         folders["reference"],
-        device=config.device,
-        progress=False,
-        loader="torch",
-        compute=REFERENCE_COMPUTE,
+        RunOptions(device=config.device, loader="torch", compute=REFERENCE_COMPUTE),
+        show_progress=False,
     )
     outcomes = {m: ModeResult(MODES[m]) for m in modes}
     data_dirs: dict[str, Path | None] = dict.fromkeys(modes)
@@ -345,11 +344,13 @@ def run_gate(
             result = train.run(
                 spec,
                 folders[mode],
-                device=config.device,
-                progress=False,
-                loader=MODES[mode].loader,
-                compute=MODES[mode].compute,
-                data_dir=data_dirs[mode],
+                RunOptions(
+                    device=config.device,
+                    loader=MODES[mode].loader,
+                    compute=MODES[mode].compute,
+                    data_dir=data_dirs[mode],
+                ),
+                show_progress=False,
             )
             outcome.top1.append(result["last_top1"])
             outcome.seconds.append(result["wall_seconds"])

@@ -1,55 +1,53 @@
 """The one training loop for every run: teachers, students, every method.
 
-``run(spec)`` trains one :class:`~kdbench.plan.RunSpec` into ``<results>/runs/<run-id>/``:
-SGD with a multi-step LR, evaluation (top-1/top-5) after every epoch, an atomic checkpoint after
-every epoch, and resume from it. The loop never branches on the method: it sums the loss terms
-the method returns and logs each one.
+``run(spec, results, options)`` trains one :class:`~kdbench.plan.RunSpec` into ``<results>/runs/<run-id>/``.
+Read top-down: ``_train`` sets the run up (dataset, networks seeded from the spec, compute, teacher cache),
+resumes it from its checkpoint, then trains each of its stages (kdbench/train/stages.py: a method's
+pre-training stage, then the main stage: SGD with a multi-step LR, top-1/top-5 after every epoch) with one
+epoch function, writes an atomic checkpoint after every epoch, and finishes with the result. The loop never
+branches on the method: it sums the loss terms the method returns and logs each one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kdbench import __version__, data, methods, models
-from kdbench.data.identity import verify_content
 from kdbench.data.shard import global_batch_sizes
 from kdbench.errors import KdbenchError
-from kdbench.io import WriteFailed, atomic_write_json, read_json
-from kdbench.models.base import KDModel
+from kdbench.io import WriteFailed, atomic_write_json
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
 from kdbench.provenance import source_commit
 from kdbench.results import curves
-from kdbench.store.run_dir import RUN_ID, RunDir, RunLocked
-from kdbench.train import checkpoints, distributed, teacher_cache
+from kdbench.store.run_dir import RunDir, RunLocked
+from kdbench.train import checkpoints, distributed, sources, teacher_cache
 from kdbench.train.compute import (
     Compute,
-    ComputeOptions,
+    PrecisionRecord,
     compile_fallbacks,
     compiled_active,
     device_name,
     first_step,
 )
 from kdbench.train.distributed import SINGLE, Group
+from kdbench.train.options import RunOptions
+from kdbench.train.stages import Stage, stages
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 256
-# Data epochs of a pre-training stage are numbered from here, apart from the main epochs.
-INIT_EPOCH_OFFSET = 1_000_000
 
 
 class TrainingDiverged(KdbenchError):
@@ -68,97 +66,33 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def load_spec(path_or_id: str, results: Path) -> RunSpec:
-    """A spec from a ``spec.json`` path, or from a run id inside ``results``."""
-    path = Path(path_or_id)
-    if not path.is_file() and RUN_ID.fullmatch(path_or_id):
-        path = RunDir(
-            results, path_or_id
-        ).spec_file  # a run id never names a path outside results/runs
-    if not path.is_file():
-        raise KdbenchError(
-            f"no spec at {path_or_id!r}: pass a spec.json file or the id of a run under {results}/runs/ "
-            f"(`kdbench status --results {results}` lists them)."
-        )
-    try:
-        return RunSpec.model_validate(
-            read_json(path) if path != Path(path_or_id) else _user_json(path)
-        )
-    except ValidationError as exc:
-        raise KdbenchError(
-            f"{path} is not a valid run spec ({exc.error_count()} problem(s), first: "
-            f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}). Pass a spec.json "
-            "written by kdbench (RESULTS/runs/<run id>/spec.json)."
-        ) from None
-
-
-def _user_json(path: Path) -> Any:
-    """A file the user named as a spec: one that is not JSON (a README, a checkpoint) is not a spec, not a corrupted
-    file to delete (what :func:`read_json` says of the store's own files)."""
-    try:
-        return json.loads(path.read_bytes())
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise KdbenchError(
-            f"{path} is not a run spec (not JSON: {exc}). Pass a spec.json written by kdbench "
-            "(RESULTS/runs/<run id>/spec.json) or a run id."
-        ) from None
-
-
-def load_trained_model(results: Path, run_id: str, model_name: str, num_classes: int) -> KDModel:
-    """The network trained by run ``run_id``, loaded with ``weights_only=True``: the weights the run keeps for its
-    students (its spec's ``keep``: the last epoch's ``model.pt``, or the best epoch's ``model_best.pt``)."""
-    run = RunDir(results, run_id)
-    if not run.is_done():
-        raise KdbenchError(
-            f"teacher run {run_id} has not finished: train it first (kdbench train {run.spec_file})."
-        )
-    keep = (
-        RunSpec.model_validate(read_json(run.spec_file)).keep if run.spec_file.is_file() else "last"
-    )
-    state = run.load_torch(run.best_model_file if keep == "best" else run.model_file)
-    model = models.create(model_name, num_classes=num_classes)
-    model.load_state_dict(
-        {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-    )
-    return model
-
-
 def run(
     spec: RunSpec,
     results: Path,
+    options: RunOptions | None = None,
     *,
-    device: str = "auto",
-    data_dir: str | Path | None = None,
-    num_workers: int = 0,
-    progress: bool | None = None,
-    loader: str = "auto",
-    compute: ComputeOptions | None = None,
-    slot: str | None = None,
-    loggers: Sequence[str] = curves.DEFAULT,
+    show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
-    ``loader`` is one of ``data.LOADERS``; every kind gives the same batches (``data/loaders/factory.py``).
-    ``compute``: precision, memory format, compile and teacher cache (run options, not part of the spec).
-    ``slot``: the executor's slot, recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held.
-    ``loggers``: where rank 0 also sends each epoch's metrics (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
+    ``options``: where and how it trains (kdbench/train/options.py), never what: its device, data directory,
+    loader (every kind gives the same batches, ``data/loaders/factory.py``), compute options, the executor's slot
+    (recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held) and the loggers rank 0
+    also sends each epoch's metrics to (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
+    ``show_progress``: a progress bar over each epoch's steps (default: on an interactive terminal).
     Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/train/distributed.py``), it trains
     its share of every global batch and only rank 0 writes the run directory."""
-    curves.require(loggers)
-    group = distributed.init(device)
+    options = options or RunOptions()
+    curves.require(options.loggers)
+    group = distributed.init(options.device)
     try:
         return _run(
             spec,
             Path(results),
             group,
-            group.device or resolve_device(device),
-            data_dir,
-            num_workers,
-            progress,
-            loader,
-            compute or ComputeOptions(),
-            slot,
-            loggers,
+            group.device or resolve_device(options.device),
+            options,
+            show_progress,
         )
     finally:
         group.shutdown()
@@ -169,13 +103,8 @@ def _run(
     results: Path,
     group: Group,
     device: torch.device,
-    data_dir: str | Path | None,
-    num_workers: int,
-    progress: bool | None,
-    loader: str,
-    compute: ComputeOptions,
-    slot: str | None,
-    loggers: Sequence[str] = curves.DEFAULT,
+    options: RunOptions,
+    show_progress: bool | None,
 ) -> dict[str, Any]:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
@@ -202,11 +131,11 @@ def _run(
             atomic_write_json(rundir.spec_file, spec.model_dump(mode="json"))
             rundir.failed_file.unlink(missing_ok=True)
             if (
-                slot is not None
+                options.slot is not None
             ):  # written under the lock: an executor that lost the race for this run cannot overwrite it
-                _record_launch(rundir, slot)
+                _record_launch(rundir, options.slot)
             held.enter_context(
-                curves.recording(rundir, spec, loggers)
+                curves.recording(rundir, spec, options.loggers)
             )  # each metrics.jsonl write also goes there
         try:
             result = _train(
@@ -214,11 +143,8 @@ def _run(
                 rundir,
                 results,
                 device,
-                data_dir,
-                num_workers,
-                group.is_main and (sys.stderr.isatty() if progress is None else progress),
-                loader,
-                compute,
+                options,
+                group.is_main and (sys.stderr.isatty() if show_progress is None else show_progress),
                 group,
             )
             group.barrier()  # rank 0 has written result.json
@@ -239,14 +165,13 @@ def _import(
     spec: RunSpec,
     rundir: RunDir,
     device: torch.device,
-    data_dir: str | Path | None,
-    num_workers: int,
-    loader: str,
+    options: RunOptions,
     group: Group,
 ) -> dict[str, Any]:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
-    arrays = _dataset(spec, data_dir)
+    data_dir = options.data_dir
+    arrays = sources.dataset(spec, data_dir)
     path = checkpoints.locate(spec.checkpoint, data_dir)
     model, digest = checkpoints.load_into(
         models.create(spec.model, num_classes=arrays.num_classes),
@@ -260,7 +185,7 @@ def _import(
     ).to(device)
     started = time.time()
     loaders = data.make_loaders(
-        loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
+        options.loader, arrays, device=device, num_workers=options.workers, data_dir=data_dir
     )
     stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
     history = [{"epoch": 0, "phase": "imported", **stats}]
@@ -289,24 +214,77 @@ def _train(
     rundir: RunDir,
     results: Path,
     device: torch.device,
-    data_dir: str | Path | None,
-    num_workers: int,
+    options: RunOptions,
     show_progress: bool,
-    loader: str,
-    options: ComputeOptions,
     group: Group,
 ) -> dict[str, Any]:
+    """Set the run up, resume it, train each stage's remaining epochs (a checkpoint after each), and finish."""
     # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
-    precision = options.resolve(device).apply_fp32_math(device)
+    precision = options.compute.resolve(device).apply_fp32_math(device)
     if spec.checkpoint is not None:
-        return _import(spec, rundir, device, data_dir, num_workers, loader, group)
-    arrays = _dataset(spec, data_dir)
+        return _import(spec, rundir, device, options, group)
+    run = _set_up(spec, results, device, options, show_progress, group)
+    run_stages = stages(spec, run.distiller)
+    state = _resume(rundir, run.distiller, run_stages, run.compute.precision)
+    group.broadcast_tensors(
+        run.distiller.training_state().values()
+    )  # every rank starts from rank 0's state
+    if state.history and group.is_main:
+        rundir.write_metrics(
+            state.history
+        )  # from the checkpoint: repairs a metrics.jsonl that was deleted as corrupted
+    log.info(
+        "run %s: %s %s on %s (%s), epochs %d..%d",
+        spec.run_id,
+        spec.method,
+        spec.model,
+        device,
+        spec.profile,
+        state.epochs_done["main"] + 1,
+        spec.train.epochs,
+    )
+    feed = _feed(spec, run, options, group)
+    started = time.time()
+    with _progress_bar(show_progress) as bar:
+        for stage in run_stages:
+            for epoch in range(state.epochs_done[stage.name] + 1, stage.epochs + 1):
+                record = _train_stage_epoch(spec, run, feed, stage, epoch, state, bar)
+                _checkpoint(rundir, run, run_stages, state, group)
+                _log_epoch(stage, record)
+    return _finish(spec, rundir, run, state, precision, options, time.time() - started, group)
+
+
+@dataclass
+class _Setup:
+    """A run's dataset, method, networks and compute, built before it resumes."""
+
+    device: torch.device
+    arrays: data.Dataset
+    method: type[methods.Distiller]
+    distiller: methods.Distiller
+    compute: Compute
+    networks: list[torch.nn.Module]  # the networks compute prepared (memory format, compile)
+    cache: teacher_cache.TeacherCache | None
+    cache_seconds: float
+
+
+def _set_up(
+    spec: RunSpec,
+    results: Path,
+    device: torch.device,
+    options: RunOptions,
+    show_progress: bool,
+    group: Group,
+) -> _Setup:
+    """The dataset, the networks seeded from ``spec.seed`` (student, teacher, the method's own modules), their
+    compute (memory format, compile) and the teacher cache."""
+    arrays = sources.dataset(spec, options.data_dir)
     _check_processes(spec, methods.get(spec.method), group, len(arrays.y_test))
     torch.manual_seed(spec.seed)
     student = models.create(spec.model, num_classes=arrays.num_classes)
     teacher = None
     if spec.teacher is not None:
-        teacher = load_trained_model(
+        teacher = sources.load_trained_model(
             results, spec.teacher.run_id, spec.teacher.model, arrays.num_classes
         )
     method = methods.get(spec.method)
@@ -327,177 +305,209 @@ def _train(
             distiller, spec.train.batch_size // group.world // spec.train.bn_chunk
         )
     if spec.init_from is not None:
-        _start_from(distiller, results, spec.init_from.run_id)
-    compute = options.resolve(
+        sources.start_from(distiller, results, spec.init_from.run_id)
+    compute = options.compute.resolve(
         device,
         train_steps=spec.train.epochs * math.ceil(len(arrays.y_train) / spec.train.batch_size),
     )
-    networks = [distiller.student] + ([distiller.teacher] if distiller.teacher is not None else [])
+    networks: list[torch.nn.Module] = [distiller.student]
+    networks += [distiller.teacher] if distiller.teacher is not None else []
     compute.prepare(networks)
     cache, cache_seconds = _teacher_cache(
         spec, method, distiller, arrays, results, device, compute, show_progress
     )
-    optimizer = _sgd(distiller.trainable_parameters(), spec)
-    stage = distiller.init_stage()
-    init_optimizer = _sgd(stage.parameters, spec, stage.lr) if stage is not None else None
-    done = _resume(rundir, distiller, optimizer, init_optimizer, compute.precision)
-    best = (
-        done.best
-    )  # keep "best": the best epoch so far and its weights, carried in every checkpoint
-    group.broadcast_tensors(
-        distiller.training_state().values()
-    )  # every rank starts from rank 0's state
-    history = done.history
-    if history and group.is_main:
-        rundir.write_metrics(
-            history
-        )  # from the checkpoint: repairs a metrics.jsonl that was deleted as corrupted
-    log.info(
-        "run %s: %s %s on %s (%s), epochs %d..%d",
-        spec.run_id,
-        spec.method,
-        spec.model,
-        device,
-        spec.profile,
-        done.epochs + 1,
-        spec.train.epochs,
-    )
+    return _Setup(device, arrays, method, distiller, compute, networks, cache, cache_seconds)
 
+
+@dataclass
+class _Feed:
+    """Where a stage's batches come from: the run's loaders, on its device, over its processes."""
+
+    loaders: data.Loaders
+    group: Group
+    drop_last: bool
+    global_sizes: list[
+        int
+    ]  # each step's global batch size: a rank weights its gradients by its share
+
+    def train(self, spec: RunSpec, run: _Setup, data_epoch: int) -> Iterable:
+        return self.loaders.train(
+            spec.train.batch_size,
+            seed=spec.seed,
+            epoch=data_epoch,
+            strong=run.method.needs.strong_view,
+            drop_last=self.drop_last,
+            shard=self.group.shard,
+        )
+
+    def test(self) -> Iterable:
+        return self.loaders.test(EVAL_BATCH, shard=self.group.shard)
+
+
+def _feed(spec: RunSpec, run: _Setup, options: RunOptions, group: Group) -> _Feed:
     loaders = data.make_loaders(
-        loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
+        options.loader,
+        run.arrays,
+        device=run.device,
+        num_workers=options.workers,
+        data_dir=options.data_dir,
     )
     log.info(
         "loader %s%s",
         loaders.kind,
         f", {group.world} processes ({group.backend})" if group.active else "",
     )
-    # Each step's global batch size: a rank weights its gradients by its share of it.
     drop_last = (
-        spec.train.drop_last or method.needs.fixed_batch
+        spec.train.drop_last or run.method.needs.fixed_batch
     )  # the recipe's choice, or modules sized by the batch
     global_sizes = global_batch_sizes(
-        len(arrays.y_train), spec.train.batch_size, drop_last, group.world
+        len(run.arrays.y_train), spec.train.batch_size, drop_last, group.world
+    )
+    return _Feed(loaders, group, drop_last, global_sizes)
+
+
+def _train_stage_epoch(
+    spec: RunSpec,
+    run: _Setup,
+    feed: _Feed,
+    stage: Stage,
+    epoch: int,
+    state: TrainState,
+    bar: Progress | None,
+) -> dict[str, Any]:
+    """Epoch ``epoch`` of ``stage``: its LR, one pass over its data epoch, for a main stage an evaluation and the
+    best epoch kept; its metrics record joins ``state.history`` and is returned."""
+    optimizer = stage.optimizer
+    if stage.lr_at is not None:
+        lr = stage.lr_at(epoch)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+    views = (
+        run.cache.for_epoch(data.epoch_plan(len(run.arrays.x_train), spec.seed, epoch))
+        if run.cache is not None and stage.evaluates
+        else None
+    )
+    train_stats = _train_epoch(
+        stage.step,
+        run.distiller,
+        optimizer,
+        feed.train(spec, run, stage.data_epoch_offset + epoch),
+        run.device,
+        epoch,
+        bar,
+        run.compute,
+        views,
+        feed.group,
+        feed.global_sizes,
+    )
+    state.epochs_done[stage.name] = epoch
+    if not stage.evaluates:
+        # The pre-training stage has its own data epochs, apart from the main ones.
+        state.history.append(_init_record(epoch, optimizer.param_groups[0]["lr"], train_stats))
+        return state.history[-1]
+    test_stats = evaluate(run.distiller, feed.test(), run.device, feed.group)
+    state.history.append(
+        _epoch_record(epoch, optimizer.param_groups[0]["lr"], train_stats, test_stats)
+    )
+    if spec.keep == "best" and (state.best is None or test_stats["test_top1"] > state.best["top1"]):
+        # Strictly better, as SimKD's train_teacher.py:224 (test_acc > best_acc): the first best epoch wins.
+        state.best = {
+            "epoch": epoch,
+            "top1": test_stats["test_top1"],
+            "state": {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in run.distiller.inference_state().items()
+            },
+        }
+    return state.history[-1]
+
+
+def _log_epoch(stage: Stage, record: dict[str, Any]) -> None:
+    if not stage.evaluates:
+        log.info("init epoch %d/%d loss %.4f", record["epoch"], stage.epochs, record["loss"])
+        return
+    log.info(
+        "epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f",
+        record["epoch"],
+        stage.epochs,
+        record["lr"],
+        record["loss"],
+        record["train_top1"],
+        record["test_top1"],
+        record["test_top5"],
     )
 
-    def batches(epoch: int) -> Iterable:
-        return loaders.train(
-            spec.train.batch_size,
-            seed=spec.seed,
-            epoch=epoch,
-            strong=method.needs.strong_view,
-            drop_last=drop_last,
-            shard=group.shard,
-        )
 
-    def checkpoint(epoch: int, init_epoch: int) -> None:
-        """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo.
-        Rank 0 writes; the others wait, so a rank never runs ahead of the last checkpoint by more than an epoch."""
-        if not group.is_main:
-            group.barrier()
-            return
-        rundir.save_torch(
-            rundir.checkpoint_file,
-            {
-                "epoch": epoch,
-                "init_epoch": init_epoch,
-                "state": distiller.training_state(),
-                "optimizer": optimizer.state_dict(),
-                "init_optimizer": init_optimizer.state_dict()
-                if init_optimizer is not None
-                else None,
-                "history": history,
-                "precision": compute.precision,
-                **({"best": best} if best is not None else {}),
-            },
-        )
-        rundir.write_metrics(history)
+def _init_record(epoch: int, lr: float, stats: dict[str, float]) -> dict[str, Any]:
+    """The metrics.jsonl record of a pre-training epoch."""
+    return {
+        "phase": "init",
+        "epoch": epoch,
+        "lr": lr,
+        **stats,
+    }
+
+
+def _epoch_record(
+    epoch: int, lr: float, train_stats: dict[str, float], test_stats: dict[str, float]
+) -> dict[str, Any]:
+    """The metrics.jsonl record of a main epoch."""
+    return {"epoch": epoch, "lr": lr, **train_stats, **test_stats}
+
+
+# Each stage's keys in checkpoint.pt: its epochs done and its optimizer's state.
+CHECKPOINT_KEYS = {"main": ("epoch", "optimizer"), "init": ("init_epoch", "init_optimizer")}
+
+
+def _checkpoint(
+    rundir: RunDir, run: _Setup, run_stages: list[Stage], state: TrainState, group: Group
+) -> None:
+    """Checkpoint first, metrics second: metrics.jsonl never lists an epoch a resume would redo.
+    Rank 0 writes; the others wait, so a rank never runs ahead of the last checkpoint by more than an epoch."""
+    if not group.is_main:
         group.barrier()
+        return
+    optimizers = {s.name: s.optimizer for s in run_stages}
+    rundir.save_torch(
+        rundir.checkpoint_file,
+        {
+            "epoch": state.epochs_done["main"],
+            "init_epoch": state.epochs_done["init"],
+            "state": run.distiller.training_state(),
+            "optimizer": optimizers["main"].state_dict(),
+            "init_optimizer": optimizers["init"].state_dict() if "init" in optimizers else None,
+            "history": state.history,
+            "precision": run.compute.precision,
+            **({"best": state.best} if state.best is not None else {}),
+        },
+    )
+    rundir.write_metrics(state.history)
+    group.barrier()
 
-    started = time.time()
-    with _progress(show_progress) as bar:
-        if stage is not None:
-            for init_epoch in range(done.init_epochs + 1, stage.epochs + 1):
-                # The pre-training stage has its own data epochs, apart from the main ones.
-                stats = _train_epoch(
-                    lambda x, y, e, i, v: (None, distiller.forward_init(x, y)),
-                    distiller,
-                    init_optimizer,
-                    batches(INIT_EPOCH_OFFSET + init_epoch),
-                    device,
-                    init_epoch,
-                    bar,
-                    compute,
-                    group=group,
-                    global_sizes=global_sizes,
-                )
-                history.append(
-                    {
-                        "phase": "init",
-                        "epoch": init_epoch,
-                        "lr": init_optimizer.param_groups[0]["lr"],
-                        **stats,
-                    }
-                )
-                checkpoint(0, init_epoch)
-                log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
-        init_done = stage.epochs if stage is not None else 0
-        for epoch in range(done.epochs + 1, spec.train.epochs + 1):
-            lr = spec.train.lr_at(epoch)
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = lr
-            views = (
-                cache.for_epoch(data.epoch_plan(len(arrays.x_train), spec.seed, epoch))
-                if cache is not None
-                else None
-            )
-            train_stats = _train_epoch(
-                distiller.forward_train,
-                distiller,
-                optimizer,
-                batches(epoch),
-                device,
-                epoch,
-                bar,
-                compute,
-                views,
-                group,
-                global_sizes,
-            )
-            test_stats = evaluate(
-                distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group
-            )
-            history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
-            if spec.keep == "best" and (best is None or test_stats["test_top1"] > best["top1"]):
-                # Strictly better, as SimKD's train_teacher.py:224 (test_acc > best_acc): the first best epoch wins.
-                best = {
-                    "epoch": epoch,
-                    "top1": test_stats["test_top1"],
-                    "state": {
-                        k: v.detach().to("cpu", copy=True)
-                        for k, v in distiller.inference_state().items()
-                    },
-                }
-            checkpoint(epoch, init_done)
-            log.info(
-                "epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f",
-                epoch,
-                spec.train.epochs,
-                lr,
-                train_stats["loss"],
-                train_stats["train_top1"],
-                test_stats["test_top1"],
-                test_stats["test_top5"],
-            )
+
+def _finish(
+    spec: RunSpec,
+    rundir: RunDir,
+    run: _Setup,
+    state: TrainState,
+    precision: PrecisionRecord,
+    options: RunOptions,
+    seconds: float,
+    group: Group,
+) -> dict[str, Any]:
+    """The run's result (its main epochs, the compute it used, the epoch it keeps); rank 0 writes the final
+    weights and, last, ``result.json``."""
+    compute, best = run.compute, state.best
     result = _summarise(
-        spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group
+        spec, [h for h in state.history if h.get("phase") != "init"], run.device, seconds, group
     )
     result["compute"] = {
         **asdict(compute),
-        "teacher_cache": cache is not None,
-        "teacher_cache_build_seconds": cache_seconds,
-        "compiled": compiled_active(networks) if compute.compile else False,
-        "compile_fallbacks": compile_fallbacks(networks),
-        "requested": options.to_json(),
+        "teacher_cache": run.cache is not None,
+        "teacher_cache_build_seconds": run.cache_seconds,
+        "compiled": compiled_active(run.networks) if compute.compile else False,
+        "compile_fallbacks": compile_fallbacks(run.networks),
+        "requested": options.compute.to_json(),
     }
     if best is not None:
         result["kept"] = {
@@ -510,7 +520,7 @@ def _train(
         precision.to_json()
     )  # part of what the result is: compare marks cells that pool precisions
     if group.is_main:
-        rundir.save_torch(rundir.model_file, distiller.inference_state())
+        rundir.save_torch(rundir.model_file, run.distiller.inference_state())
         if best is not None:
             rundir.save_torch(rundir.best_model_file, best["state"])
         rundir.write_result(result)  # last: its presence means "done"
@@ -629,58 +639,11 @@ def _teacher_cache(
     )
 
 
-def _start_from(distiller: methods.Distiller, results: Path, run_id: str) -> None:
-    """Load the final weights of run ``run_id`` into the modules of ``distiller`` that share their names."""
-    run = RunDir(results, run_id)
-    if not run.is_done():
-        raise KdbenchError(
-            f"run {run_id}, which this run starts from, has not finished: train it first."
-        )
-    state = run.load_torch(run.model_file)
-    own = distiller.state_dict()
-    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not shared:
-        raise KdbenchError(
-            f"run {run_id}'s weights share no module with method {distiller.name!r}: nothing to start from."
-        )
-    distiller.load_state_dict(shared, strict=False)
-    log.info("started from run %s (%d of %d tensors)", run_id, len(shared), len(own))
-
-
-def _sgd(
-    parameters: list[torch.nn.Parameter], spec: RunSpec, lr: float | None = None
-) -> torch.optim.SGD:
-    """SGD over ``parameters``; with ``decay_norm_and_bias`` off, 1-D tensors (BN γ/β, biases) get no weight decay."""
-    groups: list[dict[str, Any]] = [{"params": parameters}]
-    if not spec.train.decay_norm_and_bias:
-        groups = [
-            {"params": [p for p in parameters if p.ndim > 1]},
-            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-    return torch.optim.SGD(
-        groups,
-        lr=spec.train.lr if lr is None else lr,
-        momentum=spec.train.momentum,
-        nesterov=spec.train.nesterov,
-        weight_decay=spec.train.weight_decay,
-    )
-
-
-def _dataset(spec: RunSpec, data_dir: str | Path | None) -> data.Dataset:
-    if spec.data.content is not None:
-        verify_content(spec.data.name, spec.data.options, data_dir, spec.data.content)
-    arrays = data.load_dataset(spec.data.name, data_dir, **spec.data.options)
-    if spec.data.train_fraction < 1 or spec.data.test_fraction < 1:
-        arrays = data.subset(arrays, spec.data.train_fraction, spec.data.test_fraction)
-    return arrays
-
-
 @dataclass
-class _Progress:
-    """What a checkpoint says is finished: main epochs, pre-training epochs, and their metrics."""
+class TrainState:
+    """What is finished: each stage's epochs, the metrics of every epoch, and the best epoch kept so far."""
 
-    epochs: int = 0
-    init_epochs: int = 0
+    epochs_done: dict[str, int] = field(default_factory=lambda: {"init": 0, "main": 0})
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = (
         None  # keep "best": {"epoch", "top1", "state"} of the best epoch so far
@@ -688,16 +651,13 @@ class _Progress:
 
 
 def _resume(
-    rundir: RunDir,
-    distiller: methods.Distiller,
-    optimizer: torch.optim.Optimizer,
-    init_optimizer: torch.optim.Optimizer | None,
-    precision: str,
-) -> _Progress:
-    """The checkpoint's state, loaded into ``distiller`` and the optimizers; a run resumes only in the precision it
-    started in (its result records one precision; a checkpoint from before precisions were recorded is accepted)."""
+    rundir: RunDir, distiller: methods.Distiller, run_stages: list[Stage], precision: str
+) -> TrainState:
+    """The checkpoint's state, loaded into ``distiller`` and the stages' optimizers; a run resumes only in the
+    precision it started in (its result records one precision; a checkpoint from before precisions were recorded
+    is accepted)."""
     if not rundir.checkpoint_file.is_file():
-        return _Progress()
+        return TrainState()
     ckpt = rundir.load_torch(
         rundir.checkpoint_file
     )  # verified: a corrupted checkpoint fails the run, never resumes it
@@ -712,17 +672,20 @@ def _resume(
         raise KdbenchError(
             f"checkpoint {rundir.checkpoint_file} does not match this run's networks; delete it to restart the run."
         )
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if init_optimizer is not None and ckpt.get("init_optimizer") is not None:
-        init_optimizer.load_state_dict(ckpt["init_optimizer"])
+    for stage in run_stages:
+        optimizer_state = ckpt.get(CHECKPOINT_KEYS[stage.name][1])
+        if optimizer_state is not None:  # "optimizer" is always there; "init_optimizer" may be None
+            stage.optimizer.load_state_dict(optimizer_state)
     log.info(
         "resuming %s after epoch %d (pre-training epochs done: %d)",
         rundir.run_id,
         ckpt["epoch"],
         ckpt.get("init_epoch", 0),
     )
-    return _Progress(
-        ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]), ckpt.get("best")
+    return TrainState(
+        {"main": ckpt["epoch"], "init": ckpt.get("init_epoch", 0)},
+        list(ckpt["history"]),
+        ckpt.get("best"),
     )
 
 
@@ -927,44 +890,36 @@ def _record_launch(rundir: RunDir, slot: str) -> None:
     )
 
 
-class _log_to:
-    """Context manager: also send kdbench log lines to the run's ``train.log``."""
-
-    def __init__(self, path: Path):
-        self.handler = logging.FileHandler(path)
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-
-    def __enter__(self) -> None:
-        root = logging.getLogger("kdbench")
-        root.setLevel(logging.INFO)
-        root.addHandler(self.handler)
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("kdbench").removeHandler(self.handler)
-        self.handler.close()
+@contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Within the block, kdbench's log lines also go to the run's ``train.log``."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("kdbench")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
-class _progress:
-    """A rich progress bar over the steps of each epoch, shown only on an interactive terminal."""
-
-    def __init__(self, enabled: bool):
-        self.bar = (
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            if enabled
-            else None
-        )
-
-    def __enter__(self) -> Progress | None:
-        if self.bar is not None:
-            self.bar.start()
-        return self.bar
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar over the steps of each epoch (None when disabled: not an interactive terminal)."""
+    if not enabled:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    bar.start()
+    try:
+        yield bar
+    finally:
+        bar.stop()

@@ -34,10 +34,10 @@ from kdbench.execute.local.worker import REPLY_PREFIX
 from kdbench.io import atomic_write_json
 from kdbench.plan import RunSpec
 from kdbench.processes import EXIT_FAILED, EXIT_LOCKED, usable_cores
-from kdbench.results import curves
 from kdbench.store.run_dir import RunDir
-from kdbench.train.compute import CPU_MALLOC_ENV, ComputeOptions
+from kdbench.train.compute import CPU_MALLOC_ENV
 from kdbench.train.distributed import is_rank_variable
+from kdbench.train.options import RunOptions
 
 POLL_SECONDS = 0.2
 # A run waited for (its lock was held) that ends with neither result nor failure record is started here again,
@@ -125,17 +125,11 @@ def slot_device(slot: Slot) -> str:
 
 
 def train_command(
-    spec_file: Path,
-    results: Path,
-    slot: Slot,
-    *,
-    data_dir: str | None = None,
-    compute: ComputeOptions | None = None,
-    loader: str = "auto",
-    loggers: Sequence[str] = curves.DEFAULT,
+    spec_file: Path, results: Path, slot: Slot, options: RunOptions | None = None
 ) -> list[str]:
-    """The command an executor runs for one spec: ``python -m kdbench train SPEC`` (``--nproc g`` on a slot of g units)."""
-    device = slot_device(slot)
+    """The command an executor runs for one spec: ``python -m kdbench train SPEC`` with ``options`` on the slot's
+    device (``--nproc g`` on a slot of g units)."""
+    options = (options or RunOptions()).replace(device=slot_device(slot), slot=slot.name)
     command = [
         sys.executable,
         "-m",
@@ -144,32 +138,9 @@ def train_command(
         str(spec_file),
         "--results",
         str(results),
-        "--device",
-        device,
-        "--loader",
-        loader,
-        "--slot",
-        slot.name,
-        "--log-to",
-        curves.flag(loggers),
-    ] + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
-    return (
-        command
-        + (["--data-dir", data_dir] if data_dir else [])
-        + (compute_flags(compute) if compute else [])
-    )
-
-
-def compute_flags(compute: ComputeOptions) -> list[str]:
-    """``kdbench train`` flags that ask for ``compute``."""
-    flags = ["--precision", compute.precision, "--teacher-cache", compute.teacher_cache]
-    if compute.channels_last is not None:
-        flags.append("--channels-last" if compute.channels_last else "--no-channels-last")
-    if compute.compile is not None:
-        flags.append("--compile" if compute.compile else "--no-compile")
-    if compute.compile_mode != "default":
-        flags += ["--compile-mode", compute.compile_mode]
-    return flags
+        *options.to_argv(),
+    ]
+    return command + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
 
 
 Command = Callable[[Path, Path, Slot], list[str]]
@@ -270,25 +241,10 @@ class SlotWorkers:
     ``kdbench train --nproc g`` process; the idle workers of its units are stopped first, so that no
     CUDA context or cached memory of theirs stays on those GPUs."""
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        compute: ComputeOptions | None = None,
-        loader: str = "auto",
-        loggers: Sequence[str] = curves.DEFAULT,
-    ):
-        self.data_dir, self.loader, self.loggers = data_dir, loader, tuple(loggers)
-        self.compute = compute or ComputeOptions()
+    def __init__(self, options: RunOptions | None = None):
+        self.options = options or RunOptions()
         self.workers: dict[str, _Worker] = {}
-        self.per_run = ProcessPerRun(
-            partial(
-                train_command,
-                data_dir=data_dir,
-                compute=self.compute,
-                loader=loader,
-                loggers=self.loggers,
-            )
-        )
+        self.per_run = ProcessPerRun(partial(train_command, options=self.options))
 
     def start(self, spec_file: Path, results: Path, slot: Slot) -> Handle:
         if slot.nproc > 1:
@@ -299,17 +255,9 @@ class SlotWorkers:
             worker = self.workers[slot.name] = _Worker(
                 slot, Path(results) / "workers" / f"{slot.name}.log"
             )
+        options = self.options.replace(device=slot_device(slot), slot=slot.name)
         worker.send(
-            {
-                "spec_file": str(spec_file),
-                "results": str(results),
-                "device": slot_device(slot),
-                "data_dir": self.data_dir,
-                "compute": self.compute.to_json(),
-                "loader": self.loader,
-                "slot": slot.name,
-                "loggers": list(self.loggers),
-            }
+            {"spec_file": str(spec_file), "results": str(results), "options": options.to_json()}
         )
         return _WorkerRun(worker)
 

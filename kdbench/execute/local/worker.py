@@ -2,8 +2,8 @@
 
 Importing torch and kdbench costs about 2 s per process: more than a whole smoke run. A worker
 pays it once and then trains the runs its executor sends, one at a time, over a line protocol:
-the executor writes ``{"spec_file": …, "results": …, "device": …, "data_dir": …, "compute": …, "loader": …, "slot": …,
-"loggers": […]}`` on stdin and
+the executor writes ``{"spec_file": …, "results": …, "options": …}`` on stdin (``options``: the run's
+:class:`~kdbench.train.options.RunOptions` as JSON) and
 the worker answers ``{"run_id": …, "code": N}`` on stdout (0 done, 75 locked elsewhere, 1 failed).
 A run that raises is reported and the worker carries on; a worker that dies takes only its
 current run with it, and the executor starts a new one.
@@ -23,10 +23,9 @@ REPLY_PREFIX = "kdbench-worker-reply "
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
-    from kdbench.results import curves
+    from kdbench import train
     from kdbench.store.run_dir import RunLocked
-    from kdbench.train import loop as train
-    from kdbench.train.compute import ComputeOptions
+    from kdbench.train.options import RunOptions
 
     for line in requests:
         if not line.strip():
@@ -37,13 +36,8 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
             train.run(
                 spec,
                 Path(request["results"]),
-                device=request.get("device", "auto"),
-                data_dir=request.get("data_dir"),
-                progress=False,
-                compute=ComputeOptions(**request.get("compute", {})),
-                loader=request.get("loader", "auto"),
-                slot=request.get("slot"),
-                loggers=tuple(request.get("loggers", curves.DEFAULT)),
+                RunOptions.from_json(request.get("options", {})),
+                show_progress=False,
             )
             code = EXIT_DONE
         except RunLocked:

@@ -34,10 +34,11 @@ from typing import Any, Protocol
 
 from kdbench.errors import KdbenchError
 from kdbench.execute.base import Listener, Outcome, blocker, process_count, unusable
-from kdbench.execute.slurm.jobs import AggregateJob, TrainJob, TrainOptions
+from kdbench.execute.slurm.jobs import AggregateJob, TrainJob
 from kdbench.io import atomic_write_json, file_lock, read_json
 from kdbench.plan import RunSpec
 from kdbench.store.run_dir import RunDir
+from kdbench.train.options import RunOptions
 
 SUBMITIT_HINT = "pip install 'kdbench[slurm]'"
 # squeue reason of a job whose dependency failed, on clusters that ignore kill-on-invalid-dep
@@ -211,7 +212,7 @@ class SlurmExecutor:
     def __init__(
         self,
         options: SlurmOptions,
-        train_options: TrainOptions | None = None,
+        run_options: RunOptions | None = None,
         *,
         listener: Listener | None = None,
         aggregate: tuple[str, str] | None = None,
@@ -226,7 +227,7 @@ class SlurmExecutor:
     ):
         if make_executor is submitit_executor:
             check_slurm()  # before anything is recorded or submitted
-        self.options, self.train_options = options, train_options or TrainOptions()
+        self.options, self.run_options = options, run_options or RunOptions()
         self.listener = listener or (lambda event, spec, message: None)
         self.aggregate = aggregate  # (recipe name, profile): submit an AggregateJob after the runs
         self.make_executor, self.queue, self.states, self.cancel = (
@@ -304,7 +305,7 @@ class SlurmExecutor:
             ranks = process_count(
                 group[0], nproc
             )  # 1 for imported teachers and methods that cannot be split
-            job = TrainJob(str(results), ranks, self.train_options)
+            job = TrainJob(str(results), ranks, self.run_options.to_json())
             self._parameters(
                 executor,
                 deps,

@@ -1,7 +1,7 @@
 """What runs inside a SLURM job: one run's training, or the table's aggregate.
 
 These callables are pickled by submitit and unpickled in the job, so they hold only plain data
-(paths, options) and import kdbench's heavy modules when called. :class:`TrainJob` is
+(paths, and the run options as :meth:`~kdbench.train.options.RunOptions.to_json` wrote them) and import kdbench's heavy modules when called. :class:`TrainJob` is
 checkpointable: on preemption or timeout submitit calls :meth:`TrainJob.checkpoint`, requeues the
 job with the returned submission, and the requeued job resumes from the run's own checkpoint
 (``results/runs/<run-id>/checkpoint.pt``; ``train.run`` resumes from it), so no state is pickled.
@@ -13,24 +13,15 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdbench.errors import KdbenchError
-from kdbench.results import curves
 from kdbench.store.run_dir import RunDir, RunLocked
 
+if TYPE_CHECKING:
+    from kdbench.train.options import RunOptions
+
 LOCK_POLL_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How a job trains (run options, not part of the spec): what ``kdbench train`` takes as flags."""
-
-    device: str = "auto"
-    data_dir: str | None = None
-    loader: str = "auto"
-    compute: dict[str, Any] = field(default_factory=dict)  # ComputeOptions.to_json()
-    loggers: tuple[str, ...] = curves.DEFAULT  # --log-to (kdbench/results/curves.py)
 
 
 @dataclass(frozen=True)
@@ -41,7 +32,7 @@ class TrainJob:
 
     results: str
     nproc: int = 1
-    options: TrainOptions = field(default_factory=TrainOptions)
+    options: dict[str, Any] = field(default_factory=dict)  # RunOptions.to_json(): how it trains
 
     def __call__(self, run_id: str) -> dict[str, Any]:
         rundir = RunDir(Path(self.results), run_id)
@@ -61,40 +52,23 @@ class TrainJob:
         return DelayedSubmission(self, run_id)
 
     def _train(self, rundir: RunDir) -> dict[str, Any]:
-        from kdbench.train import loop as train
-        from kdbench.train.compute import ComputeOptions
+        from kdbench import train
+        from kdbench.train.options import RunOptions
 
+        options = RunOptions.from_json(self.options)
         if self.nproc > 1:
-            return ddp_train(rundir.spec_file, Path(self.results), self.nproc, self.options)
+            return ddp_train(rundir.spec_file, Path(self.results), self.nproc, options)
         spec = train.load_spec(str(rundir.spec_file), Path(self.results))
-        return train.run(
-            spec,
-            Path(self.results),
-            device=self.options.device,
-            data_dir=self.options.data_dir,
-            progress=False,
-            loader=self.options.loader,
-            compute=ComputeOptions(**self.options.compute),
-            loggers=self.options.loggers,
-        )
+        return train.run(spec, Path(self.results), options, show_progress=False)
 
 
-def ddp_train(spec_file: Path, results: Path, nproc: int, options: TrainOptions) -> dict[str, Any]:
+def ddp_train(spec_file: Path, results: Path, nproc: int, options: RunOptions) -> dict[str, Any]:
     """One run as ``nproc`` DDP processes: ``kdbench train SPEC --nproc N`` (the agreed multi-GPU entry point)."""
     from kdbench.execute.local.executor import Slot, train_command
     from kdbench.processes import EXIT_LOCKED
-    from kdbench.train.compute import ComputeOptions
 
     slot = Slot("cpu" if options.device == "cpu" else "cuda")
-    command = train_command(
-        spec_file,
-        results,
-        slot,
-        data_dir=options.data_dir,
-        compute=ComputeOptions(**options.compute),
-        loader=options.loader,
-        loggers=options.loggers,
-    ) + ["--nproc", str(nproc)]
+    command = train_command(spec_file, results, slot, options) + ["--nproc", str(nproc)]
     code = subprocess.run(command, check=False).returncode
     if code == EXIT_LOCKED:
         raise RunLocked(f"run {spec_file.parent.name} is being trained by another process.")
