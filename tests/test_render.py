@@ -4,7 +4,8 @@ the cases the renderers tell apart: reproduced / above / below / inconclusive ve
 run, failed and partial cells, unverified trials, mixed precision, an imported teacher, a row and columns that read
 another epoch than the title, per-cell quantities (measured and computed), evaluation-head columns and the profile
 notes. The expected outputs are under tests/golden/render/; after an intended change of an output, rewrite them with
-``KDBENCH_WRITE_GOLDEN=1 pytest tests/test_render.py`` and review the diff."""
+``KDBENCH_WRITE_GOLDEN=1 pytest tests/test_render.py`` and review the diff. The last tests check the long
+format of a narrow terminal and the LaTeX conventions on tests/test_report.py's planted table."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from kdbench.results.report import write_report
 from kdbench.results.tables import record_table
 from kdbench.store.run_dir import RunDir
 from rich.console import Console
+
+from test_report import _widest, plant_with_curves
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "render"
 WRITE = os.environ.get("KDBENCH_WRITE_GOLDEN") == "1"
@@ -372,3 +375,34 @@ def test_the_report_page_is_unchanged(planted, tmp_path, name, folder):
     (comp,) = compare(planted[folder])
     page = write_report(comp, planted[folder], tmp_path / "report.html").read_text()
     _check(f"{name}.report.html", _stable_page(page, planted[folder]))
+
+
+# --------------------------------------------------------------------------- narrow terminals, LaTeX
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    plant_with_curves(tmp_path / "results")
+    return tmp_path / "results"
+
+
+def test_a_table_too_wide_for_the_compact_grid_falls_back_to_one_block_per_cell(results):
+    (comp,) = compare(results)
+
+    capture = Console(width=24, record=True, file=io.StringIO())
+    capture.print(render.terminal(comp, 24))  # 'Student  70.05±0.13 +0.05 ✓' needs 27
+    text = capture.export_text()
+    assert _widest(text) <= 24 and "…" not in text and "method" not in text
+    assert "KD × b (ResNet-32x4" in text and "▼ below [-4.30," in text
+
+
+def test_latex_is_booktabs_with_n_and_verdict_marks(results):
+    (comp,) = compare(results)
+    latex = render.to_latex(comp)
+    assert latex.startswith("% needs \\usepackage{booktabs}")
+    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    assert (
+        r"70.05$\pm$0.13$_{n=4}$ $\surd$" in latex
+        and r"$\downarrow$" in latex
+        and r"$\uparrow$" in latex
+    )

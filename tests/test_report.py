@@ -1,9 +1,8 @@
 """Reading results: compare at any terminal width, --json for scripts, --pairs/--methods, failed cells counted apart,
-LaTeX for a paper, and `kdbench report` (one self-contained HTML page). Results are planted (tests/test_compare.py)."""
+and `kdbench report` (one self-contained HTML page). Results are planted (tests/test_compare.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -21,7 +20,6 @@ from kdbench.results import render
 from kdbench.results.compare import compare, summary
 from kdbench.store.run_dir import RunDir
 from rich.cells import cell_len
-from rich.console import Console
 
 from test_compare import RECIPE, plant
 
@@ -104,16 +102,6 @@ def test_compare_fits_the_terminal_and_cuts_nothing(results, columns):
             "✓ reproduced [-0.19, +0.29]" in out.stdout
             and "? inconclusive; needs ≥ 2 trials" in out.stdout
         )
-
-
-def test_a_table_too_wide_for_the_compact_grid_falls_back_to_one_block_per_cell(results):
-    (comp,) = compare(results)
-
-    capture = Console(width=24, record=True, file=io.StringIO())
-    capture.print(render.terminal(comp, 24))  # 'Student  70.05±0.13 +0.05 ✓' needs 27
-    text = capture.export_text()
-    assert _widest(text) <= 24 and "…" not in text and "method" not in text
-    assert "KD × b (ResNet-32x4" in text and "▼ below [-4.30," in text
 
 
 def test_a_many_pair_table_splits_into_bands_of_pairs(tmp_path):
@@ -239,18 +227,6 @@ def test_result_json_carries_the_source_commit():
     assert (
         train._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"]
         == source_commit()
-    )
-
-
-def test_latex_is_booktabs_with_n_and_verdict_marks(results):
-    (comp,) = compare(results)
-    latex = render.to_latex(comp)
-    assert latex.startswith("% needs \\usepackage{booktabs}")
-    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
-    assert (
-        r"70.05$\pm$0.13$_{n=4}$ $\surd$" in latex
-        and r"$\downarrow$" in latex
-        and r"$\uparrow$" in latex
     )
 
 
