@@ -84,6 +84,7 @@ def _widest(text: str) -> int:
     return max(cell_len(line.rstrip()) for line in text.splitlines())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("columns", [80, 200])
 def test_compare_fits_the_terminal_and_cuts_nothing(results, columns):
     out = kdbench("compare", str(results), columns=columns)
@@ -104,6 +105,7 @@ def test_compare_fits_the_terminal_and_cuts_nothing(results, columns):
         )
 
 
+@pytest.mark.e2e
 def test_a_many_pair_table_splits_into_bands_of_pairs(tmp_path):
     out = kdbench("compare", str(tmp_path), "--recipe", "simkd-table1", columns=80)
     assert out.returncode == 0, out.stderr
@@ -112,6 +114,7 @@ def test_a_many_pair_table_splits_into_bands_of_pairs(tmp_path):
     assert "res32x4_shuv2 = ResNet-32x4 → ShuffleNetV2" in out.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "command",
     [
@@ -150,6 +153,7 @@ def test_listings_fit_the_terminal_and_never_cut_a_run_id(results, command, colu
         assert all(p.name in out.stdout for p in (results / "runs").iterdir())
 
 
+@pytest.mark.e2e
 def test_json_output_is_json_and_nothing_else(results):
     out = kdbench("compare", str(results), "--json")
     assert out.returncode == 0, out.stderr
@@ -183,6 +187,7 @@ def test_json_output_is_json_and_nothing_else(results):
     )
 
 
+@pytest.mark.e2e
 def test_pairs_and_methods_filter_the_comparison(results):
     (table,) = json.loads(
         kdbench("compare", str(results), "--json", "--pairs", "a", "--methods", "KD,ce").stdout
@@ -230,6 +235,7 @@ def test_result_json_carries_the_source_commit():
     )
 
 
+@pytest.mark.e2e
 def test_the_report_is_one_self_contained_page(results, tmp_path):
     page_path = tmp_path / "out" / "report.html"
     out = kdbench(

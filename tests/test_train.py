@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
@@ -47,6 +48,7 @@ def small_spec(epochs: int = 4, **data) -> RunSpec:
     )
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     spec = small_spec()
     reference = train.run(spec, tmp_path / "ref", device="cpu", progress=False)
