@@ -216,9 +216,9 @@ def test_crd_per_gpu_banks_equal_independent_gpus():
             torch.testing.assert_close(
                 getattr(replica, head).linear.weight.grad, 2 * getattr(gpu, head).linear.weight.grad
             )
-        torch.testing.assert_close(copy.memory_s, gpu.memory_s)
-        torch.testing.assert_close(copy.memory_t, gpu.memory_t)
-        torch.testing.assert_close(copy.z, gpu.z)
+        torch.testing.assert_close(replica.memory_s, gpu.memory_s)
+        torch.testing.assert_close(replica.memory_t, gpu.memory_t)
+        torch.testing.assert_close(replica.z, gpu.z)
     assert not torch.equal(emulated.memory_s[indices[:4]], state["memory_s"][indices[:4]])
     assert torch.equal(
         emulated.memory_s[indices[4:]], state["memory_s"][indices[4:]]
