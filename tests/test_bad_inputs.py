@@ -887,6 +887,7 @@ def test_a_run_whose_result_fails_its_checksum_says_so_in_compare_status_and_rep
     assert why in again and repair in again
 
 
+@pytest.mark.e2e
 def test_a_subset_reproduced_with_more_trials_changes_only_its_cells(copy, monkeypatch, tmp_path):
     recipe, results = copy
     out = run_cli(

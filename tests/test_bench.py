@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from kdbench import methods, models
 from kdbench.tools.bench import BenchConfig, bench, forward_flops
@@ -30,6 +31,7 @@ TINY = [
 ]
 
 
+@pytest.mark.e2e
 def test_bench_cli_prints_both_paths_and_the_ratio(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

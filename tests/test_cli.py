@@ -157,12 +157,14 @@ def test_compare_without_results_lists_the_published_numbers(tmp_path):
     assert set(required) <= set(rows[0])
 
 
+@pytest.mark.e2e
 def test_dry_run_trains_nothing(tmp_path):
     out = kdbench("reproduce", "simkd-table1", "--dry-run", "--results", str(tmp_path)).stdout
     expected = len(plan(load_recipe("simkd-table1"), "full").specs)
     assert f"Runs ({expected})" in out and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 def test_helpful_errors(tmp_path):
     proc = kdbench("reproduce", "simkd-tabel1", check=False)
     assert proc.returncode == 2 and "Did you mean 'simkd-table1'" in proc.stderr

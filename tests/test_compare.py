@@ -186,6 +186,7 @@ def kdbench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_plot_is_a_png(results, tmp_path):
     out = tmp_path / "figs" / "table.png"
     proc = kdbench("compare", str(results), "--plot", str(out))
@@ -193,6 +194,7 @@ def test_plot_is_a_png(results, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
+@pytest.mark.e2e
 def test_regression_mode_fails_on_a_planted_regression(results, tmp_path):
     baseline = tmp_path / "baseline.csv"
     assert kdbench("compare", str(results), "--format", "csv", "-o", str(baseline)).returncode == 0
@@ -351,6 +353,7 @@ def test_bad_margin_and_alpha_are_errors(results):
         compare(results, alpha=0.5)
 
 
+@pytest.mark.e2e
 def test_cli_margin_reaches_the_csv_and_the_header(results):
     out = kdbench("compare", str(results), "--margin", "0.25", "--format", "csv")
     assert out.returncode == 0, out.stderr

@@ -88,6 +88,7 @@ def test_imported_and_unfinished_runs_are_not_measurements(tmp_path, smoke_plan)
     assert cost.measured_throughputs(tmp_path) == []
 
 
+@pytest.mark.e2e
 def test_show_prices_the_remaining_runs_from_measurements(tmp_path, smoke_plan):
     import subprocess
     import sys

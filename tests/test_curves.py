@@ -428,6 +428,7 @@ def test_failing_backends_never_fail_the_run(tmp_path, monkeypatch):
     assert log.count("WARNING") == 3 and len(sys.modules["wandb"].logged) == 1
 
 
+@pytest.mark.e2e
 def test_log_to_travels_through_the_worker_and_the_train_command(tmp_path, monkeypatch):
     """A fake mlflow package on the children's path records what they log: the worker's JSON request and
     `kdbench train --log-to` (the process-per-run command) both carry exactly the asked loggers."""

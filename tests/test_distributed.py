@@ -399,6 +399,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
         group.shutdown()
 
 
+@pytest.mark.e2e
 def test_two_gloo_ranks_equal_one_process():
     mp.spawn(_rank_main, args=(2, free_port()), nprocs=2, join=True)
 

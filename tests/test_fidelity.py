@@ -119,6 +119,7 @@ def ce_spec(seed: int, train_size: int = 48) -> RunSpec:
     )
 
 
+@pytest.mark.e2e
 def test_a_packed_run_equals_the_same_run_alone(tmp_path: Path):
     """Packing = several runs' processes on one device at once. Its fidelity claim: a run's result does not
     depend on its neighbours. Run A alone on one CPU slot, then A beside B on two slots with the same

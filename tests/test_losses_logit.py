@@ -1,25 +1,21 @@
-"""Golden values for the decoupled / weighted logit losses (DKD, RLD, WSLD, IPWD, MLKD levels) and
-the terms of the DKD, RLD, WSLD and IPWD methods.
+"""Golden values for the logit losses (KD, DIST, DKD, RLD, WSLD, IPWD, MLKD levels).
 
-The references are written from the definitions of the authors' code (mdistiller ``DKD.py``, WSLD's
-``WSLDistiller``, MLKD ``KD_ours.py``, RLD ``RLD.py``) and docs/references.md §MLKD, §RLD, §IPWD in plain numpy
-float64, one sample at a time with explicit softmax / sums — the non-target softmax is taken over
-the remaining classes (not via the code's −1000 / −1e9 fill), the binary distributions sum the
-other classes explicitly — so they check the library rather than restate it.
+The references are written from the definitions of the authors' code (KD: RepDistiller
+``distiller_zoo/KD.py``; DIST: image_classification_sota ``lib/models/losses/dist_kd.py``; mdistiller
+``DKD.py``, WSLD's ``WSLDistiller``, MLKD ``KD_ours.py``, RLD ``RLD.py``) and docs/references.md §DIST,
+§MLKD, §RLD, §IPWD in plain numpy float64, one sample at a time with explicit softmax / sums — the
+non-target softmax is taken over the remaining classes (not via the code's −1000 / −1e9 fill), the binary
+distributions sum the other classes explicitly — so they check the library rather than restate it.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from kdbench import losses, methods
-from kdbench.models.base import Features, KDModel
-from torch import nn
+from kdbench import losses
 
 # ---------------------------------------------------------------------------------------------
 # Independent numpy float64 references
@@ -185,6 +181,302 @@ CASES = [  # (batch, classes, logit scale)
     (5, 7, 1.0),
     (4, 100, 10.0),  # peaked rows
 ]
+
+
+EPS = 1e-8  # DIST: added to the product of the two norms (methods-seed.md §4.1)
+
+
+def ref_log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax with max subtraction."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def ref_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ref_kd(z_s: np.ndarray, z_t: np.ndarray, temperature: float) -> float:
+    """T² · (1/B) Σ_i Σ_c p_t,ic (log p_t,ic − log p_s,ic), p = softmax(z / T)."""
+    log_p_s = ref_log_softmax(z_s / temperature)
+    log_p_t = ref_log_softmax(z_t / temperature)
+    p_t = np.exp(log_p_t)
+    per_sample = (p_t * (log_p_t - log_p_s)).sum(axis=1)
+    return temperature**2 * per_sample.sum() / z_s.shape[0]
+
+
+def ref_pearson(u: np.ndarray, v: np.ndarray) -> float:
+    """ρ(u, v) = ⟨u', v'⟩ / (‖u'‖·‖v'‖ + ε), u' = u − mean(u)."""
+    u = u - u.sum() / u.size
+    v = v - v.sum() / v.size
+    return float((u * v).sum() / (math.sqrt((u * u).sum()) * math.sqrt((v * v).sum()) + EPS))
+
+
+def ref_dist_parts(z_s: np.ndarray, z_t: np.ndarray, temperature: float) -> tuple[float, float]:
+    """(inter, intra) on Y = softmax(z / τ): inter over the classes of each sample, intra over the
+    samples of each class."""
+    y_s, y_t = ref_softmax(z_s / temperature), ref_softmax(z_t / temperature)
+    b, c = y_s.shape
+    inter = 1.0 - sum(ref_pearson(y_s[i, :], y_t[i, :]) for i in range(b)) / b
+    intra = 1.0 - sum(ref_pearson(y_s[:, j], y_t[:, j]) for j in range(c)) / c
+    return inter, intra
+
+
+def ref_dist(
+    z_s: np.ndarray, z_t: np.ndarray, beta: float, gamma: float, temperature: float
+) -> float:
+    inter, intra = ref_dist_parts(z_s, z_t, temperature)
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+def _logits(rng: np.random.Generator, b: int, c: int, scale: float) -> np.ndarray:
+    return rng.standard_normal((b, c)) * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# KD
+# ---------------------------------------------------------------------------------------------
+
+KD_CASES = [  # (batch, classes, temperature, logit scale)
+    (1, 2, 1.0, 1.0),
+    (1, 10, 4.0, 3.0),
+    (3, 2, 4.0, 2.0),
+    (8, 10, 1.0, 2.0),
+    (8, 10, 4.0, 2.0),
+    (16, 100, 4.0, 5.0),
+    (16, 100, 1.0, 5.0),
+    (5, 7, 2.5, 1.0),
+    (4, 100, 1.0, 40.0),  # very peaked: log-softmax must be computed stably
+]
+
+
+@pytest.mark.parametrize(("b", "c", "temperature", "scale"), KD_CASES)
+def test_kd_matches_float64_reference(b, c, temperature, scale):
+    rng = np.random.default_rng(1000 * b + c)
+    z_s, z_t = _logits(rng, b, c, scale), _logits(rng, b, c, scale)
+    got = losses.kd(_t(z_s), _t(z_t), temperature)
+    assert got.dtype == torch.float64 and got.shape == ()
+    assert got.item() == pytest.approx(ref_kd(z_s, z_t, temperature), rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize(("b", "c", "temperature", "scale"), KD_CASES)
+def test_kd_float32_close_to_float64_reference(b, c, temperature, scale):
+    rng = np.random.default_rng(7 + 1000 * b + c)
+    z_s, z_t = _logits(rng, b, c, scale), _logits(rng, b, c, scale)
+    # Round the inputs to float32 first so only the computation's precision is measured.
+    z_s, z_t = z_s.astype(np.float32).astype(np.float64), z_t.astype(np.float32).astype(np.float64)
+    got = losses.kd(_t(z_s, torch.float32), _t(z_t, torch.float32), temperature)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(
+        ref_kd(z_s, z_t, temperature), rel=1e-5, abs=1e-5 * temperature**2
+    )
+
+
+def test_kd_identical_logits_is_zero():
+    z = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature in (1.0, 4.0):
+        assert losses.kd(z, z.clone(), temperature).item() == 0.0
+
+
+def test_kd_two_class_by_hand():
+    # z_s = (0, 0) → p_s = (1/2, 1/2);  z_t = (ln 3, 0) → p_t = (3/4, 1/4);  T = 1:
+    # KL(p_t‖p_s) = 3/4·ln((3/4)/(1/2)) + 1/4·ln((1/4)/(1/2)) = 3/4·ln 3 − 3/4·ln 2 − 1/4·ln 2
+    #             = 3/4·ln 3 − ln 2 = 0.823959216501 − 0.693147180560 = 0.130812035941
+    z_s = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    z_t = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
+    assert losses.kd(z_s, z_t, 1.0).item() == pytest.approx(0.130812035941137, rel=1e-12)
+    # T = 2 with z_t = (2 ln 3, 0) gives the same p_t, times T² = 4:
+    # 4·(3/4·ln 3 − ln 2) = 3 ln 3 − 4 ln 2 = 0.523248143765
+    z_t2 = torch.tensor([[2 * math.log(3.0), 0.0]], dtype=torch.float64)
+    assert losses.kd(z_s, z_t2, 2.0).item() == pytest.approx(0.523248143764548, rel=1e-12)
+    # "batchmean": a second sample with identical logits (KL 0) halves the value:
+    # (0.130812035941 + 0) / 2 = 0.065406017971
+    z_s_b = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    z_t_b = torch.tensor([[math.log(3.0), 0.0], [1.0, 1.0]], dtype=torch.float64)
+    assert losses.kd(z_s_b, z_t_b, 1.0).item() == pytest.approx(0.0654060179705685, rel=1e-12)
+
+
+def test_kd_direction_is_kl_teacher_to_student():
+    # KL(p_t‖p_s) is not symmetric: swapping the arguments must change the value.
+    # z_s = (ln 3, 0), z_t = (0, 0): KL((1/2,1/2)‖(3/4,1/4)) = 1/2·ln(2/3) + 1/2·ln 2
+    #   = ln 2 − 1/2·ln 3 = 0.693147180560 − 0.549306144334 = 0.143841036226
+    z_s = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
+    z_t = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    assert losses.kd(z_s, z_t, 1.0).item() == pytest.approx(0.143841036225890, rel=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kd_gradient_only_to_student_and_matches_closed_form(temperature):
+    rng = np.random.default_rng(3)
+    b, c = 5, 10
+    z_s_np, z_t_np = _logits(rng, b, c, 2.0), _logits(rng, b, c, 2.0)
+    z_s = _t(z_s_np).requires_grad_(True)
+    z_t = _t(z_t_np).requires_grad_(True)
+    losses.kd(z_s, z_t, temperature).backward()
+    assert z_t.grad is None
+    # d/dz_s [T²/B Σ KL] = T²/B · (p_s − p_t)/T = T/B · (p_s − p_t)
+    expected = (
+        temperature / b * (ref_softmax(z_s_np / temperature) - ref_softmax(z_t_np / temperature))
+    )
+    np.testing.assert_allclose(z_s.grad.numpy(), expected, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------
+# DIST
+# ---------------------------------------------------------------------------------------------
+
+DIST_CASES = [  # (batch, classes, temperature, beta, gamma, logit scale)
+    (2, 2, 1.0, 1.0, 1.0, 1.0),
+    (8, 10, 1.0, 1.0, 1.0, 2.0),
+    (8, 10, 4.0, 1.0, 1.0, 2.0),
+    (5, 100, 4.0, 2.0, 0.5, 3.0),
+    (16, 7, 1.0, 0.0, 1.0, 2.0),
+    (16, 7, 4.0, 1.0, 0.0, 2.0),
+    (64, 100, 4.0, 1.0, 2.0, 4.0),
+    (3, 100, 1.0, 0.3, 1.7, 30.0),  # very peaked rows
+]
+
+
+@pytest.mark.parametrize(("b", "c", "temperature", "beta", "gamma", "scale"), DIST_CASES)
+def test_dist_matches_float64_reference(b, c, temperature, beta, gamma, scale):
+    rng = np.random.default_rng(100 * b + c)
+    z_s, z_t = _logits(rng, b, c, scale), _logits(rng, b, c, scale)
+    got = losses.dist(_t(z_s), _t(z_t), beta=beta, gamma=gamma, temperature=temperature)
+    assert got.dtype == torch.float64 and got.shape == ()
+    assert got.item() == pytest.approx(
+        ref_dist(z_s, z_t, beta, gamma, temperature), rel=1e-10, abs=1e-10
+    )
+
+
+@pytest.mark.parametrize(("b", "c", "temperature", "beta", "gamma", "scale"), DIST_CASES)
+def test_dist_float32_close_to_float64_reference(b, c, temperature, beta, gamma, scale):
+    rng = np.random.default_rng(11 + 100 * b + c)
+    z_s, z_t = _logits(rng, b, c, scale), _logits(rng, b, c, scale)
+    z_s, z_t = z_s.astype(np.float32).astype(np.float64), z_t.astype(np.float32).astype(np.float64)
+    got = losses.dist(_t(z_s, torch.float32), _t(z_t, torch.float32), beta, gamma, temperature)
+    assert got.dtype == torch.float32
+    expected = ref_dist(z_s, z_t, beta, gamma, temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-5, abs=1e-5 * temperature**2)
+
+
+def test_dist_default_arguments_are_beta_gamma_one_and_tau_one():
+    rng = np.random.default_rng(5)
+    z_s, z_t = _logits(rng, 6, 9, 2.0), _logits(rng, 6, 9, 2.0)
+    assert losses.dist(_t(z_s), _t(z_t)).item() == pytest.approx(
+        ref_dist(z_s, z_t, 1.0, 1.0, 1.0), rel=1e-10
+    )
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_dist_temperature_squared_factor(temperature):
+    # dist(τ) = τ² · (β·inter + γ·intra) with inter/intra computed on softmax(z/τ).
+    rng = np.random.default_rng(21)
+    z_s, z_t = _logits(rng, 8, 10, 3.0), _logits(rng, 8, 10, 3.0)
+    beta, gamma = 1.5, 0.5
+    inter, intra = ref_dist_parts(z_s, z_t, temperature)
+    got = losses.dist(_t(z_s), _t(z_t), beta, gamma, temperature).item()
+    assert got == pytest.approx(temperature**2 * (beta * inter + gamma * intra), rel=1e-10)
+    # Library-only identity: the τ-run is τ² times the τ=1 run on z/τ (16× for τ = 4).
+    unscaled = losses.dist(_t(z_s / temperature), _t(z_t / temperature), beta, gamma, 1.0).item()
+    assert got == pytest.approx(temperature**2 * unscaled, rel=1e-12)
+
+
+def test_dist_is_linear_in_beta_and_gamma():
+    rng = np.random.default_rng(8)
+    z_s, z_t = _t(_logits(rng, 8, 10, 2.0)), _t(_logits(rng, 8, 10, 2.0))
+    inter = losses.dist(z_s, z_t, 1.0, 0.0, 4.0)
+    intra = losses.dist(z_s, z_t, 0.0, 1.0, 4.0)
+    both = losses.dist(z_s, z_t, 2.0, 3.0, 4.0)
+    assert both.item() == pytest.approx(2.0 * inter.item() + 3.0 * intra.item(), rel=1e-12)
+
+
+# Golden 2×2 cases. With z = [[ln 3, 0], [0, ln 3]], Y = softmax(z) = [[3/4, 1/4], [1/4, 3/4]];
+# every row and every column centred is ±(1/4, −1/4), so every ‖u'‖² = 1/16 + 1/16 = 1/8.
+_L3 = math.log(3.0)
+_DIAG = [[_L3, 0.0], [0.0, _L3]]
+_ANTI = [[0.0, _L3], [_L3, 0.0]]
+
+
+def test_dist_identical_logits_is_zero_up_to_eps():
+    # ρ(u, u) = ‖u'‖² / (‖u'‖² + ε) = 0.125 / (0.125 + 1e-8), so 1 − ρ = 1e-8 / 0.12500001
+    # = 7.99999936e-8 for each row and each column: inter = intra = 7.99999936e-8 and
+    # dist = 2 · 7.99999936e-8 = 1.599999872e-7. (Because ε is added to the product of the norms
+    # and a softmax row has ‖u'‖ ≤ 1, identical inputs can never give exactly 0: 1 − ρ ≥ ~1e-8.)
+    z = torch.tensor(_DIAG, dtype=torch.float64)
+    assert losses.dist(z, z.clone()).item() == pytest.approx(1.5999998720000103e-07, rel=1e-9)
+    # Random identical logits: tiny, and exactly what the ε-definition predicts.
+    rng = np.random.default_rng(2)
+    z_r = _logits(rng, 8, 10, 3.0)
+    for temperature, bound in ((1.0, 1e-6), (4.0, 1e-4)):  # flatter Y at τ = 4, and ×16
+        got = losses.dist(_t(z_r), _t(z_r.copy()), 1.0, 1.0, temperature).item()
+        assert 0.0 < got < bound
+        assert got == pytest.approx(ref_dist(z_r, z_r, 1.0, 1.0, temperature), rel=1e-9)
+
+
+def test_dist_perfectly_anti_correlated():
+    # Y_s = [[3/4, 1/4], [1/4, 3/4]], Y_t = [[1/4, 3/4], [3/4, 1/4]]: every row and every column
+    # pair is anti-correlated, ρ = −0.125 / (0.125 + 1e-8), so inter = intra = 1 + 0.125/0.12500001
+    # = 1.99999992 and dist (β = γ = 1, τ = 1) = 3.99999984.
+    z_s = torch.tensor(_DIAG, dtype=torch.float64)
+    z_t = torch.tensor(_ANTI, dtype=torch.float64)
+    assert losses.dist(z_s, z_t).item() == pytest.approx(3.999999840000013, rel=1e-12)
+    assert losses.dist(z_s, z_t, 1.0, 0.0).item() == pytest.approx(1.9999999200000064, rel=1e-12)
+    # τ² factor: z scaled by 4 and τ = 4 gives the same Y, so 16 × the τ = 1 value = 63.99999744.
+    assert losses.dist(4 * z_s, 4 * z_t, 1.0, 1.0, 4.0).item() == pytest.approx(
+        63.99999744000021, rel=1e-12
+    )
+
+
+def test_dist_inter_is_per_sample_and_intra_is_per_class():
+    # Both samples have the same prediction (3/4, 1/4) for student and teacher:
+    #   rows: ρ ≈ 1 → inter = 1e-8 / 0.12500001 = 7.99999936e-8;
+    #   columns are constant over the batch → centred to 0 → ρ = 0 / (0 + ε) = 0 → intra = 1.
+    # Swapping the two axes would give inter = 1 and intra ≈ 0 instead.
+    z = torch.tensor([[_L3, 0.0], [_L3, 0.0]], dtype=torch.float64)
+    assert losses.dist(z, z.clone(), 1.0, 0.0).item() == pytest.approx(
+        7.999999360000052e-08, rel=1e-8
+    )
+    assert losses.dist(z, z.clone(), 0.0, 1.0).item() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_dist_uniform_student_gives_beta_plus_gamma_times_tau_squared():
+    # z_s = 0 → Y_s = 1/4 everywhere (C = 4, exact in binary): every centred row/column is 0,
+    # ρ = 0 / ε = 0, inter = intra = 1, dist = τ²(β + γ) = 16 · (2 + 0.5) = 40 exactly.
+    z_s = torch.zeros(4, 4, dtype=torch.float64)
+    z_t = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert losses.dist(z_s, z_t, 2.0, 0.5, 4.0).item() == 40.0
+
+
+def test_dist_gradient_only_to_student():
+    rng = np.random.default_rng(9)
+    z_s = _t(_logits(rng, 8, 10, 2.0)).requires_grad_(True)
+    z_t = _t(_logits(rng, 8, 10, 2.0)).requires_grad_(True)
+    losses.dist(z_s, z_t, 1.0, 1.0, 4.0).backward()
+    assert z_t.grad is None
+    assert z_s.grad is not None and torch.isfinite(z_s.grad).all() and z_s.grad.abs().sum() > 0
+
+
+def test_dist_cosine_relation_matches_hand_computation():
+    """Appendix A.3 (Table 10): ρ = cosine similarity of the probability vectors, no centring."""
+    rng = np.random.default_rng(11)
+    z_s, z_t = _logits(rng, 6, 5, 2.0), _logits(rng, 6, 5, 2.0)
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def cos(a, b):
+        return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-8)
+
+    y_s, y_t = softmax(z_s), softmax(z_t)
+    expected = (1 - cos(y_s, y_t).mean()) + 2 * (1 - cos(y_s.T, y_t.T).mean())
+    got = losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0, relation="cosine")
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    assert got.item() != pytest.approx(
+        losses.dist(_t(z_s), _t(z_t), 1.0, 2.0, 1.0).item()
+    )  # not the centred (Pearson) one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,251 +1005,3 @@ def test_gradients_reach_only_the_student(name):
     assert torch.autograd.gradcheck(
         lambda s: fn(s, _t(z_t_np), y), (_t(z_s_np).requires_grad_(True),)
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Methods: terms equal the weighted pure losses (a tiny linear "network", so these are fast)
-# ---------------------------------------------------------------------------------------------
-
-NUM_CLASSES, DIM = 5, 12
-
-
-class TinyNet(KDModel):
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Linear(3 * 2 * 2, DIM)
-        self.classifier = nn.Linear(DIM, NUM_CLASSES)
-
-    def forward_features(self, x: torch.Tensor) -> Features:
-        pooled = torch.relu(self.body(x.flatten(1)))
-        return Features(
-            stages=[x], preact=[x], head_map=x, pooled=pooled, logits=self.classifier(pooled)
-        )
-
-
-@pytest.fixture(scope="module")
-def tiny_batch():
-    g = torch.Generator().manual_seed(3)
-    return torch.randn(6, 3, 2, 2, generator=g), torch.randint(0, NUM_CLASSES, (6,), generator=g)
-
-
-def tiny(name: str, variant: str | None = None, **overrides):
-    params = methods.resolve_params(name, variant, overrides)
-    return methods.get(name)(TinyNet(1), TinyNet(2), params, torch.randn(2, 3, 2, 2))
-
-
-def logits_of(d, images):
-    with torch.no_grad():
-        return d.student(images), d.teacher(images)
-
-
-def close(a: torch.Tensor, b: torch.Tensor | float) -> None:
-    b = torch.as_tensor(b, dtype=a.dtype)
-    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize(("epoch", "factor"), [(1, 1 / 20), (10, 0.5), (20, 1.0), (200, 1.0)])
-def test_dkd_method_terms_and_warmup(epoch, factor, tiny_batch):
-    images, y = tiny_batch
-    d = tiny("dkd")
-    p = d.params
-    assert (p.ce_weight, p.kd_weight, p.weight, p.alpha, p.beta, p.temperature, p.warmup) == (
-        1.0,
-        0.0,
-        1.0,
-        1.0,
-        8.0,
-        4.0,
-        20,
-    )
-    logits, terms = d.forward_train(images, y, epoch=epoch)
-    z_s, z_t = logits_of(d, images)
-    assert set(terms) == {"ce", "dkd"}
-    close(logits, z_s)
-    close(terms["ce"], F.cross_entropy(z_s, y))
-    close(terms["dkd"], factor * losses.dkd(z_s, z_t, y, 1.0, 8.0, 4.0))
-
-
-@pytest.mark.parametrize(
-    ("variant", "beta", "temperature", "warmup"),
-    [
-        ("cifar", 8.0, 4.0, 20),
-        ("cifar-beta2", 2.0, 4.0, 20),
-        ("cifar-beta6", 6.0, 4.0, 20),
-        ("imagenet-r34-r18", 0.5, 1.0, 1),
-        ("imagenet-r50-mv1", 2.0, 1.0, 1),
-    ],
-)
-def test_dkd_variants(variant, beta, temperature, warmup, tiny_batch):
-    images, y = tiny_batch
-    d = tiny("dkd", variant)
-    assert (d.params.beta, d.params.temperature, d.params.warmup) == (beta, temperature, warmup)
-    _, terms = d.forward_train(images, y, epoch=1)
-    z_s, z_t = logits_of(d, images)
-    close(terms["dkd"], min(1 / warmup, 1.0) * losses.dkd(z_s, z_t, y, 1.0, beta, temperature))
-
-
-@pytest.mark.parametrize(
-    ("variant", "overrides", "temperature", "alpha_t"),
-    [
-        (None, {}, 4.0, 4.0),
-        ("same-t", {}, 4.0, 4.0),
-        ("same-t", {"temperature": 2.0}, 2.0, 2.0),
-        ("cfg-default", {}, 4.0, 1.0),
-        ("imagenet-r34-r18", {}, 1.0, 1.0),
-    ],
-)
-def test_rld_method_temperatures_and_warmup(variant, overrides, temperature, alpha_t, tiny_batch):
-    images, y = tiny_batch
-    d = tiny("rld", variant, **overrides)
-    p = d.params
-    assert (p.ce_weight, p.alpha, p.temperature) == (1.0, 1.0, temperature)
-    z_s, z_t = logits_of(d, images)
-    for epoch in (1, 5, 40):
-        _, terms = d.forward_train(images, y, epoch=epoch)
-        assert set(terms) == {"ce", "rld"}
-        factor = min(epoch / p.warmup, 1.0)
-        close(terms["rld"], factor * losses.rld(z_s, z_t, y, 1.0, p.beta, temperature, alpha_t))
-        close(terms["ce"], F.cross_entropy(z_s, y))
-
-
-def test_rld_method_defaults_and_logit_stand(tiny_batch):
-    images, y = tiny_batch
-    p = methods.get("rld").Params()
-    assert (
-        p.ce_weight,
-        p.kd_weight,
-        p.alpha,
-        p.beta,
-        p.temperature,
-        p.alpha_temperature,
-        p.warmup,
-    ) == (1.0, 0.0, 1.0, 8.0, 4.0, None, 20)
-    assert (p.logit_stand, p.safe) == (False, False)
-    d = tiny("rld", "logit-stand")
-    _, terms = d.forward_train(images, y, epoch=20)
-    z_s, z_t = logits_of(d, images)
-    close(terms["rld"], losses.rld(z_s, z_t, y, 1.0, 8.0, 4.0, 4.0, logit_stand=True))
-    close(terms["ce"], F.cross_entropy(z_s, y))  # CE on the raw logits
-
-
-@pytest.mark.parametrize(
-    ("variant", "alpha", "temperature"),
-    [(None, 2.5, 2.0), ("released-code", 2.5, 2.0), ("paper-cifar-unverified", 2.25, 4.0)],
-)
-def test_wsld_method_terms(variant, alpha, temperature, tiny_batch):
-    images, y = tiny_batch
-    d = tiny("wsld", variant)
-    assert (d.params.ce_weight, d.params.kd_weight, d.params.weight, d.params.temperature) == (
-        1.0,
-        0.0,
-        alpha,
-        temperature,
-    )
-    logits, terms = d.forward_train(images, y, epoch=1)
-    z_s, z_t = logits_of(d, images)
-    assert set(terms) == {"ce", "wsld"}
-    close(logits, z_s)
-    close(terms["wsld"], alpha * losses.wsld(z_s, z_t, y, temperature))
-    close(terms["ce"], F.cross_entropy(z_s, y))
-
-
-def test_ipwd_method_terms_and_extra_head(tiny_batch):
-    images, y = tiny_batch
-    d = tiny("ipwd")
-    p = d.params
-    assert (
-        "reconstructed" in d.title.lower()
-        and "reconstructed" in sys.modules[type(d).__module__].__doc__.lower()
-    )
-    assert (p.ce_weight, p.kd_weight, p.weight, p.temperature, p.cls_weight) == (
-        0.1,
-        0.0,
-        0.9,
-        4.0,
-        1.0,
-    )
-    assert (p.form, p.logit_norm, p.self_normalize, p.max_weight, p.start_epoch, p.head_detach) == (
-        "mirror",
-        "zscore",
-        True,
-        None,
-        1,
-        False,
-    )
-    assert isinstance(d.cls_head, nn.Linear) and (
-        d.cls_head.in_features,
-        d.cls_head.out_features,
-    ) == (DIM, NUM_CLASSES)
-    assert not hasattr(d, "kd_head")
-    logits, terms = d.forward_train(images, y, epoch=1)
-    with torch.no_grad():
-        f = d.student.forward_features(images)
-        z_t = d.teacher(images)
-        z_cls = d.cls_head(f.pooled)
-    assert set(terms) == {"ce", "ipwd", "ipwd_cls"}
-    close(logits, f.logits)
-    close(terms["ce"], 0.1 * F.cross_entropy(f.logits, y))
-    close(terms["ipwd"], 0.9 * losses.ipwd(f.logits, z_t, z_cls, y, 4.0))
-    close(terms["ipwd_cls"], F.cross_entropy(z_cls, y))
-    close(d.forward_test_heads(images)[""], f.logits)  # the original head predicts
-    assert any(k.startswith("cls_head.") for k in d.inference_state())
-
-
-@pytest.mark.parametrize("variant", ["summary", "prob-ratio", "raw-weights", "mirror"])
-def test_ipwd_method_weight_variants(variant, tiny_batch):
-    images, y = tiny_batch
-    d = tiny("ipwd", variant)
-    p = d.params
-    _, terms = d.forward_train(images, y, epoch=1)
-    with torch.no_grad():
-        f = d.student.forward_features(images)
-        z_t, z_cls = d.teacher(images), d.cls_head(f.pooled)
-    expected = losses.ipwd(
-        f.logits,
-        z_t,
-        z_cls,
-        y,
-        4.0,
-        form=p.form,
-        logit_norm=p.logit_norm,
-        self_normalize=p.self_normalize,
-    )
-    close(terms["ipwd"], 0.9 * expected)
-
-
-def test_ipwd_method_start_epoch_uses_plain_kd_before(tiny_batch):
-    images, y = tiny_batch
-    d = tiny("ipwd", None, start_epoch=5)
-    z_s, z_t = logits_of(d, images)
-    _, before = d.forward_train(images, y, epoch=4)
-    _, after = d.forward_train(images, y, epoch=5)
-    close(before["ipwd"], 0.9 * losses.kd(z_s, z_t, 4.0))
-    assert not torch.isclose(after["ipwd"], before["ipwd"])
-    assert "ipwd_cls" in before  # the extra head trains from the start
-
-
-def test_ipwd_method_dagger_uses_a_kd_only_head(tiny_batch):
-    images, y = tiny_batch
-    d = tiny("ipwd", "dagger")
-    assert isinstance(d.kd_head, nn.Linear)
-    _, terms = d.forward_train(images, y, epoch=1)
-    with torch.no_grad():
-        f = d.student.forward_features(images)
-        z_t, z_cls, z_kd = d.teacher(images), d.cls_head(f.pooled), d.kd_head(f.pooled)
-    assert set(terms) == {"ce", "ipwd", "ipwd_kd_head", "ipwd_cls"}
-    close(terms["ipwd_kd_head"], 0.9 * losses.kd(z_kd, z_t, 4.0))
-    close(terms["ipwd"], 0.9 * losses.ipwd(f.logits, z_t, z_cls, y, 4.0, logits_kd=z_kd))
-    assert set(d.kd_head.parameters()) <= set(d.trainable_parameters())
-
-
-@pytest.mark.parametrize(("variant", "backbone_gets_grad"), [(None, True), ("linear-probe", False)])
-def test_ipwd_method_head_detach(variant, backbone_gets_grad, tiny_batch):
-    images, y = tiny_batch
-    d = tiny("ipwd", variant)
-    _, terms = d.forward_train(images, y, epoch=1)
-    terms["ipwd_cls"].backward()
-    grad = d.student.body.weight.grad
-    assert (grad is not None and grad.abs().sum() > 0) == backbone_gets_grad
-    assert d.cls_head.weight.grad.abs().sum() > 0

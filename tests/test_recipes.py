@@ -147,6 +147,7 @@ def test_unknown_recipe_name_suggests():
         load_recipe("simkd-tabel1")
 
 
+@pytest.mark.e2e
 def test_list_shows_every_seed_table_with_its_status():
     from kdbench.recipe import table_catalog
 

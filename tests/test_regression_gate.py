@@ -14,6 +14,8 @@ from kdbench.store.run_dir import RunDir
 
 from test_compare import RECIPE, kdbench, plant
 
+pytestmark = pytest.mark.e2e  # every case runs `kdbench compare` in subprocesses
+
 
 @pytest.fixture
 def gate(tmp_path):

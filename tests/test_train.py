@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from kdbench import train
 from kdbench.io import atomic_write_json
@@ -49,6 +50,7 @@ def small_spec(epochs: int = 4, **data) -> RunSpec:
     )
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     spec = small_spec()
     reference = train.run(spec, tmp_path / "ref", RunOptions(device="cpu"), show_progress=False)

@@ -5,12 +5,18 @@ Each cell carries its verdict and the interval behind it; every table's header s
 rule and its margin δ; each table ends with a summary line. A cell that reads another epoch than the
 table's metric says which. Results of the ``smoke`` and ``ci`` profiles carry a label saying they are
 not comparable.
+
+The grid (``grid``) is built once per table: each cell's text as typed fragments (ours, paper, Δ,
+verdict, quantities); every format is a thin formatter over it. ``html_rows`` is the one HTML table,
+shared by ``--format html`` (a fragment) and ``kdbench report`` (a page, results/report.py).
 """
 
 from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 from rich.cells import cell_len
@@ -124,36 +130,22 @@ def paper_text(cell: pd.Series) -> str:
     return f"{text} [lit.]" if cell["literature"] else text
 
 
-def cell_lines(comp: TableComparison, cell: pd.Series) -> list[str]:
-    """A cell's text lines: ours, the paper's value, Δ and the verdict, then each extra quantity."""
-    if cell["status"] == "absent":
-        return ["–"]
-    lines = [ours_text(comp, cell), f"paper {paper_text(cell)}"]
-    lines += [f"Δ {delta_text(cell)}"] if delta_text(cell) else []
-    lines += [verdict_text(cell, comp.alpha)] if verdict_text(cell, comp.alpha) else []
-    return lines + quantity_lines(comp, cell["row"], cell["column"])
-
-
-def quantity_lines(comp: TableComparison, row: str, column: str) -> list[str]:
-    """'pruning cost: 2.88 (paper 2.88) ✓ matches' for each of the recipe's quantities of this cell."""
-    extra = comp.quantities[(comp.quantities["row"] == row) & (comp.quantities["column"] == column)]
-    lines = []
-    for _, quantity in extra.iterrows():
-        ours = (
-            "not run"
-            if quantity["n"] == 0
-            else _num(quantity["ours_mean"], quantity["ours_std"], _decimals(quantity))
-        )
-        paper = (
-            ""
-            if math.isnan(quantity["paper_mean"])
-            else f" (paper {_num(quantity['paper_mean'], quantity['paper_std'], _decimals(quantity))})"
-        )
-        mark = VERDICT_MARKS.get(quantity["verdict"], " ").split(" ")[
-            0
-        ]  # the symbol only: ✓ ≠ ▲ ▼ ?
-        lines.append(f"{quantity['label']} {ours}{paper}" + (f" {mark}" if mark else ""))
-    return lines
+def quantity_text(quantity: pd.Series) -> str:
+    """'pruning cost: 2.88 (paper 2.88) ✓ matches': one of a cell's extra quantities (a row of
+    ``TableComparison.quantities``)."""
+    decimals = _decimals(quantity)
+    ours = (
+        "not run"
+        if quantity["n"] == 0
+        else _num(quantity["ours_mean"], quantity["ours_std"], decimals)
+    )
+    paper = (
+        ""
+        if math.isnan(quantity["paper_mean"])
+        else f" (paper {_num(quantity['paper_mean'], quantity['paper_std'], decimals)})"
+    )
+    mark = VERDICT_MARKS.get(quantity["verdict"], " ").split(" ")[0]  # the symbol only: ✓ ≠ ▲ ▼ ?
+    return f"{quantity['label']} {ours}{paper}" + (f" {mark}" if mark else "")
 
 
 def _decimals(quantity: pd.Series) -> int:
@@ -203,52 +195,129 @@ def title(comp: TableComparison) -> str:
     )
 
 
-def _grid(comp: TableComparison) -> tuple[list[str], list[str], dict[tuple[str, str], pd.Series]]:
-    cells = {(c["row"], c["column"]): c for _, c in comp.cells.iterrows()}
-    rows = list(dict.fromkeys(comp.cells["row"]))
-    columns = list(dict.fromkeys(comp.cells["column"]))
-    return rows, columns, cells
+# --------------------------------------------------------------------------- the cell model
 
 
-def _column_header(comp: TableComparison, column_id: str, sep: str) -> str:
-    column = comp.recipe.column(column_id)
-    return f"{comp.recipe.teachers[column.teacher].label}{sep}→ {column.label}"
+@dataclass(frozen=True)
+class Fragment:
+    """One line of a cell's full text, with what it says; the formatters style and place it by kind
+    (Markdown puts Δ beside the paper's value, the terminal colours the verdict, and so on)."""
+
+    kind: Literal["ours", "paper", "delta", "verdict", "quantity"]
+    text: str
 
 
-def to_rich(comp: TableComparison) -> Table:
-    rows, columns, cells = _grid(comp)
+@dataclass(frozen=True)
+class GridCell:
+    """A cell of the paper's grid, built once from the comparison for every format."""
+
+    row: str
+    column: str
+    data: pd.Series  # the cell's row of TableComparison.cells (CELL_COLUMNS)
+    quantities: pd.DataFrame  # the cell's rows of TableComparison.quantities
+    note: str  # metric_note: the epoch it reads where the title does not say it, else ""
+    fragments: tuple[Fragment, ...]  # ours, paper, Δ, verdict, quantities; none where absent
+
+    @property
+    def absent(self) -> bool:
+        """The table has no such cell (a row that keeps to its own columns)."""
+        return self.status == "absent"
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @property
+    def verdict(self) -> str:
+        return str(self.data["verdict"])
+
+    def lines(self) -> list[str]:
+        """The full text, one line per fragment; '–' where the table has no such cell."""
+        return [f.text for f in self.fragments] if not self.absent else ["–"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The paper's layout of a comparison: rows = methods, columns = pairs, each cell built once."""
+
+    comp: TableComparison
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: dict[tuple[str, str], GridCell]
+
+    def header(self, column_id: str, sep: str) -> str:
+        """'ResNet-32x4{sep}→ ResNet-8x4': the pair's teacher and student."""
+        column = self.comp.recipe.column(column_id)
+        return f"{self.comp.recipe.teachers[column.teacher].label}{sep}→ {column.label}"
+
+    def row_cells(self, row: str) -> list[GridCell]:
+        return [self.cells[(row, c)] for c in self.columns]
+
+
+def grid(comp: TableComparison) -> Grid:
+    """The comparison's cells in the paper's layout, each with its text fragments."""
+    cells = {}
+    for _, data in comp.cells.iterrows():
+        key = (data["row"], data["column"])
+        quantities = comp.quantities[
+            (comp.quantities["row"] == key[0]) & (comp.quantities["column"] == key[1])
+        ]
+        absent = data["status"] == "absent"
+        cells[key] = GridCell(
+            *key,
+            data,
+            quantities,
+            "" if absent else metric_note(comp, data),
+            () if absent else _fragments(comp, data, quantities),
+        )
+    rows = tuple(dict.fromkeys(comp.cells["row"]))
+    columns = tuple(dict.fromkeys(comp.cells["column"]))
+    return Grid(comp, rows, columns, cells)
+
+
+def _fragments(
+    comp: TableComparison, cell: pd.Series, quantities: pd.DataFrame
+) -> tuple[Fragment, ...]:
+    out = [Fragment("ours", ours_text(comp, cell)), Fragment("paper", f"paper {paper_text(cell)}")]
+    if delta := delta_text(cell):
+        out.append(Fragment("delta", f"Δ {delta}"))
+    if said := verdict_text(cell, comp.alpha):
+        out.append(Fragment("verdict", said))
+    out += [Fragment("quantity", quantity_text(q)) for _, q in quantities.iterrows()]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the terminal
+
+OURS_STYLES = {"not implemented": "dim", "not run": "dim", "failed": "red"}
+VERDICT_STYLES = {"reproduced": "green", "above": "cyan", "below": "red"}
+
+
+def _rich_table(table_grid: Grid) -> Table:
+    comp = table_grid.comp
     table = Table(title=escape(title(comp)), show_lines=True, title_justify="left")
     table.add_column("method", style="bold")
-    for column_id in columns:
-        table.add_column(_column_header(comp, column_id, "\n"), justify="right")
-    for row in rows:
-        rendered = []
-        for column_id in columns:
-            cell = cells[(row, column_id)]
-            if cell["status"] == "absent":
-                rendered.append("[dim]–[/]")
-                continue
-            style = {"not implemented": "dim", "not run": "dim", "failed": "red"}.get(
-                cell["status"], ""
-            )
-            ours = (
-                f"[{style}]{escape(ours_text(comp, cell))}[/]"
-                if style
-                else escape(ours_text(comp, cell))
-            )
-            delta = f"\nΔ {delta_text(cell)}" if delta_text(cell) else ""
-            verdict_style = {"reproduced": "green", "above": "cyan", "below": "red"}.get(
-                cell["verdict"], "dim"
-            )
-            said = verdict_text(cell, comp.alpha)
-            verdict = f"\n[{verdict_style}]{escape(said)}[/]" if said else ""
-            extra = "".join(
-                f"\n[dim]{escape(line)}[/]" for line in quantity_lines(comp, row, column_id)
-            )
-            rendered.append(f"{ours}\npaper {escape(paper_text(cell))}{delta}{verdict}{extra}")
-        table.add_row(row, *rendered)
+    for column_id in table_grid.columns:
+        table.add_column(table_grid.header(column_id, "\n"), justify="right")
+    for row in table_grid.rows:
+        table.add_row(row, *(_rich_cell(cell) for cell in table_grid.row_cells(row)))
     table.caption = escape(summary_text(comp))
     return table
+
+
+def _rich_cell(cell: GridCell) -> str:
+    """The cell's fragments as rich markup, one a line: ours by status, the verdict by its kind."""
+    if cell.absent:
+        return "[dim]–[/]"
+    styles = {
+        "ours": OURS_STYLES.get(cell.status, ""),
+        "verdict": VERDICT_STYLES.get(cell.verdict, "dim"),
+        "quantity": "dim",
+    }
+    return "\n".join(
+        f"[{style}]{escape(f.text)}[/]" if (style := styles.get(f.kind)) else escape(f.text)
+        for f in cell.fragments
+    )
 
 
 MARKS = {
@@ -273,20 +342,21 @@ def terminal(comp: TableComparison, width: int) -> RenderableType:
     """The comparison for a terminal ``width`` columns wide: the paper's grid with every cell's full text when it fits,
     else one line per cell (mean ± std, Δ, a verdict mark; the legend once), else one block per cell (the long
     format). Nothing is cut: text that is still too wide wraps."""
-    wide = to_rich(comp)
+    table_grid = grid(comp)
+    wide = _rich_table(table_grid)
     if natural_width(wide) <= width:
         return wide
-    compact = _compact(comp, width)
+    compact = _compact(table_grid, width)
     if compact is not None:
         return Group(
             *wrapped(title(comp), width),
             *compact,
-            *wrapped(_pairs_legend(comp), width),
+            *wrapped(_pairs_legend(table_grid), width),
             *wrapped(LEGEND, width),
             *wrapped(summary_text(comp), width),
         )
     return Group(
-        *wrapped(title(comp), width), *_long(comp, width), *wrapped(summary_text(comp), width)
+        *wrapped(title(comp), width), *_long(table_grid, width), *wrapped(summary_text(comp), width)
     )
 
 
@@ -305,10 +375,10 @@ def compact_text(comp: TableComparison, cell: pd.Series) -> str:
     return f"{ours}{delta} {mark}{' †' if metric_note(comp, cell) else ''}{partial}"
 
 
-def _compact(comp: TableComparison, width: int) -> list[Text] | None:
+def _compact(table_grid: Grid, width: int) -> list[Text] | None:
     """The grid with one line per cell, its pairs split into bands that fit ``width``; None when one pair does not."""
-    rows, columns, cells = _grid(comp)
-    text = {(row, c): compact_text(comp, cells[(row, c)]) for row in rows for c in columns}
+    rows, columns, cells = table_grid.rows, table_grid.columns, table_grid.cells
+    text = {key: compact_text(table_grid.comp, cell.data) for key, cell in cells.items()}
     first = max(cell_len(r) for r in ["method", *rows])
     widths = {c: max(cell_len(v) for v in [c, *(text[(row, c)] for row in rows)]) for c in columns}
     bands: list[list[str]] = []
@@ -328,7 +398,7 @@ def _compact(comp: TableComparison, width: int) -> list[Text] | None:
         for row in rows:
             line = Text(row.ljust(first), style="bold")
             for c in band:
-                verdict = cells[(row, c)]["verdict"]
+                verdict = cells[(row, c)].verdict
                 line.append(
                     "  " + " " * (widths[c] - cell_len(text[(row, c)])) + text[(row, c)],
                     style=MARK_STYLES.get(verdict, "" if verdict == "inconclusive" else "dim"),
@@ -337,61 +407,59 @@ def _compact(comp: TableComparison, width: int) -> list[Text] | None:
     return out
 
 
-def _pairs_legend(comp: TableComparison) -> str:
+def _pairs_legend(table_grid: Grid) -> str:
     return "pairs:\n" + "\n".join(
-        f"  {c} = {_column_header(comp, c, ' ')}" for c in dict.fromkeys(comp.cells["column"])
+        f"  {c} = {table_grid.header(c, ' ')}" for c in table_grid.columns
     )
 
 
-def _long(comp: TableComparison, width: int) -> list[Text]:
+def _long(table_grid: Grid, width: int) -> list[Text]:
     """One block per cell: its row × pair, then each of its lines (ours, paper, Δ, verdict, quantities), wrapped."""
-    rows, columns, cells = _grid(comp)
     out = []
-    for row in rows:
-        for column_id in columns:
-            cell = cells[(row, column_id)]
-            if cell["status"] == "absent":
+    for row in table_grid.rows:
+        for cell in table_grid.row_cells(row):
+            if cell.absent:
                 continue
             out += wrapped(
-                f"{row} × {column_id} ({_column_header(comp, column_id, ' ')})", width, "  ", "bold"
+                f"{row} × {cell.column} ({table_grid.header(cell.column, ' ')})",
+                width,
+                "  ",
+                "bold",
             )
-            said = verdict_text(cell, comp.alpha)
-            for line in cell_lines(comp, cell):
-                out += wrapped(
-                    line,
-                    width,
-                    "      ",
-                    MARK_STYLES.get(cell["verdict"], "") if line == said else "",
-                    "    ",
-                )
+            for f in cell.fragments:
+                style = MARK_STYLES.get(cell.verdict, "") if f.kind == "verdict" else ""
+                out += wrapped(f.text, width, "      ", style, "    ")
     return out
 
 
+# --------------------------------------------------------------------------- Markdown
+
+
 def to_markdown(comp: TableComparison) -> str:
-    rows, columns, cells = _grid(comp)
+    table_grid = grid(comp)
     lines = [
         f"**{title(comp)}**".replace("\n", "  \n"),
         "",
-        "| method | " + " | ".join(_column_header(comp, c, " ") for c in columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        "| method | " + " | ".join(table_grid.header(c, " ") for c in table_grid.columns) + " |",
+        "|---|" + "---:|" * len(table_grid.columns),
     ]
-    for row in rows:
-        parts = []
-        for column_id in columns:
-            cell = cells[(row, column_id)]
-            if cell["status"] == "absent":
-                parts.append("–")
-                continue
-            delta = f" (Δ {delta_text(cell)})" if delta_text(cell) else ""
-            said = verdict_text(cell, comp.alpha)
-            verdict = f"<br>{said}" if said else ""
-            extra = "".join(f"<br>{line}" for line in quantity_lines(comp, row, column_id))
-            parts.append(
-                f"{ours_text(comp, cell)}<br>paper {paper_text(cell)}{delta}{verdict}{extra}"
-            )
+    for row in table_grid.rows:
+        parts = [_markdown_cell(cell) for cell in table_grid.row_cells(row)]
         lines.append(f"| {row} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + f"\n\n{summary_text(comp)}\n"
 
+
+def _markdown_cell(cell: GridCell) -> str:
+    """The fragments split by <br>, with Δ in parentheses beside the paper's value."""
+    if cell.absent:
+        return "–"
+    text = cell.fragments[0].text
+    for f in cell.fragments[1:]:
+        text += f" ({f.text})" if f.kind == "delta" else f"<br>{f.text}"
+    return text
+
+
+# --------------------------------------------------------------------------- LaTeX
 
 LATEX_MARKS = {
     "reproduced": r"$\surd$",
@@ -424,10 +492,6 @@ def _latex_num(value: float, std: float) -> str:
     return _num(value, std).replace(" ± ", r"$\pm$").replace("–", "--")
 
 
-def _quantities(comp: TableComparison, row: str, column: str) -> pd.DataFrame:
-    return comp.quantities[(comp.quantities["row"] == row) & (comp.quantities["column"] == column)]
-
-
 def _latex_quantity(quantity: pd.Series) -> str:
     """'2.88\\% / 2.88\\%': ours / published, in the paper's parenthesised style."""
     unit = r"\%" if quantity["source"] != "test_loss" else ""
@@ -442,7 +506,8 @@ def _latex_quantity(quantity: pd.Series) -> str:
 
 
 def to_latex(comp: TableComparison) -> str:
-    rows, columns, cells = _grid(comp)
+    table_grid = grid(comp)
+    columns = table_grid.columns
     lines = [
         r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule); the marks are plain LaTeX math symbols",
         r"\begin{table}[t]",
@@ -452,28 +517,12 @@ def to_latex(comp: TableComparison) -> str:
         r"\begin{tabular}{l" + "c" * len(columns) + "}",
         r"\toprule",
         "Method & "
-        + " & ".join(_latex_escape(_column_header(comp, c, " ")) for c in columns)
+        + " & ".join(_latex_escape(table_grid.header(c, " ")) for c in columns)
         + r" \\",
         r"\midrule",
     ]
-    for row in rows:
-        parts = []
-        for column_id in columns:
-            cell = cells[(row, column_id)]
-            if cell["status"] == "absent":
-                parts.append("--")
-                continue
-            ours = (
-                _latex_num(cell["ours_mean"], cell["ours_std"]) + f"$_{{n={cell['n']}}}$"
-                if cell["n"]
-                else _latex_escape(_ours_text(cell))
-            )
-            ours += f" {LATEX_MARKS[cell['verdict']]}" if cell["verdict"] in LATEX_MARKS else ""
-            ours += f" {_latex_escape(note)}" if (note := metric_note(comp, cell)) else ""
-            extra = "".join(
-                f" ({_latex_quantity(q)})" for _, q in _quantities(comp, row, column_id).iterrows()
-            )
-            parts.append(f"{ours} ({_latex_num(cell['paper_mean'], cell['paper_std'])}){extra}")
+    for row in table_grid.rows:
+        parts = [_latex_cell(cell) for cell in table_grid.row_cells(row)]
         lines.append(_latex_escape(row) + " & " + " & ".join(parts) + r" \\")
     lines += [
         r"\bottomrule",
@@ -488,27 +537,73 @@ def to_latex(comp: TableComparison) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _latex_cell(cell: GridCell) -> str:
+    """'70.05$\\pm$0.13$_{n=4}$ $\\surd$ (70.00$\\pm$0.20)', then each quantity as (ours / published)."""
+    if cell.absent:
+        return "--"
+    data = cell.data
+    ours = (
+        _latex_num(data["ours_mean"], data["ours_std"]) + f"$_{{n={data['n']}}}$"
+        if data["n"]
+        else _latex_escape(_ours_text(data))
+    )
+    ours += f" {LATEX_MARKS[cell.verdict]}" if cell.verdict in LATEX_MARKS else ""
+    ours += f" {_latex_escape(cell.note)}" if cell.note else ""
+    extra = "".join(f" ({_latex_quantity(q)})" for _, q in cell.quantities.iterrows())
+    return f"{ours} ({_latex_num(data['paper_mean'], data['paper_std'])}){extra}"
+
+
+# --------------------------------------------------------------------------- HTML
+
+
 def to_html(comp: TableComparison) -> str:
-    rows, columns, cells = _grid(comp)
+    """A fragment to embed: the table with its caption, then the summary (`kdbench report` makes a page)."""
+    e = html.escape
+    rows = html_rows(grid(comp))
+    return (
+        "\n".join(
+            [
+                f"<table>\n<caption>{e(title(comp))}</caption>",
+                *rows,
+                f"</table>\n<p>{e(summary_text(comp))}</p>",
+            ]
+        )
+        + "\n"
+    )
+
+
+def html_rows(table_grid: Grid, *, page: bool = False) -> list[str]:
+    """The table's <tr> rows: the pairs' header, then one row per method, each cell's class its verdict (or
+    status). ``page`` (`kdbench report`): the headers also give the pair ids, the verdict line is emphasised
+    and the verdict's detail follows."""
+    e = html.escape
+    ids = (lambda c: f"<br><code>{e(c)}</code>") if page else (lambda c: "")
     out = [
-        f"<table>\n<caption>{html.escape(title(comp))}</caption>",
         "<tr><th>method</th>"
-        + "".join(f"<th>{html.escape(_column_header(comp, c, ' '))}</th>" for c in columns)
-        + "</tr>",
+        + "".join(f"<th>{e(table_grid.header(c, ' '))}{ids(c)}</th>" for c in table_grid.columns)
+        + "</tr>"
     ]
-    for row in rows:
-        tds = []
-        for column_id in columns:
-            cell = cells[(row, column_id)]
-            parts = cell_lines(comp, cell)
-            tds.append(
-                f'<td class="{html.escape(str(cell["verdict"]).replace(" ", "-"))}">'
-                + "<br>".join(html.escape(p) for p in parts)
-                + "</td>"
-            )
-        out.append(f"<tr><th>{html.escape(row)}</th>" + "".join(tds) + "</tr>")
-    out.append(f"</table>\n<p>{html.escape(summary_text(comp))}</p>")
-    return "\n".join(out) + "\n"
+    for row in table_grid.rows:
+        tds = "".join(_html_cell(cell, page) for cell in table_grid.row_cells(row))
+        out.append(f"<tr><th>{e(row)}</th>{tds}</tr>")
+    return out
+
+
+def _html_cell(cell: GridCell, page: bool) -> str:
+    e = html.escape
+    if cell.absent:
+        body = e("–")
+    else:
+        body = "<br>".join(
+            f'<span class="v">{e(f.text)}</span>' if page and f.kind == "verdict" else e(f.text)
+            for f in cell.fragments
+        )
+    if page and cell.data["detail"]:
+        body += f'<span class="detail">{e(str(cell.data["detail"]))}</span>'
+    return f'<td class="{e(cell.verdict.replace(" ", "-"))}">{body}</td>'
+
+
+# --------------------------------------------------------------------------- CSV
 
 
 def to_csv(comparisons: list[TableComparison]) -> str:

@@ -167,31 +167,11 @@ def _curves_png(comp: TableComparison, cells: list[CellRuns]) -> str:
 
 
 def _table_html(comp: TableComparison) -> str:
-    rows, columns, cells = render._grid(comp)
-    e = html.escape
-    out = [
-        '<table class="results"><tr><th>method</th>'
-        + "".join(
-            f"<th>{e(render._column_header(comp, c, ' '))}<br><code>{e(c)}</code></th>"
-            for c in columns
-        )
-        + "</tr>"
-    ]
-    for row in rows:
-        tds = []
-        for column_id in columns:
-            cell = cells[(row, column_id)]
-            klass = str(cell["verdict"] if cell["n"] else cell["status"]).replace(" ", "-")
-            lines = render.cell_lines(comp, cell)
-            said = render.verdict_text(cell, comp.alpha)
-            body = "<br>".join(
-                f'<span class="v">{e(line)}</span>' if line == said else e(line) for line in lines
-            )
-            if cell["detail"]:
-                body += f'<span class="detail">{e(str(cell["detail"]))}</span>'
-            tds.append(f'<td class="{e(klass)}">{body}</td>')
-        out.append(f"<tr><th>{e(row)}</th>" + "".join(tds) + "</tr>")
-    return "\n".join(out) + "</table>"
+    return (
+        '<table class="results">'
+        + "\n".join(render.html_rows(render.grid(comp), page=True))
+        + "</table>"
+    )
 
 
 def _provenance_html(results: Path, found: Plan, comp: TableComparison) -> str:
