@@ -296,7 +296,7 @@ def _run_options(
 ):
     """The :class:`~kdbench.train.options.RunOptions` that a command's flags ask for (``loggers``: parsed
     ``--log-to``, default curves.DEFAULT); ``reproduce`` and ``train`` build theirs here."""
-    from kdbench.results import curves
+    from kdbench.train import curves
     from kdbench.train.compute import ComputeOptions
     from kdbench.train.options import RunOptions
 
@@ -479,16 +479,16 @@ def reproduce(
 ) -> None:
     """Train everything a table needs: teachers first, then every student trial. Finished runs are reused."""
     try:
-        from kdbench.data.identity import identified
         from kdbench.execute.factory import ExecutorOptions, make_executor
         from kdbench.execute.local.executor import LocalOptions
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
         from kdbench.execute.slurm.executor import SlurmOptions
+        from kdbench.plan import identified
         from kdbench.plan import plan as make_plan
         from kdbench.processes import Interrupted, interruptible
         from kdbench.recipe import load_recipe
-        from kdbench.results import curves
+        from kdbench.train import curves
 
         _refuse_other_executors_options(ctx, executor)
         _check_loader(loader)
@@ -1169,7 +1169,7 @@ def show(
 ) -> None:
     """Show a recipe's plan: its pairs and rows, every run with its status, and a cost estimate."""
     try:
-        from kdbench.data.identity import identified
+        from kdbench.plan import identified
         from kdbench.plan import plan as make_plan
         from kdbench.recipe import load_recipe
 
@@ -1202,9 +1202,9 @@ def _print_plan(table_plan, results: Path, data_dir: Optional[str]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from kdbench.cost import estimate
     from kdbench.results.collect import run_status
     from kdbench.store.run_dir import RunDir
-    from kdbench.tools.cost import estimate
     from kdbench.train.checkpoints import describe_teachers
 
     r = table_plan.recipe
@@ -1281,7 +1281,7 @@ def _print_measured_cost(
     table_plan, todo: list[str], results: Path, data_dir: Optional[str]
 ) -> None:
     """GPU-hours of the remaining runs from the throughput measured on each device (runs and benches)."""
-    from kdbench.tools.cost import estimate_by_device, measured_throughputs
+    from kdbench.cost import estimate_by_device, measured_throughputs
 
     measurements = measured_throughputs(results)
     if not todo:
@@ -1341,9 +1341,8 @@ def train(
     """Train one run (what the executors call). Resumes from its checkpoint if one exists."""
     from kdbench import train as training
     from kdbench.processes import EXIT_LOCKED, watch_parent
-    from kdbench.results import curves
     from kdbench.store.run_dir import RunLocked
-    from kdbench.train import distributed
+    from kdbench.train import curves, distributed
 
     watch_parent()  # started by `reproduce`: end with it
     try:

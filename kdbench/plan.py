@@ -16,12 +16,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdbench import methods, models
-from kdbench.data.registry import dataset_info
+from kdbench.data.identity import content_digest
+from kdbench.data.registry import dataset_info, resolve_data_dir
 from kdbench.errors import KdbenchError, UnknownNameError, did_you_mean
 from kdbench.models import pretrained
 from kdbench.recipe import (
@@ -193,6 +195,24 @@ class Plan:
     def ordered(self) -> list[RunSpec]:
         """Runs with every dependency before its dependents (teachers, then students, then their followers)."""
         return dependency_order(self.specs.values())
+
+
+def identified(recipe: Recipe, data_dir: str | Path | None) -> Recipe:
+    """``recipe`` with its dataset's content digest filled in (checked against the recipe's pin, if it has one)."""
+    root = resolve_data_dir(data_dir)
+    digest = content_digest(recipe.dataset.name, recipe.dataset.options, root)
+    pinned = recipe.dataset.content
+    if pinned is not None and digest is not None and pinned != digest:
+        raise KdbenchError(
+            f"recipe {recipe.name}: dataset.content pins {pinned[:12]}…, but the {recipe.dataset.name} data "
+            f"under {root} has content {digest[:12]}…: point --data-dir at the pinned data, or remove "
+            "dataset.content from the recipe to train on this data (new run ids)."
+        )
+    if digest is None or digest == pinned:
+        return recipe
+    return recipe.model_copy(
+        update={"dataset": recipe.dataset.model_copy(update={"content": digest})}
+    )
 
 
 def dependency_order(specs: Iterable[RunSpec]) -> list[RunSpec]:

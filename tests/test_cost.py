@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from kdbench import cost
 from kdbench.io import atomic_write_json
 from kdbench.plan import plan
 from kdbench.recipe import load_recipe
 from kdbench.store.run_dir import RunDir
-from kdbench.tools import cost
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,8 @@ from kdbench.execute.local.executor import (
 from kdbench.execute.slurm import jobs as slurm_jobs
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
-from kdbench.results import curves
 from kdbench.store.run_dir import RunDir
-from kdbench.train import loop
+from kdbench.train import curves, loop
 from kdbench.train.options import RunOptions
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader

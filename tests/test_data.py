@@ -362,8 +362,8 @@ def test_every_dataset_has_its_info() -> None:
 
 def test_a_new_dataset_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
     """A DatasetInfo added to DATASETS is all that loading, option checks, cost and the smoke profile need."""
+    from kdbench import cost
     from kdbench.plan import DataSpec
-    from kdbench.tools import cost
 
     def load_tiny(*, classes: int = 3) -> ImageArrays:
         return dataclasses.replace(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from kdbench.data import identity
-from kdbench.data.identity import content_digest, identified, verify_content
+from kdbench.data.identity import content_digest, verify_content
 from kdbench.errors import KdbenchError
-from kdbench.plan import plan
+from kdbench.plan import identified, plan
 from kdbench.recipe import Recipe
 
 RECIPE = {

@@ -8,10 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from kdbench import models
+from kdbench import cost, models
 from kdbench._torchvision import import_torchvision
 from kdbench.execute.local import packing
-from kdbench.tools import cost
 from torch import nn
 
 SIZE = 64  # small test images: every tap keeps its stride (ResNet layer4 is 2×2)

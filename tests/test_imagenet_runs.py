@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from kdbench import train
 from kdbench.cli import app
+from kdbench.cost import dataset_sizes, estimate
 from kdbench.data.datasets.imagenet import SMOKE_IMAGENET_DATA
 from kdbench.io import atomic_write_json
 from kdbench.plan import (
@@ -18,7 +19,6 @@ from kdbench.plan import (
     plan,
 )
 from kdbench.recipe import DatasetRef, load_recipe
-from kdbench.tools.cost import dataset_sizes, estimate
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
 from typer.testing import CliRunner

@@ -10,7 +10,7 @@ import pytest
 from kdbench import cli, train
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
-from kdbench.results import curves
+from kdbench.train import curves
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
 from typer.testing import CliRunner

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from kdbench.cli import app
-from kdbench.execute.overview import RunRow, estimate
 from kdbench.execute.progress import RunProgress
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.results.overview import RunRow, estimate
 from kdbench.store.run_dir import RunDir
 from rich.console import Console
 from typer.testing import CliRunner

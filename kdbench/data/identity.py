@@ -26,7 +26,6 @@ from typing import Any
 from kdbench.data.registry import dataset_info, resolve_data_dir
 from kdbench.errors import KdbenchError
 from kdbench.io import atomic_write_json
-from kdbench.recipe import Recipe
 
 _CHUNK = 1 << 20
 
@@ -83,24 +82,6 @@ def cached_digest(key: str, stamp: str, compute: Callable[[], str]) -> str:
     with contextlib.suppress(OSError):  # a read-only home: hash again next time
         atomic_write_json(cache_file, cache)
     return value
-
-
-def identified(recipe: Recipe, data_dir: str | Path | None) -> Recipe:
-    """``recipe`` with its dataset's content digest filled in (checked against the recipe's pin, if it has one)."""
-    root = resolve_data_dir(data_dir)
-    digest = content_digest(recipe.dataset.name, recipe.dataset.options, root)
-    pinned = recipe.dataset.content
-    if pinned is not None and digest is not None and pinned != digest:
-        raise KdbenchError(
-            f"recipe {recipe.name}: dataset.content pins {pinned[:12]}…, but the {recipe.dataset.name} data "
-            f"under {root} has content {digest[:12]}…: point --data-dir at the pinned data, or remove "
-            "dataset.content from the recipe to train on this data (new run ids)."
-        )
-    if digest is None or digest == pinned:
-        return recipe
-    return recipe.model_copy(
-        update={"dataset": recipe.dataset.model_copy(update={"content": digest})}
-    )
 
 
 def verify_content(

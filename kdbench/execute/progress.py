@@ -1,7 +1,7 @@
 """Live view of a reproduction, fed by the executor's events.
 
 On a terminal: a rich Live panel (counts, each running run's slot, epoch x/y and elapsed time, the ETA;
-``execute/overview.py``) refreshed once a second by rich's own thread, which reads the running runs'
+``results/overview.py``) refreshed once a second by rich's own thread, which reads the running runs'
 ``metrics.jsonl`` and ``launch.json``; finished runs are printed above it as lines. Elsewhere (CI logs):
 plain lines only, one per event, with the counts and the ETA after each finished run.
 """
@@ -15,14 +15,14 @@ from pathlib import Path
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from kdbench.execute.overview import (
+from kdbench.plan import RunSpec
+from kdbench.results.overview import (
     counts_text,
     estimate,
     read_progress,
     render,
     row_for,
 )
-from kdbench.plan import RunSpec
 
 STATE_OF_EVENT = {
     "started": "running",

@@ -102,7 +102,7 @@ def status_document(
 ) -> dict:
     """``status --json``: every run of the table (or under ``results``) with its state, epoch and note, and counts
     (``teachers``: the table planned with that teacher source, as ``status --teachers``)."""
-    from kdbench.execute.overview import STATES
+    from kdbench.results.overview import STATES
     from kdbench.results.status import rows_of, stored_specs, table_plan
 
     if recipe is not None:

@@ -18,7 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.errors import KdbenchError
-from kdbench.execute.overview import (
+from kdbench.io import read_json
+from kdbench.layout import fit
+from kdbench.plan import Plan, RunSpec, dependency_order
+from kdbench.results.collect import run_status
+from kdbench.results.overview import (
     STATES,
     STYLES,
     RunRow,
@@ -27,10 +31,6 @@ from kdbench.execute.overview import (
     render,
     row_for,
 )
-from kdbench.io import read_json
-from kdbench.layout import fit
-from kdbench.plan import Plan, RunSpec, dependency_order
-from kdbench.results.collect import run_status
 from kdbench.results.tables import read_record
 from kdbench.store.run_dir import RunDir, runs_dir, tables_dir
 

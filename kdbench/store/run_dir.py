@@ -5,7 +5,7 @@ line per finished epoch), ``checkpoint.pt`` (resume point), ``model.pt`` (final 
 ``result.json`` (written last: its presence means "done"), ``failed.json`` (why a run failed),
 ``launch.json`` (the local executor's slot, start time and starting epoch of the latest attempt),
 ``train.log``, ``.lock``, ``checksums.json``, and the training curves: TensorBoard event files in ``tb/`` (plus
-``wandb/`` or ``mlflow_run_id`` with those loggers; ``kdbench/results/curves.py``). Tables reproduced from recipes are recorded under ``tables/``.
+``wandb/`` or ``mlflow_run_id`` with those loggers; ``kdbench/train/curves.py``). Tables reproduced from recipes are recorded under ``tables/``.
 
 Integrity: ``checkpoint.pt``, ``model.pt``, ``metrics.jsonl`` and ``result.json`` are written through
 :meth:`RunDir.write_verified`, which records the sha256 of the new content in ``checksums.json`` *before*
@@ -69,7 +69,7 @@ class RunDir:
     def __init__(self, results: Path, run_id: str):
         self.run_id = check_run_id(run_id)
         self.path = Path(results) / "runs" / run_id
-        # Called with the whole history after each write_metrics (the curve loggers, results/curves.py).
+        # Called with the whole history after each write_metrics (the curve loggers, train/curves.py).
         self.metrics_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
 
     spec_file = property(lambda self: self.path / "spec.json")

@@ -453,8 +453,8 @@ def malloc_note(report: BenchReport) -> str:
 def save_record(report: BenchReport, results: Path) -> Path:
     """Keep the measurement under ``results/bench/`` (one file per device, method, pair and batch, the latest
     wins), where ``kdbench show`` reads measured throughput from."""
+    from kdbench.cost import BENCH_DIR
     from kdbench.io import atomic_write_json
-    from kdbench.tools.cost import BENCH_DIR
 
     c = report.config
     slug = re.sub(

@@ -31,9 +31,8 @@ from kdbench.io import WriteFailed, atomic_write_json
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
 from kdbench.provenance import source_commit
-from kdbench.results import curves
 from kdbench.store.run_dir import RunDir, RunLocked
-from kdbench.train import checkpoints, distributed, sources, teacher_cache
+from kdbench.train import checkpoints, curves, distributed, sources, teacher_cache
 from kdbench.train.compute import (
     Compute,
     PrecisionRecord,
@@ -78,7 +77,7 @@ def run(
     ``options``: where and how it trains (kdbench/train/options.py), never what: its device, data directory,
     loader (every kind gives the same batches, ``data/loaders/factory.py``), compute options, the executor's slot
     (recorded in ``launch.json`` for ``kdbench status`` once the run's lock is held) and the loggers rank 0
-    also sends each epoch's metrics to (``kdbench/results/curves.py``; ``()``: metrics.jsonl only).
+    also sends each epoch's metrics to (``kdbench/train/curves.py``; ``()``: metrics.jsonl only).
     ``show_progress``: a progress bar over each epoch's steps (default: on an interactive terminal).
     Started as one rank of a DDP run (torchrun or SLURM variables, ``kdbench/train/distributed.py``), it trains
     its share of every global batch and only rank 0 writes the run directory."""
@@ -874,7 +873,7 @@ def _summarise(
 
 def _steady_images_per_s(history: list[dict[str, Any]]) -> float:
     """Mean training images/s over the epochs after the first: epoch 1 also pays for compiling (and cold caches),
-    which would make short runs look slow to the cost estimates (``kdbench show``, tools/cost.py). A one-epoch run keeps it."""
+    which would make short runs look slow to the cost estimates (``kdbench show``, cost.py). A one-epoch run keeps it."""
     steady = [h for h in history if h.get("epoch") != 1] or history
     return sum(h.get("images_per_s", 0.0) for h in steady) / len(steady)
 

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from kdbench.data import LOADERS
 from kdbench.errors import KdbenchError
-from kdbench.results import curves
+from kdbench.train import curves
 from kdbench.train.compute import ComputeOptions
 
 

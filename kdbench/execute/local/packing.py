@@ -97,9 +97,9 @@ def model_size(name: str, num_classes: int, image_size: int) -> tuple[int, int]:
 def footprint(spec, teacher_cache: str = "auto") -> Footprint:
     """The :class:`Footprint` of a :class:`~kdbench.plan.RunSpec` trained with ``--teacher-cache teacher_cache``."""
     from kdbench import methods
+    from kdbench.cost import dataset_sizes, network_geometry
     from kdbench.data.loaders.tensor_arrays import TRAIN_PADDING
     from kdbench.data.registry import dataset_info
-    from kdbench.tools.cost import dataset_sizes, network_geometry
 
     classes, size = network_geometry(spec)
     student = model_size(spec.model, classes, size)
