@@ -28,10 +28,12 @@ demo: install
 	$(BIN)/kdbench reproduce simkd-table1 --profile smoke --results $(RESULTS) --cpu-jobs 2
 	$(BIN)/kdbench compare $(RESULTS) --recipe simkd-table1
 
-# Lint and format check (ruff) before any test: pyproject.toml [tool.ruff].
+# Before any test: lint and format (ruff), types (mypy) and the import layering (import-linter);
+# their settings are in pyproject.toml ([tool.ruff], [tool.mypy], [tool.importlinter]).
 lint: install
 	$(BIN)/ruff check kdbench tests scripts
 	$(BIN)/ruff format --check kdbench tests scripts
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q
