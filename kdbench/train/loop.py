@@ -34,6 +34,20 @@ from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
 from kdbench.provenance import source_commit
 from kdbench.results import curves
+from kdbench.store.records import (
+    MAIN_HEAD,
+    ComputeResult,
+    EpochRecord,
+    HeadResult,
+    ImportedCheckpoint,
+    KeptWeights,
+    PrecisionResult,
+    RunResult,
+    TestLossResult,
+    TestStats,
+    TopK,
+    TrainStats,
+)
 from kdbench.store.run_dir import RUN_ID, RunDir, RunLocked
 from kdbench.train import checkpoints, distributed, teacher_cache
 from kdbench.train.compute import (
@@ -135,7 +149,7 @@ def run(
     compute: ComputeOptions | None = None,
     slot: str | None = None,
     loggers: Sequence[str] = curves.DEFAULT,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
     ``loader`` is one of ``data.LOADER_KINDS``; every kind gives the same batches (``data/select.py``).
@@ -176,7 +190,7 @@ def _run(
     compute: ComputeOptions,
     slot: str | None,
     loggers: Sequence[str] = curves.DEFAULT,
-) -> dict[str, Any]:
+) -> RunResult:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
         state, locked = "train", None
@@ -243,7 +257,7 @@ def _import(
     num_workers: int,
     loader: str,
     group: Group,
-) -> dict[str, Any]:
+) -> RunResult:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
     arrays = _dataset(spec, data_dir)
@@ -263,13 +277,14 @@ def _import(
         loader, arrays, device=device, num_workers=num_workers, data_dir=data_dir
     )
     stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
-    history = [{"epoch": 0, "phase": "imported", **stats}]
-    result = _summarise(spec, history, device, time.time() - started, group)
-    result["imported"] = {
-        "path": str(path),
-        "sha256": digest,
-        "format": spec.checkpoint.format,
-    }  # full digest
+    history = [EpochRecord.of(0, phase="imported", test=stats)]
+    result = _summarise(spec, history, device, time.time() - started, group).model_copy(
+        update={
+            "imported": ImportedCheckpoint(
+                path=str(path), sha256=digest, format=spec.checkpoint.format
+            )  # full digest
+        }
+    )
     if group.is_main:
         rundir.write_metrics(history)
         rundir.save_torch(rundir.model_file, distiller.inference_state())
@@ -279,7 +294,7 @@ def _import(
         spec.run_id,
         path,
         digest,
-        stats["test_top1"],
+        stats.top1,
     )
     return result
 
@@ -295,7 +310,7 @@ def _train(
     loader: str,
     options: ComputeOptions,
     group: Group,
-) -> dict[str, Any]:
+) -> RunResult:
     # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
     precision = options.resolve(device).apply_fp32_math(device)
     if spec.checkpoint is not None:
@@ -405,7 +420,7 @@ def _train(
                 "init_optimizer": init_optimizer.state_dict()
                 if init_optimizer is not None
                 else None,
-                "history": history,
+                "history": [h.to_json() for h in history],
                 "precision": compute.precision,
                 **({"best": best} if best is not None else {}),
             },
@@ -431,15 +446,15 @@ def _train(
                     global_sizes=global_sizes,
                 )
                 history.append(
-                    {
-                        "phase": "init",
-                        "epoch": init_epoch,
-                        "lr": init_optimizer.param_groups[0]["lr"],
-                        **stats,
-                    }
+                    EpochRecord.of(
+                        init_epoch,
+                        phase="init",
+                        lr=init_optimizer.param_groups[0]["lr"],
+                        train=stats,
+                    )
                 )
                 checkpoint(0, init_epoch)
-                log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats["loss"])
+                log.info("init epoch %d/%d loss %.4f", init_epoch, stage.epochs, stats.loss)
         init_done = stage.epochs if stage is not None else 0
         for epoch in range(done.epochs + 1, spec.train.epochs + 1):
             lr = spec.train.lr_at(epoch)
@@ -466,12 +481,12 @@ def _train(
             test_stats = evaluate(
                 distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group
             )
-            history.append({"epoch": epoch, "lr": lr, **train_stats, **test_stats})
-            if spec.keep == "best" and (best is None or test_stats["test_top1"] > best["top1"]):
+            history.append(EpochRecord.of(epoch, lr=lr, train=train_stats, test=test_stats))
+            if spec.keep == "best" and (best is None or test_stats.top1 > best["top1"]):
                 # Strictly better, as SimKD's train_teacher.py:224 (test_acc > best_acc): the first best epoch wins.
                 best = {
                     "epoch": epoch,
-                    "top1": test_stats["test_top1"],
+                    "top1": test_stats.top1,
                     "state": {
                         k: v.detach().to("cpu", copy=True)
                         for k, v in distiller.inference_state().items()
@@ -483,32 +498,32 @@ def _train(
                 epoch,
                 spec.train.epochs,
                 lr,
-                train_stats["loss"],
-                train_stats["train_top1"],
-                test_stats["test_top1"],
-                test_stats["test_top5"],
+                train_stats.loss,
+                train_stats.train_top1,
+                test_stats.top1,
+                test_stats.top5,
             )
-    result = _summarise(
-        spec, [h for h in history if h.get("phase") != "init"], device, time.time() - started, group
-    )
-    result["compute"] = {
-        **asdict(compute),
-        "teacher_cache": cache is not None,
-        "teacher_cache_build_seconds": cache_seconds,
-        "compiled": compiled_active(networks) if compute.compile else False,
-        "compile_fallbacks": compile_fallbacks(networks),
-        "requested": options.to_json(),
+    done_record = {
+        "compute": ComputeResult(
+            **{
+                **asdict(compute),
+                "teacher_cache": cache is not None,
+                "teacher_cache_build_seconds": cache_seconds,
+                "compiled": compiled_active(networks) if compute.compile else False,
+                "compile_fallbacks": compile_fallbacks(networks),
+                "requested": options.to_json(),
+            }
+        )
     }
     if best is not None:
-        result["kept"] = {
-            "keep": "best",
-            "epoch": best["epoch"],
-            "top1": best["top1"],
-            "file": rundir.best_model_file.name,
-        }
-    result["precision"] = (
-        precision.to_json()
-    )  # part of what the result is: compare marks cells that pool precisions
+        done_record["kept"] = KeptWeights(
+            keep="best", epoch=best["epoch"], top1=best["top1"], file=rundir.best_model_file.name
+        )
+    # Part of what the result is: compare marks cells that pool precisions.
+    done_record["precision"] = PrecisionResult(**precision.to_json())
+    result = _summarise(
+        spec, [h for h in history if h.is_main], device, time.time() - started, group
+    ).model_copy(update=done_record)
     if group.is_main:
         rundir.save_torch(rundir.model_file, distiller.inference_state())
         if best is not None:
@@ -681,7 +696,7 @@ class _Progress:
 
     epochs: int = 0
     init_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     best: dict[str, Any] | None = (
         None  # keep "best": {"epoch", "top1", "state"} of the best epoch so far
     )
@@ -722,7 +737,10 @@ def _resume(
         ckpt.get("init_epoch", 0),
     )
     return _Progress(
-        ckpt["epoch"], ckpt.get("init_epoch", 0), list(ckpt["history"]), ckpt.get("best")
+        ckpt["epoch"],
+        ckpt.get("init_epoch", 0),
+        [EpochRecord.from_json(h) for h in ckpt["history"]],
+        ckpt.get("best"),
     )
 
 
@@ -738,7 +756,7 @@ def _train_epoch(
     teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None,
     group: Group = SINGLE,
     global_sizes: list[int] | None = None,
-) -> dict[str, float]:
+) -> TrainStats:
     """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``.
 
     ``teacher_views(indices)``: the cached teacher logits of the batch's views, passed to ``step`` as
@@ -803,24 +821,24 @@ def _train_epoch(
         totals = group.sum({**sums, "correct": correct, "seen": torch.tensor(float(seen))})
         correct, seen = totals.pop("correct"), int(totals.pop("seen"))
         sums = {k: v / group.world for k, v in totals.items()}
-    means = {f"loss_{k}": float(v) / steps for k, v in sums.items()}
-    total = sum(means.values())
-    if not all(math.isfinite(v) for v in means.values()):
+    losses = {k: float(v) / steps for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in losses.values()):
+        means = {f"loss_{k}": v for k, v in losses.items()}  # as metrics.jsonl names them
         raise TrainingDiverged(
             f"loss became non-finite in epoch {epoch} ({means}); last good epoch: {epoch - 1}."
         )
-    return {
-        "loss": total,
-        **means,
-        "train_top1": 100.0 * float(correct) / max(seen, 1),
-        "images_per_s": seen / max(time.time() - started, 1e-9),
-    }
+    return TrainStats(
+        loss=sum(losses.values()),
+        losses=losses,
+        train_top1=100.0 * float(correct) / max(seen, 1),
+        images_per_s=seen / max(time.time() - started, 1e-9),
+    )
 
 
 @torch.no_grad()
 def evaluate(
     distiller: methods.Distiller, batches: Iterable, device: torch.device, group: Group = SINGLE
-) -> dict[str, float]:
+) -> TestStats:
     """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set.
 
     Over several processes each rank evaluates its shard and the counts are summed, so the metrics equal a
@@ -855,65 +873,63 @@ def evaluate(
         seen = int(totals.pop("seen"))
         hits = {k.removeprefix("hits/"): v for k, v in totals.items() if k.startswith("hits/")}
         loss_sums = {k.removeprefix("loss/"): v for k, v in totals.items() if k.startswith("loss/")}
-    stats = {}
-    for head, counts in hits.items():
-        suffix = f"_{head}" if head else ""
-        stats[f"test_top1{suffix}"], stats[f"test_top5{suffix}"] = (
-            100.0 * float(c) / seen for c in counts
-        )
-    stats.update({f"test_loss_{name}": float(total) / seen for name, total in loss_sums.items()})
-    return stats
+    return TestStats(
+        test={
+            head: TopK(top1=100.0 * float(counts[0]) / seen, top5=100.0 * float(counts[1]) / seen)
+            for head, counts in hits.items()
+        },
+        test_losses={name: float(total) / seen for name, total in loss_sums.items()},
+    )
 
 
 def _summarise(
-    spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float, group: Group
-) -> dict[str, Any]:
-    best = max(history, key=lambda h: h["test_top1"])
+    spec: RunSpec, history: list[EpochRecord], device: torch.device, seconds: float, group: Group
+) -> RunResult:
+    """The result of the main epochs ``history`` (the first, best by main top-1, wins a tie)."""
+    best = max(history, key=lambda h: h.test_top1)
     last = history[-1]
-    heads = sorted(k.removeprefix("test_top1_") for k in last if k.startswith("test_top1_"))
-    test_losses = sorted(k.removeprefix("test_loss_") for k in last if k.startswith("test_loss_"))
-    return {
-        "heads": {
-            head: {
-                "best_top1": max(h[f"test_top1_{head}"] for h in history),
-                "last_top1": last[f"test_top1_{head}"],
-            }
-            for head in heads
+    extra_heads = sorted(head for head in last.test if head != MAIN_HEAD)
+    return RunResult(
+        heads={
+            head: HeadResult(
+                best_top1=max(h.test[head].top1 for h in history), last_top1=last.test[head].top1
+            )
+            for head in extra_heads
         },
         # Test-set loss terms at the best (by main top-1) and the last epoch, e.g. SimKD's ℓ2 loss (Table 5).
-        "test_losses": {
-            name: {"best": best[f"test_loss_{name}"], "last": last[f"test_loss_{name}"]}
-            for name in test_losses
+        test_losses={
+            name: TestLossResult(best=best.test_losses[name], last=last.test_losses[name])
+            for name in sorted(last.test_losses)
         },
-        "run_id": spec.run_id,
-        "model": spec.model,
-        "method": spec.method,
-        "profile": spec.profile,
-        "seed": spec.seed,
-        "epochs": len(history),
-        "best_top1": best["test_top1"],
-        "best_top5": best["test_top5"],
-        "best_epoch": best["epoch"],
-        "last_top1": last["test_top1"],
-        "last_top5": last["test_top5"],
-        "train_images_per_s": _steady_images_per_s(history),
-        "wall_seconds": seconds,
-        "device": str(device),
-        "device_name": device_name(device),
+        run_id=spec.run_id,
+        model=spec.model,
+        method=spec.method,
+        profile=spec.profile,
+        seed=spec.seed,
+        epochs=len(history),
+        best_top1=best.test_top1,
+        best_top5=best.test_top5,
+        best_epoch=best.epoch,
+        last_top1=last.test_top1,
+        last_top5=last.test_top5,
+        train_images_per_s=_steady_images_per_s(history),
+        wall_seconds=seconds,
+        device=str(device),
+        device_name=device_name(device),
         # Not in the spec: results depend on it only through per-process BatchNorm statistics.
-        "world_size": group.world,
-        "kdbench_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "kdbench_commit": source_commit(),  # None unless kdbench runs from a git checkout
-    }
+        world_size=group.world,
+        kdbench_version=__version__,
+        torch_version=torch.__version__,
+        python=platform.python_version(),
+        kdbench_commit=source_commit(),  # None unless kdbench runs from a git checkout
+    )
 
 
-def _steady_images_per_s(history: list[dict[str, Any]]) -> float:
+def _steady_images_per_s(history: list[EpochRecord]) -> float:
     """Mean training images/s over the epochs after the first: epoch 1 also pays for compiling (and cold caches),
     which would make short runs look slow to the cost estimates (``kdbench show``, tools/cost.py). A one-epoch run keeps it."""
-    steady = [h for h in history if h.get("epoch") != 1] or history
-    return sum(h.get("images_per_s", 0.0) for h in steady) / len(steady)
+    steady = [h for h in history if h.epoch != 1] or history
+    return sum(h.images_per_s or 0.0 for h in steady) / len(steady)
 
 
 def _record_launch(rundir: RunDir, slot: str) -> None:
