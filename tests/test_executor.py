@@ -12,6 +12,8 @@ from kdbench.execute.local import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.store.run_dir import RunDir
 
+from planted import finished
+
 # A stand-in for `kdbench train`: records when and where it ran, fails for models named "fail*".
 FAKE_TRAIN = textwrap.dedent("""
     import json, os, sys, time
@@ -127,7 +129,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
             import time
 
             time.sleep(0.5)
-            rundir.result_file.write_text("{}")
+            rundir.result_file.write_text(json.dumps(finished().to_json()))
 
         threading.Thread(target=finish_elsewhere).start()
         # The lock is released when this block ends; the executor must not train the run itself.

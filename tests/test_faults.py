@@ -75,7 +75,7 @@ def env() -> dict[str, str]:
 def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
     """Run ``script`` (Python; ``SPEC``, ``RESULTS`` defined) in a subprocess that SIGKILLs itself; its return code."""
     prelude = (
-        f"from pathlib import Path\nfrom kdbench import train\nfrom kdbench.plan import RunSpec\n"
+        f"from pathlib import Path\nfrom kdbench.train import loop as train\nfrom kdbench.plan import RunSpec\n"
         f"SPEC = RunSpec.model_validate_json({s.model_dump_json()!r})\nRESULTS = Path({str(results)!r})\n"
     )
     proc = subprocess.run(
@@ -116,12 +116,12 @@ def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
     assert code == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
     before = run.read_metrics()
-    assert [h["epoch"] for h in before] == [1] and not run.is_done()
+    assert [h.epoch for h in before] == [1] and not run.is_done()
 
     result = fresh_result(tmp_path, s)
-    assert "resuming" in run.log_file.read_text() and result["epochs"] == 3
+    assert "resuming" in run.log_file.read_text() and result.epochs == 3
     after = run.read_metrics()
-    assert [h["epoch"] for h in after] == [1, 2, 3] and after[0] == before[0]
+    assert [h.epoch for h in after] == [1, 2, 3] and after[0] == before[0]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
 
     result = fresh_result(tmp_path, s)
     assert "resuming" in run.log_file.read_text() and "after epoch 1" in run.log_file.read_text()
-    assert result["epochs"] == 3 and not list(run.path.glob(".*.tmp"))
+    assert result.epochs == 3 and not list(run.path.glob(".*.tmp"))
 
 
 # --- corrupted files ----------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_truncated_checkpoint_is_refused_then_the_run_is_redone(tmp_path):
     follow_repair(message)
     result = fresh_result(tmp_path, s)
     assert (
-        result["epochs"] == 2 and run.log_file.read_text().count("epochs 1..2") == 2
+        result.epochs == 2 and run.log_file.read_text().count("epochs 1..2") == 2
     )  # restarted from scratch
 
 
@@ -220,8 +220,8 @@ def test_interrupted_run_with_corrupted_metrics_heals_from_its_checkpoint(tmp_pa
     run.metrics_file.write_text('{"epoch": 1, "test_top1": 99.0}\n')  # valid JSON, wrong content
     with pytest.raises(CorruptedFile):
         run.read_metrics()
-    assert fresh_result(tmp_path, s)["best_top1"] == result["best_top1"]
-    assert [h["epoch"] for h in run.read_metrics()] == [1, 2]
+    assert fresh_result(tmp_path, s).best_top1 == result.best_top1
+    assert [h.epoch for h in run.read_metrics()] == [1, 2]
 
 
 def _flip_a_digit(path: Path) -> None:
@@ -272,7 +272,7 @@ def test_corrupted_finished_run_is_never_read_as_a_number(tmp_path, damage):
     redone = fresh_result(
         tmp_path, s
     )  # resumes from the intact checkpoint: the same numbers, no retraining
-    assert redone["best_top1"] == result["best_top1"] and redone["epochs"] == 2
+    assert redone.best_top1 == result.best_top1 and redone.epochs == 2
     assert collect(tmp_path).set_index("run_id").loc[s.run_id, "status"] == "done"
 
 
@@ -327,7 +327,7 @@ def test_disk_full_fails_clearly_and_damages_nothing(tmpfs):
     )
 
     filler.unlink()  # space freed: the same command now trains it
-    assert fresh_result(tmpfs, other)["epochs"] == 1
+    assert fresh_result(tmpfs, other).epochs == 1
 
 
 def test_read_only_results_fail_clearly_and_finished_runs_stay_readable(tmpfs):
@@ -341,7 +341,7 @@ def test_read_only_results_fail_clearly_and_finished_runs_stay_readable(tmpfs):
         and str(tmpfs) in str(err.value)
         and "writable" in str(err.value)
     )
-    assert fresh_result(tmpfs, done)["epochs"] == 1  # a finished run is still served, read-only
+    assert fresh_result(tmpfs, done).epochs == 1  # a finished run is still served, read-only
     assert collect(tmpfs).set_index("run_id").loc[done.run_id, "status"] == "done"
 
 

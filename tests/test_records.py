@@ -200,3 +200,41 @@ def test_compare_and_status_show_the_legacy_results_dir_as_kdbench_e1fec24_did(
     out = CliRunner().invoke(app, [a.format(results=legacy) for a in args], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert out.output.replace(str(legacy), "RESULTS") == (LEGACY / recorded).read_text()
+
+
+def test_a_new_run_writes_the_legacy_keys_and_the_version(tmp_path):
+    from kdbench.plan import DataSpec, RunSpec, TrainSpec
+    from kdbench.train import loop as train
+
+    spec = RunSpec(
+        profile="smoke",
+        model="resnet8",
+        method="ce",
+        method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
+        data=DataSpec(
+            name="synthetic",
+            options={"num_classes": 4, "image_size": 16, "train_size": 16, "test_size": 8},
+        ),
+        train=TrainSpec(
+            epochs=2,
+            batch_size=8,
+            lr=0.1,
+            milestones=(),
+            lr_decay=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,
+        ),
+        seed=0,
+    )
+    result = train.run(spec, tmp_path, device="cpu", progress=False, loggers=())
+    run = RunDir(tmp_path, spec.run_id)
+    assert run.result() == result and result.epochs == 2
+    old = RunDir(LEGACY / "results", "ce-resnet8-s0-d2531b7cc866")
+    written = json.loads(run.result_file.read_text())
+    assert set(written) == set(json.loads(old.result_file.read_text())) | {"schema_version"}
+    assert set(written["compute"]) == set(json.loads(old.result_file.read_text())["compute"])
+    lines = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    old_lines = [json.loads(line) for line in old.metrics_file.read_text().splitlines()]
+    assert [set(line) for line in lines] == [set(line) | {"schema_version"} for line in old_lines]
+    assert [h.epoch for h in run.read_metrics()] == [1, 2] and run.epochs_done() == 2

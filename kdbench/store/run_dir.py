@@ -15,6 +15,9 @@ with :class:`CorruptedFile`. Files written before checksums existed (no entry in
 but a finished run with such a file is *unverified* (:meth:`RunDir.unverified`): ``compare``, ``status`` and
 ``reproduce`` show its numbers marked as such, never as verified ones (a deleted ``checksums.json`` hides any edit).
 A run's ``spec.json`` is checked against its id instead (:meth:`RunDir.check_spec`): the id hashes the spec.
+
+``metrics.jsonl`` and ``result.json`` are read and written as the typed records of :mod:`kdbench.store.records`;
+one that does not validate is refused as corrupted, naming the file, the line and the field.
 """
 
 from __future__ import annotations
