@@ -211,6 +211,7 @@ def test_a_new_run_writes_the_legacy_keys_and_the_version(tmp_path):
         model="resnet8",
         method="ce",
         method_params={"ce_weight": 1.0, "kd_weight": 0.0, "kd_temperature": 4.0},
+        teacher=None,
         data=DataSpec(
             name="synthetic",
             options={"num_classes": 4, "image_size": 16, "train_size": 16, "test_size": 8},
