@@ -64,7 +64,7 @@ def test_imported_teacher_is_verified_evaluated_and_used(trained_teacher, tmp_pa
     assert result.best_top1 == source.last_top1  # the same weights on the same test set
     student = next(s for s in plan(r, "full").specs.values() if s.method == "kd")
     assert student.teacher.run_id == spec.run_id
-    assert train.run(student, tmp_path, device="cpu", progress=False)["epochs"] == 1
+    assert train.run(student, tmp_path, device="cpu", progress=False).epochs == 1
 
 
 def test_run_id_names_the_content_not_the_location(trained_teacher, tmp_path):
@@ -126,8 +126,7 @@ def test_repdistiller_files_are_mapped_in_order_with_shapes_checked(trained_teac
         recipe({"path": str(rd), "sha256": sha256_of(rd), "format": "repdistiller"})
     )
     assert (
-        train.run(spec, tmp_path / "r", device="cpu", progress=False)["best_top1"]
-        == source.last_top1
+        train.run(spec, tmp_path / "r", device="cpu", progress=False).best_top1 == source.last_top1
     )
     shuffled = dict(reversed(list(foreign.items())))
     bad = tmp_path / "bad.pth"

@@ -235,9 +235,7 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
     monkeypatch.setattr(compute, "BACKEND", counting)
     on = ComputeOptions(compile=True, teacher_cache="off")
     teacher, _ = kd_specs(2)
-    assert train.run(teacher, tmp_path, device="cpu", progress=False, compute=on)["compute"][
-        "compiled"
-    ]
+    assert train.run(teacher, tmp_path, device="cpu", progress=False, compute=on).compute.compiled
     for seed in (2, 3):
         ran.clear()
         result = train.run(kd_specs(seed)[1], tmp_path, device="cpu", progress=False, compute=on)
