@@ -460,7 +460,7 @@ def test_nproc_2_trains_the_run_like_one_process(ddp_run):
     run = RunDir(two, spec.run_id)
     result = json.loads(run.result_file.read_text())
     assert (
-        result.world_size == 2
+        result["world_size"] == 2
         and json.loads(RunDir(one, spec.run_id).result_file.read_text())["world_size"] == 1
     )
     assert [h.epoch for h in run.read_metrics()] == [1, 2]

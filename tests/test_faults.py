@@ -29,6 +29,7 @@ from kdbench.plan import (
     TrainSpec,
 )
 from kdbench.results.collect import collect
+from kdbench.store.records import RunResult
 from kdbench.store.run_dir import RunDir, RunLocked
 from kdbench.train import loop as train
 
@@ -88,7 +89,7 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
     return proc.returncode
 
 
-def fresh_result(results: Path, s: RunSpec) -> dict:
+def fresh_result(results: Path, s: RunSpec) -> RunResult:
     return train.run(s, results, device="cpu", progress=False)
 
 
