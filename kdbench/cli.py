@@ -1380,8 +1380,8 @@ def train(
     ranks = distributed.env_ranks()
     if ranks is None or ranks[0] == 0:  # one line per run, not per process
         console.print(
-            f"{result['run_id']}: best top-1 {result['best_top1']:.2f} (epoch {result['best_epoch']}), "
-            f"last {result['last_top1']:.2f}"
+            f"{result.run_id}: best top-1 {result.best_top1:.2f} (epoch {result.best_epoch}), "
+            f"last {result.last_top1:.2f}"
         )
 
 
@@ -1734,7 +1734,7 @@ def fidelity(
         report = run_gate(
             config,
             on_run=lambda mode, seed, r: err.print(
-                f"{mode} seed {seed}: top-1 {r['last_top1']:.2f} ({r['wall_seconds']:.0f} s)"
+                f"{mode} seed {seed}: top-1 {r.last_top1:.2f} ({r.wall_seconds:.0f} s)"
             ),
         )
     except KdbenchError as exc:

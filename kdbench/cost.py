@@ -131,17 +131,14 @@ class DeviceEstimate:
 def measured_throughputs(results: Path) -> list[Throughput]:
     """Every speed measurement under ``results``: finished runs (result.json) and `kdbench bench` records."""
     from kdbench.io import read_json
-    from kdbench.store.run_dir import runs_dir
+    from kdbench.store.run_dir import RunDir, runs_dir
 
     found: list[Throughput] = []
     root = runs_dir(results)
     for result_file in sorted(root.glob("*/result.json")) if root.is_dir() else []:
-        result, spec_file = read_json(result_file), result_file.with_name("spec.json")
-        if (
-            not result.get("train_images_per_s")
-            or result.get("imported")
-            or not spec_file.is_file()
-        ):
+        result = RunDir(results, result_file.parent.name).recorded_result()
+        spec_file = result_file.with_name("spec.json")
+        if not result.train_images_per_s or result.imported is not None or not spec_file.is_file():
             continue
         spec = RunSpec.model_validate(read_json(spec_file))
         teacher = spec.teacher.model if spec.teacher else None
@@ -151,11 +148,11 @@ def measured_throughputs(results: Path) -> list[Throughput]:
         )
         found.append(
             Throughput(
-                result.get("device_name") or result.get("device", "unknown"),
+                result.device_name or result.device or "unknown",
                 spec.method,
                 spec.model,
                 teacher,
-                float(result["train_images_per_s"]),
+                result.train_images_per_s,
                 per_image,
                 f"run {result_file.parent.name}",
             )

@@ -8,6 +8,7 @@ from kdbench import train
 from kdbench.errors import KdbenchError
 from kdbench.plan import plan
 from kdbench.recipe import Recipe
+from kdbench.store.records import RunResult
 from kdbench.store.run_dir import RunDir
 from kdbench.train.checkpoints import sha256_of
 from kdbench.train.options import RunOptions
@@ -60,13 +61,11 @@ def test_imported_teacher_is_verified_evaluated_and_used(trained_teacher, tmp_pa
     spec = teacher_spec(r)
     assert spec.checkpoint is not None and spec.method == "ce"
     result = train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
-    assert result["imported"]["sha256"] == sha256_of(path) and result["epochs"] == 1
-    assert result["best_top1"] == source["last_top1"]  # the same weights on the same test set
+    assert result.imported.sha256 == sha256_of(path) and result.epochs == 1
+    assert result.best_top1 == source.last_top1  # the same weights on the same test set
     student = next(s for s in plan(r, "full").specs.values() if s.method == "kd")
     assert student.teacher.run_id == spec.run_id
-    assert (
-        train.run(student, tmp_path, RunOptions(device="cpu"), show_progress=False)["epochs"] == 1
-    )
+    assert train.run(student, tmp_path, RunOptions(device="cpu"), show_progress=False).epochs == 1
 
 
 def test_run_id_names_the_content_not_the_location(trained_teacher, tmp_path):
@@ -128,8 +127,8 @@ def test_repdistiller_files_are_mapped_in_order_with_shapes_checked(trained_teac
         recipe({"path": str(rd), "sha256": sha256_of(rd), "format": "repdistiller"})
     )
     assert (
-        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)["best_top1"]
-        == source["last_top1"]
+        train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False).best_top1
+        == source.last_top1
     )
     shuffled = dict(reversed(list(foreign.items())))
     bad = tmp_path / "bad.pth"
@@ -185,7 +184,11 @@ def test_torchvision_file_imports_with_its_hash_prefix_and_records_the_full_dige
         )
     )
     result = train.run(spec, tmp_path / "r", RunOptions(device="cpu"), show_progress=False)
-    assert result["imported"] == {"path": str(path), "sha256": digest, "format": "torchvision"}
+    assert result.imported.model_dump() == {
+        "path": str(path),
+        "sha256": digest,
+        "format": "torchvision",
+    }
     saved = torch.load(RunDir(tmp_path / "r", spec.run_id).model_file, weights_only=True)
     saved = {k.removeprefix("student."): v for k, v in saved.items()}
     renamed = {k.replace("classifier.1.", "classifier."): v for k, v in state.items()}
@@ -309,7 +312,7 @@ def their_state(path) -> dict:
     return {f"layer_{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(state.items())}
 
 
-def import_file(tmp_path, file, fmt: str = "repdistiller") -> dict:
+def import_file(tmp_path, file, fmt: str = "repdistiller") -> RunResult:
     spec = teacher_spec(recipe({"path": str(file), "sha256": sha256_of(file), "format": fmt}))
     return train.run(
         spec, tmp_path / f"r-{file.name}", RunOptions(device="cpu"), show_progress=False
@@ -329,7 +332,7 @@ def test_repdistiller_last_file_with_its_argparse_options_loads(trained_teacher,
     )
     file = tmp_path / "resnet8_last.pth"
     torch.save({"opt": opt, "model": their_state(path), "optimizer": optimizer}, file)
-    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+    assert import_file(tmp_path, file).best_top1 == source.last_top1
 
 
 def test_repdistiller_epoch_file_with_a_numpy_accuracy_loads(trained_teacher, tmp_path):
@@ -338,7 +341,7 @@ def test_repdistiller_epoch_file_with_a_numpy_accuracy_loads(trained_teacher, tm
     path, source = trained_teacher
     file = tmp_path / "ckpt_epoch_240.pth"
     torch.save({"epoch": 240, "model": their_state(path), "accuracy": np.float64(71.98)}, file)
-    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+    assert import_file(tmp_path, file).best_top1 == source.last_top1
 
 
 @pytest.mark.parametrize("name", ["best", "latest", "epoch_240"])
@@ -358,7 +361,7 @@ def test_mdistiller_distiller_file_gives_its_student(trained_teacher, tmp_path, 
         },
         file,
     )
-    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+    assert import_file(tmp_path, file).best_top1 == source.last_top1
 
 
 def test_simkd_best_file_of_a_dataparallel_model_loads(trained_teacher, tmp_path):
@@ -373,7 +376,7 @@ def test_simkd_best_file_of_a_dataparallel_model_loads(trained_teacher, tmp_path
         },
         file,
     )
-    assert import_file(tmp_path, file)["best_top1"] == source["last_top1"]
+    assert import_file(tmp_path, file).best_top1 == source.last_top1
 
 
 def test_a_state_dict_under_state_dict_loads_whatever_the_format_name(trained_teacher, tmp_path):
@@ -381,7 +384,7 @@ def test_a_state_dict_under_state_dict_loads_whatever_the_format_name(trained_te
     state = {k.removeprefix("student."): v for k, v in torch.load(path, weights_only=True).items()}
     file = tmp_path / "checkpoint.pth.tar"
     torch.save({"state_dict": state, "epoch": 1}, file)
-    assert import_file(tmp_path, file, fmt="kdbench")["best_top1"] == source["last_top1"]
+    assert import_file(tmp_path, file, fmt="kdbench").best_top1 == source.last_top1
 
 
 def test_a_file_without_weights_says_what_it_holds(tmp_path):

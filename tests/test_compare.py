@@ -17,6 +17,7 @@ from kdbench.recipe import Recipe
 from kdbench.results import render
 from kdbench.results.compare import compare, summary
 from kdbench.results.tables import record_table
+from kdbench.store.records import RunResult
 from kdbench.store.run_dir import RunDir
 
 RECIPE = Recipe.model_validate(
@@ -75,14 +76,14 @@ def _finish(results: Path, spec, best: float) -> None:
     run = RunDir(results, spec.run_id)
     atomic_write_json(run.spec_file, spec.model_dump(mode="json"))
     run.write_result(
-        {
-            "best_top1": best,
-            "best_top5": 99.0,
-            "best_epoch": 200,  # checksummed, as a trainer writes it
-            "last_top1": best - 0.1,
-            "last_top5": 99.0,
-            "epochs": 240,
-        }
+        RunResult(
+            best_top1=best,
+            best_top5=99.0,
+            best_epoch=200,  # checksummed, as a trainer writes it
+            last_top1=best - 0.1,
+            last_top5=99.0,
+            epochs=240,
+        )
     )
 
 

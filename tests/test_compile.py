@@ -17,6 +17,7 @@ import torch
 from kdbench import models, train
 from kdbench.errors import KdbenchError
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.store.records import EpochRecord
 from kdbench.train import compute, loop
 from kdbench.train.compute import CompiledOrEager, ComputeOptions, first_step
 from kdbench.train.options import RunOptions
@@ -235,15 +236,15 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
     monkeypatch.setattr(compute, "BACKEND", counting)
     on = ComputeOptions(compile=True, teacher_cache="off")
     teacher, _ = kd_specs(2)
-    assert train.run(teacher, tmp_path, RunOptions(device="cpu", compute=on), show_progress=False)[
-        "compute"
-    ]["compiled"]
+    assert train.run(
+        teacher, tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
+    ).compute.compiled
     for seed in (2, 3):
         ran.clear()
         result = train.run(
             kd_specs(seed)[1], tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
         )
-        assert result["compute"]["compiled"] and result["compute"]["compile_fallbacks"] == {}
+        assert result.compute.compiled and result.compute.compile_fallbacks == {}
         # 3 training steps x (student + teacher) and 1 test batch, all through compiled graphs
         assert len(ran) >= 7, f"run with seed {seed}: only {len(ran)} compiled calls"
     monkeypatch.setattr(
@@ -253,8 +254,8 @@ def test_runs_in_one_process_stay_compiled_and_say_so(monkeypatch, tmp_path):
         kd_specs(5)[1], tmp_path, RunOptions(device="cpu", compute=on), show_progress=False
     )
     assert (
-        not result["compute"]["compiled"]
-        and "FailOnRecompileLimitHit" in result["compute"]["compile_fallbacks"]["CifarResNet"]
+        not result.compute.compiled
+        and "FailOnRecompileLimitHit" in result.compute.compile_fallbacks["CifarResNet"]
     )
 
 
@@ -282,9 +283,9 @@ def test_cuda_graphs_are_gated_to_cuda():
 
 def test_the_throughput_that_prices_runs_leaves_out_the_compiling_first_epoch():
     history = [
-        {"epoch": 1, "images_per_s": 100.0},
-        {"epoch": 2, "images_per_s": 1000.0},
-        {"epoch": 3, "images_per_s": 1200.0},
+        EpochRecord(epoch=1, images_per_s=100.0),
+        EpochRecord(epoch=2, images_per_s=1000.0),
+        EpochRecord(epoch=3, images_per_s=1200.0),
     ]
     assert loop._steady_images_per_s(history) == 1100.0
     assert loop._steady_images_per_s(history[:1]) == 100.0  # a one-epoch run has nothing else

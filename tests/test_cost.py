@@ -12,6 +12,8 @@ from kdbench.plan import plan
 from kdbench.recipe import load_recipe
 from kdbench.store.run_dir import RunDir
 
+from planted import finished
+
 
 @pytest.fixture(scope="module")
 def smoke_plan():
@@ -25,12 +27,9 @@ def _finish(results: Path, spec, images_per_s: float, device: str) -> None:
     atomic_write_json(run.spec_file, spec.model_dump(mode="json"))
     atomic_write_json(
         run.result_file,
-        {
-            "run_id": spec.run_id,
-            "train_images_per_s": images_per_s,
-            "device": "cuda",
-            "device_name": device,
-        },
+        finished(
+            run_id=spec.run_id, train_images_per_s=images_per_s, device="cuda", device_name=device
+        ).to_json(),
     )
 
 

@@ -29,6 +29,7 @@ from kdbench.execute.local.executor import (
 from kdbench.execute.slurm import jobs as slurm_jobs
 from kdbench.io import atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TrainSpec
+from kdbench.store.records import EpochRecord
 from kdbench.store.run_dir import RunDir
 from kdbench.train import curves, loop
 from kdbench.train.options import RunOptions
@@ -92,12 +93,12 @@ def tb_raw(run: RunDir) -> Counter:
     return seen
 
 
-def expected(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+def expected(history: list[EpochRecord]) -> dict[str, list[tuple[int, float]]]:
     """metrics.jsonl's values per epoch at TensorBoard's precision (float32 scalars)."""
     curves_: dict[str, list[tuple[int, float]]] = {}
     for record in history:
         for name, value in curves.scalars(record).items():
-            curves_.setdefault(name, []).append((record["epoch"], float(np.float32(value))))
+            curves_.setdefault(name, []).append((record.epoch, float(np.float32(value))))
     return curves_
 
 
@@ -116,7 +117,7 @@ def test_curve_names_of_metrics_keys():
         "test_top5_aux": 88.0,
         "test_loss_l2": 0.25,
     }
-    assert curves.scalars(record) == {
+    assert curves.scalars(EpochRecord.from_json(record)) == {
         "train/lr": 0.1,
         "loss/total": 2.5,
         "loss/ce": 1.0,
@@ -129,12 +130,12 @@ def test_curve_names_of_metrics_keys():
         "test/top5_aux": 88.0,
         "test_loss/l2": 0.25,
     }
-    assert curves.scalars({"phase": "init", "epoch": 2, "lr": 0.1, "loss": 3.0}) == {
-        "init/train/lr": 0.1,
-        "init/loss/total": 3.0,
-    }
-    assert curves.scalars({"epoch": 0, "phase": "imported", "test_top1": 70.0}) == {
-        "test/top1": 70.0
+    init = EpochRecord.from_json({"phase": "init", "epoch": 2, "lr": 0.1, "loss": 3.0})
+    assert curves.scalars(init) == {"init/train/lr": 0.1, "init/loss/total": 3.0}
+    imported = {"epoch": 0, "phase": "imported", "test_top1": 70.0, "test_top5": 90.0}
+    assert curves.scalars(EpochRecord.from_json(imported)) == {
+        "test/top1": 70.0,
+        "test/top5": 90.0,
     }
 
 
@@ -165,13 +166,13 @@ def test_tensorboard_curves_equal_metrics_jsonl(tmp_path):
         ("train/images_per_s", "images_per_s"),
         ("train/top1", "train_top1"),
     ):
-        assert view[name] == [(h["epoch"], float(np.float32(h[key]))) for h in history], name
+        assert view[name] == [(h.epoch, float(np.float32(h.values()[key]))) for h in history], name
     assert view["train/lr"] == [
         (1, pytest.approx(0.05)),
         (2, pytest.approx(0.05)),
         (3, pytest.approx(0.005)),
     ]  # milestone 2
-    assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 1 and result["epochs"] == 3
+    assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 1 and result.epochs == 3
 
 
 def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
@@ -219,12 +220,12 @@ def test_a_killed_and_resumed_run_shows_each_epoch_once(tmp_path, moment):
     )
     assert run_until_killed(script, tmp_path, s) == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
-    assert [h["epoch"] for h in run.read_metrics()] == [1] and not run.is_done()
+    assert [h.epoch for h in run.read_metrics()] == [1] and not run.is_done()
     assert {step for _, step in tb_raw(run)} == {1}
 
     train.run(s, tmp_path, RunOptions(device="cpu"), show_progress=False)
     history = run.read_metrics()
-    assert [h["epoch"] for h in history] == [1, 2, 3] and "resuming" in run.log_file.read_text()
+    assert [h.epoch for h in history] == [1, 2, 3] and "resuming" in run.log_file.read_text()
     assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 2  # one event file per attempt
     raw = tb_raw(run)
     assert set(raw.values()) == {1} and {step for _, step in raw} == {
@@ -320,7 +321,7 @@ def test_wandb_and_mlflow_get_each_epoch_once_across_a_failed_and_resumed_attemp
 
     run = RunDir(tmp_path, s.run_id)
     history = run.read_metrics()
-    assert [h["epoch"] for h in history] == [
+    assert [h.epoch for h in history] == [
         1,
         2,
         3,
@@ -333,7 +334,7 @@ def test_wandb_and_mlflow_get_each_epoch_once_across_a_failed_and_resumed_attemp
         run.path
     )
     assert wandb.logged == [
-        (i, {**curves.scalars(h), "epoch": h["epoch"]}) for i, h in enumerate(history)
+        (i, {**curves.scalars(h), "epoch": h.epoch}) for i, h in enumerate(history)
     ]
     assert wandb.finished == [1, 0]
     # MLflow: the second attempt reopens the first one's MLflow run (its id kept in the run directory).
@@ -343,7 +344,7 @@ def test_wandb_and_mlflow_get_each_epoch_once_across_a_failed_and_resumed_attemp
         and mlflow.starts[0]["tags"]["kdbench.run_id"] == s.run_id
     )
     assert mlflow.starts[1] == {"run_id": "mlflow-0001", "run_name": None, "tags": None}
-    assert mlflow.logged == [(h["epoch"], curves.scalars(h)) for h in history]
+    assert mlflow.logged == [(h.epoch, curves.scalars(h)) for h in history]
     assert mlflow.ended == ["FAILED", "FINISHED"]
 
 
@@ -413,9 +414,7 @@ def test_failing_backends_never_fail_the_run(tmp_path, monkeypatch):
     )
     run = RunDir(tmp_path, s.run_id)
     assert (
-        result["epochs"] == 3
-        and [h["epoch"] for h in run.read_metrics()] == [1, 2, 3]
-        and run.is_done()
+        result.epochs == 3 and [h.epoch for h in run.read_metrics()] == [1, 2, 3] and run.is_done()
     )
     log = run.log_file.read_text()
     assert log.count("curves to tensorboard stopped (epoch 1: OSError") == 1
@@ -478,7 +477,7 @@ def test_log_to_travels_through_the_worker_and_the_train_command(tmp_path, monke
         ).tb_dir.exists()  # only what was asked: not the default tensorboard
         start = seen.index(["start_run", s.run_id])
         logged = [c for c in seen[start : start + 2 + len(history)] if c[0] == "log_metrics"]
-        assert logged == [["log_metrics", h["epoch"], curves.scalars(h)] for h in history]
+        assert logged == [["log_metrics", h.epoch, curves.scalars(h)] for h in history]
     assert seen.count(["end_run", "FINISHED"]) == 2
 
 
@@ -491,9 +490,7 @@ def test_log_to_travels_through_slurm_jobs_and_nproc(tmp_path, monkeypatch, fake
     result = slurm_jobs.TrainJob(str(tmp_path), 1, options)(
         s.run_id
     )  # the job's own call, in this process
-    assert result["epochs"] == 1 and mlflow.logged == [
-        (1, curves.scalars(rundir.read_metrics()[0]))
-    ]
+    assert result.epochs == 1 and mlflow.logged == [(1, curves.scalars(rundir.read_metrics()[0]))]
     assert not rundir.tb_dir.exists()
 
     commands = []

@@ -369,7 +369,7 @@ def _sharded_epoch_equals_single_process(group: distributed.Group) -> None:
     (single, single_stats, single_eval), (ranked, ranked_stats, ranked_eval) = outcomes
     for k in single:
         torch.testing.assert_close(ranked[k], single[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert ranked_stats["train_top1"] == single_stats["train_top1"]
+    assert ranked_stats.train_top1 == single_stats.train_top1
     assert ranked_eval == single_eval
 
 
@@ -464,7 +464,7 @@ def test_nproc_2_trains_the_run_like_one_process(ddp_run):
         result["world_size"] == 2
         and json.loads(RunDir(one, spec.run_id).result_file.read_text())["world_size"] == 1
     )
-    assert [h["epoch"] for h in run.read_metrics()] == [1, 2]
+    assert [h.epoch for h in run.read_metrics()] == [1, 2]
     assert "2 processes (gloo)" in run.log_file.read_text()
     assert len(list(run.tb_dir.glob("events.out.tfevents.*"))) == 1  # only rank 0 logs the curves
     start = tiny_start(spec)
@@ -518,7 +518,7 @@ def test_a_failing_rank_fails_the_run_and_it_resumes(ddp_run, tmp_path):
         and "injected failure" in failed.stderr
     )
     assert run.is_failed() and "rank 1" in run.failure()["message"]
-    assert [h["epoch"] for h in run.read_metrics()] == [
+    assert [h.epoch for h in run.read_metrics()] == [
         1
     ]  # epoch 1 was checkpointed before the failure
 

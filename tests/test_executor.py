@@ -12,6 +12,8 @@ from kdbench.execute.local.executor import LocalExecutor, ProcessPerRun, Slot
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.store.run_dir import RunDir
 
+from planted import finished
+
 # A stand-in for `kdbench train`: records when and where it ran, fails for models named "fail*".
 FAKE_TRAIN = textwrap.dedent("""
     import json, os, sys, time
@@ -25,7 +27,8 @@ FAKE_TRAIN = textwrap.dedent("""
                                                  "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}))
     if spec["model"].startswith("fail"):
         sys.exit(3)
-    (run / "result.json").write_text(json.dumps({"best_top1": 1.0}))
+    numbers = {"epochs": 1, "best_top1": 1.0, "best_top5": 1.0, "best_epoch": 1, "last_top1": 1.0}
+    (run / "result.json").write_text(json.dumps({**numbers, "last_top5": 1.0}))
 """)
 
 
@@ -127,7 +130,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
             import time
 
             time.sleep(0.5)
-            rundir.result_file.write_text("{}")
+            rundir.result_file.write_text(json.dumps(finished().to_json()))
 
         threading.Thread(target=finish_elsewhere).start()
         # The lock is released when this block ends; the executor must not train the run itself.
@@ -239,7 +242,8 @@ GATED_TRAIN = textwrap.dedent("""
         time.sleep(0.02)
     if json.loads(spec_file.read_text())["model"].startswith("fail"):
         sys.exit(3)
-    (run / "result.json").write_text("{}")
+    numbers = {"epochs": 1, "best_top1": 1.0, "best_top5": 1.0, "best_epoch": 1, "last_top1": 1.0}
+    (run / "result.json").write_text(json.dumps({**numbers, "last_top5": 1.0}))
 """)
 
 

@@ -231,28 +231,21 @@ def test_a_kd_run_with_the_cache_matches_one_without(tmp_path):
         train.run(teacher, results, RunOptions(device="cpu"), show_progress=False)
     # auto: a 1-epoch run would spend 162 teacher passes per image to save one, so it keeps the live teacher.
     live = train.run(student, tmp_path / "live", RunOptions(device="cpu"), show_progress=False)
-    assert (
-        not live["compute"]["teacher_cache"] and not (tmp_path / "live" / "teacher_cache").exists()
-    )
+    assert not live.compute.teacher_cache and not (tmp_path / "live" / "teacher_cache").exists()
     cached = train.run(
         student,
         tmp_path / "cached",
         RunOptions(device="cpu", compute=ComputeOptions(teacher_cache="on")),
         show_progress=False,
     )
-    assert (
-        cached["compute"]["teacher_cache"] and cached["compute"]["teacher_cache_build_seconds"] > 0
-    )
-    assert (
-        cached["compute"]["precision"] == "fp32"
-        and cached["compute"]["requested"]["teacher_cache"] == "on"
-    )
+    assert cached.compute.teacher_cache and cached.compute.teacher_cache_build_seconds > 0
+    assert cached.compute.precision == "fp32" and cached.compute.requested["teacher_cache"] == "on"
     assert len(list((tmp_path / "cached" / "teacher_cache").glob("*.npy"))) == 1
     metrics = [
         loop.RunDir(r, student.run_id).read_metrics()[0]
         for r in (tmp_path / "cached", tmp_path / "live")
     ]
-    assert metrics[0]["loss_kd"] == pytest.approx(metrics[1]["loss_kd"], rel=1e-3)
+    assert metrics[0].losses["kd"] == pytest.approx(metrics[1].losses["kd"], rel=1e-3)
     # Another run with the same teacher and data reuses the cache under auto, without rebuilding it.
     again = train.run(
         student.model_copy(update={"seed": 5}),
@@ -260,9 +253,7 @@ def test_a_kd_run_with_the_cache_matches_one_without(tmp_path):
         RunOptions(device="cpu"),
         show_progress=False,
     )
-    assert (
-        again["compute"]["teacher_cache"] and again["compute"]["teacher_cache_build_seconds"] == 0.0
-    )
+    assert again.compute.teacher_cache and again.compute.teacher_cache_build_seconds == 0.0
     assert np.load(
         next((tmp_path / "cached" / "teacher_cache").glob("*.npy")), mmap_mode="r"
     ).shape == (40, 9, 9, 2, 10)

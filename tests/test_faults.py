@@ -30,6 +30,7 @@ from kdbench.plan import (
     TrainSpec,
 )
 from kdbench.results.collect import collect
+from kdbench.store.records import RunResult
 from kdbench.store.run_dir import RunDir, RunLocked
 from kdbench.train.options import RunOptions
 
@@ -89,7 +90,7 @@ def run_until_killed(script: str, results: Path, s: RunSpec) -> int:
     return proc.returncode
 
 
-def fresh_result(results: Path, s: RunSpec) -> dict:
+def fresh_result(results: Path, s: RunSpec) -> RunResult:
     return train.run(s, results, RunOptions(device="cpu"), show_progress=False)
 
 
@@ -117,12 +118,12 @@ def test_sigkill_mid_epoch_resumes_and_keeps_finished_epochs(tmp_path):
     assert code == -signal.SIGKILL
     run = RunDir(tmp_path, s.run_id)
     before = run.read_metrics()
-    assert [h["epoch"] for h in before] == [1] and not run.is_done()
+    assert [h.epoch for h in before] == [1] and not run.is_done()
 
     result = fresh_result(tmp_path, s)
-    assert "resuming" in run.log_file.read_text() and result["epochs"] == 3
+    assert "resuming" in run.log_file.read_text() and result.epochs == 3
     after = run.read_metrics()
-    assert [h["epoch"] for h in after] == [1, 2, 3] and after[0] == before[0]
+    assert [h.epoch for h in after] == [1, 2, 3] and after[0] == before[0]
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ def test_sigkill_mid_checkpoint_write_never_reads_a_half_file(tmp_path, moment):
 
     result = fresh_result(tmp_path, s)
     assert "resuming" in run.log_file.read_text() and "after epoch 1" in run.log_file.read_text()
-    assert result["epochs"] == 3 and not list(run.path.glob(".*.tmp"))
+    assert result.epochs == 3 and not list(run.path.glob(".*.tmp"))
 
 
 # --- corrupted files ----------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def test_truncated_checkpoint_is_refused_then_the_run_is_redone(tmp_path):
     follow_repair(message)
     result = fresh_result(tmp_path, s)
     assert (
-        result["epochs"] == 2 and run.log_file.read_text().count("epochs 1..2") == 2
+        result.epochs == 2 and run.log_file.read_text().count("epochs 1..2") == 2
     )  # restarted from scratch
 
 
@@ -221,8 +222,8 @@ def test_interrupted_run_with_corrupted_metrics_heals_from_its_checkpoint(tmp_pa
     run.metrics_file.write_text('{"epoch": 1, "test_top1": 99.0}\n')  # valid JSON, wrong content
     with pytest.raises(CorruptedFile):
         run.read_metrics()
-    assert fresh_result(tmp_path, s)["best_top1"] == result["best_top1"]
-    assert [h["epoch"] for h in run.read_metrics()] == [1, 2]
+    assert fresh_result(tmp_path, s).best_top1 == result.best_top1
+    assert [h.epoch for h in run.read_metrics()] == [1, 2]
 
 
 def _flip_a_digit(path: Path) -> None:
@@ -273,7 +274,7 @@ def test_corrupted_finished_run_is_never_read_as_a_number(tmp_path, damage):
     redone = fresh_result(
         tmp_path, s
     )  # resumes from the intact checkpoint: the same numbers, no retraining
-    assert redone["best_top1"] == result["best_top1"] and redone["epochs"] == 2
+    assert redone.best_top1 == result.best_top1 and redone.epochs == 2
     assert collect(tmp_path).set_index("run_id").loc[s.run_id, "status"] == "done"
 
 
@@ -328,7 +329,7 @@ def test_disk_full_fails_clearly_and_damages_nothing(tmpfs):
     )
 
     filler.unlink()  # space freed: the same command now trains it
-    assert fresh_result(tmpfs, other)["epochs"] == 1
+    assert fresh_result(tmpfs, other).epochs == 1
 
 
 def test_read_only_results_fail_clearly_and_finished_runs_stay_readable(tmpfs):
@@ -342,7 +343,7 @@ def test_read_only_results_fail_clearly_and_finished_runs_stay_readable(tmpfs):
         and str(tmpfs) in str(err.value)
         and "writable" in str(err.value)
     )
-    assert fresh_result(tmpfs, done)["epochs"] == 1  # a finished run is still served, read-only
+    assert fresh_result(tmpfs, done).epochs == 1  # a finished run is still served, read-only
     assert collect(tmpfs).set_index("run_id").loc[done.run_id, "status"] == "done"
 
 

@@ -111,8 +111,8 @@ def test_teacher_and_student_train_on_the_image_folder(
             show_progress=False,
         )
     assert "teacher cache not used" in caplog.text and "loader torch" in caplog.text
-    assert result["epochs"] == 2 and not result["compute"]["teacher_cache"]
-    assert 0.0 <= result["last_top1"] <= 100.0
+    assert result.epochs == 2 and not result.compute.teacher_cache
+    assert 0.0 <= result.last_top1 <= 100.0
 
 
 @pytest.mark.e2e

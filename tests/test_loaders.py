@@ -220,7 +220,7 @@ def test_loader_kind_does_not_change_a_run(tmp_path: Path) -> None:
         result = train.run(
             spec, tmp_path / kind, RunOptions(device="cpu", loader=kind), show_progress=False
         )
-        assert result["run_id"] == spec.run_id
+        assert result.run_id == spec.run_id
         assert f"loader {kind}" in RunDir(tmp_path / kind, spec.run_id).log_file.read_text()
         states[kind] = torch.load(
             RunDir(tmp_path / kind, spec.run_id).model_file, weights_only=True

@@ -54,8 +54,8 @@ def test_sequential_row_starts_from_the_simkd_run_and_keeps_its_encoder(tmp_path
     assert "new_classifier.weight" in seq_state
     simkd_last = RunDir(tmp_path, simkd.run_id).read_metrics()[-1]
     for epoch in RunDir(tmp_path, sequential.run_id).read_metrics():
-        assert epoch["test_top1_teacher_classifier"] == simkd_last["test_top1"]
-        assert set(k for k in epoch if k.startswith("loss_")) == {"loss_ce_new_classifier"}
+        assert epoch.test["teacher_classifier"].top1 == simkd_last.test_top1
+        assert set(epoch.losses) == {"ce_new_classifier"}
 
 
 def test_after_must_name_an_earlier_row():

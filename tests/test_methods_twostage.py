@@ -15,6 +15,7 @@ from kdbench.errors import KdbenchError
 from kdbench.methods import InitStage
 from kdbench.methods.ab import ABConnector
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
+from kdbench.store.records import EpochRecord
 from kdbench.store.run_dir import RunDir
 from kdbench.train.options import RunOptions
 from torch import nn
@@ -356,10 +357,10 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
 
     run = RunDir(ref_root, spec.run_id)
     history = run.read_metrics()
-    assert [(h.get("phase"), h["epoch"]) for h in history] == [("init", 1), ("init", 2), (None, 1)]
-    assert all("loss_ab" in h and "test_top1" not in h for h in history[:2])
-    assert "loss_ce" in history[2] and "loss_ab" not in history[2] and "test_top1" in history[2]
-    assert reference["epochs"] == 1
+    assert [(h.phase, h.epoch) for h in history] == [("init", 1), ("init", 2), ("main", 1)]
+    assert all("ab" in h.losses and h.test == {} for h in history[:2])
+    assert "ce" in history[2].losses and "ab" not in history[2].losses and history[2].test
+    assert reference.epochs == 1
     assert len(checkpoints) == 3
 
     # After the init stage: the student's feature weights moved, its classifier did not.
@@ -385,12 +386,12 @@ def test_loop_runs_init_stage_then_main_and_resumes_identically(tmp_path, monkey
     resumed = train.run(spec, resumed_root, RunOptions(device="cpu"), show_progress=False)
     assert "resuming" in resumed_run.log_file.read_text()
 
-    def numbers(h: dict) -> dict:
-        return {k: v for k, v in h.items() if k != "images_per_s"}
+    def numbers(h: EpochRecord) -> dict:
+        return h.model_dump(exclude={"images_per_s"})
 
     assert [numbers(h) for h in resumed_run.read_metrics()] == [numbers(h) for h in history]
     for key in ("best_top1", "last_top1", "last_top5"):
-        assert resumed[key] == reference[key], key
+        assert getattr(resumed, key) == getattr(reference, key), key
     ref_state = torch.load(run.model_file, weights_only=True)
     new_state = torch.load(resumed_run.model_file, weights_only=True)
     assert set(ref_state) == set(new_state)

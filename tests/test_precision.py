@@ -143,7 +143,7 @@ def test_result_json_records_the_precision_on_cpu(tmp_path, precision, autocast)
     written = json.loads(RunDir(tmp_path, tiny_spec().run_id).result_file.read_text())
     assert (
         written["precision"]
-        == result["precision"]
+        == result.precision.model_dump()
         == {
             "precision": precision,
             "autocast_dtype": autocast,
@@ -302,7 +302,7 @@ def test_a_run_resumes_only_in_the_precision_it_started_in(tmp_path):
         RunOptions(device="cpu", compute=ComputeOptions(precision="fp32")),
         show_progress=False,
     )
-    assert resumed["precision"]["precision"] == "fp32"
+    assert resumed.precision.precision == "fp32"
 
 
 def test_reproduce_names_the_finished_runs_it_reuses_from_another_precision(tmp_path):

@@ -18,24 +18,24 @@ from kdbench.plan import plan
 from kdbench.provenance import source_commit
 from kdbench.results import render
 from kdbench.results.compare import compare, summary
+from kdbench.store.records import EpochRecord, RunResult
 from kdbench.store.run_dir import RunDir
 from rich.cells import cell_len
 
+from planted import epoch as record
 from test_compare import RECIPE, plant
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _curve(best: float, seed: int, epochs: int = 240, best_epoch: int = 200) -> list[dict]:
+def _curve(best: float, seed: int, epochs: int = 240, best_epoch: int = 200) -> list[EpochRecord]:
     """A rising test top-1 that peaks at ``best`` on ``best_epoch`` and ends 0.1 below it (the planted result); the
     seed shifts the climb, so that trials differ."""
     history = []
     for epoch in range(1, epochs + 1):
         climb = (30.0 + 3 * seed) * (1 - epoch / best_epoch) ** (2 + seed / 4)
         top1 = best - climb if epoch <= best_epoch else best - 0.1 * (epoch - best_epoch) / 40
-        history.append(
-            {"epoch": epoch, "test_top1": round(top1, 4), "test_top5": 99.0, "images_per_s": 1000.0}
-        )
+        history.append(record(epoch, round(top1, 4), 99.0, images_per_s=1000.0))
     return history
 
 
@@ -48,10 +48,10 @@ def plant_with_curves(results: Path) -> None:
     )
     for run_id in [p.name for p in (results / "runs").iterdir()]:
         run = RunDir(results, run_id)
-        result = json.loads(run.result_file.read_text())
+        result = run.result()
         seed = json.loads(run.spec_file.read_text())["seed"]
-        run.write_metrics(_curve(result["best_top1"], seed))
-        result.update(
+        run.write_metrics(_curve(result.best_top1, seed))
+        provenance = dict(
             kdbench_version="0.1.0",
             kdbench_commit="0123456789abcdef0123456789abcdef01234567",
             torch_version="2.5.1+cu124",
@@ -61,7 +61,8 @@ def plant_with_curves(results: Path) -> None:
             world_size=1,
             compute={"precision": "bf16"},
         )
-        run.write_result(result)  # checksummed, as the trainer writes it
+        # checksummed, as the trainer writes it
+        run.write_result(RunResult.from_json({**result.to_json(), **provenance}))
 
 
 @pytest.fixture
@@ -228,9 +229,9 @@ def test_result_json_carries_the_source_commit():
     from kdbench.train.distributed import SINGLE
 
     spec = next(iter(plan(RECIPE, "full").specs.values()))
-    history = [{"epoch": 1, "test_top1": 50.0, "test_top5": 80.0, "images_per_s": 10.0}]
+    history = [record(1, 50.0, 80.0, images_per_s=10.0)]
     assert (
-        loop._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE)["kdbench_commit"]
+        loop._summarise(spec, history, torch.device("cpu"), 1.0, SINGLE).kdbench_commit
         == source_commit()
     )
 

@@ -34,6 +34,8 @@ from kdbench.recipe import load_recipe
 from kdbench.store.run_dir import RunDir
 from kdbench.train.options import RunOptions
 
+from planted import finished
+
 SMOKE_DATA = {"num_classes": 10, "image_size": 16, "train_size": 128, "test_size": 64, "seed": 0}
 
 
@@ -130,7 +132,7 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
     students = [spec("resnet8x4", seed, teacher) for seed in range(3)]
     done = spec("resnet8", 0)
     atomic_write_json(RunDir(tmp_path, done.run_id).spec_file, done.model_dump(mode="json"))
-    atomic_write_json(RunDir(tmp_path, done.run_id).result_file, {"best_top1": 1.0})
+    atomic_write_json(RunDir(tmp_path, done.run_id).result_file, finished().to_json())
     fake = FakeSubmitit()
     submission = fake_executor(fake, aggregate=("simkd-table1", "smoke")).submit(
         [teacher, done, *students], tmp_path
@@ -185,9 +187,7 @@ def test_teacher_job_then_one_array_per_cell_then_the_aggregate(tmp_path):
         assert json.loads(RunDir(tmp_path, s.run_id).spec_file.read_text()) == s.model_dump(
             mode="json"
         )
-    assert RunDir(tmp_path, done.run_id).result() == {
-        "best_top1": 1.0
-    }  # a finished run is not touched
+    assert RunDir(tmp_path, done.run_id).result() == finished()  # a finished run is not touched
 
 
 def test_runs_that_continue_another_run_are_single_jobs_after_their_own_predecessor(tmp_path):
@@ -257,7 +257,7 @@ def test_a_failed_teacher_fails_and_its_students_are_skipped_with_the_reason(tmp
                 RunDir(tmp_path, teacher.run_id).failed_file,
                 {"error": "KdbenchError", "message": "boom"},
             )
-            atomic_write_json(RunDir(tmp_path, other.run_id).result_file, {"best_top1": 1.0})
+            atomic_write_json(RunDir(tmp_path, other.run_id).result_file, finished().to_json())
             del queue["101"], queue["102"]
         if len(polls) == 3:  # SLURM cancels the dependents (kill-on-invalid-dep)
             del queue["103_0"], queue["103_1"]
@@ -328,7 +328,7 @@ def test_waiting_gives_up_after_the_timeout_and_says_what_goes_on(tmp_path):
 def test_everything_done_submits_nothing(tmp_path):
     run = spec("resnet8")
     atomic_write_json(RunDir(tmp_path, run.run_id).spec_file, run.model_dump(mode="json"))
-    atomic_write_json(RunDir(tmp_path, run.run_id).result_file, {"best_top1": 1.0})
+    atomic_write_json(RunDir(tmp_path, run.run_id).result_file, finished().to_json())
     outcomes = SlurmExecutor(
         SlurmOptions(), make_executor=lambda folder, options: pytest.fail("nothing to submit")
     ).execute([run], tmp_path)
@@ -340,7 +340,7 @@ def test_a_corrupted_finished_run_is_submitted_again(tmp_path):
     run = spec("resnet8")
     rundir = RunDir(tmp_path, run.run_id)
     atomic_write_json(rundir.spec_file, run.model_dump(mode="json"))
-    rundir.write_result({"best_top1": 1.0})
+    rundir.write_result(finished())
     rundir.result_file.write_text('{"best_top1": 99.0}')  # edited behind kdbench's back
     fake = FakeSubmitit()
     submission = SlurmExecutor(
@@ -388,7 +388,7 @@ def test_submitting_again_follows_the_queued_jobs_and_submits_only_the_rest(tmp_
     followed = executor.submit([teacher, *students], tmp_path)
     assert third.calls == [] and sorted(followed.attached) == sorted(ids)
     for run in (teacher, *students):
-        RunDir(tmp_path, run.run_id).write_result({"best_top1": 1.0})
+        RunDir(tmp_path, run.run_id).write_result(finished())
     queue.clear()
     assert {o.status for o in executor.wait(followed, tmp_path).values()} == {"done"}
 
@@ -626,7 +626,7 @@ def test_a_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluste
     )
     resumed = rundir.result()
     for key in ("best_top1", "last_top1", "last_top5", "best_epoch"):
-        assert resumed[key] == reference[key], key
+        assert getattr(resumed, key) == getattr(reference, key), key
     ref_state = torch.load(RunDir(tmp_path / "reference", run.run_id).model_file, weights_only=True)
     new_state = torch.load(rundir.model_file, weights_only=True)
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)

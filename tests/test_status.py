@@ -19,6 +19,8 @@ from kdbench.store.run_dir import RunDir
 from rich.console import Console
 from typer.testing import CliRunner
 
+from planted import epoch, finished
+
 HOLD_LOCK = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()"
 
 
@@ -47,7 +49,7 @@ def spec(model: str, seed: int = 0, teacher: RunSpec | None = None, epochs: int 
 def write_run(results: Path, s: RunSpec, epochs: int = 0) -> RunDir:
     rundir = RunDir(results, s.run_id)
     atomic_write_json(rundir.spec_file, s.model_dump(mode="json"))
-    rundir.write_metrics([{"epoch": e, "test_top1": 1.0} for e in range(1, epochs + 1)])
+    rundir.write_metrics([epoch(e, 1.0) for e in range(1, epochs + 1)])
     return rundir
 
 
@@ -62,7 +64,7 @@ def store(tmp_path):
     )
     rundir = write_run(tmp_path, done, 5)
     atomic_write_json(rundir.launch_file, {"slot": "gpu0", "started": 0.0, "epochs_before": 0})
-    atomic_write_json(rundir.result_file, {"wall_seconds": 10.0, "epochs": 5})
+    atomic_write_json(rundir.result_file, finished(wall_seconds=10.0, epochs=5).to_json())
     atomic_write_json(
         write_run(tmp_path, failed, 1).failed_file,
         {"error": "ValueError", "message": "loss is nan"},
@@ -163,7 +165,7 @@ def test_plain_output_off_a_terminal(tmp_path):
     with progress:
         progress.event("started", teacher, "cpu0")
         rundir = write_run(tmp_path, teacher, 2)
-        atomic_write_json(rundir.result_file, {"wall_seconds": 4.0, "epochs": 2})
+        atomic_write_json(rundir.result_file, finished(wall_seconds=4.0, epochs=2).to_json())
         progress.event("done", teacher, "")
         progress.event("skipped", students[0], "teacher run x failed: boom")
     lines = buffer.getvalue().splitlines()
@@ -218,7 +220,8 @@ def test_status_of_a_table_replans_the_recorded_snapshot(tmp_path):
     record_table(tmp_path, recipe, "smoke", 1, {})
     runs = plan(recipe, "smoke", trials=1).ordered()
     atomic_write_json(
-        write_run(tmp_path, runs[0], 2).result_file, {"wall_seconds": 1.0, "epochs": 2}
+        write_run(tmp_path, runs[0], 2).result_file,
+        finished(wall_seconds=1.0, epochs=2).to_json(),
     )
     out = CliRunner().invoke(
         app, ["status", "simkd-table1", "--results", str(tmp_path)], env={"COLUMNS": "250"}

@@ -20,7 +20,10 @@ from kdbench.results import render
 from kdbench.results.compare import compare
 from kdbench.results.regression import regressions
 from kdbench.results.tables import record_table
+from kdbench.store.records import MAIN_HEAD, RunResult
 from kdbench.store.run_dir import RunDir
+
+from planted import epoch
 
 BASE = {
     "name": "layouts",
@@ -186,8 +189,8 @@ def test_simkd_reports_its_test_loss_to_the_loop(pair):
     ]
     stats = evaluate(distiller, batches, torch.device("cpu"))
     terms = [distiller.forward_test_terms(b[0])["simkd"].item() for b in batches]
-    assert stats["test_loss_simkd"] == pytest.approx((3 * terms[0] + terms[1]) / 4, rel=1e-6)
-    assert {"test_top1", "test_top1_student_classifier"} <= set(stats)
+    assert stats.test_losses["simkd"] == pytest.approx((3 * terms[0] + terms[1]) / 4, rel=1e-6)
+    assert {MAIN_HEAD, "student_classifier"} <= set(stats.test)
 
 
 def test_pruning_ratio_parts_follow_eq6(pair):
@@ -210,15 +213,15 @@ def _finish(results: Path, spec, best: float, **extra) -> None:
     run = RunDir(results, spec.run_id)
     atomic_write_json(run.spec_file, spec.model_dump(mode="json"))
     run.write_result(
-        {
-            "best_top1": best,
-            "best_top5": 99.0,
-            "best_epoch": 200,
-            "last_top1": best - 1,  # with its checksum:
-            "last_top5": 99.0,
-            "epochs": 240,
+        RunResult(
+            best_top1=best,
+            best_top5=99.0,
+            best_epoch=200,
+            last_top1=best - 1,  # with its checksum:
+            last_top5=99.0,
+            epochs=240,
             **extra,
-        }
+        )
     )  # without one the run is shown unverified
 
 
@@ -384,14 +387,10 @@ def test_columns_read_top5_and_mid_training_epochs(tmp_path):
     for k, run_id in enumerate(cells[("KD", "top1")].run_ids):
         # 240 epochs; accuracy rises to 60 + k at epoch 60, dips at 61, ends at 70 + k (best = last).
         curve = [
-            {
-                "epoch": e,
-                "test_top1": 50.0 + k + (10 if e == 60 else 0) + (20 if e == 240 else 0),
-                "test_top5": 90.0 + k,
-            }
+            epoch(e, 50.0 + k + (10 if e == 60 else 0) + (20 if e == 240 else 0), 90.0 + k)
             for e in range(1, 241)
         ]
-        _finish(tmp_path, p.specs[run_id], 70.0 + k, curve=curve)
+        _finish(tmp_path, p.specs[run_id], 70.0 + k)
         RunDir(tmp_path, run_id).write_metrics(curve)
     (comp,) = compare(tmp_path)
     ours = {(c["row"], c["column"]): c["ours_mean"] for _, c in comp.cells.iterrows()}
@@ -441,14 +440,10 @@ def test_an_at_epoch_column_reads_that_epoch_or_the_best_up_to_it(tmp_path):
     for k, run_id in enumerate(cells[("KD", "at")].run_ids):
         # A peak of 65 + k at epoch 50, 60 + k at epoch 60, 70 + k at the end (epoch 200 peaks at 72 + k).
         curve = [
-            {
-                "epoch": e,
-                "test_top1": {50: 65.0, 60: 60.0, 200: 72.0, 240: 70.0}.get(e, 50.0) + k,
-                "test_top5": 90.0,
-            }
+            epoch(e, {50: 65.0, 60: 60.0, 200: 72.0, 240: 70.0}.get(e, 50.0) + k, 90.0)
             for e in range(1, 241)
         ]
-        _finish(tmp_path, p.specs[run_id], 72.0 + k, curve=curve)
+        _finish(tmp_path, p.specs[run_id], 72.0 + k)
         RunDir(tmp_path, run_id).write_metrics(curve)
 
     def ours(**kw):

@@ -116,10 +116,7 @@ def test_released_teacher_is_downloaded_recorded_on_first_use_and_imported(
     result = train.run(
         spec, tmp_path / "r", RunOptions(device="cpu", data_dir=data_dir), show_progress=False
     )
-    assert (
-        result["imported"]["sha256"] == sha256_file(path)
-        and result["best_top1"] == source["last_top1"]
-    )
+    assert result.imported.sha256 == sha256_file(path) and result.best_top1 == source.last_top1
 
 
 def test_a_file_that_changed_since_its_first_use_is_refused(release, tmp_path):
@@ -367,13 +364,11 @@ def test_keep_best_saves_the_best_epoch_and_students_read_it(tmp_path):
     result = train.run(spec, tmp_path, RunOptions(device="cpu"), show_progress=False)
     run = RunDir(tmp_path, spec.run_id)
     history = run.read_metrics()
-    best_epoch = next(
-        h["epoch"] for h in history if h["test_top1"] == max(g["test_top1"] for g in history)
-    )
-    assert result["kept"] == {
+    best_epoch = next(h.epoch for h in history if h.test_top1 == max(g.test_top1 for g in history))
+    assert result.kept.model_dump() == {
         "keep": "best",
         "epoch": best_epoch,
-        "top1": result["best_top1"],
+        "top1": result.best_top1,
         "file": "model_best.pt",
     }
     best_state = run.load_torch(run.best_model_file)  # written through the run's checksums

@@ -88,14 +88,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
     resumed = train.run(spec, results, RunOptions(device="cpu"), show_progress=False)
     history = run.read_metrics()
-    assert [h["epoch"] for h in history] == list(range(1, spec.train.epochs + 1))
-    assert [h["test_top1"] for h in history[: len(done_before_kill)]] == [
-        h["test_top1"] for h in done_before_kill
+    assert [h.epoch for h in history] == list(range(1, spec.train.epochs + 1))
+    assert [h.test_top1 for h in history[: len(done_before_kill)]] == [
+        h.test_top1 for h in done_before_kill
     ]
     assert "resuming" in run.log_file.read_text()
     # Epoch-seeded data and a full checkpoint make the resumed run identical to the uninterrupted one.
     for key in ("best_top1", "last_top1", "last_top5", "best_epoch"):
-        assert resumed[key] == reference[key], key
+        assert getattr(resumed, key) == getattr(reference, key), key
     ref_state = torch.load(RunDir(tmp_path / "ref", spec.run_id).model_file, weights_only=True)
     new_state = torch.load(run.model_file, weights_only=True)
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
@@ -138,7 +138,7 @@ def test_trains_on_real_images(tmp_path, shared_data: Path):
     result = train.run(
         spec, tmp_path, RunOptions(device="cpu", data_dir=shared_data), show_progress=False
     )
-    assert result["epochs"] == 2 and result["best_top1"] > 15.0  # chance is 10%
+    assert result.epochs == 2 and result.best_top1 > 15.0  # chance is 10%
 
 
 def test_drop_last_skips_the_short_last_batch(tmp_path, monkeypatch):

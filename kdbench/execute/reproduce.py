@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.execute.base import Executor, Outcome
-from kdbench.io import read_json
 from kdbench.plan import Plan, RunSpec
-from kdbench.results.collect import run_precision
 from kdbench.results.tables import record_table
 from kdbench.store.run_dir import RunDir
 
@@ -42,7 +40,7 @@ def reused_in_other_precisions(
         run = RunDir(results, spec.run_id)
         if (
             run.is_done()
-            and (trained := run_precision(read_json(run.result_file)))
+            and (trained := run.recorded_result().trained_precision)
             and trained != precision
         ):
             other[spec.run_id] = trained

@@ -95,40 +95,13 @@ def collect(results: Path) -> pd.DataFrame:
 
 
 def _finished(run: RunDir) -> dict:
-    """The numbers of a finished run, from its verified files."""
-    result = run.verified_result()
-    row = {
-        k: result[k]
-        for k in ("best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs")
-    }
-    # Extra evaluation heads ({head: {best_top1, last_top1}}) and test-set loss terms ({term: {best, last}}).
-    row.update(heads=result.get("heads", {}), test_losses=result.get("test_losses", {}))
-    row["precision"] = run_precision(result)
-    # Test accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch).
+    """The numbers of a finished run, from its verified files: the result's (extra evaluation heads
+    ``{head: {best_top1, last_top1}}`` and test-set loss terms ``{term: {best, last}}`` among them), and the test
+    accuracy per epoch of the main schedule, for columns that read a run mid-way (Column.at_epoch)."""
+    row = run.verified_result().flat()
     row["curve"] = [
-        {k: h[k] for k in ("epoch", "test_top1", "test_top5")}
+        {"epoch": h.epoch, "test_top1": h.test_top1, "test_top5": h.test_top5}
         for h in run.read_metrics()
-        if h.get("phase") != "init"
+        if h.phase != "init"
     ]
     return row
-
-
-def run_precision(result: dict) -> str:
-    """The precision a finished run trained with (fp32, bf16 or faithful): ``result.json``'s ``precision`` record,
-    else the ``compute`` record of a result written before it existed; "" for an imported checkpoint (not trained)."""
-    record = result.get("precision") or {}
-    return str(record.get("precision") or (result.get("compute") or {}).get("precision") or "")
-
-
-def epoch_curves(results: Path) -> pd.DataFrame:
-    """Per-epoch metrics of every run (one row per run × epoch)."""
-    frames = []
-    root = runs_dir(results)
-    for path in _run_paths(root):
-        try:
-            history = RunDir(results, path.name).read_metrics()
-        except KdbenchError:  # corrupted: collect() reports it; a curve is never drawn from it
-            continue
-        if history:
-            frames.append(pd.DataFrame(history).assign(run_id=path.name))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -64,11 +64,11 @@ def read_progress(row: RunRow, results: Path) -> None:
     rundir = RunDir(results, row.run_id)
     try:
         if row.state == "done" and row.seconds is None and rundir.is_done():
-            result = read_json(rundir.result_file)
+            result = rundir.recorded_result()
             launch = read_json(rundir.launch_file) if rundir.launch_file.is_file() else {}
             row.epoch = row.epochs
             row.seconds, row.epochs_before = (
-                float(result.get("wall_seconds", 0.0)),
+                float(result.wall_seconds or 0.0),
                 int(launch.get("epochs_before", 0)),
             )
         elif row.state == "running":

@@ -20,6 +20,7 @@ from kdbench.results import render
 from kdbench.results.collect import run_status
 from kdbench.results.compare import TableComparison
 from kdbench.results.tables import read_tables
+from kdbench.store.records import MAIN_HEAD
 from kdbench.store.run_dir import RunDir
 
 STYLE = """
@@ -90,9 +91,7 @@ def _cell_runs(results: Path, row: str, column: str, run_ids: tuple[str, ...]) -
         except KdbenchError:  # corrupted: compare reports it; no curve is drawn from it
             continue
         points = [
-            (int(h["epoch"]), float(h["test_top1"]))
-            for h in history
-            if h.get("phase") != "init" and "test_top1" in h
+            (h.epoch, h.test_top1) for h in history if h.phase != "init" and MAIN_HEAD in h.test
         ]
         if len(points) > 1:
             curves.append(points)
@@ -203,20 +202,20 @@ def _provenance_html(results: Path, found: Plan, comp: TableComparison) -> str:
             seen.add(run_id)
             run = RunDir(results, run_id)
             status = run_status(run)
-            result = {}
+            result = None
             if status == "done":
                 try:
                     result = run.result()
                 except KdbenchError:
                     status = "corrupted"
             seed = found.specs[run_id].seed
-            torch_version = result.get("torch_version", "—")
+            torch_version = (result and result.torch_version) or "—"
             cuda = torch_version.split("+cu")[1] if "+cu" in torch_version else "—"
-            device = result.get("device_name") or result.get("device") or "—"
-            seconds = result.get("wall_seconds")
-            on_gpu = str(result.get("device", "")).startswith("cuda")
+            device = (result and (result.device_name or result.device)) or "—"
+            seconds = result.wall_seconds if result is not None else None
+            on_gpu = (result and result.device or "").startswith("cuda")
             gpu_hours = (
-                seconds * result.get("world_size", 1) / 3600
+                seconds * ((result and result.world_size) or 1) / 3600
                 if seconds is not None and on_gpu
                 else None
             )
@@ -226,11 +225,11 @@ def _provenance_html(results: Path, found: Plan, comp: TableComparison) -> str:
                 e(f"{cell.row} × {cell.column}"),
                 str(seed),
                 e(status),
-                e(str(result.get("kdbench_version", "—"))),
-                f"<code>{e(str(result.get('kdbench_commit') or '—'))}</code>",
+                e((result and result.kdbench_version) or "—"),
+                f"<code>{e((result and result.kdbench_commit) or '—')}</code>",
                 e(f"{torch_version} / {cuda}"),
                 e(str(device)),
-                e(str((result.get("compute") or {}).get("precision", "—"))),
+                e((result and result.compute and result.compute.precision) or "—"),
                 "—" if seconds is None else e(_duration(seconds)),
                 "—" if gpu_hours is None else f"{gpu_hours:.2f}",
             ]

@@ -15,6 +15,9 @@ with :class:`CorruptedFile`. Files written before checksums existed (no entry in
 but a finished run with such a file is *unverified* (:meth:`RunDir.unverified`): ``compare``, ``status`` and
 ``reproduce`` show its numbers marked as such, never as verified ones (a deleted ``checksums.json`` hides any edit).
 A run's ``spec.json`` is checked against its id instead (:meth:`RunDir.check_spec`): the id hashes the spec.
+
+``metrics.jsonl`` and ``result.json`` are read and written as the typed records of :mod:`kdbench.store.records`;
+one that does not validate is refused as corrupted, naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from pydantic import ValidationError
 
 from kdbench.errors import KdbenchError
 from kdbench.io import (
@@ -43,6 +47,7 @@ from kdbench.io import (
     sha256_file,
     write_failed,
 )
+from kdbench.store.records import EpochRecord, RunResult, UnknownSchemaVersion
 
 # A run id is one path component (plan.RunSpec.run_id's slug and hash): no '/', no leading '.', so a
 # user-given id can never name a path outside ``<results>/runs``.
@@ -70,7 +75,7 @@ class RunDir:
         self.run_id = check_run_id(run_id)
         self.path = Path(results) / "runs" / run_id
         # Called with the whole history after each write_metrics (the curve loggers, train/curves.py).
-        self.metrics_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
+        self.metrics_listeners: list[Callable[[list[EpochRecord]], None]] = []
 
     spec_file = property(lambda self: self.path / "spec.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
@@ -152,8 +157,27 @@ class RunDir:
     def save_torch(self, path: Path, obj: Any) -> None:
         self.write_verified(path, lambda fh: torch.save(obj, fh))
 
-    def write_result(self, result: dict[str, Any]) -> None:
-        self.write_verified(self.result_file, lambda fh: fh.write(json_bytes(result)))
+    def write_result(self, result: RunResult) -> None:
+        """Write ``result.json`` (last: its presence means "done")."""
+        data = json_bytes(result.to_json())
+        self.write_verified(self.result_file, lambda fh: fh.write(data))
+
+    def _record(self, path: Path, parse: Callable[[Any], Any], data: Any, where: str = "") -> Any:
+        """``parse(data)``, with what is wrong with a record that does not parse said about ``path``."""
+        try:
+            return parse(data)
+        except UnknownSchemaVersion as exc:
+            raise UnknownSchemaVersion(f"run {self.run_id}: {path}{where}: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(repr(p) if p == '' else str(p) for p in e['loc']) or 'the record'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise self._corrupted(
+                path, f"is not a valid kdbench record{where} ({problems})"
+            ) from None
+        except ValueError as exc:
+            raise self._corrupted(path, f"is not a valid kdbench record{where} ({exc})") from None
 
     def check_spec(self) -> None:
         """Refuse a run directory whose ``spec.json`` no longer hashes to its id (edited, or copied under another id)."""
@@ -175,11 +199,18 @@ class RunDir:
     def is_failed(self) -> bool:
         return self.failed_file.is_file() and not self.is_done()
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> RunResult:
         """The verified ``result.json``."""
-        return self._verified_json(self.result_file)
+        return self._record(
+            self.result_file, RunResult.from_json, self._verified_json(self.result_file)
+        )
 
-    def verified_result(self) -> dict[str, Any]:
+    def recorded_result(self) -> RunResult:
+        """``result.json`` as it is, its checksum not checked: for estimates and overviews that must not
+        fail on a run being repaired (:meth:`result` is what numbers are read from)."""
+        return self._record(self.result_file, RunResult.from_json, read_json(self.result_file))
+
+    def verified_result(self) -> RunResult:
         """A finished run's result, after checking what its readers use: the spec's id, metrics.jsonl, result.json."""
         self.check_spec()
         self.read_metrics()
@@ -207,22 +238,26 @@ class RunDir:
     def failure(self) -> dict[str, Any]:
         return read_json(self.failed_file)
 
-    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+    def write_metrics(self, history: list[EpochRecord]) -> None:
         """Rewrite the whole epoch history atomically (small; never a torn last line), then tell the listeners."""
-        data = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history).encode()
+        data = "".join(json.dumps(h.to_json(), sort_keys=True) + "\n" for h in history).encode()
         self.write_verified(self.metrics_file, lambda fh: fh.write(data))
         for listener in self.metrics_listeners:
             listener(history)
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self) -> list[EpochRecord]:
         """The verified epoch history (empty before the first epoch)."""
         if not self.metrics_file.is_file():
             return []
         text = self.verified_bytes(self.metrics_file).decode(errors="replace")
         try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise self._corrupted(self.metrics_file, f"is not valid JSON lines ({exc})") from None
+        return [
+            self._record(self.metrics_file, EpochRecord.from_json, line, f" (line {i})")
+            for i, line in enumerate(lines, 1)
+        ]
 
     def remove_stale_temps(self) -> list[Path]:
         """Delete temp files left by a process killed mid-write (call only while holding the lock).
@@ -251,7 +286,7 @@ class RunDir:
 
     def epochs_done(self) -> int:
         """Main training epochs recorded in metrics.jsonl (pre-training stage and import entries not counted)."""
-        return sum("phase" not in h for h in self.read_metrics())
+        return sum(h.is_main for h in self.read_metrics())
 
     def is_locked(self) -> bool:
         """True while another process holds this run's lock."""

@@ -34,6 +34,7 @@ from kdbench.errors import KdbenchError, UnknownNameError
 from kdbench.io import atomic_path, atomic_write_json
 from kdbench.plan import DataSpec, RunSpec, TeacherRef, TrainSpec
 from kdbench.results.verdict import judge
+from kdbench.store.records import RunResult
 from kdbench.store.run_dir import RunDir
 from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
@@ -316,7 +317,7 @@ def _weights(results: Path, run_id: str) -> dict[str, torch.Tensor]:
 
 
 def run_gate(
-    config: FidelityConfig, on_run: Callable[[str, int, dict[str, Any]], None] | None = None
+    config: FidelityConfig, on_run: Callable[[str, int, RunResult], None] | None = None
 ) -> FidelityReport:
     """Train the teacher once, then every (seed, mode) student run (finished runs are reused), and judge."""
     images, arrays = gate_images(config)
@@ -352,10 +353,10 @@ def run_gate(
                 ),
                 show_progress=False,
             )
-            outcome.top1.append(result["last_top1"])
-            outcome.seconds.append(result["wall_seconds"])
+            outcome.top1.append(result.last_top1)
+            outcome.seconds.append(result.wall_seconds)
             outcome.eager_fallback |= (
-                MODES[mode].compute.compile is True and not result["compute"]["compiled"]
+                MODES[mode].compute.compile is True and not result.compute.compiled
             )
             if on_run is not None:
                 on_run(mode, spec.seed, result)
@@ -399,7 +400,7 @@ def run_gate(
         config,
         len(arrays.x_train),
         len(arrays.x_test),
-        teacher_result["last_top1"],
+        teacher_result.last_top1,
         list(outcomes.values()),
     )
     atomic_write_json(results / "fidelity.json", report.to_json())

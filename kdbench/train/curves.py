@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kdbench.errors import KdbenchError
 from kdbench.io import CorruptedFile
+from kdbench.store.records import EpochRecord
 from kdbench.store.run_dir import RunDir
 
 if TYPE_CHECKING:
@@ -94,14 +95,10 @@ def tag(key: str) -> str:
     return f"train/{key}"
 
 
-def scalars(record: dict[str, Any]) -> dict[str, float]:
+def scalars(record: EpochRecord) -> dict[str, float]:
     """The curve points of one metrics.jsonl record; a pre-training-stage epoch's are under ``init/``."""
-    prefix = f"{record['phase']}/" if record.get("phase") not in (None, "imported") else ""
-    return {
-        prefix + tag(k): float(v)
-        for k, v in record.items()
-        if k not in ("epoch", "phase") and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    prefix = "init/" if record.phase == "init" else ""
+    return {prefix + tag(k): float(v) for k, v in record.values().items()}
 
 
 @dataclass(frozen=True)
@@ -208,11 +205,11 @@ BACKENDS: dict[str, Callable[[RunDir, RunSpec], Logger]] = {
 class Curves:
     """The open backends of one attempt, fed the history each time metrics.jsonl is rewritten."""
 
-    def __init__(self, backends: list[Logger], recorded: list[dict[str, Any]]):
+    def __init__(self, backends: list[Logger], recorded: list[EpochRecord]):
         self.backends = backends
         self.sent = recorded  # what metrics.jsonl held: already sent by the attempt that wrote it
 
-    def __call__(self, history: list[dict[str, Any]]) -> None:
+    def __call__(self, history: list[EpochRecord]) -> None:
         """Send the records of ``history`` past its common start with what was sent (a restart from no
         checkpoint shares none, so its new epochs replace the old ones: TensorBoard shows the latest per step)."""
         same = 0
@@ -220,7 +217,7 @@ class Curves:
             same += 1
         for index in range(same, len(history)):
             record = history[index]
-            point = Point(int(record["epoch"]), index, scalars(record))
+            point = Point(record.epoch, index, scalars(record))
             for backend in list(self.backends):
                 self._guard(backend, f"epoch {point.step}", backend.log, point)
         self.sent = list(history)
@@ -250,7 +247,7 @@ class Curves:
                     backend.close(True)
 
 
-def _recorded(rundir: RunDir) -> list[dict[str, Any]]:
+def _recorded(rundir: RunDir) -> list[EpochRecord]:
     try:
         return rundir.read_metrics()
     except CorruptedFile:  # rewritten from the checkpoint by the run: its epochs are sent again

@@ -31,6 +31,20 @@ from kdbench.io import WriteFailed, atomic_write_json
 from kdbench.models.per_gpu_batchnorm import emulate_per_gpu_batchnorm
 from kdbench.plan import RunSpec
 from kdbench.provenance import source_commit
+from kdbench.store.records import (
+    MAIN_HEAD,
+    ComputeResult,
+    EpochRecord,
+    HeadResult,
+    ImportedCheckpoint,
+    KeptWeights,
+    PrecisionResult,
+    RunResult,
+    TestLossResult,
+    TestStats,
+    TopK,
+    TrainStats,
+)
 from kdbench.store.run_dir import RunDir, RunLocked
 from kdbench.train import checkpoints, curves, distributed, sources, teacher_cache
 from kdbench.train.compute import (
@@ -71,7 +85,7 @@ def run(
     options: RunOptions | None = None,
     *,
     show_progress: bool | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train ``spec`` to completion (resuming if a checkpoint exists) and return its result.
 
     ``options``: where and how it trains (kdbench/train/options.py), never what: its device, data directory,
@@ -104,7 +118,7 @@ def _run(
     device: torch.device,
     options: RunOptions,
     show_progress: bool | None,
-) -> dict[str, Any]:
+) -> RunResult:
     rundir = RunDir(results, spec.run_id)
     with ExitStack() as held:
         state, locked = "train", None
@@ -166,7 +180,7 @@ def _import(
     device: torch.device,
     options: RunOptions,
     group: Group,
-) -> dict[str, Any]:
+) -> RunResult:
     """A teacher run whose weights come from a verified checkpoint file: load, evaluate once, record."""
     assert spec.checkpoint is not None
     data_dir = options.data_dir
@@ -187,13 +201,14 @@ def _import(
         options.loader, arrays, device=device, num_workers=options.workers, data_dir=data_dir
     )
     stats = evaluate(distiller, loaders.test(EVAL_BATCH, shard=group.shard), device, group)
-    history = [{"epoch": 0, "phase": "imported", **stats}]
-    result = _summarise(spec, history, device, time.time() - started, group)
-    result["imported"] = {
-        "path": str(path),
-        "sha256": digest,
-        "format": spec.checkpoint.format,
-    }  # full digest
+    history = [EpochRecord.of(0, phase="imported", test=stats)]
+    result = _summarise(spec, history, device, time.time() - started, group).model_copy(
+        update={
+            "imported": ImportedCheckpoint(
+                path=str(path), sha256=digest, format=spec.checkpoint.format
+            )  # full digest
+        }
+    )
     if group.is_main:
         rundir.write_metrics(history)
         rundir.save_torch(rundir.model_file, distiller.inference_state())
@@ -203,7 +218,7 @@ def _import(
         spec.run_id,
         path,
         digest,
-        stats["test_top1"],
+        stats.top1,
     )
     return result
 
@@ -216,7 +231,7 @@ def _train(
     options: RunOptions,
     show_progress: bool,
     group: Group,
-) -> dict[str, Any]:
+) -> RunResult:
     """Set the run up, resume it, train each stage's remaining epochs (a checkpoint after each), and finish."""
     # Before anything runs on the device (an imported checkpoint's evaluation and the teacher cache's build too).
     precision = options.compute.resolve(device).apply_fp32_math(device)
@@ -373,7 +388,7 @@ def _train_stage_epoch(
     epoch: int,
     state: TrainState,
     bar: Progress | None,
-) -> dict[str, Any]:
+) -> EpochRecord:
     """Epoch ``epoch`` of ``stage``: its LR, one pass over its data epoch, for a main stage an evaluation and the
     best epoch kept; its metrics record joins ``state.history`` and is returned."""
     optimizer = stage.optimizer
@@ -402,17 +417,17 @@ def _train_stage_epoch(
     state.epochs_done[stage.name] = epoch
     if not stage.evaluates:
         # The pre-training stage has its own data epochs, apart from the main ones.
-        state.history.append(_init_record(epoch, optimizer.param_groups[0]["lr"], train_stats))
+        lr = optimizer.param_groups[0]["lr"]
+        state.history.append(EpochRecord.of(epoch, phase="init", lr=lr, train=train_stats))
         return state.history[-1]
     test_stats = evaluate(run.distiller, feed.test(), run.device, feed.group)
-    state.history.append(
-        _epoch_record(epoch, optimizer.param_groups[0]["lr"], train_stats, test_stats)
-    )
-    if spec.keep == "best" and (state.best is None or test_stats["test_top1"] > state.best["top1"]):
+    lr = optimizer.param_groups[0]["lr"]
+    state.history.append(EpochRecord.of(epoch, lr=lr, train=train_stats, test=test_stats))
+    if spec.keep == "best" and (state.best is None or test_stats.top1 > state.best["top1"]):
         # Strictly better, as SimKD's train_teacher.py:224 (test_acc > best_acc): the first best epoch wins.
         state.best = {
             "epoch": epoch,
-            "top1": test_stats["test_top1"],
+            "top1": test_stats.top1,
             "state": {
                 k: v.detach().to("cpu", copy=True)
                 for k, v in run.distiller.inference_state().items()
@@ -421,37 +436,21 @@ def _train_stage_epoch(
     return state.history[-1]
 
 
-def _log_epoch(stage: Stage, record: dict[str, Any]) -> None:
+def _log_epoch(stage: Stage, record: EpochRecord) -> None:
     if not stage.evaluates:
-        log.info("init epoch %d/%d loss %.4f", record["epoch"], stage.epochs, record["loss"])
+        log.info("init epoch %d/%d loss %.4f", record.epoch, stage.epochs, record.loss)
         return
+    main = record.test[MAIN_HEAD]
     log.info(
         "epoch %d/%d lr %.2g loss %.4f train %.2f test top-1 %.2f top-5 %.2f",
-        record["epoch"],
+        record.epoch,
         stage.epochs,
-        record["lr"],
-        record["loss"],
-        record["train_top1"],
-        record["test_top1"],
-        record["test_top5"],
+        record.lr,
+        record.loss,
+        record.train_top1,
+        main.top1,
+        main.top5,
     )
-
-
-def _init_record(epoch: int, lr: float, stats: dict[str, float]) -> dict[str, Any]:
-    """The metrics.jsonl record of a pre-training epoch."""
-    return {
-        "phase": "init",
-        "epoch": epoch,
-        "lr": lr,
-        **stats,
-    }
-
-
-def _epoch_record(
-    epoch: int, lr: float, train_stats: dict[str, float], test_stats: dict[str, float]
-) -> dict[str, Any]:
-    """The metrics.jsonl record of a main epoch."""
-    return {"epoch": epoch, "lr": lr, **train_stats, **test_stats}
 
 
 # Each stage's keys in checkpoint.pt: its epochs done and its optimizer's state.
@@ -475,7 +474,7 @@ def _checkpoint(
             "state": run.distiller.training_state(),
             "optimizer": optimizers["main"].state_dict(),
             "init_optimizer": optimizers["init"].state_dict() if "init" in optimizers else None,
-            "history": state.history,
+            "history": [h.to_json() for h in state.history],
             "precision": run.compute.precision,
             **({"best": state.best} if state.best is not None else {}),
         },
@@ -493,31 +492,28 @@ def _finish(
     options: RunOptions,
     seconds: float,
     group: Group,
-) -> dict[str, Any]:
+) -> RunResult:
     """The run's result (its main epochs, the compute it used, the epoch it keeps); rank 0 writes the final
     weights and, last, ``result.json``."""
     compute, best = run.compute, state.best
-    result = _summarise(
-        spec, [h for h in state.history if h.get("phase") != "init"], run.device, seconds, group
-    )
-    result["compute"] = {
-        **asdict(compute),
-        "teacher_cache": run.cache is not None,
-        "teacher_cache_build_seconds": run.cache_seconds,
-        "compiled": compiled_active(run.networks) if compute.compile else False,
-        "compile_fallbacks": compile_fallbacks(run.networks),
-        "requested": options.compute.to_json(),
+    done: dict[str, Any] = {
+        "compute": ComputeResult(
+            **asdict(compute),
+            teacher_cache=run.cache is not None,
+            teacher_cache_build_seconds=run.cache_seconds,
+            compiled=compiled_active(run.networks) if compute.compile else False,
+            compile_fallbacks=compile_fallbacks(run.networks),
+            requested=options.compute.to_json(),
+        ),
+        # Part of what the result is: compare marks cells that pool precisions.
+        "precision": PrecisionResult(**precision.to_json()),
     }
     if best is not None:
-        result["kept"] = {
-            "keep": "best",
-            "epoch": best["epoch"],
-            "top1": best["top1"],
-            "file": rundir.best_model_file.name,
-        }
-    result["precision"] = (
-        precision.to_json()
-    )  # part of what the result is: compare marks cells that pool precisions
+        done["kept"] = KeptWeights(
+            keep="best", epoch=best["epoch"], top1=best["top1"], file=rundir.best_model_file.name
+        )
+    main_epochs = [h for h in state.history if h.is_main]
+    result = _summarise(spec, main_epochs, run.device, seconds, group).model_copy(update=done)
     if group.is_main:
         rundir.save_torch(rundir.model_file, run.distiller.inference_state())
         if best is not None:
@@ -643,7 +639,7 @@ class TrainState:
     """What is finished: each stage's epochs, the metrics of every epoch, and the best epoch kept so far."""
 
     epochs_done: dict[str, int] = field(default_factory=lambda: {"init": 0, "main": 0})
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     best: dict[str, Any] | None = (
         None  # keep "best": {"epoch", "top1", "state"} of the best epoch so far
     )
@@ -683,7 +679,7 @@ def _resume(
     )
     return TrainState(
         {"main": ckpt["epoch"], "init": ckpt.get("init_epoch", 0)},
-        list(ckpt["history"]),
+        [EpochRecord.from_json(h) for h in ckpt["history"]],
         ckpt.get("best"),
     )
 
@@ -700,7 +696,7 @@ def _train_epoch(
     teacher_views: Callable[[torch.Tensor], torch.Tensor] | None = None,
     group: Group = SINGLE,
     global_sizes: list[int] | None = None,
-) -> dict[str, float]:
+) -> TrainStats:
     """One pass over ``batches``: ``step(images, targets, epoch, indices, strong) -> (logits | None, terms)``.
 
     ``teacher_views(indices)``: the cached teacher logits of the batch's views, passed to ``step`` as
@@ -765,24 +761,24 @@ def _train_epoch(
         totals = group.sum({**sums, "correct": correct, "seen": torch.tensor(float(seen))})
         correct, seen = totals.pop("correct"), int(totals.pop("seen"))
         sums = {k: v / group.world for k, v in totals.items()}
-    means = {f"loss_{k}": float(v) / steps for k, v in sums.items()}
-    total = sum(means.values())
-    if not all(math.isfinite(v) for v in means.values()):
+    losses = {k: float(v) / steps for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in losses.values()):
+        means = {f"loss_{k}": v for k, v in losses.items()}  # as metrics.jsonl names them
         raise TrainingDiverged(
             f"loss became non-finite in epoch {epoch} ({means}); last good epoch: {epoch - 1}."
         )
-    return {
-        "loss": total,
-        **means,
-        "train_top1": 100.0 * float(correct) / max(seen, 1),
-        "images_per_s": seen / max(time.time() - started, 1e-9),
-    }
+    return TrainStats(
+        loss=sum(losses.values()),
+        losses=losses,
+        train_top1=100.0 * float(correct) / max(seen, 1),
+        images_per_s=seen / max(time.time() - started, 1e-9),
+    )
 
 
 @torch.no_grad()
 def evaluate(
     distiller: methods.Distiller, batches: Iterable, device: torch.device, group: Group = SINGLE
-) -> dict[str, float]:
+) -> TestStats:
     """Top-1 / top-5 accuracy (%) of the method's prediction (and of each extra head) on the test set.
 
     Over several processes each rank evaluates its shard and the counts are summed, so the metrics equal a
@@ -817,65 +813,63 @@ def evaluate(
         seen = int(totals.pop("seen"))
         hits = {k.removeprefix("hits/"): v for k, v in totals.items() if k.startswith("hits/")}
         loss_sums = {k.removeprefix("loss/"): v for k, v in totals.items() if k.startswith("loss/")}
-    stats = {}
-    for head, counts in hits.items():
-        suffix = f"_{head}" if head else ""
-        stats[f"test_top1{suffix}"], stats[f"test_top5{suffix}"] = (
-            100.0 * float(c) / seen for c in counts
-        )
-    stats.update({f"test_loss_{name}": float(total) / seen for name, total in loss_sums.items()})
-    return stats
+    return TestStats(
+        test={
+            head: TopK(top1=100.0 * float(counts[0]) / seen, top5=100.0 * float(counts[1]) / seen)
+            for head, counts in hits.items()
+        },
+        test_losses={name: float(total) / seen for name, total in loss_sums.items()},
+    )
 
 
 def _summarise(
-    spec: RunSpec, history: list[dict[str, Any]], device: torch.device, seconds: float, group: Group
-) -> dict[str, Any]:
-    best = max(history, key=lambda h: h["test_top1"])
+    spec: RunSpec, history: list[EpochRecord], device: torch.device, seconds: float, group: Group
+) -> RunResult:
+    """The result of the main epochs ``history`` (the first, best by main top-1, wins a tie)."""
+    best = max(history, key=lambda h: h.test_top1)
     last = history[-1]
-    heads = sorted(k.removeprefix("test_top1_") for k in last if k.startswith("test_top1_"))
-    test_losses = sorted(k.removeprefix("test_loss_") for k in last if k.startswith("test_loss_"))
-    return {
-        "heads": {
-            head: {
-                "best_top1": max(h[f"test_top1_{head}"] for h in history),
-                "last_top1": last[f"test_top1_{head}"],
-            }
-            for head in heads
+    extra_heads = sorted(head for head in last.test if head != MAIN_HEAD)
+    return RunResult(
+        heads={
+            head: HeadResult(
+                best_top1=max(h.test[head].top1 for h in history), last_top1=last.test[head].top1
+            )
+            for head in extra_heads
         },
         # Test-set loss terms at the best (by main top-1) and the last epoch, e.g. SimKD's ℓ2 loss (Table 5).
-        "test_losses": {
-            name: {"best": best[f"test_loss_{name}"], "last": last[f"test_loss_{name}"]}
-            for name in test_losses
+        test_losses={
+            name: TestLossResult(best=best.test_losses[name], last=last.test_losses[name])
+            for name in sorted(last.test_losses)
         },
-        "run_id": spec.run_id,
-        "model": spec.model,
-        "method": spec.method,
-        "profile": spec.profile,
-        "seed": spec.seed,
-        "epochs": len(history),
-        "best_top1": best["test_top1"],
-        "best_top5": best["test_top5"],
-        "best_epoch": best["epoch"],
-        "last_top1": last["test_top1"],
-        "last_top5": last["test_top5"],
-        "train_images_per_s": _steady_images_per_s(history),
-        "wall_seconds": seconds,
-        "device": str(device),
-        "device_name": device_name(device),
+        run_id=spec.run_id,
+        model=spec.model,
+        method=spec.method,
+        profile=spec.profile,
+        seed=spec.seed,
+        epochs=len(history),
+        best_top1=best.test_top1,
+        best_top5=best.test_top5,
+        best_epoch=best.epoch,
+        last_top1=last.test_top1,
+        last_top5=last.test_top5,
+        train_images_per_s=_steady_images_per_s(history),
+        wall_seconds=seconds,
+        device=str(device),
+        device_name=device_name(device),
         # Not in the spec: results depend on it only through per-process BatchNorm statistics.
-        "world_size": group.world,
-        "kdbench_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "kdbench_commit": source_commit(),  # None unless kdbench runs from a git checkout
-    }
+        world_size=group.world,
+        kdbench_version=__version__,
+        torch_version=torch.__version__,
+        python=platform.python_version(),
+        kdbench_commit=source_commit(),  # None unless kdbench runs from a git checkout
+    )
 
 
-def _steady_images_per_s(history: list[dict[str, Any]]) -> float:
+def _steady_images_per_s(history: list[EpochRecord]) -> float:
     """Mean training images/s over the epochs after the first: epoch 1 also pays for compiling (and cold caches),
-    which would make short runs look slow to the cost estimates (``kdbench show``, cost.py). A one-epoch run keeps it."""
-    steady = [h for h in history if h.get("epoch") != 1] or history
-    return sum(h.get("images_per_s", 0.0) for h in steady) / len(steady)
+    which would make short runs look slow to the cost estimates (``kdbench show``, kdbench/cost.py). A one-epoch run keeps it."""
+    steady = [h for h in history if h.epoch != 1] or history
+    return sum(h.images_per_s or 0.0 for h in steady) / len(steady)
 
 
 def _record_launch(rundir: RunDir, slot: str) -> None:
