@@ -498,12 +498,14 @@ def _finish(
     compute, best = run.compute, state.best
     done: dict[str, Any] = {
         "compute": ComputeResult(
-            **asdict(compute),
-            teacher_cache=run.cache is not None,
-            teacher_cache_build_seconds=run.cache_seconds,
-            compiled=compiled_active(run.networks) if compute.compile else False,
-            compile_fallbacks=compile_fallbacks(run.networks),
-            requested=options.compute.to_json(),
+            **{
+                **asdict(compute),
+                "teacher_cache": run.cache is not None,
+                "teacher_cache_build_seconds": run.cache_seconds,
+                "compiled": compiled_active(run.networks) if compute.compile else False,
+                "compile_fallbacks": compile_fallbacks(run.networks),
+                "requested": options.compute.to_json(),
+            }
         ),
         # Part of what the result is: compare marks cells that pool precisions.
         "precision": PrecisionResult(**precision.to_json()),
