@@ -182,3 +182,20 @@ def test_missing_json_keys_take_their_defaults():
 def test_bad_flags_are_refused(argv, message):
     with pytest.raises(KdbenchError, match=message):
         RunOptions.from_argv(argv)
+
+
+def test_the_train_command_carries_every_option_back_to_kdbench_train(tmp_path):
+    import sys
+
+    options = RunOptions(device="cpu", loader="torch", workers=2, slot="cpu1", loggers=())
+    command = options.train_command(tmp_path / "spec.json", tmp_path / "results")
+    assert command[:7] == [
+        sys.executable,
+        "-m",
+        "kdbench",
+        "train",
+        str(tmp_path / "spec.json"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
+    assert RunOptions.from_argv(command[7:]) == options

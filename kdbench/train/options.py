@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,20 @@ class RunOptions:
             *([] if c.channels_last is None else [_switch("channels-last", c.channels_last)]),
             *([] if c.compile is None else [_switch("compile", c.compile)]),
             *(["--compile-mode", c.compile_mode] if c.compile_mode != "default" else []),
+        ]
+
+    def train_command(self, spec_file: Path, results: Path) -> list[str]:
+        """The process that trains one spec with these options: ``python -m kdbench train SPEC`` and its flags
+        (what both executors start; a multi-process run adds ``--nproc N``)."""
+        return [
+            sys.executable,
+            "-m",
+            "kdbench",
+            "train",
+            str(spec_file),
+            "--results",
+            str(results),
+            *self.to_argv(),
         ]
 
     @classmethod

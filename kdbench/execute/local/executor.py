@@ -130,16 +130,7 @@ def train_command(
     """The command an executor runs for one spec: ``python -m kdbench train SPEC`` with ``options`` on the slot's
     device (``--nproc g`` on a slot of g units)."""
     options = (options or RunOptions()).replace(device=slot_device(slot), slot=slot.name)
-    command = [
-        sys.executable,
-        "-m",
-        "kdbench",
-        "train",
-        str(spec_file),
-        "--results",
-        str(results),
-        *options.to_argv(),
-    ]
+    command = options.train_command(spec_file, results)
     return command + (["--nproc", str(slot.nproc)] if slot.nproc > 1 else [])
 
 

@@ -64,11 +64,13 @@ class TrainJob:
 
 def ddp_train(spec_file: Path, results: Path, nproc: int, options: RunOptions) -> dict[str, Any]:
     """One run as ``nproc`` DDP processes: ``kdbench train SPEC --nproc N`` (the agreed multi-GPU entry point)."""
-    from kdbench.execute.local.executor import Slot, train_command
     from kdbench.processes import EXIT_LOCKED
 
-    slot = Slot("cpu" if options.device == "cpu" else "cuda")
-    command = train_command(spec_file, results, slot, options) + ["--nproc", str(nproc)]
+    device = (
+        "cpu" if options.device == "cpu" else "cuda"
+    )  # the job's own GPUs (SLURM sets the visible ones)
+    command = options.replace(device=device, slot=device).train_command(spec_file, results)
+    command += ["--nproc", str(nproc)]
     code = subprocess.run(command, check=False).returncode
     if code == EXIT_LOCKED:
         raise RunLocked(f"run {spec_file.parent.name} is being trained by another process.")
