@@ -226,6 +226,22 @@ TeachersOpt = Annotated[
     ),
 ]
 
+PairsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--pairs",
+        help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.",
+    ),
+]
+MethodsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--methods",
+        help="Only these rows (row labels or method names); repeat or comma-separate.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
     """Accept both `--pairs a --pairs b` and `--pairs a,b`."""
@@ -342,20 +358,8 @@ def reproduce(
     results: ResultsOpt = Path("results"),
     trials: TrialsOpt = None,
     set_: SetOpt = None,
-    pairs: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--pairs",
-            help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.",
-        ),
-    ] = None,
-    methods: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--methods",
-            help="Only these rows (row labels or method names); repeat or comma-separate.",
-        ),
-    ] = None,
+    pairs: PairsOpt = None,
+    methods: MethodsOpt = None,
     device: Annotated[
         str,
         typer.Option(
@@ -851,20 +855,8 @@ def compare(
         ),
     ] = False,
     teachers: TeachersOpt = None,
-    pairs: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--pairs",
-            help="Only these columns (pair ids from `kdbench show`); repeat or comma-separate.",
-        ),
-    ] = None,
-    methods: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--methods",
-            help="Only these rows (row labels or method names); repeat or comma-separate.",
-        ),
-    ] = None,
+    pairs: PairsOpt = None,
+    methods: MethodsOpt = None,
     json_out: Annotated[
         bool,
         typer.Option(
@@ -1306,7 +1298,7 @@ def train(
         str, typer.Argument(help="A run's spec.json, or a run id under RESULTS/runs/.")
     ],
     results: ResultsOpt = Path("results"),
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="DataLoader worker processes.")
@@ -1508,7 +1500,7 @@ def bench(
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="DataLoader worker processes of both paths.")
     ] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = None,
@@ -1606,7 +1598,7 @@ def bench(
 
 @app.command()
 def doctor(
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     budget_s: Annotated[
         float,
         typer.Option(
