@@ -24,8 +24,10 @@ class ImageArrays:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[
+        float, ...
+    ]  # 3 values (R, G, B): checked in __post_init__, so any file's are accepted to check
+    std: tuple[float, ...]
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
