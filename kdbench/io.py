@@ -59,7 +59,7 @@ def write_failed(path: Path, exc: OSError) -> WriteFailed:
 
 def atomic_write(
     path: Path,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],
     before_rename: Callable[[Path], None] | None = None,
 ) -> None:
     """Call ``write`` on a temp file beside ``path``, then rename it over ``path`` (see :func:`atomic_path`).

@@ -31,11 +31,13 @@ from kdbench.recipe import (
     PROFILES,
     Checkpoint,
     CIProfile,
+    Profile,
     Recipe,
     Row,
     Training,
     TrainingFields,
     TrainingOverride,
+    is_profile,
 )
 
 SPEC_VERSION = 1
@@ -117,7 +119,7 @@ class RunSpec(_Spec):
     """One fully resolved training run."""
 
     version: int = SPEC_VERSION
-    profile: Literal["full", "ci", "smoke"]
+    profile: Profile
     model: str
     method: str
     method_params: dict[str, Any]
@@ -251,7 +253,7 @@ def plan(
 
     ``cell_trials``: (row label, column id) → that cell's own trial count, beating ``trials`` (a table record's
     cells reproduced with another ``--trials``: results/tables.py)."""
-    if profile not in PROFILES:
+    if not is_profile(profile):
         raise KdbenchError(
             f"unknown profile {profile!r}.{did_you_mean(profile, PROFILES)} Profiles: {', '.join(PROFILES)}"
         )
@@ -392,7 +394,7 @@ def default_trials(recipe: Recipe, profile: str) -> int:
 
 
 def _spec(
-    profile: str,
+    profile: Profile,
     model: str,
     method: str,
     params: dict[str, Any],
@@ -436,7 +438,7 @@ def teacher_file(recipe: Recipe, key: str, source: str) -> Checkpoint | None:
         )
     return Checkpoint(
         path=entry.path, sha256=entry.sha256, format=entry.format, source=entry.source
-    )  # type: ignore[arg-type]
+    )
 
 
 def _merged(column: TrainingOverride, row: TrainingOverride) -> TrainingOverride:
@@ -457,6 +459,7 @@ def _chunk(recipe_chunk: int, recipe_batch: int, batch_size: int) -> int:
 
 def _preceding_run(result: Plan, recipe: Recipe, row: Row, column_id: str, seed: int) -> RunRef:
     """The run of row ``row.after`` in the same column and trial that ``row`` continues from."""
+    assert row.after is not None  # called only for a row that continues another
     labels = [r.label for r in recipe.rows]
     if row.after not in labels or labels.index(row.after) >= labels.index(row.label):
         raise KdbenchError(

@@ -11,6 +11,7 @@ from kdbench.data.registry import (
     DATASETS,
     DatasetInfo,
     dataset_info,
+    load_arrays,
     load_dataset,
     resolve_data_dir,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "dataset_info",
     "epoch_plan",
     "example_images",
+    "load_arrays",
     "load_dataset",
     "make_loaders",
     "resolve_data_dir",

@@ -24,8 +24,10 @@ class ImageArrays:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[
+        float, ...
+    ]  # 3 values (R, G, B): checked in __post_init__, so any file's are accepted to check
+    std: tuple[float, ...]
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -60,19 +62,23 @@ class ImageArrays:
         )
 
 
-class _Splits(Protocol):
-    """What ``subset`` needs of a dataset (in-memory arrays or image files)."""
+D = TypeVar("D", bound="_Splits")
 
-    y_train: np.ndarray
-    y_test: np.ndarray
+
+class _Splits(Protocol):
+    """What ``subset`` needs of a dataset (in-memory arrays or image files); read-only, as frozen
+    dataclasses' fields are."""
+
+    @property
+    def y_train(self) -> np.ndarray: ...
+
+    @property
+    def y_test(self) -> np.ndarray: ...
 
     @property
     def num_classes(self) -> int: ...
 
-    def take(self, keep_train: np.ndarray, keep_test: np.ndarray) -> _Splits: ...
-
-
-D = TypeVar("D", bound=_Splits)
+    def take(self: D, keep_train: np.ndarray, keep_test: np.ndarray) -> D: ...
 
 
 def subset(dataset: D, train_fraction: float = 1.0, test_fraction: float = 1.0, seed: int = 0) -> D:
@@ -87,7 +93,7 @@ def subset(dataset: D, train_fraction: float = 1.0, test_fraction: float = 1.0, 
     keep_test = _stratified_indices(
         dataset.y_test, dataset.num_classes, test_fraction, (seed, 1), "test"
     )
-    return dataset.take(keep_train, keep_test)  # type: ignore[return-value]
+    return dataset.take(keep_train, keep_test)
 
 
 def _stratified_indices(

@@ -110,6 +110,19 @@ def load_dataset(
     return load(**options)
 
 
+def load_arrays(
+    name: str, data_dir: str | Path | None = None, *, download: bool = True, **options: Any
+) -> ImageArrays:
+    """:func:`load_dataset` for the callers that need in-memory arrays (the pixels themselves)."""
+    dataset = load_dataset(name, data_dir, download=download, **options)
+    if not isinstance(dataset, ImageArrays):
+        raise KdbenchError(
+            f"dataset {name!r} is read from image files, not held as arrays: use a dataset of arrays "
+            "(e.g. cifar100, an .npz file) here."
+        )
+    return dataset
+
+
 def _option_parameters(load: Callable[..., Any]) -> list[inspect.Parameter]:
     return [
         p

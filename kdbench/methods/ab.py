@@ -68,6 +68,7 @@ class AB(StudentFeatureInit):
     title = "AB"
     paper = "Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, AAAI 2019"
     Params = ABParams
+    params: ABParams
     variants = crd_variant("30 init epochs of AB loss, then 1·CE (β unused)", margin=1.0)
 
     def __init__(

@@ -10,8 +10,6 @@ twice). The combination has the needs of both; the second method's parameters si
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 from pydantic import create_model
 
@@ -30,9 +28,19 @@ def _merge_needs(a: Needs, b: Needs) -> Needs:
     )
 
 
-@lru_cache(maxsize=None)
+_COMBINATIONS: dict[tuple[type[Distiller], type[Distiller]], type[Distiller]] = {}
+
+
 def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
     """The Distiller class of ``first+second`` (cached, so each combination is one class)."""
+    key = (first, second)
+    if key not in _COMBINATIONS:
+        _COMBINATIONS[key] = _combination(first, second)
+    return _COMBINATIONS[key]
+
+
+def _combination(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
+    """A new Distiller class of ``first+second``."""
     params_model = create_model(
         f"{first.Params.__name__}Plus{second.Params.__name__}",
         __base__=first.Params,
@@ -58,7 +66,9 @@ def combine(first: type[Distiller], second: type[Distiller]) -> type[Distiller]:
             super().__init__(student, teacher, params, example, **context)
             if not second.needs.batch_dependent_loss:
                 context.pop("loss_chunk", None)
-            self.second = second(student, teacher, params.second, example, **context)
+            # params is a params_model, whose ``second`` field create_model adds out of the checker's sight
+            second_params = params.second  # type: ignore[attr-defined]
+            self.second = second(student, teacher, second_params, example, **context)
             # The second method shares this one's networks: keep them out of its module tree so
             # they are registered (optimised, saved) once, under this distiller. ``del`` unregisters
             # a child module; object.__setattr__ keeps it as a plain attribute, outside the tree.

@@ -49,6 +49,7 @@ class FSP(StudentFeatureInit):
     title = "FSP"
     paper = "Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning, CVPR 2017"
     Params = FSPParams
+    params: FSPParams
     variants = crd_variant("30 init epochs of FSP loss, then 1·CE (β unused)")
 
     @classmethod
@@ -60,6 +61,7 @@ class FSP(StudentFeatureInit):
             return None
         example = torch.zeros(2, 3, 32, 32) if example is None else example
         s, t = probe_features(student, teacher, example)
+        assert t is not None  # probed with a teacher
         return _mismatch(s, t, pair_name(student, teacher))
 
     def init_parameters(self) -> list[nn.Parameter]:

@@ -101,6 +101,7 @@ class FT(TwoStageDistiller):
     title = "FT"
     paper = "Kim et al., Paraphrasing Complex Network: Network Compression via Factor Transfer, NeurIPS 2018"
     Params = FTParams
+    params: FTParams
     variants = crd_variant(
         "30 init epochs of paraphraser reconstruction, then 1·CE + 200·FT", weight=200.0
     )

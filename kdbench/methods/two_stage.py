@@ -10,7 +10,7 @@ and its loss (``forward_init``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,7 +42,8 @@ class TwoStageDistiller(Distiller):
     """A method with RepDistiller's init stage: ``init_epochs`` epochs of :meth:`forward_init`'s loss over
     :meth:`init_parameters`, at :attr:`init_lr` (None: the run's base LR), before the main epochs."""
 
-    Params = TwoStageParams
+    Params: ClassVar[type[MethodParams]] = TwoStageParams
+    params: TwoStageParams
     init_lr: float | None = None
 
     def init_parameters(self) -> list[nn.Parameter]:
@@ -51,7 +52,7 @@ class TwoStageDistiller(Distiller):
 
     def init_stage(self) -> InitStage | None:
         """The init stage; None when ``init_epochs`` is 0."""
-        epochs = self.params.init_epochs  # type: ignore[attr-defined]
+        epochs = self.params.init_epochs
         if epochs == 0:
             return None
         return InitStage(epochs, self.init_parameters(), lr=self.init_lr)
@@ -67,6 +68,7 @@ def feature_parameter_names(model: KDModel, example: torch.Tensor) -> set[str]:
         with torch.enable_grad():
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
             total = sum(f.sum() for f in model.forward_features(example).stages)
+            assert isinstance(total, torch.Tensor)  # every network has stages
             grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
     finally:
         model.train(was_training)

@@ -13,6 +13,7 @@ recipe's ``teacher_source`` (or ``--teachers``) says whether it is imported or t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 DOWNLOAD_ROOT = "https://download.pytorch.org/models/"
 
@@ -121,7 +122,7 @@ class ReleasedTeacher:
     name: str
     model: str  # kdbench canonical model name
     path: str
-    format: str  # a recipe Checkpoint format
+    format: Literal["kdbench", "repdistiller", "torchvision"]  # a recipe Checkpoint format
     source: str  # who released it and where that is documented
     downloads: tuple[Download, ...] = ()
     by_hand: str | None = None

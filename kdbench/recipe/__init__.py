@@ -27,6 +27,7 @@ from kdbench.recipe.schema import (
     Column,
     DatasetRef,
     PaperValue,
+    Profile,
     Profiles,
     Protocol,
     Quantity,
@@ -39,6 +40,7 @@ from kdbench.recipe.schema import (
     TrainingFields,
     TrainingOverride,
     check_milestones,
+    is_profile,
 )
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "MAX_RECIPE_NODES",
     "MAX_TRIALS",
     "PROFILES",
+    "Profile",
     "RECIPES_DIR",
     "RECIPES_ENV",
     "CIProfile",
@@ -68,6 +71,7 @@ __all__ = [
     "TrainingFields",
     "TrainingOverride",
     "check_milestones",
+    "is_profile",
     "load_recipe",
     "read_yaml",
     "recipe_dirs",

@@ -8,7 +8,7 @@ the method rows, the training protocol and the published numbers. It is read wit
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -23,7 +23,15 @@ from pydantic.fields import FieldInfo
 
 from kdbench.errors import KdbenchError, did_you_mean
 
-PROFILES = ("full", "ci", "smoke")
+Profile = Literal["full", "ci", "smoke"]
+PROFILES: tuple[Profile, ...] = get_args(Profile)
+
+
+def is_profile(name: str) -> TypeGuard[Profile]:
+    """Whether ``name`` is one of :data:`PROFILES` (narrows it for the type checker)."""
+    return name in PROFILES
+
+
 # Bounds that no real table comes near (the seed papers: ≤ 5 trials, ≤ 240 epochs) but that stop a typo such as
 # ``trials: 1000000`` from planning for minutes or queueing a million runs (README: "What survives what").
 MAX_TRIALS = 100
@@ -227,21 +235,30 @@ NOT_OVERRIDABLE = frozenset({"loss_chunk", "bn_chunk"})
 
 def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
     """``field`` as an optional field: its type ``| None``, default None, its constraints kept."""
+    assert field.annotation is not None  # every TrainingFields field is annotated
     return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
 
 
-TrainingOverride = create_model(
-    "TrainingOverride",
-    __base__=_OverrideChecks,
-    __module__=__name__,
-    __doc__="A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats "
-    "``lr_by_model``. Generated from :class:`TrainingFields`: every field but :data:`NOT_OVERRIDABLE`, optional.",
-    **{
-        name: _optional(field)
-        for name, field in TrainingFields.model_fields.items()
-        if name not in NOT_OVERRIDABLE
-    },
-)
+if TYPE_CHECKING:  # the type checker cannot follow create_model: it sees the base class
+
+    class TrainingOverride(_OverrideChecks):
+        """A row's own values for some training fields (generated below from :class:`TrainingFields`)."""
+
+        def __getattr__(self, name: str) -> Any: ...  # the generated fields, each optional
+
+else:
+    TrainingOverride = create_model(
+        "TrainingOverride",
+        __base__=_OverrideChecks,
+        __module__=__name__,
+        __doc__="A row's own values for some training fields (e.g. Table S.6's LR sweep); an ``lr`` here beats "
+        "``lr_by_model``. Generated from :class:`TrainingFields`: every field but :data:`NOT_OVERRIDABLE`, optional.",
+        **{
+            name: _optional(field)
+            for name, field in TrainingFields.model_fields.items()
+            if name not in NOT_OVERRIDABLE
+        },
+    )
 
 
 class Checkpoint(_Strict):

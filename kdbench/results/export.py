@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -105,6 +106,7 @@ def status_document(
     from kdbench.results.overview import STATES
     from kdbench.results.status import rows_of, stored_specs, table_plan
 
+    scope: dict[str, Any]  # the table's recipe and profile, or the unreadable specs of all runs
     if recipe is not None:
         found = table_plan(results, recipe, profile, teachers)
         rows, scope = (

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from kdbench import methods, models
-from kdbench.data import dataset_info, load_dataset
+from kdbench.data import dataset_info, load_arrays
 from kdbench.errors import KdbenchError
 from kdbench.plan import RunSpec
 from kdbench.recipe import Quantity
@@ -57,7 +57,7 @@ def geometry(spec: RunSpec) -> tuple[int, int]:
     classes, side = info.num_classes(options), info.image_size(options)
     if classes is not None and side is not None:
         return classes, side
-    dataset = load_dataset(spec.data.name, **spec.data.options)
+    dataset = load_arrays(spec.data.name, **spec.data.options)
     return dataset.num_classes, int(dataset.x_train.shape[1])
 
 

@@ -79,8 +79,8 @@ def judge(
             "no numbers to compare", margin, None, "needs our result and a published number"
         )
     diff = ours_mean - paper_mean
-    welch = not math.isnan(paper_std) and paper_n is not None and paper_n >= 2
-    paper_var = paper_std**2 / paper_n if welch else 0.0  # paper_n is not None where welch
+    welch = paper_n is not None and paper_n >= 2 and not math.isnan(paper_std)
+    paper_var = paper_std**2 / paper_n if paper_n is not None and welch else 0.0
     test = "Welch t" if welch else "one-sample t"
     if n < 2 or math.isnan(ours_std):
         if math.isnan(paper_std):

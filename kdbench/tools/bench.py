@@ -157,9 +157,9 @@ def device_peak(device: torch.device, compute: Compute, given: float | None) -> 
 def load_images(config: BenchConfig) -> data.ImageArrays:
     """The first ``config.images`` training images of the chosen data."""
     if config.data == "synthetic":
-        arrays = data.load_dataset("synthetic", train_size=max(config.images, 100), test_size=100)
+        arrays = data.load_arrays("synthetic", train_size=max(config.images, 100), test_size=100)
     elif config.data.endswith(".npz"):
-        arrays = data.load_dataset("npz", config.data_dir, path=config.data)
+        arrays = data.load_arrays("npz", config.data_dir, path=config.data)
     else:
         raise KdbenchError(f"--data takes 'synthetic' or an .npz file, not {config.data!r}.")
     if len(arrays.x_train) < config.images:
@@ -340,6 +340,7 @@ class _ReferencePath:
                 images, targets, epoch, indices.to(self.device), views
             )
             loss = sum(terms.values())
+            assert isinstance(loss, torch.Tensor)  # every method has loss terms
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -381,6 +382,7 @@ def bench(
     student_flops, teacher_flops = forward_flops(student, side), forward_flops(teacher, side)
 
     ours = _distiller(config, student, teacher, arrays, device)
+    assert ours.teacher is not None  # _distiller gives every method the teacher
     compute.prepare([ours.student, ours.teacher])
     # A full-protocol run (240 epochs ≥ 162 views) uses the cache under ``auto``: so does the bench.
     cache, seconds, cache_note = None, 0.0, "off (--teacher-cache off)"
@@ -470,7 +472,7 @@ def save_record(report: BenchReport, results: Path) -> Path:
 
 def summary_rows(report: BenchReport) -> list[tuple[str, ...]]:
     """One row per path: best and median images/s, model GFLOP/image, achieved TFLOP/s (best) and % of peak."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for p in (report.kdbench, report.reference):
         achieved = p.best * p.flops_per_image
         share = f"{100 * achieved / report.peak:.2f} %" if report.peak else "unknown peak"

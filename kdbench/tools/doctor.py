@@ -26,11 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # imported where used, so that ``doctor`` starts without loading every module
+    from kdbench.methods.base import Distiller
+    from kdbench.models.base import KDModel
+    from kdbench.train.compute import Compute
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -161,7 +166,7 @@ def environment(device: torch.device) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _calibrated(name: str, num_classes: int, size: int = 32) -> nn.Module:
+def _calibrated(name: str, num_classes: int, size: int = 32) -> KDModel:
     """A random network with BN running statistics averaged over random images, in eval mode (a random net's
     default statistics give exploding activations in eval mode)."""
     from kdbench import models
@@ -241,7 +246,9 @@ def check_methods(s: Setting) -> Check:
                     )
                 with _sync_debug(s.cuda and i == 1):
                     optimizer.zero_grad(set_to_none=True)
-                    sum(terms.values()).backward()
+                    loss = sum(terms.values())
+                    assert isinstance(loss, torch.Tensor)  # every method has loss terms
+                    loss.backward()
                     optimizer.step()
             bad = [
                 f"{k}:{v.dtype}"
@@ -356,7 +363,9 @@ def check_teacher_cache(s: Setting) -> Check:
     )
 
 
-def _kd_step_fn(s: Setting, compute: Any, batch: int) -> tuple[Callable[[int], None], nn.Module]:
+def _kd_step_fn(
+    s: Setting, compute: Compute, batch: int
+) -> tuple[Callable[[int], None], Distiller]:
     """One KD training step of ``s.kd_student`` from ``s.teacher`` (resnet8 in quick mode) under ``compute``:
     ``step(n)`` runs it on n images."""
     from kdbench import methods, models
@@ -370,6 +379,7 @@ def _kd_step_fn(s: Setting, compute: Any, batch: int) -> tuple[Callable[[int], N
         cls.Params(),
         torch.zeros(2, 3, 32, 32),
     ).to(s.device)
+    assert d.teacher is not None  # KD was given its teacher
     compute.prepare([d.student, d.teacher])
     optimizer = torch.optim.SGD(d.trainable_parameters(), lr=0.01, momentum=0.9)
     images = compute.images(torch.randn(batch, 3, 32, 32, device=s.device))
@@ -381,7 +391,9 @@ def _kd_step_fn(s: Setting, compute: Any, batch: int) -> tuple[Callable[[int], N
         with compute.autocast(s.device):
             _, terms = d.forward_train(images[:n], targets[:n], 1)
         optimizer.zero_grad(set_to_none=True)
-        sum(terms.values()).backward()
+        loss = sum(terms.values())
+        assert isinstance(loss, torch.Tensor)  # KD has loss terms
+        loss.backward()
         optimizer.step()
 
     return step, d

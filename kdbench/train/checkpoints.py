@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -345,7 +346,7 @@ def state_dict_of(raw: object, path: Path) -> dict[str, torch.Tensor]:
     a kdbench model.pt: ``student.*``), the student."""
     state = raw if _is_state(raw) else None
     if state is None and isinstance(raw, dict):
-        state = next((raw[k] for k in STATE_KEYS if _is_state(raw.get(k))), None)
+        state = next((v for k in STATE_KEYS if _is_state(v := raw.get(k))), None)
     if state is None:
         what = (
             ", ".join(f"{k!r} ({type(v).__name__})" for k, v in raw.items())
@@ -365,7 +366,7 @@ def state_dict_of(raw: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _is_state(value: object) -> bool:
+def _is_state(value: object) -> TypeGuard[dict[str, torch.Tensor]]:
     return (
         isinstance(value, dict)
         and bool(value)

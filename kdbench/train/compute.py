@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeVar
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdbench.errors import KdbenchError
+from kdbench.models.base import KDModel
 
 log = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16", "faithful"]
@@ -154,16 +155,19 @@ class Compute:
             images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
         )
 
-    def prepare(self, networks: list[nn.Module]) -> None:
+    def prepare(self, networks: Sequence[nn.Module]) -> None:
         """Convert ``networks`` in place: memory format, and a compiled ``forward_features`` (from an empty dynamo
         cache: a long-lived worker's earlier runs leave no graphs, and no recompiles, to this one)."""
         if self.compile:
             torch._dynamo.reset()
         for network in networks:
             if self.channels_last:
-                network.to(memory_format=torch.channels_last)
+                # torch's stubs lack Module.to's memory_format keyword (torch.nn.Module.to documents it)
+                network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             if self.compile:
-                network.forward_features = CompiledOrEager(
+                assert isinstance(network, KDModel)  # only KDModels have a forward_features
+                # the instance's compiled forward shadows the class's method
+                network.forward_features = CompiledOrEager(  # type: ignore[method-assign]
                     network.forward_features, type(network).__name__, mode=self.compile_mode
                 )
 
@@ -278,7 +282,8 @@ class CompiledOrEager:
         import torch._functorch.config
 
         torch._functorch.config.force_non_lazy_backward_lowering = True
-        self.compiled: Callable[..., Any] | None = torch.compile(
+        # torch.compile's overloads lack its recompile_limit and isolate_recompiles keywords (its signature has them)
+        self.compiled: Callable[..., Any] | None = torch.compile(  # type: ignore[call-overload]
             fn,
             fullgraph=True,
             dynamic=False,
@@ -317,30 +322,30 @@ class CompiledOrEager:
         return self.compiled is not None
 
 
-def wrappers(networks: list[nn.Module | None]) -> list[CompiledOrEager]:
+def wrappers(networks: Sequence[nn.Module | None]) -> list[CompiledOrEager]:
     """The compiled forwards of ``networks`` (none when compile is off)."""
     return [
-        n.forward_features
+        forward
         for n in networks
-        if n is not None and isinstance(getattr(n, "forward_features", None), CompiledOrEager)
+        if isinstance(forward := getattr(n, "forward_features", None), CompiledOrEager)
     ]
 
 
-def compiled_active(networks: list[nn.Module]) -> bool:
+def compiled_active(networks: Sequence[nn.Module | None]) -> bool:
     """True if every network's forward still runs compiled (none fell back to eager)."""
-    found = wrappers(list(networks))
+    found = wrappers(networks)
     return bool(found) and all(w.active for w in found)
 
 
-def compile_fallbacks(networks: list[nn.Module]) -> dict[str, str]:
+def compile_fallbacks(networks: Sequence[nn.Module | None]) -> dict[str, str]:
     """Why each network that fell back to eager did (empty when all stayed compiled)."""
-    return {w.name: w.fallback for w in wrappers(list(networks)) if w.fallback is not None}
+    return {w.name: w.fallback for w in wrappers(networks) if w.fallback is not None}
 
 
 T = TypeVar("T")
 
 
-def first_step(networks: list[nn.Module], state: nn.Module, run: Callable[[], T]) -> T:
+def first_step(networks: Sequence[nn.Module | None], state: nn.Module, run: Callable[[], T]) -> T:
     """``run()`` (the first training step's forward and backward) where a compiler error, raised even from the
     backward, makes every network go eager: ``state``'s tensors, its modules' generators and the global RNG are put
     back as they were and the step runs again eagerly. Any other error propagates; later steps call ``run`` as is."""

@@ -371,7 +371,8 @@ def strong_views(images: torch.Tensor, decisions: Sequence[StrongDraw]) -> torch
     batch costs no host sync however many ops it draws (it used to cost one blocking copy per op and slot)."""
     height, width = images.shape[2:]
     upload = _Upload()
-    groups = []  # (op name, rows handle, parameters handle), in the order the reference applies them
+    # (op name, rows handle, parameters handle), in the order the reference applies them
+    groups: list[tuple[str, tuple[int, tuple[int, ...]], tuple[int, tuple[int, ...]]]] = []
     for slot in range(len(decisions[0].ops) if decisions else 0):
         ops = np.array([d.ops[slot] for d in decisions])
         for op in np.unique(ops):
@@ -379,7 +380,7 @@ def strong_views(images: torch.Tensor, decisions: Sequence[StrongDraw]) -> torch
             if name == "Identity":
                 continue
             parameters = op_parameters(
-                name, [decisions[i].magnitudes[slot] for i in rows], width, height
+                name, [decisions[int(i)].magnitudes[slot] for i in rows], width, height
             )
             groups.append((name, upload.add(rows), upload.add(parameters)))
     box = upload.add(
@@ -388,7 +389,7 @@ def strong_views(images: torch.Tensor, decisions: Sequence[StrongDraw]) -> torch
     fill = upload.add(np.array(CUTOUT_FILL))
     upload.send(images.device)
     x = images.clone() if groups else images
-    for name, rows, parameters in groups:
-        chosen = upload.get(rows).long()
-        x.index_copy_(0, chosen, run_op(name, x.index_select(0, chosen), upload.get(parameters)))
+    for name, rows_at, parameters_at in groups:
+        chosen = upload.get(rows_at).long()
+        x.index_copy_(0, chosen, run_op(name, x.index_select(0, chosen), upload.get(parameters_at)))
     return _cutout(x, upload.get(box).long(), upload.get(fill).to(torch.uint8))

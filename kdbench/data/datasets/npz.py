@@ -65,9 +65,9 @@ def load_npz(
             )
     if num_classes is None:
         num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    computed_mean, computed_std = (
-        pixel_mean_std(x_train) if mean is None or std is None else (None, None)
-    )
+    if mean is None or std is None:
+        computed_mean, computed_std = pixel_mean_std(x_train)
+        mean, std = computed_mean if mean is None else mean, computed_std if std is None else std
     return ImageArrays(
         name=f"npz:{file.stem}",
         x_train=x_train,
@@ -75,8 +75,8 @@ def load_npz(
         x_test=x_test,
         y_test=y_test.astype(np.int64),
         num_classes=num_classes,
-        mean=tuple(float(v) for v in (computed_mean if mean is None else mean)),
-        std=tuple(float(v) for v in (computed_std if std is None else std)),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
     )
 
 

@@ -110,7 +110,7 @@ def check_meta(directory: Path, name: str, expected_fingerprint: str, train_imag
 
 
 def _plan_order_class(traversal_order: type) -> type:
-    class PlanOrder(traversal_order):  # type: ignore[misc, valid-type]
+    class PlanOrder(traversal_order):
         """Visits the samples in ``self.order`` (set to the epoch plan's order before each epoch).
 
         ffcv 1.0.2 takes a custom order as an instance and calls it with the loader: ``order(loader)``.
@@ -125,6 +125,7 @@ def _plan_order_class(traversal_order: type) -> type:
             return self
 
         def sample_order(self, epoch: int) -> np.ndarray:
+            assert self.order is not None  # set by __call__, which the loader calls first
             return self.order
 
     return PlanOrder

@@ -47,7 +47,11 @@ class StrongViews(Dataset[torch.Tensor]):
         return to_normalized_tensor(strong, self.mean, self.std)
 
 
-class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
+# (image, label, index), and the strong view where there is one
+PlannedItem = tuple[torch.Tensor, int, int] | tuple[torch.Tensor, int, int, torch.Tensor]
+
+
+class PlannedImages(Dataset[PlannedItem]):
     """Item ``i`` is sample ``i`` cropped and flipped as ``plan`` says, normalised, with its label and index."""
 
     def __init__(
@@ -76,7 +80,7 @@ class PlannedImages(Dataset[tuple[torch.Tensor, int, int]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | int, ...]:
+    def __getitem__(self, index: int) -> PlannedItem:
         dx, dy = self.offsets[index]
         image = crop_and_flip(
             self.images[index], int(dx), int(dy), bool(self.flips[index]), self.padding

@@ -8,6 +8,8 @@ of b samples, and decodes only that slice.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -118,8 +120,10 @@ class FolderLoaders:
         )
 
     def _loader(self, images: FolderImages, batches: list[list[int]]) -> DataLoader[Batch]:
+        # torch types a loader's batches as its dataset's items; the default collate makes the ints tensors
+        items: Dataset[Any] = images
         return DataLoader(
-            images,
+            items,
             batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -88,7 +88,10 @@ class SlurmOptions:
 
 
 class JobLike(Protocol):
-    job_id: str
+    """A submitted job: a submitit Job, or a :class:`SubmittedJob` still queued from an earlier run."""
+
+    @property
+    def job_id(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class SubmititExecutor(Protocol):
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> JobLike: ...
 
-    def map_array(self, fn: Callable[..., Any], *iterables: Sequence[Any]) -> list[JobLike]: ...
+    def map_array(self, fn: Callable[..., Any], *iterables: Sequence[Any]) -> Sequence[JobLike]: ...
 
 
 def check_slurm() -> None:
@@ -320,9 +323,9 @@ class SlurmExecutor:
                 if len(group) == 1
                 else executor.map_array(job, [s.run_id for s in group])
             )
-            for spec, job in zip(group, jobs):
-                submission.jobs[spec.run_id] = job
-                self.listener("waiting", spec, f"SLURM job {job.job_id}")
+            for spec, submitted in zip(group, jobs):
+                submission.jobs[spec.run_id] = submitted
+                self.listener("waiting", spec, f"SLURM job {submitted.job_id}")
         if self.aggregate is not None:
             recipe, profile = self.aggregate
             after = sorted({job.job_id.split("_")[0] for job in submission.jobs.values()})
