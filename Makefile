@@ -33,6 +33,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check kdbench tests scripts
 	$(BIN)/ruff format --check kdbench tests scripts
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: lint

@@ -17,7 +17,9 @@ from kdbench.errors import KdbenchError
 from kdbench.layout import fit, paragraph
 
 if TYPE_CHECKING:
-    from typer._click import HelpFormatter  # typer's own click
+    from typer._click import Context, HelpFormatter  # typer's own click
+
+    from kdbench.train.compute import CacheMode, CompileMode, Precision
 
 app = typer.Typer(
     help=(
@@ -89,7 +91,7 @@ ExecutorKind = Literal["local", "slurm"]  # the names of kdbench/execute/factory
 class PanelledCommand(TyperCommand):
     """Plain help (no rich boxes) with the options grouped under their ``rich_help_panel`` headings."""
 
-    def format_options(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
@@ -302,11 +304,11 @@ def _run_options(
     data_dir: str | None = None,
     loader: str = "auto",
     workers: int = 0,
-    precision: str = "auto",
+    precision: Precision = "auto",
     channels_last: bool | None = None,
     compile_: bool | None = None,
-    compile_mode: str = "default",
-    teacher_cache: str = "auto",
+    compile_mode: CompileMode = "default",
+    teacher_cache: CacheMode = "auto",
     loggers: tuple[str, ...] | None = None,
     slot: str | None = None,
 ):
@@ -487,7 +489,7 @@ def reproduce(
         from kdbench.execute.local.executor import LocalOptions
         from kdbench.execute.progress import RunProgress
         from kdbench.execute.reproduce import reproduce_table, submit_table
-        from kdbench.execute.slurm.executor import SlurmOptions
+        from kdbench.execute.slurm.executor import SlurmExecutor, SlurmOptions
         from kdbench.plan import identified
         from kdbench.plan import plan as make_plan
         from kdbench.processes import Interrupted, interruptible
@@ -552,6 +554,7 @@ def reproduce(
         )
         runner = make_executor(executor, options, table_plan)
         if no_wait:  # a SLURM executor (the option is refused with the others)
+            assert isinstance(runner, SlurmExecutor)
             _print_submission(
                 submit_table(table_plan, results, runner, ci, explicit_trials=trials is not None)
             )
@@ -1356,12 +1359,12 @@ def train(
             slot=slot,
         )
         if nproc > 1:
-            ranks = [
+            rank_argv = [
                 "--results",
                 str(results),
                 *options.to_argv(),
             ]  # each rank: kdbench train SPEC …
-            _train_processes(spec, run_spec.run_id, results, nproc, ranks)
+            _train_processes(spec, run_spec.run_id, results, nproc, rank_argv)
             return  # rank 0 printed the run's line
         result = training.run(run_spec, results, options)
     except RunLocked as exc:

@@ -72,7 +72,8 @@ def rows_of(results: Path, specs: list[RunSpec]) -> list[RunRow]:
     A finished run whose files fail verification is ``failed`` with the reason (the file and the ``rm`` that
     repairs it), as ``compare`` counts it and ``reproduce`` reports it; one whose files have no recorded checksum
     stays ``done`` with an ``unverified`` note (RunDir.unverified)."""
-    rows, states = [], {}
+    rows: list[RunRow] = []
+    states: dict[str, str] = {}
     for spec in specs:
         row = row_for(spec)
         rundir = RunDir(results, spec.run_id)

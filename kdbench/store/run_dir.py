@@ -118,7 +118,7 @@ class RunDir:
                 "again to retrain it."
             ) from None
 
-    def write_verified(self, path: Path, write: Callable[[BinaryIO], None]) -> None:
+    def write_verified(self, path: Path, write: Callable[[BinaryIO], object]) -> None:
         """Write ``path`` atomically, recording its sha256 before the rename (see the module docstring)."""
 
         def record(tmp: Path) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kdbench import train
-from kdbench.data import ImageArrays, load_dataset, subset
+from kdbench.data import ImageArrays, load_arrays, subset
 from kdbench.data.registry import resolve_data_dir
 from kdbench.errors import KdbenchError, UnknownNameError
 from kdbench.io import atomic_path, atomic_write_json
@@ -271,7 +271,7 @@ def gate_images(config: FidelityConfig) -> tuple[Path, ImageArrays]:
     )
     if not path.is_file():
         arrays = subset(
-            load_dataset("npz", path=source), config.train_fraction, config.test_fraction
+            load_arrays("npz", path=source), config.train_fraction, config.test_fraction
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -282,7 +282,7 @@ def gate_images(config: FidelityConfig) -> tuple[Path, ImageArrays]:
                 x_test=arrays.x_test,
                 y_test=arrays.y_test,
             )
-    return path, load_dataset("npz", path=path)
+    return path, load_arrays("npz", path=path)
 
 
 def _ffcv_data_dir(arrays: ImageArrays, results: Path) -> tuple[Path | None, str]:
@@ -349,10 +349,12 @@ def run_gate(
                     device=config.device,
                     loader=MODES[mode].loader,
                     compute=MODES[mode].compute,
-                    data_dir=data_dirs[mode],
+                    data_dir=None if data_dirs[mode] is None else str(data_dirs[mode]),
                 ),
                 show_progress=False,
             )
+            # A run trained here records both (only an imported checkpoint lacks them).
+            assert result.wall_seconds is not None and result.compute is not None
             outcome.top1.append(result.last_top1)
             outcome.seconds.append(result.wall_seconds)
             outcome.eager_fallback |= (
@@ -410,7 +412,7 @@ def run_gate(
 def summary_rows(report: FidelityReport) -> list[tuple[str, ...]]:
     """mode, change, top-1 mean ± std, Δ vs reference, Welch p, verdict, weights vs reference, s/run."""
     reference = report.modes[0]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for m in report.modes:
         if m.unavailable:
             rows.append(

@@ -15,7 +15,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -397,7 +397,7 @@ def _train_stage_epoch(
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
     views = (
-        run.cache.for_epoch(data.epoch_plan(len(run.arrays.x_train), spec.seed, epoch))
+        run.cache.for_epoch(data.epoch_plan(len(run.arrays.y_train), spec.seed, epoch))
         if run.cache is not None and stage.evaluates
         else None
     )
@@ -711,7 +711,7 @@ def _train_epoch(
     correct = torch.zeros((), device=device)
     seen, steps, started = 0, 0, time.time()
     task = (
-        bar.add_task(f"epoch {epoch}", total=len(batches) if hasattr(batches, "__len__") else None)
+        bar.add_task(f"epoch {epoch}", total=len(batches) if isinstance(batches, Sized) else None)
         if bar
         else None
     )
@@ -753,9 +753,9 @@ def _train_epoch(
             correct += (logits.argmax(1) == targets).sum()
         seen += targets.numel()
         steps += 1
-        if bar is not None:
+        if bar is not None and task is not None:
             bar.advance(task)
-    if bar is not None:
+    if bar is not None and task is not None:
         bar.remove_task(task)
     if group.active:
         group.broadcast_tensors(distiller.buffers())

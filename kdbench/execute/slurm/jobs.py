@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.errors import KdbenchError
+from kdbench.store.records import RunResult
 from kdbench.store.run_dir import RunDir, RunLocked
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class TrainJob:
     nproc: int = 1
     options: dict[str, Any] = field(default_factory=dict)  # RunOptions.to_json(): how it trains
 
-    def __call__(self, run_id: str) -> dict[str, Any]:
+    def __call__(self, run_id: str) -> RunResult:
         rundir = RunDir(Path(self.results), run_id)
         while True:
             try:
@@ -51,7 +52,7 @@ class TrainJob:
 
         return DelayedSubmission(self, run_id)
 
-    def _train(self, rundir: RunDir) -> dict[str, Any]:
+    def _train(self, rundir: RunDir) -> RunResult:
         from kdbench import train
         from kdbench.train.options import RunOptions
 
@@ -62,7 +63,7 @@ class TrainJob:
         return train.run(spec, Path(self.results), options, show_progress=False)
 
 
-def ddp_train(spec_file: Path, results: Path, nproc: int, options: RunOptions) -> dict[str, Any]:
+def ddp_train(spec_file: Path, results: Path, nproc: int, options: RunOptions) -> RunResult:
     """One run as ``nproc`` DDP processes: ``kdbench train SPEC --nproc N`` (the agreed multi-GPU entry point)."""
     from kdbench.processes import EXIT_LOCKED
 
