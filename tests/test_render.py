@@ -22,6 +22,7 @@ from kdbench.results import render
 from kdbench.results.compare import TableComparison, compare
 from kdbench.results.report import write_report
 from kdbench.results.tables import record_table
+from kdbench.store.records import EpochRecord, RunResult
 from kdbench.store.run_dir import RunDir
 from rich.console import Console
 
@@ -202,7 +203,7 @@ def _write_run(results: Path, spec, result: dict, *, verified: bool = True) -> N
     run = RunDir(results, spec.run_id)
     atomic_write_json(run.spec_file, spec.model_dump(mode="json"))
     if verified:
-        run.write_result(result)  # checksummed, as the trainer writes it
+        run.write_result(RunResult.from_json(result))  # checksummed, as the trainer writes it
     else:
         atomic_write_json(run.result_file, result)  # no checksum: shown unverified
 
@@ -247,7 +248,9 @@ def plant_verdicts(results: Path) -> None:
             best, precision = trial if isinstance(trial, tuple) else (trial, "bf16")
             extra = {"compute": {"precision": precision or "bf16"}}
             _write_run(results, spec, _result(best, **extra), verified=precision is not None)
-            RunDir(results, run_id).write_metrics(_curve(best, k))
+            RunDir(results, run_id).write_metrics(
+                [EpochRecord.from_json(h) for h in _curve(best, k)]
+            )
 
 
 def plant_layouts(results: Path) -> None:
@@ -276,7 +279,7 @@ def plant_epochs(results: Path, recipe: Recipe = EPOCHS) -> None:
             for e in range(1, epochs + 1)
         ]
         _write_run(results, p.specs[run_id], _result(70.0 + k + epochs / 100, epochs=epochs))
-        RunDir(results, run_id).write_metrics(curve)
+        RunDir(results, run_id).write_metrics([EpochRecord.from_json(h) for h in curve])
 
 
 @pytest.fixture(scope="module")

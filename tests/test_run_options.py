@@ -15,6 +15,8 @@ from kdbench.train.compute import ComputeOptions
 from kdbench.train.options import RunOptions
 from typer.testing import CliRunner
 
+from planted import finished
+
 # Every field away from its default (and each tri-state switch both ways): a field a round trip loses fails here.
 CHANGED = [
     RunOptions(device="cuda:1"),
@@ -101,7 +103,7 @@ def test_kdbench_train_parses_the_flags_into_the_same_options(options, tmp_path,
         "run",
         lambda s, results, options: (
             seen.append(options)
-            or {"run_id": s.run_id, "best_top1": 0.0, "best_epoch": 1, "last_top1": 0.0}
+            or finished(run_id=s.run_id, best_top1=0.0, best_epoch=1, last_top1=0.0)
         ),
     )
     monkeypatch.setattr(
