@@ -1,1 +1,1 @@
-"""Tools around the pipeline: `kdbench bench`, `fidelity`, `doctor` and the cost estimate."""
+"""Tools that drive the pipeline to measure it: `kdbench bench`, `fidelity` and `doctor`."""
